@@ -1,0 +1,34 @@
+# imgsearch: `make serve` starts the daemon, `make test` runs lint + tests.
+# Both create the virtualenv (.venv) on first use and reinstall when pyproject.toml changes.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: serve test lint bench venv clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+serve: $(STAMP)
+	$(PY) -m imgsearch serve $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check imgsearch tests bench test_cuda.py
+	$(VENV)/bin/ruff format --check imgsearch tests bench test_cuda.py
+	$(VENV)/bin/mypy
+
+test: lint
+	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) bench/ingest.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

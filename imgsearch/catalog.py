@@ -1,0 +1,159 @@
+"""The store and the index kept in step: every change goes to SQLite first, then to FAISS.
+
+At start-up the saved index is verified against the database: used as is when its stamp matches,
+caught up (changed rows re-added, deleted ids dropped) when it is behind, and rebuilt from SQLite
+when it is missing, damaged or cannot be trusted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .index import TEMP_SUFFIX, IndexFileError, Stamp, VectorIndex
+from .store import NewImage, Store, WriteResult
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "index.faiss"
+DB_FILE = "imgsearch.sqlite3"
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    id: int
+    path: str
+    similarity: float
+
+
+class Catalog:
+    """Images known to the daemon: SQLite as the truth, FAISS as its searchable mirror."""
+
+    def __init__(self, data_dir: Path, model_id: str, dim: int) -> None:
+        self.model_id = model_id
+        self.dim = dim
+        self.index_path = data_dir / INDEX_FILE
+        for stray in data_dir.glob("*" + TEMP_SUFFIX):
+            log.warning("removing %s left by an interrupted save", stray)
+            stray.unlink()
+        self.store = Store(data_dir / DB_FILE)
+        self._mutate = threading.Lock()
+        try:
+            self.store.bind_model(model_id, dim)
+            self.index, self.index_origin = self._open_index()
+        except BaseException:
+            self.store.close()
+            raise
+        self._applied = self.store.generation()
+        self._saved = self._applied if self.index_origin == "loaded" else -1
+
+    # -- start-up -----------------------------------------------------------------------------
+
+    def _open_index(self) -> tuple[VectorIndex, str]:
+        try:
+            index, stamp = VectorIndex.load(self.index_path, self.model_id, self.dim)
+        except IndexFileError as exc:
+            if not self.index_path.exists() and self.store.count() == 0:
+                log.info("new data directory: starting with an empty index")
+                return VectorIndex(self.dim), "new"
+            log.warning("index %s: %s; rebuilding from SQLite", self.index_path, exc)
+            return self._rebuild(), "rebuilt"
+        current = self.store.generation()
+        if stamp.generation > current:
+            log.warning("index %s is newer than the database; rebuilding", self.index_path)
+            return self._rebuild(), "rebuilt"
+        if stamp.generation < current:
+            dropped, readded = self._catch_up(index, stamp)
+            log.info(
+                "index %s was behind the database (generation %d < %d): "
+                "dropped %d deleted, re-added %d changed",
+                self.index_path, stamp.generation, current, dropped, readded,
+            )  # fmt: skip
+            origin = "caught-up"
+        else:
+            origin = "loaded"
+        if len(index) != self.store.count():
+            log.warning("index %s disagrees with the database; rebuilding", self.index_path)
+            return self._rebuild(), "rebuilt"
+        log.info("index %s loaded: %d vectors", self.index_path, len(index))
+        return index, origin
+
+    def _catch_up(self, index: VectorIndex, stamp: Stamp) -> tuple[int, int]:
+        gone = np.setdiff1d(index.ids(), self.store.ids(), assume_unique=True)
+        dropped = index.remove(gone) if len(gone) else 0
+        readded = 0
+        for chunk in self.store.vectors(since_generation=stamp.generation):
+            index.add(chunk.ids, chunk.vectors, replace=True)
+            readded += len(chunk.ids)
+        return dropped, readded
+
+    def _rebuild(self) -> VectorIndex:
+        index = VectorIndex(self.dim)
+        for chunk in self.store.vectors():
+            index.add(chunk.ids, chunk.vectors)
+        log.info("index rebuilt from SQLite: %d vectors", len(index))
+        return index
+
+    # -- changes ------------------------------------------------------------------------------
+
+    def put(self, items: Sequence[NewImage]) -> WriteResult:
+        """Write images (insert or replace by path); searchable when this returns."""
+        with self._mutate:
+            result = self.store.upsert(items)
+            vectors = np.stack([item.vector for item in items])
+            self.index.add(np.asarray(result.ids, dtype=np.int64), vectors, replace=True)
+            self._applied = result.generation
+        return result
+
+    def remove_tree(self, path: str) -> int:
+        """Remove a file, or every image under a folder; return how many."""
+        with self._mutate:
+            ids = self.store.remove_tree(path)
+            if ids:
+                self.index.remove(np.asarray(ids, dtype=np.int64))
+                self._applied = self.store.generation()
+        return len(ids)
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def nearest(self, queries: np.ndarray, k: int) -> list[list[Neighbour]]:
+        """The k nearest stored images of each query, best first."""
+        if len(self.index) == 0:
+            return [[] for _ in range(len(queries))]
+        sims, ids = self.index.search(queries, k)
+        paths = self.store.paths(sorted({int(i) for i in ids.ravel() if i >= 0}))
+        return [
+            [
+                Neighbour(int(i), paths[int(i)], float(s))
+                for s, i in zip(row_s, row_i, strict=True)
+                if int(i) in paths  # a row removed since the search is not reported
+            ]
+            for row_s, row_i in zip(sims, ids, strict=True)
+        ]
+
+    # -- persistence --------------------------------------------------------------------------
+
+    @property
+    def dirty(self) -> bool:
+        return self._saved != self._applied
+
+    def save(self) -> bool:
+        """Save the index if it changed since the last save; return whether it wrote."""
+        with self._mutate:
+            if not self.dirty:
+                return False
+            generation = self._applied
+            stamp = Stamp(self.model_id, self.dim, generation, len(self.index))
+            self.index.save(self.index_path, stamp)
+            self._saved = generation
+        log.debug("index saved: %d vectors, generation %d", stamp.count, generation)
+        return True
+
+    def close(self) -> None:
+        self.save()
+        self.store.close()

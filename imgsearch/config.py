@@ -1,0 +1,102 @@
+"""Configuration: one frozen dataclass, filled from defaults, IMGSEARCH_* variables and flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+ENV_PREFIX = "IMGSEARCH_"
+OFFLINE_MODEL = "efficientnet-lite0"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the daemon needs to start; built once and never mutated."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("data")
+    model: str = "ViT-B-32"
+    pretrained: str | None = "laion2b_s34b_b79k"
+    checkpoint: Path | None = None
+    model_config: Path | None = None
+    device: str = "auto"
+    batch_size: int = 32
+    workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    max_upload_mb: float = 50.0
+    max_image_pixels: int = 200_000_000
+    index_save_interval: float = 60.0
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port must be 0..65535, got {self.port}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {self.workers}")
+        if self.max_upload_mb <= 0:
+            raise ConfigError(f"--max-upload-mb must be positive, got {self.max_upload_mb}")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    def resolved(self) -> Config:
+        """Return a copy with absolute paths, so nothing depends on the working directory later."""
+        return dataclasses.replace(
+            self,
+            data_dir=self.data_dir.expanduser().resolve(),
+            checkpoint=self.checkpoint.expanduser().resolve() if self.checkpoint else None,
+            model_config=self.model_config.expanduser().resolve() if self.model_config else None,
+        )
+
+    @classmethod
+    def load(
+        cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+    ) -> Config:
+        """Defaults, then IMGSEARCH_<FIELD> variables, then non-None overrides (CLI flags)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse(f.name, str(f.type), raw)
+        for key, value in (overrides or {}).items():
+            if value is not None:
+                values[key] = value
+        if "pretrained" in values and _is_none(values["pretrained"]):
+            values["pretrained"] = None
+        return cls(**values)
+
+
+def _is_none(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().lower() in {"", "none", "null"}
+
+
+def _parse(name: str, type_name: str, raw: str) -> Any:
+    """Turn an environment string into the field's type ('bool', 'int', 'Path | None', ...)."""
+    try:
+        if type_name == "bool":
+            if raw.strip().lower() in {"1", "true", "yes", "on"}:
+                return True
+            if raw.strip().lower() in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError(raw)
+        if type_name == "int":
+            return int(raw)
+        if type_name == "float":
+            return float(raw)
+        if type_name.startswith("Path"):
+            return None if _is_none(raw) else Path(raw)
+        return raw
+    except ValueError:
+        raise ConfigError(
+            f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {type_name}"
+        ) from None

@@ -1,0 +1,96 @@
+"""open_clip models: any architecture and tag, a local checkpoint, or seeded random weights."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import OFFLINE_MODEL
+from ..errors import ConfigError
+from .base import TorchEmbedder, l2_normalise
+
+log = logging.getLogger(__name__)
+
+RANDOM_SEED = 0
+
+
+class ClipEmbedder(TorchEmbedder):
+    """An open_clip image tower (and text tower, for text queries)."""
+
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        pretrained: str | None,
+        checkpoint: Path | None,
+        model_config: Path | None,
+        device: str,
+    ) -> None:
+        import open_clip
+
+        if model_config is not None:
+            if not model_config.is_file():
+                raise ConfigError(f"--model-config {model_config} is not a file")
+            open_clip.add_model_config(model_config)
+        if checkpoint is not None and not checkpoint.is_file():
+            raise ConfigError(f"--checkpoint {checkpoint} is not a file")
+        weights = str(checkpoint) if checkpoint is not None else pretrained
+        model, transform = _create(model_name, weights, device)
+        model.eval()
+        super().__init__(model.encode_image, transform, device)
+        self._model = model
+        self._tokenizer = open_clip.get_tokenizer(model_name)
+        self.dim = int(model.visual.output_dim)
+        size = model.visual.image_size
+        self.input_size = int(min(size) if isinstance(size, tuple | list) else size)
+        source = checkpoint.name if checkpoint is not None else (pretrained or "random")
+        self.model_id = f"open_clip/{model_name}/{source}"
+        log.info("loaded %s (%d-d) on %s", self.model_id, self.dim, device)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Text queries into the image vectors' space."""
+        import torch
+
+        with torch.inference_mode():
+            tokens = self._tokenizer(list(texts)).to(self.device)
+            out = self._model.encode_text(tokens).float().cpu().numpy()
+        return l2_normalise(out)
+
+
+def _create(model_name: str, weights: str | None, device: str) -> tuple[Any, Any]:
+    """open_clip.create_model_and_transforms with failures turned into one clear message."""
+    import open_clip
+    import torch
+
+    if model_name not in open_clip.list_models():
+        raise ConfigError(
+            f"unknown open_clip model {model_name!r}; see open_clip.list_models(), "
+            f"or use --model {OFFLINE_MODEL} (bundled, offline)"
+        )
+    try:
+        if weights is None:
+            log.warning(
+                "open_clip %s with random weights (seed %d): for tests only",
+                model_name,
+                RANDOM_SEED,
+            )
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(RANDOM_SEED)
+                model, _, transform = open_clip.create_model_and_transforms(
+                    model_name, pretrained=None, device=device
+                )
+        else:
+            model, _, transform = open_clip.create_model_and_transforms(
+                model_name, pretrained=weights, device=device
+            )
+    except Exception as exc:
+        raise ConfigError(
+            f"cannot load open_clip {model_name} weights {weights!r}: {exc}. "
+            "On a machine without internet, pass a local weights file with --checkpoint PATH, "
+            f"or use the bundled offline model with --model {OFFLINE_MODEL}"
+        ) from None
+    return model, transform

@@ -1,0 +1,45 @@
+"""The one error type the service raises; the web layer turns it into a JSON response."""
+
+from __future__ import annotations
+
+
+class ImgSearchError(Exception):
+    """An error meant for the caller, with the HTTP status that describes it."""
+
+    status = 400
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+
+class BadRequest(ImgSearchError):
+    """A missing or invalid parameter."""
+
+    status = 400
+
+
+class NotFound(ImgSearchError):
+    """A path or resource that does not exist."""
+
+    status = 404
+
+
+class NotAnImage(ImgSearchError):
+    """A file or upload that cannot be decoded as an image."""
+
+    status = 422
+
+
+class PayloadTooLarge(ImgSearchError):
+    """An upload or file over the configured size limit."""
+
+    status = 413
+
+
+class ConfigError(ImgSearchError):
+    """A start-up problem: bad flags, a model that cannot load, a data dir made by another model."""
+
+    status = 500

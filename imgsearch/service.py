@@ -1,0 +1,111 @@
+"""The daemon's working parts, opened once at start-up and closed once at shutdown."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from .catalog import Catalog
+from .config import Config
+from .embedders import Embedder, load_embedder
+from .errors import BadRequest, ConfigError
+from .images import enable_heif, image_extensions
+from .ingest import Ingester
+from .search import Searcher
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = "imgsearch.lock"
+
+
+class DataDirLock:
+    """An exclusive OS lock on the data directory; released by the kernel if the process dies."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / LOCK_FILE
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(self._fd)
+            raise ConfigError(
+                f"another imgsearch daemon (pid {holder}) is using {data_dir}; "
+                "stop it or pass another --data-dir"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        os.close(self._fd)
+
+
+class Service:
+    """Embedder, catalog, ingester and searcher for one data directory."""
+
+    def __init__(self, config: Config, embedder: Embedder | None = None) -> None:
+        self.config = config
+        self.stopping = threading.Event()  # set at shutdown: running adds end after their batch
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = DataDirLock(config.data_dir)
+        try:
+            heif = enable_heif()
+            self.embedder = embedder if embedder is not None else load_embedder(config)
+            self.catalog = Catalog(config.data_dir, self.embedder.model_id, self.embedder.dim)
+        except BaseException:
+            self._lock.release()
+            raise
+        self.catalog.save()  # persist a rebuilt or caught-up index straight away
+        limits: dict[str, Any] = {
+            "max_file_bytes": config.max_upload_bytes,
+            "max_pixels": config.max_image_pixels,
+        }
+        self.ingester = Ingester(
+            self.catalog,
+            self.embedder,
+            extensions=image_extensions(heif),
+            batch_size=config.batch_size,
+            workers=config.workers,
+            **limits,
+        )
+        self.searcher = Searcher(self.catalog, self.embedder, **limits)
+
+    def remove(self, target: Path) -> int:
+        """Forget a file, or every image under a folder (the files themselves are untouched)."""
+        return self.catalog.remove_tree(str(target))
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "images": self.catalog.store.count(),
+            "model": self.embedder.model_id,
+            "dim": self.embedder.dim,
+            "index": {
+                "type": self.catalog.index.kind,
+                "vectors": len(self.catalog.index),
+                "origin": self.catalog.index_origin,
+                "unsaved": self.catalog.dirty,
+            },
+            "data_dir": str(self.config.data_dir),
+        }
+
+    def close(self) -> None:
+        try:
+            self.catalog.close()
+        finally:
+            self._lock.release()
+
+
+def resolve_path(raw: str | None, name: str = "image") -> Path:
+    """A caller's path parameter as an absolute, resolved path (symlinks followed)."""
+    if raw is None or not raw.strip():
+        raise BadRequest(f"missing parameter: {name}")
+    if "\x00" in raw:
+        raise BadRequest(f"invalid {name}: contains a NUL byte")
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        raise BadRequest(f"{name} must be an absolute path, got {raw!r}")
+    return path.resolve()

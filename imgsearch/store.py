@@ -1,0 +1,270 @@
+"""SQLite store: the source of truth for image paths, file facts and vectors.
+
+One write connection guarded by a lock (the single writer); each thread reads through its own
+connection, which WAL mode lets run alongside the writer. Every write transaction bumps a
+generation counter and stamps the rows it writes, so the FAISS index can tell how far behind it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE images (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        path TEXT NOT NULL UNIQUE,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        vector BLOB NOT NULL,
+        generation INTEGER NOT NULL,
+        added_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX images_sha256 ON images(sha256);
+    CREATE INDEX images_generation ON images(generation);
+    INSERT INTO meta(key, value) VALUES ('generation', '0');
+    """,
+)
+
+
+@dataclass(frozen=True)
+class NewImage:
+    """An embedded file, ready to be written."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+    width: int
+    height: int
+    vector: np.ndarray
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What the store knows of a path, enough to skip an unchanged file."""
+
+    id: int
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """Ids written by one transaction; `updated` are the ones that already existed."""
+
+    ids: list[int]
+    updated: list[int]
+    generation: int
+
+
+class Store:
+    """The images database under the data directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._writer = self._connect(check_same_thread=False)
+        self._migrate()
+
+    def _connect(self, *, check_same_thread: bool = True) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, timeout=30, isolation_level=None, check_same_thread=check_same_thread
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    def _migrate(self) -> None:
+        with self._write() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise ConfigError(
+                    f"{self.path} has schema version {version}, newer than this imgsearch "
+                    f"({len(MIGRATIONS)}); upgrade imgsearch"
+                )
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in filter(str.strip, script.split(";")):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={number}")
+                log.info("database %s migrated to schema version %d", self.path, number)
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction at a time, committed whole or not at all."""
+        with self._write_lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        with self._write_lock:
+            self._writer.close()
+
+    # -- model stamp -------------------------------------------------------------------------
+
+    def bind_model(self, model_id: str, dim: int) -> None:
+        """Record the model on first use; refuse to mix vectors of different models."""
+        with self._write() as conn:
+            rows = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('model', 'dim')"))
+            if not rows:
+                conn.executemany(
+                    "INSERT INTO meta(key, value) VALUES (?, ?)",
+                    [("model", model_id), ("dim", str(dim))],
+                )
+                return
+        if rows.get("model") != model_id or rows.get("dim") != str(dim):
+            raise ConfigError(
+                f"{self.path} holds vectors of model {rows.get('model')} ({rows.get('dim')}-d), "
+                f"but the daemon was started with {model_id} ({dim}-d). Start it with the same "
+                "--model/--pretrained/--checkpoint, or use another --data-dir for the new model"
+            )
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def generation(self) -> int:
+        row = self._reader().execute("SELECT value FROM meta WHERE key='generation'").fetchone()
+        return int(row[0])
+
+    def count(self) -> int:
+        return int(self._reader().execute("SELECT count(*) FROM images").fetchone()[0])
+
+    def file_states(self, paths: Sequence[str]) -> dict[str, FileState]:
+        """Known size/mtime of each path that is in the store."""
+        conn = self._reader()
+        found: dict[str, FileState] = {}
+        for start in range(0, len(paths), 500):
+            chunk = list(paths[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT path, id, size, mtime_ns FROM images WHERE path IN ({marks})"
+            for path, id_, size, mtime_ns in conn.execute(query, chunk):
+                found[path] = FileState(id_, size, mtime_ns)
+        return found
+
+    def paths(self, ids: Sequence[int]) -> dict[int, str]:
+        conn = self._reader()
+        found: dict[int, str] = {}
+        for start in range(0, len(ids), 500):
+            chunk = [int(i) for i in ids[start : start + 500]]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT id, path FROM images WHERE id IN ({marks})"
+            found.update(conn.execute(query, chunk))
+        return found
+
+    def ids(self) -> np.ndarray:
+        rows = self._reader().execute("SELECT id FROM images ORDER BY id").fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def vectors(self, since_generation: int = 0, chunk: int = 10_000) -> Iterator[VectorChunk]:
+        """Ids and vectors of rows written after `since_generation`, in chunks."""
+        cursor = self._reader().execute(
+            "SELECT id, vector FROM images WHERE generation > ? ORDER BY id", (since_generation,)
+        )
+        while rows := cursor.fetchmany(chunk):
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            vecs = np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows])
+            yield VectorChunk(ids, vecs.astype(np.float32, copy=False))
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def _bump(self, conn: sqlite3.Connection) -> int:
+        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'")
+        return int(conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
+
+    def upsert(self, items: Sequence[NewImage]) -> WriteResult:
+        """Insert or replace images by path, in one transaction."""
+        now = time.time()
+        ids: list[int] = []
+        updated: list[int] = []
+        with self._write() as conn:
+            generation = self._bump(conn)
+            for item in items:
+                values = (
+                    item.size,
+                    item.mtime_ns,
+                    item.sha256,
+                    item.width,
+                    item.height,
+                    np.ascontiguousarray(item.vector, dtype="<f4").tobytes(),
+                    generation,
+                    now,
+                )
+                row = conn.execute("SELECT id FROM images WHERE path=?", (item.path,)).fetchone()
+                if row is None:
+                    cur = conn.execute(
+                        "INSERT INTO images(size, mtime_ns, sha256, width, height, vector,"
+                        " generation, updated_at, added_at, path) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        (*values, now, item.path),
+                    )
+                    ids.append(int(cur.lastrowid or 0))
+                else:
+                    conn.execute(
+                        "UPDATE images SET size=?, mtime_ns=?, sha256=?, width=?, height=?,"
+                        " vector=?, generation=?, updated_at=? WHERE id=?",
+                        (*values, row[0]),
+                    )
+                    ids.append(int(row[0]))
+                    updated.append(int(row[0]))
+        return WriteResult(ids, updated, generation)
+
+    def remove_tree(self, path: str) -> list[int]:
+        """Delete `path` itself and everything stored below it; return the ids removed."""
+        below = path.rstrip("/") + "/"
+        # '0' sorts right after '/', so [below, below0) is exactly the paths under the folder.
+        where = "path = ? OR (path >= ? AND path < ?)"
+        args = (path, below, below[:-1] + "0")
+        with self._write() as conn:
+            ids = [int(r[0]) for r in conn.execute(f"SELECT id FROM images WHERE {where}", args)]
+            if ids:
+                self._bump(conn)
+                conn.execute(f"DELETE FROM images WHERE {where}", args)
+        return ids
+
+    def integrity_check(self) -> str:
+        return str(self._reader().execute("PRAGMA integrity_check").fetchone()[0])
+
+
+@dataclass(frozen=True)
+class VectorChunk:
+    ids: np.ndarray
+    vectors: np.ndarray

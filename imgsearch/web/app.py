@@ -1,0 +1,72 @@
+"""The aiohttp application factory; services live under typed AppKeys, opened in cleanup_ctx."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from ..config import Config
+from ..embedders import Embedder
+from ..service import Service
+from . import routes
+from .keys import INGEST_POOL, SERVICE
+from .middleware import json_errors
+
+log = logging.getLogger(__name__)
+
+# Multipart framing on top of the largest allowed image.
+UPLOAD_OVERHEAD = 64 * 1024
+
+
+def create_app(
+    config: Config, *, embedder: Embedder | None = None, service: Service | None = None
+) -> web.Application:
+    """Build the app; the service (model, database, index) opens when the app starts."""
+    app = web.Application(
+        middlewares=[json_errors], client_max_size=config.max_upload_bytes + UPLOAD_OVERHEAD
+    )
+    app.router.add_routes(routes.table)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        svc = (
+            service
+            if service is not None
+            else await loop.run_in_executor(None, Service, config, embedder)
+        )
+        app[SERVICE] = svc
+        app[INGEST_POOL] = ThreadPoolExecutor(4, thread_name_prefix="ingest")
+        saver = asyncio.create_task(_save_periodically(svc, config.index_save_interval))
+        log.info("ready: %d images, model %s", svc.catalog.store.count(), svc.embedder.model_id)
+        yield
+        saver.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await saver
+        svc.stopping.set()
+        await loop.run_in_executor(None, app[INGEST_POOL].shutdown)
+        if service is None:
+            await loop.run_in_executor(None, svc.close)
+
+    async def stop_ingest(app: web.Application) -> None:
+        if SERVICE in app:
+            app[SERVICE].stopping.set()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(stop_ingest)
+    return app
+
+
+async def _save_periodically(service: Service, interval: float) -> None:
+    """Save the index in the background when it has changed, so a crash has little to catch up."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await loop.run_in_executor(None, service.catalog.save)
+        except Exception:
+            log.exception("saving the index failed; will retry")

@@ -1,0 +1,12 @@
+"""Typed keys for what the app holds."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from ..service import Service
+
+SERVICE = web.AppKey("service", Service)
+INGEST_POOL = web.AppKey("ingest_pool", ThreadPoolExecutor)

@@ -1,0 +1,45 @@
+"""Every error, expected or not, leaves as {"error": message, "status": code} with that status."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ..errors import ImgSearchError
+
+log = logging.getLogger(__name__)
+
+
+def error_response(message: str, status: int, headers: Any = None) -> web.Response:
+    return web.json_response({"error": message, "status": status}, status=status, headers=headers)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ImgSearchError as exc:
+        return error_response(exc.message, exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _http_error(request, exc)
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path_qs)
+        return error_response("internal server error (see the daemon's log)", 500)
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """aiohttp's own errors (unknown route, wrong method, body too large) in our shape."""
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        message = f"{request.method} is not allowed on {request.path}; use {allowed}"
+        return error_response(message, exc.status, {"Allow": exc.headers["Allow"]})
+    if isinstance(exc, web.HTTPNotFound) and (exc.text or "").startswith("404:"):
+        return error_response(f"no such endpoint: {request.path}", exc.status)
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return error_response(f"request body too large ({exc.text})", exc.status)
+    return error_response(exc.text or exc.reason, exc.status)

@@ -1,0 +1,202 @@
+"""Route handlers: parse and check parameters, run CPU work in executors, answer JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import BodyPartReader, web
+from multidict import MultiMapping
+
+from ..errors import BadRequest, PayloadTooLarge
+from ..service import Service, resolve_path
+from .keys import INGEST_POOL, SERVICE
+
+T = TypeVar("T")
+
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 10
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
+
+table = web.RouteTableDef()
+
+
+def _service(request: web.Request) -> Service:
+    return request.app[SERVICE]
+
+
+async def _run(request: web.Request, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run blocking work off the event loop."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, partial(fn, *args, **kwargs))
+
+
+# -- parameters ------------------------------------------------------------------------------
+
+
+def _limit(raw: Any) -> int:
+    if raw is None or raw == "":
+        return DEFAULT_LIMIT
+    try:
+        limit = int(raw)
+    except (TypeError, ValueError):
+        raise BadRequest(f"limit must be an integer, got {raw!r}") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+    return limit
+
+
+def _flag(raw: Any, name: str) -> bool:
+    if raw is None or isinstance(raw, bool):
+        return bool(raw)
+    word = str(raw).strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise BadRequest(f"{name} must be 0 or 1, got {raw!r}")
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def _data_uri(uri: str, max_bytes: int) -> bytes:
+    """Bytes of a `data:image/...;base64,...` URI."""
+    head, sep, payload = uri.partition(",")
+    if not sep or not head.startswith("data:") or not head.endswith(";base64"):
+        raise BadRequest("image must be an absolute path or a data:image/...;base64,... URI")
+    if len(payload) * 3 // 4 > max_bytes:
+        raise PayloadTooLarge(f"image is over the {max_bytes}-byte upload limit")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("image data URI is not valid base64") from None
+
+
+async def _read_part(part: BodyPartReader, max_bytes: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await part.read_chunk():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"upload is over the {max_bytes}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# -- routes ----------------------------------------------------------------------------------
+
+
+@table.get("/health")
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+@table.get("/stats")
+async def stats(request: web.Request) -> web.Response:
+    return web.json_response(_service(request).stats())
+
+
+async def _add(request: web.Request, raw_path: Any, update_raw: Any) -> web.Response:
+    if raw_path is not None and not isinstance(raw_path, str):
+        raise BadRequest("image must be a string path")
+    target = resolve_path(raw_path)
+    update = _flag(update_raw, "update")
+    service = _service(request)
+    loop = asyncio.get_running_loop()
+    report = await loop.run_in_executor(
+        request.app[INGEST_POOL],
+        partial(service.ingester.add, target, update=update, stop=service.stopping),
+    )
+    return web.json_response(report.as_json())
+
+
+@table.get("/add")
+async def add_get(request: web.Request) -> web.Response:
+    q = request.query
+    return await _add(request, q.get("image"), q.get("update"))
+
+
+@table.post("/add")
+async def add_post(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    return await _add(request, body.get("image"), body.get("update", request.query.get("update")))
+
+
+@table.get("/search")
+async def search_get(request: web.Request) -> web.Response:
+    limit = _limit(request.query.get("limit"))
+    path = resolve_path(request.query.get("image"))
+    hits = await _run(request, _service(request).searcher.by_path, path, limit)
+    return web.json_response({"results": [h.as_json() for h in hits]})
+
+
+@table.post("/search")
+async def search_post(request: web.Request) -> web.Response:
+    """A multipart upload (field `image`), a raw image body, or JSON with a path or data URI."""
+    service = _service(request)
+    query, limit = await _posted_query(request, service.config.max_upload_bytes)
+    if isinstance(query, bytes):
+        hits = await _run(request, service.searcher.by_bytes, query, limit)
+    else:
+        hits = await _run(request, service.searcher.by_path, query, limit)
+    return web.json_response({"results": [h.as_json() for h in hits]})
+
+
+async def _posted_query(request: web.Request, max_bytes: int) -> tuple[bytes | Path, int]:
+    """The query image (bytes, or a path to read) and limit of a POST /search."""
+    if request.content_length is not None and request.content_length > max_bytes * 2:
+        raise PayloadTooLarge(f"upload is over the {max_bytes}-byte limit")
+    params: MultiMapping[str] = request.query
+    ctype = request.content_type
+    if ctype.startswith("multipart/"):
+        fields: dict[str, str] = {}
+        data: bytes | None = None
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise BadRequest("nested multipart bodies are not supported")
+            if part.name == "image":
+                data = await _read_part(part, max_bytes)
+            elif part.name:
+                fields[part.name] = (await _read_part(part, 64 * 1024)).decode(errors="replace")
+        if data is None:
+            raise BadRequest("multipart upload needs a file field named 'image'")
+        return data, _limit(fields.get("limit", params.get("limit")))
+    if ctype == "application/json":
+        body = await _json_body(request)
+        image = body.get("image")
+        if not isinstance(image, str) or not image:
+            raise BadRequest("JSON body needs 'image': a path or a data:image/...;base64 URI")
+        query = _data_uri(image, max_bytes) if image.startswith("data:") else resolve_path(image)
+        return query, _limit(body.get("limit", params.get("limit")))
+    if ctype.startswith("image/") or ctype == "application/octet-stream":
+        data = await request.read()
+        if len(data) > max_bytes:
+            raise PayloadTooLarge(f"upload is over the {max_bytes}-byte limit")
+        return data, _limit(params.get("limit"))
+    raise BadRequest(
+        "POST /search takes multipart/form-data (field 'image'), application/json, "
+        f"or a raw image body; got {ctype or 'no content type'}"
+    )
+
+
+@table.get("/remove")
+async def remove(request: web.Request) -> web.Response:
+    target = resolve_path(request.query.get("image"))
+    removed = await _run(request, _service(request).remove, target)
+    return web.json_response({"removed": removed})
