@@ -88,7 +88,7 @@ class Store:
         self._writer = self._connect(check_same_thread=False)
         self._migrate()
 
-    def _connect(self, *, check_same_thread: bool = True) -> sqlite3.Connection:
+    def _connect(self, *, check_same_thread: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(
             self.path, timeout=30, isolation_level=None, check_same_thread=check_same_thread
         )
@@ -100,7 +100,8 @@ class Store:
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._connect()
+            # Only this thread uses it; the flag just lets close() shut it from another thread.
+            conn = self._connect(check_same_thread=False)
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)

@@ -19,7 +19,6 @@ from .middleware import json_errors
 
 log = logging.getLogger(__name__)
 
-# Multipart framing on top of the largest allowed image.
 UPLOAD_OVERHEAD = 64 * 1024
 
 
@@ -27,9 +26,9 @@ def create_app(
     config: Config, *, embedder: Embedder | None = None, service: Service | None = None
 ) -> web.Application:
     """Build the app; the service (model, database, index) opens when the app starts."""
-    app = web.Application(
-        middlewares=[json_errors], client_max_size=config.max_upload_bytes + UPLOAD_OVERHEAD
-    )
+    # Room for the largest image sent base64-encoded in a JSON data URI, plus framing.
+    max_body = config.max_upload_bytes * 4 // 3 + UPLOAD_OVERHEAD
+    app = web.Application(middlewares=[json_errors], client_max_size=max_body)
     app.router.add_routes(routes.table)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

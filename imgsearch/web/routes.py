@@ -177,11 +177,14 @@ async def _posted_query(request: web.Request, max_bytes: int) -> tuple[bytes | P
         if data is None:
             raise BadRequest("multipart upload needs a file field named 'image'")
         return data, _limit(fields.get("limit", params.get("limit")))
-    if ctype == "application/json":
-        body = await _json_body(request)
+    if ctype in {"application/json", "application/x-www-form-urlencoded"}:
+        if ctype == "application/json":
+            body = await _json_body(request)
+        else:
+            body = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
         image = body.get("image")
         if not isinstance(image, str) or not image:
-            raise BadRequest("JSON body needs 'image': a path or a data:image/...;base64 URI")
+            raise BadRequest("the body needs 'image': a path or a data:image/...;base64 URI")
         query = _data_uri(image, max_bytes) if image.startswith("data:") else resolve_path(image)
         return query, _limit(body.get("limit", params.get("limit")))
     if ctype.startswith("image/") or ctype == "application/octet-stream":
@@ -190,8 +193,8 @@ async def _posted_query(request: web.Request, max_bytes: int) -> tuple[bytes | P
             raise PayloadTooLarge(f"upload is over the {max_bytes}-byte limit")
         return data, _limit(params.get("limit"))
     raise BadRequest(
-        "POST /search takes multipart/form-data (field 'image'), application/json, "
-        f"or a raw image body; got {ctype or 'no content type'}"
+        "POST /search takes multipart/form-data (file field 'image'), application/json or a "
+        f"form with 'image' (a path or data URI), or a raw image body; got {ctype or 'nothing'}"
     )
 
 

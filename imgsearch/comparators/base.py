@@ -1,0 +1,130 @@
+"""The Comparator protocol and the values it works on: a working Picture and a Score."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Protocol, runtime_checkable
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from ..images import decode, read_file
+
+log = logging.getLogger(__name__)
+
+# Long side of the image every comparator works on: enough detail for SIFT to find a few
+# hundred keypoints in a photo, small enough that one comparison stays in the tens of ms.
+WORKING_SIZE = 640
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, eq=False)
+class Picture:
+    """A decoded image at working size: `rgb` uint8 HxWx3 and `gray` uint8 HxW (read-only)."""
+
+    rgb: np.ndarray
+    gray: np.ndarray
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.rgb.shape[0])
+
+    @classmethod
+    def from_rgb(cls, rgb: np.ndarray) -> Picture:
+        """Build from a uint8 HxWx3 RGB array, reducing its long side to WORKING_SIZE."""
+        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3 or 0 in rgb.shape:
+            raise ValueError(f"need a non-empty uint8 HxWx3 array, got {rgb.dtype} {rgb.shape}")
+        height, width = rgb.shape[:2]
+        scale = WORKING_SIZE / max(height, width)
+        if scale < 1.0:
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        rgb = np.ascontiguousarray(rgb)
+        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        rgb.flags.writeable = False
+        gray.flags.writeable = False
+        return cls(rgb, gray)
+
+    @classmethod
+    def from_pil(cls, img: Image.Image) -> Picture:
+        """Build from a Pillow image (normally RGB already, from `images.decode`)."""
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        return cls.from_rgb(np.array(img, dtype=np.uint8))
+
+
+def load_picture(path: Path, *, max_file_bytes: int, max_pixels: int) -> Picture:
+    """Read and decode an image file into a working Picture (raises ImgSearchError subclasses)."""
+    data, _ = read_file(path, max_file_bytes)
+    # decode() keeps the *shorter* side >= min_side (JPEG draft picks the smallest scale that
+    # does), so asking for WORKING_SIZE guarantees the long side can still reach it.
+    decoded = decode(data, min_side=WORKING_SIZE, max_pixels=max_pixels)
+    return Picture.from_pil(decoded.image)
+
+
+@dataclass(frozen=True)
+class Score:
+    """One comparison: the comparator's own `raw` measure and a `score` in 0..1 (1 = same)."""
+
+    raw: float
+    score: float
+    extra: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+
+    def as_json(self) -> dict[str, Any]:
+        """`{"raw": ..., "score": ..., **extra}` with finite JSON numbers, never strings."""
+        out: dict[str, Any] = {"raw": _number(self.raw), "score": _number(self.score)}
+        for key, value in self.extra.items():
+            out[key] = _number(value) if isinstance(value, float | np.floating) else _plain(value)
+        return out
+
+
+def _number(value: float | np.floating) -> float:
+    value = float(value)
+    return round(value, 6) if math.isfinite(value) else 0.0
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars to Python ones, so json.dumps never meets them."""
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+@runtime_checkable
+class Comparator(Protocol):
+    """Compares two pictures by one method; called from worker threads, so it keeps no state."""
+
+    name: str
+    description: str
+    raw_meaning: str
+
+    def features(self, picture: Picture) -> Any:
+        """Per-image features: picklable (numpy arrays, dataclasses), cacheable on disk."""
+        ...
+
+    def compare(self, query: Any, candidate: Any) -> Score:
+        """Score a candidate's features against the query's; never raises on odd images."""
+        ...
+
+
+def saturate(value: float, scale: float) -> float:
+    """Map a count-like value >= 0 to 0..1: 1 - exp(-value / scale)."""
+    return 1.0 - math.exp(-max(0.0, value) / scale)
+
+
+def clamp01(value: float) -> float:
+    """Clip to 0..1, mapping NaN to 0."""
+    return min(1.0, max(0.0, value)) if math.isfinite(value) else 0.0

@@ -1,0 +1,172 @@
+"""Geometric verification: SIFT matches + a RANSAC homography, and a verdict on what it means."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .base import Picture, Score, saturate
+from .keypoints import Keypoints, ratio_matches
+from .sift import LOWE_RATIO, sift_keypoints
+
+log = logging.getLogger(__name__)
+
+# RANSAC reprojection error in working pixels (640 px long side): re-encoding and resizing
+# move keypoints by 1-2 px; 5 px leaves room for rotations without admitting random matches.
+RANSAC_THRESHOLD = 5.0
+# findHomography needs 4 pairs; with fewer than 8 even a perfect fit is chance.
+MIN_MATCHES = 8
+# Verified at all: unrelated photos reach at most 8 inliers out of their 0-15 chance matches,
+# while a 40% crop or an inset a quarter of the canvas keeps 40+ (see the calibration in
+# tests/test_comparators.py). 15 inliers making up a quarter of the matches is far from both.
+MIN_INLIERS = 15
+MIN_INLIER_RATIO = 0.25
+# The projected frame may shrink or grow at most this much (an inset an eighth of the
+# canvas); beyond that, or with a fold (non-convex quad), the homography is degenerate.
+MAX_SCALE = 8.0
+# Duplicate: the same framing. Resized and re-encoded copies map frame to frame with
+# coverage >= 0.97 and rotation < 0.5 degree; a 10% crop already drops coverage to 0.81.
+DUPLICATE_MIN_INLIERS = 40
+DUPLICATE_COVERAGE = 0.9
+DUPLICATE_MAX_ROTATION = 2.0  # degrees
+DUPLICATE_MAX_ANISOTROPY = 1.1  # ratio of the two axis scales
+# ... and the same pixels: after alignment at THUMB_SIZE (blurred), a pixel differs when its
+# grey level moves by more than CHANGE_LEVEL. JPEG quality 30 plus a 2x downscale changes
+# under 0.5% of pixels; a short caption written with cv2.putText changes 2% or more.
+THUMB_SIZE = 320
+CHANGE_LEVEL = 40
+DUPLICATE_MAX_CHANGED = 0.01
+# Score ranges by verdict: similar 0, edited 0.5..0.9, duplicate 0.9..1, rising with inliers.
+INLIER_SCALE = 60.0
+
+
+@dataclass(frozen=True, eq=False)
+class VerifyFeatures:
+    """SIFT keypoints plus a grayscale thumbnail for the pixel-level duplicate check."""
+
+    keypoints: Keypoints
+    thumb: np.ndarray
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What a homography does to the query frame."""
+
+    rotation: float  # degrees
+    anisotropy: float
+    flipped: bool
+    query_coverage: float  # share of the query frame that lands inside the candidate
+    candidate_coverage: float  # share of the candidate frame the query covers
+
+    def same_framing(self) -> bool:
+        return (
+            not self.flipped
+            and abs(self.rotation) <= DUPLICATE_MAX_ROTATION
+            and self.anisotropy <= DUPLICATE_MAX_ANISOTROPY
+            and min(self.query_coverage, self.candidate_coverage) >= DUPLICATE_COVERAGE
+        )
+
+
+class VerifyComparator:
+    """RANSAC-verified SIFT matches; says duplicate, edited (crop, overlay, inset) or similar."""
+
+    name = "verify"
+    description = "SIFT + RANSAC homography: is this the same picture, an edit of it, or not?"
+    raw_meaning = "RANSAC inlier count, 0 and up; extra: inliers, inlier_ratio, verdict"
+
+    def features(self, picture: Picture) -> VerifyFeatures:
+        gray = picture.gray
+        scale = min(1.0, THUMB_SIZE / max(gray.shape))
+        size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
+        thumb = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+        return VerifyFeatures(sift_keypoints(picture), thumb)
+
+    def compare(self, query: VerifyFeatures, candidate: VerifyFeatures) -> Score:
+        matches = ratio_matches(query.keypoints, candidate.keypoints, LOWE_RATIO)
+        if len(matches) < MIN_MATCHES:
+            return _score(0, len(matches), "similar")
+        src = query.keypoints.points[matches[:, 0]].reshape(-1, 1, 2)
+        dst = candidate.keypoints.points[matches[:, 1]].reshape(-1, 1, 2)
+        try:
+            homography, mask = cv2.findHomography(src, dst, cv2.RANSAC, RANSAC_THRESHOLD)
+        except cv2.error as exc:
+            log.debug("findHomography failed: %s", exc)
+            return _score(0, len(matches), "similar")
+        if homography is None or mask is None:
+            return _score(0, len(matches), "similar")
+        inliers = int(np.count_nonzero(mask))
+        geometry = _geometry(homography, query.keypoints, candidate.keypoints)
+        if geometry is None or inliers < MIN_INLIERS or inliers < MIN_INLIER_RATIO * len(matches):
+            return _score(inliers, len(matches), "similar")
+        duplicate = (
+            inliers >= DUPLICATE_MIN_INLIERS
+            and geometry.same_framing()
+            and _changed(homography, query, candidate) <= DUPLICATE_MAX_CHANGED
+        )
+        return _score(inliers, len(matches), "duplicate" if duplicate else "edited")
+
+
+def _score(inliers: int, matches: int, verdict: str) -> Score:
+    ratio = inliers / matches if matches else 0.0
+    extra = {"inliers": inliers, "inlier_ratio": round(ratio, 4), "verdict": verdict}
+    strength = saturate(inliers - MIN_INLIERS, INLIER_SCALE)
+    score = {"similar": 0.0, "edited": 0.5 + 0.4 * strength, "duplicate": 0.9 + 0.1 * strength}
+    return Score(float(inliers), score[verdict], extra)
+
+
+def _geometry(homography: np.ndarray, query: Keypoints, candidate: Keypoints) -> Geometry | None:
+    """Describe the homography, or None when it is degenerate (folds, flips to infinity)."""
+    if not np.all(np.isfinite(homography)) or abs(homography[2, 2]) < 1e-12:
+        return None
+    h = homography / homography[2, 2]
+    w, hq = float(query.width), float(query.height)
+    corners = np.array([[0, 0], [w, 0], [w, hq], [0, hq]], dtype=np.float64)
+    projective = np.hstack([corners, np.ones((4, 1))]) @ h.T
+    if np.any(projective[:, 2] <= 1e-6):
+        return None
+    quad = (projective[:, :2] / projective[:, 2:]).astype(np.float32)
+    area = abs(float(cv2.contourArea(quad)))
+    if not cv2.isContourConvex(quad) or not (
+        1 / MAX_SCALE**2 <= area / (w * hq) <= MAX_SCALE**2
+    ):
+        return None
+    cw, ch = float(candidate.width), float(candidate.height)
+    frame = np.array([[0, 0], [cw, 0], [cw, ch], [0, ch]], dtype=np.float32)
+    overlap, _ = cv2.intersectConvexConvex(_clockwise(quad), frame)
+    singular = np.linalg.svd(h[:2, :2], compute_uv=False)
+    return Geometry(
+        rotation=math.degrees(math.atan2(h[1, 0] - h[0, 1], h[0, 0] + h[1, 1])),
+        anisotropy=float(singular[0] / max(singular[1], 1e-12)),
+        flipped=bool(np.linalg.det(h[:2, :2]) < 0),
+        query_coverage=float(overlap) / area,
+        candidate_coverage=float(overlap) / (cw * ch),
+    )
+
+
+def _clockwise(quad: np.ndarray) -> np.ndarray:
+    """intersectConvexConvex wants both polygons in the same orientation as the frame."""
+    signed = float(cv2.contourArea(quad, oriented=True))
+    return quad if signed >= 0 else quad[::-1].copy()
+
+
+def _changed(homography: np.ndarray, query: VerifyFeatures, candidate: VerifyFeatures) -> float:
+    """Share of the query's pixels that differ from the aligned candidate (thumbnail scale)."""
+    qh, qw = query.thumb.shape
+    ch, cw = candidate.thumb.shape
+    to_query = np.diag([qw / query.keypoints.width, qh / query.keypoints.height, 1.0])
+    to_candidate = np.diag([cw / candidate.keypoints.width, ch / candidate.keypoints.height, 1.0])
+    h = to_candidate @ homography @ np.linalg.inv(to_query)
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    aligned = cv2.warpPerspective(candidate.thumb, h, (qw, qh), flags=flags)
+    inside = cv2.warpPerspective(np.full_like(candidate.thumb, 255), h, (qw, qh), flags=flags)
+    inside = cv2.erode(inside, np.ones((5, 5), np.uint8)) == 255
+    if not inside.any():
+        return 1.0
+    a = cv2.GaussianBlur(query.thumb, (5, 5), 0).astype(np.int16)
+    b = cv2.GaussianBlur(aligned, (5, 5), 0).astype(np.int16)
+    differs = np.abs(a - b) > CHANGE_LEVEL
+    return float(np.count_nonzero(differs & inside)) / float(np.count_nonzero(inside))
