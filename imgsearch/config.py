@@ -30,7 +30,7 @@ class Config:
     batch_size: int = 32
     workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
     max_upload_mb: float = 50.0
-    max_image_pixels: int = 200_000_000
+    max_image_pixels: int = 150_000_000
     index_save_interval: float = 60.0
     verbose: bool = False
 

@@ -75,7 +75,8 @@ def decode(data: bytes, *, min_side: int, max_pixels: int) -> Decoded:
         raise NotAnImage("empty file")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our own max_pixels is the soft limit; Pillow's hard bomb limit stays in force.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img: Image.Image = Image.open(io.BytesIO(data))
             width, height = img.size
             if width * height > max_pixels:
@@ -84,8 +85,10 @@ def decode(data: bytes, *, min_side: int, max_pixels: int) -> Decoded:
             img.draft("RGB", (min_side, min_side))
             img.load()
             img = ImageOps.exif_transpose(_to_rgb(img))
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except UnidentifiedImageError:
         raise NotAnImage("not a recognised image format") from None
+    except Image.DecompressionBombError as exc:
+        raise NotAnImage(f"refused as a decompression bomb: {exc}") from None
     except NotAnImage:
         raise
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
