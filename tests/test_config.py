@@ -1,0 +1,60 @@
+"""Config: defaults, IMGSEARCH_* variables, flags on top, and clear errors for bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from imgsearch.cli import build_parser
+from imgsearch.config import Config
+from imgsearch.errors import ConfigError
+
+
+def test_defaults() -> None:
+    c = Config.load(environ={})
+    assert (c.host, c.port, c.model, c.pretrained) == (
+        "127.0.0.1",
+        8080,
+        "ViT-B-32",
+        "laion2b_s34b_b79k",
+    )
+    assert c.device == "auto" and c.data_dir == Path("data")
+
+
+def test_environment_then_flags() -> None:
+    env = {
+        "IMGSEARCH_PORT": "9000",
+        "IMGSEARCH_HOST": "::1",
+        "IMGSEARCH_VERBOSE": "yes",
+        "IMGSEARCH_PRETRAINED": "none",
+        "IMGSEARCH_CHECKPOINT": "/w/clip.pt",
+        "IMGSEARCH_MAX_UPLOAD_MB": "2.5",
+    }
+    c = Config.load(environ=env, overrides={"port": 9100, "host": None})
+    assert (c.port, c.host, c.verbose, c.pretrained) == (9100, "::1", True, None)
+    assert c.checkpoint == Path("/w/clip.pt") and c.max_upload_bytes == int(2.5 * 1024 * 1024)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"IMGSEARCH_PORT": "eighty"}, "IMGSEARCH_PORT='eighty' is not a valid int"),
+        ({"IMGSEARCH_PORT": "70000"}, "--port must be 0..65535"),
+        ({"IMGSEARCH_VERBOSE": "perhaps"}, "is not a valid bool"),
+        ({"IMGSEARCH_WORKERS": "0"}, "--workers must be at least 1"),
+    ],
+)
+def test_bad_values_are_config_errors(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Config.load(environ=env)
+
+
+def test_cli_flags_map_onto_config_fields() -> None:
+    ns = build_parser().parse_args(
+        ["serve", "--port", "1234", "--data-dir", "/tmp/d", "--model", "efficientnet-lite0"]
+    )
+    args = {k: v for k, v in vars(ns).items() if k != "command"}
+    c = Config.load(environ={}, overrides=args)
+    assert (c.port, c.data_dir, c.model) == (1234, Path("/tmp/d"), "efficientnet-lite0")
+    assert set(args) <= {f for f in Config.__dataclass_fields__}

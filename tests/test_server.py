@@ -1,0 +1,190 @@
+"""A real `imgsearch serve` process on an ephemeral port: start-up, shutdown, restart, lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .helpers import TINY_MODEL, free_port, photo
+
+STARTUP_TIMEOUT = 90.0
+
+
+class Daemon:
+    """One `python -m imgsearch serve` subprocess."""
+
+    def __init__(self, data_dir: Path, model_config: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [sys.executable, "-m", "imgsearch", "serve", "--port", str(self.port)]
+        args += ["--data-dir", str(data_dir), "--model", TINY_MODEL, "--pretrained", "none"]
+        args += ["--model-config", str(model_config), *extra]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        # A file, not a pipe: a daemon that logs a lot can never block on a full pipe.
+        self.log = data_dir.parent / f"daemon-{self.port}.log"
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited early:\n{self.output()}")
+            try:
+                if self.get("/health") == {"ok": True}:
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError("daemon did not become ready")
+
+    def get(self, path: str, **params: Any) -> Any:
+        url = f"{self.url}{path}?{urllib.parse.urlencode(params)}"
+        with urllib.request.urlopen(url, timeout=60) as resp:
+            return json.load(resp)
+
+    def stop(self, sig: int = signal.SIGTERM) -> float:
+        start = time.monotonic()
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=30)
+        return time.monotonic() - start
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+@pytest.fixture
+def daemons(tmp_path: Path, tiny_model_config: Path) -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+
+
+def start(daemons: list[Daemon], data_dir: Path, model_config: Path, *extra: str) -> Daemon:
+    d = Daemon(data_dir, model_config, *extra)
+    daemons.append(d)
+    return d
+
+
+def test_serve_add_search_sigterm_and_restart(
+    tmp_path: Path, tiny_model_config: Path, daemons: list[Daemon]
+) -> None:
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for name in ("chelsea", "coffee", "rocket"):
+        photo(name).save(folder / f"{name}.jpg")
+    data_dir = tmp_path / "data"
+
+    first = start(daemons, data_dir, tiny_model_config)
+    first.wait_ready()
+    assert first.get("/add", image=str(folder))["added"] == 3
+    hits = first.get("/search", image=str(folder / "coffee.jpg"), limit=2)["results"]
+    assert hits[0]["image"] == str(folder / "coffee.jpg")
+    assert first.stop(signal.SIGTERM) < 10
+    assert first.proc.returncode == 0
+    assert (data_dir / "index.faiss").is_file()
+
+    second = start(daemons, data_dir, tiny_model_config)
+    second.wait_ready()
+    stats = second.get("/stats")
+    assert stats["images"] == 3 and stats["index"]["origin"] == "loaded"
+    hits = second.get("/search", image=str(folder / "rocket.jpg"), limit=1)["results"]
+    assert hits[0]["image"] == str(folder / "rocket.jpg")
+    second.stop(signal.SIGINT)
+    assert second.proc.returncode == 0
+
+
+def test_second_daemon_on_same_data_dir_exits(
+    tmp_path: Path, tiny_model_config: Path, daemons: list[Daemon]
+) -> None:
+    first = start(daemons, tmp_path / "data", tiny_model_config)
+    first.wait_ready()
+    second = start(daemons, tmp_path / "data", tiny_model_config)
+    assert second.proc.wait(timeout=STARTUP_TIMEOUT) == 2
+    assert "another imgsearch daemon" in second.output()
+    assert first.get("/health") == {"ok": True}
+
+
+def test_kill_9_then_restart_catches_up(
+    tmp_path: Path, tiny_model_config: Path, daemons: list[Daemon]
+) -> None:
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for name in ("chelsea", "coffee"):
+        photo(name).save(folder / f"{name}.png")
+    first = start(daemons, tmp_path / "data", tiny_model_config)
+    first.wait_ready()
+    assert first.get("/add", image=str(folder))["added"] == 2
+    first.stop(signal.SIGKILL)  # no chance to save the index
+
+    second = start(daemons, tmp_path / "data", tiny_model_config)
+    second.wait_ready()
+    stats = second.get("/stats")
+    assert stats["images"] == stats["index"]["vectors"] == 2
+    assert stats["index"]["origin"] in {"rebuilt", "caught-up"}
+    assert second.get("/add", image=str(folder))["skipped"] == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--model", "ViT-B-32", "--pretrained", "laion2b_s34b_b79k"], "--checkpoint"),
+        (["--model", "no-such-model"], "unknown open_clip model"),
+        (["--checkpoint", "/no/such/weights.pt"], "is not a file"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+    ],
+)
+def test_startup_failures_are_one_clear_message(
+    tmp_path: Path, tiny_model_config: Path, daemons: list[Daemon], extra: list[str], message: str
+) -> None:
+    d = start(daemons, tmp_path / "data", tiny_model_config, *extra)
+    assert d.proc.wait(timeout=STARTUP_TIMEOUT) == 2
+    out = d.output()
+    assert message in out
+    assert "Traceback" not in out
+    if "--checkpoint" in message:
+        assert "efficientnet-lite0" in out
+
+
+def test_data_dir_of_another_model_is_refused(
+    tmp_path: Path, tiny_model_config: Path, daemons: list[Daemon]
+) -> None:
+    first = start(daemons, tmp_path / "data", tiny_model_config)
+    first.wait_ready()
+    first.stop()
+    other = start(daemons, tmp_path / "data", tiny_model_config, "--model", "efficientnet-lite0")
+    assert other.proc.wait(timeout=STARTUP_TIMEOUT) == 2
+    assert "holds vectors of model open_clip/imgsearch-test-tiny/random" in other.output()
+
+
+def test_environment_variables_configure_the_daemon(
+    tmp_path: Path, tiny_model_config: Path, daemons: list[Daemon]
+) -> None:
+    os.environ["IMGSEARCH_MAX_UPLOAD_MB"] = "3"
+    try:
+        d = start(daemons, tmp_path / "data", tiny_model_config)
+    finally:
+        del os.environ["IMGSEARCH_MAX_UPLOAD_MB"]
+    d.wait_ready()
+    big = b"\0" * (3 * 1024 * 1024 + 10)
+    req = urllib.request.Request(
+        f"{d.url}/search", data=big, headers={"Content-Type": "image/jpeg"}, method="POST"
+    )
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=30)
+    assert err.value.code == 413
+    assert json.load(err.value)["status"] == 413
