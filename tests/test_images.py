@@ -1,4 +1,4 @@
-"""Decoding: draft-mode downscale, EXIF rotation, odd pixel formats, and files that are not images."""
+"""Decoding: draft-mode downscale, EXIF rotation, odd pixel formats, files that are not images."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Store and index on disk: migrations, model stamp, atomic saves, and recovery from bad index files."""
+"""Store and index on disk: migrations, model stamp, atomic saves, recovery from bad index files."""
 
 from __future__ import annotations
 
