@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .catalog import Catalog
 from .embedders import Embedder
-from .errors import ImgSearchError, NotAnImage, NotFound
+from .errors import ImgSearchError, NotFound
 from .images import decode, read_file
 from .store import NewImage
 
@@ -31,8 +31,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FileError:
+    """A file that could not be indexed; `status` is the HTTP status it would have alone."""
+
     image: str
     error: str
+    status: int = 422
 
 
 @dataclass
@@ -45,9 +48,9 @@ class AddReport:
     failed: int = 0
     errors: list[FileError] = field(default_factory=list)
 
-    def fail(self, path: str, reason: str) -> None:
+    def fail(self, error: FileError) -> None:
         self.failed += 1
-        self.errors.append(FileError(path, reason))
+        self.errors.append(error)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -121,7 +124,8 @@ class Ingester:
             with tqdm(total=len(todo), desc=f"indexing {target}", unit="img", disable=hide) as bar:
                 self._run(todo, report, stop, bar, on_progress)
         if not is_dir and report.errors:
-            raise NotAnImage(f"{report.errors[0].image}: {report.errors[0].error}")
+            error = report.errors[0]
+            raise ImgSearchError(f"{error.image}: {error.error}", error.status)
         return report
 
     def _changed(self, files: list[Path], update: bool, report: AddReport) -> list[Path]:
@@ -169,7 +173,7 @@ class Ingester:
                     pending.append(pool.submit(self._prepare, path))
                 prepared = future.result()
                 if isinstance(prepared, FileError):
-                    report.fail(prepared.image, prepared.error)
+                    report.fail(prepared)
                 else:
                     batch.append(prepared)
                 if len(batch) >= self.batch_size or (not pending and batch):
@@ -189,10 +193,10 @@ class Ingester:
             decoded = decode(data, min_side=self.embedder.input_size, max_pixels=self.max_pixels)
             tensor = self.embedder.prepare(decoded.image)
         except ImgSearchError as exc:
-            return FileError(str(path), exc.message)
+            return FileError(str(path), exc.message, exc.status)
         except Exception as exc:  # one file must never stop the run
             log.exception("unexpected error while reading %s", path)
-            return FileError(str(path), f"unexpected error: {exc}")
+            return FileError(str(path), f"unexpected error: {exc}", 500)
         digest = hashlib.sha256(data).hexdigest()
         return Prepared(
             str(path), st.st_size, st.st_mtime_ns, digest, decoded.width, decoded.height, tensor
@@ -224,7 +228,7 @@ def walk(root: Path, extensions: frozenset[str], report: AddReport) -> Iterator[
     seen: set[tuple[int, int]] = set()
 
     def on_error(exc: OSError) -> None:
-        report.fail(str(exc.filename), f"cannot list folder: {exc.strerror}")
+        report.fail(FileError(str(exc.filename), f"cannot list folder: {exc.strerror}", 403))
 
     emitted: set[str] = set()
     for folder, dirs, names in os.walk(root, followlinks=True, onerror=on_error):
@@ -244,7 +248,7 @@ def walk(root: Path, extensions: frozenset[str], report: AddReport) -> Iterator[
             try:
                 path = (Path(folder) / name).resolve(strict=True)
             except (OSError, RuntimeError) as exc:
-                report.fail(str(Path(folder) / name), f"cannot resolve path: {exc}")
+                report.fail(FileError(str(Path(folder) / name), f"cannot resolve path: {exc}", 404))
                 continue
             if str(path) not in emitted:
                 emitted.add(str(path))

@@ -363,3 +363,14 @@ async def test_restart_keeps_everything(
     assert stats["index"]["origin"] == "rebuilt" and stats["index"]["vectors"] == 5
     body = await get_json(third, "/search", image=str(photos["rocket"]), limit=1)
     assert body["results"][0]["image"] == str(photos["rocket"])
+
+
+async def test_single_file_add_keeps_the_failure_status(client: Client, tmp_path: Path) -> None:
+    big = tmp_path / "big.jpg"
+    big.write_bytes(jpeg_bytes(photo("coffee")) + b"\0" * (3 * 1024 * 1024))
+    body = await get_json(client, "/add", 413, image=str(big))
+    assert "over the" in body["error"] and body["status"] == 413
+    (tmp_path / "dir").mkdir()
+    big.rename(tmp_path / "dir" / "big.jpg")
+    report = await add(client, tmp_path / "dir")
+    assert report["failed"] == 1 and "over the" in report["errors"][0]["error"]
