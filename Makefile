@@ -20,8 +20,8 @@ serve: $(STAMP)
 	$(PY) -m imgsearch serve $(ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check imgsearch tests bench test_cuda.py
-	$(VENV)/bin/ruff format --check imgsearch tests bench test_cuda.py
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 test: lint
