@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 THUMB_SIZE = 128
 # Besides the whole-frame comparison, each image is shrunk to these fractions of the other
 # and slid across it, so a crop (or an inset) is found at about its own scale.
-CROP_SCALES = (0.8, 0.65, 0.5)
+CROP_SCALES = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
 # Templates smaller than this carry too little to correlate meaningfully.
 MIN_TEMPLATE_SIDE = 12
 # Standard deviation (grey levels) under which a thumbnail counts as flat: correlation is
@@ -41,7 +41,9 @@ class TemplateComparator:
     def compare(self, query: np.ndarray, candidate: np.ndarray) -> Score:
         if query.std() < FLAT_STD or candidate.std() < FLAT_STD:
             return Score(0.0, 0.0)
-        whole = cv2.resize(candidate, (query.shape[1], query.shape[0]), interpolation=cv2.INTER_AREA)
+        whole = cv2.resize(
+            candidate, (query.shape[1], query.shape[0]), interpolation=cv2.INTER_AREA
+        )
         best = _correlate(query, whole)
         for scale in CROP_SCALES:
             best = max(best, _slide(query, candidate, scale), _slide(candidate, query, scale))

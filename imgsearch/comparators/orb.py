@@ -16,9 +16,9 @@ ORB_FEATURES = 1000
 # Bits in an ORB descriptor: the largest possible Hamming distance, reported as the raw
 # value when nothing matches.
 MAX_DISTANCE = 256.0
-# A cross-checked match at or below this distance counts as good. Among 14 skimage pictures,
-# unrelated pairs have at most 5 matches this close (at 50: up to 55), while resized and
-# re-encoded copies keep 50+ and 50% crops mostly 10+ (tests/test_comparators.py).
+# A cross-checked match at or below this distance counts as good. Among the 14 scikit-image
+# sample pictures, unrelated pairs have at most 5 matches this close (at 50: up to 55),
+# while resized and re-encoded copies keep 50+ and 50% crops mostly 10+.
 GOOD_DISTANCE = 35
 # As for SIFT: the first few good matches are chance, then the score saturates
 # (0.63 at NOISE_MATCHES + MATCH_SCALE).
@@ -34,7 +34,7 @@ class OrbComparator:
     raw_meaning = "mean Hamming distance of matches, 0-256; lower is more similar (256 = none)"
 
     def features(self, picture: Picture) -> Keypoints:
-        detector = cv2.ORB_create(nfeatures=ORB_FEATURES)
+        detector = cv2.ORB.create(nfeatures=ORB_FEATURES)
         return detect(detector, picture.gray, np.uint8)
 
     def compare(self, query: Keypoints, candidate: Keypoints) -> Score:
