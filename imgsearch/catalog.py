@@ -28,6 +28,7 @@ DB_FILE = "imgsearch.sqlite3"
 class Neighbour:
     id: int
     path: str
+    mtime_ns: int
     similarity: float
 
 
@@ -110,14 +111,19 @@ class Catalog:
             self._applied = result.generation
         return result
 
-    def remove_tree(self, path: str) -> int:
-        """Remove a file, or every image under a folder; return how many."""
+    def remove_tree(self, path: str) -> list[int]:
+        """Remove a file, or every image under a folder; return the ids removed."""
         with self._mutate:
             ids = self.store.remove_tree(path)
             if ids:
                 self.index.remove(np.asarray(ids, dtype=np.int64))
                 self._applied = self.store.generation()
-        return len(ids)
+        return ids
+
+    def similarities(self, query: np.ndarray, ids: Sequence[int]) -> dict[int, float]:
+        """Cosine similarity of the query to each stored id still in the index."""
+        vectors = self.index.vectors(ids)
+        return {i: float(v @ query) for i, v in vectors.items()}
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -129,7 +135,7 @@ class Catalog:
         paths = self.store.paths(sorted({int(i) for i in ids.ravel() if i >= 0}))
         return [
             [
-                Neighbour(int(i), paths[int(i)], float(s))
+                Neighbour(int(i), *paths[int(i)], float(s))
                 for s, i in zip(row_s, row_i, strict=True)
                 if int(i) in paths  # a row removed since the search is not reported
             ]

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,17 @@ class VectorIndex:
                 self._index.remove_ids(ids)
             if len(ids):
                 self._index.add_with_ids(vectors, ids)
+
+    def vectors(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """The stored vector of each id present in the index."""
+        found = {}
+        with self._lock:
+            for i in ids:
+                try:
+                    found[int(i)] = self._index.reconstruct(int(i))
+                except RuntimeError:  # not in the index (removed meanwhile)
+                    continue
+        return found
 
     def remove(self, ids: np.ndarray) -> int:
         with self._lock:

@@ -1,52 +1,216 @@
-"""Search: embed the query, ask the index, turn neighbours into hits. No HTTP in here."""
+"""Search: embed the query, ask the index, re-rank with comparators, return hits. No HTTP here.
+
+With comparators, the candidate set is widened before re-ranking: the top `rerank_k` of the
+whole query, plus the nearest images of a few regions of the query (tiles and a centre crop,
+embedded in the same batch), so a stored photo that is only part of a screenshot or collage
+still reaches the comparators. Every candidate keeps the whole query's similarity, so a
+region-only candidate ranks below all whole-query ones unless a comparator vouches for it.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from .catalog import Catalog
+from .comparators import (
+    WORKING_SIZE,
+    Candidate,
+    Comparator,
+    FeatureCache,
+    Picture,
+    Score,
+    load_picture,
+    rerank,
+)
 from .embedders import Embedder
+from .errors import ImgSearchError
 from .images import decode, read_file
 
 log = logging.getLogger(__name__)
 
+MIN_RERANK_K = 30
+REGION_K = 10
+# Tiles of 60% x 60% at the four corners (overlapping) and a 50% centre crop.
+REGION_BOXES = (
+    (0.0, 0.0, 0.6, 0.6),
+    (0.4, 0.0, 1.0, 0.6),
+    (0.0, 0.4, 0.6, 1.0),
+    (0.4, 0.4, 1.0, 1.0),
+    (0.25, 0.25, 0.75, 0.75),
+)
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How to search: how many hits, which comparators, whether they may reorder."""
+
+    limit: int = 10
+    comparators: Sequence[Comparator] = ()
+    rerank: bool = True
+    rerank_k: int | None = None
+    regions: bool = True
+
+    @property
+    def candidates(self) -> int:
+        return max(self.limit, self.rerank_k or MIN_RERANK_K)
+
 
 @dataclass(frozen=True)
 class Hit:
-    """One result: the stored image and its embedding distance (1 - cosine, lower = closer)."""
+    """One result. `distance` is the embedding's (1 - cosine, lower = closer); with comparators,
+    `score` is the fused score (higher = better) and `rank_before` the embedding rank."""
 
     id: int
     image: str
     distance: float
+    score: float | None = None
+    rank_before: int | None = None
+    compare: Mapping[str, Score] = field(default_factory=dict)
+    error: str | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {"image": self.image, "distance": round(self.distance, 6)}
+        out: dict[str, Any] = {"image": self.image, "distance": round(self.distance, 6)}
+        if self.score is not None:
+            out["score"] = round(self.score, 6)
+            out["rank_before"] = self.rank_before
+            out["compare"] = {name: s.as_json() for name, s in self.compare.items()}
+            verdict = (
+                self.compare["verify"].extra.get("verdict") if "verify" in self.compare else None
+            )
+            if verdict is not None:
+                out["verdict"] = verdict
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+@dataclass(frozen=True)
+class _Found:
+    id: int
+    path: str
+    mtime_ns: int
+    similarity: float
 
 
 class Searcher:
     """Finds the stored images closest to a query image."""
 
     def __init__(
-        self, catalog: Catalog, embedder: Embedder, *, max_file_bytes: int, max_pixels: int
+        self,
+        catalog: Catalog,
+        embedder: Embedder,
+        features: FeatureCache,
+        *,
+        workers: int,
+        max_file_bytes: int,
+        max_pixels: int,
     ) -> None:
         self.catalog = catalog
         self.embedder = embedder
+        self.features = features
         self.max_file_bytes = max_file_bytes
         self.max_pixels = max_pixels
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="compare")
 
-    def by_path(self, path: Path, limit: int) -> list[Hit]:
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def by_path(self, path: Path, options: SearchOptions) -> list[Hit]:
         data, _ = read_file(path, self.max_file_bytes)
-        return self.by_bytes(data, limit)
+        return self.by_bytes(data, options)
 
-    def by_bytes(self, data: bytes, limit: int) -> list[Hit]:
-        decoded = decode(data, min_side=self.embedder.input_size, max_pixels=self.max_pixels)
-        return self.by_vector(self.embedder.embed_images([decoded.image])[0], limit)
+    def by_bytes(self, data: bytes, options: SearchOptions) -> list[Hit]:
+        min_side = WORKING_SIZE if options.comparators else self.embedder.input_size
+        image = decode(data, min_side=min_side, max_pixels=self.max_pixels).image
+        views = [image]
+        if options.comparators and options.regions:
+            views += [_region(image, box) for box in REGION_BOXES]
+        vectors = self.embedder.embed_images(views)
+        found = self._candidates(vectors, options)
+        if not options.comparators:
+            return [Hit(f.id, f.path, _distance(f.similarity)) for f in found[: options.limit]]
+        return self._rerank(Picture.from_pil(image), found, options)
 
-    def by_vector(self, vector: np.ndarray, limit: int) -> list[Hit]:
-        (neighbours,) = self.catalog.nearest(vector[None, :], limit)
-        return [Hit(n.id, n.path, max(0.0, 1.0 - n.similarity)) for n in neighbours]
+    def _candidates(self, vectors: np.ndarray, options: SearchOptions) -> list[_Found]:
+        """Whole-query neighbours, plus region neighbours scored by whole-query similarity."""
+        rows = self.catalog.nearest(vectors, options.candidates)
+        found = {n.id: _Found(n.id, n.path, n.mtime_ns, n.similarity) for n in rows[0]}
+        extra = {n.id: n for row in rows[1:] for n in row[:REGION_K] if n.id not in found}
+        if extra:
+            sims = self.catalog.similarities(vectors[0], list(extra))
+            for i, sim in sims.items():
+                found[i] = _Found(i, extra[i].path, extra[i].mtime_ns, sim)
+        return sorted(found.values(), key=lambda f: (-f.similarity, f.id))
+
+    def _rerank(self, query: Picture, found: list[_Found], options: SearchOptions) -> list[Hit]:
+        comparators = list(options.comparators)
+        query_features = list(self._pool.map(lambda c: c.features(query), comparators))
+        scored = list(self._pool.map(lambda f: self._score(f, comparators, query_features), found))
+        candidates = [
+            Candidate(f.id, f.similarity, scores)
+            for f, (scores, _) in zip(found, scored, strict=True)
+        ]
+        ranked = rerank(candidates)
+        if not options.rerank:
+            ranked.sort(key=lambda r: r.rank_before)
+        by_id = {f.id: (f, error) for f, (_, error) in zip(found, scored, strict=True)}
+        hits = []
+        for r in ranked[: options.limit]:
+            f, error = by_id[r.id]
+            hits.append(
+                Hit(r.id, f.path, _distance(f.similarity), r.score, r.rank_before, r.scores, error)
+            )
+        return hits
+
+    def _score(
+        self, found: _Found, comparators: list[Comparator], query_features: list[Any]
+    ) -> tuple[dict[str, Score], str | None]:
+        """Comparator scores of one candidate; a file that cannot be read scores nothing."""
+        try:
+            candidate = self._candidate_features(found, comparators)
+        except ImgSearchError as exc:
+            return {}, exc.message
+        except Exception as exc:  # a bad candidate must not fail the whole search
+            log.exception("comparing %s failed", found.path)
+            return {}, f"comparison failed: {exc}"
+        scores = {}
+        for comparator, q, c in zip(comparators, query_features, candidate, strict=True):
+            try:
+                scores[comparator.name] = comparator.compare(q, c)
+            except Exception:
+                log.exception("comparator %s failed on %s", comparator.name, found.path)
+        return scores, None
+
+    def _candidate_features(self, found: _Found, comparators: list[Comparator]) -> list[Any]:
+        """Each comparator's features of a stored image, from the cache or computed once."""
+        cached = [self.features.get(c.name, found.id, found.mtime_ns) for c in comparators]
+        if all(f is not None for f in cached):
+            return cached
+        picture = load_picture(
+            Path(found.path), max_file_bytes=self.max_file_bytes, max_pixels=self.max_pixels
+        )
+        out = []
+        for comparator, hit in zip(comparators, cached, strict=True):
+            if hit is None:
+                hit = comparator.features(picture)
+                self.features.put(comparator.name, found.id, found.mtime_ns, hit)
+            out.append(hit)
+        return out
+
+
+def _region(image: Image.Image, box: tuple[float, float, float, float]) -> Image.Image:
+    w, h = image.size
+    left, top, right, bottom = box
+    return image.crop((int(left * w), int(top * h), int(right * w), int(bottom * h)))
+
+
+def _distance(similarity: float) -> float:
+    return max(0.0, 1.0 - similarity)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import Catalog
+from .comparators import ComparatorRegistry, FeatureCache
 from .config import Config
 from .embedders import Embedder, load_embedder
 from .errors import BadRequest, ConfigError
@@ -72,11 +73,18 @@ class Service:
             workers=config.workers,
             **limits,
         )
-        self.searcher = Searcher(self.catalog, self.embedder, **limits)
+        self.comparators = ComparatorRegistry.from_entry_points()
+        self.features = FeatureCache(config.data_dir / "features")
+        self.searcher = Searcher(
+            self.catalog, self.embedder, self.features, workers=config.workers, **limits
+        )
 
     def remove(self, target: Path) -> int:
         """Forget a file, or every image under a folder (the files themselves are untouched)."""
-        return self.catalog.remove_tree(str(target))
+        ids = self.catalog.remove_tree(str(target))
+        for image_id in ids:
+            self.features.invalidate(image_id)
+        return len(ids)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -94,6 +102,7 @@ class Service:
 
     def close(self) -> None:
         try:
+            self.searcher.close()
             self.catalog.close()
         finally:
             self._lock.release()

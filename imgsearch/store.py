@@ -182,14 +182,16 @@ class Store:
                 found[path] = FileState(id_, size, mtime_ns)
         return found
 
-    def paths(self, ids: Sequence[int]) -> dict[int, str]:
+    def paths(self, ids: Sequence[int]) -> dict[int, tuple[str, int]]:
+        """Path and mtime_ns of each id that is in the store."""
         conn = self._reader()
-        found: dict[int, str] = {}
+        found: dict[int, tuple[str, int]] = {}
         for start in range(0, len(ids), 500):
             chunk = [int(i) for i in ids[start : start + 500]]
             marks = ",".join("?" * len(chunk))
-            query = f"SELECT id, path FROM images WHERE id IN ({marks})"
-            found.update(conn.execute(query, chunk))
+            query = f"SELECT id, path, mtime_ns FROM images WHERE id IN ({marks})"
+            for id_, path, mtime_ns in conn.execute(query, chunk):
+                found[id_] = (path, mtime_ns)
         return found
 
     def ids(self) -> np.ndarray:

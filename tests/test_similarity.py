@@ -12,6 +12,7 @@ from sklearn.datasets import load_sample_images
 
 from imgsearch.config import Config
 from imgsearch.embedders import Embedder
+from imgsearch.search import SearchOptions
 from imgsearch.service import Service
 
 from .helpers import PHOTOS, jpeg_bytes, photo
@@ -57,13 +58,13 @@ def test_edited_copy_finds_its_original_first(
     service: Service, gallery: Path, name: str, edit: str
 ) -> None:
     query = EDITS[edit](photo(name, 400))
-    hits = service.searcher.by_bytes(jpeg_bytes(query, quality=60), limit=5)
+    hits = service.searcher.by_bytes(jpeg_bytes(query, quality=60), SearchOptions(limit=5))
     assert hits[0].image == str(gallery / f"{name}.jpg"), [h.image for h in hits]
     assert hits[0].distance < hits[1].distance
 
 
 def test_unrelated_image_is_far(service: Service) -> None:
     noise = np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)
-    hits = service.searcher.by_bytes(jpeg_bytes(Image.fromarray(noise)), limit=1)
-    exact = service.searcher.by_bytes(jpeg_bytes(photo("chelsea", 400)), limit=1)
+    hits = service.searcher.by_bytes(jpeg_bytes(Image.fromarray(noise)), SearchOptions(limit=1))
+    exact = service.searcher.by_bytes(jpeg_bytes(photo("chelsea", 400)), SearchOptions(limit=1))
     assert exact[0].distance < 0.05 < hits[0].distance

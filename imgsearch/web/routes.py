@@ -6,15 +6,15 @@ import asyncio
 import base64
 import binascii
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import BodyPartReader, web
-from multidict import MultiMapping
 
 from ..errors import BadRequest, PayloadTooLarge
+from ..search import SearchOptions
 from ..service import Service, resolve_path
 from .keys import INGEST_POOL, SERVICE
 
@@ -41,15 +41,17 @@ async def _run(request: web.Request, fn: Callable[..., T], *args: Any, **kwargs:
 # -- parameters ------------------------------------------------------------------------------
 
 
-def _limit(raw: Any) -> int:
+def _limit(raw: Any, name: str = "limit") -> int:
     if raw is None or raw == "":
         return DEFAULT_LIMIT
     try:
+        if isinstance(raw, bool | float):
+            raise ValueError(raw)
         limit = int(raw)
     except (TypeError, ValueError):
-        raise BadRequest(f"limit must be an integer, got {raw!r}") from None
+        raise BadRequest(f"{name} must be an integer, got {raw!r}") from None
     if not 1 <= limit <= MAX_LIMIT:
-        raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+        raise BadRequest(f"{name} must be between 1 and {MAX_LIMIT}, got {limit}")
     return limit
 
 
@@ -137,11 +139,36 @@ async def add_post(request: web.Request) -> web.Response:
     return await _add(request, body.get("image"), body.get("update", request.query.get("update")))
 
 
+def _options(service: Service, params: Mapping[str, Any], compare: list[str]) -> SearchOptions:
+    """Search options from query parameters or a body (`compare` repeatable or comma lists)."""
+    limit = _limit(params.get("limit"))
+    rerank_k = params.get("rerank_k")
+    if rerank_k is not None and rerank_k != "":
+        rerank_k = _limit(rerank_k, name="rerank_k")
+    return SearchOptions(
+        limit=limit,
+        comparators=service.comparators.parse(compare),
+        rerank=_flag(params.get("rerank", "1"), "rerank"),
+        rerank_k=rerank_k or None,
+    )
+
+
+def _compare_list(raw: Any) -> list[str]:
+    if raw is None:
+        return []
+    if isinstance(raw, str):
+        return [raw]
+    if isinstance(raw, list) and all(isinstance(x, str) for x in raw):
+        return raw
+    raise BadRequest("compare must be a name or a list of names")
+
+
 @table.get("/search")
 async def search_get(request: web.Request) -> web.Response:
-    limit = _limit(request.query.get("limit"))
+    service = _service(request)
+    options = _options(service, request.query, request.query.getall("compare", []))
     path = resolve_path(request.query.get("image"))
-    hits = await _run(request, _service(request).searcher.by_path, path, limit)
+    hits = await _run(request, service.searcher.by_path, path, options)
     return web.json_response({"results": [h.as_json() for h in hits]})
 
 
@@ -149,22 +176,25 @@ async def search_get(request: web.Request) -> web.Response:
 async def search_post(request: web.Request) -> web.Response:
     """A multipart upload (field `image`), a raw image body, or JSON with a path or data URI."""
     service = _service(request)
-    query, limit = await _posted_query(request, service.config.max_upload_bytes)
+    query, params, compare = await _posted_query(request, service.config.max_upload_bytes)
+    options = _options(service, params, compare)
     if isinstance(query, bytes):
-        hits = await _run(request, service.searcher.by_bytes, query, limit)
+        hits = await _run(request, service.searcher.by_bytes, query, options)
     else:
-        hits = await _run(request, service.searcher.by_path, query, limit)
+        hits = await _run(request, service.searcher.by_path, query, options)
     return web.json_response({"results": [h.as_json() for h in hits]})
 
 
-async def _posted_query(request: web.Request, max_bytes: int) -> tuple[bytes | Path, int]:
-    """The query image (bytes, or a path to read) and limit of a POST /search."""
+async def _posted_query(
+    request: web.Request, max_bytes: int
+) -> tuple[bytes | Path, dict[str, Any], list[str]]:
+    """The query image (bytes, or a path to read), its other parameters and comparators."""
     if request.content_length is not None and request.content_length > max_bytes * 2:
         raise PayloadTooLarge(f"upload is over the {max_bytes}-byte limit")
-    params: MultiMapping[str] = request.query
+    params: dict[str, Any] = dict(request.query)
+    compare = request.query.getall("compare", [])
     ctype = request.content_type
     if ctype.startswith("multipart/"):
-        fields: dict[str, str] = {}
         data: bytes | None = None
         reader = await request.multipart()
         while (part := await reader.next()) is not None:
@@ -173,29 +203,47 @@ async def _posted_query(request: web.Request, max_bytes: int) -> tuple[bytes | P
             if part.name == "image":
                 data = await _read_part(part, max_bytes)
             elif part.name:
-                fields[part.name] = (await _read_part(part, 64 * 1024)).decode(errors="replace")
+                value = (await _read_part(part, 64 * 1024)).decode(errors="replace")
+                if part.name == "compare":
+                    compare.append(value)
+                else:
+                    params[part.name] = value
         if data is None:
             raise BadRequest("multipart upload needs a file field named 'image'")
-        return data, _limit(fields.get("limit", params.get("limit")))
+        return data, params, compare
     if ctype in {"application/json", "application/x-www-form-urlencoded"}:
         if ctype == "application/json":
             body = await _json_body(request)
+            compare += _compare_list(body.pop("compare", None))
         else:
-            body = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
-        image = body.get("image")
+            form = await request.post()
+            compare += [v for v in form.getall("compare", []) if isinstance(v, str)]
+            body = {k: v for k, v in form.items() if isinstance(v, str) and k != "compare"}
+        params.update(body)
+        image = params.pop("image", None)
         if not isinstance(image, str) or not image:
             raise BadRequest("the body needs 'image': a path or a data:image/...;base64 URI")
         query = _data_uri(image, max_bytes) if image.startswith("data:") else resolve_path(image)
-        return query, _limit(body.get("limit", params.get("limit")))
+        return query, params, compare
     if ctype.startswith("image/") or ctype == "application/octet-stream":
         data = await request.read()
         if len(data) > max_bytes:
             raise PayloadTooLarge(f"upload is over the {max_bytes}-byte limit")
-        return data, _limit(params.get("limit"))
+        return data, params, compare
     raise BadRequest(
         "POST /search takes multipart/form-data (file field 'image'), application/json or a "
         f"form with 'image' (a path or data URI), or a raw image body; got {ctype or 'nothing'}"
     )
+
+
+@table.get("/comparators")
+async def comparators(request: web.Request) -> web.Response:
+    registry = _service(request).comparators
+    listing = [
+        {"name": c.name, "description": c.description, "raw": c.raw_meaning}
+        for c in (registry.get(name) for name in registry.names())
+    ]
+    return web.json_response({"comparators": listing})
 
 
 @table.get("/remove")
