@@ -13,6 +13,8 @@ from aiohttp.test_utils import TestClient
 from PIL import Image
 from skimage import data as skdata
 
+from imgsearch.comparators import Picture, Score
+
 TINY_MODEL = "imgsearch-test-tiny"
 TINY_CONFIG = {
     "embed_dim": 32,
@@ -53,3 +55,28 @@ def jpeg_bytes(img: Image.Image, **kwargs: Any) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", **kwargs)
     return buf.getvalue()
+
+
+async def get_json(
+    client: TestClient[web.Request, web.Application], path: str, status: int = 200, **params: Any
+) -> Any:
+    """GET with query parameters; check the status and return the JSON body."""
+    resp = await client.get(path, params=params)
+    body = await resp.json()
+    assert resp.status == status, body
+    return body
+
+
+class Brightness:
+    """A third-party style comparator plugin: mean brightness difference."""
+
+    name = "brightness"
+    description = "Mean brightness difference."
+    raw_meaning = "absolute difference of mean grey levels, 0-255; lower is more similar"
+
+    def features(self, picture: Picture) -> float:
+        return float(picture.gray.mean())
+
+    def compare(self, query: float, candidate: float) -> Score:
+        raw = abs(query - candidate)
+        return Score(raw, 1.0 - raw / 255.0)

@@ -18,16 +18,9 @@ from imgsearch.config import Config
 from imgsearch.embedders import Embedder
 from imgsearch.web import create_app
 
-from .helpers import ClientFactory, jpeg_bytes, photo
+from .helpers import ClientFactory, get_json, jpeg_bytes, photo
 
 Client = TestClient[web.Request, web.Application]
-
-
-async def get_json(client: Client, path: str, status: int = 200, **params: Any) -> Any:
-    resp = await client.get(path, params=params)
-    body = await resp.json()
-    assert resp.status == status, body
-    return body
 
 
 async def add(client: Client, target: Path, **params: Any) -> dict[str, Any]:

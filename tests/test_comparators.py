@@ -33,6 +33,8 @@ from imgsearch.comparators import (
 from imgsearch.comparators import registry as registry_module
 from imgsearch.errors import BadRequest
 
+from .helpers import Brightness
+
 BUILTINS = ("basic", "sift", "ssim", "histogram", "orb", "verify")
 GEOMETRIC = ("sift", "orb", "verify")
 RAW_RANGES = {
@@ -325,21 +327,6 @@ def test_comparators_are_thread_safe(
 
 
 # -- registry ----------------------------------------------------------------------------------
-
-
-class Brightness:
-    """A plugin: mean brightness difference."""
-
-    name = "brightness"
-    description = "Mean brightness difference."
-    raw_meaning = "absolute difference of mean grey levels, 0-255; lower is more similar"
-
-    def features(self, picture: Picture) -> float:
-        return float(picture.gray.mean())
-
-    def compare(self, query: float, candidate: float) -> Score:
-        raw = abs(query - candidate)
-        return Score(raw, 1.0 - raw / 255.0)
 
 
 def test_registry_parse(registry: ComparatorRegistry) -> None:

@@ -10,19 +10,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from PIL import Image
 
-from imgsearch.comparators import Picture, Score
 from imgsearch.web.keys import SERVICE
 
-from .helpers import photo
+from .helpers import Brightness, get_json, photo
 
 Client = TestClient[web.Request, web.Application]
-
-
-async def call(client: Client, path: str, status: int = 200, **params: Any) -> Any:
-    resp = await client.get(path, params=params)
-    body = await resp.json()
-    assert resp.status == status, body
-    return body
 
 
 @pytest.fixture
@@ -31,7 +23,7 @@ async def gallery(client: Client, tmp_path: Path) -> Path:
     folder.mkdir()
     for name in ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins"):
         photo(name, 360).save(folder / f"{name}.jpg", quality=92)
-    assert (await call(client, "/add", image=str(folder)))["added"] == 6
+    assert (await get_json(client, "/add", image=str(folder)))["added"] == 6
     return folder
 
 
@@ -47,7 +39,9 @@ async def test_each_result_carries_numeric_scores(
     client: Client, gallery: Path, tmp_path: Path
 ) -> None:
     query = crop_of("chelsea", tmp_path)
-    body = await call(client, "/search", image=str(query), limit=6, compare=["sift,orb", "ssim"])
+    body = await get_json(
+        client, "/search", image=str(query), limit=6, compare=["sift,orb", "ssim"]
+    )
     assert len(body["results"]) == 6
     for hit in body["results"]:
         assert set(hit["compare"]) == {"sift", "orb", "ssim"}
@@ -66,8 +60,8 @@ async def test_verified_copy_moves_to_the_top(
     """The tiny test model's random weights rank by chance; geometric evidence must win."""
     for name in ("chelsea", "rocket", "coffee"):
         query = crop_of(name, tmp_path)
-        plain = await call(client, "/search", image=str(query), limit=6)
-        body = await call(client, "/search", image=str(query), limit=6, compare="verify")
+        plain = await get_json(client, "/search", image=str(query), limit=6)
+        body = await get_json(client, "/search", image=str(query), limit=6, compare="verify")
         first = body["results"][0]
         assert first["image"] == str(gallery / f"{name}.jpg")
         assert first["verdict"] == "edited" and first["compare"]["verify"]["inliers"] >= 15
@@ -84,7 +78,7 @@ async def test_duplicate_verdict_and_rerank_off(
 ) -> None:
     query = tmp_path / "resized.jpg"
     photo("coffee", 360).resize((240, 160)).save(query, quality=40)
-    body = await call(client, "/search", image=str(query), limit=6, compare="verify", rerank=0)
+    body = await get_json(client, "/search", image=str(query), limit=6, compare="verify", rerank=0)
     assert [h["rank_before"] for h in body["results"]] == list(range(1, 7))
     verdicts = {Path(h["image"]).stem: h["verdict"] for h in body["results"]}
     assert verdicts["coffee"] == "duplicate"
@@ -92,11 +86,11 @@ async def test_duplicate_verdict_and_rerank_off(
 
 
 async def test_unknown_comparator_is_400_with_valid_names(client: Client, gallery: Path) -> None:
-    body = await call(client, "/search", 400, image=str(gallery / "coins.jpg"), compare="magic")
+    body = await get_json(client, "/search", 400, image=str(gallery / "coins.jpg"), compare="magic")
     assert "magic" in body["error"]
     for name in ("basic", "sift", "ssim", "histogram", "orb", "verify"):
         assert name in body["error"]
-    listing = await call(client, "/comparators")
+    listing = await get_json(client, "/comparators")
     assert [c["name"] for c in listing["comparators"]] == sorted(
         ["basic", "sift", "ssim", "histogram", "orb", "verify"]
     )
@@ -113,24 +107,11 @@ async def test_post_search_takes_compare(client: Client, gallery: Path) -> None:
     assert body["results"][0]["compare"]["histogram"]["score"] == pytest.approx(1.0, abs=0.01)
 
 
-class Brightness:
-    """A third-party style comparator: mean brightness difference."""
-
-    name = "brightness"
-    description = "Mean brightness difference."
-    raw_meaning = "absolute difference of mean gray level, 0-255; lower is more similar"
-
-    def features(self, picture: Picture) -> Any:
-        return float(picture.gray.mean())
-
-    def compare(self, query: Any, candidate: Any) -> Score:
-        diff = abs(query - candidate)
-        return Score(raw=diff, score=1.0 - diff / 255.0)
-
-
 async def test_a_registered_plugin_is_used_through_the_api(client: Client, gallery: Path) -> None:
     client.app[SERVICE].comparators.register(Brightness())
-    body = await call(client, "/search", image=str(gallery / "camera.jpg"), compare="brightness")
+    body = await get_json(
+        client, "/search", image=str(gallery / "camera.jpg"), compare="brightness"
+    )
     top = body["results"][0]
     assert top["image"] == str(gallery / "camera.jpg")
     assert top["compare"]["brightness"] == {"raw": 0.0, "score": 1.0}
@@ -139,10 +120,10 @@ async def test_a_registered_plugin_is_used_through_the_api(client: Client, galle
 async def test_feature_cache_is_filled_and_cleared_on_remove(
     client: Client, gallery: Path, config: Any
 ) -> None:
-    await call(client, "/search", image=str(gallery / "coins.jpg"), compare="sift")
+    await get_json(client, "/search", image=str(gallery / "coins.jpg"), compare="sift")
     cached = list((config.data_dir / "features" / "sift").glob("*"))
     assert len(cached) == 6
-    await call(client, "/remove", image=str(gallery / "coins.jpg"))
+    await get_json(client, "/remove", image=str(gallery / "coins.jpg"))
     assert len(list((config.data_dir / "features" / "sift").glob("*"))) == 5
 
 
@@ -156,7 +137,7 @@ async def test_vanished_or_hostile_candidates_do_not_break_search(
     tiny = tmp_path / "tiny.png"
     Image.new("L", (3, 3), 7).save(tiny)
     for query in (flat, tiny, gallery / "coins.jpg"):
-        body = await call(
+        body = await get_json(
             client,
             "/search",
             image=str(query),
