@@ -24,7 +24,7 @@ from .catalog import Catalog
 from .embedders import Embedder
 from .errors import ImgSearchError, NotFound
 from .images import decode, read_file
-from .store import NewImage
+from .store import FileFacts, NewImage
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +66,7 @@ class AddReport:
 class Prepared:
     """A decoded file, ready for the model."""
 
-    path: str
-    size: int
-    mtime_ns: int
-    sha256: str
-    width: int
-    height: int
+    facts: FileFacts
     tensor: Any
 
 
@@ -198,16 +193,14 @@ class Ingester:
             log.exception("unexpected error while reading %s", path)
             return FileError(str(path), f"unexpected error: {exc}", 500)
         digest = hashlib.sha256(data).hexdigest()
-        return Prepared(
-            str(path), st.st_size, st.st_mtime_ns, digest, decoded.width, decoded.height, tensor
+        facts = FileFacts(
+            str(path), st.st_size, st.st_mtime_ns, digest, decoded.width, decoded.height
         )
+        return Prepared(facts, tensor)
 
     def _commit(self, batch: list[Prepared], report: AddReport) -> None:
         vectors = self.embedder.embed_prepared([p.tensor for p in batch])
-        items = [
-            NewImage(p.path, p.size, p.mtime_ns, p.sha256, p.width, p.height, vec)
-            for p, vec in zip(batch, vectors, strict=True)
-        ]
+        items = [NewImage(p.facts, vec) for p, vec in zip(batch, vectors, strict=True)]
         result = self.catalog.put(items)
         report.updated += len(result.updated)
         report.added += len(result.ids) - len(result.updated)

@@ -46,8 +46,8 @@ MIGRATIONS: tuple[str, ...] = (
 
 
 @dataclass(frozen=True)
-class NewImage:
-    """An embedded file, ready to be written."""
+class FileFacts:
+    """What is stored about an image file besides its vector."""
 
     path: str
     size: int
@@ -55,6 +55,13 @@ class NewImage:
     sha256: str
     width: int
     height: int
+
+
+@dataclass(frozen=True)
+class NewImage:
+    """An embedded file, ready to be written."""
+
+    facts: FileFacts
     vector: np.ndarray
 
 
@@ -222,22 +229,23 @@ class Store:
         with self._write() as conn:
             generation = self._bump(conn)
             for item in items:
+                facts = item.facts
                 values = (
-                    item.size,
-                    item.mtime_ns,
-                    item.sha256,
-                    item.width,
-                    item.height,
+                    facts.size,
+                    facts.mtime_ns,
+                    facts.sha256,
+                    facts.width,
+                    facts.height,
                     np.ascontiguousarray(item.vector, dtype="<f4").tobytes(),
                     generation,
                     now,
                 )
-                row = conn.execute("SELECT id FROM images WHERE path=?", (item.path,)).fetchone()
+                row = conn.execute("SELECT id FROM images WHERE path=?", (facts.path,)).fetchone()
                 if row is None:
                     cur = conn.execute(
                         "INSERT INTO images(size, mtime_ns, sha256, width, height, vector,"
                         " generation, updated_at, added_at, path) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                        (*values, now, item.path),
+                        (*values, now, facts.path),
                     )
                     ids.append(int(cur.lastrowid or 0))
                 else:

@@ -12,7 +12,7 @@ import pytest
 from imgsearch.catalog import DB_FILE, INDEX_FILE, Catalog
 from imgsearch.errors import ConfigError
 from imgsearch.index import IndexFileError, Stamp, VectorIndex
-from imgsearch.store import MIGRATIONS, NewImage, Store
+from imgsearch.store import MIGRATIONS, FileFacts, NewImage, Store
 
 DIM = 8
 
@@ -23,7 +23,7 @@ def vec(seed: int) -> np.ndarray:
 
 
 def item(path: str, seed: int) -> NewImage:
-    return NewImage(path, 100 + seed, 1_000 + seed, f"sha{seed}", 10, 20, vec(seed))
+    return NewImage(FileFacts(path, 100 + seed, 1_000 + seed, f"sha{seed}", 10, 20), vec(seed))
 
 
 def open_catalog(data_dir: Path, model: str = "m/test") -> Catalog:
