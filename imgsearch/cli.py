@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import ENV_PREFIX, OFFLINE_MODEL, Config
+from .config import AUTO_TOKEN, ENV_PREFIX, LOOPBACK_HOSTS, OFFLINE_MODEL, Config
 from .errors import ImgSearchError
 
 log = logging.getLogger("imgsearch")
@@ -32,6 +32,26 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     add("--workers", type=int, help=f"decode threads when indexing (default {d.workers})")
     add("--max-upload-mb", type=float, help=f"largest upload or file, MB ({d.max_upload_mb:g})")
     add("--max-image-pixels", type=int, help=f"largest image, pixels ({d.max_image_pixels})")
+    add(
+        "--token",
+        help=f"require this bearer token on every route but /health; '{AUTO_TOKEN}' "
+        "generates one into DATA_DIR/token",
+    )
+    add(
+        "--allow-host",
+        dest="allow_hosts",
+        action="append",
+        metavar="NAME",
+        help="also accept this Host header name (repeatable); loopback names always pass",
+    )
+    add(
+        "--allow-root",
+        dest="allow_roots",
+        action="append",
+        type=Path,
+        metavar="DIR",
+        help="only read images under this folder (repeatable); default: anywhere",
+    )
     add("-v", "--verbose", action="store_true", default=None, help="debug logging")
 
 
@@ -63,8 +83,10 @@ def serve(args: dict[str, Any]) -> int:
 
     config = Config.load(overrides=args).resolved()
     setup_logging(config.verbose)
-    if config.host not in {"127.0.0.1", "localhost", "::1"}:
-        log.warning("binding %s: other machines can reach this daemon", config.host)
+    if config.host not in LOOPBACK_HOSTS:
+        log.warning(
+            "binding %s: other machines can reach this daemon (token required)", config.host
+        )
     app = create_app(config)
     web.run_app(
         app,

@@ -13,6 +13,8 @@ from .errors import ConfigError
 
 ENV_PREFIX = "IMGSEARCH_"
 OFFLINE_MODEL = "efficientnet-lite0"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+AUTO_TOKEN = "auto"
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,9 @@ class Config:
     max_upload_mb: float = 50.0
     max_image_pixels: int = 150_000_000
     index_save_interval: float = 60.0
+    token: str | None = None
+    allow_hosts: tuple[str, ...] = ()
+    allow_roots: tuple[Path, ...] = ()
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -43,6 +48,11 @@ class Config:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
         if self.max_upload_mb <= 0:
             raise ConfigError(f"--max-upload-mb must be positive, got {self.max_upload_mb}")
+        if self.host not in LOOPBACK_HOSTS and not self.token:
+            raise ConfigError(
+                f"--host {self.host} lets other machines reach the daemon: it needs a token "
+                f"too (--token SECRET, or --token {AUTO_TOKEN} to generate one)"
+            )
 
     @property
     def max_upload_bytes(self) -> int:
@@ -54,6 +64,7 @@ class Config:
             self,
             data_dir=self.data_dir.expanduser().resolve(),
             checkpoint=self.checkpoint.expanduser().resolve() if self.checkpoint else None,
+            allow_roots=tuple(root.expanduser().resolve() for root in self.allow_roots),
             model_config=self.model_config.expanduser().resolve() if self.model_config else None,
         )
 
@@ -70,7 +81,7 @@ class Config:
                 values[f.name] = _parse(f.name, str(f.type), raw)
         for key, value in (overrides or {}).items():
             if value is not None:
-                values[key] = value
+                values[key] = tuple(value) if isinstance(value, list) else value
         if "pretrained" in values and _is_none(values["pretrained"]):
             values["pretrained"] = None
         return cls(**values)
@@ -95,6 +106,10 @@ def _parse(name: str, type_name: str, raw: str) -> Any:
             return float(raw)
         if type_name.startswith("Path"):
             return None if _is_none(raw) else Path(raw)
+        if type_name == "tuple[Path, ...]":  # a PATH-like list
+            return tuple(Path(p) for p in raw.split(os.pathsep) if p)
+        if type_name == "tuple[str, ...]":
+            return tuple(p.strip() for p in raw.split(",") if p.strip())
         return raw
     except ValueError:
         raise ConfigError(

@@ -21,6 +21,18 @@ class BadRequest(ImgSearchError):
     status = 400
 
 
+class Unauthorized(ImgSearchError):
+    """A token is required and was missing or wrong."""
+
+    status = 401
+
+
+class Forbidden(ImgSearchError):
+    """Refused whatever the request: another site, an unknown Host, a path outside the roots."""
+
+    status = 403
+
+
 class NotFound(ImgSearchError):
     """A path or resource that does not exist."""
 

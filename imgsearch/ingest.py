@@ -82,6 +82,7 @@ class Ingester:
         embedder: Embedder,
         *,
         extensions: frozenset[str],
+        allows: Callable[[Path], bool],
         batch_size: int,
         workers: int,
         max_file_bytes: int,
@@ -91,6 +92,7 @@ class Ingester:
         self.catalog = catalog
         self.embedder = embedder
         self.extensions = extensions
+        self.allows = allows
         self.batch_size = batch_size
         self.workers = workers
         self.max_file_bytes = max_file_bytes
@@ -111,7 +113,13 @@ class Ingester:
             raise NotFound(f"no such file or directory: {target}")
         report = AddReport()
         is_dir = target.is_dir()
-        files = list(walk(target, self.extensions, report)) if is_dir else [target.resolve()]
+        found = walk(target, self.extensions, report) if is_dir else iter([target.resolve()])
+        files = []
+        for path in found:
+            if self.allows(path):
+                files.append(path)
+            else:  # e.g. a symlink inside an allowed folder pointing out of it
+                report.fail(FileError(str(path), "outside the folders this daemon may read", 403))
         with self._run_lock:
             todo = self._changed(files, update, report)
             # A console bar for folders; None lets tqdm hide it when stderr is not a terminal.

@@ -13,10 +13,11 @@ from .catalog import Catalog
 from .comparators import ComparatorRegistry, FeatureCache
 from .config import Config
 from .embedders import Embedder, load_embedder
-from .errors import BadRequest, ConfigError
+from .errors import ConfigError
 from .images import enable_heif, image_extensions
 from .ingest import Ingester
 from .search import Searcher
+from .security import PathPolicy
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Service:
 
     def __init__(self, config: Config, embedder: Embedder | None = None) -> None:
         self.config = config
+        self.paths = PathPolicy(config.allow_roots)
         self.stopping = threading.Event()  # set at shutdown: running adds end after their batch
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = DataDirLock(config.data_dir)
@@ -69,6 +71,7 @@ class Service:
             self.catalog,
             self.embedder,
             extensions=image_extensions(heif),
+            allows=self.paths.allows,
             batch_size=config.batch_size,
             workers=config.workers,
             **limits,
@@ -106,15 +109,3 @@ class Service:
             self.catalog.close()
         finally:
             self._lock.release()
-
-
-def resolve_path(raw: str | None, name: str = "image") -> Path:
-    """A caller's path parameter as an absolute, resolved path (symlinks followed)."""
-    if raw is None or not raw.strip():
-        raise BadRequest(f"missing parameter: {name}")
-    if "\x00" in raw:
-        raise BadRequest(f"invalid {name}: contains a NUL byte")
-    path = Path(raw).expanduser()
-    if not path.is_absolute():
-        raise BadRequest(f"{name} must be an absolute path, got {raw!r}")
-    return path.resolve()

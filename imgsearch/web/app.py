@@ -12,8 +12,10 @@ from aiohttp import web
 
 from ..config import Config
 from ..embedders import Embedder
+from ..security import with_token
 from ..service import Service
 from . import routes
+from .guard import guard
 from .keys import INGEST_POOL, SERVICE
 from .middleware import json_errors
 
@@ -26,9 +28,13 @@ def create_app(
     config: Config, *, embedder: Embedder | None = None, service: Service | None = None
 ) -> web.Application:
     """Build the app; the service (model, database, index) opens when the app starts."""
+    config = with_token(config)
     # Room for the largest image sent base64-encoded in a JSON data URI, plus framing.
     max_body = config.max_upload_bytes * 4 // 3 + UPLOAD_OVERHEAD
-    app = web.Application(middlewares=[json_errors], client_max_size=max_body)
+    app = web.Application(
+        middlewares=[json_errors, guard(config.allow_hosts, config.token)],
+        client_max_size=max_body,
+    )
     app.router.add_routes(routes.table)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -22,7 +22,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except ImgSearchError as exc:
-        return error_response(exc.message, exc.status)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return error_response(exc.message, exc.status, headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -15,7 +15,7 @@ from aiohttp import BodyPartReader, web
 
 from ..errors import BadRequest, PayloadTooLarge
 from ..search import SearchOptions
-from ..service import Service, resolve_path
+from ..service import Service
 from .keys import INGEST_POOL, SERVICE
 
 T = TypeVar("T")
@@ -116,7 +116,7 @@ async def stats(request: web.Request) -> web.Response:
 async def _add(request: web.Request, raw_path: Any, update_raw: Any) -> web.Response:
     if raw_path is not None and not isinstance(raw_path, str):
         raise BadRequest("image must be a string path")
-    target = resolve_path(raw_path)
+    target = _service(request).paths.resolve(raw_path)
     update = _flag(update_raw, "update")
     service = _service(request)
     loop = asyncio.get_running_loop()
@@ -167,7 +167,7 @@ def _compare_list(raw: Any) -> list[str]:
 async def search_get(request: web.Request) -> web.Response:
     service = _service(request)
     options = _options(service, request.query, request.query.getall("compare", []))
-    path = resolve_path(request.query.get("image"))
+    path = service.paths.resolve(request.query.get("image"))
     hits = await _run(request, service.searcher.by_path, path, options)
     return web.json_response({"results": [h.as_json() for h in hits]})
 
@@ -223,8 +223,9 @@ async def _posted_query(
         image = params.pop("image", None)
         if not isinstance(image, str) or not image:
             raise BadRequest("the body needs 'image': a path or a data:image/...;base64 URI")
-        query = _data_uri(image, max_bytes) if image.startswith("data:") else resolve_path(image)
-        return query, params, compare
+        if image.startswith("data:"):
+            return _data_uri(image, max_bytes), params, compare
+        return _service(request).paths.resolve(image), params, compare
     if ctype.startswith("image/") or ctype == "application/octet-stream":
         data = await request.read()
         if len(data) > max_bytes:
@@ -248,6 +249,6 @@ async def comparators(request: web.Request) -> web.Response:
 
 @table.get("/remove")
 async def remove(request: web.Request) -> web.Response:
-    target = resolve_path(request.query.get("image"))
+    target = _service(request).paths.resolve(request.query.get("image"))
     removed = await _run(request, _service(request).remove, target)
     return web.json_response({"removed": removed})

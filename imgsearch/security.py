@@ -1,0 +1,73 @@
+"""What callers may touch: the allowed roots, system folders never opened, and the API token."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import secrets
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import AUTO_TOKEN, Config
+from .errors import BadRequest, Forbidden
+
+log = logging.getLogger(__name__)
+
+# Never opened, whatever the roots: reading them could leak secrets or hang.
+SYSTEM_DIRS = (Path("/proc"), Path("/sys"), Path("/dev"))
+TOKEN_FILE = "token"
+
+
+class PathPolicy:
+    """Turns a caller's path into an absolute resolved one, or refuses it.
+
+    Outside the allowed roots every path gets the same 403 and the same message, whether it
+    exists, is missing or is unreadable, so a caller learns nothing about the file system there.
+    """
+
+    def __init__(self, roots: Sequence[Path] = ()) -> None:
+        self.roots = tuple(root.resolve() for root in roots)
+
+    def resolve(self, raw: str | None, name: str = "image") -> Path:
+        if raw is None or not raw.strip():
+            raise BadRequest(f"missing parameter: {name}")
+        if "\x00" in raw:
+            raise BadRequest(f"invalid {name}: contains a NUL byte")
+        path = Path(raw).expanduser()
+        if not path.is_absolute():
+            raise BadRequest(f"{name} must be an absolute path, got {raw!r}")
+        resolved = path.resolve()  # symlinks and '..' are followed before any check
+        if not self.allows(resolved):
+            raise Forbidden(f"{name} is outside the folders this daemon may read: {raw}")
+        return resolved
+
+    def allows(self, resolved: Path) -> bool:
+        """Whether an already-resolved path may be read."""
+        if any(_within(resolved, system) for system in SYSTEM_DIRS):
+            return False
+        return not self.roots or any(_within(resolved, root) for root in self.roots)
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def with_token(config: Config) -> Config:
+    """Replace `--token auto` by the token kept in the data dir (made on first use, mode 0600)."""
+    if config.token != AUTO_TOKEN:
+        return config
+    path = config.data_dir / TOKEN_FILE
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        token = ""
+    if not token:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+        log.info("generated an API token in %s", path)
+    os.chmod(path, 0o600)
+    return dataclasses.replace(config, token=token)

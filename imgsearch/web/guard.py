@@ -1,0 +1,58 @@
+"""Keep web pages out: DNS-rebinding Host check, cross-site refusal, and the bearer token.
+
+A daemon on localhost is reachable from any page the user's browser opens. A page cannot
+set the Host header (rebinding leaves the attacker's name in it) nor hide its Origin or
+Sec-Fetch-Site, while plain local programs (curl, requests) send neither of the latter.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from ..config import LOOPBACK_HOSTS
+from ..errors import Forbidden, Unauthorized
+
+OPEN_PATHS = frozenset({"/health"})
+CROSS_SITE = frozenset({"cross-site", "same-site"})
+
+
+def host_name(host: str) -> str:
+    """The name part of a Host header: 'localhost:8080' -> 'localhost', '[::1]:80' -> '::1'."""
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def guard(allow_hosts: Iterable[str], token: str | None) -> Middleware:
+    """The middleware that checks Host, Origin, Sec-Fetch-Site and the token on every route."""
+    allowed = LOOPBACK_HOSTS | {h.lower() for h in allow_hosts}
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        host = request.headers.get("Host", "")
+        if host_name(host).lower() not in allowed:
+            raise Forbidden(
+                f"Host {host!r} is not allowed (DNS rebinding guard); "
+                "start the daemon with --allow-host NAME to allow a name"
+            )
+        origin = request.headers.get("Origin")
+        if origin is not None and origin != f"{request.scheme}://{host}":
+            raise Forbidden(f"cross-origin requests are refused (Origin {origin})")
+        if request.headers.get("Sec-Fetch-Site", "").lower() in CROSS_SITE:
+            raise Forbidden("cross-site requests are refused")
+        if token is not None and request.path not in OPEN_PATHS:
+            given = _bearer(request) or request.query.get("token", "")
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                raise Unauthorized("a valid token is required: Authorization: Bearer TOKEN")
+        return await handler(request)
+
+    return check
+
+
+def _bearer(request: web.Request) -> str:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""

@@ -1,0 +1,191 @@
+"""Web pages cannot drive the daemon: Host, Origin, Sec-Fetch-Site, token, allowed roots."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from imgsearch.config import Config
+from imgsearch.embedders import Embedder
+from imgsearch.errors import ConfigError
+from imgsearch.web import create_app
+from imgsearch.web.guard import host_name
+
+from .helpers import ClientFactory, photo
+
+Client = TestClient[web.Request, web.Application]
+
+
+async def status_and_body(client: Client, path: str, **kwargs: Any) -> tuple[int, Any]:
+    resp = await client.get(path, **kwargs)
+    return resp.status, await resp.json()
+
+
+@pytest.mark.parametrize(
+    ("host", "name"),
+    [("localhost:8080", "localhost"), ("[::1]:80", "::1"), ("127.0.0.1", "127.0.0.1"),
+     ("::1", "::1"), ("evil.example:8080", "evil.example")],
+)  # fmt: skip
+def test_host_name(host: str, name: str) -> None:
+    assert host_name(host) == name
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Host": "localhost:8080"}, 200),
+        ({"Host": "[::1]:8080"}, 200),
+        ({"Host": "attacker.example:8080"}, 403),
+        ({"Host": "127.0.0.1.nip.io"}, 403),
+        ({"Origin": "http://attacker.example"}, 403),
+        ({"Origin": "null"}, 403),
+        ({"Sec-Fetch-Site": "cross-site"}, 403),
+        ({"Sec-Fetch-Site": "same-site"}, 403),
+        ({"Sec-Fetch-Site": "same-origin"}, 200),
+        ({"Sec-Fetch-Site": "none"}, 200),
+    ],
+)
+async def test_browser_requests_are_refused_on_every_route(
+    client: Client, headers: dict[str, str], status: int
+) -> None:
+    for path in ("/stats", "/health", "/add", "/search", "/nowhere"):
+        code, body = await status_and_body(client, path, headers=headers)
+        if status == 403:
+            assert (code, body["status"]) == (403, 403), path
+        else:
+            assert code != 403, path
+
+
+async def test_same_origin_page_is_allowed(client: Client) -> None:
+    host = f"127.0.0.1:{client.port}"
+    code, _ = await status_and_body(
+        client, "/stats", headers={"Origin": f"http://{host}", "Host": host}
+    )
+    assert code == 200
+
+
+async def test_allow_host_adds_a_name(
+    aiohttp_client: ClientFactory, config: Config, tiny_embedder: Embedder
+) -> None:
+    cfg = dataclasses.replace(config, allow_hosts=("imgsearch.lan",))
+    client = await aiohttp_client(create_app(cfg, embedder=tiny_embedder))
+    code, _ = await status_and_body(client, "/stats", headers={"Host": "imgsearch.lan:8080"})
+    assert code == 200
+    code, _ = await status_and_body(client, "/stats", headers={"Host": "other.lan"})
+    assert code == 403
+
+
+async def test_token_is_required_except_for_health(
+    aiohttp_client: ClientFactory, config: Config, tiny_embedder: Embedder
+) -> None:
+    cfg = dataclasses.replace(config, token="s3cret")
+    client = await aiohttp_client(create_app(cfg, embedder=tiny_embedder))
+    resp = await client.get("/stats")
+    assert resp.status == 401 and resp.headers["WWW-Authenticate"] == "Bearer"
+    assert (await resp.json())["status"] == 401
+    assert (await status_and_body(client, "/health"))[0] == 200
+    bad = {"Authorization": "Bearer nope"}
+    assert (await status_and_body(client, "/stats", headers=bad))[0] == 401
+    good = {"Authorization": "Bearer s3cret"}
+    assert (await status_and_body(client, "/stats", headers=good))[0] == 200
+    assert (await status_and_body(client, "/stats", params={"token": "s3cret"}))[0] == 200
+
+
+async def test_auto_token_is_generated_private_and_kept(
+    aiohttp_client: ClientFactory, config: Config, tiny_embedder: Embedder
+) -> None:
+    cfg = dataclasses.replace(config, token="auto")
+    client = await aiohttp_client(create_app(cfg, embedder=tiny_embedder))
+    token_file = config.data_dir / "token"
+    token = token_file.read_text().strip()
+    assert len(token) >= 32
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert (await status_and_body(client, "/stats"))[0] == 401
+    assert (await status_and_body(client, "/stats", params={"token": token}))[0] == 200
+    await client.close()
+    again = await aiohttp_client(create_app(cfg, embedder=tiny_embedder))
+    assert (await status_and_body(again, "/stats", params={"token": token}))[0] == 200
+
+
+def test_public_bind_needs_a_token() -> None:
+    with pytest.raises(ConfigError, match="needs a token"):
+        Config(host="0.0.0.0")
+    assert Config(host="0.0.0.0", token="x").host == "0.0.0.0"
+
+
+@pytest.fixture
+async def rooted(
+    aiohttp_client: ClientFactory, config: Config, tiny_embedder: Embedder, tmp_path: Path
+) -> tuple[Client, Path, Path]:
+    allowed = tmp_path / "allowed"
+    secret = tmp_path / "secret"
+    allowed.mkdir()
+    secret.mkdir()
+    photo("chelsea").save(allowed / "cat.jpg")
+    photo("coffee").save(secret / "private.jpg")
+    (allowed / "escape.jpg").symlink_to(secret / "private.jpg")
+    cfg = dataclasses.replace(config, allow_roots=(allowed,))
+    client = await aiohttp_client(create_app(cfg, embedder=tiny_embedder))
+    return client, allowed, secret
+
+
+async def test_paths_outside_the_roots_are_all_the_same_403(
+    rooted: tuple[Client, Path, Path],
+) -> None:
+    client, allowed, secret = rooted
+    outside = {
+        "existing": secret / "private.jpg",
+        "missing": secret / "nothing-here.jpg",
+        "unreadable": secret / "locked.jpg",
+        "dotdot": Path(f"{allowed}/../secret/private.jpg"),
+        "symlink out": allowed / "escape.jpg",
+        "proc": Path("/proc/self/environ"),
+    }
+    (secret / "locked.jpg").write_bytes(b"x")
+    os.chmod(secret / "locked.jpg", 0)
+    for route in ("/search", "/add", "/remove"):
+        answers = set()
+        for kind, path in outside.items():
+            code, body = await status_and_body(client, route, params={"image": str(path)})
+            assert code == 403, (route, kind)
+            answers.add((code, body["error"].replace(str(path), "PATH")))
+        assert len(answers) == 1, answers  # nothing tells the cases apart
+    code, _ = await status_and_body(client, "/search", params={"image": str(allowed / "cat.jpg")})
+    assert code == 200
+    code, _ = await status_and_body(client, "/search", params={"image": str(allowed / "no.jpg")})
+    assert code == 404  # inside the roots a missing file is just missing
+
+
+async def test_folder_add_skips_links_out_of_the_roots(rooted: tuple[Client, Path, Path]) -> None:
+    client, allowed, secret = rooted
+    code, report = await status_and_body(client, "/add", params={"image": str(allowed)})
+    assert code == 200
+    assert report["added"] == 1 and report["failed"] == 1
+    assert report["errors"][0]["image"] == str(secret / "private.jpg")
+    assert "outside the folders" in report["errors"][0]["error"]
+
+
+async def test_system_folders_are_never_read_even_without_roots(client: Client) -> None:
+    for path in ("/proc/self/environ", "/sys/kernel", "/dev/zero", "/dev/../proc/self/maps"):
+        code, body = await status_and_body(client, "/search", params={"image": path})
+        assert (code, body["status"]) == (403, 403), path
+
+
+async def test_fifo_and_special_files_are_refused_without_hanging(
+    client: Client, tmp_path: Path
+) -> None:
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    os.mkfifo(folder / "pipe.jpg")
+    photo("rocket").save(folder / "ok.jpg")
+    code, body = await status_and_body(client, "/add", params={"image": str(folder / "pipe.jpg")})
+    assert code == 422 and "not a regular file" in body["error"]
+    code, report = await status_and_body(client, "/add", params={"image": str(folder)})
+    assert (code, report["added"], report["failed"]) == (200, 1, 1)
