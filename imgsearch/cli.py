@@ -33,6 +33,16 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     add("--max-upload-mb", type=float, help=f"largest upload or file, MB ({d.max_upload_mb:g})")
     add("--max-image-pixels", type=int, help=f"largest image, pixels ({d.max_image_pixels})")
     add(
+        "--max-pending-searches",
+        type=int,
+        help=f"searches in progress before new ones get 503 ({d.max_pending_searches})",
+    )
+    add(
+        "--max-pending-adds",
+        type=int,
+        help=f"adds in progress or queued before new ones get 503 ({d.max_pending_adds})",
+    )
+    add(
         "--token",
         help=f"require this bearer token on every route but /health; '{AUTO_TOKEN}' "
         "generates one into DATA_DIR/token",

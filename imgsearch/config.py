@@ -34,6 +34,8 @@ class Config:
     max_upload_mb: float = 50.0
     max_image_pixels: int = 150_000_000
     index_save_interval: float = 60.0
+    max_pending_searches: int = 32
+    max_pending_adds: int = 8
     token: str | None = None
     allow_hosts: tuple[str, ...] = ()
     allow_roots: tuple[Path, ...] = ()
@@ -46,6 +48,8 @@ class Config:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
+        if min(self.max_pending_searches, self.max_pending_adds) < 1:
+            raise ConfigError("--max-pending-searches and --max-pending-adds must be at least 1")
         if self.max_upload_mb <= 0:
             raise ConfigError(f"--max-upload-mb must be positive, got {self.max_upload_mb}")
         if self.host not in LOOPBACK_HOSTS and not self.token:

@@ -51,6 +51,16 @@ class PayloadTooLarge(ImgSearchError):
     status = 413
 
 
+class Busy(ImgSearchError):
+    """Too much work queued already; the caller should retry after `retry_after` seconds."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class ConfigError(ImgSearchError):
     """A start-up problem: bad flags, a model that cannot load, a data dir made by another model."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import io
 import json
 import shutil
@@ -367,3 +368,26 @@ async def test_single_file_add_keeps_the_failure_status(client: Client, tmp_path
     big.rename(tmp_path / "dir" / "big.jpg")
     report = await add(client, tmp_path / "dir")
     assert report["failed"] == 1 and "over the" in report["errors"][0]["error"]
+
+
+async def test_full_queue_answers_503_with_retry_after(
+    aiohttp_client: ClientFactory, config: Config, tiny_embedder: Embedder, tmp_path: Path
+) -> None:
+    cfg = dataclasses.replace(config, max_pending_adds=1)
+    client = await aiohttp_client(create_app(cfg, embedder=tiny_embedder))
+    folder = tmp_path / "many"
+    folder.mkdir()
+    base = photo("rocket", 480)
+    for i in range(40):
+        base.rotate(i * 9).save(folder / f"{i:03}.png")
+    photo("chelsea").save(tmp_path / "one.jpg")
+    first = asyncio.create_task(client.get("/add", params={"image": str(folder)}))
+    while not (await get_json(client, "/stats"))["images"]:  # the add is under way
+        await asyncio.sleep(0.01)
+    resp = await client.get("/add", params={"image": str(tmp_path / "one.jpg")})
+    assert resp.status == 503 and resp.headers["Retry-After"] == "10"
+    assert (await resp.json())["status"] == 503
+    body = await get_json(client, "/search", image=str(folder / "000.png"), limit=1)
+    assert len(body["results"]) == 1  # searches are still answered
+    assert (await (await first).json())["added"] == 40
+    assert (await get_json(client, "/add", image=str(tmp_path / "one.jpg")))["added"] == 1

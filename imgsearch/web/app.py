@@ -15,8 +15,9 @@ from ..embedders import Embedder
 from ..security import with_token
 from ..service import Service
 from . import routes
+from .gate import Gate
 from .guard import guard
-from .keys import INGEST_POOL, SERVICE
+from .keys import ADD_GATE, INGEST_POOL, SEARCH_GATE, SERVICE
 from .middleware import json_errors
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ def create_app(
         client_max_size=max_body,
     )
     app.router.add_routes(routes.table)
+    app[SEARCH_GATE] = Gate("search", config.max_pending_searches, retry_after=1)
+    app[ADD_GATE] = Gate("add", config.max_pending_adds, retry_after=10)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()

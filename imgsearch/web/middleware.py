@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from ..errors import ImgSearchError
+from ..errors import Busy, ImgSearchError
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +21,8 @@ def error_response(message: str, status: int, headers: Any = None) -> web.Respon
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except Busy as exc:
+        return error_response(exc.message, exc.status, {"Retry-After": str(exc.retry_after)})
     except ImgSearchError as exc:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return error_response(exc.message, exc.status, headers)

@@ -16,7 +16,7 @@ from aiohttp import BodyPartReader, web
 from ..errors import BadRequest, PayloadTooLarge
 from ..search import SearchOptions
 from ..service import Service
-from .keys import INGEST_POOL, SERVICE
+from .keys import ADD_GATE, INGEST_POOL, SEARCH_GATE, SERVICE
 
 T = TypeVar("T")
 
@@ -120,10 +120,11 @@ async def _add(request: web.Request, raw_path: Any, update_raw: Any) -> web.Resp
     update = _flag(update_raw, "update")
     service = _service(request)
     loop = asyncio.get_running_loop()
-    report = await loop.run_in_executor(
-        request.app[INGEST_POOL],
-        partial(service.ingester.add, target, update=update, stop=service.stopping),
-    )
+    with request.app[ADD_GATE].enter():
+        report = await loop.run_in_executor(
+            request.app[INGEST_POOL],
+            partial(service.ingester.add, target, update=update, stop=service.stopping),
+        )
     return web.json_response(report.as_json())
 
 
@@ -168,7 +169,8 @@ async def search_get(request: web.Request) -> web.Response:
     service = _service(request)
     options = _options(service, request.query, request.query.getall("compare", []))
     path = service.paths.resolve(request.query.get("image"))
-    hits = await _run(request, service.searcher.by_path, path, options)
+    with request.app[SEARCH_GATE].enter():
+        hits = await _run(request, service.searcher.by_path, path, options)
     return web.json_response({"results": [h.as_json() for h in hits]})
 
 
@@ -178,10 +180,11 @@ async def search_post(request: web.Request) -> web.Response:
     service = _service(request)
     query, params, compare = await _posted_query(request, service.config.max_upload_bytes)
     options = _options(service, params, compare)
-    if isinstance(query, bytes):
-        hits = await _run(request, service.searcher.by_bytes, query, options)
-    else:
-        hits = await _run(request, service.searcher.by_path, query, options)
+    with request.app[SEARCH_GATE].enter():
+        if isinstance(query, bytes):
+            hits = await _run(request, service.searcher.by_bytes, query, options)
+        else:
+            hits = await _run(request, service.searcher.by_path, query, options)
     return web.json_response({"results": [h.as_json() for h in hits]})
 
 
