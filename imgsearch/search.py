@@ -30,8 +30,8 @@ from .comparators import (
     load_picture,
     rerank,
 )
-from .embedders import Embedder
-from .errors import ImgSearchError
+from .embedders import Embedder, TextEmbedder
+from .errors import BadRequest, ImgSearchError
 from .images import decode, read_file
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,19 @@ class Searcher:
     def by_path(self, path: Path, options: SearchOptions) -> list[Hit]:
         data, _ = read_file(path, self.max_file_bytes)
         return self.by_bytes(data, options)
+
+    def by_text(self, text: str, options: SearchOptions) -> list[Hit]:
+        """Images matching a description (CLIP models only)."""
+        if not isinstance(self.embedder, TextEmbedder):
+            raise BadRequest(
+                f"the model {self.embedder.model_id} has no text tower: text search needs an "
+                "open_clip model (--model ViT-B-32, ...)"
+            )
+        if options.comparators:
+            raise BadRequest("compare needs an image query; it cannot score a text query")
+        vector = self.embedder.embed_texts([text])
+        found = self._candidates(vector, options)
+        return [Hit(f.id, f.path, _distance(f.similarity)) for f in found[: options.limit]]
 
     def by_bytes(self, data: bytes, options: SearchOptions) -> list[Hit]:
         min_side = WORKING_SIZE if options.comparators else self.embedder.input_size

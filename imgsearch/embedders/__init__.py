@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 
 from ..config import OFFLINE_MODEL, Config
-from .base import Embedder, resolve_device
+from .base import Embedder, TextEmbedder, resolve_device
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Embedder", "load_embedder", "resolve_device"]
+__all__ = ["Embedder", "TextEmbedder", "load_embedder", "resolve_device"]
 
 
 def load_embedder(config: Config) -> Embedder:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -34,6 +34,15 @@ class Embedder(Protocol):
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """prepare + embed_prepared."""
+        ...
+
+
+@runtime_checkable
+class TextEmbedder(Protocol):
+    """An embedder whose model also has a text tower (CLIP): text queries for image vectors."""
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts into the image vectors' space: float32 [n, dim], unit rows."""
         ...
 
 

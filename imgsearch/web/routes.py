@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from aiohttp import BodyPartReader, web
 
 from ..errors import BadRequest, PayloadTooLarge
-from ..search import SearchOptions
+from ..search import Hit, SearchOptions
 from ..service import Service
 from .keys import ADD_GATE, INGEST_POOL, SEARCH_GATE, SERVICE
 
@@ -168,9 +168,14 @@ def _compare_list(raw: Any) -> list[str]:
 async def search_get(request: web.Request) -> web.Response:
     service = _service(request)
     options = _options(service, request.query, request.query.getall("compare", []))
-    path = service.paths.resolve(request.query.get("image"))
+    text = request.query.get("text")
+    if text is not None:
+        query: str | Path = _text(text, request.query.get("image"))
+        search: Callable[..., list[Hit]] = service.searcher.by_text
+    else:
+        query, search = service.paths.resolve(request.query.get("image")), service.searcher.by_path
     with request.app[SEARCH_GATE].enter():
-        hits = await _run(request, service.searcher.by_path, path, options)
+        hits = await _run(request, search, query, options)
     return web.json_response({"results": [h.as_json() for h in hits]})
 
 
@@ -183,15 +188,25 @@ async def search_post(request: web.Request) -> web.Response:
     with request.app[SEARCH_GATE].enter():
         if isinstance(query, bytes):
             hits = await _run(request, service.searcher.by_bytes, query, options)
+        elif isinstance(query, str):
+            hits = await _run(request, service.searcher.by_text, query, options)
         else:
             hits = await _run(request, service.searcher.by_path, query, options)
     return web.json_response({"results": [h.as_json() for h in hits]})
 
 
+def _text(text: Any, image: Any) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise BadRequest("text must be a non-empty string")
+    if image is not None:
+        raise BadRequest("give either image or text, not both")
+    return text.strip()
+
+
 async def _posted_query(
     request: web.Request, max_bytes: int
-) -> tuple[bytes | Path, dict[str, Any], list[str]]:
-    """The query image (bytes, or a path to read), its other parameters and comparators."""
+) -> tuple[bytes | Path | str, dict[str, Any], list[str]]:
+    """The query (image bytes, a path to read, or a text), its parameters and comparators."""
     if request.content_length is not None and request.content_length > max_bytes * 2:
         raise PayloadTooLarge(f"upload is over the {max_bytes}-byte limit")
     params: dict[str, Any] = dict(request.query)
@@ -223,6 +238,8 @@ async def _posted_query(
             compare += [v for v in form.getall("compare", []) if isinstance(v, str)]
             body = {k: v for k, v in form.items() if isinstance(v, str) and k != "compare"}
         params.update(body)
+        if "text" in params:
+            return _text(params.pop("text"), params.get("image")), params, compare
         image = params.pop("image", None)
         if not isinstance(image, str) or not image:
             raise BadRequest("the body needs 'image': a path or a data:image/...;base64 URI")
