@@ -1,9 +1,11 @@
-"""Command line: `imgsearch serve [flags]` (the default) starts the daemon."""
+"""Command line: `imgsearch serve [flags]` (the default) starts the daemon; `add`, `search`,
+`stats`, `remove` and `jobs` talk to a running one (see client.py)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -74,7 +76,80 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"imgsearch {__version__}")
     sub = parser.add_subparsers(dest="command")
     _serve_flags(sub.add_parser("serve", help="run the daemon (the default command)"))
+    _client_commands(sub)
     return parser
+
+
+def _client_flags() -> argparse.ArgumentParser:
+    from .client import DEFAULT_URL
+
+    flags = argparse.ArgumentParser(add_help=False)
+    url = os.environ.get(f"{ENV_PREFIX}URL") or DEFAULT_URL
+    flags.add_argument("--url", default=url, help=f"the daemon ({ENV_PREFIX}URL; default {url})")
+    flags.add_argument(
+        "--token",
+        default=os.environ.get(f"{ENV_PREFIX}TOKEN") or None,
+        help=f"bearer token ({ENV_PREFIX}TOKEN); '{AUTO_TOKEN}' reads DATA_DIR/token",
+    )
+    flags.add_argument("--json", action="store_true", help="print the server's JSON as is")
+    return flags
+
+
+def _client_commands(sub: Any) -> None:
+    common = [_client_flags()]
+    p = sub.add_parser("add", parents=common, help="index a file or folder (a job)")
+    p.add_argument("path", help="file or folder; made absolute from the current directory")
+    p.add_argument("--update", action="store_true", help="re-embed unchanged files too")
+    p.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="follow the job with a progress bar (default); --no-wait prints its id",
+    )
+    p = sub.add_parser("search", parents=common, help="the stored images nearest to a query")
+    p.add_argument("image", nargs="?", help="query image (a path, sent as an absolute path)")
+    p.add_argument("--text", help="describe the picture instead (CLIP models only)")
+    p.add_argument("--upload", action="store_true", help="send the image's bytes, not its path")
+    p.add_argument("--limit", type=int, help="how many results (default 10)")
+    p.add_argument(
+        "--compare", action="append", default=[], metavar="NAME", help="comparator (repeatable)"
+    )
+    p.add_argument("--no-rerank", dest="rerank", action="store_false", help="keep embedding order")
+    sub.add_parser("stats", parents=common, help="what the daemon holds")
+    p = sub.add_parser("remove", parents=common, help="forget a file or a folder's images")
+    p.add_argument("path", help="file or folder; made absolute from the current directory")
+    p = sub.add_parser("jobs", parents=common, help="list add jobs, show one, or cancel one")
+    p.add_argument("id", nargs="?", help="show this job")
+    p.add_argument("--cancel", metavar="ID", help="cancel this job")
+
+
+def client_command(ns: argparse.Namespace) -> int:
+    """Run one client subcommand against the daemon at --url."""
+    from . import client
+
+    def command() -> int:
+        data_dir = Path(os.environ.get(f"{ENV_PREFIX}DATA_DIR") or Config().data_dir)
+        conn = client.Connection(ns.url, client.read_token(ns.token, data_dir))
+        if ns.command == "add":
+            return client.add(conn, ns.path, update=ns.update, wait=ns.wait, as_json=ns.json)
+        if ns.command == "search":
+            return client.search(
+                conn,
+                ns.image,
+                text=ns.text,
+                upload=ns.upload,
+                limit=ns.limit,
+                compare=ns.compare,
+                rerank=ns.rerank,
+                as_json=ns.json,
+            )
+        if ns.command == "remove":
+            return client.remove(conn, ns.path, as_json=ns.json)
+        if ns.command == "jobs":
+            return client.jobs(conn, ns.id, cancel=ns.cancel, as_json=ns.json)
+        return client.stats(conn, as_json=ns.json)
+
+    return client.run(command)
 
 
 def setup_logging(verbose: bool) -> None:
@@ -115,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not argv or argv[0].startswith("-") and argv[0] not in {"-h", "--help", "--version"}:
         argv.insert(0, "serve")
     ns = parser.parse_args(argv)
+    if ns.command != "serve":
+        sys.exit(client_command(ns))
     args = {k: v for k, v in vars(ns).items() if k != "command"}
     try:
         code = serve(args)

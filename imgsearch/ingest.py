@@ -107,11 +107,12 @@ class Ingester:
         update: bool = False,
         stop: threading.Event | None = None,
         on_progress: ProgressHook | None = None,
+        report: AddReport | None = None,
     ) -> AddReport:
-        """Index a file or a whole tree. `target` must be absolute."""
+        """Index a file or a whole tree (`target` absolute), filling `report` as it goes."""
         if not target.exists():
             raise NotFound(f"no such file or directory: {target}")
-        report = AddReport()
+        report = AddReport() if report is None else report
         is_dir = target.is_dir()
         found = walk(target, self.extensions, report) if is_dir else iter([target.resolve()])
         files = []
@@ -122,6 +123,8 @@ class Ingester:
                 report.fail(FileError(str(path), "outside the folders this daemon may read", 403))
         with self._run_lock:
             todo = self._changed(files, update, report)
+            if on_progress is not None:
+                on_progress(0, len(todo))
             # A console bar for folders; None lets tqdm hide it when stderr is not a terminal.
             hide = None if self.show_progress and is_dir else True
             with tqdm(total=len(todo), desc=f"indexing {target}", unit="img", disable=hide) as bar:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from .embedders import Embedder, load_embedder
 from .errors import ConfigError
 from .images import enable_heif, image_extensions
 from .ingest import Ingester
+from .jobs import JobManager
 from .search import Searcher
 from .security import PathPolicy
 
@@ -52,7 +52,6 @@ class Service:
     def __init__(self, config: Config, embedder: Embedder | None = None) -> None:
         self.config = config
         self.paths = PathPolicy(config.allow_roots)
-        self.stopping = threading.Event()  # set at shutdown: running adds end after their batch
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = DataDirLock(config.data_dir)
         try:
@@ -76,6 +75,7 @@ class Service:
             workers=config.workers,
             **limits,
         )
+        self.jobs = JobManager(self.ingester, self.catalog.store, config.max_pending_adds)
         self.comparators = ComparatorRegistry.from_entry_points()
         self.features = FeatureCache(config.data_dir / "features")
         self.searcher = Searcher(
@@ -105,6 +105,7 @@ class Service:
 
     def close(self) -> None:
         try:
+            self.jobs.close()
             self.searcher.close()
             self.catalog.close()
         finally:

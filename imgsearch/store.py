@@ -7,6 +7,7 @@ generation counter and stamps the rows it writes, so the FAISS index can tell ho
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sqlite3
 import threading
@@ -41,6 +42,22 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX images_sha256 ON images(sha256);
     CREATE INDEX images_generation ON images(generation);
     INSERT INTO meta(key, value) VALUES ('generation', '0');
+    """,
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        image TEXT NOT NULL,
+        refresh INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        done INTEGER NOT NULL,
+        total INTEGER,
+        report TEXT NOT NULL,
+        error TEXT,
+        created REAL NOT NULL,
+        started REAL,
+        finished REAL
+    );
+    CREATE INDEX jobs_created ON jobs(created);
     """,
 )
 
@@ -271,8 +288,54 @@ class Store:
                 conn.execute(f"DELETE FROM images WHERE {where}", args)
         return ids
 
+    # -- jobs ---------------------------------------------------------------------------------
+
+    def save_job(self, job: JobRow) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO jobs(id, image, refresh, state, done, total, report,"
+                " error, created, started, finished) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                dataclasses.astuple(job),
+            )
+
+    def jobs(self, limit: int) -> list[JobRow]:
+        """The newest `limit` jobs, oldest first."""
+        rows = self._reader().execute(
+            "SELECT id, image, refresh, state, done, total, report, error, created, started,"
+            " finished FROM jobs ORDER BY created DESC LIMIT ?",
+            (limit,),
+        )
+        return [JobRow(*row) for row in reversed(rows.fetchall())]
+
+    def interrupt_jobs(self) -> int:
+        """Mark jobs a previous run left queued or running as interrupted; return how many."""
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET state='interrupted', finished=?"
+                " WHERE state IN ('queued', 'running')",
+                (time.time(),),
+            )
+            return cur.rowcount
+
     def integrity_check(self) -> str:
         return str(self._reader().execute("PRAGMA integrity_check").fetchone()[0])
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """A job as stored: `report` is its AddReport as JSON."""
+
+    id: str
+    image: str
+    refresh: bool
+    state: str
+    done: int
+    total: int | None
+    report: str
+    error: str | None
+    created: float
+    started: float | None
+    finished: float | None
 
 
 @dataclass(frozen=True)

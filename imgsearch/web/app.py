@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
@@ -17,7 +16,7 @@ from ..service import Service
 from . import routes
 from .gate import Gate
 from .guard import guard
-from .keys import ADD_GATE, INGEST_POOL, SEARCH_GATE, SERVICE
+from .keys import SEARCH_GATE, SERVICE
 from .middleware import json_errors
 
 log = logging.getLogger(__name__)
@@ -38,7 +37,6 @@ def create_app(
     )
     app.router.add_routes(routes.table)
     app[SEARCH_GATE] = Gate("search", config.max_pending_searches, retry_after=1)
-    app[ADD_GATE] = Gate("add", config.max_pending_adds, retry_after=10)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
@@ -48,24 +46,22 @@ def create_app(
             else await loop.run_in_executor(None, Service, config, embedder)
         )
         app[SERVICE] = svc
-        app[INGEST_POOL] = ThreadPoolExecutor(4, thread_name_prefix="ingest")
         saver = asyncio.create_task(_save_periodically(svc, config.index_save_interval))
         log.info("ready: %d images, model %s", svc.catalog.store.count(), svc.embedder.model_id)
         yield
         saver.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await saver
-        svc.stopping.set()
-        await loop.run_in_executor(None, app[INGEST_POOL].shutdown)
         if service is None:
             await loop.run_in_executor(None, svc.close)
 
-    async def stop_ingest(app: web.Application) -> None:
+    async def interrupt_jobs(app: web.Application) -> None:
+        """Before waiting for handlers: running adds stop after their batch in flight."""
         if SERVICE in app:
-            app[SERVICE].stopping.set()
+            app[SERVICE].jobs.interrupt()
 
     app.cleanup_ctx.append(lifecycle)
-    app.on_shutdown.append(stop_ingest)
+    app.on_shutdown.append(interrupt_jobs)
     return app
 
 

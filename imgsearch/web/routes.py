@@ -13,10 +13,10 @@ from typing import Any, TypeVar
 
 from aiohttp import BodyPartReader, web
 
-from ..errors import BadRequest, PayloadTooLarge
+from ..errors import BadRequest, ImgSearchError, PayloadTooLarge
 from ..search import Hit, SearchOptions
 from ..service import Service
-from .keys import ADD_GATE, INGEST_POOL, SEARCH_GATE, SERVICE
+from .keys import SEARCH_GATE, SERVICE
 
 T = TypeVar("T")
 
@@ -113,31 +113,58 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(_service(request).stats())
 
 
-async def _add(request: web.Request, raw_path: Any, update_raw: Any) -> web.Response:
+async def _add(request: web.Request, body: Mapping[str, Any]) -> web.Response:
+    """Queue an add; wait for it (the original blocking form) unless wait=0."""
+    service = _service(request)
+    raw_path = body.get("image")
     if raw_path is not None and not isinstance(raw_path, str):
         raise BadRequest("image must be a string path")
-    target = _service(request).paths.resolve(raw_path)
-    update = _flag(update_raw, "update")
-    service = _service(request)
-    loop = asyncio.get_running_loop()
-    with request.app[ADD_GATE].enter():
-        report = await loop.run_in_executor(
-            request.app[INGEST_POOL],
-            partial(service.ingester.add, target, update=update, stop=service.stopping),
+    target = service.paths.resolve(raw_path)
+    job = service.jobs.submit(target, _flag(body.get("update"), "update"))
+    if not _flag(body.get("wait", "1"), "wait"):
+        location = f"/jobs/{job.id}"
+        return web.json_response(
+            {"job": job.id, "state": job.state, "url": location},
+            status=202,
+            headers={"Location": location},
         )
-    return web.json_response(report.as_json())
+    while not job.ended.is_set():  # polling keeps no thread blocked for an hours-long add
+        await asyncio.sleep(0.1)
+    if job.state == "failed":
+        raise ImgSearchError(job.error or "indexing failed", job.error_status)
+    return web.json_response(job.report.as_json())
 
 
 @table.get("/add")
 async def add_get(request: web.Request) -> web.Response:
-    q = request.query
-    return await _add(request, q.get("image"), q.get("update"))
+    return await _add(request, request.query)
 
 
 @table.post("/add")
 async def add_post(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    return await _add(request, body.get("image"), body.get("update", request.query.get("update")))
+    return await _add(request, {**request.query, **await _json_body(request)})
+
+
+@table.post("/jobs")
+async def jobs_post(request: web.Request) -> web.Response:
+    return await _add(request, {**await _json_body(request), "wait": "0"})
+
+
+@table.get("/jobs")
+async def jobs_list(request: web.Request) -> web.Response:
+    return web.json_response({"jobs": [job.as_json() for job in _service(request).jobs.list()]})
+
+
+@table.get("/jobs/{id}")
+async def jobs_get(request: web.Request) -> web.Response:
+    return web.json_response(_service(request).jobs.get(request.match_info["id"]).as_json())
+
+
+@table.delete("/jobs/{id}")
+async def jobs_cancel(request: web.Request) -> web.Response:
+    jobs = _service(request).jobs
+    job = await _run(request, jobs.cancel, jobs.get(request.match_info["id"]).id)
+    return web.json_response(job.as_json())
 
 
 def _options(service: Service, params: Mapping[str, Any], compare: list[str]) -> SearchOptions:

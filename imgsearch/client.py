@@ -1,0 +1,432 @@
+"""The command-line client: HTTP calls to a running daemon, and what each command prints."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import mimetypes
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import LOOPBACK_HOSTS
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+POLL_S = 0.5
+FINAL_STATES = frozenset({"done", "failed", "cancelled", "interrupted"})
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+Params = Sequence[tuple[str, str]]
+
+
+class ServerError(Exception):
+    """The daemon answered with an error status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.message, self.status = message, status
+
+
+class Unreachable(Exception):
+    """No answer from the daemon at all."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(reason)
+        self.url, self.reason = url, reason
+
+
+class UsageError(Exception):
+    """Arguments that make no sense together, or a local file that cannot be read."""
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the daemon is and how to talk to it."""
+
+    url: str = DEFAULT_URL
+    token: str | None = None
+
+    @property
+    def base(self) -> str:
+        url = self.url.strip().rstrip("/")
+        return url if "://" in url else f"http://{url}"
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        params: Params = (),
+        *,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        timeout: float | None = None,
+    ) -> tuple[int, Any]:
+        """One request; the status and the decoded JSON body. Raises ServerError, Unreachable."""
+        url = self.base + path + (f"?{urllib.parse.urlencode(params)}" if params else "")
+        headers = {"Accept": "application/json", "User-Agent": f"imgsearch-cli/{__version__}"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if content_type:
+            headers["Content-Type"] = content_type
+        request = urllib.request.Request(url, data=body, headers=headers, method=method)
+        log.debug("%s %s", method, url)
+        try:
+            with self._opener().open(request, timeout=timeout) as resp:
+                return int(resp.status), _decode(resp.read())
+        except urllib.error.HTTPError as exc:
+            with exc:
+                raise ServerError(_error_message(exc.read(), exc.reason), exc.code) from None
+        except urllib.error.URLError as exc:
+            raise Unreachable(self.base, str(exc.reason)) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise Unreachable(self.base, str(exc) or type(exc).__name__) from None
+
+    def get(self, path: str, params: Params = (), **kwargs: Any) -> Any:
+        return self.call("GET", path, params, **kwargs)[1]
+
+    def _opener(self) -> urllib.request.OpenerDirector:
+        # A daemon on this machine is never reached through an http_proxy from the environment.
+        host = urllib.parse.urlsplit(self.base).hostname or ""
+        if host in LOOPBACK_HOSTS or host in {"localhost", "::1"}:
+            return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        return urllib.request.build_opener()
+
+
+def _decode(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return {"text": raw.decode(errors="replace")}
+
+
+def _error_message(raw: bytes, reason: Any) -> str:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return raw.decode(errors="replace").strip() or str(reason)
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return str(body["error"])
+    return str(reason)
+
+
+def absolute(path: str | Path) -> Path:
+    """The path as the daemon needs it: absolute, relative to the caller's working directory."""
+    return Path(path).expanduser().absolute()
+
+
+def read_token(token: str | None, data_dir: Path) -> str | None:
+    """`auto` means the token the daemon generated into DATA_DIR/token."""
+    if token != "auto":
+        return token
+    path = data_dir / "token"
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise UsageError(f"--token auto: cannot read {path}: {exc.strerror}") from None
+
+
+def run(command: Callable[[], int]) -> int:
+    """Run one command; turn failures into a message on stderr and an exit code."""
+    try:
+        return command()
+    except ServerError as exc:
+        _err(f"error: {exc.message} (HTTP {exc.status})")
+        return EXIT_ERROR
+    except Unreachable as exc:
+        _err(f"cannot reach imgsearch at {exc.url}: is `imgsearch serve` running? ({exc.reason})")
+        return EXIT_USAGE
+    except UsageError as exc:
+        _err(f"error: {exc}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `imgsearch search ... | head`: the reader has gone, so be quiet
+        _silence_stdout()
+        return EXIT_ERROR
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def stats(conn: Connection, *, as_json: bool = False) -> int:
+    """`imgsearch stats`: key: value lines."""
+    body = conn.get("/stats")
+    _out(_dumps(body) if as_json else "\n".join(_pairs(body)))
+    return EXIT_OK
+
+
+def remove(conn: Connection, path: str, *, as_json: bool = False) -> int:
+    """`imgsearch remove PATH`: forget a file or a folder's images."""
+    body = conn.get("/remove", [("image", str(absolute(path)))])
+    _out(_dumps(body) if as_json else f"removed {body.get('removed', 0)}")
+    return EXIT_OK
+
+
+def search(
+    conn: Connection,
+    image: str | None = None,
+    *,
+    text: str | None = None,
+    upload: bool = False,
+    limit: int | None = None,
+    compare: Sequence[str] = (),
+    rerank: bool = True,
+    as_json: bool = False,
+) -> int:
+    """`imgsearch search IMAGE|--text T`: a table of the nearest stored images."""
+    if (image is None) == (text is None):
+        raise UsageError("give an image or --text, not both")
+    if upload and image is None:
+        raise UsageError("--upload needs an image")
+    options: list[tuple[str, str]] = [] if limit is None else [("limit", str(limit))]
+    options += [("compare", name) for name in compare]
+    options += [] if rerank else [("rerank", "0")]
+    if text is not None:
+        body = conn.get("/search", [("text", text), *options])
+    elif upload:
+        data, ctype = _multipart(options, absolute(image or ""))
+        body = conn.call("POST", "/search", body=data, content_type=ctype)[1]
+    else:
+        body = conn.get("/search", [("image", str(absolute(image or ""))), *options])
+    _out(_dumps(body) if as_json else format_results(body.get("results", [])))
+    return EXIT_OK
+
+
+def add(
+    conn: Connection,
+    path: str,
+    *,
+    update: bool = False,
+    wait: bool = True,
+    as_json: bool = False,
+    poll_s: float = POLL_S,
+) -> int:
+    """`imgsearch add PATH`: start an add job and follow it with a progress bar (or not)."""
+    params = [("image", str(absolute(path))), ("wait", "0")]
+    params += [("update", "1")] if update else []
+    body = conn.get("/add", params)
+    if "job" not in body:  # a daemon without jobs: the add already ran to completion
+        return _report(body, as_json)
+    if not wait:
+        _out(_dumps(body) if as_json else str(body["job"]))
+        return EXIT_OK
+    try:
+        job = follow(conn, str(body["job"]), show_progress=not as_json, poll_s=poll_s)
+    except KeyboardInterrupt:
+        job_id = body["job"]
+        _err(f"still running as job {job_id} (imgsearch jobs --cancel {job_id} to stop it)")
+        return EXIT_INTERRUPTED
+    return _report(job, as_json)
+
+
+def follow(conn: Connection, job_id: str, *, show_progress: bool, poll_s: float) -> Any:
+    """Poll a job until it stops, drawing a progress bar on stderr; the final job."""
+    from tqdm import tqdm
+
+    path = f"/jobs/{urllib.parse.quote(job_id, safe='')}"
+    with tqdm(unit="file", disable=not show_progress, file=sys.stderr, dynamic_ncols=True) as bar:
+        while True:
+            job = conn.get(path, timeout=60)
+            total = job.get("total")
+            if total is not None and bar.total != total:
+                bar.total = total
+            bar.update(int(job.get("done") or 0) - bar.n)
+            bar.set_postfix_str(f"{job.get('state')}, {job.get('failed', 0)} failed")
+            if job.get("state") in FINAL_STATES:
+                return job
+            time.sleep(poll_s)
+
+
+def _report(job: Mapping[str, Any], as_json: bool) -> int:
+    """The summary of a finished add; 1 when the job itself did not finish (not for bad files)."""
+    state = job.get("state", "done")
+    if as_json:
+        _out(_dumps(job))
+    else:
+        counts = ", ".join(
+            f"{k} {job.get(k, 0)}" for k in ("added", "updated", "skipped", "failed")
+        )
+        _out("\n".join([counts, *_failures(job)]))
+    if state == "done":
+        return EXIT_OK
+    reason = f": {job['error']}" if job.get("error") else ""
+    _err(f"error: job {job.get('id')} {state}{reason}")
+    return EXIT_ERROR
+
+
+def jobs(
+    conn: Connection, job_id: str | None = None, *, cancel: str | None = None, as_json: bool = False
+) -> int:
+    """`imgsearch jobs [ID] [--cancel ID]`: the add jobs, one job, or cancel one."""
+    if job_id is not None and cancel is not None:
+        raise UsageError("give a job id or --cancel ID, not both")
+    if cancel is not None:
+        body = conn.call("DELETE", f"/jobs/{urllib.parse.quote(cancel, safe='')}")[1]
+    elif job_id is not None:
+        body = conn.get(f"/jobs/{urllib.parse.quote(job_id, safe='')}")
+    else:
+        body = conn.get("/jobs")
+        _out(_dumps(body) if as_json else format_jobs(body.get("jobs", [])))
+        return EXIT_OK
+    _out(_dumps(body) if as_json else format_job(body))
+    return EXIT_OK
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def format_results(results: Sequence[Mapping[str, Any]]) -> str:
+    """Search hits as a table: rank, distance, score and verdict when compared, path."""
+    if not results:
+        return "no results"
+    scored = any("score" in r for r in results)
+    header = ["#", "distance", *(["score", "verdict"] if scored else []), "image"]
+    rows = []
+    for rank, hit in enumerate(results, 1):
+        row = [str(rank), _num(hit.get("distance"))]
+        if scored:
+            row += [_num(hit.get("score")), str(hit.get("verdict") or "-")]
+        error = f"  (error: {hit['error']})" if hit.get("error") else ""
+        rows.append([*row, f"{hit.get('image')}{error}"])
+    return table(header, rows, right=frozenset({0, 1, 2}))
+
+
+def format_jobs(listing: Sequence[Mapping[str, Any]]) -> str:
+    """Jobs as a table: id, state, done/total, images/s, path."""
+    if not listing:
+        return "no jobs"
+    rows = [
+        [str(j.get("id")), str(j.get("state")), _progress(j), _num(j.get("images_per_s"), 1)]
+        + [str(j.get("image"))]
+        for j in listing
+    ]
+    return table(["id", "state", "done/total", "images/s", "image"], rows, frozenset({2, 3}))
+
+
+def format_job(job: Mapping[str, Any]) -> str:
+    """One job as key: value lines, then its failed files."""
+    pairs = [
+        ("id", job.get("id")),
+        ("state", job.get("state")),
+        ("image", job.get("image")),
+        ("update", job.get("update")),
+        ("progress", _progress(job)),
+        ("added", job.get("added")),
+        ("updated", job.get("updated")),
+        ("skipped", job.get("skipped")),
+        ("failed", job.get("failed")),
+        ("images/s", _num(job.get("images_per_s"), 1)),
+        ("eta", "-" if job.get("eta_s") is None else f"{job['eta_s']:.0f} s"),
+        *((k, _time(job.get(k))) for k in ("created", "started", "finished")),
+        ("error", job.get("error") or "-"),
+    ]
+    failures = _failures(job)
+    lines = [f"{key}: {value}" for key, value in pairs] + (
+        ["errors:", *failures] if failures else []
+    )
+    return "\n".join(lines)
+
+
+def _failures(job: Mapping[str, Any]) -> list[str]:
+    """A line per failed file with its reason; the daemon lists only the first few."""
+    errors = job.get("errors") or []
+    lines = [f"  {e.get('image')}: {e.get('error')}" for e in errors]
+    more = int(job.get("failed") or 0) - len(errors)
+    return lines + ([f"  ... and {more} more (see the daemon's log)"] if more > 0 else [])
+
+
+def table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], right: frozenset[int] = frozenset()
+) -> str:
+    """Columns padded to their widest cell (`right`: right-aligned ones); the last is not padded."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=False))
+        ]
+        return "  ".join([*padded, cells[-1]]).rstrip()
+
+    return "\n".join(line(r) for r in [header, *rows])
+
+
+def _pairs(body: Any, prefix: str = "") -> list[str]:
+    if not isinstance(body, Mapping):
+        return [f"{prefix.rstrip('.')}: {body}"]
+    lines: list[str] = []
+    for key, value in body.items():
+        if isinstance(value, Mapping):
+            lines += _pairs(value, f"{prefix}{key}.")
+        else:
+            lines.append(f"{prefix}{key}: {value}")
+    return lines
+
+
+def _progress(job: Mapping[str, Any]) -> str:
+    total = job.get("total")
+    return f"{job.get('done', 0)}/{'?' if total is None else total}"
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    return "-" if not isinstance(value, int | float) else f"{value:.{digits}f}"
+
+
+def _time(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    return datetime.fromtimestamp(value).isoformat(sep=" ", timespec="seconds")
+
+
+def _multipart(fields: Params, path: Path) -> tuple[bytes, str]:
+    """A multipart/form-data body: the fields, then the file as `image`."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    boundary = uuid.uuid4().hex
+    chunks: list[bytes] = []
+    for name, value in fields:
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+        chunks.append(head.encode() + value.encode() + b"\r\n")
+    filename = path.name.replace('"', "_").replace("\r", "_").replace("\n", "_")
+    ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"'
+        f"\r\nContent-Type: {ctype}\r\n\r\n"
+    )
+    chunks.append(head.encode() + data + b"\r\n")
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+
+
+def _dumps(body: Any) -> str:
+    return json.dumps(body, indent=2, ensure_ascii=False)
+
+
+def _out(text: str) -> None:
+    print(text, file=sys.stdout)
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr)

@@ -1,0 +1,220 @@
+"""Indexing jobs: every add is a job, run one at a time, watched and cancelled by id.
+
+A job's record is kept in SQLite, so after a crash or a restart a job that was queued or
+running shows as `interrupted`; running the same add again skips what was already done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import Busy, ImgSearchError, NotFound
+from .ingest import AddReport, FileError, Ingester
+from .store import JobRow, Store
+
+log = logging.getLogger(__name__)
+
+FINISHED = frozenset({"done", "failed", "cancelled", "interrupted"})
+HISTORY = 200  # jobs kept listed (the newest)
+PERSIST_EVERY = 5.0  # seconds between progress writes of a running job
+ERRORS_SHOWN = 100
+
+
+@dataclass
+class Job:
+    """One add of a file or folder, and how far it got."""
+
+    id: str
+    image: str
+    update: bool
+    state: str = "queued"
+    done: int = 0
+    total: int | None = None
+    report: AddReport = field(default_factory=AddReport)
+    error: str | None = None
+    error_status: int = 500
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    ended: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def images_per_s(self) -> float | None:
+        if self.started is None or not self.done:
+            return None
+        elapsed = (self.finished or time.time()) - self.started
+        return self.done / elapsed if elapsed > 0 else None
+
+    def as_json(self) -> dict[str, Any]:
+        rate = self.images_per_s
+        eta = None
+        if rate and self.total is not None and self.state == "running":
+            eta = round((self.total - self.done) / rate, 1)
+        report = self.report.as_json()
+        return {
+            "id": self.id,
+            "image": self.image,
+            "update": self.update,
+            "state": self.state,
+            "done": self.done,
+            "total": self.total,
+            **{k: report[k] for k in ("added", "updated", "skipped", "failed")},
+            "errors": report["errors"][:ERRORS_SHOWN],
+            "images_per_s": round(rate, 2) if rate else None,
+            "eta_s": eta,
+            "created": self.created,
+            "started": self.started,
+            "finished": self.finished,
+            "error": self.error,
+        }
+
+    def row(self) -> JobRow:
+        return JobRow(
+            self.id,
+            self.image,
+            self.update,
+            self.state,
+            self.done,
+            self.total,
+            json.dumps(self.report.as_json()),
+            self.error,
+            self.created,
+            self.started,
+            self.finished,
+        )
+
+    @classmethod
+    def from_row(cls, row: JobRow) -> Job:
+        data = json.loads(row.report)
+        report = AddReport(data["added"], data["updated"], data["skipped"], data["failed"])
+        report.errors = [FileError(e["image"], e["error"]) for e in data["errors"]]
+        job = cls(
+            row.id,
+            row.image,
+            bool(row.refresh),
+            row.state,
+            row.done,
+            row.total,
+            report,
+            row.error,
+            created=row.created,
+            started=row.started,
+            finished=row.finished,
+        )
+        job.ended.set()
+        return job
+
+
+class JobManager:
+    """Queues adds and runs them one after another on a worker thread."""
+
+    def __init__(self, ingester: Ingester, store: Store, max_pending: int) -> None:
+        self.ingester = ingester
+        self.store = store
+        self.max_pending = max_pending
+        self._lock = threading.Lock()
+        self._closing = False
+        interrupted = store.interrupt_jobs()
+        if interrupted:
+            log.warning("%d indexing job(s) were interrupted by the last shutdown", interrupted)
+        self._jobs = {row.id: Job.from_row(row) for row in store.jobs(HISTORY)}
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="jobs")
+
+    def submit(self, target: Path, update: bool) -> Job:
+        """Queue an add; 503 when too many are queued or running already."""
+        if not target.exists():
+            raise NotFound(f"no such file or directory: {target}")
+        with self._lock:
+            pending = sum(1 for j in self._jobs.values() if j.state not in FINISHED)
+            if pending >= self.max_pending:
+                raise Busy(f"{pending} indexing jobs are queued or running; retry later", 10)
+            job = Job(uuid.uuid4().hex[:12], str(target), update)
+            self._jobs[job.id] = job
+            while len(self._jobs) > HISTORY:
+                oldest = next(iter(self._jobs))
+                if self._jobs[oldest].state not in FINISHED:
+                    break
+                del self._jobs[oldest]
+        self.store.save_job(job.row())
+        self._worker.submit(self._run, job)
+        return job
+
+    def get(self, job_id: str) -> Job:
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            raise NotFound(f"no such job: {job_id}") from None
+
+    def list(self) -> list[Job]:
+        """Newest first."""
+        return sorted(self._jobs.values(), key=lambda j: j.created, reverse=True)
+
+    def cancel(self, job_id: str, timeout: float = 60.0) -> Job:
+        """Stop a job after the batch in flight (what was embedded stays); wait for it."""
+        job = self.get(job_id)
+        job.stop.set()
+        job.ended.wait(timeout)
+        return job
+
+    def interrupt(self) -> None:
+        """Stop every job after its batch in flight; they end as `interrupted`."""
+        self._closing = True
+        for job in list(self._jobs.values()):
+            job.stop.set()
+
+    def close(self) -> None:
+        """Interrupt every job and wait for the worker to finish."""
+        self.interrupt()
+        self._worker.shutdown(wait=True)
+
+    def _run(self, job: Job) -> None:
+        try:
+            if job.stop.is_set():
+                job.state = "interrupted" if self._closing else "cancelled"
+                return
+            job.state, job.started = "running", time.time()
+            self.store.save_job(job.row())
+            self.ingester.add(
+                Path(job.image),
+                update=job.update,
+                stop=job.stop,
+                report=job.report,
+                on_progress=self._progress_hook(job),
+            )
+            if job.stop.is_set():
+                job.state = "interrupted" if self._closing else "cancelled"
+            else:
+                job.state = "done"
+        except ImgSearchError as exc:
+            job.state, job.error, job.error_status = "failed", exc.message, exc.status
+        except Exception as exc:  # the worker must survive any job
+            log.exception("indexing job %s failed", job.id)
+            job.state, job.error = "failed", f"unexpected error: {exc}"
+        finally:
+            job.finished = time.time()
+            try:
+                self.store.save_job(job.row())
+            finally:
+                job.ended.set()
+            log.info("job %s %s: %s", job.id, job.state, job.image)
+
+    def _progress_hook(self, job: Job) -> Any:
+        last_save = time.monotonic()
+
+        def on_progress(done: int, total: int) -> None:
+            nonlocal last_save
+            job.done, job.total = done, total
+            if time.monotonic() - last_save > PERSIST_EVERY:
+                last_save = time.monotonic()
+                self.store.save_job(job.row())
+
+        return on_progress

@@ -1,0 +1,110 @@
+"""Indexing jobs: start without waiting, watch progress, cancel, and survive a restart."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from imgsearch.config import Config
+from imgsearch.embedders import Embedder
+from imgsearch.web import create_app
+
+from .helpers import ClientFactory, get_json, photo
+
+Client = TestClient[web.Request, web.Application]
+FINISHED = {"done", "failed", "cancelled", "interrupted"}
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    out = tmp_path / "many"
+    out.mkdir()
+    base = photo("astronaut", 400)
+    for i in range(48):
+        base.rotate(i * 7).save(out / f"{i:03}.png")
+    return out
+
+
+async def start(client: Client, target: Path) -> str:
+    resp = await client.get("/add", params={"image": str(target), "wait": "0"})
+    body = await resp.json()
+    assert resp.status == 202, body
+    assert body["state"] in {"queued", "running"} and body["url"] == f"/jobs/{body['job']}"
+    assert resp.headers["Location"] == body["url"]
+    return str(body["job"])
+
+
+async def until(client: Client, job_id: str, check: Any) -> dict[str, Any]:
+    for _ in range(3000):
+        job: dict[str, Any] = await get_json(client, f"/jobs/{job_id}")
+        if check(job):
+            return job
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"job never got there: {job}")
+
+
+async def test_job_runs_to_done_with_progress(client: Client, folder: Path) -> None:
+    job_id = await start(client, folder)
+    seen_running = await until(client, job_id, lambda j: j["state"] != "queued")
+    job = await until(client, job_id, lambda j: j["state"] in FINISHED)
+    assert seen_running["state"] in {"running", "done"}
+    assert job["state"] == "done" and job["error"] is None
+    assert (job["done"], job["total"], job["added"], job["failed"]) == (48, 48, 48, 0)
+    assert job["images_per_s"] > 0 and job["eta_s"] is None
+    assert job["started"] >= job["created"] and job["finished"] >= job["started"]
+    listing = await get_json(client, "/jobs")
+    assert listing["jobs"][0]["id"] == job_id
+    assert (await get_json(client, "/stats"))["images"] == 48
+
+
+async def test_post_jobs_and_failed_single_file(client: Client, tmp_path: Path) -> None:
+    (tmp_path / "bad.jpg").write_text("nope")
+    resp = await client.post("/jobs", json={"image": str(tmp_path / "bad.jpg")})
+    assert resp.status == 202
+    job = await until(client, (await resp.json())["job"], lambda j: j["state"] in FINISHED)
+    assert job["state"] == "failed" and "not a recognised image" in job["error"]
+
+
+async def test_cancel_keeps_what_was_embedded_and_rerun_completes(
+    client: Client, folder: Path
+) -> None:
+    job_id = await start(client, folder)
+    await until(client, job_id, lambda j: j["done"] >= 8)
+    resp = await client.delete(f"/jobs/{job_id}")
+    job = await resp.json()
+    assert resp.status == 200 and job["state"] == "cancelled"
+    assert 0 < job["added"] < 48
+    stats = await get_json(client, "/stats")
+    assert stats["images"] == stats["index"]["vectors"] == job["added"]
+    report = await get_json(client, "/add", image=str(folder))
+    assert (report["skipped"], report["added"]) == (job["added"], 48 - job["added"])
+
+
+async def test_unknown_jobs_and_missing_paths_are_404(client: Client, tmp_path: Path) -> None:
+    assert (await get_json(client, "/jobs/nope", 404))["error"] == "no such job: nope"
+    resp = await client.delete("/jobs/nope")
+    assert resp.status == 404
+    body = await get_json(client, "/add", 404, image=str(tmp_path / "none"), wait="0")
+    assert "no such file" in body["error"]
+
+
+async def test_restart_reports_interrupted_job_and_rerun_skips_done(
+    aiohttp_client: ClientFactory, config: Config, tiny_embedder: Embedder, folder: Path
+) -> None:
+    first = await aiohttp_client(create_app(config, embedder=tiny_embedder))
+    job_id = await start(first, folder)
+    await until(first, job_id, lambda j: j["done"] >= 8)
+    await first.close()  # shutdown: the running job stops after its batch
+
+    second = await aiohttp_client(create_app(config, embedder=tiny_embedder))
+    job = await get_json(second, f"/jobs/{job_id}")
+    assert job["state"] == "interrupted" and 0 < job["added"] < 48
+    indexed = (await get_json(second, "/stats"))["images"]
+    assert indexed >= job["added"]
+    report = await get_json(second, "/add", image=str(folder))
+    assert report["skipped"] == indexed and report["added"] == 48 - indexed
