@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +168,7 @@ class Ingester:
         with ThreadPoolExecutor(self.workers, thread_name_prefix="decode") as pool:
             pending: deque[Future[Prepared | FileError]] = deque()
             paths = iter(todo)
-            for path in _take(paths, ahead):
+            for path in islice(paths, ahead):
                 pending.append(pool.submit(self._prepare, path))
             while pending:
                 if stop is not None and stop.is_set():
@@ -175,7 +176,7 @@ class Ingester:
                         fut.cancel()
                     break
                 future = pending.popleft()
-                for path in _take(paths, 1):
+                for path in islice(paths, 1):
                     pending.append(pool.submit(self._prepare, path))
                 prepared = future.result()
                 if isinstance(prepared, FileError):
@@ -215,16 +216,6 @@ class Ingester:
         result = self.catalog.put(items)
         report.updated += len(result.updated)
         report.added += len(result.ids) - len(result.updated)
-
-
-def _take(it: Iterator[Path], n: int) -> list[Path]:
-    out = []
-    for _ in range(n):
-        try:
-            out.append(next(it))
-        except StopIteration:
-            break
-    return out
 
 
 def walk(root: Path, extensions: frozenset[str], report: AddReport) -> Iterator[Path]:
