@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import LOOPBACK_HOSTS
+from .config import AUTO_TOKEN, LOOPBACK_HOSTS
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class Connection:
     def _opener(self) -> urllib.request.OpenerDirector:
         # A daemon on this machine is never reached through an http_proxy from the environment.
         host = urllib.parse.urlsplit(self.base).hostname or ""
-        if host in LOOPBACK_HOSTS or host in {"localhost", "::1"}:
+        if host in LOOPBACK_HOSTS:
             return urllib.request.build_opener(urllib.request.ProxyHandler({}))
         return urllib.request.build_opener()
 
@@ -128,7 +129,7 @@ def absolute(path: str | Path) -> Path:
 
 def read_token(token: str | None, data_dir: Path) -> str | None:
     """`auto` means the token the daemon generated into DATA_DIR/token."""
-    if token != "auto":
+    if token != AUTO_TOKEN:
         return token
     path = data_dir / "token"
     try:
@@ -152,17 +153,10 @@ def run(command: Callable[[], int]) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    except BrokenPipeError:  # `imgsearch search ... | head`: the reader has gone, so be quiet
-        _silence_stdout()
+    except BrokenPipeError:  # `imgsearch search ... | head`: the reader has gone; stay quiet
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_ERROR
-
-
-def _silence_stdout() -> None:
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -195,7 +189,7 @@ def search(
 ) -> int:
     """`imgsearch search IMAGE|--text T`: a table of the nearest stored images."""
     if (image is None) == (text is None):
-        raise UsageError("give an image or --text, not both")
+        raise UsageError("give either an image or --text")
     if upload and image is None:
         raise UsageError("--upload needs an image")
     options: list[tuple[str, str]] = [] if limit is None else [("limit", str(limit))]
@@ -325,26 +319,16 @@ def format_jobs(listing: Sequence[Mapping[str, Any]]) -> str:
 
 def format_job(job: Mapping[str, Any]) -> str:
     """One job as key: value lines, then its failed files."""
-    pairs = [
-        ("id", job.get("id")),
-        ("state", job.get("state")),
-        ("image", job.get("image")),
-        ("update", job.get("update")),
-        ("progress", _progress(job)),
-        ("added", job.get("added")),
-        ("updated", job.get("updated")),
-        ("skipped", job.get("skipped")),
-        ("failed", job.get("failed")),
-        ("images/s", _num(job.get("images_per_s"), 1)),
-        ("eta", "-" if job.get("eta_s") is None else f"{job['eta_s']:.0f} s"),
-        *((k, _time(job.get(k))) for k in ("created", "started", "finished")),
-        ("error", job.get("error") or "-"),
-    ]
+    pairs: list[tuple[str, Any]] = [(k, job.get(k)) for k in ("id", "state", "image", "update")]
+    pairs.append(("progress", _progress(job)))
+    pairs += [(k, job.get(k)) for k in ("added", "updated", "skipped", "failed")]
+    eta = "-" if job.get("eta_s") is None else f"{job['eta_s']:.0f} s"
+    pairs += [("images/s", _num(job.get("images_per_s"), 1)), ("eta", eta)]
+    pairs += [(k, _time(job.get(k))) for k in ("created", "started", "finished")]
+    pairs.append(("error", job.get("error") or "-"))
     failures = _failures(job)
-    lines = [f"{key}: {value}" for key, value in pairs] + (
-        ["errors:", *failures] if failures else []
-    )
-    return "\n".join(lines)
+    lines = [f"{key}: {value}" for key, value in pairs]
+    return "\n".join(lines + (["errors:", *failures] if failures else []))
 
 
 def _failures(job: Mapping[str, Any]) -> list[str]:
@@ -371,9 +355,7 @@ def table(
     return "\n".join(line(r) for r in [header, *rows])
 
 
-def _pairs(body: Any, prefix: str = "") -> list[str]:
-    if not isinstance(body, Mapping):
-        return [f"{prefix.rstrip('.')}: {body}"]
+def _pairs(body: Mapping[str, Any], prefix: str = "") -> list[str]:
     lines: list[str] = []
     for key, value in body.items():
         if isinstance(value, Mapping):
