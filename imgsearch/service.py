@@ -18,6 +18,7 @@ from .ingest import Ingester
 from .jobs import JobManager
 from .search import Searcher
 from .security import PathPolicy
+from .thumbnails import ThumbnailCache
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class Service:
         self.jobs = JobManager(self.ingester, self.catalog.store, config.max_pending_adds)
         self.comparators = ComparatorRegistry.from_entry_points()
         self.features = FeatureCache(config.data_dir / "features")
+        self.thumbnails = ThumbnailCache(config.data_dir / "thumbnails", **limits)
         self.searcher = Searcher(
             self.catalog, self.embedder, self.features, workers=config.workers, **limits
         )
@@ -87,6 +89,7 @@ class Service:
         ids = self.catalog.remove_tree(str(target))
         for image_id in ids:
             self.features.invalidate(image_id)
+            self.thumbnails.invalidate(image_id)
         return len(ids)
 
     def stats(self) -> dict[str, Any]:

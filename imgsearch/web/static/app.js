@@ -1,0 +1,351 @@
+// The imgsearch page: plain JavaScript over the daemon's JSON API, same origin only.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const token = new URLSearchParams(location.search).get("token");
+  const ENDED = new Set(["done", "failed", "cancelled", "interrupted"]);
+  const POLL_MS = 500;
+  let lastQuery = null; // {kind: "file", blob} | {kind: "text", text} | {kind: "path", path}
+  let searchSeq = 0;
+  let pollTimer = null;
+
+  // -- the API ---------------------------------------------------------------------------
+
+  async function api(path, options = {}) {
+    const headers = new Headers(options.headers || {});
+    if (token) headers.set("Authorization", `Bearer ${token}`);
+    let resp;
+    try {
+      resp = await fetch(path, { ...options, headers });
+    } catch (err) {
+      throw new Error(`cannot reach the daemon (${err.message})`);
+    }
+    let body = null;
+    try {
+      body = await resp.json();
+    } catch {
+      body = null;
+    }
+    if (!resp.ok) {
+      const detail = body && body.error ? body.error : `${resp.status} ${resp.statusText}`;
+      const err = new Error(detail);
+      err.status = resp.status;
+      throw err;
+    }
+    return body;
+  }
+
+  function withToken(url) {
+    return token ? `${url}&token=${encodeURIComponent(token)}` : url;
+  }
+
+  // Show an API error (or clear the message area with no argument).
+  function showError(what, err) {
+    const box = $("message");
+    if (!what) {
+      box.hidden = true;
+      box.textContent = "";
+      return;
+    }
+    const status = err && err.status ? ` (HTTP ${err.status})` : "";
+    box.replaceChildren(el("strong", {}, `${what} failed${status}: `), err ? err.message : "");
+    box.hidden = false;
+  }
+
+  function el(tag, props = {}, ...children) {
+    const node = document.createElement(tag);
+    Object.assign(node, props);
+    for (const child of children) {
+      if (child !== null && child !== undefined) node.append(child);
+    }
+    return node;
+  }
+
+  const fmt = (x, digits = 3) => (typeof x === "number" ? x.toFixed(digits) : "–");
+  const basename = (p) => p.split("/").filter(Boolean).pop() || p;
+
+  // -- search ----------------------------------------------------------------------------
+
+  function searchParams(kind) {
+    const params = new URLSearchParams();
+    params.set("limit", $("limit").value);
+    const names = [...document.querySelectorAll("#comparators input:checked")].map((c) => c.value);
+    // Comparators look at pixels: a text query has none.
+    if (names.length && kind !== "text") params.set("compare", names.join(","));
+    if (!$("rerank").checked) params.set("rerank", "0");
+    return params;
+  }
+
+  async function runSearch(query) {
+    lastQuery = query;
+    const seq = ++searchSeq;
+    const params = searchParams(query.kind);
+    let request;
+    if (query.kind === "file") {
+      const form = new FormData();
+      form.append("image", query.blob, query.name || "upload");
+      request = api(`/search?${params}`, { method: "POST", body: form });
+    } else {
+      params.set(query.kind === "text" ? "text" : "image", query.value);
+      request = api(`/search?${params}`);
+    }
+    showError();
+    $("summary").textContent = "Searching…";
+    document.body.classList.add("busy");
+    const started = performance.now();
+    try {
+      const body = await request;
+      if (seq !== searchSeq) return; // a newer search has started
+      const seconds = ((performance.now() - started) / 1000).toFixed(2);
+      const n = body.results.length;
+      $("summary").textContent = `${n} result${n === 1 ? "" : "s"} in ${seconds} s`;
+      renderResults(body.results);
+    } catch (err) {
+      if (seq !== searchSeq) return;
+      $("summary").textContent = "The search failed.";
+      renderResults([]);
+      showError("Search", err);
+    } finally {
+      if (seq === searchSeq) document.body.classList.remove("busy");
+    }
+  }
+
+  function renderResults(results) {
+    const list = $("results");
+    list.replaceChildren(...results.map(resultCard));
+  }
+
+  function resultCard(hit, i) {
+    const thumb = el("img", {
+      src: withToken(`/thumbnail?image=${encodeURIComponent(hit.image)}`),
+      alt: basename(hit.image),
+      loading: "lazy",
+      decoding: "async",
+    });
+    thumb.addEventListener("error", () => thumb.classList.add("broken"), { once: true });
+    const facts = el("dl", { className: "facts" });
+    const fact = (name, value) => facts.append(el("dt", {}, name), el("dd", {}, value));
+    fact("distance", fmt(hit.distance));
+    if (hit.score !== undefined) {
+      fact("score", fmt(hit.score));
+      fact("rank before", String(hit.rank_before));
+      for (const [name, s] of Object.entries(hit.compare || {})) fact(name, fmt(s.score));
+    }
+    const title = el("p", { className: "path", title: hit.image }, el("bdi", {}, hit.image));
+    const rank = el("span", { className: "rank" }, `#${i + 1}`);
+    const head = el("div", { className: "card-head" }, rank);
+    if (hit.verdict) {
+      head.append(el("span", { className: `badge ${hit.verdict}` }, hit.verdict));
+    }
+    const error = hit.error ? el("p", { className: "hit-error" }, hit.error) : null;
+    return el("li", { className: "card" }, thumb, head, title, facts, error);
+  }
+
+  function showPreview(blob) {
+    const preview = $("preview");
+    if (preview.src) URL.revokeObjectURL(preview.src);
+    preview.removeAttribute("src");
+    if (blob) preview.src = URL.createObjectURL(blob);
+    preview.hidden = !blob;
+  }
+
+  function searchFile(blob, name) {
+    showPreview(blob);
+    runSearch({ kind: "file", blob, name });
+  }
+
+  function firstImage(items) {
+    for (const item of items || []) {
+      if (item.kind === "file" && item.type.startsWith("image/")) return item.getAsFile();
+    }
+    return null;
+  }
+
+  function setUpQueries() {
+    const drop = $("drop");
+    $("file").addEventListener("change", (e) => {
+      const file = e.target.files[0];
+      if (file) searchFile(file, file.name);
+    });
+    for (const type of ["dragenter", "dragover"]) {
+      drop.addEventListener(type, (e) => {
+        e.preventDefault();
+        drop.classList.add("over");
+      });
+    }
+    drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+    drop.addEventListener("drop", (e) => {
+      e.preventDefault();
+      drop.classList.remove("over");
+      const file = [...e.dataTransfer.files].find((f) => f.type.startsWith("image/"));
+      if (file) searchFile(file, file.name);
+      else showError("Drop", new Error("drop an image file (JPEG, PNG, WebP, …)"));
+    });
+    document.addEventListener("paste", (e) => {
+      const file = firstImage(e.clipboardData && e.clipboardData.items);
+      if (file) {
+        e.preventDefault();
+        searchFile(file, "pasted image");
+      }
+    });
+    $("text-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      const value = $("text").value.trim();
+      if (!value) return;
+      showPreview(null);
+      runSearch({ kind: "text", value });
+    });
+    $("path-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      const value = $("path").value.trim();
+      if (!value) return;
+      showPreview(null);
+      runSearch({ kind: "path", value });
+    });
+    for (const id of ["limit", "rerank"]) $(id).addEventListener("change", rerun);
+  }
+
+  function rerun() {
+    if (lastQuery) runSearch(lastQuery);
+  }
+
+  async function loadComparators() {
+    const box = $("comparators");
+    try {
+      const body = await api("/comparators");
+      const boxes = body.comparators.map((c) => {
+        const input = el("input", { type: "checkbox", value: c.name, name: "compare" });
+        input.addEventListener("change", rerun);
+        return el("label", { className: "check", title: c.description }, input, ` ${c.name}`);
+      });
+      box.replaceChildren(el("legend", {}, "Comparators"), ...boxes);
+    } catch (err) {
+      showError("Loading the comparators", err);
+    }
+  }
+
+  async function loadStats() {
+    try {
+      const s = await api("/stats");
+      $("stats").textContent = `${s.images} images · ${s.model}`;
+    } catch (err) {
+      $("stats").textContent = "Not connected.";
+      showError("Connecting", err);
+    }
+  }
+
+  // -- indexing --------------------------------------------------------------------------
+
+  function duration(seconds) {
+    if (typeof seconds !== "number") return "–";
+    if (seconds < 60) return `${Math.round(seconds)} s`;
+    const m = Math.floor(seconds / 60);
+    if (m < 60) return `${m} min ${Math.round(seconds % 60)} s`;
+    return `${Math.floor(m / 60)} h ${m % 60} min`;
+  }
+
+  function showJob(job) {
+    $("job").hidden = false;
+    const ended = ENDED.has(job.state);
+    let fraction = job.total > 0 ? job.done / job.total : 0;
+    if (job.state === "done") fraction = 1;
+    $("progress").value = fraction;
+    $("percent").textContent = `${Math.floor(fraction * 100)}%`;
+    const parts = [
+      `${job.state}: ${job.done}/${job.total}`,
+      `added ${job.added}`,
+      `updated ${job.updated}`,
+      `skipped ${job.skipped}`,
+      `failed ${job.failed}`,
+    ];
+    if (!ended && job.images_per_s) parts.push(`${job.images_per_s.toFixed(1)} images/s`);
+    if (!ended && typeof job.eta_s === "number") parts.push(`ETA ${duration(job.eta_s)}`);
+    if (job.error) parts.push(job.error);
+    $("job-status").textContent = parts.join(" · ");
+    $("job-errors").replaceChildren(
+      ...(job.errors || [])
+        .slice(0, 50)
+        .map((e) => el("li", { title: e.image }, `${e.image}: ${e.error}`)),
+    );
+    $("cancel").hidden = ended;
+    $("cancel").dataset.job = job.id;
+  }
+
+  async function pollJob(id) {
+    clearTimeout(pollTimer);
+    try {
+      const job = await api(`/jobs/${encodeURIComponent(id)}`);
+      showJob(job);
+      if (ENDED.has(job.state)) {
+        loadJobs();
+        loadStats();
+        return;
+      }
+    } catch (err) {
+      showError("Watching the job", err);
+      return;
+    }
+    pollTimer = setTimeout(() => pollJob(id), POLL_MS);
+  }
+
+  async function startIndex(e) {
+    e.preventDefault();
+    const params = new URLSearchParams({ image: $("folder").value.trim(), wait: "0" });
+    if ($("update").checked) params.set("update", "1");
+    showError();
+    try {
+      const body = await api(`/add?${params}`);
+      const zero = { done: 0, total: 0, added: 0, updated: 0, skipped: 0, failed: 0 };
+      showJob({ ...zero, id: body.job, state: body.state });
+      loadJobs();
+      pollJob(body.job);
+    } catch (err) {
+      showError("Indexing", err);
+    }
+  }
+
+  async function cancelJob() {
+    const id = $("cancel").dataset.job;
+    if (!id) return;
+    try {
+      showJob(await api(`/jobs/${encodeURIComponent(id)}`, { method: "DELETE" }));
+      loadJobs();
+    } catch (err) {
+      showError("Cancelling", err);
+    }
+  }
+
+  async function loadJobs(resume = false) {
+    try {
+      const body = await api("/jobs");
+      const rows = body.jobs.slice(0, 10).map((j) => {
+        const started = j.started ? new Date(j.started * 1000).toLocaleString() : "–";
+        return el(
+          "tr",
+          {},
+          el("td", { className: "path", title: j.image }, el("bdi", {}, j.image)),
+          el("td", {}, el("span", { className: `state ${j.state}` }, j.state)),
+          el("td", {}, String(j.added)),
+          el("td", {}, String(j.skipped)),
+          el("td", {}, String(j.failed)),
+          el("td", {}, started),
+        );
+      });
+      $("jobs").tBodies[0].replaceChildren(...rows);
+      const active = body.jobs.find((j) => !ENDED.has(j.state));
+      if (resume && active) pollJob(active.id); // a job started before the page was opened
+    } catch (err) {
+      showError("Listing the jobs", err);
+    }
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    setUpQueries();
+    $("index-form").addEventListener("submit", startIndex);
+    $("cancel").addEventListener("click", cancelJob);
+    loadStats();
+    loadComparators();
+    loadJobs(true);
+  });
+})();

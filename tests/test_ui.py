@@ -1,0 +1,289 @@
+"""The web page at /, its static files, /thumbnail, and the page end to end in headless Chromium."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from PIL import Image
+
+from imgsearch.config import Config
+from imgsearch.embedders import Embedder
+from imgsearch.thumbnails import THUMBNAIL_SIZE, ThumbnailCache
+from imgsearch.web import create_app
+
+from .helpers import PHOTOS, ClientFactory, free_port, get_json, photo
+
+Client = TestClient[web.Request, web.Application]
+CHROMIUM = Path("/usr/bin/chromium")
+TOKEN = "s3cret"
+STATIC = Path(__file__).parent.parent / "imgsearch" / "web" / "static"
+# Paste or drop an image fetched from the page's origin, as a user would from elsewhere.
+SEND_IMAGE = """async ([event, url]) => {
+  const blob = await (await fetch(url)).blob();
+  const data = new DataTransfer();
+  data.items.add(new File([blob], "query.jpg", { type: "image/jpeg" }));
+  const init = { bubbles: true, cancelable: true };
+  if (event === "paste") {
+    document.dispatchEvent(new ClipboardEvent("paste", { ...init, clipboardData: data }));
+  } else {
+    const drop = new DragEvent("drop", { ...init, dataTransfer: data });
+    document.getElementById("drop").dispatchEvent(drop);
+  }
+}"""
+
+
+# -- the page and its files ------------------------------------------------------------------
+
+
+async def test_page_uses_only_same_origin_assets(client: Client) -> None:
+    resp = await client.get("/")
+    assert resp.status == 200
+    assert resp.content_type == "text/html"
+    assert resp.headers["Cache-Control"] == "no-cache"
+    assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
+    page = await resp.text()
+    assert 'src="/static/app.js"' in page and 'href="/static/style.css"' in page
+    for name in ("index.html", "app.js", "style.css"):
+        text = (STATIC / name).read_text()
+        assert not re.search(r"https?://", text), f"{name} refers to another origin"
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"), [("app.js", "text/javascript"), ("style.css", "text/css")]
+)
+async def test_static_files_have_their_content_types(client: Client, name: str, kind: str) -> None:
+    resp = await client.get(f"/static/{name}")
+    assert resp.status == 200
+    assert resp.content_type == kind
+    assert resp.headers["Cache-Control"] == "no-cache"
+    assert await resp.read() == (STATIC / name).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "name", ["nope.js", ".hidden.css", "..%2Fui.py", "%2E%2E%2Fkeys.py", "x" * 300 + ".js"]
+)
+async def test_static_serves_nothing_else(client: Client, name: str) -> None:
+    resp = await client.get(f"/static/{name}")
+    assert resp.status == 404
+    assert (await resp.json())["status"] == 404
+
+
+async def test_page_passes_its_token_to_its_assets(
+    aiohttp_client: ClientFactory, config: Config, tiny_embedder: Embedder
+) -> None:
+    client = await aiohttp_client(
+        create_app(dataclasses.replace(config, token="s3cret&x"), embedder=tiny_embedder)
+    )
+    assert (await client.get("/")).status == 401
+    page = await (await client.get("/", params={"token": "s3cret&x"})).text()
+    assert 'src="/static/app.js?token=s3cret%26x"' in page
+    assert (await client.get("/static/app.js", params={"token": "s3cret&x"})).status == 200
+
+
+# -- thumbnails ------------------------------------------------------------------------------
+
+
+async def test_thumbnail_is_a_small_jpeg_cached_and_reused(
+    client: Client, photos: dict[str, Path], config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await get_json(client, "/add", image=str(photos["astronaut"].parent))
+    resp = await client.get("/thumbnail", params={"image": str(photos["astronaut"])})
+    assert resp.status == 200
+    assert resp.content_type == "image/jpeg"
+    first = await resp.read()
+    img = Image.open(io.BytesIO(first))
+    assert img.format == "JPEG" and max(img.size) == THUMBNAIL_SIZE
+    [cached] = (config.data_dir / "thumbnails").glob("*.jpg")
+    made = cached.stat().st_mtime_ns
+
+    def no_decoding(self: ThumbnailCache, data: bytes) -> bytes:
+        raise AssertionError("a cached thumbnail was made again")
+
+    monkeypatch.setattr(ThumbnailCache, "make", no_decoding)
+    resp = await client.get("/thumbnail", params={"image": str(photos["astronaut"])})
+    assert resp.status == 200 and await resp.read() == first
+    assert cached.stat().st_mtime_ns == made
+
+
+async def test_changed_image_gets_a_new_thumbnail(
+    client: Client, photos: dict[str, Path], config: Config
+) -> None:
+    target = photos["coffee"]
+    await get_json(client, "/add", image=str(target))
+    first = await (await client.get("/thumbnail", params={"image": str(target)})).read()
+    [old] = (config.data_dir / "thumbnails").glob("*.jpg")
+
+    photo("rocket").save(target, quality=90)
+    later = time.time() + 5
+    os.utime(target, (later, later))
+    second = await (await client.get("/thumbnail", params={"image": str(target)})).read()
+    assert second != first
+    [new] = (config.data_dir / "thumbnails").glob("*.jpg")
+    assert new != old  # the old version is gone, the new one is cached
+
+    await get_json(client, "/add", image=str(target), update="1")
+    resp = await client.get("/thumbnail", params={"image": str(target)})
+    assert await resp.read() == second
+
+
+async def test_thumbnail_only_for_indexed_images(client: Client, photos: dict[str, Path]) -> None:
+    await get_json(client, "/add", image=str(photos["chelsea"]))
+    not_indexed = await get_json(client, "/thumbnail", status=404, image=str(photos["rocket"]))
+    assert not_indexed == {"error": f"not an indexed image: {photos['rocket']}", "status": 404}
+    await get_json(client, "/thumbnail", status=404, image=str(photos["rocket"].parent / "no.jpg"))
+    await get_json(client, "/thumbnail", status=400)
+    await get_json(client, "/thumbnail", status=400, image="relative.jpg")
+    photos["chelsea"].unlink()  # indexed, then vanished
+    await get_json(client, "/thumbnail", status=404, image=str(photos["chelsea"]))
+
+
+def test_thumbnail_of_transparent_png_is_flattened(tmp_path: Path) -> None:
+    cache = ThumbnailCache(tmp_path / "thumbs", max_file_bytes=10**7, max_pixels=10**8)
+    rgba = Image.new("RGBA", (600, 300), (255, 0, 0, 0))
+    buf = io.BytesIO()
+    rgba.save(buf, format="PNG")
+    img = Image.open(io.BytesIO(cache.make(buf.getvalue())))
+    assert img.size == (THUMBNAIL_SIZE, THUMBNAIL_SIZE // 2)
+    assert img.getpixel((10, 10)) == (255, 255, 255)
+
+
+# -- the page in a real browser --------------------------------------------------------------
+
+
+@pytest.fixture
+def lite0_daemon(tmp_path: Path) -> Iterator[str]:
+    """A real daemon with the bundled offline model and a token; yields its URL."""
+    port = free_port()
+    args = [sys.executable, "-m", "imgsearch", "serve", "--port", str(port)]
+    args += ["--data-dir", str(tmp_path / "data"), "--model", "efficientnet-lite0"]
+    args += ["--token", TOKEN]
+    log = tmp_path / "daemon.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            args, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=out, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "daemon did not become ready"
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+def test_page_end_to_end_in_chromium(tmp_path: Path, lite0_daemon: str) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in PHOTOS:
+        photo(name).save(folder / f"{name}.jpg", quality=90)
+    cat = photo("chelsea")
+    w, h = cat.size
+    crop = tmp_path / "query" / "crop.jpg"
+    crop.parent.mkdir()
+    cat.crop((w // 5, h // 6, w * 4 // 5, h * 5 // 6)).save(crop, quality=85)
+
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"]
+    flags += ["--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=flags,
+            viewport={"width": 1280, "height": 900},
+        )
+        problems: list[str] = []
+        page = browser.new_page()
+        page.on("pageerror", lambda exc: problems.append(str(exc)))
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        expect.set_options(timeout=60_000)
+        page.goto(f"{lite0_daemon}/?token={TOKEN}")
+        expect(page.locator("#comparators input[value=verify]")).to_be_attached()
+
+        # Index the folder from the page and watch the job finish.
+        page.fill("#folder", str(folder))
+        page.click("#index-form button[type=submit]")
+        expect(page.locator("#percent")).to_have_text("100%")
+        expect(page.locator("#job-status")).to_contain_text(f"done: {len(PHOTOS)}/{len(PHOTOS)}")
+        expect(page.locator("#jobs tbody tr").first).to_contain_text("done")
+        expect(page.locator("#stats")).to_contain_text(f"{len(PHOTOS)} images")
+
+        # A text query: the offline model has no text tower, and the page says so.
+        page.fill("#text", "a cat")
+        page.click("#text-form button[type=submit]")
+        expect(page.get_by_role("alert")).to_contain_text("has no text tower")
+        page.screenshot(path=str(tmp_path / "ui-text-error.png"))
+        problems.clear()  # the browser logs the 400 itself
+
+        # Upload a crop: the original comes first, with its thumbnail.
+        page.set_input_files("#file", str(crop))
+        first = page.locator("#results li").first
+        expect(first.locator(".path")).to_have_text(str(folder / "chelsea.jpg"))
+        expect(page.locator("#message")).to_be_hidden()
+        first_thumb = first.locator("img")
+        expect(first_thumb).to_have_js_property("complete", True)
+        assert first_thumb.evaluate("img => img.naturalWidth") == THUMBNAIL_SIZE
+
+        # Paste from the clipboard, drop a file, give a path: the same searches.
+        for event, name in (("paste", "coffee"), ("drop", "rocket")):
+            url = f"/thumbnail?image={folder / name}.jpg&token={TOKEN}"
+            page.evaluate(SEND_IMAGE, [event, url])
+            expect(first.locator(".path")).to_have_text(str(folder / f"{name}.jpg"))
+        page.fill("#path", str(crop))
+        page.click("#path-form button[type=submit]")
+        expect(first.locator(".path")).to_have_text(str(folder / "chelsea.jpg"))
+        expect(page.locator("#preview")).to_be_hidden()
+
+        # Verify re-runs the search: the crop is an edited copy of the first result.
+        page.check("#comparators input[value=verify]")
+        expect(first.locator(".badge")).to_have_text(re.compile("edited|duplicate"))
+        expect(first.locator(".path")).to_have_text(str(folder / "chelsea.jpg"))
+        expect(first.locator(".facts")).to_contain_text("verify")
+
+        shot = tmp_path / "ui.png"
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert shot.stat().st_size > 10_000
+    if artifacts := os.environ.get("IMGSEARCH_ARTIFACTS"):
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+        for name in ("ui.png", "ui-text-error.png"):
+            shutil.copy(tmp_path / name, Path(artifacts) / name)
+    assert problems == []
+
+
+async def test_removed_image_loses_its_thumbnail(
+    client: Client, photos: dict[str, Path], config: Config
+) -> None:
+    await get_json(client, "/add", image=str(photos["coffee"]))
+    resp = await client.get("/thumbnail", params={"image": str(photos["coffee"])})
+    assert resp.status == 200
+    folder = config.data_dir / "thumbnails"
+    assert len(list(folder.glob("*.jpg"))) == 1
+    await get_json(client, "/remove", image=str(photos["coffee"]))
+    assert list(folder.glob("*.jpg")) == []
+    await get_json(client, "/thumbnail", status=404, image=str(photos["coffee"]))
