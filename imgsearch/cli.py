@@ -7,6 +7,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,12 @@ def setup_logging(verbose: bool) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("faiss.loader").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # Library warnings (Pillow on damaged files, ...) go to the log, not bare to stderr.
+    logging.captureWarnings(True)
+    # --max-image-pixels is the limit; Pillow's hard decompression-bomb error stays in force.
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def serve(args: dict[str, Any]) -> int:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .config import AUTO_TOKEN, Config
-from .errors import BadRequest, Forbidden
+from .errors import BadRequest, Forbidden, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,15 @@ class PathPolicy:
         path = Path(raw).expanduser()
         if not path.is_absolute():
             raise BadRequest(f"{name} must be an absolute path, got {raw!r}")
-        resolved = path.resolve()  # symlinks and '..' are followed before any check
+        outside = Forbidden(f"{name} is outside the folders this daemon may read: {raw}")
+        try:
+            resolved = path.resolve()  # symlinks and '..' are followed before any check
+        except (RuntimeError, OSError):  # a symlink loop (RuntimeError before Python 3.13)
+            if not self.allows(Path(os.path.normpath(path))):
+                raise outside from None
+            raise NotFound(f"cannot resolve {name} (a symlink loop?): {raw}") from None
         if not self.allows(resolved):
-            raise Forbidden(f"{name} is outside the folders this daemon may read: {raw}")
+            raise outside
         return resolved
 
     def allows(self, resolved: Path) -> bool:

@@ -147,7 +147,9 @@ async def test_paths_outside_the_roots_are_all_the_same_403(
         "dotdot": Path(f"{allowed}/../secret/private.jpg"),
         "symlink out": allowed / "escape.jpg",
         "proc": Path("/proc/self/environ"),
+        "symlink loop": secret / "loop.jpg",
     }
+    (secret / "loop.jpg").symlink_to(secret / "loop.jpg")
     (secret / "locked.jpg").write_bytes(b"x")
     os.chmod(secret / "locked.jpg", 0)
     for route in ("/search", "/add", "/remove"):
