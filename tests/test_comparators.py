@@ -498,3 +498,25 @@ def test_rerank_never_worsens_recall_at_1(
     assert before < len(queries)  # the synthetic embedding does make mistakes
     assert after == len(queries)
     assert after_weak >= before
+
+
+def test_ratio_matches_equal_opencv_brute_force() -> None:
+    """The BLAS matcher finds exactly what cv2.BFMatcher.knnMatch + the ratio test finds."""
+    import cv2
+
+    from imgsearch.comparators.keypoints import ratio_matches
+    from imgsearch.comparators.sift import sift_keypoints
+
+    full = np.ascontiguousarray(skdata.astronaut())
+    query = sift_keypoints(Picture.from_rgb(np.ascontiguousarray(full[60:380, 90:430])))
+    for name in ("astronaut", "chelsea", "coffee"):
+        cand = sift_keypoints(Picture.from_rgb(np.ascontiguousarray(getattr(skdata, name)())))
+        pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(
+            query.descriptors.astype(np.float32), cand.descriptors.astype(np.float32), k=2
+        )
+        best: dict[int, tuple[float, int]] = {}
+        for a, b in pairs:
+            if a.distance < 0.75 * b.distance and a.distance < best.get(a.trainIdx, (1e9, 0))[0]:
+                best[a.trainIdx] = (a.distance, a.queryIdx)
+        expected = {(q, t) for t, (_, q) in best.items()}
+        assert {tuple(r) for r in ratio_matches(query, cand, 0.75).tolist()} == expected
