@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 MIN_RERANK_K = 30
 REGION_K = 10
+# Smaller queries are not split into regions (a region would have almost no pixels).
+MIN_REGION_QUERY_SIDE = 64
 # Tiles of 60% x 60% at the four corners (overlapping) and a 50% centre crop.
 REGION_BOXES = (
     (0.0, 0.0, 0.6, 0.6),
@@ -144,7 +146,7 @@ class Searcher:
         min_side = WORKING_SIZE if options.comparators else self.embedder.input_size
         image = decode(data, min_side=min_side, max_pixels=self.max_pixels).image
         views = [image]
-        if options.comparators and options.regions:
+        if options.comparators and options.regions and min(image.size) >= MIN_REGION_QUERY_SIDE:
             views += [_region(image, box) for box in REGION_BOXES]
         vectors = self.embedder.embed_images(views)
         found = self._candidates(vectors, options)

@@ -34,7 +34,10 @@ class PathPolicy:
             raise BadRequest(f"missing parameter: {name}")
         if "\x00" in raw:
             raise BadRequest(f"invalid {name}: contains a NUL byte")
-        path = Path(raw).expanduser()
+        try:
+            path = Path(raw).expanduser()
+        except RuntimeError:  # '~someone' with no such user
+            raise BadRequest(f"{name}: cannot expand '~' in {raw!r}") from None
         if not path.is_absolute():
             raise BadRequest(f"{name} must be an absolute path, got {raw!r}")
         outside = Forbidden(f"{name} is outside the folders this daemon may read: {raw}")

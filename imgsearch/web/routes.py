@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..errors import BadRequest, ImgSearchError, PayloadTooLarge
 from ..search import Hit, SearchOptions
@@ -87,6 +88,26 @@ def _data_uri(uri: str, max_bytes: int) -> bytes:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise BadRequest("image data URI is not valid base64") from None
+
+
+async def _multipart(
+    request: web.Request, max_bytes: int, params: dict[str, Any], compare: list[str]
+) -> bytes | None:
+    """The `image` part's bytes; other parts go to `params` (and `compare`)."""
+    data: bytes | None = None
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise BadRequest("nested multipart bodies are not supported")
+        if part.name == "image":
+            data = await _read_part(part, max_bytes)
+        elif part.name:
+            value = (await _read_part(part, 64 * 1024)).decode(errors="replace")
+            if part.name == "compare":
+                compare.append(value)
+            else:
+                params[part.name] = value
+    return data
 
 
 async def _read_part(part: BodyPartReader, max_bytes: int) -> bytes:
@@ -240,19 +261,10 @@ async def _posted_query(
     compare = request.query.getall("compare", [])
     ctype = request.content_type
     if ctype.startswith("multipart/"):
-        data: bytes | None = None
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):
-                raise BadRequest("nested multipart bodies are not supported")
-            if part.name == "image":
-                data = await _read_part(part, max_bytes)
-            elif part.name:
-                value = (await _read_part(part, 64 * 1024)).decode(errors="replace")
-                if part.name == "compare":
-                    compare.append(value)
-                else:
-                    params[part.name] = value
+        try:
+            data = await _multipart(request, max_bytes, params, compare)
+        except (HttpProcessingError, ValueError) as exc:  # malformed framing or part headers
+            raise BadRequest(f"malformed multipart body: {exc}") from None
         if data is None:
             raise BadRequest("multipart upload needs a file field named 'image'")
         return data, params, compare

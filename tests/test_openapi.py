@@ -1,0 +1,255 @@
+"""The OpenAPI document: valid, in step with the app's routes, true of real responses, fuzzed."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from jsonschema import ValidationError
+from openapi_schema_validator import OAS30Validator
+from openapi_spec_validator import validate as validate_spec
+from PIL import Image
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT4
+
+from imgsearch.config import Config
+from imgsearch.web import create_app
+from imgsearch.web.openapi import document
+
+from .helpers import jpeg_bytes, photo
+from .test_server import Daemon
+
+Client = TestClient[web.Request, web.Application]
+METHODS = ("get", "post", "put", "patch", "delete")
+DOC_URI = "urn:imgsearch:openapi"
+MAX_EXAMPLES = 40  # per operation: about 700 requests, ~10 s on 2 cores
+
+
+def _documented(doc: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(m.upper(), p) for p, item in doc["paths"].items() for m in METHODS if m in item}
+
+
+def check_response(doc: dict[str, Any], method: str, path: str, status: int, body: Any) -> None:
+    """Validate a JSON body against what the document says `method path` answers with `status`."""
+    responses = doc["paths"][path][method.lower()]["responses"]
+    assert str(status) in responses, f"{method} {path} answered undocumented {status}: {body}"
+    ref = responses[str(status)].get("$ref", "")
+    response = (
+        doc["components"]["responses"][ref.rsplit("/", 1)[-1]] if ref else responses[str(status)]
+    )
+    schema = response["content"]["application/json"]["schema"]
+    registry: Registry[Any] = Registry().with_resource(
+        DOC_URI, Resource.from_contents(doc, default_specification=DRAFT4)
+    )
+    if "$ref" in schema:
+        schema = {"$ref": DOC_URI + schema["$ref"]}
+    OAS30Validator(schema, registry=registry).validate(body)
+
+
+def test_document_is_valid_openapi_3() -> None:
+    doc = document()
+    assert doc["openapi"].startswith("3.")
+    validate_spec(doc)
+    # The checker used below does catch a body that strays from the schema.
+    with pytest.raises(ValidationError):
+        check_response(doc, "GET", "/stats", 200, {"images": 1})
+    with pytest.raises(ValidationError):
+        check_response(doc, "GET", "/search", 200, {"results": [{"image": "/a", "distance": None}]})
+
+
+def test_every_route_is_documented_and_every_documented_route_exists(config: Config) -> None:
+    app = create_app(config)
+    routed = {
+        (route.method, route.resource.canonical)
+        for route in app.router.routes()
+        if route.method not in {"HEAD", "*"}
+        and route.resource is not None
+        and not isinstance(route.resource, web.StaticResource)
+    }
+    assert routed == _documented(document())
+
+
+async def test_document_names_this_server_and_docs_page_is_self_contained(client: Client) -> None:
+    resp = await client.get("/openapi.json")
+    assert resp.status == 200
+    doc = await resp.json()
+    assert doc["servers"] == [
+        {"url": str(client.make_url("")).rstrip("/"), "description": "this daemon"}
+    ]
+    resp = await client.get("/docs")
+    assert resp.status == 200 and resp.content_type == "text/html"
+    assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
+    page = await resp.text()
+    assert 'fetch("openapi.json"' in page
+    # Nothing from elsewhere: no absolute URLs in src/href, no CSS imports or url().
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+    assert "@import" not in page and "url(" not in page
+
+
+async def test_real_responses_match_the_document(
+    client: Client, photos: dict[str, Path], tmp_path: Path
+) -> None:
+    doc = document()
+    folder = str(next(iter(photos.values())).parent)
+    cat = str(photos["chelsea"])
+    jpeg = jpeg_bytes(photo("chelsea", 96))
+
+    async def call(method: str, path: str, status: int, route: str = "", **kw: Any) -> Any:
+        resp = await client.request(method, path, **kw)
+        body = await resp.json()
+        assert resp.status == status, body
+        check_response(doc, method, route or path, status, body)
+        return body
+
+    await call("GET", "/health", 200)
+    await call("GET", "/add", 200, params={"image": folder})
+    await call("GET", "/stats", 200)
+    await call("GET", "/comparators", 200)
+    await call("POST", "/add", 200, json={"image": cat, "update": True})
+    hits = await call(
+        "GET", "/search", 200, params=[("image", cat), ("compare", "verify"), ("compare", "sift")]
+    )
+    assert {"score", "rank_before", "compare", "verdict"} <= set(hits["results"][0])
+    await call("GET", "/search", 200, params={"text": "a cat", "limit": 2})
+    form = aiohttp.FormData({"limit": "2"})
+    form.add_field("image", jpeg, filename="q.jpg", content_type="image/jpeg")
+    await call("POST", "/search", 200, data=form)
+    await call("POST", "/search", 200, data=jpeg, headers={"Content-Type": "image/jpeg"})
+    uri = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+    await call("POST", "/search", 200, json={"image": uri, "compare": ["histogram"]})
+    job = await call("POST", "/jobs", 202, json={"image": folder})
+    await call("GET", "/add", 202, params={"image": cat, "wait": "0"})
+    await call("GET", "/jobs", 200)
+    await call("GET", f"/jobs/{job['job']}", 200, route="/jobs/{id}")
+    await call("DELETE", f"/jobs/{job['job']}", 200, route="/jobs/{id}")
+    # A stored file that vanished (no cached ssim features): the hit has `error`, no scores.
+    photos["coffee"].unlink()
+    hits = await call("GET", "/search", 200, params={"image": cat, "compare": "ssim"})
+    assert any("error" in h for h in hits["results"])
+    await call("GET", "/remove", 200, params={"image": folder})
+    # Errors.
+    await call("GET", "/search", 400, params={"image": cat, "limit": "abc"})
+    await call("GET", "/add", 400, params={"image": "relative.jpg"})
+    await call("GET", "/remove", 400)
+    await call("GET", "/add", 404, params={"image": str(tmp_path / "nope.jpg")})
+    await call("GET", "/jobs/nope", 404, route="/jobs/{id}")
+    await call("DELETE", "/jobs/nope", 404, route="/jobs/{id}")
+    await call("POST", "/search", 422, data=b"not an image", headers={"Content-Type": "image/png"})
+    big = io.BytesIO(b"x" * (3 << 20))
+    await call("POST", "/search", 413, data=big, headers={"Content-Type": "image/png"})
+    await call("GET", "/stats", 403, headers={"Origin": "http://evil.example"})
+
+
+async def test_errors_outside_the_routes_have_the_documented_shape(client: Client) -> None:
+    doc = document()
+    schema = doc["components"]["schemas"]["Error"]
+    for method, path, status in (("DELETE", "/stats", 405), ("GET", "/nowhere", 404)):
+        resp = await client.request(method, path)
+        assert resp.status == status
+        OAS30Validator(schema).validate(await resp.json())
+
+
+async def test_a_one_pixel_query_with_compare_is_not_a_500(
+    client: Client, photos: dict[str, Path]
+) -> None:
+    await client.get("/add", params={"image": str(photos["chelsea"])})
+    dot = jpeg_bytes(Image.new("RGB", (1, 1), "red"))
+    resp = await client.post(
+        "/search", params={"compare": "histogram"}, data=dot, headers={"Content-Type": "image/jpeg"}
+    )
+    assert resp.status == 200, await resp.text()
+
+
+async def test_a_malformed_multipart_part_header_is_a_400(client: Client) -> None:
+    body = b'--b\r\nContent-Disposition: form-data; name="a\x01b"\r\n\r\nx\r\n--b--\r\n'
+    headers = {"Content-Type": "multipart/form-data; boundary=b"}
+    resp = await client.post("/search", data=body, headers=headers)
+    assert resp.status == 400, await resp.text()
+
+
+async def test_a_path_of_an_unknown_user_is_not_a_500(client: Client) -> None:
+    for path in ("/search", "/add", "/remove"):
+        resp = await client.get(path, params={"image": "~nosuchuser-imgsearch/x.jpg"})
+        assert resp.status < 500, await resp.text()
+
+
+# -- schemathesis against a real daemon ------------------------------------------------------
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, tiny_model_config: Path) -> Iterator[tuple[Daemon, Path]]:
+    """A daemon that may read only a temp folder, with a few images indexed; and one image."""
+    root = tmp_path / "root"
+    (root / "pics").mkdir(parents=True)
+    for name in ("chelsea", "coffee", "rocket"):
+        photo(name, 96).save(root / "pics" / f"{name}.jpg")
+    d = Daemon(tmp_path / "data", tiny_model_config, "--allow-root", str(root))
+    try:
+        d.wait_ready()
+        assert d.get("/add", image=str(root / "pics"))["added"] == 3
+        yield d, root / "pics" / "chelsea.jpg"
+    finally:
+        d.proc.kill()
+        d.proc.wait()
+
+
+@pytest.mark.slow
+def test_schemathesis_finds_no_server_errors_and_no_schema_violations(
+    daemon: tuple[Daemon, Path],
+) -> None:
+    """Every operation, fuzzed; those taking `image` also with a real indexed file."""
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import strategies as st
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.core.failures import FailureGroup
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    server, image = daemon
+    checks = [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+    ]
+    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+    failures: list[str] = []
+    labels = set()
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        labels.add(tuple(operation.label.split(" ", 1)))
+        strategies = [operation.as_strategy()]
+        if any(p.name == "image" for p in operation.query):
+            strategies.append(operation.as_strategy(query={"image": str(image)}))
+
+        @given(case=st.one_of(strategies))
+        @settings(
+            max_examples=MAX_EXAMPLES,
+            deadline=None,
+            database=None,
+            derandomize=True,  # the same cases every run: no flaky CI
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
+        def run(case: schemathesis.Case) -> None:
+            try:
+                case.call_and_validate(checks=checks, timeout=60)
+            except (AssertionError, FailureGroup) as exc:  # one check failed, or several
+                failures.append(f"{case.as_curl_command()}\n  {exc!r}")
+
+        run()
+    # from_url leaves out the operation that serves the document it loaded.
+    assert labels | {("GET", "/openapi.json")} == _documented(document())
+    assert not failures, "\n\n".join(failures[:20]) + "\n\n" + server.output()[-3000:]
