@@ -1,10 +1,11 @@
 """Search: embed the query, ask the index, re-rank with comparators, return hits. No HTTP here.
 
-With comparators, the candidate set is widened before re-ranking: the top `rerank_k` of the
-whole query, plus the nearest images of a few regions of the query (tiles and a centre crop,
-embedded in the same batch), so a stored photo that is only part of a screenshot or collage
-still reaches the comparators. Every candidate keeps the whole query's similarity, so a
-region-only candidate ranks below all whole-query ones unless a comparator vouches for it.
+With comparators, the candidate set is the top `rerank_k` of the whole query; with a
+comparator that can locate parts (`verify`), it is widened by the nearest images of a few
+regions of the query (tiles and a centre crop, embedded in the same batch), so a stored photo
+that is only part of a screenshot or collage still reaches verification. Every candidate
+keeps the whole query's similarity, so a region-only candidate ranks below all whole-query
+ones unless a comparator vouches for it.
 """
 
 from __future__ import annotations
@@ -146,7 +147,11 @@ class Searcher:
         min_side = WORKING_SIZE if options.comparators else self.embedder.input_size
         image = decode(data, min_side=min_side, max_pixels=self.max_pixels).image
         views = [image]
-        if options.comparators and options.regions and min(image.size) >= MIN_REGION_QUERY_SIDE:
+        if (
+            options.regions
+            and _locates_parts(options.comparators)
+            and min(image.size) >= (MIN_REGION_QUERY_SIDE)
+        ):
             views += [_region(image, box) for box in REGION_BOXES]
         vectors = self.embedder.embed_images(views)
         found = self._candidates(vectors, options)
@@ -219,6 +224,11 @@ class Searcher:
                 self.features.put(comparator.name, found.id, found.mtime_ns, hit)
             out.append(hit)
         return out
+
+
+def _locates_parts(comparators: Sequence[Comparator]) -> bool:
+    """Whether any comparator can confirm a part-of-image match (worth region candidates)."""
+    return any(getattr(c, "locates_parts", False) for c in comparators)
 
 
 def _region(image: Image.Image, box: tuple[float, float, float, float]) -> Image.Image:

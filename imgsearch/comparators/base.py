@@ -105,7 +105,12 @@ def _plain(value: Any) -> Any:
 
 @runtime_checkable
 class Comparator(Protocol):
-    """Compares two pictures by one method; called from worker threads, so it keeps no state."""
+    """Compares two pictures by one method; called from worker threads, so it keeps no state.
+
+    Optional attribute: `locates_parts = True` on a comparator that can confirm a match of a
+    part of an image (an inset, a crop); searches then also score the nearest images of
+    regions of the query, which costs a few more embeddings per search.
+    """
 
     name: str
     description: str

@@ -80,6 +80,9 @@ class VerifyComparator:
     name = "verify"
     description = "SIFT + RANSAC homography: is this the same picture, an edit of it, or not?"
     raw_meaning = "RANSAC inlier count, 0 and up; extra: inliers, inlier_ratio, verdict"
+    # It can confirm that the query is (or contains) a part of a candidate, so searches widen
+    # their candidates with regions of the query when it is asked for.
+    locates_parts = True
 
     def features(self, picture: Picture) -> VerifyFeatures:
         gray = picture.gray
