@@ -33,6 +33,7 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     add("--device", help="auto, cpu, cuda, cuda:N (default auto: cuda when available)")
     add("--batch-size", type=int, help=f"images per model call when indexing ({d.batch_size})")
     add("--workers", type=int, help=f"decode threads when indexing (default {d.workers})")
+    add("--threads", type=int, help=f"torch threads per model call (default {d.threads})")
     add("--max-upload-mb", type=float, help=f"largest upload or file, MB ({d.max_upload_mb:g})")
     add("--max-image-pixels", type=int, help=f"largest image, pixels ({d.max_image_pixels})")
     add(

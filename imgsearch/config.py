@@ -31,6 +31,9 @@ class Config:
     device: str = "auto"
     batch_size: int = 32
     workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    # Torch threads inside one model call. Half the cores: the daemon runs requests side by
+    # side, and OpenMP threads that must wait for busy cores slow a call down many times over.
+    threads: int = field(default_factory=lambda: max(1, (os.cpu_count() or 1) // 2))
     max_upload_mb: float = 50.0
     max_image_pixels: int = 150_000_000
     index_save_interval: float = 60.0
@@ -46,6 +49,8 @@ class Config:
             raise ConfigError(f"--port must be 0..65535, got {self.port}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {self.threads}")
         if self.workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
         if min(self.max_pending_searches, self.max_pending_adds) < 1:

@@ -15,6 +15,9 @@ __all__ = ["Embedder", "TextEmbedder", "load_embedder", "resolve_device"]
 def load_embedder(config: Config) -> Embedder:
     """Build the embedder the config names; raises ConfigError with a clear message on failure."""
     device = resolve_device(config.device)
+    import torch
+
+    torch.set_num_threads(config.threads)
     if config.model == OFFLINE_MODEL:
         from .cnn import EfficientNetLite0
 
