@@ -58,3 +58,10 @@ def test_cli_flags_map_onto_config_fields() -> None:
     c = Config.load(environ={}, overrides=args)
     assert (c.port, c.data_dir, c.model) == (1234, Path("/tmp/d"), "efficientnet-lite0")
     assert set(args) <= {f for f in Config.__dataclass_fields__}
+
+
+def test_threads_default_and_validation() -> None:
+    assert Config.load(environ={}).threads >= 1
+    assert Config.load(environ={"IMGSEARCH_THREADS": "3"}).threads == 3
+    with pytest.raises(ConfigError, match="--threads must be at least 1"):
+        Config.load(environ={"IMGSEARCH_THREADS": "0"})
