@@ -1,0 +1,230 @@
+"""Shared benchmark helpers: test photos, a real daemon subprocess, HTTP timing, percentiles."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+OUT_DIR = Path(__file__).resolve().parent / "out"  # gitignored: cached images, results
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Real photos bundled with scikit-image (no download needed).
+PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+)
+_T0 = time.perf_counter()
+
+
+def progress(message: str) -> None:
+    """One progress line on stderr, stamped with seconds since start."""
+    print(f"[{time.perf_counter() - _T0:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def percentiles(values: Sequence[float], qs: Sequence[float] = (50, 99)) -> dict[str, float]:
+    """Nearest-rank percentiles (p50, p99, ...) plus max and count; NaN when empty."""
+    ordered = sorted(values)
+    out: dict[str, float] = {}
+    for q in qs:
+        rank = max(1, math.ceil(q / 100 * len(ordered)))
+        out[f"p{q:g}"] = ordered[rank - 1] if ordered else math.nan
+    out["max"] = ordered[-1] if ordered else math.nan
+    out["count"] = len(ordered)
+    return out
+
+
+# -- test images -----------------------------------------------------------------------------
+
+
+def _photo(name: str) -> np.ndarray:
+    from skimage import data as skdata
+
+    arr = np.asarray(getattr(skdata, name)())
+    return arr[..., :3] if arr.ndim == 3 else np.stack([arr] * 3, axis=-1)
+
+
+def _variant(src: np.ndarray, rng: np.random.Generator, size: tuple[int, int]) -> Any:
+    """A random crop of `src` at the aspect of `size`, upscaled, maybe mirrored, with grain."""
+    from PIL import Image
+
+    h, w = src.shape[:2]
+    aspect = size[0] / size[1]
+    scale = rng.uniform(0.8, 1.0)
+    cw = min(w, h * aspect) * scale
+    ch = cw / aspect
+    x, y = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
+    img = Image.fromarray(src).resize(size, Image.Resampling.BICUBIC, box=(x, y, x + cw, y + ch))
+    if rng.random() < 0.5:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    # Sensor-like grain gives file sizes close to a phone's 12 MP JPEG (a few MB).
+    grain = rng.integers(-10, 11, size=(size[1], size[0], 1), dtype=np.int16)
+    arr = np.clip(np.asarray(img, dtype=np.int16) + grain, 0, 255).astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+def generate_jpegs(
+    n: int, size: tuple[int, int] = (4000, 3000), quality: int = 90, seed: int = 0
+) -> Path:
+    """A folder of `n` distinct JPEGs made from real photos; cached in bench/out/ by n and size."""
+    folder = OUT_DIR / f"jpeg-{size[0]}x{size[1]}-q{quality}-n{n}"
+    done = folder / ".complete"
+    if done.exists():
+        progress(f"using {n} cached test images in {folder}")
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    sources = [_photo(name) for name in PHOTOS]
+    for i in range(n):
+        progress(f"generating test image {i + 1}/{n} ({size[0]}x{size[1]})")
+        img = _variant(sources[i % len(sources)], rng, size)
+        img.save(folder / f"photo_{i:04d}.jpg", quality=quality)
+    done.write_text("ok\n")
+    return folder
+
+
+# -- HTTP --------------------------------------------------------------------------------------
+
+
+def get_json(url: str, timeout: float = 10.0) -> Any:
+    """GET a URL and decode its JSON body; raises on non-2xx."""
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return json.load(resp)
+
+
+@dataclass
+class LatencyPoller:
+    """A thread that GETs each URL in turn every `interval` s and records latencies (ms)."""
+
+    urls: dict[str, str]
+    interval: float = 0.02
+    timeout: float = 10.0
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="poller", daemon=True)
+        self.latencies = {name: [] for name in self.urls}
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            tick = time.perf_counter()
+            for name, url in self.urls.items():
+                start = time.perf_counter()
+                try:
+                    get_json(url, self.timeout)
+                except (OSError, ValueError) as exc:
+                    self.errors.append(f"{name}: {exc}")
+                    continue
+                self.latencies[name].append((time.perf_counter() - start) * 1000)
+            self._stop.wait(max(0.0, self.interval - (time.perf_counter() - tick)))
+
+    def __enter__(self) -> LatencyPoller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# -- the daemon ------------------------------------------------------------------------------
+
+
+class Daemon:
+    """A real `python -m imgsearch serve` subprocess on a free loopback port."""
+
+    def __init__(self, flags: Sequence[str], data_dir: Path, start_timeout: float = 180.0) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = data_dir
+        self.log_path = data_dir.parent / f"{data_dir.name}.log"
+        self.flags = [*flags, "--data-dir", str(data_dir), "--port", str(self.port)]
+        self.start_timeout = start_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Daemon:
+        """Start the daemon and wait until /health answers."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
+        env["HF_HUB_OFFLINE"] = "1"
+        cmd = [sys.executable, "-m", "imgsearch", "serve", "--host", "127.0.0.1", *self.flags]
+        with open(self.log_path, "wb") as log:
+            self._proc = subprocess.Popen(
+                cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self._proc.returncode}: {self.log_tail()}")
+            try:
+                get_json(self.url + "/health", timeout=2.0)
+                return self
+            except (OSError, ValueError):
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"daemon not healthy after {self.start_timeout}s: {self.log_tail()}")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the daemon has used so far (Linux /proc; NaN elsewhere)."""
+        if self._proc is None:
+            return math.nan
+        try:
+            fields = Path(f"/proc/{self._proc.pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return math.nan
+        # After the command name: state is field 3 of stat(5), utime 14 and stime 15.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def get(self, path: str, timeout: float = 3600.0) -> Any:
+        return get_json(self.url + path, timeout)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGINT (graceful shutdown), then SIGKILL if it lingers; return the exit code."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def __enter__(self) -> Daemon:
+        return self if self._proc is not None else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
