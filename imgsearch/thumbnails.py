@@ -10,12 +10,12 @@ from __future__ import annotations
 import io
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
+from .files import write_atomic
 from .images import decode, read_file
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 THUMBNAIL_SIZE = 256
 JPEG_QUALITY = 82
 SUFFIX = ".jpg"
-TEMP_PREFIX = ".tmp-"
 
 
 @dataclass(frozen=True)
@@ -79,14 +78,7 @@ class ThumbnailCache:
     def _store(self, image_id: int, mtime_ns: int, jpeg: bytes) -> None:
         target = self._path(image_id, mtime_ns)
         self.directory.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=SUFFIX, dir=self.directory)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(jpeg)
-            os.replace(temp, target)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        write_atomic(target, jpeg)
         for old in self.directory.glob(f"{int(image_id)}-*{SUFFIX}"):
             if old != target:  # an older version of the same image
                 old.unlink(missing_ok=True)

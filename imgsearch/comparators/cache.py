@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from ..files import TEMP_PREFIX, write_atomic
 
 log = logging.getLogger(__name__)
 
 # Bump when the file layout changes: files of another version read as misses.
 CACHE_VERSION = 1
 SUFFIX = ".pkl"
-TEMP_PREFIX = ".tmp-"
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 # What a cache file may reconstruct: numpy arrays and dtypes, and the comparators' own
 # feature classes. Anything else (a file planted in the data directory) is refused.
@@ -81,14 +80,7 @@ class FeatureCache:
         path = self._path(name, image_id)
         path.parent.mkdir(exist_ok=True)
         payload = pickle.dumps((CACHE_VERSION, mtime_ns, features), pickle.HIGHEST_PROTOCOL)
-        fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(payload)
-            os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, payload)
 
     def invalidate(self, image_id: int) -> None:
         """Forget the image's features for every comparator."""
