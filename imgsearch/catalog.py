@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .index import TEMP_SUFFIX, IndexFileError, Stamp, VectorIndex
-from .store import NewImage, Store, WriteResult
+from .store import FileFacts, NewImage, Store, WriteResult
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ class Neighbour:
     path: str
     mtime_ns: int
     similarity: float
+    source: str | None = None
 
 
 class Catalog:
@@ -120,6 +121,39 @@ class Catalog:
                 self._applied = self.store.generation()
         return ids
 
+    def mark_missing(self, path: str) -> list[int]:
+        """Take the images at or below `path` out of the index, kept in SQLite as missing."""
+        with self._mutate:
+            ids = [f.id for f in self.store.files_under(path) if not f.missing]
+            if ids:
+                self.store.set_missing(ids, True)
+                self.index.remove(np.asarray(ids, dtype=np.int64))
+                self._applied = self.store.generation()
+        return ids
+
+    def restore(self, ids: Sequence[int]) -> int:
+        """Make missing images searchable again (their stored vectors, nothing re-embedded)."""
+        with self._mutate:
+            if not ids or not self.store.set_missing(ids, False):
+                return 0
+            restored = 0
+            for chunk in self.store.vectors(ids=ids):
+                self.index.add(chunk.ids, chunk.vectors, replace=True)
+                restored += len(chunk.ids)
+            self._applied = self.store.generation()
+        return restored
+
+    def move(self, image_id: int, facts: FileFacts) -> int | None:
+        """Give an image a new path, keeping its vector; return the id it replaced there, if any."""
+        with self._mutate:
+            replaced = self.store.move(image_id, facts)
+            if replaced is not None:
+                self.index.remove(np.asarray([replaced], dtype=np.int64))
+            for chunk in self.store.vectors(ids=[image_id]):  # back in if it was missing
+                self.index.add(chunk.ids, chunk.vectors, replace=True)
+            self._applied = self.store.generation()
+        return replaced
+
     def similarities(self, query: np.ndarray, ids: Sequence[int]) -> dict[int, float]:
         """Cosine similarity of the query to each stored id still in the index."""
         vectors = self.index.vectors(ids)
@@ -134,10 +168,10 @@ class Catalog:
         sims, ids = self.index.search(queries, k)
         paths = self.store.paths(sorted({int(i) for i in ids.ravel() if i >= 0}))
         return [
-            [
-                Neighbour(int(i), *paths[int(i)], float(s))
-                for s, i in zip(row_s, row_i, strict=True)
-                if int(i) in paths  # a row removed since the search is not reported
+            [  # a row removed since the search is not reported
+                Neighbour(int(i), paths[i].path, paths[i].mtime_ns, float(s), paths[i].source)
+                for s, i in zip(row_s.tolist(), row_i.tolist(), strict=True)
+                if i in paths
             ]
             for row_s, row_i in zip(sims, ids, strict=True)
         ]

@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
@@ -122,25 +122,54 @@ class Ingester:
                 files.append(path)
             else:  # e.g. a symlink inside an allowed folder pointing out of it
                 report.fail(FileError(str(path), "outside the folders this daemon may read", 403))
-        with self._run_lock:
-            todo = self._changed(files, update, report)
-            if on_progress is not None:
-                on_progress(0, len(todo))
-            # A console bar for folders; None lets tqdm hide it when stderr is not a terminal.
-            hide = None if self.show_progress and is_dir else True
-            with tqdm(total=len(todo), desc=f"indexing {target}", unit="img", disable=hide) as bar:
-                self._run(todo, report, stop, bar, on_progress)
+        self.add_files(
+            files,
+            label=str(target),
+            update=update,
+            stop=stop,
+            on_progress=on_progress,
+            report=report,
+            progress_bar=is_dir,
+        )
         if not is_dir and report.errors:
             error = report.errors[0]
             raise ImgSearchError(f"{error.image}: {error.error}", error.status)
         return report
 
+    def add_files(
+        self,
+        files: list[Path],
+        *,
+        label: str,
+        update: bool = False,
+        sources: Mapping[str, str] | None = None,
+        stop: threading.Event | None = None,
+        on_progress: ProgressHook | None = None,
+        report: AddReport | None = None,
+        progress_bar: bool = True,
+    ) -> AddReport:
+        """Index these files (absolute, resolved); `sources` maps a path to its URL."""
+        report = AddReport() if report is None else report
+        with self._run_lock:
+            todo = self._changed(files, update, report)
+            if on_progress is not None:
+                on_progress(0, len(todo))
+            # A console bar for folders; None lets tqdm hide it when stderr is not a terminal.
+            hide = None if self.show_progress and progress_bar else True
+            with tqdm(total=len(todo), desc=f"indexing {label}", unit="img", disable=hide) as bar:
+                self._run(todo, report, stop, bar, on_progress, sources or {})
+        return report
+
     def _changed(self, files: list[Path], update: bool, report: AddReport) -> list[Path]:
-        """Drop files whose size and mtime match what is stored (unless `update`)."""
+        """Drop files whose size and mtime match what is stored (unless `update`).
+
+        An unchanged file stored as missing (its folder had vanished) is made searchable again
+        from its stored vector."""
         if update:
             return files
         known = self.catalog.store.file_states([str(p) for p in files])
         todo = []
+        returned = []
         for path in files:
             state = known.get(str(path))
             if state is not None:
@@ -150,8 +179,12 @@ class Ingester:
                     st = None
                 if st is not None and (st.st_size, st.st_mtime_ns) == (state.size, state.mtime_ns):
                     report.skipped += 1
+                    if state.missing:
+                        returned.append(state.id)
                     continue
             todo.append(path)
+        if returned:
+            self.catalog.restore(returned)
         return todo
 
     def _run(
@@ -161,6 +194,7 @@ class Ingester:
         stop: threading.Event | None,
         bar: tqdm,
         on_progress: ProgressHook | None,
+        sources: Mapping[str, str],
     ) -> None:
         batch: list[Prepared] = []
         done = 0
@@ -169,7 +203,7 @@ class Ingester:
             pending: deque[Future[Prepared | FileError]] = deque()
             paths = iter(todo)
             for path in islice(paths, ahead):
-                pending.append(pool.submit(self._prepare, path))
+                pending.append(pool.submit(self._prepare, path, sources.get(str(path))))
             while pending:
                 if stop is not None and stop.is_set():
                     for fut in pending:
@@ -177,7 +211,7 @@ class Ingester:
                     break
                 future = pending.popleft()
                 for path in islice(paths, 1):
-                    pending.append(pool.submit(self._prepare, path))
+                    pending.append(pool.submit(self._prepare, path, sources.get(str(path))))
                 prepared = future.result()
                 if isinstance(prepared, FileError):
                     report.fail(prepared)
@@ -193,7 +227,7 @@ class Ingester:
             if batch:  # stopped early: keep what was decoded
                 self._commit(batch, report)
 
-    def _prepare(self, path: Path) -> Prepared | FileError:
+    def _prepare(self, path: Path, source: str | None = None) -> Prepared | FileError:
         """Read, hash, decode and preprocess one file (runs in a decode thread)."""
         try:
             data, st = read_file(path, self.max_file_bytes)
@@ -206,7 +240,7 @@ class Ingester:
             return FileError(str(path), f"unexpected error: {exc}", 500)
         digest = hashlib.sha256(data).hexdigest()
         facts = FileFacts(
-            str(path), st.st_size, st.st_mtime_ns, digest, decoded.width, decoded.height
+            str(path), st.st_size, st.st_mtime_ns, digest, decoded.width, decoded.height, source
         )
         return Prepared(facts, tensor)
 

@@ -10,6 +10,7 @@ ones unless a comparator vouches for it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .catalog import Catalog
+from .catalog import Catalog, Neighbour
 from .comparators import (
     WORKING_SIZE,
     Candidate,
@@ -78,9 +79,12 @@ class Hit:
     rank_before: int | None = None
     compare: Mapping[str, Score] = field(default_factory=dict)
     error: str | None = None
+    source: str | None = None  # the URL a downloaded image came from
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"image": self.image, "distance": round(self.distance, 6)}
+        if self.source is not None:
+            out["source"] = self.source
         if self.score is not None:
             out["score"] = round(self.score, 6)
             out["rank_before"] = self.rank_before
@@ -93,14 +97,6 @@ class Hit:
         if self.error is not None:
             out["error"] = self.error
         return out
-
-
-@dataclass(frozen=True)
-class _Found:
-    id: int
-    path: str
-    mtime_ns: int
-    similarity: float
 
 
 class Searcher:
@@ -141,7 +137,7 @@ class Searcher:
             raise BadRequest("compare needs an image query; it cannot score a text query")
         vector = self.embedder.embed_texts([text])
         found = self._candidates(vector, options)
-        return [Hit(f.id, f.path, _distance(f.similarity)) for f in found[: options.limit]]
+        return [_plain_hit(f) for f in found[: options.limit]]
 
     def by_bytes(self, data: bytes, options: SearchOptions) -> list[Hit]:
         min_side = WORKING_SIZE if options.comparators else self.embedder.input_size
@@ -156,21 +152,21 @@ class Searcher:
         vectors = self.embedder.embed_images(views)
         found = self._candidates(vectors, options)
         if not options.comparators:
-            return [Hit(f.id, f.path, _distance(f.similarity)) for f in found[: options.limit]]
+            return [_plain_hit(f) for f in found[: options.limit]]
         return self._rerank(Picture.from_pil(image), found, options)
 
-    def _candidates(self, vectors: np.ndarray, options: SearchOptions) -> list[_Found]:
+    def _candidates(self, vectors: np.ndarray, options: SearchOptions) -> list[Neighbour]:
         """Whole-query neighbours, plus region neighbours scored by whole-query similarity."""
         rows = self.catalog.nearest(vectors, options.candidates)
-        found = {n.id: _Found(n.id, n.path, n.mtime_ns, n.similarity) for n in rows[0]}
+        found = {n.id: n for n in rows[0]}
         extra = {n.id: n for row in rows[1:] for n in row[:REGION_K] if n.id not in found}
         if extra:
             sims = self.catalog.similarities(vectors[0], list(extra))
             for i, sim in sims.items():
-                found[i] = _Found(i, extra[i].path, extra[i].mtime_ns, sim)
+                found[i] = dataclasses.replace(extra[i], similarity=sim)
         return sorted(found.values(), key=lambda f: (-f.similarity, f.id))
 
-    def _rerank(self, query: Picture, found: list[_Found], options: SearchOptions) -> list[Hit]:
+    def _rerank(self, query: Picture, found: list[Neighbour], options: SearchOptions) -> list[Hit]:
         comparators = list(options.comparators)
         query_features = list(self._pool.map(lambda c: c.features(query), comparators))
         scored = list(self._pool.map(lambda f: self._score(f, comparators, query_features), found))
@@ -186,12 +182,21 @@ class Searcher:
         for r in ranked[: options.limit]:
             f, error = by_id[r.id]
             hits.append(
-                Hit(r.id, f.path, _distance(f.similarity), r.score, r.rank_before, r.scores, error)
+                Hit(
+                    r.id,
+                    f.path,
+                    _distance(f.similarity),
+                    r.score,
+                    r.rank_before,
+                    r.scores,
+                    error,
+                    f.source,
+                )
             )
         return hits
 
     def _score(
-        self, found: _Found, comparators: list[Comparator], query_features: list[Any]
+        self, found: Neighbour, comparators: list[Comparator], query_features: list[Any]
     ) -> tuple[dict[str, Score], str | None]:
         """Comparator scores of one candidate; a file that cannot be read scores nothing."""
         try:
@@ -209,7 +214,7 @@ class Searcher:
                 log.exception("comparator %s failed on %s", comparator.name, found.path)
         return scores, None
 
-    def _candidate_features(self, found: _Found, comparators: list[Comparator]) -> list[Any]:
+    def _candidate_features(self, found: Neighbour, comparators: list[Comparator]) -> list[Any]:
         """Each comparator's features of a stored image, from the cache or computed once."""
         cached = [self.features.get(c.name, found.id, found.mtime_ns) for c in comparators]
         if all(f is not None for f in cached):
@@ -235,6 +240,10 @@ def _region(image: Image.Image, box: tuple[float, float, float, float]) -> Image
     w, h = image.size
     left, top, right, bottom = box
     return image.crop((int(left * w), int(top * h), int(right * w), int(bottom * h)))
+
+
+def _plain_hit(found: Neighbour) -> Hit:
+    return Hit(found.id, found.path, _distance(found.similarity), source=found.source)
 
 
 def _distance(similarity: float) -> float:

@@ -59,6 +59,14 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX jobs_created ON jobs(created);
     """,
+    # v3: where a downloaded image came from; images of a vanished watched folder kept as
+    # `missing` (out of the index, back when the folder returns); the watched folders.
+    """
+    ALTER TABLE images ADD COLUMN source TEXT;
+    ALTER TABLE images ADD COLUMN missing INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX images_path_missing ON images(missing, path);
+    CREATE TABLE watches (path TEXT PRIMARY KEY, added REAL NOT NULL);
+    """,
 )
 
 
@@ -72,6 +80,7 @@ class FileFacts:
     sha256: str
     width: int
     height: int
+    source: str | None = None  # the URL a downloaded image came from
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,28 @@ class FileState:
     id: int
     size: int
     mtime_ns: int
+    missing: bool = False
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where a stored image is, for results: its path, mtime and (if downloaded) source URL."""
+
+    path: str
+    mtime_ns: int
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A stored image's path and content hash (for following moves and renames)."""
+
+    id: int
+    path: str
+    sha256: str
+    size: int
+    mtime_ns: int
+    missing: bool
 
 
 @dataclass(frozen=True)
@@ -192,7 +223,13 @@ class Store:
         return int(row[0])
 
     def count(self) -> int:
-        return int(self._reader().execute("SELECT count(*) FROM images").fetchone()[0])
+        """Images present (searchable); `missing()` counts the ones of vanished folders."""
+        row = self._reader().execute("SELECT count(*) FROM images WHERE missing=0").fetchone()
+        return int(row[0])
+
+    def missing(self) -> int:
+        row = self._reader().execute("SELECT count(*) FROM images WHERE missing=1").fetchone()
+        return int(row[0])
 
     def file_states(self, paths: Sequence[str]) -> dict[str, FileState]:
         """Known size/mtime of each path that is in the store."""
@@ -201,36 +238,92 @@ class Store:
         for start in range(0, len(paths), 500):
             chunk = list(paths[start : start + 500])
             marks = ",".join("?" * len(chunk))
-            query = f"SELECT path, id, size, mtime_ns FROM images WHERE path IN ({marks})"
-            for path, id_, size, mtime_ns in conn.execute(query, chunk):
-                found[path] = FileState(id_, size, mtime_ns)
+            query = f"SELECT path, id, size, mtime_ns, missing FROM images WHERE path IN ({marks})"
+            for path, id_, size, mtime_ns, missing in conn.execute(query, chunk):
+                found[path] = FileState(id_, size, mtime_ns, bool(missing))
         return found
 
-    def paths(self, ids: Sequence[int]) -> dict[int, tuple[str, int]]:
-        """Path and mtime_ns of each id that is in the store."""
+    def paths(self, ids: Sequence[int]) -> dict[int, Located]:
+        """Path, mtime_ns and source of each id that is in the store."""
         conn = self._reader()
-        found: dict[int, tuple[str, int]] = {}
+        found: dict[int, Located] = {}
         for start in range(0, len(ids), 500):
             chunk = [int(i) for i in ids[start : start + 500]]
             marks = ",".join("?" * len(chunk))
-            query = f"SELECT id, path, mtime_ns FROM images WHERE id IN ({marks})"
-            for id_, path, mtime_ns in conn.execute(query, chunk):
-                found[id_] = (path, mtime_ns)
+            query = f"SELECT id, path, mtime_ns, source FROM images WHERE id IN ({marks})"
+            for id_, path, mtime_ns, source in conn.execute(query, chunk):
+                found[id_] = Located(path, mtime_ns, source)
+        return found
+
+    def files_under(self, path: str) -> list[StoredFile]:
+        """Every stored image at or below `path` (present or missing), by path."""
+        where, args = _tree(path)
+        rows = self._reader().execute(
+            "SELECT id, path, sha256, size, mtime_ns, missing FROM images"
+            f" WHERE {where} ORDER BY path",
+            args,
+        )
+        return [StoredFile(i, p, h, sz, m, bool(miss)) for i, p, h, sz, m, miss in rows]
+
+    def by_sha256(self, digests: Sequence[str]) -> dict[str, list[StoredFile]]:
+        """Stored images with each content hash."""
+        conn = self._reader()
+        found: dict[str, list[StoredFile]] = {}
+        for start in range(0, len(digests), 500):
+            chunk = list(digests[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            query = (
+                "SELECT id, path, sha256, size, mtime_ns, missing FROM images"
+                f" WHERE sha256 IN ({marks}) ORDER BY id"
+            )
+            for i, p, h, sz, m, miss in conn.execute(query, chunk):
+                found.setdefault(h, []).append(StoredFile(i, p, h, sz, m, bool(miss)))
         return found
 
     def ids(self) -> np.ndarray:
-        rows = self._reader().execute("SELECT id FROM images ORDER BY id").fetchall()
-        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        """Ids of the present images (the ones the index must hold)."""
+        rows = self._reader().execute("SELECT id FROM images WHERE missing=0 ORDER BY id")
+        found = rows.fetchall()
+        return np.fromiter((r[0] for r in found), dtype=np.int64, count=len(found))
 
-    def vectors(self, since_generation: int = 0, chunk: int = 10_000) -> Iterator[VectorChunk]:
-        """Ids and vectors of rows written after `since_generation`, in chunks."""
+    def vectors(
+        self, since_generation: int = 0, chunk: int = 10_000, ids: Sequence[int] | None = None
+    ) -> Iterator[VectorChunk]:
+        """Ids and vectors of present rows written after `since_generation` (or of `ids`)."""
+        if ids is not None:
+            for start in range(0, len(ids), chunk):
+                part = [int(i) for i in ids[start : start + chunk]]
+                marks = ",".join("?" * len(part))
+                cursor = self._reader().execute(
+                    f"SELECT id, vector FROM images WHERE id IN ({marks}) AND missing=0"
+                    " ORDER BY id",
+                    part,
+                )
+                yield from _chunks(cursor, chunk)
+            return
         cursor = self._reader().execute(
-            "SELECT id, vector FROM images WHERE generation > ? ORDER BY id", (since_generation,)
+            "SELECT id, vector FROM images WHERE generation > ? AND missing=0 ORDER BY id",
+            (since_generation,),
         )
-        while rows := cursor.fetchmany(chunk):
-            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            vecs = np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows])
-            yield VectorChunk(ids, vecs.astype(np.float32, copy=False))
+        yield from _chunks(cursor, chunk)
+
+    # -- watched folders ----------------------------------------------------------------------
+
+    def watches(self) -> list[str]:
+        rows = self._reader().execute("SELECT path FROM watches ORDER BY added, path")
+        return [r[0] for r in rows]
+
+    def add_watch(self, path: str) -> bool:
+        """Remember a watched folder; False if it was already watched."""
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO watches(path, added) VALUES (?, ?)", (path, time.time())
+            )
+            return cur.rowcount > 0
+
+    def remove_watch(self, path: str) -> bool:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM watches WHERE path=?", (path,)).rowcount > 0
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -256,19 +349,22 @@ class Store:
                     np.ascontiguousarray(item.vector, dtype="<f4").tobytes(),
                     generation,
                     now,
+                    facts.source,
                 )
                 row = conn.execute("SELECT id FROM images WHERE path=?", (facts.path,)).fetchone()
                 if row is None:
                     cur = conn.execute(
                         "INSERT INTO images(size, mtime_ns, sha256, width, height, vector,"
-                        " generation, updated_at, added_at, path) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        " generation, updated_at, source, added_at, path)"
+                        " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                         (*values, now, facts.path),
                     )
                     ids.append(int(cur.lastrowid or 0))
-                else:
+                else:  # a re-add of a downloaded file without a URL keeps its source
                     conn.execute(
                         "UPDATE images SET size=?, mtime_ns=?, sha256=?, width=?, height=?,"
-                        " vector=?, generation=?, updated_at=? WHERE id=?",
+                        " vector=?, generation=?, updated_at=?, source=coalesce(?, source),"
+                        " missing=0 WHERE id=?",
                         (*values, row[0]),
                     )
                     ids.append(int(row[0]))
@@ -277,16 +373,47 @@ class Store:
 
     def remove_tree(self, path: str) -> list[int]:
         """Delete `path` itself and everything stored below it; return the ids removed."""
-        below = path.rstrip("/") + "/"
-        # '0' sorts right after '/', so [below, below0) is exactly the paths under the folder.
-        where = "path = ? OR (path >= ? AND path < ?)"
-        args = (path, below, below[:-1] + "0")
+        where, args = _tree(path)
         with self._write() as conn:
             ids = [int(r[0]) for r in conn.execute(f"SELECT id FROM images WHERE {where}", args)]
             if ids:
                 self._bump(conn)
                 conn.execute(f"DELETE FROM images WHERE {where}", args)
         return ids
+
+    def set_missing(self, ids: Sequence[int], missing: bool) -> int:
+        """Mark images missing (their folder vanished) or present again; return how many."""
+        changed = 0
+        with self._write() as conn:
+            generation = self._bump(conn)
+            for start in range(0, len(ids), 500):
+                chunk = [int(i) for i in ids[start : start + 500]]
+                marks = ",".join("?" * len(chunk))
+                cur = conn.execute(
+                    f"UPDATE images SET missing=?, generation=?, updated_at=? WHERE id IN ({marks})"
+                    " AND missing=?",
+                    (int(missing), generation, time.time(), *chunk, int(not missing)),
+                )
+                changed += cur.rowcount
+        return changed
+
+    def move(self, image_id: int, facts: FileFacts) -> int | None:
+        """Give a stored image a new path (a rename: same content, same vector).
+
+        A row already stored at the new path is replaced by the moved one; its id is returned."""
+        with self._write() as conn:
+            generation = self._bump(conn)
+            row = conn.execute(
+                "SELECT id FROM images WHERE path=? AND id<>?", (facts.path, image_id)
+            ).fetchone()
+            if row is not None:
+                conn.execute("DELETE FROM images WHERE id=?", (row[0],))
+            conn.execute(
+                "UPDATE images SET path=?, size=?, mtime_ns=?, missing=0, generation=?,"
+                " updated_at=? WHERE id=?",
+                (facts.path, facts.size, facts.mtime_ns, generation, time.time(), image_id),
+            )
+        return None if row is None else int(row[0])
 
     # -- jobs ---------------------------------------------------------------------------------
 
@@ -342,3 +469,17 @@ class JobRow:
 class VectorChunk:
     ids: np.ndarray
     vectors: np.ndarray
+
+
+def _tree(path: str) -> tuple[str, tuple[str, str, str]]:
+    """A WHERE clause matching `path` itself and every path below it."""
+    below = path.rstrip("/") + "/"
+    # '0' sorts right after '/', so [below, below0) is exactly the paths under the folder.
+    return "(path = ? OR (path >= ? AND path < ?))", (path, below, below[:-1] + "0")
+
+
+def _chunks(cursor: sqlite3.Cursor, size: int) -> Iterator[VectorChunk]:
+    while rows := cursor.fetchmany(size):
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        vecs = np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows])
+        yield VectorChunk(ids, vecs.astype(np.float32, copy=False))
