@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .index import TEMP_SUFFIX, IndexFileError, Stamp, VectorIndex
-from .store import FileFacts, NewImage, Store, WriteResult
+from .store import NewImage, Store, WriteResult
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,15 @@ class Catalog:
                 self._applied = self.store.generation()
         return ids
 
+    def remove_ids(self, ids: Sequence[int]) -> list[int]:
+        """Remove these images; return the ids that were stored."""
+        with self._mutate:
+            removed = self.store.remove_ids(ids) if ids else []
+            if removed:
+                self.index.remove(np.asarray(removed, dtype=np.int64))
+                self._applied = self.store.generation()
+        return removed
+
     def mark_missing(self, path: str) -> list[int]:
         """Take the images at or below `path` out of the index, kept in SQLite as missing."""
         with self._mutate:
@@ -143,10 +152,10 @@ class Catalog:
             self._applied = self.store.generation()
         return restored
 
-    def move(self, image_id: int, facts: FileFacts) -> int | None:
+    def move(self, image_id: int, path: str, size: int, mtime_ns: int) -> int | None:
         """Give an image a new path, keeping its vector; return the id it replaced there, if any."""
         with self._mutate:
-            replaced = self.store.move(image_id, facts)
+            replaced = self.store.move(image_id, path, size, mtime_ns)
             if replaced is not None:
                 self.index.remove(np.asarray([replaced], dtype=np.int64))
             for chunk in self.store.vectors(ids=[image_id]):  # back in if it was missing

@@ -47,6 +47,16 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
         help=f"adds in progress or queued before new ones get 503 ({d.max_pending_adds})",
     )
     add(
+        "--download-timeout",
+        type=float,
+        help=f"seconds for one URL download, all of it ({d.download_timeout:g})",
+    )
+    add(
+        "--download-concurrency",
+        type=int,
+        help=f"URL downloads at once, per add job and for searches ({d.download_concurrency})",
+    )
+    add(
         "--token",
         help=f"require this bearer token on every route but /health; '{AUTO_TOKEN}' "
         "generates one into DATA_DIR/token",
@@ -65,6 +75,13 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="DIR",
         help="only read images under this folder (repeatable); default: anywhere",
+    )
+    add(
+        "--watch",
+        action="append",
+        type=Path,
+        metavar="DIR",
+        help="keep this folder indexed as files change (repeatable; remembered across restarts)",
     )
     add("-v", "--verbose", action="store_true", default=None, help="debug logging")
 

@@ -39,9 +39,13 @@ class Config:
     index_save_interval: float = 60.0
     max_pending_searches: int = 32
     max_pending_adds: int = 8
+    # Adding and searching by URL: seconds per download (all of it), downloads at once.
+    download_timeout: float = 30.0
+    download_concurrency: int = 4
     token: str | None = None
     allow_hosts: tuple[str, ...] = ()
     allow_roots: tuple[Path, ...] = ()
+    watch: tuple[Path, ...] = ()
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -55,6 +59,12 @@ class Config:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
         if min(self.max_pending_searches, self.max_pending_adds) < 1:
             raise ConfigError("--max-pending-searches and --max-pending-adds must be at least 1")
+        if not self.download_timeout > 0:  # NaN too
+            raise ConfigError(f"--download-timeout must be positive, got {self.download_timeout}")
+        if self.download_concurrency < 1:
+            raise ConfigError(
+                f"--download-concurrency must be at least 1, got {self.download_concurrency}"
+            )
         if self.max_upload_mb <= 0:
             raise ConfigError(f"--max-upload-mb must be positive, got {self.max_upload_mb}")
         if self.host not in LOOPBACK_HOSTS and not self.token:
@@ -74,6 +84,7 @@ class Config:
             data_dir=self.data_dir.expanduser().resolve(),
             checkpoint=self.checkpoint.expanduser().resolve() if self.checkpoint else None,
             allow_roots=tuple(root.expanduser().resolve() for root in self.allow_roots),
+            watch=tuple(folder.expanduser().resolve() for folder in self.watch),
             model_config=self.model_config.expanduser().resolve() if self.model_config else None,
         )
 

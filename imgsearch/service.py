@@ -5,20 +5,24 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .catalog import Catalog
 from .comparators import ComparatorRegistry, FeatureCache
 from .config import Config
+from .downloads import DOWNLOADS, UrlAdder
 from .embedders import Embedder, load_embedder
 from .errors import ConfigError
+from .fetch import Downloader
 from .images import enable_heif, image_extensions
 from .ingest import Ingester
 from .jobs import JobManager
 from .search import Searcher
 from .security import PathPolicy
 from .thumbnails import ThumbnailCache
+from .watch import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +56,11 @@ class Service:
 
     def __init__(self, config: Config, embedder: Embedder | None = None) -> None:
         self.config = config
-        self.paths = PathPolicy(config.allow_roots)
+        self._closed = False
+        # Downloaded images stay readable (thumbnails, search by path) whatever the roots.
+        downloads = config.data_dir / DOWNLOADS
+        roots = config.allow_roots
+        self.paths = PathPolicy((*roots, downloads) if roots else ())
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = DataDirLock(config.data_dir)
         try:
@@ -76,7 +84,14 @@ class Service:
             workers=config.workers,
             **limits,
         )
-        self.jobs = JobManager(self.ingester, self.catalog.store, config.max_pending_adds)
+        self.downloader = Downloader(
+            timeout=config.download_timeout,
+            concurrency=config.download_concurrency,
+            max_bytes=config.max_upload_bytes,
+            max_pixels=config.max_image_pixels,
+        )
+        urls = UrlAdder(self.downloader, self.ingester, downloads, config.batch_size)
+        self.jobs = JobManager(self.ingester, self.catalog.store, config.max_pending_adds, urls)
         self.comparators = ComparatorRegistry.from_entry_points()
         self.features = FeatureCache(config.data_dir / "features")
         self.thumbnails = ThumbnailCache(config.data_dir / "thumbnails", **limits)
@@ -84,17 +99,35 @@ class Service:
             self.catalog, self.embedder, self.features, workers=config.workers, **limits
         )
 
+        self.watcher = Watcher(self.catalog, self.ingester, self.forget, ignore=config.data_dir)
+        try:
+            self.watcher.start(config.watch)
+        except BaseException:
+            self.close()
+            raise
+
     def remove(self, target: Path) -> int:
         """Forget a file, or every image under a folder (the files themselves are untouched)."""
         ids = self.catalog.remove_tree(str(target))
+        self._invalidate(ids)
+        return len(ids)
+
+    def forget(self, ids: Sequence[int]) -> int:
+        """Forget these images; return how many were stored."""
+        removed = self.catalog.remove_ids(ids)
+        self._invalidate(removed)
+        return len(removed)
+
+    def _invalidate(self, ids: Sequence[int]) -> None:
         for image_id in ids:
             self.features.invalidate(image_id)
             self.thumbnails.invalidate(image_id)
-        return len(ids)
 
     def stats(self) -> dict[str, Any]:
         return {
             "images": self.catalog.store.count(),
+            "missing": self.catalog.store.missing(),
+            "watched": len(self.watcher.watches()),
             "model": self.embedder.model_id,
             "dim": self.embedder.dim,
             "index": {
@@ -107,7 +140,12 @@ class Service:
         }
 
     def close(self) -> None:
+        """Stop watching and indexing, save the index, release the data dir; once only."""
+        if self._closed:
+            return
+        self._closed = True
         try:
+            self.watcher.close()
             self.jobs.close()
             self.searcher.close()
             self.catalog.close()

@@ -397,23 +397,36 @@ class Store:
                 changed += cur.rowcount
         return changed
 
-    def move(self, image_id: int, facts: FileFacts) -> int | None:
+    def move(self, image_id: int, path: str, size: int, mtime_ns: int) -> int | None:
         """Give a stored image a new path (a rename: same content, same vector).
 
         A row already stored at the new path is replaced by the moved one; its id is returned."""
         with self._write() as conn:
             generation = self._bump(conn)
             row = conn.execute(
-                "SELECT id FROM images WHERE path=? AND id<>?", (facts.path, image_id)
+                "SELECT id FROM images WHERE path=? AND id<>?", (path, image_id)
             ).fetchone()
             if row is not None:
                 conn.execute("DELETE FROM images WHERE id=?", (row[0],))
             conn.execute(
                 "UPDATE images SET path=?, size=?, mtime_ns=?, missing=0, generation=?,"
                 " updated_at=? WHERE id=?",
-                (facts.path, facts.size, facts.mtime_ns, generation, time.time(), image_id),
+                (path, size, mtime_ns, generation, time.time(), image_id),
             )
         return None if row is None else int(row[0])
+
+    def remove_ids(self, ids: Sequence[int]) -> list[int]:
+        """Delete these images; return the ids that were there."""
+        removed: list[int] = []
+        with self._write() as conn:
+            self._bump(conn)
+            for start in range(0, len(ids), 500):
+                chunk = [int(i) for i in ids[start : start + 500]]
+                marks = ",".join("?" * len(chunk))
+                found = conn.execute(f"SELECT id FROM images WHERE id IN ({marks})", chunk)
+                removed += [int(r[0]) for r in found]
+                conn.execute(f"DELETE FROM images WHERE id IN ({marks})", chunk)
+        return removed
 
     # -- jobs ---------------------------------------------------------------------------------
 

@@ -205,7 +205,7 @@ def daemon(tmp_path: Path, tiny_model_config: Path) -> Iterator[tuple[Daemon, Pa
 def test_schemathesis_finds_no_server_errors_and_no_schema_violations(
     daemon: tuple[Daemon, Path],
 ) -> None:
-    """Every operation, fuzzed; those taking `image` also with a real indexed file."""
+    """Every operation, fuzzed; those taking `image` (`dir`) also with a real file (folder)."""
     import schemathesis
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import strategies as st
@@ -233,6 +233,8 @@ def test_schemathesis_finds_no_server_errors_and_no_schema_violations(
         strategies = [operation.as_strategy()]
         if any(p.name == "image" for p in operation.query):
             strategies.append(operation.as_strategy(query={"image": str(image)}))
+        if any(p.name == "dir" for p in operation.query):
+            strategies.append(operation.as_strategy(query={"dir": str(image.parent)}))
 
         @given(case=st.one_of(strategies))
         @settings(
