@@ -186,3 +186,62 @@ def test_removed_images_never_come_back(tmp_path: Path) -> None:
     again = open_catalog(tmp_path)
     assert len(again.index) == 0 and again.nearest(vec(0)[None, :], 10) == [[]]
     again.close()
+
+
+def test_a_version_2_database_is_migrated_keeping_its_images(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    conn = sqlite3.connect(path)
+    for number, script in enumerate(MIGRATIONS[:2], start=1):
+        conn.executescript(script)
+        conn.execute(f"PRAGMA user_version={number}")
+    conn.execute(
+        "INSERT INTO images(path, size, mtime_ns, sha256, width, height, vector, generation,"
+        " added_at, updated_at) VALUES ('/old/a.jpg', 1, 2, 'h', 3, 4, ?, 1, 0, 0)",
+        (vec(1).tobytes(),),
+    )
+    conn.commit()
+    conn.close()
+    store = Store(path)
+    assert store.count() == 1 and store.missing() == 0
+    (row,) = store.files_under("/old")
+    assert (row.path, row.sha256, row.missing) == ("/old/a.jpg", "h", False)
+    assert store.paths([row.id])[row.id].source is None
+    assert store.add_watch("/old") and store.watches() == ["/old"]
+    store.close()
+
+
+def test_missing_images_leave_the_index_and_come_back_across_restarts(tmp_path: Path) -> None:
+    catalog = open_catalog(tmp_path)
+    ids = _fill(catalog, 4)
+    catalog.save()
+    shutil.copy(tmp_path / INDEX_FILE, tmp_path / "before.faiss")
+    assert sorted(catalog.mark_missing("/p")) == sorted(ids)
+    assert catalog.nearest(vec(0)[None, :], 10) == [[]] and catalog.store.missing() == 4
+    catalog.close()
+    shutil.copy(tmp_path / "before.faiss", tmp_path / INDEX_FILE)  # an index saved before
+
+    again = open_catalog(tmp_path)
+    assert again.index_origin == "caught-up" and len(again.index) == 0, "missing ones dropped"
+    again.save()
+    shutil.copy(tmp_path / INDEX_FILE, tmp_path / "while-missing.faiss")
+    assert again.restore(ids) == 4
+    (hits,) = again.nearest(vec(2)[None, :], 1)
+    assert hits[0].id == ids[2] and round(hits[0].similarity, 4) == 1.0
+    again.close()
+    shutil.copy(tmp_path / "while-missing.faiss", tmp_path / INDEX_FILE)
+
+    third = open_catalog(tmp_path)
+    assert third.index_origin == "caught-up" and sorted(third.index.ids().tolist()) == ids
+    third.close()
+
+
+def test_a_move_keeps_the_vector_and_replaces_what_was_at_the_new_path(tmp_path: Path) -> None:
+    catalog = open_catalog(tmp_path)
+    first, second = catalog.put([item("/p/a.jpg", 1), item("/p/b.jpg", 2)]).ids
+    assert catalog.move(first, "/p/b.jpg", 7, 8) == second
+    assert set(catalog.store.paths([first, second])) == {first}, "the old b.jpg row is gone"
+    assert catalog.store.paths([first])[first].path == "/p/b.jpg"
+    (hits,) = catalog.nearest(vec(1)[None, :], 5)
+    assert [(h.id, h.path) for h in hits] == [(first, "/p/b.jpg")]
+    assert catalog.store.file_states(["/p/b.jpg"])["/p/b.jpg"].size == 7
+    catalog.close()
