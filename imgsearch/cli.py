@@ -116,8 +116,13 @@ def _client_flags() -> argparse.ArgumentParser:
 
 def _client_commands(sub: Any) -> None:
     common = [_client_flags()]
-    p = sub.add_parser("add", parents=common, help="index a file or folder (a job)")
-    p.add_argument("path", help="file or folder; made absolute from the current directory")
+    p = sub.add_parser("add", parents=common, help="index a file, folder or URL (a job)")
+    p.add_argument(
+        "path",
+        nargs="?",
+        help="file or folder (made absolute from the current directory), or an http(s) URL",
+    )
+    p.add_argument("--csv", metavar="FILE", help="add every URL in this CSV's 'url' column")
     p.add_argument("--update", action="store_true", help="re-embed unchanged files too")
     p.add_argument(
         "--wait",
@@ -126,7 +131,9 @@ def _client_commands(sub: Any) -> None:
         help="follow the job with a progress bar (default); --no-wait prints its id",
     )
     p = sub.add_parser("search", parents=common, help="the stored images nearest to a query")
-    p.add_argument("image", nargs="?", help="query image (a path, sent as an absolute path)")
+    p.add_argument(
+        "image", nargs="?", help="query image: a path (sent as an absolute path) or an http(s) URL"
+    )
     p.add_argument("--text", help="describe the picture instead (CLIP models only)")
     p.add_argument("--upload", action="store_true", help="send the image's bytes, not its path")
     p.add_argument("--limit", type=int, help="how many results (default 10)")
@@ -150,7 +157,9 @@ def client_command(ns: argparse.Namespace) -> int:
         data_dir = Path(os.environ.get(f"{ENV_PREFIX}DATA_DIR") or Config().data_dir)
         conn = client.Connection(ns.url, client.read_token(ns.token, data_dir))
         if ns.command == "add":
-            return client.add(conn, ns.path, update=ns.update, wait=ns.wait, as_json=ns.json)
+            return client.add(
+                conn, ns.path, csv=ns.csv, update=ns.update, wait=ns.wait, as_json=ns.json
+            )
         if ns.command == "search":
             return client.search(
                 conn,

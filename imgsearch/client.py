@@ -127,6 +127,11 @@ def absolute(path: str | Path) -> Path:
     return Path(path).expanduser().absolute()
 
 
+def is_url(text: str) -> bool:
+    """Whether a command-line argument is a URL for the daemon to download, not a path."""
+    return text.strip().lower().startswith(("http://", "https://"))
+
+
 def read_token(token: str | None, data_dir: Path) -> str | None:
     """`auto` means the token the daemon generated into DATA_DIR/token."""
     if token != AUTO_TOKEN:
@@ -190,8 +195,8 @@ def search(
     """`imgsearch search IMAGE|--text T`: a table of the nearest stored images."""
     if (image is None) == (text is None):
         raise UsageError("give either an image or --text")
-    if upload and image is None:
-        raise UsageError("--upload needs an image")
+    if upload and (image is None or is_url(image)):
+        raise UsageError("--upload needs an image file")
     options: list[tuple[str, str]] = [] if limit is None else [("limit", str(limit))]
     options += [("compare", name) for name in compare]
     options += [] if rerank else [("rerank", "0")]
@@ -200,6 +205,8 @@ def search(
     elif upload:
         data, ctype = _multipart(options, absolute(image or ""))
         body = conn.call("POST", "/search", body=data, content_type=ctype)[1]
+    elif is_url(image or ""):
+        body = conn.get("/search", [("url", image or ""), *options])
     else:
         body = conn.get("/search", [("image", str(absolute(image or ""))), *options])
     _out(_dumps(body) if as_json else format_results(body.get("results", [])))
@@ -208,17 +215,25 @@ def search(
 
 def add(
     conn: Connection,
-    path: str,
+    path: str | None,
     *,
+    csv: str | None = None,
     update: bool = False,
     wait: bool = True,
     as_json: bool = False,
     poll_s: float = POLL_S,
 ) -> int:
-    """`imgsearch add PATH`: start an add job and follow it with a progress bar (or not)."""
-    params = [("image", str(absolute(path))), ("wait", "0")]
-    params += [("update", "1")] if update else []
-    body = conn.get("/add", params)
+    """`imgsearch add PATH|URL|--csv FILE`: start an add job and follow it (or not)."""
+    if (path is None) == (csv is None):
+        raise UsageError("give a path or URL, or --csv FILE")
+    params = [("wait", "0"), *([("update", "1")] if update else [])]
+    if csv is not None:
+        data = _read(absolute(csv))
+        body = conn.call("POST", "/add", params, body=data, content_type="text/csv")[1]
+    else:
+        target = path or ""
+        what = ("url", target) if is_url(target) else ("image", str(absolute(target)))
+        body = conn.get("/add", [what, *params])
     if "job" not in body:  # a daemon without jobs: the add already ran to completion
         return _report(body, as_json)
     if not wait:
@@ -301,7 +316,8 @@ def format_results(results: Sequence[Mapping[str, Any]]) -> str:
         if scored:
             row += [_num(hit.get("score")), str(hit.get("verdict") or "-")]
         error = f"  (error: {hit['error']})" if hit.get("error") else ""
-        rows.append([*row, f"{hit.get('image')}{error}"])
+        source = f"  <- {hit['source']}" if hit.get("source") else ""
+        rows.append([*row, f"{hit.get('image')}{source}{error}"])
     return table(header, rows, right=frozenset({0, 1, 2}))
 
 
@@ -382,10 +398,7 @@ def _time(value: Any) -> str:
 
 def _multipart(fields: Params, path: Path) -> tuple[bytes, str]:
     """A multipart/form-data body: the fields, then the file as `image`."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    data = _read(path)
     boundary = uuid.uuid4().hex
     chunks: list[bytes] = []
     for name, value in fields:
@@ -400,6 +413,13 @@ def _multipart(fields: Params, path: Path) -> tuple[bytes, str]:
     chunks.append(head.encode() + data + b"\r\n")
     chunks.append(f"--{boundary}--\r\n".encode())
     return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def _dumps(body: Any) -> str:

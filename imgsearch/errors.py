@@ -51,6 +51,18 @@ class PayloadTooLarge(ImgSearchError):
     status = 413
 
 
+class UpstreamError(ImgSearchError):
+    """A URL whose server failed, refused the request, or could not be reached."""
+
+    status = 502
+
+
+class UpstreamTimeout(ImgSearchError):
+    """A URL whose server did not answer in time."""
+
+    status = 504
+
+
 class Busy(ImgSearchError):
     """Too much work queued already; the caller should retry after `retry_after` seconds."""
 

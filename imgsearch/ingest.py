@@ -59,7 +59,9 @@ class AddReport:
             "updated": self.updated,
             "skipped": self.skipped,
             "failed": self.failed,
-            "errors": [{"image": e.image, "error": e.error} for e in self.errors],
+            "errors": [
+                {"image": e.image, "error": e.error, "status": e.status} for e in self.errors
+            ],
         }
 
 

@@ -1,5 +1,8 @@
 """Indexing jobs: every add is a job, run one at a time, watched and cancelled by id.
 
+A job adds a file or folder (`image` is its path), or a list of URLs (`image` is the URL, or
+"N URLs"; `kind` says which).
+
 A job's record is kept in SQLite, so after a crash or a restart a job that was queued or
 running shows as `interrupted`; running the same add again skips what was already done.
 """
@@ -11,12 +14,15 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .downloads import UrlAdder
 from .errors import Busy, ImgSearchError, NotFound
+from .fetch import check_url
 from .ingest import AddReport, FileError, Ingester
 from .store import JobRow, Store
 
@@ -30,7 +36,7 @@ ERRORS_SHOWN = 100
 
 @dataclass
 class Job:
-    """One add of a file or folder, and how far it got."""
+    """One add of a file or folder (or of URLs), and how far it got."""
 
     id: str
     image: str
@@ -46,6 +52,13 @@ class Job:
     finished: float | None = None
     stop: threading.Event = field(default_factory=threading.Event, repr=False)
     ended: threading.Event = field(default_factory=threading.Event, repr=False)
+    urls: tuple[str, ...] = ()  # a URL job's URLs (not kept once the job has ended)
+    strict: bool = False  # a URL job for one `url`: its failure fails the job, as for one file
+
+    @property
+    def kind(self) -> str:
+        """`path` or `urls`: a path job's label is its absolute path, a URL job's never is."""
+        return "path" if self.image.startswith("/") else "urls"
 
     @property
     def images_per_s(self) -> float | None:
@@ -63,6 +76,7 @@ class Job:
         return {
             "id": self.id,
             "image": self.image,
+            "kind": self.kind,
             "update": self.update,
             "state": self.state,
             "done": self.done,
@@ -96,7 +110,9 @@ class Job:
     def from_row(cls, row: JobRow) -> Job:
         data = json.loads(row.report)
         report = AddReport(data["added"], data["updated"], data["skipped"], data["failed"])
-        report.errors = [FileError(e["image"], e["error"]) for e in data["errors"]]
+        report.errors = [
+            FileError(e["image"], e["error"], e.get("status", 422)) for e in data["errors"]
+        ]
         job = cls(
             row.id,
             row.image,
@@ -117,8 +133,11 @@ class Job:
 class JobManager:
     """Queues adds and runs them one after another on a worker thread."""
 
-    def __init__(self, ingester: Ingester, store: Store, max_pending: int) -> None:
+    def __init__(
+        self, ingester: Ingester, store: Store, max_pending: int, urls: UrlAdder | None = None
+    ) -> None:
         self.ingester = ingester
+        self.urls = urls
         self.store = store
         self.max_pending = max_pending
         self._lock = threading.Lock()
@@ -133,11 +152,26 @@ class JobManager:
         """Queue an add; 503 when too many are queued or running already."""
         if not target.exists():
             raise NotFound(f"no such file or directory: {target}")
+        return self._queue(Job(uuid.uuid4().hex[:12], str(target), update))
+
+    def submit_urls(self, urls: Sequence[str], update: bool, *, strict: bool = False) -> Job:
+        """Queue an add of URLs; `strict` (one URL) checks it now and fails the job if it fails."""
+        if self.urls is None:
+            raise ImgSearchError("this daemon cannot download URLs", 501)
+        if strict:
+            urls = [check_url(url) for url in urls]
+        urls = list(dict.fromkeys(urls))  # the same URL twice is one download
+        label = urls[0] if len(urls) == 1 else f"{len(urls)} URLs"
+        if label.startswith("/"):  # an invalid one, reported by the job: never a path's label
+            label = f"1 URL: {label}"
+        job = Job(uuid.uuid4().hex[:12], label, update, urls=tuple(urls), strict=strict)
+        return self._queue(job)
+
+    def _queue(self, job: Job) -> Job:
         with self._lock:
             pending = sum(1 for j in self._jobs.values() if j.state not in FINISHED)
             if pending >= self.max_pending:
                 raise Busy(f"{pending} indexing jobs are queued or running; retry later", 10)
-            job = Job(uuid.uuid4().hex[:12], str(target), update)
             self._jobs[job.id] = job
             while len(self._jobs) > HISTORY:
                 oldest = next(iter(self._jobs))
@@ -183,13 +217,23 @@ class JobManager:
                 return
             job.state, job.started = "running", time.time()
             self.store.save_job(job.row())
-            self.ingester.add(
-                Path(job.image),
-                update=job.update,
-                stop=job.stop,
-                report=job.report,
-                on_progress=self._progress_hook(job),
-            )
+            if job.kind == "path":
+                self.ingester.add(
+                    Path(job.image),
+                    update=job.update,
+                    stop=job.stop,
+                    report=job.report,
+                    on_progress=self._progress_hook(job),
+                )
+            elif self.urls is not None:
+                self.urls.add(
+                    job.urls,
+                    update=job.update,
+                    strict=job.strict,
+                    stop=job.stop,
+                    report=job.report,
+                    on_progress=self._progress_hook(job),
+                )
             if job.stop.is_set():
                 job.state = "interrupted" if self._closing else "cancelled"
             else:
@@ -201,6 +245,7 @@ class JobManager:
             job.state, job.error = "failed", f"unexpected error: {exc}"
         finally:
             job.finished = time.time()
+            job.urls = ()
             try:
                 self.store.save_job(job.row())
             finally:

@@ -13,7 +13,7 @@ from ..config import Config
 from ..embedders import Embedder
 from ..security import with_token
 from ..service import Service
-from . import library, openapi, routes, ui
+from . import library, openapi, routes, ui, urls
 from .gate import Gate
 from .guard import guard
 from .keys import SEARCH_GATE, SERVICE
@@ -62,6 +62,7 @@ def create_app(
             app[SERVICE].jobs.interrupt()
 
     app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(urls.fetch_session)  # after lifecycle: it needs the service
     app.on_shutdown.append(interrupt_jobs)
     return app
 

@@ -18,6 +18,7 @@ from ..errors import BadRequest, ImgSearchError, PayloadTooLarge
 from ..search import Hit, SearchOptions
 from ..service import Service
 from .keys import SEARCH_GATE, SERVICE
+from .urls import is_csv, posted_csv, query_bytes, url_list
 
 T = TypeVar("T")
 
@@ -134,14 +135,23 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(_service(request).stats())
 
 
-async def _add(request: web.Request, body: Mapping[str, Any]) -> web.Response:
-    """Queue an add; wait for it (the original blocking form) unless wait=0."""
+async def _add(
+    request: web.Request, body: Mapping[str, Any], urls: list[str] | None = None
+) -> web.Response:
+    """Queue an add of a path or of URLs; wait for it (the blocking form) unless wait=0."""
     service = _service(request)
     raw_path = body.get("image")
     if raw_path is not None and not isinstance(raw_path, str):
         raise BadRequest("image must be a string path")
-    target = service.paths.resolve(raw_path)
-    job = service.jobs.submit(target, _flag(body.get("update"), "update"))
+    update, strict = _flag(body.get("update"), "update"), False
+    if urls is None:
+        urls, strict = url_list(body)
+    if urls is None:
+        job = service.jobs.submit(service.paths.resolve(raw_path), update)
+    elif raw_path is not None:
+        raise BadRequest("give either image or url/urls, not both")
+    else:
+        job = service.jobs.submit_urls(urls, update, strict=strict)
     if not _flag(body.get("wait", "1"), "wait"):
         location = f"/jobs/{job.id}"
         return web.json_response(
@@ -158,11 +168,17 @@ async def _add(request: web.Request, body: Mapping[str, Any]) -> web.Response:
 
 @table.get("/add")
 async def add_get(request: web.Request) -> web.Response:
-    return await _add(request, request.query)
+    urls = request.query.getall("url", [])  # repeatable: several are a list, one is strict
+    return await _add(request, request.query, urls if len(urls) > 1 else None)
 
 
 @table.post("/add")
 async def add_post(request: web.Request) -> web.Response:
+    """JSON (a path, `url` or `urls`), or a CSV of URLs: raw text/csv or a multipart `csv`."""
+    if is_csv(request):
+        max_bytes = _service(request).config.max_upload_bytes
+        urls, fields = await posted_csv(request, max_bytes)
+        return await _add(request, {**request.query, **fields}, urls)
     return await _add(request, {**request.query, **await _json_body(request)})
 
 
@@ -216,10 +232,13 @@ def _compare_list(raw: Any) -> list[str]:
 async def search_get(request: web.Request) -> web.Response:
     service = _service(request)
     options = _options(service, request.query, request.query.getall("compare", []))
-    text = request.query.get("text")
-    if text is not None:
-        query: str | Path = _text(text, request.query.get("image"))
-        search: Callable[..., list[Hit]] = service.searcher.by_text
+    text, url = request.query.get("text"), request.query.get("url")
+    if url is not None:
+        _only_url(request.query)
+        query: bytes | str | Path = await query_bytes(request, url)
+        search: Callable[..., list[Hit]] = service.searcher.by_bytes
+    elif text is not None:
+        query, search = _text(text, request.query.get("image")), service.searcher.by_text
     else:
         query, search = service.paths.resolve(request.query.get("image")), service.searcher.by_path
     with request.app[SEARCH_GATE].enter():
@@ -241,6 +260,11 @@ async def search_post(request: web.Request) -> web.Response:
         else:
             hits = await _run(request, service.searcher.by_path, query, options)
     return web.json_response({"results": [h.as_json() for h in hits]})
+
+
+def _only_url(params: Mapping[str, Any]) -> None:
+    if "image" in params or "text" in params:
+        raise BadRequest("give one of image, url or text")
 
 
 def _text(text: Any, image: Any) -> str:
@@ -277,6 +301,9 @@ async def _posted_query(
             compare += [v for v in form.getall("compare", []) if isinstance(v, str)]
             body = {k: v for k, v in form.items() if isinstance(v, str) and k != "compare"}
         params.update(body)
+        if "url" in params:
+            _only_url(params)
+            return await query_bytes(request, params.pop("url")), params, compare
         if "text" in params:
             return _text(params.pop("text"), params.get("image")), params, compare
         image = params.pop("image", None)

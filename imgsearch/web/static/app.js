@@ -139,7 +139,12 @@
       head.append(el("span", { className: `badge ${hit.verdict}` }, hit.verdict));
     }
     const error = hit.error ? el("p", { className: "hit-error" }, hit.error) : null;
-    return el("li", { className: "card" }, thumb, head, title, facts, error);
+    // A downloaded image links to the URL it came from (http(s) only: never javascript:).
+    const source = /^https?:\/\//i.test(hit.source || "")
+      ? el("a", { className: "source", href: hit.source, rel: "noopener noreferrer",
+          target: "_blank", title: hit.source }, "source")
+      : null;
+    return el("li", { className: "card" }, thumb, head, title, source, facts, error);
   }
 
   function showPreview(blob) {
