@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import http.server
 import io
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -163,6 +167,25 @@ def test_thumbnail_of_transparent_png_is_flattened(tmp_path: Path) -> None:
 # -- the page in a real browser --------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _serve_folder(folder: Path) -> Iterator[str]:
+    """A static file server for `folder` on 127.0.0.1, in a thread; yields its URL."""
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
 @pytest.fixture
 def lite0_daemon(tmp_path: Path) -> Iterator[str]:
     """A real daemon with the bundled offline model and a token; yields its URL."""
@@ -264,6 +287,18 @@ def test_page_end_to_end_in_chromium(tmp_path: Path, lite0_daemon: str) -> None:
         expect(first.locator(".badge")).to_have_text(re.compile("edited|duplicate"))
         expect(first.locator(".path")).to_have_text(str(folder / "chelsea.jpg"))
         expect(first.locator(".facts")).to_contain_text("verify")
+
+        # An http(s) address in the same boxes: the daemon downloads it (from 127.0.0.1).
+        with _serve_folder(crop.parent) as web_url:
+            page.fill("#path", f"{web_url}/{crop.name}")
+            page.click("#path-form button[type=submit]")
+            expect(first.locator(".path")).to_have_text(str(folder / "chelsea.jpg"))
+            page.fill("#folder", f"{web_url}/{crop.name}")
+            page.click("#index-form button[type=submit]")
+            expect(page.locator("#job-status")).to_contain_text("done: 1/1")
+            page.click("#path-form button[type=submit]")
+            expect(first.locator("a.source")).to_have_attribute("href", f"{web_url}/{crop.name}")
+            expect(first.locator(".path")).to_contain_text("/downloads/")
 
         shot = tmp_path / "ui.png"
         page.screenshot(path=str(shot), full_page=True)

@@ -62,6 +62,8 @@
     return node;
   }
 
+  // A path names a file on the daemon's machine; an http(s) address is downloaded by it.
+  const sourceParam = (value) => (/^https?:\/\//i.test(value) ? "url" : "image");
   const fmt = (x, digits = 3) => (typeof x === "number" ? x.toFixed(digits) : "–");
   const basename = (p) => p.split("/").filter(Boolean).pop() || p;
 
@@ -87,7 +89,7 @@
       form.append("image", query.blob, query.name || "upload");
       request = api(`/search?${params}`, { method: "POST", body: form });
     } else {
-      params.set(query.kind === "text" ? "text" : "image", query.value);
+      params.set(query.kind === "text" ? "text" : sourceParam(query.value), query.value);
       request = api(`/search?${params}`);
     }
     showError();
@@ -296,7 +298,8 @@
 
   async function startIndex(e) {
     e.preventDefault();
-    const params = new URLSearchParams({ image: $("folder").value.trim(), wait: "0" });
+    const target = $("folder").value.trim();
+    const params = new URLSearchParams({ [sourceParam(target)]: target, wait: "0" });
     if ($("update").checked) params.set("update", "1");
     showError();
     try {
