@@ -168,6 +168,7 @@ class Watcher:
         """Sync, then apply change sets; wait while the folder is gone; never die."""
         import watchfiles
 
+        polling: bool | None = None  # None: watchfiles decides (WATCHFILES_FORCE_POLLING, WSL)
         while not watch.stop.is_set():
             try:
                 if not watch.path.is_dir():
@@ -183,13 +184,20 @@ class Watcher:
                     rust_timeout=int(self.poll_s * 1000),
                     yield_on_timeout=True,
                     raise_interrupt=False,
+                    force_polling=polling,
                 ):
                     if not watch.path.is_dir():
                         break  # unmounted or moved away: the next turn marks it missing
                     if changes:
                         self._apply(watch, changes)
-            except Exception:
-                log.exception("watching %s failed; retrying", watch.path)
+            except Exception as exc:
+                if polling is None and isinstance(exc, OSError | RuntimeError):
+                    # e.g. out of inotify watches (fs.inotify.max_user_watches), or a network
+                    # file system that sends no events: scan for changes instead.
+                    log.warning("watching %s: %s; polling it instead", watch.path, exc)
+                    polling = True
+                else:
+                    log.exception("watching %s failed; retrying", watch.path)
                 watch.stop.wait(self.poll_s)
 
     def _vanished(self, watch: Watch) -> None:

@@ -267,3 +267,19 @@ def test_a_bad_watch_flag_is_refused_and_releases_the_data_dir(
         make_service(watch=(tmp_path / "photos",), allow_roots=(tmp_path / "elsewhere",))
     service = make_service(watch=(tmp_path / "photos",))  # the data dir lock was released
     wait_for("watching", lambda: watching(service, tmp_path / "photos"))
+
+
+def test_polling_mode_follows_changes_too(
+    tmp_path: Path, make_service: Callable[..., Service], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Network file systems send no events: watchfiles' polling (WATCHFILES_FORCE_POLLING)."""
+    monkeypatch.setenv("WATCHFILES_FORCE_POLLING", "1")
+    folder = tmp_path / "nfs"
+    a = save(folder / "a.jpg", PHOTOS[0])
+    service = make_service(watch=(folder,))
+    wait_for("initial sync", lambda: watching(service, folder))
+    b = save(folder / "b.jpg", PHOTOS[1])
+    wait_for("created file indexed", lambda: str(b) in stored(service))
+    a_id = stored(service)[str(a)]
+    os.rename(a, folder / "c.jpg")
+    wait_for("moved", lambda: stored(service).get(str(folder / "c.jpg")) == a_id)
