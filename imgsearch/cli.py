@@ -1,5 +1,5 @@
 """Command line: `imgsearch serve [flags]` (the default) starts the daemon; `add`, `search`,
-`stats`, `remove` and `jobs` talk to a running one (see client.py)."""
+`stats`, `remove`, `duplicates` and `jobs` talk to a running one (see client.py)."""
 
 from __future__ import annotations
 
@@ -144,6 +144,11 @@ def _client_commands(sub: Any) -> None:
     sub.add_parser("stats", parents=common, help="what the daemon holds")
     p = sub.add_parser("remove", parents=common, help="forget a file or a folder's images")
     p.add_argument("path", help="file or folder; made absolute from the current directory")
+    p = sub.add_parser("duplicates", parents=common, help="identical files and near copies")
+    p.add_argument(
+        "--threshold", type=float, help="largest embedding distance of a pair (default 0.15)"
+    )
+    p.add_argument("--folder", help="only images under this folder (made absolute)")
     p = sub.add_parser("jobs", parents=common, help="list add jobs, show one, or cancel one")
     p.add_argument("id", nargs="?", help="show this job")
     p.add_argument("--cancel", metavar="ID", help="cancel this job")
@@ -173,6 +178,10 @@ def client_command(ns: argparse.Namespace) -> int:
             )
         if ns.command == "remove":
             return client.remove(conn, ns.path, as_json=ns.json)
+        if ns.command == "duplicates":
+            return client.duplicates(
+                conn, threshold=ns.threshold, folder=ns.folder, as_json=ns.json
+            )
         if ns.command == "jobs":
             return client.jobs(conn, ns.id, cancel=ns.cancel, as_json=ns.json)
         return client.stats(conn, as_json=ns.json)

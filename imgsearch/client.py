@@ -301,6 +301,21 @@ def jobs(
     return EXIT_OK
 
 
+def duplicates(
+    conn: Connection,
+    *,
+    threshold: float | None = None,
+    folder: str | None = None,
+    as_json: bool = False,
+) -> int:
+    """`imgsearch duplicates`: a block per cluster of identical files or near copies."""
+    params = [] if threshold is None else [("threshold", repr(threshold))]
+    params += [] if folder is None else [("folder", str(absolute(folder)))]
+    body = conn.get("/duplicates", params)
+    _out(_dumps(body) if as_json else format_duplicates(body))
+    return EXIT_OK
+
+
 # -- output ----------------------------------------------------------------------------------
 
 
@@ -345,6 +360,43 @@ def format_job(job: Mapping[str, Any]) -> str:
     failures = _failures(job)
     lines = [f"{key}: {value}" for key, value in pairs]
     return "\n".join(lines + (["errors:", *failures] if failures else []))
+
+
+def format_duplicates(body: Mapping[str, Any]) -> str:
+    """One block per cluster (near ones as a table: distance to the first image, verify's
+    verdict on the pair, the image it was paired with), then a summary line."""
+    blocks = []
+    for cluster in body.get("clusters", []):
+        images = cluster.get("images", [])
+        head = f"{cluster.get('kind')}: {len(images)} images"
+        if cluster.get("kind") != "near":
+            blocks.append("\n".join([head, *(f"  {_image(i)}" for i in images)]))
+            continue
+        rows = [
+            [str(n), _num(i.get("distance")), str(i.get("verdict") or "-")]
+            + [str(i["match"] + 1) if isinstance(i.get("match"), int) else "-", _image(i)]
+            for n, i in enumerate(images, 1)
+        ]
+        header = ["#", "distance", "verdict", "match", "image"]
+        lines = table(header, rows, right=frozenset({0, 1, 3})).splitlines()
+        blocks.append("\n".join([head, *(f"  {line}" for line in lines)]))
+    kinds = [c.get("kind") for c in body.get("clusters", [])]
+    found = (
+        f"{len(kinds)} clusters ({kinds.count('identical')} identical, {kinds.count('near')} near)"
+        if kinds
+        else "no duplicates"
+    )
+    how = "verified" if body.get("verified") else "not verified: no verify comparator"
+    summary = (
+        f"{found} among {body.get('images', 0)} images (threshold {body.get('threshold')}, {how})"
+    )
+    return "\n\n".join([*blocks, summary])
+
+
+def _image(entry: Mapping[str, Any]) -> str:
+    copies = f"  (+{entry['copies']} identical)" if entry.get("copies") else ""
+    source = f"  <{entry['source']}>" if entry.get("source") else ""
+    return f"{entry.get('image')}{copies}{source}"
 
 
 def _failures(job: Mapping[str, Any]) -> list[str]:

@@ -83,6 +83,15 @@ class VectorIndex:
                     continue
         return found
 
+    def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of every id and its vector (n x dim), for batch work off the lock."""
+        import faiss
+
+        with self._lock:
+            ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+            vectors = self._index.index.reconstruct_n(0, int(self._index.ntotal))
+        return ids, np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+
     def remove(self, ids: np.ndarray) -> int:
         with self._lock:
             return int(self._index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64)))

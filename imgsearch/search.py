@@ -29,7 +29,6 @@ from .comparators import (
     FeatureCache,
     Picture,
     Score,
-    load_picture,
     rerank,
 )
 from .embedders import Embedder, TextEmbedder
@@ -216,19 +215,14 @@ class Searcher:
 
     def _candidate_features(self, found: Neighbour, comparators: list[Comparator]) -> list[Any]:
         """Each comparator's features of a stored image, from the cache or computed once."""
-        cached = [self.features.get(c.name, found.id, found.mtime_ns) for c in comparators]
-        if all(f is not None for f in cached):
-            return cached
-        picture = load_picture(
-            Path(found.path), max_file_bytes=self.max_file_bytes, max_pixels=self.max_pixels
+        return self.features.of_file(
+            comparators,
+            found.id,
+            Path(found.path),
+            found.mtime_ns,
+            max_file_bytes=self.max_file_bytes,
+            max_pixels=self.max_pixels,
         )
-        out = []
-        for comparator, hit in zip(comparators, cached, strict=True):
-            if hit is None:
-                hit = comparator.features(picture)
-                self.features.put(comparator.name, found.id, found.mtime_ns, hit)
-            out.append(hit)
-        return out
 
 
 def _locates_parts(comparators: Sequence[Comparator]) -> bool:

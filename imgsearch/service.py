@@ -11,8 +11,10 @@ from typing import Any
 
 from .catalog import Catalog
 from .comparators import ComparatorRegistry, FeatureCache
+from .comparators.verify import VerifyComparator
 from .config import Config
 from .downloads import DOWNLOADS, UrlAdder
+from .duplicates import DuplicateFinder
 from .embedders import Embedder, load_embedder
 from .errors import ConfigError
 from .fetch import Downloader
@@ -97,6 +99,14 @@ class Service:
         self.thumbnails = ThumbnailCache(config.data_dir / "thumbnails", **limits)
         self.searcher = Searcher(
             self.catalog, self.embedder, self.features, workers=config.workers, **limits
+        )
+        verify = self.comparators.get("verify") if "verify" in self.comparators else None
+        self.duplicates = DuplicateFinder(
+            self.catalog,
+            verify if isinstance(verify, VerifyComparator) else None,
+            self.features,
+            workers=config.workers,
+            **limits,
         )
 
         self.watcher = Watcher(self.catalog, self.ingester, self.forget, ignore=config.data_dir)

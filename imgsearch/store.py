@@ -280,6 +280,29 @@ class Store:
                 found.setdefault(h, []).append(StoredFile(i, p, h, sz, m, bool(miss)))
         return found
 
+    def shared_hashes(self, under: str | None = None) -> list[ImageRow]:
+        """Present images whose bytes another present one has too (both at or below `under`),
+        by content hash, then path."""
+        where, args = _tree(under) if under is not None else ("1", ())
+        rows = self._reader().execute(
+            f"SELECT {_ROW} FROM images WHERE missing=0 AND {where} AND sha256 IN"
+            f" (SELECT sha256 FROM images WHERE missing=0 AND {where}"
+            "  GROUP BY sha256 HAVING count(*) > 1) ORDER BY sha256, path",
+            (*args, *args),
+        )
+        return [ImageRow(*row) for row in rows]
+
+    def image_rows(self, ids: Sequence[int]) -> dict[int, ImageRow]:
+        """What is stored of each id (present or missing) besides its vector."""
+        conn = self._reader()
+        found: dict[int, ImageRow] = {}
+        for start in range(0, len(ids), 500):
+            chunk = [int(i) for i in ids[start : start + 500]]
+            marks = ",".join("?" * len(chunk))
+            for row in conn.execute(f"SELECT {_ROW} FROM images WHERE id IN ({marks})", chunk):
+                found[row[0]] = ImageRow(*row)
+        return found
+
     def ids(self) -> np.ndarray:
         """Ids of the present images (the ones the index must hold)."""
         rows = self._reader().execute("SELECT id FROM images WHERE missing=0 ORDER BY id")
@@ -482,6 +505,23 @@ class JobRow:
 class VectorChunk:
     ids: np.ndarray
     vectors: np.ndarray
+
+
+_ROW = "id, path, sha256, size, mtime_ns, width, height, source"
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """A stored image's facts, for listings (duplicates)."""
+
+    id: int
+    path: str
+    sha256: str
+    size: int
+    mtime_ns: int
+    width: int
+    height: int
+    source: str | None
 
 
 def _tree(path: str) -> tuple[str, tuple[str, str, str]]:

@@ -6,10 +6,12 @@ import io
 import logging
 import pickle
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..files import TEMP_PREFIX, write_atomic
+from .base import Comparator, load_picture
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,30 @@ class FeatureCache:
         path.parent.mkdir(exist_ok=True)
         payload = pickle.dumps((CACHE_VERSION, mtime_ns, features), pickle.HIGHEST_PROTOCOL)
         write_atomic(path, payload)
+
+    def of_file(
+        self,
+        comparators: Sequence[Comparator],
+        image_id: int,
+        path: Path,
+        mtime_ns: int,
+        *,
+        max_file_bytes: int,
+        max_pixels: int,
+    ) -> list[Any]:
+        """Each comparator's features of a stored image: cached, or computed once from the file
+        and cached (raises ImgSearchError subclasses when the file cannot be read)."""
+        cached = [self.get(c.name, image_id, mtime_ns) for c in comparators]
+        if all(f is not None for f in cached):
+            return cached
+        picture = load_picture(path, max_file_bytes=max_file_bytes, max_pixels=max_pixels)
+        out = []
+        for comparator, hit in zip(comparators, cached, strict=True):
+            if hit is None:
+                hit = comparator.features(picture)
+                self.put(comparator.name, image_id, mtime_ns, hit)
+            out.append(hit)
+        return out
 
     def invalidate(self, image_id: int) -> None:
         """Forget the image's features for every comparator."""

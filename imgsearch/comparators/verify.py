@@ -45,6 +45,16 @@ CHANGE_LEVEL = 40
 DUPLICATE_MAX_CHANGED = 0.01
 # Score ranges by verdict: similar 0, edited 0.5..0.9, duplicate 0.9..1, rising with inliers.
 INLIER_SCALE = 60.0
+# One photo, for /duplicates (stricter than `edited`, looser than `duplicate`): one frame lies
+# inside the other (a crop keeping at least half of it, a border, a resize) and, aligned, with
+# grey levels matched (brightness, contrast, gamma), at most 1% of the overlap differs. Edited
+# copies of scikit-image photos (re-encoded, resized, cropped, brightness -25..+20%) differ by
+# at most 0.9% once matched; burst shots fail (bench/duplicates.py --distances): a camera moved
+# by 5-15% leaves both frames 0.80-0.91 inside each other, a subject a fifth of the width wide
+# moved changes 5-8% of the pixels (one a tenth wide, 1.2-1.9%).
+CONTAINED_COVERAGE = 0.95
+MIN_KEPT = 0.5
+SAME_PHOTO_MAX_CHANGED = 0.01
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,27 +102,60 @@ class VerifyComparator:
         return VerifyFeatures(sift_keypoints(picture), thumb)
 
     def compare(self, query: VerifyFeatures, candidate: VerifyFeatures) -> Score:
-        matches = ratio_matches(query.keypoints, candidate.keypoints, LOWE_RATIO)
-        if len(matches) < MIN_MATCHES:
-            return _score(0, len(matches), "similar")
-        src = query.keypoints.points[matches[:, 0]].reshape(-1, 1, 2)
-        dst = candidate.keypoints.points[matches[:, 1]].reshape(-1, 1, 2)
-        try:
-            homography, mask = cv2.findHomography(src, dst, cv2.RANSAC, RANSAC_THRESHOLD)
-        except cv2.error as exc:
-            log.debug("findHomography failed: %s", exc)
-            return _score(0, len(matches), "similar")
-        if homography is None or mask is None:
-            return _score(0, len(matches), "similar")
-        inliers = int(np.count_nonzero(mask))
-        geometry = _geometry(homography, query.keypoints, candidate.keypoints)
-        if geometry is None or inliers < MIN_INLIERS or inliers < MIN_INLIER_RATIO * len(matches):
-            return _score(inliers, len(matches), "similar")
-        duplicate = (
-            geometry.same_framing()
-            and _changed(homography, query, candidate) <= DUPLICATE_MAX_CHANGED
-        )
-        return _score(inliers, len(matches), "duplicate" if duplicate else "edited")
+        return _verdict(query, candidate, _fit(query, candidate))
+
+    def same_photo(self, a: VerifyFeatures, b: VerifyFeatures) -> tuple[Score, bool]:
+        """`compare(a, b)`, and whether b is a copy of a at most resized, re-encoded, cropped
+        (keeping half) or re-lit: the test /duplicates confirms near pairs with."""
+        fit = _fit(a, b)
+        score = _verdict(a, b, fit)
+        if score.extra["verdict"] != "edited" or fit.homography is None or fit.geometry is None:
+            return score, score.extra["verdict"] == "duplicate"
+        coverages = (fit.geometry.query_coverage, fit.geometry.candidate_coverage)
+        if max(coverages) < CONTAINED_COVERAGE or min(coverages) < MIN_KEPT:
+            return score, False
+        changed = _changed(fit.homography, a, b, match_levels=True)
+        return score, changed <= SAME_PHOTO_MAX_CHANGED
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """RANSAC's answer: the homography and its geometry when the match is verified at all."""
+
+    matches: int
+    inliers: int
+    homography: np.ndarray | None = None
+    geometry: Geometry | None = None
+
+
+def _fit(query: VerifyFeatures, candidate: VerifyFeatures) -> _Fit:
+    matches = ratio_matches(query.keypoints, candidate.keypoints, LOWE_RATIO)
+    if len(matches) < MIN_MATCHES:
+        return _Fit(len(matches), 0)
+    src = query.keypoints.points[matches[:, 0]].reshape(-1, 1, 2)
+    dst = candidate.keypoints.points[matches[:, 1]].reshape(-1, 1, 2)
+    try:
+        homography, mask = cv2.findHomography(src, dst, cv2.RANSAC, RANSAC_THRESHOLD)
+    except cv2.error as exc:
+        log.debug("findHomography failed: %s", exc)
+        return _Fit(len(matches), 0)
+    if homography is None or mask is None:
+        return _Fit(len(matches), 0)
+    inliers = int(np.count_nonzero(mask))
+    geometry = _geometry(homography, query.keypoints, candidate.keypoints)
+    if geometry is None or inliers < MIN_INLIERS or inliers < MIN_INLIER_RATIO * len(matches):
+        return _Fit(len(matches), inliers)
+    return _Fit(len(matches), inliers, homography, geometry)
+
+
+def _verdict(query: VerifyFeatures, candidate: VerifyFeatures, fit: _Fit) -> Score:
+    if fit.homography is None or fit.geometry is None:
+        return _score(fit.inliers, fit.matches, "similar")
+    duplicate = (
+        fit.geometry.same_framing()
+        and _changed(fit.homography, query, candidate) <= DUPLICATE_MAX_CHANGED
+    )
+    return _score(fit.inliers, fit.matches, "duplicate" if duplicate else "edited")
 
 
 def _score(inliers: int, matches: int, verdict: str) -> Score:
@@ -184,8 +227,15 @@ def _area(polygon: np.ndarray) -> float:
     return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
-def _changed(homography: np.ndarray, query: VerifyFeatures, candidate: VerifyFeatures) -> float:
-    """Share of the query's pixels that differ from the aligned candidate (thumbnail scale)."""
+def _changed(
+    homography: np.ndarray,
+    query: VerifyFeatures,
+    candidate: VerifyFeatures,
+    *,
+    match_levels: bool = False,
+) -> float:
+    """Share of the query's pixels that differ from the aligned candidate (thumbnail scale);
+    with `match_levels`, after mapping the candidate's grey levels onto the query's."""
     qh, qw = query.thumb.shape
     ch, cw = candidate.thumb.shape
     to_query = np.diag([qw / query.keypoints.width, qh / query.keypoints.height, 1.0])
@@ -197,7 +247,20 @@ def _changed(homography: np.ndarray, query: VerifyFeatures, candidate: VerifyFea
     inside = cv2.erode(inside, np.ones((5, 5), np.uint8)) == 255
     if not inside.any():
         return 1.0
+    if match_levels:
+        aligned = _match_levels(aligned, query.thumb, inside)
     a = cv2.GaussianBlur(query.thumb, (5, 5), 0).astype(np.int16)
     b = cv2.GaussianBlur(aligned, (5, 5), 0).astype(np.int16)
     differs = np.abs(a - b) > CHANGE_LEVEL
     return float(np.count_nonzero(differs & inside)) / float(np.count_nonzero(inside))
+
+
+def _match_levels(source: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """`source` with its grey levels remapped so that, inside `mask`, their histogram is the
+    reference's (undoes brightness, contrast and gamma changes, clipping included)."""
+    count = int(np.count_nonzero(mask))
+    src_cdf = np.cumsum(np.bincount(source[mask], minlength=256)) / count
+    ref_cdf = np.cumsum(np.bincount(reference[mask], minlength=256)) / count
+    lut = np.interp(src_cdf, ref_cdf, np.arange(256, dtype=np.float64))
+    matched: np.ndarray = np.clip(np.rint(lut), 0, 255).astype(np.uint8)[source]
+    return matched

@@ -16,7 +16,7 @@ from ..service import Service
 from . import library, openapi, routes, ui, urls
 from .gate import Gate
 from .guard import guard
-from .keys import SEARCH_GATE, SERVICE
+from .keys import DUPLICATES_LOCK, SEARCH_GATE, SERVICE
 from .middleware import json_errors
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ def create_app(
     for table in (routes.table, library.table, ui.table, openapi.table):
         app.router.add_routes(table)
     app[SEARCH_GATE] = Gate("search", config.max_pending_searches, retry_after=1)
+    app[DUPLICATES_LOCK] = asyncio.Lock()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()

@@ -6,9 +6,34 @@ import asyncio
 
 from aiohttp import web
 
-from .keys import SERVICE
+from ..duplicates import DEFAULT_THRESHOLD, check_threshold
+from ..errors import BadRequest
+from .keys import DUPLICATES_LOCK, SERVICE
 
 table = web.RouteTableDef()
+
+
+@table.get("/duplicates")
+async def duplicates(request: web.Request) -> web.Response:
+    """Clusters of duplicates: byte-identical files first, then verified near copies."""
+    service = request.app[SERVICE]
+    threshold = _threshold(request.query.get("threshold"))
+    raw = request.query.get("folder")
+    folder = None if raw is None else str(service.paths.resolve(raw, name="folder"))
+    loop = asyncio.get_running_loop()
+    async with request.app[DUPLICATES_LOCK]:
+        report = await loop.run_in_executor(None, service.duplicates.find, threshold, folder)
+    return web.json_response(report.as_json())
+
+
+def _threshold(raw: str | None) -> float:
+    if raw is None or not raw.strip():
+        return DEFAULT_THRESHOLD
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(f"threshold must be a number, got {raw!r}") from None
+    return check_threshold(value)
 
 
 @table.get("/watch")

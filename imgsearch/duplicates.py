@@ -1,0 +1,375 @@
+"""Duplicates in the library: byte-identical files, and near copies confirmed by geometry.
+
+Identical: present images that share a content hash (SHA-256 of the file bytes), one cluster
+per hash. Near: every distinct content (an identical group takes part once, as its first path)
+meets its nearest neighbours within the threshold (`neighbours.close_pairs`: exact up to 10k
+images, a temporary IVF beyond). Candidate pairs are taken closest first; a pair already
+joined through others is not checked again; the others must pass `verify`'s same-photo test
+(one frame inside the other, same pixels once aligned and re-lit), which turns away burst shots
+and other near-identical scenes. Confirmed pairs are joined (union-find); every cluster is a
+tree of confirmed pairs. Without the verify comparator, every candidate pair is accepted.
+No HTTP here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .catalog import Catalog
+from .comparators import FeatureCache
+from .comparators.verify import VerifyComparator, VerifyFeatures
+from .errors import BadRequest, ImgSearchError
+from .neighbours import close_pairs
+from .store import ImageRow
+
+log = logging.getLogger(__name__)
+
+# Distance (1 - cosine, as in search results) below which two images are candidates. With the
+# bundled efficientnet-lite0, edited copies of real photos (re-encoded, resized to 1/2, cropped
+# by 5-10%, brightness or contrast changed) measured 0.0003-0.095 and different photos 0.66+;
+# burst-like pairs 0.02-0.23, which only verification tells apart (bench/duplicates.py).
+DEFAULT_THRESHOLD = 0.15
+MAX_THRESHOLD = 2.0
+BATCH = 32  # candidate pairs verified side by side
+FEATURES_KEPT = 256  # verify features held in memory (about 0.2 MB each)
+COMPACT_CHUNK = 16_384
+
+
+@dataclass(frozen=True)
+class Member:
+    """One image of a cluster. In a near cluster: its embedding distance to the cluster's first
+    image, and (but for the first) the earlier image it was confirmed against, with verify's
+    verdict on that pair; `copies` counts other files with the same bytes."""
+
+    image: str
+    source: str | None = None
+    distance: float | None = None
+    match: int | None = None
+    verdict: str | None = None
+    copies: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"image": self.image}
+        if self.source is not None:
+            out["source"] = self.source
+        if self.distance is not None:
+            out["distance"] = round(self.distance, 6)
+        if self.match is not None:
+            out["match"] = self.match
+        if self.verdict is not None:
+            out["verdict"] = self.verdict
+        if self.copies:
+            out["copies"] = self.copies
+        return out
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Images that are one picture: `identical` (same bytes) or `near` (confirmed copies)."""
+
+    kind: str
+    images: tuple[Member, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "images": [m.as_json() for m in self.images]}
+
+
+@dataclass(frozen=True)
+class Report:
+    """Clusters, identical ones first, each kind largest first, and how they were found."""
+
+    clusters: tuple[Cluster, ...]
+    images: int  # present images looked at
+    threshold: float
+    verified: bool  # near pairs were confirmed by geometric verification
+    method: str  # candidate pass: "exact" or "ivf"
+    pairs: int  # candidate pairs within the threshold
+    checked: int  # pairs verification looked at
+    unreadable: int  # images left out of near clusters: their file could not be read
+    seconds: float
+    folder: str | None = None
+    cached: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"clusters": [c.as_json() for c in self.clusters]}
+        out.update(
+            images=self.images,
+            threshold=self.threshold,
+            verified=self.verified,
+            method=self.method,
+            pairs=self.pairs,
+            checked=self.checked,
+            unreadable=self.unreadable,
+            seconds=round(self.seconds, 3),
+            cached=self.cached,
+        )
+        if self.folder is not None:
+            out["folder"] = self.folder
+        return out
+
+
+def check_threshold(value: float) -> float:
+    """The threshold if it is a distance (0 to 2); BadRequest otherwise."""
+    if not math.isfinite(value) or not 0.0 <= value <= MAX_THRESHOLD:
+        raise BadRequest(f"threshold must be between 0 and {MAX_THRESHOLD:g}, got {value!r}")
+    return float(value)
+
+
+class DuplicateFinder:
+    """Finds duplicate clusters; the last answer is kept until the library changes."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        verify: VerifyComparator | None,
+        features: FeatureCache,
+        *,
+        workers: int,
+        max_file_bytes: int,
+        max_pixels: int,
+    ) -> None:
+        self.catalog = catalog
+        self.verify = verify
+        self.features = features
+        self.workers = workers
+        self.limits = {"max_file_bytes": max_file_bytes, "max_pixels": max_pixels}
+        self._lock = threading.Lock()  # one run at a time; a second waits, then reads the cache
+        self._last: tuple[tuple[Any, ...], Report] | None = None
+
+    def find(self, threshold: float = DEFAULT_THRESHOLD, folder: str | None = None) -> Report:
+        """Duplicate clusters among the present images (at or below `folder`)."""
+        threshold = check_threshold(threshold)
+        with self._lock:
+            key = (self.catalog.store.generation(), threshold, folder, self.verify is not None)
+            if self._last is not None and self._last[0] == key:
+                return dataclasses.replace(self._last[1], cached=True)
+            report = self._find(threshold, folder)
+            self._last = (key, report)
+        return report
+
+    def _find(self, threshold: float, folder: str | None) -> Report:
+        start = time.perf_counter()
+        groups = _by_hash(self.catalog.store.shared_hashes(folder))
+        ids, vectors = self._vectors(folder)
+        hidden = np.asarray([r.id for g in groups for r in g[1:]], dtype=np.int64)
+        seen = len(ids)
+        # An identical group meets its neighbours once.
+        ids, vectors = _compact(ids, vectors, ~np.isin(ids, hidden))
+        pairs = close_pairs(vectors, threshold)
+        edges = [
+            (float(d), int(a), int(b))
+            for a, b, d in zip(pairs.first, pairs.second, pairs.distance, strict=True)
+        ]
+        ends = sorted({row for _, a, b in edges for row in (a, b)})
+        by_id = self.catalog.store.image_rows([int(ids[row]) for row in ends])
+        rows = {row: by_id[int(ids[row])] for row in ends if int(ids[row]) in by_id}
+        near = _Near(vectors, rows, {g[0].id: len(g) - 1 for g in groups})
+        checked, unreadable = self._join(near, edges)
+        identical = [
+            Cluster("identical", tuple(Member(r.path, r.source) for r in g)) for g in groups
+        ]
+        clusters = sorted(identical, key=_order) + sorted(near.clusters(), key=_order)
+        log.info(
+            "duplicates: %d images, %d candidate pairs (%s), %d checked, %d clusters",
+            seen, len(pairs), pairs.method, checked, len(clusters),
+        )  # fmt: skip
+        return Report(
+            tuple(clusters),
+            images=seen,
+            threshold=threshold,
+            verified=self.verify is not None,
+            method=pairs.method,
+            pairs=len(pairs),
+            checked=checked,
+            unreadable=unreadable,
+            seconds=time.perf_counter() - start,
+            folder=folder,
+        )
+
+    def _vectors(self, folder: str | None) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and vectors of the present images (at or below `folder`)."""
+        index = self.catalog.index
+        if folder is None:
+            return index.snapshot()
+        wanted = [f.id for f in self.catalog.store.files_under(folder) if not f.missing]
+        found = index.vectors(wanted)
+        ids = np.fromiter(found, dtype=np.int64, count=len(found))
+        if not found:
+            return ids, np.zeros((0, index.dim), np.float32)
+        return ids, np.stack(list(found.values())).astype(np.float32)
+
+    def _join(self, near: _Near, edges: list[tuple[float, int, int]]) -> tuple[int, int]:
+        """Join confirmed pairs, closest first; return (pairs checked, unreadable images)."""
+        edges = [e for e in edges if e[1] in near.rows and e[2] in near.rows]
+        if self.verify is None:
+            for distance, a, b in edges:
+                near.join(a, b, distance, None)
+            return 0, 0
+        loader = _Loader(self.features, self.verify, near.rows, self.limits)
+        checked = 0
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="duplicates") as pool:
+            for start in range(0, len(edges), BATCH):
+                batch = [e for e in edges[start : start + BATCH] if near.apart(e[1], e[2])]
+                results = list(pool.map(loader.check, batch))
+                checked += sum(r is not None for r in results)
+                for (distance, a, b), result in zip(batch, results, strict=True):
+                    if result is not None and result[1]:
+                        near.join(a, b, distance, result[0])
+        return checked, len(loader.unreadable)
+
+
+class _Near:
+    """Near clusters as they grow: union-find over row indexes, and the confirmed pairs."""
+
+    def __init__(
+        self, vectors: np.ndarray, rows: dict[int, ImageRow], copies: dict[int, int]
+    ) -> None:
+        self.vectors = vectors
+        self.rows = rows  # what the store says of each row in a candidate pair
+        self.copies = copies  # other byte-identical files, by store id
+        self._parent: dict[int, int] = {}
+        self._links: list[tuple[int, int, float, str | None]] = []
+
+    def _root(self, node: int) -> int:
+        parent = self._parent
+        root = parent.setdefault(node, node)
+        while parent[root] != root:
+            root = parent[root]
+        while parent[node] != root:  # path compression
+            parent[node], node = root, parent[node]
+        return root
+
+    def apart(self, a: int, b: int) -> bool:
+        return self._root(a) != self._root(b)
+
+    def join(self, a: int, b: int, distance: float, verdict: str | None) -> None:
+        if self.apart(a, b):
+            self._parent[self._root(a)] = self._root(b)
+            self._links.append((a, b, distance, verdict))
+
+    def clusters(self) -> list[Cluster]:
+        """One cluster per tree: its largest picture first, then outwards along the pairs."""
+        links: dict[int, list[tuple[float, int, str | None]]] = {}
+        for a, b, distance, verdict in self._links:
+            links.setdefault(a, []).append((distance, b, verdict))
+            links.setdefault(b, []).append((distance, a, verdict))
+        trees: dict[int, list[int]] = {}
+        for node in links:
+            trees.setdefault(self._root(node), []).append(node)
+        return [self._cluster(nodes, links) for nodes in trees.values()]
+
+    def _cluster(
+        self, nodes: list[int], links: dict[int, list[tuple[float, int, str | None]]]
+    ) -> Cluster:
+        first = min(nodes, key=lambda n: _keep_first(self.rows[n]))
+        order, place = [first], {first: 0}
+        members = [self._member(first, first, None, None)]
+        for node in order:  # breadth first: a member's match is always listed before it
+            for _, other, verdict in sorted(links[node], key=lambda x: (x[0], x[1])):
+                if other not in place:
+                    place[other] = len(order)
+                    order.append(other)
+                    members.append(self._member(other, first, place[node], verdict))
+        return Cluster("near", tuple(members))
+
+    def _member(self, node: int, first: int, match: int | None, verdict: str | None) -> Member:
+        row = self.rows[node]
+        similarity = float(self.vectors[node] @ self.vectors[first])
+        distance = 0.0 if node == first else max(0.0, 1.0 - similarity)
+        copies = self.copies.get(row.id, 0)
+        return Member(row.path, row.source, distance, match, verdict, copies)
+
+
+class _Loader:
+    """Verify features of stored images for worker threads: a small LRU over the disk cache."""
+
+    def __init__(
+        self,
+        cache: FeatureCache,
+        verify: VerifyComparator,
+        rows: dict[int, ImageRow],
+        limits: dict[str, int],
+    ) -> None:
+        self.cache, self.verify, self.rows, self.limits = cache, verify, rows, limits
+        self.unreadable: set[int] = set()
+        self._kept: OrderedDict[int, VerifyFeatures] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def check(self, edge: tuple[float, int, int]) -> tuple[str, bool] | None:
+        """verify's verdict and same-photo answer, larger picture as the query; None when
+        either file cannot be read."""
+        _, a, b = edge
+        if _keep_first(self.rows[b]) < _keep_first(self.rows[a]):
+            a, b = b, a
+        first, second = self.features(a), self.features(b)
+        if first is None or second is None:
+            return None
+        score, same = self.verify.same_photo(first, second)
+        return str(score.extra["verdict"]), same
+
+    def features(self, node: int) -> VerifyFeatures | None:
+        with self._lock:
+            if node in self.unreadable:
+                return None
+            if node in self._kept:
+                self._kept.move_to_end(node)
+                return self._kept[node]
+        row = self.rows[node]
+        found: VerifyFeatures | None
+        try:
+            [found] = self.cache.of_file(
+                [self.verify], row.id, Path(row.path), row.mtime_ns, **self.limits
+            )
+        except ImgSearchError as exc:
+            log.info("duplicates: leaving out %s: %s", row.path, exc.message)
+            found = None
+        except Exception:  # one bad file must not fail the whole run
+            log.exception("duplicates: reading %s failed", row.path)
+            found = None
+        with self._lock:
+            if found is None:
+                self.unreadable.add(node)
+                return None
+            self._kept[node] = found
+            while len(self._kept) > FEATURES_KEPT:
+                self._kept.popitem(last=False)
+        return found
+
+
+def _compact(
+    ids: np.ndarray, vectors: np.ndarray, keep: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The kept rows, moved up in place (no second copy of all the vectors)."""
+    rows = np.flatnonzero(keep)
+    for start in range(0, len(rows), COMPACT_CHUNK):
+        part = rows[start : start + COMPACT_CHUNK]
+        vectors[start : start + len(part)] = vectors[part]  # part[i] >= start + i: read first
+    return ids[rows], vectors[: len(rows)]
+
+
+def _by_hash(rows: Sequence[ImageRow]) -> list[list[ImageRow]]:
+    groups: dict[str, list[ImageRow]] = {}
+    for row in rows:
+        groups.setdefault(row.sha256, []).append(row)
+    return list(groups.values())
+
+
+def _keep_first(row: ImageRow) -> tuple[int, int, str]:
+    """Sort key putting the copy worth keeping first: most pixels, then largest file, then path."""
+    return (-row.width * row.height, -row.size, row.path)
+
+
+def _order(cluster: Cluster) -> tuple[int, str]:
+    return (-len(cluster.images), cluster.images[0].image)
