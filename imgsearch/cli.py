@@ -1,5 +1,5 @@
 """Command line: `imgsearch serve [flags]` (the default) starts the daemon; `add`, `search`,
-`stats`, `remove`, `duplicates` and `jobs` talk to a running one (see client.py)."""
+`stats`, `remove`, `duplicates`, `watch` and `jobs` talk to a running one (see client.py)."""
 
 from __future__ import annotations
 
@@ -149,6 +149,9 @@ def _client_commands(sub: Any) -> None:
         "--threshold", type=float, help="largest embedding distance of a pair (default 0.15)"
     )
     p.add_argument("--folder", help="only images under this folder (made absolute)")
+    p = sub.add_parser("watch", parents=common, help="list watched folders, watch or stop one")
+    p.add_argument("dir", nargs="?", help="folder to watch (made absolute from the current one)")
+    p.add_argument("--stop", action="store_true", help="stop watching DIR (its images stay)")
     p = sub.add_parser("jobs", parents=common, help="list add jobs, show one, or cancel one")
     p.add_argument("id", nargs="?", help="show this job")
     p.add_argument("--cancel", metavar="ID", help="cancel this job")
@@ -182,6 +185,8 @@ def client_command(ns: argparse.Namespace) -> int:
             return client.duplicates(
                 conn, threshold=ns.threshold, folder=ns.folder, as_json=ns.json
             )
+        if ns.command == "watch":
+            return client.watch(conn, ns.dir, stop=ns.stop, as_json=ns.json)
         if ns.command == "jobs":
             return client.jobs(conn, ns.id, cancel=ns.cancel, as_json=ns.json)
         return client.stats(conn, as_json=ns.json)

@@ -243,3 +243,23 @@ def test_no_subcommand_or_leading_flags_still_serve(monkeypatch: pytest.MonkeyPa
             cli.main(argv)
         assert exc.value.code == 0
     assert seen[0]["port"] is None and seen[1]["port"] == 9123
+
+
+def test_watch_a_relative_folder_list_and_stop(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("shoebox").mkdir()
+    code, out, _ = run(capsys, "watch", "shoebox")
+    assert code == 0 and str(tmp_path / "shoebox") in out and out.startswith("state")
+    code, out, _ = run(capsys, "watch", "--json")
+    assert code == 0
+    (entry,) = [w for w in json.loads(out)["watches"] if w["dir"] == str(tmp_path / "shoebox")]
+    code, out, _ = run(capsys, "watch", "shoebox", "--stop")
+    assert code == 0 and re.search(r"^stopped\s", out, re.M), out
+    code, out, _ = run(capsys, "watch")
+    assert code == 0 and str(tmp_path / "shoebox") not in out
+    code, _, err = run(capsys, "watch", "--stop")
+    assert code == 2 and "--stop needs a folder" in err
+    code, _, err = run(capsys, "watch", "no-such-folder")
+    assert code == 1 and "no such folder" in err

@@ -1,0 +1,152 @@
+"""What the command-line client prints: plain-text tables and summaries of the daemon's JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+
+def format_results(results: Sequence[Mapping[str, Any]]) -> str:
+    """Search hits as a table: rank, distance, score and verdict when compared, path."""
+    if not results:
+        return "no results"
+    scored = any("score" in r for r in results)
+    header = ["#", "distance", *(["score", "verdict"] if scored else []), "image"]
+    rows = []
+    for rank, hit in enumerate(results, 1):
+        row = [str(rank), _num(hit.get("distance"))]
+        if scored:
+            row += [_num(hit.get("score")), str(hit.get("verdict") or "-")]
+        error = f"  (error: {hit['error']})" if hit.get("error") else ""
+        source = f"  <- {hit['source']}" if hit.get("source") else ""
+        rows.append([*row, f"{hit.get('image')}{source}{error}"])
+    return table(header, rows, right=frozenset({0, 1, 2}))
+
+
+def format_jobs(listing: Sequence[Mapping[str, Any]]) -> str:
+    """Jobs as a table: id, state, done/total, images/s, path."""
+    if not listing:
+        return "no jobs"
+    rows = [
+        [str(j.get("id")), str(j.get("state")), _progress(j), _num(j.get("images_per_s"), 1)]
+        + [str(j.get("image"))]
+        for j in listing
+    ]
+    return table(["id", "state", "done/total", "images/s", "image"], rows, frozenset({2, 3}))
+
+
+def format_job(job: Mapping[str, Any]) -> str:
+    """One job as key: value lines, then its failed files."""
+    pairs: list[tuple[str, Any]] = [(k, job.get(k)) for k in ("id", "state", "image", "update")]
+    pairs.append(("progress", _progress(job)))
+    pairs += [(k, job.get(k)) for k in ("added", "updated", "skipped", "failed")]
+    eta = "-" if job.get("eta_s") is None else f"{job['eta_s']:.0f} s"
+    pairs += [("images/s", _num(job.get("images_per_s"), 1)), ("eta", eta)]
+    pairs += [(k, _time(job.get(k))) for k in ("created", "started", "finished")]
+    pairs.append(("error", job.get("error") or "-"))
+    failures = failure_lines(job)
+    lines = [f"{key}: {value}" for key, value in pairs]
+    return "\n".join(lines + (["errors:", *failures] if failures else []))
+
+
+def format_duplicates(body: Mapping[str, Any]) -> str:
+    """One block per cluster (near ones as a table: distance to the first image, verify's
+    verdict on the pair, the image it was paired with), then a summary line."""
+    blocks = []
+    for cluster in body.get("clusters", []):
+        images = cluster.get("images", [])
+        head = f"{cluster.get('kind')}: {len(images)} images"
+        if cluster.get("kind") != "near":
+            blocks.append("\n".join([head, *(f"  {_image(i)}" for i in images)]))
+            continue
+        rows = [
+            [str(n), _num(i.get("distance")), str(i.get("verdict") or "-")]
+            + [str(i["match"] + 1) if isinstance(i.get("match"), int) else "-", _image(i)]
+            for n, i in enumerate(images, 1)
+        ]
+        header = ["#", "distance", "verdict", "match", "image"]
+        lines = table(header, rows, right=frozenset({0, 1, 3})).splitlines()
+        blocks.append("\n".join([head, *(f"  {line}" for line in lines)]))
+    kinds = [c.get("kind") for c in body.get("clusters", [])]
+    found = (
+        f"{len(kinds)} clusters ({kinds.count('identical')} identical, {kinds.count('near')} near)"
+        if kinds
+        else "no duplicates"
+    )
+    how = "verified" if body.get("verified") else "not verified: no verify comparator"
+    summary = (
+        f"{found} among {body.get('images', 0)} images (threshold {body.get('threshold')}, {how})"
+    )
+    return "\n\n".join([*blocks, summary])
+
+
+def _image(entry: Mapping[str, Any]) -> str:
+    copies = f"  (+{entry['copies']} identical)" if entry.get("copies") else ""
+    source = f"  <{entry['source']}>" if entry.get("source") else ""
+    return f"{entry.get('image')}{copies}{source}"
+
+
+def failure_lines(job: Mapping[str, Any]) -> list[str]:
+    """A line per failed file with its reason; the daemon lists only the first few."""
+    errors = job.get("errors") or []
+    lines = [f"  {e.get('image')}: {e.get('error')}" for e in errors]
+    more = int(job.get("failed") or 0) - len(errors)
+    return lines + ([f"  ... and {more} more (see the daemon's log)"] if more > 0 else [])
+
+
+def table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], right: frozenset[int] = frozenset()
+) -> str:
+    """Columns padded to their widest cell (`right`: right-aligned ones); the last is not padded."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=False))
+        ]
+        return "  ".join([*padded, cells[-1]]).rstrip()
+
+    return "\n".join(line(r) for r in [header, *rows])
+
+
+def key_values(body: Mapping[str, Any], prefix: str = "") -> list[str]:
+    lines: list[str] = []
+    for key, value in body.items():
+        if isinstance(value, Mapping):
+            lines += key_values(value, f"{prefix}{key}.")
+        else:
+            lines.append(f"{prefix}{key}: {value}")
+    return lines
+
+
+def _progress(job: Mapping[str, Any]) -> str:
+    total = job.get("total")
+    return f"{job.get('done', 0)}/{'?' if total is None else total}"
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    return "-" if not isinstance(value, int | float) else f"{value:.{digits}f}"
+
+
+def _time(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    return datetime.fromtimestamp(value).isoformat(sep=" ", timespec="seconds")
+
+
+def format_watches(watches: Sequence[Mapping[str, Any]]) -> str:
+    """A line per watched folder: its state and what it has done."""
+    if not watches:
+        return "no watched folders"
+    rows = [
+        [
+            str(w.get("state")),
+            *(str(w.get(k, 0)) for k in ("added", "moved", "removed", "missing", "restored")),
+            str(w.get("dir")),
+        ]
+        for w in watches
+    ]
+    head = ["state", "added", "moved", "removed", "missing", "restored", "folder"]
+    return table(head, rows)
