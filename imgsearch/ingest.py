@@ -48,6 +48,7 @@ class AddReport:
     skipped: int = 0
     failed: int = 0
     errors: list[FileError] = field(default_factory=list)
+    restored: int = 0  # unchanged files of a returned folder, searchable again (not in JSON)
 
     def fail(self, error: FileError) -> None:
         self.failed += 1
@@ -186,7 +187,7 @@ class Ingester:
                     continue
             todo.append(path)
         if returned:
-            self.catalog.restore(returned)
+            report.restored += self.catalog.restore(returned)
         return todo
 
     def _run(

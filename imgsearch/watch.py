@@ -55,6 +55,7 @@ class Watch:
     def count(self, report: AddReport) -> None:
         self.added += report.added
         self.updated += report.updated
+        self.restored += report.restored
         self.errors.extend(report.errors)
 
     def as_json(self) -> dict[str, Any]:
@@ -244,25 +245,20 @@ class Watcher:
 
     def _place(self, watch: Watch, files: list[Path], report: AddReport) -> None:
         """Follow moves of stored images to new paths, then index the rest."""
-        if not files:
-            watch.count(report)
-            return
-        moved = self._follow_moves(watch, files)
-        todo = [f for f in files if f not in moved]
-        missing_before = self.store.missing()
 
         def progress(done: int, total: int) -> None:
             watch.done, watch.total = done, total
 
-        self.ingester.add_files(
-            todo,
-            label=str(watch.path),
-            stop=watch.stop,
-            on_progress=progress,
-            report=report,
-            progress_bar=False,
-        )
-        watch.restored += max(0, missing_before - self.store.missing())
+        if files:
+            moved = self._follow_moves(watch, files)
+            self.ingester.add_files(
+                [f for f in files if f not in moved],
+                label=str(watch.path),
+                stop=watch.stop,
+                on_progress=progress,
+                report=report,
+                progress_bar=False,
+            )
         watch.count(report)
 
     def _follow_moves(self, watch: Watch, files: list[Path]) -> set[Path]:
