@@ -108,7 +108,7 @@ class Watcher:
                 raise ConfigError(f"--watch {path}: not a folder")
             if not self.ingester.allows(path):
                 raise ConfigError(f"--watch {path}: outside the folders this daemon may read")
-        for path in [Path(p) for p in self.store.watches()]:
+        for path in [Path(p) for p in self.store.watches.list()]:
             if self.ingester.allows(path):
                 self.add(path, must_exist=False)
             else:
@@ -125,7 +125,7 @@ class Watcher:
         with self._lock:
             if path in self._watches:
                 return self._watches[path], False
-            self.store.add_watch(str(path))
+            self.store.watches.add(str(path))
             watch = Watch(path)
             watch.thread = threading.Thread(
                 target=self._follow, args=(watch,), name=f"watch {path}", daemon=True
@@ -141,7 +141,7 @@ class Watcher:
             watch = self._watches.pop(path, None)
             if watch is None:
                 raise NotFound(f"not watched: {path}")
-            self.store.remove_watch(str(path))
+            self.store.watches.remove(str(path))
         self._stop(watch)
         return watch
 
@@ -271,7 +271,7 @@ class Watcher:
                 digests[path] = _sha256(path)
             except OSError:
                 continue  # vanished or unreadable: the add reports it
-        stored = self.store.by_sha256(sorted({d for d, _ in digests.values()}))
+        stored = self.store.images.by_sha256(sorted({d for d, _ in digests.values()}))
         moved: set[Path] = set()
         for path, (digest, st) in digests.items():
             for row in stored.get(digest, []):
