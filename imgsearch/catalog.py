@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +33,23 @@ class Neighbour:
     source: str | None = None
 
 
+@dataclass(frozen=True)
+class Change:
+    """One committed write, as listeners see it.
+
+    `written`: ids whose vector or row was inserted or replaced (a move, a restore included);
+    `removed`: ids deleted, replaced by a move, or taken out as missing; `generation`: the
+    store generation the write committed as.
+    """
+
+    written: tuple[int, ...]
+    removed: tuple[int, ...]
+    generation: int
+
+
+Listener = Callable[[Change], None]
+
+
 class Catalog:
     """Images known to the daemon: SQLite as the truth, FAISS as its searchable mirror."""
 
@@ -45,6 +62,7 @@ class Catalog:
             stray.unlink()
         self.store = Store(data_dir / DB_FILE)
         self._mutate = threading.Lock()
+        self._listeners: list[Listener] = []
         try:
             self.store.meta.bind_model(model_id, dim)
             self.index, self.index_origin = self._open_index()
@@ -110,6 +128,7 @@ class Catalog:
             vectors = np.stack([item.vector for item in items])
             self.index.add(np.asarray(result.ids, dtype=np.int64), vectors, replace=True)
             self._applied = result.generation
+            self._notify(result)
         return result
 
     def remove_tree(self, path: str) -> list[int]:
@@ -150,7 +169,28 @@ class Catalog:
         for chunk in self.store.images.vectors(ids=result.ids) if result.ids else ():
             self.index.add(chunk.ids, chunk.vectors, replace=True)
         self._applied = result.generation
+        self._notify(result)
         return result
+
+    # -- listeners ----------------------------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call `listener` with a Change after each committed write that changed something.
+
+        Listeners run on the writing thread, in commit order, while writes wait: they must be
+        quick (unlink a file, queue work) and must not write to the catalog themselves.
+        """
+        self._listeners.append(listener)
+
+    def _notify(self, result: WriteResult) -> None:
+        if not result.changed:
+            return
+        change = Change(tuple(result.ids), tuple(result.removed), result.generation)
+        for listener in self._listeners:
+            try:
+                listener(change)
+            except Exception:  # a listener's failure never undoes a committed write
+                log.exception("catalog listener %r failed on %s", listener, change)
 
     def similarities(self, query: np.ndarray, ids: Sequence[int]) -> dict[int, float]:
         """Cosine similarity of the query to each stored id still in the index."""

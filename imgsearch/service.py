@@ -5,11 +5,10 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .catalog import Catalog
+from .catalog import Catalog, Change
 from .comparators import ComparatorRegistry, FeatureCache
 from .comparators.verify import VerifyComparator
 from .config import Config
@@ -109,7 +108,8 @@ class Service:
             **limits,
         )
 
-        self.watcher = Watcher(self.catalog, self.ingester, self.forget, ignore=config.data_dir)
+        self.catalog.subscribe(self._invalidate)
+        self.watcher = Watcher(self.catalog, self.ingester, ignore=config.data_dir)
         try:
             self.watcher.start(config.watch)
         except BaseException:
@@ -118,18 +118,11 @@ class Service:
 
     def remove(self, target: Path) -> int:
         """Forget a file, or every image under a folder (the files themselves are untouched)."""
-        ids = self.catalog.remove_tree(str(target))
-        self._invalidate(ids)
-        return len(ids)
+        return len(self.catalog.remove_tree(str(target)))
 
-    def forget(self, ids: Sequence[int]) -> int:
-        """Forget these images; return how many were stored."""
-        removed = self.catalog.remove_ids(ids)
-        self._invalidate(removed)
-        return len(removed)
-
-    def _invalidate(self, ids: Sequence[int]) -> None:
-        for image_id in ids:
+    def _invalidate(self, change: Change) -> None:
+        """Derived files of removed images go with them (the catalog calls this)."""
+        for image_id in change.removed:
             self.features.invalidate(image_id)
             self.thumbnails.invalidate(image_id)
 

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,7 +83,6 @@ class Watcher:
         self,
         catalog: Catalog,
         ingester: Ingester,
-        forget: Callable[[Sequence[int]], int],
         *,
         ignore: Path,
         poll_s: float = 1.0,
@@ -92,7 +91,6 @@ class Watcher:
         self.catalog = catalog
         self.store = catalog.store
         self.ingester = ingester
-        self.forget = forget
         self.ignore = ignore
         self.poll_s = poll_s
         self.debounce_ms = debounce_ms
@@ -298,7 +296,7 @@ class Watcher:
             elif not row.missing:
                 vanished.add(folder)
         if deleted:
-            watch.removed += self.forget(deleted)
+            watch.removed += len(self.catalog.remove_ids(deleted))
         for folder in sorted(vanished):
             watch.missing += len(self.catalog.mark_missing(folder))
 
