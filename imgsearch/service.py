@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from .catalog import Catalog, Change
 from .comparators import ComparatorRegistry, FeatureCache
 from .comparators.verify import VerifyComparator
 from .config import Config
+from .derived import DerivedFiles
 from .downloads import DOWNLOADS, UrlAdder
 from .duplicates import DuplicateFinder
 from .embedders import Embedder, load_embedder
@@ -28,6 +30,7 @@ from .watch import Watcher
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "imgsearch.lock"
+DERIVED = "cache"  # features and thumbnails (derived.py)
 
 
 class DataDirLock:
@@ -94,8 +97,10 @@ class Service:
         urls = UrlAdder(self.downloader, self.ingester, downloads, config.batch_size)
         self.jobs = JobManager(self.ingester, self.catalog.store, config.max_pending_adds, urls)
         self.comparators = ComparatorRegistry.from_entry_points()
-        self.features = FeatureCache(config.data_dir / "features")
-        self.thumbnails = ThumbnailCache(config.data_dir / "thumbnails", **limits)
+        _drop_old_caches(config.data_dir)
+        self.derived = DerivedFiles(config.data_dir / DERIVED)
+        self.features = FeatureCache(self.derived)
+        self.thumbnails = ThumbnailCache(self.derived, **limits)
         self.searcher = Searcher(
             self.catalog, self.embedder, self.features, workers=config.workers, **limits
         )
@@ -123,8 +128,7 @@ class Service:
     def _invalidate(self, change: Change) -> None:
         """Derived files of removed images go with them (the catalog calls this)."""
         for image_id in change.removed:
-            self.features.invalidate(image_id)
-            self.thumbnails.invalidate(image_id)
+            self.derived.invalidate(image_id)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -154,3 +158,12 @@ class Service:
             self.catalog.close()
         finally:
             self._lock.release()
+
+
+def _drop_old_caches(data_dir: Path) -> None:
+    """Remove the caches of earlier versions (`features/`, `thumbnails/`): now under `cache/`."""
+    for name in ("features", "thumbnails"):
+        old = data_dir / name
+        if old.is_dir():
+            log.info("removing %s: derived files now live under %s", old, data_dir / DERIVED)
+            shutil.rmtree(old, ignore_errors=True)

@@ -9,6 +9,7 @@ import pytest
 
 from imgsearch.catalog import Catalog, Change
 from imgsearch.config import Config
+from imgsearch.derived import DerivedFiles
 from imgsearch.embedders import Embedder
 from imgsearch.service import Service
 from imgsearch.store import FileFacts, NewImage
@@ -74,6 +75,15 @@ def service(config: Config, tiny_embedder: Embedder) -> Service:
     return Service(config, embedder=tiny_embedder)
 
 
+def test_caches_of_the_old_layout_are_removed(config: Config, tiny_embedder: Embedder) -> None:
+    config.data_dir.mkdir(parents=True)
+    for name in ("features/sift/1.pkl", "thumbnails/1-2-256.jpg"):
+        (config.data_dir / name).parent.mkdir(parents=True)
+        (config.data_dir / name).write_bytes(b"old")
+    Service(config, embedder=tiny_embedder).close()
+    assert sorted(p.name for p in config.data_dir.iterdir() if p.is_dir()) == ["cache"]
+
+
 def test_the_id_a_move_replaces_loses_its_features_and_thumbnail(
     tmp_path: Path, service: Service
 ) -> None:
@@ -93,11 +103,30 @@ def test_the_id_a_move_replaces_loses_its_features_and_thumbnail(
         a.replace(b)  # a renamed over b: the row of a follows, the row of b is replaced
 
         assert service.catalog.move(id_a, str(b), st.st_size, st.st_mtime_ns) == id_b
-        thumbs = service.thumbnails.directory
-        assert not list(thumbs.glob(f"{id_b}-*")), "the replaced image's thumbnail is gone"
-        assert service.features.get("verify", id_b, st.st_mtime_ns) is None
-        assert not (service.features.directory / "verify" / f"{id_b}.pkl").exists()
-        assert list(thumbs.glob(f"{id_a}-*")), "the moved image keeps its thumbnail"
+        files = service.derived
+        assert not files.path("thumbnails/256", id_b).exists(), "its thumbnail is gone"
+        assert not files.path("features/verify", id_b).exists(), "its features are gone"
+        assert files.path("thumbnails/256", id_a).exists(), "the moved image keeps its own"
         assert service.features.get("verify", id_a, st.st_mtime_ns) == [id_a]
     finally:
         service.close()
+
+
+def test_one_derived_file_per_kind_and_image_valid_for_one_mtime(tmp_path: Path) -> None:
+    files = DerivedFiles(tmp_path)
+    files.write("thumbnails/256", 4, 100, b"jpeg v1")
+    files.write("features/sift", 4, 100, b"sift")
+    files.write("features/sift", 5, 100, b"other")
+    assert files.read("thumbnails/256", 4, 100) == b"jpeg v1"
+    assert files.read("thumbnails/256", 4, 101) is None, "the image file changed since"
+    files.write("thumbnails/256", 4, 101, b"jpeg v2")
+    assert files.read("thumbnails/256", 4, 101) == b"jpeg v2"
+    assert [p.name for p in (tmp_path / "thumbnails" / "256").iterdir()] == ["4"]
+
+    files.invalidate(4)
+    assert files.read("thumbnails/256", 4, 101) is None
+    assert files.read("features/sift", 4, 100) is None
+    assert files.read("features/sift", 5, 100) == b"other"
+    for bad in ("../x/y", "features", "features/../../etc", "Features/x"):
+        with pytest.raises(ValueError):
+            files.path(bad, 1)
