@@ -14,9 +14,10 @@ import pytest
 
 from imgsearch import cli, client
 
-from .helpers import free_port, photo
-from .test_server import Daemon
+from .helpers import Daemon, free_port, photo
 
+# Slow lane: a real daemon subprocess; tests/test_cli.py covers the CLI in the fast lane.
+pytestmark = pytest.mark.slow
 NAMES = ("chelsea", "coffee", "rocket", "astronaut")
 
 

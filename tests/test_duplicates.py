@@ -24,8 +24,7 @@ from imgsearch.service import Service
 from imgsearch.web import create_app
 from imgsearch.web.openapi import document
 
-from .helpers import ClientFactory, get_json, photo
-from .test_openapi import check_response
+from .helpers import ClientFactory, check_response, get_json, photo
 
 Client = TestClient[web.Request, web.Application]
 SOURCE = "https://example.org/chelsea.jpg"
