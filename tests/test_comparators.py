@@ -459,6 +459,7 @@ def test_feature_cache_concurrent_writers(tmp_path: Path) -> None:
 # -- re-ranking with real comparators ----------------------------------------------------------
 
 
+@pytest.mark.slow  # every comparator over a gallery
 def test_rerank_never_worsens_recall_at_1(
     registry: ComparatorRegistry, features: dict[str, Any]
 ) -> None:

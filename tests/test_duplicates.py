@@ -26,6 +26,9 @@ from imgsearch.web.openapi import document
 
 from .helpers import ClientFactory, check_response, get_json, photo
 
+# Slow lane: the real EfficientNet-Lite0 over a library (make test runs it).
+pytestmark = pytest.mark.slow
+
 Client = TestClient[web.Request, web.Application]
 SOURCE = "https://example.org/chelsea.jpg"
 

@@ -70,6 +70,7 @@ async def test_post_jobs_and_failed_single_file(client: Client, tmp_path: Path) 
     assert job["state"] == "failed" and "not a recognised image" in job["error"]
 
 
+@pytest.mark.slow  # a 48-image job
 async def test_cancel_keeps_what_was_embedded_and_rerun_completes(
     client: Client, folder: Path
 ) -> None:
@@ -93,6 +94,7 @@ async def test_unknown_jobs_and_missing_paths_are_404(client: Client, tmp_path: 
     assert "no such file" in body["error"]
 
 
+@pytest.mark.slow  # a 48-image job
 async def test_restart_reports_interrupted_job_and_rerun_skips_done(
     aiohttp_client: ClientFactory, config: Config, tiny_embedder: Embedder, folder: Path
 ) -> None:
