@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .client import DEFAULT_URL, Context
+from .client import DEFAULT_URL, Context, run
 from .commands import COMMANDS, Arg, arg
 from .config import AUTO_TOKEN, ENV_PREFIX, LOOPBACK_HOSTS, OFFLINE_MODEL, Config
 from .errors import ImgSearchError
@@ -146,41 +146,41 @@ def with_command(argv: Sequence[str]) -> list[str]:
 
 def run_command(ns: argparse.Namespace) -> int:
     """Run one client command (a COMMANDS row) with the global options as its Context."""
-    from . import client
-
     row = next(r for r in COMMANDS if r.name == ns.command)
     ctx = _context(vars(ns))
     kwargs = {a.dest: getattr(ns, a.dest) for a in row.args}
     with _client_logging(ctx.verbose):
-        return client.run(lambda: row.run(ctx, **kwargs))
+        return run(lambda: row.run(ctx, **kwargs))
 
 
 @contextlib.contextmanager
 def _client_logging(verbose: bool) -> Iterator[None]:
     """-v: the client's log (a line per request) on stderr while the command runs."""
-    logger = logging.getLogger("imgsearch")
     if not verbose:
         yield
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
     try:
         yield
     finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+        log.removeHandler(handler)
+        log.setLevel(level)
 
 
 def _context(given: dict[str, Any]) -> Context:
-    env = os.environ
+    """The global options as given, else their IMGSEARCH_* variables, else the defaults."""
+
+    def option(name: str) -> str | None:
+        return given.get(name) or os.environ.get(f"{ENV_PREFIX}{name.upper()}") or None
+
     return Context(
-        url=given.get("url") or env.get(f"{ENV_PREFIX}URL") or DEFAULT_URL,
-        token=given.get("token") or env.get(f"{ENV_PREFIX}TOKEN") or None,
-        data_dir=given.get("data_dir")
-        or Path(env.get(f"{ENV_PREFIX}DATA_DIR") or Config().data_dir),
+        url=option("url") or DEFAULT_URL,
+        token=option("token"),
+        data_dir=Path(option("data_dir") or Config().data_dir),
         as_json=bool(given.get("json")),
         verbose=bool(given.get("verbose")),
     )
