@@ -235,6 +235,7 @@ def test_geometric_comparators_see_through_edits(
         assert compare(registry, features, name, f"{photo}/{edit}", photo).score > 0.3
 
 
+@pytest.mark.slow  # every picture against three, both ways, per comparator
 @pytest.mark.parametrize("name", BUILTINS)
 def test_scores_and_raw_values_in_range(
     registry: ComparatorRegistry, features: dict[str, Any], name: str

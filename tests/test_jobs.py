@@ -48,6 +48,7 @@ async def until(client: Client, job_id: str, check: Any) -> dict[str, Any]:
     raise AssertionError(f"job never got there: {job}")
 
 
+@pytest.mark.slow  # a 48-image job
 async def test_job_runs_to_done_with_progress(client: Client, folder: Path) -> None:
     job_id = await start(client, folder)
     seen_running = await until(client, job_id, lambda j: j["state"] != "queued")
