@@ -16,7 +16,15 @@ from imgsearch.config import Config
 from imgsearch.embedders import Embedder
 from imgsearch.web import create_app
 
-from .helpers import PHOTOS, TINY_CONFIG, TINY_MODEL, ClientFactory, photo, serve_in_thread
+from .helpers import (
+    PHOTOS,
+    TINY_CONFIG,
+    TINY_MODEL,
+    ClientFactory,
+    Daemon,
+    photo,
+    serve_in_thread,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -86,3 +94,14 @@ def live_server(tiny_embedder: Embedder) -> Iterator[Callable[[Config], str]]:
         yield lambda config: stack.enter_context(
             serve_in_thread(create_app(config, embedder=tiny_embedder))
         )
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    """Daemon subprocesses started by the test (helpers.start); killed after it."""
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from openapi_schema_validator import OAS30Validator
@@ -145,6 +146,13 @@ class Daemon:
         return self.log.read_text()
 
 
+def start(daemons: list[Daemon], data_dir: Path, model_config: Path, *extra: str) -> Daemon:
+    """A Daemon, recorded in `daemons` (the conftest fixture): it is killed after the test."""
+    d = Daemon(data_dir, model_config, *extra)
+    daemons.append(d)
+    return d
+
+
 def check_response(doc: dict[str, Any], method: str, path: str, status: int, body: Any) -> None:
     """Validate a JSON body against what the document says `method path` answers with `status`."""
     responses = doc["paths"][path][method.lower()]["responses"]
@@ -181,3 +189,13 @@ def serve_in_thread(app: web.Application) -> Iterator[str]:
             thread.join()
         loop.run_until_complete(runner.cleanup())
         loop.close()
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[Any, str, str]:
+    """`imgsearch ARGV` in-process: its exit code, stdout and stderr."""
+    from imgsearch import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err

@@ -18,7 +18,7 @@ from imgsearch.client import Context
 from imgsearch.commands import COMMANDS
 from imgsearch.config import Config
 
-from .helpers import free_port, photo
+from .helpers import free_port, photo, run_cli
 
 Serve = Callable[[Config], str]
 
@@ -29,14 +29,6 @@ def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("URL", "TOKEN", "DATA_DIR"):
         monkeypatch.delenv(f"IMGSEARCH_{name}", raising=False)
     monkeypatch.setenv("IMGSEARCH_URL", f"http://127.0.0.1:{free_port()}")
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[Any, str, str]:
-    """`imgsearch ARGV` in-process: its exit code, stdout and stderr."""
-    with pytest.raises(SystemExit) as exc:
-        cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 @pytest.mark.parametrize(
@@ -53,7 +45,7 @@ def test_global_options_before_or_after_the_command(
     capsys: pytest.CaptureFixture[str], live_server: Serve, config: Config, order: list[str]
 ) -> None:
     url = live_server(config)
-    code, out, err = run(capsys, *(a.format(url=url) for a in order))
+    code, out, err = run_cli(capsys, *(a.format(url=url) for a in order))
     assert code == 0, err
     assert json.loads(out)["dim"] == 32
     assert ("GET " in err) == ("-v" in order)  # --verbose logs each request
@@ -64,13 +56,13 @@ def test_command_options_and_global_options_mix(
 ) -> None:
     url = live_server(config)
     folder = photos["coffee"].parent
-    code, out, err = run(capsys, "--url", url, "add", str(folder), "--no-wait", "--json")
+    code, out, err = run_cli(capsys, "--url", url, "add", str(folder), "--no-wait", "--json")
     assert code == 0 and "job" in json.loads(out), err
     job = json.loads(out)["job"]
-    assert run(capsys, "jobs", job, "--url", url)[0] == 0
-    code, out, err = run(capsys, "add", str(folder), "--url", url)  # waits; all skipped
+    assert run_cli(capsys, "jobs", job, "--url", url)[0] == 0
+    code, out, err = run_cli(capsys, "add", str(folder), "--url", url)  # waits; all skipped
     assert (code, out) == (0, "added 0, updated 0, skipped 5, failed 0\n"), err
-    code, out, _ = run(capsys, "--url", url, "search", str(photos["coffee"]), "--limit", "2")
+    code, out, _ = run_cli(capsys, "--url", url, "search", str(photos["coffee"]), "--limit", "2")
     header, first, _second = out.splitlines()
     assert code == 0 and header.split() == ["#", "distance", "image"]
     assert first.split() == ["1", "0.0000", str(photos["coffee"])]
@@ -81,16 +73,16 @@ def test_token_auto_reads_the_data_dir_given_in_either_place(
 ) -> None:
     url = live_server(dataclasses.replace(config, token="auto"))  # writes DATA_DIR/token
     data = str(config.data_dir)
-    code, _, err = run(capsys, "stats", "--url", url)
+    code, _, err = run_cli(capsys, "stats", "--url", url)
     assert code == 1 and err.startswith("error: a valid token is required") and "(HTTP 401)" in err
     for argv in (
         ["--data-dir", data, "--token", "auto", "--url", url, "stats"],
         ["stats", "--token", "auto", "--url", url, "--data-dir", data],
         ["--token", "auto", "stats", "--url", url, "--data-dir", data],
     ):
-        code, out, err = run(capsys, *argv)
+        code, out, err = run_cli(capsys, *argv)
         assert code == 0 and "images: 0" in out.splitlines(), err
-    code, _, err = run(capsys, "--token", "auto", "--data-dir", data + "-nowhere", "stats")
+    code, _, err = run_cli(capsys, "--token", "auto", "--data-dir", data + "-nowhere", "stats")
     assert code == 2 and "--token auto: cannot read" in err
 
 
@@ -112,7 +104,7 @@ def test_token_auto_reads_the_data_dir_given_in_either_place(
 def test_usage_errors_exit_2(
     capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
-    code, out, err = run(capsys, *argv)
+    code, out, err = run_cli(capsys, *argv)
     assert (code, out) == (2, "")
     assert message in err
 
@@ -156,11 +148,11 @@ def test_every_command_row_matches_its_function() -> None:
 
 
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "--url", "http://h:1", "--help")
+    code, out, _ = run_cli(capsys, "--url", "http://h:1", "--help")
     assert code == 0 and "--url" in out
     for row in COMMANDS:
         assert row.name in out
-    code, out, _ = run(capsys, "stats", "--help")
+    code, out, _ = run_cli(capsys, "stats", "--help")
     assert code == 0 and "--json" in out and "--token" in out
 
 
@@ -174,5 +166,8 @@ def test_a_photo_path_is_sent_absolute(
     monkeypatch.setenv("IMGSEARCH_URL", live_server(config))
     monkeypatch.chdir(tmp_path)
     photo("coins", 120).save("coins.jpg")
-    assert run(capsys, "add", "coins.jpg")[:2] == (0, "added 1, updated 0, skipped 0, failed 0\n")
-    assert run(capsys, "remove", "coins.jpg", "--json")[:2] == (0, '{\n  "removed": 1\n}\n')
+    assert run_cli(capsys, "add", "coins.jpg")[:2] == (
+        0,
+        "added 1, updated 0, skipped 0, failed 0\n",
+    )
+    assert run_cli(capsys, "remove", "coins.jpg", "--json")[:2] == (0, '{\n  "removed": 1\n}\n')

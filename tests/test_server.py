@@ -8,31 +8,14 @@ import signal
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .helpers import STARTUP_TIMEOUT, Daemon, photo
+from .helpers import STARTUP_TIMEOUT, Daemon, photo, start
 
 # Slow lane: real `imgsearch serve` subprocesses (make test runs it; make test-fast does not).
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def daemons(tmp_path: Path, tiny_model_config: Path) -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        if d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait()
-
-
-def start(daemons: list[Daemon], data_dir: Path, model_config: Path, *extra: str) -> Daemon:
-    d = Daemon(data_dir, model_config, *extra)
-    daemons.append(d)
-    return d
 
 
 def test_serve_add_search_sigterm_and_restart(
