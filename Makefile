@@ -1,4 +1,5 @@
-# imgsearch: `make serve` starts the daemon, `make test` runs lint + tests.
+# imgsearch: `make serve` starts the daemon, `make test` runs lint + every test (CI),
+# `make test-fast` the tests not marked slow, without lint (under a minute).
 # Both create the virtualenv (.venv) on first use and reinstall when pyproject.toml changes.
 PYTHON ?= python3
 VENV ?= .venv
@@ -6,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: serve test lint docker-lint bench venv clean
+.PHONY: serve test test-fast lint docker-lint bench venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +30,11 @@ docker-lint: $(STAMP)
 
 test: lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+# Leaves out tests marked slow: real daemon subprocesses, the browser, the real model over a
+# gallery, schemathesis, fault injection. `make test` runs them all.
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/ingest.py

@@ -1,18 +1,21 @@
-"""Command line: `imgsearch serve [flags]` (the default) starts the daemon; `add`, `search`,
-`stats`, `remove`, `duplicates`, `watch` and `jobs` talk to a running one (see client.py)."""
+"""Command line: `imgsearch serve [flags]` (the default) starts the daemon; the commands in
+commands.COMMANDS talk to a running one. Global options go before or after the command."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .client import DEFAULT_URL, Context, run
+from .commands import COMMANDS, Arg, arg
 from .config import AUTO_TOKEN, ENV_PREFIX, LOOPBACK_HOSTS, OFFLINE_MODEL, Config
 from .errors import ImgSearchError
 
@@ -25,7 +28,6 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     # Defaults are None so that unset flags leave IMGSEARCH_* variables in force.
     add("--host", help=f"address to bind (default {d.host})")
     add("--port", type=int, help=f"port to listen on (default {d.port})")
-    add("--data-dir", type=Path, help=f"database and index folder (default ./{d.data_dir})")
     add("--model", help=f"open_clip model name, or {OFFLINE_MODEL} (default {d.model})")
     add("--pretrained", help=f"open_clip pretrained tag; 'none' = random (default {d.pretrained})")
     add("--checkpoint", type=Path, help="local open_clip weights file (for offline machines)")
@@ -57,11 +59,6 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
         help=f"URL downloads at once, per add job and for searches ({d.download_concurrency})",
     )
     add(
-        "--token",
-        help=f"require this bearer token on every route but /health; '{AUTO_TOKEN}' "
-        "generates one into DATA_DIR/token",
-    )
-    add(
         "--allow-host",
         dest="allow_hosts",
         action="append",
@@ -83,115 +80,110 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="keep this folder indexed as files change (repeatable; remembered across restarts)",
     )
-    add("-v", "--verbose", action="store_true", default=None, help="debug logging")
+
+
+# Options every command takes, before or after its name; `serve` refuses the client-only ones.
+# Their defaults are applied in _context (and by Config for serve), so argparse leaves them
+# unset (SUPPRESS): a value given after the command is never overwritten by the top level's.
+GLOBAL_ARGS: tuple[Arg, ...] = (
+    arg("--data-dir", type=Path, help=f"database and index folder (default ./{Config().data_dir})"),
+    arg(
+        "--token",
+        help=f"bearer token ({ENV_PREFIX}TOKEN): serve requires it on every route but /health, "
+        f"the client commands send it; '{AUTO_TOKEN}': serve generates one into "
+        "DATA_DIR/token, the client commands read it from there",
+    ),
+    arg("-v", "--verbose", action="store_true", help="debug logging (client: every request)"),
+)
+CLIENT_ARGS: tuple[Arg, ...] = (
+    arg("--url", help=f"the daemon, for client commands ({ENV_PREFIX}URL; default {DEFAULT_URL})"),
+    arg("--json", action="store_true", help="client commands: print the server's JSON as is"),
+)
+TOP_LEVEL = frozenset({"-h", "--help", "--version"})
+
+
+def _add_args(parser: argparse.ArgumentParser, args: Sequence[Arg], **defaults: Any) -> None:
+    for a in args:
+        parser.add_argument(*a.names, **{**a.options, **defaults})
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: global options, `serve`, and a subcommand per COMMANDS row."""
     parser = argparse.ArgumentParser(
         prog="imgsearch",
         description="Local reverse image search daemon. Every flag also reads an "
-        f"{ENV_PREFIX}<FLAG> environment variable (e.g. {ENV_PREFIX}PORT).",
+        f"{ENV_PREFIX}<FLAG> environment variable (e.g. {ENV_PREFIX}PORT). Global options "
+        "may come before or after the command.",
+        epilog="`imgsearch COMMAND --help` lists a command's own options (serve: the daemon's).",
     )
     parser.add_argument("--version", action="version", version=f"imgsearch {__version__}")
-    sub = parser.add_subparsers(dest="command")
-    _serve_flags(sub.add_parser("serve", help="run the daemon (the default command)"))
-    _client_commands(sub)
+    _add_args(parser, [*GLOBAL_ARGS, *CLIENT_ARGS], default=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve_parser = sub.add_parser("serve", help="run the daemon (the default command)")
+    _add_args(serve_parser, GLOBAL_ARGS, default=argparse.SUPPRESS)
+    _serve_flags(serve_parser)
+    for row in COMMANDS:
+        p = sub.add_parser(row.name, help=row.help, description=row.help)
+        _add_args(p, [*GLOBAL_ARGS, *CLIENT_ARGS], default=argparse.SUPPRESS)
+        _add_args(p, row.args)
     return parser
 
 
-def _client_flags() -> argparse.ArgumentParser:
-    from .client import DEFAULT_URL
+def with_command(argv: Sequence[str]) -> list[str]:
+    """argv with `serve` put where the command goes when none is named (after global options)."""
+    takes_value = {
+        n for a in [*GLOBAL_ARGS, *CLIENT_ARGS] if "action" not in a.options for n in a.names
+    }
+    switches = {n for a in [*GLOBAL_ARGS, *CLIENT_ARGS] if "action" in a.options for n in a.names}
+    i = 0
+    while i < len(argv) and (argv[i] in switches or argv[i].split("=", 1)[0] in takes_value):
+        i += 1 if argv[i] in switches or "=" in argv[i] else 2
+    word = argv[i] if i < len(argv) else "-"
+    if i > len(argv) or not word.startswith("-") or word in TOP_LEVEL:
+        return list(argv)  # a command (or a word argparse will call an invalid choice), or help
+    return [*argv[:i], "serve", *argv[i:]]
 
-    flags = argparse.ArgumentParser(add_help=False)
-    url = os.environ.get(f"{ENV_PREFIX}URL") or DEFAULT_URL
-    flags.add_argument("--url", default=url, help=f"the daemon ({ENV_PREFIX}URL; default {url})")
-    flags.add_argument(
-        "--token",
-        default=os.environ.get(f"{ENV_PREFIX}TOKEN") or None,
-        help=f"bearer token ({ENV_PREFIX}TOKEN); '{AUTO_TOKEN}' reads DATA_DIR/token",
+
+def run_command(ns: argparse.Namespace) -> int:
+    """Run one client command (a COMMANDS row) with the global options as its Context."""
+    row = next(r for r in COMMANDS if r.name == ns.command)
+    ctx = _context(vars(ns))
+    kwargs = {a.dest: getattr(ns, a.dest) for a in row.args}
+    with _client_logging(ctx.verbose):
+        return run(lambda: row.run(ctx, **kwargs))
+
+
+@contextlib.contextmanager
+def _client_logging(verbose: bool) -> Iterator[None]:
+    """-v: the client's log (a line per request) on stderr while the command runs."""
+    if not verbose:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
+def _context(given: dict[str, Any]) -> Context:
+    """The global options as given, else their IMGSEARCH_* variables, else the defaults."""
+
+    def option(name: str) -> str | None:
+        return given.get(name) or os.environ.get(f"{ENV_PREFIX}{name.upper()}") or None
+
+    return Context(
+        url=option("url") or DEFAULT_URL,
+        token=option("token"),
+        data_dir=Path(option("data_dir") or Config().data_dir),
+        as_json=bool(given.get("json")),
+        verbose=bool(given.get("verbose")),
     )
-    flags.add_argument("--json", action="store_true", help="print the server's JSON as is")
-    return flags
-
-
-def _client_commands(sub: Any) -> None:
-    common = [_client_flags()]
-    p = sub.add_parser("add", parents=common, help="index a file, folder or URL (a job)")
-    p.add_argument(
-        "path",
-        nargs="?",
-        help="file or folder (made absolute from the current directory), or an http(s) URL",
-    )
-    p.add_argument("--csv", metavar="FILE", help="add every URL in this CSV's 'url' column")
-    p.add_argument("--update", action="store_true", help="re-embed unchanged files too")
-    p.add_argument(
-        "--wait",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="follow the job with a progress bar (default); --no-wait prints its id",
-    )
-    p = sub.add_parser("search", parents=common, help="the stored images nearest to a query")
-    p.add_argument(
-        "image", nargs="?", help="query image: a path (sent as an absolute path) or an http(s) URL"
-    )
-    p.add_argument("--text", help="describe the picture instead (CLIP models only)")
-    p.add_argument("--upload", action="store_true", help="send the image's bytes, not its path")
-    p.add_argument("--limit", type=int, help="how many results (default 10)")
-    p.add_argument(
-        "--compare", action="append", default=[], metavar="NAME", help="comparator (repeatable)"
-    )
-    p.add_argument("--no-rerank", dest="rerank", action="store_false", help="keep embedding order")
-    sub.add_parser("stats", parents=common, help="what the daemon holds")
-    p = sub.add_parser("remove", parents=common, help="forget a file or a folder's images")
-    p.add_argument("path", help="file or folder; made absolute from the current directory")
-    p = sub.add_parser("duplicates", parents=common, help="identical files and near copies")
-    p.add_argument(
-        "--threshold", type=float, help="largest embedding distance of a pair (default 0.15)"
-    )
-    p.add_argument("--folder", help="only images under this folder (made absolute)")
-    p = sub.add_parser("watch", parents=common, help="list watched folders, watch or stop one")
-    p.add_argument("dir", nargs="?", help="folder to watch (made absolute from the current one)")
-    p.add_argument("--stop", action="store_true", help="stop watching DIR (its images stay)")
-    p = sub.add_parser("jobs", parents=common, help="list add jobs, show one, or cancel one")
-    p.add_argument("id", nargs="?", help="show this job")
-    p.add_argument("--cancel", metavar="ID", help="cancel this job")
-
-
-def client_command(ns: argparse.Namespace) -> int:
-    """Run one client subcommand against the daemon at --url."""
-    from . import client
-
-    def command() -> int:
-        data_dir = Path(os.environ.get(f"{ENV_PREFIX}DATA_DIR") or Config().data_dir)
-        conn = client.Connection(ns.url, client.read_token(ns.token, data_dir))
-        if ns.command == "add":
-            return client.add(
-                conn, ns.path, csv=ns.csv, update=ns.update, wait=ns.wait, as_json=ns.json
-            )
-        if ns.command == "search":
-            return client.search(
-                conn,
-                ns.image,
-                text=ns.text,
-                upload=ns.upload,
-                limit=ns.limit,
-                compare=ns.compare,
-                rerank=ns.rerank,
-                as_json=ns.json,
-            )
-        if ns.command == "remove":
-            return client.remove(conn, ns.path, as_json=ns.json)
-        if ns.command == "duplicates":
-            return client.duplicates(
-                conn, threshold=ns.threshold, folder=ns.folder, as_json=ns.json
-            )
-        if ns.command == "watch":
-            return client.watch(conn, ns.dir, stop=ns.stop, as_json=ns.json)
-        if ns.command == "jobs":
-            return client.jobs(conn, ns.id, cancel=ns.cancel, as_json=ns.json)
-        return client.stats(conn, as_json=ns.json)
-
-    return client.run(command)
 
 
 def setup_logging(verbose: bool) -> None:
@@ -233,14 +225,14 @@ def serve(args: dict[str, Any]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """`imgsearch [global options] [COMMAND] [options]`; exits with the command's code."""
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0].startswith("-") and argv[0] not in {"-h", "--help", "--version"}:
-        argv.insert(0, "serve")
-    ns = parser.parse_args(argv)
+    ns = parser.parse_args(with_command(sys.argv[1:] if argv is None else argv))
     if ns.command != "serve":
-        sys.exit(client_command(ns))
+        sys.exit(run_command(ns))
     args = {k: v for k, v in vars(ns).items() if k != "command"}
+    if {"url", "json"} & args.keys():
+        parser.error("--url and --json are for the client commands, not serve")
     try:
         code = serve(args)
     except ImgSearchError as exc:

@@ -1,4 +1,5 @@
-"""The command-line client: HTTP calls to a running daemon, and what each command prints."""
+"""The command-line client's plumbing: the connection to a running daemon, the global options
+every command receives (Context), exit codes, and printing. The commands are in commands.py."""
 
 from __future__ import annotations
 
@@ -14,22 +15,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .config import AUTO_TOKEN, LOOPBACK_HOSTS
-from .formatting import (
-    failure_lines,
-    format_duplicates,
-    format_job,
-    format_jobs,
-    format_results,
-    format_watches,
-    key_values,
-)
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +105,25 @@ class Connection:
         return urllib.request.build_opener()
 
 
+@dataclass(frozen=True)
+class Context:
+    """What every command receives from the global options (given before or after its name)."""
+
+    url: str = DEFAULT_URL
+    token: str | None = None  # as given: `auto` is read from data_dir when connecting
+    data_dir: Path = Path("data")
+    as_json: bool = False
+    verbose: bool = False
+
+    def connection(self) -> Connection:
+        """The daemon at --url, with the --token (`auto`: DATA_DIR/token)."""
+        return Connection(self.url, read_token(self.token, self.data_dir))
+
+    def emit(self, body: Any, text: Callable[[Any], str]) -> None:
+        """Print the daemon's JSON as is with --json, else `text(body)`."""
+        out(dumps(body) if self.as_json else text(body))
+
+
 def _decode(raw: bytes) -> Any:
     try:
         return json.loads(raw)
@@ -156,13 +167,13 @@ def run(command: Callable[[], int]) -> int:
     try:
         return command()
     except ServerError as exc:
-        _err(f"error: {exc.message} (HTTP {exc.status})")
+        err(f"error: {exc.message} (HTTP {exc.status})")
         return EXIT_ERROR
     except Unreachable as exc:
-        _err(f"cannot reach imgsearch at {exc.url}: is `imgsearch serve` running? ({exc.reason})")
+        err(f"cannot reach imgsearch at {exc.url}: is `imgsearch serve` running? ({exc.reason})")
         return EXIT_USAGE
     except UsageError as exc:
-        _err(f"error: {exc}")
+        err(f"error: {exc}")
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
@@ -172,91 +183,7 @@ def run(command: Callable[[], int]) -> int:
         return EXIT_ERROR
 
 
-# -- commands --------------------------------------------------------------------------------
-
-
-def stats(conn: Connection, *, as_json: bool = False) -> int:
-    """`imgsearch stats`: key: value lines."""
-    body = conn.get("/stats")
-    _out(_dumps(body) if as_json else "\n".join(key_values(body)))
-    return EXIT_OK
-
-
-def remove(conn: Connection, path: str, *, as_json: bool = False) -> int:
-    """`imgsearch remove PATH`: forget a file or a folder's images."""
-    body = conn.get("/remove", [("image", str(absolute(path)))])
-    _out(_dumps(body) if as_json else f"removed {body.get('removed', 0)}")
-    return EXIT_OK
-
-
-def search(
-    conn: Connection,
-    image: str | None = None,
-    *,
-    text: str | None = None,
-    upload: bool = False,
-    limit: int | None = None,
-    compare: Sequence[str] = (),
-    rerank: bool = True,
-    as_json: bool = False,
-) -> int:
-    """`imgsearch search IMAGE|--text T`: a table of the nearest stored images."""
-    if (image is None) == (text is None):
-        raise UsageError("give either an image or --text")
-    if upload and (image is None or is_url(image)):
-        raise UsageError("--upload needs an image file")
-    options: list[tuple[str, str]] = [] if limit is None else [("limit", str(limit))]
-    options += [("compare", name) for name in compare]
-    options += [] if rerank else [("rerank", "0")]
-    if text is not None:
-        body = conn.get("/search", [("text", text), *options])
-    elif upload:
-        data, ctype = _multipart(options, absolute(image or ""))
-        body = conn.call("POST", "/search", body=data, content_type=ctype)[1]
-    elif is_url(image or ""):
-        body = conn.get("/search", [("url", image or ""), *options])
-    else:
-        body = conn.get("/search", [("image", str(absolute(image or ""))), *options])
-    _out(_dumps(body) if as_json else format_results(body.get("results", [])))
-    return EXIT_OK
-
-
-def add(
-    conn: Connection,
-    path: str | None,
-    *,
-    csv: str | None = None,
-    update: bool = False,
-    wait: bool = True,
-    as_json: bool = False,
-    poll_s: float = POLL_S,
-) -> int:
-    """`imgsearch add PATH|URL|--csv FILE`: start an add job and follow it (or not)."""
-    if (path is None) == (csv is None):
-        raise UsageError("give a path or URL, or --csv FILE")
-    params = [("wait", "0"), *([("update", "1")] if update else [])]
-    if csv is not None:
-        data = _read(absolute(csv))
-        body = conn.call("POST", "/add", params, body=data, content_type="text/csv")[1]
-    else:
-        target = path or ""
-        what = ("url", target) if is_url(target) else ("image", str(absolute(target)))
-        body = conn.get("/add", [what, *params])
-    if "job" not in body:  # a daemon without jobs: the add already ran to completion
-        return _report(body, as_json)
-    if not wait:
-        _out(_dumps(body) if as_json else str(body["job"]))
-        return EXIT_OK
-    try:
-        job = follow(conn, str(body["job"]), show_progress=not as_json, poll_s=poll_s)
-    except KeyboardInterrupt:
-        job_id = body["job"]
-        _err(f"still running as job {job_id} (imgsearch jobs --cancel {job_id} to stop it)")
-        return EXIT_INTERRUPTED
-    return _report(job, as_json)
-
-
-def follow(conn: Connection, job_id: str, *, show_progress: bool, poll_s: float) -> Any:
+def follow(conn: Connection, job_id: str, *, show_progress: bool, poll_s: float = POLL_S) -> Any:
     """Poll a job until it stops, drawing a progress bar on stderr; the final job."""
     from tqdm import tqdm
 
@@ -274,78 +201,9 @@ def follow(conn: Connection, job_id: str, *, show_progress: bool, poll_s: float)
             time.sleep(poll_s)
 
 
-def _report(job: Mapping[str, Any], as_json: bool) -> int:
-    """The summary of a finished add; 1 when the job itself did not finish (not for bad files)."""
-    state = job.get("state", "done")
-    if as_json:
-        _out(_dumps(job))
-    else:
-        counts = ", ".join(
-            f"{k} {job.get(k, 0)}" for k in ("added", "updated", "skipped", "failed")
-        )
-        _out("\n".join([counts, *failure_lines(job)]))
-    if state == "done":
-        return EXIT_OK
-    reason = f": {job['error']}" if job.get("error") else ""
-    _err(f"error: job {job.get('id')} {state}{reason}")
-    return EXIT_ERROR
-
-
-def jobs(
-    conn: Connection, job_id: str | None = None, *, cancel: str | None = None, as_json: bool = False
-) -> int:
-    """`imgsearch jobs [ID] [--cancel ID]`: the add jobs, one job, or cancel one."""
-    if job_id is not None and cancel is not None:
-        raise UsageError("give a job id or --cancel ID, not both")
-    if cancel is not None:
-        body = conn.call("DELETE", f"/jobs/{urllib.parse.quote(cancel, safe='')}")[1]
-    elif job_id is not None:
-        body = conn.get(f"/jobs/{urllib.parse.quote(job_id, safe='')}")
-    else:
-        body = conn.get("/jobs")
-        _out(_dumps(body) if as_json else format_jobs(body.get("jobs", [])))
-        return EXIT_OK
-    _out(_dumps(body) if as_json else format_job(body))
-    return EXIT_OK
-
-
-def duplicates(
-    conn: Connection,
-    *,
-    threshold: float | None = None,
-    folder: str | None = None,
-    as_json: bool = False,
-) -> int:
-    """`imgsearch duplicates`: a block per cluster of identical files or near copies."""
-    params = [] if threshold is None else [("threshold", repr(threshold))]
-    params += [] if folder is None else [("folder", str(absolute(folder)))]
-    body = conn.get("/duplicates", params)
-    _out(_dumps(body) if as_json else format_duplicates(body))
-    return EXIT_OK
-
-
-def watch(
-    conn: Connection, folder: str | None = None, *, stop: bool = False, as_json: bool = False
-) -> int:
-    """`imgsearch watch [DIR] [--stop]`: list watched folders, start or stop watching one."""
-    if folder is None:
-        if stop:
-            raise UsageError("--stop needs a folder")
-        body = conn.get("/watch")
-        _out(_dumps(body) if as_json else format_watches(body.get("watches", [])))
-        return EXIT_OK
-    params = [("dir", str(absolute(folder)))]
-    if stop:
-        body = conn.call("DELETE", "/watch", params)[1]
-    else:
-        body = conn.get("/watch", params)
-    _out(_dumps(body) if as_json else format_watches([body]))
-    return EXIT_OK
-
-
-def _multipart(fields: Params, path: Path) -> tuple[bytes, str]:
+def multipart(fields: Params, path: Path) -> tuple[bytes, str]:
     """A multipart/form-data body: the fields, then the file as `image`."""
-    data = _read(path)
+    data = read_local(path)
     boundary = uuid.uuid4().hex
     chunks: list[bytes] = []
     for name, value in fields:
@@ -362,20 +220,24 @@ def _multipart(fields: Params, path: Path) -> tuple[bytes, str]:
     return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
 
 
-def _read(path: Path) -> bytes:
+def read_local(path: Path) -> bytes:
+    """A local file's bytes; a UsageError (exit 2) when it cannot be read."""
     try:
         return path.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
 
-def _dumps(body: Any) -> str:
+def dumps(body: Any) -> str:
+    """JSON as --json prints it."""
     return json.dumps(body, indent=2, ensure_ascii=False)
 
 
-def _out(text: str) -> None:
+def out(text: str) -> None:
+    """A line of the command's output (stdout)."""
     print(text, file=sys.stdout)
 
 
-def _err(text: str) -> None:
+def err(text: str) -> None:
+    """A message for the user (stderr)."""
     print(text, file=sys.stderr)

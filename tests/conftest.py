@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,15 @@ from imgsearch.config import Config
 from imgsearch.embedders import Embedder
 from imgsearch.web import create_app
 
-from .helpers import PHOTOS, TINY_CONFIG, TINY_MODEL, ClientFactory, photo
+from .helpers import (
+    PHOTOS,
+    TINY_CONFIG,
+    TINY_MODEL,
+    ClientFactory,
+    Daemon,
+    photo,
+    serve_in_thread,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -74,3 +84,24 @@ async def client(
     aiohttp_client: ClientFactory, config: Config, tiny_embedder: Embedder
 ) -> TestClient[web.Request, web.Application]:
     return await aiohttp_client(create_app(config, embedder=tiny_embedder))
+
+
+@pytest.fixture
+def live_server(tiny_embedder: Embedder) -> Iterator[Callable[[Config], str]]:
+    """`live_server(config)`: the real app serving on an ephemeral port in a thread (for blocking
+    clients such as the CLI); its base URL. Stopped, with its service closed, after the test."""
+    with contextlib.ExitStack() as stack:
+        yield lambda config: stack.enter_context(
+            serve_in_thread(create_app(config, embedder=tiny_embedder))
+        )
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    """Daemon subprocesses started by the test (helpers.start); killed after it."""
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()

@@ -1,16 +1,33 @@
-"""Plain helpers for tests: sample photos, image bytes, free ports, the tiny model's config."""
+"""Plain helpers for tests: sample photos, image bytes, free ports, the tiny model's config,
+a daemon subprocess, and the OpenAPI response check (test modules import only from here)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
+import json
+import os
+import signal
 import socket
-from collections.abc import Awaitable, Callable
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from openapi_schema_validator import OAS30Validator
 from PIL import Image
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT4
 from skimage import data as skdata
 
 from imgsearch.comparators import Picture, Score
@@ -31,6 +48,8 @@ PHOTOS = (
     "horse",
     "hubble_deep_field",
 )
+
+DOC_URI = "urn:imgsearch:openapi"
 
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
@@ -80,3 +99,103 @@ class Brightness:
     def compare(self, query: float, candidate: float) -> Score:
         raw = abs(query - candidate)
         return Score(raw, 1.0 - raw / 255.0)
+
+
+STARTUP_TIMEOUT = 90.0
+
+
+class Daemon:
+    """One `python -m imgsearch serve` subprocess."""
+
+    def __init__(self, data_dir: Path, model_config: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [sys.executable, "-m", "imgsearch", "serve", "--port", str(self.port)]
+        args += ["--data-dir", str(data_dir), "--model", TINY_MODEL, "--pretrained", "none"]
+        args += ["--model-config", str(model_config), *extra]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        # A file, not a pipe: a daemon that logs a lot can never block on a full pipe.
+        self.log = data_dir.parent / f"daemon-{self.port}.log"
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited early:\n{self.output()}")
+            try:
+                if self.get("/health") == {"ok": True}:
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError("daemon did not become ready")
+
+    def get(self, path: str, **params: Any) -> Any:
+        url = f"{self.url}{path}?{urllib.parse.urlencode(params)}"
+        with urllib.request.urlopen(url, timeout=60) as resp:
+            return json.load(resp)
+
+    def stop(self, sig: int = signal.SIGTERM) -> float:
+        start = time.monotonic()
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=30)
+        return time.monotonic() - start
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+def start(daemons: list[Daemon], data_dir: Path, model_config: Path, *extra: str) -> Daemon:
+    """A Daemon, recorded in `daemons` (the conftest fixture): it is killed after the test."""
+    d = Daemon(data_dir, model_config, *extra)
+    daemons.append(d)
+    return d
+
+
+def check_response(doc: dict[str, Any], method: str, path: str, status: int, body: Any) -> None:
+    """Validate a JSON body against what the document says `method path` answers with `status`."""
+    responses = doc["paths"][path][method.lower()]["responses"]
+    assert str(status) in responses, f"{method} {path} answered undocumented {status}: {body}"
+    ref = responses[str(status)].get("$ref", "")
+    response = (
+        doc["components"]["responses"][ref.rsplit("/", 1)[-1]] if ref else responses[str(status)]
+    )
+    schema = response["content"]["application/json"]["schema"]
+    registry: Registry[Any] = Registry().with_resource(
+        DOC_URI, Resource.from_contents(doc, default_specification=DRAFT4)
+    )
+    if "$ref" in schema:
+        schema = {"$ref": DOC_URI + schema["$ref"]}
+    OAS30Validator(schema, registry=registry).validate(body)
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: web.Application) -> Iterator[str]:
+    """The real app on an ephemeral loopback port, its loop in a thread: for blocking clients
+    (the CLI, urllib) in the test's own thread. Yields the base URL; cleans up on exit."""
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    thread = threading.Thread(target=loop.run_forever, name="live-server", daemon=True)
+    try:
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
+        host, port = runner.addresses[0][:2]
+        thread.start()
+        yield f"http://{host}:{port}"
+    finally:
+        if thread.is_alive():
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[Any, str, str]:
+    """`imgsearch ARGV` in-process: its exit code, stdout and stderr."""
+    from imgsearch import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err

@@ -299,6 +299,7 @@ async def test_unexpected_error_is_json_500_without_traceback(
     assert body["status"] == 500 and "secret" not in body["error"]
 
 
+@pytest.mark.slow  # a long real workload
 async def test_stats_answers_while_a_long_add_runs(client: Client, tmp_path: Path) -> None:
     folder = tmp_path / "many"
     folder.mkdir()
@@ -370,6 +371,7 @@ async def test_single_file_add_keeps_the_failure_status(client: Client, tmp_path
     assert report["failed"] == 1 and "over the" in report["errors"][0]["error"]
 
 
+@pytest.mark.slow  # a long real workload
 async def test_full_queue_answers_503_with_retry_after(
     aiohttp_client: ClientFactory, config: Config, tiny_embedder: Embedder, tmp_path: Path
 ) -> None:

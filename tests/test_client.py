@@ -14,9 +14,11 @@ import pytest
 
 from imgsearch import cli, client
 
-from .helpers import free_port, photo
-from .test_server import Daemon
+from .helpers import Daemon, free_port, photo
+from .helpers import run_cli as run
 
+# Slow lane: a real daemon subprocess; tests/test_cli.py covers the CLI in the fast lane.
+pytestmark = pytest.mark.slow
 NAMES = ("chelsea", "coffee", "rocket", "astronaut")
 
 
@@ -45,14 +47,6 @@ def pics(tmp_path_factory: pytest.TempPathFactory, daemon: Daemon) -> Path:
 def env(monkeypatch: pytest.MonkeyPatch, daemon: Daemon) -> None:
     monkeypatch.setenv("IMGSEARCH_URL", daemon.url)
     monkeypatch.delenv("IMGSEARCH_TOKEN", raising=False)
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[Any, str, str]:
-    """`imgsearch ARGV` in-process: its exit code, stdout and stderr."""
-    with pytest.raises(SystemExit) as exc:
-        cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 def test_stats_text_and_json(capsys: pytest.CaptureFixture[str], pics: Path) -> None:

@@ -235,6 +235,7 @@ def test_geometric_comparators_see_through_edits(
         assert compare(registry, features, name, f"{photo}/{edit}", photo).score > 0.3
 
 
+@pytest.mark.slow  # every picture against three, both ways, per comparator
 @pytest.mark.parametrize("name", BUILTINS)
 def test_scores_and_raw_values_in_range(
     registry: ComparatorRegistry, features: dict[str, Any], name: str
@@ -462,6 +463,7 @@ def test_feature_cache_concurrent_writers(tmp_path: Path) -> None:
 # -- re-ranking with real comparators ----------------------------------------------------------
 
 
+@pytest.mark.slow  # every comparator over a gallery
 def test_rerank_never_worsens_recall_at_1(
     registry: ComparatorRegistry, features: dict[str, Any]
 ) -> None:

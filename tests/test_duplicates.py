@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image, ImageEnhance
 
-from imgsearch import cli, neighbours
+from imgsearch import neighbours
 from imgsearch.config import Config
 from imgsearch.duplicates import DuplicateFinder
 from imgsearch.embedders import Embedder
@@ -24,8 +24,10 @@ from imgsearch.service import Service
 from imgsearch.web import create_app
 from imgsearch.web.openapi import document
 
-from .helpers import ClientFactory, get_json, photo
-from .test_openapi import check_response
+from .helpers import ClientFactory, check_response, get_json, photo, run_cli
+
+# Slow lane: the real EfficientNet-Lite0 over a library (make test runs it).
+pytestmark = pytest.mark.slow
 
 Client = TestClient[web.Request, web.Application]
 SOURCE = "https://example.org/chelsea.jpg"
@@ -265,13 +267,6 @@ def test_the_approximate_pass_gives_the_same_clusters(
 
 
 # -- the command line, against a real server -----------------------------------------------
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[Any, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 async def test_cli_prints_a_block_per_cluster_or_json(

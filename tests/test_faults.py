@@ -30,7 +30,7 @@ from imgsearch.index import TEMP_SUFFIX, VectorIndex
 from imgsearch.search import SearchOptions
 from imgsearch.service import Service
 
-from .test_server import Daemon
+from .helpers import Daemon
 
 log = logging.getLogger(__name__)
 

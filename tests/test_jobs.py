@@ -48,6 +48,7 @@ async def until(client: Client, job_id: str, check: Any) -> dict[str, Any]:
     raise AssertionError(f"job never got there: {job}")
 
 
+@pytest.mark.slow  # a 48-image job
 async def test_job_runs_to_done_with_progress(client: Client, folder: Path) -> None:
     job_id = await start(client, folder)
     seen_running = await until(client, job_id, lambda j: j["state"] != "queued")
@@ -70,6 +71,7 @@ async def test_post_jobs_and_failed_single_file(client: Client, tmp_path: Path) 
     assert job["state"] == "failed" and "not a recognised image" in job["error"]
 
 
+@pytest.mark.slow  # a 48-image job
 async def test_cancel_keeps_what_was_embedded_and_rerun_completes(
     client: Client, folder: Path
 ) -> None:
@@ -93,6 +95,7 @@ async def test_unknown_jobs_and_missing_paths_are_404(client: Client, tmp_path: 
     assert "no such file" in body["error"]
 
 
+@pytest.mark.slow  # a 48-image job
 async def test_restart_reports_interrupted_job_and_rerun_skips_done(
     aiohttp_client: ClientFactory, config: Config, tiny_embedder: Embedder, folder: Path
 ) -> None:

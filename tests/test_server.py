@@ -5,79 +5,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from .helpers import TINY_MODEL, free_port, photo
+from .helpers import STARTUP_TIMEOUT, Daemon, photo, start
 
-STARTUP_TIMEOUT = 90.0
-
-
-class Daemon:
-    """One `python -m imgsearch serve` subprocess."""
-
-    def __init__(self, data_dir: Path, model_config: Path, *extra: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        args = [sys.executable, "-m", "imgsearch", "serve", "--port", str(self.port)]
-        args += ["--data-dir", str(data_dir), "--model", TINY_MODEL, "--pretrained", "none"]
-        args += ["--model-config", str(model_config), *extra]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        # A file, not a pipe: a daemon that logs a lot can never block on a full pipe.
-        self.log = data_dir.parent / f"daemon-{self.port}.log"
-        with open(self.log, "w") as out:
-            self.proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited early:\n{self.output()}")
-            try:
-                if self.get("/health") == {"ok": True}:
-                    return
-            except OSError:
-                time.sleep(0.2)
-        raise AssertionError("daemon did not become ready")
-
-    def get(self, path: str, **params: Any) -> Any:
-        url = f"{self.url}{path}?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=60) as resp:
-            return json.load(resp)
-
-    def stop(self, sig: int = signal.SIGTERM) -> float:
-        start = time.monotonic()
-        self.proc.send_signal(sig)
-        self.proc.wait(timeout=30)
-        return time.monotonic() - start
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-
-@pytest.fixture
-def daemons(tmp_path: Path, tiny_model_config: Path) -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        if d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait()
-
-
-def start(daemons: list[Daemon], data_dir: Path, model_config: Path, *extra: str) -> Daemon:
-    d = Daemon(data_dir, model_config, *extra)
-    daemons.append(d)
-    return d
+# Slow lane: real `imgsearch serve` subprocesses (make test runs it; make test-fast does not).
+pytestmark = pytest.mark.slow
 
 
 def test_serve_add_search_sigterm_and_restart(

@@ -17,6 +17,9 @@ from imgsearch.service import Service
 
 from .helpers import PHOTOS, jpeg_bytes, photo
 
+# Slow lane: the real EfficientNet-Lite0 over a gallery (make test runs it).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -48,6 +48,7 @@ async def test_bad_text_queries(client: Client, params: dict[str, str], fragment
     assert fragment in body["error"]
 
 
+@pytest.mark.slow  # loads the real model
 async def test_model_without_text_tower_is_400(
     aiohttp_client: ClientFactory, tmp_path: Path, lite0: Embedder
 ) -> None:

@@ -24,8 +24,7 @@ from imgsearch.fetch import MAX_URL_LENGTH, check_url
 from imgsearch.web import create_app
 from imgsearch.web.openapi import document
 
-from .helpers import ClientFactory, free_port, get_json, jpeg_bytes, photo
-from .test_openapi import check_response
+from .helpers import ClientFactory, check_response, free_port, get_json, jpeg_bytes, photo
 
 Client = TestClient[web.Request, web.Application]
 TIMEOUT_S = 1.5  # the daemon's download timeout in these tests

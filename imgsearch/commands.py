@@ -1,0 +1,230 @@
+"""The client commands: one function each, and one row each in COMMANDS (its name, help and
+arguments). cli.py builds the subcommands from the table and calls `row.run(ctx, **arguments)`,
+one keyword per argument, named as argparse names it (`Arg.dest`)."""
+
+from __future__ import annotations
+
+import argparse
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import client
+from .client import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, Context, UsageError, absolute, is_url
+from .formatting import (
+    failure_lines,
+    format_duplicates,
+    format_job,
+    format_jobs,
+    format_results,
+    format_watches,
+    key_values,
+)
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument of a command: the names and keywords of argparse's `add_argument`."""
+
+    names: tuple[str, ...]
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def dest(self) -> str:
+        """The keyword the command function receives it as (argparse's rule)."""
+        if "dest" in self.options:
+            return str(self.options["dest"])
+        longs = [n for n in self.names if n.startswith("--")]
+        return (longs or list(self.names))[0].lstrip("-").replace("-", "_")
+
+
+def arg(*names: str, **options: Any) -> Arg:
+    """`arg("--limit", type=int, help=...)`: written as add_argument's call would be."""
+    return Arg(names, options)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: `run(ctx, **{a.dest: value for a in args}) -> exit code`."""
+
+    name: str
+    help: str
+    run: Callable[..., int]
+    args: Sequence[Arg] = ()
+
+
+# -- the commands ----------------------------------------------------------------------------
+
+
+def stats(ctx: Context) -> int:
+    """`imgsearch stats`: key: value lines."""
+    body = ctx.connection().get("/stats")
+    ctx.emit(body, lambda b: "\n".join(key_values(b)))
+    return EXIT_OK
+
+
+def remove(ctx: Context, path: str) -> int:
+    """`imgsearch remove PATH`: forget a file or a folder's images."""
+    body = ctx.connection().get("/remove", [("image", str(absolute(path)))])
+    ctx.emit(body, lambda b: f"removed {b.get('removed', 0)}")
+    return EXIT_OK
+
+
+def search(
+    ctx: Context,
+    image: str | None = None,
+    *,
+    text: str | None = None,
+    upload: bool = False,
+    limit: int | None = None,
+    compare: Sequence[str] = (),
+    rerank: bool = True,
+) -> int:
+    """`imgsearch search IMAGE|--text T`: a table of the nearest stored images."""
+    if (image is None) == (text is None):
+        raise UsageError("give either an image or --text")
+    if upload and (image is None or is_url(image)):
+        raise UsageError("--upload needs an image file")
+    options: list[tuple[str, str]] = [] if limit is None else [("limit", str(limit))]
+    options += [("compare", name) for name in compare]
+    options += [] if rerank else [("rerank", "0")]
+    conn = ctx.connection()
+    if text is not None:
+        body = conn.get("/search", [("text", text), *options])
+    elif upload:
+        data, ctype = client.multipart(options, absolute(image or ""))
+        body = conn.call("POST", "/search", body=data, content_type=ctype)[1]
+    elif is_url(image or ""):
+        body = conn.get("/search", [("url", image or ""), *options])
+    else:
+        body = conn.get("/search", [("image", str(absolute(image or ""))), *options])
+    ctx.emit(body, lambda b: format_results(b.get("results", [])))
+    return EXIT_OK
+
+
+def add(
+    ctx: Context,
+    path: str | None = None,
+    *,
+    csv: str | None = None,
+    update: bool = False,
+    wait: bool = True,
+    poll_s: float = client.POLL_S,
+) -> int:
+    """`imgsearch add PATH|URL|--csv FILE`: start an add job and follow it (or not)."""
+    if (path is None) == (csv is None):
+        raise UsageError("give a path or URL, or --csv FILE")
+    params = [("wait", "0"), *([("update", "1")] if update else [])]
+    conn = ctx.connection()
+    if csv is not None:
+        data = client.read_local(absolute(csv))
+        body = conn.call("POST", "/add", params, body=data, content_type="text/csv")[1]
+    else:
+        target = path or ""
+        what = ("url", target) if is_url(target) else ("image", str(absolute(target)))
+        body = conn.get("/add", [what, *params])
+    if "job" not in body:  # a daemon without jobs: the add already ran to completion
+        return _report(ctx, body)
+    if not wait:
+        ctx.emit(body, lambda b: str(b["job"]))
+        return EXIT_OK
+    try:
+        job = client.follow(conn, str(body["job"]), show_progress=not ctx.as_json, poll_s=poll_s)
+    except KeyboardInterrupt:
+        job_id = body["job"]
+        client.err(f"still running as job {job_id} (imgsearch jobs --cancel {job_id} to stop it)")
+        return EXIT_INTERRUPTED
+    return _report(ctx, job)
+
+
+def _report(ctx: Context, job: Mapping[str, Any]) -> int:
+    """The summary of a finished add; 1 when the job itself did not finish (not for bad files)."""
+    counts = ", ".join(f"{k} {job.get(k, 0)}" for k in ("added", "updated", "skipped", "failed"))
+    ctx.emit(job, lambda j: "\n".join([counts, *failure_lines(j)]))
+    state = job.get("state", "done")
+    if state == "done":
+        return EXIT_OK
+    reason = f": {job['error']}" if job.get("error") else ""
+    client.err(f"error: job {job.get('id')} {state}{reason}")
+    return EXIT_ERROR
+
+
+def jobs(ctx: Context, job_id: str | None = None, *, cancel: str | None = None) -> int:
+    """`imgsearch jobs [ID] [--cancel ID]`: the add jobs, one job, or cancel one."""
+    if job_id is not None and cancel is not None:
+        raise UsageError("give a job id or --cancel ID, not both")
+    conn = ctx.connection()
+    if cancel is not None:
+        body = conn.call("DELETE", f"/jobs/{urllib.parse.quote(cancel, safe='')}")[1]
+    elif job_id is not None:
+        body = conn.get(f"/jobs/{urllib.parse.quote(job_id, safe='')}")
+    else:
+        ctx.emit(conn.get("/jobs"), lambda b: format_jobs(b.get("jobs", [])))
+        return EXIT_OK
+    ctx.emit(body, format_job)
+    return EXIT_OK
+
+
+def duplicates(ctx: Context, *, threshold: float | None = None, folder: str | None = None) -> int:
+    """`imgsearch duplicates`: a block per cluster of identical files or near copies."""
+    params = [] if threshold is None else [("threshold", repr(threshold))]
+    params += [] if folder is None else [("folder", str(absolute(folder)))]
+    ctx.emit(ctx.connection().get("/duplicates", params), format_duplicates)
+    return EXIT_OK
+
+
+def watch(ctx: Context, folder: str | None = None, *, stop: bool = False) -> int:
+    """`imgsearch watch [DIR] [--stop]`: list watched folders, start or stop watching one."""
+    if folder is None:
+        if stop:
+            raise UsageError("--stop needs a folder")
+        body = ctx.connection().get("/watch")
+        ctx.emit(body, lambda b: format_watches(b.get("watches", [])))
+        return EXIT_OK
+    params = [("dir", str(absolute(folder)))]
+    conn = ctx.connection()
+    body = conn.call("DELETE", "/watch", params)[1] if stop else conn.get("/watch", params)
+    ctx.emit(body, lambda b: format_watches([b]))
+    return EXIT_OK
+
+
+# -- the table: `imgsearch --help` lists the commands in this order ----------------------------
+
+_HERE = "made absolute from the current directory"
+COMMANDS: tuple[Command, ...] = (
+    Command("add", "index a file, folder or URL (a job)", add, (
+        arg("path", nargs="?", help=f"file or folder ({_HERE}), or an http(s) URL"),
+        arg("--csv", metavar="FILE", help="add every URL in this CSV's 'url' column"),
+        arg("--update", action="store_true", help="re-embed unchanged files too"),
+        arg("--wait", action=argparse.BooleanOptionalAction, default=True,
+            help="follow the job with a progress bar (default); --no-wait prints its id"),
+    )),
+    Command("search", "the stored images nearest to a query", search, (
+        arg("image", nargs="?",
+            help="query image: a path (sent as an absolute path) or an http(s) URL"),
+        arg("--text", help="describe the picture instead (CLIP models only)"),
+        arg("--upload", action="store_true", help="send the image's bytes, not its path"),
+        arg("--limit", type=int, help="how many results (default 10)"),
+        arg("--compare", action="append", default=[], metavar="NAME",
+            help="comparator (repeatable)"),
+        arg("--no-rerank", dest="rerank", action="store_false", help="keep embedding order"),
+    )),
+    Command("stats", "what the daemon holds", stats),
+    Command("remove", "forget a file or a folder's images", remove, (
+        arg("path", help=f"file or folder; {_HERE}"),
+    )),
+    Command("duplicates", "identical files and near copies", duplicates, (
+        arg("--threshold", type=float,
+            help="largest embedding distance of a pair (default 0.15)"),
+        arg("--folder", help="only images under this folder (made absolute)"),
+    )),
+    Command("watch", "list watched folders, watch or stop one", watch, (
+        arg("folder", metavar="DIR", nargs="?", help=f"folder to watch ({_HERE})"),
+        arg("--stop", action="store_true", help="stop watching DIR (its images stay)"),
+    )),
+    Command("jobs", "list add jobs, show one, or cancel one", jobs, (
+        arg("job_id", metavar="ID", nargs="?", help="show this job"),
+        arg("--cancel", metavar="ID", help="cancel this job"),
+    )),
+)  # fmt: skip
