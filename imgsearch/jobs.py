@@ -199,6 +199,14 @@ class JobManager:
         job.ended.wait(timeout)
         return job
 
+    def forget(self, job_id: str, timeout: float = 60.0) -> Job:
+        """Cancel a job (as `cancel`), then drop it from the list and the store."""
+        job = self.cancel(job_id, timeout)
+        with self._lock:
+            self._jobs.pop(job_id, None)
+        self.store.delete_job(job_id)
+        return job
+
     def interrupt(self) -> None:
         """Stop every job after its batch in flight; they end as `interrupted`."""
         self._closing = True

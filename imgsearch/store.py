@@ -461,6 +461,10 @@ class Store:
                 dataclasses.astuple(job),
             )
 
+    def delete_job(self, job_id: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
     def jobs(self, limit: int) -> list[JobRow]:
         """The newest `limit` jobs, oldest first."""
         rows = self._reader().execute(

@@ -13,15 +13,21 @@ from ..config import Config
 from ..embedders import Embedder
 from ..security import with_token
 from ..service import Service
-from . import library, openapi, routes, ui, urls
+from . import adds, duplicates, library, openapi, search, ui, watches
 from .gate import Gate
 from .guard import guard
-from .keys import DUPLICATES_LOCK, SEARCH_GATE, SERVICE
+from .keys import DUPLICATES_LOCK, FETCH, SEARCH_GATE, SERVICE
 from .middleware import json_errors
 
 log = logging.getLogger(__name__)
 
 UPLOAD_OVERHEAD = 64 * 1024
+# The longest request line aiohttp reads (its default is 8 KiB, answered in text/plain before any
+# middleware): room for a 2048-character URL and a long path, percent-encoded, in one query.
+MAX_REQUEST_LINE = 128 * 1024
+# Each module serves one resource from its `table`; a new resource is one more module here
+# (and its paths in openapi.json, which tests/test_openapi.py holds to the routes).
+ROUTE_MODULES = (library, search, adds, watches, duplicates, ui, openapi)
 
 
 def create_app(
@@ -34,9 +40,10 @@ def create_app(
     app = web.Application(
         middlewares=[json_errors, guard(config.allow_hosts, config.token)],
         client_max_size=max_body,
+        handler_args={"max_line_size": MAX_REQUEST_LINE},
     )
-    for table in (routes.table, library.table, ui.table, openapi.table):
-        app.router.add_routes(table)
+    for module in ROUTE_MODULES:
+        app.router.add_routes(module.table)
     app[SEARCH_GATE] = Gate("search", config.max_pending_searches, retry_after=1)
     app[DUPLICATES_LOCK] = asyncio.Lock()
 
@@ -63,9 +70,16 @@ def create_app(
             app[SERVICE].jobs.interrupt()
 
     app.cleanup_ctx.append(lifecycle)
-    app.cleanup_ctx.append(urls.fetch_session)  # after lifecycle: it needs the service
+    app.cleanup_ctx.append(_fetch_session)  # after lifecycle: it needs the service
     app.on_shutdown.append(interrupt_jobs)
     return app
+
+
+async def _fetch_session(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the app's download session, shared by every search by URL."""
+    async with app[SERVICE].downloader.session() as session:
+        app[FETCH] = session
+        yield
 
 
 async def _save_periodically(service: Service, interval: float) -> None:

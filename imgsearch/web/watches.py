@@ -1,0 +1,30 @@
+"""Routes: /watch, the folders followed as files come, change, move and go."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .keys import SERVICE
+from .offload import blocking
+
+table = web.RouteTableDef()
+
+
+@table.get("/watch")
+async def watch(request: web.Request) -> web.Response:
+    """List the watched folders, or (with `dir`) start watching one."""
+    service = request.app[SERVICE]
+    if "dir" not in request.query:
+        return web.json_response({"watches": [w.as_json() for w in service.watcher.watches()]})
+    folder = service.paths.resolve(request.query["dir"], name="dir")
+    watched, created = await blocking(service.watcher.add, folder)
+    return web.json_response(watched.as_json(), status=201 if created else 200)
+
+
+@table.delete("/watch")
+async def unwatch(request: web.Request) -> web.Response:
+    """Stop watching a folder; its images stay indexed."""
+    service = request.app[SERVICE]
+    folder = service.paths.resolve(request.query.get("dir"), name="dir")
+    stopped = await blocking(service.watcher.remove, folder)
+    return web.json_response(stopped.as_json())
