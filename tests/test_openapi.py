@@ -133,7 +133,9 @@ async def test_real_responses_match_the_document(
     await call("GET", "/add", 202, params={"image": cat, "wait": "0"})
     await call("GET", "/jobs", 200)
     await call("GET", f"/jobs/{job['job']}", 200, route="/jobs/{id}")
+    await call("POST", f"/jobs/{job['job']}/cancel", 200, route="/jobs/{id}/cancel")
     await call("DELETE", f"/jobs/{job['job']}", 200, route="/jobs/{id}")
+    await call("GET", f"/jobs/{job['job']}", 404, route="/jobs/{id}")
     # A stored file that vanished (no cached ssim features): the hit has `error`, no scores.
     photos["coffee"].unlink()
     hits = await call("GET", "/search", 200, params={"image": cat, "compare": "ssim"})
@@ -146,6 +148,7 @@ async def test_real_responses_match_the_document(
     await call("GET", "/add", 404, params={"image": str(tmp_path / "nope.jpg")})
     await call("GET", "/jobs/nope", 404, route="/jobs/{id}")
     await call("DELETE", "/jobs/nope", 404, route="/jobs/{id}")
+    await call("POST", "/jobs/nope/cancel", 404, route="/jobs/{id}/cancel")
     await call("POST", "/search", 422, data=b"not an image", headers={"Content-Type": "image/png"})
     big = io.BytesIO(b"x" * (3 << 20))
     await call("POST", "/search", 413, data=big, headers={"Content-Type": "image/png"})
@@ -221,7 +224,10 @@ def test_schemathesis_run_with_every_check_finds_nothing(
     )
     report = done.stdout + done.stderr
     assert done.returncode == 0, report[-12000:] + "\n\n" + server.output()[-3000:]
-    assert "No issues found" in report, report[-4000:]
+    cases = re.search(r"Test cases:\s+(\d+) generated, (\d+) passed\s", report)
+    assert cases is not None and cases[1] == cases[2] and int(cases[1]) > 500, report[-4000:]
     operations = re.search(r"Operations:\s+(\d+) selected / (\d+) total", report)
     assert operations is not None and operations[1] == operations[2], report[:2000]
-    assert int(operations[1]) == len(_documented(document())), report[:2000]
+    # Schemathesis leaves out the operation that serves the document it loaded.
+    tested = _documented(document()) - {("GET", "/openapi.json")}
+    assert int(operations[1]) == len(tested), report[:2000]

@@ -266,8 +266,11 @@ async def _multipart(
                 raise BadRequest(f"more than one '{file_field}' part")
             data = await read_capped(_chunks(part), max_bytes)
         elif part.name not in known:
-            expected = ", ".join(sorted({file_field} | known))
-            raise BadRequest(f"unknown form field {part.name!r}; this upload takes {expected}")
+            others = f" and {', '.join(sorted(known))}" if known else ""
+            raise BadRequest(
+                f"unknown form field {part.name!r}; this upload takes a file field named"
+                f" '{file_field}'{others}"
+            )
         else:
             if len(fields) >= MAX_FIELDS:
                 raise BadRequest(f"more than {MAX_FIELDS} form fields")
