@@ -25,7 +25,7 @@ def test_a_parameter_given_twice_with_different_values_is_refused() -> None:
     assert params.get("limit") == 5 and params.get("rerank") is True  # the same values: fine
     with pytest.raises(BadRequest, match="rerank_k is given in the query string"):
         Params(MultiDict({"rerank_k": "1001"}), {"rerank_k": "5"}, "form").get("rerank_k")
-    with pytest.raises(BadRequest, match="give one of image, url, text, not both image and text"):
+    with pytest.raises(BadRequest, match="give either image or text, not both"):
         Params(MultiDict({"image": "/a"}), {"text": "cat"}).one_of("image", "url", "text")
     assert Params(MultiDict([("compare", "a"), ("compare", "b")])).getall("compare") == ["a", "b"]
 
@@ -77,9 +77,9 @@ async def test_unknown_form_fields_and_several_queries_answer_400(
     body = await resp.json()
     assert resp.status == 400 and "unknown form field 'colour'" in body["error"]
     body = await get_json(client, "/search", 400, image=str(photos["chelsea"]), text="a cat")
-    assert "not both image and text" in body["error"]
+    assert "either image or text, not both" in body["error"]
     resp = await client.post("/search", json={"image": str(photos["chelsea"]), "url": "http://x/"})
-    assert resp.status == 400 and "not both image and url" in (await resp.json())["error"]
+    assert resp.status == 400 and "either image or url, not both" in (await resp.json())["error"]
 
 
 async def test_a_long_query_line_is_answered_in_json(client: Client) -> None:

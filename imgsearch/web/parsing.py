@@ -216,8 +216,9 @@ class Params:
         """Which of mutually exclusive parameters is given (None: none); 400 if several are."""
         given = [name for name in alternatives if name in self]
         if len(given) > 1:
-            these = f"both {given[0]} and {given[1]}" if len(given) == 2 else ", ".join(given)
-            raise BadRequest(f"give one of {', '.join(alternatives)}, not {these}")
+            if len(given) == 2:
+                raise BadRequest(f"give either {given[0]} or {given[1]}, not both")
+            raise BadRequest(f"give only one of {', '.join(given)}")
         return given[0] if given else None
 
 
