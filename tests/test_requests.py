@@ -116,3 +116,10 @@ def test_absolute_path_and_url_patterns_match_what_the_server_accepts() -> None:
         assert re.search(url, good), good
     for bad in ("ftp://x/y", "http://", "http://0/", "http://1.2/x", "http://a b/"):
         assert not re.search(url, bad), bad
+
+
+async def test_a_bad_option_queues_no_job(client: Client, photos: dict[str, Path]) -> None:
+    folder = str(photos["chelsea"].parent)
+    body = await get_json(client, "/add", 400, image=folder, wait="maybe")
+    assert "wait must be 0 or 1" in body["error"]
+    assert (await get_json(client, "/jobs"))["jobs"] == []

@@ -75,6 +75,7 @@ async def _add(request: web.Request, params: Params, urls: list[str] | None = No
     """Queue an add of a path or of URLs; wait for it (the blocking form) unless wait=0."""
     service = request.app[SERVICE]
     update = parsing.flag(params.get("update"), "update")
+    wait = parsing.flag(params.get("wait"), "wait", default=True)
     strict = False
     if urls is None:
         if params.one_of("image", "url", "urls") == "image":
@@ -82,17 +83,17 @@ async def _add(request: web.Request, params: Params, urls: list[str] | None = No
             if not isinstance(raw_path, str):
                 raise BadRequest("image must be a string path")
             job = service.jobs.submit(service.paths.resolve(raw_path), update)
-            return await _accepted_or_done(request, job, params)
+            return await _accepted_or_done(job, wait)
         urls, strict = parsing.url_list(params)
     if urls is None:
         raise BadRequest("missing parameter: image (an absolute path), or url or urls")
     job = service.jobs.submit_urls(urls, update, strict=strict)
-    return await _accepted_or_done(request, job, params)
+    return await _accepted_or_done(job, wait)
 
 
-async def _accepted_or_done(request: web.Request, job: Job, params: Params) -> web.Response:
+async def _accepted_or_done(job: Job, wait: bool) -> web.Response:
     """202 with the job's URL (wait=0), or the report once the job has ended."""
-    if not parsing.flag(params.get("wait"), "wait", default=True):
+    if not wait:
         location = f"/jobs/{job.id}"
         return web.json_response(
             {"job": job.id, "state": job.state, "url": location},

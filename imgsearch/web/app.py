@@ -18,6 +18,7 @@ from .gate import Gate
 from .guard import guard
 from .keys import DUPLICATES_LOCK, FETCH, SEARCH_GATE, SERVICE
 from .middleware import json_errors
+from .offload import blocking
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,7 @@ def create_app(
     app[DUPLICATES_LOCK] = asyncio.Lock()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        loop = asyncio.get_running_loop()
-        svc = (
-            service
-            if service is not None
-            else await loop.run_in_executor(None, Service, config, embedder)
-        )
+        svc = service if service is not None else await blocking(Service, config, embedder)
         app[SERVICE] = svc
         saver = asyncio.create_task(_save_periodically(svc, config.index_save_interval))
         log.info("ready: %d images, model %s", svc.catalog.store.count(), svc.embedder.model_id)
@@ -62,7 +58,7 @@ def create_app(
         with contextlib.suppress(asyncio.CancelledError):
             await saver
         if service is None:
-            await loop.run_in_executor(None, svc.close)
+            await blocking(svc.close)
 
     async def interrupt_jobs(app: web.Application) -> None:
         """Before waiting for handlers: running adds stop after their batch in flight."""
@@ -84,10 +80,9 @@ async def _fetch_session(app: web.Application) -> AsyncIterator[None]:
 
 async def _save_periodically(service: Service, interval: float) -> None:
     """Save the index in the background when it has changed, so a crash has little to catch up."""
-    loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(interval)
         try:
-            await loop.run_in_executor(None, service.catalog.save)
+            await blocking(service.catalog.save)
         except Exception:
             log.exception("saving the index failed; will retry")

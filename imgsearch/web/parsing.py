@@ -205,13 +205,6 @@ class Params:
             return list(given)
         return list(asked or given)
 
-    def only(self, allowed: Iterable[str]) -> Params:
-        """Refuse body keys the operation does not know (the document forbids them too)."""
-        unknown = sorted(set(self.body.keys()) - set(allowed))
-        if unknown:
-            raise BadRequest(f"unknown {self.source} field(s): {', '.join(unknown)}")
-        return self
-
     def one_of(self, *alternatives: str) -> str | None:
         """Which of mutually exclusive parameters is given (None: none); 400 if several are."""
         given = [name for name in alternatives if name in self]
