@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 import subprocess
 import sys
@@ -208,14 +209,25 @@ def daemon(tmp_path: Path, tiny_model_config: Path) -> Iterator[tuple[Daemon, Pa
         d.proc.wait()
 
 
+def _real_paths(image: Path) -> str:
+    """Config lines that make half the generated `image`/`dir`/`folder` values real paths."""
+    paths = json.dumps([str(image), str(image.parent), str(image.parent.parent)])
+    lines = ["", "[dictionaries.paths]", f"values = {paths}", "", "[parameters]"]
+    for name in ("image", "dir", "folder"):
+        lines.append(f'"query.{name}" = {{ dictionary = "paths", probability = 0.5 }}')
+    return "\n".join(lines) + "\n"
+
+
 @pytest.mark.slow
 def test_schemathesis_run_with_every_check_finds_nothing(
     daemon: tuple[Daemon, Path], tmp_path: Path
 ) -> None:
     """`schemathesis run --checks all` (every phase: examples, coverage, fuzzing, stateful)
     against the real daemon: the document says exactly what the server accepts and answers."""
-    server, _ = daemon
-    command = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(SCHEMATHESIS_CONFIG)]
+    server, image = daemon
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(SCHEMATHESIS_CONFIG.read_text() + _real_paths(image))
+    command = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config)]
     command += ["run", f"{server.url}/openapi.json", "--checks", "all"]
     command += ["--max-examples", str(CLI_MAX_EXAMPLES), "--workers", "1", "--no-color"]
     command += ["--generation-deterministic", "--request-timeout", "60"]
@@ -226,6 +238,7 @@ def test_schemathesis_run_with_every_check_finds_nothing(
     assert done.returncode == 0, report[-12000:] + "\n\n" + server.output()[-3000:]
     cases = re.search(r"Test cases:\s+(\d+) generated, (\d+) passed\s", report)
     assert cases is not None and cases[1] == cases[2] and int(cases[1]) > 500, report[-4000:]
+    assert re.search(r"Dictionaries:\s+1 dictionary / 3 entries", report), report[:2000]
     operations = re.search(r"Operations:\s+(\d+) selected / (\d+) total", report)
     assert operations is not None and operations[1] == operations[2], report[:2000]
     # Schemathesis leaves out the operation that serves the document it loaded.

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from aiohttp import web
 
+from ..errors import NotFound
+from ..watch import Watch, Watcher
 from .keys import SERVICE
 from .offload import blocking
 
@@ -17,8 +21,15 @@ async def watch(request: web.Request) -> web.Response:
     if "dir" not in request.query:
         return web.json_response({"watches": [w.as_json() for w in service.watcher.watches()]})
     folder = service.paths.resolve(request.query["dir"], name="dir")
-    watched, created = await blocking(service.watcher.add, folder)
+    watched, created = await blocking(_watch, service.watcher, folder)
     return web.json_response(watched.as_json(), status=201 if created else 200)
+
+
+def _watch(watcher: Watcher, folder: Path) -> tuple[Watch, bool]:
+    """Start watching; a path that is a file is no folder to watch (404, as a missing one)."""
+    if folder.exists() and not folder.is_dir():
+        raise NotFound(f"not a folder: {folder}")
+    return watcher.add(folder)
 
 
 @table.delete("/watch")
