@@ -256,6 +256,8 @@ class JobManager:
             job.urls = ()
             try:
                 self.store.save_job(job.row())
+                if job.id not in self._jobs:  # forgotten before it ended: so is its record
+                    self.store.delete_job(job.id)
             finally:
                 job.ended.set()
             log.info("job %s %s: %s", job.id, job.state, job.image)
