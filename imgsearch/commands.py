@@ -156,7 +156,7 @@ def jobs(ctx: Context, job_id: str | None = None, *, cancel: str | None = None) 
         raise UsageError("give a job id or --cancel ID, not both")
     conn = ctx.connection()
     if cancel is not None:
-        body = conn.call("DELETE", f"/jobs/{urllib.parse.quote(cancel, safe='')}")[1]
+        body = conn.call("POST", f"/jobs/{urllib.parse.quote(cancel, safe='')}/cancel")[1]
     elif job_id is not None:
         body = conn.get(f"/jobs/{urllib.parse.quote(job_id, safe='')}")
     else:

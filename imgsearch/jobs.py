@@ -195,6 +195,14 @@ class JobManager:
         job.ended.wait(timeout)
         return job
 
+    def forget(self, job_id: str, timeout: float = 60.0) -> Job:
+        """Cancel a job (as `cancel`), then drop it from the list and the store."""
+        job = self.cancel(job_id, timeout)
+        with self._lock:
+            self._jobs.pop(job_id, None)
+        self.store.jobs.delete(job_id)
+        return job
+
     def interrupt(self) -> None:
         """Stop every job after its batch in flight; they end as `interrupted`."""
         self._closing = True
@@ -246,6 +254,8 @@ class JobManager:
             job.urls = ()
             try:
                 self.store.jobs.save(job.row())
+                if job.id not in self._jobs:  # forgotten before it ended: so is its record
+                    self.store.jobs.delete(job.id)
             finally:
                 job.ended.set()
             log.info("job %s %s: %s", job.id, job.state, job.image)

@@ -111,3 +111,29 @@ async def test_restart_reports_interrupted_job_and_rerun_skips_done(
     assert indexed >= job["added"]
     report = await get_json(second, "/add", image=str(folder))
     assert report["skipped"] == indexed and report["added"] == 48 - indexed
+
+
+async def test_cancel_keeps_the_job_and_delete_forgets_it_for_good(
+    aiohttp_client: ClientFactory, config: Config, tiny_embedder: Embedder, folder: Path
+) -> None:
+    """POST /jobs/ID/cancel: the job stays readable. DELETE /jobs/ID: cancel, then 404 for
+    every later read, after a restart too."""
+    client = await aiohttp_client(create_app(config, embedder=tiny_embedder))
+    kept = await start(client, folder)
+    await until(client, kept, lambda j: j["done"] >= 8)
+    resp = await client.post(f"/jobs/{kept}/cancel")
+    job = await resp.json()
+    assert resp.status == 200 and job["state"] == "cancelled" and job["id"] == kept
+    assert (await get_json(client, f"/jobs/{kept}"))["state"] == "cancelled"
+    gone = await start(client, folder)
+    resp = await client.delete(f"/jobs/{gone}")
+    assert resp.status == 200 and (await resp.json())["state"] in FINISHED
+    assert "no such job" in (await get_json(client, f"/jobs/{gone}", 404))["error"]
+    assert (await client.post(f"/jobs/{gone}/cancel")).status == 404
+    assert (await client.delete(f"/jobs/{gone}")).status == 404
+    listed = [j["id"] for j in (await get_json(client, "/jobs"))["jobs"]]
+    assert kept in listed and gone not in listed
+    await client.close()
+    again = await aiohttp_client(create_app(config, embedder=tiny_embedder))
+    listed = [j["id"] for j in (await get_json(again, "/jobs"))["jobs"]]
+    assert kept in listed and gone not in listed

@@ -245,7 +245,7 @@ async def test_watch_routes(
 
     await get_json(client, "/watch", 404, dir=str(tmp_path / "nope"))
     await get_json(client, "/watch", 400, dir="relative/folder")
-    await get_json(client, "/watch", 400, dir=str(folder / "a.jpg"))
+    await get_json(client, "/watch", 404, dir=str(folder / "a.jpg"))  # no folder there
     await get_json(client, "/watch", 400, dir="")
 
     resp = await client.delete("/watch", params={"dir": str(folder)})

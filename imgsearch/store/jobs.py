@@ -46,6 +46,11 @@ class Jobs:
                 dataclasses.astuple(job),
             )
 
+    def delete(self, job_id: str) -> None:
+        """Forget a job's record."""
+        with self.db.write() as conn:
+            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
     def recent(self, limit: int) -> list[JobRow]:
         """The newest `limit` jobs, oldest first."""
         rows = self.db.reader().execute(

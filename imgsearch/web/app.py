@@ -13,15 +13,22 @@ from ..config import Config
 from ..embedders import Embedder
 from ..security import with_token
 from ..service import Service
-from . import library, openapi, routes, ui, urls
+from . import adds, duplicates, library, openapi, search, ui, watches
 from .gate import Gate
 from .guard import guard
-from .keys import DUPLICATES_LOCK, SEARCH_GATE, SERVICE
+from .keys import DUPLICATES_LOCK, FETCH, SEARCH_GATE, SERVICE
 from .middleware import json_errors
+from .offload import blocking
 
 log = logging.getLogger(__name__)
 
 UPLOAD_OVERHEAD = 64 * 1024
+# The longest request line aiohttp reads (its default is 8 KiB, answered in text/plain before any
+# middleware): room for a 2048-character URL and a long path, percent-encoded, in one query.
+MAX_REQUEST_LINE = 128 * 1024
+# Each module serves one resource from its `table`; a new resource is one more module here
+# (and its paths in openapi.json, which tests/test_openapi.py holds to the routes).
+ROUTE_MODULES = (library, search, adds, watches, duplicates, ui, openapi)
 
 
 def create_app(
@@ -34,19 +41,15 @@ def create_app(
     app = web.Application(
         middlewares=[json_errors, guard(config.allow_hosts, config.token)],
         client_max_size=max_body,
+        handler_args={"max_line_size": MAX_REQUEST_LINE},
     )
-    for table in (routes.table, library.table, ui.table, openapi.table):
-        app.router.add_routes(table)
+    for module in ROUTE_MODULES:
+        app.router.add_routes(module.table)
     app[SEARCH_GATE] = Gate("search", config.max_pending_searches, retry_after=1)
     app[DUPLICATES_LOCK] = asyncio.Lock()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        loop = asyncio.get_running_loop()
-        svc = (
-            service
-            if service is not None
-            else await loop.run_in_executor(None, Service, config, embedder)
-        )
+        svc = service if service is not None else await blocking(Service, config, embedder)
         app[SERVICE] = svc
         saver = asyncio.create_task(_save_periodically(svc, config.index_save_interval))
         log.info("ready: %d images, model %s", svc.catalog.store.count(), svc.embedder.model_id)
@@ -55,7 +58,7 @@ def create_app(
         with contextlib.suppress(asyncio.CancelledError):
             await saver
         if service is None:
-            await loop.run_in_executor(None, svc.close)
+            await blocking(svc.close)
 
     async def interrupt_jobs(app: web.Application) -> None:
         """Before waiting for handlers: running adds stop after their batch in flight."""
@@ -63,17 +66,23 @@ def create_app(
             app[SERVICE].jobs.interrupt()
 
     app.cleanup_ctx.append(lifecycle)
-    app.cleanup_ctx.append(urls.fetch_session)  # after lifecycle: it needs the service
+    app.cleanup_ctx.append(_fetch_session)  # after lifecycle: it needs the service
     app.on_shutdown.append(interrupt_jobs)
     return app
 
 
+async def _fetch_session(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the app's download session, shared by every search by URL."""
+    async with app[SERVICE].downloader.session() as session:
+        app[FETCH] = session
+        yield
+
+
 async def _save_periodically(service: Service, interval: float) -> None:
     """Save the index in the background when it has changed, so a crash has little to catch up."""
-    loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(interval)
         try:
-            await loop.run_in_executor(None, service.catalog.save)
+            await blocking(service.catalog.save)
         except Exception:
             log.exception("saving the index failed; will retry")

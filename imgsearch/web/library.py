@@ -1,58 +1,29 @@
-"""Routes for living with a photo library: watched folders and duplicates."""
+"""Routes about the library as a whole: /health, /stats and /remove."""
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
-from ..duplicates import DEFAULT_THRESHOLD, check_threshold
-from ..errors import BadRequest
-from .keys import DUPLICATES_LOCK, SERVICE
+from .keys import SERVICE
+from .offload import blocking
 
 table = web.RouteTableDef()
 
 
-@table.get("/duplicates")
-async def duplicates(request: web.Request) -> web.Response:
-    """Clusters of duplicates: byte-identical files first, then verified near copies."""
+@table.get("/health")
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+@table.get("/stats")
+async def stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SERVICE].stats())
+
+
+@table.get("/remove")
+async def remove(request: web.Request) -> web.Response:
+    """Forget a file, or every image under a folder; the files are not touched."""
     service = request.app[SERVICE]
-    threshold = _threshold(request.query.get("threshold"))
-    raw = request.query.get("folder")
-    folder = None if raw is None else str(service.paths.resolve(raw, name="folder"))
-    loop = asyncio.get_running_loop()
-    async with request.app[DUPLICATES_LOCK]:
-        report = await loop.run_in_executor(None, service.duplicates.find, threshold, folder)
-    return web.json_response(report.as_json())
-
-
-def _threshold(raw: str | None) -> float:
-    if raw is None or not raw.strip():
-        return DEFAULT_THRESHOLD
-    try:
-        value = float(raw)
-    except ValueError:
-        raise BadRequest(f"threshold must be a number, got {raw!r}") from None
-    return check_threshold(value)
-
-
-@table.get("/watch")
-async def watch(request: web.Request) -> web.Response:
-    """List the watched folders, or (with `dir`) start watching one."""
-    service = request.app[SERVICE]
-    if "dir" not in request.query:
-        return web.json_response({"watches": [w.as_json() for w in service.watcher.watches()]})
-    folder = service.paths.resolve(request.query["dir"], name="dir")
-    loop = asyncio.get_running_loop()
-    watched, created = await loop.run_in_executor(None, service.watcher.add, folder)
-    return web.json_response(watched.as_json(), status=201 if created else 200)
-
-
-@table.delete("/watch")
-async def unwatch(request: web.Request) -> web.Response:
-    """Stop watching a folder; its images stay indexed."""
-    service = request.app[SERVICE]
-    folder = service.paths.resolve(request.query.get("dir"), name="dir")
-    loop = asyncio.get_running_loop()
-    stopped = await loop.run_in_executor(None, service.watcher.remove, folder)
-    return web.json_response(stopped.as_json())
+    target = service.paths.resolve(request.query.get("image"))
+    removed = await blocking(service.remove, target)
+    return web.json_response({"removed": removed})

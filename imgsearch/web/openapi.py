@@ -7,10 +7,15 @@ against the app's routes and validates real responses and a schemathesis run aga
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
+
+from ..embedders import TextEmbedder
+from .keys import SERVICE
 
 PACKAGE = __name__.rpartition(".")[0]
 DOCUMENT = "openapi.json"
@@ -25,12 +30,37 @@ PAGE_POLICY = (
 table = web.RouteTableDef()
 
 
-def document(server_url: str | None = None) -> dict[str, Any]:
-    """The OpenAPI document; with `server_url`, that is its only server."""
+def document(
+    server_url: str | None = None,
+    comparators: Sequence[str] | None = None,
+    *,
+    text_search: bool = True,
+) -> dict[str, Any]:
+    """The OpenAPI document; with `server_url`, that is its only server; with `comparators`,
+    `compare` accepts exactly those names (the registry is open, so the file cannot list them);
+    without `text_search` (a model with no text tower), text queries are left out."""
     doc: dict[str, Any] = json.loads(_read(DOCUMENT))
     if server_url is not None:
         doc["servers"] = [{"url": server_url, "description": "this daemon"}]
+    if comparators is not None:
+        schema = doc["components"]["schemas"]["CompareNames"]
+        schema["pattern"] = compare_pattern(comparators)
+        schema["description"] = f"Comparator names, comma-separated: {', '.join(comparators)}."
+    if not text_search:
+        variants = doc["components"]["schemas"]["SearchQuery"]["oneOf"]
+        variants[:] = [v for v in variants if not v["$ref"].endswith("/TextQuery")]
     return doc
+
+
+def compare_pattern(names: Sequence[str]) -> str:
+    """A regex for what `compare` accepts: names (any case, spaces around them) separated by
+    commas, empty parts allowed; with no names, only empty parts."""
+    spelled = "|".join(
+        "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in name)
+        for name in names
+    )
+    part = rf"\s*(?:(?:{spelled})\s*)?" if names else r"\s*"
+    return f"^{part}(?:,{part})*$"
 
 
 def _read(name: str) -> str:
@@ -39,7 +69,13 @@ def _read(name: str) -> str:
 
 @table.get("/openapi.json")
 async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(document(f"{request.scheme}://{request.host}"))
+    service = request.app[SERVICE]
+    doc = document(
+        f"{request.scheme}://{request.host}",
+        service.comparators.names(),
+        text_search=isinstance(service.embedder, TextEmbedder),
+    )
+    return web.json_response(doc)
 
 
 @table.get("/docs")

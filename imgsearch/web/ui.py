@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import html
 import re
 import urllib.parse
@@ -13,6 +12,7 @@ from aiohttp import web
 from ..errors import NotFound
 from ..service import Service
 from .keys import SERVICE
+from .offload import blocking
 
 STATIC_DIR = Path(__file__).parent / "static"
 CONTENT_TYPES = {
@@ -68,8 +68,7 @@ async def thumbnail(request: web.Request) -> web.Response:
     """A JPEG thumbnail of an indexed image (anything not indexed is 404)."""
     service = request.app[SERVICE]
     path = service.paths.resolve(request.query.get("image"))
-    loop = asyncio.get_running_loop()
-    jpeg = await loop.run_in_executor(None, _thumbnail, service, path)
+    jpeg = await blocking(_thumbnail, service, path)
     headers = {"Cache-Control": f"private, max-age={THUMBNAIL_MAX_AGE}"}
     return web.Response(body=jpeg, content_type="image/jpeg", headers=headers)
 

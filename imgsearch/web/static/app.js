@@ -317,7 +317,7 @@
     const id = $("cancel").dataset.job;
     if (!id) return;
     try {
-      showJob(await api(`/jobs/${encodeURIComponent(id)}`, { method: "DELETE" }));
+      showJob(await api(`/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST" }));
       loadJobs();
     } catch (err) {
       showError("Cancelling", err);

@@ -1,0 +1,107 @@
+"""Routes: /add (a path or URLs, waiting for the run unless wait=0) and the add jobs, /jobs."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from ..errors import BadRequest, ImgSearchError
+from ..jobs import Job
+from . import parsing
+from .keys import SERVICE
+from .offload import blocking
+from .parsing import Params
+
+POLL_S = 0.1
+OPTIONS = ("update", "wait")  # query parameters, also accepted as body keys or form fields
+
+table = web.RouteTableDef()
+
+
+@table.get("/add")
+async def add_get(request: web.Request) -> web.Response:
+    """`image` (a path) or `url` (repeatable: one fails as one file would, several report)."""
+    return await _add(request, Params(request.query))
+
+
+@table.post("/add")
+async def add_post(request: web.Request) -> web.Response:
+    """JSON (a path, `url` or `urls`), or a CSV of URLs: raw text/csv or a multipart `csv`."""
+    if parsing.is_csv(request):
+        max_bytes = request.app[SERVICE].config.max_upload_bytes
+        urls, params = await parsing.posted_csv(request, max_bytes, OPTIONS)
+        if "image" in params or "url" in params or "urls" in params:
+            raise BadRequest("a CSV add takes its URLs from the CSV only")
+        return await _add(request, params, urls)
+    body = await parsing.json_object(request)
+    return await _add(request, Params(request.query, body, "JSON body"))
+
+
+@table.post("/jobs")
+async def jobs_post(request: web.Request) -> web.Response:
+    """Queue an add from a JSON body; the same as /add with wait=0."""
+    body = {**await parsing.json_object(request), "wait": "0"}  # a job never waits
+    return await _add(request, Params(request.query, body, "JSON body"))
+
+
+@table.get("/jobs")
+async def jobs_list(request: web.Request) -> web.Response:
+    return web.json_response({"jobs": [job.as_json() for job in request.app[SERVICE].jobs.list()]})
+
+
+@table.get("/jobs/{id}")
+async def jobs_get(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SERVICE].jobs.get(request.match_info["id"]).as_json())
+
+
+@table.post("/jobs/{id}/cancel")
+async def jobs_cancel(request: web.Request) -> web.Response:
+    """Stop a job after its batch in flight and answer it, finished; it stays listed."""
+    jobs = request.app[SERVICE].jobs
+    job = await blocking(jobs.cancel, jobs.get(request.match_info["id"]).id)
+    return web.json_response(job.as_json())
+
+
+@table.delete("/jobs/{id}")
+async def jobs_delete(request: web.Request) -> web.Response:
+    """Cancel a job as POST /jobs/ID/cancel does, then forget it: later reads answer 404."""
+    jobs = request.app[SERVICE].jobs
+    job = await blocking(jobs.forget, jobs.get(request.match_info["id"]).id)
+    return web.json_response(job.as_json())
+
+
+async def _add(request: web.Request, params: Params, urls: list[str] | None = None) -> web.Response:
+    """Queue an add of a path or of URLs; wait for it (the blocking form) unless wait=0."""
+    service = request.app[SERVICE]
+    update = parsing.flag(params.get("update"), "update")
+    wait = parsing.flag(params.get("wait"), "wait", default=True)
+    strict = False
+    if urls is None:
+        if params.one_of("image", "url", "urls") == "image":
+            raw_path = params.get("image")
+            if not isinstance(raw_path, str):
+                raise BadRequest("image must be a string path")
+            job = service.jobs.submit(service.paths.resolve(raw_path), update)
+            return await _accepted_or_done(job, wait)
+        urls, strict = parsing.url_list(params)
+    if urls is None:
+        raise BadRequest("missing parameter: image (an absolute path), or url or urls")
+    job = service.jobs.submit_urls(urls, update, strict=strict)
+    return await _accepted_or_done(job, wait)
+
+
+async def _accepted_or_done(job: Job, wait: bool) -> web.Response:
+    """202 with the job's URL (wait=0), or the report once the job has ended."""
+    if not wait:
+        location = f"/jobs/{job.id}"
+        return web.json_response(
+            {"job": job.id, "state": job.state, "url": location},
+            status=202,
+            headers={"Location": location},
+        )
+    while not job.ended.is_set():  # polling keeps no thread blocked for an hours-long add
+        await asyncio.sleep(POLL_S)
+    if job.state == "failed":
+        raise ImgSearchError(job.error or "indexing failed", job.error_status)
+    return web.json_response(job.report.as_json())
