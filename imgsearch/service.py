@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .bulk.imports import ImportManager
 from .catalog import Catalog
 from .comparators import ComparatorRegistry, FeatureCache
 from .comparators.verify import VerifyComparator
@@ -94,6 +95,7 @@ class Service:
         )
         urls = UrlAdder(self.downloader, self.ingester, downloads, config.batch_size)
         self.jobs = JobManager(self.ingester, self.catalog.store, config.max_pending_adds, urls)
+        self.imports = ImportManager(self.catalog, config.data_dir)
         self.comparators = ComparatorRegistry.from_entry_points()
         self.features = FeatureCache(config.data_dir / "features")
         self.thumbnails = ThumbnailCache(config.data_dir / "thumbnails", **limits)
@@ -157,6 +159,7 @@ class Service:
         try:
             self.watcher.close()
             self.jobs.close()
+            self.imports.close()
             self.searcher.close()
             self.catalog.close()
         finally:
