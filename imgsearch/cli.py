@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .bulk import commands as bulk_commands
 from .config import AUTO_TOKEN, ENV_PREFIX, LOOPBACK_HOSTS, OFFLINE_MODEL, Config
 from .errors import ImgSearchError
 
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     _serve_flags(sub.add_parser("serve", help="run the daemon (the default command)"))
     _client_commands(sub)
+    bulk_commands.add_commands(sub, _client_flags())
     return parser
 
 
@@ -238,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not argv or argv[0].startswith("-") and argv[0] not in {"-h", "--help", "--version"}:
         argv.insert(0, "serve")
     ns = parser.parse_args(argv)
+    if ns.command in bulk_commands.COMMANDS:
+        sys.exit(bulk_commands.run(ns))
     if ns.command != "serve":
         sys.exit(client_command(ns))
     args = {k: v for k, v in vars(ns).items() if k != "command"}

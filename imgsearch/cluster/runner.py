@@ -23,7 +23,7 @@ from ..embedders import Embedder, load_embedder
 from ..errors import ImgSearchError
 from ..images import enable_heif, image_extensions
 from .plan import Plan, load_or_make
-from .shard import Limits, embed_shard, is_done
+from .shard import FAILURES_DIR, Limits, embed_shard, is_done
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class EmbedOptions:
 
 @dataclass
 class Summary:
+    out: str = ""
     images: int = 0
     failed: int = 0
     shards: int = 0
@@ -64,6 +65,8 @@ class Summary:
             for name, (images, seconds) in sorted(self.per_worker.items())
         }
         return {
+            "out": self.out,
+            "failures": str(Path(self.out) / FAILURES_DIR),
             "images": self.images,
             "failed": self.failed,
             "shards": self.shards,
@@ -166,7 +169,7 @@ def run_plan(options: EmbedOptions, plan: Plan, *, show_progress: bool = True) -
     import ray.data
     from tqdm import tqdm
 
-    summary = Summary(shards=plan.manifest.shards)
+    summary = Summary(str(options.out), shards=plan.manifest.shards)
     todo = [n for n in range(plan.manifest.shards) if not is_done(options.out, n)]
     summary.skipped_shards = plan.manifest.shards - len(todo)
     if not todo:

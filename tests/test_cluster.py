@@ -1,0 +1,162 @@
+"""`imgsearch embed` on a real local Ray cluster: the daemon's vectors, resumable shards, import."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from imgsearch.cluster.plan import PlanError
+from imgsearch.cluster.runner import EmbedOptions, Summary, embed
+from imgsearch.config import OFFLINE_MODEL, Config
+from imgsearch.embedders import Embedder
+from imgsearch.web import create_app
+
+from .helpers import ClientFactory, get_json
+
+Client = TestClient[web.Request, web.Application]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """One small local Ray for the whole session (2 CPUs, a 150 MB object store)."""
+    import ray
+
+    ray.init(
+        num_cpus=2,
+        object_store_memory=150 * 1024 * 1024,
+        include_dashboard=False,
+        log_to_driver=False,
+    )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def archive(photos: dict[str, Path]) -> Path:
+    """The sample photos plus one truncated JPEG and one file that is no image at all."""
+    folder = next(iter(photos.values())).parent
+    data = (folder / "astronaut.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (folder / "notes.png").write_bytes(b"just text")
+    return folder
+
+
+def run(config: Config, src: Path, out: Path, **kwargs: Any) -> Summary:
+    options = EmbedOptions([str(src)], out, config, workers=2, shard_size=2, **kwargs)
+    return embed(options, show_progress=False)
+
+
+def rows(out: Path) -> pa.Table:
+    return pa.concat_tables([pq.read_table(p) for p in sorted(out.glob("shard-*.parquet"))])
+
+
+def by_path(table: pa.Table) -> dict[str, np.ndarray]:
+    vectors = np.stack(table.column("vector").to_numpy(zero_copy_only=False))
+    return dict(zip(table.column("path").to_pylist(), vectors.astype(np.float32), strict=True))
+
+
+async def added_vectors(client: Client, folder: Path, tmp: Path) -> dict[str, np.ndarray]:
+    """What /add stores for the folder's files (read back through /export)."""
+    await get_json(client, "/add", image=str(folder))
+    await get_json(client, "/export", dir=str(tmp))
+    return by_path(rows_any(tmp))
+
+
+def rows_any(folder: Path) -> pa.Table:
+    return pa.concat_tables([pq.read_table(p) for p in sorted(folder.glob("*.parquet"))])
+
+
+def assert_same_vectors(ours: dict[str, np.ndarray], added: dict[str, np.ndarray]) -> None:
+    assert sorted(ours) == sorted(added)
+    for path, vector in ours.items():
+        assert float(vector @ added[path]) >= 0.9999, path
+
+
+async def test_tiny_clip_shards_match_add_and_resume_without_duplicates(
+    ray_cluster: None,
+    aiohttp_client: ClientFactory,
+    config: Config,
+    tiny_embedder: Embedder,
+    archive: Path,
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "run"
+    summary = run(config, archive, out)
+    assert (summary.images, summary.failed, summary.shards) == (5, 2, 4)
+    failures = rows_any(out / "failures").to_pylist()
+    assert sorted(Path(f["path"]).name for f in failures) == ["notes.png", "truncated.jpg"]
+    first = rows(out)
+    assert first.schema.metadata[b"imgsearch.model"] == tiny_embedder.model_id.encode()
+
+    client = await aiohttp_client(create_app(config, embedder=tiny_embedder))
+    assert_same_vectors(by_path(first), await added_vectors(client, archive, tmp_path / "exp"))
+
+    # Killed with two shards in flight: their files never appeared (only a temp file did).
+    for shard in ("shard-00001.parquet", "shard-00003.parquet"):
+        (out / shard).unlink()
+    (out / ".tmp-x.parquet").write_bytes(b"half a shard")
+    again = run(config, archive, out)
+    assert (again.skipped_shards, again.images + again.failed) == (2, 3)
+    second = rows(out)
+    assert sorted(second.column("path").to_pylist()) == sorted(first.column("path").to_pylist())
+    assert len(set(second.column("path").to_pylist())) == second.num_rows == 5
+    assert_same_vectors(by_path(second), by_path(first))
+    assert run(config, archive, out).skipped_shards == 4  # all done: nothing runs
+
+    other = dataclasses.replace(config, model=OFFLINE_MODEL, pretrained=None, model_config=None)
+    with pytest.raises(PlanError, match="another --out for another model"):
+        run(other, archive, out)
+
+
+async def test_lite0_shards_import_and_answer_like_add(
+    ray_cluster: None,
+    aiohttp_client: ClientFactory,
+    lite0: Embedder,
+    photos: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    folder = next(iter(photos.values())).parent
+    cfg = Config(data_dir=tmp_path / "added", model=OFFLINE_MODEL, batch_size=4).resolved()
+    out = tmp_path / "run"
+    assert run(cfg, folder, out).images == 5
+    added = await aiohttp_client(create_app(cfg, embedder=lite0))
+    assert_same_vectors(by_path(rows(out)), await added_vectors(added, folder, tmp_path / "exp"))
+
+    imported_cfg = dataclasses.replace(cfg, data_dir=tmp_path / "imported")
+    imported = await aiohttp_client(create_app(imported_cfg, embedder=lite0))
+    resp = await imported.post("/import", json={"dir": str(out), "wait": True})
+    assert (await resp.json())["imported"] == 5
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    from PIL import Image
+
+    for name, path in photos.items():
+        with Image.open(path) as img:
+            w, h = img.size
+            crop = crops / f"{name}.jpg"
+            img.crop((w // 8, h // 8, w * 7 // 8, h * 7 // 8)).save(crop)
+        a = (await get_json(added, "/search", image=str(crop), limit=3))["results"]
+        b = (await get_json(imported, "/search", image=str(crop), limit=3))["results"]
+        assert a[0]["image"] == b[0]["image"] == str(path)
+
+
+def test_cli_missing_source_is_one_clear_error(tmp_path: Path, tiny_model_config: Path) -> None:
+    cmd = [sys.executable, "-m", "imgsearch", "embed", str(tmp_path / "nope"), "--out"]
+    cmd += [str(tmp_path / "out"), "--model", "imgsearch-test-tiny", "--pretrained", "none"]
+    cmd += ["--model-config", str(tiny_model_config), "--device", "cpu"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "no such file or directory" in done.stderr and "Traceback" not in done.stderr
