@@ -23,7 +23,7 @@ from imgsearch.config import OFFLINE_MODEL, Config
 from imgsearch.embedders import Embedder
 from imgsearch.web import create_app
 
-from .helpers import ClientFactory, get_json
+from .helpers import ClientFactory, free_port, get_json
 
 Client = TestClient[web.Request, web.Application]
 
@@ -152,11 +152,21 @@ async def test_lite0_shards_import_and_answer_like_add(
         assert a[0]["image"] == b[0]["image"] == str(path)
 
 
-def test_cli_missing_source_is_one_clear_error(tmp_path: Path, tiny_model_config: Path) -> None:
-    cmd = [sys.executable, "-m", "imgsearch", "embed", str(tmp_path / "nope"), "--out"]
-    cmd += [str(tmp_path / "out"), "--model", "imgsearch-test-tiny", "--pretrained", "none"]
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "no such file or directory"),
+        (["--ray", f"127.0.0.1:{free_port()}"], "cannot reach the Ray cluster"),
+    ],
+)
+def test_cli_missing_source_or_cluster_is_one_clear_error(
+    tmp_path: Path, tiny_model_config: Path, extra: list[str], message: str
+) -> None:
+    src = tmp_path / "nope" if not extra else tmp_path
+    cmd = [sys.executable, "-m", "imgsearch", "embed", str(src), "--out", str(tmp_path / "out")]
+    cmd += ["--model", "imgsearch-test-tiny", "--pretrained", "none", *extra]
     cmd += ["--model-config", str(tiny_model_config), "--device", "cpu"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 2, done.stderr
-    assert "no such file or directory" in done.stderr and "Traceback" not in done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr

@@ -51,6 +51,13 @@ class Plan:
     shards: list[list[str]]  # files of each shard
 
 
+def check_sources(sources: list[str]) -> None:
+    """Every local source exists (URLs are checked when listed)."""
+    for src in sources:
+        if "://" not in src and not Path(src).expanduser().exists():
+            raise PlanError(f"no such file or directory: {src}")
+
+
 def list_sources(sources: list[str], extensions: frozenset[str]) -> list[str]:
     """Every image file under the sources (folders or files, local or fsspec URLs), sorted."""
     found: list[str] = []

@@ -22,7 +22,7 @@ from ..config import Config
 from ..embedders import Embedder, load_embedder
 from ..errors import ImgSearchError
 from ..images import enable_heif, image_extensions
-from .plan import Plan, load_or_make
+from .plan import Plan, check_sources, load_or_make
 from .shard import FAILURES_DIR, Limits, embed_shard, is_done
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,8 @@ def connect(address: str | None) -> bool:
         raise ClusterError(INSTALL_HINT) from None
     if ray.is_initialized():
         return False
+    if address is not None:
+        probe(address)
     try:
         if address is None:
             ray.init(address="local", include_dashboard=False, log_to_driver=False)
@@ -153,6 +155,21 @@ def connect(address: str | None) -> bool:
         where = address if address is not None else "a local Ray"
         raise ClusterError(f"cannot reach the Ray cluster at {where}: {exc}") from None
     return True
+
+
+def probe(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a HOST:PORT nobody answers on (ray.init would retry for minutes)."""
+    if address == "auto":
+        address = os.environ.get("RAY_ADDRESS", "")
+        if not address or address == "auto":  # Ray finds a cluster started on this machine
+            return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterError(f"--ray wants HOST:PORT, ray://HOST:PORT or auto, got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ClusterError(f"cannot reach the Ray cluster at {address}: {exc}") from None
 
 
 def default_workers(options: EmbedOptions) -> int:
@@ -210,6 +227,9 @@ def embed(options: EmbedOptions, *, show_progress: bool = True) -> Summary:
         import ray
     except ImportError:
         raise ClusterError(INSTALL_HINT) from None
+    check_sources(options.sources)  # the quick checks first: loading a model takes a while
+    if options.ray_address is not None and not ray.is_initialized():
+        probe(options.ray_address)
     embedder = load_embedder(worker_config(options.model, 1))
     plan = plan_run(options, embedder)
     del embedder
