@@ -167,7 +167,7 @@ def check_batch(
     batch = batch.slice(skip)
     first += skip
     n = batch.num_rows
-    vectors, ok, reasons = _vectors(batch.column("vector"), info.dim)
+    vectors, norms, ok, reasons = _vectors(batch.column("vector"), info.dim)
     paths = batch.column("path").to_pylist()
     if rename is not None:
         paths = [rename(p) if isinstance(p, str) else p for p in paths]
@@ -180,9 +180,10 @@ def check_batch(
     )
     out.rows = (good + first).tolist()
     out.paths = [str(paths[i]) for i in good]
-    chosen = vectors[good]
-    out.vectors = chosen / np.linalg.norm(chosen, axis=1, keepdims=True)  # unit length
-    picked = batch.take(pa.array(good, pa.int64()))
+    if len(good) < n:
+        vectors, norms = vectors[good], norms[good]
+    out.vectors = vectors / norms[:, None]  # unit length
+    picked = batch.take(pa.array(good, pa.int64())) if len(good) < n else batch
     for name in FACT_COLUMNS:
         if name in batch.schema.names:
             out.facts[name] = picked.column(name).to_pylist()
@@ -191,33 +192,39 @@ def check_batch(
     return out
 
 
-def _vectors(column: Any, dim: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Float32 [n, dim] (bad rows zero), a per-row ok mask and the reasons for bad rows."""
+def _vectors(column: Any, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Float32 [n, dim] (bad rows zero), their norms, a per-row ok mask, reasons for bad rows."""
     n = len(column)
     reasons = [""] * n
     out = np.zeros((n, dim), dtype=np.float32)
-    ok = np.ones(n, dtype=bool)
     if not (pa.types.is_fixed_size_list(column.type) or pa.types.is_list(column.type)):
-        return out, ~ok, [f"vector must be a list of floats, got {column.type}"] * n
-    valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-    lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
-    right = np.asarray(valid & (lengths == dim), dtype=bool)
-    for i in np.flatnonzero(~right):
-        reasons[i] = (
-            "vector is null" if not valid[i] else f"vector has {lengths[i]} values, not {dim}"
-        )
-    ok &= right
-    if right.any():
+        kind = f"vector must be a list of floats, got {column.type}"
+        return out, np.zeros(n, np.float32), np.zeros(n, bool), [kind] * n
+    if pa.types.is_fixed_size_list(column.type) and column.type.list_size == dim:
+        right = np.ones(n, dtype=bool)
+        if column.null_count:
+            right = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+            reasons = ["" if r else "vector is null" for r in right]
+    else:
+        valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
+        right = np.asarray(valid & (lengths == dim), dtype=bool)
+        for i in np.flatnonzero(~right):
+            wrong = f"vector has {lengths[i]} values, not {dim}"
+            reasons[i] = "vector is null" if not valid[i] else wrong
+    if right.all():
+        values = column.flatten().to_numpy(zero_copy_only=False)
+        out[:] = np.asarray(values, dtype=np.float32).reshape(n, dim)
+    elif right.any():
         values = column.filter(pa.array(right)).flatten().to_numpy(zero_copy_only=False)
         out[right] = np.asarray(values, dtype=np.float32).reshape(-1, dim)
-    finite: np.ndarray = np.asarray(np.isfinite(out).all(axis=1), dtype=bool)
-    norms = np.linalg.norm(np.where(finite[:, None], out, 0), axis=1)
-    for i in np.flatnonzero(ok & ~finite):
+    norms = np.linalg.norm(out, axis=1)  # NaN or inf anywhere in a row makes its norm so
+    finite = np.isfinite(norms)
+    for i in np.flatnonzero(right & ~finite):
         reasons[i] = "vector has NaN or infinite values"
-    for i in np.flatnonzero(ok & finite & (norms == 0)):
+    for i in np.flatnonzero(right & (norms == 0)):
         reasons[i] = "vector is all zeros"
-    ok &= finite & (norms > 0)
-    return out, ok, reasons
+    return out, norms, right & finite & (norms > 0), reasons
 
 
 def table_of(

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,28 +144,44 @@ def check_folder(folder: Path, model_id: str, dim: int) -> list[ShardInfo]:
 
 def to_images(batch: RowBatch) -> list[NewImage]:
     """Store rows for a checked batch; unknown size/mtime never match a file (so /add embeds it)."""
-    facts = batch.facts
+    n = len(batch.paths)
+
+    def column(name: str) -> list[Any]:
+        return batch.facts.get(name) or [None] * n
+
+    rows = zip(
+        batch.paths,
+        column("size"),
+        column("mtime_ns"),
+        column("sha256"),
+        column("width"),
+        column("height"),
+        column("source"),
+        strict=True,
+    )
     out = []
-    for i, path in enumerate(batch.paths):
-
-        def get(name: str, default: Any, i: int = i) -> Any:
-            values = facts.get(name)
-            value = values[i] if values is not None else None
-            return default if value is None else value
-
-        # A unique stand-in for an unknown hash: no two imported rows look byte-identical.
-        sha = get("sha256", f"unknown:{path}")
-        file = FileFacts(
+    for i, (path, size, mtime_ns, sha, width, height, source) in enumerate(rows):
+        facts = FileFacts(
             path,
-            get("size", -1),
-            get("mtime_ns", -1),
-            sha,
-            get("width", 0),
-            get("height", 0),
-            get("source", None),
+            -1 if size is None else size,
+            -1 if mtime_ns is None else mtime_ns,
+            # A unique stand-in for an unknown hash: no two imported rows look byte-identical.
+            f"unknown:{path}" if sha is None else sha,
+            width or 0,
+            height or 0,
+            source,
         )
-        out.append(NewImage(file, batch.vectors[i]))
+        out.append(NewImage(facts, batch.vectors[i]))
     return out
+
+
+def ahead(batches: Iterator[RowBatch]) -> Iterator[RowBatch]:
+    """The same batches, the next one read and checked on a thread while this one is written."""
+    with ThreadPoolExecutor(1, thread_name_prefix="import-read") as pool:
+        future = pool.submit(next, batches, None)
+        while (batch := future.result()) is not None:
+            future = pool.submit(next, batches, None)
+            yield batch
 
 
 class ImportManager:
@@ -262,9 +278,8 @@ class ImportManager:
             if info.path.name not in job.shards:  # a shard that appeared since: not this job's
                 continue
             start = job.shards[info.path.name]
-            for batch in read_batches(
-                info, start_row=start, batch_rows=self.batch_rows, rename=rename
-            ):
+            batches = read_batches(info, start_row=start, batch_rows=self.batch_rows, rename=rename)
+            for batch in ahead(batches):
                 if job.stop.is_set():
                     return
                 if batch.paths:
