@@ -51,7 +51,7 @@ def export(catalog: Catalog, folder: Path, rows_per_shard: int = ROWS_PER_SHARD)
     files = written = 0
     for start in range(0, len(ids), rows_per_shard):
         chunk = ids[start : start + rows_per_shard].tolist()
-        rows = store.image_rows(chunk)
+        rows = store.images.image_rows(chunk)
         found: dict[int, np.ndarray] = {}
         for part in store.vectors(ids=chunk):
             found.update(zip(part.ids.tolist(), part.vectors, strict=True))
