@@ -159,7 +159,7 @@ def to_images(batch: RowBatch) -> list[NewImage]:
         column("source"),
         strict=True,
     )
-    out = []
+    out: dict[str, NewImage] = {}  # a path twice in a batch: its last row wins
     for i, (path, size, mtime_ns, sha, width, height, source) in enumerate(rows):
         facts = FileFacts(
             path,
@@ -171,8 +171,9 @@ def to_images(batch: RowBatch) -> list[NewImage]:
             height or 0,
             source,
         )
-        out.append(NewImage(facts, batch.vectors[i]))
-    return out
+        out.pop(path, None)
+        out[path] = NewImage(facts, batch.vectors[i])
+    return list(out.values())
 
 
 def ahead(batches: Iterator[RowBatch]) -> Iterator[RowBatch]:
