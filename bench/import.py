@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -93,7 +92,7 @@ def main() -> None:
             stats = daemon.get("/stats")
             disk = sum(f.stat().st_size for f in (root / "data").rglob("*") if f.is_file())
     result = {
-        "cpu": platform.processor() or _cpu_model(),
+        "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "load_avg_before": os.getloadavg(),
         "vectors": args.vectors,
