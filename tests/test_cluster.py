@@ -170,3 +170,27 @@ def test_cli_missing_source_or_cluster_is_one_clear_error(
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_embed_shard_alone_reads_fsspec_urls(
+    tiny_embedder: Embedder, archive: Path, tmp_path: Path
+) -> None:
+    """The pure function without Ray, on file:// URLs listed through fsspec."""
+    from imgsearch.cluster.plan import list_sources
+    from imgsearch.cluster.shard import Limits, embed_shard
+    from imgsearch.images import BASE_EXTENSIONS
+
+    urls = list_sources([f"file://{archive}"], BASE_EXTENSIONS)
+    assert len(urls) == 7 and all(u.startswith("file://") for u in urls)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = embed_shard(3, urls, tiny_embedder, Limits(10**7, 10**8, batch_size=2), out)
+    assert (result.images, result.failed) == (5, 2)
+    table = pq.read_table(out / "shard-00003.parquet")
+    assert all(p.startswith("file://") for p in table.column("path").to_pylist())
+    assert table.column("mtime_ns").null_count == 5  # unknown for URLs: /add re-embeds them
+    vectors = np.stack(table.column("vector").to_numpy(zero_copy_only=False))
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    failed = pq.read_table(out / "failures" / "shard-00003.parquet").to_pylist()
+    assert {Path(f["path"]).name for f in failed} == {"notes.png", "truncated.jpg"}
+    assert all(f["reason"] for f in failed)
