@@ -247,3 +247,16 @@ async def test_import_job_lists_and_cancels(
     assert (await get_json(client, "/import/nope", status=404))["status"] == 404
     cancelled = await client.delete(f"/import/{body['id']}")
     assert (await cancelled.json())["state"] == "done"
+
+
+def test_extra_columns_are_read_as_a_dict_per_row(tmp_path: Path) -> None:
+    from imgsearch.bulk.format import read_batches, shard_info
+
+    table = table_of("m", 4, ["/a.jpg", "/b.jpg"], np.eye(2, 4)).append_column(
+        "album", pa.array(["summer", None])
+    )
+    table = table.append_column("stars", pa.array([5, 3]))
+    write_shard(tmp_path / "x.parquet", table)
+    (batch,) = read_batches(shard_info(tmp_path / "x.parquet"))
+    assert batch.extras == [{"album": "summer", "stars": 5}, {"album": None, "stars": 3}]
+    assert batch.paths == ["/a.jpg", "/b.jpg"] and batch.rows == [0, 1]

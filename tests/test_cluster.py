@@ -194,3 +194,14 @@ def test_embed_shard_alone_reads_fsspec_urls(
     failed = pq.read_table(out / "failures" / "shard-00003.parquet").to_pylist()
     assert {Path(f["path"]).name for f in failed} == {"notes.png", "truncated.jpg"}
     assert all(f["reason"] for f in failed)
+
+
+def test_without_ray_embed_says_how_to_get_it(
+    monkeypatch: pytest.MonkeyPatch, config: Config, tmp_path: Path
+) -> None:
+    from imgsearch.cluster.runner import INSTALL_HINT, ClusterError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if not installed
+    with pytest.raises(ClusterError) as exc:
+        run(config, tmp_path, tmp_path / "out")
+    assert exc.value.message == INSTALL_HINT and "imgsearch[cluster]" in INSTALL_HINT
