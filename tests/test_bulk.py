@@ -18,6 +18,8 @@ from imgsearch.bulk.imports import ImportManager
 from imgsearch.catalog import Catalog
 from imgsearch.config import Config
 from imgsearch.embedders import Embedder
+from imgsearch.images import BASE_EXTENSIONS
+from imgsearch.ingest import Ingester
 from imgsearch.web import create_app
 
 from .helpers import ClientFactory, get_json
@@ -66,6 +68,8 @@ async def test_imported_rows_are_searchable_and_add_skips_them(
         assert abs(hits[0]["distance"]) < 1e-4  # normalised to unit length on import
     report = await get_json(client, "/add", image=str(files[0].parent))
     assert (report["added"], report["skipped"]) == (0, 5)  # same size+mtime: not re-embedded
+    again = await import_dir(client, tmp_path / "shards")
+    assert (again["imported"], again["skipped"]) == (0, 5)
 
 
 async def test_another_model_is_refused_before_any_row(
@@ -175,6 +179,19 @@ async def test_export_then_import_round_trip(
     assert again["skipped"] == 5
 
 
+def ingester(catalog: Catalog, embedder: Embedder) -> Ingester:
+    return Ingester(
+        catalog,
+        embedder,
+        extensions=BASE_EXTENSIONS,
+        allows=lambda _: True,
+        batch_size=4,
+        workers=1,
+        max_file_bytes=10**7,
+        max_pixels=10**8,
+    )
+
+
 def test_import_resumes_after_a_crash_without_duplicates(
     tmp_path: Path, tiny_embedder: Embedder
 ) -> None:
@@ -189,7 +206,7 @@ def test_import_resumes_after_a_crash_without_duplicates(
     data = tmp_path / "data"
     data.mkdir()
     catalog = Catalog(data, tiny_embedder.model_id, dim)
-    manager = ImportManager(catalog, data, batch_rows=10)
+    manager = ImportManager(ingester(catalog, tiny_embedder), data, batch_rows=10)
     original = catalog.put
     calls = 0
 
@@ -214,7 +231,7 @@ def test_import_resumes_after_a_crash_without_duplicates(
     catalog.close()
 
     catalog = Catalog(data, tiny_embedder.model_id, dim)
-    resumed = ImportManager(catalog, data, batch_rows=10)
+    resumed = ImportManager(ingester(catalog, tiny_embedder), data, batch_rows=10)
     job2 = resumed.get(job.id)
     assert job2.ended.wait(30)
     assert (job2.state, job2.done, job2.total) == ("done", 100, 100)

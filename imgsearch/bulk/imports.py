@@ -1,8 +1,9 @@
 """Import jobs: Parquet shards of vectors into the catalog, resumable, one job at a time.
 
 Every shard's model and dimension are checked before any row is written (a mismatch is a 400
-naming both models). Rows are written batch by batch through `Catalog.put` (upsert by path,
-so a row written twice is still one image) and are searchable as each batch commits.
+naming both models). Rows go batch by batch through the ingest core (`add_embedded`: upsert by
+path, a row whose size and mtime match what is stored is skipped, a moved file keeps its row)
+and are searchable as each batch commits.
 
 Progress is kept in DATA_DIR/imports/<id>.json, rewritten atomically after every batch: the rows
 done in each shard. A job that a crash or a shutdown left queued or running is resumed at
@@ -22,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..catalog import Catalog
 from ..errors import BadRequest, NotFound
 from ..files import write_atomic
+from ..ingest import AddReport, Ingester
 from ..store import FileFacts, NewImage
 from .format import BadRow, RowBatch, ShardInfo, read_batches, shard_files, shard_info
 
@@ -72,6 +73,7 @@ class ImportJob:
     state: str = "queued"
     shards: dict[str, int] = field(default_factory=dict)  # shard name -> rows done
     imported: int = 0
+    skipped: int = 0  # stored already with the same size and mtime
     failed: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)
     created: float = field(default_factory=time.time)
@@ -110,6 +112,7 @@ class ImportJob:
             "state": self.state,
             "total": self.total,
             "imported": self.imported,
+            "skipped": self.skipped,
             "failed": self.failed,
             "errors": self.errors,
             "shards": self.shards,
@@ -124,6 +127,7 @@ class ImportJob:
         keys = ("id", "dir", "path_map", "total", "state", "shards", "imported", "failed")
         job = cls(**{k: data[k] for k in keys})
         job.errors, job.error = data.get("errors", []), data.get("error")
+        job.skipped = data.get("skipped", 0)
         job.created, job.started, job.finished = data["created"], data["started"], data["finished"]
         return job
 
@@ -159,7 +163,7 @@ def to_images(batch: RowBatch) -> list[NewImage]:
         column("source"),
         strict=True,
     )
-    out: dict[str, NewImage] = {}  # a path twice in a batch: its last row wins
+    out = []
     for i, (path, size, mtime_ns, sha, width, height, source) in enumerate(rows):
         facts = FileFacts(
             path,
@@ -171,9 +175,8 @@ def to_images(batch: RowBatch) -> list[NewImage]:
             height or 0,
             source,
         )
-        out.pop(path, None)
-        out[path] = NewImage(facts, batch.vectors[i])
-    return list(out.values())
+        out.append(NewImage(facts, batch.vectors[i]))
+    return out
 
 
 def ahead(batches: Iterator[RowBatch]) -> Iterator[RowBatch]:
@@ -188,8 +191,9 @@ def ahead(batches: Iterator[RowBatch]) -> Iterator[RowBatch]:
 class ImportManager:
     """Queues imports and runs them one after another on a worker thread."""
 
-    def __init__(self, catalog: Catalog, data_dir: Path, batch_rows: int = 20_000) -> None:
-        self.catalog = catalog
+    def __init__(self, ingester: Ingester, data_dir: Path, batch_rows: int = 20_000) -> None:
+        self.ingester = ingester
+        self.catalog = ingester.catalog
         self.folder = data_dir / JOBS_DIR
         self.folder.mkdir(exist_ok=True)
         self.batch_rows = batch_rows
@@ -283,15 +287,18 @@ class ImportManager:
             for batch in ahead(batches):
                 if job.stop.is_set():
                     return
-                if batch.paths:
-                    self.catalog.put(to_images(batch))
-                self._record(job, info, batch)
+                report = AddReport()
+                if batch.paths:  # one transaction per batch
+                    items = to_images(batch)
+                    self.ingester.add_embedded(items, report=report, batch_size=len(items))
+                self._record(job, info, batch, report)
 
-    def _record(self, job: ImportJob, info: ShardInfo, batch: RowBatch) -> None:
+    def _record(self, job: ImportJob, info: ShardInfo, batch: RowBatch, report: AddReport) -> None:
         handled = len(batch.paths) + len(batch.bad)
         job.shards[info.path.name] += handled
         job._done_here += handled
-        job.imported += len(batch.paths)
+        job.imported += report.added + report.updated + report.moved
+        job.skipped += report.skipped
         job.failed += len(batch.bad)
         room = ERRORS_KEPT - len(job.errors)
         job.errors += [b.as_json() for b in batch.bad[: max(0, room)]]
