@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 JOBS_DIR = "imports"
 ERRORS_KEPT = 100
+HISTORY = 200  # finished imports kept (the newest)
 PENDING = frozenset({"queued", "running"})
 
 
@@ -200,8 +201,12 @@ class ImportManager:
         self._jobs: dict[str, ImportJob] = {}
         self._closing = False
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="import")
-        for path in sorted(self.folder.glob("*.json"), key=lambda p: p.stat().st_mtime):
+        records = sorted(self.folder.glob("*.json"), key=lambda p: p.stat().st_mtime)
+        for index, path in enumerate(records):
             job = ImportJob.from_record(json.loads(path.read_text()))
+            if job.state not in PENDING and index < len(records) - HISTORY:
+                path.unlink()  # an old finished import: only the newest HISTORY are kept
+                continue
             self._jobs[job.id] = job
             if job.state in PENDING:
                 log.warning("resuming import %s of %s (%d rows done)", job.id, job.dir, job.done)
