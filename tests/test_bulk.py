@@ -277,3 +277,25 @@ def test_extra_columns_are_read_as_a_dict_per_row(tmp_path: Path) -> None:
     (batch,) = read_batches(shard_info(tmp_path / "x.parquet"))
     assert batch.extras == [{"album": "summer", "stars": 5}, {"album": None, "stars": 3}]
     assert batch.paths == ["/a.jpg", "/b.jpg"] and batch.rows == [0, 1]
+
+
+async def test_a_damaged_shard_is_reported_and_the_others_imported(
+    client: Client, tmp_path: Path, tiny_embedder: Embedder
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    model, dim = tiny_embedder.model_id, tiny_embedder.dim
+    rng = np.random.default_rng(1)
+    for name in ("a", "b"):
+        paths = [f"/lib/{name}/{i}.jpg" for i in range(200)]
+        write_shard(
+            folder / f"{name}.parquet", table_of(model, dim, paths, rng.normal(size=(200, dim)))
+        )
+    damaged = bytearray((folder / "a.parquet").read_bytes())
+    damaged[100:2100] = bytes(2000)  # the first data pages; the footer is intact
+    (folder / "a.parquet").write_bytes(bytes(damaged))
+    job = await import_dir(client, folder)
+    assert (job["state"], job["imported"], job["failed"], job["done"]) == ("done", 200, 200, 400)
+    (error,) = job["errors"]
+    assert error["file"] == str(folder / "a.parquet") and "cannot read" in error["error"]
+    assert (await get_json(client, "/stats"))["images"] == 200

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from ..errors import BadRequest, NotFound
 from ..files import write_atomic
 from ..ingest import AddReport, Ingester
@@ -287,16 +289,35 @@ class ImportManager:
         for info in infos:
             if info.path.name not in job.shards:  # a shard that appeared since: not this job's
                 continue
-            start = job.shards[info.path.name]
-            batches = read_batches(info, start_row=start, batch_rows=self.batch_rows, rename=rename)
-            for batch in ahead(batches):
-                if job.stop.is_set():
-                    return
-                report = AddReport()
-                if batch.paths:  # one transaction per batch
-                    items = to_images(batch)
-                    self.ingester.add_embedded(items, report=report, batch_size=len(items))
-                self._record(job, info, batch, report)
+            try:
+                self._import_shard(job, info, rename)
+            except (OSError, pa.ArrowException) as exc:  # a damaged file: the others go on
+                self._skip_rest(job, info, f"cannot read the file: {exc}")
+            if job.stop.is_set():
+                return
+
+    def _import_shard(self, job: ImportJob, info: ShardInfo, rename: PathMap | None) -> None:
+        start = job.shards[info.path.name]
+        batches = read_batches(info, start_row=start, batch_rows=self.batch_rows, rename=rename)
+        for batch in ahead(batches):
+            if job.stop.is_set():
+                return
+            report = AddReport()
+            if batch.paths:  # one transaction per batch
+                items = to_images(batch)
+                self.ingester.add_embedded(items, report=report, batch_size=len(items))
+            self._record(job, info, batch, report)
+
+    def _skip_rest(self, job: ImportJob, info: ShardInfo, reason: str) -> None:
+        """Count a shard's unread rows as failed (one error for them all) and move on."""
+        done = job.shards[info.path.name]
+        log.warning("import %s: %s from row %d: %s", job.id, info.path, done, reason)
+        job.failed += info.rows - done
+        job._done_here += info.rows - done
+        job.shards[info.path.name] = info.rows
+        if len(job.errors) < ERRORS_KEPT:
+            job.errors.append(BadRow(str(info.path), done, reason).as_json())
+        self._save(job)
 
     def _record(self, job: ImportJob, info: ShardInfo, batch: RowBatch, report: AddReport) -> None:
         handled = len(batch.paths) + len(batch.bad)
