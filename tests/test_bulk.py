@@ -299,3 +299,40 @@ async def test_a_damaged_shard_is_reported_and_the_others_imported(
     (error,) = job["errors"]
     assert error["file"] == str(folder / "a.parquet") and "cannot read" in error["error"]
     assert (await get_json(client, "/stats"))["images"] == 200
+
+
+def test_cancel_keeps_what_was_written_and_a_rerun_skips_it(
+    tmp_path: Path, tiny_embedder: Embedder
+) -> None:
+    import time
+
+    dim = tiny_embedder.dim
+    folder = tmp_path / "in"
+    folder.mkdir()
+    paths = [f"/lib/{i:03}.jpg" for i in range(100)]
+    vectors = np.random.default_rng(2).normal(size=(100, dim))
+    write_shard(folder / "a.parquet", table_of(tiny_embedder.model_id, dim, paths, vectors))
+    data = tmp_path / "data"
+    data.mkdir()
+    catalog = Catalog(data, tiny_embedder.model_id, dim)
+    manager = ImportManager(ingester(catalog, tiny_embedder), data, batch_rows=10)
+    original = catalog.put
+
+    def slow_put(items: Any) -> Any:
+        time.sleep(0.1)
+        return original(items)
+
+    catalog.put = slow_put  # type: ignore[method-assign]
+    job = manager.submit(folder)
+    while job.done < 20:
+        time.sleep(0.01)
+    cancelled = manager.cancel(job.id)
+    assert cancelled.state == "cancelled" and 20 <= cancelled.done < 100
+    assert catalog.store.count() == cancelled.imported == cancelled.done
+    catalog.put = original  # type: ignore[method-assign]
+    rerun = manager.submit(folder)
+    assert rerun.ended.wait(30)
+    assert (rerun.state, rerun.skipped, rerun.imported) == ("done", job.done, 100 - job.done)
+    assert catalog.store.count() == 100
+    manager.close()
+    catalog.close()
