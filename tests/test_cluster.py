@@ -99,6 +99,7 @@ async def test_tiny_clip_shards_match_add_and_resume_without_duplicates(
     assert sorted(Path(f["path"]).name for f in failures) == ["notes.png", "truncated.jpg"]
     first = rows(out)
     assert first.schema.metadata[b"imgsearch.model"] == tiny_embedder.model_id.encode()
+    assert pq.ParquetFile(out / "plan" / "listing.parquet").num_row_groups == 4  # one per shard
 
     client = await aiohttp_client(create_app(config, embedder=tiny_embedder))
     assert_same_vectors(by_path(first), await added_vectors(client, archive, tmp_path / "exp"))

@@ -88,12 +88,12 @@ def schema(model_id: str, dim: int, *, float16: bool = False) -> pa.Schema:
     return pa.schema(fields, metadata={META_MODEL: model_id, META_DIM: str(dim)})
 
 
-def write_shard(path: Path, table: pa.Table) -> None:
+def write_shard(path: Path, table: pa.Table, row_group_size: int | None = None) -> None:
     """Write a Parquet file so that readers see all of it or nothing (temp, fsync, rename)."""
     fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".parquet", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd")
+            pq.write_table(table, fh, compression="zstd", row_group_size=row_group_size)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(temp, path)

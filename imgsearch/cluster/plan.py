@@ -1,9 +1,11 @@
 """The plan of an embedding run: the listing cut into fixed shards, kept in --out.
 
 `manifest.json` names the model, its dimension, the sources and the shard size;
-`plan/listing.parquet` holds (shard, path) for every file. Both are written once, atomically,
-before any shard runs; a rerun reads them back instead of listing again, so shard N always
-holds the same files. A rerun with another model or other sources is refused.
+`plan/listing.parquet` holds (shard, path) for every file, one row group per shard, so a worker
+reads its shard's files straight from it and the driver never holds the listing after planning.
+Both are written once, atomically, before any shard runs; a rerun reads the manifest instead of
+listing again, so shard N always holds the same files. A rerun with another model or other
+sources is refused.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -48,7 +49,20 @@ class Manifest:
 @dataclass(frozen=True)
 class Plan:
     manifest: Manifest
-    shards: list[list[str]]  # files of each shard
+
+    def size(self, shard: int) -> int:
+        """How many files shard `shard` holds."""
+        m = self.manifest
+        return max(0, min(m.shard_size, m.files - shard * m.shard_size))
+
+
+def shard_files(out: Path, shard: int, listing: pq.ParquetFile | None = None) -> list[str]:
+    """The files of one shard, read from its row group of the listing."""
+    group = (listing or pq.ParquetFile(out / LISTING)).read_row_group(shard)
+    numbers = {int(n) for n in group.column("shard").to_pylist() if n is not None}
+    if numbers != {shard}:
+        raise PlanError(f"{out / LISTING}: row group {shard} holds shards {sorted(numbers)}")
+    return [str(p) for p in group.column("path").to_pylist()]
 
 
 def check_sources(sources: list[str]) -> None:
@@ -113,12 +127,7 @@ def load_or_make(
             raise PlanError(
                 f"{out} holds a run of {manifest.sources}, not {sources}; use another --out"
             )
-        table = pq.read_table(out / LISTING)
-        shards: list[list[str]] = [[] for _ in range(manifest.shards)]
-        numbers: list[Any] = table.column("shard").to_pylist()
-        for shard, file in zip(numbers, table.column("path").to_pylist(), strict=True):
-            shards[int(shard)].append(str(file))
-        return Plan(manifest, shards)
+        return Plan(manifest)
     files = list_sources(sources, extensions)
     if not files:
         raise PlanError(f"no image files under {', '.join(sources)}")
@@ -126,7 +135,8 @@ def load_or_make(
     manifest = Manifest(FORMAT, model, dim, sources, shard_size, len(shards), len(files))
     (out / LISTING).parent.mkdir(parents=True, exist_ok=True)
     numbers = [n for n, part in enumerate(shards) for _ in part]
-    write_shard(out / LISTING, pa.table({"shard": pa.array(numbers, pa.int32()), "path": files}))
+    listing = pa.table({"shard": pa.array(numbers, pa.int32()), "path": files})
+    write_shard(out / LISTING, listing, row_group_size=shard_size)  # row group N = shard N
     write_atomic(path, json.dumps(asdict(manifest), indent=1).encode())
     log.info("planned %d files in %d shards of %d", len(files), len(shards), shard_size)
-    return Plan(manifest, shards)
+    return Plan(manifest)

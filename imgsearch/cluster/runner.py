@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from ..config import Config
 from ..embedders import Embedder, load_embedder
 from ..errors import ImgSearchError
 from ..images import enable_heif, image_extensions
-from .plan import Plan, check_sources, load_or_make
+from .plan import LISTING, Plan, check_sources, load_or_make, shard_files
 from .shard import FAILURES_DIR, Limits, embed_shard, is_done
 
 log = logging.getLogger(__name__)
@@ -107,12 +108,13 @@ class ShardWorker:
         self.embedder = embedder if embedder is not None else load_embedder(config)
         self.limits = limits_of(config)
         self.out = Path(out)
+        self.listing = pq.ParquetFile(self.out / LISTING)  # the footer is parsed once
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         rows: dict[str, list[Any]] = defaultdict(list)
-        for shard, files in zip(batch["shard"], batch["files"], strict=True):
-            names = [str(f) for f in files]
+        for shard in batch["shard"]:
+            names = shard_files(self.out, int(shard), self.listing)
             result = embed_shard(int(shard), names, self.embedder, self.limits, self.out)
             rows["shard"].append(result.shard)
             rows["images"].append(result.images)
@@ -194,7 +196,7 @@ def run_plan(options: EmbedOptions, plan: Plan, *, show_progress: bool = True) -
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     workers = options.workers or default_workers(options)
-    items = [{"shard": n, "files": plan.shards[n]} for n in todo]
+    items = [{"shard": n} for n in todo]  # workers read their files from the listing
     config = worker_config(options.model, options.cpus_per_worker)
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         ShardWorker,
@@ -204,7 +206,7 @@ def run_plan(options: EmbedOptions, plan: Plan, *, show_progress: bool = True) -
         num_cpus=options.cpus_per_worker,
         num_gpus=options.gpus_per_worker or None,
     )
-    total = sum(len(plan.shards[n]) for n in todo)
+    total = sum(plan.size(n) for n in todo)
     started = time.monotonic()
     hide = None if show_progress else True
     log.info("embedding %d files in %d shards on %d workers", total, len(todo), workers)
