@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from ..bulk.export import export as export_library
-from ..errors import BadRequest
+from ..errors import BadRequest, Forbidden
 from .keys import SERVICE
 
 table = web.RouteTableDef()
@@ -89,7 +89,7 @@ async def export(request: web.Request) -> web.Response:
         raise BadRequest(f"dir must be an absolute path, got {raw!r}")
     folder = Path(raw).resolve()
     if not service.paths.allows(folder):
-        raise BadRequest(f"dir is outside the folders this daemon may use: {raw}")
+        raise Forbidden(f"dir is outside the folders this daemon may use: {raw}")
     loop = asyncio.get_running_loop()
     report = await loop.run_in_executor(None, export_library, service.catalog, folder)
     return web.json_response(report.as_json())
