@@ -336,3 +336,16 @@ def test_cancel_keeps_what_was_written_and_a_rerun_skips_it(
     assert catalog.store.count() == 100
     manager.close()
     catalog.close()
+
+
+async def test_import_and_export_stay_inside_allow_root(
+    aiohttp_client: ClientFactory, config: Config, tiny_embedder: Embedder, tmp_path: Path
+) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    limited = Config(**{**config.__dict__, "allow_roots": (root,)})
+    client = await aiohttp_client(create_app(limited, embedder=tiny_embedder))
+    body = await get_json(client, "/export", status=403, dir=str(tmp_path / "out"))
+    assert body["status"] == 403 and not (tmp_path / "out").exists()
+    assert (await import_dir(client, tmp_path, 403))["status"] == 403
+    assert (await get_json(client, "/export", dir=str(root / "out")))["rows"] == 0
