@@ -117,6 +117,8 @@ def embed(ns: argparse.Namespace) -> int:
     from ..cluster.runner import embed as run_embed
 
     setup_logging(False)
+    for noisy in ("ray", "root"):  # Ray's start-up chatter and open_clip's model-build lines
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     keys: tuple[str, ...] = ("model", "pretrained", "checkpoint", "model_config", "device")
     keys = (*keys, "batch_size", "max_upload_mb", "max_image_pixels")
     try:

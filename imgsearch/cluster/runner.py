@@ -149,10 +149,13 @@ def connect(address: str | None) -> bool:
     if address is not None:
         probe(address)
     try:
+        quiet = logging.WARNING
         if address is None:
-            ray.init(address="local", include_dashboard=False, log_to_driver=False)
+            ray.init(
+                address="local", include_dashboard=False, log_to_driver=False, logging_level=quiet
+            )
         else:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, logging_level=quiet)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address if address is not None else "a local Ray"
         raise ClusterError(f"cannot reach the Ray cluster at {where}: {exc}") from None
