@@ -8,9 +8,11 @@ import argparse
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from . import client
+from .bulk.commands import embed, export_dir, import_dir
 from .client import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, Context, UsageError, absolute, is_url
 from .formatting import (
     failure_lines,
@@ -226,5 +228,33 @@ COMMANDS: tuple[Command, ...] = (
     Command("jobs", "list add jobs, show one, or cancel one", jobs, (
         arg("job_id", metavar="ID", nargs="?", help="show this job"),
         arg("--cancel", metavar="ID", help="cancel this job"),
+    )),
+    Command("import", "import Parquet vector shards (a job)", import_dir, (
+        arg("dir", help=f"folder of .parquet shards ({_HERE})"),
+        arg("--path-map", action="append", default=[], metavar="OLD=NEW",
+            help="rewrite a path prefix (repeatable; first match wins)"),
+        arg("--wait", action=argparse.BooleanOptionalAction, default=True,
+            help="follow the import with a progress bar (default); --no-wait prints its id"),
+    )),
+    Command("export", "write the library as Parquet shards", export_dir, (
+        arg("dir", help=f"new or empty folder ({_HERE})"),
+    )),
+    Command("embed", "embed an archive into Parquet shards on Ray (no daemon)", embed, (
+        arg("sources", nargs="+", metavar="SRC", help="folders, files or fsspec URLs"),
+        arg("--out", type=Path, required=True, help="output folder (resumable; shared)"),
+        arg("--model", help="open_clip model, or the bundled model (default: the daemon's)"),
+        arg("--pretrained", help="open_clip tag; 'none' = random"),
+        arg("--checkpoint", type=Path, help="local open_clip weights file"),
+        arg("--model-config", type=Path, help="extra open_clip model config JSON"),
+        arg("--device", help="auto, cpu, cuda, cuda:N, on each worker (default auto)"),
+        arg("--batch-size", type=int, help="images per model call"),
+        arg("--max-upload-mb", type=float, help="largest file, MB"),
+        arg("--max-image-pixels", type=int, help="largest image, pixels"),
+        arg("--ray", metavar="ADDRESS",
+            help="join this Ray cluster ('auto' reads RAY_ADDRESS); default: a local Ray here"),
+        arg("--workers", type=int, help="model replicas (default: as resources allow)"),
+        arg("--cpus-per-worker", type=float, default=1.0, help="CPUs per replica (1)"),
+        arg("--gpus-per-worker", type=float, default=0.0, help="GPUs per replica (0)"),
+        arg("--shard-size", type=int, default=1000, help="files per shard (1000)"),
     )),
 )  # fmt: skip

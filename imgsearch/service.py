@@ -10,6 +10,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from .bulk.imports import ImportManager
 from .catalog import Catalog, Change
 from .comparators import ComparatorRegistry, FeatureCache
 from .comparators.verify import VerifyComparator
@@ -123,6 +124,8 @@ class Service:
             self.ingester, self.catalog.store, config.max_pending_adds, self._url_adder()
         )
         stack.callback(self.jobs.close)
+        self.imports = ImportManager(self.ingester, config.data_dir)
+        stack.callback(self.imports.close)
         self.watcher = Watcher(
             self.catalog,
             self.ingester,

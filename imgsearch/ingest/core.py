@@ -128,11 +128,18 @@ class Ingester:
         return report
 
     def add_embedded(
-        self, items: Sequence[NewImage], *, update: bool = False, report: AddReport | None = None
+        self,
+        items: Sequence[NewImage],
+        *,
+        update: bool = False,
+        report: AddReport | None = None,
+        batch_size: int | None = None,
     ) -> AddReport:
         """Write rows that are already embedded (e.g. imported); a row whose size and mtime
-        match what is stored is skipped (unless `update`), a moved file keeps its row."""
+        match what is stored is skipped (unless `update`), a moved file keeps its row.
+        `batch_size`: rows per transaction (default the embedding batch size)."""
         report = AddReport() if report is None else report
+        size = batch_size or self.batch_size
         latest: dict[str, NewImage] = {}  # the last row of a path wins
         for item in items:
             checked = self._checked(item)
@@ -143,8 +150,8 @@ class Ingester:
         with self._run_lock:
             stats = {p: (i.facts.size, i.facts.mtime_ns) for p, i in latest.items()}
             todo, new = self._triage(stats, update, report)
-            for start in range(0, len(todo), self.batch_size):
-                self.write([latest[p] for p in todo[start : start + self.batch_size]], new, report)
+            for start in range(0, len(todo), size):
+                self.write([latest[p] for p in todo[start : start + size]], new, report)
         return report
 
     def _checked(self, item: NewImage) -> NewImage | FileError:

@@ -13,7 +13,7 @@ from ..config import Config
 from ..embedders import Embedder
 from ..security import with_token
 from ..service import Service
-from . import adds, duplicates, library, openapi, search, ui, watches
+from . import adds, bulk, duplicates, library, openapi, search, ui, watches
 from .gate import Gate
 from .guard import guard
 from .keys import DUPLICATES_LOCK, FETCH, SEARCH_GATE, SERVICE
@@ -28,7 +28,7 @@ UPLOAD_OVERHEAD = 64 * 1024
 MAX_REQUEST_LINE = 128 * 1024
 # Each module serves one resource from its `table`; a new resource is one more module here
 # (and its paths in openapi.json, which tests/test_openapi.py holds to the routes).
-ROUTE_MODULES = (library, search, adds, watches, duplicates, ui, openapi)
+ROUTE_MODULES = (library, search, adds, bulk, watches, duplicates, ui, openapi)
 
 
 def create_app(

@@ -1,0 +1,126 @@
+"""Bulk import rate: POST /import of N synthetic 512-d vectors into a real daemon subprocess.
+
+The daemon runs a 512-d open_clip config with random weights (the model only names the
+vectors here: an import embeds nothing). Vectors are clustered like real embeddings (many
+clusters of varied spread); shards of --shard-rows rows are written first (not timed), then
+`POST /import {"wait": true}` is timed while a thread polls /stats and /health every 20 ms.
+Goal: >= 20,000 vectors/s. `vectors_per_cpu_s` (the daemon's CPU, all threads, polling
+included) is steadier than wall time on a shared machine; --no-poll leaves the polling out.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/import.py [--vectors 200000] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import Daemon, LatencyPoller, percentiles, progress
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from imgsearch.bulk.format import table_of, write_shard  # noqa: E402
+
+MODEL = "imgsearch-bench-512"
+CONFIG = {
+    "embed_dim": 512,
+    "vision_cfg": {"image_size": 64, "layers": 1, "width": 64, "patch_size": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def clustered(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """Unit vectors around n/100 centres with spreads from tight to loose."""
+    centres = rng.normal(size=(max(1, n // 100), dim)).astype(np.float32)
+    which = rng.integers(0, len(centres), n)
+    spread = rng.uniform(0.05, 0.6, len(centres))[which, None].astype(np.float32)
+    out = centres[which] + spread * rng.normal(size=(n, dim)).astype(np.float32)
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    return out
+
+
+def write_shards(folder: Path, n: int, shard_rows: int, model_id: str) -> None:
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    for start in range(0, n, shard_rows):
+        rows = min(shard_rows, n - start)
+        paths = [f"/archive/{i // 1000:05d}/{i:09d}.jpg" for i in range(start, start + rows)]
+        facts: dict[str, list[Any]] = {
+            "size": [100_000 + i for i in range(rows)],
+            "mtime_ns": [1_700_000_000_000_000_000 + i for i in range(rows)],
+        }
+        table = table_of(model_id, 512, paths, clustered(rows, 512, rng), facts)
+        write_shard(folder / f"part-{start // shard_rows:05d}.parquet", table)
+        progress(f"wrote {start + rows}/{n} vectors")
+
+
+def post(url: str, body: dict[str, Any]) -> Any:
+    request = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=7200) as resp:
+        return json.load(resp)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--vectors", type=int, default=200_000)
+    parser.add_argument("--shard-rows", type=int, default=50_000)
+    parser.add_argument("--no-poll", action="store_true", help="no /stats polling meanwhile")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="imgsearch-import-bench-") as tmp:
+        root = Path(tmp)
+        config = root / f"{MODEL}.json"
+        config.write_text(json.dumps(CONFIG))
+        flags = ["--model", MODEL, "--pretrained", "none", "--model-config", str(config)]
+        with Daemon(flags, root / "data") as daemon:
+            model_id = daemon.get("/stats")["model"]
+            write_shards(root / "shards", args.vectors, args.shard_rows, model_id)
+            urls = {"stats": daemon.url + "/stats", "health": daemon.url + "/health"}
+            urls = {} if args.no_poll else urls
+            progress(f"importing {args.vectors} vectors")
+            with LatencyPoller(urls) as poller:
+                start, cpu = time.perf_counter(), daemon.cpu_seconds()
+                job = post(daemon.url + "/import", {"dir": str(root / "shards"), "wait": True})
+                elapsed, cpu = time.perf_counter() - start, daemon.cpu_seconds() - cpu
+            stats = daemon.get("/stats")
+            disk = sum(f.stat().st_size for f in (root / "data").rglob("*") if f.is_file())
+    result = {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "load_avg_before": os.getloadavg(),
+        "vectors": args.vectors,
+        "imported": job["imported"],
+        "state": job["state"],
+        "seconds": round(elapsed, 2),
+        "vectors_per_s": round(job["imported"] / elapsed),
+        "daemon_cpu_s": round(cpu, 1),
+        "vectors_per_cpu_s": round(job["imported"] / cpu),
+        "images_after": stats["images"],
+        "index_vectors": stats["index"]["vectors"],
+        **{f"{name}_ms": percentiles(ms) for name, ms in poller.latencies.items()},
+        "data_dir_bytes_per_image": round(disk / max(1, stats["images"])),
+    }
+    print(json.dumps(result, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Bulk vectors in and out: the Parquet import format, import jobs, export."""

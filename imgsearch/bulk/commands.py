@@ -1,0 +1,93 @@
+"""The bulk commands: `embed` (runs here, on Ray), `import` and `export` (ask the daemon).
+
+Each is one function taking the CLI's Context; their rows are in `commands.COMMANDS`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+from ..client import EXIT_ERROR, EXIT_OK, Context, absolute
+from ..config import Config
+from ..errors import ImgSearchError
+
+log = logging.getLogger(__name__)
+
+EXIT_USAGE = 2
+POLL_S = 0.5
+
+
+def export_dir(ctx: Context, dir: str) -> int:
+    """`imgsearch export DIR`: the library as Parquet shards in a new or empty folder."""
+    body = ctx.connection().get("/export", [("dir", str(absolute(dir)))])
+    ctx.emit(body, _pairs)
+    return EXIT_OK
+
+
+def import_dir(ctx: Context, dir: str, path_map: list[str], wait: bool) -> int:
+    """`imgsearch import DIR`: POST /import, then follow the job with a progress bar."""
+    from tqdm import tqdm
+
+    conn = ctx.connection()
+    body = json.dumps({"dir": str(absolute(dir)), "wait": False, "path_map": path_map}).encode()
+    job = conn.call("POST", "/import", body=body, content_type="application/json")[1]
+    if not wait:
+        ctx.emit(job, lambda j: str(j["id"]))
+        return EXIT_OK
+    path = f"/import/{urllib.parse.quote(job['id'], safe='')}"
+    hide = True if ctx.as_json else None
+    with tqdm(total=job["total"], unit="row", disable=hide, file=sys.stderr) as bar:
+        while job["state"] in {"queued", "running"}:
+            time.sleep(POLL_S)
+            job = conn.get(path, timeout=60)
+            bar.update(int(job["done"]) - bar.n)
+            bar.set_postfix_str(f"{job['failed']} bad")
+
+    def text(j: dict[str, Any]) -> str:
+        lines = [_pairs({k: j[k] for k in ("state", "imported", "failed")})]
+        lines += [f"  {e['file']} row {e['row']}: {e['error']}" for e in j["errors"]]
+        return "\n".join(lines)
+
+    ctx.emit(job, text)
+    return EXIT_OK if job["state"] == "done" else EXIT_ERROR
+
+
+def embed(ctx: Context, sources: list[str], out: Path, **flags: Any) -> int:
+    """`imgsearch embed SRC... --out DIR`: plan, run on Ray, print the summary."""
+    from ..cli import setup_logging
+    from ..cluster.runner import EmbedOptions
+    from ..cluster.runner import embed as run_embed
+
+    setup_logging(ctx.verbose)
+    for noisy in ("ray", "root"):  # Ray's start-up chatter and open_clip's model-build lines
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    keys: tuple[str, ...] = ("model", "pretrained", "checkpoint", "model_config", "device")
+    keys = (*keys, "batch_size", "max_upload_mb", "max_image_pixels")
+    try:
+        config = Config.load(overrides={k: flags[k] for k in keys}).resolved()
+        options = EmbedOptions(
+            sources=list(sources),
+            out=Path(out).expanduser().absolute(),
+            model=config,
+            ray_address=flags["ray"],
+            workers=flags["workers"],
+            cpus_per_worker=flags["cpus_per_worker"],
+            gpus_per_worker=flags["gpus_per_worker"],
+            shard_size=flags["shard_size"],
+        )
+        summary = run_embed(options).as_json()
+    except ImgSearchError as exc:
+        log.error("%s", exc.message)
+        return EXIT_USAGE
+    # Files that failed are records (out/failures/), as bad files are for /add: not an error.
+    ctx.emit(summary, _pairs)
+    return EXIT_OK
+
+
+def _pairs(body: dict[str, Any]) -> str:
+    return "\n".join(f"{k}: {v}" for k, v in body.items())

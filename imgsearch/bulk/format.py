@@ -1,0 +1,247 @@
+"""The import format: Parquet shards of (path, vector, file facts), model id and dim in the schema.
+
+Each row is one image. `path` is an absolute path or a URL (the identity `/add` gives it);
+`vector` is a fixed-size list of float32 or float16 of the model's dimension. Optional columns:
+`sha256`, `size`, `mtime_ns`, `width`, `height`, `source`; any other column is kept as a per-row
+dict (`RowBatch.extras`). The schema's key-value metadata names the model (`imgsearch.model`,
+exactly as /stats shows it) and its dimension (`imgsearch.dim`).
+
+Shards are written atomically (temp file, fsync, rename), so a reader sees a whole shard or none.
+Rows are checked one by one; a bad row (null or relative path, wrong length, NaN, zero vector) is
+reported with its file and row number and the rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..errors import BadRequest
+
+log = logging.getLogger(__name__)
+
+META_MODEL = b"imgsearch.model"
+META_DIM = b"imgsearch.dim"
+SHARD_GLOB = "*.parquet"
+TEMP_PREFIX = ".tmp-"
+FACT_COLUMNS: dict[str, pa.DataType] = {
+    "sha256": pa.string(),
+    "size": pa.int64(),
+    "mtime_ns": pa.int64(),
+    "width": pa.int32(),
+    "height": pa.int32(),
+    "source": pa.string(),
+}
+KNOWN_COLUMNS = frozenset({"path", "vector", *FACT_COLUMNS})
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """What a shard's schema says: its model, dimension and row count."""
+
+    path: Path
+    model_id: str
+    dim: int
+    rows: int
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A row that was not imported, and why."""
+
+    file: str
+    row: int
+    reason: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"file": self.file, "row": self.row, "error": self.reason}
+
+
+@dataclass
+class RowBatch:
+    """The good rows of one record batch: unit float32 vectors and their facts, row by row."""
+
+    rows: list[int] = field(default_factory=list)  # row numbers in the file
+    paths: list[str] = field(default_factory=list)
+    vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    facts: dict[str, list[Any]] = field(default_factory=dict)  # FACT_COLUMNS present
+    extras: list[dict[str, Any]] = field(default_factory=list)
+    bad: list[BadRow] = field(default_factory=list)
+
+
+def schema(model_id: str, dim: int, *, float16: bool = False) -> pa.Schema:
+    """The import schema for one model, with its metadata."""
+    value = pa.float16() if float16 else pa.float32()
+    fields: list[Any] = [pa.field("path", pa.string(), nullable=False)]
+    fields.append(pa.field("vector", pa.list_(value, dim), nullable=False))
+    fields += [pa.field(name, kind) for name, kind in FACT_COLUMNS.items()]
+    return pa.schema(fields, metadata={META_MODEL: model_id, META_DIM: str(dim)})
+
+
+def write_shard(path: Path, table: pa.Table, row_group_size: int | None = None) -> None:
+    """Write a Parquet file so that readers see all of it or nothing (temp, fsync, rename)."""
+    fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".parquet", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            pq.write_table(table, fh, compression="zstd", row_group_size=row_group_size)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def shard_files(folder: Path) -> list[Path]:
+    """The shards in a folder (not its subfolders), by name; temp files left by a crash skipped."""
+    if not folder.is_dir():
+        raise BadRequest(f"not a folder: {folder}")
+    return sorted(p for p in folder.glob(SHARD_GLOB) if not p.name.startswith(TEMP_PREFIX))
+
+
+def shard_info(path: Path) -> ShardInfo:
+    """Read a shard's model, dimension and row count from its footer (no rows read)."""
+    try:
+        meta = pq.read_metadata(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise BadRequest(f"{path}: not a readable Parquet file: {exc}") from None
+    kv = meta.metadata or {}
+    if META_MODEL not in kv or META_DIM not in kv:
+        raise BadRequest(f"{path}: no imgsearch.model / imgsearch.dim in the schema metadata")
+    try:
+        dim = int(kv[META_DIM])
+    except ValueError:
+        raise BadRequest(f"{path}: imgsearch.dim is not an integer: {kv[META_DIM]!r}") from None
+    names = set(meta.schema.to_arrow_schema().names)
+    if not {"path", "vector"} <= names:
+        raise BadRequest(f"{path}: needs the columns path and vector, has {sorted(names)}")
+    return ShardInfo(path, kv[META_MODEL].decode(), dim, int(meta.num_rows))
+
+
+Rename = Callable[[str], str]
+
+
+def read_batches(
+    info: ShardInfo, *, start_row: int = 0, batch_rows: int = 20_000, rename: Rename | None = None
+) -> Iterator[RowBatch]:
+    """The checked rows of a shard from `start_row` on, a record batch at a time."""
+    parquet = pq.ParquetFile(info.path)
+    first = 0
+    for batch in parquet.iter_batches(batch_size=batch_rows):
+        if first + batch.num_rows > start_row:
+            skip = max(0, start_row - first)
+            yield check_batch(batch, info, first, skip=skip, rename=rename)
+        first += batch.num_rows
+
+
+def check_batch(
+    batch: pa.RecordBatch,
+    info: ShardInfo,
+    first: int,
+    *,
+    skip: int = 0,
+    rename: Rename | None = None,
+) -> RowBatch:
+    """Validate a record batch (row numbers start at `first`, paths through `rename`).
+
+    Bad rows are reported in `bad`, never raised."""
+    batch = batch.slice(skip)
+    first += skip
+    n = batch.num_rows
+    vectors, norms, ok, reasons = _vectors(batch.column("vector"), info.dim)
+    paths = batch.column("path").to_pylist()
+    if rename is not None:
+        paths = [rename(p) if isinstance(p, str) else p for p in paths]
+    for i, path in enumerate(paths):
+        if not isinstance(path, str) or not (path.startswith("/") or "://" in path):
+            ok[i], reasons[i] = False, f"path must be absolute or a URL, got {path!r}"
+    good = np.flatnonzero(ok)
+    out = RowBatch(
+        bad=[BadRow(str(info.path), first + i, reasons[i]) for i in range(n) if not ok[i]]
+    )
+    out.rows = (good + first).tolist()
+    out.paths = [str(paths[i]) for i in good]
+    if len(good) < n:
+        vectors, norms = vectors[good], norms[good]
+    out.vectors = vectors / norms[:, None]  # unit length
+    picked = batch.take(pa.array(good, pa.int64())) if len(good) < n else batch
+    for name in FACT_COLUMNS:
+        if name in batch.schema.names:
+            out.facts[name] = picked.column(name).to_pylist()
+    extra = [c for c in batch.schema.names if c not in KNOWN_COLUMNS]
+    out.extras = picked.select(extra).to_pylist() if extra else [{} for _ in good]
+    return out
+
+
+def _vectors(column: Any, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Float32 [n, dim] (bad rows zero), their norms, a per-row ok mask, reasons for bad rows."""
+    n = len(column)
+    reasons = [""] * n
+    out = np.zeros((n, dim), dtype=np.float32)
+    if not (pa.types.is_fixed_size_list(column.type) or pa.types.is_list(column.type)):
+        kind = f"vector must be a list of floats, got {column.type}"
+        return out, np.zeros(n, np.float32), np.zeros(n, bool), [kind] * n
+    if pa.types.is_fixed_size_list(column.type) and column.type.list_size == dim:
+        right = np.ones(n, dtype=bool)
+        if column.null_count:
+            right = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+            reasons = ["" if r else "vector is null" for r in right]
+    else:
+        valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
+        right = np.asarray(valid & (lengths == dim), dtype=bool)
+        for i in np.flatnonzero(~right):
+            wrong = f"vector has {lengths[i]} values, not {dim}"
+            reasons[i] = "vector is null" if not valid[i] else wrong
+    if right.all():
+        values = column.flatten().to_numpy(zero_copy_only=False)
+        out[:] = np.asarray(values, dtype=np.float32).reshape(n, dim)
+    elif right.any():
+        values = column.filter(pa.array(right)).flatten().to_numpy(zero_copy_only=False)
+        out[right] = np.asarray(values, dtype=np.float32).reshape(-1, dim)
+    norms = np.linalg.norm(out, axis=1)  # NaN or inf anywhere in a row makes its norm so
+    finite = np.isfinite(norms)
+    for i in np.flatnonzero(right & ~finite):
+        reasons[i] = "vector has NaN or infinite values"
+    for i in np.flatnonzero(right & (norms == 0)):
+        reasons[i] = "vector is all zeros"
+    return out, norms, right & finite & (norms > 0), reasons
+
+
+def table_of(
+    model_id: str,
+    dim: int,
+    paths: list[str],
+    vectors: np.ndarray,
+    facts: dict[str, list[Any]] | None = None,
+) -> pa.Table:
+    """A table in the import schema (float32 vectors) from columns."""
+    sch = schema(model_id, dim)
+    flat = pa.array(np.ascontiguousarray(vectors, np.float32).reshape(-1), pa.float32())
+    columns: dict[str, Any] = {
+        "path": pa.array(paths, pa.string()),
+        "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
+    }
+    for name, kind in FACT_COLUMNS.items():
+        values = (facts or {}).get(name)
+        columns[name] = pa.array(values if values is not None else [None] * len(paths), kind)
+    return pa.Table.from_pydict(columns, schema=sch)

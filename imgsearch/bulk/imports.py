@@ -1,0 +1,336 @@
+"""Import jobs: Parquet shards of vectors into the catalog, resumable, one job at a time.
+
+Every shard's model and dimension are checked before any row is written (a mismatch is a 400
+naming both models). Rows go batch by batch through the ingest core (`add_embedded`: upsert by
+path, a row whose size and mtime match what is stored is skipped, a moved file keeps its row)
+and are searchable as each batch commits.
+
+Progress is kept in DATA_DIR/imports/<id>.json, rewritten atomically after every batch: the rows
+done in each shard. A job that a crash or a shutdown left queued or running is resumed at
+start-up from there, skipping what was done. Vectors are scaled to unit length on the way in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from ..errors import BadRequest, NotFound
+from ..files import write_atomic
+from ..ingest import AddReport, Ingester
+from ..store import FileFacts, NewImage
+from .format import BadRow, RowBatch, ShardInfo, read_batches, shard_files, shard_info
+
+log = logging.getLogger(__name__)
+
+JOBS_DIR = "imports"
+ERRORS_KEPT = 100
+HISTORY = 200  # finished imports kept (the newest)
+PENDING = frozenset({"queued", "running"})
+
+
+class PathMap:
+    """Rewrites path prefixes (OLD=NEW pairs, first match wins, at a folder boundary)."""
+
+    def __init__(self, pairs: Sequence[tuple[str, str]]) -> None:
+        self.pairs = [(old.rstrip("/"), new.rstrip("/")) for old, new in pairs]
+
+    @classmethod
+    def parse(cls, specs: Sequence[str]) -> PathMap:
+        pairs = []
+        for spec in specs:
+            old, sep, new = str(spec).partition("=")
+            if not sep or not old or not new:
+                raise BadRequest(f"path map must be OLD=NEW, got {spec!r}")
+            pairs.append((old, new))
+        return cls(pairs)
+
+    def __call__(self, path: str) -> str:
+        for old, new in self.pairs:
+            if path == old or path.startswith(old + "/"):
+                return new + path[len(old) :]
+        return path
+
+    def specs(self) -> list[str]:
+        return [f"{old}={new}" for old, new in self.pairs]
+
+
+@dataclass
+class ImportJob:
+    """One import of a folder of shards, and how far it got."""
+
+    id: str
+    dir: str
+    path_map: list[str]
+    total: int
+    state: str = "queued"
+    shards: dict[str, int] = field(default_factory=dict)  # shard name -> rows done
+    imported: int = 0
+    skipped: int = 0  # stored already with the same size and mtime
+    failed: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None
+    stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    ended: threading.Event = field(default_factory=threading.Event, repr=False)
+    _clock: float = field(default=0.0, repr=False)  # when this process started running it
+    _done_here: int = field(default=0, repr=False)
+
+    @property
+    def done(self) -> int:
+        return sum(self.shards.values())
+
+    def as_json(self) -> dict[str, Any]:
+        elapsed = (self.finished or time.time()) - self._clock if self._clock else 0.0
+        rate = self._done_here / elapsed if elapsed > 0 and self._done_here else None
+        eta = None
+        if rate and self.state == "running":
+            eta = round((self.total - self.done) / rate, 1)
+        return {
+            **self.record(),
+            "done": self.done,
+            "vectors_per_s": round(rate, 1) if rate else None,
+            "eta_s": eta,
+        }
+
+    def record(self) -> dict[str, Any]:
+        """What is persisted (and shown): everything but the rates."""
+        return {
+            "id": self.id,
+            "kind": "import",
+            "dir": self.dir,
+            "path_map": self.path_map,
+            "state": self.state,
+            "total": self.total,
+            "imported": self.imported,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "errors": self.errors,
+            "shards": self.shards,
+            "created": self.created,
+            "started": self.started,
+            "finished": self.finished,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> ImportJob:
+        keys = ("id", "dir", "path_map", "total", "state", "shards", "imported", "failed")
+        job = cls(**{k: data[k] for k in keys})
+        job.errors, job.error = data.get("errors", []), data.get("error")
+        job.skipped = data.get("skipped", 0)
+        job.created, job.started, job.finished = data["created"], data["started"], data["finished"]
+        return job
+
+
+def check_folder(folder: Path, model_id: str, dim: int) -> list[ShardInfo]:
+    """Every shard's footer, checked against the daemon's model before anything is written."""
+    infos = [shard_info(p) for p in shard_files(folder)]
+    if not infos:
+        raise BadRequest(f"no .parquet files in {folder}")
+    for info in infos:
+        if (info.model_id, info.dim) != (model_id, dim):
+            raise BadRequest(
+                f"{info.path} holds vectors of model {info.model_id} ({info.dim}-d), but this "
+                f"daemon serves {model_id} ({dim}-d); nothing was imported"
+            )
+    return infos
+
+
+def to_images(batch: RowBatch) -> list[NewImage]:
+    """Store rows for a checked batch; unknown size/mtime never match a file (so /add embeds it)."""
+    n = len(batch.paths)
+
+    def column(name: str) -> list[Any]:
+        return batch.facts.get(name) or [None] * n
+
+    rows = zip(
+        batch.paths,
+        column("size"),
+        column("mtime_ns"),
+        column("sha256"),
+        column("width"),
+        column("height"),
+        column("source"),
+        strict=True,
+    )
+    out = []
+    for i, (path, size, mtime_ns, sha, width, height, source) in enumerate(rows):
+        facts = FileFacts(
+            path,
+            -1 if size is None else size,
+            -1 if mtime_ns is None else mtime_ns,
+            # A unique stand-in for an unknown hash: no two imported rows look byte-identical.
+            f"unknown:{path}" if sha is None else sha,
+            width or 0,
+            height or 0,
+            source,
+        )
+        out.append(NewImage(facts, batch.vectors[i]))
+    return out
+
+
+def ahead(batches: Iterator[RowBatch]) -> Iterator[RowBatch]:
+    """The same batches, the next one read and checked on a thread while this one is written."""
+    with ThreadPoolExecutor(1, thread_name_prefix="import-read") as pool:
+        future = pool.submit(next, batches, None)
+        while (batch := future.result()) is not None:
+            future = pool.submit(next, batches, None)
+            yield batch
+
+
+class ImportManager:
+    """Queues imports and runs them one after another on a worker thread."""
+
+    def __init__(self, ingester: Ingester, data_dir: Path, batch_rows: int = 20_000) -> None:
+        self.ingester = ingester
+        self.catalog = ingester.catalog
+        self.folder = data_dir / JOBS_DIR
+        self.folder.mkdir(exist_ok=True)
+        self.batch_rows = batch_rows
+        self._jobs: dict[str, ImportJob] = {}
+        self._closing = False
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="import")
+        records = sorted(self.folder.glob("*.json"), key=lambda p: p.stat().st_mtime)
+        for index, path in enumerate(records):
+            job = ImportJob.from_record(json.loads(path.read_text()))
+            if job.state not in PENDING and index < len(records) - HISTORY:
+                path.unlink()  # an old finished import: only the newest HISTORY are kept
+                continue
+            self._jobs[job.id] = job
+            if job.state in PENDING:
+                log.warning("resuming import %s of %s (%d rows done)", job.id, job.dir, job.done)
+                job.state = "queued"
+                self._worker.submit(self._run, job)
+            else:
+                job.ended.set()
+
+    def submit(self, folder: Path, path_map: Sequence[str] = ()) -> ImportJob:
+        """Check the folder's shards (400 on another model) and queue its import."""
+        if not folder.is_absolute():
+            raise BadRequest(f"dir must be an absolute path, got {folder}")
+        if not folder.is_dir():
+            raise NotFound(f"no such folder: {folder}")
+        mapping = PathMap.parse(path_map)
+        infos = check_folder(folder, self.catalog.model_id, self.catalog.dim)
+        total = sum(i.rows for i in infos)
+        job = ImportJob(uuid.uuid4().hex[:12], str(folder), mapping.specs(), total)
+        job.shards = {i.path.name: 0 for i in infos}
+        self._jobs[job.id] = job
+        self._save(job)
+        self._worker.submit(self._run, job)
+        return job
+
+    def get(self, job_id: str) -> ImportJob:
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            raise NotFound(f"no such import: {job_id}") from None
+
+    def list(self) -> list[ImportJob]:
+        return sorted(self._jobs.values(), key=lambda j: j.created, reverse=True)
+
+    def cancel(self, job_id: str, timeout: float = 60.0) -> ImportJob:
+        """Stop an import after its batch in flight (what was written stays)."""
+        job = self.get(job_id)
+        job.stop.set()
+        job.ended.wait(timeout)
+        return job
+
+    def close(self) -> None:
+        """Stop the running import after its batch; it resumes at the next start."""
+        self._closing = True
+        for job in self._jobs.values():
+            job.stop.set()
+        self._worker.shutdown(wait=True)
+
+    def _save(self, job: ImportJob) -> None:
+        write_atomic(self.folder / f"{job.id}.json", json.dumps(job.record()).encode())
+
+    def _run(self, job: ImportJob) -> None:
+        try:
+            if not job.stop.is_set():
+                job.state, job._clock = "running", time.time()
+                job.started = job.started or job._clock
+                self._save(job)
+                self._import(job)
+            if job.stop.is_set():  # a shutdown leaves it queued, so the next start resumes it
+                job.state = "queued" if self._closing else "cancelled"
+            else:
+                job.state = "done"
+        except BadRequest as exc:
+            job.state, job.error = "failed", exc.message
+        except Exception as exc:  # the worker must survive any job
+            log.exception("import %s failed", job.id)
+            job.state, job.error = "failed", f"unexpected error: {exc}"
+        finally:
+            job.finished = None if job.state == "queued" else time.time()
+            self._save(job)
+            job.ended.set()
+            log.info(
+                "import %s %s: %d rows, %d failed", job.id, job.state, job.imported, job.failed
+            )
+
+    def _import(self, job: ImportJob) -> None:
+        infos = check_folder(Path(job.dir), self.catalog.model_id, self.catalog.dim)
+        rename = PathMap.parse(job.path_map) if job.path_map else None
+        for info in infos:
+            if info.path.name not in job.shards:  # a shard that appeared since: not this job's
+                continue
+            try:
+                self._import_shard(job, info, rename)
+            except (OSError, pa.ArrowException) as exc:  # a damaged file: the others go on
+                self._skip_rest(job, info, f"cannot read the file: {exc}")
+            if job.stop.is_set():
+                return
+
+    def _import_shard(self, job: ImportJob, info: ShardInfo, rename: PathMap | None) -> None:
+        start = job.shards[info.path.name]
+        batches = read_batches(info, start_row=start, batch_rows=self.batch_rows, rename=rename)
+        for batch in ahead(batches):
+            if job.stop.is_set():
+                return
+            report = AddReport()
+            if batch.paths:  # one transaction per batch
+                items = to_images(batch)
+                self.ingester.add_embedded(items, report=report, batch_size=len(items))
+            self._record(job, info, batch, report)
+
+    def _skip_rest(self, job: ImportJob, info: ShardInfo, reason: str) -> None:
+        """Count a shard's unread rows as failed (one error for them all) and move on."""
+        done = job.shards[info.path.name]
+        log.warning("import %s: %s from row %d: %s", job.id, info.path, done, reason)
+        job.failed += info.rows - done
+        job._done_here += info.rows - done
+        job.shards[info.path.name] = info.rows
+        if len(job.errors) < ERRORS_KEPT:
+            job.errors.append(BadRow(str(info.path), done, reason).as_json())
+        self._save(job)
+
+    def _record(self, job: ImportJob, info: ShardInfo, batch: RowBatch, report: AddReport) -> None:
+        handled = len(batch.paths) + len(batch.bad)
+        job.shards[info.path.name] += handled
+        job._done_here += handled
+        job.imported += report.added + report.updated + report.moved
+        job.skipped += report.skipped
+        job.failed += len(batch.bad)
+        room = ERRORS_KEPT - len(job.errors)
+        job.errors += [b.as_json() for b in batch.bad[: max(0, room)]]
+        for bad in batch.bad[:5]:
+            log.warning("import: %s row %d: %s", bad.file, bad.row, bad.reason)
+        self._save(job)
+
+
+__all__ = ["BadRow", "ImportJob", "ImportManager", "PathMap", "check_folder"]

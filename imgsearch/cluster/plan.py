@@ -1,0 +1,142 @@
+"""The plan of an embedding run: the listing cut into fixed shards, kept in --out.
+
+`manifest.json` names the model, its dimension, the sources and the shard size;
+`plan/listing.parquet` holds (shard, path) for every file, one row group per shard, so a worker
+reads its shard's files straight from it and the driver never holds the listing after planning.
+Both are written once, atomically, before any shard runs; a rerun reads the manifest instead of
+listing again, so shard N always holds the same files. A rerun with another model or other
+sources is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..bulk.format import write_shard
+from ..errors import ImgSearchError
+from ..files import write_atomic
+from ..ingest import AddReport, walk
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+LISTING = Path("plan") / "listing.parquet"
+FORMAT = 1
+
+
+class PlanError(ImgSearchError):
+    """A run that cannot start: missing sources, another model in --out, no files."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    format: int
+    model: str
+    dim: int
+    sources: list[str]
+    shard_size: int
+    shards: int
+    files: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    manifest: Manifest
+
+    def size(self, shard: int) -> int:
+        """How many files shard `shard` holds."""
+        m = self.manifest
+        return max(0, min(m.shard_size, m.files - shard * m.shard_size))
+
+
+def shard_files(out: Path, shard: int, listing: pq.ParquetFile | None = None) -> list[str]:
+    """The files of one shard, read from its row group of the listing."""
+    group = (listing or pq.ParquetFile(out / LISTING)).read_row_group(shard)
+    numbers = {int(n) for n in group.column("shard").to_pylist() if n is not None}
+    if numbers != {shard}:
+        raise PlanError(f"{out / LISTING}: row group {shard} holds shards {sorted(numbers)}")
+    return [str(p) for p in group.column("path").to_pylist()]
+
+
+def check_sources(sources: list[str]) -> None:
+    """Every local source exists (URLs are checked when listed)."""
+    for src in sources:
+        if "://" not in src and not Path(src).expanduser().exists():
+            raise PlanError(f"no such file or directory: {src}")
+
+
+def list_sources(sources: list[str], extensions: frozenset[str]) -> list[str]:
+    """Every image file under the sources (folders or files, local or fsspec URLs), sorted."""
+    found: list[str] = []
+    for src in sources:
+        if "://" in src:
+            found += _list_url(src, extensions)
+            continue
+        root = Path(src).expanduser().absolute()
+        if not root.exists():
+            raise PlanError(f"no such file or directory: {src}")
+        if root.is_file():
+            found.append(str(root.resolve()))
+            continue
+        report = AddReport()
+        found += [str(p) for p in walk(root, extensions, report)]
+        for error in report.errors:
+            log.warning("%s: %s", error.image, error.error)
+    return sorted(dict.fromkeys(found))
+
+
+def _list_url(src: str, extensions: frozenset[str]) -> list[str]:
+    try:
+        import fsspec
+    except ImportError:
+        raise PlanError(f"{src}: reading URLs needs fsspec (pip install fsspec)") from None
+    try:
+        fs, root = fsspec.core.url_to_fs(src)
+    except (ImportError, ValueError) as exc:
+        raise PlanError(f"{src}: {exc}") from None
+    try:
+        names = [root] if fs.isfile(root) else fs.find(root)
+    except (OSError, FileNotFoundError) as exc:
+        raise PlanError(f"cannot list {src}: {exc}") from None
+    if not names:
+        raise PlanError(f"no such file or directory: {src}")
+    wanted = [n for n in names if os.path.splitext(n)[1].lower() in extensions]
+    return [fs.unstrip_protocol(n) for n in wanted]
+
+
+def load_or_make(
+    out: Path, sources: list[str], model: str, dim: int, shard_size: int, extensions: frozenset[str]
+) -> Plan:
+    """The plan kept in `out`, checked against this run; or a new one, written there first."""
+    path = out / MANIFEST
+    if path.exists():
+        manifest = Manifest(**json.loads(path.read_text()))
+        if (manifest.model, manifest.dim) != (model, dim):
+            raise PlanError(
+                f"{out} holds a run of model {manifest.model} ({manifest.dim}-d), not {model} "
+                f"({dim}-d); use another --out for another model"
+            )
+        if sorted(manifest.sources) != sorted(sources):
+            raise PlanError(
+                f"{out} holds a run of {manifest.sources}, not {sources}; use another --out"
+            )
+        return Plan(manifest)
+    files = list_sources(sources, extensions)
+    if not files:
+        raise PlanError(f"no image files under {', '.join(sources)}")
+    shards = [files[i : i + shard_size] for i in range(0, len(files), shard_size)]
+    manifest = Manifest(FORMAT, model, dim, sources, shard_size, len(shards), len(files))
+    (out / LISTING).parent.mkdir(parents=True, exist_ok=True)
+    numbers = [n for n, part in enumerate(shards) for _ in part]
+    listing = pa.table({"shard": pa.array(numbers, pa.int32()), "path": files})
+    write_shard(out / LISTING, listing, row_group_size=shard_size)  # row group N = shard N
+    write_atomic(path, json.dumps(asdict(manifest), indent=1).encode())
+    log.info("planned %d files in %d shards of %d", len(files), len(shards), shard_size)
+    return Plan(manifest)

@@ -1,0 +1,95 @@
+"""Routes for vectors in bulk: import Parquet shards (a job), export the library."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from ..bulk.export import export as export_library
+from ..errors import BadRequest, Forbidden
+from .keys import SERVICE
+
+table = web.RouteTableDef()
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def _path_map(raw: Any) -> list[str]:
+    if raw is None:
+        return []
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
+        raise BadRequest("path_map must be a list of 'OLD=NEW' strings")
+    return list(raw)
+
+
+@table.post("/import")
+async def import_post(request: web.Request) -> web.Response:
+    """Import a folder of Parquet shards: {"dir": "/abs", "wait": false, "path_map": [...]}."""
+    service = request.app[SERVICE]
+    body = await _body(request)
+    if not isinstance(body.get("dir"), str):
+        raise BadRequest("dir must be a string path")
+    folder = service.paths.resolve(body["dir"], name="dir")
+    wait = body.get("wait", False)
+    if not isinstance(wait, bool):
+        raise BadRequest(f"wait must be true or false, got {wait!r}")
+    loop = asyncio.get_running_loop()
+    imports = service.imports
+    job = await loop.run_in_executor(None, imports.submit, folder, _path_map(body.get("path_map")))
+    if not wait:
+        location = f"/import/{job.id}"
+        return web.json_response(job.as_json(), status=202, headers={"Location": location})
+    while not job.ended.is_set():
+        await asyncio.sleep(0.1)
+    return web.json_response(job.as_json())
+
+
+@table.get("/import")
+async def import_list(request: web.Request) -> web.Response:
+    jobs = request.app[SERVICE].imports.list()
+    return web.json_response({"imports": [job.as_json() for job in jobs]})
+
+
+@table.get("/import/{id}")
+async def import_get(request: web.Request) -> web.Response:
+    job = request.app[SERVICE].imports.get(request.match_info["id"])
+    return web.json_response(job.as_json())
+
+
+@table.delete("/import/{id}")
+async def import_cancel(request: web.Request) -> web.Response:
+    imports = request.app[SERVICE].imports
+    job_id = imports.get(request.match_info["id"]).id
+    job = await asyncio.get_running_loop().run_in_executor(None, imports.cancel, job_id)
+    return web.json_response(job.as_json())
+
+
+@table.get("/export")
+async def export(request: web.Request) -> web.Response:
+    """Write the library as Parquet shards into `dir` (new or empty)."""
+    service = request.app[SERVICE]
+    raw = request.query.get("dir")
+    if raw is None or not raw.strip():
+        raise BadRequest("missing parameter: dir")
+    if not raw.startswith("/"):
+        raise BadRequest(f"dir must be an absolute path, got {raw!r}")
+    folder = Path(raw).resolve()
+    if not service.paths.allows(folder):
+        raise Forbidden(f"dir is outside the folders this daemon may use: {raw}")
+    loop = asyncio.get_running_loop()
+    report = await loop.run_in_executor(None, export_library, service.catalog, folder)
+    return web.json_response(report.as_json())

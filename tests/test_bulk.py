@@ -1,0 +1,351 @@
+"""Bulk import and export of vectors in the Parquet format: a real daemon app, real photos."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from imgsearch.bulk.format import META_DIM, META_MODEL, table_of, write_shard
+from imgsearch.bulk.imports import ImportManager
+from imgsearch.catalog import Catalog
+from imgsearch.config import Config
+from imgsearch.embedders import Embedder
+from imgsearch.images import BASE_EXTENSIONS
+from imgsearch.ingest import Ingester
+from imgsearch.web import create_app
+
+from .helpers import ClientFactory, get_json
+
+Client = TestClient[web.Request, web.Application]
+
+
+def shard_for(files: list[Path], embedder: Embedder, out: Path, name: str = "a.parquet") -> Path:
+    """Vectors of files as /add would compute them, with their size and mtime."""
+    vectors = embedder.embed_images([photo_of(f) for f in files])
+    facts: dict[str, list[Any]] = {
+        "size": [f.stat().st_size for f in files],
+        "mtime_ns": [f.stat().st_mtime_ns for f in files],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
+    table = table_of(embedder.model_id, embedder.dim, [str(f) for f in files], vectors * 3, facts)
+    write_shard(path, table)
+    return path
+
+
+def photo_of(path: Path) -> Any:
+    from imgsearch.images import decode
+
+    return decode(path.read_bytes(), min_side=224, max_pixels=10**8).image
+
+
+async def import_dir(client: Client, folder: Path, status: int = 200, **extra: Any) -> Any:
+    resp = await client.post("/import", json={"dir": str(folder), "wait": True, **extra})
+    body = await resp.json()
+    assert resp.status == status, body
+    return body
+
+
+async def test_imported_rows_are_searchable_and_add_skips_them(
+    client: Client, photos: dict[str, Path], tiny_embedder: Embedder, tmp_path: Path
+) -> None:
+    files = sorted(photos.values())
+    shard_for(files, tiny_embedder, tmp_path / "shards")
+    job = await import_dir(client, tmp_path / "shards")
+    assert (job["state"], job["imported"], job["failed"], job["done"]) == ("done", 5, 0, 5)
+    assert (await get_json(client, "/stats"))["images"] == 5
+    for f in files:
+        hits = (await get_json(client, "/search", image=str(f)))["results"]
+        assert hits[0]["image"] == str(f)
+        assert abs(hits[0]["distance"]) < 1e-4  # normalised to unit length on import
+    report = await get_json(client, "/add", image=str(files[0].parent))
+    assert (report["added"], report["skipped"]) == (0, 5)  # same size+mtime: not re-embedded
+    again = await import_dir(client, tmp_path / "shards")
+    assert (again["imported"], again["skipped"]) == (0, 5)
+
+
+async def test_another_model_is_refused_before_any_row(
+    client: Client, photos: dict[str, Path], tiny_embedder: Embedder, tmp_path: Path
+) -> None:
+    folder = tmp_path / "shards"
+    shard_for(sorted(photos.values())[:2], tiny_embedder, folder, "a.parquet")
+    other = table_of("open_clip/ViT-B-32/laion2b", 512, ["/x.jpg"], np.ones((1, 512)))
+    write_shard(folder / "b.parquet", other)
+    body = await import_dir(client, folder, 400)
+    assert "open_clip/ViT-B-32/laion2b (512-d)" in body["error"]
+    assert tiny_embedder.model_id in body["error"] and body["status"] == 400
+    assert (await get_json(client, "/stats"))["images"] == 0
+
+
+async def test_bad_rows_are_reported_with_file_and_row(
+    client: Client, tiny_embedder: Embedder, tmp_path: Path
+) -> None:
+    dim = tiny_embedder.dim
+    good = np.ones(dim, np.float32)
+    nan = good.copy()
+    nan[3] = np.nan
+    rows = [
+        ("/pics/ok.jpg", good.tolist()),
+        ("/pics/short.jpg", [1.0] * (dim - 1)),
+        ("/pics/nan.jpg", nan.tolist()),
+        ("/pics/zero.jpg", [0.0] * dim),
+        ("pics/relative.jpg", good.tolist()),
+        ("/pics/null.jpg", None),
+        ("https://example.com/ok2.jpg", (-good).tolist()),
+    ]
+    sch = pa.schema(
+        [("path", pa.string()), ("vector", pa.list_(pa.float16())), ("album", pa.string())],
+        metadata={META_MODEL: tiny_embedder.model_id, META_DIM: str(dim)},
+    )
+    table = pa.table(
+        {
+            "path": [p for p, _ in rows],
+            "vector": [v for _, v in rows],
+            "album": ["x"] * len(rows),
+        },
+        schema=sch,
+    )
+    (tmp_path / "in").mkdir()
+    pq.write_table(table, tmp_path / "in" / "rows.parquet")
+    job = await import_dir(client, tmp_path / "in")
+    assert (job["state"], job["imported"], job["failed"]) == ("done", 2, 5)
+    errors = {e["row"]: e["error"] for e in job["errors"]}
+    assert all(e["file"] == str(tmp_path / "in" / "rows.parquet") for e in job["errors"])
+    assert f"{dim - 1} values, not {dim}" in errors[1]
+    assert "NaN" in errors[2] and "zeros" in errors[3]
+    assert "absolute" in errors[4] and "null" in errors[5]
+
+
+async def test_another_dim_and_not_parquet_are_400(client: Client, tmp_path: Path) -> None:
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x.parquet").write_bytes(b"not parquet")
+    assert "not a readable Parquet" in (await import_dir(client, tmp_path / "junk", 400))["error"]
+    await import_dir(client, tmp_path / "missing", 404)
+    resp = await client.post("/import", json={"dir": "relative"})
+    assert resp.status == 400
+
+
+async def test_path_map_rewrites_prefixes(
+    client: Client, photos: dict[str, Path], tiny_embedder: Embedder, tmp_path: Path
+) -> None:
+    files = sorted(photos.values())
+    vectors = tiny_embedder.embed_images([photo_of(f) for f in files])
+    cluster_paths = [f"/mnt/archive/{f.name}" for f in files]
+    (tmp_path / "in").mkdir()
+    model, dim = tiny_embedder.model_id, tiny_embedder.dim
+    write_shard(tmp_path / "in" / "a.parquet", table_of(model, dim, cluster_paths, vectors))
+    mapping = f"/mnt/archive={files[0].parent}"
+    job = await import_dir(client, tmp_path / "in", path_map=[mapping])
+    assert job["imported"] == 5 and job["path_map"] == [mapping]
+    hits = (await get_json(client, "/search", image=str(files[2])))["results"]
+    assert hits[0]["image"] == str(files[2])
+
+
+async def test_export_then_import_round_trip(
+    aiohttp_client: ClientFactory,
+    config: Config,
+    tiny_embedder: Embedder,
+    photos: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    first = await aiohttp_client(create_app(config, embedder=tiny_embedder))
+    await get_json(first, "/add", image=str(next(iter(photos.values())).parent))
+    out = tmp_path / "export"
+    report = await get_json(first, "/export", dir=str(out))
+    assert (report["rows"], report["files"]) == (5, 1)
+    assert (await get_json(first, "/export", status=400, dir=str(out)))["status"] == 400
+    table = pq.read_table(out / "part-00000.parquet")
+    assert table.schema.metadata[META_MODEL] == tiny_embedder.model_id.encode()
+    assert all(len(h) == 64 for h in table.column("sha256").to_pylist())
+
+    other = Config(**{**config.__dict__, "data_dir": tmp_path / "second"})
+    second = await aiohttp_client(create_app(other, embedder=tiny_embedder))
+    job = await import_dir(second, out)
+    assert job["imported"] == 5
+    for f in photos.values():
+        a = (await get_json(first, "/search", image=str(f)))["results"]
+        b = (await get_json(second, "/search", image=str(f)))["results"]
+        assert [h["image"] for h in a] == [h["image"] for h in b]
+        assert np.allclose([h["distance"] for h in a], [h["distance"] for h in b], atol=1e-5)
+    again = await get_json(second, "/add", image=str(next(iter(photos.values())).parent))
+    assert again["skipped"] == 5
+
+
+def ingester(catalog: Catalog, embedder: Embedder) -> Ingester:
+    return Ingester(
+        catalog,
+        embedder,
+        extensions=BASE_EXTENSIONS,
+        allows=lambda _: True,
+        batch_size=4,
+        workers=1,
+        max_file_bytes=10**7,
+        max_pixels=10**8,
+    )
+
+
+def test_import_resumes_after_a_crash_without_duplicates(
+    tmp_path: Path, tiny_embedder: Embedder
+) -> None:
+    dim = tiny_embedder.dim
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for s in range(2):
+        paths = [f"/lib/{s}/{i:03}.jpg" for i in range(50)]
+        vectors = rng.normal(size=(50, dim))
+        write_shard(folder / f"s{s}.parquet", table_of(tiny_embedder.model_id, dim, paths, vectors))
+    data = tmp_path / "data"
+    data.mkdir()
+    catalog = Catalog(data, tiny_embedder.model_id, dim)
+    manager = ImportManager(ingester(catalog, tiny_embedder), data, batch_rows=10)
+    original = catalog.put
+    calls = 0
+
+    def put_then_crash(items: Any) -> Any:  # the process "dies" after 3 batches
+        nonlocal calls
+        calls += 1
+        if calls == 4:
+            manager._closing = True
+            for job in manager._jobs.values():
+                job.stop.set()
+        return original(items)
+
+    catalog.put = put_then_crash  # type: ignore[method-assign]
+    job = manager.submit(folder)
+    assert job.ended.wait(30)
+    manager._worker.shutdown()
+    record = json.loads((data / "imports" / f"{job.id}.json").read_text())
+    record["state"] = "running"  # what kill -9 leaves behind
+    (data / "imports" / f"{job.id}.json").write_text(json.dumps(record))
+    assert 0 < record["shards"]["s0.parquet"] < 50
+    catalog.put = original  # type: ignore[method-assign]
+    catalog.close()
+
+    catalog = Catalog(data, tiny_embedder.model_id, dim)
+    resumed = ImportManager(ingester(catalog, tiny_embedder), data, batch_rows=10)
+    job2 = resumed.get(job.id)
+    assert job2.ended.wait(30)
+    assert (job2.state, job2.done, job2.total) == ("done", 100, 100)
+    assert catalog.store.count() == 100 == len(catalog.index)
+    assert job2.imported == 100  # the count carries over the resume
+    resumed.close()
+    catalog.close()
+
+
+async def test_import_job_lists_and_cancels(
+    client: Client, tmp_path: Path, tiny_embedder: Embedder
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    paths = [f"/lib/{i}.jpg" for i in range(20)]
+    dim = tiny_embedder.dim
+    table = table_of(tiny_embedder.model_id, dim, paths, np.ones((20, dim)))
+    write_shard(folder / "a.parquet", table)
+    resp = await client.post("/import", json={"dir": str(folder)})
+    body = await resp.json()
+    assert resp.status == 202 and resp.headers["Location"] == f"/import/{body['id']}"
+    for _ in range(500):
+        job = await get_json(client, f"/import/{body['id']}")
+        if job["state"] == "done":
+            break
+        await asyncio.sleep(0.02)
+    assert job["imported"] == 20 and job["vectors_per_s"] > 0
+    listed = await get_json(client, "/import")
+    assert [j["id"] for j in listed["imports"]] == [body["id"]]
+    assert (await get_json(client, "/import/nope", status=404))["status"] == 404
+    cancelled = await client.delete(f"/import/{body['id']}")
+    assert (await cancelled.json())["state"] == "done"
+
+
+def test_extra_columns_are_read_as_a_dict_per_row(tmp_path: Path) -> None:
+    from imgsearch.bulk.format import read_batches, shard_info
+
+    table = table_of("m", 4, ["/a.jpg", "/b.jpg"], np.eye(2, 4)).append_column(
+        "album", pa.array(["summer", None])
+    )
+    table = table.append_column("stars", pa.array([5, 3]))
+    write_shard(tmp_path / "x.parquet", table)
+    (batch,) = read_batches(shard_info(tmp_path / "x.parquet"))
+    assert batch.extras == [{"album": "summer", "stars": 5}, {"album": None, "stars": 3}]
+    assert batch.paths == ["/a.jpg", "/b.jpg"] and batch.rows == [0, 1]
+
+
+async def test_a_damaged_shard_is_reported_and_the_others_imported(
+    client: Client, tmp_path: Path, tiny_embedder: Embedder
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    model, dim = tiny_embedder.model_id, tiny_embedder.dim
+    rng = np.random.default_rng(1)
+    for name in ("a", "b"):
+        paths = [f"/lib/{name}/{i}.jpg" for i in range(200)]
+        write_shard(
+            folder / f"{name}.parquet", table_of(model, dim, paths, rng.normal(size=(200, dim)))
+        )
+    damaged = bytearray((folder / "a.parquet").read_bytes())
+    damaged[100:2100] = bytes(2000)  # the first data pages; the footer is intact
+    (folder / "a.parquet").write_bytes(bytes(damaged))
+    job = await import_dir(client, folder)
+    assert (job["state"], job["imported"], job["failed"], job["done"]) == ("done", 200, 200, 400)
+    (error,) = job["errors"]
+    assert error["file"] == str(folder / "a.parquet") and "cannot read" in error["error"]
+    assert (await get_json(client, "/stats"))["images"] == 200
+
+
+def test_cancel_keeps_what_was_written_and_a_rerun_skips_it(
+    tmp_path: Path, tiny_embedder: Embedder
+) -> None:
+    import time
+
+    dim = tiny_embedder.dim
+    folder = tmp_path / "in"
+    folder.mkdir()
+    paths = [f"/lib/{i:03}.jpg" for i in range(100)]
+    vectors = np.random.default_rng(2).normal(size=(100, dim))
+    write_shard(folder / "a.parquet", table_of(tiny_embedder.model_id, dim, paths, vectors))
+    data = tmp_path / "data"
+    data.mkdir()
+    catalog = Catalog(data, tiny_embedder.model_id, dim)
+    manager = ImportManager(ingester(catalog, tiny_embedder), data, batch_rows=10)
+    original = catalog.put
+
+    def slow_put(items: Any) -> Any:
+        time.sleep(0.1)
+        return original(items)
+
+    catalog.put = slow_put  # type: ignore[method-assign]
+    job = manager.submit(folder)
+    while job.done < 20:
+        time.sleep(0.01)
+    cancelled = manager.cancel(job.id)
+    assert cancelled.state == "cancelled" and 20 <= cancelled.done < 100
+    assert catalog.store.count() == cancelled.imported == cancelled.done
+    catalog.put = original  # type: ignore[method-assign]
+    rerun = manager.submit(folder)
+    assert rerun.ended.wait(30)
+    assert (rerun.state, rerun.skipped, rerun.imported) == ("done", job.done, 100 - job.done)
+    assert catalog.store.count() == 100
+    manager.close()
+    catalog.close()
+
+
+async def test_import_and_export_stay_inside_allow_root(
+    aiohttp_client: ClientFactory, config: Config, tiny_embedder: Embedder, tmp_path: Path
+) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    limited = Config(**{**config.__dict__, "allow_roots": (root,)})
+    client = await aiohttp_client(create_app(limited, embedder=tiny_embedder))
+    body = await get_json(client, "/export", status=403, dir=str(tmp_path / "out"))
+    assert body["status"] == 403 and not (tmp_path / "out").exists()
+    assert (await import_dir(client, tmp_path, 403))["status"] == 403
+    assert (await get_json(client, "/export", dir=str(root / "out")))["rows"] == 0

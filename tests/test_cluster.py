@@ -1,0 +1,208 @@
+"""`imgsearch embed` on a real local Ray cluster: the daemon's vectors, resumable shards, import."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from imgsearch.cluster.plan import PlanError
+from imgsearch.cluster.runner import EmbedOptions, Summary, embed
+from imgsearch.config import OFFLINE_MODEL, Config
+from imgsearch.embedders import Embedder
+from imgsearch.web import create_app
+
+from .helpers import ClientFactory, free_port, get_json
+
+Client = TestClient[web.Request, web.Application]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """One small local Ray for the whole session (2 CPUs, a 150 MB object store)."""
+    import ray
+
+    ray.init(
+        num_cpus=2,
+        object_store_memory=150 * 1024 * 1024,
+        include_dashboard=False,
+        log_to_driver=False,
+    )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def archive(photos: dict[str, Path]) -> Path:
+    """The sample photos plus one truncated JPEG and one file that is no image at all."""
+    folder = next(iter(photos.values())).parent
+    data = (folder / "astronaut.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (folder / "notes.png").write_bytes(b"just text")
+    return folder
+
+
+def run(config: Config, src: Path, out: Path, **kwargs: Any) -> Summary:
+    options = EmbedOptions([str(src)], out, config, workers=2, shard_size=2, **kwargs)
+    return embed(options, show_progress=False)
+
+
+def rows(out: Path) -> pa.Table:
+    return pa.concat_tables([pq.read_table(p) for p in sorted(out.glob("shard-*.parquet"))])
+
+
+def by_path(table: pa.Table) -> dict[str, np.ndarray]:
+    vectors = np.stack(table.column("vector").to_numpy(zero_copy_only=False))
+    return dict(zip(table.column("path").to_pylist(), vectors.astype(np.float32), strict=True))
+
+
+async def added_vectors(client: Client, folder: Path, tmp: Path) -> dict[str, np.ndarray]:
+    """What /add stores for the folder's files (read back through /export)."""
+    await get_json(client, "/add", image=str(folder))
+    await get_json(client, "/export", dir=str(tmp))
+    return by_path(rows_any(tmp))
+
+
+def rows_any(folder: Path) -> pa.Table:
+    return pa.concat_tables([pq.read_table(p) for p in sorted(folder.glob("*.parquet"))])
+
+
+def assert_same_vectors(ours: dict[str, np.ndarray], added: dict[str, np.ndarray]) -> None:
+    assert sorted(ours) == sorted(added)
+    for path, vector in ours.items():
+        assert float(vector @ added[path]) >= 0.9999, path
+
+
+async def test_tiny_clip_shards_match_add_and_resume_without_duplicates(
+    ray_cluster: None,
+    aiohttp_client: ClientFactory,
+    config: Config,
+    tiny_embedder: Embedder,
+    archive: Path,
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "run"
+    summary = run(config, archive, out)
+    assert (summary.images, summary.failed, summary.shards) == (5, 2, 4)
+    failures = rows_any(out / "failures").to_pylist()
+    assert sorted(Path(f["path"]).name for f in failures) == ["notes.png", "truncated.jpg"]
+    first = rows(out)
+    assert first.schema.metadata[b"imgsearch.model"] == tiny_embedder.model_id.encode()
+    assert pq.ParquetFile(out / "plan" / "listing.parquet").num_row_groups == 4  # one per shard
+
+    client = await aiohttp_client(create_app(config, embedder=tiny_embedder))
+    assert_same_vectors(by_path(first), await added_vectors(client, archive, tmp_path / "exp"))
+
+    # Killed with two shards in flight: their files never appeared (only a temp file did).
+    for shard in ("shard-00001.parquet", "shard-00003.parquet"):
+        (out / shard).unlink()
+    (out / ".tmp-x.parquet").write_bytes(b"half a shard")
+    again = run(config, archive, out)
+    assert (again.skipped_shards, again.images + again.failed) == (2, 3)
+    second = rows(out)
+    assert sorted(second.column("path").to_pylist()) == sorted(first.column("path").to_pylist())
+    assert len(set(second.column("path").to_pylist())) == second.num_rows == 5
+    assert_same_vectors(by_path(second), by_path(first))
+    assert run(config, archive, out).skipped_shards == 4  # all done: nothing runs
+
+    other = dataclasses.replace(config, model=OFFLINE_MODEL, pretrained=None, model_config=None)
+    with pytest.raises(PlanError, match="another --out for another model"):
+        run(other, archive, out)
+
+
+async def test_lite0_shards_import_and_answer_like_add(
+    ray_cluster: None,
+    aiohttp_client: ClientFactory,
+    lite0: Embedder,
+    photos: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    folder = next(iter(photos.values())).parent
+    cfg = Config(data_dir=tmp_path / "added", model=OFFLINE_MODEL, batch_size=4).resolved()
+    out = tmp_path / "run"
+    assert run(cfg, folder, out).images == 5
+    added = await aiohttp_client(create_app(cfg, embedder=lite0))
+    assert_same_vectors(by_path(rows(out)), await added_vectors(added, folder, tmp_path / "exp"))
+
+    imported_cfg = dataclasses.replace(cfg, data_dir=tmp_path / "imported")
+    imported = await aiohttp_client(create_app(imported_cfg, embedder=lite0))
+    resp = await imported.post("/import", json={"dir": str(out), "wait": True})
+    assert (await resp.json())["imported"] == 5
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    from PIL import Image
+
+    for name, path in photos.items():
+        with Image.open(path) as img:
+            w, h = img.size
+            crop = crops / f"{name}.jpg"
+            img.crop((w // 8, h // 8, w * 7 // 8, h * 7 // 8)).save(crop)
+        a = (await get_json(added, "/search", image=str(crop), limit=3))["results"]
+        b = (await get_json(imported, "/search", image=str(crop), limit=3))["results"]
+        assert a[0]["image"] == b[0]["image"] == str(path)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "no such file or directory"),
+        (["--ray", f"127.0.0.1:{free_port()}"], "cannot reach the Ray cluster"),
+    ],
+)
+def test_cli_missing_source_or_cluster_is_one_clear_error(
+    tmp_path: Path, tiny_model_config: Path, extra: list[str], message: str
+) -> None:
+    src = tmp_path / "nope" if not extra else tmp_path
+    cmd = [sys.executable, "-m", "imgsearch", "embed", str(src), "--out", str(tmp_path / "out")]
+    cmd += ["--model", "imgsearch-test-tiny", "--pretrained", "none", *extra]
+    cmd += ["--model-config", str(tiny_model_config), "--device", "cpu"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_embed_shard_alone_reads_fsspec_urls(
+    tiny_embedder: Embedder, archive: Path, tmp_path: Path
+) -> None:
+    """The pure function without Ray, on file:// URLs listed through fsspec."""
+    from imgsearch.cluster.plan import list_sources
+    from imgsearch.cluster.shard import Limits, embed_shard
+    from imgsearch.images import BASE_EXTENSIONS
+
+    urls = list_sources([f"file://{archive}"], BASE_EXTENSIONS)
+    assert len(urls) == 7 and all(u.startswith("file://") for u in urls)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = embed_shard(3, urls, tiny_embedder, Limits(10**7, 10**8, batch_size=2), out)
+    assert (result.images, result.failed) == (5, 2)
+    table = pq.read_table(out / "shard-00003.parquet")
+    assert all(p.startswith("file://") for p in table.column("path").to_pylist())
+    assert table.column("mtime_ns").null_count == 5  # unknown for URLs: /add re-embeds them
+    vectors = np.stack(table.column("vector").to_numpy(zero_copy_only=False))
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    failed = pq.read_table(out / "failures" / "shard-00003.parquet").to_pylist()
+    assert {Path(f["path"]).name for f in failed} == {"notes.png", "truncated.jpg"}
+    assert all(f["reason"] for f in failed)
+
+
+def test_without_ray_embed_says_how_to_get_it(
+    monkeypatch: pytest.MonkeyPatch, config: Config, tmp_path: Path
+) -> None:
+    from imgsearch.cluster.runner import INSTALL_HINT, ClusterError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if not installed
+    with pytest.raises(ClusterError) as exc:
+        run(config, tmp_path, tmp_path / "out")
+    assert exc.value.message == INSTALL_HINT and "imgsearch[cluster]" in INSTALL_HINT
