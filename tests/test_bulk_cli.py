@@ -11,8 +11,7 @@ import pytest
 
 from imgsearch import cli
 
-from .helpers import photo
-from .test_server import Daemon
+from .helpers import Daemon, photo
 
 
 @pytest.fixture(scope="module")

@@ -159,8 +159,8 @@ class Ingester:
         scaled to unit length (what the index's inner product expects)."""
         vector = np.asarray(item.vector, dtype=np.float32).reshape(-1)
         norm = float(np.linalg.norm(vector)) if np.isfinite(vector).all() else 0.0
-        if not item.facts.path.startswith("/"):
-            return FileError(item.facts.path, "not an absolute path", 400)
+        if not item.facts.path.startswith(("/", "http://", "https://")):
+            return FileError(item.facts.path, "not an absolute path or an http(s) URL", 400)
         if vector.shape != (self.catalog.dim,) or norm == 0.0:
             return FileError(
                 item.facts.path,
