@@ -1,26 +1,28 @@
-"""The store and the index kept in step: every change goes to SQLite first, then to FAISS.
+"""The store and the index kept in step: every change goes to SQLite first, then to the index.
 
-At start-up the saved index is verified against the database: used as is when its stamp matches,
-caught up (changed rows re-added, deleted ids dropped) when it is behind, and rebuilt from SQLite
-when it is missing, damaged or cannot be trusted.
+SQLite is the truth and its generation stamps are the change log: the index keeps an immutable
+saved base and replays newer rows at start-up (imgsearch/index/), so nothing is serialised on
+the request path and a crash loses nothing SQLite has. Exact vectors (re-scoring,
+similarities, duplicates) always come from the store, never from a quantized index.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .index import TEMP_SUFFIX, IndexFileError, Stamp, VectorIndex
+from .index import LibraryIndex, Policy
 from .store import NewImage, Store, WriteResult
 
 log = logging.getLogger(__name__)
 
-INDEX_FILE = "index.faiss"
+INDEX_DIR = "index"
+LEGACY_INDEX_FILE = "index.faiss"  # the single-file index of schema 3 and before
 DB_FILE = "imgsearch.sqlite3"
 
 
@@ -33,73 +35,57 @@ class Neighbour:
     source: str | None = None
 
 
-class Catalog:
-    """Images known to the daemon: SQLite as the truth, FAISS as its searchable mirror."""
+class StoreSource:
+    """The store as the index reads it (build, replay, exact vectors)."""
 
-    def __init__(self, data_dir: Path, model_id: str, dim: int) -> None:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def generation(self) -> int:
+        return self.store.generation()
+
+    def ids(self) -> np.ndarray:
+        return self.store.ids()
+
+    def chunks(self, since_generation: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for chunk in self.store.vectors(since_generation=since_generation):
+            yield chunk.ids, chunk.vectors
+
+    def vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        parts = list(self.store.vectors(ids=[int(i) for i in ids]))
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        return np.concatenate([p.ids for p in parts]), np.concatenate([p.vectors for p in parts])
+
+
+class Catalog:
+    """Images known to the daemon: SQLite as the truth, the vector index as its mirror."""
+
+    def __init__(
+        self, data_dir: Path, model_id: str, dim: int, policy: Policy | None = None
+    ) -> None:
         self.model_id = model_id
         self.dim = dim
-        self.index_path = data_dir / INDEX_FILE
-        for stray in data_dir.glob("*" + TEMP_SUFFIX):
-            log.warning("removing %s left by an interrupted save", stray)
-            stray.unlink()
+        legacy = data_dir / LEGACY_INDEX_FILE
+        for stray in (legacy, legacy.with_name(legacy.name + ".tmp")):
+            if stray.exists():
+                log.info("removing %s (replaced by %s/)", stray, INDEX_DIR)
+                stray.unlink()
         self.store = Store(data_dir / DB_FILE)
         self._mutate = threading.Lock()
         try:
             self.store.bind_model(model_id, dim)
-            self.index, self.index_origin = self._open_index()
+            self.index = LibraryIndex(
+                data_dir / INDEX_DIR, StoreSource(self.store), model_id, dim, policy or Policy()
+            )
         except BaseException:
             self.store.close()
             raise
-        self._applied = self.store.generation()
-        self._saved = self._applied if self.index_origin == "loaded" else -1
 
-    # -- start-up -----------------------------------------------------------------------------
-
-    def _open_index(self) -> tuple[VectorIndex, str]:
-        try:
-            index, stamp = VectorIndex.load(self.index_path, self.model_id, self.dim)
-        except IndexFileError as exc:
-            if not self.index_path.exists() and self.store.count() == 0:
-                log.info("new data directory: starting with an empty index")
-                return VectorIndex(self.dim), "new"
-            log.warning("index %s: %s; rebuilding from SQLite", self.index_path, exc)
-            return self._rebuild(), "rebuilt"
-        current = self.store.generation()
-        if stamp.generation > current:
-            log.warning("index %s is newer than the database; rebuilding", self.index_path)
-            return self._rebuild(), "rebuilt"
-        if stamp.generation < current:
-            dropped, readded = self._catch_up(index, stamp)
-            log.info(
-                "index %s was behind the database (generation %d < %d): "
-                "dropped %d deleted, re-added %d changed",
-                self.index_path, stamp.generation, current, dropped, readded,
-            )  # fmt: skip
-            origin = "caught-up"
-        else:
-            origin = "loaded"
-        if len(index) != self.store.count():
-            log.warning("index %s disagrees with the database; rebuilding", self.index_path)
-            return self._rebuild(), "rebuilt"
-        log.info("index %s loaded: %d vectors", self.index_path, len(index))
-        return index, origin
-
-    def _catch_up(self, index: VectorIndex, stamp: Stamp) -> tuple[int, int]:
-        gone = np.setdiff1d(index.ids(), self.store.ids(), assume_unique=True)
-        dropped = index.remove(gone) if len(gone) else 0
-        readded = 0
-        for chunk in self.store.vectors(since_generation=stamp.generation):
-            index.add(chunk.ids, chunk.vectors, replace=True)
-            readded += len(chunk.ids)
-        return dropped, readded
-
-    def _rebuild(self) -> VectorIndex:
-        index = VectorIndex(self.dim)
-        for chunk in self.store.vectors():
-            index.add(chunk.ids, chunk.vectors)
-        log.info("index rebuilt from SQLite: %d vectors", len(index))
-        return index
+    @property
+    def index_origin(self) -> str:
+        """How the index came up: new, loaded, replayed (loaded + newer rows) or rebuilt."""
+        return self.index.origin
 
     # -- changes ------------------------------------------------------------------------------
 
@@ -108,8 +94,7 @@ class Catalog:
         with self._mutate:
             result = self.store.upsert(items)
             vectors = np.stack([item.vector for item in items])
-            self.index.add(np.asarray(result.ids, dtype=np.int64), vectors, replace=True)
-            self._applied = result.generation
+            self.index.add(np.asarray(result.ids, dtype=np.int64), vectors, result.generation)
         return result
 
     def remove_tree(self, path: str) -> list[int]:
@@ -117,8 +102,7 @@ class Catalog:
         with self._mutate:
             ids = self.store.remove_tree(path)
             if ids:
-                self.index.remove(np.asarray(ids, dtype=np.int64))
-                self._applied = self.store.generation()
+                self.index.remove(np.asarray(ids, dtype=np.int64), self.store.generation())
         return ids
 
     def remove_ids(self, ids: Sequence[int]) -> list[int]:
@@ -126,8 +110,7 @@ class Catalog:
         with self._mutate:
             removed = self.store.remove_ids(ids) if ids else []
             if removed:
-                self.index.remove(np.asarray(removed, dtype=np.int64))
-                self._applied = self.store.generation()
+                self.index.remove(np.asarray(removed, dtype=np.int64), self.store.generation())
         return removed
 
     def mark_missing(self, path: str) -> list[int]:
@@ -136,8 +119,7 @@ class Catalog:
             ids = [f.id for f in self.store.files_under(path) if not f.missing]
             if ids:
                 self.store.set_missing(ids, True)
-                self.index.remove(np.asarray(ids, dtype=np.int64))
-                self._applied = self.store.generation()
+                self.index.remove(np.asarray(ids, dtype=np.int64), self.store.generation())
         return ids
 
     def restore(self, ids: Sequence[int]) -> int:
@@ -146,35 +128,40 @@ class Catalog:
             if not ids or not self.store.set_missing(ids, False):
                 return 0
             restored = 0
+            generation = self.store.generation()
             for chunk in self.store.vectors(ids=ids):
-                self.index.add(chunk.ids, chunk.vectors, replace=True)
+                self.index.add(chunk.ids, chunk.vectors, generation)
                 restored += len(chunk.ids)
-            self._applied = self.store.generation()
         return restored
 
     def move(self, image_id: int, path: str, size: int, mtime_ns: int) -> int | None:
         """Give an image a new path, keeping its vector; return the id it replaced there, if any."""
         with self._mutate:
             replaced = self.store.move(image_id, path, size, mtime_ns)
+            generation = self.store.generation()
             if replaced is not None:
-                self.index.remove(np.asarray([replaced], dtype=np.int64))
+                self.index.remove(np.asarray([replaced], dtype=np.int64), generation)
             for chunk in self.store.vectors(ids=[image_id]):  # back in if it was missing
-                self.index.add(chunk.ids, chunk.vectors, replace=True)
-            self._applied = self.store.generation()
+                self.index.add(chunk.ids, chunk.vectors, generation)
         return replaced
 
     def similarities(self, query: np.ndarray, ids: Sequence[int]) -> dict[int, float]:
-        """Cosine similarity of the query to each stored id still in the index."""
-        vectors = self.index.vectors(ids)
-        return {i: float(v @ query) for i, v in vectors.items()}
+        """Cosine similarity of the query to each present stored id (exact, from the store)."""
+        found = {}
+        for chunk in self.store.vectors(ids=list(ids)):
+            for i, sim in zip(chunk.ids.tolist(), (chunk.vectors @ query).tolist(), strict=True):
+                found[int(i)] = float(sim)
+        return found
 
     # -- reads --------------------------------------------------------------------------------
 
-    def nearest(self, queries: np.ndarray, k: int) -> list[list[Neighbour]]:
-        """The k nearest stored images of each query, best first."""
-        if len(self.index) == 0:
+    def nearest(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> list[list[Neighbour]]:
+        """The k nearest stored images of each query, best first (among sorted `allowed` ids)."""
+        if len(self.index) == 0 or (allowed is not None and not len(allowed)):
             return [[] for _ in range(len(queries))]
-        sims, ids = self.index.search(queries, k)
+        sims, ids = self.index.search(queries, k, allowed)
         paths = self.store.paths(sorted({int(i) for i in ids.ravel() if i >= 0}))
         return [
             [  # a row removed since the search is not reported
@@ -189,20 +176,13 @@ class Catalog:
 
     @property
     def dirty(self) -> bool:
-        return self._saved != self._applied
+        """Always False: nothing needs saving, SQLite has every change (kept for callers)."""
+        return False
 
     def save(self) -> bool:
-        """Save the index if it changed since the last save; return whether it wrote."""
-        with self._mutate:
-            if not self.dirty:
-                return False
-            generation = self._applied
-            stamp = Stamp(self.model_id, self.dim, generation, len(self.index))
-            self.index.save(self.index_path, stamp)
-            self._saved = generation
-        log.debug("index saved: %d vectors, generation %d", stamp.count, generation)
-        return True
+        """Nothing to do: the index saves its base itself when it builds one. Returns False."""
+        return False
 
     def close(self) -> None:
-        self.save()
+        self.index.close()
         self.store.close()

@@ -68,11 +68,15 @@ class Service:
         try:
             heif = enable_heif()
             self.embedder = embedder if embedder is not None else load_embedder(config)
-            self.catalog = Catalog(config.data_dir, self.embedder.model_id, self.embedder.dim)
+            self.catalog = Catalog(
+                config.data_dir,
+                self.embedder.model_id,
+                self.embedder.dim,
+                config.index_policy(),
+            )
         except BaseException:
             self._lock.release()
             raise
-        self.catalog.save()  # persist a rebuilt or caught-up index straight away
         limits: dict[str, Any] = {
             "max_file_bytes": config.max_upload_bytes,
             "max_pixels": config.max_image_pixels,
@@ -140,12 +144,7 @@ class Service:
             "watched": len(self.watcher.watches()),
             "model": self.embedder.model_id,
             "dim": self.embedder.dim,
-            "index": {
-                "type": self.catalog.index.kind,
-                "vectors": len(self.catalog.index),
-                "origin": self.catalog.index_origin,
-                "unsaved": self.catalog.dirty,
-            },
+            "index": self.catalog.index.describe(),
             "data_dir": str(self.config.data_dir),
         }
 
