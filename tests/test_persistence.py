@@ -48,25 +48,25 @@ def test_schema_is_migrated_and_versioned(tmp_path: Path) -> None:
 def test_upsert_insert_update_and_generation(tmp_path: Path) -> None:
     store = Store(tmp_path / "db.sqlite3")
     g0 = store.generation()
-    first = store.upsert([item("/a/1.jpg", 1), item("/a/2.jpg", 2)])
+    first = store.images.upsert([item("/a/1.jpg", 1), item("/a/2.jpg", 2)])
     assert first.updated == [] and len(set(first.ids)) == 2 and first.generation == g0 + 1
-    second = store.upsert([item("/a/1.jpg", 3), item("/a/3.jpg", 4)])
+    second = store.images.upsert([item("/a/1.jpg", 3), item("/a/3.jpg", 4)])
     assert second.updated == [first.ids[0]] and second.ids[0] == first.ids[0]
     assert store.count() == 3
     states = store.file_states(["/a/1.jpg", "/nope"])
     assert list(states) == ["/a/1.jpg"] and states["/a/1.jpg"].size == 103
     changed = list(store.vectors(since_generation=first.generation))
     assert sorted(changed[0].ids.tolist()) == sorted(second.ids)
-    np.testing.assert_allclose(changed[0].vectors[0], vec(3))
+    np.testing.assert_allclose(changed[0].vectors[0], vec(3), atol=1e-3)  # float16
     store.close()
 
 
 def test_remove_tree_matches_folder_not_prefix(tmp_path: Path) -> None:
     store = Store(tmp_path / "db.sqlite3")
-    store.upsert(
+    store.images.upsert(
         [item(p, i) for i, p in enumerate(["/x/a.jpg", "/x/a/b.jpg", "/x/ab.jpg", "/x/a"])]
     )
-    removed = store.remove_tree("/x/a")
+    removed = store.images.remove_tree("/x/a").removed
     assert len(removed) == 2  # "/x/a" itself and "/x/a/b.jpg", not "/x/a.jpg" or "/x/ab.jpg"
     assert set(store.file_states(["/x/a.jpg", "/x/ab.jpg"])) == {"/x/a.jpg", "/x/ab.jpg"}
     store.close()
@@ -234,7 +234,7 @@ def test_a_version_2_database_is_migrated_keeping_its_images(tmp_path: Path) -> 
     (row,) = store.files_under("/old")
     assert (row.path, row.sha256, row.missing) == ("/old/a.jpg", "h", False)
     assert store.paths([row.id])[row.id].source is None
-    assert store.add_watch("/old") and store.watches() == ["/old"]
+    assert store.watches.add("/old") and store.watches.list() == ["/old"]
     store.close()
 
 
@@ -272,4 +272,45 @@ def test_a_move_keeps_the_vector_and_replaces_what_was_at_the_new_path(tmp_path:
     (hits,) = catalog.nearest(vec(1)[None, :], 5)
     assert [(h.id, h.path) for h in hits] == [(first, "/p/b.jpg")]
     assert catalog.store.file_states(["/p/b.jpg"])["/p/b.jpg"].size == 7
+    catalog.close()
+
+
+def test_counters_and_float16_vectors_with_old_float32_rows(tmp_path: Path) -> None:
+    """Schema v4: counts come from trigger-kept counters; new vectors are float16 (half the
+    bytes), and float32 rows written by older versions still read back exactly."""
+    path = tmp_path / DB_FILE
+    conn = sqlite3.connect(path)
+    for number, script in enumerate(MIGRATIONS[:3], start=1):
+        conn.executescript(script)
+        conn.execute(f"PRAGMA user_version={number}")
+    conn.executemany(
+        "INSERT INTO meta(key, value) VALUES (?, ?)", [("model", "m/test"), ("dim", str(DIM))]
+    )
+    for i, missing in ((1, 0), (2, 0), (3, 1)):
+        conn.execute(
+            "INSERT INTO images(path, size, mtime_ns, sha256, width, height, vector, generation,"
+            " added_at, updated_at, missing) VALUES (?, 1, 2, 'h', 3, 4, ?, 1, 0, 0, ?)",
+            (f"/old/{i}.jpg", vec(i).astype("<f4").tobytes(), missing),
+        )
+    conn.commit()
+    conn.close()
+    catalog = open_catalog(tmp_path)
+    store = catalog.store
+    assert (store.count(), store.missing()) == (2, 1)
+    old = {int(i): v for c in store.vectors() for i, v in zip(c.ids, c.vectors, strict=True)}
+    np.testing.assert_array_equal(sorted(old), [1, 2])
+    np.testing.assert_allclose(old[1], vec(1), rtol=1e-6)  # float32 rows: exact
+    new = catalog.put([item("/new/a.jpg", 7), item("/new/b.jpg", 8)]).ids
+    (blob,) = (
+        sqlite3.connect(path).execute("SELECT vector FROM images WHERE id=?", (new[0],)).fetchone()
+    )
+    assert len(blob) == 2 * DIM, "float16 on disk"
+    got = catalog.vectors([new[0], 1])
+    assert float(got[new[0]] @ vec(7)) >= 0.9999 and float(got[1] @ vec(1)) == pytest.approx(1.0)
+    assert (store.count(), store.missing()) == (4, 1)
+    catalog.mark_missing("/new")
+    catalog.restore(catalog.store.ids()[:0].tolist() + [3])
+    assert (store.count(), store.missing()) == (3, 2)
+    catalog.remove_tree("/")
+    assert (store.count(), store.missing()) == (0, 0)
     catalog.close()

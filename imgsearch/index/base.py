@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,7 @@ def empty_exact(model_id: str, dim: int, generation: int) -> Base:
     import faiss
 
     index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-    meta = BaseMeta(model_id, dim, "exact", "IDMap2,Flat", generation, 0, 0, 0.0)
+    meta = BaseMeta(model_id, dim, "exact", "IDMap2,Flat", generation, 0, 0, time.time(), 0, 1.0)
     return Base(index, np.zeros(0, np.int64), meta)
 
 

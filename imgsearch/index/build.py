@@ -1,8 +1,9 @@
 """Building a base from the store: train on a sample, stream every vector in, tune nprobe.
 
 Everything is read from SQLite in chunks (never the whole library twice in memory). The
-recall@10 ground truth of the tuning queries (stored vectors) is accumulated exactly in the
-same pass that adds the vectors, so tuning costs no second read of the library.
+recall@10 ground truth of the tuning queries (stored vectors; each query's own id is left out of
+both the truth and the answers, so a query never scores by finding itself) is accumulated
+exactly in the same pass that adds the vectors, so tuning costs no second read of the library.
 """
 
 from __future__ import annotations
@@ -69,11 +70,13 @@ def build(
         index.add_with_ids(vectors, ids)
         seen.append(ids)
         if spec.kind != "exact" and len(q_ids):
-            truth = merge([truth, exact_among(queries, P.RECALL_K, ids, vectors)], P.RECALL_K)
+            found = exact_among(queries, P.RECALL_K + 1, ids, vectors)
+            truth = merge([truth, found], P.RECALL_K + 1)
     all_ids = np.sort(np.concatenate(seen)) if seen else np.zeros(0, np.int64)
     nprobe, recall, rescore = 0, 1.0, 0
     if spec.kind != "exact" and len(q_ids):
-        nprobe, recall, rescore = tune(index, spec, queries, truth[1], source, policy)
+        others = _without(truth[1], q_ids, P.RECALL_K)
+        nprobe, recall, rescore = tune(index, spec, (q_ids, queries), others, source, policy)
     meta = BaseMeta(
         model_id, dim, spec.kind, spec.factory, generation, len(all_ids), len(all_ids),
         time.time(), nprobe, recall, rescore,
@@ -86,8 +89,8 @@ def build(
 
 
 def tune(
-    index: Any, spec: P.Spec, queries: np.ndarray, truth: np.ndarray, source: Source,
-    policy: P.Policy,
+    index: Any, spec: P.Spec, queries: tuple[np.ndarray, np.ndarray], truth: np.ndarray,
+    source: Source, policy: P.Policy,
 ) -> tuple[int, float, int]:  # fmt: skip
     """Smallest nprobe reaching the target recall; with exact re-scoring if codes fall short."""
     for rescore in (0, P.RESCORE_FACTOR) if spec.quantized else (0,):
@@ -118,15 +121,31 @@ def _smallest(recall_at: Any, spec: P.Spec, policy: P.Policy) -> tuple[int, floa
 
 
 def _recall(
-    index: Any, queries: np.ndarray, truth: np.ndarray, source: Source, rescore: int, nprobe: int
+    index: Any,
+    queries: tuple[np.ndarray, np.ndarray],
+    truth: np.ndarray,
+    source: Source,
+    rescore: int,
+    nprobe: int,
 ) -> float:
     k = P.RECALL_K
+    q_ids, vectors = queries
     params = search_params(True, None, nprobe)
-    _, ids = index.search(queries, k * max(1, rescore), params=params)
+    _, ids = index.search(vectors, (k + 1) * max(1, rescore), params=params)
     if rescore:
-        ids = rescored(queries, ids, k, source)[1]
+        ids = rescored(vectors, ids, k + 1, source)[1]
+    ids = _without(ids, q_ids, k)
     hits = sum(len(np.intersect1d(a[a >= 0], b[b >= 0])) for a, b in zip(ids, truth, strict=True))
     return hits / max(1, int((truth >= 0).sum()))
+
+
+def _without(ids: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
+    """Each row's first k ids other than the row's own id, -1 padded."""
+    out = np.full((len(ids), k), -1, np.int64)
+    for row, (found, me) in enumerate(zip(ids, own, strict=True)):
+        others = found[(found != me) & (found >= 0)][:k]
+        out[row, : len(others)] = others
+    return out
 
 
 def rescored(

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 WAKE_SECONDS = 5.0  # how often the background worker looks for work unprompted
 STOP_WAIT = 5.0  # seconds close() waits for a build in progress (the thread is a daemon)
 QUANTIZED = ("ivf-sq8", "ivf-pq")
+EXTRA = 10  # quantized codes: candidates beyond k re-scored exactly (near-duplicates' order)
 
 
 class LibraryIndex:
@@ -158,7 +159,7 @@ class LibraryIndex:
         seg = self._segments  # one read: a swap meanwhile does not mix two states
         meta = seg.base.meta
         quantized = meta.kind in QUANTIZED  # similarities of hits always exact, from the store
-        wanted = k * max(1, meta.rescore)
+        wanted = k * meta.rescore if meta.rescore else k + (EXTRA if quantized else 0)
         nprobe = max(1, meta.nprobe)
         sims, ids = seg.search(queries, wanted, allowed, nprobe)
         need = min(wanted, len(seg) if allowed is None else len(allowed))

@@ -18,6 +18,7 @@ EXACT_MAX = 100_000
 FLAT_MAX_BYTES = 3 * 1024**3
 SQ8_MAX_BYTES = 6 * 1024**3
 PQ_BYTES_PER_VECTOR = 64  # PQ sub-quantizers (one byte each)
+PQ_MIN_COUNT = 64  # PQ codebooks need a few vectors per code
 # Inverted lists: LISTS_PER_SQRT * sqrt(n), trained on TRAIN_PER_LIST vectors per list.
 LISTS_PER_SQRT = 4.0
 MIN_LISTS = 8
@@ -75,10 +76,10 @@ class Policy:
         lists = lists_for(count)
         if count * dim * 4 <= self.flat_max_bytes:
             return Spec("ivf-flat", f"IVF{lists},Flat", lists)
-        if count * dim <= self.sq8_max_bytes:
+        if count * dim <= self.sq8_max_bytes or count < PQ_MIN_COUNT:
             return Spec("ivf-sq8", f"IVF{lists},SQ8", lists)
         m = _pq_subquantizers(dim)
-        bits = max(4, min(8, int(math.log2(max(2, count // TRAIN_PER_LIST)))))
+        bits = min(8, int(math.log2(count // 4)))  # 8-bit codes need 256+ training vectors
         return Spec("ivf-pq", f"IVF{lists},PQ{m}x{bits}", lists)
 
     def needs_training(self, current: str, trained_count: int, count: int, dim: int) -> bool:
@@ -91,7 +92,8 @@ class Policy:
 
 def lists_for(count: int) -> int:
     wanted = round(LISTS_PER_SQRT * math.sqrt(count))
-    return int(max(MIN_LISTS, min(MAX_LISTS, wanted, count // TRAIN_PER_LIST or 1)))
+    trainable = max(MIN_LISTS, count // TRAIN_PER_LIST)
+    return int(max(1, min(MAX_LISTS, wanted, trainable, count)))
 
 
 def train_size(lists: int, count: int) -> int:
@@ -99,8 +101,8 @@ def train_size(lists: int, count: int) -> int:
 
 
 def _pq_subquantizers(dim: int) -> int:
-    """The largest PQ_BYTES_PER_VECTOR-or-fewer divisor of dim (PQ needs m | dim)."""
-    for m in range(min(PQ_BYTES_PER_VECTOR, dim), 0, -1):
+    """The largest divisor of dim up to PQ_BYTES_PER_VECTOR and dim / 4 (PQ needs m | dim)."""
+    for m in range(max(1, min(PQ_BYTES_PER_VECTOR, dim // 4)), 0, -1):
         if dim % m == 0:
             return m
     return 1

@@ -132,7 +132,7 @@ async def health(request: web.Request) -> web.Response:
 
 @table.get("/stats")
 async def stats(request: web.Request) -> web.Response:
-    return web.json_response(_service(request).stats())
+    return web.json_response(await _run(request, _service(request).stats))
 
 
 async def _add(
@@ -248,18 +248,32 @@ async def search_get(request: web.Request) -> web.Response:
 
 @table.post("/search")
 async def search_post(request: web.Request) -> web.Response:
-    """A multipart upload (field `image`), a raw image body, or JSON with a path or data URI."""
+    """A multipart upload (field `image`), a raw image body, or JSON with a path, data URI,
+    text or vector."""
     service = _service(request)
     query, params, compare = await _posted_query(request, service.config.max_upload_bytes)
     options = _options(service, params, compare)
     with request.app[SEARCH_GATE].enter():
         if isinstance(query, bytes):
             hits = await _run(request, service.searcher.by_bytes, query, options)
+        elif isinstance(query, list):
+            hits = await _run(request, service.searcher.by_vector, query, options)
         elif isinstance(query, str):
             hits = await _run(request, service.searcher.by_text, query, options)
         else:
             hits = await _run(request, service.searcher.by_path, query, options)
     return web.json_response({"results": [h.as_json() for h in hits]})
+
+
+def _vector(raw: Any, params: Mapping[str, Any]) -> list[float]:
+    """A JSON list of numbers (its length and values are checked by the searcher)."""
+    if any(key in params for key in ("image", "url", "text")):
+        raise BadRequest("give one of image, url, text or vector")
+    if not isinstance(raw, list) or not all(
+        isinstance(x, int | float) and not isinstance(x, bool) for x in raw
+    ):
+        raise BadRequest("vector must be a JSON list of numbers")
+    return [float(x) for x in raw]
 
 
 def _only_url(params: Mapping[str, Any]) -> None:
@@ -277,8 +291,8 @@ def _text(text: Any, image: Any) -> str:
 
 async def _posted_query(
     request: web.Request, max_bytes: int
-) -> tuple[bytes | Path | str, dict[str, Any], list[str]]:
-    """The query (image bytes, a path to read, or a text), its parameters and comparators."""
+) -> tuple[bytes | Path | str | list[float], dict[str, Any], list[str]]:
+    """The query (image bytes, a path, a text or a vector), its parameters and comparators."""
     if request.content_length is not None and request.content_length > max_bytes * 2:
         raise PayloadTooLarge(f"upload is over the {max_bytes}-byte limit")
     params: dict[str, Any] = dict(request.query)
@@ -301,6 +315,8 @@ async def _posted_query(
             compare += [v for v in form.getall("compare", []) if isinstance(v, str)]
             body = {k: v for k, v in form.items() if isinstance(v, str) and k != "compare"}
         params.update(body)
+        if "vector" in body:
+            return _vector(params.pop("vector"), params), params, compare
         if "url" in params:
             _only_url(params)
             return await query_bytes(request, params.pop("url")), params, compare

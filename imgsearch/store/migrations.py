@@ -1,0 +1,107 @@
+"""The schema, as numbered migrations applied in order and recorded in `PRAGMA user_version`."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+from ..errors import ConfigError
+from .db import Database
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE images (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        path TEXT NOT NULL UNIQUE,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        vector BLOB NOT NULL,
+        generation INTEGER NOT NULL,
+        added_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX images_sha256 ON images(sha256);
+    CREATE INDEX images_generation ON images(generation);
+    INSERT INTO meta(key, value) VALUES ('generation', '0');
+    """,
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        image TEXT NOT NULL,
+        refresh INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        done INTEGER NOT NULL,
+        total INTEGER,
+        report TEXT NOT NULL,
+        error TEXT,
+        created REAL NOT NULL,
+        started REAL,
+        finished REAL
+    );
+    CREATE INDEX jobs_created ON jobs(created);
+    """,
+    # v3: where a downloaded image came from; images of a vanished watched folder kept as
+    # `missing` (out of the index, back when the folder returns); the watched folders.
+    """
+    ALTER TABLE images ADD COLUMN source TEXT;
+    ALTER TABLE images ADD COLUMN missing INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX images_path_missing ON images(missing, path);
+    CREATE TABLE watches (path TEXT PRIMARY KEY, added REAL NOT NULL);
+    """,
+    # v4: row counters kept by triggers, so /stats never counts rows. (Vectors written from
+    # v4 on are float16; older float32 rows stay readable, told apart by their length.)
+    """
+    INSERT INTO meta(key, value) SELECT 'present', count(*) FROM images WHERE missing=0;
+    INSERT INTO meta(key, value) SELECT 'missing', count(*) FROM images WHERE missing=1;
+    CREATE TRIGGER images_counted_insert AFTER INSERT ON images BEGIN
+        UPDATE meta SET value = CAST(value AS INTEGER) + 1
+        WHERE key = CASE NEW.missing WHEN 0 THEN 'present' ELSE 'missing' END;
+    END;
+    CREATE TRIGGER images_counted_delete AFTER DELETE ON images BEGIN
+        UPDATE meta SET value = CAST(value AS INTEGER) - 1
+        WHERE key = CASE OLD.missing WHEN 0 THEN 'present' ELSE 'missing' END;
+    END;
+    CREATE TRIGGER images_counted_missing AFTER UPDATE OF missing ON images
+    WHEN OLD.missing <> NEW.missing BEGIN
+        UPDATE meta SET value = CAST(value AS INTEGER) + (1 - 2 * NEW.missing)
+        WHERE key = 'present';
+        UPDATE meta SET value = CAST(value AS INTEGER) - (1 - 2 * NEW.missing)
+        WHERE key = 'missing';
+    END;
+    """,
+)
+
+
+def migrate(db: Database) -> None:
+    """Bring the schema up to date; refuse a database made by a newer imgsearch."""
+    with db.write() as conn:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise ConfigError(
+                f"{db.path} has schema version {version}, newer than this imgsearch "
+                f"({len(MIGRATIONS)}); upgrade imgsearch"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            for statement in statements(script):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={number}")
+            log.info("database %s migrated to schema version %d", db.path, number)
+
+
+def statements(script: str) -> list[str]:
+    """The script's statements (a trigger's body holds `;` too: split where SQLite agrees)."""
+    found: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                found.append(pending.strip())
+            pending = ""
+    return found
