@@ -238,9 +238,16 @@ class Images:
         """Ids and vectors of present rows written after `since_generation` (or of `ids`)."""
         conn = self.db.reader()
         if ids is None:
+            # `+missing`: no index on it here. Everything: in rowid order, no sort; since a
+            # generation: the few newer rows through images_generation.
+            since = (
+                "WHERE 1"
+                if since_generation <= 0
+                else ("INDEXED BY images_generation WHERE generation > ?")
+            )
             cursor = conn.execute(
-                "SELECT id, vector FROM images WHERE generation > ? AND missing=0 ORDER BY id",
-                (since_generation,),
+                f"SELECT id, vector FROM images {since} AND +missing=0 ORDER BY id",
+                () if since_generation <= 0 else (since_generation,),
             )
             yield from vector_chunks(cursor, chunk, self._dim())
             return
