@@ -64,20 +64,22 @@ class Vectors:
         self.n, self.dim, self.dist = n, dim, dist
         rng = np.random.default_rng(12345)
         clusters = max(10, n * CLUSTERS_PER_MILLION // 1_000_000)
-        self.centres = rng.standard_normal((clusters, dim)).astype(np.float32)
-        # Varied spread: members at cosine ~0.96 (tight) to ~0.7 (loose) from their centre.
-        self.spread = rng.uniform(0.3, 1.0, clusters).astype(np.float32)
+        # Like image embeddings: all in one cone (a shared mean direction: random pairs at
+        # cosine ~0.4), clusters around it, members at varied spread (cosine ~0.5-0.85 to
+        # their cluster's other members), and 1% near-duplicates.
+        self.mean = rng.standard_normal(dim).astype(np.float32)
+        self.centres = 0.8 * rng.standard_normal((clusters, dim)).astype(np.float32)
+        self.spread = rng.uniform(0.5, 1.2, clusters).astype(np.float32)
 
     def chunk(self, i: int) -> np.ndarray:
         size = min(CHUNK, self.n - i * CHUNK)
         rng = np.random.default_rng(1000 + i)
+        noise = rng.standard_normal((size, self.dim)).astype(np.float32)
         if self.dist == "uniform":
-            x = rng.standard_normal((size, self.dim)).astype(np.float32)
-        else:
-            which = rng.integers(0, len(self.centres), size)
-            noise = rng.standard_normal((size, self.dim)).astype(np.float32)
-            x = self.centres[which] + self.spread[which, None] * noise
-            x[1::100] = x[::100][: len(x[1::100])] + 0.02 * noise[1::100] / np.sqrt(self.dim)
+            return unit(noise)
+        which = rng.integers(0, len(self.centres), size)
+        x = self.mean + self.centres[which] + self.spread[which, None] * noise
+        x[1::100] = x[::100][: len(x[1::100])] + 0.05 * noise[1::100]
         return unit(x)
 
     def chunks(self) -> Iterator[np.ndarray]:
@@ -88,10 +90,10 @@ class Vectors:
         rng = np.random.default_rng(777)
         if self.dist == "uniform":
             return unit(rng.standard_normal((count, self.dim)).astype(np.float32))
+        # A new photo of a known subject: a stored vector moved to cosine ~0.9 from it.
         base = self.chunk(0)[rng.integers(0, min(CHUNK, self.n), count)]
-        return unit(
-            base + 0.5 * rng.standard_normal(base.shape).astype(np.float32) / np.sqrt(self.dim)
-        )
+        noise = rng.standard_normal(base.shape).astype(np.float32) / np.sqrt(self.dim)
+        return unit(base + 0.5 * noise)
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -272,9 +274,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def crossover(sizes: list[int], dim: int) -> list[dict[str, Any]]:
     """Per-query time of exact search and of IVF-Flat at the nprobe reaching recall@10 0.97,
-    in process (no HTTP), one query at a time as the daemon runs them."""
+    in process (no HTTP), one query at a time on one thread, as the daemon runs them."""
     import faiss
 
+    faiss.omp_set_num_threads(1)
     from imgsearch.index.policy import lists_for
 
     rows = []

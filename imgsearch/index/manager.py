@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 WAKE_SECONDS = 5.0  # how often the background worker looks for work unprompted
 STOP_WAIT = 5.0  # seconds close() waits for a build in progress (the thread is a daemon)
 QUANTIZED = ("ivf-sq8", "ivf-pq")
+SEARCH_THREADS = 1
 EXTRA = 10  # quantized codes: candidates beyond k re-scored exactly (near-duplicates' order)
 
 
@@ -151,6 +152,12 @@ class LibraryIndex:
         self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Similarities and ids, best first, -1 padded; only `allowed` ids (sorted) if given."""
+        import faiss
+
+        # One OpenMP thread for this (request) thread: a few queries gain nothing from more,
+        # and on a busy machine waking them costs more than the search (docs/BENCHMARKS.md).
+        # The setting is per OS thread: background training keeps every core.
+        faiss.omp_set_num_threads(SEARCH_THREADS)
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         if allowed is not None:
             allowed = np.ascontiguousarray(allowed, dtype=np.int64)
