@@ -89,7 +89,7 @@ def save(base: Base, folder: Path) -> Path:
     for f in (INDEX, IDS, META):
         _fsync(tmp / f)
     if final.exists():
-        shutil.rmtree(final)
+        _discard(final)
     os.replace(tmp, final)
     _fsync(folder)
     return final
@@ -117,7 +117,15 @@ def prune(folder: Path, keep: Path) -> None:
     """Delete every saved base but `keep`."""
     for old in saved(folder):
         if old != keep:
-            shutil.rmtree(old, ignore_errors=True)
+            _discard(old)
+
+
+def _discard(path: Path) -> None:
+    """Delete a saved base; renamed to a temporary first, so a crash midway never leaves a
+    half-deleted base that looks complete."""
+    doomed = path.with_name(path.name + ".old" + TEMP_SUFFIX)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def load(path: Path, model_id: str, dim: int, *, mmap: bool = True) -> Base:
