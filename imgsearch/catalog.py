@@ -22,7 +22,7 @@ from .store import NewImage, Store, WriteResult
 log = logging.getLogger(__name__)
 
 INDEX_DIR = "index"
-LEGACY_INDEX_FILE = "index.faiss"  # the single-file index of schema 3 and before
+LEGACY_INDEX_FILE = "index.faiss"  # the single-file index of earlier versions
 DB_FILE = "imgsearch.sqlite3"
 
 
@@ -218,5 +218,8 @@ class Catalog:
         return False
 
     def close(self) -> None:
-        self.index.close()
-        self.store.close()
+        """Stop the index's background work and close the database (closed even if it fails)."""
+        try:
+            self.index.close()
+        finally:
+            self.store.close()

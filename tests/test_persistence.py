@@ -276,7 +276,7 @@ def test_a_move_keeps_the_vector_and_replaces_what_was_at_the_new_path(tmp_path:
 
 
 def test_counters_and_float16_vectors_with_old_float32_rows(tmp_path: Path) -> None:
-    """Schema v4: counts come from trigger-kept counters; new vectors are float16 (half the
+    """Schema v5: counts come from trigger-kept counters; new vectors are float16 (half the
     bytes), and float32 rows written by older versions still read back exactly."""
     path = tmp_path / DB_FILE
     conn = sqlite3.connect(path)

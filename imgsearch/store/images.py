@@ -164,7 +164,7 @@ class Images:
 
     def count(self) -> int:
         """Images present (searchable); `missing()` counts the ones of vanished folders.
-        Both read counters that triggers keep (schema v4): no rows are counted."""
+        Both read counters that triggers keep (schema v5): no rows are counted."""
         row = self.db.reader().execute("SELECT value FROM meta WHERE key='present'").fetchone()
         return int(row[0])
 

@@ -54,9 +54,16 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX images_path_missing ON images(missing, path);
     CREATE TABLE watches (path TEXT PRIMARY KEY, added REAL NOT NULL);
     """,
-    # v4: row counters kept by triggers, so /stats never counts rows; the present ids in order
+    # v4: a job's kind recorded, not guessed (older rows: a path job's label is its absolute
+    # path, a URL job's never is); `refresh` named `update` like the job's field.
+    """
+    ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'path';
+    UPDATE jobs SET kind = CASE WHEN substr(image, 1, 1) = '/' THEN 'path' ELSE 'urls' END;
+    ALTER TABLE jobs RENAME COLUMN refresh TO "update";
+    """,
+    # v5: row counters kept by triggers, so /stats never counts rows; the present ids in order
     # from an index alone (start-up replay never scans the vector pages). (Vectors written
-    # from v4 on are float16; older float32 rows stay readable, told apart by their length.)
+    # from v5 on are float16; older float32 rows stay readable, told apart by their length.)
     """
     CREATE INDEX images_missing_id ON images(missing, id);
     INSERT INTO meta(key, value) SELECT 'present', count(*) FROM images WHERE missing=0;
