@@ -221,7 +221,9 @@ def candidate_passes(
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     """close_pairs on the catalog's vectors: IVF, then exact; times, recall, agreement."""
-    store_ids, vectors = catalog.index.snapshot()
+    chunks = list(catalog.store.vectors())
+    store_ids = np.concatenate([c.ids for c in chunks])
+    vectors = np.concatenate([c.vectors for c in chunks])
     keep = ~np.isin(store_ids, np.fromiter(hidden, dtype=np.int64, count=len(hidden)))
     store_ids, vectors = store_ids[keep], vectors[keep]
     row_of = {store_id: row for row, store_id in enumerate(ids)}

@@ -1,26 +1,28 @@
-"""The store and the index kept in step: every change goes to SQLite first, then to FAISS.
+"""The store and the index kept in step: every change goes to SQLite first, then to the index.
 
-At start-up the saved index is verified against the database: used as is when its stamp matches,
-caught up (changed rows re-added, deleted ids dropped) when it is behind, and rebuilt from SQLite
-when it is missing, damaged or cannot be trusted.
+SQLite is the truth and its generation stamps are the change log: the index keeps an immutable
+saved base and replays newer rows at start-up (imgsearch/index/), so nothing is serialised on
+the request path and a crash loses nothing SQLite has. Exact vectors (re-scoring,
+similarities, duplicates) always come from the store, never from a quantized index.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .index import TEMP_SUFFIX, IndexFileError, Stamp, VectorIndex
+from .index import LibraryIndex, Policy
 from .store import NewImage, Store, WriteResult
 
 log = logging.getLogger(__name__)
 
-INDEX_FILE = "index.faiss"
+INDEX_DIR = "index"
+LEGACY_INDEX_FILE = "index.faiss"  # the single-file index of earlier versions
 DB_FILE = "imgsearch.sqlite3"
 
 
@@ -50,74 +52,58 @@ class Change:
 Listener = Callable[[Change], None]
 
 
-class Catalog:
-    """Images known to the daemon: SQLite as the truth, FAISS as its searchable mirror."""
+class StoreSource:
+    """The store as the index reads it (build, replay, exact vectors)."""
 
-    def __init__(self, data_dir: Path, model_id: str, dim: int) -> None:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def generation(self) -> int:
+        return self.store.generation()
+
+    def ids(self) -> np.ndarray:
+        return self.store.ids()
+
+    def chunks(self, since_generation: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for chunk in self.store.images.vectors(since_generation=since_generation):
+            yield chunk.ids, chunk.vectors
+
+    def vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        parts = list(self.store.images.vectors(ids=[int(i) for i in ids]))
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        return np.concatenate([p.ids for p in parts]), np.concatenate([p.vectors for p in parts])
+
+
+class Catalog:
+    """Images known to the daemon: SQLite as the truth, the vector index as its mirror."""
+
+    def __init__(
+        self, data_dir: Path, model_id: str, dim: int, policy: Policy | None = None
+    ) -> None:
         self.model_id = model_id
         self.dim = dim
-        self.index_path = data_dir / INDEX_FILE
-        for stray in data_dir.glob("*" + TEMP_SUFFIX):
-            log.warning("removing %s left by an interrupted save", stray)
-            stray.unlink()
+        legacy = data_dir / LEGACY_INDEX_FILE
+        for stray in (legacy, legacy.with_name(legacy.name + ".tmp")):
+            if stray.exists():
+                log.info("removing %s (replaced by %s/)", stray, INDEX_DIR)
+                stray.unlink()
         self.store = Store(data_dir / DB_FILE)
         self._mutate = threading.Lock()
         self._listeners: list[Listener] = []
         try:
             self.store.meta.bind_model(model_id, dim)
-            self.index, self.index_origin = self._open_index()
+            self.index = LibraryIndex(
+                data_dir / INDEX_DIR, StoreSource(self.store), model_id, dim, policy or Policy()
+            )
         except BaseException:
             self.store.close()
             raise
-        self._applied = self.store.generation()
-        self._saved = self._applied if self.index_origin == "loaded" else -1
 
-    # -- start-up -----------------------------------------------------------------------------
-
-    def _open_index(self) -> tuple[VectorIndex, str]:
-        try:
-            index, stamp = VectorIndex.load(self.index_path, self.model_id, self.dim)
-        except IndexFileError as exc:
-            if not self.index_path.exists() and self.store.count() == 0:
-                log.info("new data directory: starting with an empty index")
-                return VectorIndex(self.dim), "new"
-            log.warning("index %s: %s; rebuilding from SQLite", self.index_path, exc)
-            return self._rebuild(), "rebuilt"
-        current = self.store.generation()
-        if stamp.generation > current:
-            log.warning("index %s is newer than the database; rebuilding", self.index_path)
-            return self._rebuild(), "rebuilt"
-        if stamp.generation < current:
-            dropped, readded = self._catch_up(index, stamp)
-            log.info(
-                "index %s was behind the database (generation %d < %d): "
-                "dropped %d deleted, re-added %d changed",
-                self.index_path, stamp.generation, current, dropped, readded,
-            )  # fmt: skip
-            origin = "caught-up"
-        else:
-            origin = "loaded"
-        if len(index) != self.store.count():
-            log.warning("index %s disagrees with the database; rebuilding", self.index_path)
-            return self._rebuild(), "rebuilt"
-        log.info("index %s loaded: %d vectors", self.index_path, len(index))
-        return index, origin
-
-    def _catch_up(self, index: VectorIndex, stamp: Stamp) -> tuple[int, int]:
-        gone = np.setdiff1d(index.ids(), self.store.ids(), assume_unique=True)
-        dropped = index.remove(gone) if len(gone) else 0
-        readded = 0
-        for chunk in self.store.vectors(since_generation=stamp.generation):
-            index.add(chunk.ids, chunk.vectors, replace=True)
-            readded += len(chunk.ids)
-        return dropped, readded
-
-    def _rebuild(self) -> VectorIndex:
-        index = VectorIndex(self.dim)
-        for chunk in self.store.vectors():
-            index.add(chunk.ids, chunk.vectors)
-        log.info("index rebuilt from SQLite: %d vectors", len(index))
-        return index
+    @property
+    def index_origin(self) -> str:
+        """How the index came up: new, loaded, replayed (loaded + newer rows) or rebuilt."""
+        return self.index.origin
 
     # -- changes ------------------------------------------------------------------------------
 
@@ -126,8 +112,7 @@ class Catalog:
         with self._mutate:
             result = self.store.images.upsert(items)
             vectors = np.stack([item.vector for item in items])
-            self.index.add(np.asarray(result.ids, dtype=np.int64), vectors, replace=True)
-            self._applied = result.generation
+            self.index.add(np.asarray(result.ids, dtype=np.int64), vectors, result.generation)
             self._notify(result)
         return result
 
@@ -165,10 +150,9 @@ class Catalog:
     def _apply(self, result: WriteResult) -> WriteResult:
         """Mirror a store write in the index: drop `removed`, (re-)add `ids` from SQLite."""
         if result.removed:
-            self.index.remove(np.asarray(result.removed, dtype=np.int64))
+            self.index.remove(np.asarray(result.removed, dtype=np.int64), result.generation)
         for chunk in self.store.images.vectors(ids=result.ids) if result.ids else ():
-            self.index.add(chunk.ids, chunk.vectors, replace=True)
-        self._applied = result.generation
+            self.index.add(chunk.ids, chunk.vectors, result.generation)
         self._notify(result)
         return result
 
@@ -192,18 +176,26 @@ class Catalog:
             except Exception:  # a listener's failure never undoes a committed write
                 log.exception("catalog listener %r failed on %s", listener, change)
 
+    def vectors(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """The exact stored vector of each present id (from SQLite, never from the index)."""
+        found: dict[int, np.ndarray] = {}
+        for chunk in self.store.images.vectors(ids=list(ids)):
+            found.update(zip(chunk.ids.tolist(), chunk.vectors, strict=True))
+        return found
+
     def similarities(self, query: np.ndarray, ids: Sequence[int]) -> dict[int, float]:
-        """Cosine similarity of the query to each stored id still in the index."""
-        vectors = self.index.vectors(ids)
-        return {i: float(v @ query) for i, v in vectors.items()}
+        """Cosine similarity of the query to each present stored id (exact, from the store)."""
+        return {i: float(v @ query) for i, v in self.vectors(ids).items()}
 
     # -- reads --------------------------------------------------------------------------------
 
-    def nearest(self, queries: np.ndarray, k: int) -> list[list[Neighbour]]:
-        """The k nearest stored images of each query, best first."""
-        if len(self.index) == 0:
+    def nearest(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> list[list[Neighbour]]:
+        """The k nearest stored images of each query, best first (among sorted `allowed` ids)."""
+        if len(self.index) == 0 or (allowed is not None and not len(allowed)):
             return [[] for _ in range(len(queries))]
-        sims, ids = self.index.search(queries, k)
+        sims, ids = self.index.search(queries, k, allowed)
         paths = self.store.paths(sorted({int(i) for i in ids.ravel() if i >= 0}))
         return [
             [  # a row removed since the search is not reported
@@ -218,23 +210,16 @@ class Catalog:
 
     @property
     def dirty(self) -> bool:
-        return self._saved != self._applied
+        """Always False: nothing needs saving, SQLite has every change (kept for callers)."""
+        return False
 
     def save(self) -> bool:
-        """Save the index if it changed since the last save; return whether it wrote."""
-        with self._mutate:
-            if not self.dirty:
-                return False
-            generation = self._applied
-            stamp = Stamp(self.model_id, self.dim, generation, len(self.index))
-            self.index.save(self.index_path, stamp)
-            self._saved = generation
-        log.debug("index saved: %d vectors, generation %d", stamp.count, generation)
-        return True
+        """Nothing to do: the index saves its base itself when it builds one. Returns False."""
+        return False
 
     def close(self) -> None:
-        """Save the index and close the database (closed even when the save fails)."""
+        """Stop the index's background work and close the database (closed even if it fails)."""
         try:
-            self.save()
+            self.index.close()
         finally:
             self.store.close()

@@ -36,6 +36,11 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     add("--batch-size", type=int, help=f"images per model call when indexing ({d.batch_size})")
     add("--workers", type=int, help=f"decode threads when indexing (default {d.workers})")
     add("--threads", type=int, help=f"torch threads per model call (default {d.threads})")
+    add(
+        "--index",
+        choices=("auto", "exact"),
+        help="vector index: auto (exact while small, IVF beyond) or exact (default auto)",
+    )
     add("--max-upload-mb", type=float, help=f"largest upload or file, MB ({d.max_upload_mb:g})")
     add("--max-image-pixels", type=int, help=f"largest image, pixels ({d.max_image_pixels})")
     add(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .index import policy as index_policy
 
 ENV_PREFIX = "IMGSEARCH_"
 OFFLINE_MODEL = "efficientnet-lite0"
@@ -37,6 +38,13 @@ class Config:
     max_upload_mb: float = 50.0
     max_image_pixels: int = 150_000_000
     index_save_interval: float = 60.0
+    # The vector index: "auto" (exact while small, then IVF; imgsearch/index/policy.py) or
+    # "exact" (always brute force). The thresholds are there to be lowered in tests.
+    index: str = "auto"
+    index_exact_max: int = index_policy.EXACT_MAX
+    index_flat_max_bytes: int = index_policy.FLAT_MAX_BYTES
+    index_sq8_max_bytes: int = index_policy.SQ8_MAX_BYTES
+    index_delta_max: int = index_policy.DELTA_MAX
     max_pending_searches: int = 32
     max_pending_adds: int = 8
     # Adding and searching by URL: seconds per download (all of it), downloads at once.
@@ -65,6 +73,8 @@ class Config:
             raise ConfigError(
                 f"--download-concurrency must be at least 1, got {self.download_concurrency}"
             )
+        if self.index not in ("auto", "exact"):
+            raise ConfigError(f"--index must be auto or exact, got {self.index!r}")
         if self.max_upload_mb <= 0:
             raise ConfigError(f"--max-upload-mb must be positive, got {self.max_upload_mb}")
         if self.host not in LOOPBACK_HOSTS and not self.token:
@@ -76,6 +86,16 @@ class Config:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    def index_policy(self) -> index_policy.Policy:
+        """The index size thresholds in force."""
+        return index_policy.Policy(
+            mode=self.index,
+            exact_max=self.index_exact_max,
+            flat_max_bytes=self.index_flat_max_bytes,
+            sq8_max_bytes=self.index_sq8_max_bytes,
+            delta_max=self.index_delta_max,
+        )
 
     def resolved(self) -> Config:
         """Return a copy with absolute paths, so nothing depends on the working directory later."""

@@ -199,16 +199,22 @@ class DuplicateFinder:
         )
 
     def _vectors(self, folder: str | None) -> tuple[np.ndarray, np.ndarray]:
-        """Ids and vectors of the present images (at or below `folder`)."""
-        index = self.catalog.index
+        """Exact ids and vectors of the present images (at or below `folder`), from the store."""
+        store = self.catalog.store
         if folder is None:
-            return index.snapshot()
-        wanted = [f.id for f in self.catalog.store.files_under(folder) if not f.missing]
-        found = index.vectors(wanted)
-        ids = np.fromiter(found, dtype=np.int64, count=len(found))
-        if not found:
-            return ids, np.zeros((0, index.dim), np.float32)
-        return ids, np.stack(list(found.values())).astype(np.float32)
+            chunks = list(store.vectors())
+        else:
+            wanted = [f.id for f in store.files_under(folder) if not f.missing]
+            chunks = list(store.vectors(ids=wanted)) if wanted else []
+        if not chunks:
+            return np.zeros(0, np.int64), np.zeros((0, self.catalog.dim), np.float32)
+        ids = np.concatenate([c.ids for c in chunks])
+        vectors = np.empty((len(ids), self.catalog.dim), np.float32)
+        row = 0
+        for chunk in chunks:  # one copy: chunks are dropped as they are placed
+            vectors[row : row + len(chunk.ids)] = chunk.vectors
+            row += len(chunk.ids)
+        return ids, vectors
 
     def _join(self, near: _Near, edges: list[tuple[float, int, int]]) -> tuple[int, int]:
         """Join confirmed pairs, closest first; return (pairs checked, unreadable images)."""

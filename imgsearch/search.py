@@ -138,6 +138,24 @@ class Searcher:
         found = self._candidates(vector, options)
         return [_plain_hit(f) for f in found[: options.limit]]
 
+    def by_vector(self, vector: Sequence[float], options: SearchOptions) -> list[Hit]:
+        """Images nearest an embedding made elsewhere (same model); any non-zero length."""
+        if options.comparators:
+            raise BadRequest("compare needs an image query; it cannot score a vector")
+        query = np.asarray(vector, dtype=np.float64).reshape(-1)
+        if len(query) != self.embedder.dim:
+            raise BadRequest(
+                f"vector has {len(query)} values; the model {self.embedder.model_id} makes "
+                f"{self.embedder.dim}"
+            )
+        if not np.isfinite(query).all():
+            raise BadRequest("vector must hold finite numbers only (no NaN or infinity)")
+        norm = float(np.linalg.norm(query))
+        if not norm > 0 or not np.isfinite(norm):
+            raise BadRequest("vector must not be all zeros")
+        unit = (query / norm).astype(np.float32)[None, :]
+        return [_plain_hit(f) for f in self._candidates(unit, options)[: options.limit]]
+
     def by_bytes(self, data: bytes, options: SearchOptions) -> list[Hit]:
         min_side = WORKING_SIZE if options.comparators else self.embedder.input_size
         image = decode(data, min_side=min_side, max_pixels=self.max_pixels).image

@@ -81,9 +81,10 @@ class Service:
         stack.callback(self._lock.release)
         self.heif = enable_heif()
         self.embedder = embedder if embedder is not None else load_embedder(config)
-        self.catalog = Catalog(config.data_dir, self.embedder.model_id, self.embedder.dim)
-        stack.callback(self.catalog.close)  # saves the index, closes the database
-        self.catalog.save()  # persist a rebuilt or caught-up index straight away
+        self.catalog = Catalog(
+            config.data_dir, self.embedder.model_id, self.embedder.dim, config.index_policy()
+        )
+        stack.callback(self.catalog.close)  # stops the index's background work, closes the db
 
     def _open_parts(self, stack: ExitStack) -> None:
         """Caches, ingest, search, duplicates, jobs and the watcher, in that order."""
@@ -163,12 +164,7 @@ class Service:
             "watched": len(self.watcher.watches()),
             "model": self.embedder.model_id,
             "dim": self.embedder.dim,
-            "index": {
-                "type": self.catalog.index.kind,
-                "vectors": len(self.catalog.index),
-                "origin": self.catalog.index_origin,
-                "unsaved": self.catalog.dirty,
-            },
+            "index": self.catalog.index.describe(),
             "data_dir": str(self.config.data_dir),
         }
 

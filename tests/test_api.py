@@ -337,22 +337,19 @@ async def test_restart_keeps_everything(
     first = await aiohttp_client(create_app(config, embedder=tiny_embedder))
     await add(first, photos["chelsea"].parent)
     await first.close()
-    assert (config.data_dir / "index.faiss").is_file()
 
     second = await aiohttp_client(create_app(config, embedder=tiny_embedder))
     stats = await get_json(second, "/stats")
-    assert stats["images"] == 5 and stats["index"] == {
-        "type": "IndexIDMap2(IndexFlatIP)",
-        "vectors": 5,
-        "origin": "loaded",
-        "unsaved": False,
-    }
+    index = stats["index"]
+    assert stats["images"] == 5 and index["vectors"] == 5 and index["kind"] == "exact"
+    assert index["origin"] in {"rebuilt", "replayed"} and index["recall_at_10"] == 1.0
+    assert (config.data_dir / "index").is_dir()
     body = await get_json(second, "/search", image=str(photos["rocket"]), limit=1)
     assert body["results"][0]["image"] == str(photos["rocket"])
     await second.close()
 
     shutil.copy(photos["rocket"], photos["rocket"].with_name("copy.jpg"))
-    (config.data_dir / "index.faiss").unlink()
+    shutil.rmtree(config.data_dir / "index")
     third = await aiohttp_client(create_app(config, embedder=tiny_embedder))
     stats = await get_json(third, "/stats")
     assert stats["index"]["origin"] == "rebuilt" and stats["index"]["vectors"] == 5
@@ -393,3 +390,33 @@ async def test_full_queue_answers_503_with_retry_after(
     assert len(body["results"]) == 1  # searches are still answered
     assert (await (await first).json())["added"] == 40
     assert (await get_json(client, "/add", image=str(tmp_path / "one.jpg")))["added"] == 1
+
+
+async def test_search_by_vector(
+    client: Client, tiny_embedder: Embedder, photos: dict[str, Path]
+) -> None:
+    await add(client, photos["chelsea"].parent)
+    (vector,) = tiny_embedder.embed_images([photo("rocket")])
+    scaled = (vector * 7.5).tolist()  # unit length is not required
+    resp = await client.post("/search", json={"vector": scaled, "limit": 2})
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert len(body["results"]) == 2 and body["results"][0]["image"] == str(photos["rocket"])
+    by_image = await get_json(client, "/search", image=str(photos["rocket"]), limit=2)
+    assert [r["image"] for r in body["results"]] == [r["image"] for r in by_image["results"]]
+
+    bad = [
+        ({"vector": scaled[:-1]}, "makes 32"),
+        ({"vector": [*scaled[:-1], float("nan")]}, "finite"),
+        ({"vector": [0.0] * 32}, "zeros"),
+        ({"vector": "1,2"}, "list of numbers"),
+        ({"vector": [True] * 32}, "list of numbers"),
+        ({"vector": scaled, "compare": "orb"}, "compare needs an image"),
+        ({"vector": scaled, "text": "a cat"}, "one of image, url, text or vector"),
+    ]
+    for payload, message in bad:
+        data = json.dumps(payload, allow_nan=True)  # NaN as JSON's common extension
+        resp = await client.post("/search", data=data, headers={"Content-Type": "application/json"})
+        body = await resp.json()
+        assert resp.status == 400 and body["status"] == 400, (payload, body)
+        assert message in body["error"], (payload, body)

@@ -1,14 +1,18 @@
 """Fault injection with real processes: kill -9 an `imgsearch serve` during a long /add.
 
-The daemon saves its index every 50 ms here, so kills land before, between and during saves.
-After each kill the database must be intact with no duplicate paths, the saved index (if any)
-must load and hold only ids the database has, and a restart must serve images == vectors.
+The index thresholds are lowered here (exact up to 100 vectors, IVF-Flat to 200, then SQ8;
+compaction every 20 adds), so one add of 300 images trains, swaps and compacts several times
+and the kills land before, between and during base saves. After each kill the database must be
+intact with no duplicate paths, every saved base must load and hold only ids the database
+has, and a restart (base + replay from SQLite) must serve images == vectors.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import shutil
 import signal
 import sqlite3
 import threading
@@ -23,10 +27,10 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from imgsearch.catalog import DB_FILE, INDEX_FILE, Catalog
+from imgsearch.catalog import DB_FILE, INDEX_DIR, Catalog
 from imgsearch.config import Config
 from imgsearch.embedders import Embedder
-from imgsearch.index import TEMP_SUFFIX, VectorIndex
+from imgsearch.index import base as B
 from imgsearch.search import SearchOptions
 from imgsearch.service import Service
 
@@ -38,6 +42,11 @@ MODEL_ID = "open_clip/imgsearch-test-tiny/random"
 DIM = 32
 N_IMAGES = 300
 SAVE_INTERVAL = "0.05"
+THRESHOLDS = {  # every index kind and path on a few hundred images
+    "IMGSEARCH_INDEX_EXACT_MAX": "100",
+    "IMGSEARCH_INDEX_FLAT_MAX_BYTES": str(200 * 32 * 4),
+    "IMGSEARCH_INDEX_DELTA_MAX": "20",
+}
 SOURCES = (
     "astronaut", "brick", "camera", "cat", "chelsea", "checkerboard", "clock", "coffee", "coins",
     "colorwheel", "grass", "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "logo",
@@ -77,8 +86,10 @@ def make_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
 
 @pytest.fixture
 def procs(tiny_model_config: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Daemon]]:
-    """Started daemons (saving the index every 50 ms), all killed and reaped at the end."""
+    """Started daemons (low index thresholds), all killed and reaped at the end."""
     monkeypatch.setenv("IMGSEARCH_INDEX_SAVE_INTERVAL", SAVE_INTERVAL)
+    for name, value in THRESHOLDS.items():
+        monkeypatch.setenv(name, value)
     started: list[Daemon] = []
     yield started
     for d in started:
@@ -131,21 +142,28 @@ def kill_when(daemon: Daemon, add: BackgroundAdd, min_images: int) -> int:
 
 
 def kill_during_save(daemon: Daemon, add: BackgroundAdd, data_dir: Path) -> bool:
-    """SIGKILL the moment an index save's temp file appears; return whether one was caught."""
-    tmp = data_dir / (INDEX_FILE + TEMP_SUFFIX)
+    """SIGKILL the moment a base save's temp folder appears; return whether one was caught."""
+    folder = data_dir / INDEX_DIR
     deadline = time.monotonic() + 5
     caught = False
     while time.monotonic() < deadline and not add.finished:
-        if os.path.exists(tmp):
+        if _temporaries(folder):
             caught = True
             break
     daemon.proc.send_signal(signal.SIGKILL)
     daemon.proc.wait(timeout=30)
     add.join()
-    caught = caught and tmp.exists()  # the save was really cut short
+    caught = caught and bool(_temporaries(folder))  # the save was really cut short
     if not caught:
         log.warning("no index save caught in flight; killed after it instead")
     return caught
+
+
+def _temporaries(folder: Path) -> list[str]:
+    try:
+        return [n for n in os.listdir(folder) if n.endswith(B.TEMP_SUFFIX)]
+    except FileNotFoundError:
+        return []
 
 
 def db_rows(data_dir: Path) -> list[tuple[int, str]]:
@@ -160,15 +178,16 @@ def db_rows(data_dir: Path) -> list[tuple[int, str]]:
 
 
 def check_after_kill(data_dir: Path, committed: int) -> int:
-    """What a kill -9 may leave: committed rows kept, a loadable index no ahead of the db."""
+    """What a kill -9 may leave: committed rows kept, loadable bases no ahead of the db."""
     rows = db_rows(data_dir)
     assert len(rows) >= committed, "rows reported stored before the kill were lost"
-    index_file = data_dir / INDEX_FILE
-    if index_file.exists():  # a save is atomic: the old file or the new one, whole
-        index, stamp = VectorIndex.load(index_file, MODEL_ID, DIM)
-        ids = set(index.ids().tolist())
-        assert len(ids) == stamp.count
-        assert ids <= {i for i, _ in rows}, "the saved index holds ids the database lacks"
+    folder = data_dir / INDEX_DIR
+    done = [p for p in folder.glob("*") if not p.name.endswith(B.TEMP_SUFFIX)]
+    for path in done:  # a save is atomic: a whole folder or a temporary one
+        base = B.load(path, MODEL_ID, DIM)
+        assert len(set(base.ids.tolist())) == base.meta.count == base.index.ntotal
+        # Ids may have been deleted since; a base never holds ids the database never had.
+        assert int(base.ids.max(initial=0)) <= max(i for i, _ in rows)
     return len(rows)
 
 
@@ -176,7 +195,7 @@ def check_restart(daemon: Daemon, expected: int) -> None:
     """A restarted daemon serves every stored image, and cleared any half-written save."""
     stats = daemon.get("/stats")
     assert stats["images"] == stats["index"]["vectors"] == expected, stats
-    assert not (Path(stats["data_dir"]) / (INDEX_FILE + TEMP_SUFFIX)).exists()
+    assert not _temporaries(Path(stats["data_dir"]) / INDEX_DIR)
 
 
 def search_finds_itself(daemon: Daemon, paths: list[Path]) -> None:
@@ -208,7 +227,7 @@ def test_kill_9_during_add_and_index_saves(
     stored = check_after_kill(data_dir, seen)
     assert stored < N_IMAGES
 
-    # 3. During an index save: the temp file exists, the rename has not happened.
+    # 3. During a base save (training or compaction): the temp folder exists, not renamed.
     third = serve(procs, data_dir, tiny_model_config)
     check_restart(third, stored)
     add = BackgroundAdd(third, folder)
@@ -229,14 +248,14 @@ def test_kill_9_during_add_and_index_saves(
     assert sorted(p for _, p in db_rows(data_dir)) == sorted(str(p) for p in paths)
     catalog = Catalog(data_dir, MODEL_ID, DIM)
     try:
-        assert catalog.index_origin == "loaded"
+        assert catalog.index_origin in {"loaded", "replayed"}
         assert sorted(catalog.index.ids().tolist()) == catalog.store.ids().tolist()
         assert len(catalog.index) == N_IMAGES
     finally:
         catalog.close()
 
 
-def test_stray_temp_file_and_older_index_copy(
+def test_stray_temp_folder_and_older_base_copy(
     tmp_path: Path,
     tiny_model_config: Path,
     procs: list[Daemon],
@@ -244,17 +263,20 @@ def test_stray_temp_file_and_older_index_copy(
     tiny_embedder: Embedder,
 ) -> None:
     """Build the data dir in-process (cheaper than one more daemon start), keep an older copy
-    of its index, then check a daemon started on it answers as the untouched data did."""
+    of its saved base, then check a daemon started on it answers as the untouched data did."""
     folder = tmp_path / "pics"
     paths = make_images(folder, 40, seed=1)
     data_dir = config.data_dir
-    index_file = data_dir / INDEX_FILE
+    index_dir = data_dir / INDEX_DIR
+    small = dataclasses.replace(config, index_exact_max=10, index_delta_max=1000)
 
-    service = Service(config, tiny_embedder)
+    service = Service(small, tiny_embedder)
     try:
         assert service.ingester.add(folder / "even").added == 20
-        assert service.catalog.save()
-        older = index_file.read_bytes()  # holds the even half only
+        service.catalog.index.maintain()  # trained already by the worker, or now
+        assert service.catalog.index.describe()["kind"] == "ivf-flat"
+        (older,) = B.saved(index_dir)
+        shutil.copytree(older, tmp_path / "older")
         assert service.ingester.add(folder / "odd").added == 20
         gone = paths[0:6:2]  # three of the even ones
         for path in gone:
@@ -263,21 +285,30 @@ def test_stray_temp_file_and_older_index_copy(
         with Image.open(paths[1]) as other:
             other.convert("RGB").rotate(90).save(changed, format="PNG")
         assert service.ingester.add(changed).updated == 1
+        service.catalog.index.rebase()  # a newer base, thrown away below
         queries = paths[::5] + [changed]
         options = SearchOptions(limit=5)
         before = [[h.as_json() for h in service.searcher.by_path(p, options)] for p in queries]
     finally:
         service.close()
 
-    index_file.write_bytes(older)
-    stray = data_dir / (INDEX_FILE + TEMP_SUFFIX)
-    stray.write_bytes(b"IMGSEARCH-FAISS 1\n" + os.urandom(4096))  # a save cut short
+    shutil.rmtree(index_dir)
+    index_dir.mkdir()
+    shutil.copytree(tmp_path / "older", index_dir / older.name)
+    stray = index_dir / ("000000000099-ivf-flat" + B.TEMP_SUFFIX)  # a save cut short
+    stray.mkdir()
+    (stray / B.INDEX).write_bytes(os.urandom(4096))
 
     daemon = serve(procs, data_dir, tiny_model_config)
     stats = daemon.get("/stats")
     assert stats["images"] == stats["index"]["vectors"] == 37, stats
-    assert stats["index"]["origin"] in {"caught-up", "rebuilt"}
+    assert stats["index"]["origin"] == "replayed"
     assert not stray.exists()
+    deadline = time.monotonic() + 60  # 37 < 100: retrained to exact in the background
+    while stats["index"]["kind"] != "exact" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        stats = daemon.get("/stats")
+    assert stats["index"]["kind"] == "exact" and stats["index"]["vectors"] == 37, stats
     after = [daemon.get("/search", image=str(p), limit=5)["results"] for p in queries]
     for got, want in zip(after, before, strict=True):  # the same answers as before
         assert [h["image"] for h in got] == [h["image"] for h in want]
@@ -287,8 +318,8 @@ def test_stray_temp_file_and_older_index_copy(
     assert after[-1][0]["image"] == str(changed) and after[-1][0]["distance"] < SAME
     assert daemon.stop(signal.SIGTERM) < 10 and daemon.proc.returncode == 0
     catalog = Catalog(data_dir, MODEL_ID, DIM)
-    try:  # the daemon saved the repaired index
-        assert catalog.index_origin == "loaded"
+    try:  # the daemon retrained an exact base (37 < 100) and replays on top of it
+        assert catalog.index_origin in {"loaded", "replayed"}
         assert sorted(catalog.index.ids().tolist()) == catalog.store.ids().tolist()
     finally:
         catalog.close()

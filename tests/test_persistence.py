@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgsearch.catalog import DB_FILE, INDEX_FILE, Catalog
+from imgsearch.catalog import DB_FILE, INDEX_DIR, LEGACY_INDEX_FILE, Catalog
 from imgsearch.errors import ConfigError
-from imgsearch.index import IndexFileError, Stamp, VectorIndex
+from imgsearch.index import IndexFileError
+from imgsearch.index import base as B
 from imgsearch.store import MIGRATIONS, FileFacts, NewImage, Store
 
 DIM = 8
@@ -56,7 +57,7 @@ def test_upsert_insert_update_and_generation(tmp_path: Path) -> None:
     assert list(states) == ["/a/1.jpg"] and states["/a/1.jpg"].size == 103
     changed = list(store.vectors(since_generation=first.generation))
     assert sorted(changed[0].ids.tolist()) == sorted(second.ids)
-    np.testing.assert_allclose(changed[0].vectors[0], vec(3))
+    np.testing.assert_allclose(changed[0].vectors[0], vec(3), atol=1e-3)  # float16
     store.close()
 
 
@@ -77,25 +78,41 @@ def test_model_stamp_refuses_another_model(tmp_path: Path) -> None:
         open_catalog(tmp_path, model="other/model")
 
 
-def test_index_save_load_roundtrip_and_damage(tmp_path: Path) -> None:
-    index = VectorIndex(DIM)
-    index.add(np.array([5, 9]), np.stack([vec(5), vec(9)]))
-    path = tmp_path / "i.faiss"
-    index.save(path, Stamp("m", DIM, 7, 2))
-    loaded, stamp = VectorIndex.load(path, "m", DIM)
-    assert stamp == Stamp("m", DIM, 7, 2)
-    assert sorted(loaded.ids().tolist()) == [5, 9]
-    _, ids = loaded.search(vec(9)[None, :], 1)
-    assert ids[0, 0] == 9
-    assert not list(tmp_path.glob("*.tmp"))
+def _base(data_dir: Path) -> Path:
+    (only,) = B.saved(data_dir / INDEX_DIR)
+    return only
 
-    with pytest.raises(IndexFileError, match="made by m"):
-        VectorIndex.load(path, "other", DIM)
-    data = path.read_bytes()
-    for damaged in (data[: len(data) // 2], b"\0" * len(data), data[:-1] + b"x", b"junk"):
-        path.write_bytes(damaged)
+
+def _keep(data_dir: Path, name: str) -> None:
+    shutil.copytree(_base(data_dir), data_dir / name)
+
+
+def _put_back(data_dir: Path, name: str) -> None:
+    shutil.rmtree(data_dir / INDEX_DIR)
+    (data_dir / INDEX_DIR).mkdir()
+    shutil.copytree(data_dir / name, data_dir / INDEX_DIR / "000000000001-exact")
+
+
+def test_base_save_load_roundtrip_and_damage(tmp_path: Path) -> None:
+    catalog = open_catalog(tmp_path)
+    ids = _fill(catalog, 5)
+    catalog.index.rebase()
+    catalog.close()
+    path = _base(tmp_path)
+    base = B.load(path, "m/test", DIM)
+    assert base.meta.count == 5 and base.ids.tolist() == sorted(ids)
+    _, found = base.index.search(vec(3)[None, :], 1)
+    assert found[0, 0] == ids[3]
+    with pytest.raises(IndexFileError, match="made by m/test"):
+        B.load(path, "other", DIM)
+    data = (path / B.INDEX).read_bytes()
+    for damaged in (data[: len(data) // 2], b"junk"):
+        (path / B.INDEX).write_bytes(damaged)
         with pytest.raises(IndexFileError):
-            VectorIndex.load(path, "m", DIM)
+            B.load(path, "m/test", DIM)
+    (path / B.META).write_text("{not json")
+    with pytest.raises(IndexFileError, match="meta.json"):
+        B.load(path, "m/test", DIM)
 
 
 def _fill(catalog: Catalog, n: int, start: int = 0) -> list[int]:
@@ -106,53 +123,63 @@ def _same_ids(catalog: Catalog) -> bool:
     return sorted(catalog.index.ids().tolist()) == catalog.store.ids().tolist()
 
 
-def test_clean_restart_loads_the_saved_index(tmp_path: Path) -> None:
+def test_clean_restart_loads_the_saved_base_and_replays_the_rest(tmp_path: Path) -> None:
     catalog = open_catalog(tmp_path)
     _fill(catalog, 5)
+    catalog.index.rebase()
     catalog.close()
     again = open_catalog(tmp_path)
     assert again.index_origin == "loaded" and len(again.index) == 5 and _same_ids(again)
+    _fill(again, 2, start=5)  # only in SQLite and the recent segment: replayed at start
     again.close()
+    third = open_catalog(tmp_path)
+    assert third.index_origin == "replayed" and len(third.index) == 7 and _same_ids(third)
+    third.close()
 
 
-@pytest.mark.parametrize("damage", ["missing", "truncated", "zeroed", "junk"])
-def test_bad_index_file_is_rebuilt_from_sqlite(tmp_path: Path, damage: str) -> None:
+@pytest.mark.parametrize("damage", ["missing", "truncated", "junk-meta", "legacy"])
+def test_bad_saved_base_is_rebuilt_from_sqlite(tmp_path: Path, damage: str) -> None:
     catalog = open_catalog(tmp_path)
     _fill(catalog, 6)
+    catalog.index.rebase()
     catalog.close()
-    path = tmp_path / INDEX_FILE
-    data = path.read_bytes()
+    path = _base(tmp_path)
     if damage == "missing":
-        path.unlink()
+        shutil.rmtree(path)
     elif damage == "truncated":
-        path.write_bytes(data[: len(data) - 100])
-    elif damage == "zeroed":
-        path.write_bytes(b"\0" * len(data))
-    else:
-        path.write_bytes(b"IMGSEARCH-FAISS 1\n{not json")
-    (tmp_path / (INDEX_FILE + ".tmp")).write_bytes(b"half a save")
+        data = (path / B.INDEX).read_bytes()
+        (path / B.INDEX).write_bytes(data[: len(data) - 100])
+    elif damage == "junk-meta":
+        (path / B.META).write_text('{"model_id": 1}')
+    else:  # a data dir of an older version: index.faiss, no index/ folder
+        shutil.rmtree(tmp_path / INDEX_DIR)
+        (tmp_path / LEGACY_INDEX_FILE).write_bytes(b"IMGSEARCH-FAISS 1\n{}")
+    (tmp_path / INDEX_DIR).mkdir(exist_ok=True)
+    (tmp_path / INDEX_DIR / ("0-exact" + B.TEMP_SUFFIX)).mkdir()
     again = open_catalog(tmp_path)
     assert again.index_origin == "rebuilt" and len(again.index) == 6 and _same_ids(again)
-    assert not (tmp_path / (INDEX_FILE + ".tmp")).exists()
+    assert not list((tmp_path / INDEX_DIR).glob("*" + B.TEMP_SUFFIX))
+    assert not (tmp_path / LEGACY_INDEX_FILE).exists()
     (hit,) = again.nearest(vec(3)[None, :], 1)
     assert hit[0].path == "/p/3.jpg"
     again.close()
-    assert VectorIndex.load(path, "m/test", DIM)[1].count == 6  # the rebuilt index was saved
+    assert B.load(_base(tmp_path), "m/test", DIM).meta.count == 6  # the rebuilt base was saved
 
 
-def test_older_index_copy_is_caught_up(tmp_path: Path) -> None:
+def test_older_base_is_caught_up_from_sqlite(tmp_path: Path) -> None:
     catalog = open_catalog(tmp_path)
     ids = _fill(catalog, 4)
-    catalog.save()
-    shutil.copy(tmp_path / INDEX_FILE, tmp_path / "old.faiss")
+    catalog.index.rebase()
+    _keep(tmp_path, "old")
     catalog.remove_tree("/p/1.jpg")
     catalog.put([item("/p/2.jpg", 42)])  # changed vector, same id
     _fill(catalog, 2, start=10)
+    catalog.index.rebase()
     catalog.close()
-    shutil.copy(tmp_path / "old.faiss", tmp_path / INDEX_FILE)
+    _put_back(tmp_path, "old")
 
     again = open_catalog(tmp_path)
-    assert again.index_origin == "caught-up" and _same_ids(again)
+    assert again.index_origin == "replayed" and _same_ids(again)
     assert ids[1] not in again.index.ids().tolist()
     (hit,) = again.nearest(vec(42)[None, :], 1)
     assert (hit[0].path, round(hit[0].similarity, 4)) == ("/p/2.jpg", 1.0)
@@ -166,8 +193,9 @@ def test_index_ahead_of_database_is_rebuilt(tmp_path: Path) -> None:
     shutil.copy(tmp_path / DB_FILE, tmp_path / "old.sqlite3")
     catalog = open_catalog(tmp_path)
     _fill(catalog, 3, start=3)
+    catalog.index.rebase()  # a base of generation 2 ...
     catalog.close()
-    shutil.copy(tmp_path / "old.sqlite3", tmp_path / DB_FILE)
+    shutil.copy(tmp_path / "old.sqlite3", tmp_path / DB_FILE)  # ... and a database of 1
     for extra in ("-wal", "-shm"):
         (tmp_path / (DB_FILE + extra)).unlink(missing_ok=True)
     again = open_catalog(tmp_path)
@@ -213,25 +241,25 @@ def test_a_version_2_database_is_migrated_keeping_its_images(tmp_path: Path) -> 
 def test_missing_images_leave_the_index_and_come_back_across_restarts(tmp_path: Path) -> None:
     catalog = open_catalog(tmp_path)
     ids = _fill(catalog, 4)
-    catalog.save()
-    shutil.copy(tmp_path / INDEX_FILE, tmp_path / "before.faiss")
+    catalog.index.rebase()
+    _keep(tmp_path, "before")
     assert sorted(catalog.mark_missing("/p")) == sorted(ids)
     assert catalog.nearest(vec(0)[None, :], 10) == [[]] and catalog.store.missing() == 4
     catalog.close()
-    shutil.copy(tmp_path / "before.faiss", tmp_path / INDEX_FILE)  # an index saved before
+    _put_back(tmp_path, "before")  # a base saved before
 
     again = open_catalog(tmp_path)
-    assert again.index_origin == "caught-up" and len(again.index) == 0, "missing ones dropped"
-    again.save()
-    shutil.copy(tmp_path / INDEX_FILE, tmp_path / "while-missing.faiss")
+    assert again.index_origin == "replayed" and len(again.index) == 0, "missing ones dropped"
+    again.index.rebase()
+    _keep(tmp_path, "while-missing")
     assert again.restore(ids) == 4
     (hits,) = again.nearest(vec(2)[None, :], 1)
     assert hits[0].id == ids[2] and round(hits[0].similarity, 4) == 1.0
     again.close()
-    shutil.copy(tmp_path / "while-missing.faiss", tmp_path / INDEX_FILE)
+    _put_back(tmp_path, "while-missing")
 
     third = open_catalog(tmp_path)
-    assert third.index_origin == "caught-up" and sorted(third.index.ids().tolist()) == ids
+    assert third.index_origin == "replayed" and sorted(third.index.ids().tolist()) == ids
     third.close()
 
 
@@ -244,4 +272,45 @@ def test_a_move_keeps_the_vector_and_replaces_what_was_at_the_new_path(tmp_path:
     (hits,) = catalog.nearest(vec(1)[None, :], 5)
     assert [(h.id, h.path) for h in hits] == [(first, "/p/b.jpg")]
     assert catalog.store.file_states(["/p/b.jpg"])["/p/b.jpg"].size == 7
+    catalog.close()
+
+
+def test_counters_and_float16_vectors_with_old_float32_rows(tmp_path: Path) -> None:
+    """Schema v5: counts come from trigger-kept counters; new vectors are float16 (half the
+    bytes), and float32 rows written by older versions still read back exactly."""
+    path = tmp_path / DB_FILE
+    conn = sqlite3.connect(path)
+    for number, script in enumerate(MIGRATIONS[:3], start=1):
+        conn.executescript(script)
+        conn.execute(f"PRAGMA user_version={number}")
+    conn.executemany(
+        "INSERT INTO meta(key, value) VALUES (?, ?)", [("model", "m/test"), ("dim", str(DIM))]
+    )
+    for i, missing in ((1, 0), (2, 0), (3, 1)):
+        conn.execute(
+            "INSERT INTO images(path, size, mtime_ns, sha256, width, height, vector, generation,"
+            " added_at, updated_at, missing) VALUES (?, 1, 2, 'h', 3, 4, ?, 1, 0, 0, ?)",
+            (f"/old/{i}.jpg", vec(i).astype("<f4").tobytes(), missing),
+        )
+    conn.commit()
+    conn.close()
+    catalog = open_catalog(tmp_path)
+    store = catalog.store
+    assert (store.count(), store.missing()) == (2, 1)
+    old = {int(i): v for c in store.vectors() for i, v in zip(c.ids, c.vectors, strict=True)}
+    np.testing.assert_array_equal(sorted(old), [1, 2])
+    np.testing.assert_allclose(old[1], vec(1), rtol=1e-6)  # float32 rows: exact
+    new = catalog.put([item("/new/a.jpg", 7), item("/new/b.jpg", 8)]).ids
+    (blob,) = (
+        sqlite3.connect(path).execute("SELECT vector FROM images WHERE id=?", (new[0],)).fetchone()
+    )
+    assert len(blob) == 2 * DIM, "float16 on disk"
+    got = catalog.vectors([new[0], 1])
+    assert float(got[new[0]] @ vec(7)) >= 0.9999 and float(got[1] @ vec(1)) == pytest.approx(1.0)
+    assert (store.count(), store.missing()) == (4, 1)
+    catalog.mark_missing("/new")
+    catalog.restore(catalog.store.ids()[:0].tolist() + [3])
+    assert (store.count(), store.missing()) == (3, 2)
+    catalog.remove_tree("/")
+    assert (store.count(), store.missing()) == (0, 0)
     catalog.close()

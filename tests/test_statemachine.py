@@ -1,7 +1,9 @@
 """A Hypothesis state machine over one Service: add, remove, overwrite, delete, restart, search.
 
-After every step the FAISS index must hold exactly the database's ids, the database must hold
+After every step the index must hold exactly the database's ids, the database must hold
 each path once, and the set of indexed paths must be what the model of the machine expects.
+The index thresholds are lowered so the few files here go through every kind (exact, IVF-Flat,
+IVF-SQ8), training, swaps, compaction and, at each restart, replay from SQLite.
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ class CatalogMachine(RuleBasedStateMachine):
             pretrained=None,
             batch_size=4,
             workers=1,
+            index_exact_max=2,
+            index_flat_max_bytes=4 * 32 * 4,  # IVF-Flat up to 4 vectors of the tiny model, then SQ8
+            index_delta_max=1,
         ).resolved()
         # What is on disk (file -> (content, write number)) and what the store should hold.
         self.disk: dict[str, tuple[int, int]] = {}
@@ -181,6 +186,15 @@ class CatalogMachine(RuleBasedStateMachine):
         self.service = Service(self.config, self.embedder)
         stats = self.service.stats()
         assert stats["images"] == stats["index"]["vectors"] == len(self.indexed)
+
+    @rule()
+    def train_or_compact(self) -> None:
+        """What the background worker does when due (it may already have)."""
+        self.service.catalog.index.maintain()
+
+    @rule()
+    def rebase(self) -> None:
+        self.service.catalog.index.rebase()
 
     @rule()
     def search(self) -> None:

@@ -95,14 +95,14 @@ def test_the_index_follows_creates_changes_moves_and_deletes(
     assert searchable(service, a)
 
     b_id = stored(service)[str(b)]
-    vector = service.catalog.index.vectors([b_id])[b_id]
+    vector = service.catalog.vectors([b_id])[b_id]
     moved = folder / "sub" / "renamed.jpg"
     moved.parent.mkdir()
     os.rename(b, moved)
     wait_for("moved file followed", lambda: str(moved) in stored(service))
     assert str(b) not in stored(service)
     assert stored(service)[str(moved)] == b_id, "a move keeps the image's row"
-    assert (service.catalog.index.vectors([b_id])[b_id] == vector).all(), "and its vector"
+    assert (service.catalog.vectors([b_id])[b_id] == vector).all(), "and its vector"
     assert service.watcher.watches()[0].moved == 1
     assert searchable(service, moved)
 

@@ -86,6 +86,8 @@ class ImageRow:
 
 IMAGE_ROW = "id, path, sha256, size, mtime_ns, width, height, source"
 STORED_FILE = "id, path, sha256, size, mtime_ns, missing"
+# Vectors are written as little-endian float16: half the bytes, cosine to float32 > 0.9999.
+VECTOR_DTYPE = "<f2"
 
 
 @dataclass(frozen=True)
@@ -118,12 +120,27 @@ def stored_file(row: tuple[int, str, str, int, int, int]) -> StoredFile:
     return StoredFile(i, path, digest, size, mtime_ns, bool(missing))
 
 
-def vector_chunks(cursor: sqlite3.Cursor, size: int) -> Iterator[VectorChunk]:
-    """(id, vector BLOB) rows as chunks of ids and float32 vectors."""
+def vector_chunks(cursor: sqlite3.Cursor, size: int, dim: int) -> Iterator[VectorChunk]:
+    """(id, vector BLOB) rows as chunks of ids and float32 vectors. Vectors are stored as
+    float16 (VECTOR_DTYPE, 2 * dim bytes); rows of older versions hold float32 (4 * dim).
+    With no model bound (dim 0) every row is one this version wrote: float16."""
     while rows := cursor.fetchmany(size):
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        vecs = np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows])
-        yield VectorChunk(ids, vecs.astype(np.float32, copy=False))
+        blobs = [r[1] for r in rows]
+        dim = dim or len(blobs[0]) // 2
+        if all(len(b) == 2 * dim for b in blobs):  # one buffer, one conversion
+            half = np.frombuffer(b"".join(blobs), dtype=VECTOR_DTYPE).reshape(len(rows), dim)
+            yield VectorChunk(ids, _unit(half.astype(np.float32)))
+            continue
+        vecs = [np.frombuffer(b, VECTOR_DTYPE if len(b) == 2 * dim else "<f4") for b in blobs]
+        yield VectorChunk(ids, _unit(np.stack(vecs).astype(np.float32)))
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    """Rows back to unit length (float16 rounding leaves them off by ~1e-4)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    np.divide(x, norms, out=x, where=norms > 0)
+    return x
 
 
 class Images:
@@ -132,16 +149,27 @@ class Images:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._dims: int | None = None
 
     # -- reads --------------------------------------------------------------------------------
 
+    def _dim(self) -> int:
+        """The model's dimension, as bound in meta (tells float16 rows from float32 ones)."""
+        if self._dims is None:
+            row = self.db.reader().execute("SELECT value FROM meta WHERE key='dim'").fetchone()
+            if row is None:
+                return 0  # no model bound yet: no vectors either
+            self._dims = int(row[0])
+        return self._dims
+
     def count(self) -> int:
-        """Images present (searchable); `missing()` counts the ones of vanished folders."""
-        row = self.db.reader().execute("SELECT count(*) FROM images WHERE missing=0").fetchone()
+        """Images present (searchable); `missing()` counts the ones of vanished folders.
+        Both read counters that triggers keep (schema v5): no rows are counted."""
+        row = self.db.reader().execute("SELECT value FROM meta WHERE key='present'").fetchone()
         return int(row[0])
 
     def missing(self) -> int:
-        row = self.db.reader().execute("SELECT count(*) FROM images WHERE missing=1").fetchone()
+        row = self.db.reader().execute("SELECT value FROM meta WHERE key='missing'").fetchone()
         return int(row[0])
 
     def file_states(self, paths: Sequence[str]) -> dict[str, FileState]:
@@ -210,18 +238,25 @@ class Images:
         """Ids and vectors of present rows written after `since_generation` (or of `ids`)."""
         conn = self.db.reader()
         if ids is None:
-            cursor = conn.execute(
-                "SELECT id, vector FROM images WHERE generation > ? AND missing=0 ORDER BY id",
-                (since_generation,),
+            # `+missing`: no index on it here. Everything: in rowid order, no sort; since a
+            # generation: the few newer rows through images_generation.
+            since = (
+                "WHERE 1"
+                if since_generation <= 0
+                else ("INDEXED BY images_generation WHERE generation > ?")
             )
-            yield from vector_chunks(cursor, chunk)
+            cursor = conn.execute(
+                f"SELECT id, vector FROM images {since} AND +missing=0 ORDER BY id",
+                () if since_generation <= 0 else (since_generation,),
+            )
+            yield from vector_chunks(cursor, chunk, self._dim())
             return
         for part, marks in chunked([int(i) for i in ids], chunk):
             cursor = conn.execute(
                 f"SELECT id, vector FROM images WHERE id IN ({marks}) AND missing=0 ORDER BY id",
                 part,
             )
-            yield from vector_chunks(cursor, chunk)
+            yield from vector_chunks(cursor, chunk, self._dim())
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -311,7 +346,7 @@ def _upsert_one(
         facts.sha256,
         facts.width,
         facts.height,
-        np.ascontiguousarray(item.vector, dtype="<f4").tobytes(),
+        np.ascontiguousarray(item.vector, dtype=VECTOR_DTYPE).tobytes(),
         generation,
         now,
         facts.source,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 from ..errors import ConfigError
 from .db import Database
@@ -60,6 +61,29 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE jobs SET kind = CASE WHEN substr(image, 1, 1) = '/' THEN 'path' ELSE 'urls' END;
     ALTER TABLE jobs RENAME COLUMN refresh TO "update";
     """,
+    # v5: row counters kept by triggers, so /stats never counts rows; the present ids in order
+    # from an index alone (start-up replay never scans the vector pages). (Vectors written
+    # from v5 on are float16; older float32 rows stay readable, told apart by their length.)
+    """
+    CREATE INDEX images_missing_id ON images(missing, id);
+    INSERT INTO meta(key, value) SELECT 'present', count(*) FROM images WHERE missing=0;
+    INSERT INTO meta(key, value) SELECT 'missing', count(*) FROM images WHERE missing=1;
+    CREATE TRIGGER images_counted_insert AFTER INSERT ON images BEGIN
+        UPDATE meta SET value = CAST(value AS INTEGER) + 1
+        WHERE key = CASE NEW.missing WHEN 0 THEN 'present' ELSE 'missing' END;
+    END;
+    CREATE TRIGGER images_counted_delete AFTER DELETE ON images BEGIN
+        UPDATE meta SET value = CAST(value AS INTEGER) - 1
+        WHERE key = CASE OLD.missing WHEN 0 THEN 'present' ELSE 'missing' END;
+    END;
+    CREATE TRIGGER images_counted_missing AFTER UPDATE OF missing ON images
+    WHEN OLD.missing <> NEW.missing BEGIN
+        UPDATE meta SET value = CAST(value AS INTEGER) + (1 - 2 * NEW.missing)
+        WHERE key = 'present';
+        UPDATE meta SET value = CAST(value AS INTEGER) - (1 - 2 * NEW.missing)
+        WHERE key = 'missing';
+    END;
+    """,
 )
 
 
@@ -73,7 +97,20 @@ def migrate(db: Database) -> None:
                 f"({len(MIGRATIONS)}); upgrade imgsearch"
             )
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            for statement in filter(str.strip, script.split(";")):
+            for statement in statements(script):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version={number}")
             log.info("database %s migrated to schema version %d", db.path, number)
+
+
+def statements(script: str) -> list[str]:
+    """The script's statements (a trigger's body holds `;` too: split where SQLite agrees)."""
+    found: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                found.append(pending.strip())
+            pending = ""
+    return found

@@ -35,10 +35,12 @@ def document(
     comparators: Sequence[str] | None = None,
     *,
     text_search: bool = True,
+    dim: int | None = None,
 ) -> dict[str, Any]:
     """The OpenAPI document; with `server_url`, that is its only server; with `comparators`,
     `compare` accepts exactly those names (the registry is open, so the file cannot list them);
-    without `text_search` (a model with no text tower), text queries are left out."""
+    without `text_search` (a model with no text tower), text queries are left out; with `dim`,
+    a query vector must have exactly that many values."""
     doc: dict[str, Any] = json.loads(_read(DOCUMENT))
     if server_url is not None:
         doc["servers"] = [{"url": server_url, "description": "this daemon"}]
@@ -49,6 +51,9 @@ def document(
     if not text_search:
         variants = doc["components"]["schemas"]["SearchQuery"]["oneOf"]
         variants[:] = [v for v in variants if not v["$ref"].endswith("/TextQuery")]
+    if dim is not None:
+        vector = doc["components"]["schemas"]["ByVector"]["properties"]["vector"]
+        vector["minItems"] = vector["maxItems"] = dim
     return doc
 
 
@@ -74,6 +79,7 @@ async def openapi_json(request: web.Request) -> web.Response:
         f"{request.scheme}://{request.host}",
         service.comparators.names(),
         text_search=isinstance(service.embedder, TextEmbedder),
+        dim=service.embedder.dim,
     )
     return web.json_response(doc)
 

@@ -1,4 +1,4 @@
-"""Routes: /search (by a stored path, an upload, a URL or a text) and /comparators."""
+"""Routes: /search (by a stored path, an upload, a URL, a text or a vector) and /comparators."""
 
 from __future__ import annotations
 
@@ -16,7 +16,15 @@ from .keys import FETCH, SEARCH_GATE, SERVICE
 from .offload import blocking
 from .parsing import Params
 
-Query = bytes | str | Path  # image bytes, a text, or a stored file's path
+
+@dataclass(frozen=True)
+class Vector:
+    """An embedding made elsewhere (POST /search with JSON `vector`)."""
+
+    values: list[float]
+
+
+Query = bytes | str | Path | Vector  # image bytes, a text, a stored file's path, or a vector
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,8 @@ async def _answer(request: web.Request, query: Query | Download, params: Params)
 
 
 def _search(service: Service, query: Query, options: SearchOptions) -> list[Hit]:
+    if isinstance(query, Vector):
+        return service.searcher.by_vector(query.values, options)
     if isinstance(query, bytes):
         return service.searcher.by_bytes(query, options)
     if isinstance(query, str):
@@ -102,6 +112,15 @@ def _query(request: web.Request, params: Params, kind: str) -> Query | Download:
     return request.app[SERVICE].paths.resolve(image)
 
 
+def _vector(raw: object) -> list[float]:
+    """A JSON list of numbers (its length and values are checked by the searcher)."""
+    if not isinstance(raw, list) or not all(
+        isinstance(x, int | float) and not isinstance(x, bool) for x in raw
+    ):
+        raise BadRequest("vector must be a JSON list of numbers")
+    return [float(x) for x in raw]
+
+
 async def download(request: web.Request, raw: object) -> bytes:
     """Download a search query (never stored); errors name the URL."""
     url = check_url(raw)
@@ -128,9 +147,11 @@ async def _posted(request: web.Request, max_bytes: int) -> tuple[Query | Downloa
             params = Params(request.query, await parsing.json_object(request), "JSON body")
         else:
             params = Params(request.query, await parsing.form(request), "form")
-        kind = params.one_of(*ALTERNATIVES)
+        kind = params.one_of(*ALTERNATIVES, "vector")
         if kind is None:
             raise BadRequest("the body needs 'image' (a path or a data:image/...;base64 URI)")
+        if kind == "vector":
+            return Vector(_vector(params.get("vector"))), params
         return _query(request, params, kind), params
     if ctype.startswith("image/") or ctype == "application/octet-stream":
         return await parsing.raw(request, max_bytes), Params(request.query)

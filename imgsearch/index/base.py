@@ -1,0 +1,165 @@
+"""The immutable base segment: a trained FAISS index, its sorted ids, and what it was tuned to.
+
+A base is built once (by training or compaction), saved once into its own folder
+(`<generation>-<kind>/`: meta.json, index.faiss, ids.npy, written under a temporary name,
+fsynced and renamed), and never changed after: searches read it without a lock. At start-up
+it is memory-mapped where FAISS allows it (IO_FLAG_MMAP for IVF lists and flat codes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+TEMP_SUFFIX = ".tmp"
+META = "meta.json"
+INDEX = "index.faiss"
+IDS = "ids.npy"
+
+
+class IndexFileError(Exception):
+    """A saved base cannot be used (missing, truncated, other model, newer than the database)."""
+
+
+@dataclass(frozen=True)
+class BaseMeta:
+    """What a base says about itself."""
+
+    model_id: str
+    dim: int
+    kind: str
+    factory: str
+    generation: int  # the database generation it holds everything up to
+    count: int
+    trained_count: int  # library size when the coarse quantizer was trained
+    trained_at: float
+    nprobe: int = 0
+    recall: float | None = None
+    rescore: int = 0  # candidates re-scored with exact vectors (k multiplier); 0 = none
+
+
+@dataclass(frozen=True)
+class Base:
+    index: Any  # a FAISS index holding ids (IndexIDMap2 or IndexIVF*)
+    ids: np.ndarray  # sorted int64, every id in `index`
+    meta: BaseMeta
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        """Which of `ids` are in this base (a boolean mask)."""
+        if not len(self.ids):
+            return np.zeros(len(ids), dtype=bool)
+        where = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        return np.asarray(self.ids[where] == ids)
+
+
+def empty_exact(model_id: str, dim: int, generation: int) -> Base:
+    import faiss
+
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    meta = BaseMeta(model_id, dim, "exact", "IDMap2,Flat", generation, 0, 0, time.time(), 0, 1.0)
+    return Base(index, np.zeros(0, np.int64), meta)
+
+
+def save(base: Base, folder: Path) -> Path:
+    """Write the base into a new folder under `folder`, atomically; return its path."""
+    import faiss
+
+    name = f"{base.meta.generation:012d}-{base.meta.kind}"
+    final = folder / name
+    tmp = folder / (name + TEMP_SUFFIX)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    faiss.write_index(base.index, str(tmp / INDEX))
+    np.save(tmp / IDS, base.ids)
+    meta = {**asdict(base.meta), "sizes": {f: (tmp / f).stat().st_size for f in (INDEX, IDS)}}
+    (tmp / META).write_text(json.dumps(meta, indent=1))
+    for f in (INDEX, IDS, META):
+        _fsync(tmp / f)
+    if final.exists():
+        _discard(final)
+    os.replace(tmp, final)
+    _fsync(folder)
+    return final
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def saved(folder: Path) -> list[Path]:
+    """Complete saved bases, newest first; stray temporaries removed."""
+    if not folder.is_dir():
+        return []
+    for stray in folder.glob("*" + TEMP_SUFFIX):
+        log.warning("removing %s left by an interrupted save", stray)
+        shutil.rmtree(stray, ignore_errors=True)
+    return sorted((p for p in folder.iterdir() if (p / META).exists()), reverse=True)
+
+
+def prune(folder: Path, keep: Path) -> None:
+    """Delete every saved base but `keep`."""
+    for old in saved(folder):
+        if old != keep:
+            _discard(old)
+
+
+def _discard(path: Path) -> None:
+    """Delete a saved base; renamed to a temporary first, so a crash midway never leaves a
+    half-deleted base that looks complete."""
+    doomed = path.with_name(path.name + ".old" + TEMP_SUFFIX)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def load(path: Path, model_id: str, dim: int, *, mmap: bool = True) -> Base:
+    """Open a saved base (memory-mapped where FAISS allows); IndexFileError saying why not."""
+    import faiss
+
+    try:
+        raw = json.loads((path / META).read_text())
+        sizes = raw.pop("sizes")
+        meta = BaseMeta(**raw)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise IndexFileError(f"{path}: unreadable meta.json: {exc}") from None
+    if (meta.model_id, meta.dim) != (model_id, dim):
+        raise IndexFileError(f"{path}: made by {meta.model_id} ({meta.dim}-d)")
+    for name, size in sizes.items():
+        if not (path / name).exists() or (path / name).stat().st_size != size:
+            raise IndexFileError(f"{path}: {name} is missing or truncated")
+    # Flat codes map with MMAP_IFC, inverted lists with MMAP (the two do not combine).
+    flags = (faiss.IO_FLAG_MMAP_IFC if meta.kind == "exact" else faiss.IO_FLAG_MMAP) if mmap else 0
+    try:
+        index = faiss.read_index(str(path / INDEX), flags)
+        ids = np.load(path / IDS, mmap_mode="r" if mmap else None)
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise IndexFileError(f"{path}: FAISS cannot read it: {exc}") from None
+    if int(index.ntotal) != meta.count or len(ids) != meta.count or index.d != dim:
+        raise IndexFileError(f"{path}: contents do not match meta.json")
+    return Base(index, ids, meta)
+
+
+def ivf(index: Any) -> Any | None:
+    """The IVF part of an index (for its nlist), or None for a flat one."""
+    import faiss
+
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None

@@ -1,0 +1,165 @@
+"""Building a base from the store: train on a sample, stream every vector in, tune nprobe.
+
+Everything is read from SQLite in chunks (never the whole library twice in memory). The
+recall@10 ground truth of the tuning queries (stored vectors; each query's own id is left out of
+both the truth and the answers, so a query never scores by finding itself) is accumulated
+exactly in the same pass that adds the vectors, so tuning costs no second read of the library.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from functools import partial
+from typing import Any, Protocol
+
+import numpy as np
+
+from . import policy as P
+from .base import Base, BaseMeta
+from .segments import exact_among, merge, search_params
+
+log = logging.getLogger(__name__)
+
+
+class Source(Protocol):
+    """The store as the index sees it: the truth, read in chunks."""
+
+    def generation(self) -> int:
+        """The database generation (bumped by every write)."""
+
+    def ids(self) -> np.ndarray:
+        """Sorted ids of the present images."""
+
+    def chunks(self, since_generation: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, float32 vectors) of present rows written after `since_generation`."""
+
+    def vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Exact (ids, float32 vectors) of those ids that are present."""
+
+
+class Stopped(Exception):
+    """The build was abandoned (the daemon is stopping)."""
+
+
+def build(
+    spec: P.Spec, source: Source, model_id: str, dim: int, policy: P.Policy, stop: threading.Event
+) -> Base:
+    """A new base of kind `spec` holding every present vector (as of the generation it says)."""
+    import faiss
+
+    started = time.monotonic()
+    generation = source.generation()  # rows written later are replayed on top of the base
+    present = source.ids()
+    rng = np.random.default_rng(P.SEED)
+    index: Any = faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
+    if spec.kind != "exact" and len(present):
+        sample = np.sort(rng.choice(present, P.train_size(spec.lists, len(present)), replace=False))
+        _, train = source.vectors(sample.tolist())
+        index.train(train)
+        del train
+    picked = np.sort(rng.choice(present, min(P.TUNE_QUERIES, len(present)), replace=False))
+    q_ids, queries = source.vectors(picked.tolist())
+    truth = (np.full((len(q_ids), 0), -np.inf, np.float32), np.zeros((len(q_ids), 0), np.int64))
+    seen: list[np.ndarray] = []
+    for ids, vectors in source.chunks():
+        if stop.is_set():
+            raise Stopped
+        index.add_with_ids(vectors, ids)
+        seen.append(ids)
+        if spec.kind != "exact" and len(q_ids):
+            found = exact_among(queries, P.RECALL_K + 1, ids, vectors)
+            truth = merge([truth, found], P.RECALL_K + 1)
+    all_ids = np.sort(np.concatenate(seen)) if seen else np.zeros(0, np.int64)
+    nprobe, recall, rescore = 0, 1.0, 0
+    if spec.kind != "exact" and len(q_ids):
+        others = _without(truth[1], q_ids, P.RECALL_K)
+        nprobe, recall, rescore = tune(index, spec, (q_ids, queries), others, source, policy)
+    meta = BaseMeta(
+        model_id, dim, spec.kind, spec.factory, generation, len(all_ids), len(all_ids),
+        time.time(), nprobe, recall, rescore,
+    )  # fmt: skip
+    log.info(
+        "index built: %s, %d vectors in %.1fs (nprobe %d, recall@10 %.3f, rescore %d)",
+        spec.factory, len(all_ids), time.monotonic() - started, nprobe, recall, rescore,
+    )  # fmt: skip
+    return Base(index, all_ids, meta)
+
+
+def tune(
+    index: Any, spec: P.Spec, queries: tuple[np.ndarray, np.ndarray], truth: np.ndarray,
+    source: Source, policy: P.Policy,
+) -> tuple[int, float, int]:  # fmt: skip
+    """Smallest nprobe reaching the target recall; with exact re-scoring if codes fall short."""
+    for rescore in (0, P.RESCORE_FACTOR) if spec.quantized else (0,):
+        best = _smallest(partial(_recall, index, queries, truth, source, rescore), spec, policy)
+        if best[1] >= policy.target_recall:
+            return best[0], best[1], rescore
+    log.warning("index %s reaches recall@10 %.3f only", spec.factory, best[1])
+    return best[0], best[1], P.RESCORE_FACTOR if spec.quantized else 0
+
+
+def _smallest(recall_at: Any, spec: P.Spec, policy: P.Policy) -> tuple[int, float]:
+    """Doubling, then bisection, for the smallest nprobe meeting the target."""
+    low, high = 0, 1
+    found = recall_at(high)
+    while found < policy.target_recall and high < spec.lists:
+        low, high = high, min(spec.lists, high * 2)
+        found = recall_at(high)
+    if found < policy.target_recall:
+        return high, found
+    while high - low > 1:
+        mid = (low + high) // 2
+        got = recall_at(mid)
+        if got >= policy.target_recall:
+            high, found = mid, got
+        else:
+            low = mid
+    return high, found
+
+
+def _recall(
+    index: Any,
+    queries: tuple[np.ndarray, np.ndarray],
+    truth: np.ndarray,
+    source: Source,
+    rescore: int,
+    nprobe: int,
+) -> float:
+    k = P.RECALL_K
+    q_ids, vectors = queries
+    params = search_params(True, None, nprobe)
+    _, ids = index.search(vectors, (k + 1) * max(1, rescore), params=params)
+    if rescore:
+        ids = rescored(vectors, ids, k + 1, source)[1]
+    ids = _without(ids, q_ids, k)
+    hits = sum(len(np.intersect1d(a[a >= 0], b[b >= 0])) for a, b in zip(ids, truth, strict=True))
+    return hits / max(1, int((truth >= 0).sum()))
+
+
+def _without(ids: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
+    """Each row's first k ids other than the row's own id, -1 padded."""
+    out = np.full((len(ids), k), -1, np.int64)
+    for row, (found, me) in enumerate(zip(ids, own, strict=True)):
+        others = found[(found != me) & (found >= 0)][:k]
+        out[row, : len(others)] = others
+    return out
+
+
+def rescored(
+    queries: np.ndarray, ids: np.ndarray, k: int, source: Source
+) -> tuple[np.ndarray, np.ndarray]:
+    """Re-rank candidate ids with exact vectors from the store."""
+    wanted = np.unique(ids[ids >= 0])
+    found, vectors = source.vectors(wanted.tolist())
+    row = {int(i): n for n, i in enumerate(found)}
+    sims = np.full(ids.shape, -np.inf, np.float32)
+    for q, cand in enumerate(ids):
+        rows = [row.get(int(i), -1) for i in cand]
+        ok = np.array([r >= 0 for r in rows], dtype=bool)
+        if ok.any():
+            sims[q, ok] = vectors[[r for r in rows if r >= 0]] @ queries[q]
+    clean = np.where(np.isfinite(sims), ids, -1)
+    return merge([(sims, clean)], k)

@@ -1,0 +1,308 @@
+"""The library's index: segments searched now, training and compaction in the background.
+
+Requests take one lock only, briefly, for the small recent segment. Training and compaction
+build a new base off that lock, save it once (its own folder, atomically), reopen it
+memory-mapped and swap it in with one reference assignment, after replaying the changes that
+arrived meanwhile (an in-memory log stamped with database generations). Nothing is ever saved
+on the request path: SQLite is the change log, and start-up replays rows newer than the base.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import base as B
+from .build import Source, Stopped, build, rescored
+from .policy import Policy
+from .segments import Segments, exact_among, merge
+
+log = logging.getLogger(__name__)
+
+WAKE_SECONDS = 5.0  # how often the background worker looks for work unprompted
+STOP_WAIT = 5.0  # seconds close() waits for a build in progress (the thread is a daemon)
+QUANTIZED = ("ivf-sq8", "ivf-pq")
+SEARCH_THREADS = 1
+EXTRA = 10  # quantized codes: candidates beyond k re-scored exactly (near-duplicates' order)
+
+
+class LibraryIndex:
+    """Vectors keyed by store ids; search with an optional allow-list; thread-safe."""
+
+    def __init__(
+        self, folder: Path, source: Source, model_id: str, dim: int, policy: Policy
+    ) -> None:
+        self.folder, self.source, self.model_id, self.dim = folder, source, model_id, dim
+        self.policy = policy
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._busy = threading.Lock()  # one build at a time (never taken by requests)
+        self._log: list[tuple[int, str, np.ndarray, np.ndarray | None]] | None = None
+        self.state = "idle"
+        self.origin = "new"
+        self._path: Path | None = None
+        self._segments = self._open()
+        self._applied = self._segments.base.meta.generation
+        self._worker = threading.Thread(target=self._run, name="index-worker", daemon=True)
+        self._worker.start()
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    def _open(self) -> Segments:
+        started = time.monotonic()
+        base = self._saved_base()
+        if base is None:
+            base = self._build_now()
+        segments = Segments(base, self._lock)
+        present = self.source.ids()
+        gone = np.setdiff1d(base.ids, present, assume_unique=True)
+        segments.remove(gone)
+        replayed = 0
+        for ids, vectors in self.source.chunks(since_generation=base.meta.generation):
+            segments.add(ids, vectors)
+            replayed += len(ids)
+        if (replayed or len(gone)) and self.origin == "loaded":
+            self.origin = "replayed"
+        log.info(
+            "index %s (%s): %d vectors; replayed %d changed, %d deleted from SQLite in %.1fs",
+            base.meta.kind, self.origin, len(segments), replayed, len(gone),
+            time.monotonic() - started,
+        )  # fmt: skip
+        return segments
+
+    def _saved_base(self) -> B.Base | None:
+        current = self.source.generation()
+        for path in B.saved(self.folder):
+            try:
+                base = B.load(path, self.model_id, self.dim)
+            except B.IndexFileError as exc:
+                log.warning("saved index unusable: %s", exc)
+                continue
+            if base.meta.generation > current:
+                log.warning("saved index %s is newer than the database; ignored", path)
+                continue
+            if self.policy.mode == "exact" and base.meta.kind != "exact":
+                log.info("--index exact: not using the saved %s index", base.meta.kind)
+                continue
+            self._path, self.origin = path, "loaded"
+            return base
+        return None
+
+    def _build_now(self) -> B.Base:
+        present = len(self.source.ids())
+        if not present:
+            return B.empty_exact(self.model_id, self.dim, self.source.generation())
+        log.info("no usable saved index: building one from SQLite (%d vectors)", present)
+        base = self._build(present)
+        self.origin = "rebuilt"
+        return base
+
+    def _build(self, count: int) -> B.Base:
+        spec = self.policy.spec(count, self.dim)
+        built = build(spec, self.source, self.model_id, self.dim, self.policy, self._stop)
+        path = B.save(built, self.folder)
+        self._path = path
+        return B.load(path, self.model_id, self.dim)  # memory-mapped: the built copy is freed
+
+    # -- changes (the catalog calls these in generation order) -------------------------------
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray, generation: int) -> None:
+        """Add (or replace) vectors under `ids`."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        with self._lock:
+            self._segments.add(ids, vectors)
+            self._note(generation, "add", ids, vectors)
+        self._poke()
+
+    def remove(self, ids: np.ndarray, generation: int) -> None:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        with self._lock:
+            self._segments.remove(ids)
+            self._note(generation, "remove", ids, None)
+        self._poke()
+
+    def _note(self, generation: int, op: str, ids: np.ndarray, vectors: np.ndarray | None) -> None:
+        self._applied = max(self._applied, generation)
+        if self._log is not None:  # a build is running: it replays these when it swaps
+            self._log.append((generation, op, ids, vectors))
+
+    def _poke(self) -> None:
+        seg = self._segments
+        if int(seg.recent.ntotal) > self.policy.delta_max or self._needs_training():
+            self._wake.set()
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._segments)
+
+    def ids(self) -> np.ndarray:
+        return self._segments.ids()
+
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Similarities and ids, best first, -1 padded; only `allowed` ids (sorted) if given."""
+        import faiss
+
+        # One OpenMP thread for this (request) thread: a few queries gain nothing from more,
+        # and on a busy machine waking them costs more than the search (docs/BENCHMARKS.md).
+        # The setting is per OS thread: background training keeps every core.
+        faiss.omp_set_num_threads(SEARCH_THREADS)
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        if allowed is not None:
+            allowed = np.ascontiguousarray(allowed, dtype=np.int64)
+            if len(allowed) <= self.policy.allowed_exact_max:
+                return exact_among(queries, k, *self.source.vectors(allowed.tolist()))
+        seg = self._segments  # one read: a swap meanwhile does not mix two states
+        meta = seg.base.meta
+        quantized = meta.kind in QUANTIZED  # similarities of hits always exact, from the store
+        wanted = k * meta.rescore if meta.rescore else k + (EXTRA if quantized else 0)
+        nprobe = max(1, meta.nprobe)
+        sims, ids = seg.search(queries, wanted, allowed, nprobe)
+        need = min(wanted, len(seg) if allowed is None else len(allowed))
+        lists = int(getattr(B.ivf(seg.base.index), "nlist", 0))
+        while nprobe < lists and int((ids >= 0).sum(axis=1).min()) < need:
+            nprobe = min(lists, nprobe * 4)  # a filter left too few: look in more lists
+            sims, ids = seg.search(queries, wanted, allowed, nprobe)
+        if quantized:
+            sims, ids = rescored(queries, ids, k, self.source)
+        return sims, ids
+
+    def describe(self) -> dict[str, Any]:
+        seg = self._segments
+        meta = seg.base.meta
+        return {
+            "kind": meta.kind,
+            "factory": meta.factory,
+            "vectors": len(seg),
+            "base": len(seg.base),
+            "recent": int(seg.recent.ntotal),
+            "deleted": seg.dead,
+            "nprobe": meta.nprobe or None,
+            "recall_at_10": meta.recall,
+            "rescore": meta.rescore or None,
+            "trained_at": _iso(meta.trained_at),
+            "trained_count": meta.trained_count,
+            "generation": meta.generation,
+            "origin": self.origin,
+            "state": self.state,
+        }
+
+    # -- background work ------------------------------------------------------------------------
+
+    def _needs_training(self) -> bool:
+        meta = self._segments.base.meta
+        return self.policy.needs_training(meta.kind, meta.trained_count, len(self), self.dim)
+
+    def _needs_compaction(self) -> bool:
+        seg = self._segments
+        return int(seg.recent.ntotal) > self.policy.delta_max or (
+            seg.dead > 0 and seg.dead >= self.policy.tombstone_fraction * max(1, len(seg.base))
+        )
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(WAKE_SECONDS)
+            self._wake.clear()
+            try:
+                self.maintain()
+            except Stopped:
+                return
+            except Exception:
+                log.exception("index maintenance failed; will retry")
+                self._stop.wait(WAKE_SECONDS)
+
+    def maintain(self) -> str | None:
+        """Train or compact if due (the worker calls this; tests may too); return what ran."""
+        with self._busy:
+            if self._stop.is_set():
+                return None
+            if self._needs_training():
+                self._replace(self.train)
+                return "train"
+            if self._needs_compaction():
+                self._replace(self.compact)
+                return "compact"
+            return None
+
+    def rebase(self) -> None:
+        """Fold recent changes into a new saved base now (what compaction does when due)."""
+        with self._busy:
+            self._replace(self.compact)
+
+    def _replace(self, make: Any) -> None:
+        with self._lock:
+            self._log = []
+        try:
+            base = make()
+            self._swap(base)
+        finally:
+            with self._lock:
+                self._log = None
+            self.state = "idle"
+        if self._path is not None:
+            B.prune(self.folder, self._path)
+
+    def train(self) -> B.Base:
+        """A new base trained on the library as it is now."""
+        self.state = "training"
+        return self._build(len(self))
+
+    def compact(self) -> B.Base:
+        """The current base with deletions dropped and recent vectors folded in."""
+        import faiss
+
+        self.state = "compacting"
+        with self._lock:
+            seg = self._segments
+            dead = seg.deleted()
+            recent_ids, recent_vectors = seg.recent_vectors()
+            generation = self._applied
+        old = seg.base
+        index = faiss.read_index(str(self._path / B.INDEX)) if self._path else None
+        index = index if index is not None else faiss.clone_index(old.index)
+        drop = np.union1d(dead, recent_ids)
+        if len(drop):
+            index.remove_ids(faiss.IDSelectorBatch(len(drop), faiss.swig_ptr(drop)))
+        if len(recent_ids):
+            index.add_with_ids(recent_vectors, recent_ids)
+        ids = np.union1d(np.setdiff1d(old.ids, drop, assume_unique=True), recent_ids)
+        meta = replace(old.meta, generation=generation, count=len(ids))
+        path = B.save(B.Base(index, ids, meta), self.folder)
+        self._path = path
+        return B.load(path, self.model_id, self.dim)
+
+    def _swap(self, base: B.Base) -> None:
+        fresh = Segments(base, self._lock)
+        with self._lock:
+            for generation, _op, ids, vectors in self._log or []:
+                if generation > base.meta.generation:
+                    if vectors is None:
+                        fresh.remove(ids)
+                    else:
+                        fresh.add(ids, vectors)
+            self._segments = fresh  # the swap: one reference assignment
+        log.info("index swapped in: %s, %d vectors", base.meta.factory, len(fresh))
+
+    def close(self) -> None:
+        """Stop background work (a build in progress is abandoned: SQLite has everything)."""
+        self._stop.set()
+        self._wake.set()
+        self._worker.join(STOP_WAIT)
+
+
+def _iso(stamp: float) -> str | None:
+    return datetime.fromtimestamp(stamp, UTC).isoformat(timespec="seconds") if stamp else None
+
+
+__all__ = ["LibraryIndex", "merge"]

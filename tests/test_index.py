@@ -1,0 +1,199 @@
+"""The index package on synthetic vectors: every kind, filters, deletions, swaps and replay.
+
+Thresholds are lowered (imgsearch/index/policy.py) so each kind is built from a couple of
+thousand vectors in a second or two; the real sizes are measured by bench/scale.py.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgsearch.catalog import Catalog, StoreSource
+from imgsearch.index import Policy
+from imgsearch.index.policy import lists_for
+from imgsearch.store import FileFacts, NewImage
+
+DIM = 32
+N = 1500
+
+
+def clustered(n: int, seed: int = 0) -> np.ndarray:
+    """Unit vectors in 30 clusters of varied spread (like embeddings), a few near-duplicates."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((30, DIM))
+    spread = rng.uniform(0.2, 0.8, 30)
+    which = rng.integers(0, 30, n)
+    x = centres[which] + spread[which, None] * rng.standard_normal((n, DIM))
+    x[1::50] = x[::50][: len(x[1::50])] + 0.01 * rng.standard_normal((len(x[1::50]), DIM))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def near(vectors: np.ndarray) -> np.ndarray:
+    """New queries like the library's vectors (a fresh photo of the same subject)."""
+    x = vectors + 0.3 * np.random.default_rng(9).standard_normal(vectors.shape) / np.sqrt(DIM)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def fill(catalog: Catalog, vectors: np.ndarray, start: int = 0) -> list[int]:
+    items = [
+        NewImage(FileFacts(f"/v/{start + i}.jpg", 1, 1, f"h{start + i}", 1, 1), v)
+        for i, v in enumerate(vectors)
+    ]
+    ids: list[int] = []
+    for at in range(0, len(items), 500):
+        ids += catalog.put(items[at : at + 500]).ids
+    return ids
+
+
+def policy(kind: str) -> Policy:
+    """Thresholds that make N vectors get `kind`."""
+    big = 1 << 40
+    return {
+        "exact": Policy(exact_max=big, delta_max=big),
+        "ivf-flat": Policy(exact_max=100, delta_max=big),
+        "ivf-sq8": Policy(exact_max=100, flat_max_bytes=0, delta_max=big),
+        "ivf-pq": Policy(exact_max=100, flat_max_bytes=0, sq8_max_bytes=0, delta_max=big),
+    }[kind]
+
+
+def truth(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    sims = queries @ vectors.T
+    return ids[np.argsort(-sims, axis=1, kind="stable")[:, :k]]
+
+
+def test_policy_thresholds() -> None:
+    p = Policy()
+    assert p.spec(1000, 512).kind == "exact"
+    assert p.spec(1_000_000, 512).kind == "ivf-flat"
+    assert p.spec(10_000_000, 512).kind == "ivf-sq8"
+    assert p.spec(10_000_000, 1280).kind == "ivf-pq"
+    assert Policy(mode="exact").spec(10_000_000, 512).kind == "exact"
+    assert lists_for(1_000_000) == 4000 and lists_for(10) <= 10
+    assert p.needs_training("ivf-flat", 200_000, 900_000, 512)  # grown 4.5x
+    assert not p.needs_training("ivf-flat", 200_000, 700_000, 512)
+
+
+@pytest.mark.parametrize("kind", ["exact", "ivf-flat", "ivf-sq8", "ivf-pq"])
+def test_every_kind_is_tuned_searches_and_filters(tmp_path: Path, kind: str) -> None:
+    vectors = clustered(N)
+    catalog = Catalog(tmp_path, "m", DIM, policy(kind))
+    try:
+        ids = np.asarray(fill(catalog, vectors), np.int64)
+        catalog.index.maintain()
+        about = catalog.index.describe()
+        assert about["kind"] == kind and about["vectors"] == N and about["trained_at"]
+        assert about["recall_at_10"] >= 0.97, about
+        queries = near(vectors[::30])
+        want = truth(vectors, ids, queries, 10)
+        got = [[n.id for n in row] for row in catalog.nearest(queries, 10)]
+        recall = np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got, want, strict=True)])
+        assert recall >= 0.9, recall
+        if kind in ("ivf-sq8", "ivf-pq"):  # similarities of hits are exact (from the store)
+            hit = catalog.nearest(vectors[:1], 1)[0][0]  # vectors[1] is a near-duplicate
+            assert hit.id == ids[0] and abs(hit.similarity - 1.0) < 1e-5
+        for allowed in (ids[::100], ids[::3]):  # answered from the store / inside FAISS
+            catalog.index.policy = Policy(allowed_exact_max=20)
+            rows = catalog.nearest(queries[:5], 10, np.sort(allowed))
+            for row in rows:
+                assert len(row) == 10 and {n.id for n in row} <= set(allowed.tolist())
+            exact = truth(vectors[np.isin(ids, allowed)], np.sort(allowed), queries[:5], 1)
+            if len(allowed) <= 20 or kind == "exact":
+                assert [row[0].id for row in rows] == exact[:, 0].tolist()
+    finally:
+        catalog.close()
+
+
+def test_deletions_are_filtered_then_compacted(tmp_path: Path) -> None:
+    vectors = clustered(N)
+    catalog = Catalog(tmp_path, "m", DIM, policy("ivf-flat"))
+    try:
+        fill(catalog, vectors)
+        catalog.index.maintain()
+        catalog.index.rebase()  # the worker may have trained on part of them: all in the base
+        removed = catalog.remove_tree("/v")
+        assert len(removed) == N and len(catalog.index) == 0
+        assert catalog.index.describe()["deleted"] == N
+        assert catalog.nearest(vectors[:3], 10) == [[], [], []]
+        fill(catalog, vectors[:10], start=N)
+        assert [n.path for n in catalog.nearest(vectors[:1], 1)[0]] == [f"/v/{N}.jpg"]
+        catalog.index.policy = Policy(exact_max=100, delta_max=1 << 40)
+        catalog.index.maintain()  # (or the worker did): few vectors, back to an exact base
+        about = catalog.index.describe()
+        assert (about["kind"], about["deleted"], about["base"] + about["recent"]) == (
+            "exact",
+            0,
+            10,
+        )
+        assert sorted(catalog.index.ids().tolist()) == catalog.store.ids().tolist()
+    finally:
+        catalog.close()
+
+
+class SlowSource(StoreSource):
+    """Holds a build in the middle of reading the library, until released."""
+
+    def __init__(self, source: StoreSource) -> None:
+        super().__init__(source.store)
+        self.reading = threading.Event()
+        self.release = threading.Event()
+
+    def chunks(self, since_generation: int = 0):  # type: ignore[no-untyped-def]
+        for chunk in super().chunks(since_generation):
+            self.reading.set()
+            assert self.release.wait(30)
+            yield chunk
+
+
+def test_changes_during_training_survive_the_swap(tmp_path: Path) -> None:
+    vectors = clustered(N + 20)
+    catalog = Catalog(tmp_path, "m", DIM, policy("exact"))
+    try:
+        ids = fill(catalog, vectors[:N])
+        slow = SlowSource(StoreSource(catalog.store))
+        catalog.index.source = slow
+        catalog.index.policy = policy("ivf-flat")  # training is due (the worker may start it)
+        worker = threading.Thread(target=catalog.index.maintain)
+        worker.start()
+        assert slow.reading.wait(30)
+        assert catalog.index.describe()["state"] == "training"
+        catalog.remove_ids(ids[:5])  # while the new base is being built from SQLite
+        fill(catalog, vectors[N:], start=N)
+        catalog.put([NewImage(FileFacts("/v/7.jpg", 1, 1, "x", 1, 1), vectors[N + 1])])
+        hits = catalog.nearest(vectors[N : N + 1], 1)[0]
+        assert hits[0].path == f"/v/{N}.jpg", "searches go on against the current index"
+        slow.release.set()
+        worker.join(60)
+        about = catalog.index.describe()
+        assert about["kind"] == "ivf-flat" and about["state"] == "idle"
+        assert sorted(catalog.index.ids().tolist()) == catalog.store.ids().tolist()
+        assert not {n.id for n in catalog.nearest(vectors[:5], 3)[0]} & set(ids[:5])
+        (hit,) = catalog.nearest(vectors[N + 1 : N + 2], 2)
+        assert {n.path for n in hit} == {"/v/7.jpg", f"/v/{N + 1}.jpg"}
+    finally:
+        catalog.close()
+
+
+def test_a_crash_loses_nothing_sqlite_has(tmp_path: Path) -> None:
+    """No close(): the next open replays newer rows and deletions on top of the saved base."""
+    vectors = clustered(N)
+    first = Catalog(tmp_path, "m", DIM, policy("ivf-sq8"))
+    ids = fill(first, vectors[:1000])
+    first.index.maintain()
+    first.index.rebase()  # all 1000 in the saved base (the worker may have trained on 500)
+    fill(first, vectors[1000:], start=1000)
+    first.remove_ids(ids[:100])
+    first.index.close()  # the worker stops; nothing else is written (as after kill -9)
+    first.store.close()
+    second = Catalog(tmp_path, "m", DIM, policy("ivf-sq8"))
+    try:
+        about = second.index.describe()
+        assert about["origin"] == "replayed" and about["kind"] == "ivf-sq8"
+        assert about["vectors"] == N - 100 and about["recent"] == N - 1000
+        assert sorted(second.index.ids().tolist()) == second.store.ids().tolist()
+        assert second.nearest(vectors[1200:1201], 1)[0][0].path == "/v/1200.jpg"
+    finally:
+        second.close()
