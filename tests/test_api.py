@@ -412,7 +412,7 @@ async def test_search_by_vector(
         ({"vector": "1,2"}, "list of numbers"),
         ({"vector": [True] * 32}, "list of numbers"),
         ({"vector": scaled, "compare": "orb"}, "compare needs an image"),
-        ({"vector": scaled, "text": "a cat"}, "one of image, url, text or vector"),
+        ({"vector": scaled, "text": "a cat"}, "give either text or vector, not both"),
     ]
     for payload, message in bad:
         data = json.dumps(payload, allow_nan=True)  # NaN as JSON's common extension
