@@ -15,7 +15,7 @@ from .comparators.verify import VerifyComparator
 from .config import Config
 from .downloads import DOWNLOADS, UrlAdder
 from .duplicates import DuplicateFinder
-from .embedders import Embedder, load_embedder
+from .embedders import Embedder, batch_size_of, load_embedder, runtime_stats
 from .errors import ConfigError
 from .fetch import Downloader
 from .images import enable_heif, image_extensions
@@ -77,12 +77,13 @@ class Service:
             "max_file_bytes": config.max_upload_bytes,
             "max_pixels": config.max_image_pixels,
         }
+        batch = config.batch_size or batch_size_of(self.embedder)
         self.ingester = Ingester(
             self.catalog,
             self.embedder,
             extensions=image_extensions(heif),
             allows=self.paths.allows,
-            batch_size=config.batch_size,
+            batch_size=batch,
             workers=config.workers,
             **limits,
         )
@@ -92,7 +93,7 @@ class Service:
             max_bytes=config.max_upload_bytes,
             max_pixels=config.max_image_pixels,
         )
-        urls = UrlAdder(self.downloader, self.ingester, downloads, config.batch_size)
+        urls = UrlAdder(self.downloader, self.ingester, downloads, batch)
         self.jobs = JobManager(self.ingester, self.catalog.store, config.max_pending_adds, urls)
         self.comparators = ComparatorRegistry.from_entry_points()
         self.features = FeatureCache(config.data_dir / "features")
@@ -140,6 +141,7 @@ class Service:
             "watched": len(self.watcher.watches()),
             "model": self.embedder.model_id,
             "dim": self.embedder.dim,
+            "embedding": runtime_stats(self.embedder),
             "index": {
                 "type": self.catalog.index.kind,
                 "vectors": len(self.catalog.index),
