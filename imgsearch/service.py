@@ -15,12 +15,19 @@ from .comparators.verify import VerifyComparator
 from .config import Config
 from .downloads import DOWNLOADS, UrlAdder
 from .duplicates import DuplicateFinder
-from .embedders import Embedder, batch_size_of, load_embedder, runtime_stats
+from .embedders import (
+    Embedder,
+    batch_size_of,
+    decode_workers,
+    load_embedder,
+    runtime_stats,
+)
 from .errors import ConfigError
 from .fetch import Downloader
 from .images import enable_heif, image_extensions
 from .ingest import Ingester
 from .jobs import JobManager
+from .precompute import FeaturePrecompute
 from .search import Searcher
 from .security import PathPolicy
 from .thumbnails import ThumbnailCache
@@ -84,7 +91,7 @@ class Service:
             extensions=image_extensions(heif),
             allows=self.paths.allows,
             batch_size=batch,
-            workers=config.workers,
+            workers=decode_workers(self.embedder, config.workers),
             **limits,
         )
         self.downloader = Downloader(
@@ -100,6 +107,14 @@ class Service:
         self.thumbnails = ThumbnailCache(config.data_dir / "thumbnails", **limits)
         self.searcher = Searcher(
             self.catalog, self.embedder, self.features, workers=config.workers, **limits
+        )
+        self.precompute = FeaturePrecompute(
+            self.catalog,
+            self.features,
+            self.comparators,
+            mode=config.precompute,
+            limit=config.precompute_limit,
+            **limits,
         )
         verify = self.comparators.get("verify") if "verify" in self.comparators else None
         self.duplicates = DuplicateFinder(
@@ -142,6 +157,7 @@ class Service:
             "model": self.embedder.model_id,
             "dim": self.embedder.dim,
             "embedding": runtime_stats(self.embedder),
+            "precompute": self.precompute.stats(),
             "index": {
                 "type": self.catalog.index.kind,
                 "vectors": len(self.catalog.index),
@@ -160,6 +176,7 @@ class Service:
             self.watcher.close()
             self.jobs.close()
             self.searcher.close()
+            self.precompute.close()
             self.catalog.close()
         finally:
             self._lock.release()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import replace
 from typing import Any
 
@@ -17,6 +18,7 @@ __all__ = [
     "Runtime",
     "TextEmbedder",
     "batch_size_of",
+    "decode_workers",
     "load_embedder",
     "resolve_device",
     "runtime_stats",
@@ -57,6 +59,13 @@ def batch_size_of(embedder: Embedder, fallback: int = 32) -> int:
     """The embedder's measured batch size (an embedder without one: `fallback`)."""
     runtime = getattr(embedder, "runtime", None)
     return runtime.batch_size if isinstance(runtime, Runtime) else fallback
+
+
+def decode_workers(embedder: Embedder, configured: int) -> int:
+    """Decode threads for indexing: on a GPU the model outruns a few decoders, so every core."""
+    if str(getattr(embedder, "device", "cpu")).startswith("cuda"):
+        return max(configured, os.cpu_count() or 1)
+    return configured
 
 
 def runtime_stats(embedder: Embedder) -> dict[str, Any]:
