@@ -7,11 +7,10 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .catalog import Catalog
+from .catalog import Catalog, Change
 from .comparators import Comparator, ComparatorRegistry, FeatureCache
 from .errors import ImgSearchError
 
@@ -29,7 +28,8 @@ class FeaturePrecompute:
     """One background thread that computes features of newly written images.
 
     `mode`: "on", "off", or "auto" (on while the library holds fewer than `limit` images).
-    Writes are announced with `on_written(ids)`, which never blocks.
+    It listens to the catalog's committed writes; whether a queued image is worth doing (the
+    library's size, for `auto`) is decided on the background thread.
     """
 
     def __init__(
@@ -59,7 +59,7 @@ class FeaturePrecompute:
         self._thread = threading.Thread(target=self._run, name="precompute", daemon=True)
         if mode != "off" and self.comparators:
             self._thread.start()
-            self.attach()
+            catalog.subscribe(self.on_change)
 
     @property
     def enabled(self) -> bool:
@@ -68,24 +68,10 @@ class FeaturePrecompute:
             return False
         return self.mode == "on" or self.catalog.store.count() < self.limit
 
-    def attach(self) -> None:  # called once, by __init__
-        """Listen to the catalog's writes (subscription when it offers one)."""
-        subscribe = getattr(self.catalog, "subscribe", None)
-        if subscribe is not None:
-            subscribe(lambda change: self.on_written(change.written))
-            return
-        put = self.catalog.put
-
-        def put_and_announce(items: Any) -> Any:
-            result = put(items)
-            self.on_written(result.ids)
-            return result
-
-        setattr(self.catalog, "put", put_and_announce)  # noqa: B010 until Catalog.subscribe
-
-    def on_written(self, ids: Sequence[int]) -> None:
-        """Queue these images' features (dropped when precompute is off for this library)."""
-        if not ids or not self._thread.is_alive() or not self.enabled:
+    def on_change(self, change: Change) -> None:
+        """Catalog listener: queue the written images (runs on the writing thread: no I/O)."""
+        ids = change.written
+        if not ids or not self._thread.is_alive():
             return
         with self._idle:
             self._busy += len(ids)
@@ -123,6 +109,8 @@ class FeaturePrecompute:
                     self._idle.notify_all()
 
     def _compute(self, image_id: int) -> None:
+        if not self.enabled:  # auto, and the library has grown past the limit
+            return
         located = self.catalog.store.paths([image_id]).get(image_id)
         if located is None:  # removed meanwhile
             return

@@ -184,15 +184,20 @@ async def test_precompute_makes_features_exist_after_an_add(
     )
     assert (await get_json(client, "/add", image=str(folder)))["added"] == 3
     service = client.app[SERVICE]
-    cache = config.data_dir / "features" / "verify"
-    assert await _wait_for(lambda: len(list(cache.glob("*.pkl"))) == 3, 60)
+    stored = service.catalog.store.paths([int(i) for i in service.catalog.store.ids()])
+    assert len(stored) == 3
+
+    def all_cached() -> bool:
+        return all(
+            service.features.get("verify", image_id, where.mtime_ns) is not None
+            for image_id, where in stored.items()
+        )
+
+    assert await _wait_for(all_cached, 60)
     stats = await get_json(client, "/stats")
     assert stats["precompute"]["done"] == 3 and stats["precompute"]["enabled"]
+    assert stats["precompute"]["pending"] == 0
     assert stats["embedding"]["precision"] == "fp32"
-    ids = service.catalog.store.ids()
-    located = service.catalog.store.paths([int(i) for i in ids])
-    for image_id, where in located.items():
-        assert service.features.get("verify", image_id, where.mtime_ns) is not None
 
 
 async def test_precompute_off_leaves_features_lazy(
@@ -207,7 +212,10 @@ async def test_precompute_off_leaves_features_lazy(
     client = await aiohttp_client(_app(off, tiny_embedder))
     assert (await get_json(client, "/add", image=str(folder)))["added"] == 1
     await asyncio.sleep(1.0)
-    assert not list((config.data_dir / "features").glob("*/*.pkl"))
+    service = client.app[SERVICE]
+    (image_id,) = [int(i) for i in service.catalog.store.ids()]
+    mtime = service.catalog.store.paths([image_id])[image_id].mtime_ns
+    assert service.features.get("verify", image_id, mtime) is None
     assert (await get_json(client, "/stats"))["precompute"]["enabled"] is False
 
 
@@ -215,3 +223,21 @@ def _app(config: Config, embedder: Embedder) -> web.Application:
     from imgsearch.web import create_app
 
     return create_app(config, embedder=embedder)
+
+
+async def test_precompute_auto_stops_above_the_library_size_limit(
+    aiohttp_client: ClientFactory, config: Config, tiny_embedder: Embedder, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    folder = tmp_path / "gallery"
+    folder.mkdir()
+    for name in PHOTOS[:3]:
+        photo(name).save(folder / f"{name}.jpg")
+    small = dataclasses.replace(config, precompute="auto", precompute_limit=2)
+    client = await aiohttp_client(_app(small, tiny_embedder))
+    assert (await get_json(client, "/add", image=str(folder)))["added"] == 3
+    service = client.app[SERVICE]
+    assert service.precompute.wait_idle(30)
+    stats = (await get_json(client, "/stats"))["precompute"]
+    assert (stats["enabled"], stats["done"], stats["pending"]) == (False, 0, 0)
