@@ -91,7 +91,7 @@ class ModelSpec:
             data_dir=data_dir,
             # In-process forward and seed loops get every core (the model at its best, and
             # torch's default, as the seed had); the daemon runs with its own defaults.
-            threads=os.cpu_count() or 1,
+            threads=args.threads or os.cpu_count() or 1,
         )
 
     def flags(self, args: argparse.Namespace) -> list[str]:
@@ -295,12 +295,13 @@ def sweep(
     spec: ModelSpec, fast: Embedder, naive: Embedder, tensors: Sequence[Any], sizes: Sequence[int]
 ) -> dict[str, Any]:
     """Forward images/s at each batch size, in the chosen precision and in the naive fp32."""
-    rows: dict[str, dict[int, float]] = {"chosen": {}, "naive fp32": {}}
+    rows: dict[str, dict[int, str]] = {"chosen": {}, "naive fp32": {}}
     for size in sizes:
         for label, embedder in (("chosen", fast), ("naive fp32", naive)):
             rate, _ = time_forward(embedder, tensors, size)
-            rows[label][size] = rate["images_per_s"]
-            progress(f"{spec.label}: {label} batch {size}: {rate['images_per_s']:.1f} img/s")
+            cell = f"{rate['images_per_s']:.1f} ({rate['cpu_ms_per_image']:.0f})"
+            rows[label][size] = cell
+            progress(f"{spec.label}: {label} batch {size}: {cell} img/s (CPU ms)")
     return {"model": spec.label, "sweep": rows, "embedding": runtime_stats(fast)}
 
 
@@ -399,13 +400,20 @@ def print_results(results: list[dict[str, Any]], n: str, load: Sequence[float]) 
 
 
 def print_sweep(results: list[dict[str, Any]], load: Sequence[float]) -> None:
-    print(f"\nForward images/s by batch size; CPU: {cpu_model()}, {os.cpu_count()} cores")
+    print(f"\nForward images/s (CPU ms/image) by batch size; CPU: {cpu_model()}")
+    print(f"{os.cpu_count()} cores, {torch_threads()} torch threads")
     print(f"(1-minute load average {load[0]:.2f} at start, {load[1]:.2f} at end)\n")
     for r in results:
         print(f"{r['model']}: {json.dumps(r['embedding'])}")
         for label, rates in r["sweep"].items():
-            cells = "  ".join(f"b{size}: {rate:.1f}" for size, rate in rates.items())
+            cells = "  ".join(f"b{size}: {cell}" for size, cell in rates.items())
             print(f"  {label:<12} {cells}")
+
+
+def torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
 
 
 def cpu_model() -> str:
@@ -459,6 +467,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--small", type=int, default=64, help="how many photos <= 1 MP besides (default 64)")
     add("--precision", default="auto", help="auto, fp32, bf16, fp16 (default auto)")
     add("--batch-sweep", type=int, nargs="*", help="only time forward at these batch sizes")
+    add("--threads", type=int, help="torch threads in-process (default: all cores)")
     add("--models", nargs="+", default=list(DEFAULT_MODELS), help="name[:pretrained] each")
     add("--seed-images", type=int, default=16, help="images in the seed-style loop (16)")
     add("--batch-size", type=int, default=Config().batch_size, help="model batch size")

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..config import OFFLINE_MODEL
 from ..errors import ConfigError
-from .base import Preprocess, TorchEmbedder, l2_normalise
+from .base import Preprocess, Runtime, TorchEmbedder, l2_normalise
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,11 @@ class ClipEmbedder(TorchEmbedder):
         source = checkpoint.name if checkpoint is not None else (pretrained or "random")
         self.model_id = f"open_clip/{model_name}/{source}"
         log.info("loaded %s (%d-d) on %s", self.model_id, self.dim, device)
+
+    def use(self, module: Any, precision: str, runtime: Runtime) -> None:
+        """Install the image tower in `precision`; the model holds it too (never two copies)."""
+        super().use(module, precision, runtime)
+        self._model.visual = module
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Text queries into the image vectors' space."""
