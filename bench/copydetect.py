@@ -390,11 +390,13 @@ def _rank(hits: Sequence[str], query: Query) -> int:
     return hits.index(target) + 1 if target in hits else 0
 
 
-def run_timing(bench: Bench, queries: Sequence[Query]) -> tuple[dict[str, Any], int, int]:
+def run_timing(
+    bench: Bench, queries: Sequence[Query], modes: Sequence[str] = TIMED
+) -> tuple[dict[str, Any], int, int]:
     """p50/p95 ms per mode, cold and warm; and how many real searches matched the derived hits."""
     timing: dict[str, Any] = {}
     agree = total = 0
-    for mode in TIMED:
+    for mode in modes:
         cold, warm, cpu, found = [], [], [], []
         for q in queries if mode in COLD else ():
             bench.drop_features(mode)
@@ -470,7 +472,7 @@ def sift_stages(bench: Bench, queries: Sequence[Query]) -> dict[str, float]:
         ids = [c.id for c in bench.captured]
         paths = service.catalog.store.paths(ids)
         with step("  feature cache reads (all candidates)"):
-            cached = [service.features.get("sift", i, paths[i][1]) for i in ids]
+            cached = [service.features.get("sift", i, paths[i].mtime_ns) for i in ids]
         with step("  SIFT matching (all candidates, 1 thread)"):
             for candidate in cached:
                 sift.compare(query, candidate)
@@ -577,7 +579,7 @@ def goals(doc: dict[str, Any]) -> list[str]:
         lines.append(f"seed-style (rerank off) ranks identical to embedding only: {same}")
     if "timing" in doc:
         t = doc["timing"]
-        for mode in ("sift", "verify"):
+        for mode in [m for m in ("sift", "verify") if m in t]:
             added = t[mode]["warm"]["p50"] - t["embedding"]["warm"]["p50"]
             ok = added <= GOAL_SIFT_ADDED_MS
             lines.append(
@@ -635,6 +637,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--timed", type=int, default=13, help="queries per mode in the latency pass (13)")
     add("--workers", type=int, default=2, help="comparator threads (default 2)")
     add("--seed", type=int, default=0)
+    add("--modes", nargs="*", choices=TIMED, help="modes in the latency pass (default all)")
     add("--precompute", default="auto", help="auto, on, off: background verify features")
     add("--precision", default="auto", help="auto, fp32, bf16, fp16 (default auto)")
     add("--json", type=Path, help="write the results here as JSON")
@@ -663,7 +666,7 @@ def measure(
             progress(f"indexing {doc['gallery']} gallery images")
             service.ingester.add(gallery.resolve())
             ids = [int(i) for i in service.catalog.store.ids()]
-            names = {i: Path(p).stem for i, (p, _) in service.catalog.store.paths(ids).items()}
+            names = {i: Path(at.path).stem for i, at in service.catalog.store.paths(ids).items()}
             bench = Bench(service, names)
             if args.part in ("all", "recall"):
                 ranks, embedding_ms = run_recall(bench, queries)
@@ -675,9 +678,10 @@ def measure(
                 timed = timing_queries(queries, 3 if args.quick else args.timed)
                 doc["timed_queries"] = len(timed)
                 load = os.getloadavg()[0]
-                doc["timing"], doc["agree"], doc["agree_total"] = run_timing(bench, timed)
+                modes = args.modes or TIMED
+                doc["timing"], doc["agree"], doc["agree_total"] = run_timing(bench, timed, modes)
                 doc["load_average"] = [args.load, load, os.getloadavg()[0]]
-                doc["sift_stages"] = sift_stages(bench, timed)
+                doc["sift_stages"] = sift_stages(bench, timed) if "sift" in modes else {}
                 doc["after_add"] = run_after_add(bench, timed, gallery)
         finally:
             service.close()
