@@ -39,6 +39,7 @@ class Job:
     """One add of a file or folder (or of URLs), and how far it got."""
 
     id: str
+    kind: str  # path, urls (import: bulk imports, later)
     image: str
     update: bool
     state: str = "queued"
@@ -54,11 +55,6 @@ class Job:
     ended: threading.Event = field(default_factory=threading.Event, repr=False)
     urls: tuple[str, ...] = ()  # a URL job's URLs (not kept once the job has ended)
     strict: bool = False  # a URL job for one `url`: its failure fails the job, as for one file
-
-    @property
-    def kind(self) -> str:
-        """`path` or `urls`: a path job's label is its absolute path, a URL job's never is."""
-        return "path" if self.image.startswith("/") else "urls"
 
     @property
     def images_per_s(self) -> float | None:
@@ -94,6 +90,7 @@ class Job:
     def row(self) -> JobRow:
         return JobRow(
             self.id,
+            self.kind,
             self.image,
             self.update,
             self.state,
@@ -115,8 +112,9 @@ class Job:
         ]
         job = cls(
             row.id,
+            row.kind,
             row.image,
-            bool(row.refresh),
+            bool(row.update),
             row.state,
             row.done,
             row.total,
@@ -152,7 +150,7 @@ class JobManager:
         """Queue an add; 503 when too many are queued or running already."""
         if not target.exists():
             raise NotFound(f"no such file or directory: {target}")
-        return self._queue(Job(uuid.uuid4().hex[:12], str(target), update))
+        return self._queue(Job(uuid.uuid4().hex[:12], "path", str(target), update))
 
     def submit_urls(self, urls: Sequence[str], update: bool, *, strict: bool = False) -> Job:
         """Queue an add of URLs; `strict` (one URL) checks it now and fails the job if it fails."""
@@ -162,9 +160,7 @@ class JobManager:
             urls = [check_url(url) for url in urls]
         urls = list(dict.fromkeys(urls))  # the same URL twice is one download
         label = urls[0] if len(urls) == 1 else f"{len(urls)} URLs"
-        if label.startswith("/"):  # an invalid one, reported by the job: never a path's label
-            label = f"1 URL: {label}"
-        job = Job(uuid.uuid4().hex[:12], label, update, urls=tuple(urls), strict=strict)
+        job = Job(uuid.uuid4().hex[:12], "urls", label, update, urls=tuple(urls), strict=strict)
         return self._queue(job)
 
     def _queue(self, job: Job) -> Job:
@@ -225,7 +221,7 @@ class JobManager:
                     report=job.report,
                     on_progress=self._progress_hook(job),
                 )
-            elif self.urls is not None:
+            elif job.kind == "urls" and self.urls is not None:
                 self.urls.add(
                     job.urls,
                     update=job.update,
@@ -234,6 +230,8 @@ class JobManager:
                     report=job.report,
                     on_progress=self._progress_hook(job),
                 )
+            else:
+                raise ImgSearchError(f"this daemon cannot run {job.kind} jobs", 501)
             if job.stop.is_set():
                 job.state = "interrupted" if self._closing else "cancelled"
             else:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import os
 import shutil
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -68,47 +70,53 @@ class Service:
     def __init__(self, config: Config, embedder: Embedder | None = None) -> None:
         self.config = config
         self._closed = False
+        # Everything opened goes on the stack: a failure part-way unwinds what was opened
+        # (the data-dir lock and the database included), and close() unwinds it all.
+        with ExitStack() as stack:
+            self._open_store(stack, embedder)
+            self._open_parts(stack)
+            self._stack = stack.pop_all()
+
+    def _open_store(self, stack: ExitStack, embedder: Embedder | None) -> None:
+        """The data-dir lock, the embedder and the catalog (SQLite + index)."""
+        config = self.config
         # Downloaded images stay readable (thumbnails, search by path) whatever the roots.
-        downloads = config.data_dir / DOWNLOADS
         roots = config.allow_roots
-        self.paths = PathPolicy((*roots, downloads) if roots else ())
+        self.paths = PathPolicy((*roots, config.data_dir / DOWNLOADS) if roots else ())
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = DataDirLock(config.data_dir)
-        try:
-            heif = enable_heif()
-            self.embedder = embedder if embedder is not None else load_embedder(config)
-            self.catalog = Catalog(config.data_dir, self.embedder.model_id, self.embedder.dim)
-        except BaseException:
-            self._lock.release()
-            raise
+        stack.callback(self._lock.release)
+        self.heif = enable_heif()
+        self.embedder = embedder if embedder is not None else load_embedder(config)
+        batch = config.batch_size or batch_size_of(self.embedder)  # 0: the measured size
+        self.config = config = dataclasses.replace(config, batch_size=batch)
+        self.catalog = Catalog(config.data_dir, self.embedder.model_id, self.embedder.dim)
+        stack.callback(self.catalog.close)  # saves the index, closes the database
         self.catalog.save()  # persist a rebuilt or caught-up index straight away
+
+    def _open_parts(self, stack: ExitStack) -> None:
+        """Caches, ingest, search, duplicates, jobs and the watcher, in that order."""
+        config = self.config
         limits: dict[str, Any] = {
             "max_file_bytes": config.max_upload_bytes,
             "max_pixels": config.max_image_pixels,
         }
-        batch = config.batch_size or batch_size_of(self.embedder)
+        _drop_old_caches(config.data_dir)
+        self.derived = DerivedFiles(config.data_dir / DERIVED)
+        self.catalog.subscribe(self._invalidate)
+        self.features = FeatureCache(self.derived)
+        self.thumbnails = ThumbnailCache(self.derived, **limits)
+        extensions = image_extensions(self.heif)
         self.ingester = Ingester(
             self.catalog,
             self.embedder,
-            extensions=image_extensions(heif),
+            extensions=extensions,
             allows=self.paths.allows,
-            batch_size=batch,
+            batch_size=config.batch_size,
             workers=decode_workers(self.embedder, config.workers),
             **limits,
         )
-        self.downloader = Downloader(
-            timeout=config.download_timeout,
-            concurrency=config.download_concurrency,
-            max_bytes=config.max_upload_bytes,
-            max_pixels=config.max_image_pixels,
-        )
-        urls = UrlAdder(self.downloader, self.ingester, downloads, batch)
-        self.jobs = JobManager(self.ingester, self.catalog.store, config.max_pending_adds, urls)
         self.comparators = ComparatorRegistry.from_entry_points()
-        _drop_old_caches(config.data_dir)
-        self.derived = DerivedFiles(config.data_dir / DERIVED)
-        self.features = FeatureCache(self.derived)
-        self.thumbnails = ThumbnailCache(self.derived, **limits)
         self.searcher = Searcher(
             self.catalog, self.embedder, self.features, workers=config.workers, **limits
         )
@@ -120,6 +128,8 @@ class Service:
             limit=config.precompute_limit,
             **limits,
         )
+        stack.callback(self.precompute.close)  # before the catalog closes
+        stack.callback(self.searcher.close)
         verify = self.comparators.get("verify") if "verify" in self.comparators else None
         self.duplicates = DuplicateFinder(
             self.catalog,
@@ -128,14 +138,30 @@ class Service:
             workers=config.workers,
             **limits,
         )
+        self.jobs = JobManager(
+            self.ingester, self.catalog.store, config.max_pending_adds, self._url_adder()
+        )
+        stack.callback(self.jobs.close)
+        self.watcher = Watcher(
+            self.catalog,
+            self.ingester,
+            extensions=extensions,
+            allows=self.paths.allows,
+            ignore=config.data_dir,
+        )
+        stack.callback(self.watcher.close)
+        self.watcher.start(config.watch)
 
-        self.catalog.subscribe(self._invalidate)
-        self.watcher = Watcher(self.catalog, self.ingester, ignore=config.data_dir)
-        try:
-            self.watcher.start(config.watch)
-        except BaseException:
-            self.close()
-            raise
+    def _url_adder(self) -> UrlAdder:
+        config = self.config
+        self.downloader = Downloader(
+            timeout=config.download_timeout,
+            concurrency=config.download_concurrency,
+            max_bytes=config.max_upload_bytes,
+            max_pixels=config.max_image_pixels,
+        )
+        downloads = config.data_dir / DOWNLOADS
+        return UrlAdder(self.downloader, self.ingester, downloads, config.batch_size)
 
     def remove(self, target: Path) -> int:
         """Forget a file, or every image under a folder (the files themselves are untouched)."""
@@ -169,14 +195,7 @@ class Service:
         if self._closed:
             return
         self._closed = True
-        try:
-            self.watcher.close()
-            self.jobs.close()
-            self.searcher.close()
-            self.precompute.close()
-            self.catalog.close()
-        finally:
-            self._lock.release()
+        self._stack.close()
 
 
 def _drop_old_caches(data_dir: Path) -> None:
