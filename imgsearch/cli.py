@@ -13,15 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import (
-    AUTO_TOKEN,
-    ENV_PREFIX,
-    LOOPBACK_HOSTS,
-    OFFLINE_MODEL,
-    PRECISIONS,
-    PRECOMPUTE_MODES,
-    Config,
-)
+from .config import AUTO_TOKEN, ENV_PREFIX, LOOPBACK_HOSTS, OFFLINE_MODEL, Config
 from .errors import ImgSearchError
 
 log = logging.getLogger("imgsearch")
@@ -40,8 +32,8 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     add("--model-config", type=Path, help="extra open_clip model config JSON to register")
     add("--device", help="auto, cpu, cuda, cuda:N (default auto: cuda when available)")
     add("--batch-size", type=int, help="images per model call (default 0: measured per model)")
-    add("--precision", choices=PRECISIONS, help="auto (native bf16/fp16 if a self-check agrees)")
-    add("--precompute", choices=PRECOMPUTE_MODES, help="verify features after adds (auto)")
+    add("--precision", help="auto|fp32|bf16|fp16 (auto: native bf16/fp16 if a self-check agrees)")
+    add("--precompute", help="auto|on|off: verify features in the background after adds (auto)")
     add("--workers", type=int, help=f"decode threads when indexing (default {d.workers})")
     add("--threads", type=int, help=f"torch threads per model call (default {d.threads})")
     add("--max-upload-mb", type=float, help=f"largest upload or file, MB ({d.max_upload_mb:g})")
