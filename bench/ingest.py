@@ -1,26 +1,34 @@
-"""Ingest throughput: the full /add pipeline vs the model's own forward pass vs a seed-style loop.
+"""Ingest throughput: the full /add pipeline vs the model's own forward pass vs naive loops.
 
-For each model, on the same generated 12 MP JPEGs and in the same run:
+For each model, on the same files (by default a mix of 64 real photos <= 1 MP and 32 phone-size
+12 MP JPEGs) and in the same run:
 
-1. forward:  images/s of `embed_prepared` alone, in batches of the daemon's batch size
+1. forward:  images/s of `embed_prepared` alone, in the daemon's precision and batch size
              (inputs prepared beforehand; that pass also times each stage's CPU per image);
-2. pipeline: images/s of `GET /add?image=<folder>` on a real daemon subprocess (walk, read,
+2. naive:    the same model-only loop as people write it: fp32, batch 32, contiguous layout,
+             all cores (the issue #13 baseline);
+3. pipeline: images/s of `GET /add?image=<folder>` on a real daemon subprocess (walk, read,
              hash, decode, preprocess, embed, SQLite, FAISS), while a thread polls /stats
              and /health every 20 ms and records their latencies;
-3. seed:     images/s of a loop of full `cv2.imread` + `cv2.resize` + batch-1 forward
+4. seed:     images/s of a loop of full `cv2.imread` + `cv2.resize` + batch-1 forward
              (on the first --seed-images files: one image at a time, so a sample suffices).
+
+`--batch-sweep 4 8 16 32` times the forward pass at each batch size instead (how the per-model
+defaults in imgsearch/embedders/precision.py were chosen).
 
 CPU ms per image (all threads) is printed next to each rate: it is steadier than wall time
 when other processes share the machine, and cores / CPU time bounds what a pipeline can reach.
 
-Goals: pipeline/forward >= 0.8, pipeline/seed >= 3, /stats p99 < 50 ms during the add.
+Goals: pipeline/naive >= 1.0 (bundled model) and >= 1.3 (ViT-B-32), pipeline/forward >= 0.8,
+pipeline/seed >= 3, /stats p99 < 50 ms during the add.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/ingest.py [--images 48] [--json out.json]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/ingest.py [--images 32 --small 64] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -39,13 +47,15 @@ import numpy as np
 from _common import Daemon, LatencyPoller, generate_jpegs, percentiles, progress
 
 from imgsearch.config import OFFLINE_MODEL, Config
-from imgsearch.embedders import Embedder, load_embedder
+from imgsearch.embedders import Embedder, batch_size_of, load_embedder, runtime_stats
 
 GOAL_VS_FORWARD = 0.8
+GOAL_VS_NAIVE = {OFFLINE_MODEL: 1.0, "clip": 1.3}
+NAIVE_BATCH = 32
 GOAL_VS_SEED = 3.0
 GOAL_STATS_P99_MS = 50.0
 DEFAULT_MODELS = (OFFLINE_MODEL, "ViT-B-32:none")
-KINDS = ("forward", "pipeline", "seed")
+KINDS = ("forward", "naive", "pipeline", "seed")
 STAGES = ("read", "sha256", "decode", "prepare", "forward", "store")
 
 
@@ -77,16 +87,18 @@ class ModelSpec:
             pretrained=self.pretrained,
             device=args.device,
             batch_size=args.batch_size,
+            precision=args.precision,
             data_dir=data_dir,
             # In-process forward and seed loops get every core (the model at its best, and
             # torch's default, as the seed had); the daemon runs with its own defaults.
-            threads=os.cpu_count() or 1,
+            threads=args.threads or os.cpu_count() or 1,
         )
 
     def flags(self, args: argparse.Namespace) -> list[str]:
         return [
             *("--model", self.name, "--pretrained", self.pretrained or "none"),
             *("--device", args.device, "--batch-size", str(args.batch_size)),
+            *("--precision", args.precision),
         ]
 
 
@@ -210,23 +222,10 @@ def start_daemon(spec: ModelSpec, args: argparse.Namespace, folder: Path, workdi
 # -- 3. the seed-style loop ------------------------------------------------------------------
 
 
-def _normalisation(embedder: Embedder) -> tuple[Any, Any]:
-    """Mean and std of the embedder's own transform, shaped [3, 1, 1]."""
-    import torch
-    from torchvision import transforms
-
-    steps = getattr(getattr(embedder, "_transform", None), "transforms", [])
-    norm = next((t for t in steps if isinstance(t, transforms.Normalize)), None)
-    mean, std = (norm.mean, norm.std) if norm is not None else ((0.5,) * 3, (0.5,) * 3)
-    return torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
-
-
 def time_seed(embedder: Embedder, files: Sequence[Path]) -> dict[str, float]:
     """images/s (and CPU) of full cv2.imread + cv2.resize to the model input + batch-1 forward."""
     import cv2
-    import torch
 
-    mean, std = _normalisation(embedder)
     side = embedder.input_size
     decode_cpu = 0.0
     start, cpu = time.perf_counter(), time.process_time()
@@ -235,38 +234,75 @@ def time_seed(embedder: Embedder, files: Sequence[Path]) -> dict[str, float]:
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         decode_cpu += time.thread_time() - t0
         rgb = cv2.cvtColor(cv2.resize(bgr, (side, side)), cv2.COLOR_BGR2RGB)
-        x = torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255)
-        embedder.embed_prepared([(x - mean) / std])
+        embedder.embed_prepared([rgb])  # uint8 HxWx3, normalised on the batch
     return {**_rate(len(files), start, cpu), "imread_cpu_ms": decode_cpu * 1000 / len(files)}
 
 
 # -- one model, all three ------------------------------------------------------------------
 
 
+def naive_embedder(config: Config) -> Embedder:
+    """The model as a naive loop runs it: fp32, contiguous (no channels_last)."""
+    import torch
+
+    from imgsearch.embedders.base import TorchEmbedder
+
+    embedder = load_embedder(dataclasses.replace(config, precision="fp32", batch_size=NAIVE_BATCH))
+    if isinstance(embedder, TorchEmbedder) and embedder.runtime.channels_last:
+        plain = embedder.module.to(memory_format=torch.contiguous_format)
+        runtime = dataclasses.replace(embedder.runtime, channels_last=False)
+        embedder.use(plain, "fp32", runtime)
+    return embedder
+
+
 def measure_model(
     spec: ModelSpec, args: argparse.Namespace, folder: Path, workdir: Path
 ) -> dict[str, Any]:
-    """Stage costs once, then `--repeat` rounds of forward, pipeline, seed; best of each."""
+    """Stage costs once, then `--repeat` rounds of forward, naive, pipeline, seed; best of each."""
     files = sorted(folder.glob("*.jpg"))
     config = spec.config(args, workdir / "unused")
-    progress(f"{spec.label}: loading the model in-process")
+    progress(f"{spec.label}: loading the model in-process (fast, then naive)")
     embedder = load_embedder(config)
+    batch = batch_size_of(embedder)
+    naive = naive_embedder(config)
     progress(f"{spec.label}: preparing {len(files)} images (untimed for forward)")
     tensors, stages = prepare_all(embedder, files, config)
+    if args.batch_sweep:
+        return sweep(spec, embedder, naive, tensors, args.batch_sweep)
     rounds: list[dict[str, Any]] = []
     with start_daemon(spec, args, folder, workdir) as daemon:
         for r in range(1, args.repeat + 1):
-            progress(f"{spec.label}: round {r}/{args.repeat}: forward, batch {args.batch_size}")
-            forward, vectors = time_forward(embedder, tensors, args.batch_size)
+            progress(f"{spec.label}: round {r}/{args.repeat}: forward, batch {batch}")
+            forward, vectors = time_forward(embedder, tensors, batch)
+            progress(f"{spec.label}: round {r}: naive fp32 loop, batch {NAIVE_BATCH}")
+            naive_rate, _ = time_forward(naive, tensors, NAIVE_BATCH)
             progress(f"{spec.label}: round {r}: GET /add of {len(files)} images")
             pipeline = time_add(daemon, folder, len(files), args.poll_interval)
             progress(f"{spec.label}: round {r}: seed-style loop on {args.seed_images} images")
             seed = time_seed(embedder, files[: args.seed_images])
-            rounds.append({"forward": forward, "pipeline": pipeline, "seed": seed})
+            rounds.append({"forward": forward, "naive": naive_rate, "pipeline": pipeline})
+            rounds[-1]["seed"] = seed
+        daemon_stats = daemon.get("/stats")
     store_dir = workdir / f"store-{spec.slug}"
     store_dir.mkdir()
-    stages["store"] = time_store(files, vectors, embedder, args.batch_size, store_dir)
-    return summarise(spec, embedder, rounds, stages)
+    stages["store"] = time_store(files, vectors, embedder, batch, store_dir)
+    out = summarise(spec, embedder, rounds, stages)
+    out["embedding"] = daemon_stats.get("embedding", {})
+    return out
+
+
+def sweep(
+    spec: ModelSpec, fast: Embedder, naive: Embedder, tensors: Sequence[Any], sizes: Sequence[int]
+) -> dict[str, Any]:
+    """Forward images/s at each batch size, in the chosen precision and in the naive fp32."""
+    rows: dict[str, dict[int, str]] = {"chosen": {}, "naive fp32": {}}
+    for size in sizes:
+        for label, embedder in (("chosen", fast), ("naive fp32", naive)):
+            rate, _ = time_forward(embedder, tensors, size)
+            cell = f"{rate['images_per_s']:.1f} ({rate['cpu_ms_per_image']:.0f})"
+            rows[label][size] = cell
+            progress(f"{spec.label}: {label} batch {size}: {cell} img/s (CPU ms)")
+    return {"model": spec.label, "sweep": rows, "embedding": runtime_stats(fast)}
 
 
 def summarise(
@@ -296,6 +332,7 @@ def summarise(
         "model_id": embedder.model_id,
         **best,
         "pipeline_vs_forward": pipe / best["forward"]["images_per_s"],
+        "pipeline_vs_naive": pipe / best["naive"]["images_per_s"],
         "pipeline_vs_seed": pipe / best["seed"]["images_per_s"],
         "stats_ms": latencies["stats"],
         "health_ms": latencies["health"],
@@ -311,21 +348,25 @@ def _mark(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
-def print_results(results: list[dict[str, Any]], n: int, load: Sequence[float]) -> None:
-    print(f"\nIngest of {n} 12 MP JPEGs: images/s (CPU ms per image), ratios from this run")
+def print_results(results: list[dict[str, Any]], n: str, load: Sequence[float]) -> None:
+    print(f"\nIngest of {n}: images/s (CPU ms per image), ratios from this run")
     cores = os.cpu_count() or 1
-    print(f"(1-minute load average {load[0]:.2f} at start, {load[1]:.2f} at end, {cores} cores)")
+    print(f"CPU: {cpu_model()}, {cores} cores")
+    print(f"(1-minute load average {load[0]:.2f} at start, {load[1]:.2f} at end)")
     if max(load) > 0.5 * cores:
         print("WARNING: other processes were busy; wall-clock figures and ratios are unreliable")
     print()
-    head = ("model", "forward", "pipeline", "seed", "pipe/fwd", "pipe/seed")
-    print("{:<20} {:>14} {:>14} {:>14} {:>8} {:>9}".format(*head))
+    head = ("model", *KINDS, "pipe/fwd", "pipe/naive", "pipe/seed")
+    print("{:<20} {:>14} {:>14} {:>14} {:>14} {:>8} {:>10} {:>9}".format(*head))
     for r in results:
         cells = [f"{r[k]['images_per_s']:.1f} ({r[k]['cpu_ms_per_image']:.0f})" for k in KINDS]
         print(
-            f"{r['model']:<20} {cells[0]:>14} {cells[1]:>14} {cells[2]:>14} "
-            f"{r['pipeline_vs_forward']:>8.2f} {r['pipeline_vs_seed']:>8.1f}x"
+            f"{r['model']:<20} " + " ".join(f"{c:>14}" for c in cells) + " "
+            f"{r['pipeline_vs_forward']:>8.2f} {r['pipeline_vs_naive']:>10.2f} "
+            f"{r['pipeline_vs_seed']:>8.1f}x"
         )
+    for r in results:
+        print(f"  {r['model']}: {json.dumps(r.get('embedding', {}))}")
     print("\nLatency while /add runs, ms: p50 / p99 / max (samples)\n")
     for r in results:
         line = [f"{r['model']:<20}"]
@@ -346,6 +387,9 @@ def print_results(results: list[dict[str, Any]], n: int, load: Sequence[float]) 
     print(f"(the seed's full-size cv2.imread, CPU ms per image: {imread})")
     print("\nGoals")
     for r in results:
+        goal = GOAL_VS_NAIVE.get(r["model"], GOAL_VS_NAIVE["clip"])
+        naive = r["pipeline_vs_naive"]
+        print(f"  {r['model']}: pipeline/naive {naive:.2f} >= {goal} {_mark(naive >= goal)}")
         fwd, seed, p99 = r["pipeline_vs_forward"], r["pipeline_vs_seed"], r["stats_ms"]["p99"]
         print(
             f"  {r['model']}: pipeline/forward {fwd:.3f} >= {GOAL_VS_FORWARD} "
@@ -355,11 +399,59 @@ def print_results(results: list[dict[str, Any]], n: int, load: Sequence[float]) 
         )
 
 
+def print_sweep(results: list[dict[str, Any]], load: Sequence[float]) -> None:
+    print(f"\nForward images/s (CPU ms/image) by batch size; CPU: {cpu_model()}")
+    print(f"{os.cpu_count()} cores, {torch_threads()} torch threads")
+    print(f"(1-minute load average {load[0]:.2f} at start, {load[1]:.2f} at end)\n")
+    for r in results:
+        print(f"{r['model']}: {json.dumps(r['embedding'])}")
+        for label, rates in r["sweep"].items():
+            cells = "  ".join(f"b{size}: {cell}" for size, cell in rates.items())
+            print(f"  {label:<12} {cells}")
+
+
+def torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (or platform's answer)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def mixed_folder(big: int, small: int) -> Path:
+    """`big` 12 MP phone-size JPEGs and `small` real photos <= 1 MP, linked into one folder."""
+    parts = [generate_jpegs(big)] if big else []
+    if small:
+        parts.append(generate_jpegs(small, size=(1152, 864), seed=1))
+    if len(parts) == 1:
+        return parts[0]
+    folder = parts[0].parent / f"mixed-{big}-{small}"
+    if not (folder / ".complete").exists():
+        folder.mkdir(exist_ok=True)
+        for part in parts:
+            for f in part.glob("*.jpg"):
+                target = folder / f"{part.name}-{f.name}"
+                if not target.exists():
+                    os.link(f, target)
+        (folder / ".complete").write_text("ok\n")
+    return folder
+
+
 def machine() -> dict[str, Any]:
     import torch
 
     return {
         "cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
         "platform": platform.platform(),
@@ -371,7 +463,11 @@ def machine() -> dict[str, Any]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--images", type=int, default=48, help="how many 12 MP JPEGs (default 48)")
+    add("--images", type=int, default=32, help="how many 12 MP JPEGs (default 32)")
+    add("--small", type=int, default=64, help="how many photos <= 1 MP besides (default 64)")
+    add("--precision", default="auto", help="auto, fp32, bf16, fp16 (default auto)")
+    add("--batch-sweep", type=int, nargs="*", help="only time forward at these batch sizes")
+    add("--threads", type=int, help="torch threads in-process (default: all cores)")
     add("--models", nargs="+", default=list(DEFAULT_MODELS), help="name[:pretrained] each")
     add("--seed-images", type=int, default=16, help="images in the seed-style loop (16)")
     add("--batch-size", type=int, default=Config().batch_size, help="model batch size")
@@ -386,7 +482,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    folder = generate_jpegs(args.images)
+    folder = mixed_folder(args.images, args.small)
     workdir = Path(tempfile.mkdtemp(prefix="imgsearch-bench-"))
     load = [os.getloadavg()[0]]
     if load[0] > 0.25 * (os.cpu_count() or 1):
@@ -399,7 +495,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     load.append(os.getloadavg()[0])
-    print_results(results, args.images, load)
+    if args.batch_sweep:
+        print_sweep(results, load)
+    else:
+        print_results(results, f"{args.images} 12 MP JPEGs + {args.small} photos <= 1 MP", load)
     if args.json:
         doc = {"images": args.images, "load_average": load, "machine": machine()}
         doc["results"] = results

@@ -33,7 +33,9 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     add("--checkpoint", type=Path, help="local open_clip weights file (for offline machines)")
     add("--model-config", type=Path, help="extra open_clip model config JSON to register")
     add("--device", help="auto, cpu, cuda, cuda:N (default auto: cuda when available)")
-    add("--batch-size", type=int, help=f"images per model call when indexing ({d.batch_size})")
+    add("--batch-size", type=int, help="images per model call (default 0: measured per model)")
+    add("--precision", help="auto|fp32|bf16|fp16 (auto: native bf16/fp16 if a self-check agrees)")
+    add("--precompute", help="auto|on|off: verify features in the background after adds (auto)")
     add("--workers", type=int, help=f"decode threads when indexing (default {d.workers})")
     add("--threads", type=int, help=f"torch threads per model call (default {d.threads})")
     add(

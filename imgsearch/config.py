@@ -16,6 +16,12 @@ ENV_PREFIX = "IMGSEARCH_"
 OFFLINE_MODEL = "efficientnet-lite0"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 AUTO_TOKEN = "auto"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECOMPUTE_MODES = ("auto", "on", "off")
+# `--precompute auto` computes verification features after each add while the library holds
+# fewer images than this: about 170 ms of one core and 200 KB of disk per image (SIFT at
+# 640 px plus a thumbnail), so 20k images cost ~1 CPU-hour and ~4 GB (docs/BENCHMARKS.md).
+PRECOMPUTE_LIMIT = 20_000
 
 
 @dataclass(frozen=True)
@@ -30,7 +36,13 @@ class Config:
     checkpoint: Path | None = None
     model_config: Path | None = None
     device: str = "auto"
-    batch_size: int = 32
+    # Images per model call; 0 = the size measured for the model and device (embedders).
+    batch_size: int = 0
+    # Embedding precision: auto = the hardware's native fast type when a self-check agrees.
+    precision: str = "auto"
+    # Verification features computed in the background after each add (auto: small libraries).
+    precompute: str = "auto"
+    precompute_limit: int = PRECOMPUTE_LIMIT
     workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
     # Torch threads inside one model call. Half the cores: the daemon runs requests side by
     # side, and OpenMP threads that must wait for busy cores slow a call down many times over.
@@ -59,8 +71,12 @@ class Config:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port must be 0..65535, got {self.port}")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.batch_size < 0:
+            raise ConfigError(f"--batch-size must be 0 (auto) or more, got {self.batch_size}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {'|'.join(PRECISIONS)}")
+        if self.precompute not in PRECOMPUTE_MODES:
+            raise ConfigError(f"--precompute must be one of {'|'.join(PRECOMPUTE_MODES)}")
         if self.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
         if self.workers < 1:

@@ -159,6 +159,9 @@ class Searcher:
     def by_bytes(self, data: bytes, options: SearchOptions) -> list[Hit]:
         min_side = WORKING_SIZE if options.comparators else self.embedder.input_size
         image = decode(data, min_side=min_side, max_pixels=self.max_pixels).image
+        comparators = list(options.comparators)
+        # The query's comparator features are computed while the query is embedded.
+        query = self._pool.submit(_query_features, image, comparators) if comparators else None
         views = [image]
         if (
             options.regions
@@ -166,11 +169,16 @@ class Searcher:
             and min(image.size) >= (MIN_REGION_QUERY_SIDE)
         ):
             views += [_region(image, box) for box in REGION_BOXES]
-        vectors = self.embedder.embed_images(views)
-        found = self._candidates(vectors, options)
-        if not options.comparators:
+        try:
+            vectors = self.embedder.embed_images(views)
+            found = self._candidates(vectors, options)
+        except BaseException:
+            if query is not None:
+                query.cancel()
+            raise
+        if query is None:
             return [_plain_hit(f) for f in found[: options.limit]]
-        return self._rerank(Picture.from_pil(image), found, options)
+        return self._rerank(query.result(), found, options)
 
     def _candidates(self, vectors: np.ndarray, options: SearchOptions) -> list[Neighbour]:
         """Whole-query neighbours, plus region neighbours scored by whole-query similarity."""
@@ -183,9 +191,10 @@ class Searcher:
                 found[i] = dataclasses.replace(extra[i], similarity=sim)
         return sorted(found.values(), key=lambda f: (-f.similarity, f.id))
 
-    def _rerank(self, query: Picture, found: list[Neighbour], options: SearchOptions) -> list[Hit]:
+    def _rerank(
+        self, query_features: list[Any], found: list[Neighbour], options: SearchOptions
+    ) -> list[Hit]:
         comparators = list(options.comparators)
-        query_features = list(self._pool.map(lambda c: c.features(query), comparators))
         scored = list(self._pool.map(lambda f: self._score(f, comparators, query_features), found))
         candidates = [
             Candidate(f.id, f.similarity, scores)
@@ -241,6 +250,12 @@ class Searcher:
             max_file_bytes=self.max_file_bytes,
             max_pixels=self.max_pixels,
         )
+
+
+def _query_features(image: Image.Image, comparators: Sequence[Comparator]) -> list[Any]:
+    """Each comparator's features of the query, from one working Picture (keypoints shared)."""
+    picture = Picture.from_pil(image)
+    return [comparator.features(picture) for comparator in comparators]
 
 
 def _locates_parts(comparators: Sequence[Comparator]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import os
@@ -18,12 +19,19 @@ from .config import Config
 from .derived import DerivedFiles
 from .downloads import DOWNLOADS, UrlAdder
 from .duplicates import DuplicateFinder
-from .embedders import Embedder, load_embedder
+from .embedders import (
+    Embedder,
+    batch_size_of,
+    decode_workers,
+    load_embedder,
+    runtime_stats,
+)
 from .errors import ConfigError
 from .fetch import Downloader
 from .images import enable_heif, image_extensions
 from .ingest import Ingester
 from .jobs import JobManager
+from .precompute import FeaturePrecompute
 from .search import Searcher
 from .security import PathPolicy
 from .thumbnails import ThumbnailCache
@@ -81,6 +89,8 @@ class Service:
         stack.callback(self._lock.release)
         self.heif = enable_heif()
         self.embedder = embedder if embedder is not None else load_embedder(config)
+        batch = config.batch_size or batch_size_of(self.embedder)  # 0: the measured size
+        self.config = config = dataclasses.replace(config, batch_size=batch)
         self.catalog = Catalog(
             config.data_dir, self.embedder.model_id, self.embedder.dim, config.index_policy()
         )
@@ -105,13 +115,22 @@ class Service:
             extensions=extensions,
             allows=self.paths.allows,
             batch_size=config.batch_size,
-            workers=config.workers,
+            workers=decode_workers(self.embedder, config.workers),
             **limits,
         )
         self.comparators = ComparatorRegistry.from_entry_points()
         self.searcher = Searcher(
             self.catalog, self.embedder, self.features, workers=config.workers, **limits
         )
+        self.precompute = FeaturePrecompute(
+            self.catalog,
+            self.features,
+            self.comparators,
+            mode=config.precompute,
+            limit=config.precompute_limit,
+            **limits,
+        )
+        stack.callback(self.precompute.close)  # before the catalog closes
         stack.callback(self.searcher.close)
         verify = self.comparators.get("verify") if "verify" in self.comparators else None
         self.duplicates = DuplicateFinder(
@@ -164,6 +183,8 @@ class Service:
             "watched": len(self.watcher.watches()),
             "model": self.embedder.model_id,
             "dim": self.embedder.dim,
+            "embedding": runtime_stats(self.embedder),
+            "precompute": self.precompute.stats(),
             "index": self.catalog.index.describe(),
             "data_dir": str(self.config.data_dir),
         }

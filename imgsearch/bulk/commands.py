@@ -67,6 +67,7 @@ def embed(ctx: Context, sources: list[str], out: Path, **flags: Any) -> int:
     for noisy in ("ray", "root"):  # Ray's start-up chatter and open_clip's model-build lines
         logging.getLogger(noisy).setLevel(logging.WARNING)
     keys: tuple[str, ...] = ("model", "pretrained", "checkpoint", "model_config", "device")
+    keys = (*keys, "precision")
     keys = (*keys, "batch_size", "max_upload_mb", "max_image_pixels")
     try:
         config = Config.load(overrides={k: flags[k] for k in keys}).resolved()

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..config import Config
-from ..embedders import Embedder, load_embedder
+from ..embedders import Embedder, batch_size_of, load_embedder
 from ..errors import ImgSearchError
 from ..images import enable_heif, image_extensions
 from .plan import LISTING, Plan, check_sources, load_or_make, shard_files
@@ -86,6 +86,7 @@ def worker_config(config: Config, cpus: float) -> Config:
         checkpoint=config.checkpoint,
         model_config=config.model_config,
         device=config.device,
+        precision=config.precision,
         batch_size=config.batch_size,
         max_upload_mb=config.max_upload_mb,
         max_image_pixels=config.max_image_pixels,
@@ -94,10 +95,10 @@ def worker_config(config: Config, cpus: float) -> Config:
     )
 
 
-def limits_of(config: Config) -> Limits:
-    return Limits(
-        config.max_upload_bytes, config.max_image_pixels, config.batch_size, config.workers
-    )
+def limits_of(config: Config, embedder: Embedder) -> Limits:
+    """File limits, and the batch size the daemon would use (0: the embedder's measured one)."""
+    batch = config.batch_size or batch_size_of(embedder)
+    return Limits(config.max_upload_bytes, config.max_image_pixels, batch, config.workers)
 
 
 class ShardWorker:
@@ -106,7 +107,7 @@ class ShardWorker:
     def __init__(self, config: Config, out: str, embedder: Embedder | None = None) -> None:
         enable_heif()
         self.embedder = embedder if embedder is not None else load_embedder(config)
-        self.limits = limits_of(config)
+        self.limits = limits_of(config, self.embedder)
         self.out = Path(out)
         self.listing = pq.ParquetFile(self.out / LISTING)  # the footer is parsed once
         self.name = f"{socket.gethostname()}:{os.getpid()}"

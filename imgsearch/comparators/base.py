@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import cv2
 import numpy as np
@@ -23,14 +24,29 @@ log = logging.getLogger(__name__)
 WORKING_SIZE = 640
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, eq=False)
 class Picture:
-    """A decoded image at working size: `rgb` uint8 HxWx3 and `gray` uint8 HxW (read-only)."""
+    """A decoded image at working size: `rgb` uint8 HxWx3 and `gray` uint8 HxW (read-only).
+
+    `shared(key, compute)` keeps one result per key for all comparators of this picture, so
+    `sift` and `verify` extract SIFT keypoints once per image.
+    """
 
     rgb: np.ndarray
     gray: np.ndarray
+    _shared: dict[str, Any] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def shared(self, key: str, compute: Callable[[Picture], T]) -> T:
+        """`compute(self)` once per key; a second caller waits for the first one's result."""
+        with self._lock:
+            if key not in self._shared:
+                self._shared[key] = compute(self)
+            out: T = self._shared[key]
+            return out
 
     @property
     def width(self) -> int:

@@ -26,7 +26,12 @@ MATCH_SCALE = 30.0
 
 
 def sift_keypoints(picture: Picture) -> Keypoints:
-    """SIFT keypoints of a picture; descriptors stored as uint8 (OpenCV rounds them anyway)."""
+    """SIFT keypoints of a picture, extracted once per Picture (`sift` and `verify` share
+    them); descriptors stored as uint8 (OpenCV rounds them anyway)."""
+    return picture.shared("sift", _extract)
+
+
+def _extract(picture: Picture) -> Keypoints:
     detector = cv2.SIFT.create(nfeatures=SIFT_FEATURES)  # per call: cv2 objects are not shared
     return detect(detector, picture.gray, np.uint8)
 

@@ -3,31 +3,72 @@
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import replace
+from typing import Any
 
 from ..config import OFFLINE_MODEL, Config
-from .base import Embedder, TextEmbedder, resolve_device
+from .base import Embedder, Runtime, TextEmbedder, TorchEmbedder, resolve_device
+from .precision import choose_precision, default_batch_size
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Embedder", "TextEmbedder", "load_embedder", "resolve_device"]
+__all__ = [
+    "Embedder",
+    "Runtime",
+    "TextEmbedder",
+    "batch_size_of",
+    "decode_workers",
+    "load_embedder",
+    "resolve_device",
+    "runtime_stats",
+]
 
 
 def load_embedder(config: Config) -> Embedder:
-    """Build the embedder the config names; raises ConfigError with a clear message on failure."""
+    """Build the embedder the config names, in the precision, layout and batch size this
+    machine runs best; raises ConfigError with a clear message on failure."""
     device = resolve_device(config.device)
     import torch
 
     torch.set_num_threads(config.threads)
+    embedder: TorchEmbedder
     if config.model == OFFLINE_MODEL:
         from .cnn import EfficientNetLite0
 
-        return EfficientNetLite0(device)
-    from .clip import ClipEmbedder
+        embedder, family = EfficientNetLite0(device), "cnn"
+    else:
+        from .clip import ClipEmbedder
 
-    return ClipEmbedder(
-        config.model,
-        pretrained=config.pretrained,
-        checkpoint=config.checkpoint,
-        model_config=config.model_config,
-        device=device,
-    )
+        embedder = ClipEmbedder(
+            config.model,
+            pretrained=config.pretrained,
+            checkpoint=config.checkpoint,
+            model_config=config.model_config,
+            device=device,
+        )
+        family = "clip"
+    batch = config.batch_size or default_batch_size(family, device)
+    embedder.runtime = replace(embedder.runtime, batch_size=batch)
+    choose_precision(embedder, config.precision)
+    out: Embedder = embedder
+    return out
+
+
+def batch_size_of(embedder: Embedder, fallback: int = 32) -> int:
+    """The embedder's measured batch size (an embedder without one: `fallback`)."""
+    runtime = getattr(embedder, "runtime", None)
+    return runtime.batch_size if isinstance(runtime, Runtime) else fallback
+
+
+def decode_workers(embedder: Embedder, configured: int) -> int:
+    """Decode threads for indexing: on a GPU the model outruns a few decoders, so every core."""
+    if str(getattr(embedder, "device", "cpu")).startswith("cuda"):
+        return max(configured, os.cpu_count() or 1)
+    return configured
+
+
+def runtime_stats(embedder: Embedder) -> dict[str, Any]:
+    """What /stats shows of how the model runs (empty for embedders without a Runtime)."""
+    runtime = getattr(embedder, "runtime", None)
+    return runtime.as_json() if isinstance(runtime, Runtime) else {}

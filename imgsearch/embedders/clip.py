@@ -11,11 +11,14 @@ import numpy as np
 
 from ..config import OFFLINE_MODEL
 from ..errors import ConfigError
-from .base import TorchEmbedder, l2_normalise
+from .base import Preprocess, Runtime, TorchEmbedder, l2_normalise
 
 log = logging.getLogger(__name__)
 
 RANDOM_SEED = 0
+# open_clip's defaults when a model names no preprocessing of its own.
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class ClipEmbedder(TorchEmbedder):
@@ -29,6 +32,7 @@ class ClipEmbedder(TorchEmbedder):
         checkpoint: Path | None,
         model_config: Path | None,
         device: str,
+        batch_size: int = 32,
     ) -> None:
         import open_clip
 
@@ -41,7 +45,9 @@ class ClipEmbedder(TorchEmbedder):
         weights = str(checkpoint) if checkpoint is not None else pretrained
         model, transform = _create(model_name, weights, device)
         model.eval()
-        super().__init__(model.encode_image, transform, device)
+        # The image tower alone: encode_image(x) is visual(x); the text tower stays fp32.
+        super().__init__(model.visual, _preprocess(model.visual), device, batch_size=batch_size)
+        self.reference_transform = transform  # open_clip's own, for equivalence tests
         self._model = model
         self._tokenizer = open_clip.get_tokenizer(model_name)
         self.dim = int(model.visual.output_dim)
@@ -51,6 +57,11 @@ class ClipEmbedder(TorchEmbedder):
         self.model_id = f"open_clip/{model_name}/{source}"
         log.info("loaded %s (%d-d) on %s", self.model_id, self.dim, device)
 
+    def use(self, module: Any, precision: str, runtime: Runtime) -> None:
+        """Install the image tower in `precision`; the model holds it too (never two copies)."""
+        super().use(module, precision, runtime)
+        self._model.visual = module
+
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Text queries into the image vectors' space."""
         import torch
@@ -59,6 +70,19 @@ class ClipEmbedder(TorchEmbedder):
             tokens = self._tokenizer(list(texts)).to(self.device)
             out = self._model.encode_text(tokens).float().cpu().numpy()
         return l2_normalise(out)
+
+
+def _preprocess(visual: Any) -> Preprocess:
+    """The model's size, mean, std and interpolation (open_clip's preprocess_cfg)."""
+    cfg = dict(getattr(visual, "preprocess_cfg", None) or {})
+    size = cfg.get("size", visual.image_size)
+    side = int(min(size) if isinstance(size, tuple | list) else size)
+    mean = tuple(float(v) for v in cfg.get("mean", OPENAI_MEAN))
+    std = tuple(float(v) for v in cfg.get("std", OPENAI_STD))
+    interpolation = str(cfg.get("interpolation") or "bicubic")
+    mode = str(cfg.get("resize_mode") or "shortest")
+    rgb_mean, rgb_std = (mean[0], mean[1], mean[2]), (std[0], std[1], std[2])
+    return Preprocess(side, rgb_mean, rgb_std, interpolation, mode)
 
 
 def _create(model_name: str, weights: str | None, device: str) -> tuple[Any, Any]:

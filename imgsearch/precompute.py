@@ -1,0 +1,136 @@
+"""Background feature precompute: stored images' verification features computed after each
+add, so the first `compare=verify` search after an add finds them cached (warm)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from pathlib import Path
+from typing import Any
+
+from .catalog import Catalog, Change
+from .comparators import Comparator, ComparatorRegistry, FeatureCache
+from .errors import ImgSearchError
+
+log = logging.getLogger(__name__)
+
+# Comparators whose stored-image features are worth computing ahead: SIFT-based ones cost
+# ~170 ms per image on first use; the others are a few ms and stay lazy.
+PRECOMPUTED = ("verify",)
+# The background thread runs at a lower CPU priority than requests and indexing (Linux).
+NICENESS = 10
+_STOP = -1
+
+
+class FeaturePrecompute:
+    """One background thread that computes features of newly written images.
+
+    `mode`: "on", "off", or "auto" (on while the library holds fewer than `limit` images).
+    It listens to the catalog's committed writes; whether a queued image is worth doing (the
+    library's size, for `auto`) is decided on the background thread.
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        features: FeatureCache,
+        comparators: ComparatorRegistry,
+        *,
+        mode: str,
+        limit: int,
+        max_file_bytes: int,
+        max_pixels: int,
+    ) -> None:
+        self.catalog = catalog
+        self.features = features
+        self.comparators: list[Comparator] = [
+            comparators.get(name) for name in PRECOMPUTED if name in comparators
+        ]
+        self.mode = mode
+        self.limit = limit
+        self._limits = {"max_file_bytes": max_file_bytes, "max_pixels": max_pixels}
+        self._queue: queue.Queue[int] = queue.Queue()
+        self._idle = threading.Condition()
+        self._busy = 0
+        self.done = 0
+        self.failed = 0
+        self._thread = threading.Thread(target=self._run, name="precompute", daemon=True)
+        if mode != "off" and self.comparators:
+            self._thread.start()
+            catalog.subscribe(self.on_change)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether new writes get their features now."""
+        if self.mode == "off" or not self.comparators:
+            return False
+        return self.mode == "on" or self.catalog.store.count() < self.limit
+
+    def on_change(self, change: Change) -> None:
+        """Catalog listener: queue the written images (runs on the writing thread: no I/O)."""
+        ids = change.written
+        if not ids or not self._thread.is_alive():
+            return
+        with self._idle:
+            self._busy += len(ids)
+        for image_id in ids:
+            self._queue.put(int(image_id))
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until every queued image is done; False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._busy == 0, timeout)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "enabled": self.enabled,
+            "limit": self.limit,
+            "pending": self._busy,
+            "done": self.done,
+            "failed": self.failed,
+        }
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+
+    def _run(self) -> None:
+        _lower_priority()
+        while (image_id := self._queue.get()) != _STOP:
+            try:
+                self._compute(image_id)
+            finally:
+                with self._idle:
+                    self._busy -= 1
+                    self._idle.notify_all()
+
+    def _compute(self, image_id: int) -> None:
+        if not self.enabled:  # auto, and the library has grown past the limit
+            return
+        located = self.catalog.store.paths([image_id]).get(image_id)
+        if located is None:  # removed meanwhile
+            return
+        try:
+            path = Path(located.path)
+            self.features.of_file(
+                self.comparators, image_id, path, located.mtime_ns, **self._limits
+            )
+            self.done += 1
+        except ImgSearchError as exc:
+            self.failed += 1
+            log.info("no features for %s: %s", located.path, exc.message)
+        except Exception:  # one bad file never stops the thread
+            self.failed += 1
+            log.exception("precomputing features of %s failed", located.path)
+
+
+def _lower_priority() -> None:
+    """Nice this thread (Linux threads have their own priority); best effort elsewhere."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICENESS)
+    except (AttributeError, OSError):
+        pass

@@ -1,0 +1,243 @@
+"""Speed features kept honest: precision self-check and selection, channels_last, one-pass
+preprocessing equal to the old path, shared keypoints, background feature precompute."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from torchvision import transforms
+
+from imgsearch.comparators import Picture
+from imgsearch.comparators.sift import SiftComparator
+from imgsearch.comparators.verify import VerifyComparator
+from imgsearch.config import Config
+from imgsearch.embedders import Embedder
+from imgsearch.embedders.clip import ClipEmbedder
+from imgsearch.embedders.cnn import EfficientNetLite0
+from imgsearch.embedders.precision import (
+    choose_precision,
+    cpu_flags,
+    native_precision,
+    sample_images,
+)
+from imgsearch.errors import ConfigError
+from imgsearch.web.keys import SERVICE
+
+from .helpers import PHOTOS, TINY_MODEL, ClientFactory, get_json, photo
+
+FEW = sample_images(128)[:3]
+
+
+@pytest.fixture
+def fresh_tiny(tiny_model_config: Path) -> ClipEmbedder:
+    """A tiny open_clip embedder of its own (precision tests change it)."""
+    return ClipEmbedder(
+        TINY_MODEL, pretrained=None, checkpoint=None, model_config=tiny_model_config, device="cpu"
+    )
+
+
+def test_cpu_flags_parsed(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16\n\nflags : x\n")
+    assert cpu_flags(info) == {"fpu", "sse", "avx512f", "avx512_bf16"}
+    assert cpu_flags(tmp_path / "missing") == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("device", "flags", "expected"),
+    [
+        ("cpu", frozenset({"avx512f", "avx2"}), "fp32"),
+        ("cpu", frozenset({"avx512f", "avx512_bf16"}), "bf16"),
+        ("cpu", frozenset({"amx_tile", "amx_bf16"}), "bf16"),
+        ("cuda", frozenset(), "fp16"),
+        ("cuda:1", frozenset({"avx512_bf16"}), "fp16"),
+    ],
+)
+def test_native_precision_follows_the_detected_features(
+    device: str, flags: frozenset[str], expected: str
+) -> None:
+    assert native_precision(device, flags)[0] == expected
+
+
+def test_auto_without_native_bf16_stays_fp32_unchecked(fresh_tiny: ClipEmbedder) -> None:
+    runtime = choose_precision(fresh_tiny, "auto", flags=frozenset({"avx2"}), images=FEW)
+    assert runtime.precision == "fp32"
+    assert runtime.worst_cosine is None
+    assert "no native bf16" in runtime.reason
+
+
+def test_self_check_passes_and_installs_bf16(fresh_tiny: ClipEmbedder) -> None:
+    before = fresh_tiny.embed_images(FEW)
+    runtime = choose_precision(fresh_tiny, "auto", flags=frozenset({"avx512_bf16"}), images=FEW)
+    assert runtime.precision == "bf16" and runtime.worst_cosine is not None
+    assert runtime.worst_cosine >= 0.995
+    assert next(fresh_tiny.module.parameters()).dtype == torch.bfloat16
+    after = fresh_tiny.embed_images(FEW)
+    assert after.dtype == np.float32
+    assert np.einsum("ij,ij->i", before, after).min() == pytest.approx(runtime.worst_cosine, 1e-3)
+    # the text tower stays fp32
+    assert fresh_tiny.embed_texts(["a cat"]).dtype == np.float32
+
+
+def test_self_check_failing_falls_back_to_fp32(fresh_tiny: ClipEmbedder) -> None:
+    flags = frozenset({"avx512_bf16"})
+    runtime = choose_precision(fresh_tiny, "auto", flags=flags, threshold=1.01, images=FEW)
+    assert runtime.precision == "fp32"
+    assert runtime.worst_cosine is not None and runtime.worst_cosine < 1.01
+    assert "using fp32" in runtime.reason
+    assert next(fresh_tiny.module.parameters()).dtype == torch.float32
+    assert fresh_tiny.runtime.as_json()["precision"] == "fp32"
+
+
+def test_explicit_precision_is_kept_even_when_the_check_fails(fresh_tiny: ClipEmbedder) -> None:
+    runtime = choose_precision(fresh_tiny, "bf16", threshold=1.01, images=FEW)
+    assert runtime.precision == "bf16"
+    assert "kept as asked" in runtime.reason
+
+
+def test_precision_flag_is_validated() -> None:
+    with pytest.raises(ConfigError, match="precision"):
+        Config(precision="int8")
+    assert Config.load({"IMGSEARCH_PRECISION": "fp32"}).precision == "fp32"
+    assert Config().batch_size == 0  # measured per model and device
+
+
+def test_cnn_runs_channels_last(lite0: Embedder) -> None:
+    assert isinstance(lite0, EfficientNetLite0)
+    weight = lite0.module.conv_stem.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    batch = [lite0.prepare(im) for im in FEW]
+    x = lite0._tensor(batch, torch.float32)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        plain = lite0.module(x.contiguous()).numpy()
+    plain /= np.linalg.norm(plain, axis=1, keepdims=True)
+    assert np.einsum("ij,ij->i", plain, lite0.embed_prepared(batch)).min() > 0.9999
+
+
+def _cosines_to_old_path(embedder: Embedder, old: transforms.Compose) -> np.ndarray:
+    images = [photo(name, 400) for name in PHOTOS]
+    new = embedder.embed_images(images)
+    module = embedder.module  # type: ignore[attr-defined]
+    with torch.inference_mode():
+        x = torch.stack([old(im) for im in images])
+        ref = module(x.to(memory_format=torch.channels_last)).float().numpy()
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    cosines: np.ndarray = np.einsum("ij,ij->i", new, ref)
+    return cosines
+
+
+def test_cnn_preprocessing_matches_the_torchvision_path(lite0: Embedder) -> None:
+    old = transforms.Compose(
+        [
+            transforms.Resize(224),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+        ]
+    )
+    assert _cosines_to_old_path(lite0, old).min() > 0.99
+
+
+def test_clip_preprocessing_matches_open_clips(fresh_tiny: ClipEmbedder) -> None:
+    assert _cosines_to_old_path(fresh_tiny, fresh_tiny.reference_transform).min() > 0.99
+
+
+def test_sift_and_verify_share_one_keypoint_extraction() -> None:
+    picture = Picture.from_pil(photo("astronaut"))
+    sift, verify = SiftComparator(), VerifyComparator()
+    keypoints = sift.features(picture)
+    assert verify.features(picture).keypoints is keypoints  # extracted once
+    # ... and the shared set matches exactly what a separate extraction gives
+    alone = sift.features(Picture.from_pil(photo("astronaut")))
+    assert np.array_equal(alone.points, keypoints.points)
+    assert np.array_equal(alone.descriptors, keypoints.descriptors)
+    query = Picture.from_pil(photo("astronaut").rotate(10))
+    assert sift.compare(sift.features(query), keypoints) == sift.compare(
+        sift.features(query), alone
+    )
+
+
+async def _wait_for(predicate: object, seconds: float) -> bool:
+    for _ in range(int(seconds * 10)):
+        if callable(predicate) and predicate():
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def test_precompute_makes_features_exist_after_an_add(
+    aiohttp_client: ClientFactory, config: Config, tiny_embedder: Embedder, tmp_path: Path
+) -> None:
+    folder = tmp_path / "gallery"
+    folder.mkdir()
+    for name in PHOTOS[:3]:
+        photo(name).save(folder / f"{name}.jpg", quality=90)
+    client: TestClient[web.Request, web.Application] = await aiohttp_client(
+        _app(config, tiny_embedder)
+    )
+    assert (await get_json(client, "/add", image=str(folder)))["added"] == 3
+    service = client.app[SERVICE]
+    stored = service.catalog.store.paths([int(i) for i in service.catalog.store.ids()])
+    assert len(stored) == 3
+
+    def all_cached() -> bool:
+        return all(
+            service.features.get("verify", image_id, where.mtime_ns) is not None
+            for image_id, where in stored.items()
+        )
+
+    assert await _wait_for(all_cached, 60)
+    stats = await get_json(client, "/stats")
+    assert stats["precompute"]["done"] == 3 and stats["precompute"]["enabled"]
+    assert stats["precompute"]["pending"] == 0
+    assert stats["embedding"]["precision"] == "fp32"
+
+
+async def test_precompute_off_leaves_features_lazy(
+    aiohttp_client: ClientFactory, config: Config, tiny_embedder: Embedder, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    folder = tmp_path / "gallery"
+    folder.mkdir()
+    photo("coffee").save(folder / "coffee.jpg")
+    off = dataclasses.replace(config, precompute="off")
+    client = await aiohttp_client(_app(off, tiny_embedder))
+    assert (await get_json(client, "/add", image=str(folder)))["added"] == 1
+    await asyncio.sleep(1.0)
+    service = client.app[SERVICE]
+    (image_id,) = [int(i) for i in service.catalog.store.ids()]
+    mtime = service.catalog.store.paths([image_id])[image_id].mtime_ns
+    assert service.features.get("verify", image_id, mtime) is None
+    assert (await get_json(client, "/stats"))["precompute"]["enabled"] is False
+
+
+def _app(config: Config, embedder: Embedder) -> web.Application:
+    from imgsearch.web import create_app
+
+    return create_app(config, embedder=embedder)
+
+
+async def test_precompute_auto_stops_above_the_library_size_limit(
+    aiohttp_client: ClientFactory, config: Config, tiny_embedder: Embedder, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    folder = tmp_path / "gallery"
+    folder.mkdir()
+    for name in PHOTOS[:3]:
+        photo(name).save(folder / f"{name}.jpg")
+    small = dataclasses.replace(config, precompute="auto", precompute_limit=2)
+    client = await aiohttp_client(_app(small, tiny_embedder))
+    assert (await get_json(client, "/add", image=str(folder)))["added"] == 3
+    service = client.app[SERVICE]
+    assert service.precompute.wait_idle(30)
+    stats = (await get_json(client, "/stats"))["precompute"]
+    assert (stats["enabled"], stats["done"], stats["pending"]) == (False, 0, 0)
