@@ -18,6 +18,7 @@ from ..errors import BadRequest, ImgSearchError, PayloadTooLarge
 from ..search import Hit, SearchOptions
 from ..service import Service
 from .keys import SEARCH_GATE, SERVICE
+from .results import results_response
 from .urls import is_csv, posted_csv, query_bytes, url_list
 
 T = TypeVar("T")
@@ -243,7 +244,7 @@ async def search_get(request: web.Request) -> web.Response:
         query, search = service.paths.resolve(request.query.get("image")), service.searcher.by_path
     with request.app[SEARCH_GATE].enter():
         hits = await _run(request, search, query, options)
-    return web.json_response({"results": [h.as_json() for h in hits]})
+    return await results_response(request, query, hits, request.query)
 
 
 @table.post("/search")
@@ -259,7 +260,7 @@ async def search_post(request: web.Request) -> web.Response:
             hits = await _run(request, service.searcher.by_text, query, options)
         else:
             hits = await _run(request, service.searcher.by_path, query, options)
-    return web.json_response({"results": [h.as_json() for h in hits]})
+    return await results_response(request, query, hits, params)
 
 
 def _only_url(params: Mapping[str, Any]) -> None:
