@@ -16,6 +16,7 @@ from .config import Config
 from .downloads import DOWNLOADS, UrlAdder
 from .duplicates import DuplicateFinder
 from .embedders import Embedder, load_embedder
+from .embedders.choice import ModelChoice, choose_model
 from .errors import ConfigError
 from .fetch import Downloader
 from .images import enable_heif, image_extensions
@@ -67,7 +68,9 @@ class Service:
         self._lock = DataDirLock(config.data_dir)
         try:
             heif = enable_heif()
-            self.embedder = embedder if embedder is not None else load_embedder(config)
+            choice = ModelChoice(config) if embedder is not None else choose_model(config)
+            self.notice = choice.notice  # why the model is not the one asked for, if it is not
+            self.embedder = embedder if embedder is not None else load_embedder(choice.config)
             self.catalog = Catalog(config.data_dir, self.embedder.model_id, self.embedder.dim)
         except BaseException:
             self._lock.release()
@@ -147,6 +150,7 @@ class Service:
                 "unsaved": self.catalog.dirty,
             },
             "data_dir": str(self.config.data_dir),
+            **({"notice": self.notice} if self.notice else {}),
         }
 
     def close(self) -> None:
