@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +33,23 @@ class Neighbour:
     source: str | None = None
 
 
+@dataclass(frozen=True)
+class Change:
+    """One committed write, as listeners see it.
+
+    `written`: ids whose vector or row was inserted or replaced (a move, a restore included);
+    `removed`: ids deleted, replaced by a move, or taken out as missing; `generation`: the
+    store generation the write committed as.
+    """
+
+    written: tuple[int, ...]
+    removed: tuple[int, ...]
+    generation: int
+
+
+Listener = Callable[[Change], None]
+
+
 class Catalog:
     """Images known to the daemon: SQLite as the truth, FAISS as its searchable mirror."""
 
@@ -45,8 +62,9 @@ class Catalog:
             stray.unlink()
         self.store = Store(data_dir / DB_FILE)
         self._mutate = threading.Lock()
+        self._listeners: list[Listener] = []
         try:
-            self.store.bind_model(model_id, dim)
+            self.store.meta.bind_model(model_id, dim)
             self.index, self.index_origin = self._open_index()
         except BaseException:
             self.store.close()
@@ -106,62 +124,73 @@ class Catalog:
     def put(self, items: Sequence[NewImage]) -> WriteResult:
         """Write images (insert or replace by path); searchable when this returns."""
         with self._mutate:
-            result = self.store.upsert(items)
+            result = self.store.images.upsert(items)
             vectors = np.stack([item.vector for item in items])
             self.index.add(np.asarray(result.ids, dtype=np.int64), vectors, replace=True)
             self._applied = result.generation
+            self._notify(result)
         return result
 
     def remove_tree(self, path: str) -> list[int]:
         """Remove a file, or every image under a folder; return the ids removed."""
         with self._mutate:
-            ids = self.store.remove_tree(path)
-            if ids:
-                self.index.remove(np.asarray(ids, dtype=np.int64))
-                self._applied = self.store.generation()
-        return ids
+            result = self._apply(self.store.images.remove_tree(path))
+        return result.removed
 
     def remove_ids(self, ids: Sequence[int]) -> list[int]:
         """Remove these images; return the ids that were stored."""
         with self._mutate:
-            removed = self.store.remove_ids(ids) if ids else []
-            if removed:
-                self.index.remove(np.asarray(removed, dtype=np.int64))
-                self._applied = self.store.generation()
-        return removed
+            result = self._apply(self.store.images.remove_ids(ids))
+        return result.removed
 
     def mark_missing(self, path: str) -> list[int]:
         """Take the images at or below `path` out of the index, kept in SQLite as missing."""
         with self._mutate:
-            ids = [f.id for f in self.store.files_under(path) if not f.missing]
-            if ids:
-                self.store.set_missing(ids, True)
-                self.index.remove(np.asarray(ids, dtype=np.int64))
-                self._applied = self.store.generation()
-        return ids
+            ids = [f.id for f in self.store.images.files_under(path) if not f.missing]
+            result = self._apply(self.store.images.set_missing(ids, True))
+        return result.removed
 
     def restore(self, ids: Sequence[int]) -> int:
         """Make missing images searchable again (their stored vectors, nothing re-embedded)."""
         with self._mutate:
-            if not ids or not self.store.set_missing(ids, False):
-                return 0
-            restored = 0
-            for chunk in self.store.vectors(ids=ids):
-                self.index.add(chunk.ids, chunk.vectors, replace=True)
-                restored += len(chunk.ids)
-            self._applied = self.store.generation()
-        return restored
+            result = self._apply(self.store.images.set_missing(ids, False))
+        return len(result.ids)
 
     def move(self, image_id: int, path: str, size: int, mtime_ns: int) -> int | None:
         """Give an image a new path, keeping its vector; return the id it replaced there, if any."""
         with self._mutate:
-            replaced = self.store.move(image_id, path, size, mtime_ns)
-            if replaced is not None:
-                self.index.remove(np.asarray([replaced], dtype=np.int64))
-            for chunk in self.store.vectors(ids=[image_id]):  # back in if it was missing
-                self.index.add(chunk.ids, chunk.vectors, replace=True)
-            self._applied = self.store.generation()
-        return replaced
+            result = self._apply(self.store.images.move(image_id, path, size, mtime_ns))
+        return result.removed[0] if result.removed else None
+
+    def _apply(self, result: WriteResult) -> WriteResult:
+        """Mirror a store write in the index: drop `removed`, (re-)add `ids` from SQLite."""
+        if result.removed:
+            self.index.remove(np.asarray(result.removed, dtype=np.int64))
+        for chunk in self.store.images.vectors(ids=result.ids) if result.ids else ():
+            self.index.add(chunk.ids, chunk.vectors, replace=True)
+        self._applied = result.generation
+        self._notify(result)
+        return result
+
+    # -- listeners ----------------------------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call `listener` with a Change after each committed write that changed something.
+
+        Listeners run on the writing thread, in commit order, while writes wait: they must be
+        quick (unlink a file, queue work) and must not write to the catalog themselves.
+        """
+        self._listeners.append(listener)
+
+    def _notify(self, result: WriteResult) -> None:
+        if not result.changed:
+            return
+        change = Change(tuple(result.ids), tuple(result.removed), result.generation)
+        for listener in self._listeners:
+            try:
+                listener(change)
+            except Exception:  # a listener's failure never undoes a committed write
+                log.exception("catalog listener %r failed on %s", listener, change)
 
     def similarities(self, query: np.ndarray, ids: Sequence[int]) -> dict[int, float]:
         """Cosine similarity of the query to each stored id still in the index."""

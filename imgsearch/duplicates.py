@@ -161,7 +161,7 @@ class DuplicateFinder:
 
     def _find(self, threshold: float, folder: str | None) -> Report:
         start = time.perf_counter()
-        groups = _by_hash(self.catalog.store.shared_hashes(folder))
+        groups = _by_hash(self.catalog.store.images.shared_hashes(folder))
         ids, vectors = self._vectors(folder)
         hidden = np.asarray([r.id for g in groups for r in g[1:]], dtype=np.int64)
         seen = len(ids)
@@ -173,7 +173,7 @@ class DuplicateFinder:
             for a, b, d in zip(pairs.first, pairs.second, pairs.distance, strict=True)
         ]
         ends = sorted({row for _, a, b in edges for row in (a, b)})
-        by_id = self.catalog.store.image_rows([int(ids[row]) for row in ends])
+        by_id = self.catalog.store.images.image_rows([int(ids[row]) for row in ends])
         rows = {row: by_id[int(ids[row])] for row in ends if int(ids[row]) in by_id}
         near = _Near(vectors, rows, {g[0].id: len(g) - 1 for g in groups})
         checked, unreadable = self._join(near, edges)

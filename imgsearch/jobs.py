@@ -142,10 +142,10 @@ class JobManager:
         self.max_pending = max_pending
         self._lock = threading.Lock()
         self._closing = False
-        interrupted = store.interrupt_jobs()
+        interrupted = store.jobs.interrupt()
         if interrupted:
             log.warning("%d indexing job(s) were interrupted by the last shutdown", interrupted)
-        self._jobs = {row.id: Job.from_row(row) for row in store.jobs(HISTORY)}
+        self._jobs = {row.id: Job.from_row(row) for row in store.jobs.recent(HISTORY)}
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="jobs")
 
     def submit(self, target: Path, update: bool) -> Job:
@@ -178,7 +178,7 @@ class JobManager:
                 if self._jobs[oldest].state not in FINISHED:
                     break
                 del self._jobs[oldest]
-        self.store.save_job(job.row())
+        self.store.jobs.save(job.row())
         self._worker.submit(self._run, job)
         return job
 
@@ -216,7 +216,7 @@ class JobManager:
                 job.state = "interrupted" if self._closing else "cancelled"
                 return
             job.state, job.started = "running", time.time()
-            self.store.save_job(job.row())
+            self.store.jobs.save(job.row())
             if job.kind == "path":
                 self.ingester.add(
                     Path(job.image),
@@ -247,7 +247,7 @@ class JobManager:
             job.finished = time.time()
             job.urls = ()
             try:
-                self.store.save_job(job.row())
+                self.store.jobs.save(job.row())
             finally:
                 job.ended.set()
             log.info("job %s %s: %s", job.id, job.state, job.image)
@@ -260,6 +260,6 @@ class JobManager:
             job.done, job.total = done, total
             if time.monotonic() - last_save > PERSIST_EVERY:
                 last_save = time.monotonic()
-                self.store.save_job(job.row())
+                self.store.jobs.save(job.row())
 
         return on_progress

@@ -5,14 +5,15 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-from collections.abc import Sequence
+import shutil
 from pathlib import Path
 from typing import Any
 
-from .catalog import Catalog
+from .catalog import Catalog, Change
 from .comparators import ComparatorRegistry, FeatureCache
 from .comparators.verify import VerifyComparator
 from .config import Config
+from .derived import DerivedFiles
 from .downloads import DOWNLOADS, UrlAdder
 from .duplicates import DuplicateFinder
 from .embedders import Embedder, load_embedder
@@ -30,6 +31,7 @@ from .watch import Watcher
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "imgsearch.lock"
+DERIVED = "cache"  # features and thumbnails (derived.py)
 
 
 class DataDirLock:
@@ -98,8 +100,10 @@ class Service:
         urls = UrlAdder(self.downloader, self.ingester, downloads, config.batch_size)
         self.jobs = JobManager(self.ingester, self.catalog.store, config.max_pending_adds, urls)
         self.comparators = ComparatorRegistry.from_entry_points()
-        self.features = FeatureCache(config.data_dir / "features")
-        self.thumbnails = ThumbnailCache(config.data_dir / "thumbnails", **limits)
+        _drop_old_caches(config.data_dir)
+        self.derived = DerivedFiles(config.data_dir / DERIVED)
+        self.features = FeatureCache(self.derived)
+        self.thumbnails = ThumbnailCache(self.derived, **limits)
         self.searcher = Searcher(
             self.catalog, self.embedder, self.features, workers=config.workers, **limits
         )
@@ -112,7 +116,8 @@ class Service:
             **limits,
         )
 
-        self.watcher = Watcher(self.catalog, self.ingester, self.forget, ignore=config.data_dir)
+        self.catalog.subscribe(self._invalidate)
+        self.watcher = Watcher(self.catalog, self.ingester, ignore=config.data_dir)
         try:
             self.watcher.start(config.watch)
         except BaseException:
@@ -121,20 +126,12 @@ class Service:
 
     def remove(self, target: Path) -> int:
         """Forget a file, or every image under a folder (the files themselves are untouched)."""
-        ids = self.catalog.remove_tree(str(target))
-        self._invalidate(ids)
-        return len(ids)
+        return len(self.catalog.remove_tree(str(target)))
 
-    def forget(self, ids: Sequence[int]) -> int:
-        """Forget these images; return how many were stored."""
-        removed = self.catalog.remove_ids(ids)
-        self._invalidate(removed)
-        return len(removed)
-
-    def _invalidate(self, ids: Sequence[int]) -> None:
-        for image_id in ids:
-            self.features.invalidate(image_id)
-            self.thumbnails.invalidate(image_id)
+    def _invalidate(self, change: Change) -> None:
+        """Derived files of removed images go with them (the catalog calls this)."""
+        for image_id in change.removed:
+            self.derived.invalidate(image_id)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -165,3 +162,12 @@ class Service:
             self.catalog.close()
         finally:
             self._lock.release()
+
+
+def _drop_old_caches(data_dir: Path) -> None:
+    """Remove the caches of earlier versions (`features/`, `thumbnails/`): now under `cache/`."""
+    for name in ("features", "thumbnails"):
+        old = data_dir / name
+        if old.is_dir():
+            log.info("removing %s: derived files now live under %s", old, data_dir / DERIVED)
+            shutil.rmtree(old, ignore_errors=True)

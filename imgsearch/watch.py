@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,7 +83,6 @@ class Watcher:
         self,
         catalog: Catalog,
         ingester: Ingester,
-        forget: Callable[[Sequence[int]], int],
         *,
         ignore: Path,
         poll_s: float = 1.0,
@@ -92,7 +91,6 @@ class Watcher:
         self.catalog = catalog
         self.store = catalog.store
         self.ingester = ingester
-        self.forget = forget
         self.ignore = ignore
         self.poll_s = poll_s
         self.debounce_ms = debounce_ms
@@ -108,7 +106,7 @@ class Watcher:
                 raise ConfigError(f"--watch {path}: not a folder")
             if not self.ingester.allows(path):
                 raise ConfigError(f"--watch {path}: outside the folders this daemon may read")
-        for path in [Path(p) for p in self.store.watches()]:
+        for path in [Path(p) for p in self.store.watches.list()]:
             if self.ingester.allows(path):
                 self.add(path, must_exist=False)
             else:
@@ -125,7 +123,7 @@ class Watcher:
         with self._lock:
             if path in self._watches:
                 return self._watches[path], False
-            self.store.add_watch(str(path))
+            self.store.watches.add(str(path))
             watch = Watch(path)
             watch.thread = threading.Thread(
                 target=self._follow, args=(watch,), name=f"watch {path}", daemon=True
@@ -141,7 +139,7 @@ class Watcher:
             watch = self._watches.pop(path, None)
             if watch is None:
                 raise NotFound(f"not watched: {path}")
-            self.store.remove_watch(str(path))
+            self.store.watches.remove(str(path))
         self._stop(watch)
         return watch
 
@@ -271,7 +269,7 @@ class Watcher:
                 digests[path] = _sha256(path)
             except OSError:
                 continue  # vanished or unreadable: the add reports it
-        stored = self.store.by_sha256(sorted({d for d, _ in digests.values()}))
+        stored = self.store.images.by_sha256(sorted({d for d, _ in digests.values()}))
         moved: set[Path] = set()
         for path, (digest, st) in digests.items():
             for row in stored.get(digest, []):
@@ -298,7 +296,7 @@ class Watcher:
             elif not row.missing:
                 vanished.add(folder)
         if deleted:
-            watch.removed += self.forget(deleted)
+            watch.removed += len(self.catalog.remove_ids(deleted))
         for folder in sorted(vanished):
             watch.missing += len(self.catalog.mark_missing(folder))
 

@@ -409,7 +409,7 @@ def test_feature_cache_round_trip(
     fresh.invalidate(1)
     assert all(fresh.get(name, 1, 100) is None for name in BUILTINS)
     assert all(fresh.get(name, 2, 100) is not None for name in BUILTINS)
-    assert not list((tmp_path / "features").glob("*/.tmp-*"))
+    assert not list((tmp_path / "features").glob("*/*/.tmp-*"))
 
 
 def test_feature_cache_newer_version_replaces(tmp_path: Path) -> None:
@@ -432,16 +432,19 @@ def test_feature_cache_refuses_foreign_or_damaged_files(
 ) -> None:
     cache = FeatureCache(tmp_path)
     cache.put("orb", 1, 7, np.zeros(2))
-    path = tmp_path / "orb" / "1.pkl"
-    path.write_bytes(pickle.dumps((1, 7, _Exploit())))
+    path = cache.files.path("features/orb", 1)
+    assert path.exists()
+    cache.files.write("features/orb", 1, 7, pickle.dumps((2, _Exploit())))
     with caplog.at_level(logging.WARNING):
         assert cache.get("orb", 1, 7) is None
     assert "refusing" in caplog.text and not path.exists()
-    path.write_bytes(b"not a pickle")
-    assert cache.get("orb", 1, 7) is None
-    (tmp_path / "orb" / ".tmp-stray").write_bytes(b"half")
+    cache.files.write("features/orb", 1, 7, b"not a pickle")
+    assert cache.get("orb", 1, 7) is None and not path.exists()
+    path.write_bytes(b"x")  # shorter than the header
+    assert cache.get("orb", 1, 7) is None and not path.exists()
+    (path.parent / ".tmp-stray").write_bytes(b"half")
     FeatureCache(tmp_path)
-    assert not (tmp_path / "orb" / ".tmp-stray").exists()
+    assert not (path.parent / ".tmp-stray").exists()
 
 
 def test_feature_cache_concurrent_writers(tmp_path: Path) -> None:

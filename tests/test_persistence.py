@@ -47,9 +47,9 @@ def test_schema_is_migrated_and_versioned(tmp_path: Path) -> None:
 def test_upsert_insert_update_and_generation(tmp_path: Path) -> None:
     store = Store(tmp_path / "db.sqlite3")
     g0 = store.generation()
-    first = store.upsert([item("/a/1.jpg", 1), item("/a/2.jpg", 2)])
+    first = store.images.upsert([item("/a/1.jpg", 1), item("/a/2.jpg", 2)])
     assert first.updated == [] and len(set(first.ids)) == 2 and first.generation == g0 + 1
-    second = store.upsert([item("/a/1.jpg", 3), item("/a/3.jpg", 4)])
+    second = store.images.upsert([item("/a/1.jpg", 3), item("/a/3.jpg", 4)])
     assert second.updated == [first.ids[0]] and second.ids[0] == first.ids[0]
     assert store.count() == 3
     states = store.file_states(["/a/1.jpg", "/nope"])
@@ -62,10 +62,10 @@ def test_upsert_insert_update_and_generation(tmp_path: Path) -> None:
 
 def test_remove_tree_matches_folder_not_prefix(tmp_path: Path) -> None:
     store = Store(tmp_path / "db.sqlite3")
-    store.upsert(
+    store.images.upsert(
         [item(p, i) for i, p in enumerate(["/x/a.jpg", "/x/a/b.jpg", "/x/ab.jpg", "/x/a"])]
     )
-    removed = store.remove_tree("/x/a")
+    removed = store.images.remove_tree("/x/a").removed
     assert len(removed) == 2  # "/x/a" itself and "/x/a/b.jpg", not "/x/a.jpg" or "/x/ab.jpg"
     assert set(store.file_states(["/x/a.jpg", "/x/ab.jpg"])) == {"/x/a.jpg", "/x/ab.jpg"}
     store.close()
@@ -206,7 +206,7 @@ def test_a_version_2_database_is_migrated_keeping_its_images(tmp_path: Path) -> 
     (row,) = store.files_under("/old")
     assert (row.path, row.sha256, row.missing) == ("/old/a.jpg", "h", False)
     assert store.paths([row.id])[row.id].source is None
-    assert store.add_watch("/old") and store.watches() == ["/old"]
+    assert store.watches.add("/old") and store.watches.list() == ["/old"]
     store.close()
 
 

@@ -103,6 +103,11 @@ async def test_page_passes_its_token_to_its_assets(
 # -- thumbnails ------------------------------------------------------------------------------
 
 
+def thumbnail_files(config: Config) -> list[Path]:
+    """The thumbnails in the derived-file cache (one file per image and size)."""
+    return sorted((config.data_dir / "cache" / "thumbnails").glob("*/[0-9]*"))
+
+
 async def test_thumbnail_is_a_small_jpeg_cached_and_reused(
     client: Client, photos: dict[str, Path], config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -113,7 +118,7 @@ async def test_thumbnail_is_a_small_jpeg_cached_and_reused(
     first = await resp.read()
     img = Image.open(io.BytesIO(first))
     assert img.format == "JPEG" and max(img.size) == THUMBNAIL_SIZE
-    [cached] = (config.data_dir / "thumbnails").glob("*.jpg")
+    [cached] = thumbnail_files(config)
     made = cached.stat().st_mtime_ns
 
     def no_decoding(self: ThumbnailCache, data: bytes) -> bytes:
@@ -131,15 +136,16 @@ async def test_changed_image_gets_a_new_thumbnail(
     target = photos["coffee"]
     await get_json(client, "/add", image=str(target))
     first = await (await client.get("/thumbnail", params={"image": str(target)})).read()
-    [old] = (config.data_dir / "thumbnails").glob("*.jpg")
+    [old] = thumbnail_files(config)
+    old_bytes = old.read_bytes()
 
     photo("rocket").save(target, quality=90)
     later = time.time() + 5
     os.utime(target, (later, later))
     second = await (await client.get("/thumbnail", params={"image": str(target)})).read()
     assert second != first
-    [new] = (config.data_dir / "thumbnails").glob("*.jpg")
-    assert new != old  # the old version is gone, the new one is cached
+    [new] = thumbnail_files(config)
+    assert new.read_bytes() != old_bytes  # the old version is replaced by the new one
 
     await get_json(client, "/add", image=str(target), update="1")
     resp = await client.get("/thumbnail", params={"image": str(target)})
@@ -320,8 +326,7 @@ async def test_removed_image_loses_its_thumbnail(
     await get_json(client, "/add", image=str(photos["coffee"]))
     resp = await client.get("/thumbnail", params={"image": str(photos["coffee"])})
     assert resp.status == 200
-    folder = config.data_dir / "thumbnails"
-    assert len(list(folder.glob("*.jpg"))) == 1
+    assert len(thumbnail_files(config)) == 1
     await get_json(client, "/remove", image=str(photos["coffee"]))
-    assert list(folder.glob("*.jpg")) == []
+    assert thumbnail_files(config) == []
     await get_json(client, "/thumbnail", status=404, image=str(photos["coffee"]))

@@ -1,4 +1,9 @@
-"""On-disk cache of comparator features, keyed by comparator, image id and file mtime."""
+"""Comparator features of stored images, kept in the derived-file cache (`derived.py`).
+
+This module only turns features into bytes and back, refusing to unpickle anything but numpy
+arrays and the comparators' own feature classes; where and for how long they are kept is the
+derived-file cache's one rule (kind, image id, file mtime).
+"""
 
 from __future__ import annotations
 
@@ -10,14 +15,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..files import TEMP_PREFIX, write_atomic
+from ..derived import DerivedFiles
 from .base import Comparator, load_picture
 
 log = logging.getLogger(__name__)
 
-# Bump when the file layout changes: files of another version read as misses.
-CACHE_VERSION = 1
-SUFFIX = ".pkl"
+# Bump when the pickled layout changes: files of another version read as misses.
+CACHE_VERSION = 2
+FAMILY = "features"
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 # What a cache file may reconstruct: numpy arrays and dtypes, and the comparators' own
 # feature classes. Anything else (a file planted in the data directory) is refused.
@@ -47,42 +52,31 @@ class _Unpickler(pickle.Unpickler):
 
 
 class FeatureCache:
-    """Features stored as `<directory>/<comparator>/<image id>.pkl`, tagged with the mtime.
+    """Features stored per comparator and image, valid for one mtime of the image file."""
 
-    Thread-safe without locks: every write goes to a fresh temp file renamed into place
-    (os.replace is atomic), so a reader sees a whole old file, a whole new one, or none.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-        for stray in directory.glob(f"*/{TEMP_PREFIX}*"):
-            log.warning("removing %s left by an interrupted cache write", stray)
-            stray.unlink(missing_ok=True)
+    def __init__(self, files: DerivedFiles | Path) -> None:
+        self.files = files if isinstance(files, DerivedFiles) else DerivedFiles(files)
+        self.directory = self.files.root / FAMILY  # one sub-folder per comparator
 
     def get(self, name: str, image_id: int, mtime_ns: int) -> Any | None:
         """The cached features, or None when missing, stale (other mtime) or unreadable."""
-        path = self._path(name, image_id)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
+        data = self.files.read(_kind(name), image_id, mtime_ns)
+        if data is None:
             return None
         try:
-            version, stored_mtime, features = _Unpickler(io.BytesIO(data)).load()
+            version, features = _Unpickler(io.BytesIO(data)).load()
         except Exception as exc:  # a damaged file is a miss, and is removed
-            log.warning("dropping unreadable cache file %s: %s", path, exc)
-            path.unlink(missing_ok=True)
+            log.warning(
+                "dropping unreadable cache file %s: %s", self.files.path(_kind(name), image_id), exc
+            )
+            self.files.drop(_kind(name), image_id)
             return None
-        if version != CACHE_VERSION or stored_mtime != mtime_ns:
-            return None
-        return features
+        return features if version == CACHE_VERSION else None
 
     def put(self, name: str, image_id: int, mtime_ns: int, features: Any) -> None:
         """Store features for this image version, replacing any older entry."""
-        path = self._path(name, image_id)
-        path.parent.mkdir(exist_ok=True)
-        payload = pickle.dumps((CACHE_VERSION, mtime_ns, features), pickle.HIGHEST_PROTOCOL)
-        write_atomic(path, payload)
+        payload = pickle.dumps((CACHE_VERSION, features), pickle.HIGHEST_PROTOCOL)
+        self.files.write(_kind(name), image_id, mtime_ns, payload)
 
     def of_file(
         self,
@@ -109,12 +103,11 @@ class FeatureCache:
         return out
 
     def invalidate(self, image_id: int) -> None:
-        """Forget the image's features for every comparator."""
-        for sub in self.directory.iterdir():
-            if sub.is_dir():
-                (sub / f"{int(image_id)}{SUFFIX}").unlink(missing_ok=True)
+        """Forget the image's derived files (its features, and its other kinds too)."""
+        self.files.invalidate(image_id)
 
-    def _path(self, name: str, image_id: int) -> Path:
-        if not _NAME.match(name):
-            raise ValueError(f"bad comparator name for the cache: {name!r}")
-        return self.directory / name / f"{int(image_id)}{SUFFIX}"
+
+def _kind(name: str) -> str:
+    if not _NAME.match(name):
+        raise ValueError(f"bad comparator name for the cache: {name!r}")
+    return f"{FAMILY}/{name}"

@@ -1,0 +1,92 @@
+"""SQLite store: the source of truth for image paths, file facts, vectors, jobs and watches.
+
+`Store` opens the database (db.py: one writer, per-thread readers, WAL), migrates it
+(migrations.py) and holds one object per table family: `images`, `jobs`, `watches`, `meta`.
+The few reads the upper layers use everywhere are also methods of `Store` itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .db import Database
+from .images import (
+    FileFacts,
+    FileState,
+    ImageRow,
+    Images,
+    Located,
+    NewImage,
+    StoredFile,
+    VectorChunk,
+    WriteResult,
+)
+from .jobs import JobRow, Jobs
+from .meta import Meta
+from .migrations import MIGRATIONS, migrate
+from .watches import Watches
+
+__all__ = [
+    "MIGRATIONS",
+    "FileFacts",
+    "FileState",
+    "ImageRow",
+    "JobRow",
+    "Located",
+    "NewImage",
+    "Store",
+    "StoredFile",
+    "VectorChunk",
+    "WriteResult",
+]
+
+
+class Store:
+    """The database under the data directory, migrated on open."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = Database(path)
+        try:
+            migrate(self.db)
+        except BaseException:
+            self.db.close()
+            raise
+        self.meta = Meta(self.db)
+        self.images = Images(self.db)
+        self.jobs = Jobs(self.db)
+        self.watches = Watches(self.db)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- shortcuts for the reads every layer uses ------------------------------------------------
+
+    def generation(self) -> int:
+        return self.meta.generation()
+
+    def count(self) -> int:
+        return self.images.count()
+
+    def missing(self) -> int:
+        return self.images.missing()
+
+    def ids(self) -> np.ndarray:
+        return self.images.ids()
+
+    def file_states(self, paths: Sequence[str]) -> dict[str, FileState]:
+        return self.images.file_states(paths)
+
+    def files_under(self, path: str) -> list[StoredFile]:
+        return self.images.files_under(path)
+
+    def paths(self, ids: Sequence[int]) -> dict[int, Located]:
+        return self.images.paths(ids)
+
+    def vectors(
+        self, since_generation: int = 0, chunk: int = 10_000, ids: Sequence[int] | None = None
+    ) -> Iterator[VectorChunk]:
+        return self.images.vectors(since_generation, chunk, ids)

@@ -1,0 +1,87 @@
+"""The SQLite connections: one writer under a lock, one reader per thread, WAL between them.
+
+WAL lets readers run alongside the single writer; each thread reads through its own connection
+(never shared across threads), and every write runs as one `BEGIN IMMEDIATE` transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+log = logging.getLogger(__name__)
+
+CHUNK = 500  # ids per `IN (...)`: well under SQLite's bound-parameter limit
+T = TypeVar("T")
+
+
+class Database:
+    """The connections to one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._writer = _connect(path)
+
+    def reader(self) -> sqlite3.Connection:
+        """This thread's read connection (opened on first use)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path)
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction at a time, committed whole or not at all."""
+        with self._write_lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        with self._write_lock:
+            self._writer.close()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # check_same_thread=False only so close() can shut a connection from another thread; each
+    # reader is used by its own thread, and the writer only under the write lock.
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def chunked(values: Sequence[T], size: int = CHUNK) -> Iterator[tuple[list[T], str]]:
+    """Slices of `values` with the matching `?,?,...` placeholders, for `IN (...)` queries."""
+    for start in range(0, len(values), size):
+        chunk = list(values[start : start + size])
+        yield chunk, ",".join("?" * len(chunk))
+
+
+def tree(path: str) -> tuple[str, tuple[str, str, str]]:
+    """A WHERE clause matching `path` itself and every path below it."""
+    below = path.rstrip("/") + "/"
+    # '0' sorts right after '/', so [below, below0) is exactly the paths under the folder.
+    return "(path = ? OR (path >= ? AND path < ?))", (path, below, below[:-1] + "0")

@@ -1,0 +1,333 @@
+"""The `images` table: paths, file facts and vectors, the truth the FAISS index mirrors.
+
+Every write is one transaction that bumps the generation counter and stamps the rows it writes,
+so the index can tell how far behind it is; it returns a WriteResult (what changed, and that
+generation), so no caller has to read the generation again after writing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .db import Database, chunked, tree
+from .meta import bump, current
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """What is stored about an image file besides its vector."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+    width: int
+    height: int
+    source: str | None = None  # the URL a downloaded image came from
+
+
+@dataclass(frozen=True)
+class NewImage:
+    """An embedded file, ready to be written."""
+
+    facts: FileFacts
+    vector: np.ndarray
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What the store knows of a path, enough to skip an unchanged file."""
+
+    id: int
+    size: int
+    mtime_ns: int
+    missing: bool = False
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where a stored image is, for results: its path, mtime and (if downloaded) source URL."""
+
+    path: str
+    mtime_ns: int
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A stored image's path and content hash (for following moves and renames)."""
+
+    id: int
+    path: str
+    sha256: str
+    size: int
+    mtime_ns: int
+    missing: bool
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """A stored image's facts, for listings (duplicates)."""
+
+    id: int
+    path: str
+    sha256: str
+    size: int
+    mtime_ns: int
+    width: int
+    height: int
+    source: str | None
+
+
+IMAGE_ROW = "id, path, sha256, size, mtime_ns, width, height, source"
+STORED_FILE = "id, path, sha256, size, mtime_ns, missing"
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What one image write transaction changed, and the generation it committed as.
+
+    `ids`: rows inserted or replaced (vector or path written, or made present again);
+    `updated`: those of `ids` that existed before; `removed`: rows deleted, replaced by a
+    move, or taken out as missing. A write that changed nothing keeps the current generation.
+    """
+
+    ids: list[int] = field(default_factory=list)
+    updated: list[int] = field(default_factory=list)
+    removed: list[int] = field(default_factory=list)
+    generation: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.ids or self.removed)
+
+
+@dataclass(frozen=True)
+class VectorChunk:
+    ids: np.ndarray
+    vectors: np.ndarray
+
+
+def stored_file(row: tuple[int, str, str, int, int, int]) -> StoredFile:
+    i, path, digest, size, mtime_ns, missing = row
+    return StoredFile(i, path, digest, size, mtime_ns, bool(missing))
+
+
+def vector_chunks(cursor: sqlite3.Cursor, size: int) -> Iterator[VectorChunk]:
+    """(id, vector BLOB) rows as chunks of ids and float32 vectors."""
+    while rows := cursor.fetchmany(size):
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        vecs = np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows])
+        yield VectorChunk(ids, vecs.astype(np.float32, copy=False))
+
+
+class Images:
+    """The stored images: reads through this thread's connection, writes as one transaction
+    that bumps the generation and returns a WriteResult."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def count(self) -> int:
+        """Images present (searchable); `missing()` counts the ones of vanished folders."""
+        row = self.db.reader().execute("SELECT count(*) FROM images WHERE missing=0").fetchone()
+        return int(row[0])
+
+    def missing(self) -> int:
+        row = self.db.reader().execute("SELECT count(*) FROM images WHERE missing=1").fetchone()
+        return int(row[0])
+
+    def file_states(self, paths: Sequence[str]) -> dict[str, FileState]:
+        """Known size/mtime of each path that is in the store."""
+        found: dict[str, FileState] = {}
+        for chunk, marks in chunked(paths):
+            query = f"SELECT path, id, size, mtime_ns, missing FROM images WHERE path IN ({marks})"
+            for path, id_, size, mtime_ns, missing in self.db.reader().execute(query, chunk):
+                found[path] = FileState(id_, size, mtime_ns, bool(missing))
+        return found
+
+    def paths(self, ids: Sequence[int]) -> dict[int, Located]:
+        """Path, mtime_ns and source of each id that is in the store."""
+        found: dict[int, Located] = {}
+        for chunk, marks in chunked([int(i) for i in ids]):
+            query = f"SELECT id, path, mtime_ns, source FROM images WHERE id IN ({marks})"
+            for id_, path, mtime_ns, source in self.db.reader().execute(query, chunk):
+                found[id_] = Located(path, mtime_ns, source)
+        return found
+
+    def files_under(self, path: str) -> list[StoredFile]:
+        """Every stored image at or below `path` (present or missing), by path."""
+        where, args = tree(path)
+        query = f"SELECT {STORED_FILE} FROM images WHERE {where} ORDER BY path"
+        return [stored_file(row) for row in self.db.reader().execute(query, args)]
+
+    def by_sha256(self, digests: Sequence[str]) -> dict[str, list[StoredFile]]:
+        """Stored images with each content hash."""
+        found: dict[str, list[StoredFile]] = {}
+        for chunk, marks in chunked(digests):
+            query = f"SELECT {STORED_FILE} FROM images WHERE sha256 IN ({marks}) ORDER BY id"
+            for row in self.db.reader().execute(query, chunk):
+                found.setdefault(row[2], []).append(stored_file(row))
+        return found
+
+    def shared_hashes(self, under: str | None = None) -> list[ImageRow]:
+        """Present images whose bytes another present one has too (both at or below `under`),
+        by content hash, then path."""
+        where, args = tree(under) if under is not None else ("1", ())
+        rows = self.db.reader().execute(
+            f"SELECT {IMAGE_ROW} FROM images WHERE missing=0 AND {where} AND sha256 IN"
+            f" (SELECT sha256 FROM images WHERE missing=0 AND {where}"
+            "  GROUP BY sha256 HAVING count(*) > 1) ORDER BY sha256, path",
+            (*args, *args),
+        )
+        return [ImageRow(*row) for row in rows]
+
+    def image_rows(self, ids: Sequence[int]) -> dict[int, ImageRow]:
+        """What is stored of each id (present or missing) besides its vector."""
+        found: dict[int, ImageRow] = {}
+        for chunk, marks in chunked([int(i) for i in ids]):
+            query = f"SELECT {IMAGE_ROW} FROM images WHERE id IN ({marks})"
+            for row in self.db.reader().execute(query, chunk):
+                found[row[0]] = ImageRow(*row)
+        return found
+
+    def ids(self) -> np.ndarray:
+        """Ids of the present images (the ones the index must hold)."""
+        rows = self.db.reader().execute("SELECT id FROM images WHERE missing=0 ORDER BY id")
+        found = rows.fetchall()
+        return np.fromiter((r[0] for r in found), dtype=np.int64, count=len(found))
+
+    def vectors(
+        self, since_generation: int = 0, chunk: int = 10_000, ids: Sequence[int] | None = None
+    ) -> Iterator[VectorChunk]:
+        """Ids and vectors of present rows written after `since_generation` (or of `ids`)."""
+        conn = self.db.reader()
+        if ids is None:
+            cursor = conn.execute(
+                "SELECT id, vector FROM images WHERE generation > ? AND missing=0 ORDER BY id",
+                (since_generation,),
+            )
+            yield from vector_chunks(cursor, chunk)
+            return
+        for part, marks in chunked([int(i) for i in ids], chunk):
+            cursor = conn.execute(
+                f"SELECT id, vector FROM images WHERE id IN ({marks}) AND missing=0 ORDER BY id",
+                part,
+            )
+            yield from vector_chunks(cursor, chunk)
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def upsert(self, items: Sequence[NewImage]) -> WriteResult:
+        """Insert or replace images by path, in one transaction."""
+        now = time.time()
+        ids: list[int] = []
+        updated: list[int] = []
+        with self.db.write() as conn:
+            generation = bump(conn)
+            for item in items:
+                id_, existed = _upsert_one(conn, item, generation, now)
+                ids.append(id_)
+                if existed:
+                    updated.append(id_)
+        return WriteResult(ids, updated, [], generation)
+
+    def remove_tree(self, path: str) -> WriteResult:
+        """Delete `path` itself and everything stored below it."""
+        where, args = tree(path)
+        with self.db.write() as conn:
+            ids = [int(r[0]) for r in conn.execute(f"SELECT id FROM images WHERE {where}", args)]
+            if not ids:
+                return WriteResult(generation=current(conn))
+            generation = bump(conn)
+            conn.execute(f"DELETE FROM images WHERE {where}", args)
+        return WriteResult(removed=ids, generation=generation)
+
+    def remove_ids(self, ids: Sequence[int]) -> WriteResult:
+        """Delete these images (the ones that are there)."""
+        removed: list[int] = []
+        with self.db.write() as conn:
+            for chunk, marks in chunked([int(i) for i in ids]):
+                found = conn.execute(f"SELECT id FROM images WHERE id IN ({marks})", chunk)
+                removed += [int(r[0]) for r in found]
+                conn.execute(f"DELETE FROM images WHERE id IN ({marks})", chunk)
+            generation = bump(conn) if removed else current(conn)
+        return WriteResult(removed=removed, generation=generation)
+
+    def set_missing(self, ids: Sequence[int], missing: bool) -> WriteResult:
+        """Mark images missing (their folder vanished: `removed`) or present again (`ids`)."""
+        changed: list[int] = []
+        with self.db.write() as conn:
+            generation = current(conn) + 1
+            for chunk, marks in chunked([int(i) for i in ids]):
+                rows = conn.execute(
+                    f"UPDATE images SET missing=?, generation=?, updated_at=? WHERE id IN ({marks})"
+                    " AND missing=? RETURNING id",
+                    (int(missing), generation, time.time(), *chunk, int(not missing)),
+                )
+                changed += [int(r[0]) for r in rows.fetchall()]
+            generation = bump(conn) if changed else current(conn)
+        if missing:
+            return WriteResult(removed=changed, generation=generation)
+        return WriteResult(ids=changed, updated=changed, generation=generation)
+
+    def move(self, image_id: int, path: str, size: int, mtime_ns: int) -> WriteResult:
+        """Give a stored image a new path (a rename: same content, same vector).
+
+        A row already stored at the new path is replaced by the moved one (`removed`)."""
+        with self.db.write() as conn:
+            generation = bump(conn)
+            row = conn.execute(
+                "SELECT id FROM images WHERE path=? AND id<>?", (path, image_id)
+            ).fetchone()
+            if row is not None:
+                conn.execute("DELETE FROM images WHERE id=?", (row[0],))
+            cur = conn.execute(
+                "UPDATE images SET path=?, size=?, mtime_ns=?, missing=0, generation=?,"
+                " updated_at=? WHERE id=?",
+                (path, size, mtime_ns, generation, time.time(), image_id),
+            )
+        moved = [int(image_id)] if cur.rowcount else []
+        return WriteResult(moved, moved, [] if row is None else [int(row[0])], generation)
+
+    def integrity_check(self) -> str:
+        return str(self.db.reader().execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def _upsert_one(
+    conn: sqlite3.Connection, item: NewImage, generation: int, now: float
+) -> tuple[int, bool]:
+    facts = item.facts
+    values = (
+        facts.size,
+        facts.mtime_ns,
+        facts.sha256,
+        facts.width,
+        facts.height,
+        np.ascontiguousarray(item.vector, dtype="<f4").tobytes(),
+        generation,
+        now,
+        facts.source,
+    )
+    row = conn.execute("SELECT id FROM images WHERE path=?", (facts.path,)).fetchone()
+    if row is None:
+        cur = conn.execute(
+            "INSERT INTO images(size, mtime_ns, sha256, width, height, vector,"
+            " generation, updated_at, source, added_at, path) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (*values, now, facts.path),
+        )
+        return int(cur.lastrowid or 0), False
+    # a re-add of a downloaded file without a URL keeps its source
+    conn.execute(
+        "UPDATE images SET size=?, mtime_ns=?, sha256=?, width=?, height=?, vector=?,"
+        " generation=?, updated_at=?, source=coalesce(?, source), missing=0 WHERE id=?",
+        (*values, row[0]),
+    )
+    return int(row[0]), True

@@ -1,0 +1,72 @@
+"""The schema, as numbered migrations applied in order and recorded in `PRAGMA user_version`."""
+
+from __future__ import annotations
+
+import logging
+
+from ..errors import ConfigError
+from .db import Database
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE images (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        path TEXT NOT NULL UNIQUE,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        vector BLOB NOT NULL,
+        generation INTEGER NOT NULL,
+        added_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX images_sha256 ON images(sha256);
+    CREATE INDEX images_generation ON images(generation);
+    INSERT INTO meta(key, value) VALUES ('generation', '0');
+    """,
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        image TEXT NOT NULL,
+        refresh INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        done INTEGER NOT NULL,
+        total INTEGER,
+        report TEXT NOT NULL,
+        error TEXT,
+        created REAL NOT NULL,
+        started REAL,
+        finished REAL
+    );
+    CREATE INDEX jobs_created ON jobs(created);
+    """,
+    # v3: where a downloaded image came from; images of a vanished watched folder kept as
+    # `missing` (out of the index, back when the folder returns); the watched folders.
+    """
+    ALTER TABLE images ADD COLUMN source TEXT;
+    ALTER TABLE images ADD COLUMN missing INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX images_path_missing ON images(missing, path);
+    CREATE TABLE watches (path TEXT PRIMARY KEY, added REAL NOT NULL);
+    """,
+)
+
+
+def migrate(db: Database) -> None:
+    """Bring the schema up to date; refuse a database made by a newer imgsearch."""
+    with db.write() as conn:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise ConfigError(
+                f"{db.path} has schema version {version}, newer than this imgsearch "
+                f"({len(MIGRATIONS)}); upgrade imgsearch"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            for statement in filter(str.strip, script.split(";")):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={number}")
+            log.info("database %s migrated to schema version %d", db.path, number)

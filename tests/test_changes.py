@@ -1,0 +1,132 @@
+"""Catalog change notifications, and the derived files (features, thumbnails) that follow them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgsearch.catalog import Catalog, Change
+from imgsearch.config import Config
+from imgsearch.derived import DerivedFiles
+from imgsearch.embedders import Embedder
+from imgsearch.service import Service
+from imgsearch.store import FileFacts, NewImage
+
+from .helpers import PHOTOS, photo
+
+DIM = 8
+
+
+def item(path: str, seed: int) -> NewImage:
+    v = np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
+    facts = FileFacts(path, 100 + seed, 1_000 + seed, f"sha{seed}", 10, 20)
+    return NewImage(facts, v / np.linalg.norm(v))
+
+
+def test_every_committed_write_is_announced_with_its_generation(tmp_path: Path) -> None:
+    catalog = Catalog(tmp_path, "m/test", DIM)
+    seen: list[Change] = []
+    catalog.subscribe(seen.append)
+
+    a, b, c = catalog.put([item("/p/a.jpg", 1), item("/p/b.jpg", 2), item("/q/c.jpg", 3)]).ids
+    assert seen[-1] == Change((a, b, c), (), catalog.store.generation())
+    catalog.put([item("/p/a.jpg", 4)])
+    assert seen[-1].written == (a,) and seen[-1].removed == ()
+
+    assert catalog.move(a, "/p/b.jpg", 7, 8) == b
+    assert seen[-1] == Change((a,), (b,), catalog.store.generation())
+    assert catalog.mark_missing("/q") == [c]
+    assert seen[-1].written == () and seen[-1].removed == (c,)
+    assert catalog.restore([c]) == 1
+    assert seen[-1].written == (c,) and seen[-1].removed == ()
+    assert catalog.remove_ids([c, 999]) == [c]
+    assert seen[-1].removed == (c,)
+    assert catalog.remove_tree("/p") == [a]
+    assert seen[-1] == Change((), (a,), catalog.store.generation())
+
+    count = len(seen)  # writes that change nothing are not announced
+    assert catalog.remove_tree("/nothing") == [] and catalog.remove_ids([12345]) == []
+    assert catalog.restore([]) == 0 and catalog.mark_missing("/nothing") == []
+    assert len(seen) == count
+    generations = [change.generation for change in seen]
+    assert generations == sorted(set(generations)), "one new generation per write"
+    catalog.close()
+
+
+def test_a_failing_listener_never_undoes_a_write(tmp_path: Path) -> None:
+    catalog = Catalog(tmp_path, "m/test", DIM)
+    seen: list[Change] = []
+
+    def broken(change: Change) -> None:
+        raise RuntimeError("listener bug")
+
+    catalog.subscribe(broken)
+    catalog.subscribe(seen.append)
+    (a,) = catalog.put([item("/p/a.jpg", 1)]).ids
+    assert seen == [Change((a,), (), catalog.store.generation())]
+    assert catalog.store.count() == len(catalog.index) == 1
+    catalog.close()
+
+
+@pytest.fixture
+def service(config: Config, tiny_embedder: Embedder) -> Service:
+    return Service(config, embedder=tiny_embedder)
+
+
+def test_caches_of_the_old_layout_are_removed(config: Config, tiny_embedder: Embedder) -> None:
+    config.data_dir.mkdir(parents=True)
+    for name in ("features/sift/1.pkl", "thumbnails/1-2-256.jpg"):
+        (config.data_dir / name).parent.mkdir(parents=True)
+        (config.data_dir / name).write_bytes(b"old")
+    Service(config, embedder=tiny_embedder).close()
+    assert sorted(p.name for p in config.data_dir.iterdir() if p.is_dir()) == ["cache"]
+
+
+def test_the_id_a_move_replaces_loses_its_features_and_thumbnail(
+    tmp_path: Path, service: Service
+) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    a, b = folder / "a.jpg", folder / "b.jpg"
+    photo(PHOTOS[0], 96).save(a)
+    photo(PHOTOS[1], 96).save(b)
+    try:
+        service.ingester.add(folder)
+        ids = {p: s.id for p, s in service.catalog.store.file_states([str(a), str(b)]).items()}
+        id_a, id_b = ids[str(a)], ids[str(b)]
+        for image_id, path in ((id_a, a), (id_b, b)):
+            service.thumbnails.get(image_id, path)
+            service.features.put("verify", image_id, path.stat().st_mtime_ns, [image_id])
+        st = a.stat()
+        a.replace(b)  # a renamed over b: the row of a follows, the row of b is replaced
+
+        assert service.catalog.move(id_a, str(b), st.st_size, st.st_mtime_ns) == id_b
+        files = service.derived
+        assert not files.path("thumbnails/256", id_b).exists(), "its thumbnail is gone"
+        assert not files.path("features/verify", id_b).exists(), "its features are gone"
+        assert files.path("thumbnails/256", id_a).exists(), "the moved image keeps its own"
+        assert service.features.get("verify", id_a, st.st_mtime_ns) == [id_a]
+    finally:
+        service.close()
+
+
+def test_one_derived_file_per_kind_and_image_valid_for_one_mtime(tmp_path: Path) -> None:
+    files = DerivedFiles(tmp_path)
+    files.write("thumbnails/256", 4, 100, b"jpeg v1")
+    files.write("features/sift", 4, 100, b"sift")
+    files.write("features/sift", 5, 100, b"other")
+    assert files.read("thumbnails/256", 4, 100) == b"jpeg v1"
+    assert files.read("thumbnails/256", 4, 101) is None, "the image file changed since"
+    files.write("thumbnails/256", 4, 101, b"jpeg v2")
+    assert files.read("thumbnails/256", 4, 101) == b"jpeg v2"
+    assert [p.name for p in (tmp_path / "thumbnails" / "256").iterdir()] == ["4"]
+
+    files.invalidate(4)
+    assert files.read("thumbnails/256", 4, 101) is None
+    assert files.read("features/sift", 4, 100) is None
+    assert files.read("features/sift", 5, 100) == b"other"
+    for bad in ("../x/y", "features", "features/../../etc", "Features/x"):
+        with pytest.raises(ValueError):
+            files.path(bad, 1)
