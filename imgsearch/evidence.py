@@ -51,7 +51,7 @@ def attach(source: EvidenceSource, query: bytes | Path, hits: list[Hit]) -> list
     picture = Picture.from_pil(decoded.image)
     query_features = source.verify.features(picture)
     query_scale = decoded.width / picture.width
-    rows = source.store.image_rows([h.id for h in hits])
+    rows = source.store.images.image_rows([h.id for h in hits])
     for hit, body in zip(hits, out, strict=True):
         row = rows.get(hit.id)
         if "verify" not in hit.compare or row is None:

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,10 +54,17 @@ class Job:
     ended: threading.Event = field(default_factory=threading.Event, repr=False)
     urls: tuple[str, ...] = ()  # a URL job's URLs (not kept once the job has ended)
     strict: bool = False  # a URL job for one `url`: its failure fails the job, as for one file
+    files: tuple[str, ...] = ()  # a listed-files job's files (from a CSV of paths)
+    listed: bool = False
+    # Run on the job's thread once it has ended, whatever its state (e.g. writing metadata).
+    after: Callable[[Job], None] | None = field(default=None, repr=False)
 
     @property
     def kind(self) -> str:
-        """`path` or `urls`: a path job's label is its absolute path, a URL job's never is."""
+        """`path`, `files` or `urls`: a path job's label is its absolute path, a URL job's
+        never is."""
+        if self.listed:
+            return "files"
         return "path" if self.image.startswith("/") else "urls"
 
     @property
@@ -148,13 +155,37 @@ class JobManager:
         self._jobs = {row.id: Job.from_row(row) for row in store.jobs.recent(HISTORY)}
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="jobs")
 
-    def submit(self, target: Path, update: bool) -> Job:
+    def submit(self, target: Path, update: bool, after: Callable[[Job], None] | None = None) -> Job:
         """Queue an add; 503 when too many are queued or running already."""
         if not target.exists():
             raise NotFound(f"no such file or directory: {target}")
-        return self._queue(Job(uuid.uuid4().hex[:12], str(target), update))
+        return self._queue(Job(uuid.uuid4().hex[:12], str(target), update, after=after))
 
-    def submit_urls(self, urls: Sequence[str], update: bool, *, strict: bool = False) -> Job:
+    def submit_files(
+        self,
+        files: Sequence[Path],
+        update: bool,
+        after: Callable[[Job], None] | None = None,
+        errors: Sequence[FileError] = (),
+    ) -> Job:
+        """Queue an add of listed files (absolute); each one missing is a failed file, and so
+        is each of `errors` (rows refused before the job)."""
+        names = tuple(dict.fromkeys(str(f) for f in files))
+        count = len(names) + len(errors)
+        label = f"{count} listed file{'' if count == 1 else 's'}"
+        job = Job(uuid.uuid4().hex[:12], label, update, files=names, listed=True, after=after)
+        for error in errors:
+            job.report.fail(error)
+        return self._queue(job)
+
+    def submit_urls(
+        self,
+        urls: Sequence[str],
+        update: bool,
+        *,
+        strict: bool = False,
+        after: Callable[[Job], None] | None = None,
+    ) -> Job:
         """Queue an add of URLs; `strict` (one URL) checks it now and fails the job if it fails."""
         if self.urls is None:
             raise ImgSearchError("this daemon cannot download URLs", 501)
@@ -164,7 +195,9 @@ class JobManager:
         label = urls[0] if len(urls) == 1 else f"{len(urls)} URLs"
         if label.startswith("/"):  # an invalid one, reported by the job: never a path's label
             label = f"1 URL: {label}"
-        job = Job(uuid.uuid4().hex[:12], label, update, urls=tuple(urls), strict=strict)
+        job = Job(
+            uuid.uuid4().hex[:12], label, update, urls=tuple(urls), strict=strict, after=after
+        )
         return self._queue(job)
 
     def _queue(self, job: Job) -> Job:
@@ -225,6 +258,15 @@ class JobManager:
                     report=job.report,
                     on_progress=self._progress_hook(job),
                 )
+            elif job.listed:
+                self.ingester.add_files(
+                    [Path(f) for f in job.files],
+                    label=job.image,
+                    update=job.update,
+                    stop=job.stop,
+                    report=job.report,
+                    on_progress=self._progress_hook(job),
+                )
             elif self.urls is not None:
                 self.urls.add(
                     job.urls,
@@ -245,12 +287,21 @@ class JobManager:
             job.state, job.error = "failed", f"unexpected error: {exc}"
         finally:
             job.finished = time.time()
-            job.urls = ()
+            self._after(job)
+            job.urls, job.files = (), ()
             try:
                 self.store.jobs.save(job.row())
             finally:
                 job.ended.set()
             log.info("job %s %s: %s", job.id, job.state, job.image)
+
+    def _after(self, job: Job) -> None:
+        if job.after is None:
+            return
+        try:
+            job.after(job)
+        except Exception:  # the job's own result stands
+            log.exception("after job %s", job.id)
 
     def _progress_hook(self, job: Job) -> Any:
         last_save = time.monotonic()

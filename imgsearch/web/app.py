@@ -13,7 +13,7 @@ from ..config import Config
 from ..embedders import Embedder
 from ..security import with_token
 from ..service import Service
-from . import library, openapi, routes, ui, urls
+from . import library, metadata, openapi, routes, ui, urls
 from .gate import Gate
 from .guard import guard
 from .keys import DUPLICATES_LOCK, SEARCH_GATE, SERVICE
@@ -35,7 +35,7 @@ def create_app(
         middlewares=[json_errors, guard(config.allow_hosts, config.token)],
         client_max_size=max_body,
     )
-    for table in (routes.table, library.table, ui.table, openapi.table):
+    for table in (routes.table, library.table, metadata.table, ui.table, openapi.table):
         app.router.add_routes(table)
     app[SEARCH_GATE] = Gate("search", config.max_pending_searches, retry_after=1)
     app[DUPLICATES_LOCK] = asyncio.Lock()

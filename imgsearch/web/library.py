@@ -9,6 +9,7 @@ from aiohttp import web
 from ..duplicates import DEFAULT_THRESHOLD, check_threshold
 from ..errors import BadRequest
 from .keys import DUPLICATES_LOCK, SERVICE
+from .metadata import members_with_metadata
 
 table = web.RouteTableDef()
 
@@ -23,7 +24,9 @@ async def duplicates(request: web.Request) -> web.Response:
     loop = asyncio.get_running_loop()
     async with request.app[DUPLICATES_LOCK]:
         report = await loop.run_in_executor(None, service.duplicates.find, threshold, folder)
-    return web.json_response(report.as_json())
+    store = service.catalog.store
+    body = await loop.run_in_executor(None, members_with_metadata, store, report.as_json())
+    return web.json_response(body)
 
 
 def _threshold(raw: str | None) -> float:

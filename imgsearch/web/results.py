@@ -1,4 +1,5 @@
-"""How /search answers: hits as JSON, with verify's drawing evidence when `evidence=1`."""
+"""How /search answers: hits as JSON with their metadata, and verify's drawing evidence
+when `evidence=1`."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ..evidence import EvidenceSource, attach
 from ..search import Hit
 from ..service import Service
 from .keys import SERVICE
+from .metadata import with_metadata
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
@@ -26,13 +28,18 @@ async def results_response(
 ) -> web.Response:
     """`{"results": [...]}`; with `evidence=1`, verified hits carry an `evidence` object."""
     service = request.app[SERVICE]
-    if not _evidence_wanted(params.get("evidence")):
-        return web.json_response({"results": [h.as_json() for h in hits]})
-    source = _source(service)
-    if isinstance(query, str):
-        raise BadRequest("evidence needs an image query")
     loop = asyncio.get_running_loop()
-    results = await loop.run_in_executor(None, partial(attach, source, query, hits))
+    if not _evidence_wanted(params.get("evidence")):
+        results = [h.as_json() for h in hits]
+    elif isinstance(query, str):
+        raise BadRequest("evidence needs an image query")
+    else:
+        source = _source(service)
+        results = await loop.run_in_executor(None, partial(attach, source, query, hits))
+    if hits:
+        store = service.catalog.store
+        ids = [h.id for h in hits]
+        await loop.run_in_executor(None, with_metadata, store, results, ids)
     return web.json_response({"results": results})
 
 

@@ -15,11 +15,13 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ..errors import BadRequest, ImgSearchError, PayloadTooLarge
+from ..metadata import check_metadata, metadata_writer
 from ..search import Hit, SearchOptions
 from ..service import Service
+from .addcsv import CsvAdd, posted_csv_add
 from .keys import SEARCH_GATE, SERVICE
 from .results import results_response
-from .urls import is_csv, posted_csv, query_bytes, url_list
+from .urls import is_csv, query_bytes, url_list
 
 T = TypeVar("T")
 
@@ -137,7 +139,10 @@ async def stats(request: web.Request) -> web.Response:
 
 
 async def _add(
-    request: web.Request, body: Mapping[str, Any], urls: list[str] | None = None
+    request: web.Request,
+    body: Mapping[str, Any],
+    urls: list[str] | None = None,
+    csv_add: CsvAdd | None = None,
 ) -> web.Response:
     """Queue an add of a path or of URLs; wait for it (the blocking form) unless wait=0."""
     service = _service(request)
@@ -145,14 +150,22 @@ async def _add(
     if raw_path is not None and not isinstance(raw_path, str):
         raise BadRequest("image must be a string path")
     update, strict = _flag(body.get("update"), "update"), False
-    if urls is None:
+    if urls is None and csv_add is None:
         urls, strict = url_list(body)
-    if urls is None:
-        job = service.jobs.submit(service.paths.resolve(raw_path), update)
+    after = _metadata_after(service, body, raw_path, urls)
+    if csv_add is not None and csv_add.files is not None:
+        store = service.catalog.store
+        after = metadata_writer(store, csv_add.by_path) if csv_add.by_path else None
+        job = service.jobs.submit_files(csv_add.files, update, after, csv_add.errors)
+    elif csv_add is not None and csv_add.urls is not None:
+        after = metadata_writer(service.catalog.store, {}, csv_add.by_url)
+        job = service.jobs.submit_urls(csv_add.urls, update, after=after)
+    elif urls is None:
+        job = service.jobs.submit(service.paths.resolve(raw_path), update, after)
     elif raw_path is not None:
         raise BadRequest("give either image or url/urls, not both")
     else:
-        job = service.jobs.submit_urls(urls, update, strict=strict)
+        job = service.jobs.submit_urls(urls, update, strict=strict, after=after)
     if not _flag(body.get("wait", "1"), "wait"):
         location = f"/jobs/{job.id}"
         return web.json_response(
@@ -167,6 +180,22 @@ async def _add(
     return web.json_response(job.report.as_json())
 
 
+def _metadata_after(
+    service: Service, body: Mapping[str, Any], raw_path: Any, urls: list[str] | None
+) -> Callable[[Any], None] | None:
+    """The hook that gives the added image (one file, or each URL) the body's `metadata`."""
+    if body.get("metadata") is None:
+        return None
+    metadata = check_metadata(body["metadata"])
+    store = service.catalog.store
+    if urls is not None:
+        return metadata_writer(store, {}, {url: metadata for url in urls})
+    path = service.paths.resolve(raw_path)
+    if not path.is_file():
+        raise BadRequest("metadata is for one image: give a file, not a folder")
+    return metadata_writer(store, {str(path): metadata})
+
+
 @table.get("/add")
 async def add_get(request: web.Request) -> web.Response:
     urls = request.query.getall("url", [])  # repeatable: several are a list, one is strict
@@ -177,9 +206,9 @@ async def add_get(request: web.Request) -> web.Response:
 async def add_post(request: web.Request) -> web.Response:
     """JSON (a path, `url` or `urls`), or a CSV of URLs: raw text/csv or a multipart `csv`."""
     if is_csv(request):
-        max_bytes = _service(request).config.max_upload_bytes
-        urls, fields = await posted_csv(request, max_bytes)
-        return await _add(request, {**request.query, **fields}, urls)
+        service = _service(request)
+        table = await posted_csv_add(request, service.config.max_upload_bytes, service.paths)
+        return await _add(request, {**request.query, **table.fields}, csv_add=table)
     return await _add(request, {**request.query, **await _json_body(request)})
 
 
