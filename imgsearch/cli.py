@@ -141,6 +141,7 @@ def _client_commands(sub: Any) -> None:
         "--compare", action="append", default=[], metavar="NAME", help="comparator (repeatable)"
     )
     p.add_argument("--no-rerank", dest="rerank", action="store_false", help="keep embedding order")
+    _filter_flags(p)
     sub.add_parser("stats", parents=common, help="what the daemon holds")
     p = sub.add_parser("remove", parents=common, help="forget a file or a folder's images")
     p.add_argument("path", help="file or folder; made absolute from the current directory")
@@ -148,13 +149,26 @@ def _client_commands(sub: Any) -> None:
     p.add_argument(
         "--threshold", type=float, help="largest embedding distance of a pair (default 0.15)"
     )
-    p.add_argument("--folder", help="only images under this folder (made absolute)")
+    _filter_flags(p)
     p = sub.add_parser("watch", parents=common, help="list watched folders, watch or stop one")
     p.add_argument("dir", nargs="?", help="folder to watch (made absolute from the current one)")
     p.add_argument("--stop", action="store_true", help="stop watching DIR (its images stay)")
     p = sub.add_parser("jobs", parents=common, help="list add jobs, show one, or cancel one")
     p.add_argument("id", nargs="?", help="show this job")
     p.add_argument("--cancel", metavar="ID", help="cancel this job")
+
+
+def _filter_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--folder", action="append", default=[], help="only images under this folder (repeatable)"
+    )
+    p.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY:VALUE",
+        help="only images whose metadata KEY is VALUE (repeatable: AND across keys, OR within)",
+    )
 
 
 def client_command(ns: argparse.Namespace) -> int:
@@ -177,13 +191,15 @@ def client_command(ns: argparse.Namespace) -> int:
                 limit=ns.limit,
                 compare=ns.compare,
                 rerank=ns.rerank,
+                folder=ns.folder,
+                where=ns.where,
                 as_json=ns.json,
             )
         if ns.command == "remove":
             return client.remove(conn, ns.path, as_json=ns.json)
         if ns.command == "duplicates":
             return client.duplicates(
-                conn, threshold=ns.threshold, folder=ns.folder, as_json=ns.json
+                conn, threshold=ns.threshold, folder=ns.folder, where=ns.where, as_json=ns.json
             )
         if ns.command == "watch":
             return client.watch(conn, ns.dir, stop=ns.stop, as_json=ns.json)

@@ -198,6 +198,8 @@ def search(
     limit: int | None = None,
     compare: Sequence[str] = (),
     rerank: bool = True,
+    folder: Sequence[str] = (),
+    where: Sequence[str] = (),
     as_json: bool = False,
 ) -> int:
     """`imgsearch search IMAGE|--text T`: a table of the nearest stored images."""
@@ -208,15 +210,17 @@ def search(
     options: list[tuple[str, str]] = [] if limit is None else [("limit", str(limit))]
     options += [("compare", name) for name in compare]
     options += [] if rerank else [("rerank", "0")]
+    filters = filter_params(folder, where)
     if text is not None:
-        body = conn.get("/search", [("text", text), *options])
+        body = conn.get("/search", [("text", text), *options, *filters])
     elif upload:
         data, ctype = _multipart(options, absolute(image or ""))
-        body = conn.call("POST", "/search", body=data, content_type=ctype)[1]
+        path = f"/search?{urllib.parse.urlencode(filters)}" if filters else "/search"
+        body = conn.call("POST", path, body=data, content_type=ctype)[1]
     elif is_url(image or ""):
-        body = conn.get("/search", [("url", image or ""), *options])
+        body = conn.get("/search", [("url", image or ""), *options, *filters])
     else:
-        body = conn.get("/search", [("image", str(absolute(image or ""))), *options])
+        body = conn.get("/search", [("image", str(absolute(image or ""))), *options, *filters])
     _out(_dumps(body) if as_json else format_results(body.get("results", [])))
     return EXIT_OK
 
@@ -309,17 +313,25 @@ def jobs(
     return EXIT_OK
 
 
+def filter_params(
+    folder: str | Sequence[str] | None, where: Sequence[str]
+) -> list[tuple[str, str]]:
+    """`folder` (made absolute) and `where` query parameters, each repeatable."""
+    folders = [folder] if isinstance(folder, str) else list(folder or ())
+    return [("folder", str(absolute(f))) for f in folders] + [("where", w) for w in where]
+
+
 def duplicates(
     conn: Connection,
     *,
     threshold: float | None = None,
-    folder: str | None = None,
+    folder: str | Sequence[str] | None = None,
+    where: Sequence[str] = (),
     as_json: bool = False,
 ) -> int:
     """`imgsearch duplicates`: a block per cluster of identical files or near copies."""
     params = [] if threshold is None else [("threshold", repr(threshold))]
-    params += [] if folder is None else [("folder", str(absolute(folder)))]
-    body = conn.get("/duplicates", params)
+    body = conn.get("/duplicates", params + filter_params(folder, where))
     _out(_dumps(body) if as_json else format_duplicates(body))
     return EXIT_OK
 

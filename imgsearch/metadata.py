@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from .errors import BadRequest, PayloadTooLarge
 from .store import Metadata, Store
@@ -88,3 +91,30 @@ def metadata_writer(
         store.metadata.replace(objects)
 
     return write
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which images a search or duplicates run may return: at or below any of `folders`
+    (absolute, resolved), and with, for every `where` key, one of its values."""
+
+    folders: tuple[str, ...] = ()
+    where: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.folders or self.where)
+
+
+def allowed_ids(store: Store, filters: Filters) -> np.ndarray | None:
+    """Sorted ids the filters let through (from SQLite), or None without filters."""
+    if not filters:
+        return None
+    sets = []
+    if filters.folders:
+        sets.append(store.metadata.ids_under(filters.folders))
+    if filters.where:
+        sets.append(store.metadata.matching(filters.where))
+    allowed = sets[0]
+    for other in sets[1:]:
+        allowed = np.intersect1d(allowed, other, assume_unique=True)
+    return allowed

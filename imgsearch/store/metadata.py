@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .db import Database, chunked
+from .db import Database, chunked, tree
 
 Value = str | int | float | bool
 Metadata = dict[str, Value]
@@ -101,3 +101,15 @@ class MetadataTable:
         out.update(updated=row[8], source=row[9], missing=bool(row[10]))
         out["metadata"] = self.get([row[0]]).get(row[0], {})
         return out
+
+    def ids_under(self, folders: Sequence[str]) -> np.ndarray:
+        """Sorted ids of the present images at or below any of `folders` (ranges on the
+        (missing, path) index)."""
+        parts: list[str] = []
+        args: list[str] = []
+        for folder in folders:
+            where, values = tree(folder)
+            parts.append(f"SELECT id FROM images WHERE missing=0 AND {where}")
+            args += values
+        rows = self.db.reader().execute(" UNION ".join(parts) + " ORDER BY 1", args).fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))

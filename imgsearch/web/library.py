@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 from aiohttp import web
 
 from ..duplicates import DEFAULT_THRESHOLD, check_threshold
 from ..errors import BadRequest
+from .filters import allowed_for, parse_filters
 from .keys import DUPLICATES_LOCK, SERVICE
 from .metadata import members_with_metadata
 
@@ -19,11 +21,14 @@ async def duplicates(request: web.Request) -> web.Response:
     """Clusters of duplicates: byte-identical files first, then verified near copies."""
     service = request.app[SERVICE]
     threshold = _threshold(request.query.get("threshold"))
-    raw = request.query.get("folder")
-    folder = None if raw is None else str(service.paths.resolve(raw, name="folder"))
+    filters = parse_filters(request)
+    # One folder alone is the finder's own narrowing; more, or `where`, go by allowed ids.
+    folder = filters.folders[0] if len(filters.folders) == 1 and not filters.where else None
+    allowed = None if folder is not None else await allowed_for(request, filters)
+    find = partial(service.duplicates.find, threshold, folder, allowed)
     loop = asyncio.get_running_loop()
     async with request.app[DUPLICATES_LOCK]:
-        report = await loop.run_in_executor(None, service.duplicates.find, threshold, folder)
+        report = await loop.run_in_executor(None, find)
     store = service.catalog.store
     body = await loop.run_in_executor(None, members_with_metadata, store, report.as_json())
     return web.json_response(body)

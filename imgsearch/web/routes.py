@@ -19,6 +19,7 @@ from ..metadata import check_metadata, metadata_writer
 from ..search import Hit, SearchOptions
 from ..service import Service
 from .addcsv import CsvAdd, posted_csv_add
+from .filters import filtered
 from .keys import SEARCH_GATE, SERVICE
 from .results import results_response
 from .urls import is_csv, query_bytes, url_list
@@ -262,6 +263,7 @@ def _compare_list(raw: Any) -> list[str]:
 async def search_get(request: web.Request) -> web.Response:
     service = _service(request)
     options = _options(service, request.query, request.query.getall("compare", []))
+    options = await filtered(request, options)
     text, url = request.query.get("text"), request.query.get("url")
     if url is not None:
         _only_url(request.query)
@@ -281,7 +283,7 @@ async def search_post(request: web.Request) -> web.Response:
     """A multipart upload (field `image`), a raw image body, or JSON with a path or data URI."""
     service = _service(request)
     query, params, compare = await _posted_query(request, service.config.max_upload_bytes)
-    options = _options(service, params, compare)
+    options = await filtered(request, _options(service, params, compare), params)
     with request.app[SEARCH_GATE].enter():
         if isinstance(query, bytes):
             hits = await _run(request, service.searcher.by_bytes, query, options)
