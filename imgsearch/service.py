@@ -59,7 +59,11 @@ class DataDirLock:
 class Service:
     """Embedder, catalog, ingester and searcher for one data directory."""
 
-    def __init__(self, config: Config, embedder: Embedder | None = None) -> None:
+    def __init__(
+        self, config: Config, embedder: Embedder | None = None, *, model_fallback: bool = False
+    ) -> None:
+        """`model_fallback`: no model was asked for explicitly, so a first run without network
+        may use the bundled model (see embedders/choice.py)."""
         self.config = config
         self._closed = False
         # Downloaded images stay readable (thumbnails, search by path) whatever the roots.
@@ -70,7 +74,11 @@ class Service:
         self._lock = DataDirLock(config.data_dir)
         try:
             heif = enable_heif()
-            choice = ModelChoice(config) if embedder is not None else choose_model(config)
+            choice = (
+                ModelChoice(config)
+                if embedder is not None
+                else choose_model(config, fallback=model_fallback)
+            )
             self.notice = choice.notice  # why the model is not the one asked for, if it is not
             self.embedder = embedder if embedder is not None else load_embedder(choice.config)
             self.catalog = Catalog(config.data_dir, self.embedder.model_id, self.embedder.dim)

@@ -35,7 +35,7 @@ def _no_network(tmp_path: Path) -> dict[str, str]:
 def _bind(data_dir: Path, model_id: str, dim: int) -> None:
     data_dir.mkdir(parents=True)
     store = Store(data_dir / "imgsearch.sqlite3")
-    store.bind_model(model_id, dim)
+    store.meta.bind_model(model_id, dim)
     store.close()
 
 
@@ -62,6 +62,8 @@ def test_explicit_model_or_clip_data_dir_is_not_replaced(tmp_path: Path, offline
     assert bound_model(tmp_path / "clip") == CLIP_ID
     clip = choose_model(Config(data_dir=tmp_path / "clip"))
     assert clip.config.model == "ViT-B-32" and clip.notice is None
+    asked = choose_model(Config(data_dir=tmp_path / "new"), fallback=False)  # --model ViT-B-32
+    assert asked.config.model == "ViT-B-32" and asked.notice is None
     assert bound_model(tmp_path / "nothing") is None
 
 

@@ -69,6 +69,8 @@ async def test_bad_metadata_is_refused(client: Client, photos: dict[str, Path]) 
     assert "16384-byte limit" in error["error"]
     await _post(client, "/add", 413, json={"image": cat, "metadata": huge})
     await _post(client, "/metadata", 400, json={"image": cat})
+    await _post(client, "/metadata", 400, json={"image": 7, "metadata": {}})
+    await _post(client, "/metadata", 400, json=["not", "an", "object"])
     await _post(client, "/metadata", 400, data=b"{", headers={"Content-Type": "application/json"})
     other = str(photos["rocket"])
     await _post(client, "/metadata", 404, json={"image": other, "metadata": {"a": 1}})

@@ -134,6 +134,15 @@ def test_page_views_in_chromium(tmp_path: Path, lite0_daemon: str) -> None:  # n
         expect(first.locator(".path")).to_have_text(str(folder / "rocket.jpg"))
         expect(page.locator("#preview")).to_have_attribute("src", re.compile("/thumbnail"))
 
+        # Filters: only the copies folder (then none again).
+        page.fill("#filter-folder", str(folder / "copies"))
+        page.dispatch_event("#filter-folder", "change")
+        expect(page.locator("#summary")).to_contain_text("1 result ")
+        expect(first.locator(".path")).to_have_text(str(folder / "copies" / "chelsea-copy.jpg"))
+        page.fill("#filter-folder", "")
+        page.dispatch_event("#filter-folder", "change")
+        expect(page.locator("#summary")).to_contain_text(f"{len(PHOTOS) + 1} results")
+
         # Side by side: the crop of the cat against the cat, with the outline and matches.
         page.set_input_files("#file", str(queries["crop"]))
         expect(first.locator(".path")).to_have_text(str(folder / "chelsea.jpg"))

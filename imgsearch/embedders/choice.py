@@ -45,10 +45,11 @@ class ModelChoice:
     notice: str | None = None
 
 
-def choose_model(config: Config) -> ModelChoice:
-    """The model to start with; falls back to the bundled one only for the default model."""
+def choose_model(config: Config, *, fallback: bool = True) -> ModelChoice:
+    """The model to start with. With `fallback` (no model flag or variable was given), the
+    default model may be replaced by the bundled one; an explicit choice never is."""
     default = Config()
-    is_default = (config.model, config.pretrained, config.checkpoint) == (
+    is_default = fallback and (config.model, config.pretrained, config.checkpoint) == (
         default.model,
         default.pretrained,
         None,

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from functools import partial
 
 from aiohttp import web
 
@@ -25,9 +26,14 @@ UPLOAD_OVERHEAD = 64 * 1024
 
 
 def create_app(
-    config: Config, *, embedder: Embedder | None = None, service: Service | None = None
+    config: Config,
+    *,
+    embedder: Embedder | None = None,
+    service: Service | None = None,
+    model_fallback: bool = False,
 ) -> web.Application:
-    """Build the app; the service (model, database, index) opens when the app starts."""
+    """Build the app; the service (model, database, index) opens when the app starts.
+    `model_fallback`: the model was not chosen explicitly (see Service)."""
     config = with_token(config)
     # Room for the largest image sent base64-encoded in a JSON data URI, plus framing.
     max_body = config.max_upload_bytes * 4 // 3 + UPLOAD_OVERHEAD
@@ -45,7 +51,9 @@ def create_app(
         svc = (
             service
             if service is not None
-            else await loop.run_in_executor(None, Service, config, embedder)
+            else await loop.run_in_executor(
+                None, partial(Service, config, embedder, model_fallback=model_fallback)
+            )
         )
         app[SERVICE] = svc
         saver = asyncio.create_task(_save_periodically(svc, config.index_save_interval))

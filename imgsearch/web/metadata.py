@@ -27,7 +27,10 @@ async def set_metadata(request: web.Request) -> web.Response:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
-    path = str(service.paths.resolve(body.get("image")))
+    image = body.get("image")
+    if image is not None and not isinstance(image, str):
+        raise BadRequest("image must be a string path")
+    path = str(service.paths.resolve(image))
     if "metadata" not in body:
         raise BadRequest("the body needs 'metadata': a JSON object")
     metadata = check_metadata(body["metadata"])

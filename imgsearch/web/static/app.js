@@ -19,6 +19,12 @@
     // Comparators look at pixels: a text query has none.
     if (names.length && kind !== "text") params.set("compare", names.join(","));
     if (!$("rerank").checked) params.set("rerank", "0");
+    // Filters: one folder, and KEY:VALUE conditions separated by commas.
+    const folder = $("filter-folder").value.trim();
+    if (folder) params.append("folder", folder);
+    for (const cond of $("filter-where").value.split(",")) {
+      if (cond.trim()) params.append("where", cond.trim());
+    }
     return params;
   }
 
@@ -158,7 +164,9 @@
       IS.query.hide();
       runSearch({ kind: "path", value });
     });
-    for (const id of ["limit", "rerank"]) $(id).addEventListener("change", rerun);
+    for (const id of ["limit", "rerank", "filter-folder", "filter-where"]) {
+      $(id).addEventListener("change", rerun);
+    }
   }
 
   function rerun() {
