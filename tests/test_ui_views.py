@@ -7,8 +7,10 @@ import json
 import os
 import re
 import shutil
+import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,14 @@ def _api(url: str, path: str, **params: str) -> Any:
     )
     with urllib.request.urlopen(request, timeout=120) as resp:
         return json.load(resp)
+
+
+def _until(check: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Poll from Python (wait_for_function evaluates strings in the page: the CSP forbids it)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
 
 
 def _library(tmp_path: Path) -> Path:
@@ -103,7 +113,7 @@ def test_page_views_in_chromium(tmp_path: Path, lite0_daemon: str) -> None:  # n
         # The webcam (Chromium's fake camera): take a picture, and it is the query.
         page.click("#webcam-start")
         expect(page.locator("#webcam-snap")).to_be_visible()
-        page.wait_for_function("document.getElementById('webcam').videoWidth > 0")
+        _until(lambda: page.evaluate("() => document.getElementById('webcam').videoWidth") > 0)
         page.screenshot(path=str(shots / "ui-webcam.png"))
         page.click("#webcam-snap")
         expect(page.locator("#webcam")).to_be_hidden()
