@@ -235,5 +235,8 @@ class Catalog:
         return True
 
     def close(self) -> None:
-        self.save()
-        self.store.close()
+        """Save the index and close the database (closed even when the save fails)."""
+        try:
+            self.save()
+        finally:
+            self.store.close()

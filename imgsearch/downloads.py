@@ -1,5 +1,8 @@
 """Adding images by URL: download them into DATA_DIR/downloads, index them with the URL as source.
 
+A producer for the ingest core: it only turns URLs into downloaded files (with their URL), and
+hands each batch of files to `Ingester.add_files`, which decides what to index.
+
 Runs inside an add job, on the job thread, with an event loop of its own (`asyncio.run`), so
 the job manager stays synchronous. Downloads run concurrently (the session's limit) and are
 indexed in batches as they arrive, each batch off the loop while the next downloads go on.
@@ -52,9 +55,8 @@ class UrlAdder:
         self.folder.mkdir(parents=True, exist_ok=True)
         run = _Run(self, report, update, stop or threading.Event(), on_progress, len(urls))
         asyncio.run(run.all(urls))
-        if strict and report.errors:
-            error = report.errors[0]
-            raise ImgSearchError(f"{error.image}: {error.error}", error.status)
+        if strict:
+            report.raise_single()
         return report
 
 
@@ -149,12 +151,7 @@ class _Run:
             report=AddReport(),
             progress_bar=False,
         )
-        self.report.added += part.added
-        self.report.updated += part.updated
-        self.report.skipped += part.skipped
-        for error in part.errors:
-            url = url_of.get(error.image, error.image)
-            self.report.fail(FileError(url, error.error, error.status))
+        self.report.merge(part, names=url_of)
 
     def _fail(self, error: FileError) -> None:
         self.report.fail(error)

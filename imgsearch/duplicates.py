@@ -315,7 +315,10 @@ class _Near:
 
 
 class _Loader:
-    """Verify features of stored images for worker threads: a small LRU over the disk cache."""
+    """Verify features of stored images for worker threads: a small LRU over the disk cache.
+
+    Not folded into the derived-file cache: it lives for one run over one snapshot of rows (so
+    it cannot go stale) and saves unpickling a node's features again for each of its pairs."""
 
     def __init__(
         self,

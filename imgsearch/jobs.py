@@ -39,6 +39,7 @@ class Job:
     """One add of a file or folder (or of URLs), and how far it got."""
 
     id: str
+    kind: str  # path, urls, files (a CSV of paths) (import: bulk imports, later)
     image: str
     update: bool
     state: str = "queued"
@@ -54,18 +55,9 @@ class Job:
     ended: threading.Event = field(default_factory=threading.Event, repr=False)
     urls: tuple[str, ...] = ()  # a URL job's URLs (not kept once the job has ended)
     strict: bool = False  # a URL job for one `url`: its failure fails the job, as for one file
-    files: tuple[str, ...] = ()  # a listed-files job's files (from a CSV of paths)
-    listed: bool = False
+    files: tuple[str, ...] = ()  # a `files` job's files (a CSV of paths; not kept once ended)
     # Run on the job's thread once it has ended, whatever its state (e.g. writing metadata).
     after: Callable[[Job], None] | None = field(default=None, repr=False)
-
-    @property
-    def kind(self) -> str:
-        """`path`, `files` or `urls`: a path job's label is its absolute path, a URL job's
-        never is."""
-        if self.listed:
-            return "files"
-        return "path" if self.image.startswith("/") else "urls"
 
     @property
     def images_per_s(self) -> float | None:
@@ -101,6 +93,7 @@ class Job:
     def row(self) -> JobRow:
         return JobRow(
             self.id,
+            self.kind,
             self.image,
             self.update,
             self.state,
@@ -122,8 +115,9 @@ class Job:
         ]
         job = cls(
             row.id,
+            row.kind,
             row.image,
-            bool(row.refresh),
+            bool(row.update),
             row.state,
             row.done,
             row.total,
@@ -159,7 +153,7 @@ class JobManager:
         """Queue an add; 503 when too many are queued or running already."""
         if not target.exists():
             raise NotFound(f"no such file or directory: {target}")
-        return self._queue(Job(uuid.uuid4().hex[:12], str(target), update, after=after))
+        return self._queue(Job(uuid.uuid4().hex[:12], "path", str(target), update, after=after))
 
     def submit_files(
         self,
@@ -173,7 +167,7 @@ class JobManager:
         names = tuple(dict.fromkeys(str(f) for f in files))
         count = len(names) + len(errors)
         label = f"{count} listed file{'' if count == 1 else 's'}"
-        job = Job(uuid.uuid4().hex[:12], label, update, files=names, listed=True, after=after)
+        job = Job(uuid.uuid4().hex[:12], "files", label, update, files=names, after=after)
         for error in errors:
             job.report.fail(error)
         return self._queue(job)
@@ -193,10 +187,14 @@ class JobManager:
             urls = [check_url(url) for url in urls]
         urls = list(dict.fromkeys(urls))  # the same URL twice is one download
         label = urls[0] if len(urls) == 1 else f"{len(urls)} URLs"
-        if label.startswith("/"):  # an invalid one, reported by the job: never a path's label
-            label = f"1 URL: {label}"
         job = Job(
-            uuid.uuid4().hex[:12], label, update, urls=tuple(urls), strict=strict, after=after
+            uuid.uuid4().hex[:12],
+            "urls",
+            label,
+            update,
+            urls=tuple(urls),
+            strict=strict,
+            after=after,
         )
         return self._queue(job)
 
@@ -258,7 +256,7 @@ class JobManager:
                     report=job.report,
                     on_progress=self._progress_hook(job),
                 )
-            elif job.listed:
+            elif job.kind == "files":
                 self.ingester.add_files(
                     [Path(f) for f in job.files],
                     label=job.image,
@@ -267,7 +265,7 @@ class JobManager:
                     report=job.report,
                     on_progress=self._progress_hook(job),
                 )
-            elif self.urls is not None:
+            elif job.kind == "urls" and self.urls is not None:
                 self.urls.add(
                     job.urls,
                     update=job.update,
@@ -276,6 +274,8 @@ class JobManager:
                     report=job.report,
                     on_progress=self._progress_hook(job),
                 )
+            else:
+                raise ImgSearchError(f"this daemon cannot run {job.kind} jobs", 501)
             if job.stop.is_set():
                 job.state = "interrupted" if self._closing else "cancelled"
             else:

@@ -6,6 +6,7 @@ import fcntl
 import logging
 import os
 import shutil
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -66,55 +67,62 @@ class Service:
         may use the bundled model (see embedders/choice.py)."""
         self.config = config
         self._closed = False
+        self._model_fallback = model_fallback
+        # Everything opened goes on the stack: a failure part-way unwinds what was opened
+        # (the data-dir lock and the database included), and close() unwinds it all.
+        with ExitStack() as stack:
+            self._open_store(stack, embedder)
+            self._open_parts(stack)
+            self._stack = stack.pop_all()
+
+    def _open_store(self, stack: ExitStack, embedder: Embedder | None) -> None:
+        """The data-dir lock, the embedder and the catalog (SQLite + index)."""
+        config = self.config
         # Downloaded images stay readable (thumbnails, search by path) whatever the roots.
-        downloads = config.data_dir / DOWNLOADS
         roots = config.allow_roots
-        self.paths = PathPolicy((*roots, downloads) if roots else ())
+        self.paths = PathPolicy((*roots, config.data_dir / DOWNLOADS) if roots else ())
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = DataDirLock(config.data_dir)
-        try:
-            heif = enable_heif()
-            choice = (
-                ModelChoice(config)
-                if embedder is not None
-                else choose_model(config, fallback=model_fallback)
-            )
-            self.notice = choice.notice  # why the model is not the one asked for, if it is not
-            self.embedder = embedder if embedder is not None else load_embedder(choice.config)
-            self.catalog = Catalog(config.data_dir, self.embedder.model_id, self.embedder.dim)
-        except BaseException:
-            self._lock.release()
-            raise
+        stack.callback(self._lock.release)
+        self.heif = enable_heif()
+        choice = (
+            ModelChoice(config)
+            if embedder is not None
+            else choose_model(config, fallback=self._model_fallback)
+        )
+        self.notice = choice.notice  # why the model is not the one asked for, if it is not
+        self.embedder = embedder if embedder is not None else load_embedder(choice.config)
+        self.catalog = Catalog(config.data_dir, self.embedder.model_id, self.embedder.dim)
+        stack.callback(self.catalog.close)  # saves the index, closes the database
         self.catalog.save()  # persist a rebuilt or caught-up index straight away
+
+    def _open_parts(self, stack: ExitStack) -> None:
+        """Caches, ingest, search, duplicates, jobs and the watcher, in that order."""
+        config = self.config
         limits: dict[str, Any] = {
             "max_file_bytes": config.max_upload_bytes,
             "max_pixels": config.max_image_pixels,
         }
+        _drop_old_caches(config.data_dir)
+        self.derived = DerivedFiles(config.data_dir / DERIVED)
+        self.catalog.subscribe(self._invalidate)
+        self.features = FeatureCache(self.derived)
+        self.thumbnails = ThumbnailCache(self.derived, **limits)
+        extensions = image_extensions(self.heif)
         self.ingester = Ingester(
             self.catalog,
             self.embedder,
-            extensions=image_extensions(heif),
+            extensions=extensions,
             allows=self.paths.allows,
             batch_size=config.batch_size,
             workers=config.workers,
             **limits,
         )
-        self.downloader = Downloader(
-            timeout=config.download_timeout,
-            concurrency=config.download_concurrency,
-            max_bytes=config.max_upload_bytes,
-            max_pixels=config.max_image_pixels,
-        )
-        urls = UrlAdder(self.downloader, self.ingester, downloads, config.batch_size)
-        self.jobs = JobManager(self.ingester, self.catalog.store, config.max_pending_adds, urls)
         self.comparators = ComparatorRegistry.from_entry_points()
-        _drop_old_caches(config.data_dir)
-        self.derived = DerivedFiles(config.data_dir / DERIVED)
-        self.features = FeatureCache(self.derived)
-        self.thumbnails = ThumbnailCache(self.derived, **limits)
         self.searcher = Searcher(
             self.catalog, self.embedder, self.features, workers=config.workers, **limits
         )
+        stack.callback(self.searcher.close)
         verify = self.comparators.get("verify") if "verify" in self.comparators else None
         self.duplicates = DuplicateFinder(
             self.catalog,
@@ -123,14 +131,30 @@ class Service:
             workers=config.workers,
             **limits,
         )
+        self.jobs = JobManager(
+            self.ingester, self.catalog.store, config.max_pending_adds, self._url_adder()
+        )
+        stack.callback(self.jobs.close)
+        self.watcher = Watcher(
+            self.catalog,
+            self.ingester,
+            extensions=extensions,
+            allows=self.paths.allows,
+            ignore=config.data_dir,
+        )
+        stack.callback(self.watcher.close)
+        self.watcher.start(config.watch)
 
-        self.catalog.subscribe(self._invalidate)
-        self.watcher = Watcher(self.catalog, self.ingester, ignore=config.data_dir)
-        try:
-            self.watcher.start(config.watch)
-        except BaseException:
-            self.close()
-            raise
+    def _url_adder(self) -> UrlAdder:
+        config = self.config
+        self.downloader = Downloader(
+            timeout=config.download_timeout,
+            concurrency=config.download_concurrency,
+            max_bytes=config.max_upload_bytes,
+            max_pixels=config.max_image_pixels,
+        )
+        downloads = config.data_dir / DOWNLOADS
+        return UrlAdder(self.downloader, self.ingester, downloads, config.batch_size)
 
     def remove(self, target: Path) -> int:
         """Forget a file, or every image under a folder (the files themselves are untouched)."""
@@ -163,13 +187,7 @@ class Service:
         if self._closed:
             return
         self._closed = True
-        try:
-            self.watcher.close()
-            self.jobs.close()
-            self.searcher.close()
-            self.catalog.close()
-        finally:
-            self._lock.release()
+        self._stack.close()
 
 
 def _drop_old_caches(data_dir: Path) -> None:

@@ -1,22 +1,23 @@
 """Watched folders: keep the catalog in step with files created, changed, moved and deleted.
 
 Each folder has a thread. It first syncs the folder (index what is new or changed, forget what
-was deleted), then follows watchfiles' batched change sets. A file that appears with the content
-of a stored image whose old path is gone is a move: the row takes the new path and keeps its
-vector. A file whose folder has vanished (an unmounted disk, a folder moved away) is not
-forgotten: it is marked missing, out of the index but kept in SQLite, and comes back unchanged
-when the folder returns. Only a file deleted from a folder that still exists is forgotten.
+was deleted), then follows watchfiles' batched change sets. It is a producer for the ingest
+core: the files that appeared go to `Ingester.add_files`, which skips what is unchanged and
+follows moves (a file with the content of a stored image whose old path is gone keeps that
+row and its vector). A file whose folder has vanished (an unmounted disk, a folder moved
+away) is not forgotten: it is marked missing, out of the index but kept in SQLite, and comes
+back unchanged when the folder returns. Only a file deleted from a folder that still exists
+is forgotten.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,6 @@ from .store import StoredFile
 log = logging.getLogger(__name__)
 
 ERRORS_KEPT = 50
-HASH_CHUNK = 1 << 20
 
 
 @dataclass
@@ -55,6 +55,7 @@ class Watch:
     def count(self, report: AddReport) -> None:
         self.added += report.added
         self.updated += report.updated
+        self.moved += report.moved
         self.restored += report.restored
         self.errors.extend(report.errors)
 
@@ -84,6 +85,8 @@ class Watcher:
         catalog: Catalog,
         ingester: Ingester,
         *,
+        extensions: frozenset[str],
+        allows: Callable[[Path], bool],
         ignore: Path,
         poll_s: float = 1.0,
         debounce_ms: int = 800,
@@ -91,6 +94,8 @@ class Watcher:
         self.catalog = catalog
         self.store = catalog.store
         self.ingester = ingester
+        self.extensions = extensions
+        self.allows = allows
         self.ignore = ignore
         self.poll_s = poll_s
         self.debounce_ms = debounce_ms
@@ -104,10 +109,10 @@ class Watcher:
         for path in extra:
             if path.exists() and not path.is_dir():
                 raise ConfigError(f"--watch {path}: not a folder")
-            if not self.ingester.allows(path):
+            if not self.allows(path):
                 raise ConfigError(f"--watch {path}: outside the folders this daemon may read")
         for path in [Path(p) for p in self.store.watches.list()]:
-            if self.ingester.allows(path):
+            if self.allows(path):
                 self.add(path, must_exist=False)
             else:
                 log.warning("not watching %s any more: outside --allow-root", path)
@@ -212,7 +217,7 @@ class Watcher:
         """Index what is new or changed under the folder, restore what came back, prune."""
         watch.state = "syncing"
         report = AddReport()
-        files = [f for f in walk(watch.path, self.ingester.extensions, report) if self._wanted(f)]
+        files = [f for f in walk(watch.path, self.extensions, report) if self._wanted(f)]
         self._place(watch, files, report)
         self._prune(watch, self.store.files_under(str(watch.path)))
         watch.synced = time.time()
@@ -229,8 +234,8 @@ class Watcher:
             if change == Change.deleted:
                 gone.append(raw)
             elif path.is_dir():
-                appeared += walk(path, self.ingester.extensions, report)
-            elif path.suffix.lower() in self.ingester.extensions and path.is_file():
+                appeared += walk(path, self.extensions, report)
+            elif path.suffix.lower() in self.extensions and path.is_file():
                 appeared.append(path.resolve())
         self._place(watch, [f for f in dict.fromkeys(appeared) if self._wanted(f)], report)
         for raw in gone:
@@ -239,18 +244,17 @@ class Watcher:
 
     def _wanted(self, path: Path) -> bool:
         """An image the daemon may read, not one of its own files (caches under the data dir)."""
-        return not path.is_relative_to(self.ignore) and self.ingester.allows(path)
+        return not path.is_relative_to(self.ignore) and self.allows(path)
 
     def _place(self, watch: Watch, files: list[Path], report: AddReport) -> None:
-        """Follow moves of stored images to new paths, then index the rest."""
+        """Hand what appeared to the ingest core (it follows moves, skips what is unchanged)."""
 
         def progress(done: int, total: int) -> None:
             watch.done, watch.total = done, total
 
         if files:
-            moved = self._follow_moves(watch, files)
             self.ingester.add_files(
-                [f for f in files if f not in moved],
+                files,
                 label=str(watch.path),
                 stop=watch.stop,
                 on_progress=progress,
@@ -258,29 +262,6 @@ class Watcher:
                 progress_bar=False,
             )
         watch.count(report)
-
-    def _follow_moves(self, watch: Watch, files: list[Path]) -> set[Path]:
-        """New paths whose content is a stored image whose own path is gone: move those rows."""
-        known = self.store.file_states([str(f) for f in files])
-        new = [f for f in files if str(f) not in known]
-        digests: dict[Path, tuple[str, os.stat_result]] = {}
-        for path in new:
-            try:
-                digests[path] = _sha256(path)
-            except OSError:
-                continue  # vanished or unreadable: the add reports it
-        stored = self.store.images.by_sha256(sorted({d for d, _ in digests.values()}))
-        moved: set[Path] = set()
-        for path, (digest, st) in digests.items():
-            for row in stored.get(digest, []):
-                if row.path != str(path) and not os.path.lexists(row.path):
-                    self.catalog.move(row.id, str(path), st.st_size, st.st_mtime_ns)
-                    stored[digest].remove(row)
-                    moved.add(path)
-                    watch.moved += 1
-                    log.info("moved %s -> %s (vector kept)", row.path, path)
-                    break
-        return moved
 
     def _prune(self, watch: Watch, rows: list[StoredFile]) -> None:
         """Stored images whose file is gone: forget them if their folder is still there, mark
@@ -299,12 +280,3 @@ class Watcher:
             watch.removed += len(self.catalog.remove_ids(deleted))
         for folder in sorted(vanished):
             watch.missing += len(self.catalog.mark_missing(folder))
-
-
-def _sha256(path: Path) -> tuple[str, os.stat_result]:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        st = os.fstat(f.fileno())
-        while chunk := f.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest(), st

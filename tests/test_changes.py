@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ from imgsearch.config import Config
 from imgsearch.derived import DerivedFiles
 from imgsearch.embedders import Embedder
 from imgsearch.service import Service
-from imgsearch.store import FileFacts, NewImage
+from imgsearch.store import MIGRATIONS, FileFacts, NewImage, Store
 
 from .helpers import PHOTOS, photo
 
@@ -130,3 +132,30 @@ def test_one_derived_file_per_kind_and_image_valid_for_one_mtime(tmp_path: Path)
     for bad in ("../x/y", "features", "features/../../etc", "Features/x"):
         with pytest.raises(ValueError):
             files.path(bad, 1)
+
+
+def test_a_version_3_database_gives_old_jobs_their_kind_once(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    conn = sqlite3.connect(path)
+    for number, script in enumerate(MIGRATIONS[:3], start=1):
+        conn.executescript(script)
+        conn.execute(f"PRAGMA user_version={number}")
+    old_jobs = (("a", "/photos", 1), ("b", "http://x/a.jpg", 0), ("c", "3 URLs", 0))
+    for job_id, label, refresh in old_jobs:
+        conn.execute(
+            "INSERT INTO jobs(id, image, refresh, state, done, total, report, error, created,"
+            " started, finished) VALUES (?, ?, ?, 'done', 0, 0, '{}', NULL, 1, NULL, NULL)",
+            (job_id, label, refresh),
+        )
+    conn.commit()
+    conn.close()
+    store = Store(path)
+    rows = {row.id: row for row in store.jobs.recent(10)}
+    assert {i: (r.kind, r.update) for i, r in rows.items()} == {
+        "a": ("path", True),
+        "b": ("urls", False),
+        "c": ("urls", False),
+    }
+    store.jobs.save(dataclasses.replace(rows["b"], image="/looks/like/a/path"))
+    assert {r.id: r.kind for r in store.jobs.recent(10)}["b"] == "urls", "kind is not guessed"
+    store.close()

@@ -66,6 +66,8 @@ class CatalogMachine(RuleBasedStateMachine):
         # What is on disk (file -> (content, write number)) and what the store should hold.
         self.disk: dict[str, tuple[int, int]] = {}
         self.indexed: dict[str, tuple[int, int]] = {}
+        self.rows: dict[str, int] = {}  # indexed file -> when its row was made (ids grow)
+        self.serial = 0
         self.writes = 0
         for number, name in enumerate(FILES):
             self._write(name, number)
@@ -86,11 +88,26 @@ class CatalogMachine(RuleBasedStateMachine):
         self.disk[name] = (number, self.writes)
 
     def _expected_add(self, names: list[str]) -> dict[str, int]:
-        """What an add of these files on disk should report, and update the model to match."""
-        counts = {"added": 0, "updated": 0, "skipped": 0}
+        """What an add of these files on disk should report, and update the model to match.
+
+        A new file with the content of an indexed file deleted from disk is a move: it takes
+        over that row (the oldest such), and the deleted file is no longer indexed."""
+        counts = {"added": 0, "updated": 0, "skipped": 0, "moved": 0}
         for name in names:
-            if name not in self.indexed:
+            gone = [
+                n
+                for n in self.indexed
+                if n not in self.disk and self.indexed[n][0] == self.disk[name][0]
+            ]
+            if name not in self.indexed and gone:
+                old = min(gone, key=self.rows.__getitem__)
+                del self.indexed[old]
+                self.rows[name] = self.rows.pop(old)
+                counts["moved"] += 1
+            elif name not in self.indexed:
                 counts["added"] += 1
+                self.serial += 1
+                self.rows[name] = self.serial
             elif self.indexed[name] == self.disk[name]:
                 counts["skipped"] += 1
             else:
@@ -101,7 +118,12 @@ class CatalogMachine(RuleBasedStateMachine):
     def _add(self, target: Path, names: list[str]) -> None:
         expected = self._expected_add(names)
         report = self.service.ingester.add(target)
-        got = {"added": report.added, "updated": report.updated, "skipped": report.skipped}
+        got = {
+            "added": report.added,
+            "updated": report.updated,
+            "skipped": report.skipped,
+            "moved": report.moved,
+        }
         assert got == expected, (target, report.errors)
         assert report.failed == 0, report.errors
 
@@ -127,6 +149,7 @@ class CatalogMachine(RuleBasedStateMachine):
     @rule(name=st.sampled_from(FILES))
     def remove_file(self, name: str) -> None:
         expected = 1 if self.indexed.pop(name, None) is not None else 0
+        self.rows.pop(name, None)
         assert self.service.remove(self._path(name)) == expected
 
     @rule(folder=st.sampled_from(FOLDERS))
@@ -134,17 +157,15 @@ class CatalogMachine(RuleBasedStateMachine):
         gone = [n for n in self.indexed if n.startswith(folder + "/")]
         for name in gone:
             del self.indexed[name]
+            del self.rows[name]
         assert self.service.remove(self.root / folder) == len(gone)
 
     @rule(name=st.sampled_from(FILES), number=st.integers(0, CONTENTS - 1))
     def overwrite_then_add(self, name: str, number: int) -> None:
         if name in self.disk and self.disk[name][0] == number:
             number = (number + 1) % CONTENTS  # always new content
-        was_indexed = name in self.indexed
         self._write(name, number)
-        report = self.service.ingester.add(self._path(name))
-        assert (report.added, report.updated) == ((0, 1) if was_indexed else (1, 0)), report
-        self.indexed[name] = self.disk[name]
+        self._add(self._path(name), [name])  # an update, an add, or a move of a deleted file
 
     @precondition(lambda self: bool(self.disk))
     @rule(data=st.data())

@@ -8,7 +8,10 @@ from dataclasses import dataclass
 
 from .db import Database
 
-_COLUMNS = "id, image, refresh, state, done, total, report, error, created, started, finished"
+_COLUMNS = (
+    'id, kind, image, "update", state, done, total, report, error, created, started, finished'
+)
+KINDS = ("path", "urls", "import")
 
 
 @dataclass(frozen=True)
@@ -16,8 +19,9 @@ class JobRow:
     """A job as stored: `report` is its AddReport as JSON."""
 
     id: str
+    kind: str  # one of KINDS
     image: str
-    refresh: bool
+    update: bool
     state: str
     done: int
     total: int | None
@@ -38,7 +42,7 @@ class Jobs:
         """Insert or replace a job's record."""
         with self.db.write() as conn:
             conn.execute(
-                f"INSERT OR REPLACE INTO jobs({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR REPLACE INTO jobs({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 dataclasses.astuple(job),
             )
 

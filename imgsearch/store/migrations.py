@@ -53,7 +53,14 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX images_path_missing ON images(missing, path);
     CREATE TABLE watches (path TEXT PRIMARY KEY, added REAL NOT NULL);
     """,
-    # v4: metadata per image (a flat JSON object), one row per key; `value` is the text that
+    # v4: a job's kind recorded, not guessed (older rows: a path job's label is its absolute
+    # path, a URL job's never is); `refresh` named `update` like the job's field.
+    """
+    ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'path';
+    UPDATE jobs SET kind = CASE WHEN substr(image, 1, 1) = '/' THEN 'path' ELSE 'urls' END;
+    ALTER TABLE jobs RENAME COLUMN refresh TO "update";
+    """,
+    # v5: metadata per image (a flat JSON object), one row per key; `value` is the text that
     # where=KEY:VALUE filters match, `json` the typed value.
     """
     CREATE TABLE image_metadata (

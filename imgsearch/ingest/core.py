@@ -1,0 +1,277 @@
+"""The ingest core: every way an image arrives ends here, as a list of files or embedded rows.
+
+It alone decides what changed (size and mtime against the store), restores unchanged images of
+a returned folder, hashes each file once (while decoding it), follows moves (a new path whose
+content is a stored image whose own path is gone keeps that row and its vector), embeds the
+rest in batches and writes them. One bad item never stops a run: each failure is recorded with
+its path and reason. Batches are committed as they finish, so an interrupted run keeps all but
+the batch in flight, and running it again picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from ..catalog import Catalog
+from ..embedders import Embedder
+from ..errors import ImgSearchError, NotFound
+from ..images import decode, read_file
+from ..store import FileFacts, NewImage
+from .folders import files_to_add
+from .report import AddReport, FileError
+
+log = logging.getLogger(__name__)
+
+ProgressHook = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A decoded file, ready for the model."""
+
+    facts: FileFacts
+    tensor: Any
+
+
+class Ingester:
+    """Adds files (and embedded rows) to a catalog with one embedder; one run at a time."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        embedder: Embedder,
+        *,
+        extensions: frozenset[str],
+        allows: Callable[[Path], bool],
+        batch_size: int,
+        workers: int,
+        max_file_bytes: int,
+        max_pixels: int,
+        show_progress: bool = True,
+    ) -> None:
+        self.catalog = catalog
+        self.embedder = embedder
+        self.extensions = extensions
+        self.allows = allows
+        self.batch_size = batch_size
+        self.workers = workers
+        self.max_file_bytes = max_file_bytes
+        self.max_pixels = max_pixels
+        self.show_progress = show_progress
+        self._run_lock = threading.Lock()
+
+    def add(
+        self,
+        target: Path,
+        *,
+        update: bool = False,
+        stop: threading.Event | None = None,
+        on_progress: ProgressHook | None = None,
+        report: AddReport | None = None,
+    ) -> AddReport:
+        """Index a file or a whole tree (`target` absolute); one file's failure raises."""
+        if not target.exists():
+            raise NotFound(f"no such file or directory: {target}")
+        report = AddReport() if report is None else report
+        is_dir = target.is_dir()
+        files = files_to_add(target, self.extensions, self.allows, report)
+        self.add_files(
+            files,
+            label=str(target),
+            update=update,
+            stop=stop,
+            on_progress=on_progress,
+            report=report,
+            progress_bar=is_dir,
+        )
+        if not is_dir:
+            report.raise_single()
+        return report
+
+    def add_files(
+        self,
+        files: Sequence[Path],
+        *,
+        label: str,
+        update: bool = False,
+        sources: Mapping[str, str] | None = None,
+        stop: threading.Event | None = None,
+        on_progress: ProgressHook | None = None,
+        report: AddReport | None = None,
+        progress_bar: bool = True,
+    ) -> AddReport:
+        """Index these files (absolute, resolved); `sources` maps a path to its URL."""
+        report = AddReport() if report is None else report
+        with self._run_lock:
+            stats = {str(p): _stat(p) for p in files}
+            todo, new = self._triage(stats, update, report)
+            if on_progress is not None:
+                on_progress(0, len(todo))
+            # A console bar for folders; None lets tqdm hide it when stderr is not a terminal.
+            hide = None if self.show_progress and progress_bar else True
+            with tqdm(total=len(todo), desc=f"indexing {label}", unit="img", disable=hide) as bar:
+                run = _Run(self, report, new, sources or {}, stop, bar, on_progress)
+                run.all([Path(p) for p in todo])
+        return report
+
+    def add_embedded(
+        self, items: Sequence[NewImage], *, update: bool = False, report: AddReport | None = None
+    ) -> AddReport:
+        """Write rows that are already embedded (e.g. imported); a row whose size and mtime
+        match what is stored is skipped (unless `update`), a moved file keeps its row."""
+        report = AddReport() if report is None else report
+        latest = {item.facts.path: item for item in items}  # the last row of a path wins
+        with self._run_lock:
+            stats = {p: (i.facts.size, i.facts.mtime_ns) for p, i in latest.items()}
+            todo, new = self._triage(stats, update, report)
+            for start in range(0, len(todo), self.batch_size):
+                self.write([latest[p] for p in todo[start : start + self.batch_size]], new, report)
+        return report
+
+    def _triage(
+        self, stats: Mapping[str, tuple[int, int] | None], update: bool, report: AddReport
+    ) -> tuple[list[str], set[str]]:
+        """The paths to (re)index, and which of them the store does not know yet.
+
+        A path whose size and mtime match what is stored is skipped (unless `update`); if it was
+        stored as missing (its folder had vanished) it is searchable again from its vector."""
+        known = self.catalog.store.file_states(list(stats))
+        todo: list[str] = []
+        returned: list[int] = []
+        for path, stat in stats.items():
+            state = known.get(path)
+            if state is not None and not update and stat == (state.size, state.mtime_ns):
+                report.skipped += 1
+                if state.missing:
+                    returned.append(state.id)
+                continue
+            todo.append(path)
+        if returned:
+            report.restored += self.catalog.restore(returned)
+        return todo, {p for p in todo if p not in known}
+
+    def prepare(self, path: Path, source: str | None = None) -> Prepared | FileError:
+        """Read, hash, decode and preprocess one file (runs in a decode thread)."""
+        try:
+            data, st = read_file(path, self.max_file_bytes)
+            decoded = decode(data, min_side=self.embedder.input_size, max_pixels=self.max_pixels)
+            tensor = self.embedder.prepare(decoded.image)
+        except ImgSearchError as exc:
+            return FileError(str(path), exc.message, exc.status)
+        except Exception as exc:  # one file must never stop the run
+            log.exception("unexpected error while reading %s", path)
+            return FileError(str(path), f"unexpected error: {exc}", 500)
+        digest = hashlib.sha256(data).hexdigest()
+        facts = FileFacts(
+            str(path), st.st_size, st.st_mtime_ns, digest, decoded.width, decoded.height, source
+        )
+        return Prepared(facts, tensor)
+
+    def commit(self, batch: list[Prepared], new: set[str], report: AddReport) -> None:
+        """Embed and write a batch of decoded files (moved ones are not embedded)."""
+        moved = self._follow_moves([p.facts for p in batch if p.facts.path in new], report)
+        batch = [p for p in batch if p.facts.path not in moved]
+        if batch:
+            vectors = self.embedder.embed_prepared([p.tensor for p in batch])
+            items = [NewImage(p.facts, v) for p, v in zip(batch, vectors, strict=True)]
+            self.write(items, set(), report)
+
+    def write(self, items: list[NewImage], new: set[str], report: AddReport) -> None:
+        """Write embedded rows: a new path holding a moved image takes over its row."""
+        moved = self._follow_moves([i.facts for i in items if i.facts.path in new], report)
+        items = [i for i in items if i.facts.path not in moved]
+        if items:
+            result = self.catalog.put(items)
+            report.updated += len(result.updated)
+            report.added += len(result.ids) - len(result.updated)
+
+    def _follow_moves(self, candidates: list[FileFacts], report: AddReport) -> set[str]:
+        """New paths whose content is a stored image whose own path is gone: move those rows."""
+        if not candidates:
+            return set()
+        stored = self.catalog.store.images.by_sha256(sorted({f.sha256 for f in candidates}))
+        moved: set[str] = set()
+        for facts in candidates:
+            for row in stored.get(facts.sha256, []):
+                if row.path != facts.path and not os.path.lexists(row.path):
+                    self.catalog.move(row.id, facts.path, facts.size, facts.mtime_ns)
+                    stored[facts.sha256].remove(row)
+                    moved.add(facts.path)
+                    report.moved += 1
+                    log.info("moved %s -> %s (vector kept)", row.path, facts.path)
+                    break
+        return moved
+
+
+class _Run:
+    """One pass over files to embed: decode ahead of the model in a bounded pool, commit
+    batches as they fill, stop after the batch in flight when asked."""
+
+    def __init__(
+        self,
+        ingester: Ingester,
+        report: AddReport,
+        new: set[str],
+        sources: Mapping[str, str],
+        stop: threading.Event | None,
+        bar: tqdm,
+        on_progress: ProgressHook | None,
+    ) -> None:
+        self.ingester, self.report, self.new, self.sources = ingester, report, new, sources
+        self.stop, self.bar, self.on_progress = stop, bar, on_progress
+
+    def all(self, todo: list[Path]) -> None:
+        ing = self.ingester
+        batch: list[Prepared] = []
+        ahead = ing.workers * 2 + ing.batch_size
+        with ThreadPoolExecutor(ing.workers, thread_name_prefix="decode") as pool:
+            pending: deque[Future[Prepared | FileError]] = deque()
+            paths = iter(todo)
+
+            def submit(count: int) -> None:
+                for path in islice(paths, count):
+                    pending.append(pool.submit(ing.prepare, path, self.sources.get(str(path))))
+
+            submit(ahead)
+            done = 0
+            while pending:
+                if self.stop is not None and self.stop.is_set():
+                    for fut in pending:
+                        fut.cancel()
+                    break
+                future = pending.popleft()
+                submit(1)
+                prepared = future.result()
+                if isinstance(prepared, FileError):
+                    self.report.fail(prepared)
+                else:
+                    batch.append(prepared)
+                if len(batch) >= ing.batch_size or (not pending and batch):
+                    ing.commit(batch, self.new, self.report)
+                    batch = []
+                done += 1
+                self.bar.update(1)
+                if self.on_progress is not None:
+                    self.on_progress(done, len(todo))
+            if batch:  # stopped early: keep what was decoded
+                ing.commit(batch, self.new, self.report)
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None  # the read reports it
+    return st.st_size, st.st_mtime_ns

@@ -1,0 +1,118 @@
+"""The ingest core: change detection, one hash per file, moves, restores, embedded rows."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from imgsearch.config import Config
+from imgsearch.embedders import Embedder
+from imgsearch.service import Service
+from imgsearch.store import FileFacts, NewImage
+
+from .helpers import PHOTOS, photo
+
+
+@pytest.fixture
+def service(config: Config, tiny_embedder: Embedder) -> Iterator[Service]:
+    svc = Service(config, embedder=tiny_embedder)
+    yield svc
+    svc.close()
+
+
+def _folder(root: Path, count: int) -> list[Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        paths.append(root / f"{i}.jpg")
+        photo(PHOTOS[i % len(PHOTOS)], 64).rotate(i * 7).save(paths[-1])
+    return paths
+
+
+def _embedded(service: Service, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the images the real embedder embeds from now on."""
+    counts: list[int] = []
+    real = service.embedder.embed_prepared
+
+    def counting(tensors: Any) -> Any:
+        counts.append(len(tensors))
+        return real(tensors)
+
+    monkeypatch.setattr(service.embedder, "embed_prepared", counting)
+    return counts
+
+
+def test_an_add_follows_a_move_hashing_each_file_once(
+    tmp_path: Path, service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b, c = _folder(tmp_path / "lib", 3)
+    service.ingester.add(tmp_path / "lib")
+    before = service.catalog.store.file_states([str(a)])[str(a)]
+    moved = tmp_path / "lib" / "renamed.jpg"
+    a.rename(moved)
+    photo(PHOTOS[5], 64).save(tmp_path / "lib" / "new.jpg")
+    embedded = _embedded(service, monkeypatch)
+    hashed: list[int] = []
+    real_sha256 = hashlib.sha256
+
+    def counting_sha256(data: bytes = b"") -> Any:
+        hashed.append(len(data))
+        return real_sha256(data)
+
+    monkeypatch.setattr(hashlib, "sha256", counting_sha256)
+
+    report = service.ingester.add(tmp_path / "lib")
+    assert (report.added, report.moved, report.skipped, report.failed) == (1, 1, 2, 0)
+    assert len(hashed) == 2, "each new file is hashed once, unchanged ones never"
+    assert sum(embedded) == 1, "the moved file keeps its vector: only new.jpg is embedded"
+    states = service.catalog.store.file_states([str(a), str(moved)])
+    assert list(states) == [str(moved)] and states[str(moved)].id == before.id
+    assert report.as_json()["updated"] == 1  # the move updated the row's path
+    assert len(service.catalog.index) == service.catalog.store.count() == 4
+
+
+def test_unchanged_images_of_a_returned_folder_are_restored_not_embedded(
+    tmp_path: Path, service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = _folder(tmp_path / "disk", 3)
+    service.ingester.add(tmp_path / "disk")
+    assert len(service.catalog.mark_missing(str(tmp_path / "disk"))) == 3
+    embedded = _embedded(service, monkeypatch)
+    report = service.ingester.add_files(files, label="back", progress_bar=False)
+    assert (report.skipped, report.restored, sum(embedded)) == (3, 3, 0)
+    assert service.catalog.store.missing() == 0 and len(service.catalog.index) == 3
+
+
+def _row(path: Path, seed: int, mtime_ns: int = 1_000) -> NewImage:
+    v = np.random.default_rng(seed).standard_normal(32).astype(np.float32)
+    facts = FileFacts(str(path), 100 + seed, mtime_ns, f"sha-{seed}", 64, 48)
+    return NewImage(facts, v / np.linalg.norm(v))
+
+
+def test_embedded_rows_skip_unchanged_update_changed_and_follow_moves(
+    tmp_path: Path, service: Service
+) -> None:
+    ingester = service.ingester
+    rows = [_row(tmp_path / f"{i}.jpg", i) for i in range(5)]
+    first = ingester.add_embedded(rows)
+    assert (first.added, first.updated, first.skipped) == (5, 0, 0)
+    ids = service.catalog.store.file_states([r.facts.path for r in rows])
+
+    again = ingester.add_embedded([*rows[:3], _row(tmp_path / "3.jpg", 3, mtime_ns=2_000)])
+    assert (again.added, again.updated, again.skipped) == (0, 1, 3)
+    forced = ingester.add_embedded(rows[:1], update=True)
+    assert (forced.updated, forced.skipped) == (1, 0)
+
+    # 4.jpg's file is gone (it never existed here): a new path with its hash takes its row.
+    moved = ingester.add_embedded([_row(tmp_path / "elsewhere" / "4.jpg", 4)])
+    assert (moved.added, moved.moved) == (0, 1)
+    after = service.catalog.store.file_states([str(tmp_path / "elsewhere" / "4.jpg")])
+    assert after[str(tmp_path / "elsewhere" / "4.jpg")].id == ids[rows[4].facts.path].id
+    (hits,) = service.catalog.nearest(rows[2].vector[None, :], 1)
+    assert hits[0].path == rows[2].facts.path and hits[0].similarity > 0.999
+    assert len(service.catalog.index) == service.catalog.store.count() == 5

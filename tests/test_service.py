@@ -1,0 +1,89 @@
+"""Service start-up and shutdown: a failure part-way unwinds everything already opened."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imgsearch import service as service_module
+from imgsearch.catalog import Catalog
+from imgsearch.config import Config
+from imgsearch.embedders import Embedder
+from imgsearch.service import DataDirLock, Service
+
+
+def _open_fds() -> set[str]:
+    fds = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            fds.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            continue
+    return fds
+
+
+class _Boom(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("fails", ["ComparatorRegistry", "JobManager", "Watcher"])
+def test_a_failure_mid_start_releases_the_lock_and_closes_the_database(
+    fails: str, config: Config, tiny_embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Service(config, embedder=tiny_embedder).close()  # the data dir exists, with its database
+    catalogs: list[Catalog] = []
+    real_catalog = service_module.Catalog
+
+    def recording_catalog(*args: Any) -> Catalog:
+        catalogs.append(real_catalog(*args))
+        return catalogs[-1]
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise _Boom(f"{fails} failed")
+
+    monkeypatch.setattr(service_module, "Catalog", recording_catalog)
+    if fails == "ComparatorRegistry":  # after the catalog, before the searcher and jobs
+        monkeypatch.setattr(service_module.ComparatorRegistry, "from_entry_points", boom)
+    elif fails == "JobManager":  # after the searcher's pool
+        monkeypatch.setattr(service_module, "JobManager", boom)
+    else:  # the last part: everything else is open
+        monkeypatch.setattr(service_module.Watcher, "start", boom)
+    threads = set(threading.enumerate())
+    fds = _open_fds()
+
+    with pytest.raises(_Boom):
+        Service(config, embedder=tiny_embedder)
+
+    (catalog,) = catalogs
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        catalog.store.db.reader().execute("SELECT 1")
+    database = str(config.data_dir / "imgsearch.sqlite3")
+    assert not {fd for fd in _open_fds() - fds if fd.startswith(database)}, "db left open"
+    lock_file = str(config.data_dir / "imgsearch.lock")
+    assert lock_file not in _open_fds() - fds, "the lock's descriptor leaked"
+    DataDirLock(config.data_dir).release()  # the lock is free again
+    started = [t for t in set(threading.enumerate()) - threads if t.is_alive()]
+    assert not started, f"threads left running: {started}"
+    monkeypatch.undo()
+    Service(config, embedder=tiny_embedder).close()  # and the data dir opens as usual
+
+
+def test_close_is_once_only_and_releases_the_lock(config: Config, tiny_embedder: Embedder) -> None:
+    svc = Service(config, embedder=tiny_embedder)
+    svc.close()
+    svc.close()
+    DataDirLock(config.data_dir).release()
+
+
+def test_the_data_dir_lock_refuses_a_second_daemon(tmp_path: Path) -> None:
+    lock = DataDirLock(tmp_path)
+    try:
+        with pytest.raises(Exception, match="another imgsearch daemon"):
+            DataDirLock(tmp_path)
+    finally:
+        lock.release()
