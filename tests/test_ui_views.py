@@ -169,8 +169,7 @@ def test_page_views_in_chromium(tmp_path: Path, lite0_daemon: str) -> None:  # n
         expect(cluster).to_contain_text("identical")
         expect(cluster.locator(".path")).to_have_count(2)
         expect(cluster).to_contain_text(str(folder / "copies" / "chelsea-copy.jpg"))
-        page.locator("#dups-title").scroll_into_view_if_needed()
-        page.screenshot(path=str(shots / "ui-duplicates.png"))
+        page.locator("section:has(#dups-title)").screenshot(path=str(shots / "ui-duplicates.png"))
 
         # Watched folders: watch one, a new photo in it is counted, then stop.
         watched = tmp_path / "incoming"
@@ -181,8 +180,7 @@ def test_page_views_in_chromium(tmp_path: Path, lite0_daemon: str) -> None:  # n
         expect(row).to_contain_text("watching")
         photo("horse").save(watched / "horse.jpg", quality=90)
         expect(row.locator("td").nth(3)).to_have_text("1")
-        page.locator("#watch-title").scroll_into_view_if_needed()
-        page.screenshot(path=str(shots / "ui-watch.png"))
+        page.locator("section:has(#watch-title)").screenshot(path=str(shots / "ui-watch.png"))
         row.locator("button.stop").click()
         expect(row).to_have_count(0)
         page.screenshot(path=str(shots / "ui-views.png"), full_page=True)
