@@ -121,10 +121,10 @@ async def test_feature_cache_is_filled_and_cleared_on_remove(
     client: Client, gallery: Path, config: Any
 ) -> None:
     await get_json(client, "/search", image=str(gallery / "coins.jpg"), compare="sift")
-    cached = list((config.data_dir / "features" / "sift").glob("*"))
+    cached = list((config.data_dir / "cache" / "features" / "sift").glob("*"))
     assert len(cached) == 6
     await get_json(client, "/remove", image=str(gallery / "coins.jpg"))
-    assert len(list((config.data_dir / "features" / "sift").glob("*"))) == 5
+    assert len(list((config.data_dir / "cache" / "features" / "sift").glob("*"))) == 5
 
 
 async def test_vanished_or_hostile_candidates_do_not_break_search(

@@ -116,3 +116,20 @@ def test_embedded_rows_skip_unchanged_update_changed_and_follow_moves(
     (hits,) = service.catalog.nearest(rows[2].vector[None, :], 1)
     assert hits[0].path == rows[2].facts.path and hits[0].similarity > 0.999
     assert len(service.catalog.index) == service.catalog.store.count() == 5
+
+
+def test_embedded_rows_with_unusable_vectors_fail_alone(tmp_path: Path, service: Service) -> None:
+    good = _row(tmp_path / "good.jpg", 1)
+    bad = [
+        NewImage(_row(tmp_path / "short.jpg", 2).facts, np.ones(8, dtype=np.float32)),
+        NewImage(_row(tmp_path / "nan.jpg", 3).facts, np.full(32, np.nan, dtype=np.float32)),
+        NewImage(_row(tmp_path / "zero.jpg", 4).facts, np.zeros(32, dtype=np.float32)),
+        NewImage(FileFacts("relative.jpg", 1, 1, "h", 1, 1), good.vector),
+    ]
+    scaled = NewImage(_row(tmp_path / "scaled.jpg", 5).facts, _row(tmp_path, 5).vector * 7)
+    report = service.ingester.add_embedded([*bad, good, scaled])
+    assert (report.added, report.failed) == (2, 4)
+    assert [e.status for e in report.errors] == [422, 422, 422, 400]
+    assert len(service.catalog.index) == service.catalog.store.count() == 2
+    (hits,) = service.catalog.nearest(scaled.vector[None, :] / 7, 1)
+    assert hits[0].path.endswith("scaled.jpg") and abs(hits[0].similarity - 1) < 1e-5

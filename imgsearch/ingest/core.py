@@ -22,6 +22,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from ..catalog import Catalog
@@ -132,13 +133,34 @@ class Ingester:
         """Write rows that are already embedded (e.g. imported); a row whose size and mtime
         match what is stored is skipped (unless `update`), a moved file keeps its row."""
         report = AddReport() if report is None else report
-        latest = {item.facts.path: item for item in items}  # the last row of a path wins
+        latest: dict[str, NewImage] = {}  # the last row of a path wins
+        for item in items:
+            checked = self._checked(item)
+            if isinstance(checked, FileError):
+                report.fail(checked)
+            else:
+                latest[item.facts.path] = checked
         with self._run_lock:
             stats = {p: (i.facts.size, i.facts.mtime_ns) for p, i in latest.items()}
             todo, new = self._triage(stats, update, report)
             for start in range(0, len(todo), self.batch_size):
                 self.write([latest[p] for p in todo[start : start + self.batch_size]], new, report)
         return report
+
+    def _checked(self, item: NewImage) -> NewImage | FileError:
+        """An embedded row with an absolute path and a finite vector of the catalog's size,
+        scaled to unit length (what the index's inner product expects)."""
+        vector = np.asarray(item.vector, dtype=np.float32).reshape(-1)
+        norm = float(np.linalg.norm(vector)) if np.isfinite(vector).all() else 0.0
+        if not item.facts.path.startswith("/"):
+            return FileError(item.facts.path, "not an absolute path", 400)
+        if vector.shape != (self.catalog.dim,) or norm == 0.0:
+            return FileError(
+                item.facts.path,
+                f"not a usable {self.catalog.dim}-d vector (got {vector.shape[0]} values)",
+                422,
+            )
+        return NewImage(item.facts, vector / norm)
 
     def _triage(
         self, stats: Mapping[str, tuple[int, int] | None], update: bool, report: AddReport
