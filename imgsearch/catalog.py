@@ -199,11 +199,13 @@ class Catalog:
 
     # -- reads --------------------------------------------------------------------------------
 
-    def nearest(self, queries: np.ndarray, k: int) -> list[list[Neighbour]]:
-        """The k nearest stored images of each query, best first."""
-        if len(self.index) == 0:
+    def nearest(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> list[list[Neighbour]]:
+        """The k nearest stored images of each query, best first (among sorted `allowed` ids)."""
+        if len(self.index) == 0 or (allowed is not None and not len(allowed)):
             return [[] for _ in range(len(queries))]
-        sims, ids = self.index.search(queries, k)
+        sims, ids = self.index.search(queries, k, allowed)
         paths = self.store.paths(sorted({int(i) for i in ids.ravel() if i >= 0}))
         return [
             [  # a row removed since the search is not reported

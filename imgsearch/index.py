@@ -96,12 +96,24 @@ class VectorIndex:
         with self._lock:
             return int(self._index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64)))
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Similarities and ids, best first; missing neighbours have id -1."""
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Similarities and ids, best first, among the sorted `allowed` ids if given (inside
+        the FAISS search: an ID selector); missing neighbours have id -1."""
+        import faiss
+
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        params: Any = None
+        if allowed is not None:  # `allowed` and `selector` stay referenced during the search
+            allowed = np.ascontiguousarray(allowed, dtype=np.int64)
+            selector = faiss.IDSelectorBatch(len(allowed), faiss.swig_ptr(allowed))
+            params = faiss.SearchParameters()
+            params.sel = selector
+            k = min(k, len(allowed))
         with self._lock:
             k = max(1, min(k, int(self._index.ntotal)))
-            sims, ids = self._index.search(queries, k)
+            sims, ids = self._index.search(queries, k, params=params)
         return sims, ids
 
     # -- persistence --------------------------------------------------------------------------
