@@ -161,7 +161,7 @@ async def test_export_then_import_round_trip(
     out = tmp_path / "export"
     report = await get_json(first, "/export", dir=str(out))
     assert (report["rows"], report["files"]) == (5, 1)
-    assert (await get_json(first, "/export", status=400, dir=str(out)))["status"] == 400
+    assert (await get_json(first, "/export", status=409, dir=str(out)))["status"] == 409
     table = pq.read_table(out / "part-00000.parquet")
     assert table.schema.metadata[META_MODEL] == tiny_embedder.model_id.encode()
     assert all(len(h) == 64 for h in table.column("sha256").to_pylist())

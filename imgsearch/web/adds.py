@@ -116,9 +116,9 @@ def _metadata_after(
     service: Service, params: Params, *, path: Path | None = None, urls: list[str] | None = None
 ) -> Callable[[Job], None] | None:
     """The hook that gives the added image (one file, or each URL) the body's `metadata`."""
-    if params.get("metadata") is None:
+    if "metadata" not in params:
         return None
-    metadata = check_metadata(params.get("metadata"))
+    metadata = check_metadata(params.get("metadata"))  # null too is a 400
     store = service.catalog.store
     if urls is not None:
         return metadata_writer(store, {}, {url: metadata for url in urls})

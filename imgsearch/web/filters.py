@@ -14,7 +14,7 @@ from ..service import Service
 from .offload import blocking
 from .parsing import Params
 
-MAX_FOLDERS = 64
+MAX_VALUES = 64  # of `folder`, and of `where`
 
 
 def _values(params: Params, name: str) -> list[str]:
@@ -28,15 +28,14 @@ def _values(params: Params, name: str) -> list[str]:
             values += raw
         else:
             raise BadRequest(f"{name} must be a string or a list of strings")
+    if len(values) > MAX_VALUES:
+        raise BadRequest(f"{len(values)} {name} filters; at most {MAX_VALUES}")
     return list(dict.fromkeys(values))
 
 
 def parse_filters(service: Service, params: Params) -> Filters:
     """The request's filters (400 when one is malformed)."""
-    raw_folders = _values(params, "folder")
-    if len(raw_folders) > MAX_FOLDERS:
-        raise BadRequest(f"{len(raw_folders)} folder filters; at most {MAX_FOLDERS}")
-    folders = tuple(str(service.paths.resolve(f, name="folder")) for f in raw_folders)
+    folders = tuple(str(service.paths.resolve(f, name="folder")) for f in _values(params, "folder"))
     return Filters(folders, parse_where(_values(params, "where")))
 
 
