@@ -17,8 +17,7 @@ from imgsearch.config import OFFLINE_MODEL, Config
 from imgsearch.embedders.choice import bound_model, choose_model
 from imgsearch.store import Store
 
-from .helpers import free_port
-from .test_ui import CHROMIUM
+from .helpers import CHROMIUM, free_port
 
 CLIP_ID = "open_clip/ViT-B-32/laion2b_s34b_b79k"
 

@@ -17,8 +17,7 @@ from imgsearch.embedders import Embedder
 from imgsearch.metadata import MAX_BYTES
 from imgsearch.service import Service
 
-from .helpers import get_json
-from .test_watch import wait_for
+from .helpers import get_json, wait_for
 
 Client = TestClient[web.Request, web.Application]
 

@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from .helpers import PHOTOS, photo
-from .test_ui import CHROMIUM, TOKEN, lite0_daemon  # noqa: F401 (a fixture)
+from .helpers import CHROMIUM, PHOTOS, TOKEN, photo
 
 FLAGS = [
     "--no-sandbox",
