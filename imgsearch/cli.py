@@ -208,6 +208,9 @@ def setup_logging(verbose: bool) -> None:
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
+MODEL_FIELDS = ("model", "pretrained", "checkpoint")
+
+
 def serve(args: dict[str, Any]) -> int:
     from aiohttp import web
 
@@ -219,7 +222,11 @@ def serve(args: dict[str, Any]) -> int:
         log.warning(
             "binding %s: other machines can reach this daemon (token required)", config.host
         )
-    app = create_app(config)
+    # No model flag or variable: a first run without network may use the bundled model.
+    chosen = [args.get(k) for k in MODEL_FIELDS] + [
+        os.environ.get(f"{ENV_PREFIX}{k.upper()}") for k in MODEL_FIELDS
+    ]
+    app = create_app(config, model_fallback=all(v is None for v in chosen))
     web.run_app(
         app,
         host=config.host,

@@ -82,6 +82,8 @@ def search(
     limit: int | None = None,
     compare: Sequence[str] = (),
     rerank: bool = True,
+    folder: Sequence[str] = (),
+    where: Sequence[str] = (),
 ) -> int:
     """`imgsearch search IMAGE|--text T`: a table of the nearest stored images."""
     if (image is None) == (text is None):
@@ -91,6 +93,7 @@ def search(
     options: list[tuple[str, str]] = [] if limit is None else [("limit", str(limit))]
     options += [("compare", name) for name in compare]
     options += [] if rerank else [("rerank", "0")]
+    options += filter_params(folder, where)
     conn = ctx.connection()
     if text is not None:
         body = conn.get("/search", [("text", text), *options])
@@ -168,12 +171,26 @@ def jobs(ctx: Context, job_id: str | None = None, *, cancel: str | None = None) 
     return EXIT_OK
 
 
-def duplicates(ctx: Context, *, threshold: float | None = None, folder: str | None = None) -> int:
+def duplicates(
+    ctx: Context,
+    *,
+    threshold: float | None = None,
+    folder: Sequence[str] = (),
+    where: Sequence[str] = (),
+) -> int:
     """`imgsearch duplicates`: a block per cluster of identical files or near copies."""
     params = [] if threshold is None else [("threshold", repr(threshold))]
-    params += [] if folder is None else [("folder", str(absolute(folder)))]
+    params += filter_params(folder, where)
     ctx.emit(ctx.connection().get("/duplicates", params), format_duplicates)
     return EXIT_OK
+
+
+def filter_params(
+    folder: str | Sequence[str] | None, where: Sequence[str]
+) -> list[tuple[str, str]]:
+    """`folder` (made absolute) and `where` query parameters, each repeatable."""
+    folders = [folder] if isinstance(folder, str) else list(folder or ())
+    return [("folder", str(absolute(f))) for f in folders] + [("where", w) for w in where]
 
 
 def watch(ctx: Context, folder: str | None = None, *, stop: bool = False) -> int:
@@ -194,6 +211,21 @@ def watch(ctx: Context, folder: str | None = None, *, stop: bool = False) -> int
 # -- the table: `imgsearch --help` lists the commands in this order ----------------------------
 
 _HERE = "made absolute from the current directory"
+_FILTERS = (
+    arg(
+        "--folder",
+        action="append",
+        default=[],
+        help=f"only images under this folder ({_HERE}; repeatable)",
+    ),
+    arg(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY:VALUE",
+        help="only images whose metadata KEY is VALUE (repeatable: AND across keys, OR within)",
+    ),
+)
 COMMANDS: tuple[Command, ...] = (
     Command("add", "index a file, folder or URL (a job)", add, (
         arg("path", nargs="?", help=f"file or folder ({_HERE}), or an http(s) URL"),
@@ -211,6 +243,7 @@ COMMANDS: tuple[Command, ...] = (
         arg("--compare", action="append", default=[], metavar="NAME",
             help="comparator (repeatable)"),
         arg("--no-rerank", dest="rerank", action="store_false", help="keep embedding order"),
+        *_FILTERS,
     )),
     Command("stats", "what the daemon holds", stats),
     Command("remove", "forget a file or a folder's images", remove, (
@@ -219,7 +252,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("duplicates", "identical files and near copies", duplicates, (
         arg("--threshold", type=float,
             help="largest embedding distance of a pair (default 0.15)"),
-        arg("--folder", help="only images under this folder (made absolute)"),
+        *_FILTERS,
     )),
     Command("watch", "list watched folders, watch or stop one", watch, (
         arg("folder", metavar="DIR", nargs="?", help=f"folder to watch ({_HERE})"),

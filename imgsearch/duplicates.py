@@ -13,7 +13,9 @@ No HTTP here.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import hashlib
 import logging
 import math
 import threading
@@ -148,21 +150,31 @@ class DuplicateFinder:
         self._lock = threading.Lock()  # one run at a time; a second waits, then reads the cache
         self._last: tuple[tuple[Any, ...], Report] | None = None
 
-    def find(self, threshold: float = DEFAULT_THRESHOLD, folder: str | None = None) -> Report:
-        """Duplicate clusters among the present images (at or below `folder`)."""
+    def find(
+        self,
+        threshold: float = DEFAULT_THRESHOLD,
+        folder: str | None = None,
+        allowed: np.ndarray | None = None,
+    ) -> Report:
+        """Duplicate clusters among the present images (at or below `folder`, and among the
+        sorted `allowed` ids when given: the /duplicates filters)."""
         threshold = check_threshold(threshold)
+        among = None if allowed is None else hashlib.sha256(allowed.tobytes()).hexdigest()
         with self._lock:
-            key = (self.catalog.store.generation(), threshold, folder, self.verify is not None)
+            generation = self.catalog.store.generation()
+            key = (generation, threshold, folder, among, self.verify is not None)
             if self._last is not None and self._last[0] == key:
                 return dataclasses.replace(self._last[1], cached=True)
-            report = self._find(threshold, folder)
+            report = self._find(threshold, folder, allowed)
             self._last = (key, report)
         return report
 
-    def _find(self, threshold: float, folder: str | None) -> Report:
+    def _find(self, threshold: float, folder: str | None, allowed: np.ndarray | None) -> Report:
         start = time.perf_counter()
-        groups = _by_hash(self.catalog.store.images.shared_hashes(folder))
+        groups = _by_hash(_among(self.catalog.store.images.shared_hashes(folder), allowed))
         ids, vectors = self._vectors(folder)
+        if allowed is not None:
+            ids, vectors = _compact(ids, vectors, np.isin(ids, allowed))
         hidden = np.asarray([r.id for g in groups for r in g[1:]], dtype=np.int64)
         seen = len(ids)
         # An identical group meets its neighbours once.
@@ -234,6 +246,16 @@ class DuplicateFinder:
                     if result is not None and result[1]:
                         near.join(a, b, distance, result[0])
         return checked, len(loader.unreadable)
+
+
+def _among(rows: list[ImageRow], allowed: np.ndarray | None) -> list[ImageRow]:
+    """The rows whose id is allowed (all without a filter); groups then need two again."""
+    if allowed is None:
+        return rows
+    keep = set(allowed.tolist())
+    kept = [r for r in rows if r.id in keep]
+    count = collections.Counter(r.sha256 for r in kept)
+    return [r for r in kept if count[r.sha256] > 1]
 
 
 class _Near:

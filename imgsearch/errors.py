@@ -39,6 +39,12 @@ class NotFound(ImgSearchError):
     status = 404
 
 
+class Conflict(ImgSearchError):
+    """The request clashes with what is there (an export into a folder that holds files)."""
+
+    status = 409
+
+
 class NotAnImage(ImgSearchError):
     """A file or upload that cannot be decoded as an image."""
 

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +39,7 @@ class Job:
     """One add of a file or folder (or of URLs), and how far it got."""
 
     id: str
-    kind: str  # path, urls (import: bulk imports, later)
+    kind: str  # path, urls, files (a CSV of paths) (import: bulk imports, later)
     image: str
     update: bool
     state: str = "queued"
@@ -55,6 +55,9 @@ class Job:
     ended: threading.Event = field(default_factory=threading.Event, repr=False)
     urls: tuple[str, ...] = ()  # a URL job's URLs (not kept once the job has ended)
     strict: bool = False  # a URL job for one `url`: its failure fails the job, as for one file
+    files: tuple[str, ...] = ()  # a `files` job's files (a CSV of paths; not kept once ended)
+    # Run on the job's thread once it has ended, whatever its state (e.g. writing metadata).
+    after: Callable[[Job], None] | None = field(default=None, repr=False)
 
     @property
     def images_per_s(self) -> float | None:
@@ -146,13 +149,37 @@ class JobManager:
         self._jobs = {row.id: Job.from_row(row) for row in store.jobs.recent(HISTORY)}
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="jobs")
 
-    def submit(self, target: Path, update: bool) -> Job:
+    def submit(self, target: Path, update: bool, after: Callable[[Job], None] | None = None) -> Job:
         """Queue an add; 503 when too many are queued or running already."""
         if not target.exists():
             raise NotFound(f"no such file or directory: {target}")
-        return self._queue(Job(uuid.uuid4().hex[:12], "path", str(target), update))
+        return self._queue(Job(uuid.uuid4().hex[:12], "path", str(target), update, after=after))
 
-    def submit_urls(self, urls: Sequence[str], update: bool, *, strict: bool = False) -> Job:
+    def submit_files(
+        self,
+        files: Sequence[Path],
+        update: bool,
+        after: Callable[[Job], None] | None = None,
+        errors: Sequence[FileError] = (),
+    ) -> Job:
+        """Queue an add of listed files (absolute); each one missing is a failed file, and so
+        is each of `errors` (rows refused before the job)."""
+        names = tuple(dict.fromkeys(str(f) for f in files))
+        count = len(names) + len(errors)
+        label = f"{count} listed file{'' if count == 1 else 's'}"
+        job = Job(uuid.uuid4().hex[:12], "files", label, update, files=names, after=after)
+        for error in errors:
+            job.report.fail(error)
+        return self._queue(job)
+
+    def submit_urls(
+        self,
+        urls: Sequence[str],
+        update: bool,
+        *,
+        strict: bool = False,
+        after: Callable[[Job], None] | None = None,
+    ) -> Job:
         """Queue an add of URLs; `strict` (one URL) checks it now and fails the job if it fails."""
         if self.urls is None:
             raise ImgSearchError("this daemon cannot download URLs", 501)
@@ -160,7 +187,15 @@ class JobManager:
             urls = [check_url(url) for url in urls]
         urls = list(dict.fromkeys(urls))  # the same URL twice is one download
         label = urls[0] if len(urls) == 1 else f"{len(urls)} URLs"
-        job = Job(uuid.uuid4().hex[:12], "urls", label, update, urls=tuple(urls), strict=strict)
+        job = Job(
+            uuid.uuid4().hex[:12],
+            "urls",
+            label,
+            update,
+            urls=tuple(urls),
+            strict=strict,
+            after=after,
+        )
         return self._queue(job)
 
     def _queue(self, job: Job) -> Job:
@@ -229,6 +264,15 @@ class JobManager:
                     report=job.report,
                     on_progress=self._progress_hook(job),
                 )
+            elif job.kind == "files":
+                self.ingester.add_files(
+                    [Path(f) for f in job.files],
+                    label=job.image,
+                    update=job.update,
+                    stop=job.stop,
+                    report=job.report,
+                    on_progress=self._progress_hook(job),
+                )
             elif job.kind == "urls" and self.urls is not None:
                 self.urls.add(
                     job.urls,
@@ -251,7 +295,8 @@ class JobManager:
             job.state, job.error = "failed", f"unexpected error: {exc}"
         finally:
             job.finished = time.time()
-            job.urls = ()
+            self._after(job)
+            job.urls, job.files = (), ()
             try:
                 self.store.jobs.save(job.row())
                 if job.id not in self._jobs:  # forgotten before it ended: so is its record
@@ -259,6 +304,14 @@ class JobManager:
             finally:
                 job.ended.set()
             log.info("job %s %s: %s", job.id, job.state, job.image)
+
+    def _after(self, job: Job) -> None:
+        if job.after is None:
+            return
+        try:
+            job.after(job)
+        except Exception:  # the job's own result stands
+            log.exception("after job %s", job.id)
 
     def _progress_hook(self, job: Job) -> Any:
         last_save = time.monotonic()

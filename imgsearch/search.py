@@ -60,6 +60,7 @@ class SearchOptions:
     rerank: bool = True
     rerank_k: int | None = None
     regions: bool = True
+    allowed: np.ndarray | None = None  # only these ids (sorted int64), from folder/where filters
 
     @property
     def candidates(self) -> int:
@@ -182,7 +183,7 @@ class Searcher:
 
     def _candidates(self, vectors: np.ndarray, options: SearchOptions) -> list[Neighbour]:
         """Whole-query neighbours, plus region neighbours scored by whole-query similarity."""
-        rows = self.catalog.nearest(vectors, options.candidates)
+        rows = self.catalog.nearest(vectors, options.candidates, options.allowed)
         found = {n.id: n for n in rows[0]}
         extra = {n.id: n for row in rows[1:] for n in row[:REGION_K] if n.id not in found}
         if extra:

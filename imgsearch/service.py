@@ -26,6 +26,7 @@ from .embedders import (
     load_embedder,
     runtime_stats,
 )
+from .embedders.choice import ModelChoice, choose_model
 from .errors import ConfigError
 from .fetch import Downloader
 from .images import enable_heif, image_extensions
@@ -68,9 +69,14 @@ class DataDirLock:
 class Service:
     """Embedder, catalog, ingester and searcher for one data directory."""
 
-    def __init__(self, config: Config, embedder: Embedder | None = None) -> None:
+    def __init__(
+        self, config: Config, embedder: Embedder | None = None, *, model_fallback: bool = False
+    ) -> None:
+        """`model_fallback`: no model was asked for explicitly, so a first run without network
+        may use the bundled model (see embedders/choice.py)."""
         self.config = config
         self._closed = False
+        self._model_fallback = model_fallback
         # Everything opened goes on the stack: a failure part-way unwinds what was opened
         # (the data-dir lock and the database included), and close() unwinds it all.
         with ExitStack() as stack:
@@ -88,7 +94,13 @@ class Service:
         self._lock = DataDirLock(config.data_dir)
         stack.callback(self._lock.release)
         self.heif = enable_heif()
-        self.embedder = embedder if embedder is not None else load_embedder(config)
+        choice = (
+            ModelChoice(config)
+            if embedder is not None
+            else choose_model(config, fallback=self._model_fallback)
+        )
+        self.notice = choice.notice  # why the model is not the one asked for, if it is not
+        self.embedder = embedder if embedder is not None else load_embedder(choice.config)
         batch = config.batch_size or batch_size_of(self.embedder)  # 0: the measured size
         self.config = config = dataclasses.replace(config, batch_size=batch)
         self.catalog = Catalog(
@@ -187,6 +199,7 @@ class Service:
             "precompute": self.precompute.stats(),
             "index": self.catalog.index.describe(),
             "data_dir": str(self.config.data_dir),
+            **({"notice": self.notice} if self.notice else {}),
         }
 
     def close(self) -> None:

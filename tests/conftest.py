@@ -5,6 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,8 +24,10 @@ from .helpers import (
     PHOTOS,
     TINY_CONFIG,
     TINY_MODEL,
+    TOKEN,
     ClientFactory,
     Daemon,
+    free_port,
     photo,
     serve_in_thread,
 )
@@ -105,3 +111,32 @@ def daemons() -> Iterator[list[Daemon]]:
         if d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait()
+
+
+@pytest.fixture
+def lite0_daemon(tmp_path: Path) -> Iterator[str]:
+    """A real daemon with the bundled offline model and a token; yields its URL."""
+    port = free_port()
+    args = [sys.executable, "-m", "imgsearch", "serve", "--port", str(port)]
+    args += ["--data-dir", str(tmp_path / "data"), "--model", "efficientnet-lite0"]
+    args += ["--token", TOKEN]
+    log = tmp_path / "daemon.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            args, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=out, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "daemon did not become ready"
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

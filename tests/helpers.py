@@ -50,6 +50,8 @@ PHOTOS = (
 )
 
 DOC_URI = "urn:imgsearch:openapi"
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's, for the browser tests
+TOKEN = "s3cret"  # the browser tests' daemon token
 
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
@@ -199,3 +201,12 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[Any, str, s
         cli.main(list(argv))
     out, err = capsys.readouterr()
     return exc.value.code, out, err
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll `check` until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for: {what}")
+        time.sleep(0.1)

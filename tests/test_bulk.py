@@ -161,7 +161,7 @@ async def test_export_then_import_round_trip(
     out = tmp_path / "export"
     report = await get_json(first, "/export", dir=str(out))
     assert (report["rows"], report["files"]) == (5, 1)
-    assert (await get_json(first, "/export", status=400, dir=str(out)))["status"] == 400
+    assert (await get_json(first, "/export", status=409, dir=str(out)))["status"] == 409
     table = pq.read_table(out / "part-00000.parquet")
     assert table.schema.metadata[META_MODEL] == tiny_embedder.model_id.encode()
     assert all(len(h) == 64 for h in table.column("sha256").to_pylist())
@@ -174,7 +174,8 @@ async def test_export_then_import_round_trip(
         a = (await get_json(first, "/search", image=str(f)))["results"]
         b = (await get_json(second, "/search", image=str(f)))["results"]
         assert [h["image"] for h in a] == [h["image"] for h in b]
-        assert np.allclose([h["distance"] for h in a], [h["distance"] for h in b], atol=1e-5)
+        # float16 in SQLite on both sides, renormalised on import: equal to ~1e-5, never 1e-4
+        assert np.allclose([h["distance"] for h in a], [h["distance"] for h in b], atol=1e-4)
     again = await get_json(second, "/add", image=str(next(iter(photos.values())).parent))
     assert again["skipped"] == 5
 

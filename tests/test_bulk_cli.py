@@ -67,4 +67,4 @@ def test_import_errors_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path
     assert code == 1 and "no such folder" in err and "HTTP 404" in err
     (tmp_path / "keep.txt").write_text("mine")
     code, _, err = run(capsys, "export", str(tmp_path))
-    assert code == 1 and "not an empty folder" in err and "HTTP 400" in err
+    assert code == 1 and "not an empty folder" in err and "HTTP 409" in err

@@ -10,11 +10,8 @@ import io
 import os
 import re
 import shutil
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,11 +25,9 @@ from imgsearch.embedders import Embedder
 from imgsearch.thumbnails import THUMBNAIL_SIZE, ThumbnailCache
 from imgsearch.web import create_app
 
-from .helpers import PHOTOS, ClientFactory, free_port, get_json, photo
+from .helpers import CHROMIUM, PHOTOS, TOKEN, ClientFactory, get_json, photo
 
 Client = TestClient[web.Request, web.Application]
-CHROMIUM = Path("/usr/bin/chromium")
-TOKEN = "s3cret"
 STATIC = Path(__file__).parent.parent / "imgsearch" / "web" / "static"
 # Paste or drop an image fetched from the page's origin, as a user would from elsewhere.
 SEND_IMAGE = """async ([event, url]) => {
@@ -60,9 +55,12 @@ async def test_page_uses_only_same_origin_assets(client: Client) -> None:
     assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
     page = await resp.text()
     assert 'src="/static/app.js"' in page and 'href="/static/style.css"' in page
-    for name in ("index.html", "app.js", "style.css"):
-        text = (STATIC / name).read_text()
-        assert not re.search(r"https?://", text), f"{name} refers to another origin"
+    for path in STATIC.iterdir():
+        text = path.read_text()
+        assert not re.search(r"https?://", text), f"{path.name} refers to another origin"
+        assert "/static/" not in text or path.name == "index.html"
+    for name in ("common.js", "query.js", "compare.js", "library.js"):
+        assert f'src="/static/{name}"' in page
 
 
 @pytest.mark.parametrize(
@@ -190,35 +188,6 @@ def _serve_folder(folder: Path) -> Iterator[str]:
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
-
-
-@pytest.fixture
-def lite0_daemon(tmp_path: Path) -> Iterator[str]:
-    """A real daemon with the bundled offline model and a token; yields its URL."""
-    port = free_port()
-    args = [sys.executable, "-m", "imgsearch", "serve", "--port", str(port)]
-    args += ["--data-dir", str(tmp_path / "data"), "--model", "efficientnet-lite0"]
-    args += ["--token", TOKEN]
-    log = tmp_path / "daemon.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            args, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=out, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "daemon did not become ready"
-                time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @pytest.mark.slow

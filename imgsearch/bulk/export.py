@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from ..catalog import Catalog
-from ..errors import BadRequest
+from ..errors import BadRequest, Conflict
+from .columns import export_columns
 from .format import table_of, write_shard
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ def prepare_folder(folder: Path) -> None:
     if not folder.is_absolute():
         raise BadRequest(f"dir must be an absolute path, got {folder}")
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise BadRequest(f"{folder} exists and is not an empty folder")
+        raise Conflict(f"{folder} exists and is not an empty folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -43,7 +45,8 @@ def prepare_folder(folder: Path) -> None:
 
 
 def export(catalog: Catalog, folder: Path, rows_per_shard: int = ROWS_PER_SHARD) -> ExportReport:
-    """Write every present image (path, unit vector, file facts) as shards part-NNNNN.parquet."""
+    """Write every present image (path, unit vector, file facts, metadata as extra string
+    columns) as shards part-NNNNN.parquet."""
     started = time.monotonic()
     prepare_folder(folder)
     store = catalog.store
@@ -69,6 +72,8 @@ def export(catalog: Catalog, folder: Path, rows_per_shard: int = ROWS_PER_SHARD)
         }
         vectors = np.stack([found[i] for i in keep])
         table = table_of(catalog.model_id, catalog.dim, [r.path for r in picked], vectors, facts)
+        for key, values in export_columns(store, keep).items():
+            table = table.append_column(pa.field(key, pa.string()), pa.array(values, pa.string()))
         write_shard(folder / f"part-{files:05d}.parquet", table)
         files += 1
         written += len(keep)

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..errors import BadRequest
+from ..errors import BadRequest, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def _fsync_dir(folder: Path) -> None:
 def shard_files(folder: Path) -> list[Path]:
     """The shards in a folder (not its subfolders), by name; temp files left by a crash skipped."""
     if not folder.is_dir():
-        raise BadRequest(f"not a folder: {folder}")
+        raise NotFound(f"not a folder: {folder}")
     return sorted(p for p in folder.glob(SHARD_GLOB) if not p.name.startswith(TEMP_PREFIX))
 
 

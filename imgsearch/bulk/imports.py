@@ -29,6 +29,7 @@ from ..errors import BadRequest, NotFound
 from ..files import write_atomic
 from ..ingest import AddReport, Ingester
 from ..store import FileFacts, NewImage
+from .columns import import_metadata
 from .format import BadRow, RowBatch, ShardInfo, read_batches, shard_files, shard_info
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ def check_folder(folder: Path, model_id: str, dim: int) -> list[ShardInfo]:
     """Every shard's footer, checked against the daemon's model before anything is written."""
     infos = [shard_info(p) for p in shard_files(folder)]
     if not infos:
-        raise BadRequest(f"no .parquet files in {folder}")
+        raise NotFound(f"no .parquet files in {folder}")
     for info in infos:
         if (info.model_id, info.dim) != (model_id, dim):
             raise BadRequest(
@@ -306,6 +307,9 @@ class ImportManager:
             if batch.paths:  # one transaction per batch
                 items = to_images(batch)
                 self.ingester.add_embedded(items, report=report, batch_size=len(items))
+                refused = import_metadata(self.catalog.store, str(info.path), batch)
+                room = max(0, ERRORS_KEPT - len(job.errors))
+                job.errors += [r.as_json() for r in refused[:room]]
             self._record(job, info, batch, report)
 
     def _skip_rest(self, job: ImportJob, info: ShardInfo, reason: str) -> None:

@@ -126,6 +126,7 @@ class _Fit:
     inliers: int
     homography: np.ndarray | None = None
     geometry: Geometry | None = None
+    pairs: np.ndarray | None = None  # inlier pairs (n x 4: query x, y, candidate x, y)
 
 
 def _fit(query: VerifyFeatures, candidate: VerifyFeatures) -> _Fit:
@@ -145,7 +146,22 @@ def _fit(query: VerifyFeatures, candidate: VerifyFeatures) -> _Fit:
     geometry = _geometry(homography, query.keypoints, candidate.keypoints)
     if geometry is None or inliers < MIN_INLIERS or inliers < MIN_INLIER_RATIO * len(matches):
         return _Fit(len(matches), inliers)
-    return _Fit(len(matches), inliers, homography, geometry)
+    pairs = np.hstack([src, dst]).reshape(-1, 4)[mask.ravel() != 0]
+    return _Fit(len(matches), inliers, homography, geometry, pairs)
+
+
+def evidence(
+    query: VerifyFeatures, candidate: VerifyFeatures
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Where a verified match lies, in working pixels: the query frame's outline projected into
+    the candidate (4 x 2) and the inlier pairs (n x 4); None when the match is not verified."""
+    fit = _fit(query, candidate)
+    if fit.homography is None or fit.pairs is None:
+        return None
+    w, h = float(query.keypoints.width), float(query.keypoints.height)
+    corners = np.array([[[0, 0], [w, 0], [w, h], [0, h]]], dtype=np.float64)
+    quad = cv2.perspectiveTransform(corners, fit.homography)[0]
+    return quad, fit.pairs
 
 
 def _verdict(query: VerifyFeatures, candidate: VerifyFeatures, fit: _Fit) -> Score:

@@ -26,6 +26,7 @@ from .images import (
 )
 from .jobs import JobRow, Jobs
 from .meta import Meta
+from .metadata import Metadata, MetadataTable
 from .migrations import MIGRATIONS, migrate
 from .watches import Watches
 
@@ -36,6 +37,7 @@ __all__ = [
     "ImageRow",
     "JobRow",
     "Located",
+    "Metadata",
     "NewImage",
     "Store",
     "StoredFile",
@@ -59,6 +61,8 @@ class Store:
         self.images = Images(self.db)
         self.jobs = Jobs(self.db)
         self.watches = Watches(self.db)
+        # Per-image metadata: get(ids) -> {id: {...}}, replace({id: {...}}), matching(...).
+        self.metadata = MetadataTable(self.db)
 
     def close(self) -> None:
         self.db.close()

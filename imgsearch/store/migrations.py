@@ -84,6 +84,18 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE key = 'missing';
     END;
     """,
+    # v6: metadata per image (a flat JSON object), one row per key; `value` is the text that
+    # where=KEY:VALUE filters match, `json` the typed value.
+    """
+    CREATE TABLE image_metadata (
+        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        json TEXT NOT NULL,
+        PRIMARY KEY (image_id, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX image_metadata_key_value ON image_metadata(key, value, image_id);
+    """,
 )
 
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from pathlib import Path
 
 from aiohttp import web
 
-from ..errors import BadRequest, ImgSearchError
+from ..errors import BadRequest, ImgSearchError, NotFound
 from ..jobs import Job
+from ..metadata import check_metadata, metadata_writer
+from ..service import Service
 from . import parsing
+from .addcsv import CsvAdd, posted_csv_add
 from .keys import SERVICE
 from .offload import blocking
 from .parsing import Params
@@ -29,11 +34,12 @@ async def add_get(request: web.Request) -> web.Response:
 async def add_post(request: web.Request) -> web.Response:
     """JSON (a path, `url` or `urls`), or a CSV of URLs: raw text/csv or a multipart `csv`."""
     if parsing.is_csv(request):
-        max_bytes = request.app[SERVICE].config.max_upload_bytes
-        urls, params = await parsing.posted_csv(request, max_bytes, OPTIONS)
-        if "image" in params or "url" in params or "urls" in params:
-            raise BadRequest("a CSV add takes its URLs from the CSV only")
-        return await _add(request, params, urls)
+        service = request.app[SERVICE]
+        max_bytes = service.config.max_upload_bytes
+        table, params = await posted_csv_add(request, max_bytes, service.paths, OPTIONS)
+        if any(name in params for name in ("image", "url", "urls", "metadata")):
+            raise BadRequest("a CSV add takes its images and metadata from the CSV only")
+        return await _csv_add(request, params, table)
     body = await parsing.json_object(request)
     return await _add(request, Params(request.query, body, "JSON body"))
 
@@ -71,24 +77,56 @@ async def jobs_delete(request: web.Request) -> web.Response:
     return web.json_response(job.as_json())
 
 
-async def _add(request: web.Request, params: Params, urls: list[str] | None = None) -> web.Response:
+async def _add(request: web.Request, params: Params) -> web.Response:
     """Queue an add of a path or of URLs; wait for it (the blocking form) unless wait=0."""
     service = request.app[SERVICE]
     update = parsing.flag(params.get("update"), "update")
     wait = parsing.flag(params.get("wait"), "wait", default=True)
-    strict = False
-    if urls is None:
-        if params.one_of("image", "url", "urls") == "image":
-            raw_path = params.get("image")
-            if not isinstance(raw_path, str):
-                raise BadRequest("image must be a string path")
-            job = service.jobs.submit(service.paths.resolve(raw_path), update)
-            return await _accepted_or_done(job, wait)
-        urls, strict = parsing.url_list(params)
+    if params.one_of("image", "url", "urls") == "image":
+        raw_path = params.get("image")
+        if not isinstance(raw_path, str):
+            raise BadRequest("image must be a string path")
+        path = service.paths.resolve(raw_path)
+        after = _metadata_after(service, params, path=path)
+        return await _accepted_or_done(service.jobs.submit(path, update, after), wait)
+    urls, strict = parsing.url_list(params)
     if urls is None:
         raise BadRequest("missing parameter: image (an absolute path), or url or urls")
-    job = service.jobs.submit_urls(urls, update, strict=strict)
+    after = _metadata_after(service, params, urls=urls)
+    job = service.jobs.submit_urls(urls, update, strict=strict, after=after)
     return await _accepted_or_done(job, wait)
+
+
+async def _csv_add(request: web.Request, params: Params, table: CsvAdd) -> web.Response:
+    """Queue the add of a CSV's URLs or files, each row's other columns its metadata."""
+    service = request.app[SERVICE]
+    update = parsing.flag(params.get("update"), "update")
+    wait = parsing.flag(params.get("wait"), "wait", default=True)
+    store = service.catalog.store
+    if table.files is not None:
+        after = metadata_writer(store, table.by_path) if table.by_path else None
+        job = service.jobs.submit_files(table.files, update, after, table.errors)
+    else:
+        after = metadata_writer(store, {}, table.by_url) if table.by_url else None
+        job = service.jobs.submit_urls(table.urls or [], update, after=after)
+    return await _accepted_or_done(job, wait)
+
+
+def _metadata_after(
+    service: Service, params: Params, *, path: Path | None = None, urls: list[str] | None = None
+) -> Callable[[Job], None] | None:
+    """The hook that gives the added image (one file, or each URL) the body's `metadata`."""
+    if "metadata" not in params:
+        return None
+    metadata = check_metadata(params.get("metadata"))  # null too is a 400
+    store = service.catalog.store
+    if urls is not None:
+        return metadata_writer(store, {}, {url: metadata for url in urls})
+    if path is None or not path.exists():
+        raise NotFound(f"no such file: {path}")
+    if not path.is_file():
+        raise BadRequest("metadata is for one image: give a file, not a folder")
+    return metadata_writer(store, {str(path): metadata})
 
 
 async def _accepted_or_done(job: Job, wait: bool) -> web.Response:

@@ -13,7 +13,7 @@ from ..config import Config
 from ..embedders import Embedder
 from ..security import with_token
 from ..service import Service
-from . import adds, bulk, duplicates, library, openapi, search, ui, watches
+from . import adds, bulk, duplicates, library, metadata, openapi, search, ui, watches
 from .gate import Gate
 from .guard import guard
 from .keys import DUPLICATES_LOCK, FETCH, SEARCH_GATE, SERVICE
@@ -28,13 +28,18 @@ UPLOAD_OVERHEAD = 64 * 1024
 MAX_REQUEST_LINE = 128 * 1024
 # Each module serves one resource from its `table`; a new resource is one more module here
 # (and its paths in openapi.json, which tests/test_openapi.py holds to the routes).
-ROUTE_MODULES = (library, search, adds, bulk, watches, duplicates, ui, openapi)
+ROUTE_MODULES = (library, search, adds, bulk, watches, duplicates, metadata, ui, openapi)
 
 
 def create_app(
-    config: Config, *, embedder: Embedder | None = None, service: Service | None = None
+    config: Config,
+    *,
+    embedder: Embedder | None = None,
+    service: Service | None = None,
+    model_fallback: bool = False,
 ) -> web.Application:
-    """Build the app; the service (model, database, index) opens when the app starts."""
+    """Build the app; the service (model, database, index) opens when the app starts.
+    `model_fallback`: the model was not chosen explicitly (see Service)."""
     config = with_token(config)
     # Room for the largest image sent base64-encoded in a JSON data URI, plus framing.
     max_body = config.max_upload_bytes * 4 // 3 + UPLOAD_OVERHEAD
@@ -49,7 +54,11 @@ def create_app(
     app[DUPLICATES_LOCK] = asyncio.Lock()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        svc = service if service is not None else await blocking(Service, config, embedder)
+        svc = (
+            service
+            if service is not None
+            else await blocking(Service, config, embedder, model_fallback=model_fallback)
+        )
         app[SERVICE] = svc
         saver = asyncio.create_task(_save_periodically(svc, config.index_save_interval))
         log.info("ready: %d images, model %s", svc.catalog.store.count(), svc.embedder.model_id)

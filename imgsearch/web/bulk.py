@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,19 +10,12 @@ from aiohttp import web
 
 from ..bulk.export import export as export_library
 from ..errors import BadRequest, Forbidden
+from . import parsing
 from .keys import SERVICE
+from .offload import blocking
+from .parsing import Params
 
 table = web.RouteTableDef()
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    return body
 
 
 def _path_map(raw: Any) -> list[str]:
@@ -40,16 +32,14 @@ def _path_map(raw: Any) -> list[str]:
 async def import_post(request: web.Request) -> web.Response:
     """Import a folder of Parquet shards: {"dir": "/abs", "wait": false, "path_map": [...]}."""
     service = request.app[SERVICE]
-    body = await _body(request)
-    if not isinstance(body.get("dir"), str):
+    params = Params(request.query, await parsing.json_object(request), "JSON body")
+    if not isinstance(params.get("dir"), str):
         raise BadRequest("dir must be a string path")
-    folder = service.paths.resolve(body["dir"], name="dir")
-    wait = body.get("wait", False)
+    folder = service.paths.resolve(params.get("dir"), name="dir")
+    wait = params.get("wait", False)
     if not isinstance(wait, bool):
         raise BadRequest(f"wait must be true or false, got {wait!r}")
-    loop = asyncio.get_running_loop()
-    imports = service.imports
-    job = await loop.run_in_executor(None, imports.submit, folder, _path_map(body.get("path_map")))
+    job = await blocking(service.imports.submit, folder, _path_map(params.get("path_map")))
     if not wait:
         location = f"/import/{job.id}"
         return web.json_response(job.as_json(), status=202, headers={"Location": location})
@@ -74,7 +64,7 @@ async def import_get(request: web.Request) -> web.Response:
 async def import_cancel(request: web.Request) -> web.Response:
     imports = request.app[SERVICE].imports
     job_id = imports.get(request.match_info["id"]).id
-    job = await asyncio.get_running_loop().run_in_executor(None, imports.cancel, job_id)
+    job = await blocking(imports.cancel, job_id)
     return web.json_response(job.as_json())
 
 
@@ -82,7 +72,7 @@ async def import_cancel(request: web.Request) -> web.Response:
 async def export(request: web.Request) -> web.Response:
     """Write the library as Parquet shards into `dir` (new or empty)."""
     service = request.app[SERVICE]
-    raw = request.query.get("dir")
+    raw = Params(request.query).get("dir")
     if raw is None or not raw.strip():
         raise BadRequest("missing parameter: dir")
     if not raw.startswith("/"):
@@ -90,6 +80,5 @@ async def export(request: web.Request) -> web.Response:
     folder = Path(raw).resolve()
     if not service.paths.allows(folder):
         raise Forbidden(f"dir is outside the folders this daemon may use: {raw}")
-    loop = asyncio.get_running_loop()
-    report = await loop.run_in_executor(None, export_library, service.catalog, folder)
+    report = await blocking(export_library, service.catalog, folder)
     return web.json_response(report.as_json())

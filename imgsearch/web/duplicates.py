@@ -6,8 +6,11 @@ from aiohttp import web
 
 from ..duplicates import DEFAULT_THRESHOLD, check_threshold
 from . import parsing
+from .filters import allowed_for, parse_filters
 from .keys import DUPLICATES_LOCK, SERVICE
+from .metadata import members_with_metadata
 from .offload import blocking
+from .parsing import Params
 
 table = web.RouteTableDef()
 
@@ -16,10 +19,14 @@ table = web.RouteTableDef()
 async def duplicates(request: web.Request) -> web.Response:
     """Clusters of duplicates: byte-identical files first, then verified near copies."""
     service = request.app[SERVICE]
-    raw_threshold = request.query.get("threshold")
+    params = Params(request.query)
+    raw_threshold = params.get("threshold")
     threshold = check_threshold(parsing.number(raw_threshold, "threshold", DEFAULT_THRESHOLD))
-    raw = request.query.get("folder")
-    folder = None if raw is None else str(service.paths.resolve(raw, name="folder"))
+    filters = parse_filters(service, params)
+    # One folder alone is the finder's own narrowing; more, or `where`, go by allowed ids.
+    folder = filters.folders[0] if len(filters.folders) == 1 and not filters.where else None
+    allowed = None if folder is not None else await allowed_for(service, filters)
     async with request.app[DUPLICATES_LOCK]:  # one run at a time; the others wait here
-        report = await blocking(service.duplicates.find, threshold, folder)
-    return web.json_response(report.as_json())
+        report = await blocking(service.duplicates.find, threshold, folder, allowed)
+    body = await blocking(members_with_metadata, service.catalog.store, report.as_json())
+    return web.json_response(body)

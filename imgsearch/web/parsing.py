@@ -1,4 +1,5 @@
-"""Request parsing, all of it: query strings, JSON, forms, multipart, raw bodies, data URIs, CSV.
+"""Request parsing, all of it: query strings, JSON, forms, multipart, raw bodies, data URIs
+(a CSV add's rows, which name files or URLs and their metadata, are read in addcsv.py).
 
 Every parameter has one source. A POST may carry an option in its body (a JSON key, a form or
 multipart field) as well as in the query string; when both give it with different values the
@@ -9,8 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import csv
-import io
 import json
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
@@ -133,26 +132,6 @@ def checked_count(urls: list[str]) -> list[str]:
         raise BadRequest("no URLs given")
     if len(urls) > MAX_URLS:
         raise BadRequest(f"{len(urls)} URLs in one add; at most {MAX_URLS}")
-    return urls
-
-
-def parse_csv(text: str) -> list[str]:
-    """The non-blank cells of the column headed `url` (any case), in order."""
-    rows = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = next(rows, None)
-        heads = [name.strip().lower() for name in header or []]
-        if "url" not in heads:
-            found = ", ".join(repr(n) for n in heads[:10]) or "nothing"
-            raise BadRequest(f"the CSV needs a header row with a 'url' column; found {found}")
-        column = heads.index("url")
-        urls = []
-        for row in rows:
-            cell = row[column].strip() if column < len(row) else ""
-            if cell:
-                urls.append(cell)
-    except csv.Error as exc:
-        raise BadRequest(f"malformed CSV at line {rows.line_num}: {exc}") from None
     return urls
 
 
@@ -297,22 +276,3 @@ async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
 def is_csv(request: web.Request) -> bool:
     """Whether a POST /add carries a CSV (raw, or a multipart upload) rather than JSON."""
     return request.content_type in CSV_TYPES or request.content_type.startswith("multipart/")
-
-
-async def posted_csv(
-    request: web.Request, max_bytes: int, fields: Iterable[str]
-) -> tuple[list[str], Params]:
-    """The URLs of an uploaded CSV (its `url` column), and the request's other parameters
-    (`fields`: the form fields a multipart upload may carry besides the file `csv`)."""
-    form_fields: MultiDict[str] = MultiDict()
-    if request.content_type in CSV_TYPES:
-        data: bytes | None = await raw(request, max_bytes)
-    else:
-        data, form_fields = await multipart(request, "csv", max_bytes, fields)
-    if data is None:
-        raise BadRequest("multipart upload needs a file field named 'csv'")
-    try:
-        decoded = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise BadRequest("the CSV is not UTF-8 text") from None
-    return checked_count(parse_csv(decoded)), Params(request.query, form_fields, "form")

@@ -12,9 +12,11 @@ from ..fetch import check_url
 from ..search import Hit, SearchOptions
 from ..service import Service
 from . import parsing
+from .filters import filtered
 from .keys import FETCH, SEARCH_GATE, SERVICE
 from .offload import blocking
 from .parsing import Params
+from .results import results_response
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,8 @@ class Download:
 
 
 ALTERNATIVES = ("image", "url", "text")
-OPTIONS = ("limit", "compare", "rerank", "rerank_k")  # also accepted as body keys or form fields
+# Also accepted as body keys or form fields:
+OPTIONS = ("limit", "compare", "rerank", "rerank_k", "evidence", "folder", "where")
 
 table = web.RouteTableDef()
 
@@ -69,12 +72,15 @@ async def comparators(request: web.Request) -> web.Response:
 
 async def _answer(request: web.Request, query: Query | Download, params: Params) -> web.Response:
     service = request.app[SERVICE]
-    options = _options(service, params)
+    options = await filtered(service, _options(service, params), params)
+    parsing.flag(params.get("evidence"), "evidence")  # checked before any download
     if isinstance(query, Download):
         query = await download(request, query.url)
     with request.app[SEARCH_GATE].enter():
         hits = await blocking(_search, service, query, options)
-    return web.json_response({"results": [h.as_json() for h in hits]})
+    # A vector has no pixels to draw evidence on: its hits are answered like a text query's.
+    shown = "" if isinstance(query, Vector) else query
+    return await results_response(service, shown, hits, params)
 
 
 def _search(service: Service, query: Query, options: SearchOptions) -> list[Hit]:

@@ -2,70 +2,13 @@
 "use strict";
 
 (() => {
-  const $ = (id) => document.getElementById(id);
-  const token = new URLSearchParams(location.search).get("token");
+  const IS = window.imgsearch;
+  const { $, api, el, showError, fmt, sourceParam } = IS;
   const ENDED = new Set(["done", "failed", "cancelled", "interrupted"]);
   const POLL_MS = 500;
-  let lastQuery = null; // {kind: "file", blob} | {kind: "text", text} | {kind: "path", path}
+  let lastQuery = null; // {kind: "file", blob, name} | {kind: "text", value} | {kind: "path", value}
   let searchSeq = 0;
   let pollTimer = null;
-
-  // -- the API ---------------------------------------------------------------------------
-
-  async function api(path, options = {}) {
-    const headers = new Headers(options.headers || {});
-    if (token) headers.set("Authorization", `Bearer ${token}`);
-    let resp;
-    try {
-      resp = await fetch(path, { ...options, headers });
-    } catch (err) {
-      throw new Error(`cannot reach the daemon (${err.message})`);
-    }
-    let body = null;
-    try {
-      body = await resp.json();
-    } catch {
-      body = null;
-    }
-    if (!resp.ok) {
-      const detail = body && body.error ? body.error : `${resp.status} ${resp.statusText}`;
-      const err = new Error(detail);
-      err.status = resp.status;
-      throw err;
-    }
-    return body;
-  }
-
-  function withToken(url) {
-    return token ? `${url}&token=${encodeURIComponent(token)}` : url;
-  }
-
-  // Show an API error (or clear the message area with no argument).
-  function showError(what, err) {
-    const box = $("message");
-    if (!what) {
-      box.hidden = true;
-      box.textContent = "";
-      return;
-    }
-    const status = err && err.status ? ` (HTTP ${err.status})` : "";
-    box.replaceChildren(el("strong", {}, `${what} failed${status}: `), err ? err.message : "");
-    box.hidden = false;
-  }
-
-  function el(tag, props = {}, ...children) {
-    const node = document.createElement(tag);
-    Object.assign(node, props);
-    for (const child of children) {
-      if (child !== null && child !== undefined) node.append(child);
-    }
-    return node;
-  }
-
-  // A path names a file on the daemon's machine; an http(s) address is downloaded by it.
-  const sourceParam = (value) => (/^https?:\/\//i.test(value) ? "url" : "image");
-  const fmt = (x, digits = 3) => (typeof x === "number" ? x.toFixed(digits) : "–");
-  const basename = (p) => p.split("/").filter(Boolean).pop() || p;
 
   // -- search ----------------------------------------------------------------------------
 
@@ -76,6 +19,12 @@
     // Comparators look at pixels: a text query has none.
     if (names.length && kind !== "text") params.set("compare", names.join(","));
     if (!$("rerank").checked) params.set("rerank", "0");
+    // Filters: one folder, and KEY:VALUE conditions separated by commas.
+    const folder = $("filter-folder").value.trim();
+    if (folder) params.append("folder", folder);
+    for (const cond of $("filter-where").value.split(",")) {
+      if (cond.trim()) params.append("where", cond.trim());
+    }
     return params;
   }
 
@@ -119,13 +68,7 @@
   }
 
   function resultCard(hit, i) {
-    const thumb = el("img", {
-      src: withToken(`/thumbnail?image=${encodeURIComponent(hit.image)}`),
-      alt: basename(hit.image),
-      loading: "lazy",
-      decoding: "async",
-    });
-    thumb.addEventListener("error", () => thumb.classList.add("broken"), { once: true });
+    const thumb = IS.thumbnail(hit.image);
     const facts = el("dl", { className: "facts" });
     const fact = (name, value) => facts.append(el("dt", {}, name), el("dd", {}, value));
     fact("distance", fmt(hit.distance));
@@ -146,20 +89,31 @@
       ? el("a", { className: "source", href: hit.source, rel: "noopener noreferrer",
           target: "_blank", title: hit.source }, "source")
       : null;
-    return el("li", { className: "card" }, thumb, head, title, source, facts, error);
+    const meta = hit.metadata && Object.keys(hit.metadata).length
+      ? el("p", { className: "metadata" }, Object.entries(hit.metadata)
+        .map(([k, v]) => `${k}: ${v}`).join(" · "))
+      : null;
+    const again = el("button", { type: "button", className: "search-this" }, "Search with this");
+    again.addEventListener("click", () => searchWith(hit.image));
+    const side = el("button", { type: "button", className: "side-by-side" }, "Side by side");
+    side.addEventListener("click", () => IS.compare.open(hit.image));
+    const actions = el("div", { className: "actions" }, again, side);
+    return el("li", { className: "card" }, thumb, head, title, source, meta, facts, error,
+      actions);
   }
 
-  function showPreview(blob) {
-    const preview = $("preview");
-    if (preview.src) URL.revokeObjectURL(preview.src);
-    preview.removeAttribute("src");
-    if (blob) preview.src = URL.createObjectURL(blob);
-    preview.hidden = !blob;
+  // A result becomes the query: searched by its path, shown (and croppable) as its thumbnail.
+  function searchWith(image) {
+    const query = { kind: "path", value: image };
+    IS.query.show(IS.thumbUrl(image), query);
+    runSearch(query);
+    $("query-title").scrollIntoView({ block: "start" });
   }
 
   function searchFile(blob, name) {
-    showPreview(blob);
-    runSearch({ kind: "file", blob, name });
+    const query = { kind: "file", blob, name };
+    IS.query.show(URL.createObjectURL(blob), query);
+    runSearch(query);
   }
 
   function firstImage(items) {
@@ -200,17 +154,19 @@
       e.preventDefault();
       const value = $("text").value.trim();
       if (!value) return;
-      showPreview(null);
+      IS.query.hide();
       runSearch({ kind: "text", value });
     });
     $("path-form").addEventListener("submit", (e) => {
       e.preventDefault();
       const value = $("path").value.trim();
       if (!value) return;
-      showPreview(null);
+      IS.query.hide();
       runSearch({ kind: "path", value });
     });
-    for (const id of ["limit", "rerank"]) $(id).addEventListener("change", rerun);
+    for (const id of ["limit", "rerank", "filter-folder", "filter-where"]) {
+      $(id).addEventListener("change", rerun);
+    }
   }
 
   function rerun() {
@@ -236,6 +192,8 @@
     try {
       const s = await api("/stats");
       $("stats").textContent = `${s.images} images · ${s.model}`;
+      $("notice").textContent = s.notice || "";
+      $("notice").hidden = !s.notice;
     } catch (err) {
       $("stats").textContent = "Not connected.";
       showError("Connecting", err);
@@ -347,6 +305,13 @@
       showError("Listing the jobs", err);
     }
   }
+
+  IS.search = {
+    run: runSearch,
+    params: searchParams,
+    current: () => lastQuery,
+    file: searchFile,
+  };
 
   document.addEventListener("DOMContentLoaded", () => {
     setUpQueries();
