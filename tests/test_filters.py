@@ -5,13 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from imgsearch.commands import filter_params
-from imgsearch.index import VectorIndex
 
 from .helpers import PHOTOS, get_json, photo
 
@@ -126,22 +124,6 @@ async def test_duplicates_with_filters(client: Client, library: Path) -> None:
         client, "/duplicates", folder=[str(library / "sub"), str(library / "coffee.jpg")]
     )
     assert split["clusters"] == [] and split["images"] == 6  # sub/ (5) and the cup
-
-
-def test_index_search_among_allowed_ids_is_exact() -> None:
-    rng = np.random.default_rng(0)
-    vectors = rng.normal(size=(5000, 32)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    ids = np.arange(1, 5001, dtype=np.int64)
-    index = VectorIndex(32)
-    index.add(ids, vectors)
-    query = vectors[:1]
-    allowed = np.sort(rng.choice(ids, 37, replace=False))
-    sims, found = index.search(query, 10, allowed)
-    expected = allowed[np.argsort(-(vectors[allowed - 1] @ query[0]))][:10]
-    assert found[0].tolist() == expected.tolist()
-    _, few = index.search(query, 10, allowed[:3])
-    assert sorted(few[0].tolist()) == allowed[:3].tolist()  # k shrinks to what matches
 
 
 def test_cli_filter_parameters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
