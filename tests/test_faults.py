@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 MODEL_ID = "open_clip/imgsearch-test-tiny/random"
 DIM = 32
 N_IMAGES = 300
-SAVE_INTERVAL = "0.05"
 THRESHOLDS = {  # every index kind and path on a few hundred images
     "IMGSEARCH_INDEX_EXACT_MAX": "100",
     "IMGSEARCH_INDEX_FLAT_MAX_BYTES": str(200 * 32 * 4),
@@ -87,7 +86,6 @@ def make_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
 @pytest.fixture
 def procs(tiny_model_config: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Daemon]]:
     """Started daemons (low index thresholds), all killed and reaped at the end."""
-    monkeypatch.setenv("IMGSEARCH_INDEX_SAVE_INTERVAL", SAVE_INTERVAL)
     for name, value in THRESHOLDS.items():
         monkeypatch.setenv(name, value)
     started: list[Daemon] = []
