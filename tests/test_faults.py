@@ -17,7 +17,6 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -84,16 +83,13 @@ def make_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
 
 
 @pytest.fixture
-def procs(tiny_model_config: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Daemon]]:
-    """Started daemons (low index thresholds), all killed and reaped at the end."""
+def procs(
+    tiny_model_config: Path, daemons: list[Daemon], monkeypatch: pytest.MonkeyPatch
+) -> list[Daemon]:
+    """Started daemons (low index thresholds), all killed and reaped at the end (`daemons`)."""
     for name, value in THRESHOLDS.items():
         monkeypatch.setenv(name, value)
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        if d.proc.poll() is None:
-            d.proc.kill()
-        d.proc.wait()
+    return daemons
 
 
 def serve(procs: list[Daemon], data_dir: Path, model_config: Path) -> Daemon:
