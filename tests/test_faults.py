@@ -89,6 +89,9 @@ def procs(
     """Started daemons (low index thresholds), all killed and reaped at the end (`daemons`)."""
     for name, value in THRESHOLDS.items():
         monkeypatch.setenv(name, value)
+    # fp32 as the in-process tiny_embedder: "auto" picks bf16 on a CPU with avx512_bf16, and
+    # the distances would no longer match the in-process ones to 1e-4.
+    monkeypatch.setenv("IMGSEARCH_PRECISION", "fp32")
     return daemons
 
 
