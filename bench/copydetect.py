@@ -53,7 +53,7 @@ from unittest import mock
 
 import cv2
 import numpy as np
-from _common import percentiles, progress
+from _common import cpu_model, percentiles, progress
 from PIL import Image
 
 from imgsearch import search as search_module
@@ -604,17 +604,6 @@ def misses(ranks: dict[str, dict[str, int]], mode: str) -> list[str]:
 
 
 # -- main ------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def load_originals(quick: bool) -> tuple[dict[str, np.ndarray], list[str]]:

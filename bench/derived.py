@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from _common import cpu_model
 
 from imgsearch.derived import DerivedFiles
 from imgsearch.files import write_atomic
@@ -59,16 +60,6 @@ def per_op_us(fn: Callable[[int], object], ids: Sequence[int], repeat: int) -> f
             fn(image_id)
         best = min(best, time.perf_counter() - start)
     return best / len(ids) * 1e6
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -28,21 +27,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _common import cpu_model  # noqa: E402
+
 from imgsearch.index import VectorIndex  # noqa: E402
 from imgsearch.metadata import Filters, allowed_ids  # noqa: E402
 from imgsearch.store import FileFacts, NewImage, Store  # noqa: E402
 
 FOLDERS = 10
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def timed(fn: Callable[[], object], repeat: int) -> float:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import Daemon, LatencyPoller, percentiles, progress
+from _common import Daemon, LatencyPoller, cpu_model, percentiles, progress
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -95,7 +95,7 @@ def main() -> None:
             stats = daemon.get("/stats")
             disk = sum(f.stat().st_size for f in (root / "data").rglob("*") if f.is_file())
     result = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "load_avg_before": os.getloadavg(),
         "vectors": args.vectors,
@@ -113,13 +113,6 @@ def main() -> None:
     print(json.dumps(result, indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 if __name__ == "__main__":

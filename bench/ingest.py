@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import Daemon, LatencyPoller, generate_jpegs, percentiles, progress
+from _common import Daemon, LatencyPoller, cpu_model, generate_jpegs, percentiles, progress
 
 from imgsearch.config import OFFLINE_MODEL, Config
 from imgsearch.embedders import Embedder, batch_size_of, load_embedder, runtime_stats
@@ -414,17 +414,6 @@ def torch_threads() -> int:
     import torch
 
     return int(torch.get_num_threads())
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (or platform's answer)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def mixed_folder(big: int, small: int) -> Path:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import OUT_DIR, Daemon, percentiles, progress  # noqa: E402
+from _common import OUT_DIR, Daemon, cpu_model, percentiles, progress  # noqa: E402
 
 from imgsearch.store import FileFacts, NewImage, Store  # noqa: E402
 
@@ -44,13 +44,8 @@ MODELS = {"ViT-B-32": ("open_clip/ViT-B-32/random", 512), "efficientnet-lite0": 
 
 
 def machine() -> dict[str, Any]:
-    model = "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
     return {
-        "cpu": model,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "load": os.getloadavg(),
         "py": platform.python_version(),

@@ -208,15 +208,6 @@ class Catalog:
 
     # -- persistence --------------------------------------------------------------------------
 
-    @property
-    def dirty(self) -> bool:
-        """Always False: nothing needs saving, SQLite has every change (kept for callers)."""
-        return False
-
-    def save(self) -> bool:
-        """Nothing to do: the index saves its base itself when it builds one. Returns False."""
-        return False
-
     def close(self) -> None:
         """Stop the index's background work and close the database (closed even if it fails)."""
         try:

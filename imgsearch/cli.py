@@ -1,5 +1,7 @@
-"""Command line: `imgsearch serve [flags]` (the default) starts the daemon; the commands in
-commands.COMMANDS talk to a running one. Global options go before or after the command."""
+"""Command line: `imgsearch serve [flags]` (the default) starts the daemon; every other command
+is a row of the COMMANDS table in commands.py (add, search, stats, remove, duplicates, watch,
+jobs, and bulk/commands.py's import and export, which talk to a running daemon, and embed,
+which runs here on Ray). Global options go before or after the command."""
 
 from __future__ import annotations
 

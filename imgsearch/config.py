@@ -49,7 +49,6 @@ class Config:
     threads: int = field(default_factory=lambda: max(1, (os.cpu_count() or 1) // 2))
     max_upload_mb: float = 50.0
     max_image_pixels: int = 150_000_000
-    index_save_interval: float = 60.0
     # The vector index: "auto" (exact while small, then IVF; imgsearch/index/policy.py) or
     # "exact" (always brute force). The thresholds are there to be lowered in tests.
     index: str = "auto"

@@ -5,10 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,9 +23,9 @@ from .helpers import (
     TOKEN,
     ClientFactory,
     Daemon,
-    free_port,
     photo,
     serve_in_thread,
+    serve_process,
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -104,39 +100,19 @@ def live_server(tiny_embedder: Embedder) -> Iterator[Callable[[Config], str]]:
 
 @pytest.fixture
 def daemons() -> Iterator[list[Daemon]]:
-    """Daemon subprocesses started by the test (helpers.start); killed after it."""
+    """Daemon subprocesses started by the test (helpers.start); killed and reaped after it."""
     started: list[Daemon] = []
     yield started
     for d in started:
         if d.proc.poll() is None:
             d.proc.kill()
-            d.proc.wait()
+        d.proc.wait()
 
 
 @pytest.fixture
 def lite0_daemon(tmp_path: Path) -> Iterator[str]:
     """A real daemon with the bundled offline model and a token; yields its URL."""
-    port = free_port()
-    args = [sys.executable, "-m", "imgsearch", "serve", "--port", str(port)]
-    args += ["--data-dir", str(tmp_path / "data"), "--model", "efficientnet-lite0"]
-    args += ["--token", TOKEN]
-    log = tmp_path / "daemon.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            args, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=out, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "daemon did not become ready"
-                time.sleep(0.2)
+    args = ["--data-dir", str(tmp_path / "data"), "--model", "efficientnet-lite0"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    with serve_process(tmp_path / "daemon.log", env, *args, "--token", TOKEN) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

@@ -148,6 +148,18 @@ class Daemon:
         return self.log.read_text()
 
 
+@contextlib.contextmanager
+def running(data_dir: Path, model_config: Path, *extra: str) -> Iterator[Daemon]:
+    """A ready Daemon for a `with` block (e.g. a module-scoped fixture); killed and reaped after."""
+    d = Daemon(data_dir, model_config, *extra)
+    try:
+        d.wait_ready()
+        yield d
+    finally:
+        d.proc.kill()
+        d.proc.wait()
+
+
 def start(daemons: list[Daemon], data_dir: Path, model_config: Path, *extra: str) -> Daemon:
     """A Daemon, recorded in `daemons` (the conftest fixture): it is killed after the test."""
     d = Daemon(data_dir, model_config, *extra)
@@ -210,3 +222,62 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 30.0) -> Non
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for: {what}")
         time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def serve_process(
+    log: Path, env: dict[str, str], *serve_args: str, timeout: float = STARTUP_TIMEOUT
+) -> Iterator[str]:
+    """`imgsearch serve SERVE_ARGS` on a free port, its output in `log`; yields its URL once
+    /health answers, and terminates it on exit."""
+    port = free_port()
+    args = [sys.executable, "-m", "imgsearch", "serve", "--port", str(port), *serve_args]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "daemon did not become ready"
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+BROWSER_FLAGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+
+
+def open_page(pw: Any, profile: Path, *flags: str) -> tuple[Any, Any, list[str]]:
+    """Headless Chromium (BROWSER_FLAGS + `flags`, a fresh profile) and a 1280x900 page, with
+    `expect`'s timeout at 60 s: (browser, page, problems), where page errors and console errors
+    collect. `pw`: the sync_playwright() context."""
+    from playwright.sync_api import expect
+
+    browser = pw.chromium.launch_persistent_context(
+        str(profile),
+        executable_path=str(CHROMIUM),
+        headless=True,
+        args=[*BROWSER_FLAGS, *flags],
+        viewport={"width": 1280, "height": 900},
+    )
+    problems: list[str] = []
+    page = browser.new_page()
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    expect.set_options(timeout=60_000)
+    return browser, page, problems

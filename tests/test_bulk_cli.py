@@ -9,33 +9,20 @@ from typing import Any
 
 import pytest
 
-from imgsearch import cli
-
-from .helpers import Daemon, photo
+from .helpers import Daemon, photo, running
+from .helpers import run_cli as run
 
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory, tiny_model_config: Path) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("bulk") / "data", tiny_model_config)
-    try:
-        d.wait_ready()
+    with running(tmp_path_factory.mktemp("bulk") / "data", tiny_model_config) as d:
         yield d
-    finally:
-        d.proc.kill()
-        d.proc.wait()
 
 
 @pytest.fixture(autouse=True)
 def env(monkeypatch: pytest.MonkeyPatch, daemon: Daemon) -> None:
     monkeypatch.setenv("IMGSEARCH_URL", daemon.url)
     monkeypatch.delenv("IMGSEARCH_TOKEN", raising=False)
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[Any, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 def test_export_then_import_with_a_path_map(

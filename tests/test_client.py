@@ -14,7 +14,7 @@ import pytest
 
 from imgsearch import cli, client
 
-from .helpers import Daemon, free_port, photo
+from .helpers import Daemon, free_port, photo, running
 from .helpers import run_cli as run
 
 # Slow lane: a real daemon subprocess; tests/test_cli.py covers the CLI in the fast lane.
@@ -24,13 +24,8 @@ NAMES = ("chelsea", "coffee", "rocket", "astronaut")
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory, tiny_model_config: Path) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("client") / "data", tiny_model_config)
-    try:
-        d.wait_ready()
+    with running(tmp_path_factory.mktemp("client") / "data", tiny_model_config) as d:
         yield d
-    finally:
-        d.proc.kill()
-        d.proc.wait()
 
 
 @pytest.fixture(scope="module")

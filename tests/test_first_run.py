@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from imgsearch.config import OFFLINE_MODEL, Config
 from imgsearch.embedders.choice import bound_model, choose_model
 from imgsearch.store import Store
 
-from .helpers import CHROMIUM, free_port
+from .helpers import CHROMIUM, free_port, serve_process
 
 CLIP_ID = "open_clip/ViT-B-32/laion2b_s34b_b79k"
 
@@ -74,27 +73,11 @@ def test_data_dir_bound_to_the_bundled_model_keeps_it(tmp_path: Path, offline_en
 
 @pytest.fixture
 def first_run_daemon(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    args = [sys.executable, "-m", "imgsearch", "serve", "--port", str(port)]
-    args += ["--data-dir", str(tmp_path / "data")]
     log = tmp_path / "daemon.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(args, env=_no_network(tmp_path), stdout=out, stderr=out)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "daemon did not become ready"
-                time.sleep(0.2)
+    with serve_process(
+        log, _no_network(tmp_path), "--data-dir", str(tmp_path / "data"), timeout=120
+    ) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     text = log.read_text()
     assert "bundled offline model" in text and "!!!!!!!!" in text  # said loudly at start
 

@@ -206,7 +206,6 @@ def test_index_ahead_of_database_is_rebuilt(tmp_path: Path) -> None:
 def test_removed_images_never_come_back(tmp_path: Path) -> None:
     catalog = open_catalog(tmp_path)
     _fill(catalog, 4)
-    catalog.save()
     assert len(catalog.remove_tree("/p")) == 4
     (hits,) = catalog.nearest(vec(0)[None, :], 10)
     assert hits == []

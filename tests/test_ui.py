@@ -25,7 +25,7 @@ from imgsearch.embedders import Embedder
 from imgsearch.thumbnails import THUMBNAIL_SIZE, ThumbnailCache
 from imgsearch.web import create_app
 
-from .helpers import CHROMIUM, PHOTOS, TOKEN, ClientFactory, get_json, photo
+from .helpers import CHROMIUM, PHOTOS, TOKEN, ClientFactory, get_json, open_page, photo
 
 Client = TestClient[web.Request, web.Application]
 STATIC = Path(__file__).parent.parent / "imgsearch" / "web" / "static"
@@ -205,21 +205,8 @@ def test_page_end_to_end_in_chromium(tmp_path: Path, lite0_daemon: str) -> None:
     crop.parent.mkdir()
     cat.crop((w // 5, h // 6, w * 4 // 5, h * 5 // 6)).save(crop, quality=85)
 
-    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"]
-    flags += ["--disable-background-networking", "--disable-component-update", "--disable-sync"]
     with sync_playwright() as pw:
-        browser = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=flags,
-            viewport={"width": 1280, "height": 900},
-        )
-        problems: list[str] = []
-        page = browser.new_page()
-        page.on("pageerror", lambda exc: problems.append(str(exc)))
-        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-        expect.set_options(timeout=60_000)
+        browser, page, problems = open_page(pw, tmp_path / "profile")
         page.goto(f"{lite0_daemon}/?token={TOKEN}")
         expect(page.locator("#comparators input[value=verify]")).to_be_attached()
 

@@ -17,19 +17,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from .helpers import CHROMIUM, PHOTOS, TOKEN, photo
+from .helpers import CHROMIUM, PHOTOS, TOKEN, open_page, photo
 
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-]
+FAKE_MEDIA = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
 # Pixels of the matched-region outline the side-by-side view draws (rgb(255, 170, 0)).
 COUNT_OUTLINE = """canvas => {
   const d = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
@@ -92,18 +82,7 @@ def test_page_views_in_chromium(tmp_path: Path, lite0_daemon: str) -> None:  # n
     shots = tmp_path / "shots"
     shots.mkdir()
     with sync_playwright() as pw:
-        browser = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=FLAGS,
-            viewport={"width": 1280, "height": 900},
-        )
-        problems: list[str] = []
-        page = browser.new_page()
-        page.on("pageerror", lambda exc: problems.append(str(exc)))
-        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-        expect.set_options(timeout=60_000)
+        browser, page, problems = open_page(pw, tmp_path / "profile", *FAKE_MEDIA)
         page.goto(f"{lite0_daemon}/?token={TOKEN}")
         expect(page.locator("#stats")).to_contain_text(f"{len(PHOTOS) + 1} images")
         results = page.locator("#results li")

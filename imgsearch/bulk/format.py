@@ -14,12 +14,10 @@ reported with its file and row number and the rest of the batch goes on.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -27,13 +25,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import BadRequest, NotFound
+from ..files import TEMP_PREFIX, write_atomic_with
 
 log = logging.getLogger(__name__)
 
 META_MODEL = b"imgsearch.model"
 META_DIM = b"imgsearch.dim"
 SHARD_GLOB = "*.parquet"
-TEMP_PREFIX = ".tmp-"
 FACT_COLUMNS: dict[str, pa.DataType] = {
     "sha256": pa.string(),
     "size": pa.int64(),
@@ -90,25 +88,11 @@ def schema(model_id: str, dim: int, *, float16: bool = False) -> pa.Schema:
 
 def write_shard(path: Path, table: pa.Table, row_group_size: int | None = None) -> None:
     """Write a Parquet file so that readers see all of it or nothing (temp, fsync, rename)."""
-    fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".parquet", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd", row_group_size=row_group_size)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
+    def write(fh: BinaryIO) -> None:
+        pq.write_table(table, fh, compression="zstd", row_group_size=row_group_size)
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomic_with(path, write, durable=True)
 
 
 def shard_files(folder: Path) -> list[Path]:

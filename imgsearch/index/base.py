@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from ..files import fsync
+
 log = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".tmp"
@@ -87,20 +89,12 @@ def save(base: Base, folder: Path) -> Path:
     meta = {**asdict(base.meta), "sizes": {f: (tmp / f).stat().st_size for f in (INDEX, IDS)}}
     (tmp / META).write_text(json.dumps(meta, indent=1))
     for f in (INDEX, IDS, META):
-        _fsync(tmp / f)
+        fsync(tmp / f)
     if final.exists():
         _discard(final)
     os.replace(tmp, final)
-    _fsync(folder)
+    fsync(folder)
     return final
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def saved(folder: Path) -> list[Path]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -60,12 +59,8 @@ def create_app(
             else await blocking(Service, config, embedder, model_fallback=model_fallback)
         )
         app[SERVICE] = svc
-        saver = asyncio.create_task(_save_periodically(svc, config.index_save_interval))
         log.info("ready: %d images, model %s", svc.catalog.store.count(), svc.embedder.model_id)
         yield
-        saver.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await saver
         if service is None:
             await blocking(svc.close)
 
@@ -85,13 +80,3 @@ async def _fetch_session(app: web.Application) -> AsyncIterator[None]:
     async with app[SERVICE].downloader.session() as session:
         app[FETCH] = session
         yield
-
-
-async def _save_periodically(service: Service, interval: float) -> None:
-    """Save the index in the background when it has changed, so a crash has little to catch up."""
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await blocking(service.catalog.save)
-        except Exception:
-            log.exception("saving the index failed; will retry")
