@@ -82,7 +82,7 @@ def test_kill_9_then_restart_catches_up(
         (["--model", "ViT-B-32", "--pretrained", "laion2b_s34b_b79k"], "--checkpoint"),
         (["--model", "no-such-model"], "unknown open_clip model"),
         (["--checkpoint", "/no/such/weights.pt"], "is not a file"),
-        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--batch-size", "-1"], "--batch-size must be 0 (auto) or more"),
     ],
 )
 def test_startup_failures_are_one_clear_message(
