@@ -12,6 +12,9 @@ import pytest
 from .helpers import Daemon, photo, running
 from .helpers import run_cli as run
 
+# A real daemon subprocess: the full lane only.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory, tiny_model_config: Path) -> Iterator[Daemon]:

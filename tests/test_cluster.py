@@ -25,6 +25,9 @@ from imgsearch.web import create_app
 
 from .helpers import ClientFactory, free_port, get_json
 
+# A real Ray cluster (started once per session) and the real model: the full lane only.
+pytestmark = pytest.mark.slow
+
 Client = TestClient[web.Request, web.Application]
 
 
