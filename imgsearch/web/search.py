@@ -155,7 +155,10 @@ async def _posted(request: web.Request, max_bytes: int) -> tuple[Query | Downloa
             params = Params(request.query, await parsing.form(request), "form")
         kind = params.one_of(*ALTERNATIVES, "vector")
         if kind is None:
-            raise BadRequest("the body needs 'image' (a path or a data:image/...;base64 URI)")
+            raise BadRequest(
+                "the body needs 'image' (a path or a data:image/...;base64 URI), 'url', 'text' "
+                "or (JSON) 'vector'"
+            )
         if kind == "vector":
             return Vector(_vector(params.get("vector"))), params
         return _query(request, params, kind), params
