@@ -3,8 +3,9 @@
 In process, no daemon: a real SQLite store (N images, two metadata keys each, in 10 folders)
 and the real FAISS index (N random unit vectors). Reports, in one run:
 
-* unfiltered search through `VectorIndex.search` vs FAISS's own `search` on the same index
-  (the ratio is the overhead of the filter plumbing on a search without filters);
+* unfiltered search through the index package's `Segments.search` (an exact base, as the daemon
+  holds up to 50,000 images) vs FAISS's own `search` on the same index (the ratio is the overhead
+  of the filter plumbing on a search without filters);
 * searches among allowed ids (1%, 10%, 50% of the library) vs unfiltered;
 * the SQLite side: ids of one folder (a path range) and of one `where` value.
 
@@ -19,6 +20,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import cpu_model  # noqa: E402
 
-from imgsearch.index import VectorIndex  # noqa: E402
+from imgsearch.index.base import Base, empty_exact  # noqa: E402
+from imgsearch.index.segments import Segments  # noqa: E402
 from imgsearch.metadata import Filters, allowed_ids  # noqa: E402
 from imgsearch.store import FileFacts, NewImage, Store  # noqa: E402
 
@@ -91,11 +94,15 @@ def main() -> None:
     vectors = rng.normal(size=(n, dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     ids = np.arange(1, n + 1, dtype=np.int64)
-    index = VectorIndex(dim)
-    index.add(ids, vectors)
+    empty = empty_exact("bench", dim, 0)
+    empty.index.add_with_ids(vectors, ids)
+    base = Base(empty.index, ids, empty.meta)
+    index = Segments(base, threading.Lock())
     query = vectors[:1].copy()
     raw, plain = timed_pair(
-        lambda: index._index.search(query, 10), lambda: index.search(query, 10), args.repeat
+        lambda: base.index.search(query, 10),
+        lambda: index.search(query, 10, None, 1),
+        args.repeat,
     )
     out: dict[str, object] = {
         "cpu": cpu_model(),
@@ -108,7 +115,7 @@ def main() -> None:
     }
     for share in (0.01, 0.1, 0.5):
         allowed = np.sort(rng.choice(ids, int(n * share), replace=False))
-        t = timed(lambda a=allowed: index.search(query, 10, a), args.repeat)
+        t = timed(lambda a=allowed: index.search(query, 10, a, 1), args.repeat)
         out[f"allowed_{share:g}_ms"] = round(t * 1000, 3)
         out[f"allowed_{share:g}_over_unfiltered"] = round(t / plain, 3)
     with tempfile.TemporaryDirectory() as tmp:
