@@ -5,6 +5,7 @@ one keyword per argument, named as argparse names it (`Arg.dest`)."""
 from __future__ import annotations
 
 import argparse
+import json
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -115,11 +116,14 @@ def add(
     csv: str | None = None,
     update: bool = False,
     wait: bool = True,
+    metadata: str | None = None,
     poll_s: float = client.POLL_S,
 ) -> int:
-    """`imgsearch add PATH|URL|--csv FILE`: start an add job and follow it (or not)."""
+    """`imgsearch add PATH|URL|--csv FILE [--metadata JSON]`: start an add job and follow it."""
     if (path is None) == (csv is None):
         raise UsageError("give a path or URL, or --csv FILE")
+    if metadata is not None and csv is not None:
+        raise UsageError("--metadata is for one image; a CSV gives metadata in its columns")
     params = [("wait", "0"), *([("update", "1")] if update else [])]
     conn = ctx.connection()
     if csv is not None:
@@ -128,7 +132,11 @@ def add(
     else:
         target = path or ""
         what = ("url", target) if is_url(target) else ("image", str(absolute(target)))
-        body = conn.get("/add", [what, *params])
+        if metadata is None:
+            body = conn.get("/add", [what, *params])
+        else:
+            data = json.dumps({what[0]: what[1], "metadata": _metadata(metadata)}).encode()
+            body = conn.call("POST", "/add", params, body=data, content_type="application/json")[1]
     if "job" not in body:  # a daemon without jobs: the add already ran to completion
         return _report(ctx, body)
     if not wait:
@@ -141,6 +149,17 @@ def add(
         client.err(f"still running as job {job_id} (imgsearch jobs --cancel {job_id} to stop it)")
         return EXIT_INTERRUPTED
     return _report(ctx, job)
+
+
+def _metadata(text: str) -> dict[str, Any]:
+    """--metadata: a JSON object (its keys and values are checked by the daemon)."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"--metadata must be a JSON object: {exc}") from None
+    if not isinstance(value, dict):
+        raise UsageError('--metadata must be a JSON object, e.g. \'{"sku": "A-1042"}\'')
+    return value
 
 
 def _report(ctx: Context, job: Mapping[str, Any]) -> int:
@@ -233,6 +252,8 @@ COMMANDS: tuple[Command, ...] = (
         arg("--update", action="store_true", help="re-embed unchanged files too"),
         arg("--wait", action=argparse.BooleanOptionalAction, default=True,
             help="follow the job with a progress bar (default); --no-wait prints its id"),
+        arg("--metadata", metavar="JSON",
+            help='one image\'s metadata, a JSON object: \'{"sku": "A-1042", "price": 12.5}\''),
     )),
     Command("search", "the stored images nearest to a query", search, (
         arg("image", nargs="?",

@@ -171,3 +171,20 @@ def test_a_photo_path_is_sent_absolute(
         "added 1, updated 0, skipped 0, failed 0\n",
     )
     assert run_cli(capsys, "remove", "coins.jpg", "--json")[:2] == (0, '{\n  "removed": 1\n}\n')
+
+
+def test_add_with_metadata_then_search_returns_it(
+    capsys: pytest.CaptureFixture[str], live_server: Serve, config: Config, photos: dict[str, Path]
+) -> None:
+    url = live_server(config)
+    meta = '{"sku": "A-1042", "price": 12.5, "in_stock": true}'
+    code, out, err = run_cli(capsys, "--url", url, "add", str(photos["coffee"]), "--metadata", meta)
+    assert (code, out) == (0, "added 1, updated 0, skipped 0, failed 0\n"), err
+    code, out, err = run_cli(capsys, "--json", "--url", url, "search", str(photos["coffee"]))
+    (hit,) = json.loads(out)["results"]
+    assert code == 0 and hit["metadata"] == {"sku": "A-1042", "price": 12.5, "in_stock": True}
+    code, _, err = run_cli(capsys, "--url", url, "add", str(photos["coffee"]), "--metadata", "[1]")
+    assert code == 2 and "--metadata must be a JSON object" in err
+    folder = str(photos["coffee"].parent)
+    code, _, err = run_cli(capsys, "--url", url, "add", folder, "--metadata", '{"a": "b"}')
+    assert code == 1 and "one image" in err, err  # the daemon's 400, as one clear line
