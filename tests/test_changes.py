@@ -74,7 +74,9 @@ def test_a_failing_listener_never_undoes_a_write(tmp_path: Path) -> None:
 
 @pytest.fixture
 def service(config: Config, tiny_embedder: Embedder) -> Service:
-    return Service(config, embedder=tiny_embedder)
+    # No background feature precompute: the tests below write the cache themselves, and a
+    # precompute finishing after the add would overwrite what they wrote.
+    return Service(dataclasses.replace(config, precompute="off"), embedder=tiny_embedder)
 
 
 def test_caches_of_the_old_layout_are_removed(config: Config, tiny_embedder: Embedder) -> None:
