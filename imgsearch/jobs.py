@@ -1,7 +1,7 @@
 """Indexing jobs: every add is a job, run one at a time, watched and cancelled by id.
 
-A job adds a file or folder (`image` is its path), or a list of URLs (`image` is the URL, or
-"N URLs"; `kind` says which).
+A job adds a file or folder (`image` is its path), the files of a CSV, or a list of URLs (`image`
+is the URL, or "N URLs"); `kind` says which.
 
 A job's record is kept in SQLite, so after a crash or a restart a job that was queued or
 running shows as `interrupted`; running the same add again skips what was already done.
@@ -39,7 +39,7 @@ class Job:
     """One add of a file or folder (or of URLs), and how far it got."""
 
     id: str
-    kind: str  # path, urls, files (a CSV of paths) (import: bulk imports, later)
+    kind: str  # path, urls, files (a CSV of paths); bulk imports are bulk/imports.py's jobs
     image: str
     update: bool
     state: str = "queued"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,10 +14,9 @@ from ..service import Service
 from . import parsing
 from .addcsv import CsvAdd, posted_csv_add
 from .keys import SERVICE
-from .offload import blocking
+from .offload import blocking, until_set
 from .parsing import Params
 
-POLL_S = 0.1
 OPTIONS = ("update", "wait")  # query parameters, also accepted as body keys or form fields
 
 table = web.RouteTableDef()
@@ -138,8 +136,7 @@ async def _accepted_or_done(job: Job, wait: bool) -> web.Response:
             status=202,
             headers={"Location": location},
         )
-    while not job.ended.is_set():  # polling keeps no thread blocked for an hours-long add
-        await asyncio.sleep(POLL_S)
+    await until_set(job.ended)
     if job.state == "failed":
         raise ImgSearchError(job.error or "indexing failed", job.error_status)
     return web.json_response(job.report.as_json())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ from ..bulk.export import export as export_library
 from ..errors import BadRequest, Forbidden
 from . import parsing
 from .keys import SERVICE
-from .offload import blocking
+from .offload import blocking, until_set
 from .parsing import Params
 
 table = web.RouteTableDef()
@@ -43,8 +42,7 @@ async def import_post(request: web.Request) -> web.Response:
     if not wait:
         location = f"/import/{job.id}"
         return web.json_response(job.as_json(), status=202, headers={"Location": location})
-    while not job.ended.is_set():
-        await asyncio.sleep(0.1)
+    await until_set(job.ended)
     return web.json_response(job.as_json())
 
 

@@ -1,16 +1,25 @@
-"""The one way a handler runs blocking work: on the loop's default thread pool."""
+"""The one way a handler runs blocking work (on the loop's default thread pool), and waits for
+work running elsewhere (a job) without holding a thread."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+POLL_S = 0.1
 
 
 async def blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run `fn(*args, **kwargs)` off the event loop and await its result."""
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(None, partial(fn, *args, **kwargs))
+
+
+async def until_set(event: threading.Event) -> None:
+    """Wait for a job's `ended` event by polling: no thread is held for an hours-long job."""
+    while not event.is_set():
+        await asyncio.sleep(POLL_S)
