@@ -19,14 +19,15 @@ from .parsing import Params
 
 
 async def results_response(
-    service: Service, query: bytes | str | Path, hits: list[Hit], params: Params
+    service: Service, image: bytes | Path | None, hits: list[Hit], params: Params
 ) -> web.Response:
-    """`{"results": [...]}`; with `evidence=1` and an image query, verified hits carry an
+    """`{"results": [...]}`; with `evidence=1` and a query `image` (bytes or a stored path;
+    None for a text or a vector, which have no pixels to draw on), verified hits carry an
     `evidence` object."""
-    if not parsing.flag(params.get("evidence"), "evidence") or isinstance(query, str):
-        results = [h.as_json() for h in hits]  # a text query has no drawing to show
+    if not parsing.flag(params.get("evidence"), "evidence") or image is None:
+        results = [h.as_json() for h in hits]
     else:
-        results = await blocking(attach, _source(service), query, hits)
+        results = await blocking(attach, _source(service), image, hits)
     if hits:
         await blocking(with_metadata, service.catalog.store, results, [h.id for h in hits])
     return web.json_response({"results": results})

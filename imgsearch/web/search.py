@@ -78,9 +78,8 @@ async def _answer(request: web.Request, query: Query | Download, params: Params)
         query = await download(request, query.url)
     with request.app[SEARCH_GATE].enter():
         hits = await blocking(_search, service, query, options)
-    # A vector has no pixels to draw evidence on: its hits are answered like a text query's.
-    shown = "" if isinstance(query, Vector) else query
-    return await results_response(service, shown, hits, params)
+    image = query if isinstance(query, bytes | Path) else None  # a text or a vector: no pixels
+    return await results_response(service, image, hits, params)
 
 
 def _search(service: Service, query: Query, options: SearchOptions) -> list[Hit]:
