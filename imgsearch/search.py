@@ -31,6 +31,7 @@ from .comparators import (
     Score,
     rerank,
 )
+from .comparators.keypoints import limit_blas_threads
 from .embedders import Embedder, TextEmbedder
 from .errors import BadRequest, ImgSearchError
 from .images import decode, read_file
@@ -117,6 +118,8 @@ class Searcher:
         self.features = features
         self.max_file_bytes = max_file_bytes
         self.max_pixels = max_pixels
+        # The pool runs one candidate per thread: each match then uses one BLAS thread.
+        limit_blas_threads()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="compare")
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient
 from torchvision import transforms
 
 from imgsearch.comparators import Picture
+from imgsearch.comparators.keypoints import limit_blas_threads
 from imgsearch.comparators.sift import SiftComparator
 from imgsearch.comparators.verify import VerifyComparator
 from imgsearch.config import Config
@@ -147,6 +148,27 @@ def test_cnn_preprocessing_matches_the_torchvision_path(lite0: Embedder) -> None
 
 def test_clip_preprocessing_matches_open_clips(fresh_tiny: ClipEmbedder) -> None:
     assert _cosines_to_old_path(fresh_tiny, fresh_tiny.reference_transform).min() > 0.99
+
+
+def test_matching_uses_one_blas_thread_and_faiss_keeps_its_own() -> None:
+    import faiss
+    from threadpoolctl import ThreadpoolController
+
+    def blas() -> dict[str, int]:
+        libs = ThreadpoolController().lib_controllers
+        return {lib.filepath: lib.num_threads for lib in libs if lib.user_api == "blas"}
+
+    assert faiss.IndexFlatIP  # loaded, so its BLAS is listed
+    before = blas()
+    limit_blas_threads()
+    after = blas()
+    assert [n for path, n in after.items() if "faiss" not in path] == [1] * (
+        len(after) - sum("faiss" in path for path in after)
+    )
+    assert any("faiss" not in path for path in after)
+    assert {p: n for p, n in after.items() if "faiss" in p} == {
+        p: n for p, n in before.items() if "faiss" in p
+    }
 
 
 def test_sift_and_verify_share_one_keypoint_extraction() -> None:

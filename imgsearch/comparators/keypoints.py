@@ -13,6 +13,10 @@ log = logging.getLogger(__name__)
 # Below this shorter side the detectors find nothing useful (and SIFT's pyramid can fail on
 # 1-pixel images), so detection is skipped.
 MIN_DETECT_SIDE = 16
+# BLAS threads per matching call. The compare pool already runs one candidate per core; an
+# OpenBLAS that also splits each 1000 x 1000 product over every core oversubscribes them,
+# and its spinning threads made one match cost 13 CPU ms instead of 3.4 (2 cores, loaded).
+MATCH_BLAS_THREADS = 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,6 +49,17 @@ def detect(detector: cv2.Feature2D, gray: np.ndarray, descriptor_dtype: type) ->
         return empty
     points = np.array([kp.pt for kp in keypoints], dtype=np.float32).reshape(-1, 2)
     return Keypoints(points, descriptors.astype(descriptor_dtype), width, height)
+
+
+def limit_blas_threads(threads: int = MATCH_BLAS_THREADS) -> None:
+    """Cap the BLAS that numpy (and scipy) call to `threads` per call, process-wide; FAISS's
+    own BLAS keeps its threads (its searches and training are one call over many rows)."""
+    from threadpoolctl import ThreadpoolController
+
+    for lib in ThreadpoolController().lib_controllers:
+        if lib.user_api == "blas" and "faiss" not in lib.filepath and lib.num_threads > threads:
+            log.debug("BLAS %s: %d -> %d threads", lib.filepath, lib.num_threads, threads)
+            lib.set_num_threads(threads)
 
 
 def ratio_matches(query: Keypoints, candidate: Keypoints, ratio: float) -> np.ndarray:
