@@ -32,7 +32,7 @@ from .comparators import (
     rerank,
 )
 from .comparators.keypoints import limit_blas_threads
-from .embedders import Embedder, TextEmbedder
+from .embedders import Embedder, TextEmbedder, lanes_of
 from .errors import BadRequest, ImgSearchError
 from .images import decode, read_file
 
@@ -138,7 +138,8 @@ class Searcher:
             )
         if options.comparators:
             raise BadRequest("compare needs an image query; it cannot score a text query")
-        vector = self.embedder.embed_texts([text])
+        with lanes_of(self.embedder).interactive():
+            vector = self.embedder.embed_texts([text])
         found = self._candidates(vector, options)
         return [_plain_hit(f) for f in found[: options.limit]]
 
@@ -174,7 +175,8 @@ class Searcher:
         ):
             views += [_region(image, box) for box in REGION_BOXES]
         try:
-            vectors = self.embedder.embed_images(views)
+            with lanes_of(self.embedder).interactive():  # ingest batches make room
+                vectors = self.embedder.embed_images(views)
             found = self._candidates(vectors, options)
         except BaseException:
             if query is not None:

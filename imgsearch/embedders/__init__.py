@@ -9,16 +9,19 @@ from typing import Any
 
 from ..config import OFFLINE_MODEL, Config
 from .base import Embedder, Runtime, TextEmbedder, TorchEmbedder, resolve_device
+from .lanes import Lanes, lane_count, lanes_of
 from .precision import choose_precision, default_batch_size
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "Embedder",
+    "Lanes",
     "Runtime",
     "TextEmbedder",
     "batch_size_of",
     "decode_workers",
+    "lanes_of",
     "load_embedder",
     "resolve_device",
     "runtime_stats",
@@ -49,7 +52,9 @@ def load_embedder(config: Config) -> Embedder:
         )
         family = "clip"
     batch = config.batch_size or default_batch_size(family, device)
-    embedder.runtime = replace(embedder.runtime, batch_size=batch)
+    lanes = lane_count(device, config.threads)
+    embedder.runtime = replace(embedder.runtime, batch_size=batch, lanes=lanes)
+    embedder.lanes = Lanes(lanes)
     choose_precision(embedder, config.precision)
     out: Embedder = embedder
     return out

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError
+from .lanes import Lanes
 
 if TYPE_CHECKING:
     import torch
@@ -122,6 +123,7 @@ class Runtime:
     batch_size: int = 32
     worst_cosine: float | None = None
     reason: str = "default"
+    lanes: int = 1  # model calls side by side for ingest batches (embedders/lanes.py)
 
     def as_json(self) -> dict[str, Any]:
         worst = None if self.worst_cosine is None else round(self.worst_cosine, 6)
@@ -131,6 +133,7 @@ class Runtime:
             "batch_size": self.batch_size,
             "self_check_worst_cosine": worst,
             "precision_reason": self.reason,
+            "model_lanes": self.lanes,
         }
 
 
@@ -165,6 +168,7 @@ class TorchEmbedder:
         self.preprocess = preprocess
         self.device = device
         self.runtime = Runtime(channels_last=channels_last, batch_size=batch_size)
+        self.lanes = Lanes(1)
         mean = torch.tensor(preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(preprocess.std, dtype=torch.float32).view(1, 3, 1, 1)
         # (x / 255 - mean) / std == x * scale + shift

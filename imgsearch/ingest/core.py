@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..catalog import Catalog
-from ..embedders import Embedder
+from ..embedders import Embedder, lanes_of
 from ..errors import ImgSearchError, NotFound
 from ..images import decode, read_file
 from ..store import FileFacts, NewImage
@@ -210,12 +210,24 @@ class Ingester:
 
     def commit(self, batch: list[Prepared], new: set[str], report: AddReport) -> None:
         """Embed and write a batch of decoded files (moved ones are not embedded)."""
-        moved = self._follow_moves([p.facts for p in batch if p.facts.path in new], report)
-        batch = [p for p in batch if p.facts.path not in moved]
+        batch = self.unmoved(batch, new, report)
         if batch:
-            vectors = self.embedder.embed_prepared([p.tensor for p in batch])
-            items = [NewImage(p.facts, v) for p, v in zip(batch, vectors, strict=True)]
-            self.write(items, set(), report)
+            self.write_embedded(batch, self.embed(batch), report)
+
+    def unmoved(self, batch: list[Prepared], new: set[str], report: AddReport) -> list[Prepared]:
+        """The batch less the files that turned out to be moves (their rows follow them)."""
+        moved = self._follow_moves([p.facts for p in batch if p.facts.path in new], report)
+        return [p for p in batch if p.facts.path not in moved]
+
+    def embed(self, batch: list[Prepared]) -> np.ndarray:
+        """One bulk model call (in a lane: side by side with others only while no search
+        waits)."""
+        with lanes_of(self.embedder).bulk():
+            return self.embedder.embed_prepared([p.tensor for p in batch])
+
+    def write_embedded(self, batch: list[Prepared], vectors: np.ndarray, report: AddReport) -> None:
+        items = [NewImage(p.facts, v) for p, v in zip(batch, vectors, strict=True)]
+        self.write(items, set(), report)
 
     def write(self, items: list[NewImage], new: set[str], report: AddReport) -> None:
         """Write embedded rows: a new path holding a moved image takes over its row."""
@@ -245,8 +257,9 @@ class Ingester:
 
 
 class _Run:
-    """One pass over files to embed: decode ahead of the model in a bounded pool, commit
-    batches as they fill, stop after the batch in flight when asked."""
+    """One pass over files to embed: decode ahead of the model in a bounded pool, embed full
+    batches in the embedder's lanes (side by side when the cores allow), write them in order
+    as they finish, stop after the batches in flight when asked."""
 
     def __init__(
         self,
@@ -260,12 +273,18 @@ class _Run:
     ) -> None:
         self.ingester, self.report, self.new, self.sources = ingester, report, new, sources
         self.stop, self.bar, self.on_progress = stop, bar, on_progress
+        self.lanes = lanes_of(ingester.embedder).lanes
+        self.embedding: deque[tuple[list[Prepared], Future[np.ndarray]]] = deque()
 
     def all(self, todo: list[Path]) -> None:
         ing = self.ingester
         batch: list[Prepared] = []
-        ahead = ing.workers * 2 + ing.batch_size
-        with ThreadPoolExecutor(ing.workers, thread_name_prefix="decode") as pool:
+        # Enough decoded ahead to fill every lane's batch while the lanes run.
+        ahead = ing.workers * 2 + ing.batch_size * self.lanes
+        with (
+            ThreadPoolExecutor(ing.workers, thread_name_prefix="decode") as pool,
+            ThreadPoolExecutor(self.lanes, thread_name_prefix="embed") as model,
+        ):
             pending: deque[Future[Prepared | FileError]] = deque()
             paths = iter(todo)
 
@@ -275,27 +294,43 @@ class _Run:
 
             submit(ahead)
             done = 0
-            while pending:
-                if self.stop is not None and self.stop.is_set():
-                    for fut in pending:
-                        fut.cancel()
-                    break
-                future = pending.popleft()
-                submit(1)
-                prepared = future.result()
-                if isinstance(prepared, FileError):
-                    self.report.fail(prepared)
-                else:
-                    batch.append(prepared)
-                if len(batch) >= ing.batch_size or (not pending and batch):
-                    ing.commit(batch, self.new, self.report)
-                    batch = []
-                done += 1
-                self.bar.update(1)
-                if self.on_progress is not None:
-                    self.on_progress(done, len(todo))
-            if batch:  # stopped early: keep what was decoded
-                ing.commit(batch, self.new, self.report)
+            try:
+                while pending:
+                    if self.stop is not None and self.stop.is_set():
+                        for fut in pending:
+                            fut.cancel()
+                        break
+                    future = pending.popleft()
+                    submit(1)
+                    prepared = future.result()
+                    if isinstance(prepared, FileError):
+                        self.report.fail(prepared)
+                    else:
+                        batch.append(prepared)
+                    if len(batch) >= ing.batch_size or (not pending and batch):
+                        self._embed(model, batch, self.lanes)
+                        batch = []
+                    done += 1
+                    self.bar.update(1)
+                    if self.on_progress is not None:
+                        self.on_progress(done, len(todo))
+                if batch:  # stopped early: keep what was decoded
+                    self._embed(model, batch, self.lanes)
+            finally:
+                self._drain(0)
+
+    def _embed(self, model: ThreadPoolExecutor, batch: list[Prepared], lanes: int) -> None:
+        """Start a batch's model call; write the oldest ones while `lanes` are in flight."""
+        batch = self.ingester.unmoved(batch, self.new, self.report)
+        if batch:
+            self.embedding.append((batch, model.submit(self.ingester.embed, batch)))
+        self._drain(lanes - 1)
+
+    def _drain(self, keep: int) -> None:
+        """Write finished batches, oldest first, until at most `keep` are in flight."""
+        while len(self.embedding) > keep:
+            batch, vectors = self.embedding.popleft()
+            self.ingester.write_embedded(batch, vectors.result(), self.report)
 
 
 def _stat(path: Path) -> tuple[int, int] | None:

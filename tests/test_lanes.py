@@ -1,0 +1,127 @@
+"""Model lanes: ingest batches side by side while no search waits; a search never waits."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from imgsearch.config import Config
+from imgsearch.embedders import Embedder, Lanes, lanes_of
+from imgsearch.embedders.lanes import lane_count
+from imgsearch.service import Service
+
+from .helpers import PHOTOS, photo
+
+WAIT = 30.0  # a safety net against a hung test, not a timing assertion
+
+
+def _hold(lanes: Lanes, kind: str, entered: threading.Event, release: threading.Event) -> None:
+    with lanes.bulk() if kind == "bulk" else lanes.interactive():
+        entered.set()
+        release.wait(WAIT)
+
+
+def _start(lanes: Lanes, kind: str) -> tuple[threading.Thread, threading.Event, threading.Event]:
+    entered, release = threading.Event(), threading.Event()
+    thread = threading.Thread(target=_hold, args=(lanes, kind, entered, release), daemon=True)
+    thread.start()
+    return thread, entered, release
+
+
+def test_lane_count_follows_cores_and_threads() -> None:
+    assert lane_count("cpu", 1, cpus=2) == 2
+    assert lane_count("cpu", 4, cpus=16) == 4
+    assert lane_count("cpu", 8, cpus=2) == 1
+    assert lane_count("cuda", 1, cpus=64) == 1
+
+
+def test_bulk_calls_fill_the_lanes_and_wait_beyond() -> None:
+    lanes = Lanes(2)
+    first, second, third = (_start(lanes, "bulk") for _ in range(3))
+    assert first[1].wait(WAIT) and second[1].wait(WAIT)
+    assert not third[1].wait(0.2), "a third bulk call waits for a lane"
+    first[2].set()
+    assert third[1].wait(WAIT), "...and starts when one is free"
+    for t, _, release in (first, second, third):
+        release.set()
+        t.join(WAIT)
+
+
+def test_a_search_holds_further_bulk_calls_back_but_never_waits() -> None:
+    lanes = Lanes(2)
+    bulk = _start(lanes, "bulk")
+    assert bulk[1].wait(WAIT)
+    search = _start(lanes, "interactive")
+    assert search[1].wait(WAIT)
+    late = _start(lanes, "bulk")
+    assert not late[1].wait(0.2), "no second bulk lane while a search embeds"
+    search[2].set()
+    assert late[1].wait(WAIT), "the lane opens when the search is done"
+    # All lanes busy with bulk calls: a search still goes straight in.
+    again = _start(lanes, "interactive")
+    assert again[1].wait(WAIT)
+    for t, _, release in (bulk, search, late, again):
+        release.set()
+        t.join(WAIT)
+
+
+def test_one_bulk_call_always_runs_even_beside_searches() -> None:
+    lanes = Lanes(1)
+    search = _start(lanes, "interactive")
+    assert search[1].wait(WAIT)
+    bulk = _start(lanes, "bulk")
+    assert bulk[1].wait(WAIT), "an add is never starved by searches"
+    for t, _, release in (search, bulk):
+        release.set()
+        t.join(WAIT)
+
+
+@pytest.fixture
+def service(
+    config: Config, tiny_embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Service]:
+    monkeypatch.setattr(tiny_embedder, "lanes", Lanes(2), raising=False)
+    svc = Service(config, embedder=tiny_embedder)
+    yield svc
+    svc.close()
+
+
+def test_an_add_embeds_batches_side_by_side_and_writes_them_all(
+    tmp_path: Path, service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = []
+    for i in range(10):  # batch size 4: batches of 4, 4, 2
+        files.append(tmp_path / "lib" / f"{i}.jpg")
+        files[-1].parent.mkdir(exist_ok=True)
+        photo(PHOTOS[i % len(PHOTOS)], 64).rotate(i * 11).save(files[-1])
+    embedder = service.embedder
+    real = embedder.embed_prepared
+    together = threading.Barrier(2, timeout=WAIT)  # the first two batches must meet
+    calls: list[int] = []
+
+    def side_by_side(batch: Sequence[Any]) -> np.ndarray:
+        calls.append(len(batch))
+        if len(calls) <= 2:
+            together.wait()
+        out: np.ndarray = real(batch)
+        return out
+
+    monkeypatch.setattr(embedder, "embed_prepared", side_by_side)
+    report = service.ingester.add(tmp_path / "lib")
+    assert (report.added, report.failed) == (10, 0)
+    assert sorted(calls) == [2, 4, 4]
+    assert lanes_of(embedder).lanes == 2
+    # Every stored vector is its own file's (no batch written against another's files).
+    monkeypatch.setattr(embedder, "embed_prepared", real)
+    expected = embedder.embed_images(
+        [photo(PHOTOS[i % len(PHOTOS)], 64).rotate(i * 11) for i in range(10)]
+    )
+    states = service.catalog.store.file_states([str(f) for f in files])
+    ids = [states[str(f)].id for f in files]
+    sims = [service.catalog.similarities(expected[i], [ids[i]])[ids[i]] for i in range(10)]
+    assert min(sims) > 0.99
