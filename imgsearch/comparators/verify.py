@@ -18,14 +18,24 @@ log = logging.getLogger(__name__)
 # RANSAC reprojection error in working pixels (640 px long side): re-encoding and resizing
 # move keypoints by 1-2 px; 5 px leaves room for rotations without admitting random matches.
 RANSAC_THRESHOLD = 5.0
-# findHomography needs 4 pairs; with fewer than 8 even a perfect fit is chance.
-MIN_MATCHES = 8
 # Verified at all: among the 182 pairs of 14 scikit-image sample pictures, unrelated pairs
 # reach at most 6 inliers (of 0-15 chance matches). Their generated copies keep 17+ at 1/4
 # size, 25+ cropped to 50%, 37+ as an inset half a page wide, 80+ rotated (most far more).
 # 15 inliers making up a quarter of the matches sits between the two.
 MIN_INLIERS = 15
 MIN_INLIER_RATIO = 0.25
+# Fewer ratio-test matches than MIN_INLIERS can never verify, so RANSAC is not run on them
+# (their inliers count as 0): on unrelated candidates, which reach 8-15 chance matches,
+# findHomography runs its full 2000 iterations, ~3 CPU ms, as much as the matching itself.
+MIN_MATCHES = MIN_INLIERS
+# RANSAC stops early once it is this sure it has seen the best model (OpenCV's default)...
+RANSAC_CONFIDENCE = 0.995
+# ...and runs at most as many iterations as finding, with this confidence, a model whose
+# inlier share is the least that could still verify (MIN_INLIERS of the matches, at least
+# MIN_INLIER_RATIO) needs: 143 for 30 matches instead of OpenCV's 2000, which unrelated
+# candidates (no good model to stop early on) always ran to the end.
+RANSAC_CAP_CONFIDENCE = 0.9999
+RANSAC_MAX_ITERS = 2000
 # The projected frame may shrink or grow at most this much (an inset an eighth of the
 # canvas); beyond that, or with a fold (non-convex quad), the homography is degenerate.
 MAX_SCALE = 8.0
@@ -136,7 +146,14 @@ def _fit(query: VerifyFeatures, candidate: VerifyFeatures) -> _Fit:
     src = query.keypoints.points[matches[:, 0]].reshape(-1, 1, 2)
     dst = candidate.keypoints.points[matches[:, 1]].reshape(-1, 1, 2)
     try:
-        homography, mask = cv2.findHomography(src, dst, cv2.RANSAC, RANSAC_THRESHOLD)
+        homography, mask = cv2.findHomography(
+            src,
+            dst,
+            cv2.RANSAC,
+            RANSAC_THRESHOLD,
+            maxIters=ransac_iterations(len(matches)),
+            confidence=RANSAC_CONFIDENCE,
+        )
     except cv2.error as exc:
         log.debug("findHomography failed: %s", exc)
         return _Fit(len(matches), 0)
@@ -148,6 +165,16 @@ def _fit(query: VerifyFeatures, candidate: VerifyFeatures) -> _Fit:
         return _Fit(len(matches), inliers)
     pairs = np.hstack([src, dst]).reshape(-1, 4)[mask.ravel() != 0]
     return _Fit(len(matches), inliers, homography, geometry, pairs)
+
+
+def ransac_iterations(matches: int) -> int:
+    """Iterations after which RANSAC has, with RANSAC_CAP_CONFIDENCE, drawn one all-inlier
+    sample of 4 if the inliers are as many as a verified match needs (fewer cannot verify)."""
+    share = max(MIN_INLIER_RATIO, MIN_INLIERS / max(matches, 1))
+    if share >= 1.0:
+        return 1
+    needed = math.log(1.0 - RANSAC_CAP_CONFIDENCE) / math.log(1.0 - share**4)
+    return max(1, min(RANSAC_MAX_ITERS, math.ceil(needed)))
 
 
 def evidence(
