@@ -121,6 +121,7 @@ class Searcher:
         # The pool runs one candidate per thread: each match then uses one BLAS thread.
         limit_blas_threads()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="compare")
+        self._workers = workers
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -175,9 +176,7 @@ class Searcher:
         ):
             views += [_region(image, box) for box in REGION_BOXES]
         try:
-            with lanes_of(self.embedder).interactive():  # ingest batches make room
-                vectors = self.embedder.embed_images(views)
-            found = self._candidates(vectors, options)
+            found = self._candidates(self._embed(views), options)
         except BaseException:
             if query is not None:
                 query.cancel()
@@ -185,6 +184,25 @@ class Searcher:
         if query is None:
             return [_plain_hit(f) for f in found[: options.limit]]
         return self._rerank(query.result(), found, options)
+
+    def _embed(self, views: list[Image.Image]) -> np.ndarray:
+        """The views' vectors. With region views, and cores to spare (several model lanes, a
+        pool thread beside the one extracting the query's features), half of them are
+        embedded in the pool at the same time: one model call runs on --threads threads."""
+        lanes = lanes_of(self.embedder)
+        split = len(views) // 2 if lanes.lanes > 1 and self._workers > 1 else 0
+        rest = self._pool.submit(self._embed_now, views[len(views) - split :]) if split else None
+        try:
+            head = self._embed_now(views[: len(views) - split])
+        except BaseException:
+            if rest is not None:
+                rest.cancel()
+            raise
+        return head if rest is None else np.vstack([head, rest.result()])
+
+    def _embed_now(self, views: list[Image.Image]) -> np.ndarray:
+        with lanes_of(self.embedder).interactive():  # ingest batches make room
+            return self.embedder.embed_images(views)
 
     def _candidates(self, vectors: np.ndarray, options: SearchOptions) -> list[Neighbour]:
         """Whole-query neighbours, plus region neighbours scored by whole-query similarity."""

@@ -125,3 +125,24 @@ def test_an_add_embeds_batches_side_by_side_and_writes_them_all(
     ids = [states[str(f)].id for f in files]
     sims = [service.catalog.similarities(expected[i], [ids[i]])[ids[i]] for i in range(10)]
     assert min(sims) > 0.99
+
+
+def test_region_views_are_embedded_in_two_calls_in_order(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    views = [photo(PHOTOS[i % len(PHOTOS)], 96).rotate(i * 5) for i in range(6)]
+    embedder = service.embedder
+    whole = embedder.embed_images(views)
+    real, calls = embedder.embed_images, []
+
+    def counting(images: Sequence[Any]) -> np.ndarray:
+        calls.append(len(images))
+        out: np.ndarray = real(images)
+        return out
+
+    monkeypatch.setattr(embedder, "embed_images", counting)
+    split = service.searcher._embed(views)  # lanes 2, compare workers 2: half in the pool
+    assert calls == [3, 3]
+    assert split.shape == whole.shape
+    assert np.allclose(split, whole, atol=1e-5)
+    assert np.allclose(service.searcher._embed(views[:1]), whole[:1], atol=1e-5)
