@@ -444,10 +444,13 @@ def run_after_add(bench: Bench, queries: Sequence[Query], gallery: Path) -> dict
     }
 
 
-def sift_stages(bench: Bench, queries: Sequence[Query]) -> dict[str, float]:
+def sift_stages(
+    bench: Bench, queries: Sequence[Query], modes: Sequence[str] = ()
+) -> dict[str, float]:
     """Median ms per query: whole searches without and with sift, and sift's steps alone."""
     service = bench.service
     embedder, sift = service.embedder, service.comparators.get("sift")
+    verify = service.comparators.get("verify") if "verify" in modes else None
     pixels = service.config.max_image_pixels
     regions = getattr(sift, "locates_parts", False)
     steps: dict[str, list[float]] = {}
@@ -476,6 +479,14 @@ def sift_stages(bench: Bench, queries: Sequence[Query]) -> dict[str, float]:
         with step("  SIFT matching (all candidates, 1 thread)"):
             for candidate in cached:
                 sift.compare(query, candidate)
+        if verify is not None:  # the same candidates, matching + RANSAC + the pixel check
+            picture = Picture.from_pil(image)
+            query_v = verify.features(picture)
+            found = [service.features.get("verify", i, paths[i].mtime_ns) for i in ids]
+            with step("  verify (same candidates, 1 thread)"):
+                for candidate in found:
+                    if candidate is not None:
+                        verify.compare(query_v, candidate)
     return {name: float(np.median(ms)) for name, ms in steps.items()}
 
 
@@ -670,7 +681,7 @@ def measure(
                 modes = args.modes or TIMED
                 doc["timing"], doc["agree"], doc["agree_total"] = run_timing(bench, timed, modes)
                 doc["load_average"] = [args.load, load, os.getloadavg()[0]]
-                doc["sift_stages"] = sift_stages(bench, timed) if "sift" in modes else {}
+                doc["sift_stages"] = sift_stages(bench, timed, modes) if "sift" in modes else {}
                 doc["after_add"] = run_after_add(bench, timed, gallery)
         finally:
             service.close()
