@@ -208,12 +208,6 @@ class Ingester:
         )
         return Prepared(facts, tensor)
 
-    def commit(self, batch: list[Prepared], new: set[str], report: AddReport) -> None:
-        """Embed and write a batch of decoded files (moved ones are not embedded)."""
-        batch = self.unmoved(batch, new, report)
-        if batch:
-            self.write_embedded(batch, self.embed(batch), report)
-
     def unmoved(self, batch: list[Prepared], new: set[str], report: AddReport) -> list[Prepared]:
         """The batch less the files that turned out to be moves (their rows follow them)."""
         moved = self._follow_moves([p.facts for p in batch if p.facts.path in new], report)
@@ -226,6 +220,7 @@ class Ingester:
             return self.embedder.embed_prepared([p.tensor for p in batch])
 
     def write_embedded(self, batch: list[Prepared], vectors: np.ndarray, report: AddReport) -> None:
+        """Write a batch with the vectors its model call returned (row i for file i)."""
         items = [NewImage(p.facts, v) for p, v in zip(batch, vectors, strict=True)]
         self.write(items, set(), report)
 
