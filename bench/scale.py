@@ -48,6 +48,7 @@ from _common import (  # noqa: E402
 CHUNK = 10_000  # vectors generated at a time, and paths per folder
 SHARD_CHUNKS = 10  # chunks per Parquet shard (100k rows)
 PHOTOS = 20
+ROOT = Path("/imgsearch-scale")  # the generated paths' folder (no files: imported vectors only)
 CLUSTERS_PER_MILLION = 20_000
 K = 10
 MODELS = {"ViT-B-32": ("open_clip/ViT-B-32/random", 512), "efficientnet-lite0": (
@@ -106,15 +107,21 @@ def unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def write_shards(vectors: Vectors, root: Path, shards: Path, model_id: str) -> float:
-    """Write every vector as float16 Parquet shards (SHARD_CHUNKS chunks a shard, paths in
-    folders of CHUNK under `root`); return seconds spent."""
+def write_shards(vectors: Vectors, model_id: str) -> tuple[Path, float]:
+    """Every vector as float16 Parquet shards (SHARD_CHUNKS chunks a shard; paths in folders of
+    CHUNK under ROOT), cached in bench/out/ by model, distribution and size: (folder, seconds
+    spent writing; 0 when cached)."""
     import pyarrow as pa
 
     from imgsearch.bulk.format import schema, write_shard
 
+    name = f"scale-shards-{model_id.replace('/', '_')}-{vectors.dist}-{vectors.n}"
+    shards, root = OUT_DIR / name, ROOT
+    if (shards / ".complete").exists():
+        progress(f"using the shards cached in {shards}")
+        return shards, 0.0
     start = time.perf_counter()
-    shards.mkdir()
+    shards.mkdir(parents=True, exist_ok=True)
     sch = schema(model_id, vectors.dim, float16=True)
     batch: list[pa.RecordBatch] = []
     chunks = (vectors.n + CHUNK - 1) // CHUNK
@@ -136,7 +143,8 @@ def write_shards(vectors: Vectors, root: Path, shards: Path, model_id: str) -> f
             write_shard(shards / name, pa.Table.from_batches(batch))
             batch = []
             progress(f"wrote {(i + 1) * CHUNK:,} vectors")
-    return time.perf_counter() - start
+    (shards / ".complete").write_text("ok\n")
+    return shards, time.perf_counter() - start
 
 
 def photos_added(daemon: Daemon, count: int) -> list[str]:
@@ -277,13 +285,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         flags += ["--pretrained", "none"]
     out: dict[str, Any] = {"n": args.n, "dim": dim, "dist": args.dist, **machine()}
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-        data_dir, root, shards = Path(tmp) / "data", Path(tmp) / "lib", Path(tmp) / "shards"
+        data_dir, root = Path(tmp) / "data", ROOT
         daemon = Daemon(flags, data_dir, start_timeout=7200)
         with daemon:
             out["model"] = model_id = daemon.get("/stats")["model"]
+            if model_id != MODELS[args.model][0]:
+                raise SystemExit(f"the daemon's model is {model_id}, not {MODELS[args.model][0]}")
             photos = photos_added(daemon, PHOTOS)
             out["image_search_ms_at_20"] = image_searches(daemon, photos)
-            out["write_shards_s"] = write_shards(vectors, root, shards, model_id)
+            shards, out["write_shards_s"] = write_shards(vectors, model_id)
             progress(f"importing {args.n:,} vectors")
             urls = {"stats": daemon.url + "/stats", "health": daemon.url + "/health"}
             with LatencyPoller(urls, interval=0.1) as poller:
@@ -305,8 +315,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 name: percentiles(ms) for name, ms in poller.latencies.items()
             }
             out["first_daemon_rss"] = rss(daemon._proc.pid)  # type: ignore[union-attr]
-        for shard in shards.glob("*.parquet"):
-            shard.unlink()  # frees the disk before the library is measured
         queries = vectors.queries(args.queries)
         progress("exact ground truth")
         want = truth(vectors, queries)
@@ -399,9 +407,16 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--tmp", default=None, help="where the data dir goes (default: $TMPDIR)")
     parser.add_argument(
+        "--shards-only", action="store_true", help="only write (and cache) the Parquet shards"
+    )
+    parser.add_argument(
         "--crossover", type=int, nargs="*", help="only time exact vs IVF at these sizes"
     )
     args = parser.parse_args()
+    if args.shards_only:
+        model_id, dim = MODELS[args.model]
+        print(write_shards(Vectors(args.n, dim, args.dist), model_id))
+        return
     if args.crossover:
         result: dict[str, Any] = {"crossover": crossover(args.crossover, 512), **machine()}
     else:
