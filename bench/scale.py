@@ -4,13 +4,16 @@
     python bench/scale.py --n 1000000 --dist uniform       # the worst case: no structure
     python bench/scale.py --n 1000000 --model efficientnet-lite0   # 1280-d
 
-Vectors are written through the store API in chunks (never all in memory), in folders of
-10,000 paths. "clustered" vectors imitate real embeddings: many clusters of varied spread and
-1% near-duplicates; queries are new vectors near stored ones (a new photo of a known subject).
-"uniform" vectors are random directions, queries too. Ground truth is exact search over the
-vectors as stored (float16), streamed chunk by chunk. The daemon is started twice: the first
-start builds the index (its time is reported), the second opens the saved base. Prints one
-JSON line and appends it to bench/out/scale.jsonl.
+One daemon is started on an empty data dir. 20 real photos are added (image search on them
+gives the embedding time), then N vectors are written as float16 Parquet shards (generated in
+chunks, never all in memory; paths in folders of 10,000) and loaded with POST /import, timed,
+while /stats and /health are polled. "clustered" vectors imitate real embeddings: many
+clusters of varied spread and 1% near-duplicates; queries are new vectors near stored ones
+(a new photo of a known subject). "uniform" vectors are random directions, queries too.
+Ground truth is exact search over the vectors as stored (float16), streamed chunk by chunk.
+After the import the index is left to train; the daemon is then restarted on the saved base
+(start-up time and RSS), searched by vector and by image, and photos and folders are removed
+and added while searches run. Prints one JSON object and appends it to bench/out/scale.jsonl.
 """
 
 from __future__ import annotations
@@ -32,11 +35,20 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import OUT_DIR, Daemon, cpu_model, percentiles, progress  # noqa: E402
+from _common import (  # noqa: E402
+    OUT_DIR,
+    Daemon,
+    LatencyPoller,
+    cpu_model,
+    generate_jpegs,
+    percentiles,
+    progress,
+)
 
-from imgsearch.store import FileFacts, NewImage, Store  # noqa: E402
-
-CHUNK = 10_000  # rows per store transaction, and paths per folder
+CHUNK = 10_000  # vectors generated at a time, and paths per folder
+SHARD_CHUNKS = 10  # chunks per Parquet shard (100k rows)
+PHOTOS = 20
+ROOT = Path("/imgsearch-scale")  # the generated paths' folder (no files: imported vectors only)
 CLUSTERS_PER_MILLION = 20_000
 K = 10
 MODELS = {"ViT-B-32": ("open_clip/ViT-B-32/random", 512), "efficientnet-lite0": (
@@ -95,18 +107,60 @@ def unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def load(store: Store, vectors: Vectors, root: Path) -> float:
-    """Write every vector through the store; return rows per second."""
+def write_shards(vectors: Vectors, model_id: str) -> tuple[Path, float]:
+    """Every vector as float16 Parquet shards (SHARD_CHUNKS chunks a shard; paths in folders of
+    CHUNK under ROOT), cached in bench/out/ by model, distribution and size: (folder, seconds
+    spent writing; 0 when cached)."""
+    import pyarrow as pa
+
+    from imgsearch.bulk.format import schema, write_shard
+
+    name = f"scale-shards-{model_id.replace('/', '_')}-{vectors.dist}-{vectors.n}"
+    shards, root = OUT_DIR / name, ROOT
+    if (shards / ".complete").exists():
+        progress(f"using the shards cached in {shards}")
+        return shards, 0.0
     start = time.perf_counter()
+    shards.mkdir(parents=True, exist_ok=True)
+    sch = schema(model_id, vectors.dim, float16=True)
+    batch: list[pa.RecordBatch] = []
+    chunks = (vectors.n + CHUNK - 1) // CHUNK
     for i, chunk in enumerate(vectors.chunks()):
-        items = [
-            NewImage(FileFacts(f"{root}/f{i:04d}/{j:05d}.jpg", 1000, 1, f"{i}-{j}", 64, 64), v)
-            for j, v in enumerate(chunk)
-        ]
-        store.images.upsert(items)
-        if i % 10 == 0:
-            progress(f"loaded {(i + 1) * CHUNK:,} rows")
-    return vectors.n / (time.perf_counter() - start)
+        paths = [f"{root}/f{i:04d}/{j:05d}.jpg" for j in range(len(chunk))]
+        flat = pa.array(chunk.astype(np.float16).reshape(-1), pa.float16())
+        columns = {
+            "path": pa.array(paths, pa.string()),
+            "vector": pa.FixedSizeListArray.from_arrays(flat, vectors.dim),
+            "size": pa.array([1000] * len(chunk), pa.int64()),
+            "mtime_ns": pa.array([1] * len(chunk), pa.int64()),
+            "width": pa.array([64] * len(chunk), pa.int32()),
+            "height": pa.array([64] * len(chunk), pa.int32()),
+        }
+        full = {f.name: columns.get(f.name, pa.nulls(len(chunk), f.type)) for f in sch}
+        batch.append(pa.RecordBatch.from_pydict(full, schema=sch))
+        if len(batch) == SHARD_CHUNKS or i == chunks - 1:
+            name = f"part-{i // SHARD_CHUNKS:05d}.parquet"
+            write_shard(shards / name, pa.Table.from_batches(batch))
+            batch = []
+            progress(f"wrote {(i + 1) * CHUNK:,} vectors")
+    (shards / ".complete").write_text("ok\n")
+    return shards, time.perf_counter() - start
+
+
+def photos_added(daemon: Daemon, count: int) -> list[str]:
+    """Add `count` real photos (1024x768 JPEGs made from scikit-image's); return their paths."""
+    folder = generate_jpegs(count, size=(1024, 768), quality=90, seed=7)
+    daemon.get("/add?image=" + urllib.request.quote(str(folder)))
+    return sorted(str(p) for p in folder.glob("*.jpg"))
+
+
+def image_searches(daemon: Daemon, photos: list[str], rounds: int = 3) -> dict[str, float]:
+    """Search by each photo's path (decoded and embedded each time): latency percentiles."""
+    times = []
+    for _ in range(rounds):
+        for p in photos:
+            times.append(timed_get(daemon, "/search?limit=10&image=" + urllib.request.quote(p)))
+    return percentiles(times)
 
 
 def truth(vectors: Vectors, queries: np.ndarray) -> np.ndarray:
@@ -141,14 +195,20 @@ def rss(pid: int) -> dict[str, float]:
     return {"rss_mb": kb["VmRSS"] / 1024, "peak_rss_mb": kb["VmHWM"] / 1024}
 
 
-def wait_idle(daemon: Daemon, timeout: float = 7200) -> dict[str, Any]:
-    """Wait until no training or compaction runs and nothing is waiting to be folded in."""
+def wait_idle(daemon: Daemon, timeout: float = 7200, quiet: float = 12.0) -> dict[str, Any]:
+    """Wait until the index has neither trained nor compacted for `quiet` seconds (the worker
+    looks for work every few seconds); return its /stats description."""
     deadline = time.monotonic() + timeout
+    idle_since = None
     while time.monotonic() < deadline:
         index = daemon.get("/stats")["index"]
-        if index["state"] == "idle" and index["recent"] == 0 and index["deleted"] == 0:
+        if index["state"] != "idle":
+            idle_since = None
+        elif idle_since is None:
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since >= quiet:
             return dict(index)
-        time.sleep(1)
+        time.sleep(0.5)
     raise TimeoutError("index never settled")
 
 
@@ -163,8 +223,11 @@ def searches(daemon: Daemon, queries: np.ndarray, want: np.ndarray) -> dict[str,
 
 
 def path_to_id(path: str) -> int:
-    """The store id of a loaded path (ids are given in load order from 1)."""
+    """A generated vector's number from 1 in generation order (its path says it); 0 for the
+    real photos, which the ground truth does not hold."""
     folder, name = Path(path).parent.name, Path(path).stem
+    if not (folder.startswith("f") and folder[1:].isdigit() and name.isdigit()):
+        return 0
     return int(folder[1:]) * CHUNK + int(name) + 1
 
 
@@ -203,8 +266,6 @@ def remove_under_load(daemon: Daemon, root: Path, n: int, queries: np.ndarray) -
     out: dict[str, Any] = {}
     folders = [f"{root}/f{i:04d}" for i in range(1, max(2, n // CHUNK // 10 + 1))]
     with Searching(daemon, queries) as load:
-        one = f"{root}/f0000/00007.jpg"
-        out["remove_one_ms"] = timed_get(daemon, "/remove?image=" + urllib.request.quote(one))
         removes = [timed_get(daemon, "/remove?image=" + urllib.request.quote(f)) for f in folders]
         out["remove_folder_ms"] = percentiles(removes)
         start = time.perf_counter()
@@ -216,42 +277,64 @@ def remove_under_load(daemon: Daemon, root: Path, n: int, queries: np.ndarray) -
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    model_id, dim = MODELS[args.model]
+    """One daemon from empty: photos, then N vectors through POST /import, then every measure."""
+    _, dim = MODELS[args.model]
     vectors = Vectors(args.n, dim, args.dist)
     flags = ["--model", args.model, "--workers", "1"]
     if args.model != "efficientnet-lite0":
         flags += ["--pretrained", "none"]
-    out: dict[str, Any] = {
-        "n": args.n,
-        "dim": dim,
-        "dist": args.dist,
-        "model": model_id,
-        **machine(),
-    }
+    out: dict[str, Any] = {"n": args.n, "dim": dim, "dist": args.dist, **machine()}
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-        data_dir, root = Path(tmp) / "data", Path(tmp) / "lib"
-        data_dir.mkdir()
-        store = Store(data_dir / "imgsearch.sqlite3")
-        store.meta.bind_model(model_id, dim)
-        out["import_rows_per_s"] = load(store, vectors, root)
-        store.close()
+        data_dir, root = Path(tmp) / "data", ROOT
+        daemon = Daemon(flags, data_dir, start_timeout=7200)
+        with daemon:
+            out["model"] = model_id = daemon.get("/stats")["model"]
+            if model_id != MODELS[args.model][0]:
+                raise SystemExit(f"the daemon's model is {model_id}, not {MODELS[args.model][0]}")
+            photos = photos_added(daemon, PHOTOS)
+            out["image_search_ms_at_20"] = image_searches(daemon, photos)
+            shards, out["write_shards_s"] = write_shards(vectors, model_id)
+            progress(f"importing {args.n:,} vectors")
+            urls = {"stats": daemon.url + "/stats", "health": daemon.url + "/health"}
+            with LatencyPoller(urls, interval=0.1) as poller:
+                start, cpu = time.perf_counter(), daemon.cpu_seconds()
+                job, _ = post_json(
+                    daemon.url + "/import", {"dir": str(shards), "wait": True}, timeout=86400
+                )
+                elapsed, cpu = time.perf_counter() - start, daemon.cpu_seconds() - cpu
+                out["import"] = {
+                    "state": job["state"], "imported": job["imported"], "seconds": elapsed,
+                    "vectors_per_s": job["imported"] / elapsed,
+                    "vectors_per_cpu_s": job["imported"] / cpu,
+                }  # fmt: skip
+                progress(f"imported: {out['import']}; waiting for the index to settle")
+                start = time.perf_counter()
+                out["index_built"] = wait_idle(daemon, timeout=86400)
+                out["settle_after_import_s"] = time.perf_counter() - start
+            out["during_import_and_training_ms"] = {
+                name: percentiles(ms) for name, ms in poller.latencies.items()
+            }
+            out["first_daemon_rss"] = rss(daemon._proc.pid)  # type: ignore[union-attr]
         queries = vectors.queries(args.queries)
         progress("exact ground truth")
         want = truth(vectors, queries)
-        daemon = Daemon(flags, data_dir, start_timeout=7200)
-        start = time.perf_counter()
-        with daemon:
-            out["first_start_s"] = time.perf_counter() - start
-            out["index"] = wait_idle(daemon)
-            out["first_start_rss"] = rss(daemon._proc.pid)  # type: ignore[union-attr]
         start = time.perf_counter()
         with daemon:
             out["start_s"] = time.perf_counter() - start
             pid = daemon._proc.pid  # type: ignore[union-attr]
             out["start_rss"] = rss(pid)
+            out["index"] = daemon.get("/stats")["index"]
             out.update(searches(daemon, queries, want))
+            out["image_search_ms"] = image_searches(daemon, photos)
+            out["image_search_over_20_ms"] = (
+                out["image_search_ms"]["p50"] - out["image_search_ms_at_20"]["p50"]
+            )
             out["stats_ms"] = percentiles([timed_get(daemon, "/stats") for _ in range(300)])
             out["steady_rss"] = rss(pid)
+            out.update(add_remove_one(daemon, photos))
+            # An add embeds the photo: what the library's size adds is the excess over embedding.
+            embed_ms = out["image_search_ms_at_20"]["p50"]
+            out["add_one_over_20_ms"] = out["add_one_ms"]["p50"] - embed_ms
             out.update(remove_under_load(daemon, root, args.n, queries))
             out["after_removes_rss"] = rss(pid)
             proc = daemon._proc
@@ -263,8 +346,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         size = sum(f.stat().st_size for f in data_dir.rglob("*") if f.is_file())
         out["disk_bytes_per_image"] = size / args.n
         out["db_bytes_per_image"] = (data_dir / "imgsearch.sqlite3").stat().st_size / args.n
-        out["log_tail"] = daemon.log_tail(8)
+        out["log_tail"] = daemon.log_tail(12)
     return out
+
+
+def add_remove_one(daemon: Daemon, photos: list[str]) -> dict[str, Any]:
+    """Remove one photo and add it back, ten times: each request's latency (ms)."""
+    removes, adds = [], []
+    for p in photos[:10]:
+        quoted = urllib.request.quote(p)
+        removes.append(timed_get(daemon, "/remove?image=" + quoted))
+        adds.append(timed_get(daemon, "/add?image=" + quoted))
+    return {"remove_one_ms": percentiles(removes), "add_one_ms": percentiles(adds)}
 
 
 def crossover(sizes: list[int], dim: int) -> list[dict[str, Any]]:
@@ -314,9 +407,16 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--tmp", default=None, help="where the data dir goes (default: $TMPDIR)")
     parser.add_argument(
+        "--shards-only", action="store_true", help="only write (and cache) the Parquet shards"
+    )
+    parser.add_argument(
         "--crossover", type=int, nargs="*", help="only time exact vs IVF at these sizes"
     )
     args = parser.parse_args()
+    if args.shards_only:
+        model_id, dim = MODELS[args.model]
+        print(write_shards(Vectors(args.n, dim, args.dist), model_id))
+        return
     if args.crossover:
         result: dict[str, Any] = {"crossover": crossover(args.crossover, 512), **machine()}
     else:
