@@ -197,3 +197,35 @@ def test_a_crash_loses_nothing_sqlite_has(tmp_path: Path) -> None:
         assert second.nearest(vectors[1200:1201], 1)[0][0].path == "/v/1200.jpg"
     finally:
         second.close()
+
+
+def test_compaction_threshold_grows_with_the_base() -> None:
+    p = Policy()
+    assert p.delta_limit(0) == p.delta_limit(50_000) == 20_000
+    assert p.delta_limit(400_000) == 100_000 and p.delta_limit(10_000_000) == 250_000
+    assert Policy(delta_max=5, delta_fraction=0).delta_limit(1_000_000) == 5
+
+
+def test_a_hold_defers_training_and_compaction_until_it_ends(tmp_path: Path) -> None:
+    vectors = clustered(N)
+    catalog = Catalog(tmp_path, "m", DIM, Policy(exact_max=100, delta_max=100, delta_fraction=0))
+    index = catalog.index
+    try:
+        with index.hold():
+            ids = fill(catalog, vectors)
+            assert index.maintain() is None  # due, but held: everything in the recent segment
+            about = index.describe()
+            assert (about["kind"], about["base"], about["recent"]) == ("exact", 0, N)
+            assert [n.id for n in catalog.nearest(vectors[:1], 1)[0]] == ids[:1]
+            index.policy = Policy(
+                exact_max=100, delta_max=100, delta_fraction=0, held_delta_max=N - 1
+            )
+            assert index.maintain() == "train"  # the segment outgrew the hold's bound
+            fill(catalog, vectors[:200], start=N)
+            assert index.maintain() is None
+        assert index.maintain() in ("compact", None)  # (or the worker did, once released)
+        about = index.describe()
+        assert about["kind"] == "ivf-flat" and about["recent"] <= 100
+        assert sorted(index.ids().tolist()) == catalog.store.ids().tolist()
+    finally:
+        catalog.close()

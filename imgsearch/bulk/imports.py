@@ -266,7 +266,8 @@ class ImportManager:
                 job.state, job._clock = "running", time.time()
                 job.started = job.started or job._clock
                 self._save(job)
-                self._import(job)
+                with self.catalog.index.hold():  # train/compact once, after the import
+                    self._import(job)
             if job.stop.is_set():  # a shutdown leaves it queued, so the next start resumes it
                 job.state = "queued" if self._closing else "cancelled"
             else:

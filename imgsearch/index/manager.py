@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +50,7 @@ class LibraryIndex:
         self._log: list[tuple[int, str, np.ndarray, np.ndarray | None]] | None = None
         self.state = "idle"
         self.origin = "new"
+        self._holds = 0  # bulk imports in progress: training and compaction wait for them
         self._path: Path | None = None
         self._segments = self._open()
         self._applied = self._segments.base.meta.generation
@@ -137,8 +140,26 @@ class LibraryIndex:
 
     def _poke(self) -> None:
         seg = self._segments
-        if int(seg.recent.ntotal) > self.policy.delta_max or self._needs_training():
+        if int(seg.recent.ntotal) > self.policy.delta_limit(len(seg.base)):
             self._wake.set()
+        elif self._needs_training():
+            self._wake.set()
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Defer training and compaction while a bulk write runs (unless the recent segment
+        outgrows `policy.held_delta_max`); the worker catches up when the last hold ends."""
+        with self._lock:
+            self._holds += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holds -= 1
+            self._wake.set()
+
+    def _held(self) -> bool:
+        return self._holds > 0 and int(self._segments.recent.ntotal) <= self.policy.held_delta_max
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -206,7 +227,7 @@ class LibraryIndex:
 
     def _needs_compaction(self) -> bool:
         seg = self._segments
-        return int(seg.recent.ntotal) > self.policy.delta_max or (
+        return int(seg.recent.ntotal) > self.policy.delta_limit(len(seg.base)) or (
             seg.dead > 0 and seg.dead >= self.policy.tombstone_fraction * max(1, len(seg.base))
         )
 
@@ -225,7 +246,7 @@ class LibraryIndex:
     def maintain(self) -> str | None:
         """Train or compact if due (the worker calls this; tests may too); return what ran."""
         with self._busy:
-            if self._stop.is_set():
+            if self._stop.is_set() or self._held():
                 return None
             if self._needs_training():
                 self._replace(self.train)
