@@ -64,6 +64,9 @@ class StoreSource:
     def ids(self) -> np.ndarray:
         return self.store.ids()
 
+    def count(self) -> int:
+        return self.store.count()
+
     def chunks(self, since_generation: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for chunk in self.store.images.vectors(since_generation=since_generation):
             yield chunk.ids, chunk.vectors

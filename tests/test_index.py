@@ -6,13 +6,14 @@ thousand vectors in a second or two; the real sizes are measured by bench/scale.
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from imgsearch.catalog import Catalog, StoreSource
+from imgsearch.catalog import INDEX_DIR, Catalog, StoreSource
 from imgsearch.index import Policy
 from imgsearch.index.policy import lists_for
 from imgsearch.store import FileFacts, NewImage
@@ -227,5 +228,53 @@ def test_a_hold_defers_training_and_compaction_until_it_ends(tmp_path: Path) -> 
         about = index.describe()
         assert about["kind"] == "ivf-flat" and about["recent"] <= 100
         assert sorted(index.ids().tolist()) == catalog.store.ids().tolist()
+    finally:
+        catalog.close()
+
+
+class GatedSource(StoreSource):
+    """Holds a build before it reads its training sample, until released (chunks run free)."""
+
+    def __init__(self, source: StoreSource) -> None:
+        super().__init__(source.store)
+        self.reading = threading.Event()
+        self.release = threading.Event()
+
+    def vectors(self, ids):  # type: ignore[no-untyped-def]
+        self.reading.set()
+        assert self.release.wait(30)
+        return super().vectors(ids)
+
+
+def test_first_start_serves_exact_results_while_the_base_builds(tmp_path: Path) -> None:
+    vectors = clustered(N + 1)
+    first = Catalog(tmp_path, "m", DIM, policy("ivf-flat"))
+    ids = np.asarray(fill(first, vectors[:N]), np.int64)
+    first.index.maintain()
+    first.close()
+    shutil.rmtree(tmp_path / INDEX_DIR)  # no saved base: the first start of a big library
+    catalog = Catalog(tmp_path, "m", DIM, policy("ivf-flat"))
+    gate = GatedSource(StoreSource(catalog.store))
+    catalog.index.source = gate
+    try:
+        about = catalog.index.describe()
+        assert (about["state"], about["origin"], about["vectors"]) == ("building", "building", N)
+        builder = threading.Thread(target=catalog.index.maintain)
+        builder.start()
+        assert gate.reading.wait(30)
+        queries = near(vectors[:20:2])
+        got = [[n.id for n in row] for row in catalog.nearest(queries, 10)]
+        assert got == truth(vectors[:N], ids, queries, 10).tolist(), "exact, from SQLite"
+        catalog.remove_ids(ids[:1].tolist())
+        (new,) = fill(catalog, vectors[N:], start=N)
+        assert [n.id for n in catalog.nearest(vectors[:1], 1)[0]] == [ids[1]]  # a near-duplicate
+        assert catalog.nearest(vectors[N:], 1)[0][0].id == new
+        gate.release.set()
+        builder.join(60)
+        about = catalog.index.describe()
+        assert (about["kind"], about["origin"], about["state"]) == ("ivf-flat", "rebuilt", "idle")
+        assert sorted(catalog.index.ids().tolist()) == catalog.store.ids().tolist()
+        assert catalog.nearest(vectors[N:], 1)[0][0].id == new
+        assert ids[0] not in {n.id for n in catalog.nearest(vectors[:1], 5)[0]}
     finally:
         catalog.close()

@@ -51,6 +51,7 @@ class LibraryIndex:
         self.state = "idle"
         self.origin = "new"
         self._holds = 0  # bulk imports in progress: training and compaction wait for them
+        self._building = False  # the first base is being built: searches read the store
         self._path: Path | None = None
         self._segments = self._open()
         self._applied = self._segments.base.meta.generation
@@ -100,8 +101,18 @@ class LibraryIndex:
         return None
 
     def _build_now(self) -> B.Base:
-        present = len(self.source.ids())
+        present = self.source.count()
         if not present:
+            return B.empty_exact(self.model_id, self.dim, self.source.generation())
+        if self.policy.spec(present, self.dim).kind != "exact":
+            # Training takes minutes at a million vectors: the worker builds the first base
+            # while the daemon serves, searches answered exactly from the store meanwhile.
+            log.info(
+                "no usable saved index: building one from SQLite (%d vectors) in the "
+                "background; searches are exact from SQLite until it is ready",
+                present,
+            )
+            self._building, self.origin, self.state = True, "building", "building"
             return B.empty_exact(self.model_id, self.dim, self.source.generation())
         log.info("no usable saved index: building one from SQLite (%d vectors)", present)
         base = self._build(present)
@@ -164,7 +175,7 @@ class LibraryIndex:
     # -- reads ----------------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._segments)
+        return self.source.count() if self._building else len(self._segments)
 
     def ids(self) -> np.ndarray:
         return self._segments.ids()
@@ -184,6 +195,8 @@ class LibraryIndex:
             allowed = np.ascontiguousarray(allowed, dtype=np.int64)
             if len(allowed) <= self.policy.allowed_exact_max:
                 return exact_among(queries, k, *self.source.vectors(allowed.tolist()))
+        if self._building:
+            return self._search_store(queries, k, allowed)
         seg = self._segments  # one read: a swap meanwhile does not mix two states
         meta = seg.base.meta
         quantized = meta.kind in QUANTIZED  # similarities of hits always exact, from the store
@@ -199,13 +212,26 @@ class LibraryIndex:
             sims, ids = rescored(queries, ids, k, self.source)
         return sims, ids
 
+    def _search_store(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact best k over every present vector in SQLite (while the first base builds)."""
+        none = np.zeros((len(queries), 0))
+        best = (none.astype(np.float32), none.astype(np.int64))
+        for ids, vectors in self.source.chunks():
+            if allowed is not None:
+                keep = np.isin(ids, allowed, assume_unique=True)
+                ids, vectors = ids[keep], vectors[keep]
+            best = merge([best, exact_among(queries, k, ids, vectors)], k)
+        return best
+
     def describe(self) -> dict[str, Any]:
         seg = self._segments
         meta = seg.base.meta
         return {
             "kind": meta.kind,
             "factory": meta.factory,
-            "vectors": len(seg),
+            "vectors": len(self),
             "base": len(seg.base),
             "recent": int(seg.recent.ntotal),
             "deleted": seg.dead,
@@ -246,9 +272,9 @@ class LibraryIndex:
     def maintain(self) -> str | None:
         """Train or compact if due (the worker calls this; tests may too); return what ran."""
         with self._busy:
-            if self._stop.is_set() or self._held():
+            if self._stop.is_set() or (self._held() and not self._building):
                 return None
-            if self._needs_training():
+            if self._building or self._needs_training():
                 self._replace(self.train)
                 return "train"
             if self._needs_compaction():
@@ -259,7 +285,7 @@ class LibraryIndex:
     def rebase(self) -> None:
         """Fold recent changes into a new saved base now (what compaction does when due)."""
         with self._busy:
-            self._replace(self.compact)
+            self._replace(self.train if self._building else self.compact)
 
     def _replace(self, make: Any) -> None:
         with self._lock:
@@ -276,7 +302,7 @@ class LibraryIndex:
 
     def train(self) -> B.Base:
         """A new base trained on the library as it is now."""
-        self.state = "training"
+        self.state = "building" if self._building else "training"
         return self._build(len(self))
 
     def compact(self) -> B.Base:
@@ -313,6 +339,8 @@ class LibraryIndex:
                     else:
                         fresh.add(ids, vectors)
             self._segments = fresh  # the swap: one reference assignment
+            if self._building:  # the first base: searches use it from now on
+                self._building, self.origin = False, "rebuilt"
         log.info("index swapped in: %s, %d vectors", base.meta.factory, len(fresh))
 
     def close(self) -> None:
