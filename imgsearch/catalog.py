@@ -114,7 +114,9 @@ class Catalog:
         """Write images (insert or replace by path); searchable when this returns."""
         with self._mutate:
             result = self.store.images.upsert(items)
-            vectors = np.stack([item.vector for item in items])
+            vectors = np.array(
+                [item.vector for item in items], dtype=np.float32
+            )  # (faster than np.stack)
             self.index.add(np.asarray(result.ids, dtype=np.int64), vectors, result.generation)
             self._notify(result)
         return result

@@ -163,7 +163,7 @@ class Ingester:
         fits = sizes == dim
         matrix = np.zeros((len(flat), dim), np.float32)
         if fits.any():
-            matrix[fits] = np.stack([v for v, ok in zip(flat, fits, strict=True) if ok])
+            matrix[fits] = np.array([v for v, ok in zip(flat, fits, strict=True) if ok])
         with np.errstate(invalid="ignore", over="ignore"):
             norms = np.linalg.norm(matrix, axis=1)
         usable = fits & np.isfinite(matrix).all(axis=1) & np.isfinite(norms) & (norms > 0)

@@ -385,7 +385,7 @@ def _blobs(items: Sequence[NewImage]) -> list[bytes]:
     """Each item's vector as a VECTOR_DTYPE blob (one conversion for the batch)."""
     if not items:
         return []
-    half = np.ascontiguousarray(np.stack([i.vector for i in items]), dtype=VECTOR_DTYPE)
+    half = np.array([i.vector for i in items], dtype=VECTOR_DTYPE)
     raw = half.reshape(len(items), -1).tobytes()
     step = len(raw) // len(items)
     return [raw[n * step : (n + 1) * step] for n in range(len(items))]
