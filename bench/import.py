@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -55,7 +56,10 @@ def write_shards(folder: Path, n: int, shard_rows: int, model_id: str) -> None:
     folder.mkdir()
     for start in range(0, n, shard_rows):
         rows = min(shard_rows, n - start)
-        paths = [f"/archive/{i // 1000:05d}/{i:09d}.jpg" for i in range(start, start + rows)]
+        paths = [
+            f"/archive/{i // 10_000:04d}/{i // 1000:05d}/{i:09d}.jpg"
+            for i in range(start, start + rows)
+        ]
         facts: dict[str, list[Any]] = {
             "size": [100_000 + i for i in range(rows)],
             "mtime_ns": [1_700_000_000_000_000_000 + i for i in range(rows)],
@@ -73,12 +77,68 @@ def post(url: str, body: dict[str, Any]) -> Any:
         return json.load(resp)
 
 
+def timed_ms(url: str) -> float:
+    start = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=600) as resp:
+        resp.read()
+    return (time.perf_counter() - start) * 1000
+
+
+def one_at_a_time(daemon: Daemon, root: Path, n: int, count: int = 20) -> dict[str, Any]:
+    """Remove single imported images, add single new files (a tiny JPEG each: the bench
+    model's embedding is a few ms), then remove a folder of 10,000 images; over HTTP."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    folder = root / "singles"
+    folder.mkdir()
+    files = []
+    for i in range(count):
+        files.append(folder / f"{i}.jpg")
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(files[-1])
+    picks = rng.choice(n, count, replace=False)
+    removes = [
+        timed_ms(
+            f"{daemon.url}/remove?image=/archive/{i // 10_000:04d}/{i // 1000:05d}/{i:09d}.jpg"
+        )
+        for i in picks
+    ]
+    adds = [timed_ms(f"{daemon.url}/add?image={urllib.request.quote(str(f))}") for f in files]
+    out = {"remove_one_ms": percentiles(removes), "add_one_ms": percentiles(adds)}
+    if n >= 20_000:
+        out["remove_10k_folder_ms"] = timed_ms(f"{daemon.url}/remove?image=/archive/0001")
+    return out
+
+
+def first_start(daemon: Daemon, query: list[float]) -> dict[str, Any]:
+    """Restart without a saved index: when /health answers, the first search, the base ready."""
+    daemon.stop()
+    shutil.rmtree(daemon.data_dir / "index")
+    start = time.perf_counter()
+    daemon.start()
+    out: dict[str, Any] = {"first_start_health_s": round(time.perf_counter() - start, 2)}
+    out["index_state_at_start"] = daemon.get("/stats")["index"]["state"]
+    searched = time.perf_counter()
+    post(daemon.url + "/search", {"vector": query, "k": 10})
+    out["search_while_building_ms"] = round((time.perf_counter() - searched) * 1000, 1)
+    while daemon.get("/stats")["index"]["state"] != "idle":
+        time.sleep(0.5)
+    out["first_start_index_ready_s"] = round(time.perf_counter() - start, 2)
+    searched = time.perf_counter()
+    post(daemon.url + "/search", {"vector": query, "k": 10})
+    out["search_after_ms"] = round((time.perf_counter() - searched) * 1000, 1)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--vectors", type=int, default=200_000)
     parser.add_argument("--shard-rows", type=int, default=50_000)
     parser.add_argument("--no-poll", action="store_true", help="no /stats polling meanwhile")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--writes", action="store_true", help="then time single adds/removes and a first start"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="imgsearch-import-bench-") as tmp:
         root = Path(tmp)
@@ -101,6 +161,12 @@ def main() -> None:
                 stats = daemon.get("/stats")
             settled, cpu_settled = time.perf_counter() - start, daemon.cpu_seconds() - cpu0
             disk = sum(f.stat().st_size for f in (root / "data").rglob("*") if f.is_file())
+            writes: dict[str, Any] = {}
+            if args.writes:
+                writes = one_at_a_time(daemon, root, args.vectors)
+                writes.update(
+                    first_start(daemon, clustered(1, 512, np.random.default_rng(2))[0].tolist())
+                )
     result = {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
@@ -119,6 +185,8 @@ def main() -> None:
         "index_vectors": stats["index"]["vectors"],
         **{f"{name}_ms": percentiles(ms) for name, ms in poller.latencies.items()},
         "data_dir_bytes_per_image": round(disk / max(1, stats["images"])),
+        **writes,
+        "load_avg_after": os.getloadavg(),
     }
     print(json.dumps(result, indent=1))
     if args.json:
