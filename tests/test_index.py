@@ -278,3 +278,31 @@ def test_first_start_serves_exact_results_while_the_base_builds(tmp_path: Path) 
         assert ids[0] not in {n.id for n in catalog.nearest(vectors[:1], 5)[0]}
     finally:
         catalog.close()
+
+
+def test_a_first_build_cut_short_starts_again_and_loses_nothing(tmp_path: Path) -> None:
+    """The daemon stops (or dies) while building its first base: the next start builds again,
+    with the rows written meanwhile."""
+    vectors = clustered(N + 10)
+    first = Catalog(tmp_path, "m", DIM, policy("exact"))
+    fill(first, vectors[:N])
+    first.close()
+    shutil.rmtree(tmp_path / INDEX_DIR, ignore_errors=True)  # no saved base
+    second = Catalog(tmp_path, "m", DIM, policy("ivf-flat"))
+    gate = GatedSource(StoreSource(second.store))
+    second.index.source = gate
+    fill(second, vectors[N:], start=N)  # pokes the worker: it starts the build, held at the gate
+    assert gate.reading.wait(30) and second.index.describe()["state"] == "building"
+    second.index._stop.set()  # as close() does; the build stops at its next chunk
+    gate.release.set()
+    second.close()
+    assert not list((tmp_path / INDEX_DIR).glob("*-ivf-flat"))  # nothing half-built kept
+    third = Catalog(tmp_path, "m", DIM, policy("ivf-flat"))
+    try:
+        assert third.index.describe()["origin"] == "building" and len(third.index) == N + 10
+        assert third.index.maintain() == "train"
+        about = third.index.describe()
+        assert (about["origin"], about["kind"], about["vectors"]) == ("rebuilt", "ivf-flat", N + 10)
+        assert sorted(third.index.ids().tolist()) == third.store.ids().tolist()
+    finally:
+        third.close()
