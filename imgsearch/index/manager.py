@@ -169,6 +169,18 @@ class LibraryIndex:
                 self._holds -= 1
             self._wake.set()
 
+    def make_room(self) -> None:
+        """A bulk writer calls this between batches: while the recent segment holds over twice
+        `policy.held_delta_max`, it is folded in on the writer's thread (after any build in
+        progress), so memory stays bounded and an import goes at the index's pace."""
+        limit = 2 * self.policy.held_delta_max
+        while int(self._segments.recent.ntotal) > limit and not self._stop.is_set():
+            try:
+                if self.maintain() is None:
+                    return
+            except Stopped:
+                return
+
     def _held(self) -> bool:
         return self._holds > 0 and int(self._segments.recent.ntotal) <= self.policy.held_delta_max
 
