@@ -107,6 +107,7 @@ def one_at_a_time(daemon: Daemon, root: Path, n: int, count: int = 20) -> dict[s
     out = {"remove_one_ms": percentiles(removes), "add_one_ms": percentiles(adds)}
     if n >= 20_000:
         out["remove_10k_folder_ms"] = timed_ms(f"{daemon.url}/remove?image=/archive/0001")
+    progress(json.dumps(out))
     return out
 
 
@@ -117,6 +118,7 @@ def first_start(daemon: Daemon, query: list[float]) -> dict[str, Any]:
     start = time.perf_counter()
     daemon.start()
     out: dict[str, Any] = {"first_start_health_s": round(time.perf_counter() - start, 2)}
+    progress(f"first start: /health after {out['first_start_health_s']} s")
     out["index_state_at_start"] = daemon.get("/stats")["index"]["state"]
     searched = time.perf_counter()
     post(daemon.url + "/search", {"vector": query, "k": 10})
@@ -127,6 +129,7 @@ def first_start(daemon: Daemon, query: list[float]) -> dict[str, Any]:
     searched = time.perf_counter()
     post(daemon.url + "/search", {"vector": query, "k": 10})
     out["search_after_ms"] = round((time.perf_counter() - searched) * 1000, 1)
+    progress(json.dumps(out))
     return out
 
 
@@ -160,6 +163,9 @@ def main() -> None:
                 time.sleep(0.5)  # the import held training/compaction: the index catches up
                 stats = daemon.get("/stats")
             settled, cpu_settled = time.perf_counter() - start, daemon.cpu_seconds() - cpu0
+            progress(
+                f"imported in {elapsed:.1f} s ({cpu:.1f} CPU s), index settled at {settled:.1f} s"
+            )
             disk = sum(f.stat().st_size for f in (root / "data").rglob("*") if f.is_file())
             writes: dict[str, Any] = {}
             if args.writes:
