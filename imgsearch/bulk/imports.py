@@ -312,7 +312,7 @@ class ImportManager:
                 room = max(0, ERRORS_KEPT - len(job.errors))
                 job.errors += [r.as_json() for r in refused[:room]]
             self._record(job, info, batch, report)
-            self.catalog.index.make_room()  # the index keeps up (bounded memory)
+            self.catalog.index.make_room(job.stop)  # the index keeps up (bounded memory)
 
     def _skip_rest(self, job: ImportJob, info: ShardInfo, reason: str) -> None:
         """Count a shard's unread rows as failed (one error for them all) and move on."""

@@ -32,6 +32,7 @@ WAKE_SECONDS = 5.0  # how often the background worker looks for work unprompted
 STOP_WAIT = 5.0  # seconds close() waits for a build in progress (the thread is a daemon)
 QUANTIZED = ("ivf-sq8", "ivf-pq")
 SEARCH_THREADS = 1
+ROOM_POLL = 0.2  # seconds between looks while a bulk writer waits for the index (make_room)
 EXTRA = 10  # quantized codes: candidates beyond k re-scored exactly (near-duplicates' order)
 
 
@@ -169,17 +170,16 @@ class LibraryIndex:
                 self._holds -= 1
             self._wake.set()
 
-    def make_room(self) -> None:
+    def make_room(self, stop: threading.Event) -> None:
         """A bulk writer calls this between batches: while the recent segment holds over twice
-        `policy.held_delta_max`, it is folded in on the writer's thread (after any build in
-        progress), so memory stays bounded and an import goes at the index's pace."""
+        `policy.held_delta_max`, it waits for the worker to fold it in (memory stays bounded;
+        an import goes at the index's pace), or until `stop` (or close()) is set."""
         limit = 2 * self.policy.held_delta_max
-        while int(self._segments.recent.ntotal) > limit and not self._stop.is_set():
-            try:
-                if self.maintain() is None:
-                    return
-            except Stopped:
+        while int(self._segments.recent.ntotal) > limit:
+            if stop.is_set() or self._stop.is_set():
                 return
+            self._wake.set()
+            stop.wait(ROOM_POLL)
 
     def _held(self) -> bool:
         return self._holds > 0 and int(self._segments.recent.ntotal) <= self.policy.held_delta_max
