@@ -6,6 +6,7 @@ thousand vectors in a second or two; the real sizes are measured by bench/scale.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import threading
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from imgsearch.catalog import INDEX_DIR, Catalog, StoreSource
+from imgsearch.errors import Busy
 from imgsearch.index import Policy
 from imgsearch.index.policy import lists_for
 from imgsearch.store import FileFacts, NewImage
@@ -270,6 +272,12 @@ def test_first_start_serves_exact_results_while_the_base_builds(tmp_path: Path) 
         queries = near(vectors[:20:2])
         got = [[n.id for n in row] for row in catalog.nearest(queries, 10)]
         assert got == truth(vectors[:N], ids, queries, 10).tolist(), "exact, from SQLite"
+        scan = catalog.index.policy
+        catalog.index.policy = dataclasses.replace(scan, store_scan_max=N - 1)
+        with pytest.raises(Busy, match="being built") as busy:  # too many to scan: 503
+            catalog.nearest(queries, 10)
+        assert busy.value.status == 503 and busy.value.retry_after > 0
+        catalog.index.policy = scan
         catalog.remove_ids(ids[:1].tolist())
         (new,) = fill(catalog, vectors[N:], start=N)
         assert [n.id for n in catalog.nearest(vectors[:1], 1)[0]] == [ids[1]]  # a near-duplicate

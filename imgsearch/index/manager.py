@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import Busy
 from . import base as B
 from .build import Source, Stopped, build, rescored
-from .policy import Policy
+from .policy import BUILDING_RETRY_S, Policy
 from .segments import Segments, exact_among, merge
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,13 @@ class LibraryIndex:
             if len(allowed) <= self.policy.allowed_exact_max:
                 return exact_among(queries, k, *self.source.vectors(allowed.tolist()))
         if self._building:
+            count = len(self)
+            if count > self.policy.store_scan_max:
+                raise Busy(
+                    f"the index of {count} images is being built (no saved index at start-up); "
+                    "searches resume when it is ready",
+                    BUILDING_RETRY_S,
+                )
             return self._search_store(queries, k, allowed)
         seg = self._segments  # one read: a swap meanwhile does not mix two states
         meta = seg.base.meta

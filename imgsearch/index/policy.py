@@ -41,6 +41,11 @@ DELTA_CAP = 250_000
 # 400 MB at 512-d).
 HELD_DELTA_MAX = 200_000
 TOMBSTONE_FRACTION = 0.1
+# A first start without a saved base builds it in the background; searches meanwhile scan every
+# vector in SQLite (exact; ~6 us of CPU a vector) up to this many images, and beyond it answer
+# 503 with Retry-After (a scan of a million would hold a thread for seconds per search).
+STORE_SCAN_MAX = 250_000
+BUILDING_RETRY_S = 30
 # Tuning: recall@RECALL_K of TUNE_QUERIES stored vectors against exact search.
 TARGET_RECALL = 0.97
 RECALL_K = 10
@@ -81,6 +86,7 @@ class Policy:
     retrain_growth: float = RETRAIN_GROWTH
     target_recall: float = TARGET_RECALL
     allowed_exact_max: int = ALLOWED_EXACT_MAX
+    store_scan_max: int = STORE_SCAN_MAX
 
     def spec(self, count: int, dim: int) -> Spec:
         """The index a library of `count` vectors should have."""
