@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,11 @@ def first_start(daemon: Daemon, query: list[float]) -> dict[str, Any]:
     progress(f"first start: /health after {out['first_start_health_s']} s")
     out["index_state_at_start"] = daemon.get("/stats")["index"]["state"]
     searched = time.perf_counter()
-    post(daemon.url + "/search", {"vector": query, "k": 10})
+    try:
+        post(daemon.url + "/search", {"vector": query, "k": 10})
+        out["search_while_building"] = "200"
+    except urllib.error.HTTPError as exc:  # 503 + Retry-After past STORE_SCAN_MAX
+        out["search_while_building"] = f"{exc.code} (Retry-After {exc.headers['Retry-After']})"
     out["search_while_building_ms"] = round((time.perf_counter() - searched) * 1000, 1)
     while daemon.get("/stats")["index"]["state"] != "idle":
         time.sleep(0.5)
