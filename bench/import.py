@@ -32,7 +32,7 @@ from _common import Daemon, LatencyPoller, cpu_model, percentiles, progress
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from imgsearch.bulk.format import table_of, write_shard  # noqa: E402
-from imgsearch.index.policy import DELTA_MAX  # noqa: E402
+from imgsearch.index import Policy  # noqa: E402
 
 MODEL = "imgsearch-bench-512"
 CONFIG = {
@@ -76,6 +76,11 @@ def post(url: str, body: dict[str, Any]) -> Any:
     )
     with urllib.request.urlopen(request, timeout=7200) as resp:
         return json.load(resp)
+
+
+def settled_index(index: dict[str, Any]) -> bool:
+    """No training or compaction running or due (the recent segment under its threshold)."""
+    return index["state"] == "idle" and index["recent"] <= Policy().delta_limit(index["base"])
 
 
 def timed_ms(url: str) -> float:
@@ -164,7 +169,7 @@ def main() -> None:
                 job = post(daemon.url + "/import", {"dir": str(root / "shards"), "wait": True})
                 elapsed, cpu = time.perf_counter() - start, daemon.cpu_seconds() - cpu0
             stats = daemon.get("/stats")
-            while stats["index"]["state"] != "idle" or stats["index"]["recent"] > DELTA_MAX:
+            while not settled_index(stats["index"]):
                 time.sleep(0.5)  # the import held training/compaction: the index catches up
                 stats = daemon.get("/stats")
             settled, cpu_settled = time.perf_counter() - start, daemon.cpu_seconds() - cpu0
