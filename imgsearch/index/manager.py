@@ -316,7 +316,7 @@ class LibraryIndex:
         finally:
             with self._lock:
                 self._log = None
-            self.state = "idle"
+            self.state = "building" if self._building else "idle"  # (a failed first build retries)
         if self._path is not None:
             B.prune(self.folder, self._path)
 
