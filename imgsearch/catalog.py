@@ -64,6 +64,9 @@ class StoreSource:
     def ids(self) -> np.ndarray:
         return self.store.ids()
 
+    def count(self) -> int:
+        return self.store.count()
+
     def chunks(self, since_generation: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for chunk in self.store.images.vectors(since_generation=since_generation):
             yield chunk.ids, chunk.vectors
@@ -111,7 +114,9 @@ class Catalog:
         """Write images (insert or replace by path); searchable when this returns."""
         with self._mutate:
             result = self.store.images.upsert(items)
-            vectors = np.stack([item.vector for item in items])
+            vectors = np.array(
+                [item.vector for item in items], dtype=np.float32
+            )  # (faster than np.stack)
             self.index.add(np.asarray(result.ids, dtype=np.int64), vectors, result.generation)
             self._notify(result)
         return result

@@ -71,7 +71,8 @@ class FeaturePrecompute:
     def on_change(self, change: Change) -> None:
         """Catalog listener: queue the written images (runs on the writing thread: no I/O)."""
         ids = change.written
-        if not ids or not self._thread.is_alive():
+        # `enabled` once a write, not once an image (an import writes 20,000 a batch)
+        if not ids or not self._thread.is_alive() or not self.enabled:
             return
         with self._idle:
             self._busy += len(ids)

@@ -6,13 +6,16 @@ thousand vectors in a second or two; the real sizes are measured by bench/scale.
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from imgsearch.catalog import Catalog, StoreSource
+from imgsearch.catalog import INDEX_DIR, Catalog, StoreSource
+from imgsearch.errors import Busy
 from imgsearch.index import Policy
 from imgsearch.index.policy import lists_for
 from imgsearch.store import FileFacts, NewImage
@@ -197,3 +200,122 @@ def test_a_crash_loses_nothing_sqlite_has(tmp_path: Path) -> None:
         assert second.nearest(vectors[1200:1201], 1)[0][0].path == "/v/1200.jpg"
     finally:
         second.close()
+
+
+def test_compaction_threshold_grows_with_the_base() -> None:
+    p = Policy()
+    assert p.delta_limit(0) == p.delta_limit(50_000) == 20_000
+    assert p.delta_limit(400_000) == 100_000 and p.delta_limit(10_000_000) == 250_000
+    assert Policy(delta_max=5, delta_fraction=0).delta_limit(1_000_000) == 5
+
+
+def test_a_hold_defers_training_and_compaction_until_it_ends(tmp_path: Path) -> None:
+    vectors = clustered(N)
+    catalog = Catalog(tmp_path, "m", DIM, Policy(exact_max=100, delta_max=100, delta_fraction=0))
+    index = catalog.index
+    try:
+        with index.hold():
+            ids = fill(catalog, vectors)
+            assert index.maintain() is None  # due, but held: everything in the recent segment
+            about = index.describe()
+            assert (about["kind"], about["base"], about["recent"]) == ("exact", 0, N)
+            assert [n.id for n in catalog.nearest(vectors[:1], 1)[0]] == ids[:1]
+            index.policy = Policy(
+                exact_max=100, delta_max=100, delta_fraction=0, held_delta_max=N - 1
+            )
+            assert index.maintain() == "train"  # the segment outgrew the hold's bound
+            fill(catalog, vectors[:200], start=N)
+            assert index.maintain() is None
+            index.make_room(threading.Event())  # 200 recent: under twice the bound, at once
+            assert index.describe()["recent"] == 200
+            index.policy = Policy(exact_max=100, delta_max=100, delta_fraction=0, held_delta_max=99)
+            index.make_room(threading.Event())  # over twice the bound: the worker folds it in
+            assert index.describe()["recent"] <= 2 * 99
+        assert index.maintain() in ("compact", None)  # (or the worker did, once released)
+        about = index.describe()
+        assert about["kind"] == "ivf-flat" and about["recent"] <= 100
+        assert sorted(index.ids().tolist()) == catalog.store.ids().tolist()
+    finally:
+        catalog.close()
+
+
+class GatedSource(StoreSource):
+    """Holds a build before it reads its training sample, until released (chunks run free)."""
+
+    def __init__(self, source: StoreSource) -> None:
+        super().__init__(source.store)
+        self.reading = threading.Event()
+        self.release = threading.Event()
+
+    def vectors(self, ids):  # type: ignore[no-untyped-def]
+        self.reading.set()
+        assert self.release.wait(30)
+        return super().vectors(ids)
+
+
+def test_first_start_serves_exact_results_while_the_base_builds(tmp_path: Path) -> None:
+    vectors = clustered(N + 1)
+    first = Catalog(tmp_path, "m", DIM, policy("ivf-flat"))
+    ids = np.asarray(fill(first, vectors[:N]), np.int64)
+    first.index.maintain()
+    first.close()
+    shutil.rmtree(tmp_path / INDEX_DIR)  # no saved base: the first start of a big library
+    catalog = Catalog(tmp_path, "m", DIM, policy("ivf-flat"))
+    gate = GatedSource(StoreSource(catalog.store))
+    catalog.index.source = gate
+    try:
+        about = catalog.index.describe()
+        assert (about["state"], about["origin"], about["vectors"]) == ("building", "building", N)
+        builder = threading.Thread(target=catalog.index.maintain)
+        builder.start()
+        assert gate.reading.wait(30)
+        queries = near(vectors[:20:2])
+        got = [[n.id for n in row] for row in catalog.nearest(queries, 10)]
+        assert got == truth(vectors[:N], ids, queries, 10).tolist(), "exact, from SQLite"
+        scan = catalog.index.policy
+        catalog.index.policy = dataclasses.replace(scan, store_scan_max=N - 1)
+        with pytest.raises(Busy, match="being built") as busy:  # too many to scan: 503
+            catalog.nearest(queries, 10)
+        assert busy.value.status == 503 and busy.value.retry_after > 0
+        catalog.index.policy = scan
+        catalog.remove_ids(ids[:1].tolist())
+        (new,) = fill(catalog, vectors[N:], start=N)
+        assert [n.id for n in catalog.nearest(vectors[:1], 1)[0]] == [ids[1]]  # a near-duplicate
+        assert catalog.nearest(vectors[N:], 1)[0][0].id == new
+        gate.release.set()
+        builder.join(60)
+        about = catalog.index.describe()
+        assert (about["kind"], about["origin"], about["state"]) == ("ivf-flat", "rebuilt", "idle")
+        assert sorted(catalog.index.ids().tolist()) == catalog.store.ids().tolist()
+        assert catalog.nearest(vectors[N:], 1)[0][0].id == new
+        assert ids[0] not in {n.id for n in catalog.nearest(vectors[:1], 5)[0]}
+    finally:
+        catalog.close()
+
+
+def test_a_first_build_cut_short_starts_again_and_loses_nothing(tmp_path: Path) -> None:
+    """The daemon stops (or dies) while building its first base: the next start builds again,
+    with the rows written meanwhile."""
+    vectors = clustered(N + 10)
+    first = Catalog(tmp_path, "m", DIM, policy("exact"))
+    fill(first, vectors[:N])
+    first.close()
+    shutil.rmtree(tmp_path / INDEX_DIR, ignore_errors=True)  # no saved base
+    second = Catalog(tmp_path, "m", DIM, policy("ivf-flat"))
+    gate = GatedSource(StoreSource(second.store))
+    second.index.source = gate
+    fill(second, vectors[N:], start=N)  # pokes the worker: it starts the build, held at the gate
+    assert gate.reading.wait(30) and second.index.describe()["state"] == "building"
+    second.index._stop.set()  # as close() does; the build stops at its next chunk
+    gate.release.set()
+    second.close()
+    assert not list((tmp_path / INDEX_DIR).glob("*-ivf-flat"))  # nothing half-built kept
+    third = Catalog(tmp_path, "m", DIM, policy("ivf-flat"))
+    try:
+        assert third.index.describe()["origin"] == "building" and len(third.index) == N + 10
+        assert third.index.maintain() == "train"
+        about = third.index.describe()
+        assert (about["origin"], about["kind"], about["vectors"]) == ("rebuilt", "ivf-flat", N + 10)
+        assert sorted(third.index.ids().tolist()) == third.store.ids().tolist()
+    finally:
+        third.close()

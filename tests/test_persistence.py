@@ -61,6 +61,29 @@ def test_upsert_insert_update_and_generation(tmp_path: Path) -> None:
     store.close()
 
 
+def test_bulk_upsert_ids_counters_and_a_path_named_twice(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite3")
+    first = store.images.upsert([item(f"/b/{n}.jpg", n) for n in range(1200)])  # > one chunk
+    assert first.ids == sorted(first.ids) and len(set(first.ids)) == 1200
+    assert store.count() == 1200
+    store.images.remove_ids(first.ids[:10])  # ids are not reused: the next ones skip these
+    store.images.set_missing(first.ids[10:12], True)
+    again = [item("/b/new.jpg", 7), item("/b/10.jpg", 8), item("/b/20.jpg", 9)]
+    second = store.images.upsert(again)
+    assert second.updated == [first.ids[10], first.ids[20]]  # a missing one comes back
+    assert second.ids[0] > first.ids[-1] and second.ids[1:] == second.updated
+    assert store.count() == 1200 - 10 - 1 + 1 and store.images.missing() == 1
+    twice = store.images.upsert([item("/b/x.jpg", 1), item("/b/x.jpg", 2), item("/b/30.jpg", 3)])
+    assert twice.ids[0] == twice.ids[1] and twice.updated == [twice.ids[1], first.ids[30]]
+    assert store.count() == 1191
+    conn = sqlite3.connect(tmp_path / "db.sqlite3")
+    for path, vid in [("/b/x.jpg", twice.ids[0]), ("/b/new.jpg", second.ids[0])]:
+        assert conn.execute("SELECT id FROM images WHERE path=?", (path,)).fetchone() == (vid,)
+    assert conn.execute("SELECT count(*) FROM images WHERE missing=0").fetchone()[0] == 1191
+    chunk = next(store.images.vectors(ids=[twice.ids[0]]))
+    np.testing.assert_allclose(chunk.vectors[0], vec(2), atol=1e-3)  # the later row won
+
+
 def test_remove_tree_matches_folder_not_prefix(tmp_path: Path) -> None:
     store = Store(tmp_path / "db.sqlite3")
     store.images.upsert(

@@ -266,7 +266,8 @@ class ImportManager:
                 job.state, job._clock = "running", time.time()
                 job.started = job.started or job._clock
                 self._save(job)
-                self._import(job)
+                with self.catalog.index.hold():  # train/compact once, after the import
+                    self._import(job)
             if job.stop.is_set():  # a shutdown leaves it queued, so the next start resumes it
                 job.state = "queued" if self._closing else "cancelled"
             else:
@@ -311,6 +312,7 @@ class ImportManager:
                 room = max(0, ERRORS_KEPT - len(job.errors))
                 job.errors += [r.as_json() for r in refused[:room]]
             self._record(job, info, batch, report)
+            self.catalog.index.make_room(job.stop)  # the index keeps up (bounded memory)
 
     def _skip_rest(self, job: ImportJob, info: ShardInfo, reason: str) -> None:
         """Count a shard's unread rows as failed (one error for them all) and move on."""

@@ -33,6 +33,9 @@ class Source(Protocol):
     def ids(self) -> np.ndarray:
         """Sorted ids of the present images."""
 
+    def count(self) -> int:
+        """How many images are present (a counter: nothing is read)."""
+
     def chunks(self, since_generation: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, float32 vectors) of present rows written after `since_generation`."""
 

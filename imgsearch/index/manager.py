@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import Busy
 from . import base as B
 from .build import Source, Stopped, build, rescored
-from .policy import Policy
+from .policy import BUILDING_RETRY_S, Policy
 from .segments import Segments, exact_among, merge
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,7 @@ WAKE_SECONDS = 5.0  # how often the background worker looks for work unprompted
 STOP_WAIT = 5.0  # seconds close() waits for a build in progress (the thread is a daemon)
 QUANTIZED = ("ivf-sq8", "ivf-pq")
 SEARCH_THREADS = 1
+ROOM_POLL = 0.2  # seconds between looks while a bulk writer waits for the index (make_room)
 EXTRA = 10  # quantized codes: candidates beyond k re-scored exactly (near-duplicates' order)
 
 
@@ -48,6 +52,8 @@ class LibraryIndex:
         self._log: list[tuple[int, str, np.ndarray, np.ndarray | None]] | None = None
         self.state = "idle"
         self.origin = "new"
+        self._holds = 0  # bulk imports in progress: training and compaction wait for them
+        self._building = False  # the first base is being built: searches read the store
         self._path: Path | None = None
         self._segments = self._open()
         self._applied = self._segments.base.meta.generation
@@ -97,8 +103,18 @@ class LibraryIndex:
         return None
 
     def _build_now(self) -> B.Base:
-        present = len(self.source.ids())
+        present = self.source.count()
         if not present:
+            return B.empty_exact(self.model_id, self.dim, self.source.generation())
+        if self.policy.spec(present, self.dim).kind != "exact":
+            # Training takes minutes at a million vectors: the worker builds the first base
+            # while the daemon serves, searches answered exactly from the store meanwhile.
+            log.info(
+                "no usable saved index: building one from SQLite (%d vectors) in the "
+                "background; searches are exact from SQLite until it is ready",
+                present,
+            )
+            self._building, self.origin, self.state = True, "building", "building"
             return B.empty_exact(self.model_id, self.dim, self.source.generation())
         log.info("no usable saved index: building one from SQLite (%d vectors)", present)
         base = self._build(present)
@@ -137,13 +153,42 @@ class LibraryIndex:
 
     def _poke(self) -> None:
         seg = self._segments
-        if int(seg.recent.ntotal) > self.policy.delta_max or self._needs_training():
+        if int(seg.recent.ntotal) > self.policy.delta_limit(len(seg.base)):
             self._wake.set()
+        elif self._needs_training():
+            self._wake.set()
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Defer training and compaction while a bulk write runs (unless the recent segment
+        outgrows `policy.held_delta_max`); the worker catches up when the last hold ends."""
+        with self._lock:
+            self._holds += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holds -= 1
+            self._wake.set()
+
+    def make_room(self, stop: threading.Event) -> None:
+        """A bulk writer calls this between batches: while the recent segment holds over twice
+        `policy.held_delta_max`, it waits for the worker to fold it in (memory stays bounded;
+        an import goes at the index's pace), or until `stop` (or close()) is set."""
+        limit = 2 * self.policy.held_delta_max
+        while int(self._segments.recent.ntotal) > limit:
+            if stop.is_set() or self._stop.is_set():
+                return
+            self._wake.set()
+            stop.wait(ROOM_POLL)
+
+    def _held(self) -> bool:
+        return self._holds > 0 and int(self._segments.recent.ntotal) <= self.policy.held_delta_max
 
     # -- reads ----------------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._segments)
+        return self.source.count() if self._building else len(self._segments)
 
     def ids(self) -> np.ndarray:
         return self._segments.ids()
@@ -163,6 +208,15 @@ class LibraryIndex:
             allowed = np.ascontiguousarray(allowed, dtype=np.int64)
             if len(allowed) <= self.policy.allowed_exact_max:
                 return exact_among(queries, k, *self.source.vectors(allowed.tolist()))
+        if self._building:
+            count = len(self)
+            if count > self.policy.store_scan_max:
+                raise Busy(
+                    f"the index of {count} images is being built (no saved index at start-up); "
+                    "searches resume when it is ready",
+                    BUILDING_RETRY_S,
+                )
+            return self._search_store(queries, k, allowed)
         seg = self._segments  # one read: a swap meanwhile does not mix two states
         meta = seg.base.meta
         quantized = meta.kind in QUANTIZED  # similarities of hits always exact, from the store
@@ -178,13 +232,26 @@ class LibraryIndex:
             sims, ids = rescored(queries, ids, k, self.source)
         return sims, ids
 
+    def _search_store(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact best k over every present vector in SQLite (while the first base builds)."""
+        none = np.zeros((len(queries), 0))
+        best = (none.astype(np.float32), none.astype(np.int64))
+        for ids, vectors in self.source.chunks():
+            if allowed is not None:
+                keep = np.isin(ids, allowed, assume_unique=True)
+                ids, vectors = ids[keep], vectors[keep]
+            best = merge([best, exact_among(queries, k, ids, vectors)], k)
+        return best
+
     def describe(self) -> dict[str, Any]:
         seg = self._segments
         meta = seg.base.meta
         return {
             "kind": meta.kind,
             "factory": meta.factory,
-            "vectors": len(seg),
+            "vectors": len(self),
             "base": len(seg.base),
             "recent": int(seg.recent.ntotal),
             "deleted": seg.dead,
@@ -206,7 +273,7 @@ class LibraryIndex:
 
     def _needs_compaction(self) -> bool:
         seg = self._segments
-        return int(seg.recent.ntotal) > self.policy.delta_max or (
+        return int(seg.recent.ntotal) > self.policy.delta_limit(len(seg.base)) or (
             seg.dead > 0 and seg.dead >= self.policy.tombstone_fraction * max(1, len(seg.base))
         )
 
@@ -225,9 +292,9 @@ class LibraryIndex:
     def maintain(self) -> str | None:
         """Train or compact if due (the worker calls this; tests may too); return what ran."""
         with self._busy:
-            if self._stop.is_set():
+            if self._stop.is_set() or (self._held() and not self._building):
                 return None
-            if self._needs_training():
+            if self._building or self._needs_training():
                 self._replace(self.train)
                 return "train"
             if self._needs_compaction():
@@ -238,7 +305,7 @@ class LibraryIndex:
     def rebase(self) -> None:
         """Fold recent changes into a new saved base now (what compaction does when due)."""
         with self._busy:
-            self._replace(self.compact)
+            self._replace(self.train if self._building else self.compact)
 
     def _replace(self, make: Any) -> None:
         with self._lock:
@@ -249,13 +316,13 @@ class LibraryIndex:
         finally:
             with self._lock:
                 self._log = None
-            self.state = "idle"
+            self.state = "building" if self._building else "idle"  # (a failed first build retries)
         if self._path is not None:
             B.prune(self.folder, self._path)
 
     def train(self) -> B.Base:
         """A new base trained on the library as it is now."""
-        self.state = "training"
+        self.state = "building" if self._building else "training"
         return self._build(len(self))
 
     def compact(self) -> B.Base:
@@ -292,6 +359,8 @@ class LibraryIndex:
                     else:
                         fresh.add(ids, vectors)
             self._segments = fresh  # the swap: one reference assignment
+            if self._building:  # the first base: searches use it from now on
+                self._building, self.origin = False, "rebuilt"
         log.info("index swapped in: %s, %d vectors", base.meta.factory, len(fresh))
 
     def close(self) -> None:

@@ -30,8 +30,22 @@ TRAIN_PER_LIST = 40
 RETRAIN_GROWTH = 4.0
 # Recent adds live in an exact in-memory segment; fold them (and deletions) into a new base
 # once the segment holds DELTA_MAX vectors or deletions reach TOMBSTONE_FRACTION of the base.
+# The segment may also grow to DELTA_FRACTION of the base (at most DELTA_CAP vectors): each
+# compaction rewrites the whole base, so a fixed DELTA_MAX made a big import O(n^2) in I/O;
+# growing with the base makes it O(n) overall (the base grows by a quarter per rewrite).
 DELTA_MAX = 20_000
+DELTA_FRACTION = 0.25
+DELTA_CAP = 250_000
+# While a bulk import runs, training and compaction wait for it to end (rows stay searchable
+# batch by batch through the recent segment) unless the segment outgrows this (float32 codes:
+# 400 MB at 512-d).
+HELD_DELTA_MAX = 200_000
 TOMBSTONE_FRACTION = 0.1
+# A first start without a saved base builds it in the background; searches meanwhile scan every
+# vector in SQLite (exact; ~6 us of CPU a vector) up to this many images, and beyond it answer
+# 503 with Retry-After (a scan of a million would hold a thread for seconds per search).
+STORE_SCAN_MAX = 250_000
+BUILDING_RETRY_S = 30
 # Tuning: recall@RECALL_K of TUNE_QUERIES stored vectors against exact search.
 TARGET_RECALL = 0.97
 RECALL_K = 10
@@ -66,10 +80,13 @@ class Policy:
     flat_max_bytes: int = FLAT_MAX_BYTES
     sq8_max_bytes: int = SQ8_MAX_BYTES
     delta_max: int = DELTA_MAX
+    delta_fraction: float = DELTA_FRACTION
+    held_delta_max: int = HELD_DELTA_MAX
     tombstone_fraction: float = TOMBSTONE_FRACTION
     retrain_growth: float = RETRAIN_GROWTH
     target_recall: float = TARGET_RECALL
     allowed_exact_max: int = ALLOWED_EXACT_MAX
+    store_scan_max: int = STORE_SCAN_MAX
 
     def spec(self, count: int, dim: int) -> Spec:
         """The index a library of `count` vectors should have."""
@@ -83,6 +100,11 @@ class Policy:
         m = _pq_subquantizers(dim)
         bits = min(8, int(math.log2(count // 4)))  # 8-bit codes need 256+ training vectors
         return Spec("ivf-pq", f"IVF{lists},PQ{m}x{bits}", lists)
+
+    def delta_limit(self, base_count: int) -> int:
+        """How many recent vectors a base of `base_count` carries before a compaction."""
+        grown = min(DELTA_CAP, int(self.delta_fraction * base_count))
+        return max(self.delta_max, grown)
 
     def needs_training(self, current: str, trained_count: int, count: int, dim: int) -> bool:
         """Whether the library outgrew the index it has (another kind, or grown several-fold)."""

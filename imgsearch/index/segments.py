@@ -32,6 +32,9 @@ class Segments:
         self.bitmap = np.zeros((top >> 3) + 1, dtype=np.uint8)
         self.dead = 0
         self.recent: Any = faiss.IndexIDMap2(faiss.IndexFlatIP(base.meta.dim))
+        # The recent segment's ids: removing from it rebuilds its id map (O(its size)), so
+        # only ids that are there are removed (a new id, a base id: nothing to do).
+        self.recent_ids: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.base) - self.dead + int(self.recent.ntotal)
@@ -41,6 +44,7 @@ class Segments:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         self.remove(ids)
         self.recent.add_with_ids(vectors, ids)
+        self.recent_ids.update(ids.tolist())
 
     def remove(self, ids: np.ndarray) -> None:
         import faiss
@@ -53,8 +57,10 @@ class Segments:
             fresh = (self.bitmap[byte] >> bit) & 1 == 0
             self.dead += len(np.unique(inside[fresh]))
             np.bitwise_or.at(self.bitmap, byte, np.left_shift(1, bit).astype(np.uint8))
-        if self.recent.ntotal:
-            self.recent.remove_ids(faiss.IDSelectorBatch(len(ids), faiss.swig_ptr(ids)))
+        there = np.fromiter((i for i in ids.tolist() if i in self.recent_ids), dtype=np.int64)
+        if len(there):
+            self.recent.remove_ids(faiss.IDSelectorBatch(len(there), faiss.swig_ptr(there)))
+            self.recent_ids.difference_update(there.tolist())
 
     # -- reads ----------------------------------------------------------------------------------
 

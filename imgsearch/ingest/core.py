@@ -141,12 +141,11 @@ class Ingester:
         report = AddReport() if report is None else report
         size = batch_size or self.batch_size
         latest: dict[str, NewImage] = {}  # the last row of a path wins
-        for item in items:
-            checked = self._checked(item)
+        for checked in self._checked(items):
             if isinstance(checked, FileError):
                 report.fail(checked)
             else:
-                latest[item.facts.path] = checked
+                latest[checked.facts.path] = checked
         with self._run_lock:
             stats = {p: (i.facts.size, i.facts.mtime_ns) for p, i in latest.items()}
             todo, new = self._triage(stats, update, report)
@@ -154,20 +153,32 @@ class Ingester:
                 self.write([latest[p] for p in todo[start : start + size]], new, report)
         return report
 
-    def _checked(self, item: NewImage) -> NewImage | FileError:
-        """An embedded row with an absolute path and a finite vector of the catalog's size,
-        scaled to unit length (what the index's inner product expects)."""
-        vector = np.asarray(item.vector, dtype=np.float32).reshape(-1)
-        norm = float(np.linalg.norm(vector)) if np.isfinite(vector).all() else 0.0
-        if not item.facts.path.startswith(("/", "http://", "https://")):
-            return FileError(item.facts.path, "not an absolute path or an http(s) URL", 400)
-        if vector.shape != (self.catalog.dim,) or norm == 0.0:
-            return FileError(
-                item.facts.path,
-                f"not a usable {self.catalog.dim}-d vector (got {vector.shape[0]} values)",
-                422,
-            )
-        return NewImage(item.facts, vector / norm)
+    def _checked(self, items: Sequence[NewImage]) -> list[NewImage | FileError]:
+        """Embedded rows with an absolute path and a finite vector of the catalog's size,
+        scaled to unit length (what the index's inner product expects); checked as one
+        matrix where every vector has the right size."""
+        dim = self.catalog.dim
+        flat = [np.asarray(i.vector, dtype=np.float32).reshape(-1) for i in items]
+        sizes = np.fromiter((len(v) for v in flat), dtype=np.int64, count=len(flat))
+        fits = sizes == dim
+        matrix = np.zeros((len(flat), dim), np.float32)
+        if fits.any():
+            matrix[fits] = np.array([v for v, ok in zip(flat, fits, strict=True) if ok])
+        with np.errstate(invalid="ignore", over="ignore"):
+            norms = np.linalg.norm(matrix, axis=1)
+        usable = fits & np.isfinite(matrix).all(axis=1) & np.isfinite(norms) & (norms > 0)
+        matrix /= np.where(usable, norms, 1.0)[:, None]
+        out: list[NewImage | FileError] = []
+        for n, item in enumerate(items):
+            path = item.facts.path
+            if not path.startswith(("/", "http://", "https://")):
+                out.append(FileError(path, "not an absolute path or an http(s) URL", 400))
+            elif not usable[n]:
+                message = f"not a usable {dim}-d vector (got {sizes[n]} values)"
+                out.append(FileError(path, message, 422))
+            else:
+                out.append(NewImage(item.facts, matrix[n]))
+        return out
 
     def _triage(
         self, stats: Mapping[str, tuple[int, int] | None], update: bool, report: AddReport

@@ -16,6 +16,7 @@ import numpy as np
 
 from .db import Database, chunked, tree
 from .meta import bump, current
+from .upsert import VECTOR_DTYPE, upsert_many
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,6 @@ class ImageRow:
 
 IMAGE_ROW = "id, path, sha256, size, mtime_ns, width, height, source"
 STORED_FILE = "id, path, sha256, size, mtime_ns, missing"
-# Vectors are written as little-endian float16: half the bytes, cosine to float32 > 0.9999.
-VECTOR_DTYPE = "<f2"
 
 
 @dataclass(frozen=True)
@@ -261,17 +260,12 @@ class Images:
     # -- writes -------------------------------------------------------------------------------
 
     def upsert(self, items: Sequence[NewImage]) -> WriteResult:
-        """Insert or replace images by path, in one transaction."""
+        """Insert or replace images by path, in one transaction (a few statements a batch:
+        one lookup per CHUNK paths, one executemany each for the updates and the inserts)."""
         now = time.time()
-        ids: list[int] = []
-        updated: list[int] = []
         with self.db.write() as conn:
             generation = bump(conn)
-            for item in items:
-                id_, existed = _upsert_one(conn, item, generation, now)
-                ids.append(id_)
-                if existed:
-                    updated.append(id_)
+            ids, updated = upsert_many(conn, items, generation, now)
         return WriteResult(ids, updated, [], generation)
 
     def remove_tree(self, path: str) -> WriteResult:
@@ -334,35 +328,3 @@ class Images:
 
     def integrity_check(self) -> str:
         return str(self.db.reader().execute("PRAGMA integrity_check").fetchone()[0])
-
-
-def _upsert_one(
-    conn: sqlite3.Connection, item: NewImage, generation: int, now: float
-) -> tuple[int, bool]:
-    facts = item.facts
-    values = (
-        facts.size,
-        facts.mtime_ns,
-        facts.sha256,
-        facts.width,
-        facts.height,
-        np.ascontiguousarray(item.vector, dtype=VECTOR_DTYPE).tobytes(),
-        generation,
-        now,
-        facts.source,
-    )
-    row = conn.execute("SELECT id FROM images WHERE path=?", (facts.path,)).fetchone()
-    if row is None:
-        cur = conn.execute(
-            "INSERT INTO images(size, mtime_ns, sha256, width, height, vector,"
-            " generation, updated_at, source, added_at, path) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (*values, now, facts.path),
-        )
-        return int(cur.lastrowid or 0), False
-    # a re-add of a downloaded file without a URL keeps its source
-    conn.execute(
-        "UPDATE images SET size=?, mtime_ns=?, sha256=?, width=?, height=?, vector=?,"
-        " generation=?, updated_at=?, source=coalesce(?, source), missing=0 WHERE id=?",
-        (*values, row[0]),
-    )
-    return int(row[0]), True

@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 POLL_S = 0.1
+FIRST_POLL_S = 0.001  # polls start here and double up to POLL_S: a one-image add is not
+# answered 100 ms late, and a long job costs ten wake-ups a second
 
 
 async def blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -21,5 +23,7 @@ async def blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 async def until_set(event: threading.Event) -> None:
     """Wait for a job's `ended` event by polling: no thread is held for an hours-long job."""
+    delay = FIRST_POLL_S
     while not event.is_set():
-        await asyncio.sleep(POLL_S)
+        await asyncio.sleep(delay)
+        delay = min(POLL_S, delay * 2)
