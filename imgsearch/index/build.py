@@ -19,7 +19,7 @@ import numpy as np
 
 from . import policy as P
 from .base import Base, BaseMeta
-from .segments import exact_among, merge, search_params
+from .segments import exact_among, hnsw, merge, search_params
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +92,24 @@ def tune(
     index: Any, spec: P.Spec, queries: tuple[np.ndarray, np.ndarray], truth: np.ndarray,
     source: Source, policy: P.Policy,
 ) -> tuple[int, float, int]:  # fmt: skip
-    """Smallest nprobe reaching the target recall; with exact re-scoring if codes fall short."""
-    for rescore in (0, P.RESCORE_FACTOR) if spec.quantized else (0,):
-        best = _smallest(partial(_recall, index, queries, truth, source, rescore), spec, policy)
-        if best[1] >= policy.target_recall:
-            return best[0], best[1], rescore
-    log.warning("index %s reaches recall@10 %.3f only", spec.factory, best[1])
-    return best[0], best[1], P.RESCORE_FACTOR if spec.quantized else 0
+    """(nprobe, recall, rescore): the smallest nprobe reaching the target recall; for quantized
+    codes under each re-scoring depth, keeping the cheapest pair by the cost model (a pair
+    short of the target only when none reaches it: then the best recall)."""
+    per_list = int(index.ntotal) / max(1, spec.lists)
+    tried: list[tuple[bool, float, int, float, int]] = []
+    for rescore in P.RESCORE_FACTORS if spec.quantized else (0,):
+        recall_at = partial(_recall, index, queries, truth, source, rescore)
+        nprobe, recall = _smallest(recall_at, spec, policy)
+        cost = nprobe * per_list + rescore * P.RECALL_K * P.RESCORE_COST
+        short = recall < policy.target_recall
+        tried.append((short, cost if not short else -recall, nprobe, recall, rescore))
+        log.info(
+            "tuned %s: rescore %d, nprobe %d: recall@10 %.3f", spec.factory, rescore, nprobe, recall
+        )
+    short, _, nprobe, recall, rescore = min(tried)
+    if short:
+        log.warning("index %s reaches recall@10 %.3f only", spec.factory, recall)
+    return nprobe, recall, rescore
 
 
 def _smallest(recall_at: Any, spec: P.Spec, policy: P.Policy) -> tuple[int, float]:
@@ -130,7 +141,7 @@ def _recall(
 ) -> float:
     k = P.RECALL_K
     q_ids, vectors = queries
-    params = search_params(True, None, nprobe)
+    params = search_params(True, None, nprobe, hnsw(index))
     _, ids = index.search(vectors, (k + 1) * max(1, rescore), params=params)
     if rescore:
         ids = rescored(vectors, ids, k + 1, source)[1]
@@ -151,15 +162,15 @@ def _without(ids: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
 def rescored(
     queries: np.ndarray, ids: np.ndarray, k: int, source: Source
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Re-rank candidate ids with exact vectors from the store."""
-    wanted = np.unique(ids[ids >= 0])
-    found, vectors = source.vectors(wanted.tolist())
-    row = {int(i): n for n, i in enumerate(found)}
+    """Re-rank candidate ids (-1 padded) with exact vectors from the store (one read of the
+    distinct ids, sorted); ids no longer stored drop out."""
+    found, vectors = source.vectors(np.unique(ids[ids >= 0]).tolist())
+    order = np.argsort(found, kind="stable")  # the store answers in id order: usually a no-op
+    found, vectors = found[order], vectors[order]
     sims = np.full(ids.shape, -np.inf, np.float32)
-    for q, cand in enumerate(ids):
-        rows = [row.get(int(i), -1) for i in cand]
-        ok = np.array([r >= 0 for r in rows], dtype=bool)
-        if ok.any():
-            sims[q, ok] = vectors[[r for r in rows if r >= 0]] @ queries[q]
-    clean = np.where(np.isfinite(sims), ids, -1)
-    return merge([(sims, clean)], k)
+    if len(found):
+        where = np.minimum(np.searchsorted(found, ids), len(found) - 1)
+        ok = (ids >= 0) & (found[where] == ids)
+        for q in range(len(ids)):  # one matrix-vector product a query
+            sims[q, ok[q]] = vectors[where[q, ok[q]]] @ queries[q]
+    return merge([(sims, np.where(np.isfinite(sims), ids, -1))], k)

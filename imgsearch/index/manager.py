@@ -21,14 +21,13 @@ import numpy as np
 
 from . import base as B
 from .build import Source, Stopped, build, rescored
-from .policy import Policy
+from .policy import QUANTIZED, Policy
 from .segments import Segments, exact_among, merge
 
 log = logging.getLogger(__name__)
 
 WAKE_SECONDS = 5.0  # how often the background worker looks for work unprompted
 STOP_WAIT = 5.0  # seconds close() waits for a build in progress (the thread is a daemon)
-QUANTIZED = ("ivf-sq8", "ivf-pq")
 SEARCH_THREADS = 1
 EXTRA = 10  # quantized codes: candidates beyond k re-scored exactly (near-duplicates' order)
 
