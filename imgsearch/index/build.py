@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from functools import partial
+from collections.abc import Callable, Iterator, Sequence
+from functools import cache, partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -92,14 +92,17 @@ def tune(
     index: Any, spec: P.Spec, queries: tuple[np.ndarray, np.ndarray], truth: np.ndarray,
     source: Source, policy: P.Policy,
 ) -> tuple[int, float, int]:  # fmt: skip
-    """(nprobe, recall, rescore): the smallest nprobe reaching the target recall; for quantized
-    codes under each re-scoring depth, keeping the cheapest pair by the cost model (a pair
-    short of the target only when none reaches it: then the best recall)."""
+    """(nprobe, recall, rescore): the smallest nprobe reaching the target recall (plus
+    TUNE_MARGIN where that can be had); for quantized codes under each re-scoring depth,
+    keeping the cheapest pair by the cost model (or, when none reaches the target, the best)."""
     per_list = int(index.ntotal) / max(1, spec.lists)
+    goal = min(1.0, policy.target_recall + P.TUNE_MARGIN)
     tried: list[tuple[bool, float, int, float, int]] = []
     for rescore in P.RESCORE_FACTORS if spec.quantized else (0,):
-        recall_at = partial(_recall, index, queries, truth, source, rescore)
-        nprobe, recall = _smallest(recall_at, spec, policy)
+        recall_at = cache(partial(_recall, index, queries, truth, source, rescore))
+        nprobe, recall = _smallest(recall_at, spec.lists, goal)
+        if recall < goal:
+            nprobe, recall = _smallest(recall_at, spec.lists, policy.target_recall)
         cost = nprobe * per_list + rescore * P.RECALL_K * P.RESCORE_COST
         short = recall < policy.target_recall
         tried.append((short, cost if not short else -recall, nprobe, recall, rescore))
@@ -112,19 +115,19 @@ def tune(
     return nprobe, recall, rescore
 
 
-def _smallest(recall_at: Any, spec: P.Spec, policy: P.Policy) -> tuple[int, float]:
-    """Doubling, then bisection, for the smallest nprobe meeting the target."""
+def _smallest(recall_at: Callable[[int], float], lists: int, goal: float) -> tuple[int, float]:
+    """Doubling, then bisection, for the smallest nprobe meeting the goal."""
     low, high = 0, 1
     found = recall_at(high)
-    while found < policy.target_recall and high < spec.lists:
-        low, high = high, min(spec.lists, high * 2)
+    while found < goal and high < lists:
+        low, high = high, min(lists, high * 2)
         found = recall_at(high)
-    if found < policy.target_recall:
+    if found < goal:
         return high, found
     while high - low > 1:
         mid = (low + high) // 2
         got = recall_at(mid)
-        if got >= policy.target_recall:
+        if got >= goal:
             high, found = mid, got
         else:
             low = mid

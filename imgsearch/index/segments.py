@@ -132,7 +132,7 @@ def search_params(ivf: bool, sel: Any, nprobe: int, graph: bool = False) -> Any:
     if ivf:
         params.nprobe = nprobe
     if ivf and graph:
-        coarse = faiss.SearchParametersHNSW()
+        coarse = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
         coarse.efSearch = max(P.HNSW_MIN_EF, P.HNSW_EF_PER_PROBE * nprobe)
         params.quantizer_params = coarse
         params.keep = coarse  # SWIG holds a bare pointer: the Python object must outlive it
