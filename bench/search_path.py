@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import OUT_DIR, Daemon, percentiles, progress  # noqa: E402
+from _common import OUT_DIR, Daemon, percentiles  # noqa: E402
 from scale import MODELS, K, Vectors, load, machine, path_to_id, post_json, truth  # noqa: E402
 
 from imgsearch.catalog import Catalog  # noqa: E402
