@@ -76,7 +76,7 @@ def build(
     nprobe, recall, rescore = 0, 1.0, 0
     if spec.kind != "exact" and len(q_ids):
         others = _without(truth[1], q_ids, P.RECALL_K)
-        nprobe, recall, rescore = tune(index, spec, (q_ids, queries), others, source, policy)
+        nprobe, recall, rescore = tune(index, spec, (q_ids, queries), others, source, policy, stop)
     meta = BaseMeta(
         model_id, dim, spec.kind, spec.factory, generation, len(all_ids), len(all_ids),
         time.time(), nprobe, recall, rescore,
@@ -90,7 +90,7 @@ def build(
 
 def tune(
     index: Any, spec: P.Spec, queries: tuple[np.ndarray, np.ndarray], truth: np.ndarray,
-    source: Source, policy: P.Policy,
+    source: Source, policy: P.Policy, stop: threading.Event | None = None,
 ) -> tuple[int, float, int]:  # fmt: skip
     """(nprobe, recall, rescore): the smallest nprobe reaching the target recall (plus
     TUNE_MARGIN where that can be had); for quantized codes under each re-scoring depth,
@@ -99,7 +99,7 @@ def tune(
     goal = min(1.0, policy.target_recall + P.TUNE_MARGIN)
     tried: list[tuple[bool, float, int, float, int]] = []
     for rescore in P.RESCORE_FACTORS if spec.quantized else (0,):
-        recall_at = cache(partial(_recall, index, queries, truth, source, rescore))
+        recall_at = cache(partial(_recall, index, queries, truth, source, stop, rescore))
         nprobe, recall = _smallest(recall_at, spec.lists, goal)
         if recall < goal:
             nprobe, recall = _smallest(recall_at, spec.lists, policy.target_recall)
@@ -139,9 +139,12 @@ def _recall(
     queries: tuple[np.ndarray, np.ndarray],
     truth: np.ndarray,
     source: Source,
+    stop: threading.Event | None,
     rescore: int,
     nprobe: int,
 ) -> float:
+    if stop is not None and stop.is_set():
+        raise Stopped
     k = P.RECALL_K
     q_ids, vectors = queries
     params = search_params(True, None, nprobe, hnsw(index))
