@@ -14,6 +14,8 @@ import pytest
 
 from imgsearch.catalog import Catalog, StoreSource
 from imgsearch.index import Policy
+from imgsearch.index import base as B
+from imgsearch.index.build import build, rescored
 from imgsearch.index.policy import Spec, lists_for, train_size
 from imgsearch.store import FileFacts, NewImage
 
@@ -116,9 +118,10 @@ def test_every_kind_is_tuned_searches_and_filters(tmp_path: Path, name: str) -> 
         catalog.close()
 
 
-def test_deletions_are_filtered_then_compacted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["ivf-flat", "ivf-pqfs"])
+def test_deletions_are_filtered_then_compacted(tmp_path: Path, kind: str) -> None:
     vectors = clustered(N)
-    catalog = Catalog(tmp_path, "m", DIM, policy("ivf-flat"))
+    catalog = Catalog(tmp_path, "m", DIM, policy(kind))
     try:
         fill(catalog, vectors)
         catalog.index.maintain()
@@ -206,3 +209,42 @@ def test_a_crash_loses_nothing_sqlite_has(tmp_path: Path) -> None:
         assert second.nearest(vectors[1200:1201], 1)[0][0].path == "/v/1200.jpg"
     finally:
         second.close()
+
+
+def test_a_base_of_an_earlier_kind_is_searched_then_retrained(tmp_path: Path) -> None:
+    """An IVF-SQ8 base (what earlier versions built at 10M) still answers, re-scored from the
+    store, until the worker replaces it with the kind the policy now picks."""
+    vectors = clustered(N)
+    first = Catalog(tmp_path, "m", DIM, policy("exact"))
+    try:
+        ids = np.asarray(fill(first, vectors), np.int64)
+        old = build(Spec("ivf-sq8", "IVF16,SQ8", 16), first.index.source, "m", DIM, Policy(),
+                    threading.Event())  # fmt: skip
+        B.save(old, tmp_path / "index")
+    finally:
+        first.close()
+    second = Catalog(tmp_path, "m", DIM, policy("ivf-pqfs"))
+    try:
+        about = second.index.describe()
+        assert (about["kind"], about["origin"]) == ("ivf-sq8", "loaded") and about["rescore"]
+        hit = second.nearest(vectors[:1], 1)[0][0]
+        assert hit.id == ids[0] and abs(hit.similarity - 1.0) < 1e-5  # exact, from the store
+        assert second.index.maintain() == "train"
+        about = second.index.describe()
+        assert about["kind"] == "ivf-pqfs" and about["recall_at_10"] >= 0.97
+    finally:
+        second.close()
+
+
+def test_rescoring_drops_ids_no_longer_stored(tmp_path: Path) -> None:
+    vectors = clustered(50)
+    catalog = Catalog(tmp_path, "m", DIM, policy("exact"))
+    try:
+        ids = np.asarray(fill(catalog, vectors), np.int64)
+        catalog.remove_ids([int(ids[3])])
+        candidates = np.array([[ids[3], -1, ids[5], ids[4]], [ids[7], ids[3], -1, -1]])
+        sims, got = rescored(vectors[[4, 7]], candidates, 3, catalog.index.source)
+        assert got.tolist() == [[ids[4], ids[5], -1], [ids[7], -1, -1]]
+        assert abs(sims[0, 0] - 1.0) < 1e-3 and sims[0, 1] < sims[0, 0]
+    finally:
+        catalog.close()
