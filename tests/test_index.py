@@ -70,9 +70,9 @@ def truth(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> 
 def test_policy_thresholds() -> None:
     p = Policy()
     assert p.spec(1000, 512).kind == "exact"
-    assert p.spec(1_000_000, 512) == Spec("ivf-pqfs", "IVF4000,PQ128x4fs", 4000)
-    assert p.spec(10_000_000, 512).factory == "IVF12649_HNSW32,PQ128x4fs"
-    assert p.spec(10_000_000, 1280).factory == "IVF12649_HNSW32,PQ320x4fs"
+    assert p.spec(1_000_000, 512) == Spec("ivf-pqfs", "IVF4000,PQ256x4fs", 4000)
+    assert p.spec(10_000_000, 512).factory == "IVF12649_HNSW32,PQ256x4fs"
+    assert p.spec(10_000_000, 1280).factory == "IVF12649_HNSW32,PQ640x4fs"
     assert Policy(flat_max_bytes=1 << 40).spec(1_000_000, 512).kind == "ivf-flat"
     assert (
         p.spec(200, 512).kind == "exact" and Policy(exact_max=10).spec(200, 512).kind == "ivf-flat"

@@ -15,15 +15,19 @@ from dataclasses import dataclass
 # machine): exact 17 / 35 / 55 ms a query at 25k / 50k / 100k, IVF at recall@10 >= 0.97
 # 0.25 / 1.1 / 4.3 ms; exact stays within a few ms of an embedding only up to ~50k.
 EXACT_MAX = 50_000
-# Beyond EXACT_MAX: IVF with 4-bit fast-scan PQ codes (dim / 4 sub-quantizers: dim / 8 bytes a
-# vector, 64 B at 512-d) whose candidates are re-scored with exact vectors from the store.
-# In process, 200k x 512-d, one thread (docs/BENCHMARKS.md, bench/search_path.py), it answers
-# at recall@10 0.97 in ~0.4 ms of FAISS + ~0.9 ms reading 100 candidates' exact vectors, where
-# IVF-Flat codes took ~5-10 ms and SQ8 ~6 ms: 16x smaller codes, scanned in AVX2 registers. Full float32 codes
-# (ivf-flat) only while they take at most FLAT_MAX_BYTES: none by default (tests and users can
-# raise it), and for libraries too small to train PQ codebooks (PQ_MIN_COUNT).
+# Beyond EXACT_MAX: IVF with 4-bit fast-scan PQ codes (dim / 2 sub-quantizers: dim / 4 bytes a
+# vector, 128 B at 512-d) whose candidates are re-scored with exact vectors from the store.
+# At 1M (one-cone synthetic data, 1000 lists probed up to all) dim / 4 sub-quantizers could not
+# put the true top 10 among 100 candidates (recall 0.942 at best; 0.978 with 500 candidates);
+# dim / 2 did (0.996 at nprobe 200 of 1000), for 2x the bytes and ~1.6x the scan.
+# In process, 200k x 512-d, one thread (docs/BENCHMARKS.md, bench/search_path.py), dim / 4
+# codes answered at recall@10 0.97 in ~0.4 ms of FAISS + ~0.9 ms reading 100 candidates' exact
+# vectors, where IVF-Flat codes took ~5-10 ms and SQ8 ~6 ms: codes 8-16x smaller, scanned in
+# AVX2 registers. Full float32 codes (ivf-flat) only while they take at most FLAT_MAX_BYTES:
+# none by default (tests and users can raise it), and for libraries too small to train PQ
+# codebooks (PQ_MIN_COUNT).
 FLAT_MAX_BYTES = 0
-PQ_DIMS_PER_CODE = 4  # dimensions per 4-bit sub-quantizer
+PQ_DIMS_PER_CODE = 2  # dimensions per 4-bit sub-quantizer
 PQ_MIN_COUNT = 256  # 4-bit codebooks need 16 centroids from enough vectors
 # Inverted lists: LISTS_PER_SQRT * sqrt(n), trained on TRAIN_PER_LIST vectors per list, at most
 # MAX_TRAIN (k-means costs sample x lists x dim x 2 flops x 10 iterations; see BENCHMARKS).
