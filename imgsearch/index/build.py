@@ -94,23 +94,25 @@ def tune(
 ) -> tuple[int, float, int]:  # fmt: skip
     """(nprobe, recall, rescore): the smallest nprobe reaching the target recall (plus
     TUNE_MARGIN where that can be had); for quantized codes under each re-scoring depth,
-    keeping the cheapest pair by the cost model (or, when none reaches the target, the best)."""
+    keeping the cheapest pair with the margin by the cost model (else the cheapest meeting the
+    target, else the best recall)."""
     per_list = int(index.ntotal) / max(1, spec.lists)
     goal = min(1.0, policy.target_recall + P.TUNE_MARGIN)
-    tried: list[tuple[bool, float, int, float, int]] = []
+    tried: list[tuple[int, float, int, float, int]] = []
     for rescore in P.RESCORE_FACTORS if spec.quantized else (0,):
         recall_at = cache(partial(_recall, index, queries, truth, source, stop, rescore))
         nprobe, recall = _smallest(recall_at, spec.lists, goal)
         if recall < goal:
             nprobe, recall = _smallest(recall_at, spec.lists, policy.target_recall)
         cost = nprobe * per_list + rescore * P.RECALL_K * P.RESCORE_COST
-        short = recall < policy.target_recall
-        tried.append((short, cost if not short else -recall, nprobe, recall, rescore))
+        # Pairs with the margin first, then those meeting the target, then the best recall.
+        tier = 0 if recall >= goal else 1 if recall >= policy.target_recall else 2
+        tried.append((tier, cost if tier < 2 else -recall, nprobe, recall, rescore))
         log.info(
             "tuned %s: rescore %d, nprobe %d: recall@10 %.3f", spec.factory, rescore, nprobe, recall
         )
-    short, _, nprobe, recall, rescore = min(tried)
-    if short:
+    tier, _, nprobe, recall, rescore = min(tried)
+    if tier == 2:
         log.warning("index %s reaches recall@10 %.3f only", spec.factory, recall)
     return nprobe, recall, rescore
 
