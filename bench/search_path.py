@@ -7,7 +7,8 @@ Loads N "clustered" vectors (bench/scale.py's generator) through the store, buil
 the policy picks (its build time is reported), then times 200 queries one at a time on one
 thread: FAISS alone (the base's own search at the tuned nprobe, k x rescore candidates), the
 re-scoring read of exact vectors from SQLite, `LibraryIndex.search`, `Catalog.nearest` (+ the
-paths), and finally `POST /search {"vector"}` against a real daemon on the same data.
+paths) (wall-clock and CPU ms), and finally `POST /search {"vector"}` against a real daemon
+on the same data.
 Recall@10 is against exact search over the vectors as stored. Prints one JSON line (also
 appended to bench/out/search_path.jsonl) with the CPU model and load.
 """
@@ -33,14 +34,17 @@ from imgsearch.catalog import Catalog  # noqa: E402
 from imgsearch.store import Store  # noqa: E402
 
 
-def timed(fn: Callable[[np.ndarray], Any], queries: np.ndarray) -> dict[str, float]:
+def timed(fn: Callable[[np.ndarray], Any], queries: np.ndarray) -> dict[str, Any]:
+    """Wall-clock and this thread's CPU ms per query (on a busy machine the CPU time is the
+    steadier figure: it leaves out the time spent waiting for a core)."""
     fn(queries[0])  # warm: first-touch costs are not a query's
-    times = []
+    wall, cpu = [], []
     for q in queries:
-        start = time.perf_counter()
+        start, used = time.perf_counter(), time.thread_time()
         fn(q)
-        times.append((time.perf_counter() - start) * 1000)
-    return percentiles(times)
+        cpu.append((time.thread_time() - used) * 1000)
+        wall.append((time.perf_counter() - start) * 1000)
+    return {**percentiles(wall), "cpu": percentiles(cpu)}
 
 
 def in_process(catalog: Catalog, queries: np.ndarray, want: np.ndarray) -> dict[str, Any]:
