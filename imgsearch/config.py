@@ -54,7 +54,6 @@ class Config:
     index: str = "auto"
     index_exact_max: int = index_policy.EXACT_MAX
     index_flat_max_bytes: int = index_policy.FLAT_MAX_BYTES
-    index_sq8_max_bytes: int = index_policy.SQ8_MAX_BYTES
     index_delta_max: int = index_policy.DELTA_MAX
     max_pending_searches: int = 32
     max_pending_adds: int = 8
@@ -108,7 +107,6 @@ class Config:
             mode=self.index,
             exact_max=self.index_exact_max,
             flat_max_bytes=self.index_flat_max_bytes,
-            sq8_max_bytes=self.index_sq8_max_bytes,
             delta_max=self.index_delta_max,
         )
 

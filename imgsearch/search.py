@@ -65,6 +65,9 @@ class SearchOptions:
 
     @property
     def candidates(self) -> int:
+        """Neighbours to fetch: `limit`; at least `rerank_k` when comparators re-rank them."""
+        if not self.comparators:
+            return self.limit
         return max(self.limit, self.rerank_k or MIN_RERANK_K)
 
 

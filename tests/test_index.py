@@ -17,7 +17,9 @@ import pytest
 from imgsearch.catalog import INDEX_DIR, Catalog, StoreSource
 from imgsearch.errors import Busy
 from imgsearch.index import Policy
-from imgsearch.index.policy import lists_for
+from imgsearch.index import base as B
+from imgsearch.index.build import build, rescored
+from imgsearch.index.policy import Spec, lists_for, train_size
 from imgsearch.store import FileFacts, NewImage
 
 DIM = 32
@@ -53,13 +55,13 @@ def fill(catalog: Catalog, vectors: np.ndarray, start: int = 0) -> list[int]:
 
 
 def policy(kind: str) -> Policy:
-    """Thresholds that make N vectors get `kind`."""
+    """Thresholds that make N vectors get `kind` ("ivf-pqfs-hnsw": an HNSW coarse quantizer)."""
     big = 1 << 40
     return {
         "exact": Policy(exact_max=big, delta_max=big),
-        "ivf-flat": Policy(exact_max=100, delta_max=big),
-        "ivf-sq8": Policy(exact_max=100, flat_max_bytes=0, delta_max=big),
-        "ivf-pq": Policy(exact_max=100, flat_max_bytes=0, sq8_max_bytes=0, delta_max=big),
+        "ivf-flat": Policy(exact_max=100, flat_max_bytes=big, delta_max=big),
+        "ivf-pqfs": Policy(exact_max=100, delta_max=big),
+        "ivf-pqfs-hnsw": Policy(exact_max=100, hnsw_min_lists=1, delta_max=big),
     }[kind]
 
 
@@ -71,31 +73,40 @@ def truth(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> 
 def test_policy_thresholds() -> None:
     p = Policy()
     assert p.spec(1000, 512).kind == "exact"
-    assert p.spec(1_000_000, 512).kind == "ivf-flat"
-    assert p.spec(10_000_000, 512).kind == "ivf-sq8"
-    assert p.spec(10_000_000, 1280).kind == "ivf-pq"
+    assert p.spec(1_000_000, 512) == Spec("ivf-pqfs", "IVF4000,PQ256x4fs", 4000)
+    assert p.spec(10_000_000, 512).factory == "IVF12649_HNSW32,PQ256x4fs"
+    assert p.spec(10_000_000, 1280).factory == "IVF12649_HNSW32,PQ640x4fs"
+    assert Policy(flat_max_bytes=1 << 40).spec(1_000_000, 512).kind == "ivf-flat"
+    assert (
+        p.spec(200, 512).kind == "exact" and Policy(exact_max=10).spec(200, 512).kind == "ivf-flat"
+    )
+    assert train_size(12649, 10_000_000) == 262_144 and train_size(1788, 200_000) == 71_520
     assert Policy(mode="exact").spec(10_000_000, 512).kind == "exact"
     assert lists_for(1_000_000) == 4000 and lists_for(10) <= 10
-    assert p.needs_training("ivf-flat", 200_000, 900_000, 512)  # grown 4.5x
-    assert not p.needs_training("ivf-flat", 200_000, 700_000, 512)
+    assert p.needs_training("ivf-pqfs", 200_000, 900_000, 512)  # grown 4.5x
+    assert not p.needs_training("ivf-pqfs", 200_000, 700_000, 512)
+    assert p.needs_training("ivf-sq8", 200_000, 210_000, 512)  # a kind of earlier versions
 
 
-@pytest.mark.parametrize("kind", ["exact", "ivf-flat", "ivf-sq8", "ivf-pq"])
-def test_every_kind_is_tuned_searches_and_filters(tmp_path: Path, kind: str) -> None:
+@pytest.mark.parametrize("name", ["exact", "ivf-flat", "ivf-pqfs", "ivf-pqfs-hnsw"])
+def test_every_kind_is_tuned_searches_and_filters(tmp_path: Path, name: str) -> None:
     vectors = clustered(N)
-    catalog = Catalog(tmp_path, "m", DIM, policy(kind))
+    kind = name.removesuffix("-hnsw")
+    catalog = Catalog(tmp_path, "m", DIM, policy(name))
     try:
         ids = np.asarray(fill(catalog, vectors), np.int64)
         catalog.index.maintain()
         about = catalog.index.describe()
         assert about["kind"] == kind and about["vectors"] == N and about["trained_at"]
+        assert ("_HNSW32," in about["factory"]) == name.endswith("-hnsw"), about
+        assert (about["rescore"] is not None) == (kind == "ivf-pqfs"), about
         assert about["recall_at_10"] >= 0.97, about
         queries = near(vectors[::30])
         want = truth(vectors, ids, queries, 10)
         got = [[n.id for n in row] for row in catalog.nearest(queries, 10)]
         recall = np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got, want, strict=True)])
         assert recall >= 0.9, recall
-        if kind in ("ivf-sq8", "ivf-pq"):  # similarities of hits are exact (from the store)
+        if kind == "ivf-pqfs":  # similarities of hits are exact (from the store)
             hit = catalog.nearest(vectors[:1], 1)[0][0]  # vectors[1] is a near-duplicate
             assert hit.id == ids[0] and abs(hit.similarity - 1.0) < 1e-5
         for allowed in (ids[::100], ids[::3]):  # answered from the store / inside FAISS
@@ -110,9 +121,10 @@ def test_every_kind_is_tuned_searches_and_filters(tmp_path: Path, kind: str) -> 
         catalog.close()
 
 
-def test_deletions_are_filtered_then_compacted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["ivf-flat", "ivf-pqfs"])
+def test_deletions_are_filtered_then_compacted(tmp_path: Path, kind: str) -> None:
     vectors = clustered(N)
-    catalog = Catalog(tmp_path, "m", DIM, policy("ivf-flat"))
+    catalog = Catalog(tmp_path, "m", DIM, policy(kind))
     try:
         fill(catalog, vectors)
         catalog.index.maintain()
@@ -183,7 +195,7 @@ def test_changes_during_training_survive_the_swap(tmp_path: Path) -> None:
 def test_a_crash_loses_nothing_sqlite_has(tmp_path: Path) -> None:
     """No close(): the next open replays newer rows and deletions on top of the saved base."""
     vectors = clustered(N)
-    first = Catalog(tmp_path, "m", DIM, policy("ivf-sq8"))
+    first = Catalog(tmp_path, "m", DIM, policy("ivf-pqfs"))
     ids = fill(first, vectors[:1000])
     first.index.maintain()
     first.index.rebase()  # all 1000 in the saved base (the worker may have trained on 500)
@@ -191,10 +203,10 @@ def test_a_crash_loses_nothing_sqlite_has(tmp_path: Path) -> None:
     first.remove_ids(ids[:100])
     first.index.close()  # the worker stops; nothing else is written (as after kill -9)
     first.store.close()
-    second = Catalog(tmp_path, "m", DIM, policy("ivf-sq8"))
+    second = Catalog(tmp_path, "m", DIM, policy("ivf-pqfs"))
     try:
         about = second.index.describe()
-        assert about["origin"] == "replayed" and about["kind"] == "ivf-sq8"
+        assert about["origin"] == "replayed" and about["kind"] == "ivf-pqfs"
         assert about["vectors"] == N - 100 and about["recent"] == N - 1000
         assert sorted(second.index.ids().tolist()) == second.store.ids().tolist()
         assert second.nearest(vectors[1200:1201], 1)[0][0].path == "/v/1200.jpg"
@@ -233,7 +245,7 @@ def test_a_hold_defers_training_and_compaction_until_it_ends(tmp_path: Path) -> 
             assert index.describe()["recent"] <= 2 * 99
         assert index.maintain() in ("compact", None)  # (or the worker did, once released)
         about = index.describe()
-        assert about["kind"] == "ivf-flat" and about["recent"] <= 100
+        assert about["kind"] == "ivf-pqfs" and about["recent"] <= 100
         assert sorted(index.ids().tolist()) == catalog.store.ids().tolist()
     finally:
         catalog.close()
@@ -319,3 +331,42 @@ def test_a_first_build_cut_short_starts_again_and_loses_nothing(tmp_path: Path) 
         assert sorted(third.index.ids().tolist()) == third.store.ids().tolist()
     finally:
         third.close()
+
+
+def test_a_base_of_an_earlier_kind_is_searched_then_retrained(tmp_path: Path) -> None:
+    """An IVF-SQ8 base (what earlier versions built at 10M) still answers, re-scored from the
+    store, until the worker replaces it with the kind the policy now picks."""
+    vectors = clustered(N)
+    first = Catalog(tmp_path, "m", DIM, policy("exact"))
+    try:
+        ids = np.asarray(fill(first, vectors), np.int64)
+        old = build(Spec("ivf-sq8", "IVF16,SQ8", 16), first.index.source, "m", DIM, Policy(),
+                    threading.Event())  # fmt: skip
+        B.save(old, tmp_path / "index")
+    finally:
+        first.close()
+    second = Catalog(tmp_path, "m", DIM, policy("ivf-pqfs"))
+    try:
+        about = second.index.describe()
+        assert (about["kind"], about["origin"]) == ("ivf-sq8", "loaded") and about["rescore"]
+        hit = second.nearest(vectors[:1], 1)[0][0]
+        assert hit.id == ids[0] and abs(hit.similarity - 1.0) < 1e-5  # exact, from the store
+        assert second.index.maintain() == "train"
+        about = second.index.describe()
+        assert about["kind"] == "ivf-pqfs" and about["recall_at_10"] >= 0.97
+    finally:
+        second.close()
+
+
+def test_rescoring_drops_ids_no_longer_stored(tmp_path: Path) -> None:
+    vectors = clustered(50)
+    catalog = Catalog(tmp_path, "m", DIM, policy("exact"))
+    try:
+        ids = np.asarray(fill(catalog, vectors), np.int64)
+        catalog.remove_ids([int(ids[3])])
+        candidates = np.array([[ids[3], -1, ids[5], ids[4]], [ids[7], ids[3], -1, -1]])
+        sims, got = rescored(vectors[[4, 7]], candidates, 3, catalog.index.source)
+        assert got.tolist() == [[ids[4], ids[5], -1], [ids[7], -1, -1]]
+        assert abs(sims[0, 0] - 1.0) < 1e-3 and sims[0, 1] < sims[0, 0]
+    finally:
+        catalog.close()

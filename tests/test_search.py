@@ -65,3 +65,12 @@ def test_tiny_query_is_not_split(service: Service) -> None:
     for size in ((1, 1), (1, 300), (40, 40)):
         service.searcher.by_bytes(jpeg_bytes(Image.new("RGB", size, "red")), options)
         assert embedder.calls[-1] == 1
+
+
+def test_only_a_re_ranking_widens_the_candidates() -> None:
+    """Without comparators (a vector, a text, a plain image search) the index is asked for
+    `limit` neighbours, not rerank_k: with quantized codes each one costs a re-scoring read."""
+    assert SearchOptions(limit=7).candidates == 7
+    assert SearchOptions(limit=7, rerank_k=50).candidates == 7
+    assert SearchOptions(limit=7, comparators=[object()]).candidates == 30  # type: ignore[list-item]
+    assert SearchOptions(limit=7, comparators=[object()], rerank_k=50).candidates == 50  # type: ignore[list-item]

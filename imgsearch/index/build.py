@@ -11,15 +11,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from functools import partial
+from collections.abc import Callable, Iterator, Sequence
+from functools import cache, partial
 from typing import Any, Protocol
 
 import numpy as np
 
 from . import policy as P
 from .base import Base, BaseMeta
-from .segments import exact_among, merge, search_params
+from .segments import exact_among, hnsw, merge, search_params
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def build(
     nprobe, recall, rescore = 0, 1.0, 0
     if spec.kind != "exact" and len(q_ids):
         others = _without(truth[1], q_ids, P.RECALL_K)
-        nprobe, recall, rescore = tune(index, spec, (q_ids, queries), others, source, policy)
+        nprobe, recall, rescore = tune(index, spec, (q_ids, queries), others, source, policy, stop)
     meta = BaseMeta(
         model_id, dim, spec.kind, spec.factory, generation, len(all_ids), len(all_ids),
         time.time(), nprobe, recall, rescore,
@@ -93,30 +93,46 @@ def build(
 
 def tune(
     index: Any, spec: P.Spec, queries: tuple[np.ndarray, np.ndarray], truth: np.ndarray,
-    source: Source, policy: P.Policy,
+    source: Source, policy: P.Policy, stop: threading.Event | None = None,
 ) -> tuple[int, float, int]:  # fmt: skip
-    """Smallest nprobe reaching the target recall; with exact re-scoring if codes fall short."""
-    for rescore in (0, P.RESCORE_FACTOR) if spec.quantized else (0,):
-        best = _smallest(partial(_recall, index, queries, truth, source, rescore), spec, policy)
-        if best[1] >= policy.target_recall:
-            return best[0], best[1], rescore
-    log.warning("index %s reaches recall@10 %.3f only", spec.factory, best[1])
-    return best[0], best[1], P.RESCORE_FACTOR if spec.quantized else 0
+    """(nprobe, recall, rescore): the smallest nprobe reaching the target recall (plus
+    TUNE_MARGIN where that can be had); for quantized codes under each re-scoring depth,
+    keeping the cheapest pair with the margin by the cost model (else the cheapest meeting the
+    target, else the best recall)."""
+    per_list = int(index.ntotal) / max(1, spec.lists)
+    goal = min(1.0, policy.target_recall + P.TUNE_MARGIN)
+    tried: list[tuple[int, float, int, float, int]] = []
+    for rescore in P.RESCORE_FACTORS if spec.quantized else (0,):
+        recall_at = cache(partial(_recall, index, queries, truth, source, stop, rescore))
+        nprobe, recall = _smallest(recall_at, spec.lists, goal)
+        if recall < goal:
+            nprobe, recall = _smallest(recall_at, spec.lists, policy.target_recall)
+        cost = nprobe * per_list + rescore * P.RECALL_K * P.RESCORE_COST
+        # Pairs with the margin first, then those meeting the target, then the best recall.
+        tier = 0 if recall >= goal else 1 if recall >= policy.target_recall else 2
+        tried.append((tier, cost if tier < 2 else -recall, nprobe, recall, rescore))
+        log.info(
+            "tuned %s: rescore %d, nprobe %d: recall@10 %.3f", spec.factory, rescore, nprobe, recall
+        )
+    tier, _, nprobe, recall, rescore = min(tried)
+    if tier == 2:
+        log.warning("index %s reaches recall@10 %.3f only", spec.factory, recall)
+    return nprobe, recall, rescore
 
 
-def _smallest(recall_at: Any, spec: P.Spec, policy: P.Policy) -> tuple[int, float]:
-    """Doubling, then bisection, for the smallest nprobe meeting the target."""
+def _smallest(recall_at: Callable[[int], float], lists: int, goal: float) -> tuple[int, float]:
+    """Doubling, then bisection, for the smallest nprobe meeting the goal."""
     low, high = 0, 1
     found = recall_at(high)
-    while found < policy.target_recall and high < spec.lists:
-        low, high = high, min(spec.lists, high * 2)
+    while found < goal and high < lists:
+        low, high = high, min(lists, high * 2)
         found = recall_at(high)
-    if found < policy.target_recall:
+    if found < goal:
         return high, found
     while high - low > 1:
         mid = (low + high) // 2
         got = recall_at(mid)
-        if got >= policy.target_recall:
+        if got >= goal:
             high, found = mid, got
         else:
             low = mid
@@ -128,12 +144,15 @@ def _recall(
     queries: tuple[np.ndarray, np.ndarray],
     truth: np.ndarray,
     source: Source,
+    stop: threading.Event | None,
     rescore: int,
     nprobe: int,
 ) -> float:
+    if stop is not None and stop.is_set():
+        raise Stopped
     k = P.RECALL_K
     q_ids, vectors = queries
-    params = search_params(True, None, nprobe)
+    params = search_params(True, None, nprobe, hnsw(index))
     _, ids = index.search(vectors, (k + 1) * max(1, rescore), params=params)
     if rescore:
         ids = rescored(vectors, ids, k + 1, source)[1]
@@ -154,15 +173,15 @@ def _without(ids: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
 def rescored(
     queries: np.ndarray, ids: np.ndarray, k: int, source: Source
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Re-rank candidate ids with exact vectors from the store."""
-    wanted = np.unique(ids[ids >= 0])
-    found, vectors = source.vectors(wanted.tolist())
-    row = {int(i): n for n, i in enumerate(found)}
+    """Re-rank candidate ids (-1 padded) with exact vectors from the store (one read of the
+    distinct ids, sorted); ids no longer stored drop out."""
+    found, vectors = source.vectors(np.unique(ids[ids >= 0]).tolist())
+    order = np.argsort(found, kind="stable")  # the store answers in id order: usually a no-op
+    found, vectors = found[order], vectors[order]
     sims = np.full(ids.shape, -np.inf, np.float32)
-    for q, cand in enumerate(ids):
-        rows = [row.get(int(i), -1) for i in cand]
-        ok = np.array([r >= 0 for r in rows], dtype=bool)
-        if ok.any():
-            sims[q, ok] = vectors[[r for r in rows if r >= 0]] @ queries[q]
-    clean = np.where(np.isfinite(sims), ids, -1)
-    return merge([(sims, clean)], k)
+    if len(found):
+        where = np.minimum(np.searchsorted(found, ids), len(found) - 1)
+        ok = (ids >= 0) & (found[where] == ids)
+        for q in range(len(ids)):  # one matrix-vector product a query
+            sims[q, ok[q]] = vectors[where[q, ok[q]]] @ queries[q]
+    return merge([(sims, np.where(np.isfinite(sims), ids, -1))], k)

@@ -24,14 +24,13 @@ import numpy as np
 from ..errors import Busy
 from . import base as B
 from .build import Source, Stopped, build, rescored
-from .policy import BUILDING_RETRY_S, Policy
+from .policy import BUILDING_RETRY_S, QUANTIZED, Policy
 from .segments import Segments, exact_among, merge
 
 log = logging.getLogger(__name__)
 
 WAKE_SECONDS = 5.0  # how often the background worker looks for work unprompted
 STOP_WAIT = 5.0  # seconds close() waits for a build in progress (the thread is a daemon)
-QUANTIZED = ("ivf-sq8", "ivf-pq")
 SEARCH_THREADS = 1
 ROOM_POLL = 0.2  # seconds between looks while a bulk writer waits for the index (make_room)
 EXTRA = 10  # quantized codes: candidates beyond k re-scored exactly (near-duplicates' order)

@@ -15,17 +15,34 @@ from dataclasses import dataclass
 # machine): exact 17 / 35 / 55 ms a query at 25k / 50k / 100k, IVF at recall@10 >= 0.97
 # 0.25 / 1.1 / 4.3 ms; exact stays within a few ms of an embedding only up to ~50k.
 EXACT_MAX = 50_000
-# IVF with full float32 codes while the codes take at most this many bytes; then 8-bit scalar
-# quantized codes (4x smaller) up to SQ8_MAX_BYTES; beyond that product quantization.
-FLAT_MAX_BYTES = 3 * 1024**3
-SQ8_MAX_BYTES = 6 * 1024**3
-PQ_BYTES_PER_VECTOR = 64  # PQ sub-quantizers (one byte each)
-PQ_MIN_COUNT = 64  # PQ codebooks need a few vectors per code
-# Inverted lists: LISTS_PER_SQRT * sqrt(n), trained on TRAIN_PER_LIST vectors per list.
+# Beyond EXACT_MAX: IVF with 4-bit fast-scan PQ codes (dim / 2 sub-quantizers: dim / 4 bytes a
+# vector, 128 B at 512-d) whose candidates are re-scored with exact vectors from the store.
+# At 1M (one-cone synthetic data, 1000 lists probed up to all) dim / 4 sub-quantizers could not
+# put the true top 10 among 100 candidates (recall 0.942 at best; 0.978 with 500 candidates);
+# dim / 2 did (0.996 at nprobe 200 of 1000), for 2x the bytes and ~1.6x the scan.
+# In process, 200k x 512-d, one thread (docs/BENCHMARKS.md, bench/search_path.py), dim / 4
+# codes answered at recall@10 0.97 in ~0.4 ms of FAISS + ~0.9 ms reading 100 candidates' exact
+# vectors, where IVF-Flat codes took ~5-10 ms and SQ8 ~6 ms: codes 8-16x smaller, scanned in
+# AVX2 registers. Full float32 codes (ivf-flat) only while they take at most FLAT_MAX_BYTES:
+# none by default (tests and users can raise it), and for libraries too small to train PQ
+# codebooks (PQ_MIN_COUNT).
+FLAT_MAX_BYTES = 0
+PQ_DIMS_PER_CODE = 2  # dimensions per 4-bit sub-quantizer
+PQ_MIN_COUNT = 256  # 4-bit codebooks need 16 centroids from enough vectors
+# Inverted lists: LISTS_PER_SQRT * sqrt(n), trained on TRAIN_PER_LIST vectors per list, at most
+# MAX_TRAIN (k-means costs sample x lists x dim x 2 flops x 10 iterations; see BENCHMARKS).
 LISTS_PER_SQRT = 4.0
 MIN_LISTS = 8
 MAX_LISTS = 65_536
 TRAIN_PER_LIST = 40
+MIN_TRAIN_PER_LIST = 20
+MAX_TRAIN = 262_144
+# From this many lists the coarse quantizer is an HNSW graph over the centroids: adding 10M
+# vectors (and each query) costs a graph walk, not a scan of every centroid. It is searched
+# with efSearch = max(HNSW_MIN_EF, HNSW_EF_PER_PROBE * nprobe).
+HNSW_MIN_LISTS = 8_192
+HNSW_MIN_EF = 64
+HNSW_EF_PER_PROBE = 2
 # Retrain when the library has grown this many times over the count the index was trained on.
 RETRAIN_GROWTH = 4.0
 # Recent adds live in an exact in-memory segment; fold them (and deletions) into a new base
@@ -50,9 +67,17 @@ BUILDING_RETRY_S = 30
 TARGET_RECALL = 0.97
 RECALL_K = 10
 TUNE_QUERIES = 200
-# Quantized codes that cannot reach TARGET_RECALL: re-score RESCORE_FACTOR * k candidates with
-# exact vectors from the store.
-RESCORE_FACTOR = 8
+# The tuning queries are stored vectors (each one's own id left out); users' queries are new
+# images, which scored ~0.006 lower (bench/search_path.py at 200k): aim this much above the
+# target where that can be had.
+TUNE_MARGIN = 0.01
+# Quantized codes: RESCORE * k candidates are re-scored with exact vectors from the store; the
+# tuning tries each factor (with its smallest nprobe reaching TARGET_RECALL) and keeps the
+# cheapest by a cost model: scanning one code costs 1, re-scoring one candidate (a SQLite row
+# read, float16 -> float32, a dot product) RESCORE_COST codes (measured: ~0.07 us a code,
+# ~15 us a candidate).
+RESCORE_FACTORS = (4, 10, 25)
+RESCORE_COST = 200
 # A search restricted to at most this many allowed ids is answered exactly from the store.
 ALLOWED_EXACT_MAX = 20_000
 SEED = 1234
@@ -62,13 +87,18 @@ SEED = 1234
 class Spec:
     """An index to build: its kind and the FAISS index_factory string."""
 
-    kind: str  # "exact", "ivf-flat", "ivf-sq8" or "ivf-pq"
+    kind: str  # "exact", "ivf-flat" or "ivf-pqfs" (saved bases may be "ivf-sq8", "ivf-pq")
     factory: str
     lists: int = 0
 
     @property
     def quantized(self) -> bool:
-        return self.kind in ("ivf-sq8", "ivf-pq")
+        return self.kind in QUANTIZED
+
+
+# Kinds whose codes are approximate: their hits are re-scored with exact vectors from the store.
+# "ivf-sq8" and "ivf-pq" were built by earlier versions (still searched until retrained).
+QUANTIZED = ("ivf-pqfs", "ivf-sq8", "ivf-pq")
 
 
 @dataclass(frozen=True)
@@ -78,7 +108,7 @@ class Policy:
     mode: str = "auto"  # "auto" or "exact"
     exact_max: int = EXACT_MAX
     flat_max_bytes: int = FLAT_MAX_BYTES
-    sq8_max_bytes: int = SQ8_MAX_BYTES
+    hnsw_min_lists: int = HNSW_MIN_LISTS
     delta_max: int = DELTA_MAX
     delta_fraction: float = DELTA_FRACTION
     held_delta_max: int = HELD_DELTA_MAX
@@ -93,13 +123,10 @@ class Policy:
         if self.mode == "exact" or count <= self.exact_max:
             return Spec("exact", "IDMap2,Flat")
         lists = lists_for(count)
-        if count * dim * 4 <= self.flat_max_bytes:
-            return Spec("ivf-flat", f"IVF{lists},Flat", lists)
-        if count * dim <= self.sq8_max_bytes or count < PQ_MIN_COUNT:
-            return Spec("ivf-sq8", f"IVF{lists},SQ8", lists)
-        m = _pq_subquantizers(dim)
-        bits = min(8, int(math.log2(count // 4)))  # 8-bit codes need 256+ training vectors
-        return Spec("ivf-pq", f"IVF{lists},PQ{m}x{bits}", lists)
+        coarse = f"IVF{lists}_HNSW32" if lists >= self.hnsw_min_lists else f"IVF{lists}"
+        if count * dim * 4 <= self.flat_max_bytes or count < PQ_MIN_COUNT:
+            return Spec("ivf-flat", f"{coarse},Flat", lists)
+        return Spec("ivf-pqfs", f"{coarse},PQ{_pq_subquantizers(dim)}x4fs", lists)
 
     def delta_limit(self, base_count: int) -> int:
         """How many recent vectors a base of `base_count` carries before a compaction."""
@@ -121,12 +148,14 @@ def lists_for(count: int) -> int:
 
 
 def train_size(lists: int, count: int) -> int:
-    return min(count, lists * TRAIN_PER_LIST)
+    """Training sample: TRAIN_PER_LIST a list, capped at MAX_TRAIN (but MIN_TRAIN_PER_LIST)."""
+    return min(count, lists * TRAIN_PER_LIST, max(MAX_TRAIN, lists * MIN_TRAIN_PER_LIST))
 
 
 def _pq_subquantizers(dim: int) -> int:
-    """The largest divisor of dim up to PQ_BYTES_PER_VECTOR and dim / 4 (PQ needs m | dim)."""
-    for m in range(max(1, min(PQ_BYTES_PER_VECTOR, dim // 4)), 0, -1):
-        if dim % m == 0:
+    """dim / PQ_DIMS_PER_CODE, rounded down to an even divisor of dim (fast-scan packs codes
+    in pairs; PQ needs m | dim)."""
+    for m in range(max(2, dim // PQ_DIMS_PER_CODE), 1, -1):
+        if dim % m == 0 and m % 2 == 0:
             return m
-    return 1
+    return 2

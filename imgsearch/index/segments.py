@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from . import policy as P
 from .base import Base
 
 # Exact vectors of stored ids (present ones only), from the store: (ids, n x dim float32).
@@ -121,13 +122,14 @@ class Segments:
         index = self.base.index
         if not index.ntotal:
             return np.full((len(queries), 0), -np.inf, np.float32), np.zeros((len(queries), 0))
-        params = search_params(self.base.meta.kind != "exact", sel, nprobe)
+        params = search_params(self.base.meta.kind != "exact", sel, nprobe, hnsw(index))
         sims, ids = index.search(queries, min(k, int(index.ntotal)), params=params)
         return sims, ids
 
 
-def search_params(ivf: bool, sel: Any, nprobe: int) -> Any:
-    """FAISS search parameters: an id selector (or None), and nprobe for IVF."""
+def search_params(ivf: bool, sel: Any, nprobe: int, graph: bool = False) -> Any:
+    """FAISS search parameters: an id selector (or None); nprobe for IVF, and efSearch for an
+    HNSW coarse quantizer (`graph`: at least policy.HNSW_EF_PER_PROBE * nprobe)."""
     import faiss
 
     params: Any = faiss.SearchParametersIVF() if ivf else faiss.SearchParameters()
@@ -135,7 +137,23 @@ def search_params(ivf: bool, sel: Any, nprobe: int) -> Any:
         params.sel = sel
     if ivf:
         params.nprobe = nprobe
+    if ivf and graph:
+        coarse = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+        coarse.efSearch = max(P.HNSW_MIN_EF, P.HNSW_EF_PER_PROBE * nprobe)
+        params.quantizer_params = coarse
+        params.keep = coarse  # SWIG holds a bare pointer: the Python object must outlive it
     return params
+
+
+def hnsw(index: Any) -> bool:
+    """Whether an IVF index's coarse quantizer is an HNSW graph."""
+    import faiss
+
+    try:
+        quantizer = faiss.extract_index_ivf(index).quantizer
+    except RuntimeError:
+        return False
+    return isinstance(faiss.downcast_index(quantizer), faiss.IndexHNSW)
 
 
 def merge(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
