@@ -33,6 +33,13 @@ def _start(lanes: Lanes, kind: str) -> tuple[threading.Thread, threading.Event, 
     return thread, entered, release
 
 
+def _finish(*calls: tuple[threading.Thread, threading.Event, threading.Event]) -> None:
+    """Release every started call and wait for its thread."""
+    for t, _, release in calls:
+        release.set()
+        t.join(WAIT)
+
+
 def test_lane_count_follows_cores_and_threads() -> None:
     assert lane_count("cpu", 1, cpus=2) == 2
     assert lane_count("cpu", 4, cpus=16) == 4
@@ -47,9 +54,7 @@ def test_bulk_calls_fill_the_lanes_and_wait_beyond() -> None:
     assert not third[1].wait(0.2), "a third bulk call waits for a lane"
     first[2].set()
     assert third[1].wait(WAIT), "...and starts when one is free"
-    for t, _, release in (first, second, third):
-        release.set()
-        t.join(WAIT)
+    _finish(first, second, third)
 
 
 def test_a_search_holds_further_bulk_calls_back_but_never_waits() -> None:
@@ -65,9 +70,7 @@ def test_a_search_holds_further_bulk_calls_back_but_never_waits() -> None:
     # All lanes busy with bulk calls: a search still goes straight in.
     again = _start(lanes, "interactive")
     assert again[1].wait(WAIT)
-    for t, _, release in (bulk, search, late, again):
-        release.set()
-        t.join(WAIT)
+    _finish(bulk, search, late, again)
 
 
 def test_one_bulk_call_always_runs_even_beside_searches() -> None:
@@ -76,9 +79,7 @@ def test_one_bulk_call_always_runs_even_beside_searches() -> None:
     assert search[1].wait(WAIT)
     bulk = _start(lanes, "bulk")
     assert bulk[1].wait(WAIT), "an add is never starved by searches"
-    for t, _, release in (search, bulk):
-        release.set()
-        t.join(WAIT)
+    _finish(search, bulk)
 
 
 @pytest.fixture
