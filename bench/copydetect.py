@@ -480,6 +480,8 @@ def sift_stages(
             for candidate in cached:
                 sift.compare(query, candidate)
         if verify is not None:  # the same candidates, matching + RANSAC + the pixel check
+            with step(f"  embed the {1 + len(REGION_BOXES)} views verify asks for (1 call)"):
+                embedder.embed_images([image, *(_region(image, box) for box in REGION_BOXES)])
             picture = Picture.from_pil(image)
             query_v = verify.features(picture)
             found = [service.features.get("verify", i, paths[i].mtime_ns) for i in ids]
