@@ -4,8 +4,9 @@ OpenCV's SIFT descriptors are integers 0..255 (kept as uint8), so every distance
 integer, and both paths here compute it exactly: numpy's fp32 BLAS product (every partial sum
 stays below 2^24), or, where the CPU multiplies int8 natively (AMX, AVX512-VNNI), an int8
 product with int32 sums through torch (`torch._int_mm`, oneDNN's kernels): the descriptors
-shifted by -128 fit int8, and a shift moves no distance. Same integers, same matches, about
-3x faster. (A bf16 product would be exact too, but torch on CPU returns it rounded to bf16.)
+shifted by -128 fit int8, and a shift moves no distance. Same integers, same matches; the
+product 3x faster, a whole match 1.3x (`bench/matching.py`). (A bf16 product would be exact
+too, but torch on CPU returns it rounded to bf16.)
 """
 
 from __future__ import annotations
