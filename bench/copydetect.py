@@ -58,6 +58,9 @@ from PIL import Image
 
 from imgsearch import search as search_module
 from imgsearch.comparators import WORKING_SIZE, Candidate, Picture, rerank
+from imgsearch.comparators.distances import int8_native
+from imgsearch.comparators.keypoints import ratio_matches
+from imgsearch.comparators.sift import LOWE_RATIO
 from imgsearch.config import OFFLINE_MODEL, Config
 from imgsearch.images import decode
 from imgsearch.search import REGION_BOXES, SearchOptions
@@ -476,10 +479,17 @@ def sift_stages(
         paths = service.catalog.store.paths(ids)
         with step("  feature cache reads (all candidates)"):
             cached = [service.features.get("sift", i, paths[i].mtime_ns) for i in ids]
-        with step("  SIFT matching (all candidates, 1 thread)"):
+        product = "int8" if int8_native() else "fp32"
+        with step(f"  SIFT matching (all candidates, 1 thread, {product})"):
             for candidate in cached:
                 sift.compare(query, candidate)
+        if product == "int8":  # the same matches with the fp32 product, for comparison
+            with step("  SIFT matching (same, fp32 instead of int8)"):
+                for candidate in cached:
+                    ratio_matches(query, candidate, LOWE_RATIO, int8=False)
         if verify is not None:  # the same candidates, matching + RANSAC + the pixel check
+            with step(f"  embed the {1 + len(REGION_BOXES)} views verify asks for (1 call)"):
+                embedder.embed_images([image, *(_region(image, box) for box in REGION_BOXES)])
             picture = Picture.from_pil(image)
             query_v = verify.features(picture)
             found = [service.features.get("verify", i, paths[i].mtime_ns) for i in ids]

@@ -98,7 +98,7 @@ class ModelSpec:
         return [
             *("--model", self.name, "--pretrained", self.pretrained or "none"),
             *("--device", args.device, "--batch-size", str(args.batch_size)),
-            *("--precision", args.precision),
+            *("--precision", args.precision, "--precompute", args.precompute),
         ]
 
 
@@ -455,6 +455,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--images", type=int, default=32, help="how many 12 MP JPEGs (default 32)")
     add("--small", type=int, default=64, help="how many photos <= 1 MP besides (default 64)")
     add("--precision", default="auto", help="auto, fp32, bf16, fp16 (default auto)")
+    add("--precompute", default="auto", help="the daemon's --precompute: auto, on, off (auto)")
     add("--batch-sweep", type=int, nargs="*", help="only time forward at these batch sizes")
     add("--threads", type=int, help="torch threads in-process (default: all cores)")
     add("--models", nargs="+", default=list(DEFAULT_MODELS), help="name[:pretrained] each")

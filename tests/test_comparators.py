@@ -505,8 +505,10 @@ def test_rerank_never_worsens_recall_at_1(
     assert after_weak >= before
 
 
-def test_ratio_matches_equal_opencv_brute_force() -> None:
-    """The BLAS matcher finds exactly what cv2.BFMatcher.knnMatch + the ratio test finds."""
+@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
+def test_ratio_matches_equal_opencv_brute_force(int8: bool) -> None:
+    """Both matchers (fp32 BLAS, int8 product) find exactly what cv2.BFMatcher.knnMatch + the
+    ratio test finds."""
     import cv2
 
     from imgsearch.comparators.keypoints import ratio_matches
@@ -524,4 +526,5 @@ def test_ratio_matches_equal_opencv_brute_force() -> None:
             if a.distance < 0.75 * b.distance and a.distance < best.get(a.trainIdx, (1e9, 0))[0]:
                 best[a.trainIdx] = (a.distance, a.queryIdx)
         expected = {(q, t) for t, (_, q) in best.items()}
-        assert {tuple(r) for r in ratio_matches(query, cand, 0.75).tolist()} == expected
+        found = ratio_matches(query, cand, 0.75, int8=int8)
+        assert {tuple(r) for r in found.tolist()} == expected

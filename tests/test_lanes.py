@@ -92,11 +92,18 @@ def service(
     svc.close()
 
 
+# Batch size 4, 2 lanes: full batches until what is left fits one batch per lane, then the
+# rest shared evenly (10 files: 4, then 3 and 3; 4 files: 2 and 2, not one batch of 4).
+@pytest.mark.parametrize(("count", "batches"), [(10, [3, 3, 4]), (4, [2, 2])])
 def test_an_add_embeds_batches_side_by_side_and_writes_them_all(
-    tmp_path: Path, service: Service, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    service: Service,
+    monkeypatch: pytest.MonkeyPatch,
+    count: int,
+    batches: list[int],
 ) -> None:
     files = []
-    for i in range(10):  # batch size 4: batches of 4, 4, 2
+    for i in range(count):
         files.append(tmp_path / "lib" / f"{i}.jpg")
         files[-1].parent.mkdir(exist_ok=True)
         photo(PHOTOS[i % len(PHOTOS)], 64).rotate(i * 11).save(files[-1])
@@ -114,17 +121,17 @@ def test_an_add_embeds_batches_side_by_side_and_writes_them_all(
 
     monkeypatch.setattr(embedder, "embed_prepared", side_by_side)
     report = service.ingester.add(tmp_path / "lib")
-    assert (report.added, report.failed) == (10, 0)
-    assert sorted(calls) == [2, 4, 4]
+    assert (report.added, report.failed) == (count, 0)
+    assert sorted(calls) == batches
     assert lanes_of(embedder).lanes == 2
     # Every stored vector is its own file's (no batch written against another's files).
     monkeypatch.setattr(embedder, "embed_prepared", real)
     expected = embedder.embed_images(
-        [photo(PHOTOS[i % len(PHOTOS)], 64).rotate(i * 11) for i in range(10)]
+        [photo(PHOTOS[i % len(PHOTOS)], 64).rotate(i * 11) for i in range(count)]
     )
     states = service.catalog.store.file_states([str(f) for f in files])
     ids = [states[str(f)].id for f in files]
-    sims = [service.catalog.similarities(expected[i], [ids[i]])[ids[i]] for i in range(10)]
+    sims = [service.catalog.similarities(expected[i], [ids[i]])[ids[i]] for i in range(count)]
     assert min(sims) > 0.99
 
 

@@ -1,9 +1,11 @@
 """Speed features kept honest: precision self-check and selection, channels_last, one-pass
-preprocessing equal to the old path, shared keypoints, background feature precompute."""
+preprocessing equal to the old path, shared keypoints, exact int8 descriptor matching,
+background feature precompute."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,9 @@ from aiohttp.test_utils import TestClient
 from torchvision import transforms
 
 from imgsearch.comparators import Picture
-from imgsearch.comparators.keypoints import limit_blas_threads
+from imgsearch.comparators import distances as distances_module
+from imgsearch.comparators.distances import int8_native, ranking_distances
+from imgsearch.comparators.keypoints import Keypoints, limit_blas_threads, ratio_matches
 from imgsearch.comparators.sift import SiftComparator
 from imgsearch.comparators.verify import VerifyComparator
 from imgsearch.config import Config
@@ -181,6 +185,100 @@ def test_sift_and_verify_share_one_keypoint_extraction() -> None:
     assert sift.compare(sift.features(query), keypoints) == sift.compare(
         sift.features(query), alone
     )
+
+
+def _sift_sets() -> list[Keypoints]:
+    """SIFT keypoints of real photos and of edited copies of them (so pairs share matches)."""
+    sift = SiftComparator()
+    pictures = [photo(name, 480) for name in PHOTOS]
+    astronaut, coffee = pictures[0], pictures[2]
+    pictures += [
+        astronaut.crop((60, 40, 400, 380)).resize((300, 300)),
+        astronaut.rotate(12),
+        coffee.resize((coffee.width // 2, coffee.height // 2)),
+    ]
+    return [sift.features(Picture.from_pil(p)) for p in pictures]
+
+
+def test_int8_product_gives_the_fp32_distances_and_matches() -> None:
+    """The int8 path (forced, so it is checked on any CPU) computes exactly the fp32 path's
+    distances, so every pair of real photos gets the same ratio-test matches."""
+    sets = _sift_sets()
+    assert all(s.descriptors.dtype == np.uint8 and len(s) > 100 for s in sets)
+    matched = 0
+    for i, query in enumerate(sets):
+        for j, candidate in enumerate(sets):
+            if i == j:
+                continue
+            d8, o8 = ranking_distances(query.descriptors, candidate.descriptors, int8=True)
+            d32, o32 = ranking_distances(query.descriptors, candidate.descriptors, int8=False)
+            assert d8.dtype == np.int32 and d32.dtype == np.float32
+            full8 = d8.astype(np.int64) + o8[:, None]
+            assert np.array_equal(full8, (d32 + o32[:, None]).astype(np.int64))
+            fast = ratio_matches(query, candidate, 0.75, int8=True)
+            assert np.array_equal(fast, ratio_matches(query, candidate, 0.75, int8=False))
+            matched += len(fast) >= 30
+    assert matched >= 6  # the copies do match their photos: equal sets are not all empty
+    # and the distances are the true squared L2 distances
+    q, c = sets[0].descriptors[:50].astype(np.int64), sets[8].descriptors[:40].astype(np.int64)
+    d8, o8 = ranking_distances(sets[0].descriptors[:50], sets[8].descriptors[:40], int8=True)
+    assert np.array_equal(d8 + o8[:, None], ((q[:, None, :] - c[None, :, :]) ** 2).sum(axis=2))
+
+
+def test_float_descriptors_take_the_fp32_path() -> None:
+    query = np.arange(256, dtype=np.float32).reshape(2, 128)
+    dist, _ = ranking_distances(query, query[::-1].copy(), int8=True)
+    assert dist.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (frozenset({"avx2", "avx512f", "avx512_bf16"}), False),
+        (frozenset({"avx512f", "avx512_vnni"}), True),
+        (frozenset({"amx_tile", "amx_int8"}), True),
+        (frozenset(), False),
+    ],
+)
+def test_int8_path_follows_the_cpu_flags(
+    monkeypatch: pytest.MonkeyPatch, flags: frozenset[str], expected: bool
+) -> None:
+    monkeypatch.setattr(distances_module, "cpu_flags", lambda: flags)
+    int8_native.cache_clear()
+    try:
+        assert int8_native() is expected
+    finally:
+        int8_native.cache_clear()
+
+
+def test_int8_product_uses_one_torch_thread_in_its_own_thread_only() -> None:
+    """Inside the product, torch runs one thread; the calling thread gets its team size back,
+    and other threads never see the change (torch.set_num_threads would change theirs)."""
+    from threadpoolctl import ThreadpoolController
+
+    seen: dict[str, int] = {}
+    inside = threading.Event()
+    release = threading.Event()
+
+    def matcher() -> None:
+        torch.get_num_threads()  # torch's own per-thread set-up first
+        for lib in ThreadpoolController().select(user_api="openmp").lib_controllers:
+            lib.set_num_threads(3)  # this thread only
+        seen["before"] = torch.get_num_threads()
+        with distances_module._torch_threads(1):
+            seen["inside"] = torch.get_num_threads()
+            inside.set()
+            release.wait(10)
+        seen["after"] = torch.get_num_threads()
+
+    other_before = torch.get_num_threads()
+    thread = threading.Thread(target=matcher)
+    thread.start()
+    assert inside.wait(10)
+    seen["other"] = torch.get_num_threads()
+    release.set()
+    thread.join(10)
+    assert seen == {"before": 3, "inside": 1, "after": 3, "other": other_before}
 
 
 async def _wait_for(predicate: object, seconds: float) -> bool:

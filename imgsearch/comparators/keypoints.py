@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .distances import ranking_distances
+
 log = logging.getLogger(__name__)
 
 # Below this shorter side the detectors find nothing useful (and SIFT's pyramid can fail on
@@ -62,30 +64,30 @@ def limit_blas_threads(threads: int = MATCH_BLAS_THREADS) -> None:
             lib.set_num_threads(threads)
 
 
-def ratio_matches(query: Keypoints, candidate: Keypoints, ratio: float) -> np.ndarray:
+def ratio_matches(
+    query: Keypoints, candidate: Keypoints, ratio: float, *, int8: bool | None = None
+) -> np.ndarray:
     """SIFT matches that pass Lowe's ratio test, one per candidate keypoint.
 
     Returns an int array (n x 2) of (query index, candidate index). When several query points
     pick the same candidate point only the closest is kept, so a repeated texture cannot count
-    many times. Brute force like OpenCV's BFMatcher (same matches), but as one BLAS matrix
-    product and two argmin passes: about 1.5x faster than `knnMatch` plus a Python loop.
+    many times. Brute force like OpenCV's BFMatcher (same matches), but as one exact matrix
+    product (`distances.py`: int8 where the CPU has it, else fp32 BLAS; `int8` forces a path)
+    and two argmin passes: about 1.5x faster than `knnMatch` plus a Python loop with BLAS.
     """
     if len(query) == 0 or len(candidate) < 2:
         return np.zeros((0, 2), np.int64)
-    q = query.descriptors.astype(np.float32)
-    c = candidate.descriptors.astype(np.float32)
-    # Squared L2 distances less each query row's own |q|^2, which cannot change its ranking.
-    dist = q @ c.T
-    dist *= -2.0
-    dist += np.einsum("ij,ij->i", c, c)[None, :]
-    rows = np.arange(len(q))
+    # Squared L2 distances less each query row's offset, which cannot change its ranking.
+    dist, offsets = ranking_distances(query.descriptors, candidate.descriptors, int8=int8)
+    rows = np.arange(len(dist))
     best = dist.argmin(axis=1)
     first = dist[rows, best].copy()
-    dist[rows, best] = np.inf
+    dist[rows, best] = np.inf if dist.dtype.kind == "f" else np.iinfo(dist.dtype).max
     second = dist.min(axis=1)
-    q_norms = np.einsum("ij,ij->i", q, q)
-    first = np.maximum(first + q_norms, 0.0)
-    second = np.maximum(second + q_norms, 0.0)
+    # Exact integers below 2^24 on both paths, so float32 holds them exactly: the test below
+    # is then computed identically whichever product made them.
+    first = np.maximum(first + offsets, 0).astype(np.float32)
+    second = np.maximum(second + offsets, 0).astype(np.float32)
     good = first < (ratio * ratio) * second  # d1 < ratio * d2, squared
     query_idx, train_idx, d1 = rows[good], best[good], first[good]
     order = np.lexsort((d1, train_idx))  # by candidate point, closest first

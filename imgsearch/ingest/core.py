@@ -265,7 +265,9 @@ class Ingester:
 class _Run:
     """One pass over files to embed: decode ahead of the model in a bounded pool, embed full
     batches in the embedder's lanes (side by side when the cores allow), write them in order
-    as they finish, stop after the batches in flight when asked."""
+    as they finish, stop after the batches in flight when asked. The last files are shared
+    evenly between the lanes (`_target`): 8 files in one batch of 8 would leave every lane
+    but one idle."""
 
     def __init__(
         self,
@@ -281,6 +283,7 @@ class _Run:
         self.stop, self.bar, self.on_progress = stop, bar, on_progress
         self.lanes = lanes_of(ingester.embedder).lanes
         self.embedding: deque[tuple[list[Prepared], Future[np.ndarray]]] = deque()
+        self.tail: int | None = None  # batch size for the last files, once they are reached
 
     def all(self, todo: list[Path]) -> None:
         ing = self.ingester
@@ -300,6 +303,7 @@ class _Run:
 
             submit(ahead)
             done = 0
+            target = self._target(len(todo))
             try:
                 while pending:
                     if self.stop is not None and self.stop.is_set():
@@ -313,10 +317,11 @@ class _Run:
                         self.report.fail(prepared)
                     else:
                         batch.append(prepared)
-                    if len(batch) >= ing.batch_size or (not pending and batch):
+                    done += 1
+                    if len(batch) >= target or (not pending and batch):
                         self._embed(model, batch, self.lanes)
                         batch = []
-                    done += 1
+                        target = self._target(len(todo) - done)
                     self.bar.update(1)
                     if self.on_progress is not None:
                         self.on_progress(done, len(todo))
@@ -324,6 +329,14 @@ class _Run:
                     self._embed(model, batch, self.lanes)
             finally:
                 self._drain(0)
+
+    def _target(self, left: int) -> int:
+        """Files for the batch that starts now, with `left` files not yet in a batch: the
+        batch size, until what is left fits one batch per lane; from then on that share."""
+        size = self.ingester.batch_size
+        if self.tail is None and left <= size * self.lanes:
+            self.tail = max(1, -(-left // self.lanes))
+        return size if self.tail is None else min(size, self.tail)
 
     def _embed(self, model: ThreadPoolExecutor, batch: list[Prepared], lanes: int) -> None:
         """Start a batch's model call; write the oldest ones while `lanes` are in flight."""
