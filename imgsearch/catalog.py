@@ -72,6 +72,9 @@ class StoreSource:
     def deleted_since(self, generation: int) -> np.ndarray | None:
         return self.store.images.deleted_since(generation)
 
+    def forget_deletions(self, generation: int) -> None:
+        self.store.images.forget_deletions(generation)
+
     def chunks(self, since_generation: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for chunk in self.store.images.vectors(since_generation=since_generation):
             yield chunk.ids, chunk.vectors

@@ -247,3 +247,23 @@ def test_an_interrupted_import_resumes_into_the_plan(tmp_path: Path) -> None:
         assert sorted(second.index.ids().tolist()) == second.store.ids().tolist()
     finally:
         second.close()
+
+
+def test_a_saved_base_trims_the_deletions_log(tmp_path: Path) -> None:
+    catalog = Catalog(tmp_path, "m", DIM, Policy(exact_max=100, delta_max=1 << 40))
+    try:
+        ids = fill(catalog, clustered(1000), batch=500)
+        catalog.index.rebase()
+        before = catalog.store.generation()
+        removed_every_way(catalog, ids)
+        logged = catalog.store.images.deleted_since(before)
+        assert logged is not None and len(logged) == 7  # (the restored one too)
+        catalog.index.rebase()  # the new base holds those deletions
+        assert catalog.store.images.deleted_since(before) is None
+        rows = catalog.store.db.reader().execute("SELECT count(*) FROM deletions").fetchone()
+        assert rows[0] == 0
+        catalog.remove_ids(ids[40:41])
+        logged = catalog.store.images.deleted_since(catalog.index.describe()["generation"])
+        assert logged is not None and logged.tolist() == [ids[40]]
+    finally:
+        catalog.close()

@@ -363,6 +363,9 @@ class LibraryIndex:
             self.state = "building" if self._building else "idle"  # (a failed first build retries)
         if self._path is not None:
             B.prune(self.folder, self._path)
+            # The one saved base holds every deletion up to its generation: older log rows
+            # are no use to any start-up now.
+            self.source.forget_deletions(self._segments.base.meta.generation)
 
     def train(self) -> B.Base:
         """A new base trained on the library as it is now."""

@@ -272,6 +272,16 @@ class Images:
 
     # -- writes -------------------------------------------------------------------------------
 
+    def forget_deletions(self, generation: int) -> None:
+        """Drop the deletions log up to `generation` (no start-up needs it from an older one);
+        the log is then complete from there."""
+        with self.db.write() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key='deletions_from'").fetchone()
+            if row is None or int(row[0]) >= generation:
+                return
+            conn.execute("DELETE FROM deletions WHERE generation <= ?", (generation,))
+            conn.execute("UPDATE meta SET value=? WHERE key='deletions_from'", (str(generation),))
+
     def upsert(self, items: Sequence[NewImage]) -> WriteResult:
         """Insert or replace images by path, in one transaction (a few statements a batch:
         one lookup per CHUNK paths, one executemany each for the updates and the inserts)."""
