@@ -54,6 +54,13 @@ def log_facts(daemon: Daemon) -> dict[str, Any]:
     return out
 
 
+def keep_log(daemon: Daemon, label: str, phase: str) -> None:
+    """A copy of the daemon's log in bench/out/restart-logs/ (the data dir goes away)."""
+    folder = OUT_DIR / "restart-logs"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{label or 'run'}-{phase}.log").write_bytes(daemon.log_path.read_bytes())
+
+
 def import_timed(daemon: Daemon, folder: Path) -> dict[str, Any]:
     start, cpu = time.perf_counter(), daemon.cpu_seconds()
     job, _ = post_json(daemon.url + "/import", {"dir": str(folder), "wait": True}, timeout=86400)
@@ -113,8 +120,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             out["settle_after_import_s"] = round(time.perf_counter() - start, 1)
             out["import_log"] = log_facts(daemon)
             out["import_peak_rss"] = rss(daemon._proc.pid)  # type: ignore[union-attr]
+        keep_log(daemon, args.label, "import")
         progress("restart on the saved base")
         out["restart"] = started(daemon)
+        keep_log(daemon, args.label, "restart")
         progress(f"restarted: {out['restart']['to_health_s']} s")
         if args.recent:
             folder = recent_shards(args.recent, args.n, dim, model_id, Path(tmp) / "recent")
@@ -126,6 +135,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             daemon._proc = None
             progress("killed; restart to replay")
             out["replay_restart"] = started(daemon)
+            keep_log(daemon, args.label, "replay")
             progress(f"replay restart: {out['replay_restart']['to_health_s']} s")
         daemon.stop()
     return out
