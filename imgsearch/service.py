@@ -120,9 +120,9 @@ class Service:
                         early.add_done_callback(_close)
                     raise
                 self.catalog = self._catalog(early)
+        stack.callback(self.catalog.close)  # stops the index's background work, closes the db
         batch = config.batch_size or batch_size_of(self.embedder)  # 0: the measured size
         self.config = dataclasses.replace(config, batch_size=batch)
-        stack.callback(self.catalog.close)  # stops the index's background work, closes the db
 
     def _open_early(self, pool: ThreadPoolExecutor) -> Future[Catalog] | None:
         """The catalog of a data dir already bound to a model, opening (None for a new one)."""
