@@ -78,8 +78,8 @@ def without_worker(catalog: Catalog) -> None:
 def test_a_bulk_write_trains_once_for_its_final_size_and_compacts_at_its_end(
     tmp_path: Path,
 ) -> None:
-    vectors = clustered(BIG)
-    catalog = Catalog(tmp_path, "m", DIM, Policy(exact_max=100))
+    vectors = clustered(BIG + 500)
+    catalog = Catalog(tmp_path, "m", DIM, Policy(exact_max=100, settle_min=1000))
     without_worker(catalog)
     trainings = counting_trainings(catalog)
     sample = catalog.index.policy.train_at(BIG, DIM)
@@ -94,18 +94,21 @@ def test_a_bulk_write_trains_once_for_its_final_size_and_compacts_at_its_end(
             assert about["planned"] == BIG and about["trained_count"] == BIG
             assert str(about["factory"]).startswith(f"IVF{lists_for(BIG)},")
             assert about["recent"] == BIG - trainings[0], "later rows wait for the import's end"
-            assert catalog.nearest(vectors[-1:], 1)[0][0].path == f"/v/{BIG - 1}.jpg"
+            assert catalog.nearest(vectors[BIG - 1 : BIG], 1)[0][0].path == f"/v/{BIG - 1}.jpg"
         assert catalog.index.maintain() == "compact"
         about = catalog.index.describe()
         assert (about["base"], about["recent"], about["planned"]) == (BIG, 0, None)
         assert len(trainings) == 1 and sample <= trainings[0] < BIG
         assert catalog.index.maintain() is None  # nothing more: no retrain at the planned size
+        with catalog.index.hold(expected=500):  # a small import: replayed, not worth a base
+            fill(catalog, vectors[BIG:], start=BIG)
+        assert catalog.index.maintain() is None and catalog.index.describe()["recent"] == 500
     finally:
         catalog.close()
     again = Catalog(tmp_path, "m", DIM, Policy(exact_max=100))
     try:
         about = again.index.describe()
-        assert (about["origin"], about["base"], about["recent"]) == ("loaded", BIG, 0)
+        assert (about["origin"], about["base"], about["recent"]) == ("replayed", BIG, 500)
     finally:
         again.close()
 

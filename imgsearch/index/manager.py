@@ -342,9 +342,9 @@ class LibraryIndex:
             return None
 
     def _unsaved(self) -> bool:
-        """Whether anything would be replayed from SQLite at the next start."""
+        """Whether the next start would replay enough from SQLite to be worth a new base."""
         seg = self._segments
-        return bool(seg.recent.ntotal or seg.dead)
+        return int(seg.recent.ntotal) + seg.dead >= self.policy.settle_min
 
     def rebase(self) -> None:
         """Fold recent changes into a new saved base now (what compaction does when due)."""
