@@ -9,8 +9,10 @@ similarities, duplicates) always come from the store, never from a quantized ind
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +69,12 @@ class StoreSource:
     def count(self) -> int:
         return self.store.count()
 
+    def deleted_since(self, generation: int) -> np.ndarray | None:
+        return self.store.images.deleted_since(generation)
+
+    def forget_deletions(self, generation: int) -> None:
+        self.store.images.forget_deletions(generation)
+
     def chunks(self, since_generation: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for chunk in self.store.images.vectors(since_generation=since_generation):
             yield chunk.ids, chunk.vectors
@@ -76,6 +84,22 @@ class StoreSource:
         if not parts:
             return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
         return np.concatenate([p.ids for p in parts]), np.concatenate([p.vectors for p in parts])
+
+
+def bound_model(data_dir: Path) -> tuple[str, int] | None:
+    """The model id and dimension a data dir's vectors belong to (read-only), or None."""
+    db = data_dir / DB_FILE
+    if not db.is_file():
+        return None
+    try:
+        with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5)) as conn:
+            rows = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('model', 'dim')"))
+    except sqlite3.Error as exc:
+        log.debug("cannot read the model of %s: %s", db, exc)
+        return None
+    if "model" not in rows or "dim" not in rows:
+        return None
+    return str(rows["model"]), int(rows["dim"])
 
 
 class Catalog:

@@ -7,12 +7,14 @@ import fcntl
 import logging
 import os
 import shutil
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from .bulk.imports import ImportManager
-from .catalog import Catalog, Change
+from .catalog import Catalog, Change, bound_model
 from .comparators import ComparatorRegistry, FeatureCache
 from .comparators.verify import VerifyComparator
 from .config import Config
@@ -100,13 +102,50 @@ class Service:
             else choose_model(config, fallback=self._model_fallback)
         )
         self.notice = choice.notice  # why the model is not the one asked for, if it is not
-        self.embedder = embedder if embedder is not None else load_embedder(choice.config)
-        batch = config.batch_size or batch_size_of(self.embedder)  # 0: the measured size
-        self.config = config = dataclasses.replace(config, batch_size=batch)
-        self.catalog = Catalog(
-            config.data_dir, self.embedder.model_id, self.embedder.dim, config.index_policy()
-        )
+        if embedder is not None:
+            self.embedder = embedder
+            self.catalog = self._catalog(None)
+        else:
+            # Loading the model (torch, open_clip: seconds) and opening the index (reading
+            # its base, replaying SQLite) overlap: the catalog opens on a thread for the
+            # model the data dir is bound to, checked against the model once it is loaded.
+            with ThreadPoolExecutor(1, thread_name_prefix="open-catalog") as pool:
+                early = self._open_early(pool)
+                try:
+                    started = time.monotonic()
+                    self.embedder = load_embedder(choice.config)
+                    log.info("model loaded in %.1fs", time.monotonic() - started)
+                except BaseException:
+                    if early is not None:
+                        early.add_done_callback(_close)
+                    raise
+                self.catalog = self._catalog(early)
         stack.callback(self.catalog.close)  # stops the index's background work, closes the db
+        batch = config.batch_size or batch_size_of(self.embedder)  # 0: the measured size
+        self.config = dataclasses.replace(config, batch_size=batch)
+
+    def _open_early(self, pool: ThreadPoolExecutor) -> Future[Catalog] | None:
+        """The catalog of a data dir already bound to a model, opening (None for a new one)."""
+        bound = bound_model(self.config.data_dir)
+        if bound is None:
+            return None
+        model_id, dim = bound
+        return pool.submit(Catalog, self.config.data_dir, model_id, dim, self.config.index_policy())
+
+    def _catalog(self, early: Future[Catalog] | None) -> Catalog:
+        """The catalog for the loaded model: the early one if it is the model it was opened for
+        (else it is closed, and opening for the loaded model refuses the mismatch)."""
+        if early is not None:
+            catalog = early.result()
+            if (catalog.model_id, catalog.dim) == (self.embedder.model_id, self.embedder.dim):
+                return catalog
+            catalog.close()
+        return Catalog(
+            self.config.data_dir,
+            self.embedder.model_id,
+            self.embedder.dim,
+            self.config.index_policy(),
+        )
 
     def _open_parts(self, stack: ExitStack) -> None:
         """Caches, ingest, search, duplicates, jobs and the watcher, in that order."""
@@ -208,6 +247,12 @@ class Service:
             return
         self._closed = True
         self._stack.close()
+
+
+def _close(opened: Future[Catalog]) -> None:
+    """Close a catalog opened ahead of a start-up that failed."""
+    if not opened.cancelled() and opened.exception() is None:
+        opened.result().close()
 
 
 def _drop_old_caches(data_dir: Path) -> None:

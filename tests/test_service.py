@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from imgsearch import service as service_module
 from imgsearch.catalog import Catalog
 from imgsearch.config import Config
 from imgsearch.embedders import Embedder
+from imgsearch.errors import ConfigError
 from imgsearch.service import DataDirLock, Service
 
 
@@ -87,3 +89,74 @@ def test_the_data_dir_lock_refuses_a_second_daemon(tmp_path: Path) -> None:
             DataDirLock(tmp_path)
     finally:
         lock.release()
+
+
+def test_the_catalog_opens_while_the_model_loads(
+    config: Config, tiny_embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Service(config, embedder=tiny_embedder).close()  # the data dir is bound to the model
+    opened_on: list[str] = []
+    real_catalog = service_module.Catalog
+
+    def recording_catalog(*args: Any) -> Catalog:
+        opened_on.append(threading.current_thread().name)
+        return real_catalog(*args)
+
+    def loading(_: Config) -> Embedder:
+        deadline = time.monotonic() + 30
+        while not opened_on:  # the model "loads" until the catalog has started opening
+            assert time.monotonic() < deadline, "the catalog did not open alongside"
+            time.sleep(0.01)
+        return tiny_embedder
+
+    monkeypatch.setattr(service_module, "Catalog", recording_catalog)
+    monkeypatch.setattr(service_module, "load_embedder", loading)
+    svc = Service(config)
+    try:
+        assert len(opened_on) == 1 and opened_on[0].startswith("open-catalog")
+        assert (svc.catalog.model_id, svc.catalog.dim) == (
+            tiny_embedder.model_id,
+            tiny_embedder.dim,
+        )
+    finally:
+        svc.close()
+
+
+class _Renamed:
+    """The tiny model under another name (a data dir bound to one model, started with another)."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner, self.model_id, self.dim = inner, "other/model", inner.dim
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_another_model_is_refused_after_the_early_open_and_nothing_leaks(
+    config: Config, tiny_embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Service(config, embedder=tiny_embedder).close()
+    monkeypatch.setattr(service_module, "load_embedder", lambda _: _Renamed(tiny_embedder))
+    threads, fds = set(threading.enumerate()), _open_fds()
+    with pytest.raises(ConfigError, match="other/model"):
+        Service(config)
+    assert not [t for t in set(threading.enumerate()) - threads if t.is_alive()]
+    assert not {fd for fd in _open_fds() - fds if fd.startswith(str(config.data_dir))}
+    monkeypatch.undo()
+    Service(config, embedder=tiny_embedder).close()  # the data dir opens as usual
+
+
+def test_a_model_that_fails_to_load_closes_the_early_catalog(
+    config: Config, tiny_embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Service(config, embedder=tiny_embedder).close()
+    monkeypatch.setattr(service_module, "load_embedder", _raise_boom)
+    threads, fds = set(threading.enumerate()), _open_fds()
+    with pytest.raises(_Boom):
+        Service(config)
+    assert not [t for t in set(threading.enumerate()) - threads if t.is_alive()]
+    assert not {fd for fd in _open_fds() - fds if fd.startswith(str(config.data_dir))}
+
+
+def _raise_boom(_: Config) -> Embedder:
+    raise _Boom("no model")

@@ -266,7 +266,9 @@ class ImportManager:
                 job.state, job._clock = "running", time.time()
                 job.started = job.started or job._clock
                 self._save(job)
-                with self.catalog.index.hold():  # train/compact once, after the import
+                # The index trains once, for the size the import makes (not at every
+                # threshold on the way), and compacts when the import ends.
+                with self.catalog.index.hold(expected=job.total - job.done):
                     self._import(job)
             if job.stop.is_set():  # a shutdown leaves it queued, so the next start resumes it
                 job.state = "queued" if self._closing else "cancelled"

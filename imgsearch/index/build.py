@@ -36,6 +36,12 @@ class Source(Protocol):
     def count(self) -> int:
         """How many images are present (a counter: nothing is read)."""
 
+    def deleted_since(self, generation: int) -> np.ndarray | None:
+        """Sorted ids taken out by writes after `generation` (None: not known that far back)."""
+
+    def forget_deletions(self, generation: int) -> None:
+        """Drop what the deletions log holds up to `generation` (a saved base holds it)."""
+
     def chunks(self, since_generation: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, float32 vectors) of present rows written after `since_generation`."""
 

@@ -52,6 +52,8 @@ class LibraryIndex:
         self.state = "idle"
         self.origin = "new"
         self._holds = 0  # bulk imports in progress: training and compaction wait for them
+        self._planned = 0  # the library size the imports in progress will reach (hold)
+        self._settle = False  # an import ended: fold its rows into a saved base now
         self._building = False  # the first base is being built: searches read the store
         self._path: Path | None = None
         self._segments = self._open()
@@ -67,9 +69,10 @@ class LibraryIndex:
         if base is None:
             base = self._build_now()
         segments = Segments(base, self._lock)
-        present = self.source.ids()
-        gone = np.setdiff1d(base.ids, present, assume_unique=True)
+        opened = time.monotonic()
+        gone = self._gone(base)
         segments.remove(gone)
+        found = time.monotonic()
         replayed = 0
         for ids, vectors in self.source.chunks(since_generation=base.meta.generation):
             segments.add(ids, vectors)
@@ -77,11 +80,23 @@ class LibraryIndex:
         if (replayed or len(gone)) and self.origin == "loaded":
             self.origin = "replayed"
         log.info(
-            "index %s (%s): %d vectors; replayed %d changed, %d deleted from SQLite in %.1fs",
-            base.meta.kind, self.origin, len(segments), replayed, len(gone),
-            time.monotonic() - started,
+            "index %s (%s): %d vectors in %.1fs (base opened %.1fs, %d deleted found %.1fs, "
+            "%d changed replayed from SQLite %.1fs)",
+            base.meta.kind, self.origin, len(segments), time.monotonic() - started,
+            opened - started, len(gone), found - opened, replayed, time.monotonic() - found,
         )  # fmt: skip
         return segments
+
+    def _gone(self, base: B.Base) -> np.ndarray:
+        """Ids of the base no longer present: from the store's deletions log where it reaches
+        back to the base's generation, else by reading every present id (older databases)."""
+        if not len(base.ids):
+            return np.zeros(0, np.int64)
+        deleted = self.source.deleted_since(base.meta.generation)
+        if deleted is not None:
+            gone: np.ndarray = deleted[base.contains(deleted)]
+            return gone
+        return np.setdiff1d(base.ids, self.source.ids(), assume_unique=True)
 
     def _saved_base(self) -> B.Base | None:
         current = self.source.generation()
@@ -123,6 +138,8 @@ class LibraryIndex:
     def _build(self, count: int) -> B.Base:
         spec = self.policy.spec(count, self.dim)
         built = build(spec, self.source, self.model_id, self.dim, self.policy, self._stop)
+        if count > built.meta.trained_count:  # trained ahead, for an import's final size
+            built = replace(built, meta=replace(built.meta, trained_count=count))
         path = B.save(built, self.folder)
         self._path = path
         return B.load(path, self.model_id, self.dim)  # memory-mapped: the built copy is freed
@@ -158,16 +175,24 @@ class LibraryIndex:
             self._wake.set()
 
     @contextmanager
-    def hold(self) -> Iterator[None]:
-        """Defer training and compaction while a bulk write runs (unless the recent segment
-        outgrows `policy.held_delta_max`); the worker catches up when the last hold ends."""
+    def hold(self, expected: int = 0) -> Iterator[None]:
+        """Defer compaction while a bulk write of about `expected` new rows runs (unless the
+        recent segment outgrows `policy.held_delta_max`). Training, if the final size needs
+        it, runs once, for that size, as soon as the library holds its sample
+        (`policy.train_at`); when the last hold ends the worker folds every recent row into
+        a saved base, so a restart replays nothing."""
+        start = len(self)
         with self._lock:
             self._holds += 1
+            if expected > 0:
+                self._planned = max(self._planned, start + expected)
         try:
             yield
         finally:
             with self._lock:
                 self._holds -= 1
+                if not self._holds:
+                    self._planned, self._settle = 0, True
             self._wake.set()
 
     def make_room(self, stop: threading.Event) -> None:
@@ -259,6 +284,7 @@ class LibraryIndex:
             "rescore": meta.rescore or None,
             "trained_at": _iso(meta.trained_at),
             "trained_count": meta.trained_count,
+            "planned": self._planned or None,
             "generation": meta.generation,
             "origin": self.origin,
             "state": self.state,
@@ -266,9 +292,20 @@ class LibraryIndex:
 
     # -- background work ------------------------------------------------------------------------
 
+    def _target(self) -> int:
+        """The size to train for: the library's, or what the imports in progress will make it."""
+        return max(len(self), self._planned)
+
     def _needs_training(self) -> bool:
         meta = self._segments.base.meta
-        return self.policy.needs_training(meta.kind, meta.trained_count, len(self), self.dim)
+        count, target = len(self), self._target()
+        if not self.policy.needs_training(meta.kind, meta.trained_count, target, self.dim):
+            return False
+        if not self._holds or int(self._segments.recent.ntotal) > self.policy.held_delta_max:
+            return True
+        # A bulk import is under way: train once, for the size it will reach, when the sample
+        # is in (earlier only if the recent segment outgrew the hold's bound: memory first).
+        return self._planned > 0 and count >= self.policy.train_at(target, self.dim)
 
     def _needs_compaction(self) -> bool:
         seg = self._segments
@@ -291,15 +328,23 @@ class LibraryIndex:
     def maintain(self) -> str | None:
         """Train or compact if due (the worker calls this; tests may too); return what ran."""
         with self._busy:
-            if self._stop.is_set() or (self._held() and not self._building):
+            if self._stop.is_set():
                 return None
-            if self._building or self._needs_training():
+            if self._building or self._needs_training():  # (held: once, for the final size)
                 self._replace(self.train)
                 return "train"
-            if self._needs_compaction():
+            if self._held():
+                return None
+            settle, self._settle = self._settle, False
+            if self._needs_compaction() or (settle and self._unsaved()):
                 self._replace(self.compact)
                 return "compact"
             return None
+
+    def _unsaved(self) -> bool:
+        """Whether the next start would replay enough from SQLite to be worth a new base."""
+        seg = self._segments
+        return int(seg.recent.ntotal) + seg.dead >= self.policy.settle_min
 
     def rebase(self) -> None:
         """Fold recent changes into a new saved base now (what compaction does when due)."""
@@ -318,11 +363,14 @@ class LibraryIndex:
             self.state = "building" if self._building else "idle"  # (a failed first build retries)
         if self._path is not None:
             B.prune(self.folder, self._path)
+            # The one saved base holds every deletion up to its generation: older log rows
+            # are no use to any start-up now.
+            self.source.forget_deletions(self._segments.base.meta.generation)
 
     def train(self) -> B.Base:
         """A new base trained on the library as it is now."""
         self.state = "building" if self._building else "training"
-        return self._build(len(self))
+        return self._build(self._target())
 
     def compact(self) -> B.Base:
         """The current base with deletions dropped and recent vectors folded in."""
@@ -337,7 +385,7 @@ class LibraryIndex:
         old = seg.base
         index = faiss.read_index(str(self._path / B.INDEX)) if self._path else None
         index = index if index is not None else faiss.clone_index(old.index)
-        drop = np.union1d(dead, recent_ids)
+        drop = np.union1d(dead, recent_ids[old.contains(recent_ids)])  # (new ids: no scan)
         if len(drop):
             index.remove_ids(faiss.IDSelectorBatch(len(drop), faiss.swig_ptr(drop)))
         if len(recent_ids):

@@ -53,10 +53,16 @@ RETRAIN_GROWTH = 4.0
 DELTA_MAX = 20_000
 DELTA_FRACTION = 0.25
 DELTA_CAP = 250_000
-# While a bulk import runs, training and compaction wait for it to end (rows stay searchable
-# batch by batch through the recent segment) unless the segment outgrows this (float32 codes:
-# 400 MB at 512-d).
+# While a bulk import runs, compaction waits for it to end (rows stay searchable batch by batch
+# through the recent segment) unless the segment outgrows this (float32 codes: 400 MB at
+# 512-d); the import itself waits past twice this (LibraryIndex.make_room). An import that
+# grows the library trains the index once, for its final size (Policy.train_at), as soon as the
+# library holds that index's training sample, and compacts when it ends.
 HELD_DELTA_MAX = 200_000
+# When an import ends, its recent rows are folded into a new base if they (and deletions) are at
+# least this many: a restart then replays nothing. Fewer replay in ~0.1 s (~100k rows/s), not
+# worth rewriting the whole base (1.3 GB at 10M) after every small import.
+SETTLE_MIN = 10_000
 TOMBSTONE_FRACTION = 0.1
 # A first start without a saved base builds it in the background; searches meanwhile scan every
 # vector in SQLite (exact; ~6 us of CPU a vector) up to this many images, and beyond it answer
@@ -112,6 +118,7 @@ class Policy:
     delta_max: int = DELTA_MAX
     delta_fraction: float = DELTA_FRACTION
     held_delta_max: int = HELD_DELTA_MAX
+    settle_min: int = SETTLE_MIN
     tombstone_fraction: float = TOMBSTONE_FRACTION
     retrain_growth: float = RETRAIN_GROWTH
     target_recall: float = TARGET_RECALL
@@ -132,6 +139,12 @@ class Policy:
         """How many recent vectors a base of `base_count` carries before a compaction."""
         grown = min(DELTA_CAP, int(self.delta_fraction * base_count))
         return max(self.delta_max, grown)
+
+    def train_at(self, target: int, dim: int) -> int:
+        """How many rows a bulk import growing the library to `target` waits for before it
+        trains the index for `target` (once): that index's training sample, or 0 (exact)."""
+        spec = self.spec(target, dim)
+        return train_size(spec.lists, target) if spec.lists else 0
 
     def needs_training(self, current: str, trained_count: int, count: int, dim: int) -> bool:
         """Whether the library outgrew the index it has (another kind, or grown several-fold)."""

@@ -238,14 +238,15 @@ class Images:
         conn = self.db.reader()
         if ids is None:
             # `+missing`: no index on it here. Everything: in rowid order, no sort; since a
-            # generation: the few newer rows through images_generation.
+            # generation: the few newer rows through images_generation, in generation order
+            # (an ORDER BY id would sort every row, its vector included, before the first one).
             since = (
-                "WHERE 1"
+                "WHERE 1 AND +missing=0 ORDER BY id"
                 if since_generation <= 0
-                else ("INDEXED BY images_generation WHERE generation > ?")
+                else "INDEXED BY images_generation WHERE generation > ? AND +missing=0"
             )
             cursor = conn.execute(
-                f"SELECT id, vector FROM images {since} AND +missing=0 ORDER BY id",
+                f"SELECT id, vector FROM images {since}",
                 () if since_generation <= 0 else (since_generation,),
             )
             yield from vector_chunks(cursor, chunk, self._dim())
@@ -257,7 +258,29 @@ class Images:
             )
             yield from vector_chunks(cursor, chunk, self._dim())
 
+    def deleted_since(self, generation: int) -> np.ndarray | None:
+        """Sorted ids deleted or marked missing by writes after `generation` (some may be
+        present again); None if the deletions log does not reach back that far."""
+        conn = self.db.reader()
+        row = conn.execute("SELECT value FROM meta WHERE key='deletions_from'").fetchone()
+        if row is None or generation < int(row[0]):
+            return None
+        rows = conn.execute(
+            "SELECT DISTINCT id FROM deletions WHERE generation > ? ORDER BY id", (generation,)
+        ).fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
     # -- writes -------------------------------------------------------------------------------
+
+    def forget_deletions(self, generation: int) -> None:
+        """Drop the deletions log up to `generation` (no start-up needs it from an older one);
+        the log is then complete from there."""
+        with self.db.write() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key='deletions_from'").fetchone()
+            if row is None or int(row[0]) >= generation:
+                return
+            conn.execute("DELETE FROM deletions WHERE generation <= ?", (generation,))
+            conn.execute("UPDATE meta SET value=? WHERE key='deletions_from'", (str(generation),))
 
     def upsert(self, items: Sequence[NewImage]) -> WriteResult:
         """Insert or replace images by path, in one transaction (a few statements a batch:
@@ -286,8 +309,11 @@ class Images:
             for chunk, marks in chunked([int(i) for i in ids]):
                 found = conn.execute(f"SELECT id FROM images WHERE id IN ({marks})", chunk)
                 removed += [int(r[0]) for r in found]
+            if not removed:
+                return WriteResult(generation=current(conn))
+            generation = bump(conn)  # before the deletes: the deletions log stamps them with it
+            for chunk, marks in chunked(removed):
                 conn.execute(f"DELETE FROM images WHERE id IN ({marks})", chunk)
-            generation = bump(conn) if removed else current(conn)
         return WriteResult(removed=removed, generation=generation)
 
     def set_missing(self, ids: Sequence[int], missing: bool) -> WriteResult:

@@ -102,6 +102,26 @@ MIGRATIONS: tuple[str, ...] = (
     """
     DROP TRIGGER images_counted_insert;
     """,
+    # v8: the ids taken out of the library (deleted, or marked missing), stamped with the
+    # generation of the write that did it, so start-up finds what left since the saved index
+    # was made without reading every present id. Every write that deletes bumps the generation
+    # first. `deletions_from`: the generation from which the log is complete.
+    """
+    CREATE TABLE deletions (
+        generation INTEGER NOT NULL,
+        id INTEGER NOT NULL,
+        PRIMARY KEY (generation, id)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER images_logged_delete AFTER DELETE ON images BEGIN
+        INSERT OR IGNORE INTO deletions(generation, id)
+        VALUES ((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'), OLD.id);
+    END;
+    CREATE TRIGGER images_logged_missing AFTER UPDATE OF missing ON images
+    WHEN NEW.missing = 1 AND OLD.missing = 0 BEGIN
+        INSERT OR IGNORE INTO deletions(generation, id) VALUES (NEW.generation, OLD.id);
+    END;
+    INSERT INTO meta(key, value) SELECT 'deletions_from', value FROM meta WHERE key = 'generation';
+    """,
 )
 
 

@@ -1,0 +1,272 @@
+"""The index as a bulk import grows it, and at the next start: train once for the final size,
+compact when the import ends, find deletions in the store's log instead of reading every id.
+
+Real SQLite, real FAISS, small N (the thresholds that matter are derived from N by the policy).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgsearch.bulk.format import table_of, write_shard
+from imgsearch.bulk.imports import ImportManager
+from imgsearch.catalog import Catalog, StoreSource
+from imgsearch.embedders import Embedder
+from imgsearch.images import BASE_EXTENSIONS
+from imgsearch.index import Policy, base
+from imgsearch.index.policy import lists_for
+from imgsearch.ingest import Ingester
+from imgsearch.store import FileFacts, NewImage
+
+DIM = 32
+BIG = 40_000  # over 25,600 vectors the training sample (40 a list, 4 sqrt(n) lists) is < n
+
+
+def clustered(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((50, dim))
+    x = centres[rng.integers(0, 50, n)] + 0.5 * rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def fill(catalog: Catalog, vectors: np.ndarray, start: int = 0, batch: int = 2000) -> list[int]:
+    ids: list[int] = []
+    for at in range(0, len(vectors), batch):
+        items = [
+            NewImage(FileFacts(f"/v/{start + at + i}.jpg", 1, 1, f"h{start + at + i}", 1, 1), v)
+            for i, v in enumerate(vectors[at : at + batch])
+        ]
+        ids += catalog.put(items).ids
+    return ids
+
+
+def counting_trainings(catalog: Catalog) -> list[int]:
+    """The library size at each training the index starts (the worker's included)."""
+    index, sizes = catalog.index, []
+    train = index.train
+
+    def counted() -> base.Base:
+        sizes.append(len(index))
+        return train()
+
+    index.train = counted  # type: ignore[method-assign]
+    return sizes
+
+
+def settled(catalog: Catalog, done: Callable[[dict[str, object]], bool]) -> dict[str, object]:
+    """describe() once `done` holds (the worker or this thread's maintain() does the work)."""
+    deadline = time.monotonic() + 60
+    while not done(about := catalog.index.describe()):
+        assert time.monotonic() < deadline, about
+        catalog.index.maintain()
+        time.sleep(0.05)
+    return about
+
+
+def without_worker(catalog: Catalog) -> None:
+    """Stop the background worker: the test calls maintain() itself, at known points."""
+    catalog.index.close()
+    catalog.index._stop.clear()
+
+
+def test_a_bulk_write_trains_once_for_its_final_size_and_compacts_at_its_end(
+    tmp_path: Path,
+) -> None:
+    vectors = clustered(BIG + 500)
+    catalog = Catalog(tmp_path, "m", DIM, Policy(exact_max=100, settle_min=1000))
+    without_worker(catalog)
+    trainings = counting_trainings(catalog)
+    sample = catalog.index.policy.train_at(BIG, DIM)
+    assert 0 < sample < BIG - 4000
+    try:
+        with catalog.index.hold(expected=BIG):
+            for at in range(0, BIG, 4000):
+                fill(catalog, vectors[at : at + 4000], start=at)
+                ran = catalog.index.maintain()
+                assert ran == ("train" if at < sample <= at + 4000 else None), (at, ran)
+            about = catalog.index.describe()
+            assert about["planned"] == BIG and about["trained_count"] == BIG
+            assert str(about["factory"]).startswith(f"IVF{lists_for(BIG)},")
+            assert about["recent"] == BIG - trainings[0], "later rows wait for the import's end"
+            assert catalog.nearest(vectors[BIG - 1 : BIG], 1)[0][0].path == f"/v/{BIG - 1}.jpg"
+        assert catalog.index.maintain() == "compact"
+        about = catalog.index.describe()
+        assert (about["base"], about["recent"], about["planned"]) == (BIG, 0, None)
+        assert len(trainings) == 1 and sample <= trainings[0] < BIG
+        assert catalog.index.maintain() is None  # nothing more: no retrain at the planned size
+        with catalog.index.hold(expected=500):  # a small import: replayed, not worth a base
+            fill(catalog, vectors[BIG:], start=BIG)
+        assert catalog.index.maintain() is None and catalog.index.describe()["recent"] == 500
+    finally:
+        catalog.close()
+    again = Catalog(tmp_path, "m", DIM, Policy(exact_max=100))
+    try:
+        about = again.index.describe()
+        assert (about["origin"], about["base"], about["recent"]) == ("replayed", BIG, 500)
+    finally:
+        again.close()
+
+
+def test_an_import_job_trains_once_and_leaves_nothing_to_replay(
+    tmp_path: Path, tiny_embedder: Embedder
+) -> None:
+    dim, n = tiny_embedder.dim, 3000
+    folder = tmp_path / "in"
+    folder.mkdir()
+    vectors = clustered(n, dim)
+    for s in range(3):
+        paths = [f"/lib/{s}/{i:04}.jpg" for i in range(1000)]
+        table = table_of(tiny_embedder.model_id, dim, paths, vectors[s * 1000 : (s + 1) * 1000])
+        write_shard(folder / f"s{s}.parquet", table)
+    data = tmp_path / "data"
+    data.mkdir()
+    catalog = Catalog(data, tiny_embedder.model_id, dim, Policy(exact_max=100))
+    trainings = counting_trainings(catalog)
+    ingester = Ingester(
+        catalog, tiny_embedder, extensions=BASE_EXTENSIONS, allows=lambda _: True,
+        batch_size=4, workers=1, max_file_bytes=10**7, max_pixels=10**8,
+    )  # fmt: skip
+    manager = ImportManager(ingester, data, batch_rows=250)
+    try:
+        job = manager.submit(folder)
+        assert job.ended.wait(60) and job.state == "done"
+        about = settled(catalog, lambda about: about["recent"] == 0 and about["state"] == "idle")
+        assert (about["kind"], about["base"], about["trained_count"]) == ("ivf-pqfs", n, n)
+        assert len(trainings) == 1
+    finally:
+        manager.close()
+        catalog.close()
+    again = Catalog(data, tiny_embedder.model_id, dim, Policy(exact_max=100))
+    try:
+        assert again.index.describe()["origin"] == "loaded"  # nothing replayed
+    finally:
+        again.close()
+
+
+def removed_every_way(catalog: Catalog, ids: list[int]) -> None:
+    """Deleted, removed by folder, marked missing (one restored), replaced by a move."""
+    catalog.remove_ids(ids[:3])
+    catalog.remove_tree("/v/10.jpg")
+    catalog.mark_missing("/v/20.jpg")
+    catalog.mark_missing("/v/21.jpg")
+    catalog.restore([ids[20]])
+    catalog.move(ids[30], "/v/31.jpg", 1, 1)  # the row that was at /v/31.jpg goes
+
+
+def crashed(catalog: Catalog) -> None:
+    """Stop without saving anything more (as after kill -9)."""
+    catalog.index.close()
+    catalog.store.close()
+
+
+def test_a_start_finds_deletions_in_the_log_without_reading_every_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vectors = clustered(1000)
+    first = Catalog(tmp_path, "m", DIM, Policy(exact_max=100, delta_max=1 << 40))
+    ids = fill(first, vectors, batch=500)
+    first.index.rebase()
+    removed_every_way(first, ids)
+    fill(first, vectors[:5], start=5000)
+    crashed(first)
+
+    def unread() -> np.ndarray:
+        raise AssertionError("start-up read every present id")
+
+    monkeypatch.setattr(StoreSource, "ids", lambda self: unread())
+    second = Catalog(tmp_path, "m", DIM, Policy(exact_max=100, delta_max=1 << 40))
+    monkeypatch.undo()
+    try:
+        about = second.index.describe()
+        assert about["origin"] == "replayed" and about["recent"] == 5 + 2  # the restored, moved
+        assert sorted(second.index.ids().tolist()) == second.store.ids().tolist()
+        assert len(second.index) == 1000 - 6 + 5
+    finally:
+        second.close()
+
+
+def test_a_base_older_than_the_deletions_log_is_checked_against_every_id(
+    tmp_path: Path,
+) -> None:
+    """A database migrated to the log after its base was saved: the full id scan, once."""
+    vectors = clustered(1000)
+    first = Catalog(tmp_path, "m", DIM, Policy(exact_max=100, delta_max=1 << 40))
+    ids = fill(first, vectors, batch=500)
+    first.index.rebase()
+    generation = first.store.generation()
+    removed_every_way(first, ids)
+    crashed(first)
+    with sqlite3.connect(tmp_path / "imgsearch.sqlite3") as conn:  # as if v8 came later
+        conn.execute("DELETE FROM deletions")
+        conn.execute("UPDATE meta SET value=? WHERE key='deletions_from'", (generation + 1,))
+    second = Catalog(tmp_path, "m", DIM, Policy(exact_max=100, delta_max=1 << 40))
+    try:
+        assert sorted(second.index.ids().tolist()) == second.store.ids().tolist()
+        assert len(second.index) == 1000 - 6
+    finally:
+        second.close()
+
+
+def test_the_deletions_log_is_written_with_the_write_that_deletes(tmp_path: Path) -> None:
+    catalog = Catalog(tmp_path, "m", DIM, Policy())
+    try:
+        ids = fill(catalog, clustered(50), batch=50)
+        before = catalog.store.generation()
+        assert catalog.store.images.deleted_since(before) is not None
+        assert catalog.store.images.deleted_since(before).tolist() == []  # type: ignore[union-attr]
+        removed_every_way(catalog, ids)
+        logged = catalog.store.images.deleted_since(before)
+        assert logged is not None
+        assert set(logged.tolist()) == {*ids[:3], ids[10], ids[20], ids[21], ids[31]}
+        generation = catalog.store.generation()
+        assert catalog.store.images.deleted_since(generation).tolist() == []  # type: ignore[union-attr]
+        assert catalog.store.images.deleted_since(-1) is None  # older than the log
+    finally:
+        catalog.close()
+
+
+def test_an_interrupted_import_resumes_into_the_plan(tmp_path: Path) -> None:
+    """kill -9 mid-import: the next start replays the rows, and a new hold trains once."""
+    vectors = clustered(BIG)
+    first = Catalog(tmp_path, "m", DIM, Policy(exact_max=100))
+    with first.index.hold(expected=BIG):
+        fill(first, vectors[: BIG // 2])
+        crashed(first)
+    second = Catalog(tmp_path, "m", DIM, Policy(exact_max=100))
+    trainings = counting_trainings(second)
+    try:
+        assert len(second.index) == BIG // 2
+        with second.index.hold(expected=BIG - BIG // 2):
+            fill(second, vectors[BIG // 2 :], start=BIG // 2)
+        about = settled(second, lambda about: about["recent"] == 0 and about["state"] == "idle")
+        assert about["kind"] == "ivf-pqfs" and about["trained_count"] == BIG
+        assert len(trainings) == 1
+        assert sorted(second.index.ids().tolist()) == second.store.ids().tolist()
+    finally:
+        second.close()
+
+
+def test_a_saved_base_trims_the_deletions_log(tmp_path: Path) -> None:
+    catalog = Catalog(tmp_path, "m", DIM, Policy(exact_max=100, delta_max=1 << 40))
+    try:
+        ids = fill(catalog, clustered(1000), batch=500)
+        catalog.index.rebase()
+        before = catalog.store.generation()
+        removed_every_way(catalog, ids)
+        logged = catalog.store.images.deleted_since(before)
+        assert logged is not None and len(logged) == 7  # (the restored one too)
+        catalog.index.rebase()  # the new base holds those deletions
+        assert catalog.store.images.deleted_since(before) is None
+        rows = catalog.store.db.reader().execute("SELECT count(*) FROM deletions").fetchone()
+        assert rows[0] == 0
+        catalog.remove_ids(ids[40:41])
+        logged = catalog.store.images.deleted_since(catalog.index.describe()["generation"])
+        assert logged is not None and logged.tolist() == [ids[40]]
+    finally:
+        catalog.close()
