@@ -10,11 +10,11 @@ on the request path: SQLite is the change log, and start-up replays rows newer t
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,17 +23,25 @@ import numpy as np
 
 from ..errors import Busy
 from . import base as B
-from .build import Source, Stopped, build, rescored
+from .build import Source, Stopped, build, fold, rescored
 from .policy import BUILDING_RETRY_S, QUANTIZED, Policy
-from .segments import Segments, exact_among, merge
+from .segments import Segments, bits, exact_among, merge
 
 log = logging.getLogger(__name__)
 
 WAKE_SECONDS = 5.0  # how often the background worker looks for work unprompted
 STOP_WAIT = 5.0  # seconds close() waits for a build in progress (the thread is a daemon)
 SEARCH_THREADS = 1
+# The background worker's nice value (0-19, higher yields more). Training and compaction use
+# every core through FAISS's OpenMP team; at 10, a request's thread gets ~10x the CPU share of
+# each of them, so searches and /stats no longer wait behind k-means on a 2-core machine.
+WORKER_NICE = 10
 ROOM_POLL = 0.2  # seconds between looks while a bulk writer waits for the index (make_room)
 EXTRA = 10  # quantized codes: candidates beyond k re-scored exactly (near-duplicates' order)
+# A swap replays the changes logged during a build into the new segments off the lock, in up to
+# SWAP_PASSES passes, until at most SWAP_UNDER_LOCK rows are left to replay under it.
+SWAP_PASSES = 3
+SWAP_UNDER_LOCK = 2_000
 
 
 class LibraryIndex:
@@ -133,8 +141,11 @@ class LibraryIndex:
         """Add (or replace) vectors under `ids`."""
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        seg = self._segments
+        encoded = seg.encode(ids, vectors)  # off the lock: searches of the recent one go on
         with self._lock:
-            self._segments.add(ids, vectors)
+            now = self._segments  # (a swap meanwhile: encoded again for the new segments)
+            now.add(ids, vectors, encoded if now is seg else None)
             self._note(generation, "add", ids, vectors)
         self._poke()
 
@@ -152,7 +163,7 @@ class LibraryIndex:
 
     def _poke(self) -> None:
         seg = self._segments
-        if int(seg.recent.ntotal) > self.policy.delta_limit(len(seg.base)):
+        if int(seg.recent.ntotal) > self.policy.delta_limit(len(seg.base), seg.coded):
             self._wake.set()
         elif self._needs_training():
             self._wake.set()
@@ -160,7 +171,7 @@ class LibraryIndex:
     @contextmanager
     def hold(self) -> Iterator[None]:
         """Defer training and compaction while a bulk write runs (unless the recent segment
-        outgrows `policy.held_delta_max`); the worker catches up when the last hold ends."""
+        outgrows `policy.held_limit`); the worker catches up when the last hold ends."""
         with self._lock:
             self._holds += 1
         try:
@@ -172,9 +183,9 @@ class LibraryIndex:
 
     def make_room(self, stop: threading.Event) -> None:
         """A bulk writer calls this between batches: while the recent segment holds over twice
-        `policy.held_delta_max`, it waits for the worker to fold it in (memory stays bounded;
+        `policy.held_limit`, it waits for the worker to fold it in (memory stays bounded;
         an import goes at the index's pace), or until `stop` (or close()) is set."""
-        limit = 2 * self.policy.held_delta_max
+        limit = 2 * self.policy.held_limit(self._segments.coded)
         while int(self._segments.recent.ntotal) > limit:
             if stop.is_set() or self._stop.is_set():
                 return
@@ -182,7 +193,8 @@ class LibraryIndex:
             stop.wait(ROOM_POLL)
 
     def _held(self) -> bool:
-        return self._holds > 0 and int(self._segments.recent.ntotal) <= self.policy.held_delta_max
+        seg = self._segments
+        return self._holds > 0 and int(seg.recent.ntotal) <= self.policy.held_limit(seg.coded)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -272,11 +284,12 @@ class LibraryIndex:
 
     def _needs_compaction(self) -> bool:
         seg = self._segments
-        return int(seg.recent.ntotal) > self.policy.delta_limit(len(seg.base)) or (
+        return int(seg.recent.ntotal) > self.policy.delta_limit(len(seg.base), seg.coded) or (
             seg.dead > 0 and seg.dead >= self.policy.tombstone_fraction * max(1, len(seg.base))
         )
 
     def _run(self) -> None:
+        _lower_priority(WORKER_NICE)
         while not self._stop.is_set():
             self._wake.wait(WAKE_SECONDS)
             self._wake.clear()
@@ -325,41 +338,36 @@ class LibraryIndex:
         return self._build(len(self))
 
     def compact(self) -> B.Base:
-        """The current base with deletions dropped and recent vectors folded in."""
-        import faiss
-
+        """The current base with deletions dropped and recent vectors folded in (a coded
+        recent segment's codes are moved in as they are: nothing is re-encoded)."""
         self.state = "compacting"
-        with self._lock:
+        with self._lock:  # copies only: the recent segment's codes (or vectors), two bitmaps
             seg = self._segments
-            dead = seg.deleted()
-            recent_ids, recent_vectors = seg.recent_vectors()
+            dead, recent, frozen = seg.bitmap.copy(), seg.members.copy(), seg.frozen()
             generation = self._applied
-        old = seg.base
-        index = faiss.read_index(str(self._path / B.INDEX)) if self._path else None
-        index = index if index is not None else faiss.clone_index(old.index)
-        drop = np.union1d(dead, recent_ids)
-        if len(drop):
-            index.remove_ids(faiss.IDSelectorBatch(len(drop), faiss.swig_ptr(drop)))
-        if len(recent_ids):
-            index.add_with_ids(recent_vectors, recent_ids)
-        ids = np.union1d(np.setdiff1d(old.ids, drop, assume_unique=True), recent_ids)
-        meta = replace(old.meta, generation=generation, count=len(ids))
-        path = B.save(B.Base(index, ids, meta), self.folder)
+        saved = self._path / B.INDEX if self._path else None
+        base = fold(seg.base, saved, bits(dead), bits(recent), frozen, generation)
+        path = B.save(base, self.folder)
         self._path = path
         return B.load(path, self.model_id, self.dim)
 
     def _swap(self, base: B.Base) -> None:
+        """Publish `base` with the changes logged since its generation replayed on top: the
+        bulk of them off the lock (the new segments are not visible yet), the last few under
+        it, then one reference assignment."""
         fresh = Segments(base, self._lock)
-        with self._lock:
-            for generation, _op, ids, vectors in self._log or []:
-                if generation > base.meta.generation:
-                    if vectors is None:
-                        fresh.remove(ids)
-                    else:
-                        fresh.add(ids, vectors)
-            self._segments = fresh  # the swap: one reference assignment
-            if self._building:  # the first base: searches use it from now on
-                self._building, self.origin = False, "rebuilt"
+        done = 0
+        for last in range(SWAP_PASSES + 1):
+            with self._lock:
+                pending = (self._log or [])[done:]
+                if last == SWAP_PASSES or sum(len(e[2]) for e in pending) <= SWAP_UNDER_LOCK:
+                    _replay(fresh, pending, base.meta.generation)
+                    self._segments = fresh  # the swap: one reference assignment
+                    if self._building:  # the first base: searches use it from now on
+                        self._building, self.origin = False, "rebuilt"
+                    break
+            _replay(fresh, pending, base.meta.generation)
+            done += len(pending)
         log.info("index swapped in: %s, %d vectors", base.meta.factory, len(fresh))
 
     def close(self) -> None:
@@ -367,6 +375,27 @@ class LibraryIndex:
         self._stop.set()
         self._wake.set()
         self._worker.join(STOP_WAIT)
+
+
+def _lower_priority(nice: int) -> None:
+    """Make the calling thread (and the threads it starts later: its OpenMP team) yield the
+    CPU to requests: on Linux the nice value is per thread. Elsewhere nothing is done."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError) as exc:  # not Linux, or not allowed
+        log.debug("index worker keeps its priority: %s", exc)
+
+
+def _replay(
+    segments: Segments, entries: list[tuple[int, str, np.ndarray, np.ndarray | None]], after: int
+) -> None:
+    """Apply logged changes newer than generation `after`."""
+    for generation, _op, ids, vectors in entries:
+        if generation > after:
+            if vectors is None:
+                segments.remove(ids)
+            else:
+                segments.add(ids, vectors)
 
 
 def _iso(stamp: float) -> str | None:

@@ -53,6 +53,12 @@ RETRAIN_GROWTH = 4.0
 DELTA_MAX = 20_000
 DELTA_FRACTION = 0.25
 DELTA_CAP = 250_000
+# An IVF base's recent segment is coded (an empty copy of the base: the same quantizer and
+# codebooks; segments.py): a vector costs dim / 4 bytes instead of 4 * dim, a search scans it
+# like the base, and compaction moves its codes without re-encoding them. So it may grow
+# CODED_SCALE times as far (fraction, cap and hold alike) before it is folded in; the bound
+# left is start-up, which re-reads and re-encodes the recent rows from SQLite.
+CODED_SCALE = 4
 # While a bulk import runs, training and compaction wait for it to end (rows stay searchable
 # batch by batch through the recent segment) unless the segment outgrows this (float32 codes:
 # 400 MB at 512-d).
@@ -128,10 +134,16 @@ class Policy:
             return Spec("ivf-flat", f"{coarse},Flat", lists)
         return Spec("ivf-pqfs", f"{coarse},PQ{_pq_subquantizers(dim)}x4fs", lists)
 
-    def delta_limit(self, base_count: int) -> int:
+    def delta_limit(self, base_count: int, coded: bool = False) -> int:
         """How many recent vectors a base of `base_count` carries before a compaction."""
-        grown = min(DELTA_CAP, int(self.delta_fraction * base_count))
+        scale = CODED_SCALE if coded else 1
+        grown = min(DELTA_CAP * scale, int(self.delta_fraction * scale * base_count))
         return max(self.delta_max, grown)
+
+    def held_limit(self, coded: bool = False) -> int:
+        """How many recent vectors a bulk import's hold lets pile up before the worker folds
+        them in anyway (memory; twice this and the import waits)."""
+        return self.held_delta_max * (CODED_SCALE if coded else 1)
 
     def needs_training(self, current: str, trained_count: int, count: int, dim: int) -> bool:
         """Whether the library outgrew the index it has (another kind, or grown several-fold)."""
