@@ -30,6 +30,8 @@ META = "meta.json"
 INDEX = "index.faiss"
 IDS = "ids.npy"
 TEMPLATE = "template.faiss"
+# Kinds whose codes FAISS reads into RAM even with IO_FLAG_MMAP (fast-scan block lists).
+READ_INTO_RAM = ("ivf-pqfs",)
 
 
 class IndexFileError(Exception):

@@ -131,9 +131,7 @@ class LibraryIndex:
     def _build(self, count: int) -> B.Base:
         spec = self.policy.spec(count, self.dim)
         built = build(spec, self.source, self.model_id, self.dim, self.policy, self._stop)
-        path = B.save(built, self.folder)
-        self._path = path
-        return B.load(path, self.model_id, self.dim)  # memory-mapped: the built copy is freed
+        return self._keep(built)
 
     # -- changes (the catalog calls these in generation order) -------------------------------
 
@@ -347,9 +345,16 @@ class LibraryIndex:
             generation = self._applied
         saved = self._path / B.INDEX if self._path else None
         base = fold(seg.base, saved, bits(dead), bits(recent), frozen, generation)
-        path = B.save(base, self.folder)
-        self._path = path
-        return B.load(path, self.model_id, self.dim)
+        return self._keep(base)
+
+    def _keep(self, base: B.Base) -> B.Base:
+        """Save a new base; return what searches will read: the files memory-mapped (the
+        built copy is freed), or for fast-scan codes, which FAISS reads into RAM anyway, the
+        built base itself (no second read of the file, no second copy while it is read)."""
+        self._path = B.save(base, self.folder)
+        if base.meta.kind in B.READ_INTO_RAM:
+            return base
+        return B.load(self._path, self.model_id, self.dim)
 
     def _swap(self, base: B.Base) -> None:
         """Publish `base` with the changes logged since its generation replayed on top: the
