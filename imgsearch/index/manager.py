@@ -161,7 +161,7 @@ class LibraryIndex:
 
     def _poke(self) -> None:
         seg = self._segments
-        if int(seg.recent.ntotal) > self.policy.delta_limit(len(seg.base), seg.coded):
+        if int(seg.recent.ntotal) > self.policy.delta_limit(len(seg.base)):
             self._wake.set()
         elif self._needs_training():
             self._wake.set()
@@ -282,7 +282,7 @@ class LibraryIndex:
 
     def _needs_compaction(self) -> bool:
         seg = self._segments
-        return int(seg.recent.ntotal) > self.policy.delta_limit(len(seg.base), seg.coded) or (
+        return int(seg.recent.ntotal) > self.policy.delta_limit(len(seg.base)) or (
             seg.dead > 0 and seg.dead >= self.policy.tombstone_fraction * max(1, len(seg.base))
         )
 

@@ -55,9 +55,10 @@ DELTA_FRACTION = 0.25
 DELTA_CAP = 250_000
 # An IVF base's recent segment is coded (an empty copy of the base: the same quantizer and
 # codebooks; segments.py): a vector costs dim / 4 bytes instead of 4 * dim, a search scans it
-# like the base, and compaction moves its codes without re-encoding them. So it may grow
-# CODED_SCALE times as far (fraction, cap and hold alike) before it is folded in; the bound
-# left is start-up, which re-reads and re-encodes the recent rows from SQLite.
+# like the base, and compaction moves its codes without re-encoding them. A bulk import may
+# let it grow CODED_SCALE times as far as an exact one before the worker folds it in (a big
+# import rewrites the base 4x less often). Outside imports the limits above still hold: every
+# start-up re-reads the recent rows from SQLite and encodes them again.
 CODED_SCALE = 4
 # While a bulk import runs, training and compaction wait for it to end (rows stay searchable
 # batch by batch through the recent segment) unless the segment outgrows this (float32 codes:
@@ -134,10 +135,9 @@ class Policy:
             return Spec("ivf-flat", f"{coarse},Flat", lists)
         return Spec("ivf-pqfs", f"{coarse},PQ{_pq_subquantizers(dim)}x4fs", lists)
 
-    def delta_limit(self, base_count: int, coded: bool = False) -> int:
+    def delta_limit(self, base_count: int) -> int:
         """How many recent vectors a base of `base_count` carries before a compaction."""
-        scale = CODED_SCALE if coded else 1
-        grown = min(DELTA_CAP * scale, int(self.delta_fraction * scale * base_count))
+        grown = min(DELTA_CAP, int(self.delta_fraction * base_count))
         return max(self.delta_max, grown)
 
     def held_limit(self, coded: bool = False) -> int:
