@@ -511,3 +511,39 @@ def test_merging_codes_into_a_list_of_a_whole_number_of_blocks(tmp_path: Path) -
     d2, i2 = target.search(queries, 10, params=params)
     np.testing.assert_array_equal(d1, d2)
     assert [set(r) for r in i1] == [set(r) for r in i2]
+
+
+def test_a_base_saved_without_a_template_gets_one_at_its_first_compaction(
+    tmp_path: Path,
+) -> None:
+    """Bases saved by earlier versions have no template.faiss: their recent segment stays
+    exact until the first compaction, which encodes it with a template made then."""
+    import json
+
+    vectors = clustered(N)
+    first = Catalog(tmp_path, "m", DIM, policy("ivf-pqfs"))
+    try:
+        with first.index.hold():
+            fill(first, vectors[:1000])
+        first.index.maintain()
+    finally:
+        first.close()
+    (saved,) = B.saved(tmp_path / INDEX_DIR)
+    meta = json.loads((saved / B.META).read_text())
+    del meta["sizes"][B.TEMPLATE]
+    (saved / B.META).write_text(json.dumps(meta))
+    (saved / B.TEMPLATE).unlink()
+    second = Catalog(tmp_path, "m", DIM, policy("ivf-pqfs"))
+    try:
+        index = second.index
+        assert index.describe()["kind"] == "ivf-pqfs" and not index._segments.coded
+        more = fill(second, vectors[1000:], start=1000)
+        index.rebase()
+        seg = index._segments
+        assert seg.coded and seg.base.template is not None and len(seg.base) == N
+        assert (tmp_path / INDEX_DIR / B.saved(tmp_path / INDEX_DIR)[0].name / B.TEMPLATE).exists()
+        hits = second.nearest(vectors[1000:1100], 10)  # (32-d PQ codes: coarse)
+        found = np.mean([i in {n.id for n in row} for i, row in zip(more, hits, strict=False)])
+        assert found >= 0.95, found
+    finally:
+        second.close()

@@ -113,7 +113,7 @@ def fold(
     if len(drop):
         index.remove_ids(faiss.IDSelectorBatch(len(drop), faiss.swig_ptr(drop)))
     if not isinstance(frozen, Encoded) and len(recent_ids) and template is not None:
-        frozen = encoded(template, frozen[1], frozen[0])  # vectors of an exact segment
+        frozen = encoded(template, frozen[0], frozen[1])  # (ids, vectors) of an exact segment
     if isinstance(frozen, Encoded):
         merge_into(index, frozen)  # (appending after remove_ids is wrong for fast-scan lists)
     elif len(recent_ids):
