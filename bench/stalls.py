@@ -129,18 +129,19 @@ def prepare(lib: Path, vectors: Vectors) -> dict[str, Any]:
     return info
 
 
-def extra_shards(vectors: Vectors, count: int) -> Path:
-    """`count` new vectors (chunks after the library's, same clusters) as float16 shards."""
+def extra_shards(vectors: Vectors, n: int, count: int) -> Path:
+    """`count` new vectors (chunks after the library's first `n`, same clusters) as float16
+    shards."""
     import pyarrow as pa
 
     from imgsearch.bulk.format import schema, write_shard
 
-    folder = OUT_DIR / f"stalls-extra-{vectors.dist}-{vectors.n}-{count}"
+    folder = OUT_DIR / f"stalls-extra-{vectors.dist}-{n}-{count}"
     if (folder / ".complete").exists():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     sch = schema(MODELS["ViT-B-32"][0], vectors.dim, float16=True)
-    first = vectors.n // CHUNK
+    first = n // CHUNK
     for i in range(first, first + count // CHUNK):
         chunk = vectors.chunk(i)
         flat = pa.array(chunk.astype(np.float16).reshape(-1), pa.float16())
@@ -206,9 +207,9 @@ class Kept(Vectors):
 def phase_import(
     data: Path, vectors: Vectors, queries: np.ndarray, extra: int, out: dict[str, Any]
 ) -> None:
-    shards = extra_shards(vectors, extra)
     grown = Vectors(vectors.n, vectors.dim, vectors.dist)
     grown.n = vectors.n + extra  # the same clusters, the extra chunks included
+    shards = extra_shards(grown, vectors.n, extra)
     want = truth(grown, queries)
     with Daemon(FLAGS, data, start_timeout=600, env=NO_COMPACTION) as daemon:
         with Timeline(daemon, queries) as line:
