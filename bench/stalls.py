@@ -2,7 +2,7 @@
 
     python bench/stalls.py --lib /work/big/A/lib-1000000 --phase train
     python bench/stalls.py --lib /work/big/A/lib-1000000 --phase remove
-    python bench/stalls.py --lib /work/big/A/lib-1000000 --phase import --extra 300000
+    python bench/stalls.py --lib /work/big/A/lib-1000000 --phase import --extra 200000
 
 A focused companion of bench/scale.py: the library (N clustered vectors imported from
 bench/scale.py's cached shards, trained, settled) is built once under --lib and copied for each
@@ -13,7 +13,9 @@ run, so a run measures one event at the library's full size in minutes:
 - `remove`: 10% of the library is removed folder by folder, which makes the daemon compact;
 - `import`: --extra new vectors (same clusters, new folders) are imported with compaction held
   off (`IMGSEARCH_INDEX_DELTA_MAX`), searched with that recent segment (p50/p99, recall@10),
-  then the daemon is restarted with the default thresholds and compacts them in.
+  then the daemon is restarted with the default thresholds and compacts them in. (Keep the
+  recent segment under twice the import hold's limit, 400,000 exact vectors before this
+  change, or the import waits for a compaction that the raised threshold never allows.)
 
 Searches by vector run back to back in one client thread throughout, /stats is polled every
 100 ms; both are reported for the window in which the index said it was not idle (and the
@@ -239,7 +241,7 @@ def main() -> None:
     parser.add_argument("--lib", type=Path, required=True, help="where the library is kept")
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--phase", choices=("prepare", "train", "remove", "import"), required=True)
-    parser.add_argument("--extra", type=int, default=300_000, help="vectors the import adds")
+    parser.add_argument("--extra", type=int, default=200_000, help="vectors the import adds")
     parser.add_argument("--tmp", default=None, help="where the working copy goes")
     parser.add_argument("--queries", type=int, default=200)
     args = parser.parse_args()
