@@ -25,7 +25,7 @@ from ..errors import Busy
 from . import base as B
 from .build import Source, Stopped, build, fold, rescored
 from .policy import BUILDING_RETRY_S, QUANTIZED, Policy
-from .segments import Segments, bits, exact_among, merge
+from .segments import Change, Segments, bits, exact_among, merge
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class LibraryIndex:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._busy = threading.Lock()  # one build at a time (never taken by requests)
-        self._log: list[tuple[int, str, np.ndarray, np.ndarray | None]] | None = None
+        self._log: list[Change] | None = None
         self.state = "idle"
         self.origin = "new"
         self._holds = 0  # bulk imports in progress: training and compaction wait for them
@@ -366,12 +366,12 @@ class LibraryIndex:
             with self._lock:
                 pending = (self._log or [])[done:]
                 if last == SWAP_PASSES or sum(len(e[2]) for e in pending) <= SWAP_UNDER_LOCK:
-                    _replay(fresh, pending, base.meta.generation)
+                    fresh.replay(pending, base.meta.generation)
                     self._segments = fresh  # the swap: one reference assignment
                     if self._building:  # the first base: searches use it from now on
                         self._building, self.origin = False, "rebuilt"
                     break
-            _replay(fresh, pending, base.meta.generation)
+            fresh.replay(pending, base.meta.generation)
             done += len(pending)
         log.info("index swapped in: %s, %d vectors", base.meta.factory, len(fresh))
 
@@ -389,18 +389,6 @@ def _lower_priority(nice: int) -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     except (AttributeError, OSError) as exc:  # not Linux, or not allowed
         log.debug("index worker keeps its priority: %s", exc)
-
-
-def _replay(
-    segments: Segments, entries: list[tuple[int, str, np.ndarray, np.ndarray | None]], after: int
-) -> None:
-    """Apply logged changes newer than generation `after`."""
-    for generation, _op, ids, vectors in entries:
-        if generation > after:
-            if vectors is None:
-                segments.remove(ids)
-            else:
-                segments.add(ids, vectors)
 
 
 def _iso(stamp: float) -> str | None:

@@ -21,6 +21,8 @@ from . import policy as P
 from .base import Base
 from .codes import Encoded, encoded, merge_into
 
+# A logged change: (database generation, "add" or "remove", ids, vectors or None).
+Change = tuple[int, str, np.ndarray, np.ndarray | None]
 # Exact vectors of stored ids (present ones only), from the store: (ids, n x dim float32).
 Fetch = Callable[[Sequence[int]], tuple[np.ndarray, np.ndarray]]
 
@@ -65,6 +67,15 @@ class Segments:
         else:
             self.recent.add_with_ids(vectors, ids)
         self._mark(ids, 1)
+
+    def replay(self, changes: Sequence[Change], after: int) -> None:
+        """Apply logged changes newer than generation `after`, in order."""
+        for generation, _op, ids, vectors in changes:
+            if generation > after:
+                if vectors is None:
+                    self.remove(ids)
+                else:
+                    self.add(ids, vectors)
 
     def remove(self, ids: np.ndarray) -> None:
         import faiss
