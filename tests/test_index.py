@@ -210,6 +210,13 @@ def test_a_crash_loses_nothing_sqlite_has(tmp_path: Path) -> None:
         assert about["vectors"] == N - 100 and about["recent"] == N - 1000
         assert sorted(second.index.ids().tolist()) == second.store.ids().tolist()
         assert second.nearest(vectors[1200:1201], 1)[0][0].path == "/v/1200.jpg"
+        # Replayed as exact vectors (a copy, not an encoding), then folded into the base.
+        assert not second.index._segments.coded
+        assert second.index.maintain() in ("compact", None)  # (or the worker did)
+        about = second.index.describe()
+        assert (about["base"], about["recent"], about["deleted"]) == (N - 100, 0, 0)
+        assert second.index._segments.coded
+        assert sorted(second.index.ids().tolist()) == second.store.ids().tolist()
     finally:
         second.close()
 

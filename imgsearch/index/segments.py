@@ -30,7 +30,8 @@ Fetch = Callable[[Sequence[int]], tuple[np.ndarray, np.ndarray]]
 class Segments:
     """Base + tombstones + recent segment. Writes hold `lock`; base searches need no lock."""
 
-    def __init__(self, base: Base, lock: threading.Lock) -> None:
+    def __init__(self, base: Base, lock: threading.Lock, coded: bool = True) -> None:
+        """`coded`: a coded recent segment where the base has a template (else exact)."""
         import faiss
 
         self.base = base
@@ -38,7 +39,7 @@ class Segments:
         top = int(base.ids[-1]) if len(base.ids) else -1
         self.bitmap = np.zeros((top >> 3) + 1, dtype=np.uint8)
         self.dead = 0
-        self.coded = base.template is not None  # the recent segment holds codes, not vectors
+        self.coded = coded and base.template is not None  # it holds codes, not vectors
         self.recent: Any = (
             faiss.clone_index(base.template)
             if self.coded
