@@ -219,6 +219,11 @@ def test_a_crash_loses_nothing_sqlite_has(tmp_path: Path) -> None:
         assert sorted(second.index.ids().tolist()) == second.store.ids().tolist()
     finally:
         second.close()
+    third = Catalog(tmp_path, "m", DIM, policy("ivf-pqfs"))
+    try:  # nothing to replay: coded from the start
+        assert third.index._segments.coded and third.index.describe()["origin"] == "loaded"
+    finally:
+        third.close()
 
 
 def test_compaction_threshold_grows_with_the_base() -> None:

@@ -63,7 +63,9 @@ class LibraryIndex:
         self._building = False  # the first base is being built: searches read the store
         self._path: Path | None = None
         self._segments = self._open()
-        self._applied = self._segments.base.meta.generation
+        # Everything up to the store's generation is in the segments now (replayed): what a
+        # compaction saves as its base's generation, so the next start replays none of it.
+        self._applied = max(self._segments.base.meta.generation, self.source.generation())
         self._worker = threading.Thread(target=self._run, name="index-worker", daemon=True)
         self._worker.start()
 
@@ -74,7 +76,7 @@ class LibraryIndex:
         base = self._saved_base()
         if base is None:
             base = self._build_now()
-        # Exact at first: replaying is then a copy, not an encoding (~20 us a vector at 1M);
+        # Exact at first: replaying is then a copy, not an encoding (~30 us a vector at 1M);
         # the worker folds these rows into the base soon after (_needs_compaction).
         segments = Segments(base, self._lock, coded=False)
         present = self.source.ids()
@@ -84,6 +86,7 @@ class LibraryIndex:
         for ids, vectors in self.source.chunks(since_generation=base.meta.generation):
             segments.add(ids, vectors)
             replayed += len(ids)
+        segments.code_if_empty()  # nothing replayed: coded from the start
         if (replayed or len(gone)) and self.origin == "loaded":
             self.origin = "replayed"
         log.info(

@@ -50,6 +50,13 @@ class Segments:
         self.members = np.zeros(0, dtype=np.uint8)
         self.graph = hnsw(base.index)  # an HNSW coarse quantizer (efSearch follows nprobe)
 
+    def code_if_empty(self) -> None:
+        """Make an empty exact recent segment a coded one (when the base has a template)."""
+        import faiss
+
+        if not self.coded and self.base.template is not None and not self.recent.ntotal:
+            self.recent, self.coded = faiss.clone_index(self.base.template), True
+
     def __len__(self) -> int:
         return len(self.base) - self.dead + int(self.recent.ntotal)
 
