@@ -465,9 +465,9 @@ def test_changes_during_a_compaction_survive_the_swap(
         return real_save(base, folder)
 
     try:
-        ids = fill(catalog, vectors[:N])
+        with index.hold():  # one training, on all N (not the first 500: no retraining later)
+            ids = fill(catalog, vectors[:N])
         index.maintain()
-        index.rebase()
         more = fill(catalog, vectors[N : N + 300], start=N)
         monkeypatch.setattr(B, "save", gated_save)
         worker = threading.Thread(target=index.rebase)
