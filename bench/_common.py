@@ -160,7 +160,14 @@ class LatencyPoller:
 class Daemon:
     """A real `python -m imgsearch serve` subprocess on a free loopback port."""
 
-    def __init__(self, flags: Sequence[str], data_dir: Path, start_timeout: float = 180.0) -> None:
+    def __init__(
+        self,
+        flags: Sequence[str],
+        data_dir: Path,
+        start_timeout: float = 180.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.extra_env = dict(env or {})  # IMGSEARCH_* settings for this daemon only
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = data_dir
@@ -173,6 +180,7 @@ class Daemon:
         """Start the daemon and wait until /health answers."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
         env["HF_HUB_OFFLINE"] = "1"
+        env.update(self.extra_env)
         cmd = [sys.executable, "-m", "imgsearch", "serve", "--host", "127.0.0.1", *self.flags]
         with open(self.log_path, "wb") as log:
             self._proc = subprocess.Popen(

@@ -203,15 +203,37 @@ def test_a_crash_loses_nothing_sqlite_has(tmp_path: Path) -> None:
     first.remove_ids(ids[:100])
     first.index.close()  # the worker stops; nothing else is written (as after kill -9)
     first.store.close()
-    second = Catalog(tmp_path, "m", DIM, policy("ivf-pqfs"))
+    replayed = N - 1000
+    # Fewer replayed rows than settle_min stay exact: no rewrite of the base at each start.
+    calm = dataclasses.replace(policy("ivf-pqfs"), settle_min=replayed + 1, tombstone_fraction=1)
+    few = Catalog(tmp_path, "m", DIM, calm)
+    try:
+        assert few.index.maintain() is None and not few.index._segments.coded
+        assert few.index.describe()["recent"] == replayed
+    finally:
+        few.index.close()  # (no compaction ran: the saved base stays the first one)
+        few.store.close()
+    second = Catalog(tmp_path, "m", DIM, dataclasses.replace(policy("ivf-pqfs"), settle_min=100))
     try:
         about = second.index.describe()
         assert about["origin"] == "replayed" and about["kind"] == "ivf-pqfs"
-        assert about["vectors"] == N - 100 and about["recent"] == N - 1000
+        assert about["vectors"] == N - 100 and about["recent"] == replayed
         assert sorted(second.index.ids().tolist()) == second.store.ids().tolist()
         assert second.nearest(vectors[1200:1201], 1)[0][0].path == "/v/1200.jpg"
+        # Replayed as exact vectors (a copy, not an encoding), then folded into the base.
+        assert not second.index._segments.coded
+        assert second.index.maintain() in ("compact", None)  # (or the worker did)
+        about = second.index.describe()
+        assert (about["base"], about["recent"], about["deleted"]) == (N - 100, 0, 0)
+        assert second.index._segments.coded
+        assert sorted(second.index.ids().tolist()) == second.store.ids().tolist()
     finally:
         second.close()
+    third = Catalog(tmp_path, "m", DIM, policy("ivf-pqfs"))
+    try:  # nothing to replay: coded from the start
+        assert third.index._segments.coded and third.index.describe()["origin"] == "loaded"
+    finally:
+        third.close()
 
 
 def test_compaction_threshold_grows_with_the_base() -> None:
@@ -240,9 +262,11 @@ def test_a_hold_defers_training_and_compaction_until_it_ends(tmp_path: Path) -> 
             assert index.maintain() is None
             index.make_room(threading.Event())  # 200 recent: under twice the bound, at once
             assert index.describe()["recent"] == 200
-            index.policy = Policy(exact_max=100, delta_max=100, delta_fraction=0, held_delta_max=99)
+            # A coded recent segment (the base is IVF now) may hold CODED_SCALE times as many.
+            index.policy = Policy(exact_max=100, delta_max=100, delta_fraction=0, held_delta_max=24)
+            assert index.policy.held_limit(True) == 4 * 24 and index.describe()["recent"] > 2 * 96
             index.make_room(threading.Event())  # over twice the bound: the worker folds it in
-            assert index.describe()["recent"] <= 2 * 99
+            assert index.describe()["recent"] <= 2 * 96
         assert index.maintain() in ("compact", None)  # (or the worker did, once released)
         about = index.describe()
         assert about["kind"] == "ivf-pqfs" and about["recent"] <= 100
@@ -370,3 +394,178 @@ def test_rescoring_drops_ids_no_longer_stored(tmp_path: Path) -> None:
         assert abs(sims[0, 0] - 1.0) < 1e-3 and sims[0, 1] < sims[0, 0]
     finally:
         catalog.close()
+
+
+def test_a_coded_recent_segment_folds_in_as_if_every_vector_were_encoded(tmp_path: Path) -> None:
+    """An IVF fast-scan base's recent segment is an empty copy of it (same quantizer and
+    codebooks): adds are codes, searched with the base's nprobe, and compaction moves them in
+    (merge_into), nothing re-encoded: the new base holds the same ids in the same lists and
+    answers exactly as an index that encoded every vector from scratch."""
+    import faiss
+
+    vectors = clustered(N + 300)
+    catalog = Catalog(tmp_path, "m", DIM, policy("ivf-pqfs"))
+    index = catalog.index
+    try:
+        with index.hold():  # one training, on all of them (from the store: float16)
+            ids = fill(catalog, vectors[:1000])
+        index.maintain()
+        seg = index._segments
+        assert seg.coded and seg.base.template is not None and seg.base.template.ntotal == 0
+        assert len(seg.base) == 1000
+        more = fill(catalog, vectors[1000:N], start=1000)
+        catalog.remove_ids(ids[:40] + more[:30])  # tombstones in the base; codes out of recent
+        replaced = catalog.put(  # same paths, new vectors: base ids and recent ids re-added
+            [NewImage(FileFacts(f"/v/{i}.jpg", 1, 1, f"r{i}", 1, 1), vectors[N + j]) for j, i in
+             enumerate((50, 60, 1100, 1200))]
+        ).ids  # fmt: skip
+        assert set(replaced) <= set(ids) | set(more)
+        about = index.describe()
+        assert (about["base"], about["deleted"], about["recent"]) == (1000, 42, N - 1000 - 30 + 2)
+        assert sorted(index.ids().tolist()) == catalog.store.ids().tolist()
+        queries = near(vectors[::25])
+        before = index.search(queries, 10)
+        index.rebase()
+        after = index._segments
+        assert not after.recent.ntotal and not after.dead and after.coded
+        # The same candidates but for ties at the cut (fast-scan scores are coarse integers).
+        assert np.mean(before[1] == index.search(queries, 10)[1]) > 0.98
+        present = catalog.store.ids()
+        assert np.array_equal(after.base.ids, present)
+        # What each code was made from: the base's from the store, the recent ones from the
+        # vectors as added (float32).
+        made = dict(zip(*index.source.vectors(ids), strict=True))
+        made.update(zip(more, vectors[1000:N], strict=True))
+        made.update(zip(replaced, vectors[N : N + 4], strict=True))
+        reference = faiss.clone_index(after.base.template)
+        reference.add_with_ids(np.stack([made[i] for i in present.tolist()]), present)
+        lists = B.ivf(reference)
+        merged = B.ivf(after.base.index)
+        for i in range(lists.nlist):  # every id in the list a fresh encoding puts it in
+            want = faiss.rev_swig_ptr(lists.invlists.get_ids(i), lists.invlists.list_size(i))
+            got = faiss.rev_swig_ptr(merged.invlists.get_ids(i), merged.invlists.list_size(i))
+            assert sorted(got.tolist()) == sorted(want.tolist())
+        params = faiss.SearchParametersIVF()
+        params.nprobe = lists.nlist
+        d1, i1 = reference.search(queries, 20, params=params)
+        d2, i2 = after.base.index.search(queries, 20, params=params)
+        np.testing.assert_array_equal(d1, d2)  # the same codes: the same approximate scores
+        above = d1 > d1[:, -1:]  # the same ids, but for ties at the cut
+        assert [set(a[m]) for a, m in zip(i1, above, strict=True)] == [
+            set(b[m]) for b, m in zip(i2, above, strict=True)
+        ]
+    finally:
+        catalog.close()
+
+
+def test_changes_during_a_compaction_survive_the_swap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Adds, replacements and removals that arrive while a compaction writes the new base are
+    replayed into the new segments (most of them off the lock) before they are published."""
+    vectors = clustered(N + 600)
+    catalog = Catalog(tmp_path, "m", DIM, policy("ivf-pqfs"))
+    index = catalog.index
+    saving, release = threading.Event(), threading.Event()
+    real_save = B.save
+
+    def gated_save(base: B.Base, folder: Path) -> Path:
+        saving.set()
+        assert release.wait(30)
+        return real_save(base, folder)
+
+    try:
+        with index.hold():  # one training, on all N (not the first 500: no retraining later)
+            ids = fill(catalog, vectors[:N])
+        index.maintain()
+        more = fill(catalog, vectors[N : N + 300], start=N)
+        monkeypatch.setattr(B, "save", gated_save)
+        worker = threading.Thread(target=index.rebase)
+        worker.start()
+        assert saving.wait(30) and index.describe()["state"] == "compacting"
+        late = fill(catalog, vectors[N + 300 :], start=N + 300)  # new ids, after the copy
+        catalog.remove_ids(ids[:10] + more[:10] + late[:10])
+        catalog.put([NewImage(FileFacts("/v/7.jpg", 1, 1, "x", 1, 1), vectors[N + 599])])
+        assert catalog.nearest(vectors[N + 400 : N + 401], 1)[0][0].id == late[100]
+        release.set()
+        worker.join(60)
+        about = index.describe()
+        assert about["state"] == "idle" and about["recent"] == 300 - 10 + 1
+        assert sorted(index.ids().tolist()) == catalog.store.ids().tolist()
+        gone = set(ids[:10] + more[:10] + late[:10])
+        for row in catalog.nearest(vectors[:10], 5) + catalog.nearest(vectors[N : N + 10], 5):
+            assert not {n.id for n in row} & gone
+        (hit,) = catalog.nearest(vectors[N + 599 : N + 600], 10)  # (PQ codes of 32-d: coarse)
+        assert {"/v/7.jpg", f"/v/{N + 599}.jpg"} <= {n.path for n in hit[:3]}
+    finally:
+        release.set()
+        catalog.close()
+
+
+def test_merging_codes_into_a_list_of_a_whole_number_of_blocks(tmp_path: Path) -> None:
+    """FAISS 1.15's merge_from corrupts the heap when a fast-scan list's length is a multiple
+    of its block size in bytes; merge_into appends to such lists itself."""
+    import faiss
+
+    from imgsearch.index.codes import Encoded, merge_into, nonempty
+
+    x = clustered(4000, seed=3)
+    template = faiss.index_factory(DIM, "IVF2,PQ16x4fs", faiss.METRIC_INNER_PRODUCT)
+    template.train(x)
+    block = faiss.downcast_InvertedLists(B.ivf(template).invlists).block_size  # 32 codes x 8 B
+    where = template.quantizer.assign(x, 1).ravel()
+    first = np.flatnonzero(where == 0)[:block]  # list 0 holds exactly one block size of codes
+    assert len(first) == block
+    later = np.flatnonzero(where == 0)[block : block + 40]
+    later = np.concatenate([later, np.flatnonzero(where == 1)[:30]])
+    target = faiss.clone_index(template)
+    target.add_with_ids(x[first], first)
+    batch = faiss.clone_index(template)
+    batch.add_with_ids(x[later], later)
+    merge_into(target, Encoded(batch, nonempty(batch)))
+    assert (target.ntotal, batch.ntotal) == (len(first) + len(later), 0)
+    reference = faiss.clone_index(template)
+    reference.add_with_ids(x[np.concatenate([first, later])], np.concatenate([first, later]))
+    params = faiss.SearchParametersIVF()
+    params.nprobe = 2
+    queries = x[np.concatenate([first[::7], later])]
+    d1, i1 = reference.search(queries, 10, params=params)
+    d2, i2 = target.search(queries, 10, params=params)
+    np.testing.assert_array_equal(d1, d2)
+    assert [set(r) for r in i1] == [set(r) for r in i2]
+
+
+def test_a_base_saved_without_a_template_gets_one_at_its_first_compaction(
+    tmp_path: Path,
+) -> None:
+    """Bases saved by earlier versions have no template.faiss: their recent segment stays
+    exact until the first compaction, which encodes it with a template made then."""
+    import json
+
+    vectors = clustered(N)
+    first = Catalog(tmp_path, "m", DIM, policy("ivf-pqfs"))
+    try:
+        with first.index.hold():
+            fill(first, vectors[:1000])
+        first.index.maintain()
+    finally:
+        first.close()
+    (saved,) = B.saved(tmp_path / INDEX_DIR)
+    meta = json.loads((saved / B.META).read_text())
+    del meta["sizes"][B.TEMPLATE]
+    (saved / B.META).write_text(json.dumps(meta))
+    (saved / B.TEMPLATE).unlink()
+    second = Catalog(tmp_path, "m", DIM, policy("ivf-pqfs"))
+    try:
+        index = second.index
+        assert index.describe()["kind"] == "ivf-pqfs" and not index._segments.coded
+        more = fill(second, vectors[1000:], start=1000)
+        index.rebase()
+        seg = index._segments
+        assert seg.coded and seg.base.template is not None and len(seg.base) == N
+        assert (tmp_path / INDEX_DIR / B.saved(tmp_path / INDEX_DIR)[0].name / B.TEMPLATE).exists()
+        hits = second.nearest(vectors[1000:1100], 10)  # (32-d PQ codes: coarse)
+        found = np.mean([i in {n.id for n in row} for i, row in zip(more, hits, strict=False)])
+        assert found >= 0.95, found
+    finally:
+        second.close()

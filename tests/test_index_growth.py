@@ -94,7 +94,9 @@ def test_a_bulk_write_trains_once_for_its_final_size_and_compacts_at_its_end(
             assert about["planned"] == BIG and about["trained_count"] == BIG
             assert str(about["factory"]).startswith(f"IVF{lists_for(BIG)},")
             assert about["recent"] == BIG - trainings[0], "later rows wait for the import's end"
-            assert catalog.nearest(vectors[BIG - 1 : BIG], 1)[0][0].path == f"/v/{BIG - 1}.jpg"
+            # (searched among codes now, like the base: among its 10 best, not always first)
+            hits = catalog.nearest(vectors[BIG - 1 : BIG], 10)[0]
+            assert f"/v/{BIG - 1}.jpg" in {h.path for h in hits}
         assert catalog.index.maintain() == "compact"
         about = catalog.index.describe()
         assert (about["base"], about["recent"], about["planned"]) == (BIG, 0, None)

@@ -1,8 +1,9 @@
 """The vector index: a protocol, its segmented implementation, and the size policy.
 
 Modules: `policy` (every size threshold), `base` (the immutable trained segment and its files),
-`segments` (base + deletions + recent adds, searched together), `build` (training and nprobe
-tuning from the store), `manager` (`LibraryIndex`: background training/compaction and swaps).
+`segments` (base + deletions + recent adds, searched together), `codes` (codes moved between
+copies of one trained IVF index), `build` (training and nprobe tuning from the store, and
+compaction), `manager` (`LibraryIndex`: background training/compaction and swaps).
 """
 
 from __future__ import annotations

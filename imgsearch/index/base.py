@@ -1,9 +1,11 @@
 """The immutable base segment: a trained FAISS index, its sorted ids, and what it was tuned to.
 
 A base is built once (by training or compaction), saved once into its own folder
-(`<generation>-<kind>/`: meta.json, index.faiss, ids.npy, written under a temporary name,
-fsynced and renamed), and never changed after: searches read it without a lock. At start-up
-it is memory-mapped where FAISS allows it (IO_FLAG_MMAP for IVF lists and flat codes).
+(`<generation>-<kind>/`: meta.json, index.faiss, ids.npy, and for IVF kinds template.faiss,
+written under a temporary name, fsynced and renamed), and never changed after: searches read
+it without a lock. At start-up it is memory-mapped where FAISS allows it (IO_FLAG_MMAP for IVF
+lists and flat codes). The template is the trained index before any vector was added (coarse
+quantizer and codebooks, no codes): the recent segment is a copy of it (segments.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ TEMP_SUFFIX = ".tmp"
 META = "meta.json"
 INDEX = "index.faiss"
 IDS = "ids.npy"
+TEMPLATE = "template.faiss"
+# Kinds whose codes FAISS reads into RAM even with IO_FLAG_MMAP (fast-scan block lists).
+READ_INTO_RAM = ("ivf-pqfs",)
 
 
 class IndexFileError(Exception):
@@ -55,6 +60,7 @@ class Base:
     index: Any  # a FAISS index holding ids (IndexIDMap2 or IndexIVF*)
     ids: np.ndarray  # sorted int64, every id in `index`
     meta: BaseMeta
+    template: Any = None  # IVF kinds: the trained index, empty (bases of earlier versions: None)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -86,9 +92,13 @@ def save(base: Base, folder: Path) -> Path:
     tmp.mkdir(parents=True)
     faiss.write_index(base.index, str(tmp / INDEX))
     np.save(tmp / IDS, base.ids)
-    meta = {**asdict(base.meta), "sizes": {f: (tmp / f).stat().st_size for f in (INDEX, IDS)}}
+    files = [INDEX, IDS]
+    if base.template is not None:
+        faiss.write_index(base.template, str(tmp / TEMPLATE))
+        files.append(TEMPLATE)
+    meta = {**asdict(base.meta), "sizes": {f: (tmp / f).stat().st_size for f in files}}
     (tmp / META).write_text(json.dumps(meta, indent=1))
-    for f in (INDEX, IDS, META):
+    for f in (*files, META):
         fsync(tmp / f)
     if final.exists():
         _discard(final)
@@ -142,11 +152,23 @@ def load(path: Path, model_id: str, dim: int, *, mmap: bool = True) -> Base:
     try:
         index = faiss.read_index(str(path / INDEX), flags)
         ids = np.load(path / IDS, mmap_mode="r" if mmap else None)
+        template = faiss.read_index(str(path / TEMPLATE)) if TEMPLATE in sizes else None
     except (RuntimeError, ValueError, OSError) as exc:
         raise IndexFileError(f"{path}: FAISS cannot read it: {exc}") from None
     if int(index.ntotal) != meta.count or len(ids) != meta.count or index.d != dim:
         raise IndexFileError(f"{path}: contents do not match meta.json")
-    return Base(index, ids, meta)
+    if template is not None and (template.ntotal or template.d != dim):
+        raise IndexFileError(f"{path}: {TEMPLATE} is not an empty index of {dim}-d")
+    return Base(index, ids, meta, template)
+
+
+def emptied(index: Any) -> Any:
+    """The template of an IVF index: a copy with no vectors (for bases saved without one)."""
+    import faiss
+
+    template = faiss.clone_index(index)
+    template.reset()
+    return template
 
 
 def ivf(index: Any) -> Any | None:

@@ -1,4 +1,5 @@
-"""Building a base from the store: train on a sample, stream every vector in, tune nprobe.
+"""Building a base: from the store (train on a sample, stream every vector in, tune nprobe), or
+by compaction (`fold`: the current base less its deletions, plus the recent segment).
 
 Everything is read from SQLite in chunks (never the whole library twice in memory). The
 recall@10 ground truth of the tuning queries (stored vectors; each query's own id is left out of
@@ -12,13 +13,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from functools import cache, partial
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from . import policy as P
-from .base import Base, BaseMeta
+from .base import Base, BaseMeta, emptied
+from .codes import Encoded, encoded, merge_into
 from .segments import exact_among, hnsw, merge, search_params
 
 log = logging.getLogger(__name__)
@@ -64,11 +68,13 @@ def build(
     present = source.ids()
     rng = np.random.default_rng(P.SEED)
     index: Any = faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
+    template = None
     if spec.kind != "exact" and len(present):
         sample = np.sort(rng.choice(present, P.train_size(spec.lists, len(present)), replace=False))
         _, train = source.vectors(sample.tolist())
         index.train(train)
         del train
+        template = faiss.clone_index(index)  # trained, empty: what recent segments copy
     picked = np.sort(rng.choice(present, min(P.TUNE_QUERIES, len(present)), replace=False))
     q_ids, queries = source.vectors(picked.tolist())
     truth = (np.full((len(q_ids), 0), -np.inf, np.float32), np.zeros((len(q_ids), 0), np.int64))
@@ -94,7 +100,32 @@ def build(
         "index built: %s, %d vectors in %.1fs (nprobe %d, recall@10 %.3f, rescore %d)",
         spec.factory, len(all_ids), time.monotonic() - started, nprobe, recall, rescore,
     )  # fmt: skip
-    return Base(index, all_ids, meta)
+    return Base(index, all_ids, meta, template)
+
+
+def fold(
+    old: Base, saved: Path | None, dead: np.ndarray, recent_ids: np.ndarray, frozen: Any,
+    generation: int,
+) -> Base:  # fmt: skip
+    """A compacted copy of `old` (read again from `saved`, its index file, when there is one):
+    `dead` ids dropped, the recent segment (`frozen`: its codes, or (ids, vectors)) folded in."""
+    import faiss
+
+    index = faiss.read_index(str(saved)) if saved else faiss.clone_index(old.index)
+    template = old.template
+    if template is None and old.meta.kind != "exact":
+        template = emptied(index)  # a base of an earlier version: its first compaction
+    drop = np.union1d(dead, recent_ids)
+    if len(drop):
+        index.remove_ids(faiss.IDSelectorBatch(len(drop), faiss.swig_ptr(drop)))
+    if not isinstance(frozen, Encoded) and len(recent_ids) and template is not None:
+        frozen = encoded(template, frozen[0], frozen[1])  # (ids, vectors) of an exact segment
+    if isinstance(frozen, Encoded):
+        merge_into(index, frozen)  # (appending after remove_ids is wrong for fast-scan lists)
+    elif len(recent_ids):
+        index.add_with_ids(frozen[1], frozen[0])  # an exact base
+    ids = np.union1d(np.setdiff1d(old.ids, drop, assume_unique=True), recent_ids)
+    return Base(index, ids, replace(old.meta, generation=generation, count=len(ids)), template)
 
 
 def tune(

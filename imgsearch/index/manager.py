@@ -10,6 +10,7 @@ on the request path: SQLite is the change log, and start-up replays rows newer t
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -23,17 +24,25 @@ import numpy as np
 
 from ..errors import Busy
 from . import base as B
-from .build import Source, Stopped, build, rescored
+from .build import Source, Stopped, build, fold, rescored
 from .policy import BUILDING_RETRY_S, QUANTIZED, Policy
-from .segments import Segments, exact_among, merge
+from .segments import Change, Segments, bits, exact_among, merge
 
 log = logging.getLogger(__name__)
 
 WAKE_SECONDS = 5.0  # how often the background worker looks for work unprompted
 STOP_WAIT = 5.0  # seconds close() waits for a build in progress (the thread is a daemon)
 SEARCH_THREADS = 1
+# The background worker's nice value (0-19, higher yields more). Training and compaction use
+# every core through FAISS's OpenMP team; at 10, a request's thread gets ~10x the CPU share of
+# each of them, so searches and /stats no longer wait behind k-means on a 2-core machine.
+WORKER_NICE = 10
 ROOM_POLL = 0.2  # seconds between looks while a bulk writer waits for the index (make_room)
 EXTRA = 10  # quantized codes: candidates beyond k re-scored exactly (near-duplicates' order)
+# A swap replays the changes logged during a build into the new segments off the lock, in up to
+# SWAP_PASSES passes, until at most SWAP_UNDER_LOCK rows are left to replay under it.
+SWAP_PASSES = 3
+SWAP_UNDER_LOCK = 2_000
 
 
 class LibraryIndex:
@@ -48,7 +57,7 @@ class LibraryIndex:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._busy = threading.Lock()  # one build at a time (never taken by requests)
-        self._log: list[tuple[int, str, np.ndarray, np.ndarray | None]] | None = None
+        self._log: list[Change] | None = None
         self.state = "idle"
         self.origin = "new"
         self._holds = 0  # bulk imports in progress: training and compaction wait for them
@@ -57,7 +66,9 @@ class LibraryIndex:
         self._building = False  # the first base is being built: searches read the store
         self._path: Path | None = None
         self._segments = self._open()
-        self._applied = self._segments.base.meta.generation
+        # Everything up to the store's generation is in the segments now (replayed): what a
+        # compaction saves as its base's generation, so the next start replays none of it.
+        self._applied = max(self._segments.base.meta.generation, self.source.generation())
         self._worker = threading.Thread(target=self._run, name="index-worker", daemon=True)
         self._worker.start()
 
@@ -68,7 +79,9 @@ class LibraryIndex:
         base = self._saved_base()
         if base is None:
             base = self._build_now()
-        segments = Segments(base, self._lock)
+        # Exact at first: replaying is then a copy, not an encoding (~30 us a vector at 1M);
+        # the worker folds these rows into the base soon after (_needs_compaction).
+        segments = Segments(base, self._lock, coded=False)
         opened = time.monotonic()
         gone = self._gone(base)
         segments.remove(gone)
@@ -77,6 +90,7 @@ class LibraryIndex:
         for ids, vectors in self.source.chunks(since_generation=base.meta.generation):
             segments.add(ids, vectors)
             replayed += len(ids)
+        segments.code_if_empty()  # nothing replayed: coded from the start
         if (replayed or len(gone)) and self.origin == "loaded":
             self.origin = "replayed"
         log.info(
@@ -140,9 +154,7 @@ class LibraryIndex:
         built = build(spec, self.source, self.model_id, self.dim, self.policy, self._stop)
         if count > built.meta.trained_count:  # trained ahead, for an import's final size
             built = replace(built, meta=replace(built.meta, trained_count=count))
-        path = B.save(built, self.folder)
-        self._path = path
-        return B.load(path, self.model_id, self.dim)  # memory-mapped: the built copy is freed
+        return self._keep(built)
 
     # -- changes (the catalog calls these in generation order) -------------------------------
 
@@ -150,8 +162,11 @@ class LibraryIndex:
         """Add (or replace) vectors under `ids`."""
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        seg = self._segments
+        encoded = seg.encode(ids, vectors)  # off the lock: searches of the recent one go on
         with self._lock:
-            self._segments.add(ids, vectors)
+            now = self._segments  # (a swap meanwhile: encoded again for the new segments)
+            now.add(ids, vectors, encoded if now is seg else None)
             self._note(generation, "add", ids, vectors)
         self._poke()
 
@@ -177,7 +192,7 @@ class LibraryIndex:
     @contextmanager
     def hold(self, expected: int = 0) -> Iterator[None]:
         """Defer compaction while a bulk write of about `expected` new rows runs (unless the
-        recent segment outgrows `policy.held_delta_max`). Training, if the final size needs
+        recent segment outgrows `policy.held_limit`). Training, if the final size needs
         it, runs once, for that size, as soon as the library holds its sample
         (`policy.train_at`); when the last hold ends the worker folds every recent row into
         a saved base, so a restart replays nothing."""
@@ -197,9 +212,9 @@ class LibraryIndex:
 
     def make_room(self, stop: threading.Event) -> None:
         """A bulk writer calls this between batches: while the recent segment holds over twice
-        `policy.held_delta_max`, it waits for the worker to fold it in (memory stays bounded;
+        `policy.held_limit`, it waits for the worker to fold it in (memory stays bounded;
         an import goes at the index's pace), or until `stop` (or close()) is set."""
-        limit = 2 * self.policy.held_delta_max
+        limit = 2 * self.policy.held_limit(self._segments.coded)
         while int(self._segments.recent.ntotal) > limit:
             if stop.is_set() or self._stop.is_set():
                 return
@@ -207,7 +222,8 @@ class LibraryIndex:
             stop.wait(ROOM_POLL)
 
     def _held(self) -> bool:
-        return self._holds > 0 and int(self._segments.recent.ntotal) <= self.policy.held_delta_max
+        seg = self._segments
+        return self._holds > 0 and int(seg.recent.ntotal) <= self.policy.held_limit(seg.coded)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -301,7 +317,8 @@ class LibraryIndex:
         count, target = len(self), self._target()
         if not self.policy.needs_training(meta.kind, meta.trained_count, target, self.dim):
             return False
-        if not self._holds or int(self._segments.recent.ntotal) > self.policy.held_delta_max:
+        seg = self._segments
+        if not self._holds or int(seg.recent.ntotal) > self.policy.held_limit(seg.coded):
             return True
         # A bulk import is under way: train once, for the size it will reach, when the sample
         # is in (earlier only if the recent segment outgrew the hold's bound: memory first).
@@ -309,11 +326,16 @@ class LibraryIndex:
 
     def _needs_compaction(self) -> bool:
         seg = self._segments
-        return int(seg.recent.ntotal) > self.policy.delta_limit(len(seg.base)) or (
-            seg.dead > 0 and seg.dead >= self.policy.tombstone_fraction * max(1, len(seg.base))
-        )
+        # An exact recent segment on a base with a template was replayed at start-up: it is
+        # folded in (the segments that follow are coded) once it holds `settle_min` rows; a
+        # few replayed rows are not worth rewriting the whole base (1.3 GB at 10M) at each start.
+        replayed = seg.base.template is not None and not seg.coded
+        limit = self.policy.settle_min if replayed else self.policy.delta_limit(len(seg.base))
+        tombstones = self.policy.tombstone_fraction * max(1, len(seg.base))
+        return int(seg.recent.ntotal) > limit or (seg.dead > 0 and seg.dead >= tombstones)
 
     def _run(self) -> None:
+        _lower_priority(WORKER_NICE)
         while not self._stop.is_set():
             self._wake.wait(WAKE_SECONDS)
             self._wake.clear()
@@ -373,41 +395,43 @@ class LibraryIndex:
         return self._build(self._target())
 
     def compact(self) -> B.Base:
-        """The current base with deletions dropped and recent vectors folded in."""
-        import faiss
-
+        """The current base with deletions dropped and recent vectors folded in (a coded
+        recent segment's codes are moved in as they are: nothing is re-encoded)."""
         self.state = "compacting"
-        with self._lock:
+        with self._lock:  # copies only: the recent segment's codes (or vectors), two bitmaps
             seg = self._segments
-            dead = seg.deleted()
-            recent_ids, recent_vectors = seg.recent_vectors()
+            dead, recent, frozen = seg.bitmap.copy(), seg.members.copy(), seg.frozen()
             generation = self._applied
-        old = seg.base
-        index = faiss.read_index(str(self._path / B.INDEX)) if self._path else None
-        index = index if index is not None else faiss.clone_index(old.index)
-        drop = np.union1d(dead, recent_ids[old.contains(recent_ids)])  # (new ids: no scan)
-        if len(drop):
-            index.remove_ids(faiss.IDSelectorBatch(len(drop), faiss.swig_ptr(drop)))
-        if len(recent_ids):
-            index.add_with_ids(recent_vectors, recent_ids)
-        ids = np.union1d(np.setdiff1d(old.ids, drop, assume_unique=True), recent_ids)
-        meta = replace(old.meta, generation=generation, count=len(ids))
-        path = B.save(B.Base(index, ids, meta), self.folder)
-        self._path = path
-        return B.load(path, self.model_id, self.dim)
+        saved = self._path / B.INDEX if self._path else None
+        base = fold(seg.base, saved, bits(dead), bits(recent), frozen, generation)
+        return self._keep(base)
+
+    def _keep(self, base: B.Base) -> B.Base:
+        """Save a new base; return what searches will read: the files memory-mapped (the
+        built copy is freed), or for fast-scan codes, which FAISS reads into RAM anyway, the
+        built base itself (no second read of the file, no second copy while it is read)."""
+        self._path = B.save(base, self.folder)
+        if base.meta.kind in B.READ_INTO_RAM:
+            return base
+        return B.load(self._path, self.model_id, self.dim)
 
     def _swap(self, base: B.Base) -> None:
+        """Publish `base` with the changes logged since its generation replayed on top: the
+        bulk of them off the lock (the new segments are not visible yet), the last few under
+        it, then one reference assignment."""
         fresh = Segments(base, self._lock)
-        with self._lock:
-            for generation, _op, ids, vectors in self._log or []:
-                if generation > base.meta.generation:
-                    if vectors is None:
-                        fresh.remove(ids)
-                    else:
-                        fresh.add(ids, vectors)
-            self._segments = fresh  # the swap: one reference assignment
-            if self._building:  # the first base: searches use it from now on
-                self._building, self.origin = False, "rebuilt"
+        done = 0
+        for last in range(SWAP_PASSES + 1):
+            with self._lock:
+                pending = (self._log or [])[done:]
+                if last == SWAP_PASSES or sum(len(e[2]) for e in pending) <= SWAP_UNDER_LOCK:
+                    fresh.replay(pending, base.meta.generation)
+                    self._segments = fresh  # the swap: one reference assignment
+                    if self._building:  # the first base: searches use it from now on
+                        self._building, self.origin = False, "rebuilt"
+                    break
+            fresh.replay(pending, base.meta.generation)
+            done += len(pending)
         log.info("index swapped in: %s, %d vectors", base.meta.factory, len(fresh))
 
     def close(self) -> None:
@@ -415,6 +439,15 @@ class LibraryIndex:
         self._stop.set()
         self._wake.set()
         self._worker.join(STOP_WAIT)
+
+
+def _lower_priority(nice: int) -> None:
+    """Make the calling thread (and the threads it starts later: its OpenMP team) yield the
+    CPU to requests: on Linux the nice value is per thread. Elsewhere nothing is done."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError) as exc:  # not Linux, or not allowed
+        log.debug("index worker keeps its priority: %s", exc)
 
 
 def _iso(stamp: float) -> str | None:

@@ -53,6 +53,13 @@ RETRAIN_GROWTH = 4.0
 DELTA_MAX = 20_000
 DELTA_FRACTION = 0.25
 DELTA_CAP = 250_000
+# An IVF base's recent segment is coded (an empty copy of the base: the same quantizer and
+# codebooks; segments.py): a vector costs dim / 4 bytes instead of 4 * dim, a search scans it
+# like the base, and compaction moves its codes without re-encoding them. A bulk import may
+# let it grow CODED_SCALE times as far as an exact one before the worker folds it in (a big
+# import rewrites the base 4x less often). Outside imports the limits above still hold: every
+# start-up re-reads the recent rows from SQLite and encodes them again.
+CODED_SCALE = 4
 # While a bulk import runs, compaction waits for it to end (rows stay searchable batch by batch
 # through the recent segment) unless the segment outgrows this (float32 codes: 400 MB at
 # 512-d); the import itself waits past twice this (LibraryIndex.make_room). An import that
@@ -145,6 +152,11 @@ class Policy:
         trains the index for `target` (once): that index's training sample, or 0 (exact)."""
         spec = self.spec(target, dim)
         return train_size(spec.lists, target) if spec.lists else 0
+
+    def held_limit(self, coded: bool = False) -> int:
+        """How many recent vectors a bulk import's hold lets pile up before the worker folds
+        them in anyway (memory; twice this and the import waits)."""
+        return self.held_delta_max * (CODED_SCALE if coded else 1)
 
     def needs_training(self, current: str, trained_count: int, count: int, dim: int) -> bool:
         """Whether the library outgrew the index it has (another kind, or grown several-fold)."""

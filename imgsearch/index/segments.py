@@ -3,7 +3,10 @@
 Removing an id only sets its bit in a bitmap over the base's ids (O(1) an id, whatever the
 library's size); the bitmap is an `IDSelectorBitmap` that FAISS applies inside the base search,
 together with an optional allow-list, so `k` results still come back. New and changed vectors
-go to a small exact segment (IndexIDMap2 on IndexFlatIP). Compaction folds both into a new base.
+go to a recent segment: for an IVF base an empty copy of it (the base's `template`: the same
+coarse quantizer and codebooks, so an add costs one code, dim / 4 bytes with fast-scan PQ, it
+is searched with the base's nprobe, and compaction moves its codes into the base with
+`merge_from`, nothing re-encoded); for an exact base an exact one (IndexIDMap2 on IndexFlatIP).
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ import numpy as np
 
 from . import policy as P
 from .base import Base
+from .codes import Encoded, encoded, merge_into
 
+# A logged change: (database generation, "add" or "remove", ids, vectors or None).
+Change = tuple[int, str, np.ndarray, np.ndarray | None]
 # Exact vectors of stored ids (present ones only), from the store: (ids, n x dim float32).
 Fetch = Callable[[Sequence[int]], tuple[np.ndarray, np.ndarray]]
 
@@ -24,7 +30,8 @@ Fetch = Callable[[Sequence[int]], tuple[np.ndarray, np.ndarray]]
 class Segments:
     """Base + tombstones + recent segment. Writes hold `lock`; base searches need no lock."""
 
-    def __init__(self, base: Base, lock: threading.Lock) -> None:
+    def __init__(self, base: Base, lock: threading.Lock, coded: bool = True) -> None:
+        """`coded`: a coded recent segment where the base has a template (else exact)."""
         import faiss
 
         self.base = base
@@ -32,20 +39,51 @@ class Segments:
         top = int(base.ids[-1]) if len(base.ids) else -1
         self.bitmap = np.zeros((top >> 3) + 1, dtype=np.uint8)
         self.dead = 0
-        self.recent: Any = faiss.IndexIDMap2(faiss.IndexFlatIP(base.meta.dim))
-        # The recent segment's ids: removing from it rebuilds its id map (O(its size)), so
-        # only ids that are there are removed (a new id, a base id: nothing to do).
-        self.recent_ids: set[int] = set()
+        self.coded = coded and base.template is not None  # it holds codes, not vectors
+        self.recent: Any = (
+            faiss.clone_index(base.template)
+            if self.coded
+            else faiss.IndexIDMap2(faiss.IndexFlatIP(base.meta.dim))
+        )
+        # Which ids the recent segment holds (a bitmap, grown as ids grow): removing from it
+        # scans the segment (O(its size)), so only ids that are there are removed.
+        self.members = np.zeros(0, dtype=np.uint8)
+        self.graph = hnsw(base.index)  # an HNSW coarse quantizer (efSearch follows nprobe)
+
+    def code_if_empty(self) -> None:
+        """Make an empty exact recent segment a coded one (when the base has a template)."""
+        import faiss
+
+        if not self.coded and self.base.template is not None and not self.recent.ntotal:
+            self.recent, self.coded = faiss.clone_index(self.base.template), True
 
     def __len__(self) -> int:
         return len(self.base) - self.dead + int(self.recent.ntotal)
 
-    # -- writes (callers hold `lock`) -----------------------------------------------------------
+    # -- writes (callers hold `lock`, except for encode) -----------------------------------------
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def encode(self, ids: np.ndarray, vectors: np.ndarray) -> Encoded | None:
+        """The costly part of adding to a coded recent segment (coarse assignment and codes),
+        as a small index to hand to add(); needs no lock. None for an exact segment."""
+        return encoded(self.base.template, ids, vectors) if self.coded else None
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray, codes: Encoded | None = None) -> None:
+        """Add (or replace) `ids`; `codes`: what encode() made of them for this segment."""
         self.remove(ids)
-        self.recent.add_with_ids(vectors, ids)
-        self.recent_ids.update(ids.tolist())
+        if self.coded:
+            merge_into(self.recent, codes or encoded(self.base.template, ids, vectors))
+        else:
+            self.recent.add_with_ids(vectors, ids)
+        self._mark(ids, 1)
+
+    def replay(self, changes: Sequence[Change], after: int) -> None:
+        """Apply logged changes newer than generation `after`, in order."""
+        for generation, _op, ids, vectors in changes:
+            if generation > after:
+                if vectors is None:
+                    self.remove(ids)
+                else:
+                    self.add(ids, vectors)
 
     def remove(self, ids: np.ndarray) -> None:
         import faiss
@@ -58,26 +96,49 @@ class Segments:
             fresh = (self.bitmap[byte] >> bit) & 1 == 0
             self.dead += len(np.unique(inside[fresh]))
             np.bitwise_or.at(self.bitmap, byte, np.left_shift(1, bit).astype(np.uint8))
-        there = np.fromiter((i for i in ids.tolist() if i in self.recent_ids), dtype=np.int64)
+        there = np.unique(ids[self._in_recent(ids)])
         if len(there):
             self.recent.remove_ids(faiss.IDSelectorBatch(len(there), faiss.swig_ptr(there)))
-            self.recent_ids.difference_update(there.tolist())
+            self._mark(there, 0)
+
+    def _in_recent(self, ids: np.ndarray) -> np.ndarray:
+        byte = ids >> 3
+        inside = byte < len(self.members)
+        found = np.zeros(len(ids), dtype=bool)
+        found[inside] = (self.members[byte[inside]] >> (ids[inside] & 7).astype(np.uint8)) & 1 == 1
+        return found
+
+    def _mark(self, ids: np.ndarray, value: int) -> None:
+        if not len(ids):
+            return
+        need = (int(ids.max()) >> 3) + 1
+        if need > len(self.members):  # grown by half again: ids only grow
+            grown = np.zeros(max(need, len(self.members) * 3 // 2), dtype=np.uint8)
+            grown[: len(self.members)] = self.members
+            self.members = grown
+        byte, bit = ids >> 3, np.left_shift(1, (ids & 7).astype(np.uint8)).astype(np.uint8)
+        if value:
+            np.bitwise_or.at(self.members, byte, bit)
+        else:
+            np.bitwise_and.at(self.members, byte, ~bit)
 
     # -- reads ----------------------------------------------------------------------------------
 
     def deleted(self) -> np.ndarray:
-        """Base ids filtered out by the bitmap."""
-        if not self.dead:
-            return np.zeros(0, np.int64)
-        bits = np.unpackbits(self.bitmap, bitorder="little")
-        ids = np.asarray(self.base.ids)
-        dead: np.ndarray = ids[bits[ids] == 1]
-        return dead
+        """Base ids filtered out by the bitmap (only base ids ever get a bit)."""
+        return bits(self.bitmap)
 
-    def recent_vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        """Copies of the recent segment's ids and vectors (callers hold `lock`)."""
+    def recent_ids(self) -> np.ndarray:
+        """Sorted ids in the recent segment."""
+        return bits(self.members)
+
+    def frozen(self) -> Any:
+        """A copy of the recent segment for a compaction to fold into a new base (callers
+        hold `lock`): for merge_into when coded, else (ids, vectors)."""
         import faiss
 
+        if self.coded:
+            return Encoded(faiss.clone_index(self.recent))
         n = int(self.recent.ntotal)
         ids = faiss.vector_to_array(self.recent.id_map).astype(np.int64)
         vectors = self.recent.index.reconstruct_n(0, n) if n else np.zeros((0, self.base.meta.dim))
@@ -85,7 +146,7 @@ class Segments:
 
     def ids(self) -> np.ndarray:
         with self.lock:
-            recent, _ = self.recent_vectors()
+            recent = self.recent_ids()
             alive = np.setdiff1d(self.base.ids, self.deleted(), assume_unique=True)
         return np.union1d(alive, recent)
 
@@ -111,7 +172,7 @@ class Segments:
         parts = [self._search_base(queries, k, sel, nprobe)]
         with self.lock:
             if self.recent.ntotal:
-                params = search_params(False, allow, 0)
+                params = search_params(self.coded, allow, nprobe, self.graph)
                 kk = min(k, int(self.recent.ntotal))
                 parts.append(self.recent.search(queries, kk, params=params))
         return merge(parts, k)
@@ -122,9 +183,14 @@ class Segments:
         index = self.base.index
         if not index.ntotal:
             return np.full((len(queries), 0), -np.inf, np.float32), np.zeros((len(queries), 0))
-        params = search_params(self.base.meta.kind != "exact", sel, nprobe, hnsw(index))
+        params = search_params(self.base.meta.kind != "exact", sel, nprobe, self.graph)
         sims, ids = index.search(queries, min(k, int(index.ntotal)), params=params)
         return sims, ids
+
+
+def bits(bitmap: np.ndarray) -> np.ndarray:
+    """The sorted ids whose bits are set in a bitmap (bit i & 7 of byte i >> 3)."""
+    return np.flatnonzero(np.unpackbits(bitmap, bitorder="little")).astype(np.int64)
 
 
 def search_params(ivf: bool, sel: Any, nprobe: int, graph: bool = False) -> Any:

@@ -1,0 +1,83 @@
+"""Codes moved between copies of one trained IVF index: the coded recent segment and compaction.
+
+A base's `template` (its trained index before any vector was added) is copied to make the
+recent segment, and to encode each batch of adds off the lock; `merge_into` then moves codes
+and ids from one copy into another, nothing re-encoded (FAISS's `merge_from`, with a guard for
+a FAISS 1.15 fast-scan bug).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Encoded:
+    """Codes ready to be moved into another index trained the same way (merge_into)."""
+
+    index: Any  # an IVF index
+    lists: np.ndarray | None = None  # its non-empty lists, if known
+
+
+def encoded(template: Any, ids: np.ndarray, vectors: np.ndarray) -> Encoded:
+    """`vectors` encoded by a copy of `template` (a trained, empty IVF index)."""
+    import faiss
+
+    batch = faiss.clone_index(template)  # copies the coarse quantizer (MBs): no codes in it
+    batch.add_with_ids(vectors, ids)
+    return Encoded(batch, nonempty(batch))
+
+
+def nonempty(index: Any) -> np.ndarray:
+    """The inverted lists of an IVF index that hold something."""
+    import faiss
+
+    lists: Any = faiss.extract_index_ivf(index).invlists
+    return np.flatnonzero([lists.list_size(i) for i in range(lists.nlist)])
+
+
+def merge_into(target: Any, source: Encoded) -> None:
+    """Move every code and id of `source` into `target` (IVF, the same quantizer and codes:
+    both copies of one template), nothing re-encoded.
+
+    FAISS's IndexIVF.merge_from does it, but in FAISS 1.15 a fast-scan list (BlockInvertedLists)
+    whose length is a non-zero multiple of its block size *in bytes* is appended to by a
+    whole-block copy that writes past the list's end (heap corruption); those lists are
+    appended here a code at a time through the index's CodePacker. (Appending with
+    add_with_ids after remove_ids is wrong too, in that version: codes are OR-ed into the
+    stale slots that removal leaves; merging is not.)"""
+    import faiss
+
+    into: Any = faiss.extract_index_ivf(target)
+    out: Any = faiss.extract_index_ivf(source.index)
+    lists = faiss.downcast_InvertedLists(into.invlists)
+    if isinstance(lists, faiss.BlockInvertedLists):  # type: ignore[attr-defined]
+        src = faiss.downcast_InvertedLists(out.invlists)
+        packer = into.get_CodePacker()
+        todo = nonempty(source.index) if source.lists is None else source.lists
+        for i in todo.tolist():
+            size = lists.list_size(i)
+            if size and size % lists.block_size == 0:
+                moved = _append_packed(lists, src, i, packer)
+                into.ntotal += moved
+                out.ntotal -= moved
+    into.merge_from(out, 0)
+
+
+def _append_packed(into: Any, src: Any, i: int, packer: Any) -> int:
+    """List i of `src` appended to list i of `into` (BlockInvertedLists), a code at a time."""
+    import faiss
+
+    at, n = into.list_size(i), src.list_size(i)
+    into.resize(i, at + n)  # new blocks come zero-filled
+    faiss.rev_swig_ptr(into.get_ids(i), at + n)[at:] = faiss.rev_swig_ptr(src.get_ids(i), n)
+    code = np.zeros(packer.code_size, np.uint8)
+    source, dest = src.get_codes(i), into.get_codes(i)
+    for j in range(n):
+        packer.unpack_1_c(source, j, faiss.swig_ptr(code))
+        packer.pack_1_c(faiss.swig_ptr(code), at + j, dest)
+    src.resize(i, 0)
+    return int(n)
