@@ -126,9 +126,12 @@ def test_cnn_runs_channels_last(lite0: Embedder) -> None:
     assert np.einsum("ij,ij->i", plain, lite0.embed_prepared(batch)).min() > 0.9999
 
 
-def test_cnn_batch_norms_are_folded_and_bf16_then_passes_the_self_check(lite0: Embedder) -> None:
-    """Folding the norms keeps the published model's vectors, and makes its bf16 weights pass
-    the start-up check (they fail it unfolded: the check is what `auto` relies on)."""
+def test_cnn_batch_norms_are_folded_and_its_bf16_stays_below_the_self_check(
+    lite0: Embedder,
+) -> None:
+    """Folding the norms keeps the published model's vectors. Its bf16 weights then come close
+    to fp32 (0.998 measured) but stay under the check's bar, which a bf16 Lite0 failed on
+    recall (bench/copydetect.py): `auto` keeps the bundled model in fp32."""
     from imgsearch.embedders.cnn import fold_batch_norms, load_model
     from imgsearch.embedders.precision import MIN_COSINE, self_check
 
@@ -139,7 +142,7 @@ def test_cnn_batch_norms_are_folded_and_bf16_then_passes_the_self_check(lite0: E
     ref = lite0.embed_with(published, torch.float32, batch)
     assert np.einsum("ij,ij->i", ref, lite0.embed_prepared(batch)).min() > 0.99999
     cosines, _ = self_check(lite0, "bf16", sample_images())
-    assert cosines.min() >= MIN_COSINE
+    assert 0.99 < cosines.min() < MIN_COSINE
     assert fold_batch_norms(published) == 49
     assert fold_batch_norms(published) == 0  # nothing left to fold
 
