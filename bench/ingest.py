@@ -242,12 +242,16 @@ def time_seed(embedder: Embedder, files: Sequence[Path]) -> dict[str, float]:
 
 
 def naive_embedder(config: Config) -> Embedder:
-    """The model as a naive loop runs it: fp32, contiguous (no channels_last)."""
+    """The model as a naive loop runs it: as published (the bundled CNN's batch norms not
+    folded into its convolutions), fp32, contiguous (no channels_last)."""
     import torch
 
     from imgsearch.embedders.base import TorchEmbedder
+    from imgsearch.embedders.cnn import EfficientNetLite0, load_model
 
     embedder = load_embedder(dataclasses.replace(config, precision="fp32", batch_size=NAIVE_BATCH))
+    if isinstance(embedder, EfficientNetLite0):
+        embedder.use(load_model(), "fp32", embedder.runtime)
     if isinstance(embedder, TorchEmbedder) and embedder.runtime.channels_last:
         plain = embedder.module.to(memory_format=torch.contiguous_format)
         runtime = dataclasses.replace(embedder.runtime, channels_last=False)

@@ -18,9 +18,11 @@ from .base import DTYPES, Runtime, TorchEmbedder
 
 log = logging.getLogger(__name__)
 
-# Every self-check photo must keep at least this cosine to its fp32 vector. bf16 weights
-# give 0.9999 on ViT-B-32 and EfficientNet-Lite0; a search ranking moves only below ~0.99.
-MIN_COSINE = 0.995
+# Every self-check photo must keep at least this cosine to its fp32 vector. bf16 weights give
+# 0.99995 on ViT-B-32. The issue asked for 0.995, but EfficientNet-Lite0 in bf16 (its batch
+# norms folded) passed that at 0.998 and still moved one query's original from rank 1 to 2 in
+# bench/copydetect.py (docs/BENCHMARKS.md, the Intel AMX machine): a ranking moves above 0.995.
+MIN_COSINE = 0.999
 # CPU flags (/proc/cpuinfo) of native bfloat16 arithmetic: AVX512-BF16 or AMX.
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 # Real photos shipped inside scikit-image (no download), as the self-check's inputs.
