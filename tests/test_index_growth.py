@@ -79,7 +79,8 @@ def test_a_bulk_write_trains_once_for_its_final_size_and_compacts_at_its_end(
     tmp_path: Path,
 ) -> None:
     vectors = clustered(BIG + 500)
-    catalog = Catalog(tmp_path, "m", DIM, Policy(exact_max=100, settle_min=1000))
+    policy = Policy(exact_max=100, settle_min=1000, retune_growth=1.2)
+    catalog = Catalog(tmp_path, "m", DIM, policy)
     without_worker(catalog)
     trainings = counting_trainings(catalog)
     sample = catalog.index.policy.train_at(BIG, DIM)
@@ -97,9 +98,15 @@ def test_a_bulk_write_trains_once_for_its_final_size_and_compacts_at_its_end(
             # (searched among codes now, like the base: among its 10 best, not always first)
             hits = catalog.nearest(vectors[BIG - 1 : BIG], 10)[0]
             assert f"/v/{BIG - 1}.jpg" in {h.path for h in hits}
+        tuned_at = catalog.index._segments.base.meta.tuned_count
+        assert tuned_at == trainings[0], "tuned on the rows the base held when it was trained"
         assert catalog.index.maintain() == "compact"
         about = catalog.index.describe()
         assert (about["base"], about["recent"], about["planned"]) == (BIG, 0, None)
+        # The compaction at the import's end found the base grown over retune_growth times its
+        # tuning size: nprobe and re-scoring were measured again, on the whole base.
+        assert catalog.index._segments.base.meta.tuned_count == BIG
+        assert about["recall_at_10"] is not None and about["nprobe"]
         assert len(trainings) == 1 and sample <= trainings[0] < BIG
         assert catalog.index.maintain() is None  # nothing more: no retrain at the planned size
         with catalog.index.hold(expected=500):  # a small import: replayed, not worth a base
@@ -272,3 +279,12 @@ def test_a_saved_base_trims_the_deletions_log(tmp_path: Path) -> None:
         assert logged is not None and logged.tolist() == [ids[40]]
     finally:
         catalog.close()
+
+
+def test_nprobe_is_tuned_again_at_twice_the_size_never_during_an_import() -> None:
+    p = Policy()
+    assert p.needs_retune("ivf-pqfs", 1000, 2000, holds=0)
+    assert not p.needs_retune("ivf-pqfs", 1000, 1999, holds=0)
+    assert not p.needs_retune("ivf-pqfs", 1000, 5000, holds=1)  # an import holds the index
+    assert not p.needs_retune("ivf-pqfs", 0, 5000, holds=0)  # a base that did not record it
+    assert not p.needs_retune("exact", 1000, 5000, holds=0)

@@ -53,6 +53,7 @@ class BaseMeta:
     nprobe: int = 0
     recall: float | None = None
     rescore: int = 0  # candidates re-scored with exact vectors (k multiplier); 0 = none
+    tuned_count: int = 0  # library size when nprobe and rescore were tuned (0: not recorded)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import policy as P
-from .base import Base, BaseMeta, emptied
+from .base import Base, BaseMeta, emptied, ivf
 from .codes import Encoded, encoded, merge_into
 from .segments import exact_among, hnsw, merge, search_params
 
@@ -94,7 +94,7 @@ def build(
         nprobe, recall, rescore = tune(index, spec, (q_ids, queries), others, source, policy, stop)
     meta = BaseMeta(
         model_id, dim, spec.kind, spec.factory, generation, len(all_ids), len(all_ids),
-        time.time(), nprobe, recall, rescore,
+        time.time(), nprobe, recall, rescore, len(all_ids),
     )  # fmt: skip
     log.info(
         "index built: %s, %d vectors in %.1fs (nprobe %d, recall@10 %.3f, rescore %d)",
@@ -126,6 +126,36 @@ def fold(
         index.add_with_ids(frozen[1], frozen[0])  # an exact base
     ids = np.union1d(np.setdiff1d(old.ids, drop, assume_unique=True), recent_ids)
     return Base(index, ids, replace(old.meta, generation=generation, count=len(ids)), template)
+
+
+def retune(base: Base, source: Source, policy: P.Policy, stop: threading.Event) -> Base:
+    """`base` with nprobe and re-scoring tuned again for the size it has now (an index trained
+    early for an import's final size was tuned on the rows it held then): the same queries and
+    recall target as a build, the ground truth streamed from the store."""
+    started = time.monotonic()
+    spec = P.Spec(base.meta.kind, base.meta.factory, int(getattr(ivf(base.index), "nlist", 0)))
+    rng = np.random.default_rng(P.SEED)
+    present = base.ids  # what the base holds (rows written since are replayed on top)
+    picked = np.sort(rng.choice(present, min(P.TUNE_QUERIES, len(present)), replace=False))
+    q_ids, queries = source.vectors(picked.tolist())
+    truth = (np.full((len(q_ids), 0), -np.inf, np.float32), np.zeros((len(q_ids), 0), np.int64))
+    for ids, vectors in source.chunks():
+        if stop.is_set():
+            raise Stopped
+        keep = base.contains(ids)
+        found = exact_among(queries, P.RECALL_K + 1, ids[keep], vectors[keep])
+        truth = merge([truth, found], P.RECALL_K + 1)
+    others = _without(truth[1], q_ids, P.RECALL_K)
+    nprobe, recall, rescore = tune(base.index, spec, (q_ids, queries), others, source, policy, stop)
+    meta = replace(
+        base.meta, nprobe=nprobe, recall=recall, rescore=rescore, tuned_count=len(present)
+    )
+    log.info(
+        "index re-tuned at %d vectors in %.1fs: nprobe %d -> %d, rescore %d -> %d, recall@10 %.3f",
+        len(present), time.monotonic() - started, base.meta.nprobe, nprobe, base.meta.rescore,
+        rescore, recall,
+    )  # fmt: skip
+    return replace(base, meta=meta)
 
 
 def tune(

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import Busy
 from . import base as B
-from .build import Source, Stopped, build, fold, rescored
+from .build import Source, Stopped, build, fold, rescored, retune
 from .policy import BUILDING_RETRY_S, QUANTIZED, Policy
 from .segments import Change, Segments, bits, exact_among, merge
 
@@ -404,6 +404,9 @@ class LibraryIndex:
             generation = self._applied
         saved = self._path / B.INDEX if self._path else None
         base = fold(seg.base, saved, bits(dead), bits(recent), frozen, generation)
+        if self.policy.needs_retune(base.meta.kind, base.meta.tuned_count, len(base), self._holds):
+            self.state = "tuning"
+            base = retune(base, self.source, self.policy, self._stop)
         return self._keep(base)
 
     def _keep(self, base: B.Base) -> B.Base:

@@ -45,6 +45,10 @@ HNSW_MIN_EF = 64
 HNSW_EF_PER_PROBE = 2
 # Retrain when the library has grown this many times over the count the index was trained on.
 RETRAIN_GROWTH = 4.0
+# Tune nprobe and re-scoring again (at a compaction, not while a bulk import holds them) when
+# the base has grown this many times over the count they were tuned on: an index trained early
+# for an import's final size (train_at) was tuned on the rows it held then.
+RETUNE_GROWTH = 2.0
 # Recent adds live in an exact in-memory segment; fold them (and deletions) into a new base
 # once the segment holds DELTA_MAX vectors or deletions reach TOMBSTONE_FRACTION of the base.
 # The segment may also grow to DELTA_FRACTION of the base (at most DELTA_CAP vectors): each
@@ -128,6 +132,7 @@ class Policy:
     settle_min: int = SETTLE_MIN
     tombstone_fraction: float = TOMBSTONE_FRACTION
     retrain_growth: float = RETRAIN_GROWTH
+    retune_growth: float = RETUNE_GROWTH
     target_recall: float = TARGET_RECALL
     allowed_exact_max: int = ALLOWED_EXACT_MAX
     store_scan_max: int = STORE_SCAN_MAX
@@ -157,6 +162,12 @@ class Policy:
         """How many recent vectors a bulk import's hold lets pile up before the worker folds
         them in anyway (memory; twice this and the import waits)."""
         return self.held_delta_max * (CODED_SCALE if coded else 1)
+
+    def needs_retune(self, kind: str, tuned_count: int, count: int, holds: int) -> bool:
+        """Whether a compacted base of `count` vectors should be tuned again (never while a
+        bulk import holds the index; bases that did not record their tuning size: never)."""
+        tunable = kind != "exact" and tuned_count > 0 and not holds
+        return tunable and count >= self.retune_growth * tuned_count
 
     def needs_training(self, current: str, trained_count: int, count: int, dim: int) -> bool:
         """Whether the library outgrew the index it has (another kind, or grown several-fold)."""
