@@ -35,6 +35,14 @@ PHOTOS = (
 _T0 = time.perf_counter()
 
 
+def record(result: dict[str, Any], name: str) -> None:
+    """Print a run's result (indented JSON) and append it as one line to bench/out/NAME.jsonl."""
+    OUT_DIR.mkdir(exist_ok=True)
+    with open(OUT_DIR / f"{name}.jsonl", "a") as fh:
+        fh.write(json.dumps(result, default=str) + "\n")
+    print(json.dumps(result, indent=1, default=str))
+
+
 def progress(message: str) -> None:
     """One progress line on stderr, stamped with seconds since start."""
     print(f"[{time.perf_counter() - _T0:7.1f}s] {message}", file=sys.stderr, flush=True)

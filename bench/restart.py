@@ -16,7 +16,6 @@ object and appends it to bench/out/restart.jsonl.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import signal
 import sys
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import OUT_DIR, Daemon, progress  # noqa: E402
+from _common import OUT_DIR, Daemon, progress, record  # noqa: E402
 from scale import CHUNK, MODELS, Vectors, machine, post_json, rss, wait_idle, write_shards  # noqa: E402
 
 RECENT_ROOT = "/imgsearch-recent"
@@ -149,10 +148,7 @@ def main() -> None:
     parser.add_argument("--label", default="", help="a note stored with the result")
     args = parser.parse_args()
     out = {"label": args.label, **run(args)}
-    text = json.dumps(out, default=str)
-    print(text)
-    with open(OUT_DIR / "restart.jsonl", "a") as f:
-        f.write(text + "\n")
+    record(out, "restart")
 
 
 if __name__ == "__main__":

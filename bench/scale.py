@@ -43,6 +43,7 @@ from _common import (  # noqa: E402
     generate_jpegs,
     percentiles,
     progress,
+    record,
 )
 
 CHUNK = 10_000  # vectors generated at a time, and paths per folder
@@ -421,10 +422,7 @@ def main() -> None:
         result: dict[str, Any] = {"crossover": crossover(args.crossover, 512), **machine()}
     else:
         result = run(args)
-    OUT_DIR.mkdir(exist_ok=True)
-    with open(OUT_DIR / "scale.jsonl", "a") as fh:
-        fh.write(json.dumps(result) + "\n")
-    print(json.dumps(result, indent=1))
+    record(result, "scale")
 
 
 if __name__ == "__main__":

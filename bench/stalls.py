@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import OUT_DIR, Daemon, get_json, percentiles, progress  # noqa: E402
+from _common import OUT_DIR, Daemon, get_json, percentiles, progress, record  # noqa: E402
 from scale import (  # noqa: E402
     CHUNK,
     MODELS,
@@ -268,10 +268,7 @@ def main() -> None:
                 out["rss"] = rss(daemon._proc.pid)  # type: ignore[union-attr]
                 out["log_tail"] = daemon.log_tail(8)
     out["load_after"] = machine()["load"]
-    OUT_DIR.mkdir(exist_ok=True)
-    with open(OUT_DIR / "stalls.jsonl", "a") as fh:
-        fh.write(json.dumps(out) + "\n")
-    print(json.dumps(out, indent=1))
+    record(out, "stalls")
 
 
 if __name__ == "__main__":
