@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .index import LibraryIndex, Policy
+from .index import LibraryIndex, Policy, Precoded
 from .store import NewImage, Store, WriteResult
 
 log = logging.getLogger(__name__)
@@ -134,14 +134,16 @@ class Catalog:
 
     # -- changes ------------------------------------------------------------------------------
 
-    def put(self, items: Sequence[NewImage]) -> WriteResult:
-        """Write images (insert or replace by path); searchable when this returns."""
+    def put(self, items: Sequence[NewImage], ahead: Precoded | None = None) -> WriteResult:
+        """Write images (insert or replace by path); searchable when this returns.
+        `ahead`: the index's encode() of these items' vectors, in order (made beforehand)."""
         with self._mutate:
             result = self.store.images.upsert(items)
             vectors = np.array(
                 [item.vector for item in items], dtype=np.float32
             )  # (faster than np.stack)
-            self.index.add(np.asarray(result.ids, dtype=np.int64), vectors, result.generation)
+            ids = np.asarray(result.ids, dtype=np.int64)
+            self.index.add(ids, vectors, result.generation, ahead)
             self._notify(result)
         return result
 

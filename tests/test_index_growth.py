@@ -288,3 +288,64 @@ def test_nprobe_is_tuned_again_at_twice_the_size_never_during_an_import() -> Non
     assert not p.needs_retune("ivf-pqfs", 1000, 5000, holds=1)  # an import holds the index
     assert not p.needs_retune("ivf-pqfs", 0, 5000, holds=0)  # a base that did not record it
     assert not p.needs_retune("exact", 1000, 5000, holds=0)
+
+
+def test_rows_encoded_ahead_of_their_write_are_found_under_their_ids(tmp_path: Path) -> None:
+    import faiss
+
+    from imgsearch.index import Precoded
+
+    vectors = clustered(4000)
+    catalog = Catalog(tmp_path, "m", DIM, Policy(exact_max=100, delta_max=1 << 40))
+    without_worker(catalog)
+    try:
+        fill(catalog, vectors[:3000])
+        assert catalog.index.maintain() == "train" and catalog.index._segments.coded
+        for start, fresh in ((3000, True), (3500, False)):
+            part = vectors[start : start + 500]
+            ahead = catalog.index.encode(part)
+            assert ahead is not None and ahead.count == 500
+            if not fresh:  # codes of another template (a retraining meanwhile): encoded again
+                ahead = Precoded(faiss.clone_index(ahead.template), ahead.codes, ahead.count)
+            items = [
+                NewImage(FileFacts(f"/w/{start + i}.jpg", 1, 1, f"w{start + i}", 1, 1), v)
+                for i, v in enumerate(part)
+            ]
+            ids = catalog.put(items, ahead).ids
+            assert int(ahead.codes.index.ntotal) == (0 if fresh else 500)  # moved in, or not
+            assert set(ids) <= set(catalog.index._segments.recent_ids().tolist())
+            for i in range(0, 500, 25):  # each row under its own id (among its 10 best)
+                hits = catalog.nearest(part[i : i + 1], 10)[0]
+                assert f"/w/{start + i}.jpg" in {h.path for h in hits}, (start, i)
+    finally:
+        catalog.close()
+
+
+def test_an_import_batch_partly_skipped_drops_the_codes_made_ahead(
+    tmp_path: Path, tiny_embedder: Embedder
+) -> None:
+    dim = tiny_embedder.dim
+    vectors = clustered(3400, dim)
+    catalog = Catalog(tmp_path, tiny_embedder.model_id, dim, Policy(exact_max=100))
+    without_worker(catalog)
+    ingester = Ingester(
+        catalog, tiny_embedder, extensions=BASE_EXTENSIONS, allows=lambda _: True,
+        batch_size=4, workers=1, max_file_bytes=10**7, max_pixels=10**8,
+    )  # fmt: skip
+    try:
+        facts = [FileFacts(f"/i/{i}.jpg", 1, 1, f"i{i}", 1, 1) for i in range(len(vectors))]
+        items = [NewImage(f, v) for f, v in zip(facts, vectors, strict=True)]
+        ingester.add_embedded(items[:3000], batch_size=3000)
+        assert catalog.index.maintain() == "train" and catalog.index._segments.coded
+        # 200 stored unchanged (skipped), 200 new, one bad: the codes do not fit the write
+        bad = NewImage(FileFacts("relative.jpg", 1, 1, "r", 1, 1), vectors[0])
+        checked = ingester.check_embedded([*items[2800:], bad], encode=True)
+        assert checked.good == 600 and checked.ahead is not None
+        report = ingester.add_embedded(checked, batch_size=600)
+        assert (report.added, report.skipped, len(report.errors)) == (400, 200, 1)
+        assert int(checked.ahead.codes.index.ntotal) == 600  # not used: encoded again
+        for i in range(3000, 3400, 20):
+            hits = catalog.nearest(vectors[i : i + 1], 10)[0]
+            assert f"/i/{i}.jpg" in {h.path for h in hits}, i
+    finally:
+        catalog.close()

@@ -3,7 +3,9 @@
 Every shard's model and dimension are checked before any row is written (a mismatch is a 400
 naming both models). Rows go batch by batch through the ingest core (`add_embedded`: upsert by
 path, a row whose size and mtime match what is stored is skipped, a moved file keeps its row)
-and are searchable as each batch commits.
+and are searchable as each batch commits. The next batch is read, checked and encoded by the
+index (its codes) on a second thread while this one is written, so the encoding (FAISS, which
+lets go of the GIL) and SQLite's writes run side by side.
 
 Progress is kept in DATA_DIR/imports/<id>.json, rewritten atomically after every batch: the rows
 done in each shard. A job that a crash or a shutdown left queued or running is resumed at
@@ -17,7 +19,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +29,7 @@ import pyarrow as pa
 
 from ..errors import BadRequest, NotFound
 from ..files import write_atomic
-from ..ingest import AddReport, Ingester
+from ..ingest import AddReport, Checked, Ingester
 from ..store import FileFacts, NewImage
 from .columns import import_metadata
 from .format import BadRow, RowBatch, ShardInfo, read_batches, shard_files, shard_info
@@ -183,13 +185,21 @@ def to_images(batch: RowBatch) -> list[NewImage]:
     return out
 
 
-def ahead(batches: Iterator[RowBatch]) -> Iterator[RowBatch]:
-    """The same batches, the next one read and checked on a thread while this one is written."""
+def ahead(
+    batches: Iterator[RowBatch], prepare: Callable[[RowBatch], Checked | None]
+) -> Iterator[tuple[RowBatch, Checked | None]]:
+    """The same batches, each with prepare(batch): the next one read, checked and encoded
+    on a thread while this one is written (the encoding and SQLite's writes overlap)."""
+
+    def step() -> tuple[RowBatch, Checked | None] | None:
+        batch = next(batches, None)
+        return None if batch is None else (batch, prepare(batch))
+
     with ThreadPoolExecutor(1, thread_name_prefix="import-read") as pool:
-        future = pool.submit(next, batches, None)
-        while (batch := future.result()) is not None:
-            future = pool.submit(next, batches, None)
-            yield batch
+        future = pool.submit(step)
+        while (item := future.result()) is not None:
+            future = pool.submit(step)
+            yield item
 
 
 class ImportManager:
@@ -303,18 +313,24 @@ class ImportManager:
     def _import_shard(self, job: ImportJob, info: ShardInfo, rename: PathMap | None) -> None:
         start = job.shards[info.path.name]
         batches = read_batches(info, start_row=start, batch_rows=self.batch_rows, rename=rename)
-        for batch in ahead(batches):
+        for batch, checked in ahead(batches, self._check):
             if job.stop.is_set():
                 return
             report = AddReport()
-            if batch.paths:  # one transaction per batch
-                items = to_images(batch)
-                self.ingester.add_embedded(items, report=report, batch_size=len(items))
+            if checked is not None:  # one transaction per batch
+                size = len(batch.paths)
+                self.ingester.add_embedded(checked, report=report, batch_size=size)
                 refused = import_metadata(self.catalog.store, str(info.path), batch)
                 room = max(0, ERRORS_KEPT - len(job.errors))
                 job.errors += [r.as_json() for r in refused[:room]]
             self._record(job, info, batch, report)
             self.catalog.index.make_room(job.stop)  # the index keeps up (bounded memory)
+
+    def _check(self, batch: RowBatch) -> Checked | None:
+        """A batch's rows checked, and encoded by the index as it is now (None: no rows)."""
+        if not batch.paths:
+            return None
+        return self.ingester.check_embedded(to_images(batch), encode=True)
 
     def _skip_rest(self, job: ImportJob, info: ShardInfo, reason: str) -> None:
         """Count a shard's unread rows as failed (one error for them all) and move on."""

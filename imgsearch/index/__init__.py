@@ -14,6 +14,7 @@ import numpy as np
 
 from .base import IndexFileError
 from .build import Source
+from .codes import Precoded
 from .manager import LibraryIndex
 from .policy import Policy, Spec
 
@@ -21,8 +22,14 @@ from .policy import Policy, Spec
 class VectorIndex(Protocol):
     """What the catalog needs of an index (ids are the store's row ids)."""
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray, generation: int) -> None:
-        """Add or replace vectors; `generation` is the database write that made them."""
+    def add(
+        self, ids: np.ndarray, vectors: np.ndarray, generation: int, ahead: Precoded | None = None
+    ) -> None:
+        """Add or replace vectors; `generation` is the database write that made them;
+        `ahead`: what encode() made of these vectors beforehand (or None)."""
+
+    def encode(self, vectors: np.ndarray) -> Precoded | None:
+        """Codes of vectors about to be added, made ahead off every lock (None: not coded)."""
 
     def remove(self, ids: np.ndarray, generation: int) -> None:
         """Stop finding these ids."""
@@ -39,4 +46,4 @@ class VectorIndex(Protocol):
         """Stop background work; nothing needs saving (the store is the truth)."""
 
 
-__all__ = ["IndexFileError", "LibraryIndex", "Policy", "Source", "Spec", "VectorIndex"]
+__all__ = ["IndexFileError", "LibraryIndex", "Policy", "Precoded", "Source", "Spec", "VectorIndex"]

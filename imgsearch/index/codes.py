@@ -1,9 +1,10 @@
 """Codes moved between copies of one trained IVF index: the coded recent segment and compaction.
 
 A base's `template` (its trained index before any vector was added) is copied to make the
-recent segment, and to encode each batch of adds off the lock; `merge_into` then moves codes
-and ids from one copy into another, nothing re-encoded (FAISS's `merge_from`, with a guard for
-a FAISS 1.15 fast-scan bug).
+recent segment, and to encode each batch of adds off the lock (a bulk import encodes a batch
+ahead, before its rows are written: `Precoded`, relabelled with their ids once they have
+them); `merge_into` then moves codes and ids from one copy into another, nothing re-encoded
+(FAISS's `merge_from`, with a guard for a FAISS 1.15 fast-scan bug).
 """
 
 from __future__ import annotations
@@ -22,6 +23,16 @@ class Encoded:
     lists: np.ndarray | None = None  # its non-empty lists, if known
 
 
+@dataclass
+class Precoded:
+    """Rows encoded ahead of their write (their ids unknown yet: codes under positions
+    0..count-1, see relabel) by a copy of `template`; usable by a segment of that template."""
+
+    template: Any
+    codes: Encoded
+    count: int
+
+
 def encoded(template: Any, ids: np.ndarray, vectors: np.ndarray) -> Encoded:
     """`vectors` encoded by a copy of `template` (a trained, empty IVF index)."""
     import faiss
@@ -29,6 +40,18 @@ def encoded(template: Any, ids: np.ndarray, vectors: np.ndarray) -> Encoded:
     batch = faiss.clone_index(template)  # copies the coarse quantizer (MBs): no codes in it
     batch.add_with_ids(vectors, ids)
     return Encoded(batch, nonempty(batch))
+
+
+def relabel(source: Encoded, ids: np.ndarray) -> None:
+    """Give the codes of `source`, encoded under their positions 0..n-1 (before the rows had
+    ids), the ids `ids[position]`, in place."""
+    import faiss
+
+    lists: Any = faiss.extract_index_ivf(source.index).invlists
+    todo = nonempty(source.index) if source.lists is None else source.lists
+    for i in todo.tolist():
+        stored = faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i))
+        stored[:] = ids[stored]
 
 
 def nonempty(index: Any) -> np.ndarray:

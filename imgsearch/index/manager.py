@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import Busy
 from . import base as B
 from .build import Source, Stopped, build, fold, rescored, retune
+from .codes import Encoded, Precoded, encoded, relabel
 from .policy import BUILDING_RETRY_S, QUANTIZED, Policy
 from .segments import Change, Segments, bits, exact_among, merge
 
@@ -158,15 +159,36 @@ class LibraryIndex:
 
     # -- changes (the catalog calls these in generation order) -------------------------------
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray, generation: int) -> None:
-        """Add (or replace) vectors under `ids`."""
+    def encode(self, vectors: np.ndarray) -> Precoded | None:
+        """What add() would encode of `vectors`, done ahead (off every lock: a bulk import
+        encodes its next batch while it writes this one); None while the recent segment holds
+        vectors, not codes."""
+        seg = self._segments
+        if not seg.coded:
+            return None
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        positions = np.arange(len(vectors), dtype=np.int64)
+        template = seg.base.template
+        return Precoded(template, encoded(template, positions, vectors), len(vectors))
+
+    def add(
+        self, ids: np.ndarray, vectors: np.ndarray, generation: int, ahead: Precoded | None = None
+    ) -> None:
+        """Add (or replace) vectors under `ids`; `ahead`: encode() of these vectors, in order."""
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
         seg = self._segments
-        encoded = seg.encode(ids, vectors)  # off the lock: searches of the recent one go on
+        if ahead is not None and ahead.template is seg.base.template and ahead.count == len(ids):
+            relabel(ahead.codes, ids)
+            codes: Encoded | None = ahead.codes
+        else:
+            codes = seg.encode(ids, vectors)  # off the lock: searches of the recent one go on
         with self._lock:
-            now = self._segments  # (a swap meanwhile: encoded again for the new segments)
-            now.add(ids, vectors, encoded if now is seg else None)
+            # A swap meanwhile: the codes still fit a segment of the same template (a
+            # compaction's); else they are encoded again for the new segments.
+            now = self._segments
+            fits = now.coded and now.base.template is seg.base.template
+            now.add(ids, vectors, codes if fits else None)
             self._note(generation, "add", ids, vectors)
         self._poke()
 

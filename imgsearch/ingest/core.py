@@ -29,6 +29,7 @@ from ..catalog import Catalog
 from ..embedders import Embedder, lanes_of
 from ..errors import ImgSearchError, NotFound
 from ..images import decode, read_file
+from ..index import Precoded
 from ..store import FileFacts, NewImage
 from .folders import files_to_add
 from .report import AddReport, FileError
@@ -36,6 +37,17 @@ from .report import AddReport, FileError
 log = logging.getLogger(__name__)
 
 ProgressHook = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Checked:
+    """Embedded rows checked ahead of writing (check_embedded): each a row scaled to unit
+    length or the error that refused it; how many are good; and, where the index holds codes,
+    what it encoded of the good ones' vectors, in order (`ahead`)."""
+
+    rows: list[NewImage | FileError]
+    good: int
+    ahead: Precoded | None = None
 
 
 @dataclass(frozen=True)
@@ -127,9 +139,17 @@ class Ingester:
                 run.all([Path(p) for p in todo])
         return report
 
+    def check_embedded(self, items: Sequence[NewImage], encode: bool = False) -> Checked:
+        """Check rows ahead of add_embedded (a bulk import checks its next batch while it
+        writes this one); `encode`: the index encodes the good rows' vectors too."""
+        rows = self._checked(items)
+        good = [row.vector for row in rows if isinstance(row, NewImage)]
+        ahead = self.catalog.index.encode(np.array(good)) if encode and good else None
+        return Checked(rows, len(good), ahead)
+
     def add_embedded(
         self,
-        items: Sequence[NewImage],
+        items: Sequence[NewImage] | Checked,
         *,
         update: bool = False,
         report: AddReport | None = None,
@@ -140,17 +160,21 @@ class Ingester:
         `batch_size`: rows per transaction (default the embedding batch size)."""
         report = AddReport() if report is None else report
         size = batch_size or self.batch_size
+        checked = items if isinstance(items, Checked) else self.check_embedded(items)
         latest: dict[str, NewImage] = {}  # the last row of a path wins
-        for checked in self._checked(items):
-            if isinstance(checked, FileError):
-                report.fail(checked)
+        for row in checked.rows:
+            if isinstance(row, FileError):
+                report.fail(row)
             else:
-                latest[checked.facts.path] = checked
+                latest[row.facts.path] = row
         with self._run_lock:
             stats = {p: (i.facts.size, i.facts.mtime_ns) for p, i in latest.items()}
             todo, new = self._triage(stats, update, report)
+            # Codes made ahead fit only a write of every good row, in order, at once.
+            whole = len(todo) == checked.good and len(todo) <= size
+            ahead = checked.ahead if whole else None
             for start in range(0, len(todo), size):
-                self.write([latest[p] for p in todo[start : start + size]], new, report)
+                self.write([latest[p] for p in todo[start : start + size]], new, report, ahead)
         return report
 
     def _checked(self, items: Sequence[NewImage]) -> list[NewImage | FileError]:
@@ -235,12 +259,15 @@ class Ingester:
         items = [NewImage(p.facts, v) for p, v in zip(batch, vectors, strict=True)]
         self.write(items, set(), report)
 
-    def write(self, items: list[NewImage], new: set[str], report: AddReport) -> None:
-        """Write embedded rows: a new path holding a moved image takes over its row."""
+    def write(
+        self, items: list[NewImage], new: set[str], report: AddReport, ahead: Precoded | None = None
+    ) -> None:
+        """Write embedded rows: a new path holding a moved image takes over its row.
+        `ahead`: the index's codes of exactly these rows (dropped if some were moves)."""
         moved = self._follow_moves([i.facts for i in items if i.facts.path in new], report)
-        items = [i for i in items if i.facts.path not in moved]
-        if items:
-            result = self.catalog.put(items)
+        kept = [i for i in items if i.facts.path not in moved]
+        if kept:
+            result = self.catalog.put(kept, ahead if len(kept) == len(items) else None)
             report.updated += len(result.updated)
             report.added += len(result.ids) - len(result.updated)
 

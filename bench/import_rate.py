@@ -1,0 +1,144 @@
+"""Bulk import rate over time at scale: part of a big import, watched, profiled, cancelled.
+
+    python bench/import_rate.py --rows 3000000 --tmp /work/big/A            # of the 10M shards
+    python bench/import_rate.py --rows 3000000 --spy 120:60 --spy 400:60    # py-spy meanwhile
+
+One daemon (ViT-B-32, random weights: the model only names the vectors) starts on an empty
+data dir and imports a folder of shards (default: bench/scale.py's cached 10M clustered
+float16 shards) with `POST /import {"wait": false}`, so the job's planned size (and the index
+it trains for) is the folder's whole size; every --every seconds the job, `/stats` and the
+daemon's CPU time and RSS are sampled (rate over time), and the job is cancelled once --rows
+rows are done. `--spy START:SECONDS` records the daemon with py-spy (--native, every thread,
+raw collapsed stacks into bench/out/) from START seconds after the import began; a summary of
+where each thread's samples went is printed. Appends one JSON line to bench/out/import_rate.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _common import OUT_DIR, Daemon, cpu_model, progress, record  # noqa: E402
+
+SHARDS = OUT_DIR / "scale-shards-open_clip_ViT-B-32_random-clustered-10000000"
+PY_SPY = Path(sys.executable).parent / "py-spy"
+
+
+def send(url: str, method: str, body: dict[str, Any] | None = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data, {"Content-Type": "application/json"}, method=method)
+    with urllib.request.urlopen(req, timeout=600) as resp:
+        return json.load(resp)
+
+
+def memory(pid: int) -> tuple[float, float]:
+    """(RSS, peak RSS) in GB."""
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    kb = {line.split(":")[0]: int(line.split()[1]) for line in lines if line.startswith("Vm")}
+    return kb["VmRSS"] / 2**20, kb["VmHWM"] / 2**20
+
+
+def summarize(raw: Path, top: int = 12) -> dict[str, Any]:
+    """Samples per thread, and per thread the functions (innermost Python or native frame
+    of interest) they were in, from py-spy's raw collapsed stacks."""
+    threads: collections.Counter[str] = collections.Counter()
+    where: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        thread = frames[0]
+        threads[thread] += int(count)
+        # The innermost frame of our code (imgsearch/...), plus the innermost frame overall.
+        ours = next((f for f in reversed(frames) if "imgsearch/" in f), frames[-1])
+        where[thread][f"{ours.split(' (')[0]} <- {frames[-1][:60]}"] += int(count)
+    total = sum(threads.values()) or 1
+    return {
+        thread: {
+            "share": round(n / total, 3),
+            "top": {k: round(v / n, 3) for k, v in where[thread].most_common(top)},
+        }
+        for thread, n in threads.most_common()
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dir", type=Path, default=SHARDS)
+    parser.add_argument("--rows", type=int, default=3_000_000)
+    parser.add_argument("--every", type=float, default=10.0)
+    parser.add_argument("--tmp", type=Path, default=None)
+    parser.add_argument("--spy", action="append", default=[], help="START:SECONDS (repeatable)")
+    parser.add_argument("--label", default="")
+    args = parser.parse_args()
+    spies = sorted(tuple(float(x) for x in s.split(":")) for s in args.spy)
+    out: dict[str, Any] = {"label": args.label, "cpu": cpu_model(), "rows": args.rows}
+    out["load_before"] = os.getloadavg()
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        daemon = Daemon(["--model", "ViT-B-32", "--pretrained", "none"], Path(tmp) / "data")
+        with daemon:
+            pid = daemon._proc.pid  # type: ignore[union-attr]
+            job = send(daemon.url + "/import", "POST", {"dir": str(args.dir), "wait": False})
+            start, cpu0 = time.perf_counter(), daemon.cpu_seconds()
+            samples, running = [], []
+            last = (0.0, 0, cpu0)
+            while True:
+                time.sleep(args.every)
+                now = time.perf_counter() - start
+                while spies and spies[0][0] <= now:
+                    at, secs = spies.pop(0)
+                    raw = OUT_DIR / f"import_rate-{args.label or 'run'}-{int(at)}.txt"
+                    cmd = [str(PY_SPY), "record", "--native", "--threads", "-r", "50", "-f"]
+                    cmd += ["raw", "-o", str(raw), "-d", str(int(secs)), "-p", str(pid)]
+                    running.append((raw, subprocess.Popen(cmd, stdout=subprocess.DEVNULL)))
+                state = send(f"{daemon.url}/import/{job['id']}", "GET")
+                index = send(daemon.url + "/stats", "GET")["index"]
+                cpu, (rss, peak) = daemon.cpu_seconds(), memory(pid)
+                rate = (state["done"] - last[1]) / (now - last[0])
+                cpu_rate = (state["done"] - last[1]) / max(1e-9, cpu - last[2])
+                sample = {
+                    "t": round(now, 1), "done": state["done"], "rate": round(rate),
+                    "per_cpu_s": round(cpu_rate), "rss_gb": round(rss, 2),
+                    "state": index["state"], "base": index["base"], "recent": index["recent"],
+                    "load": os.getloadavg()[0],
+                }  # fmt: skip
+                samples.append(sample)
+                progress(json.dumps(sample))
+                last = (now, state["done"], cpu)
+                if state["done"] >= args.rows or state["state"] not in ("queued", "running"):
+                    break
+            elapsed, cpu = time.perf_counter() - start, daemon.cpu_seconds() - cpu0
+            done = state["done"]
+            send(f"{daemon.url}/import/{job['id']}", "DELETE")
+            _, peak = memory(pid)
+            for raw, proc in running:
+                proc.wait()
+                out[f"profile_{raw.stem}"] = summarize(raw)
+            log = daemon.log_path.read_text(errors="replace").splitlines()
+    out.update(
+        {
+            "done": done,
+            "seconds": round(elapsed, 1),
+            "vectors_per_s": round(done / elapsed),
+            "daemon_cpu_s": round(cpu, 1),
+            "vectors_per_cpu_s": round(done / cpu),
+            "peak_rss_gb": round(peak, 2),
+            "load_after": os.getloadavg(),
+            "samples": samples,
+            "log": [line for line in log if "index" in line or "import" in line][-60:],
+        }
+    )
+    record(out, "import_rate")
+
+
+if __name__ == "__main__":
+    main()
