@@ -243,6 +243,38 @@ def test_compaction_threshold_grows_with_the_base() -> None:
     assert Policy(delta_max=5, delta_fraction=0).delta_limit(1_000_000) == 5
 
 
+def test_a_hold_lets_coded_recent_rows_grow_with_the_base() -> None:
+    p = Policy()
+    assert p.held_limit(False, 10_000_000) == 200_000  # exact rows: 2 KB each at 512-d
+    assert p.held_limit(True, 0) == p.held_limit(True, 1_000_000) == 800_000
+    assert p.held_limit(True, 10_000_000) == 5_000_000  # O(n) rewrites for a big import
+    assert Policy(held_growth=0).held_limit(True, 10_000_000) == 800_000
+
+
+def test_a_start_replays_many_newer_rows_as_codes(tmp_path: Path) -> None:
+    vectors = clustered(N + 400)
+    small = Policy(exact_max=100, delta_max=1 << 40, held_delta_max=50)
+    first = Catalog(tmp_path, "m", DIM, small)
+    try:
+        fill(first, vectors[:N])
+        first.index.maintain()  # (or the worker did)
+        assert first.index.describe()["kind"] == "ivf-pqfs"
+        fill(first, vectors[N:], start=N)  # 400 recent rows: a crash before they are folded
+        assert first.index.describe()["recent"] == 400
+    finally:
+        first.close()
+    for held, coded in ((50, True), (1000, False)):  # over held_delta_max: codes, else exact
+        again = Catalog(tmp_path, "m", DIM, dataclasses.replace(small, held_delta_max=held))
+        try:
+            about = again.index.describe()
+            assert (about["origin"], about["recent"]) == ("replayed", 400)
+            assert again.index._segments.coded is coded
+            hits = again.nearest(vectors[N + 7 : N + 8], 10)[0]
+            assert f"/v/{N + 7}.jpg" in {h.path for h in hits}
+        finally:
+            again.close()
+
+
 def test_a_hold_defers_training_and_compaction_until_it_ends(tmp_path: Path) -> None:
     vectors = clustered(N)
     catalog = Catalog(tmp_path, "m", DIM, Policy(exact_max=100, delta_max=100, delta_fraction=0))
@@ -263,8 +295,12 @@ def test_a_hold_defers_training_and_compaction_until_it_ends(tmp_path: Path) -> 
             index.make_room(threading.Event())  # 200 recent: under twice the bound, at once
             assert index.describe()["recent"] == 200
             # A coded recent segment (the base is IVF now) may hold CODED_SCALE times as many.
-            index.policy = Policy(exact_max=100, delta_max=100, delta_fraction=0, held_delta_max=24)
-            assert index.policy.held_limit(True) == 4 * 24 and index.describe()["recent"] > 2 * 96
+            index.policy = Policy(
+                exact_max=100, delta_max=100, delta_fraction=0, held_delta_max=24, held_growth=0
+            )
+            assert (
+                index.policy.held_limit(True, N) == 4 * 24 and index.describe()["recent"] > 2 * 96
+            )
             index.make_room(threading.Event())  # over twice the bound: the worker folds it in
             assert index.describe()["recent"] <= 2 * 96
         assert index.maintain() in ("compact", None)  # (or the worker did, once released)

@@ -87,6 +87,11 @@ class LibraryIndex:
         gone = self._gone(base)
         segments.remove(gone)
         found = time.monotonic()
+        # Many rows newer than the base (a crash mid-import: up to held_growth times the base)
+        # are replayed as codes: encoding is slower than a copy, but an exact segment of
+        # millions of rows would not fit in memory (2 KB a row at 512-d).
+        if self.source.count() - len(segments) > self.policy.held_delta_max:
+            segments.code_if_empty()
         replayed = 0
         for ids, vectors in self.source.chunks(since_generation=base.meta.generation):
             segments.add(ids, vectors)
@@ -236,8 +241,7 @@ class LibraryIndex:
         """A bulk writer calls this between batches: while the recent segment holds over twice
         `policy.held_limit`, it waits for the worker to fold it in (memory stays bounded;
         an import goes at the index's pace), or until `stop` (or close()) is set."""
-        limit = 2 * self.policy.held_limit(self._segments.coded)
-        while int(self._segments.recent.ntotal) > limit:
+        while int((seg := self._segments).recent.ntotal) > 2 * self._held_limit(seg):
             if stop.is_set() or self._stop.is_set():
                 return
             self._wake.set()
@@ -245,7 +249,10 @@ class LibraryIndex:
 
     def _held(self) -> bool:
         seg = self._segments
-        return self._holds > 0 and int(seg.recent.ntotal) <= self.policy.held_limit(seg.coded)
+        return self._holds > 0 and int(seg.recent.ntotal) <= self._held_limit(seg)
+
+    def _held_limit(self, seg: Segments) -> int:
+        return self.policy.held_limit(seg.coded, len(seg.base))
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -340,7 +347,7 @@ class LibraryIndex:
         if not self.policy.needs_training(meta.kind, meta.trained_count, target, self.dim):
             return False
         seg = self._segments
-        if not self._holds or int(seg.recent.ntotal) > self.policy.held_limit(seg.coded):
+        if not self._holds or int(seg.recent.ntotal) > self._held_limit(seg):
             return True
         # A bulk import is under way: train once, for the size it will reach, when the sample
         # is in (earlier only if the recent segment outgrew the hold's bound: memory first).

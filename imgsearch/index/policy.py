@@ -70,6 +70,13 @@ CODED_SCALE = 4
 # grows the library trains the index once, for its final size (Policy.train_at), as soon as the
 # library holds that index's training sample, and compacts when it ends.
 HELD_DELTA_MAX = 200_000
+# ... and a coded one, during a hold, also up to HELD_GROWTH times the base: every compaction
+# rewrites the whole base, so a fixed bound (800k codes) made a 10M import rewrite it a dozen
+# times, O(n^2) in I/O and CPU; growing with the base (by half at each rewrite) makes it O(n).
+# Codes cost the same memory in the recent segment as in the base. A crash mid-import leaves
+# up to that many rows to replay at the next start (as codes beyond HELD_DELTA_MAX: see
+# LibraryIndex._open).
+HELD_GROWTH = 0.5
 # When an import ends, its recent rows are folded into a new base if they (and deletions) are at
 # least this many: a restart then replays nothing. Fewer replay in ~0.1 s (~100k rows/s), not
 # worth rewriting the whole base (1.3 GB at 10M) after every small import.
@@ -129,6 +136,7 @@ class Policy:
     delta_max: int = DELTA_MAX
     delta_fraction: float = DELTA_FRACTION
     held_delta_max: int = HELD_DELTA_MAX
+    held_growth: float = HELD_GROWTH
     settle_min: int = SETTLE_MIN
     tombstone_fraction: float = TOMBSTONE_FRACTION
     retrain_growth: float = RETRAIN_GROWTH
@@ -158,10 +166,13 @@ class Policy:
         spec = self.spec(target, dim)
         return train_size(spec.lists, target) if spec.lists else 0
 
-    def held_limit(self, coded: bool = False) -> int:
-        """How many recent vectors a bulk import's hold lets pile up before the worker folds
-        them in anyway (memory; twice this and the import waits)."""
-        return self.held_delta_max * (CODED_SCALE if coded else 1)
+    def held_limit(self, coded: bool = False, base_count: int = 0) -> int:
+        """How many recent vectors a bulk import's hold lets pile up on a base of
+        `base_count` before the worker folds them in anyway (memory, and each fold rewrites
+        the base; twice this and the import waits)."""
+        if not coded:
+            return self.held_delta_max
+        return max(self.held_delta_max * CODED_SCALE, int(self.held_growth * base_count))
 
     def needs_retune(self, kind: str, tuned_count: int, count: int, holds: int) -> bool:
         """Whether a compacted base of `count` vectors should be tuned again (never while a
