@@ -349,3 +349,36 @@ def test_an_import_batch_partly_skipped_drops_the_codes_made_ahead(
             assert f"/i/{i}.jpg" in {h.path for h in hits}, i
     finally:
         catalog.close()
+
+
+def test_rows_added_during_a_compaction_are_replayed_as_codes(tmp_path: Path) -> None:
+    from imgsearch.index.codes import Encoded
+
+    vectors = clustered(3800)
+    catalog = Catalog(tmp_path, "m", DIM, Policy(exact_max=100, delta_max=1 << 40))
+    without_worker(catalog)
+    index = catalog.index
+    try:
+        fill(catalog, vectors[:3000])
+        assert index.maintain() == "train"
+        fill(catalog, vectors[3000:3300], start=3000)
+        compact, logged = index.compact, []
+
+        def compact_while_adding() -> base.Base:
+            made = compact()
+            fill(catalog, vectors[3300:3800], start=3300)  # arrives during the build
+            logged.extend(index._log or [])
+            return made
+
+        index.compact = compact_while_adding  # type: ignore[method-assign]
+        index.rebase()
+        assert logged and all(isinstance(e[3], Encoded) for e in logged if e[1] == "add")
+        assert all(int(e[3].index.ntotal) == 0 for e in logged)  # moved in at the swap
+        about = index.describe()
+        assert (about["base"], about["recent"]) == (3300, 500)
+        for i in range(3300, 3800, 25):
+            hits = catalog.nearest(vectors[i : i + 1], 10)[0]
+            assert f"/v/{i}.jpg" in {h.path for h in hits}, i
+        assert sorted(index.ids().tolist()) == catalog.store.ids().tolist()
+    finally:
+        catalog.close()

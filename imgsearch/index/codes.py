@@ -42,6 +42,13 @@ def encoded(template: Any, ids: np.ndarray, vectors: np.ndarray) -> Encoded:
     return Encoded(batch, nonempty(batch))
 
 
+def copied(source: Encoded) -> Encoded:
+    """A copy of `source` (its codes, ids, and the template's quantizer)."""
+    import faiss
+
+    return Encoded(faiss.clone_index(source.index), source.lists)
+
+
 def relabel(source: Encoded, ids: np.ndarray) -> None:
     """Give the codes of `source`, encoded under their positions 0..n-1 (before the rows had
     ids), the ids `ids[position]`, in place."""

@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import Busy
 from . import base as B
 from .build import Source, Stopped, build, fold, rescored, retune
-from .codes import Encoded, Precoded, encoded, relabel
+from .codes import Encoded, Precoded, copied, encoded, relabel
 from .policy import BUILDING_RETRY_S, QUANTIZED, Policy
 from .segments import Change, Segments, bits, exact_among, merge
 
@@ -59,6 +59,7 @@ class LibraryIndex:
         self._wake = threading.Event()
         self._busy = threading.Lock()  # one build at a time (never taken by requests)
         self._log: list[Change] | None = None
+        self._folding = False  # the build running is a compaction (the log may keep codes)
         self.state = "idle"
         self.origin = "new"
         self._holds = 0  # bulk imports in progress: training and compaction wait for them
@@ -188,13 +189,20 @@ class LibraryIndex:
             codes: Encoded | None = ahead.codes
         else:
             codes = seg.encode(ids, vectors)  # off the lock: searches of the recent one go on
+        # A compaction running: its swap replays these rows into segments of the same
+        # template, so the log keeps a copy of their codes (not their vectors: nothing is
+        # encoded twice, and a copy is smaller than the float32 vectors).
+        kept = None
+        if codes is not None and self._folding:
+            kept = copied(codes)
         with self._lock:
             # A swap meanwhile: the codes still fit a segment of the same template (a
             # compaction's); else they are encoded again for the new segments.
             now = self._segments
             fits = now.coded and now.base.template is seg.base.template
             now.add(ids, vectors, codes if fits else None)
-            self._note(generation, "add", ids, vectors)
+            logged = kept if fits and kept is not None and self._folding else vectors
+            self._note(generation, "add", ids, logged)
         self._poke()
 
     def remove(self, ids: np.ndarray, generation: int) -> None:
@@ -204,10 +212,12 @@ class LibraryIndex:
             self._note(generation, "remove", ids, None)
         self._poke()
 
-    def _note(self, generation: int, op: str, ids: np.ndarray, vectors: np.ndarray | None) -> None:
+    def _note(
+        self, generation: int, op: str, ids: np.ndarray, data: np.ndarray | Encoded | None
+    ) -> None:
         self._applied = max(self._applied, generation)
         if self._log is not None:  # a build is running: it replays these when it swaps
-            self._log.append((generation, op, ids, vectors))
+            self._log.append((generation, op, ids, data))
 
     def _poke(self) -> None:
         seg = self._segments
@@ -405,12 +415,13 @@ class LibraryIndex:
     def _replace(self, make: Any) -> None:
         with self._lock:
             self._log = []
+            self._folding = make == self.compact  # (its base keeps the recent one's template)
         try:
             base = make()
             self._swap(base)
         finally:
             with self._lock:
-                self._log = None
+                self._log, self._folding = None, False
             self.state = "building" if self._building else "idle"  # (a failed first build retries)
         if self._path is not None:
             B.prune(self.folder, self._path)

@@ -21,8 +21,9 @@ from . import policy as P
 from .base import Base
 from .codes import Encoded, encoded, merge_into
 
-# A logged change: (database generation, "add" or "remove", ids, vectors or None).
-Change = tuple[int, str, np.ndarray, np.ndarray | None]
+# A logged change: (database generation, "add" or "remove", ids, and for an add its vectors,
+# or its codes where they fit the segments it is replayed into: a compaction's, same template).
+Change = tuple[int, str, np.ndarray, np.ndarray | Encoded | None]
 # Exact vectors of stored ids (present ones only), from the store: (ids, n x dim float32).
 Fetch = Callable[[Sequence[int]], tuple[np.ndarray, np.ndarray]]
 
@@ -78,12 +79,17 @@ class Segments:
 
     def replay(self, changes: Sequence[Change], after: int) -> None:
         """Apply logged changes newer than generation `after`, in order."""
-        for generation, _op, ids, vectors in changes:
-            if generation > after:
-                if vectors is None:
-                    self.remove(ids)
-                else:
-                    self.add(ids, vectors)
+        for generation, _op, ids, data in changes:
+            if generation <= after:
+                continue
+            if data is None:
+                self.remove(ids)
+            elif isinstance(data, Encoded):  # moved in as they are: nothing encoded again
+                if not self.coded:
+                    raise RuntimeError("codes logged for a segment that holds vectors")
+                self.add(ids, np.zeros((0, self.base.meta.dim), np.float32), data)
+            else:
+                self.add(ids, data)
 
     def remove(self, ids: np.ndarray) -> None:
         import faiss
