@@ -211,14 +211,14 @@ def test_import_resumes_after_a_crash_without_duplicates(
     original = catalog.put
     calls = 0
 
-    def put_then_crash(items: Any) -> Any:  # the process "dies" after 3 batches
+    def put_then_crash(items: Any, *rest: Any) -> Any:  # the process "dies" after 3 batches
         nonlocal calls
         calls += 1
         if calls == 4:
             manager._closing = True
             for job in manager._jobs.values():
                 job.stop.set()
-        return original(items)
+        return original(items, *rest)
 
     catalog.put = put_then_crash  # type: ignore[method-assign]
     job = manager.submit(folder)
@@ -319,9 +319,9 @@ def test_cancel_keeps_what_was_written_and_a_rerun_skips_it(
     manager = ImportManager(ingester(catalog, tiny_embedder), data, batch_rows=10)
     original = catalog.put
 
-    def slow_put(items: Any) -> Any:
+    def slow_put(items: Any, *rest: Any) -> Any:
         time.sleep(0.1)
-        return original(items)
+        return original(items, *rest)
 
     catalog.put = slow_put  # type: ignore[method-assign]
     job = manager.submit(folder)
