@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
@@ -151,9 +152,15 @@ class Segments:
         return np.union1d(alive, recent)
 
     def search(
-        self, queries: np.ndarray, k: int, allowed: np.ndarray | None, nprobe: int
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None,
+        nprobe: int,
+        helper: Executor | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Best k of base and recent segment: (similarities, ids), -1 padded."""
+        """Best k of base and recent segment: (similarities, ids), -1 padded. With `helper`
+        (a thread), an IVF base's probed lists are scanned half there, half here."""
         import faiss
 
         keep: list[Any] = []  # SWIG selectors point into these: keep them alive
@@ -169,7 +176,10 @@ class Segments:
             if allow is not None:
                 sel = faiss.IDSelectorAnd(sel, allow)
                 keep.append(sel)
-        parts = [self._search_base(queries, k, sel, nprobe)]
+        if helper is not None and self.base.meta.kind != "exact" and self.base.index.ntotal:
+            parts = [self._search_split(queries, k, sel, nprobe, helper)]
+        else:
+            parts = [self._search_base(queries, k, sel, nprobe)]
         with self.lock:
             if self.recent.ntotal:
                 params = search_params(self.coded, allow, nprobe, self.graph)
@@ -186,6 +196,25 @@ class Segments:
         params = search_params(self.base.meta.kind != "exact", sel, nprobe, self.graph)
         sims, ids = index.search(queries, min(k, int(index.ntotal)), params=params)
         return sims, ids
+
+    def _search_split(
+        self, queries: np.ndarray, k: int, sel: Any, nprobe: int, helper: Executor
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The base search on two threads: the coarse assignment once, then every other probed
+        list scanned by `helper` (FAISS releases the GIL), the rest here; the two best-k merged.
+        The nearest lists alternate between the halves, so both do about the same work."""
+        import faiss
+
+        ivf = faiss.extract_index_ivf(self.base.index)
+        coarse: Any = None
+        if self.graph:
+            coarse = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+            coarse.efSearch = max(P.HNSW_MIN_EF, P.HNSW_EF_PER_PROBE * nprobe)
+        dist, lists = ivf.quantizer.search(queries, min(nprobe, ivf.nlist), params=coarse)
+        kk = min(k, int(ivf.ntotal))
+        other = helper.submit(preassigned, ivf, queries, kk, lists[:, 1::2], dist[:, 1::2], sel)
+        mine = preassigned(ivf, queries, kk, lists[:, ::2], dist[:, ::2], sel)
+        return merge([mine, other.result()], k)
 
 
 def bits(bitmap: np.ndarray) -> np.ndarray:
@@ -209,6 +238,25 @@ def search_params(ivf: bool, sel: Any, nprobe: int, graph: bool = False) -> Any:
         params.quantizer_params = coarse
         params.keep = coarse  # SWIG holds a bare pointer: the Python object must outlive it
     return params
+
+
+def preassigned(
+    ivf: Any, queries: np.ndarray, k: int, lists: np.ndarray, dist: np.ndarray, sel: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """An IVF search of the given lists only (FAISS's search_preassigned, with an id selector:
+    the Python wrapper takes no search parameters, so the C++ method is called)."""
+    import faiss
+
+    lists = np.ascontiguousarray(lists, dtype=np.int64)
+    dist = np.ascontiguousarray(dist, dtype=np.float32)
+    n = len(queries)
+    sims, ids = np.empty((n, k), np.float32), np.empty((n, k), np.int64)
+    params = search_params(True, sel, lists.shape[1])
+    ivf.search_preassigned_c(
+        n, faiss.swig_ptr(queries), k, faiss.swig_ptr(lists), faiss.swig_ptr(dist),
+        faiss.swig_ptr(sims), faiss.swig_ptr(ids), False, params,
+    )  # fmt: skip
+    return sims, ids
 
 
 def hnsw(index: Any) -> bool:
