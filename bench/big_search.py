@@ -224,10 +224,39 @@ def without_own(top: np.ndarray, own: np.ndarray) -> np.ndarray:
     return out
 
 
+def store_reads(db: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The re-scoring read (StoreSource.vectors) of 40 / 100 / 250 random ids of a library's
+    SQLite file, with its pages in the page cache and without (dropped before each read, as
+    at 10M, where the 15 GB file does not fit beside the daemon)."""
+    import os
+
+    from imgsearch.catalog import StoreSource
+    from imgsearch.store import Store
+
+    store = Store(db)
+    source = StoreSource(store)
+    ids = store.ids()
+    rng = np.random.default_rng(5)
+    out: dict[str, Any] = {"db": str(db), "rows": len(ids), "bytes": db.stat().st_size}
+    fd = os.open(db, os.O_RDONLY)
+    for count in (40, 100, 250):
+        picks = [np.sort(rng.choice(ids, count, replace=False)) for _ in range(args.queries)]
+        out[f"warm_{count}"] = timed(lambda i, p=picks: source.vectors(p[i].tolist()), len(picks))
+
+        def cold(i: int, p: list[np.ndarray] = picks) -> Any:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            return source.vectors(p[i].tolist())
+
+        out[f"cold_{count}"] = timed(cold, len(picks) // 4)
+    os.close(fd)
+    store.close()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--phase", choices=["build", "time"], required=True)
-    parser.add_argument("--dir", type=Path, required=True)
+    parser.add_argument("--phase", choices=["build", "time", "store"], required=True)
+    parser.add_argument("--dir", type=Path, required=True, help="store: a SQLite file")
     parser.add_argument("--n", type=int, default=10_000_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--nprobe", type=int, nargs="+", default=[128, 256, 384, 512, 768, 1051])
@@ -238,6 +267,8 @@ def main() -> None:
     if args.phase == "build":
         faiss.omp_set_num_threads(2)
         result = build(args.n, args.dir)
+    elif args.phase == "store":
+        result = store_reads(args.dir, args)
     else:
         result = time_it(args.dir, args)
     record({"bench": "big_search", "phase": args.phase, **machine(), **result}, "big_search")
