@@ -199,6 +199,14 @@ def time_it(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
         stored_want = exact_truth(store, stored, own)
         np.savez(cached, q=new, w=want, o=own, s=stored, sw=stored_want)
         faiss.omp_set_num_threads(1)
+    use = args.use or len(new)  # the first USE of the (cached) queries
+    new, want, own, stored, stored_want = (
+        new[:use],
+        want[:use],
+        own[:use],
+        stored[:use],
+        stored_want[:use],
+    )
     progress("ground truth ready")
     out["new_photo"] = configs(s, [new[i : i + 1] for i in range(len(new))], want, args)
     # The tuning's queries: stored vectors, each one's own id left out of the answers.
@@ -259,6 +267,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, required=True, help="store: a SQLite file")
     parser.add_argument("--n", type=int, default=10_000_000)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--use", type=int, default=0, help="time: only the first USE queries")
     parser.add_argument("--nprobe", type=int, nargs="+", default=[128, 256, 384, 512, 768, 1051])
     parser.add_argument("--rescore", type=int, nargs="+", default=[4, 10, 25])
     args = parser.parse_args()

@@ -16,6 +16,7 @@ import pytest
 from imgsearch.catalog import Catalog
 from imgsearch.index import Policy
 from imgsearch.index import manager as M
+from imgsearch.index import segments as S
 from imgsearch.store import FileFacts, NewImage
 
 DIM = 32
@@ -57,7 +58,12 @@ def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     catalog.close()
 
 
-def test_the_split_search_finds_what_one_thread_finds(catalog: Catalog) -> None:
+@pytest.mark.parametrize("flat_from", [1 << 30, 1])
+def test_the_split_search_finds_what_one_thread_finds(
+    catalog: Catalog, flat_from: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(`flat_from` 1: an HNSW quantizer's lists are found by a flat scan of its centroids.)"""
+    monkeypatch.setattr(S, "FLAT_COARSE_FROM", flat_from)
     seg = catalog.index._segments
     assert seg.base.meta.kind == "ivf-pqfs"
     ids = seg.ids()
@@ -68,7 +74,9 @@ def test_the_split_search_finds_what_one_thread_finds(catalog: Catalog) -> None:
     lists = int(seg.base.index.nlist)
     for allowed in (None, np.sort(ids[::3])):
         for nprobe in (2, 7, lists):
-            one = seg.search(queries, 40, allowed, nprobe)
+            monkeypatch.setattr(S, "FLAT_COARSE_FROM", 1 << 30)
+            one = seg.search(queries, 40, allowed, nprobe)  # FAISS's own search
+            monkeypatch.setattr(S, "FLAT_COARSE_FROM", flat_from)
             two = seg.search(queries, 40, allowed, nprobe, helper)
             overlap = np.mean(
                 [len(set(a) & set(b)) / 40 for a, b in zip(one[1], two[1], strict=True)]
