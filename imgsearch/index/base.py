@@ -32,6 +32,12 @@ IDS = "ids.npy"
 TEMPLATE = "template.faiss"
 # Kinds whose codes FAISS reads into RAM even with IO_FLAG_MMAP (fast-scan block lists).
 READ_INTO_RAM = ("ivf-pqfs",)
+# An index file is written PACE_BYTES at a time, each step flushed to disk (fdatasync) and
+# dropped from the page cache (POSIX_FADV_DONTNEED) before the next. Written in one go, a 10M
+# base (1.15 GB) sat in the page cache as dirty pages, pushed out the SQLite pages that the
+# searches' re-scoring reads, and went to disk in one burst at the fsync, with those reads
+# queued behind it (a 2.1 s search during a compaction at 10M; docs/BENCHMARKS.md).
+PACE_BYTES = 32 << 20
 
 
 class IndexFileError(Exception):
@@ -84,18 +90,16 @@ def empty_exact(model_id: str, dim: int, generation: int) -> Base:
 
 def save(base: Base, folder: Path) -> Path:
     """Write the base into a new folder under `folder`, atomically; return its path."""
-    import faiss
-
     name = f"{base.meta.generation:012d}-{base.meta.kind}"
     final = folder / name
     tmp = folder / (name + TEMP_SUFFIX)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    faiss.write_index(base.index, str(tmp / INDEX))
+    write_paced(base.index, tmp / INDEX)
     np.save(tmp / IDS, base.ids)
     files = [INDEX, IDS]
     if base.template is not None:
-        faiss.write_index(base.template, str(tmp / TEMPLATE))
+        write_paced(base.template, tmp / TEMPLATE)
         files.append(TEMPLATE)
     meta = {**asdict(base.meta), "sizes": {f: (tmp / f).stat().st_size for f in files}}
     (tmp / META).write_text(json.dumps(meta, indent=1))
@@ -106,6 +110,32 @@ def save(base: Base, folder: Path) -> Path:
     os.replace(tmp, final)
     fsync(folder)
     return final
+
+
+def write_paced(index: Any, path: Path) -> None:
+    """faiss.write_index in steps of PACE_BYTES, each on disk and out of the page cache before
+    the next is written (the rest of the machine's cache, SQLite's pages, stays)."""
+    import faiss
+
+    with open(path, "wb") as fh:
+        fd, done = fh.fileno(), [0, 0]  # bytes written, bytes flushed and dropped
+
+        def flush() -> None:
+            fh.flush()
+            os.fdatasync(fd)
+            if hasattr(os, "posix_fadvise"):  # (not on macOS: the cache keeps them there)
+                os.posix_fadvise(fd, done[1], done[0] - done[1], os.POSIX_FADV_DONTNEED)
+            done[1] = done[0]
+
+        def write(data: bytes) -> int:
+            fh.write(data)
+            done[0] += len(data)
+            if done[0] - done[1] >= PACE_BYTES:
+                flush()
+            return len(data)
+
+        faiss.write_index(index, faiss.PyCallbackIOWriter(write))  # type: ignore[attr-defined]
+        flush()
 
 
 def saved(folder: Path) -> list[Path]:
@@ -130,7 +160,28 @@ def _discard(path: Path) -> None:
     half-deleted base that looks complete."""
     doomed = path.with_name(path.name + ".old" + TEMP_SUFFIX)
     os.replace(path, doomed)
+    # Files a search may still map (ids.npy, an exact base's codes) are unlinked whole: a
+    # truncated mapping faults. Fast-scan codes and templates were read into RAM.
+    if path.name.split("-", 1)[-1] in READ_INTO_RAM:
+        for name in (INDEX, TEMPLATE):
+            try:
+                unlink_paced(doomed / name)
+            except OSError:
+                pass  # missing: nothing to pace; rmtree below says nothing either
     shutil.rmtree(doomed, ignore_errors=True)
+
+
+def unlink_paced(path: Path) -> None:
+    """Delete a file PACE_BYTES at a time from its end, each step committed (fsync) before
+    the next: the file system frees (and, mounted with `discard`, trims) a 1.2 GB base in
+    small steps instead of one burst that the searches' reads queue behind."""
+    with open(path, "r+b") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        while size > PACE_BYTES:
+            size -= PACE_BYTES
+            fh.truncate(size)
+            os.fsync(fh.fileno())
+    path.unlink()
 
 
 def load(path: Path, model_id: str, dim: int, *, mmap: bool = True) -> Base:

@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -34,6 +35,12 @@ log = logging.getLogger(__name__)
 WAKE_SECONDS = 5.0  # how often the background worker looks for work unprompted
 STOP_WAIT = 5.0  # seconds close() waits for a build in progress (the thread is a daemon)
 SEARCH_THREADS = 1
+# A search scans its probed lists on two threads (the request's and one helper: half the lists
+# each) when nothing else wants the CPU: it is the only search in flight, no training or
+# compaction runs and no bulk import holds the index. So at most two threads search at once,
+# and concurrent searches each keep one. Only from SPLIT_MIN_NPROBE lists (below, the hand-off
+# costs more than half a scan of a few lists saves).
+SPLIT_MIN_NPROBE = 32
 # The background worker's nice value (0-19, higher yields more). Training and compaction use
 # every core through FAISS's OpenMP team; at 10, a request's thread gets ~10x the CPU share of
 # each of them, so searches and /stats no longer wait behind k-means on a 2-core machine.
@@ -67,6 +74,9 @@ class LibraryIndex:
         self._settle = False  # an import ended: fold its rows into a saved base now
         self._building = False  # the first base is being built: searches read the store
         self._path: Path | None = None
+        self._searching = 0  # searches in flight (under _counting)
+        self._counting = threading.Lock()
+        self._helper = ThreadPoolExecutor(1, "search-helper", _one_omp_thread)
         self._segments = self._open()
         # Everything up to the store's generation is in the segments now (replayed): what a
         # compaction saves as its base's generation, so the next start replays none of it.
@@ -301,15 +311,27 @@ class LibraryIndex:
         quantized = meta.kind in QUANTIZED  # similarities of hits always exact, from the store
         wanted = k * meta.rescore if meta.rescore else k + (EXTRA if quantized else 0)
         nprobe = max(1, meta.nprobe)
-        sims, ids = seg.search(queries, wanted, allowed, nprobe)
-        need = min(wanted, len(seg) if allowed is None else len(allowed))
-        lists = int(getattr(B.ivf(seg.base.index), "nlist", 0))
-        while nprobe < lists and int((ids >= 0).sum(axis=1).min()) < need:
-            nprobe = min(lists, nprobe * 4)  # a filter left too few: look in more lists
-            sims, ids = seg.search(queries, wanted, allowed, nprobe)
+        with self._counting:
+            self._searching += 1
+            alone = self._searching == 1
+        try:
+            helper = self._helper if alone and self._idle() else None
+            sims, ids = seg.search(queries, wanted, allowed, nprobe, _over(helper, nprobe))
+            need = min(wanted, len(seg) if allowed is None else len(allowed))
+            lists = int(getattr(B.ivf(seg.base.index), "nlist", 0))
+            while nprobe < lists and int((ids >= 0).sum(axis=1).min()) < need:
+                nprobe = min(lists, nprobe * 4)  # a filter left too few: look in more lists
+                sims, ids = seg.search(queries, wanted, allowed, nprobe, _over(helper, nprobe))
+        finally:
+            with self._counting:
+                self._searching -= 1
         if quantized:
             sims, ids = rescored(queries, ids, k, self.source)
         return sims, ids
+
+    def _idle(self) -> bool:
+        """No training, compaction or bulk import is using the CPU."""
+        return not self._busy.locked() and not self._holds
 
     def _search_store(
         self, queries: np.ndarray, k: int, allowed: np.ndarray | None
@@ -482,6 +504,7 @@ class LibraryIndex:
         self._stop.set()
         self._wake.set()
         self._worker.join(STOP_WAIT)
+        self._helper.shutdown(wait=False)
 
 
 def _lower_priority(nice: int) -> None:
@@ -491,6 +514,17 @@ def _lower_priority(nice: int) -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     except (AttributeError, OSError) as exc:  # not Linux, or not allowed
         log.debug("index worker keeps its priority: %s", exc)
+
+
+def _over(helper: ThreadPoolExecutor | None, nprobe: int) -> ThreadPoolExecutor | None:
+    """The helper thread, if a scan of `nprobe` lists is worth splitting."""
+    return helper if nprobe >= SPLIT_MIN_NPROBE else None
+
+
+def _one_omp_thread() -> None:
+    import faiss
+
+    faiss.omp_set_num_threads(SEARCH_THREADS)
 
 
 def _iso(stamp: float) -> str | None:

@@ -1,0 +1,114 @@
+"""One search on two threads: the probed lists split between the request's thread and a helper.
+
+The split must find what the one-thread search finds (deletions and allow-lists included), and
+must only be used when nothing else wants the CPU (one search in flight, no build, no import).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from imgsearch.catalog import Catalog
+from imgsearch.index import Policy
+from imgsearch.index import manager as M
+from imgsearch.index import segments as S
+from imgsearch.store import FileFacts, NewImage
+
+DIM = 32
+N = 3000
+
+
+def vectors(n: int) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((40, DIM))
+    x = centres[rng.integers(0, 40, n)] + 0.6 * rng.standard_normal((n, DIM))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+class Counting(ThreadPoolExecutor):
+    """The helper thread, counting the halves it is handed."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.calls = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+@pytest.fixture(params=["ivf-pqfs", "ivf-pqfs-hnsw"])
+def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    policy = Policy(exact_max=100, delta_max=1 << 40)
+    if request.param.endswith("hnsw"):
+        policy = Policy(exact_max=100, delta_max=1 << 40, hnsw_min_lists=1)
+    catalog = Catalog(tmp_path, "m", DIM, policy)
+    items = [
+        NewImage(FileFacts(f"/v/{i}.jpg", 1, 1, f"h{i}", 1, 1), v) for i, v in enumerate(vectors(N))
+    ]
+    for at in range(0, N, 500):
+        catalog.put(items[at : at + 500])
+    catalog.index.rebase()
+    yield catalog
+    catalog.close()
+
+
+@pytest.mark.parametrize("flat_from", [1 << 30, 1])
+def test_the_split_search_finds_what_one_thread_finds(
+    catalog: Catalog, flat_from: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(`flat_from` 1: an HNSW quantizer's lists are found by a flat scan of its centroids.)"""
+    monkeypatch.setattr(S, "FLAT_COARSE_FROM", flat_from)
+    seg = catalog.index._segments
+    assert seg.base.meta.kind == "ivf-pqfs"
+    ids = seg.ids()
+    with seg.lock:  # deletions: the bitmap selector applies in both halves
+        seg.remove(ids[::7])
+    queries = vectors(N + 20)[N:]
+    helper = Counting()
+    lists = int(seg.base.index.nlist)
+    for allowed in (None, np.sort(ids[::3])):
+        for nprobe in (2, 7, lists):
+            monkeypatch.setattr(S, "FLAT_COARSE_FROM", 1 << 30)
+            one = seg.search(queries, 40, allowed, nprobe)  # FAISS's own search
+            monkeypatch.setattr(S, "FLAT_COARSE_FROM", flat_from)
+            two = seg.search(queries, 40, allowed, nprobe, helper)
+            overlap = np.mean(
+                [len(set(a) & set(b)) / 40 for a, b in zip(one[1], two[1], strict=True)]
+            )
+            assert overlap >= 0.95, (allowed is None, nprobe, overlap)
+            gone = set(seg.deleted().tolist())
+            assert gone and not gone & set(two[1].ravel().tolist())
+            if allowed is not None:
+                assert set(two[1].ravel().tolist()) <= set(allowed.tolist())
+    assert helper.calls == 6
+    helper.shutdown()
+
+
+def test_the_split_is_used_only_when_the_index_is_idle(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = catalog.index
+    helper = Counting()
+    index._helper.shutdown()
+    monkeypatch.setattr(index, "_helper", helper)
+    query = vectors(N + 1)[N:]
+    monkeypatch.setattr(M, "SPLIT_MIN_NPROBE", 1 << 30)
+    index.search(query, 10)
+    assert helper.calls == 0  # too few lists probed to be worth it
+    monkeypatch.setattr(M, "SPLIT_MIN_NPROBE", 1)
+    split = index.search(query, 10)
+    assert helper.calls == 1
+    with index.hold():  # an import runs: its batches need the other core
+        alone = index.search(query, 10)
+    assert helper.calls == 1
+    assert split[1].tolist() == alone[1].tolist()  # re-scored: the same hits either way
+    index._searching += 1  # another search in flight
+    index.search(query, 10)
+    index._searching -= 1
+    assert helper.calls == 1
