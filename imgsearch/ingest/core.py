@@ -267,10 +267,10 @@ class Ingester:
 class _Run:
     """One pass over files to embed: decode ahead of the model in a bounded pool, embed full
     batches in the embedder's lanes (side by side when the cores allow), write them in order
-    as they finish, stop after the batches in flight when asked. The last files go in
-    shrinking batches shared between the lanes (`_target`): 8 files in one batch of 8 would
-    leave every lane but one idle, and a full last batch keeps one core busy alone after
-    decoding has ended."""
+    as they finish, stop after the batches in flight when asked. The last files are shared
+    between the lanes (`_target`): 8 files in one batch of 8 would leave every lane but one
+    idle; for a model with a tail batch they go in shrinking batches, since a full last batch
+    keeps one core busy alone after decoding has ended."""
 
     def __init__(
         self,
