@@ -34,6 +34,31 @@ PERSIST_EVERY = 5.0  # seconds between progress writes of a running job
 ERRORS_SHOWN = 100
 
 
+class Ended(threading.Event):
+    """A job's end: a threading.Event that also runs callbacks once set, so a waiter on an
+    event loop wakes at once instead of polling (web/offload.py: `until_set`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[], None]] = []
+        self._guard = threading.Lock()
+
+    def on_set(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (from the setting thread) when set; at once if already set."""
+        with self._guard:
+            if not self.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def set(self) -> None:
+        with self._guard:
+            super().set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+
 @dataclass
 class Job:
     """One add of a file or folder (or of URLs), and how far it got."""
@@ -52,7 +77,7 @@ class Job:
     started: float | None = None
     finished: float | None = None
     stop: threading.Event = field(default_factory=threading.Event, repr=False)
-    ended: threading.Event = field(default_factory=threading.Event, repr=False)
+    ended: Ended = field(default_factory=Ended, repr=False)
     urls: tuple[str, ...] = ()  # a URL job's URLs (not kept once the job has ended)
     strict: bool = False  # a URL job for one `url`: its failure fails the job, as for one file
     files: tuple[str, ...] = ()  # a `files` job's files (a CSV of paths; not kept once ended)

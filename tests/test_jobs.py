@@ -137,3 +137,48 @@ async def test_cancel_keeps_the_job_and_delete_forgets_it_for_good(
     again = await aiohttp_client(create_app(config, embedder=tiny_embedder))
     listed = [j["id"] for j in (await get_json(again, "/jobs"))["jobs"]]
     assert kept in listed and gone not in listed
+
+
+async def test_a_waiting_add_wakes_when_its_job_ends_not_at_a_poll(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`until_set` on a job's `Ended` is woken by the setting thread: with polls an hour apart
+    it still returns as soon as another thread sets it; a plain Event still works by polling."""
+    import threading
+
+    from imgsearch.jobs import Ended
+    from imgsearch.web import offload
+
+    monkeypatch.setattr(offload, "FIRST_POLL_S", 3600.0)
+    monkeypatch.setattr(offload, "POLL_S", 3600.0)
+    ended = Ended()
+    waiter = asyncio.ensure_future(offload.until_set(ended))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    threading.Timer(0.05, ended.set).start()
+    await asyncio.wait_for(waiter, timeout=30)
+    await asyncio.wait_for(offload.until_set(ended), timeout=30)  # already set: returns
+    calls: list[int] = []
+    ended.on_set(lambda: calls.append(1))  # already set: called at once
+    assert calls == [1]
+
+
+def test_ended_survives_a_closed_loop_and_plain_events_still_poll() -> None:
+    """A waiter whose loop has closed (the client went away) does not break the job thread."""
+    import threading
+
+    from imgsearch.jobs import Ended
+    from imgsearch.web import offload
+
+    ended = Ended()
+    loop = asyncio.new_event_loop()
+    waiter = loop.create_task(offload.until_set(ended))
+    loop.run_until_complete(asyncio.sleep(0.01))
+    waiter.cancel()
+    loop.run_until_complete(asyncio.gather(waiter, return_exceptions=True))
+    loop.close()
+    ended.set()  # the callback meets a closed loop: no error here
+    assert ended.is_set()
+    plain = threading.Event()
+    threading.Timer(0.05, plain.set).start()
+    asyncio.run(asyncio.wait_for(offload.until_set(plain), timeout=30))

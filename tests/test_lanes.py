@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -92,16 +93,24 @@ def service(
     svc.close()
 
 
-# Batch size 4, 2 lanes: full batches until what is left fits one batch per lane, then the
-# rest shared evenly (10 files: 4, then 3 and 3; 4 files: 2 and 2, not one batch of 4).
-@pytest.mark.parametrize(("count", "batches"), [(10, [3, 3, 4]), (4, [2, 2])])
+# Batch size 4, 2 lanes: full batches until what is left fits one batch per lane, then an
+# even share per lane (10 files: 4, then 3 and 3; 4 files: 2 and 2, not one batch of 4); with a
+# tail batch of 1 (the bundled CNN's), half a lane's share of what is left (4, then 2 of the 6
+# left, then 1s; 4 files: four of 1), so no full batch runs alone on one core at the end.
+@pytest.mark.parametrize(
+    ("count", "tail", "batches"),
+    [(10, 0, [3, 3, 4]), (4, 0, [2, 2]), (10, 1, [1, 1, 1, 1, 2, 4]), (4, 1, [1, 1, 1, 1])],
+)
 def test_an_add_embeds_batches_side_by_side_and_writes_them_all(
     tmp_path: Path,
     service: Service,
     monkeypatch: pytest.MonkeyPatch,
     count: int,
+    tail: int,
     batches: list[int],
 ) -> None:
+    runtime = getattr(service.embedder, "runtime")  # noqa: B009 (the Embedder protocol has none)
+    monkeypatch.setattr(service.embedder, "runtime", dataclasses.replace(runtime, tail_batch=tail))
     files = []
     for i in range(count):
         files.append(tmp_path / "lib" / f"{i}.jpg")

@@ -10,7 +10,7 @@ from typing import Any
 from ..config import OFFLINE_MODEL, Config
 from .base import Embedder, Runtime, TextEmbedder, TorchEmbedder, resolve_device
 from .lanes import Lanes, lane_count, lanes_of
-from .precision import choose_precision, default_batch_size
+from .precision import choose_precision, default_batch_size, default_tail_batch
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,7 @@ __all__ = [
     "load_embedder",
     "resolve_device",
     "runtime_stats",
+    "tail_batch_of",
 ]
 
 
@@ -53,7 +54,8 @@ def load_embedder(config: Config) -> Embedder:
         family = "clip"
     batch = config.batch_size or default_batch_size(family, device)
     lanes = lane_count(device, config.threads)
-    embedder.runtime = replace(embedder.runtime, batch_size=batch, lanes=lanes)
+    tail = default_tail_batch(family, device)
+    embedder.runtime = replace(embedder.runtime, batch_size=batch, lanes=lanes, tail_batch=tail)
     embedder.lanes = Lanes(lanes)
     choose_precision(embedder, config.precision)
     out: Embedder = embedder
@@ -64,6 +66,12 @@ def batch_size_of(embedder: Embedder, fallback: int = 32) -> int:
     """The embedder's measured batch size (an embedder without one: `fallback`)."""
     runtime = getattr(embedder, "runtime", None)
     return runtime.batch_size if isinstance(runtime, Runtime) else fallback
+
+
+def tail_batch_of(embedder: Embedder) -> int:
+    """The smallest batch an add's last files may go in (0: an even share per lane)."""
+    runtime = getattr(embedder, "runtime", None)
+    return runtime.tail_batch if isinstance(runtime, Runtime) else 0
 
 
 def decode_workers(embedder: Embedder, configured: int) -> int:

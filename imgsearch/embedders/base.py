@@ -124,6 +124,8 @@ class Runtime:
     worst_cosine: float | None = None
     reason: str = "default"
     lanes: int = 1  # model calls side by side for ingest batches (embedders/lanes.py)
+    # The smallest batch an add's last files may go in (0: an even share per lane, no less).
+    tail_batch: int = 0
 
     def as_json(self) -> dict[str, Any]:
         worst = None if self.worst_cosine is None else round(self.worst_cosine, 6)
@@ -134,6 +136,7 @@ class Runtime:
             "self_check_worst_cosine": worst,
             "precision_reason": self.reason,
             "model_lanes": self.lanes,
+            "tail_batch": self.tail_batch,
         }
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..catalog import Catalog
-from ..embedders import Embedder, lanes_of
+from ..embedders import Embedder, lanes_of, tail_batch_of
 from ..errors import ImgSearchError, NotFound
 from ..images import decode, read_file
 from ..index import Precoded
@@ -37,6 +37,8 @@ from .report import AddReport, FileError
 log = logging.getLogger(__name__)
 
 ProgressHook = Callable[[int, int], None]
+# In the last batch per lane, each batch takes 1/TAIL_SPLIT of a lane's share of what is left.
+TAIL_SPLIT = 2
 
 
 @dataclass(frozen=True)
@@ -293,8 +295,9 @@ class _Run:
     """One pass over files to embed: decode ahead of the model in a bounded pool, embed full
     batches in the embedder's lanes (side by side when the cores allow), write them in order
     as they finish, stop after the batches in flight when asked. The last files are shared
-    evenly between the lanes (`_target`): 8 files in one batch of 8 would leave every lane
-    but one idle."""
+    between the lanes (`_target`): 8 files in one batch of 8 would leave every lane but one
+    idle; for a model with a tail batch they go in shrinking batches, since a full last batch
+    keeps one core busy alone after decoding has ended."""
 
     def __init__(
         self,
@@ -310,7 +313,8 @@ class _Run:
         self.stop, self.bar, self.on_progress = stop, bar, on_progress
         self.lanes = lanes_of(ingester.embedder).lanes
         self.embedding: deque[tuple[list[Prepared], Future[np.ndarray]]] = deque()
-        self.tail: int | None = None  # batch size for the last files, once they are reached
+        self.floor = tail_batch_of(ingester.embedder)  # 0: no shrinking below an even share
+        self.share: int | None = None  # an even share per lane of the last files, once reached
 
     def all(self, todo: list[Path]) -> None:
         ing = self.ingester
@@ -359,11 +363,19 @@ class _Run:
 
     def _target(self, left: int) -> int:
         """Files for the batch that starts now, with `left` files not yet in a batch: the
-        batch size, until what is left fits one batch per lane; from then on that share."""
+        batch size, until what is left fits one batch per lane; from then on an even share
+        per lane, or, for a model whose cost per image does not grow in small batches (its
+        tail batch), half a lane's share of what is left down to that size: the model calls
+        still running after the last decode are then short and side by side."""
         size = self.ingester.batch_size
-        if self.tail is None and left <= size * self.lanes:
-            self.tail = max(1, -(-left // self.lanes))
-        return size if self.tail is None else min(size, self.tail)
+        if self.lanes == 1 or left > size * self.lanes:  # one lane: nothing runs beside it
+            return size
+        if self.share is None:
+            self.share = max(1, -(-left // self.lanes))
+        if not self.floor:
+            return min(size, self.share)
+        shrunk = -(-left // (TAIL_SPLIT * self.lanes))
+        return max(1, self.floor, min(size, self.share, shrunk))
 
     def _embed(self, model: ThreadPoolExecutor, batch: list[Prepared], lanes: int) -> None:
         """Start a batch's model call; write the oldest ones while `lanes` are in flight."""

@@ -22,8 +22,26 @@ async def blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 
 async def until_set(event: threading.Event) -> None:
-    """Wait for a job's `ended` event by polling: no thread is held for an hours-long job."""
+    """Wait for a job's `ended` event without holding a thread (for an hours-long job): woken
+    at once by an event that calls back (`jobs.Ended`), by polling any other."""
+    if event.is_set():
+        return
+    on_set = getattr(event, "on_set", None)
+    if callable(on_set):
+        loop = asyncio.get_running_loop()
+        woken = asyncio.Event()
+        on_set(partial(_wake, loop, woken))
+        await woken.wait()
+        return
     delay = FIRST_POLL_S
     while not event.is_set():
         await asyncio.sleep(delay)
         delay = min(POLL_S, delay * 2)
+
+
+def _wake(loop: asyncio.AbstractEventLoop, woken: asyncio.Event) -> None:
+    """Set `woken` on its loop from another thread (a loop closed meanwhile has no waiter)."""
+    try:
+        loop.call_soon_threadsafe(woken.set)
+    except RuntimeError:
+        pass
