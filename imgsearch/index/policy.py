@@ -92,9 +92,12 @@ TARGET_RECALL = 0.97
 RECALL_K = 10
 TUNE_QUERIES = 200
 # The tuning queries are stored vectors (each one's own id left out); users' queries are new
-# images, which scored ~0.006 lower (bench/search_path.py at 200k): aim this much above the
-# target where that can be had.
-TUNE_MARGIN = 0.01
+# images, which scored lower: ~0.006 at 200k (bench/search_path.py), 0.011-0.023 at 10M over
+# nprobe 1051-512 (bench/big_search.py): aim this much above the target where that can be had.
+TUNE_MARGIN = 0.02
+# The smallest nprobe is bisected to within 1/TUNE_PRECISION of itself (each step searches the
+# tuning queries once: at 10M ~30 s of the worker's time a step, past nprobe 1000).
+TUNE_PRECISION = 32
 # Quantized codes: RESCORE * k candidates are re-scored with exact vectors from the store; the
 # tuning tries each factor (with its smallest nprobe reaching TARGET_RECALL) and keeps the
 # cheapest by a cost model: scanning one code costs 1, re-scoring one candidate (a SQLite row
