@@ -15,7 +15,7 @@ import pytest
 
 from imgsearch.catalog import Catalog
 from imgsearch.index import Policy
-from imgsearch.index import manager as M
+from imgsearch.index import reads as R
 from imgsearch.index import segments as S
 from imgsearch.store import FileFacts, NewImage
 
@@ -95,20 +95,20 @@ def test_the_split_is_used_only_when_the_index_is_idle(
 ) -> None:
     index = catalog.index
     helper = Counting()
-    index._helper.shutdown()
-    monkeypatch.setattr(index, "_helper", helper)
+    index._reads.helper.shutdown()
+    monkeypatch.setattr(index._reads, "helper", helper)
     query = vectors(N + 1)[N:]
-    monkeypatch.setattr(M, "SPLIT_MIN_NPROBE", 1 << 30)
+    monkeypatch.setattr(R, "SPLIT_MIN_NPROBE", 1 << 30)
     index.search(query, 10)
     assert helper.calls == 0  # too few lists probed to be worth it
-    monkeypatch.setattr(M, "SPLIT_MIN_NPROBE", 1)
+    monkeypatch.setattr(R, "SPLIT_MIN_NPROBE", 1)
     split = index.search(query, 10)
     assert helper.calls == 1
     with index.hold():  # an import runs: its batches need the other core
         alone = index.search(query, 10)
     assert helper.calls == 1
     assert split[1].tolist() == alone[1].tolist()  # re-scored: the same hits either way
-    index._searching += 1  # another search in flight
+    index._reads.searching += 1  # another search in flight
     index.search(query, 10)
-    index._searching -= 1
+    index._reads.searching -= 1
     assert helper.calls == 1

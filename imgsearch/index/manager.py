@@ -14,7 +14,6 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -25,28 +24,22 @@ import numpy as np
 
 from ..errors import Busy
 from . import base as B
-from .build import Source, Stopped, build, fold, rescored, retune
+from .build import Source, Stopped, build, fold, retune
 from .codes import Encoded, Precoded, copied, encoded, relabel
-from .policy import BUILDING_RETRY_S, QUANTIZED, Policy
+from .policy import BUILDING_RETRY_S, Policy
+from .reads import Searcher, one_omp_thread, scan_store
 from .segments import Change, Segments, bits, exact_among, merge
+from .startup import reopen, saved_base
 
 log = logging.getLogger(__name__)
 
 WAKE_SECONDS = 5.0  # how often the background worker looks for work unprompted
 STOP_WAIT = 5.0  # seconds close() waits for a build in progress (the thread is a daemon)
-SEARCH_THREADS = 1
-# A search scans its probed lists on two threads (the request's and one helper: half the lists
-# each) when nothing else wants the CPU: it is the only search in flight, no training or
-# compaction runs and no bulk import holds the index. So at most two threads search at once,
-# and concurrent searches each keep one. Only from SPLIT_MIN_NPROBE lists (below, the hand-off
-# costs more than half a scan of a few lists saves).
-SPLIT_MIN_NPROBE = 32
 # The background worker's nice value (0-19, higher yields more). Training and compaction use
 # every core through FAISS's OpenMP team; at 10, a request's thread gets ~10x the CPU share of
 # each of them, so searches and /stats no longer wait behind k-means on a 2-core machine.
 WORKER_NICE = 10
 ROOM_POLL = 0.2  # seconds between looks while a bulk writer waits for the index (make_room)
-EXTRA = 10  # quantized codes: candidates beyond k re-scored exactly (near-duplicates' order)
 # A swap replays the changes logged during a build into the new segments off the lock, in up to
 # SWAP_PASSES passes, until at most SWAP_UNDER_LOCK rows are left to replay under it.
 SWAP_PASSES = 3
@@ -74,9 +67,7 @@ class LibraryIndex:
         self._settle = False  # an import ended: fold its rows into a saved base now
         self._building = False  # the first base is being built: searches read the store
         self._path: Path | None = None
-        self._searching = 0  # searches in flight (under _counting)
-        self._counting = threading.Lock()
-        self._helper = ThreadPoolExecutor(1, "search-helper", _one_omp_thread)
+        self._reads = Searcher(source)
         self._segments = self._open()
         # Everything up to the store's generation is in the segments now (replayed): what a
         # compaction saves as its base's generation, so the next start replays none of it.
@@ -88,64 +79,15 @@ class LibraryIndex:
 
     def _open(self) -> Segments:
         started = time.monotonic()
-        base = self._saved_base()
-        if base is None:
+        found = saved_base(self.folder, self.source, self.model_id, self.dim, self.policy)
+        if found is not None:
+            base, self._path, self.origin = found[0], found[1], "loaded"
+        else:
             base = self._build_now()
-        # Exact at first: replaying is then a copy, not an encoding (~30 us a vector at 1M);
-        # the worker folds these rows into the base soon after (_needs_compaction).
-        segments = Segments(base, self._lock, coded=False)
-        opened = time.monotonic()
-        gone = self._gone(base)
-        segments.remove(gone)
-        found = time.monotonic()
-        # Many rows newer than the base (a crash mid-import: up to held_growth times the base)
-        # are replayed as codes: encoding is slower than a copy, but an exact segment of
-        # millions of rows would not fit in memory (2 KB a row at 512-d).
-        if self.source.count() - len(segments) > self.policy.held_delta_max:
-            segments.code_if_empty()
-        replayed = 0
-        for ids, vectors in self.source.chunks(since_generation=base.meta.generation):
-            segments.add(ids, vectors)
-            replayed += len(ids)
-        segments.code_if_empty()  # nothing replayed: coded from the start
-        if (replayed or len(gone)) and self.origin == "loaded":
+        segments, changed = reopen(base, self.source, self.policy, self._lock, started)
+        if changed and self.origin == "loaded":
             self.origin = "replayed"
-        log.info(
-            "index %s (%s): %d vectors in %.1fs (base opened %.1fs, %d deleted found %.1fs, "
-            "%d changed replayed from SQLite %.1fs)",
-            base.meta.kind, self.origin, len(segments), time.monotonic() - started,
-            opened - started, len(gone), found - opened, replayed, time.monotonic() - found,
-        )  # fmt: skip
         return segments
-
-    def _gone(self, base: B.Base) -> np.ndarray:
-        """Ids of the base no longer present: from the store's deletions log where it reaches
-        back to the base's generation, else by reading every present id (older databases)."""
-        if not len(base.ids):
-            return np.zeros(0, np.int64)
-        deleted = self.source.deleted_since(base.meta.generation)
-        if deleted is not None:
-            gone: np.ndarray = deleted[base.contains(deleted)]
-            return gone
-        return np.setdiff1d(base.ids, self.source.ids(), assume_unique=True)
-
-    def _saved_base(self) -> B.Base | None:
-        current = self.source.generation()
-        for path in B.saved(self.folder):
-            try:
-                base = B.load(path, self.model_id, self.dim)
-            except B.IndexFileError as exc:
-                log.warning("saved index unusable: %s", exc)
-                continue
-            if base.meta.generation > current:
-                log.warning("saved index %s is newer than the database; ignored", path)
-                continue
-            if self.policy.mode == "exact" and base.meta.kind != "exact":
-                log.info("--index exact: not using the saved %s index", base.meta.kind)
-                continue
-            self._path, self.origin = path, "loaded"
-            return base
-        return None
 
     def _build_now(self) -> B.Base:
         present = self.source.count()
@@ -286,12 +228,7 @@ class LibraryIndex:
         self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Similarities and ids, best first, -1 padded; only `allowed` ids (sorted) if given."""
-        import faiss
-
-        # One OpenMP thread for this (request) thread: a few queries gain nothing from more,
-        # and on a busy machine waking them costs more than the search (docs/BENCHMARKS.md).
-        # The setting is per OS thread: background training keeps every core.
-        faiss.omp_set_num_threads(SEARCH_THREADS)
+        one_omp_thread()
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         if allowed is not None:
             allowed = np.ascontiguousarray(allowed, dtype=np.int64)
@@ -305,46 +242,13 @@ class LibraryIndex:
                     "searches resume when it is ready",
                     BUILDING_RETRY_S,
                 )
-            return self._search_store(queries, k, allowed)
-        seg = self._segments  # one read: a swap meanwhile does not mix two states
-        meta = seg.base.meta
-        quantized = meta.kind in QUANTIZED  # similarities of hits always exact, from the store
-        wanted = k * meta.rescore if meta.rescore else k + (EXTRA if quantized else 0)
-        nprobe = max(1, meta.nprobe)
-        with self._counting:
-            self._searching += 1
-            alone = self._searching == 1
-        try:
-            helper = self._helper if alone and self._idle() else None
-            sims, ids = seg.search(queries, wanted, allowed, nprobe, _over(helper, nprobe))
-            need = min(wanted, len(seg) if allowed is None else len(allowed))
-            lists = int(getattr(B.ivf(seg.base.index), "nlist", 0))
-            while nprobe < lists and int((ids >= 0).sum(axis=1).min()) < need:
-                nprobe = min(lists, nprobe * 4)  # a filter left too few: look in more lists
-                sims, ids = seg.search(queries, wanted, allowed, nprobe, _over(helper, nprobe))
-        finally:
-            with self._counting:
-                self._searching -= 1
-        if quantized:
-            sims, ids = rescored(queries, ids, k, self.source)
-        return sims, ids
+            return scan_store(self.source, queries, k, allowed)
+        # One read of the segments: a swap meanwhile does not mix two states.
+        return self._reads.search(self._segments, queries, k, allowed, self._idle())
 
     def _idle(self) -> bool:
         """No training, compaction or bulk import is using the CPU."""
         return not self._busy.locked() and not self._holds
-
-    def _search_store(
-        self, queries: np.ndarray, k: int, allowed: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Exact best k over every present vector in SQLite (while the first base builds)."""
-        none = np.zeros((len(queries), 0))
-        best = (none.astype(np.float32), none.astype(np.int64))
-        for ids, vectors in self.source.chunks():
-            if allowed is not None:
-                keep = np.isin(ids, allowed, assume_unique=True)
-                ids, vectors = ids[keep], vectors[keep]
-            best = merge([best, exact_among(queries, k, ids, vectors)], k)
-        return best
 
     def describe(self) -> dict[str, Any]:
         seg = self._segments
@@ -504,7 +408,7 @@ class LibraryIndex:
         self._stop.set()
         self._wake.set()
         self._worker.join(STOP_WAIT)
-        self._helper.shutdown(wait=False)
+        self._reads.close()
 
 
 def _lower_priority(nice: int) -> None:
@@ -514,17 +418,6 @@ def _lower_priority(nice: int) -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     except (AttributeError, OSError) as exc:  # not Linux, or not allowed
         log.debug("index worker keeps its priority: %s", exc)
-
-
-def _over(helper: ThreadPoolExecutor | None, nprobe: int) -> ThreadPoolExecutor | None:
-    """The helper thread, if a scan of `nprobe` lists is worth splitting."""
-    return helper if nprobe >= SPLIT_MIN_NPROBE else None
-
-
-def _one_omp_thread() -> None:
-    import faiss
-
-    faiss.omp_set_num_threads(SEARCH_THREADS)
 
 
 def _iso(stamp: float) -> str | None:

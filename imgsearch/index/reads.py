@@ -1,0 +1,97 @@
+"""Searching what a library index has published: its segments, or the store itself while the
+first base is built.
+
+A search of quantized codes asks the segments for more candidates than it returns and
+re-scores them with exact vectors from the store. When it is the only search in flight and
+the index is idle, one search's scan is split over two threads (segments.Segments.search with
+a helper).
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from . import base as B
+from .build import Source, rescored
+from .policy import QUANTIZED
+from .segments import Segments, exact_among, merge
+
+SEARCH_THREADS = 1
+# A search scans its probed lists on two threads (the request's and one helper: half the lists
+# each) when nothing else wants the CPU: it is the only search in flight, no training or
+# compaction runs and no bulk import holds the index. So at most two threads search at once,
+# and concurrent searches each keep one. Only from SPLIT_MIN_NPROBE lists (below, the hand-off
+# costs more than half a scan of a few lists saves).
+SPLIT_MIN_NPROBE = 32
+EXTRA = 10  # quantized codes: candidates beyond k re-scored exactly (near-duplicates' order)
+
+Hits = tuple[np.ndarray, np.ndarray]  # (similarities, ids), best first, -1 padded
+
+
+class Searcher:
+    """Searches of published segments, counted, with one helper thread for split scans."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.searching = 0  # searches in flight (under _counting)
+        self._counting = threading.Lock()
+        self.helper = ThreadPoolExecutor(1, "search-helper", one_omp_thread)
+
+    def search(
+        self, seg: Segments, queries: np.ndarray, k: int, allowed: np.ndarray | None, idle: bool
+    ) -> Hits:
+        """Best k of `seg` (quantized hits re-scored exactly); `idle`: nothing else in the
+        index wants the CPU (the split is used only then, and only for a lone search)."""
+        meta = seg.base.meta
+        quantized = meta.kind in QUANTIZED  # similarities of hits always exact, from the store
+        wanted = k * meta.rescore if meta.rescore else k + (EXTRA if quantized else 0)
+        nprobe = max(1, meta.nprobe)
+        with self._counting:
+            self.searching += 1
+            alone = self.searching == 1
+        try:
+            helper = self.helper if alone and idle else None
+            sims, ids = seg.search(queries, wanted, allowed, nprobe, _over(helper, nprobe))
+            need = min(wanted, len(seg) if allowed is None else len(allowed))
+            lists = int(getattr(B.ivf(seg.base.index), "nlist", 0))
+            while nprobe < lists and int((ids >= 0).sum(axis=1).min()) < need:
+                nprobe = min(lists, nprobe * 4)  # a filter left too few: look in more lists
+                sims, ids = seg.search(queries, wanted, allowed, nprobe, _over(helper, nprobe))
+        finally:
+            with self._counting:
+                self.searching -= 1
+        if quantized:
+            sims, ids = rescored(queries, ids, k, self.source)
+        return sims, ids
+
+    def close(self) -> None:
+        self.helper.shutdown(wait=False)
+
+
+def scan_store(source: Source, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> Hits:
+    """Exact best k over every present vector in SQLite (while the first base builds)."""
+    none = np.zeros((len(queries), 0))
+    best = (none.astype(np.float32), none.astype(np.int64))
+    for ids, vectors in source.chunks():
+        if allowed is not None:
+            keep = np.isin(ids, allowed, assume_unique=True)
+            ids, vectors = ids[keep], vectors[keep]
+        best = merge([best, exact_among(queries, k, ids, vectors)], k)
+    return best
+
+
+def one_omp_thread() -> None:
+    """One OpenMP thread for the calling (request) thread: a few queries gain nothing from
+    more, and on a busy machine waking them costs more than the search (docs/BENCHMARKS.md).
+    The setting is per OS thread: background training keeps every core."""
+    import faiss
+
+    faiss.omp_set_num_threads(SEARCH_THREADS)
+
+
+def _over(helper: ThreadPoolExecutor | None, nprobe: int) -> ThreadPoolExecutor | None:
+    """The helper thread, if a scan of `nprobe` lists is worth splitting."""
+    return helper if nprobe >= SPLIT_MIN_NPROBE else None

@@ -1,0 +1,86 @@
+"""Start-up: the saved base to open, and the segments over it brought up to the store.
+
+SQLite is the change log. A start opens the newest usable saved base, takes out what was
+deleted since its generation (from the store's deletions log) and replays the rows written
+since, so kill -9 at any point loses nothing the store had.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import base as B
+from .build import Source
+from .policy import Policy
+from .segments import Segments
+
+log = logging.getLogger(__name__)
+
+
+def saved_base(
+    folder: Path, source: Source, model_id: str, dim: int, policy: Policy
+) -> tuple[B.Base, Path] | None:
+    """The newest saved base this library can use, and its folder (None: none can be used)."""
+    current = source.generation()
+    for path in B.saved(folder):
+        try:
+            base = B.load(path, model_id, dim)
+        except B.IndexFileError as exc:
+            log.warning("saved index unusable: %s", exc)
+            continue
+        if base.meta.generation > current:
+            log.warning("saved index %s is newer than the database; ignored", path)
+            continue
+        if policy.mode == "exact" and base.meta.kind != "exact":
+            log.info("--index exact: not using the saved %s index", base.meta.kind)
+            continue
+        return base, path
+    return None
+
+
+def reopen(
+    base: B.Base, source: Source, policy: Policy, lock: threading.Lock, started: float
+) -> tuple[Segments, bool]:
+    """Segments over `base` holding what the store holds now, and whether anything was taken
+    out or replayed (`started`: when the start began, for the log)."""
+    # Exact at first: replaying is then a copy, not an encoding (~30 us a vector at 1M); the
+    # worker folds these rows into the base soon after (LibraryIndex._needs_compaction).
+    segments = Segments(base, lock, coded=False)
+    opened = time.monotonic()
+    dead = gone(base, source)
+    segments.remove(dead)
+    found = time.monotonic()
+    # Many rows newer than the base (a crash mid-import: up to held_growth times the base) are
+    # replayed as codes: encoding is slower than a copy, but an exact segment of millions of
+    # rows would not fit in memory (2 KB a row at 512-d).
+    if source.count() - len(segments) > policy.held_delta_max:
+        segments.code_if_empty()
+    replayed = 0
+    for ids, vectors in source.chunks(since_generation=base.meta.generation):
+        segments.add(ids, vectors)
+        replayed += len(ids)
+    segments.code_if_empty()  # nothing replayed: coded from the start
+    log.info(
+        "index %s: %d vectors in %.1fs (base opened %.1fs, %d deleted found %.1fs, "
+        "%d changed replayed from SQLite %.1fs)",
+        base.meta.kind, len(segments), time.monotonic() - started, opened - started,
+        len(dead), found - opened, replayed, time.monotonic() - found,
+    )  # fmt: skip
+    return segments, bool(replayed or len(dead))
+
+
+def gone(base: B.Base, source: Source) -> np.ndarray:
+    """Ids of the base no longer present: from the store's deletions log where it reaches back
+    to the base's generation, else by reading every present id (older databases)."""
+    if not len(base.ids):
+        return np.zeros(0, np.int64)
+    deleted = source.deleted_since(base.meta.generation)
+    if deleted is not None:
+        dead: np.ndarray = deleted[base.contains(deleted)]
+        return dead
+    return np.setdiff1d(base.ids, source.ids(), assume_unique=True)
