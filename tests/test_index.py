@@ -249,6 +249,11 @@ def test_a_hold_lets_coded_recent_rows_grow_with_the_base() -> None:
     assert p.held_limit(True, 0) == p.held_limit(True, 1_000_000) == 800_000
     assert p.held_limit(True, 10_000_000) == 5_000_000  # O(n) rewrites for a big import
     assert Policy(held_growth=0).held_limit(True, 10_000_000) == 800_000
+    # An exact segment waits for the training sample of an import planned for 10M (12,649
+    # lists: 262,144 rows), not only held_delta_max, and codes do not care about it.
+    sample = p.train_at(10_000_000, 512)
+    assert sample == 262_144 and p.held_limit(False, 0, sample) == sample
+    assert p.held_limit(True, 0, sample) == 800_000
 
 
 def test_a_start_replays_many_newer_rows_as_codes(tmp_path: Path) -> None:

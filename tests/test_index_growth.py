@@ -122,6 +122,32 @@ def test_a_bulk_write_trains_once_for_its_final_size_and_compacts_at_its_end(
         again.close()
 
 
+def test_a_bulk_write_trains_on_its_whole_sample_even_past_the_exact_bound(
+    tmp_path: Path,
+) -> None:
+    """held_delta_max below the planned size's training sample: the exact recent segment
+    waits for the sample (the training is not started early on fewer rows, and the rows
+    are not compacted into an exact base meanwhile)."""
+    policy = Policy(exact_max=100, settle_min=1000, held_delta_max=4000)
+    sample = policy.train_at(BIG, DIM)
+    assert sample > 2 * policy.held_delta_max  # before the fix: trained at 8,000 rows
+    catalog = Catalog(tmp_path, "m", DIM, policy)
+    without_worker(catalog)
+    trainings = counting_trainings(catalog)
+    vectors = clustered(sample + 4000)
+    try:
+        with catalog.index.hold(expected=BIG):
+            ran = []
+            for at in range(0, len(vectors), 4000):
+                fill(catalog, vectors[at : at + 4000], start=at)
+                ran.append(catalog.index.maintain())
+        assert ran.count("train") == 1 and "compact" not in ran[: ran.index("train")], ran
+        assert trainings[0] >= sample, (trainings, sample)
+        assert catalog.index.describe()["trained_count"] == BIG
+    finally:
+        catalog.close()
+
+
 def test_an_import_job_trains_once_and_leaves_nothing_to_replay(
     tmp_path: Path, tiny_embedder: Embedder
 ) -> None:

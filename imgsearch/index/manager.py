@@ -214,7 +214,8 @@ class LibraryIndex:
         return self._holds > 0 and int(seg.recent.ntotal) <= self._held_limit(seg)
 
     def _held_limit(self, seg: Segments) -> int:
-        return self.policy.held_limit(seg.coded, len(seg.base))
+        sample = self.policy.train_at(self._target(), self.dim) if self._planned else 0
+        return self.policy.held_limit(seg.coded, len(seg.base), sample)
 
     # -- reads ----------------------------------------------------------------------------------
 

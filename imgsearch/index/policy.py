@@ -169,12 +169,14 @@ class Policy:
         spec = self.spec(target, dim)
         return train_size(spec.lists, target) if spec.lists else 0
 
-    def held_limit(self, coded: bool = False, base_count: int = 0) -> int:
+    def held_limit(self, coded: bool = False, base_count: int = 0, sample: int = 0) -> int:
         """How many recent vectors a bulk import's hold lets pile up on a base of
         `base_count` before the worker folds them in anyway (memory, and each fold rewrites
-        the base; twice this and the import waits)."""
+        the base; twice this and the import waits). An exact segment holds at least `sample`
+        (the training sample the import waits for, train_at): otherwise a 10M import trained
+        at held_delta_max rows on fewer than the sample (200k rows for 12,649 lists)."""
         if not coded:
-            return self.held_delta_max
+            return max(self.held_delta_max, sample)
         return max(self.held_delta_max * CODED_SCALE, int(self.held_growth * base_count))
 
     def needs_retune(self, kind: str, tuned_count: int, count: int, holds: int) -> bool:
