@@ -179,6 +179,7 @@ class Service:
             self.comparators,
             mode=config.precompute,
             limit=config.precompute_limit,
+            paused=self.ingester.running,
             **limits,
         )
         stack.callback(self.precompute.close)  # before the catalog closes

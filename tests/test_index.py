@@ -7,8 +7,11 @@ thousand vectors in a second or two; the real sizes are measured by bench/scale.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import re
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -610,3 +613,38 @@ def test_a_base_saved_without_a_template_gets_one_at_its_first_compaction(
         assert found >= 0.95, found
     finally:
         second.close()
+
+
+class LaggingSource(StoreSource):
+    """A store whose exact-vector reads (the re-scoring's) take `lag` seconds more."""
+
+    def __init__(self, source: StoreSource, lag: float) -> None:
+        super().__init__(source.store)
+        self.lag = lag
+
+    def vectors(self, ids):  # type: ignore[no-untyped-def]
+        time.sleep(self.lag)
+        return super().vectors(ids)
+
+
+def test_a_slow_search_is_logged_with_where_its_time_went(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from imgsearch.index import reads
+
+    vectors = clustered(N)
+    catalog = Catalog(tmp_path, "m", DIM, policy("ivf-pqfs"))
+    try:
+        fill(catalog, vectors)
+        catalog.index.maintain()
+        assert catalog.index.describe()["kind"] == "ivf-pqfs"
+        monkeypatch.setattr(reads, "SLOW_SEARCH_MS", 150.0)
+        catalog.index._reads.source = LaggingSource(StoreSource(catalog.store), 0.3)
+        with caplog.at_level(logging.WARNING, logger="imgsearch.index.reads"):
+            assert catalog.nearest(vectors[:1], 5)[0][0].path == "/v/0.jpg"
+        (record,) = [r for r in caplog.records if "slow search" in r.getMessage()]
+        found = re.search(r"re-scoring (\d+) rows from the store (\d+) ms", record.getMessage())
+        assert found, record.getMessage()
+        assert int(found[1]) >= 5 and int(found[2]) >= 300
+    finally:
+        catalog.close()

@@ -5,6 +5,7 @@ background feature precompute."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from pathlib import Path
 
@@ -336,6 +337,39 @@ async def test_precompute_makes_features_exist_after_an_add(
     assert stats["precompute"]["done"] == 3 and stats["precompute"]["enabled"]
     assert stats["precompute"]["pending"] == 0
     assert stats["embedding"]["precision"] == "fp32"
+    # It only takes CPU that adds and searches leave (Linux's idle class; nice elsewhere).
+    thread = service.precompute._thread
+    assert thread.native_id is not None
+    if hasattr(os, "SCHED_IDLE"):
+        assert stats["precompute"]["priority"] == "idle"
+        assert os.sched_getscheduler(thread.native_id) == os.SCHED_IDLE
+
+
+async def test_precompute_waits_while_an_add_runs(
+    aiohttp_client: ClientFactory, config: Config, tiny_embedder: Embedder, tmp_path: Path
+) -> None:
+    """An image written while an add is in progress gets its features only once the add is
+    over (the add keeps the CPU), and then without being asked again."""
+    from imgsearch.store import FileFacts, NewImage
+
+    path = tmp_path / "coffee.jpg"
+    photo("coffee").save(path, quality=90)
+    client = await aiohttp_client(_app(config, tiny_embedder))
+    service = client.app[SERVICE]
+    stat = path.stat()
+    facts = FileFacts(str(path), stat.st_size, stat.st_mtime_ns, "0" * 64, 400, 300)
+    vector = np.ones(tiny_embedder.dim, np.float32) / np.sqrt(tiny_embedder.dim)
+    with service.ingester._run_lock:  # what an add holds while it runs
+        assert service.ingester.running()
+        (image_id,) = service.catalog.put([NewImage(facts, vector)]).ids
+        await asyncio.sleep(1.0)
+        assert service.features.get("verify", image_id, stat.st_mtime_ns) is None
+        assert (await get_json(client, "/stats"))["precompute"]["pending"] == 1
+    assert not service.ingester.running()
+    done = await _wait_for(
+        lambda: service.features.get("verify", image_id, stat.st_mtime_ns) is not None, 60
+    )
+    assert done and service.precompute.done == 1
 
 
 async def test_precompute_off_leaves_features_lazy(

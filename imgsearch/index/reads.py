@@ -9,7 +9,9 @@ a helper).
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -27,6 +29,11 @@ SEARCH_THREADS = 1
 # costs more than half a scan of a few lists saves).
 SPLIT_MIN_NPROBE = 32
 EXTRA = 10  # quantized codes: candidates beyond k re-scored exactly (near-duplicates' order)
+# A search slower than this is logged with where its time went (the scan of the segments, the
+# lock of the recent one, the re-scoring read from SQLite): the issue's bound on any search.
+SLOW_SEARCH_MS = 500.0
+
+log = logging.getLogger(__name__)
 
 Hits = tuple[np.ndarray, np.ndarray]  # (similarities, ids), best first, -1 padded
 
@@ -49,12 +56,14 @@ class Searcher:
         quantized = meta.kind in QUANTIZED  # similarities of hits always exact, from the store
         wanted = k * meta.rescore if meta.rescore else k + (EXTRA if quantized else 0)
         nprobe = max(1, meta.nprobe)
+        stages: dict[str, float] = {}
+        start = time.perf_counter()
         with self._counting:
             self.searching += 1
             alone = self.searching == 1
         try:
             helper = self.helper if alone and idle else None
-            sims, ids = seg.search(queries, wanted, allowed, nprobe, _over(helper, nprobe))
+            sims, ids = seg.search(queries, wanted, allowed, nprobe, _over(helper, nprobe), stages)
             need = min(wanted, len(seg) if allowed is None else len(allowed))
             lists = int(getattr(B.ivf(seg.base.index), "nlist", 0))
             while nprobe < lists and int((ids >= 0).sum(axis=1).min()) < need:
@@ -63,8 +72,20 @@ class Searcher:
         finally:
             with self._counting:
                 self.searching -= 1
+        scanned, candidates = time.perf_counter(), int((ids >= 0).sum()) if quantized else 0
         if quantized:
             sims, ids = rescored(queries, ids, k, self.source)
+        total = (time.perf_counter() - start) * 1000
+        if total > SLOW_SEARCH_MS:
+            log.warning(
+                "slow search: %.0f ms: segments %.0f ms (base %.0f, waiting for the recent "
+                "segment's lock %.0f, recent %.0f; nprobe %d%s), re-scoring %d rows from the "
+                "store %.0f ms",
+                total, (scanned - start) * 1000, stages.get("base", 0), stages.get("lock", 0),
+                stages.get("recent", 0), nprobe, ", split" if helper else "",
+                candidates,
+                (time.perf_counter() - scanned) * 1000,
+            )  # fmt: skip
         return sims, ids
 
     def close(self) -> None:

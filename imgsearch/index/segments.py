@@ -12,6 +12,7 @@ is searched with the base's nprobe, and compaction moves its codes into the base
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
@@ -168,10 +169,14 @@ class Segments:
         allowed: np.ndarray | None,
         nprobe: int,
         helper: Executor | None = None,
+        stages: dict[str, float] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Best k of base and recent segment: (similarities, ids), -1 padded. With `helper`
-        (a thread), an IVF base's probed lists are scanned half there, half here."""
+        (a thread), an IVF base's probed lists are scanned half there, half here. `stages`
+        receives the ms spent on the base, waiting for `lock` and on the recent segment."""
         import faiss
+
+        start = time.perf_counter()
 
         keep: list[Any] = []  # SWIG selectors point into these: keep them alive
         allow: Any = None
@@ -191,11 +196,17 @@ class Segments:
             parts = [self._search_assigned(queries, k, sel, nprobe, helper)]
         else:
             parts = [self._search_base(queries, k, sel, nprobe)]
+        based = time.perf_counter()
         with self.lock:
+            locked = time.perf_counter()
             if self.recent.ntotal:
                 params = search_params(self.coded, allow, nprobe, self.graph)
                 kk = min(k, int(self.recent.ntotal))
                 parts.append(self.recent.search(queries, kk, params=params))
+        if stages is not None:
+            end = time.perf_counter()
+            stages.update(base=(based - start) * 1000, lock=(locked - based) * 1000)
+            stages["recent"] = (end - locked) * 1000
         return merge(parts, k)
 
     def _search_base(

@@ -87,6 +87,10 @@ class Ingester:
         self.show_progress = show_progress
         self._run_lock = threading.Lock()
 
+    def running(self) -> bool:
+        """Whether a run (files or embedded rows) is in progress."""
+        return self._run_lock.locked()
+
     def add(
         self,
         target: Path,
