@@ -244,12 +244,14 @@ class Searching:
     def __init__(self, daemon: Daemon, queries: np.ndarray) -> None:
         self.daemon, self.queries = daemon, queries
         self.times: list[float] = []
+        self.started: list[float] = []  # wall-clock start of each, to find it in the daemon log
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             q = self.queries[len(self.times) % len(self.queries)]
+            self.started.append(time.time())
             self.times.append(post_json(self.daemon.url + "/search", {"vector": q.tolist()})[1])
 
     def __enter__(self) -> Searching:
@@ -274,7 +276,22 @@ def remove_under_load(daemon: Daemon, root: Path, n: int, queries: np.ndarray) -
         out["index_after_compaction"] = wait_idle(daemon)
         out["compaction_s"] = time.perf_counter() - start
     out["search_ms_during_removes_and_compaction"] = percentiles(load.times)
+    slowest = int(np.argmax(load.times))
+    out["slowest_search_started"] = (
+        time.strftime("%H:%M:%S", time.localtime(load.started[slowest]))
+        + f".{int(load.started[slowest] % 1 * 1000):03d}"
+    )
     return out
+
+
+def kept_log(daemon: Daemon, phase: str, n: int) -> list[str]:
+    """Copy the daemon's log to bench/out (the data dir is temporary); return its warnings
+    (slow searches say where their time went)."""
+    text = daemon.log_path.read_text(errors="replace")
+    target = Path(__file__).parent / "out" / f"scale-{n}-{phase}.log"
+    target.parent.mkdir(exist_ok=True)
+    target.write_text(text)
+    return [line for line in text.splitlines() if " WARNING " in line or " ERROR " in line][:50]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -316,6 +333,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 name: percentiles(ms) for name, ms in poller.latencies.items()
             }
             out["first_daemon_rss"] = rss(daemon._proc.pid)  # type: ignore[union-attr]
+        out["daemon_warnings_import"] = kept_log(daemon, "import", args.n)
         queries = vectors.queries(args.queries)
         progress("exact ground truth")
         want = truth(vectors, queries)
@@ -348,6 +366,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out["disk_bytes_per_image"] = size / args.n
         out["db_bytes_per_image"] = (data_dir / "imgsearch.sqlite3").stat().st_size / args.n
         out["log_tail"] = daemon.log_tail(12)
+        out["daemon_warnings_serve"] = kept_log(daemon, "serve", args.n)
     return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -406,5 +407,39 @@ def test_rows_added_during_a_compaction_are_replayed_as_codes(tmp_path: Path) ->
             hits = catalog.nearest(vectors[i : i + 1], 10)[0]
             assert f"/v/{i}.jpg" in {h.path for h in hits}, i
         assert sorted(index.ids().tolist()) == catalog.store.ids().tolist()
+    finally:
+        catalog.close()
+
+
+def test_the_deletions_log_is_trimmed_a_chunk_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trimming a long log never holds the write lock for all of it: every chunk is its own
+    transaction (a write in between goes through), and all of it goes, newer rows kept."""
+    from imgsearch.store import images as store_images
+
+    monkeypatch.setattr(store_images, "FORGET_CHUNK", 4)
+    catalog = Catalog(tmp_path, "m", DIM, Policy())
+    try:
+        ids = fill(catalog, clustered(60), batch=60)
+        catalog.remove_ids(ids[:30])
+        generation = catalog.store.generation()
+        catalog.remove_ids(ids[30:33])
+        db = catalog.store.db
+        transactions = []
+        real = db.write
+
+        @contextmanager
+        def counted():  # type: ignore[no-untyped-def]
+            with real() as conn:
+                transactions.append(conn.execute("SELECT count(*) FROM deletions").fetchone()[0])
+                yield conn
+
+        monkeypatch.setattr(db, "write", counted)
+        catalog.store.images.forget_deletions(generation)
+        assert transactions == [33, 33, 29, 25, 21, 17, 13, 9, 5]  # meta, then 4 a chunk
+        logged = catalog.store.images.deleted_since(generation)
+        assert logged is not None and logged.tolist() == ids[30:33]
+        assert catalog.store.images.deleted_since(generation - 1) is None
     finally:
         catalog.close()
