@@ -33,6 +33,7 @@ from .comparators import FeatureCache
 from .comparators.verify import VerifyComparator, VerifyFeatures
 from .duplicate_report import Cluster, Member, Report
 from .errors import BadRequest, ImgSearchError
+from .index import idsets
 from .neighbours import close_pairs
 from .store import ImageRow
 
@@ -101,11 +102,11 @@ class DuplicateFinder:
         groups = _by_hash(_among(self.catalog.store.images.shared_hashes(folder), allowed))
         ids, vectors = self._vectors(folder)
         if allowed is not None:
-            ids, vectors = _compact(ids, vectors, np.isin(ids, allowed))
+            ids, vectors = _compact(ids, vectors, idsets.within(ids, allowed))
         hidden = np.asarray([r.id for g in groups for r in g[1:]], dtype=np.int64)
         seen = len(ids)
         # An identical group meets its neighbours once.
-        ids, vectors = _compact(ids, vectors, ~np.isin(ids, hidden))
+        ids, vectors = _compact(ids, vectors, ~idsets.within(ids, hidden))
         pairs = close_pairs(vectors, threshold)
         edges = [
             (float(d), int(a), int(b))

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from . import idsets
 from . import policy as P
 from .base import READ_INTO_RAM, Base, BaseMeta, emptied, ivf
 from .codes import Encoded, encoded, merge_into
@@ -118,7 +119,7 @@ def fold(
     template = old.template
     if template is None and old.meta.kind != "exact":
         template = emptied(index)  # a base of an earlier version: its first compaction
-    drop = np.union1d(dead, recent_ids)
+    drop = idsets.union(dead, recent_ids)
     if len(drop):
         index.remove_ids(faiss.IDSelectorBatch(len(drop), faiss.swig_ptr(drop)))
     if not isinstance(frozen, Encoded) and len(recent_ids) and template is not None:
@@ -127,7 +128,7 @@ def fold(
         merge_into(index, frozen)  # (appending after remove_ids is wrong for fast-scan lists)
     elif len(recent_ids):
         index.add_with_ids(frozen[1], frozen[0])  # an exact base
-    ids = np.union1d(np.setdiff1d(old.ids, drop, assume_unique=True), recent_ids)
+    ids = idsets.union(np.setdiff1d(old.ids, drop, assume_unique=True), recent_ids)
     return Base(index, ids, replace(old.meta, generation=generation, count=len(ids)), template)
 
 
@@ -246,7 +247,7 @@ def rescored(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Re-rank candidate ids (-1 padded) with exact vectors from the store (one read of the
     distinct ids, sorted); ids no longer stored drop out."""
-    found, vectors = source.vectors(np.unique(ids[ids >= 0]).tolist())
+    found, vectors = source.vectors(idsets.unique(ids[ids >= 0]).tolist())
     order = np.argsort(found, kind="stable")  # the store answers in id order: usually a no-op
     found, vectors = found[order], vectors[order]
     sims = np.full(ids.shape, -np.inf, np.float32)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from . import idsets
 from . import policy as P
 from .base import Base
 from .codes import Encoded, encoded, merge_into
@@ -106,9 +107,9 @@ class Segments:
         if len(inside):
             byte, bit = inside >> 3, (inside & 7).astype(np.uint8)
             fresh = (self.bitmap[byte] >> bit) & 1 == 0
-            self.dead += len(np.unique(inside[fresh]))
+            self.dead += len(idsets.unique(inside[fresh]))
             np.bitwise_or.at(self.bitmap, byte, np.left_shift(1, bit).astype(np.uint8))
-        there = np.unique(ids[self._in_recent(ids)])
+        there = idsets.unique(ids[self._in_recent(ids)])
         if len(there):
             self.recent.remove_ids(faiss.IDSelectorBatch(len(there), faiss.swig_ptr(there)))
             self._mark(there, 0)
@@ -160,7 +161,7 @@ class Segments:
         with self.lock:
             recent = self.recent_ids()
             alive = np.setdiff1d(self.base.ids, self.deleted(), assume_unique=True)
-        return np.union1d(alive, recent)
+        return idsets.union(alive, recent)
 
     def search(
         self,
