@@ -17,6 +17,7 @@ for each nprobe and re-scoring depth asked. Prints one JSON line (bench/out/big_
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -233,30 +234,44 @@ def without_own(top: np.ndarray, own: np.ndarray) -> np.ndarray:
 
 
 def store_reads(db: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """The re-scoring read (StoreSource.vectors) of 40 / 100 / 250 random ids of a library's
-    SQLite file, with its pages in the page cache and without (dropped before each read, as
-    at 10M, where the 15 GB file does not fit beside the daemon)."""
+    """The re-scoring read of 40 / 100 / 250 random ids of a library's SQLite file, with its
+    pages in the page cache and without (dropped before each read, as at 10M, where the 15 GB
+    file does not fit beside the daemon): one read (StoreSource.vectors) and the daemon's
+    split read (index/reads.py: Searcher.vectors, READ_PARTS reads side by side), the two
+    alternating query by query."""
     import os
 
     from imgsearch.catalog import StoreSource
+    from imgsearch.index.reads import READ_PARTS, Searcher
     from imgsearch.store import Store
 
     store = Store(db)
     source = StoreSource(store)
+    searcher = Searcher(source)
     ids = store.ids()
     rng = np.random.default_rng(5)
     out: dict[str, Any] = {"db": str(db), "rows": len(ids), "bytes": db.stat().st_size}
+    out["read_parts"] = READ_PARTS
     fd = os.open(db, os.O_RDONLY)
     for count in (40, 100, 250):
-        picks = [np.sort(rng.choice(ids, count, replace=False)) for _ in range(args.queries)]
-        out[f"warm_{count}"] = timed(lambda i, p=picks: source.vectors(p[i].tolist()), len(picks))
-
-        def cold(i: int, p: list[np.ndarray] = picks) -> Any:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            return source.vectors(p[i].tolist())
-
-        out[f"cold_{count}"] = timed(cold, len(picks) // 4)
+        picks = [np.sort(rng.choice(ids, count, False)).tolist() for _ in range(args.queries)]
+        kinds = ("warm", "cold", "split_warm", "split_cold")
+        times: dict[str, list[float]] = {k: [] for k in kinds}
+        for i, pick in enumerate(picks):
+            first, second = (source.vectors, searcher.vectors)[:: 1 if i % 2 else -1]
+            for read in (first, second):
+                name = "split_" if read == searcher.vectors else ""
+                for state in ("cold", "warm") if i % 4 == 0 else ("warm",):
+                    if state == "cold":
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                    start = time.perf_counter()
+                    read(pick)
+                    times[name + state].append((time.perf_counter() - start) * 1000)
+        for name, ms in times.items():
+            out[f"{name}_{count}"] = percentiles(ms)
+        progress(json.dumps({k: out[k] for k in out if k.endswith(f"_{count}")}))
     os.close(fd)
+    searcher.close()
     store.close()
     return out
 

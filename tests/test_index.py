@@ -433,7 +433,7 @@ def test_rescoring_drops_ids_no_longer_stored(tmp_path: Path) -> None:
         ids = np.asarray(fill(catalog, vectors), np.int64)
         catalog.remove_ids([int(ids[3])])
         candidates = np.array([[ids[3], -1, ids[5], ids[4]], [ids[7], ids[3], -1, -1]])
-        sims, got = rescored(vectors[[4, 7]], candidates, 3, catalog.index.source)
+        sims, got = rescored(vectors[[4, 7]], candidates, 3, catalog.index.source.vectors)
         assert got.tolist() == [[ids[4], ids[5], -1], [ids[7], -1, -1]]
         assert abs(sims[0, 0] - 1.0) < 1e-3 and sims[0, 1] < sims[0, 0]
     finally:
@@ -639,12 +639,52 @@ def test_a_slow_search_is_logged_with_where_its_time_went(
         catalog.index.maintain()
         assert catalog.index.describe()["kind"] == "ivf-pqfs"
         monkeypatch.setattr(reads, "SLOW_SEARCH_MS", 150.0)
-        catalog.index._reads.source = LaggingSource(StoreSource(catalog.store), 0.3)
+        catalog.index._reads.source = LaggingSource(StoreSource(catalog.store), 0.4)
         with caplog.at_level(logging.WARNING, logger="imgsearch.index.reads"):
             assert catalog.nearest(vectors[:1], 5)[0][0].path == "/v/0.jpg"
         (record,) = [r for r in caplog.records if "slow search" in r.getMessage()]
         found = re.search(r"re-scoring (\d+) rows from the store (\d+) ms", record.getMessage())
         assert found, record.getMessage()
-        assert int(found[1]) >= 5 and int(found[2]) >= 300
+        assert int(found[1]) >= 5 and int(found[2]) >= 380
+    finally:
+        catalog.close()
+
+
+class ThreadNotingSource(StoreSource):
+    """Notes which threads read exact vectors, and how many ids each read asked for."""
+
+    def __init__(self, source: StoreSource) -> None:
+        super().__init__(source.store)
+        self.reads: list[tuple[int, int]] = []
+
+    def vectors(self, ids):  # type: ignore[no-untyped-def]
+        self.reads.append((threading.get_ident(), len(ids)))
+        return super().vectors(ids)
+
+
+def test_the_rescoring_read_is_split_over_threads_and_loses_nothing(tmp_path: Path) -> None:
+    from imgsearch.index import reads
+
+    vectors = clustered(300)
+    catalog = Catalog(tmp_path, "m", DIM, policy("exact"))
+    try:
+        ids = fill(catalog, vectors)
+        catalog.remove_ids(ids[10:20])
+        noting = ThreadNotingSource(StoreSource(catalog.store))
+        searcher = reads.Searcher(noting)
+        try:
+            wanted = sorted(ids[:150])
+            found, got = searcher.vectors(wanted)
+            assert found.tolist() == [i for i in wanted if i not in ids[10:20]]
+            assert np.allclose(got, vectors[[ids.index(i) for i in found.tolist()]], atol=1e-3)
+            assert len(noting.reads) == reads.READ_PARTS
+            assert len({thread for thread, _ in noting.reads}) >= 2  # (a pool thread may do two)
+            assert sum(n for _, n in noting.reads) == 150
+            noting.reads.clear()
+            found, _ = searcher.vectors(wanted[: reads.READ_SPLIT_MIN - 1])  # a few: one read
+            assert len(noting.reads) == 1 and len(found) == reads.READ_SPLIT_MIN - 1 - 10
+            assert searcher.vectors(ids[10:20])[0].tolist() == []  # all gone: none found
+        finally:
+            searcher.close()
     finally:
         catalog.close()

@@ -24,7 +24,7 @@ from . import idsets
 from . import policy as P
 from .base import READ_INTO_RAM, Base, BaseMeta, emptied, ivf
 from .codes import Encoded, encoded, merge_into
-from .segments import exact_among, hnsw, merge, search_params
+from .segments import Fetch, exact_among, hnsw, merge, search_params
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ def _recall(
     params = search_params(True, None, nprobe, hnsw(index))
     _, ids = index.search(vectors, (k + 1) * max(1, rescore), params=params)
     if rescore:
-        ids = rescored(vectors, ids, k + 1, source)[1]
+        ids = rescored(vectors, ids, k + 1, source.vectors)[1]
     ids = _without(ids, q_ids, k)
     hits = sum(len(np.intersect1d(a[a >= 0], b[b >= 0])) for a, b in zip(ids, truth, strict=True))
     return hits / max(1, int((truth >= 0).sum()))
@@ -243,11 +243,11 @@ def _without(ids: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
 
 
 def rescored(
-    queries: np.ndarray, ids: np.ndarray, k: int, source: Source
+    queries: np.ndarray, ids: np.ndarray, k: int, fetch: Fetch
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Re-rank candidate ids (-1 padded) with exact vectors from the store (one read of the
-    distinct ids, sorted); ids no longer stored drop out."""
-    found, vectors = source.vectors(idsets.unique(ids[ids >= 0]).tolist())
+    """Re-rank candidate ids (-1 padded) with exact vectors from the store (`fetch`: one read
+    of the distinct ids, sorted); ids no longer stored drop out."""
+    found, vectors = fetch(idsets.unique(ids[ids >= 0]).tolist())
     order = np.argsort(found, kind="stable")  # the store answers in id order: usually a no-op
     found, vectors = found[order], vectors[order]
     sims = np.full(ids.shape, -np.inf, np.float32)

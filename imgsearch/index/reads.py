@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -32,6 +33,12 @@ EXTRA = 10  # quantized codes: candidates beyond k re-scored exactly (near-dupli
 # A search slower than this is logged with where its time went (the scan of the segments, the
 # lock of the recent one, the re-scoring read from SQLite): the issue's bound on any search.
 SLOW_SEARCH_MS = 500.0
+# The re-scoring read (k x rescore rows: 100 at k = 10) asks SQLite for one row after another;
+# at 10M the database does not fit the page cache, so each row may be a disk read, and while
+# other writes fill the disk's queue one read waits behind many. From READ_SPLIT_MIN rows the
+# ids are read in READ_PARTS contiguous parts side by side (each thread has its own reader).
+READ_PARTS = 4
+READ_SPLIT_MIN = 32
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,7 @@ class Searcher:
         self.searching = 0  # searches in flight (under _counting)
         self._counting = threading.Lock()
         self.helper = ThreadPoolExecutor(1, "search-helper", one_omp_thread)
+        self.readers = ThreadPoolExecutor(READ_PARTS - 1, "rescore-read")
 
     def search(
         self, seg: Segments, queries: np.ndarray, k: int, allowed: np.ndarray | None, idle: bool
@@ -74,7 +82,7 @@ class Searcher:
                 self.searching -= 1
         scanned, candidates = time.perf_counter(), int((ids >= 0).sum()) if quantized else 0
         if quantized:
-            sims, ids = rescored(queries, ids, k, self.source)
+            sims, ids = rescored(queries, ids, k, self.vectors)
         total = (time.perf_counter() - start) * 1000
         if total > SLOW_SEARCH_MS:
             log.warning(
@@ -88,8 +96,22 @@ class Searcher:
             )  # fmt: skip
         return sims, ids
 
+    def vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Exact vectors of the sorted `ids` that are stored, from the store: (ids, vectors),
+        read in up to READ_PARTS parts side by side."""
+        if len(ids) < READ_SPLIT_MIN:
+            return self.source.vectors(ids)
+        parts = [part.tolist() for part in np.array_split(np.asarray(ids), READ_PARTS)]
+        others = [self.readers.submit(self.source.vectors, part) for part in parts[1:]]
+        got = [self.source.vectors(parts[0]), *(other.result() for other in others)]
+        found = [(ids_, vectors) for ids_, vectors in got if len(ids_)]
+        if not found:
+            return got[0]
+        return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
+
     def close(self) -> None:
         self.helper.shutdown(wait=False)
+        self.readers.shutdown(wait=False)
 
 
 def scan_store(source: Source, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> Hits:
