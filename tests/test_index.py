@@ -346,6 +346,7 @@ def test_first_start_serves_exact_results_while_the_base_builds(tmp_path: Path) 
     try:
         about = catalog.index.describe()
         assert (about["state"], about["origin"], about["vectors"]) == ("building", "building", N)
+        assert catalog.index.ids().tolist() == catalog.store.ids().tolist()  # what searches see
         builder = threading.Thread(target=catalog.index.maintain)
         builder.start()
         assert gate.reading.wait(30)

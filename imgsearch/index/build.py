@@ -73,6 +73,8 @@ def build(
     if spec.kind != "exact" and len(present):
         sample = np.sort(rng.choice(present, P.train_size(spec.lists, len(present)), replace=False))
         _, train = source.vectors(sample.tolist())
+        if not len(train):  # every sampled row removed meanwhile: the worker tries again
+            raise RuntimeError("the rows sampled for training are no longer stored")
         index.train(train)
         del train
         template = faiss.clone_index(index)  # trained, empty: what recent segments copy

@@ -223,7 +223,8 @@ class LibraryIndex:
         return self.source.count() if self._building else len(self._segments)
 
     def ids(self) -> np.ndarray:
-        return self._segments.ids()
+        """The ids searches find (the store's while the first base is built)."""
+        return self.source.ids() if self._building else self._segments.ids()
 
     def search(
         self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None

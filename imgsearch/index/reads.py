@@ -54,6 +54,7 @@ class Searcher:
         self._counting = threading.Lock()
         self.helper = ThreadPoolExecutor(1, "search-helper", one_omp_thread)
         self.readers = ThreadPoolExecutor(READ_PARTS - 1, "rescore-read")
+        self.closed = False  # then searches go on, on the calling thread alone
 
     def search(
         self, seg: Segments, queries: np.ndarray, k: int, allowed: np.ndarray | None, idle: bool
@@ -70,7 +71,7 @@ class Searcher:
             self.searching += 1
             alone = self.searching == 1
         try:
-            helper = self.helper if alone and idle else None
+            helper = self.helper if alone and idle and not self.closed else None
             sims, ids = seg.search(queries, wanted, allowed, nprobe, _over(helper, nprobe), stages)
             need = min(wanted, len(seg) if allowed is None else len(allowed))
             lists = int(getattr(B.ivf(seg.base.index), "nlist", 0))
@@ -99,10 +100,13 @@ class Searcher:
     def vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Exact vectors of the sorted `ids` that are stored, from the store: (ids, vectors),
         read in up to READ_PARTS parts side by side."""
-        if len(ids) < READ_SPLIT_MIN:
+        if len(ids) < READ_SPLIT_MIN or self.closed:
             return self.source.vectors(ids)
         parts = [part.tolist() for part in np.array_split(np.asarray(ids), READ_PARTS)]
-        others = [self.readers.submit(self.source.vectors, part) for part in parts[1:]]
+        try:
+            others = [self.readers.submit(self.source.vectors, part) for part in parts[1:]]
+        except RuntimeError:  # closed meanwhile (the daemon is stopping): read them here
+            return self.source.vectors(ids)
         got = [self.source.vectors(parts[0]), *(other.result() for other in others)]
         found = [(ids_, vectors) for ids_, vectors in got if len(ids_)]
         if not found:
@@ -110,6 +114,7 @@ class Searcher:
         return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
 
     def close(self) -> None:
+        self.closed = True
         self.helper.shutdown(wait=False)
         self.readers.shutdown(wait=False)
 
