@@ -36,7 +36,7 @@ PATTERNS = {
     "trainings": r"index built: (\S+), (\d+) vectors in ([\d.]+)s",
     "swaps": r"index swapped in: (\S+), (\d+) vectors",
     "model_load_s": r"model loaded in ([\d.]+)s",
-    "index_open": r"index \S+ \((\w+)\): (\d+) vectors.*",
+    "index_open": r"index \S+: \d+ vectors in [\d.]+s \(base opened.*",
 }
 
 
