@@ -23,7 +23,9 @@ from .downloads import DOWNLOADS, UrlAdder
 from .duplicates import DuplicateFinder
 from .embedders import (
     Embedder,
+    PrecisionCheck,
     batch_size_of,
+    check_precision,
     decode_workers,
     load_embedder,
     runtime_stats,
@@ -102,6 +104,7 @@ class Service:
             else choose_model(config, fallback=self._model_fallback)
         )
         self.notice = choice.notice  # why the model is not the one asked for, if it is not
+        self.precision_check: PrecisionCheck | None = None
         if embedder is not None:
             self.embedder = embedder
             self.catalog = self._catalog(None)
@@ -113,12 +116,17 @@ class Service:
                 early = self._open_early(pool)
                 try:
                     started = time.monotonic()
-                    self.embedder = load_embedder(choice.config)
+                    self.embedder = load_embedder(choice.config, check_later=True)
                     log.info("model loaded in %.1fs", time.monotonic() - started)
                 except BaseException:
                     if early is not None:
                         early.add_done_callback(_close)
                     raise
+                # The precision self-check (seconds) runs while the index opens and the
+                # daemon answers; image embeddings wait for it, nothing else does.
+                self.precision_check = check_precision(self.embedder, choice.config.precision)
+                if self.precision_check is not None:
+                    stack.callback(self.precision_check.wait)
                 self.catalog = self._catalog(early)
         stack.callback(self.catalog.close)  # stops the index's background work, closes the db
         batch = config.batch_size or batch_size_of(self.embedder)  # 0: the measured size

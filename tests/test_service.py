@@ -102,7 +102,7 @@ def test_the_catalog_opens_while_the_model_loads(
         opened_on.append(threading.current_thread().name)
         return real_catalog(*args)
 
-    def loading(_: Config) -> Embedder:
+    def loading(_: Config, **__: Any) -> Embedder:
         deadline = time.monotonic() + 30
         while not opened_on:  # the model "loads" until the catalog has started opening
             assert time.monotonic() < deadline, "the catalog did not open alongside"
@@ -111,6 +111,8 @@ def test_the_catalog_opens_while_the_model_loads(
 
     monkeypatch.setattr(service_module, "Catalog", recording_catalog)
     monkeypatch.setattr(service_module, "load_embedder", loading)
+    # (the shared embedder's precision stays as it is; tests/test_speed.py checks the check)
+    monkeypatch.setattr(service_module, "check_precision", lambda *_: None)
     svc = Service(config)
     try:
         assert len(opened_on) == 1 and opened_on[0].startswith("open-catalog")
@@ -136,7 +138,7 @@ def test_another_model_is_refused_after_the_early_open_and_nothing_leaks(
     config: Config, tiny_embedder: Embedder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     Service(config, embedder=tiny_embedder).close()
-    monkeypatch.setattr(service_module, "load_embedder", lambda _: _Renamed(tiny_embedder))
+    monkeypatch.setattr(service_module, "load_embedder", lambda *_, **__: _Renamed(tiny_embedder))
     threads, fds = set(threading.enumerate()), _open_fds()
     with pytest.raises(ConfigError, match="other/model"):
         Service(config)
@@ -158,5 +160,5 @@ def test_a_model_that_fails_to_load_closes_the_early_catalog(
     assert not {fd for fd in _open_fds() - fds if fd.startswith(str(config.data_dir))}
 
 
-def _raise_boom(_: Config) -> Embedder:
+def _raise_boom(_: Config, **__: Any) -> Embedder:
     raise _Boom("no model")

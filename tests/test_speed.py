@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +28,14 @@ from imgsearch.embedders import Embedder
 from imgsearch.embedders.clip import ClipEmbedder
 from imgsearch.embedders.cnn import EfficientNetLite0
 from imgsearch.embedders.precision import (
+    PrecisionCheck,
     choose_precision,
     cpu_flags,
     native_precision,
     sample_images,
 )
 from imgsearch.errors import ConfigError
+from imgsearch.service import Service
 from imgsearch.web.keys import SERVICE
 
 from .helpers import PHOTOS, TINY_MODEL, ClientFactory, get_json, photo
@@ -105,6 +108,49 @@ def test_explicit_precision_is_kept_even_when_the_check_fails(fresh_tiny: ClipEm
     runtime = choose_precision(fresh_tiny, "bf16", threshold=1.01, images=FEW)
     assert runtime.precision == "bf16"
     assert "kept as asked" in runtime.reason
+
+
+def test_image_embeddings_wait_while_the_precision_is_chosen(fresh_tiny: ClipEmbedder) -> None:
+    """While a self-check holds the engine, an image embedding waits, and then comes from the
+    engine the check installed (never a mix of fp32 and bf16 vectors from one start)."""
+    batch = [fresh_tiny.prepare(im) for im in FEW]
+    fresh_tiny.hold(replace(fresh_tiny.runtime, checking=True))
+    assert fresh_tiny.runtime.as_json()["precision_checking"] is True
+    out: list[np.ndarray] = []
+    waiting = threading.Thread(target=lambda: out.append(fresh_tiny.embed_prepared(batch)))
+    waiting.start()
+    waiting.join(0.5)
+    assert waiting.is_alive() and not out  # held
+    runtime = choose_precision(fresh_tiny, "bf16", images=FEW)
+    waiting.join(30)
+    assert not waiting.is_alive() and runtime.precision == "bf16" and not runtime.checking
+    assert np.array_equal(out[0], fresh_tiny.embed_prepared(batch))  # the bf16 engine's
+    assert fresh_tiny.embed_texts(["a cat"]).shape[0] == 1  # text never waits
+
+
+def test_a_background_check_that_fails_leaves_fp32_and_releases(fresh_tiny: ClipEmbedder) -> None:
+    check = PrecisionCheck(fresh_tiny, "int8")  # choose_precision refuses it: an exception
+    assert check.wait(30)
+    runtime = fresh_tiny.runtime
+    assert runtime.precision == "fp32" and not runtime.checking
+    assert "self-check failed" in runtime.reason
+    assert fresh_tiny.embed_images(FEW[:1]).shape == (1, fresh_tiny.dim)  # not held
+
+
+def test_the_daemon_checks_its_precision_after_loading_the_model(config: Config) -> None:
+    """A service that loads its own model starts in fp32 with the check on a thread; the
+    check's verdict is installed once it ends (bf16 asked: kept whatever this CPU is)."""
+    service = Service(replace(config, precision="bf16"))
+    try:
+        check = service.precision_check
+        assert check is not None and check.wait(60)
+        embedding = service.stats()["embedding"]
+        assert embedding["precision"] == "bf16" and embedding["precision_checking"] is False
+        assert embedding["self_check_worst_cosine"] is not None
+        module = service.embedder.module  # type: ignore[attr-defined]
+        assert next(module.parameters()).dtype == torch.bfloat16
+    finally:
+        service.close()
 
 
 def test_precision_flag_is_validated() -> None:

@@ -10,16 +10,18 @@ from typing import Any
 from ..config import OFFLINE_MODEL, Config
 from .base import Embedder, Runtime, TextEmbedder, TorchEmbedder, resolve_device
 from .lanes import Lanes, lane_count, lanes_of
-from .precision import choose_precision, default_batch_size, default_tail_batch
+from .precision import PrecisionCheck, choose_precision, default_batch_size, default_tail_batch
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "Embedder",
     "Lanes",
+    "PrecisionCheck",
     "Runtime",
     "TextEmbedder",
     "batch_size_of",
+    "check_precision",
     "decode_workers",
     "lanes_of",
     "load_embedder",
@@ -29,9 +31,10 @@ __all__ = [
 ]
 
 
-def load_embedder(config: Config) -> Embedder:
+def load_embedder(config: Config, *, check_later: bool = False) -> Embedder:
     """Build the embedder the config names, in the precision, layout and batch size this
-    machine runs best; raises ConfigError with a clear message on failure."""
+    machine runs best; raises ConfigError with a clear message on failure. `check_later`:
+    in fp32 for now, the caller runs `check_precision` (the daemon, after it answers)."""
     device = resolve_device(config.device)
     import torch
 
@@ -57,9 +60,15 @@ def load_embedder(config: Config) -> Embedder:
     tail = default_tail_batch(family, device)
     embedder.runtime = replace(embedder.runtime, batch_size=batch, lanes=lanes, tail_batch=tail)
     embedder.lanes = Lanes(lanes)
-    choose_precision(embedder, config.precision)
+    if not check_later:
+        choose_precision(embedder, config.precision)
     out: Embedder = embedder
     return out
+
+
+def check_precision(embedder: Embedder, requested: str) -> PrecisionCheck | None:
+    """Choose a torch embedder's precision on a thread (None: nothing to choose)."""
+    return PrecisionCheck(embedder, requested) if isinstance(embedder, TorchEmbedder) else None
 
 
 def batch_size_of(embedder: Embedder, fallback: int = 32) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -126,6 +127,8 @@ class Runtime:
     lanes: int = 1  # model calls side by side for ingest batches (embedders/lanes.py)
     # The smallest batch an add's last files may go in (0: an even share per lane, no less).
     tail_batch: int = 0
+    # The self-check runs after start-up (embedders/precision.py): image embeddings wait for it.
+    checking: bool = False
 
     def as_json(self) -> dict[str, Any]:
         worst = None if self.worst_cosine is None else round(self.worst_cosine, 6)
@@ -137,6 +140,7 @@ class Runtime:
             "precision_reason": self.reason,
             "model_lanes": self.lanes,
             "tail_batch": self.tail_batch,
+            "precision_checking": self.checking,
         }
 
 
@@ -168,6 +172,9 @@ class TorchEmbedder:
         if channels_last:
             module = module.to(memory_format=torch.channels_last)
         self._engine: tuple[Any, torch.dtype] = (module, torch.float32)
+        # Set unless a precision self-check is choosing the engine (`hold` / `use`).
+        self._ready = threading.Event()
+        self._ready.set()
         self.preprocess = preprocess
         self.device = device
         self.runtime = Runtime(channels_last=channels_last, batch_size=batch_size)
@@ -186,6 +193,7 @@ class TorchEmbedder:
         return self.preprocess(image)
 
     def embed_prepared(self, batch: Sequence[Any]) -> np.ndarray:
+        self._ready.wait()  # every stored vector comes from the engine the check chose
         module, dtype = self._engine  # one consistent pair, even while `use` swaps it
         return self.embed_with(module, dtype, batch)
 
@@ -207,12 +215,18 @@ class TorchEmbedder:
         """The torch module in use (fp32 until `use` installs another)."""
         return self._engine[0]
 
+    def hold(self, runtime: Runtime) -> None:
+        """Make image embeddings wait until the next `use` (a self-check is choosing)."""
+        self.runtime = runtime
+        self._ready.clear()
+
     def use(self, module: Any, precision: str, runtime: Runtime) -> None:
-        """Install a module converted to `precision`, with one assignment."""
+        """Install a module converted to `precision`, with one assignment; releases `hold`."""
         import torch
 
         self.runtime = runtime
         self._engine = (module, getattr(torch, DTYPES[precision]))
+        self._ready.set()
 
     def _tensor(self, batch: Sequence[Any], dtype: torch.dtype) -> torch.Tensor:
         """uint8 NHWC arrays -> normalised NCHW on the device (channels_last memory if asked)."""
