@@ -174,8 +174,10 @@ class Daemon:
         data_dir: Path,
         start_timeout: float = 180.0,
         env: dict[str, str] | None = None,
+        tree: Path = REPO_ROOT,
     ) -> None:
         self.extra_env = dict(env or {})  # IMGSEARCH_* settings for this daemon only
+        self.tree = tree  # the source tree `python -m imgsearch` runs from (another checkout)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = data_dir
@@ -192,7 +194,7 @@ class Daemon:
         cmd = [sys.executable, "-m", "imgsearch", "serve", "--host", "127.0.0.1", *self.flags]
         with open(self.log_path, "wb") as log:
             self._proc = subprocess.Popen(
-                cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+                cmd, cwd=self.tree, env=env, stdout=log, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:

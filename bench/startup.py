@@ -1,0 +1,105 @@
+"""Start to /health, and to the first image search, for one or more source trees, in turns.
+
+    python bench/startup.py                                  # this tree, 5 rounds
+    git worktree add /tmp/before 584dc94
+    python bench/startup.py --trees /tmp/before . --rounds 5 --cold
+
+One data dir (ViT-B-32 with random weights, 20 photos added) is started by each tree in turn,
+A B A B ...: the seconds until /health answers, until the first search by a stored photo's path
+has answered (decoded, embedded: it waits for anything the model still does after /health),
+and what /stats said of the precision at /health. `--cold` drops the page cache before each
+start (root only): the daemon's own libraries and files then come from the disk, as after a
+reboot or a pass over more data than the RAM holds. Prints one JSON object and appends it to
+bench/out/startup.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO_ROOT, Daemon, generate_jpegs, progress, record  # noqa: E402
+from scale import machine  # noqa: E402
+
+FLAGS = ["--model", "ViT-B-32", "--pretrained", "none", "--workers", "1"]
+
+
+def drop_page_cache() -> None:
+    """Write dirty pages back, then drop the clean ones (needs root)."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def one_start(tree: Path, data_dir: Path, photo: str, cold: bool) -> dict[str, Any]:
+    """Start the daemon from `tree`; time /health and the first image search; stop it."""
+    if cold:
+        drop_page_cache()
+    daemon = Daemon(FLAGS, data_dir, tree=tree)
+    started = time.perf_counter()
+    with daemon:
+        health = time.perf_counter() - started
+        embedding = daemon.get("/stats")["embedding"]
+        daemon.get("/search?limit=10&image=" + urllib.parse.quote(photo))
+        first = time.perf_counter() - started
+        final = daemon.get("/stats")["embedding"]["precision"]
+    return {
+        "health_s": health,
+        "first_image_search_s": first,
+        "precision_at_health": embedding.get("precision"),
+        "checking_at_health": embedding.get("precision_checking"),
+        "precision": final,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trees", nargs="+", default=[str(REPO_ROOT)])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--cold", action="store_true", help="drop the page cache before each")
+    parser.add_argument("--label", default="")
+    args = parser.parse_args()
+    trees = [Path(t).resolve() for t in args.trees]
+    out: dict[str, Any] = {"machine": machine(), "label": args.label, "cold": args.cold}
+    photos = sorted(
+        str(p) for p in generate_jpegs(20, size=(1024, 768), quality=90, seed=7).glob("*.jpg")
+    )
+    with tempfile.TemporaryDirectory(prefix="imgsearch-startup-") as tmp:
+        data_dir = Path(tmp) / "data"
+        with Daemon(FLAGS, data_dir, tree=trees[0]) as daemon:
+            folder = str(Path(photos[0]).parent)
+            daemon.get("/add?image=" + urllib.parse.quote(folder))
+        runs: dict[str, list[dict[str, Any]]] = {str(t): [] for t in trees}
+        for r in range(args.rounds):
+            for tree in trees:
+                run = one_start(tree, data_dir, photos[r % len(photos)], args.cold)
+                runs[str(tree)].append(run)
+                progress(f"round {r + 1}, {tree}: {run}")
+    out["trees"] = {
+        tree: {
+            "health_s_median": statistics.median(r["health_s"] for r in rs),
+            "first_image_search_s_median": statistics.median(r["first_image_search_s"] for r in rs),
+            "runs": rs,
+        }
+        for tree, rs in runs.items()
+    }
+    if len(trees) == 2:
+        a, b = (runs[str(t)] for t in trees)
+        out["health_ratio_median"] = statistics.median(
+            x["health_s"] / y["health_s"] for x, y in zip(a, b, strict=True)
+        )
+        out["first_search_ratio_median"] = statistics.median(
+            x["first_image_search_s"] / y["first_image_search_s"] for x, y in zip(a, b, strict=True)
+        )
+    record(out, "startup")
+
+
+if __name__ == "__main__":
+    main()
