@@ -284,11 +284,15 @@ def remove_under_load(daemon: Daemon, root: Path, n: int, queries: np.ndarray) -
     return out
 
 
-def kept_log(daemon: Daemon, phase: str, n: int) -> list[str]:
-    """Copy the daemon's log to bench/out (the data dir is temporary); return its warnings
+def kept_log(daemon: Daemon, phase: str, args: argparse.Namespace) -> list[str]:
+    """Copy the daemon's log to bench/out (the data dir is temporary): scale-N-PHASE.log, with
+    the distribution and model in the name unless clustered ViT-B-32; return its warnings
     (slow searches say where their time went)."""
     text = daemon.log_path.read_text(errors="replace")
-    target = Path(__file__).parent / "out" / f"scale-{n}-{phase}.log"
+    variant = (
+        "" if (args.dist, args.model) == ("clustered", "ViT-B-32") else f"-{args.dist}-{args.model}"
+    )
+    target = Path(__file__).parent / "out" / f"scale-{args.n}{variant}-{phase}.log"
     target.parent.mkdir(exist_ok=True)
     target.write_text(text)
     return [line for line in text.splitlines() if " WARNING " in line or " ERROR " in line][:50]
@@ -333,7 +337,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 name: percentiles(ms) for name, ms in poller.latencies.items()
             }
             out["first_daemon_rss"] = rss(daemon._proc.pid)  # type: ignore[union-attr]
-        out["daemon_warnings_import"] = kept_log(daemon, "import", args.n)
+        out["daemon_warnings_import"] = kept_log(daemon, "import", args)
         queries = vectors.queries(args.queries)
         progress("exact ground truth")
         want = truth(vectors, queries)
@@ -372,7 +376,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out["disk_bytes_per_image"] = size / args.n
         out["db_bytes_per_image"] = (data_dir / "imgsearch.sqlite3").stat().st_size / args.n
         out["log_tail"] = daemon.log_tail(12)
-        out["daemon_warnings_serve"] = kept_log(daemon, "serve", args.n)
+        out["daemon_warnings_serve"] = kept_log(daemon, "serve", args)
     return out
 
 
