@@ -124,6 +124,57 @@ def test_every_kind_is_tuned_searches_and_filters(tmp_path: Path, name: str) -> 
         catalog.close()
 
 
+def test_codes_that_rank_poorly_are_re_scored_deeper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Uniform random vectors (the worst case) through codes re-scored k + 1 deep reach the
+    target at no nprobe: the tuning then tries DEEP_RESCORE, and searches use it. Clustered
+    vectors meet the target with the usual depths and never try it."""
+    from imgsearch.index import policy as P
+
+    monkeypatch.setattr(P, "RESCORE_FACTORS", (1,))
+    rng = np.random.default_rng(5)
+    uniform = rng.standard_normal((N, DIM))
+    uniform = (uniform / np.linalg.norm(uniform, axis=1, keepdims=True)).astype(np.float32)
+    for name, vectors, deep in (("uniform", uniform, True), ("clustered", clustered(N), False)):
+        if not deep:
+            monkeypatch.undo()
+        (tmp_path / name).mkdir()
+        catalog = Catalog(tmp_path / name, "m", DIM, policy("ivf-pqfs"))
+        try:
+            ids = np.asarray(fill(catalog, vectors), np.int64)
+            catalog.index.maintain()
+            about = catalog.index.describe()
+            assert about["kind"] == "ivf-pqfs" and about["recall_at_10"] >= 0.97, about
+            assert (about["rescore"] == P.DEEP_RESCORE) == deep, about
+            queries = vectors[::50]
+            want = truth(vectors, ids, queries, 10)
+            got = [[n.id for n in row] for row in catalog.nearest(queries, 10)]
+            recall = np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got, want, strict=True)])
+            assert recall >= 0.95, (name, recall)
+            if deep:
+                assert rows_re_scored(catalog, queries[0], monkeypatch) == [300, 510]
+        finally:
+            catalog.close()
+
+
+def rows_re_scored(
+    catalog: Catalog, query: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> list[int]:
+    """Rows read for re-scoring by a search of 20 and one of 500 with RESCORE_MAX_ROWS at 300
+    (a deep re-scoring is capped there, and never under k + 10)."""
+    from imgsearch.index import reads
+
+    read: list[int] = []
+    searcher = catalog.index._reads
+    real = searcher.vectors
+    monkeypatch.setattr(searcher, "vectors", lambda ids: read.append(len(ids)) or real(ids))
+    monkeypatch.setattr(reads, "RESCORE_MAX_ROWS", 300)
+    for k in (20, 500):
+        assert len(catalog.nearest(query[None], k)[0]) == k
+    return read
+
+
 @pytest.mark.parametrize("kind", ["ivf-flat", "ivf-pqfs"])
 def test_deletions_are_filtered_then_compacted(tmp_path: Path, kind: str) -> None:
     vectors = clustered(N)

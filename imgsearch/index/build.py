@@ -175,7 +175,8 @@ def tune(
     per_list = int(index.ntotal) / max(1, spec.lists)
     goal = min(1.0, policy.target_recall + P.TUNE_MARGIN)
     tried: list[tuple[int, float, int, float, int]] = []
-    for rescore in P.RESCORE_FACTORS if spec.quantized else (0,):
+    factors = list(P.RESCORE_FACTORS) if spec.quantized else [0]
+    for rescore in factors:
         recall_at = cache(partial(_recall, index, queries, truth, source, stop, rescore))
         nprobe, recall = _smallest(recall_at, spec.lists, goal)
         if recall < goal:
@@ -187,6 +188,8 @@ def tune(
         log.info(
             "tuned %s: rescore %d, nprobe %d: recall@10 %.3f", spec.factory, rescore, nprobe, recall
         )
+        if spec.quantized and rescore == factors[-1] != P.DEEP_RESCORE and min(tried)[0] > 0:
+            factors.append(P.DEEP_RESCORE)  # the codes rank too poorly: deeper re-scoring
     tier, _, nprobe, recall, rescore = min(tried)
     if tier == 2:
         log.warning("index %s reaches recall@10 %.3f only", spec.factory, recall)

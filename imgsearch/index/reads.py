@@ -30,6 +30,10 @@ SEARCH_THREADS = 1
 # costs more than half a scan of a few lists saves).
 SPLIT_MIN_NPROBE = 32
 EXTRA = 10  # quantized codes: candidates beyond k re-scored exactly (near-duplicates' order)
+# At most this many candidates re-scored a query (the depth is tuned at k = 10, where 100 x k
+# is 1,000 rows; a limit=1000 search at that depth would read 100,000 rows from SQLite), but
+# never fewer than k + EXTRA.
+RESCORE_MAX_ROWS = 5_000
 # A search slower than this is logged with where its time went (the scan of the segments, the
 # lock of the recent one, the re-scoring read from SQLite): the issue's bound on any search.
 SLOW_SEARCH_MS = 500.0
@@ -64,6 +68,8 @@ class Searcher:
         meta = seg.base.meta
         quantized = meta.kind in QUANTIZED  # similarities of hits always exact, from the store
         wanted = k * meta.rescore if meta.rescore else k + (EXTRA if quantized else 0)
+        if quantized:
+            wanted = min(wanted, max(RESCORE_MAX_ROWS, k + EXTRA))
         nprobe = max(1, meta.nprobe)
         stages: dict[str, float] = {}
         start = time.perf_counter()
