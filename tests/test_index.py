@@ -22,7 +22,7 @@ from imgsearch.errors import Busy
 from imgsearch.index import Policy
 from imgsearch.index import base as B
 from imgsearch.index.build import build, rescored
-from imgsearch.index.policy import Spec, lists_for, train_size
+from imgsearch.index.policy import HNSW_ADD_EF, Spec, lists_for, train_size
 from imgsearch.store import FileFacts, NewImage
 
 DIM = 32
@@ -68,6 +68,18 @@ def policy(kind: str) -> Policy:
     }[kind]
 
 
+def adding_efs(catalog: Catalog) -> set[int]:
+    """The efSearch an add would use in the base, its template and the recent segment."""
+    import faiss
+
+    segments = catalog.index._segments
+    found = set()
+    for index in (segments.base.index, segments.base.template, segments.recent):
+        graph = faiss.downcast_index(faiss.extract_index_ivf(index).quantizer)
+        found.add(int(graph.hnsw.efSearch))
+    return found
+
+
 def truth(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     sims = queries @ vectors.T
     return ids[np.argsort(-sims, axis=1, kind="stable")[:, :k]]
@@ -102,6 +114,12 @@ def test_every_kind_is_tuned_searches_and_filters(tmp_path: Path, name: str) -> 
         about = catalog.index.describe()
         assert about["kind"] == kind and about["vectors"] == N and about["trained_at"]
         assert ("_HNSW32," in about["factory"]) == name.endswith("-hnsw"), about
+        if name.endswith("-hnsw"):  # adds walk the graph at HNSW_ADD_EF, in every copy
+            assert adding_efs(catalog) == {HNSW_ADD_EF}
+            catalog.close()
+            catalog = Catalog(tmp_path, "m", DIM, policy(name))  # and after a start
+            assert catalog.index.describe()["origin"] == "loaded"
+            assert adding_efs(catalog) == {HNSW_ADD_EF}
         assert (about["rescore"] is not None) == (kind == "ivf-pqfs"), about
         assert about["recall_at_10"] >= 0.97, about
         queries = near(vectors[::30])

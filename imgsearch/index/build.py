@@ -24,7 +24,7 @@ from . import idsets
 from . import policy as P
 from .base import READ_INTO_RAM, Base, BaseMeta, emptied, ivf
 from .codes import Encoded, encoded, merge_into
-from .segments import Fetch, exact_among, hnsw, merge, search_params
+from .segments import Fetch, exact_among, for_adding, hnsw, merge, search_params
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ def build(
             raise RuntimeError("the rows sampled for training are no longer stored")
         index.train(train)
         del train
+        for_adding(index)  # every copy adds (encodes) at HNSW_ADD_EF
         template = faiss.clone_index(index)  # trained, empty: what recent segments copy
     picked = np.sort(rng.choice(present, min(P.TUNE_QUERIES, len(present)), replace=False))
     q_ids, queries = source.vectors(picked.tolist())
@@ -118,6 +119,7 @@ def fold(
 
     mapped = saved is not None and old.meta.kind not in READ_INTO_RAM
     index = faiss.read_index(str(saved)) if mapped else faiss.clone_index(old.index)
+    for_adding(index)
     template = old.template
     if template is None and old.meta.kind != "exact":
         template = emptied(index)  # a base of an earlier version: its first compaction
