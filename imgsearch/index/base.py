@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..files import fsync
+from .policy import HNSW_ADD_EF
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,8 @@ def load(path: Path, model_id: str, dim: int, *, mmap: bool = True) -> Base:
         raise IndexFileError(f"{path}: contents do not match meta.json")
     if template is not None and (template.ntotal or template.d != dim):
         raise IndexFileError(f"{path}: {TEMPLATE} is not an empty index of {dim}-d")
-    return Base(index, ids, meta, template)
+    # Bases saved by earlier versions add at FAISS's default efSearch.
+    return Base(for_adding(index), ids, meta, for_adding(template))
 
 
 def emptied(index: Any) -> Any:
@@ -221,6 +223,18 @@ def emptied(index: Any) -> Any:
     template = faiss.clone_index(index)
     template.reset()
     return template
+
+
+def for_adding(index: Any) -> Any:
+    """`index` with its HNSW coarse quantizer (if any) set to policy.HNSW_ADD_EF, the
+    efSearch an add uses (searches set their own); copies (clone_index) keep it."""
+    import faiss
+
+    part = None if index is None else ivf(index)
+    graph = None if part is None else faiss.downcast_index(part.quantizer)
+    if isinstance(graph, faiss.IndexHNSW):
+        graph.hnsw.efSearch = HNSW_ADD_EF
+    return index
 
 
 def ivf(index: Any) -> Any | None:

@@ -22,9 +22,9 @@ import numpy as np
 
 from . import idsets
 from . import policy as P
-from .base import READ_INTO_RAM, Base, BaseMeta, emptied, ivf
+from .base import READ_INTO_RAM, Base, BaseMeta, emptied, for_adding, ivf
 from .codes import Encoded, encoded, merge_into
-from .segments import Fetch, exact_among, for_adding, hnsw, merge, search_params
+from .segments import Fetch, exact_among, hnsw, merge, search_params
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from .build import Source, Stopped, build, fold, retune
 from .codes import Encoded, Precoded, copied, encoded, relabel
 from .policy import BUILDING_RETRY_S, Policy
 from .reads import Searcher, one_omp_thread, scan_store
-from .segments import Change, Segments, bits, exact_among, for_adding, merge
+from .segments import Change, Segments, bits, exact_among, merge
 from .startup import reopen, saved_base
 
 log = logging.getLogger(__name__)
@@ -384,10 +384,7 @@ class LibraryIndex:
         self._path = B.save(base, self.folder)
         if base.meta.kind in B.READ_INTO_RAM:
             return base
-        loaded = B.load(self._path, self.model_id, self.dim)
-        for_adding(loaded.index)
-        for_adding(loaded.template)
-        return loaded
+        return B.load(self._path, self.model_id, self.dim)
 
     def _swap(self, base: B.Base) -> None:
         """Publish `base` with the changes logged since its generation replayed on top: the

@@ -292,17 +292,6 @@ def preassigned(
     return sims, ids
 
 
-def for_adding(index: Any) -> Any:
-    """`index` with its HNSW coarse quantizer (if any) set to policy.HNSW_ADD_EF, the
-    efSearch an add uses (searches set their own); copies (clone_index) keep it."""
-    import faiss
-
-    if index is not None and hnsw(index):
-        graph: Any = faiss.downcast_index(faiss.extract_index_ivf(index).quantizer)
-        graph.hnsw.efSearch = P.HNSW_ADD_EF
-    return index
-
-
 def hnsw(index: Any) -> bool:
     """Whether an IVF index's coarse quantizer is an HNSW graph."""
     import faiss

@@ -17,7 +17,7 @@ import numpy as np
 from . import base as B
 from .build import Source
 from .policy import Policy
-from .segments import Segments, for_adding
+from .segments import Segments
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,6 @@ def saved_base(
         except B.IndexFileError as exc:
             log.warning("saved index unusable: %s", exc)
             continue
-        for_adding(base.index)  # saved by an earlier version: FAISS's default efSearch
-        for_adding(base.template)
         if base.meta.generation > current:
             log.warning("saved index %s is newer than the database; ignored", path)
             continue
