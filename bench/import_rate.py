@@ -3,7 +3,8 @@
     python bench/import_rate.py --rows 3000000 --tmp /work/big/A            # of the 10M shards
     python bench/import_rate.py --rows 3000000 --spy 120:60 --spy 400:60    # py-spy meanwhile
 
-One daemon (ViT-B-32, random weights: the model only names the vectors) starts on an empty
+One daemon (ViT-B-32, random weights: the model only names the vectors; `--model
+efficientnet-lite0` for 1280-d shards) starts on an empty
 data dir and imports a folder of shards (default: bench/scale.py's cached 10M clustered
 float16 shards) with `POST /import {"wait": false}`, so the job's planned size (and the index
 it trains for) is the folder's whole size; every --every seconds the job, `/stats` and the
@@ -79,12 +80,21 @@ def main() -> None:
     parser.add_argument("--tmp", type=Path, default=None)
     parser.add_argument("--spy", action="append", default=[], help="START:SECONDS (repeatable)")
     parser.add_argument("--label", default="")
+    parser.add_argument(
+        "--model",
+        choices=("ViT-B-32", "efficientnet-lite0"),
+        default="ViT-B-32",
+        help="the daemon's model: the shards' (efficientnet-lite0: 1280-d)",
+    )
     args = parser.parse_args()
     spies = sorted(tuple(float(x) for x in s.split(":")) for s in args.spy)
     out: dict[str, Any] = {"label": args.label, "cpu": cpu_model(), "rows": args.rows}
+    out["model"] = args.model
     out["load_before"] = os.getloadavg()
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-        daemon = Daemon(["--model", "ViT-B-32", "--pretrained", "none"], Path(tmp) / "data")
+        flags = ["--model", args.model]
+        flags += ["--pretrained", "none"] if args.model == "ViT-B-32" else []
+        daemon = Daemon(flags, Path(tmp) / "data")
         with daemon:
             pid = daemon._proc.pid  # type: ignore[union-attr]
             job = send(daemon.url + "/import", "POST", {"dir": str(args.dir), "wait": False})

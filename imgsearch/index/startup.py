@@ -58,7 +58,7 @@ def reopen(
     # Many rows newer than the base (a crash mid-import: up to held_growth times the base) are
     # replayed as codes: encoding is slower than a copy, but an exact segment of millions of
     # rows would not fit in memory (2 KB a row at 512-d).
-    if source.count() - len(segments) > policy.held_delta_max:
+    if source.count() - len(segments) > policy.held_limit():
         segments.code_if_empty()
     replayed = 0
     for ids, vectors in source.chunks(since_generation=base.meta.generation):

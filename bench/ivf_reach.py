@@ -1,0 +1,149 @@
+"""How much of an IVF index a search must scan for a given recall, on bench/scale.py's data.
+
+    python bench/ivf_reach.py --n 1000000                      # the policy's index for 1M
+    python bench/ivf_reach.py --n 1000000 --dist uniform
+    python bench/ivf_reach.py --index DATA/index/base-*.faiss --n 10000000 --nprobe 1088
+
+The first form regenerates bench/scale.py's deterministic vectors (float16 as stored), builds
+the index the policy gives a library of N (`Policy.spec`: its lists, its training sample, its
+codes), and for each nprobe searches bench/scale.py's new-photo queries one at a time on one
+thread: the codes FAISS actually compared (`indexIVF_stats.ndis`: the probed lists' real
+sizes, not nprobe x the mean list), CPU time per query, and recall@10 against exact search
+once the candidates (depth x 10) are re-scored with the exact vectors. The lists' imbalance
+factor (FAISS's: 1 when all lists are equal) says how much bigger than the mean the lists a
+query probes are. `--index` reads a saved base instead (a daemon's, e.g. bench/scale.py's
+10M library) and reports the imbalance and the codes compared at the given nprobe (no recall:
+the vectors are not regenerated). Appends one JSON line to bench/out/ivf_reach.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_model, progress, record  # noqa: E402
+from scale import CHUNK, Vectors  # noqa: E402
+
+from imgsearch.index import policy as P  # noqa: E402
+
+DIM = 512
+K = 10
+
+
+def stored(vectors: Vectors) -> np.ndarray:
+    """Every vector as the store keeps it (float16), as float32."""
+    out = np.empty((vectors.n, vectors.dim), np.float32)
+    for i, chunk in enumerate(vectors.chunks()):
+        out[i * CHUNK : i * CHUNK + len(chunk)] = chunk.astype(np.float16)
+    return out
+
+
+def truth(x: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    best: list[np.ndarray] = []
+    for start in range(0, len(x), 200_000):
+        sims = queries @ x[start : start + 200_000].T
+        top = np.argpartition(-sims, K, axis=1)[:, :K]
+        best.append(np.stack([top + start, np.take_along_axis(sims, top, axis=1)], axis=2))
+    both = np.concatenate(best, axis=1)
+    order = np.argsort(-both[:, :, 1], axis=1)[:, :K]
+    return np.take_along_axis(both[:, :, 0], order, axis=1).astype(np.int64)
+
+
+def scan(
+    index: Any, queries: np.ndarray, nprobe: int, depth: int
+) -> tuple[np.ndarray, float, float]:
+    """Candidates of each query at `nprobe`; mean codes compared and CPU ms per query."""
+    import faiss
+
+    faiss.extract_index_ivf(index).nprobe = nprobe
+    faiss.cvar.indexIVF_stats.reset()
+    start = time.thread_time()
+    found = [index.search(q[None], depth * K)[1][0] for q in queries]
+    cpu = (time.thread_time() - start) * 1000 / len(queries)
+    return np.array(found), faiss.cvar.indexIVF_stats.ndis / len(queries), cpu
+
+
+def recall(x: np.ndarray, queries: np.ndarray, candidates: np.ndarray, want: np.ndarray) -> float:
+    hits = 0
+    for q, cand, true in zip(queries, candidates, want, strict=True):
+        cand = cand[cand >= 0]
+        top = cand[np.argsort(-(x[cand] @ q))[:K]]
+        hits += len(np.intersect1d(top, true))
+    return hits / (K * len(queries))
+
+
+def build(x: np.ndarray) -> tuple[Any, dict[str, Any]]:
+    import faiss
+
+    spec = P.Policy().spec(len(x), x.shape[1])
+    index = faiss.index_factory(x.shape[1], spec.factory, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(P.SEED)
+    sample = x[np.sort(rng.choice(len(x), P.train_size(spec.lists, len(x)), replace=False))]
+    start = time.perf_counter()
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    index.train(sample)
+    trained = time.perf_counter() - start
+    index.add(x)
+    built = {"factory": spec.factory, "train_s": trained, "build_s": time.perf_counter() - start}
+    return index, built
+
+
+def main() -> None:
+    import faiss
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--dist", choices=("clustered", "uniform"), default="clustered")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--depth", type=int, default=10, help="candidates re-scored: depth x 10")
+    parser.add_argument("--nprobe", type=int, nargs="*", default=[])
+    parser.add_argument("--index", type=Path, help="a saved base: imbalance and codes only")
+    args = parser.parse_args()
+    vectors = Vectors(args.n, DIM, args.dist)
+    queries = vectors.queries(args.queries)
+    result: dict[str, Any] = {
+        "bench": "ivf_reach", "cpu": cpu_model(), "load": os.getloadavg(), "n": args.n,
+        "dist": args.dist, "depth": args.depth,
+    }  # fmt: skip
+    if args.index:
+        index = faiss.read_index(str(args.index))
+        x = None
+        result["factory"] = str(args.index)
+    else:
+        progress(f"regenerating {args.n:,} vectors")
+        x = stored(vectors)
+        progress("building the policy's index")
+        index, built = build(x)
+        result.update(built)
+        progress(f"built {built}")
+    faiss.omp_set_num_threads(1)  # as the daemon searches: one thread a query
+    ivf = faiss.extract_index_ivf(index)
+    result["lists"], result["ntotal"] = int(ivf.nlist), int(ivf.ntotal)
+    result["imbalance"] = float(ivf.invlists.imbalance_factor())
+    want = truth(x, queries) if x is not None else None
+    rows = []
+    steps = args.nprobe or sorted({max(1, int(ivf.nlist * f)) for f in (0.01, 0.03, 0.1, 0.3)})
+    for nprobe in steps:
+        candidates, codes, cpu = scan(index, queries, nprobe, args.depth)
+        row = {
+            "nprobe": nprobe, "lists_share": nprobe / ivf.nlist, "codes": codes,
+            "codes_share": codes / ivf.ntotal, "cpu_ms": cpu, "ns_per_code": cpu * 1e6 / codes,
+        }  # fmt: skip
+        if want is not None and x is not None:
+            row["recall"] = recall(x, queries, candidates, want)
+        progress(" ".join(f"{k} {v:.4g}" for k, v in row.items()))
+        rows.append(row)
+    result["rows"] = rows
+    record(result, "ivf_reach")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Where a daemon's search by vector spends its time, on a library already built.
+
+    python bench/search_profile.py --data DATA_DIR --n 10000000        # bench/scale.py's library
+    python bench/search_profile.py --data DATA_DIR --n 10000000 --seconds 60 --model ViT-B-32
+
+Starts a daemon on DATA_DIR (a copy of bench/scale.py's data dir, for instance; the daemon may
+replay and compact what is newer than its saved base, so the script waits until the index is
+idle), sends bench/scale.py's new-photo queries for a library of N (`POST /search {"vector"}`,
+one client, back to back) for --seconds (the HTTP latency), then for as long again while
+py-spy records the daemon (--native, every thread; `pip install -e '.[bench]'`), and prints
+where the busy samples went: FAISS's scan of the lists, the coarse assignment, the re-scoring
+read from SQLite, HTTP and JSON, the rest. Appends one JSON line to bench/out/search_profile.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import OUT_DIR, Daemon, cpu_model, percentiles, progress, record  # noqa: E402
+from scale import MODELS, Vectors, post_json, wait_idle  # noqa: E402
+
+PY_SPY = Path(sys.executable).parent / "py-spy"
+# What a busy sample was doing, by the frames anywhere in its stack (first match wins).
+STAGES = (
+    ("scan of the probed lists (FAISS)", ("pq4_accumulate", "search_implem", "preassigned")),
+    ("coarse assignment (FAISS)", ("IndexFlat", "HNSW", "exhaustive_", "_search_assigned")),
+    ("re-scoring read (SQLite)", ("sqlite", "imgsearch/store/")),
+    ("re-scoring (numpy)", ("rescored",)),
+    ("HTTP, JSON, results (aiohttp, imgsearch/web)", ("aiohttp/", "imgsearch/web/", "json/")),
+)
+# A thread waiting for work or for I/O readiness (py-spy --native samples idle threads too).
+IDLE = ("_queue_SimpleQueue_get", "epoll_wait", "select (", "PyThread_acquire_lock")
+
+
+def stage(frames: list[str]) -> str | None:
+    """The stage of a sample, or None when its thread was idle."""
+    stack = ";".join(frames)
+    if any(mark in frames[-1] or mark in stack[-300:] for mark in IDLE):
+        return None
+    for name, marks in STAGES:
+        if any(mark in stack for mark in marks):
+            return name
+    return "other: " + next((f for f in reversed(frames) if ".py:" in f), frames[-1])[:70]
+
+
+def summarize(raw: Path) -> dict[str, Any]:
+    """Busy samples of every thread of the daemon, by stage (shares of the busy samples)."""
+    counts: collections.Counter[str] = collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        name = stage(stack.split(";"))
+        if name is not None:
+            counts[name] += int(count)
+    total = sum(counts.values()) or 1
+    return {name: round(n / total, 3) for name, n in counts.most_common(12)}
+
+
+def searching(daemon: Daemon, queries: Any, seconds: float) -> list[float]:
+    """Searches by vector back to back for `seconds`: their latencies (ms)."""
+    times: list[float] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        q = queries[len(times) % len(queries)]
+        times.append(post_json(daemon.url + "/search", {"vector": q.tolist(), "limit": 10})[1])
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--n", type=int, required=True, help="the library's size (its queries)")
+    parser.add_argument("--model", choices=tuple(MODELS), default="ViT-B-32")
+    parser.add_argument("--dist", choices=("clustered", "uniform"), default="clustered")
+    parser.add_argument("--seconds", type=float, default=45.0)
+    args = parser.parse_args()
+    flags = ["--model", args.model, "--workers", "1"]
+    flags += ["--pretrained", "none"] if args.model == "ViT-B-32" else []
+    queries = Vectors(args.n, MODELS[args.model][1], args.dist).queries(1000)
+    out: dict[str, Any] = {"cpu": cpu_model(), "n": args.n, "data": str(args.data)}
+    with Daemon(flags, args.data, start_timeout=1800) as daemon:
+        out["index"] = wait_idle(daemon)
+        for q in queries[:20]:  # warm: the first searches read the base's pages
+            post_json(daemon.url + "/search", {"vector": q.tolist(), "limit": 10})
+        out["search_ms"] = percentiles(searching(daemon, queries, args.seconds))
+        # Then again under py-spy (it pauses the daemon to sample: latencies not reported).
+        raw = OUT_DIR / "search_profile.txt"
+        pid = daemon._proc.pid  # type: ignore[union-attr]
+        cmd = [str(PY_SPY), "record", "--native", "--threads", "-r", "100", "-f", "raw"]
+        cmd += ["-o", str(raw), "-d", str(int(args.seconds)), "-p", str(pid)]
+        spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        searching(daemon, queries, args.seconds)
+        spy.wait()
+        out["stages"] = summarize(raw)
+    progress(f"search {out['search_ms']}; stages {out['stages']}")
+    record(out, "search_profile")
+
+
+if __name__ == "__main__":
+    main()
