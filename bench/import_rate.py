@@ -97,7 +97,9 @@ def main() -> None:
         daemon = Daemon(flags, Path(tmp) / "data")
         with daemon:
             pid = daemon._proc.pid  # type: ignore[union-attr]
-            job = send(daemon.url + "/import", "POST", {"dir": str(args.dir), "wait": False})
+            job = send(
+                daemon.url + "/import", "POST", {"dir": str(args.dir.resolve()), "wait": False}
+            )
             start, cpu0 = time.perf_counter(), daemon.cpu_seconds()
             samples, running = [], []
             last = (0.0, 0, cpu0)

@@ -402,6 +402,37 @@ class GatedSource(StoreSource):
         return super().vectors(ids)
 
 
+def test_a_bulk_writer_waits_at_the_bound_while_a_training_runs(tmp_path: Path) -> None:
+    """Rows written during a training are held twice (segment and the build's log): an import
+    waits at the hold's bound then, not at twice it; and goes on once the base is swapped in."""
+    vectors = clustered(N + 60)
+    held = Policy(exact_max=100, delta_max=100, delta_fraction=0, held_delta_max=N - 1)
+    catalog = Catalog(tmp_path, "m", DIM, held)
+    index = catalog.index
+    gate = GatedSource(StoreSource(catalog.store))
+    index.source = gate
+    try:
+        with index.hold():
+            fill(catalog, vectors[:N])  # over the bound: the worker starts a training...
+            assert gate.reading.wait(30)  # ... held at its training sample's read
+            fill(catalog, vectors[N:], start=N)
+            recent = index.describe()["recent"]
+            assert N - 1 < recent <= 2 * (N - 1)  # under twice the bound: no wait before
+            done, stop = threading.Event(), threading.Event()
+            writer = threading.Thread(target=lambda: (index.make_room(stop), done.set()))
+            writer.start()
+            assert not done.wait(1.0), "the writer went on while the training ran"
+            gate.release.set()
+            assert done.wait(60), "the writer still waits after the training"
+            writer.join(5)
+            about = index.describe()
+            assert about["kind"] == "ivf-pqfs" and about["recent"] <= N - 1
+        assert sorted(index.ids().tolist()) == catalog.store.ids().tolist()
+    finally:
+        gate.release.set()
+        catalog.close()
+
+
 def test_first_start_serves_exact_results_while_the_base_builds(tmp_path: Path) -> None:
     vectors = clustered(N + 1)
     first = Catalog(tmp_path, "m", DIM, policy("ivf-flat"))

@@ -201,13 +201,22 @@ class LibraryIndex:
 
     def make_room(self, stop: threading.Event) -> None:
         """A bulk writer calls this between batches: while the recent segment holds over twice
-        `policy.held_limit`, it waits for the worker to fold it in (memory stays bounded;
-        an import goes at the index's pace), or until `stop` (or close()) is set."""
-        while int((seg := self._segments).recent.ntotal) > 2 * self._held_limit(seg):
+        `policy.held_limit` (over once while a training runs), it waits for the worker to fold
+        it in (memory stays bounded; an import goes at the index's pace), or until `stop` (or
+        close()) is set."""
+        while int((seg := self._segments).recent.ntotal) > self._room(seg):
             if stop.is_set() or self._stop.is_set():
                 return
             self._wake.set()
             stop.wait(ROOM_POLL)
+
+    def _room(self, seg: Segments) -> int:
+        """Recent rows a bulk writer may pile up: the hold's bound once while a training runs
+        (each row written then is held twice, in the segment and as float32 in the build's log:
+        4 KB at 512-d, 10 KB at 1280-d), else twice."""
+        limit = self._held_limit(seg)
+        training = self._log is not None and not self._folding
+        return limit if training else 2 * limit
 
     def _held(self) -> bool:
         seg = self._segments

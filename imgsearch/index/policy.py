@@ -73,9 +73,11 @@ DELTA_CAP = 250_000
 CODED_SCALE = 4
 # While a bulk import runs, compaction waits for it to end (rows stay searchable batch by batch
 # through the recent segment) unless the segment outgrows this (float32 codes: 400 MB at
-# 512-d); the import itself waits past twice this (LibraryIndex.make_room). An import that
-# grows the library trains the index once, for its final size (Policy.train_at), as soon as the
-# library holds that index's training sample, and compacts when it ends.
+# 512-d); the import itself waits past twice this, past this while a training runs (its rows
+# would be held twice: LibraryIndex.make_room; bench/import_rate.py at 1280-d: peak RSS 7.0 ->
+# 4.8 GB). An import that grows the library trains the index once, for its final size
+# (Policy.train_at), as soon as the library holds that index's training sample, and compacts
+# when it ends.
 HELD_DELTA_MAX = 200_000
 # ... and a coded one, during a hold, also up to HELD_GROWTH times the base: every compaction
 # rewrites the whole base, so a fixed bound (800k codes) made a 10M import rewrite it a dozen
