@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 OUT_DIR = Path(__file__).resolve().parent / "out"  # gitignored: cached images, results
+PY_SPY = Path(sys.executable).parent / "py-spy"  # the profiler (`pip install -e '.[bench]'`)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Real photos bundled with scikit-image (no download needed).
 PHOTOS = (

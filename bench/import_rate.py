@@ -29,10 +29,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import OUT_DIR, Daemon, cpu_model, progress, record  # noqa: E402
+from _common import OUT_DIR, PY_SPY, Daemon, cpu_model, progress, record  # noqa: E402
 
 SHARDS = OUT_DIR / "scale-shards-open_clip_ViT-B-32_random-clustered-10000000"
-PY_SPY = Path(sys.executable).parent / "py-spy"
 
 
 def send(url: str, method: str, body: dict[str, Any] | None = None) -> Any:
@@ -92,7 +91,7 @@ def main() -> None:
     out["model"] = args.model
     out["load_before"] = os.getloadavg()
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-        flags = ["--model", args.model]
+        flags = ["--model", args.model]  # (the daemon's default workers, as measured before)
         flags += ["--pretrained", "none"] if args.model == "ViT-B-32" else []
         daemon = Daemon(flags, Path(tmp) / "data")
         with daemon:

@@ -56,6 +56,13 @@ MODELS = {"ViT-B-32": ("open_clip/ViT-B-32/random", 512), "efficientnet-lite0": 
     "efficientnet-lite0/imagenet", 1280)}  # fmt: skip
 
 
+def daemon_flags(model: str) -> list[str]:
+    """A daemon of `model` (a MODELS key) for imported vectors: one embedding worker, and
+    ViT-B-32 with random weights (the model only names the vectors)."""
+    flags = ["--model", model, "--workers", "1"]
+    return flags if model == "efficientnet-lite0" else [*flags, "--pretrained", "none"]
+
+
 def machine() -> dict[str, Any]:
     return {
         "cpu": cpu_model(),
@@ -302,9 +309,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """One daemon from empty: photos, then N vectors through POST /import, then every measure."""
     _, dim = MODELS[args.model]
     vectors = Vectors(args.n, dim, args.dist)
-    flags = ["--model", args.model, "--workers", "1"]
-    if args.model != "efficientnet-lite0":
-        flags += ["--pretrained", "none"]
+    flags = daemon_flags(args.model)
     out: dict[str, Any] = {"n": args.n, "dim": dim, "dist": args.dist, **machine()}
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         data_dir, root = Path(tmp) / "data", ROOT

@@ -24,10 +24,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import OUT_DIR, Daemon, cpu_model, percentiles, progress, record  # noqa: E402
-from scale import MODELS, Vectors, post_json, wait_idle  # noqa: E402
+from _common import OUT_DIR, PY_SPY, Daemon, cpu_model, percentiles, progress, record  # noqa: E402
+from scale import MODELS, Vectors, daemon_flags, post_json, wait_idle  # noqa: E402
 
-PY_SPY = Path(sys.executable).parent / "py-spy"
 # What a busy sample was doing, by the frames anywhere in its stack (first match wins).
 STAGES = (
     ("scan of the probed lists (FAISS)", ("pq4_accumulate", "search_implem", "preassigned")),
@@ -81,8 +80,7 @@ def main() -> None:
     parser.add_argument("--dist", choices=("clustered", "uniform"), default="clustered")
     parser.add_argument("--seconds", type=float, default=45.0)
     args = parser.parse_args()
-    flags = ["--model", args.model, "--workers", "1"]
-    flags += ["--pretrained", "none"] if args.model == "ViT-B-32" else []
+    flags = daemon_flags(args.model)
     queries = Vectors(args.n, MODELS[args.model][1], args.dist).queries(1000)
     out: dict[str, Any] = {"cpu": cpu_model(), "n": args.n, "data": str(args.data)}
     with Daemon(flags, args.data, start_timeout=1800) as daemon:

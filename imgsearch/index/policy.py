@@ -45,8 +45,8 @@ HNSW_MIN_EF = 64
 HNSW_EF_PER_PROBE = 2
 # ... and the efSearch that adding (encoding) uses: which list each vector goes to. FAISS's
 # default is 16; bench/add_cost.py (10M's factory, 200k rows): 61 -> 41 us a row at 8, the
-# same recall@10 from 128 lists probed up (0.9265 / 0.99 / 0.992 at 128 / 512 / 1011), an
-# HNSW quantizer is used from 8,192 lists, where the tuning probes hundreds. (More is not
+# same recall@10 from 128 lists probed up (0.9265 / 0.99 / 0.992 at 128 / 512 / 1011; an
+# HNSW quantizer is used from 8,192 lists, where the tuning probes hundreds). (More is not
 # better: at 256, 570 us a row, and recall at 32-512 lists lower: the queries' lists are
 # found by the same approximate graph.)
 HNSW_ADD_EF = 8
