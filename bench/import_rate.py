@@ -2,6 +2,7 @@
 
     python bench/import_rate.py --rows 3000000 --tmp /work/big/A            # of the 10M shards
     python bench/import_rate.py --rows 3000000 --spy 120:60 --spy 400:60    # py-spy meanwhile
+    python bench/import_rate.py --rows 600000 --precision fp32              # k-means in float32
 
 One daemon (ViT-B-32, random weights: the model only names the vectors; `--model
 efficientnet-lite0` for 1280-d shards) starts on an empty
@@ -85,13 +86,17 @@ def main() -> None:
         default="ViT-B-32",
         help="the daemon's model: the shards' (efficientnet-lite0: 1280-d)",
     )
+    parser.add_argument(
+        "--precision", choices=("auto", "fp32"), default="auto",
+        help="the daemon's --precision (fp32: the index's k-means in float32 too)",
+    )  # fmt: skip
     args = parser.parse_args()
     spies = sorted(tuple(float(x) for x in s.split(":")) for s in args.spy)
     out: dict[str, Any] = {"label": args.label, "cpu": cpu_model(), "rows": args.rows}
-    out["model"] = args.model
+    out["model"], out["precision"] = args.model, args.precision
     out["load_before"] = os.getloadavg()
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-        flags = ["--model", args.model]  # (the daemon's default workers, as measured before)
+        flags = ["--model", args.model, "--precision", args.precision]  # (default workers)
         flags += ["--pretrained", "none"] if args.model == "ViT-B-32" else []
         daemon = Daemon(flags, Path(tmp) / "data")
         with daemon:

@@ -2,6 +2,7 @@
 
     python bench/ivf_reach.py --n 1000000                      # the policy's index for 1M
     python bench/ivf_reach.py --n 1000000 --dist uniform
+    python bench/ivf_reach.py --n 1000000 --train bf16         # lists by bfloat16 k-means
     python bench/ivf_reach.py --index DATA/index/base-*.faiss --n 10000000 --nprobe 1088
 
 The first form regenerates bench/scale.py's deterministic vectors (float16 as stored), builds
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_model, progress, record  # noqa: E402
 from scale import CHUNK, Vectors  # noqa: E402
 
+from imgsearch.index import kmeans  # noqa: E402
 from imgsearch.index import policy as P  # noqa: E402
 
 DIM = 512
@@ -80,7 +82,7 @@ def recall(x: np.ndarray, queries: np.ndarray, candidates: np.ndarray, want: np.
     return hits / (K * len(queries))
 
 
-def build(x: np.ndarray) -> tuple[Any, dict[str, Any]]:
+def build(x: np.ndarray, bf16: bool) -> tuple[Any, dict[str, Any]]:
     import faiss
 
     spec = P.Policy().spec(len(x), x.shape[1])
@@ -89,7 +91,7 @@ def build(x: np.ndarray) -> tuple[Any, dict[str, Any]]:
     sample = x[np.sort(rng.choice(len(x), P.train_size(spec.lists, len(x)), replace=False))]
     start = time.perf_counter()
     faiss.omp_set_num_threads(os.cpu_count() or 1)
-    index.train(sample)
+    kmeans.train(index, sample, bf16, P.SEED)
     trained = time.perf_counter() - start
     index.add(x)
     built = {"factory": spec.factory, "train_s": trained, "build_s": time.perf_counter() - start}
@@ -106,12 +108,16 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=10, help="candidates re-scored: depth x 10")
     parser.add_argument("--nprobe", type=int, nargs="*", default=[])
     parser.add_argument("--index", type=Path, help="a saved base: imbalance and codes only")
+    parser.add_argument(
+        "--train", choices=("faiss", "bf16"), default="faiss",
+        help="the lists' k-means: FAISS's float32, or imgsearch's bfloat16 (index/kmeans.py)",
+    )  # fmt: skip
     args = parser.parse_args()
     vectors = Vectors(args.n, DIM, args.dist)
     queries = vectors.queries(args.queries)
     result: dict[str, Any] = {
         "bench": "ivf_reach", "cpu": cpu_model(), "load": os.getloadavg(), "n": args.n,
-        "dist": args.dist, "depth": args.depth,
+        "dist": args.dist, "depth": args.depth, "train": args.train,
     }  # fmt: skip
     if args.index:
         index = faiss.read_index(str(args.index))
@@ -121,7 +127,7 @@ def main() -> None:
         progress(f"regenerating {args.n:,} vectors")
         x = stored(vectors)
         progress("building the policy's index")
-        index, built = build(x)
+        index, built = build(x, args.train == "bf16")
         result.update(built)
         progress(f"built {built}")
     faiss.omp_set_num_threads(1)  # as the daemon searches: one thread a query

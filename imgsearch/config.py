@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .cpu import native_bf16
 from .errors import ConfigError
 from .index import policy as index_policy
 
@@ -108,6 +109,7 @@ class Config:
             exact_max=self.index_exact_max,
             flat_max_bytes=self.index_flat_max_bytes,
             delta_max=self.index_delta_max,
+            train_bf16=self.precision != "fp32" and native_bf16(),
         )
 
     def resolved(self) -> Config:

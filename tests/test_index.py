@@ -58,13 +58,17 @@ def fill(catalog: Catalog, vectors: np.ndarray, start: int = 0) -> list[int]:
 
 
 def policy(kind: str) -> Policy:
-    """Thresholds that make N vectors get `kind` ("ivf-pqfs-hnsw": an HNSW coarse quantizer)."""
+    """Thresholds that make N vectors get `kind` ("ivf-pqfs-hnsw": an HNSW coarse quantizer;
+    "-bf16": its lists by bfloat16 k-means)."""
     big = 1 << 40
     return {
         "exact": Policy(exact_max=big, delta_max=big),
         "ivf-flat": Policy(exact_max=100, flat_max_bytes=big, delta_max=big),
         "ivf-pqfs": Policy(exact_max=100, delta_max=big),
         "ivf-pqfs-hnsw": Policy(exact_max=100, hnsw_min_lists=1, delta_max=big),
+        "ivf-pqfs-bf16-hnsw": Policy(
+            exact_max=100, hnsw_min_lists=1, delta_max=big, train_bf16=True
+        ),  # as a 10M library on a CPU with native bfloat16
     }[kind]
 
 
@@ -103,14 +107,20 @@ def test_policy_thresholds() -> None:
     assert p.needs_training("ivf-sq8", 200_000, 210_000, 512)  # a kind of earlier versions
 
 
-@pytest.mark.parametrize("name", ["exact", "ivf-flat", "ivf-pqfs", "ivf-pqfs-hnsw"])
-def test_every_kind_is_tuned_searches_and_filters(tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize(
+    "name", ["exact", "ivf-flat", "ivf-pqfs", "ivf-pqfs-hnsw", "ivf-pqfs-bf16-hnsw"]
+)
+def test_every_kind_is_tuned_searches_and_filters(
+    tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
     vectors = clustered(N)
-    kind = name.removesuffix("-hnsw")
+    kind = name.removesuffix("-hnsw").removesuffix("-bf16")
     catalog = Catalog(tmp_path, "m", DIM, policy(name))
     try:
-        ids = np.asarray(fill(catalog, vectors), np.int64)
-        catalog.index.maintain()
+        with caplog.at_level(logging.INFO, "imgsearch.index.kmeans"):
+            ids = np.asarray(fill(catalog, vectors), np.int64)
+            catalog.index.maintain()
+        assert ("k-means in bf16" in caplog.text) == ("-bf16" in name)
         about = catalog.index.describe()
         assert about["kind"] == kind and about["vectors"] == N and about["trained_at"]
         assert ("_HNSW32," in about["factory"]) == name.endswith("-hnsw"), about

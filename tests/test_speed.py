@@ -24,13 +24,13 @@ from imgsearch.comparators.keypoints import Keypoints, limit_blas_threads, ratio
 from imgsearch.comparators.sift import SiftComparator
 from imgsearch.comparators.verify import VerifyComparator
 from imgsearch.config import Config
+from imgsearch.cpu import cpu_flags, torch_threads
 from imgsearch.embedders import Embedder
 from imgsearch.embedders.clip import ClipEmbedder
 from imgsearch.embedders.cnn import EfficientNetLite0
 from imgsearch.embedders.precision import (
     PrecisionCheck,
     choose_precision,
-    cpu_flags,
     native_precision,
     sample_images,
 )
@@ -333,7 +333,7 @@ def test_int8_product_uses_one_torch_thread_in_its_own_thread_only() -> None:
         for lib in ThreadpoolController().select(user_api="openmp").lib_controllers:
             lib.set_num_threads(3)  # this thread only
         seen["before"] = torch.get_num_threads()
-        with distances_module._torch_threads(1):
+        with torch_threads(1):
             seen["inside"] = torch.get_num_threads()
             inside.set()
             release.wait(10)

@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import numpy as np
 
-from ..embedders.precision import cpu_flags
+from ..cpu import cpu_flags, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -72,39 +69,9 @@ def _int8_distances(query: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarra
 
     q = (query ^ 0x80).view(np.int8)  # v - 128, as int8
     c = (candidate ^ 0x80).view(np.int8)
-    with _torch_threads(PRODUCT_THREADS):
+    with torch_threads(PRODUCT_THREADS):
         product = torch._int_mm(torch.from_numpy(q), torch.from_numpy(c).T)
     dist: np.ndarray = product.numpy()
     dist *= -2
     dist += np.einsum("ij,ij->i", c, c, dtype=np.int32)[None, :]
     return dist, np.einsum("ij,ij->i", q, q, dtype=np.int32)
-
-
-@functools.cache
-def _openmp_libraries() -> tuple[Any, ...]:
-    """threadpoolctl's handles of the OpenMP runtimes loaded (torch's among them)."""
-    import torch  # noqa: F401  (loads torch's OpenMP runtime before the scan)
-    from threadpoolctl import ThreadpoolController
-
-    return tuple(ThreadpoolController().select(user_api="openmp").lib_controllers)
-
-
-@contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
-    """Torch ops in this thread use at most `threads` OpenMP threads; other threads, and
-    threads started meanwhile, keep theirs (torch.set_num_threads would change the default
-    of every thread that has not run torch yet)."""
-    import torch
-
-    torch.get_num_threads()  # torch sets this thread's team size on first use: before us
-    libs = _openmp_libraries()
-    before = [lib.num_threads for lib in libs]
-    for lib, n in zip(libs, before, strict=True):
-        if n > threads:
-            lib.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        for lib, n in zip(libs, before, strict=True):
-            if n > threads:
-                lib.set_num_threads(n)

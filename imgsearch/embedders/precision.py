@@ -9,12 +9,12 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ..config import PRECISIONS
+from ..cpu import BF16_FLAGS, cpu_flags
 from ..errors import ConfigError
 from .base import DTYPES, Runtime, TorchEmbedder
 
@@ -25,8 +25,6 @@ log = logging.getLogger(__name__)
 # norms folded) passed that at 0.998 and still moved one query's original from rank 1 to 2 in
 # bench/copydetect.py (docs/BENCHMARKS.md, the Intel AMX machine): a ranking moves above 0.995.
 MIN_COSINE = 0.999
-# CPU flags (/proc/cpuinfo) of native bfloat16 arithmetic: AVX512-BF16 or AMX.
-BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 # Real photos shipped inside scikit-image (no download), as the self-check's inputs.
 SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "horse")
 SAMPLE_SIDE = 256
@@ -43,19 +41,6 @@ BATCH_SIZES = {
 # batch size, so it goes down to 1 (12 MP add: +10%); ViT-B-32 in bf16 costs ~1.5x per image
 # in small batches, which loses more than the tail gains, so it keeps an even share per lane.
 TAIL_BATCHES = {("cnn", "cpu"): 1}
-
-
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """The CPU's feature flags (empty when /proc/cpuinfo cannot be read, as on macOS)."""
-    try:
-        text = cpuinfo.read_text(errors="replace")
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in {"flags", "Features"}:
-            return frozenset(value.split())
-    return frozenset()
 
 
 def native_precision(device: str, flags: frozenset[str]) -> tuple[str, str]:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import idsets
+from . import idsets, kmeans
 from . import policy as P
 from .base import READ_INTO_RAM, Base, BaseMeta, emptied, for_adding, ivf
 from .codes import Encoded, encoded, merge_into
@@ -75,7 +75,7 @@ def build(
         _, train = source.vectors(sample.tolist())
         if not len(train):  # every sampled row removed meanwhile: the worker tries again
             raise RuntimeError("the rows sampled for training are no longer stored")
-        index.train(train)
+        kmeans.train(index, train, policy.train_bf16, P.SEED)
         del train
         for_adding(index)  # every copy adds (encodes) at HNSW_ADD_EF
         template = faiss.clone_index(index)  # trained, empty: what recent segments copy

@@ -1,0 +1,60 @@
+"""What this machine's CPU runs natively (read from /proc/cpuinfo; never assumed), and how
+many OpenMP threads the calling thread's torch ops use."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+# CPU flags of native bfloat16 arithmetic: AVX512-BF16 or AMX.
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU's feature flags (empty when /proc/cpuinfo cannot be read, as on macOS)."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in {"flags", "Features"}:
+            return frozenset(value.split())
+    return frozenset()
+
+
+def native_bf16(flags: frozenset[str] | None = None) -> bool:
+    """Whether the CPU (or `flags`) runs bfloat16 natively."""
+    return bool((cpu_flags() if flags is None else flags) & BF16_FLAGS)
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Torch ops in the calling thread use `threads` OpenMP threads (a comparator's product:
+    fewer; the index's k-means: every core, where the daemon's default is half); other
+    threads, and threads started meanwhile, keep theirs (torch.set_num_threads would change
+    the default of every thread that has not run torch yet)."""
+    import torch
+
+    torch.get_num_threads()  # torch sets this thread's team size on first use: before us
+    libs = _openmp_libraries()
+    before = [lib.num_threads for lib in libs]
+    for lib in libs:
+        lib.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        for lib, n in zip(libs, before, strict=True):
+            lib.set_num_threads(n)
+
+
+@functools.cache
+def _openmp_libraries() -> tuple[Any, ...]:
+    """threadpoolctl's handles of the OpenMP runtimes loaded (torch's among them)."""
+    import torch  # noqa: F401  (loads torch's OpenMP runtime before the scan)
+    from threadpoolctl import ThreadpoolController
+
+    return tuple(ThreadpoolController().select(user_api="openmp").lib_controllers)

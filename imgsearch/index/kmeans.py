@@ -1,0 +1,113 @@
+"""Training an IVF's lists: spherical k-means with the assignment in bfloat16 where the CPU runs
+bfloat16 natively (AVX512-BF16 or AMX), FAISS's own float32 k-means elsewhere.
+
+The assignment (every sample vector against every centroid, each iteration) is the training's
+whole cost: at 10M, 262,144 x 12,649 x 512-d x 10 iterations, ~34 TFLOP. FAISS runs it as a
+float32 GEMM; torch (oneDNN) runs it in bfloat16, ~2-3x the flops a second on this project's
+Zen 4, but returns the scores rounded to bfloat16 (steps of ~0.004 near 0.8: ties, which an
+argmax gives to the first centre). So each vector's CANDIDATES best centres by the bfloat16
+product are compared again in float32. Centroids are float32 means of the float32 sample,
+normalized each iteration as FAISS's spherical k-means does for inner-product indexes; a
+centroid left empty is split from a big one by `faiss.contrib.clustering.reassign_centroids`,
+as FAISS's C++ k-means does. bench/kmeans.py compares the two on the same sample (10M's
+training: 241.5 -> 199.4 s, 1.21x; 1M's: 1.27x; the same objective and imbalance);
+bench/ivf_reach.py --train bf16 the recall an index so trained reaches (the same);
+bench/import_rate.py --precision the daemon's (10M's lists trained in 211.6 -> 144.8 s).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from ..cpu import torch_threads
+
+log = logging.getLogger(__name__)
+
+# FAISS's IVF training runs 10 iterations (IndexIVF.cp.niter); so does this one.
+ITERATIONS = 10
+# Sample rows scored against every centroid at once (a 4,096 x 12,649 block: 100 MB of scores).
+BLOCK_ROWS = 4_096
+# Centres a row's bfloat16 scores put forward, compared again in float32.
+CANDIDATES = 4
+
+
+def train(index: Any, sample: np.ndarray, bf16: bool, seed: int) -> None:
+    """Train `index` (an index_factory IVF index, or not IVF at all) on `sample`; its coarse
+    lists by bfloat16 k-means when `bf16` (Policy.train_bf16: the CPU runs bfloat16 natively)."""
+    import faiss
+
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:  # not an IVF index (exact): nothing to cluster
+        ivf = None
+    started = time.monotonic()
+    if ivf is not None and bf16 and len(sample) >= ivf.nlist:
+        # Torch loaded first (the daemon's model) holds the OpenMP runtime FAISS calls, and
+        # its first op in a thread sets the thread's team to torch's default (half the
+        # cores): FAISS's is put back after, or the adds and tuning that follow run on one.
+        faiss_threads = faiss.omp_get_max_threads()
+        try:
+            with torch_threads(os.cpu_count() or 1):  # as FAISS's k-means: every core
+                centres = spherical(sample, ivf.nlist, ITERATIONS, seed)
+        finally:
+            faiss.omp_set_num_threads(faiss_threads)
+        ivf.quantizer.add(centres)  # a quantizer holding nlist centres: FAISS skips its k-means
+        log.info(
+            "k-means in bf16: %d x %d to %d lists in %.1fs",
+            len(sample), ivf.d, ivf.nlist, time.monotonic() - started,
+        )  # fmt: skip
+    index.train(sample)  # the codes (PQ on residuals), and the lists unless done above
+    if ivf is not None:
+        log.info("index trained on %d vectors in %.1fs", len(sample), time.monotonic() - started)
+
+
+def spherical(sample: np.ndarray, k: int, iterations: int, seed: int) -> np.ndarray:
+    """k unit-length centroids of `sample` (float32 rows) by spherical k-means, the assignment
+    by inner product in bfloat16."""
+    import torch
+    from faiss.contrib.clustering import reassign_centroids
+
+    x = np.ascontiguousarray(sample, np.float32)
+    n, d = x.shape
+    if n < k:
+        raise ValueError(f"k-means of {n} vectors into {k} lists")
+    rs = np.random.RandomState(seed)
+    centres = _unit(x[rs.choice(n, size=k, replace=False)].copy())
+    rows = torch.from_numpy(x)
+    low = rows.to(torch.bfloat16)
+    for _ in range(iterations):
+        assign = _assign(rows, low, centres)
+        sums = torch.zeros((k, d), dtype=torch.float32).index_add_(0, assign, rows).numpy()
+        counts = np.bincount(assign.numpy(), minlength=k)  # an empty list splits a big one:
+        centres = sums / np.maximum(counts, 1)[:, None].astype(np.float32)
+        reassign_centroids(counts, centres, rs)  # type: ignore[no-untyped-call]  # in place
+        centres = _unit(centres)
+    return centres
+
+
+def _assign(rows: Any, low: Any, centres: np.ndarray) -> Any:
+    """Each row's best centre by inner product (int64 tensor): the CANDIDATES best by the
+    bfloat16 product (`low`: the rows in bfloat16), the best of those in float32 (bfloat16
+    scores tie every ~0.004: the first index would win every tie, and the lists grow uneven)."""
+    import torch
+
+    exact = torch.from_numpy(centres)
+    t = exact.to(torch.bfloat16).T.contiguous()
+    out = torch.empty(rows.shape[0], dtype=torch.int64)
+    pick = min(CANDIDATES, len(centres))  # a library of a few images has fewer lists
+    for start in range(0, rows.shape[0], BLOCK_ROWS):
+        stop = min(start + BLOCK_ROWS, rows.shape[0])
+        cand = torch.mm(low[start:stop], t).topk(pick, dim=1).indices
+        sims = torch.bmm(exact[cand], rows[start:stop, :, None])[:, :, 0]
+        out[start:stop] = cand.gather(1, sims.argmax(dim=1, keepdim=True))[:, 0]
+    return out
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.asarray(x / np.maximum(norms, 1e-12), np.float32)

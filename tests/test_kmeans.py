@@ -1,0 +1,125 @@
+"""The IVF lists' k-means in bfloat16 (imgsearch.index.kmeans) against FAISS's float32 one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgsearch.config import Config
+from imgsearch.index import kmeans
+
+DIM = 64
+
+
+def cone(n: int, clusters: int, seed: int = 0) -> np.ndarray:
+    """Unit vectors like embeddings: one shared direction (pairs at cosine ~0.5-0.8, where
+    bfloat16 scores are coarsest), clusters of varied spread around it."""
+    rng = np.random.default_rng(seed)
+    mean = 3.0 * rng.standard_normal(DIM)
+    centres = rng.standard_normal((clusters, DIM))
+    spread = rng.uniform(0.5, 1.2, clusters)
+    which = rng.integers(0, clusters, n)
+    x = mean + centres[which] + spread[which, None] * rng.standard_normal((n, DIM))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def quality(x: np.ndarray, centres: np.ndarray) -> tuple[float, np.ndarray]:
+    """k-means' objective (mean best inner product, float32) and the lists' sizes."""
+    sims = x @ centres.T
+    return float(sims.max(axis=1).mean()), np.bincount(sims.argmax(axis=1), minlength=len(centres))
+
+
+def test_bf16_k_means_lists_are_as_good_as_faiss_float32_ones() -> None:
+    import faiss
+
+    x, k = cone(8_000, 60), 80
+    ours = kmeans.spherical(x, k, kmeans.ITERATIONS, seed=3)
+    assert ours.shape == (k, DIM) and ours.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    km = faiss.Kmeans(DIM, k, niter=kmeans.ITERATIONS, spherical=True, seed=3)
+    km.train(x)
+    (got, sizes), (want, faiss_sizes) = quality(x, ours), quality(x, km.centroids)
+    assert got >= want - 0.002, (got, want)
+    assert (sizes > 0).all()  # every list holds vectors (an emptied one was split)
+    assert sizes.max() <= 1.5 * faiss_sizes.max(), (sizes.max(), faiss_sizes.max())
+    np.testing.assert_array_equal(ours, kmeans.spherical(x, k, kmeans.ITERATIONS, seed=3))
+
+
+def test_the_assignment_is_the_float32_best_despite_bfloat16_ties() -> None:
+    """bfloat16 rounds scores near 0.8 to steps of ~0.004: an argmax over them alone would send
+    the tied rows to the lowest-numbered centre (measured: lists grew 1.4x more uneven)."""
+    import torch
+
+    x = cone(6_000, 40, seed=1)
+    centres = cone(300, 40, seed=2)
+    low = torch.from_numpy(x).to(torch.bfloat16)
+    got = kmeans._assign(torch.from_numpy(x), low, centres).numpy()
+    want = (x @ centres.T).argmax(axis=1)
+    rough = torch.mm(low, torch.from_numpy(centres).to(torch.bfloat16).T).argmax(dim=1).numpy()
+    assert (rough != want).mean() > 0.01  # the data does tie in bfloat16 ...
+    assert (got != want).mean() <= 0.001  # ... and the float32 pass settles it
+
+
+def test_too_few_vectors_for_the_lists_is_refused() -> None:
+    with pytest.raises(ValueError, match="k-means of 10 vectors into 20 lists"):
+        kmeans.spherical(cone(10, 2), 20, 2, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("precision", "native", "expected"),
+    [("auto", True, True), ("bf16", True, True), ("fp32", True, False), ("auto", False, False)],
+)
+def test_the_index_trains_in_bf16_where_the_cpu_and_the_precision_allow(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, precision: str, native: bool, expected: bool
+) -> None:
+    import imgsearch.config as config_module
+
+    monkeypatch.setattr(config_module, "native_bf16", lambda: native)
+    config = Config(data_dir=tmp_path, precision=precision)
+    assert config.index_policy().train_bf16 is expected
+
+
+def test_training_leaves_faiss_its_threads() -> None:
+    """Where torch is loaded first (the daemon loads the model before the index), FAISS's
+    OpenMP calls bind to torch's runtime, and torch's first op in a thread sets that thread's
+    team to torch's default (the daemon's: half the cores): the index worker's adds and
+    tuning after a bf16 k-means ran on one core (the 10M training's add and tuning took 2.2x
+    as long). The worker's FAISS team size must come out of the training as it went in. (A
+    fresh interpreter: this one may have loaded FAISS first.)"""
+    script = """
+import threading
+import torch
+import faiss
+import numpy as np
+from imgsearch.index import kmeans
+torch.set_num_threads(1)  # as the daemon's embedder does, for threads yet to run torch
+x = np.random.default_rng(0).standard_normal((3000, 64)).astype(np.float32)
+x /= np.linalg.norm(x, axis=1, keepdims=True)
+seen = {}
+def worker():
+    faiss.omp_set_num_threads(2)
+    index = faiss.index_factory(64, "IVF30,Flat", faiss.METRIC_INNER_PRODUCT)
+    kmeans.train(index, x, True, seed=0)
+    seen["after"] = faiss.omp_get_max_threads()
+thread = threading.Thread(target=worker)
+thread.start()
+thread.join()
+print("faiss threads after", seen["after"])
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "faiss threads after 2" in done.stdout, done.stdout
+
+
+def test_fewer_lists_than_candidates() -> None:
+    x = cone(40, 3)
+    centres = kmeans.spherical(x, 3, kmeans.ITERATIONS, seed=0)
+    assert centres.shape == (3, DIM)
+    assert (quality(x, centres)[1] > 0).all()
