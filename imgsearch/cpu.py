@@ -26,9 +26,9 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     return frozenset()
 
 
-def native_bf16(flags: frozenset[str] | None = None) -> bool:
-    """Whether the CPU (or `flags`) runs bfloat16 natively."""
-    return bool((cpu_flags() if flags is None else flags) & BF16_FLAGS)
+def native_bf16() -> bool:
+    """Whether the CPU runs bfloat16 natively."""
+    return bool(cpu_flags() & BF16_FLAGS)
 
 
 @contextmanager

@@ -37,16 +37,13 @@ CANDIDATES = 4
 
 
 def train(index: Any, sample: np.ndarray, bf16: bool, seed: int) -> None:
-    """Train `index` (an index_factory IVF index, or not IVF at all) on `sample`; its coarse
-    lists by bfloat16 k-means when `bf16` (Policy.train_bf16: the CPU runs bfloat16 natively)."""
+    """Train `index` (an index_factory IVF index) on `sample`; its coarse lists by bfloat16
+    k-means when `bf16` (Policy.train_bf16: the CPU runs bfloat16 natively)."""
     import faiss
 
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:  # not an IVF index (exact): nothing to cluster
-        ivf = None
+    ivf = faiss.extract_index_ivf(index)
     started = time.monotonic()
-    if ivf is not None and bf16 and len(sample) >= ivf.nlist:
+    if bf16 and len(sample) >= ivf.nlist:
         # Torch loaded first (the daemon's model) holds the OpenMP runtime FAISS calls, and
         # its first op in a thread sets the thread's team to torch's default (half the
         # cores): FAISS's is put back after, or the adds and tuning that follow run on one.
@@ -62,8 +59,7 @@ def train(index: Any, sample: np.ndarray, bf16: bool, seed: int) -> None:
             len(sample), ivf.d, ivf.nlist, time.monotonic() - started,
         )  # fmt: skip
     index.train(sample)  # the codes (PQ on residuals), and the lists unless done above
-    if ivf is not None:
-        log.info("index trained on %d vectors in %.1fs", len(sample), time.monotonic() - started)
+    log.info("index trained on %d vectors in %.1fs", len(sample), time.monotonic() - started)
 
 
 def spherical(sample: np.ndarray, k: int, iterations: int, seed: int) -> np.ndarray:

@@ -160,8 +160,8 @@ class Policy:
     target_recall: float = TARGET_RECALL
     allowed_exact_max: int = ALLOWED_EXACT_MAX
     store_scan_max: int = STORE_SCAN_MAX
-    # The lists' k-means scores in bfloat16 (kmeans.py): on where the CPU runs it natively and
-    # embeddings are not held to fp32 (Config.index_policy).
+    # The lists' k-means scores in bfloat16 (kmeans.py): set where the CPU runs it natively
+    # and embeddings are not held to fp32 (Config.index_policy).
     train_bf16: bool = False
 
     def spec(self, count: int, dim: int) -> Spec:
