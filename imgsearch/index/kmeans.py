@@ -3,7 +3,7 @@ bfloat16 natively (AVX512-BF16 or AMX), FAISS's own float32 k-means elsewhere.
 
 The assignment (every sample vector against every centroid, each iteration) is the training's
 whole cost: at 10M, 262,144 x 12,649 x 512-d x 10 iterations, ~34 TFLOP. FAISS runs it as a
-float32 GEMM; torch (oneDNN) runs it in bfloat16, ~2-3x the flops a second on this project's
+float32 GEMM; torch (oneDNN) runs it in bfloat16, several times the flops a second on this project's
 Zen 4, but returns the scores rounded to bfloat16 (steps of ~0.004 near 0.8: ties, which an
 argmax gives to the first centre). So each vector's CANDIDATES best centres by the bfloat16
 product are compared again in float32. Centroids are float32 means of the float32 sample,
