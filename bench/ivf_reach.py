@@ -3,6 +3,7 @@
     python bench/ivf_reach.py --n 1000000                      # the policy's index for 1M
     python bench/ivf_reach.py --n 1000000 --dist uniform
     python bench/ivf_reach.py --n 1000000 --train bf16         # lists by bfloat16 k-means
+    python bench/ivf_reach.py --n 1000000 --lists 16000        # 4x the policy's lists
     python bench/ivf_reach.py --index DATA/index/base-*.faiss --n 10000000 --nprobe 1088
 
 The first form regenerates bench/scale.py's deterministic vectors (float16 as stored), builds
@@ -23,6 +24,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -82,10 +84,15 @@ def recall(x: np.ndarray, queries: np.ndarray, candidates: np.ndarray, want: np.
     return hits / (K * len(queries))
 
 
-def build(x: np.ndarray, bf16: bool) -> tuple[Any, dict[str, Any]]:
+def build(x: np.ndarray, bf16: bool, lists: int = 0) -> tuple[Any, dict[str, Any]]:
+    """The policy's index for len(x) vectors (`lists`: that many lists instead), trained and
+    filled."""
     import faiss
 
     spec = P.Policy().spec(len(x), x.shape[1])
+    if lists:
+        spec = replace(spec, factory=spec.factory.replace(f"IVF{spec.lists}", f"IVF{lists}"))
+        spec = replace(spec, lists=lists)
     index = faiss.index_factory(x.shape[1], spec.factory, faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(P.SEED)
     sample = x[np.sort(rng.choice(len(x), P.train_size(spec.lists, len(x)), replace=False))]
@@ -108,6 +115,7 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=10, help="candidates re-scored: depth x 10")
     parser.add_argument("--nprobe", type=int, nargs="*", default=[])
     parser.add_argument("--index", type=Path, help="a saved base: imbalance and codes only")
+    parser.add_argument("--lists", type=int, default=0, help="lists instead of the policy's")
     parser.add_argument(
         "--train", choices=("faiss", "bf16"), default="faiss",
         help="the lists' k-means: FAISS's float32, or imgsearch's bfloat16 (index/kmeans.py)",
@@ -127,7 +135,7 @@ def main() -> None:
         progress(f"regenerating {args.n:,} vectors")
         x = stored(vectors)
         progress("building the policy's index")
-        index, built = build(x, args.train == "bf16")
+        index, built = build(x, args.train == "bf16", args.lists)
         result.update(built)
         progress(f"built {built}")
     faiss.omp_set_num_threads(1)  # as the daemon searches: one thread a query

@@ -170,44 +170,96 @@ def tune(
     index: Any, spec: P.Spec, queries: tuple[np.ndarray, np.ndarray], truth: np.ndarray,
     source: Source, policy: P.Policy, stop: threading.Event | None = None,
 ) -> tuple[int, float, int]:  # fmt: skip
-    """(nprobe, recall, rescore): the smallest nprobe reaching the target recall (plus
-    TUNE_MARGIN where that can be had); for quantized codes under each re-scoring depth,
-    keeping the cheapest pair with the margin by the cost model (else the cheapest meeting the
-    target, else the best recall)."""
-    per_list = int(index.ntotal) / max(1, spec.lists)
-    goal = min(1.0, policy.target_recall + P.TUNE_MARGIN)
-    tried: list[tuple[int, float, int, float, int]] = []
-    factors = list(P.RESCORE_FACTORS) if spec.quantized else [0]
-    for rescore in factors:
-        recall_at = cache(partial(_recall, index, queries, truth, source, stop, rescore))
-        nprobe, recall = _smallest(recall_at, spec.lists, goal)
-        if recall < goal:
-            nprobe, recall = _smallest(recall_at, spec.lists, policy.target_recall)
-        cost = nprobe * per_list + rescore * P.RECALL_K * P.RESCORE_COST
-        # Pairs with the margin first, then those meeting the target, then the best recall.
-        tier = 0 if recall >= goal else 1 if recall >= policy.target_recall else 2
-        tried.append((tier, cost if tier < 2 else -recall, nprobe, recall, rescore))
-        log.info(
-            "tuned %s: rescore %d, nprobe %d: recall@10 %.3f", spec.factory, rescore, nprobe, recall
-        )
-        if spec.quantized and rescore == factors[-1] != P.DEEP_RESCORE and min(tried)[0] > 0:
-            factors.append(P.DEEP_RESCORE)  # the codes rank too poorly: deeper re-scoring
-    tier, _, nprobe, recall, rescore = min(tried)
-    if tier == 2:
+    """(nprobe, recall, rescore) for `index`, chosen by `choose` from recall@10 of the tuning
+    queries against `truth`, each (depth, nprobe) searched at most once."""
+    searches = [0]
+
+    @cache
+    def recall_at(rescore: int, nprobe: int) -> float:
+        searches[0] += 1
+        return _recall(index, queries, truth, source, stop, rescore, nprobe)
+
+    per_list = max(1.0, int(index.ntotal) / max(1, spec.lists))  # codes a list, as scanned
+    nprobe, recall, rescore = choose(recall_at, spec, per_list, policy.target_recall)
+    log.info("index tuning: %d searches of the %d queries", searches[0], len(truth))
+    if recall < policy.target_recall:
         log.warning("index %s reaches recall@10 %.3f only", spec.factory, recall)
     return nprobe, recall, rescore
 
 
-def _smallest(recall_at: Callable[[int], float], lists: int, goal: float) -> tuple[int, float]:
+def choose(
+    recall_at: Callable[[int, int], float], spec: P.Spec, per_list: float, target: float
+) -> tuple[int, float, int]:
+    """(nprobe, recall, rescore): the smallest nprobe reaching `target` (plus TUNE_MARGIN where
+    that can be had); for quantized codes under each re-scoring depth, the cheapest pair with
+    the margin by the cost model (else the cheapest meeting the target, else the best recall).
+    `recall_at(rescore, nprobe)`: recall@10 searching so.
+
+    Depths are searched deepest first. A shallower depth re-scores the first of the same
+    candidates, so it needs at least the nprobe the deeper one needed, and it can win only
+    below the nprobe where it costs as much as the best pair so far: one search there says
+    whether it can, and a bisection between the two bounds finds its nprobe. (Searched
+    shallowest first, each depth doubled nprobe from 1, up to all the lists for a depth that
+    cannot reach the goal: ~15 searches wasted per such depth, tests/test_tuning.py.)"""
+    goal = min(1.0, target + P.TUNE_MARGIN)
+
+    def pair(nprobe: int, recall: float, rescore: int) -> tuple[int, float, int, float, int]:
+        # Pairs with the margin first, then those meeting the target, then the best recall.
+        tier = 0 if recall >= goal else 1 if recall >= target else 2
+        cost = nprobe * per_list + rescore * P.RECALL_K * P.RESCORE_COST
+        log.info(
+            "tuned %s: rescore %d, nprobe %d: recall@10 %.3f", spec.factory, rescore, nprobe, recall
+        )
+        return tier, cost if tier < 2 else -recall, nprobe, recall, rescore
+
+    depths = sorted(P.RESCORE_FACTORS, reverse=True) if spec.quantized else [0]
+    tried: list[tuple[int, float, int, float, int]] = []
+    under = {goal: 0, target: 0}  # the largest nprobe seen under each aim, at any depth tried
+    for rescore in depths[:1] + ([P.DEEP_RESCORE] if spec.quantized else []):
+        at = partial(recall_at, rescore)
+        nprobe, recall, low = _smallest(at, spec.lists, goal)
+        under[goal] = max(under[goal], low)
+        if recall < goal:
+            nprobe, recall, low = _smallest(at, spec.lists, target)
+            under[target] = max(under[target], low)
+        tried.append(pair(nprobe, recall, rescore))
+        if recall >= goal:  # the codes rank well enough: DEEP_RESCORE is for when they do not
+            break
+    for rescore in depths[1:]:
+        tier, best, *_ = min(tried)
+        if tier == 2:  # no deeper depth met the target: no shallower one will
+            break
+        aim = goal if tier == 0 else target
+        at = partial(recall_at, rescore)
+        high = min(spec.lists, int((best - rescore * P.RECALL_K * P.RESCORE_COST) / per_list))
+        if high <= under[aim] or at(high) < aim:
+            continue  # cannot be cheaper than the best pair at its tier
+        nprobe, recall, low = _bisect(at, under[aim], high, aim)
+        under[aim] = max(under[aim], low)
+        tried.append(pair(nprobe, recall, rescore))
+    _, _, nprobe, recall, rescore = min(tried)
+    return nprobe, recall, rescore
+
+
+def _smallest(recall_at: Callable[[int], float], lists: int, goal: float) -> tuple[int, float, int]:
     """Doubling, then bisection, for the smallest nprobe meeting the goal (within
-    1/TUNE_PRECISION of it: a few percent more lists than needed, half the searches)."""
+    1/TUNE_PRECISION of it: a few percent more lists than needed, half the searches):
+    (nprobe, its recall, the largest nprobe seen under the goal)."""
     low, high = 0, 1
     found = recall_at(high)
     while found < goal and high < lists:
         low, high = high, min(lists, high * 2)
         found = recall_at(high)
     if found < goal:
-        return high, found
+        return high, found, high
+    return _bisect(recall_at, low, high, goal)
+
+
+def _bisect(
+    recall_at: Callable[[int], float], low: int, high: int, goal: float
+) -> tuple[int, float, int]:
+    """The smallest nprobe in (low, high] meeting the goal (`high` does), as _smallest says it."""
+    found = recall_at(high)
     while high - low > max(1, high // P.TUNE_PRECISION):
         mid = (low + high) // 2
         got = recall_at(mid)
@@ -215,7 +267,7 @@ def _smallest(recall_at: Callable[[int], float], lists: int, goal: float) -> tup
             high, found = mid, got
         else:
             low = mid
-    return high, found
+    return high, found, low
 
 
 def _recall(

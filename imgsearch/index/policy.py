@@ -108,8 +108,9 @@ TUNE_MARGIN = 0.02
 # tuning queries once: at 10M ~30 s of the worker's time a step, past nprobe 1000).
 TUNE_PRECISION = 32
 # Quantized codes: RESCORE * k candidates are re-scored with exact vectors from the store; the
-# tuning tries each factor (with its smallest nprobe reaching TARGET_RECALL) and keeps the
-# cheapest by a cost model: scanning one code costs 1, re-scoring one candidate (a SQLite row
+# tuning tries the deepest factor first and shallower ones only where they can be cheaper
+# (build.choose), each with its smallest nprobe reaching TARGET_RECALL, and keeps the cheapest
+# by a cost model: scanning one code costs 1, re-scoring one candidate (a SQLite row
 # read, float16 -> float32, a dot product) RESCORE_COST codes (measured: ~0.07 us a code,
 # ~15 us a candidate).
 RESCORE_FACTORS = (4, 10, 25)
