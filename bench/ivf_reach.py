@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_model, progress, record  # noqa: E402
 from scale import CHUNK, Vectors  # noqa: E402
 
+from imgsearch.cpu import native_bf16  # noqa: E402
 from imgsearch.index import kmeans  # noqa: E402
 from imgsearch.index import policy as P  # noqa: E402
 
@@ -121,6 +122,8 @@ def main() -> None:
         help="the lists' k-means: FAISS's float32, or imgsearch's bfloat16 (index/kmeans.py)",
     )  # fmt: skip
     args = parser.parse_args()
+    if args.train == "bf16" and not native_bf16():
+        progress("warning: this CPU has no native bfloat16: the bf16 k-means is emulated (slow)")
     vectors = Vectors(args.n, DIM, args.dist)
     queries = vectors.queries(args.queries)
     result: dict[str, Any] = {
