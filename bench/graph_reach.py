@@ -8,7 +8,7 @@ Regenerates bench/scale.py's deterministic vectors (float16 as stored) and its n
 queries, builds a FAISS HNSW index of them (`--spec`, an index_factory string; inner product;
 RaBitQ storage in L2, the same ranking for unit vectors) on every core, and for each efSearch
 searches the queries one at a time on one thread (as the daemon does): p50 / p99 ms and
-recall@10 against exact search once the candidates (max(ef, 100) of them at most) are re-scored
+recall@10 against exact search once the candidates (efSearch of them) are re-scored
 with the exact vectors, and the share of queries whose own source vector (the near-duplicate
 a "new photo" was made from) is found at all.
 
@@ -37,27 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_model, progress, record  # noqa: E402
 from ivf_reach import DIM, K, recall, stored, truth  # noqa: E402
-from scale import CHUNK, Vectors  # noqa: E402
+from scale import Vectors  # noqa: E402
 
 from imgsearch.index import kmeans  # noqa: E402
-
-
-def labels(vectors: Vectors) -> np.ndarray:
-    """The cluster each vector was drawn from (Vectors.chunk's draws, in its order)."""
-    out = []
-    for i in range((vectors.n + CHUNK - 1) // CHUNK):
-        size = min(CHUNK, vectors.n - i * CHUNK)
-        rng = np.random.default_rng(1000 + i)
-        rng.standard_normal((size, vectors.dim))
-        which = rng.integers(0, len(vectors.centres), size)
-        which[1::100] = which[::100][: len(which[1::100])]  # near-duplicates: their source's
-        out.append(which)
-    return np.concatenate(out)
-
-
-def sources(vectors: Vectors, count: int) -> np.ndarray:
-    """The stored vector each of Vectors.queries(count) was made from."""
-    return np.random.default_rng(777).integers(0, min(CHUNK, vectors.n), count)
 
 
 def build(x: np.ndarray, spec: str, efc: int) -> tuple[Any, float, float]:
@@ -126,11 +108,11 @@ def main() -> None:
     parser.add_argument("--nprobe", type=int, nargs="*", default=[8, 32])
     args = parser.parse_args()
     vectors = Vectors(args.n, DIM, "clustered")
-    queries = vectors.queries(args.queries)
+    queries, src = vectors.queries_and_sources(args.queries)
     progress(f"regenerating {args.n:,} vectors")
     x = stored(vectors)
-    want, src = truth(x, queries), sources(vectors, args.queries)
-    lab = labels(vectors)
+    want = truth(x, queries)
+    lab = vectors.labels()
     mates = float((lab[want] == lab[src][:, None]).mean())
     progress(f"share of the true top {K} in the query's own cluster: {mates:.4f}")
     result: dict[str, Any] = {
@@ -146,9 +128,8 @@ def main() -> None:
     rows = []
     for ef in args.ef:
         params = faiss.SearchParametersHNSW(efSearch=ef)
-        depth = min(ef, max(K * 10, ef))
 
-        def plain(q: np.ndarray, p: Any = params, d: int = depth) -> np.ndarray:
+        def plain(q: np.ndarray, p: Any = params, d: int = ef) -> np.ndarray:
             return index.search(q, d, params=p)[1][0]
 
         rows.append(row({"ef": ef}, *timed(plain, queries), ctx))
@@ -157,9 +138,8 @@ def main() -> None:
         ivf = seeds(x, args.entry)
         for nprobe in args.nprobe:
             for ef in args.ef:
-                depth = min(ef, max(K * 10, ef))
 
-                def seeded(q: np.ndarray, n: int = nprobe, e: int = ef, d: int = depth) -> Any:
+                def seeded(q: np.ndarray, n: int = nprobe, e: int = ef, d: int = ef) -> Any:
                     dist, near = ivf.search(q, 4, params=faiss.SearchParametersIVF(nprobe=n))
                     dist, near = np.ascontiguousarray(dist), near.astype(np.int32)  # storage ids
                     out_d = np.empty((1, d), np.float32)

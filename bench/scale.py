@@ -87,28 +87,49 @@ class Vectors:
         self.spread = rng.uniform(0.5, 1.2, clusters).astype(np.float32)
 
     def chunk(self, i: int) -> np.ndarray:
+        noise, which = self._draw(i)
+        if self.dist == "uniform":
+            return unit(noise)
+        x = self.mean + self.centres[which] + self.spread[which, None] * noise
+        x[1::100] = x[::100][: len(x[1::100])] + 0.05 * noise[1::100]  # near-duplicates
+        return unit(x)
+
+    def labels(self) -> np.ndarray:
+        """The cluster each clustered vector was drawn from (a near-duplicate: its source's)."""
+        out = []
+        for i in range((self.n + CHUNK - 1) // CHUNK):
+            which = self._draw(i)[1]
+            which[1::100] = which[::100][: len(which[1::100])]
+            out.append(which)
+        return np.concatenate(out)
+
+    def _draw(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Chunk i's noise and (clustered) each row's cluster, in one seeded order."""
         size = min(CHUNK, self.n - i * CHUNK)
         rng = np.random.default_rng(1000 + i)
         noise = rng.standard_normal((size, self.dim)).astype(np.float32)
         if self.dist == "uniform":
-            return unit(noise)
-        which = rng.integers(0, len(self.centres), size)
-        x = self.mean + self.centres[which] + self.spread[which, None] * noise
-        x[1::100] = x[::100][: len(x[1::100])] + 0.05 * noise[1::100]
-        return unit(x)
+            return noise, np.zeros(0, np.int64)
+        return noise, rng.integers(0, len(self.centres), size)
 
     def chunks(self) -> Iterator[np.ndarray]:
         for i in range((self.n + CHUNK - 1) // CHUNK):
             yield self.chunk(i)
 
     def queries(self, count: int) -> np.ndarray:
+        return self.queries_and_sources(count)[0]
+
+    def queries_and_sources(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """`count` queries and (clustered) the stored vector each was made from."""
         rng = np.random.default_rng(777)
         if self.dist == "uniform":
-            return unit(rng.standard_normal((count, self.dim)).astype(np.float32))
+            noise = rng.standard_normal((count, self.dim)).astype(np.float32)
+            return unit(noise), np.zeros(0, np.int64)
         # A new photo of a known subject: a stored vector moved to cosine ~0.9 from it.
-        base = self.chunk(0)[rng.integers(0, min(CHUNK, self.n), count)]
+        sources = rng.integers(0, min(CHUNK, self.n), count)
+        base = self.chunk(0)[sources]
         noise = rng.standard_normal(base.shape).astype(np.float32) / np.sqrt(self.dim)
-        return unit(base + 0.5 * noise)
+        return unit(base + 0.5 * noise), sources
 
 
 def unit(x: np.ndarray) -> np.ndarray:
