@@ -3,6 +3,7 @@
     python bench/startup.py                                  # this tree, 5 rounds
     git worktree add /tmp/before 584dc94
     python bench/startup.py --trees /tmp/before . --rounds 5 --cold
+    python bench/startup.py --trees /tmp/before . --checkpoint   # weights from a file
 
 One data dir (ViT-B-32 with random weights, 20 photos added) is started by each tree in turn,
 A B A B ...: the seconds until /health answers, until the first search by a stored photo's path
@@ -11,6 +12,10 @@ and what /stats said of the precision at /health. `--cold` drops the page cache 
 start (root only): the daemon's own libraries and files then come from the disk, as after a
 reboot or a pass over more data than the RAM holds. Prints one JSON object and appends it to
 bench/out/startup.jsonl.
+
+`--checkpoint` starts with `--checkpoint FILE` instead of random weights, as a user with
+real weights does (a tag's weights come from the Hugging Face cache the same way): the file
+holds the same seeded random ViT-B-32, saved once to bench/out/.
 """
 
 from __future__ import annotations
@@ -30,6 +35,24 @@ from _common import REPO_ROOT, Daemon, generate_jpegs, progress, record  # noqa:
 from scale import machine  # noqa: E402
 
 FLAGS = ["--model", "ViT-B-32", "--pretrained", "none", "--workers", "1"]
+CHECKPOINT = REPO_ROOT / "bench" / "out" / "vit-b-32-random.pt"
+
+
+def saved_checkpoint() -> Path:
+    """The seeded random ViT-B-32's weights as a checkpoint file (written once)."""
+    if not CHECKPOINT.is_file():
+        import torch
+
+        from imgsearch.embedders.clip import ClipEmbedder
+
+        model = ClipEmbedder(
+            "ViT-B-32", pretrained=None, checkpoint=None, model_config=None, device="cpu"
+        )
+        CHECKPOINT.parent.mkdir(parents=True, exist_ok=True)
+        partial = CHECKPOINT.with_suffix(".part")
+        torch.save(model._model.state_dict(), partial)
+        partial.rename(CHECKPOINT)
+    return CHECKPOINT
 
 
 def drop_page_cache() -> None:
@@ -38,11 +61,13 @@ def drop_page_cache() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def one_start(tree: Path, data_dir: Path, photo: str, cold: bool) -> dict[str, Any]:
+def one_start(
+    tree: Path, data_dir: Path, photo: str, cold: bool, flags: list[str]
+) -> dict[str, Any]:
     """Start the daemon from `tree`; time /health and the first image search; stop it."""
     if cold:
         drop_page_cache()
-    daemon = Daemon(FLAGS, data_dir, tree=tree)
+    daemon = Daemon(flags, data_dir, tree=tree)
     started = time.perf_counter()
     with daemon:
         health = time.perf_counter() - started
@@ -65,21 +90,30 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cold", action="store_true", help="drop the page cache before each")
     parser.add_argument("--label", default="")
+    parser.add_argument("--checkpoint", action="store_true", help="weights from a file")
     args = parser.parse_args()
     trees = [Path(t).resolve() for t in args.trees]
-    out: dict[str, Any] = {"machine": machine(), "label": args.label, "cold": args.cold}
+    flags = FLAGS
+    if args.checkpoint:
+        flags = ["--model", "ViT-B-32", "--checkpoint", str(saved_checkpoint()), "--workers", "1"]
+    out: dict[str, Any] = {
+        "machine": machine(),
+        "label": args.label,
+        "cold": args.cold,
+        "checkpoint": args.checkpoint,
+    }
     photos = sorted(
         str(p) for p in generate_jpegs(20, size=(1024, 768), quality=90, seed=7).glob("*.jpg")
     )
     with tempfile.TemporaryDirectory(prefix="imgsearch-startup-") as tmp:
         data_dir = Path(tmp) / "data"
-        with Daemon(FLAGS, data_dir, tree=trees[0]) as daemon:
+        with Daemon(flags, data_dir, tree=trees[0]) as daemon:
             folder = str(Path(photos[0]).parent)
             daemon.get("/add?image=" + urllib.parse.quote(folder))
         runs: dict[str, list[dict[str, Any]]] = {str(t): [] for t in trees}
         for r in range(args.rounds):
             for tree in trees:
-                run = one_start(tree, data_dir, photos[r % len(photos)], args.cold)
+                run = one_start(tree, data_dir, photos[r % len(photos)], args.cold, flags)
                 runs[str(tree)].append(run)
                 progress(f"round {r + 1}, {tree}: {run}")
     out["trees"] = {
