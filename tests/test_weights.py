@@ -122,3 +122,44 @@ def test_skipping_random_init_is_this_threads_only() -> None:
     assert unloaded(here) == ["weight", "bias"]
     after = torch.nn.Linear(16, 16)  # the context is over: random again
     assert unloaded(after) == [] and float(after.weight.detach().std()) > 0
+
+
+def test_a_tags_weights_from_the_hugging_face_cache_load_the_same_way(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_embedder: Embedder,
+    tiny_state: dict[str, torch.Tensor],
+    tiny_model_config: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`--pretrained TAG`: open_clip finds the tag's file in the (offline) Hugging Face cache
+    and merges the tag's preprocessing; both survive the load without random init."""
+    import huggingface_hub.constants
+    from open_clip import pretrained
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--imgsearch-test--tiny-clip"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    torch.save(tiny_state, repo / "snapshots" / commit / "open_clip_pytorch_model.bin")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    tag = {"hf_hub": "imgsearch-test/tiny-clip/", "mean": mean, "std": std}
+    monkeypatch.setitem(pretrained._PRETRAINED, TINY_MODEL, {"tinytag": tag})
+    with caplog.at_level(logging.INFO):
+        loaded = ClipEmbedder(
+            TINY_MODEL,
+            pretrained="tinytag",
+            checkpoint=None,
+            model_config=tiny_model_config,
+            device="cpu",
+        )
+    assert "loading it plainly" not in caplog.text and "cannot be memory-mapped" not in caplog.text
+    assert loaded.model_id == f"open_clip/{TINY_MODEL}/tinytag"
+    assert (loaded.preprocess.mean, loaded.preprocess.std) == (mean, std)
+    assert isinstance(tiny_embedder, ClipEmbedder)
+    texts = ["a lighthouse"]
+    assert np.array_equal(loaded.embed_texts(texts), tiny_embedder.embed_texts(texts))
+    state = loaded._model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in tiny_state.items())
