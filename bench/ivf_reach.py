@@ -4,6 +4,8 @@
     python bench/ivf_reach.py --n 1000000 --dist uniform
     python bench/ivf_reach.py --n 1000000 --train bf16         # lists by bfloat16 k-means
     python bench/ivf_reach.py --n 1000000 --lists 16000        # 4x the policy's lists
+    python bench/ivf_reach.py --n 1000000 --lists 16000 --train two-level
+    python bench/ivf_reach.py --n 1000000 --lists 16000 --train two-level+2
     python bench/ivf_reach.py --index DATA/index/base-*.faiss --n 10000000 --nprobe 1088
 
 The first form regenerates bench/scale.py's deterministic vectors (float16 as stored), builds
@@ -85,9 +87,10 @@ def recall(x: np.ndarray, queries: np.ndarray, candidates: np.ndarray, want: np.
     return hits / (K * len(queries))
 
 
-def build(x: np.ndarray, bf16: bool, lists: int = 0) -> tuple[Any, dict[str, Any]]:
+def build(x: np.ndarray, train: str, lists: int = 0) -> tuple[Any, dict[str, Any]]:
     """The policy's index for len(x) vectors (`lists`: that many lists instead), trained and
-    filled."""
+    filled. `train`: "faiss", "bf16" (index/kmeans.py) or "two-level" (FAISS's
+    two_level_clustering: sqrt(lists) clusters, each split in proportion to its size)."""
     import faiss
 
     spec = P.Policy().spec(len(x), x.shape[1])
@@ -99,11 +102,53 @@ def build(x: np.ndarray, bf16: bool, lists: int = 0) -> tuple[Any, dict[str, Any
     sample = x[np.sort(rng.choice(len(x), P.train_size(spec.lists, len(x)), replace=False))]
     start = time.perf_counter()
     faiss.omp_set_num_threads(os.cpu_count() or 1)
-    kmeans.train(index, sample, bf16, P.SEED)
+    if train.startswith("two-level"):
+        centres = two_level(sample, spec.lists)
+        if train == "two-level+2":  # then two iterations over every list (bfloat16)
+            centres = kmeans.spherical(sample, spec.lists, 2, P.SEED, init=centres)
+        faiss.extract_index_ivf(index).quantizer.add(np.ascontiguousarray(centres, np.float32))
+        index.train(sample)  # the PQ codebooks; the lists are given
+    else:
+        kmeans.train(index, sample, train == "bf16", P.SEED)
     trained = time.perf_counter() - start
     index.add(x)
     built = {"factory": spec.factory, "train_s": trained, "build_s": time.perf_counter() - start}
     return index, built
+
+
+def two_level(sample: np.ndarray, lists: int) -> np.ndarray:
+    """`lists` centroids: spherical k-means into sqrt(lists) clusters, then each cluster's
+    own k-means into lists in proportion to its size, at least one (as FAISS's
+    contrib.clustering.two_level_clustering, which fails when a cluster's share rounds to 0)."""
+    import faiss
+
+    first = faiss.Kmeans(sample.shape[1], int(np.sqrt(lists)), niter=kmeans.ITERATIONS,
+                         spherical=True, seed=P.SEED)  # fmt: skip
+    first.train(sample)
+    assign = first.assign(sample)[1]
+    sizes = np.bincount(assign, minlength=first.k)
+    raw = sizes * lists / len(sample)
+    share = np.clip(np.floor(raw).astype(int), 1, np.maximum(sizes, 1))
+    while (left := lists - int(share.sum())) != 0:  # largest remainders first
+        if left > 0:
+            grow = np.flatnonzero(share < sizes)
+            share[grow[np.argsort(share[grow] - raw[grow])[:left]]] += 1
+        else:
+            cut = np.flatnonzero(share > 1)
+            share[cut[np.argsort(raw[cut] - share[cut])[:-left]]] -= 1
+    out = []
+    for c in range(first.k):
+        members = sample[assign == c]
+        if len(members) <= share[c]:
+            out.append(members if len(members) else first.centroids[c : c + 1])
+            continue
+        km = faiss.Kmeans(sample.shape[1], int(share[c]), niter=kmeans.ITERATIONS,
+                          spherical=True, seed=P.SEED)  # fmt: skip
+        km.train(members)
+        out.append(km.centroids)
+    centres = np.ascontiguousarray(np.vstack(out), np.float32)
+    assert len(centres) == lists, (len(centres), lists)
+    return centres
 
 
 def main() -> None:
@@ -118,8 +163,9 @@ def main() -> None:
     parser.add_argument("--index", type=Path, help="a saved base: imbalance and codes only")
     parser.add_argument("--lists", type=int, default=0, help="lists instead of the policy's")
     parser.add_argument(
-        "--train", choices=("faiss", "bf16"), default="faiss",
-        help="the lists' k-means: FAISS's float32, or imgsearch's bfloat16 (index/kmeans.py)",
+        "--train", choices=("faiss", "bf16", "two-level", "two-level+2"), default="faiss",
+        help="the lists' k-means: FAISS's float32, imgsearch's bfloat16 (index/kmeans.py), "
+        "two-level clustering, or that and two bfloat16 iterations over every list",
     )  # fmt: skip
     args = parser.parse_args()
     if args.train == "bf16" and not native_bf16():
@@ -138,7 +184,7 @@ def main() -> None:
         progress(f"regenerating {args.n:,} vectors")
         x = stored(vectors)
         progress("building the policy's index")
-        index, built = build(x, args.train == "bf16", args.lists)
+        index, built = build(x, args.train, args.lists)
         result.update(built)
         progress(f"built {built}")
     faiss.omp_set_num_threads(1)  # as the daemon searches: one thread a query

@@ -64,6 +64,17 @@ def test_the_assignment_is_the_float32_best_despite_bfloat16_ties() -> None:
     assert (got != want).mean() <= 0.001  # ... and the float32 pass settles it
 
 
+def test_k_means_goes_on_from_given_centres() -> None:
+    """`init`: the centres a run starts from (bench/ivf_reach.py refines a two-level
+    clustering with it); the seed no longer picks them, and a step never loses objective."""
+    x, k = cone(6_000, 40), 50
+    start = kmeans.spherical(x, k, 2, seed=3)
+    on = kmeans.spherical(x, k, 2, seed=4, init=start)
+    np.testing.assert_array_equal(on, kmeans.spherical(x, k, 2, seed=5, init=start))
+    assert not np.array_equal(on, kmeans.spherical(x, k, 2, seed=4))
+    assert quality(x, on)[0] >= quality(x, start)[0] - 1e-4
+
+
 def test_too_few_vectors_for_the_lists_is_refused() -> None:
     with pytest.raises(ValueError, match="k-means of 10 vectors into 20 lists"):
         kmeans.spherical(cone(10, 2), 20, 2, seed=0)

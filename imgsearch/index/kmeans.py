@@ -62,9 +62,11 @@ def train(index: Any, sample: np.ndarray, bf16: bool, seed: int) -> None:
     log.info("index trained on %d vectors in %.1fs", len(sample), time.monotonic() - started)
 
 
-def spherical(sample: np.ndarray, k: int, iterations: int, seed: int) -> np.ndarray:
+def spherical(
+    sample: np.ndarray, k: int, iterations: int, seed: int, init: np.ndarray | None = None
+) -> np.ndarray:
     """k unit-length centroids of `sample` (float32 rows) by spherical k-means, the assignment
-    by inner product in bfloat16."""
+    by inner product in bfloat16; from `init` (k rows) if given, else k sample rows."""
     import torch
     from faiss.contrib.clustering import reassign_centroids
 
@@ -73,7 +75,8 @@ def spherical(sample: np.ndarray, k: int, iterations: int, seed: int) -> np.ndar
     if n < k:
         raise ValueError(f"k-means of {n} vectors into {k} lists")
     rs = np.random.RandomState(seed)
-    centres = _unit(x[rs.choice(n, size=k, replace=False)].copy())
+    start = x[rs.choice(n, size=k, replace=False)] if init is None else init
+    centres = _unit(np.array(start, np.float32))
     rows = torch.from_numpy(x)
     low = rows.to(torch.bfloat16)
     for _ in range(iterations):
