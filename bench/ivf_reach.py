@@ -89,8 +89,8 @@ def recall(x: np.ndarray, queries: np.ndarray, candidates: np.ndarray, want: np.
 
 def build(x: np.ndarray, train: str, lists: int = 0) -> tuple[Any, dict[str, Any]]:
     """The policy's index for len(x) vectors (`lists`: that many lists instead), trained and
-    filled. `train`: "faiss", "bf16" (index/kmeans.py) or "two-level" (FAISS's
-    two_level_clustering: sqrt(lists) clusters, each split in proportion to its size)."""
+    filled. `train`: "faiss", "bf16" (index/kmeans.py), "two-level" (`two_level`) or
+    "two-level+2" (that, then two bfloat16 iterations over every list)."""
     import faiss
 
     spec = P.Policy().spec(len(x), x.shape[1])

@@ -73,6 +73,8 @@ def test_k_means_goes_on_from_given_centres() -> None:
     np.testing.assert_array_equal(on, kmeans.spherical(x, k, 2, seed=5, init=start))
     assert not np.array_equal(on, kmeans.spherical(x, k, 2, seed=4))
     assert quality(x, on)[0] >= quality(x, start)[0] - 1e-4
+    with pytest.raises(ValueError, match="from"):
+        kmeans.spherical(x, k + 1, 2, seed=4, init=start)
 
 
 def test_too_few_vectors_for_the_lists_is_refused() -> None:

@@ -120,6 +120,9 @@ def test_skipping_random_init_is_this_threads_only() -> None:
         here = torch.nn.Linear(16, 16)
     assert unloaded(built[0]) == []
     assert unloaded(here) == ["weight", "bias"]
+    with SkipRandomInit():  # integer tensors have no NaN: they are drawn as before
+        ints = torch.zeros(1000, dtype=torch.int64).random_(0, 1000)
+    assert len(ints.unique()) > 100
     after = torch.nn.Linear(16, 16)  # the context is over: random again
     assert unloaded(after) == [] and float(after.weight.detach().std()) > 0
 

@@ -40,9 +40,9 @@ RANDOM_FILLS = frozenset(
 
 
 class SkipRandomInit(TorchFunctionMode):
-    """Random fills become NaN fills, on this thread only (torch function modes are
-    thread-local). Everything else a constructor computes (masks, constants, buffers that
-    are not saved) is computed as usual."""
+    """Random fills of floating-point tensors become NaN fills, on this thread only (torch
+    function modes are thread-local). Everything else a constructor computes (masks,
+    constants, buffers that are not saved) is computed as usual."""
 
     def __torch_function__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
@@ -50,8 +50,9 @@ class SkipRandomInit(TorchFunctionMode):
         kwargs = kwargs or {}
         if getattr(func, "__name__", "") in RANDOM_FILLS:
             tensor = args[0] if args else kwargs["tensor"]
-            with torch.no_grad():
-                return tensor.fill_(float("nan"))
+            if tensor.is_floating_point():  # NaN has no integer form: those are drawn
+                with torch.no_grad():
+                    return tensor.fill_(float("nan"))
         return func(*args, **kwargs)
 
 

@@ -74,6 +74,8 @@ def spherical(
     n, d = x.shape
     if n < k:
         raise ValueError(f"k-means of {n} vectors into {k} lists")
+    if init is not None and init.shape != (k, d):
+        raise ValueError(f"k-means into {k} lists of {d}-d from {init.shape} centres")
     rs = np.random.RandomState(seed)
     start = x[rs.choice(n, size=k, replace=False)] if init is None else init
     centres = _unit(np.array(start, np.float32))
