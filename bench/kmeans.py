@@ -2,6 +2,7 @@
 
     python bench/kmeans.py --n 10000000          # the 10M library's training (12,649 lists)
     python bench/kmeans.py --n 1000000 --dist uniform
+    python bench/kmeans.py --n 10000000 --blocks  # where an iteration's time goes
 
 Draws the training sample the policy gives a library of N (`Policy.spec` lists,
 `train_size` rows) from bench/scale.py's deterministic vectors (float16 as stored; only the
@@ -13,6 +14,13 @@ sample vector with its best centroid (k-means' objective; higher is better), FAI
 imbalance factor of that assignment (1 when all lists are equal; a search pays for big
 lists) and the lists left empty. bench/ivf_reach.py --train bf16 measures the recall an index
 trained this way reaches. Appends one JSON line to bench/out/kmeans.jsonl.
+
+`--blocks` runs no k-means: from the centres of one bfloat16 iteration it times the parts of
+the assignment on BLOCK_ROWS-row blocks (the bfloat16 product, the product in float32 for
+comparison, each row's best CANDIDATES, their float32 second look), and compares the whole
+sample's assignment (`kmeans._assign`) with one taking every centre within a margin of the
+bfloat16 best instead: seconds, candidates a row, rows whose list differs from the float32
+argmax.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from imgsearch.index import kmeans  # noqa: E402
 from imgsearch.index import policy as P  # noqa: E402
 
 DIM = 512
+MARGINS = (0.004, 0.008, 0.0125)  # bfloat16 steps are ~0.004 near 0.8
 
 
 def sample(vectors: Vectors, size: int) -> np.ndarray:
@@ -69,12 +78,82 @@ def quality(x: np.ndarray, centres: np.ndarray) -> dict[str, Any]:
     }
 
 
+def blocks(x: np.ndarray, lists: int) -> dict[str, Any]:
+    """The assignment's parts, ms a block (median of BLOCKS), and margin assignments."""
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)  # as kmeans.train: every core
+    centres = kmeans.spherical(x, lists, 1, P.SEED)
+    rows = torch.from_numpy(x)
+    low = rows.to(torch.bfloat16)
+    exact = torch.from_numpy(centres)
+    t = exact.to(torch.bfloat16).T.contiguous()
+    tf = exact.T.contiguous()
+    block = slice(0, kmeans.BLOCK_ROWS)
+    scores = torch.mm(low[block], t)
+    cand = scores.topk(kmeans.CANDIDATES, dim=1).indices
+    parts = {
+        "bf16_product": lambda: torch.mm(low[block], t),
+        "fp32_product": lambda: torch.mm(rows[block], tf),
+        "best_candidates": lambda: scores.topk(kmeans.CANDIDATES, dim=1),
+        "fp32_second_look": lambda: torch.bmm(exact[cand], rows[block, :, None]),
+    }
+    out: dict[str, Any] = {"block_ms": {k: _ms(f) for k, f in parts.items()}}
+    flops = 2 * kmeans.BLOCK_ROWS * x.shape[1] * lists
+    out["bf16_tflops"] = flops / out["block_ms"]["bf16_product"] / 1e9
+    out["fp32_tflops"] = flops / out["block_ms"]["fp32_product"] / 1e9
+    truth = torch.from_numpy(x @ centres.T).argmax(dim=1)
+    start = time.perf_counter()
+    got = kmeans._assign(rows, low, centres)
+    out["best_4"] = {"s": time.perf_counter() - start, "differ": int((got != truth).sum())}
+    for margin in MARGINS:
+        start = time.perf_counter()
+        got, per_row = _within(rows, low, exact, t, margin)
+        took = time.perf_counter() - start
+        differ = int((got != truth).sum())
+        out[f"margin_{margin}"] = {"s": took, "candidates_a_row": per_row, "differ": differ}
+    progress(f"blocks: {out}")
+    return out
+
+
+def _within(rows: Any, low: Any, exact: Any, t: Any, margin: float) -> tuple[Any, float]:
+    """Each row's list: the float32 best of every centre whose bfloat16 score is within
+    `margin` of the row's bfloat16 best (lowest id among exact ties)."""
+    import torch
+
+    out = torch.empty(rows.shape[0], dtype=torch.int64)
+    pairs = 0
+    for a in range(0, rows.shape[0], kmeans.BLOCK_ROWS):
+        b = min(a + kmeans.BLOCK_ROWS, rows.shape[0])
+        scores = torch.mm(low[a:b], t)
+        floor = (scores.amax(dim=1, keepdim=True).float() - margin).to(torch.bfloat16)
+        r, c = (scores >= floor).nonzero(as_tuple=True)
+        pairs += len(r)
+        sims = (rows[a:b][r] * exact[c]).sum(dim=1)
+        best = torch.full((b - a,), -2.0).scatter_reduce(0, r, sims, "amax")
+        win = sims == best[r]
+        first = torch.full((b - a,), len(exact), dtype=torch.int64)
+        out[a:b] = first.scatter_reduce(0, r[win], c[win], "amin")
+    return out, pairs / rows.shape[0]
+
+
+def _ms(f: Any, repeats: int = 8) -> float:
+    f()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f()
+        times.append((time.perf_counter() - start) * 1000)
+    return float(np.median(times))
+
+
 def main() -> None:
     import faiss
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=10_000_000)
     parser.add_argument("--dist", choices=("clustered", "uniform"), default="clustered")
+    parser.add_argument("--blocks", action="store_true", help="the assignment's parts only")
     args = parser.parse_args()
     spec = P.Policy().spec(args.n, DIM)
     size = P.train_size(spec.lists, args.n)
@@ -86,6 +165,10 @@ def main() -> None:
     }  # fmt: skip
     progress(f"drawing {size:,} of {args.n:,} vectors ({spec.lists:,} lists)")
     x = sample(Vectors(args.n, DIM, args.dist), size)
+    if args.blocks:
+        result["blocks"] = blocks(x, spec.lists)
+        record(result, "kmeans")
+        return
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     start = time.perf_counter()
     km = faiss.Kmeans(DIM, spec.lists, niter=kmeans.ITERATIONS, spherical=True, seed=P.SEED)
