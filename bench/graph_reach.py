@@ -68,7 +68,7 @@ def seeds(x: np.ndarray, lists: int) -> Any:
     index = faiss.index_factory(DIM, f"IVF{lists},Flat", faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(1)
     sample = x[np.sort(rng.choice(len(x), min(len(x), 40 * lists), replace=False))]
-    kmeans.train(index, sample, native_bf16(), 1)
+    kmeans.train(index, sample, native_bf16(), 1, 1 << 62)  # ten flat iterations
     index.add(x)
     return index
 

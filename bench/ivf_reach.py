@@ -2,10 +2,11 @@
 
     python bench/ivf_reach.py --n 1000000                      # the policy's index for 1M
     python bench/ivf_reach.py --n 1000000 --dist uniform
-    python bench/ivf_reach.py --n 1000000 --train bf16         # lists by bfloat16 k-means
-    python bench/ivf_reach.py --n 1000000 --lists 16000        # 4x the policy's lists
+    python bench/ivf_reach.py --n 1000000 --lists 4000 --train bf16   # flat bfloat16 k-means
+    python bench/ivf_reach.py --n 1000000 --lists 16000 --train faiss # flat float32 k-means
     python bench/ivf_reach.py --n 1000000 --lists 16000 --train two-level
     python bench/ivf_reach.py --n 1000000 --lists 16000 --train two-level+2
+    python bench/ivf_reach.py --n 1000000 --coarse graph       # adds walk an HNSW graph
     python bench/ivf_reach.py --index DATA/index/base-*.faiss --n 10000000 --nprobe 1088
 
 The first form regenerates bench/scale.py's deterministic vectors (float16 as stored), builds
@@ -40,6 +41,8 @@ from scale import CHUNK, Vectors  # noqa: E402
 from imgsearch.cpu import native_bf16  # noqa: E402
 from imgsearch.index import kmeans  # noqa: E402
 from imgsearch.index import policy as P  # noqa: E402
+from imgsearch.index.base import for_adding  # noqa: E402
+from imgsearch.index.segments import FLAT_COARSE_FROM, preassigned  # noqa: E402
 
 DIM = 512
 K = 10
@@ -70,10 +73,21 @@ def scan(
     """Candidates of each query at `nprobe`; mean codes compared and CPU ms per query."""
     import faiss
 
-    faiss.extract_index_ivf(index).nprobe = nprobe
+    ivf = faiss.extract_index_ivf(index)
+    ivf.nprobe = nprobe
+    graph = faiss.downcast_index(ivf.quantizer)
     faiss.cvar.indexIVF_stats.reset()
     start = time.thread_time()
-    found = [index.search(q[None], depth * K)[1][0] for q in queries]
+    if isinstance(graph, faiss.IndexHNSW) and nprobe >= FLAT_COARSE_FROM:  # as the daemon:
+        flat = faiss.downcast_index(graph.storage)  # the centroids scanned flat
+        found = []
+        for q in queries:
+            dist, lists = flat.search(q[None], nprobe)
+            found.append(preassigned(ivf, q[None], depth * K, lists, dist, None)[1][0])
+    else:
+        if isinstance(graph, faiss.IndexHNSW):
+            graph.hnsw.efSearch = max(P.HNSW_MIN_EF, P.HNSW_EF_PER_PROBE * nprobe)
+        found = [index.search(q[None], depth * K)[1][0] for q in queries]
     cpu = (time.thread_time() - start) * 1000 / len(queries)
     return np.array(found), faiss.cvar.indexIVF_stats.ndis / len(queries), cpu
 
@@ -87,68 +101,52 @@ def recall(x: np.ndarray, queries: np.ndarray, candidates: np.ndarray, want: np.
     return hits / (K * len(queries))
 
 
-def build(x: np.ndarray, train: str, lists: int = 0) -> tuple[Any, dict[str, Any]]:
+def build(
+    x: np.ndarray, train: str, lists: int = 0, coarse: str = "policy"
+) -> tuple[Any, dict[str, Any]]:
     """The policy's index for len(x) vectors (`lists`: that many lists instead), trained and
-    filled. `train`: "faiss", "bf16" (index/kmeans.py), "two-level" (`two_level`) or
-    "two-level+2" (that, then two bfloat16 iterations over every list)."""
+    filled. `train`: "policy" (the daemon's: kmeans.train, two-level from the policy's
+    TWO_LEVEL_MIN_LISTS, bfloat16 where native), ten flat iterations of "faiss" (float32) or
+    "bf16" k-means, or kmeans.two_level without ("two-level") or with ("two-level+2") its two
+    iterations over every list. `coarse`: "policy" (the daemon's quantizer), "flat" (every
+    centroid scanned, adds and searches) or "graph" (an HNSW graph over the centroids, as
+    earlier versions from 8,192 lists: adds walk it at HNSW_ADD_EF, searches as the daemon's
+    do, a flat scan of the centroids from FLAT_COARSE_FROM lists probed)."""
     import faiss
 
     spec = P.Policy().spec(len(x), x.shape[1])
     if lists:
-        spec = replace(spec, factory=spec.factory.replace(f"IVF{spec.lists}", f"IVF{lists}"))
-        spec = replace(spec, lists=lists)
+        factory = spec.factory.replace(f"IVF{spec.lists}", f"IVF{lists}")
+        spec = replace(spec, factory=factory, lists=lists)
+    if coarse == "flat":
+        spec = replace(spec, factory=spec.factory.replace("_HNSW32", ""))
+    elif coarse == "graph" and "_HNSW32" not in spec.factory:
+        spec = replace(
+            spec, factory=spec.factory.replace(f"IVF{spec.lists}", f"IVF{spec.lists}_HNSW32")
+        )
     index = faiss.index_factory(x.shape[1], spec.factory, faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(P.SEED)
     sample = x[np.sort(rng.choice(len(x), P.train_size(spec.lists, len(x)), replace=False))]
     start = time.perf_counter()
     faiss.omp_set_num_threads(os.cpu_count() or 1)
+    never = 1 << 62  # lists from which kmeans.train goes two-level: not for the flat ones
     if train.startswith("two-level"):
-        centres = two_level(sample, spec.lists)
-        if train == "two-level+2":  # then two iterations over every list (bfloat16)
-            centres = kmeans.spherical(sample, spec.lists, 2, P.SEED, init=centres)
-        faiss.extract_index_ivf(index).quantizer.add(np.ascontiguousarray(centres, np.float32))
+        refine = kmeans.REFINE_ITERATIONS if train == "two-level+2" else 0
+        centres = kmeans.two_level(sample, spec.lists, native_bf16(), P.SEED, refine)
+        faiss.extract_index_ivf(index).quantizer.add(centres)
         index.train(sample)  # the PQ codebooks; the lists are given
+    elif train == "policy":
+        kmeans.train(index, sample, native_bf16(), P.SEED, P.TWO_LEVEL_MIN_LISTS)
     else:
-        kmeans.train(index, sample, train == "bf16", P.SEED)
+        kmeans.train(index, sample, train == "bf16", P.SEED, never)
     trained = time.perf_counter() - start
+    for_adding(index)
     index.add(x)
-    built = {"factory": spec.factory, "train_s": trained, "build_s": time.perf_counter() - start}
+    built = {
+        "factory": spec.factory, "train_s": trained, "build_s": time.perf_counter() - start,
+        "sample": len(sample),
+    }  # fmt: skip
     return index, built
-
-
-def two_level(sample: np.ndarray, lists: int) -> np.ndarray:
-    """`lists` centroids: spherical k-means into sqrt(lists) clusters, then each cluster's
-    own k-means into lists in proportion to its size, at least one (as FAISS's
-    contrib.clustering.two_level_clustering, which fails when a cluster's share rounds to 0)."""
-    import faiss
-
-    first = faiss.Kmeans(sample.shape[1], int(np.sqrt(lists)), niter=kmeans.ITERATIONS,
-                         spherical=True, seed=P.SEED)  # fmt: skip
-    first.train(sample)
-    assign = first.assign(sample)[1]
-    sizes = np.bincount(assign, minlength=first.k)
-    raw = sizes * lists / len(sample)
-    share = np.clip(np.floor(raw).astype(int), 1, np.maximum(sizes, 1))
-    while (left := lists - int(share.sum())) != 0:  # largest remainders first
-        if left > 0:
-            grow = np.flatnonzero(share < sizes)
-            share[grow[np.argsort(share[grow] - raw[grow])[:left]]] += 1
-        else:
-            cut = np.flatnonzero(share > 1)
-            share[cut[np.argsort(raw[cut] - share[cut])[:-left]]] -= 1
-    out = []
-    for c in range(first.k):
-        members = sample[assign == c]
-        if len(members) <= share[c]:
-            out.append(members if len(members) else first.centroids[c : c + 1])
-            continue
-        km = faiss.Kmeans(sample.shape[1], int(share[c]), niter=kmeans.ITERATIONS,
-                          spherical=True, seed=P.SEED)  # fmt: skip
-        km.train(members)
-        out.append(km.centroids)
-    centres = np.ascontiguousarray(np.vstack(out), np.float32)
-    assert len(centres) == lists, (len(centres), lists)
-    return centres
 
 
 def main() -> None:
@@ -163,9 +161,16 @@ def main() -> None:
     parser.add_argument("--index", type=Path, help="a saved base: imbalance and codes only")
     parser.add_argument("--lists", type=int, default=0, help="lists instead of the policy's")
     parser.add_argument(
-        "--train", choices=("faiss", "bf16", "two-level", "two-level+2"), default="faiss",
-        help="the lists' k-means: FAISS's float32, imgsearch's bfloat16 (index/kmeans.py), "
-        "two-level clustering, or that and two bfloat16 iterations over every list",
+        "--train", choices=("policy", "faiss", "bf16", "two-level", "two-level+2"),
+        default="policy", help="the lists' k-means: the daemon's (two-level from the policy's "
+        "TWO_LEVEL_MIN_LISTS), ten iterations of FAISS's float32 or imgsearch's bfloat16 "
+        "(index/kmeans.py), or two-level clustering without / with its iterations over every list",
+    )  # fmt: skip
+    parser.add_argument(
+        "--coarse", choices=("policy", "flat", "graph"), default="policy",
+        help="the coarse quantizer: the policy's, a flat one (every centroid scanned), or an "
+        "HNSW graph (walked at HNSW_ADD_EF by adds, scanned flat by searches from "
+        "FLAT_COARSE_FROM lists probed, as the daemon searches a graph)",
     )  # fmt: skip
     args = parser.parse_args()
     if args.train == "bf16" and not native_bf16():
@@ -174,7 +179,7 @@ def main() -> None:
     queries = vectors.queries(args.queries)
     result: dict[str, Any] = {
         "bench": "ivf_reach", "cpu": cpu_model(), "load": os.getloadavg(), "n": args.n,
-        "dist": args.dist, "depth": args.depth, "train": args.train,
+        "dist": args.dist, "depth": args.depth, "train": args.train, "coarse": args.coarse,
     }  # fmt: skip
     if args.index:
         index = faiss.read_index(str(args.index))
@@ -184,7 +189,7 @@ def main() -> None:
         progress(f"regenerating {args.n:,} vectors")
         x = stored(vectors)
         progress("building the policy's index")
-        index, built = build(x, args.train, args.lists)
+        index, built = build(x, args.train, args.lists, args.coarse)
         result.update(built)
         progress(f"built {built}")
     faiss.omp_set_num_threads(1)  # as the daemon searches: one thread a query

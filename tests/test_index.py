@@ -68,6 +68,16 @@ def policy(kind: str) -> Policy:
         "ivf-pqfs-hnsw": Policy(exact_max=100, hnsw_min_lists=1, delta_max=big),
         "ivf-pqfs-bf16-hnsw": Policy(
             exact_max=100, hnsw_min_lists=1, delta_max=big, train_bf16=True
+        ),  # as a 1M library on a CPU with native bfloat16, but its lists trained flat
+        "ivf-pqfs-two-level": Policy(
+            exact_max=100, hnsw_min_lists=1, two_level_min_lists=1, delta_max=big
+        ),  # as a 10M library on a CPU without native bfloat16 (FAISS's k-means, two-level)
+        "ivf-pqfs-bf16-two-level": Policy(
+            exact_max=100,
+            hnsw_min_lists=1,
+            two_level_min_lists=1,
+            delta_max=big,
+            train_bf16=True,
         ),  # as a 10M library on a CPU with native bfloat16
     }[kind]
 
@@ -92,39 +102,48 @@ def truth(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> 
 def test_policy_thresholds() -> None:
     p = Policy()
     assert p.spec(1000, 512).kind == "exact"
-    assert p.spec(1_000_000, 512) == Spec("ivf-pqfs", "IVF4000,PQ256x4fs", 4000)
-    assert p.spec(10_000_000, 512).factory == "IVF12649_HNSW32,PQ256x4fs"
-    assert p.spec(10_000_000, 1280).factory == "IVF12649_HNSW32,PQ640x4fs"
+    assert p.spec(1_000_000, 512) == Spec("ivf-pqfs", "IVF16000,PQ256x4fs", 16000)
+    assert p.spec(10_000_000, 512).factory == "IVF16384,PQ256x4fs"  # MAX_LISTS; no graph
+    assert p.spec(10_000_000, 1280).factory == "IVF16384,PQ640x4fs"
+    assert Policy(hnsw_min_lists=8192).spec(10_000_000, 512).factory == "IVF16384_HNSW32,PQ256x4fs"
+    assert p.spec(100_000, 512).factory == "IVF2500,PQ256x4fs"  # 40 training vectors a list
     assert Policy(flat_max_bytes=1 << 40).spec(1_000_000, 512).kind == "ivf-flat"
     assert (
         p.spec(200, 512).kind == "exact" and Policy(exact_max=10).spec(200, 512).kind == "ivf-flat"
     )
-    assert train_size(12649, 10_000_000) == 262_144 and train_size(1788, 200_000) == 71_520
+    assert train_size(16384, 10_000_000) == 327_680  # MIN_TRAIN_PER_LIST beyond MAX_TRAIN
+    assert train_size(16000, 1_000_000) == 320_000 and train_size(1788, 200_000) == 71_520
     assert Policy(mode="exact").spec(10_000_000, 512).kind == "exact"
-    assert lists_for(1_000_000) == 4000 and lists_for(10) <= 10
+    assert lists_for(1_000_000) == 16000 and lists_for(10) <= 10
     assert p.needs_training("ivf-pqfs", 200_000, 900_000, 512)  # grown 4.5x
     assert not p.needs_training("ivf-pqfs", 200_000, 700_000, 512)
     assert p.needs_training("ivf-sq8", 200_000, 210_000, 512)  # a kind of earlier versions
 
 
 @pytest.mark.parametrize(
-    "name", ["exact", "ivf-flat", "ivf-pqfs", "ivf-pqfs-hnsw", "ivf-pqfs-bf16-hnsw"]
-)
+    "name",
+    [
+        "exact", "ivf-flat", "ivf-pqfs", "ivf-pqfs-hnsw", "ivf-pqfs-bf16-hnsw",
+        "ivf-pqfs-two-level", "ivf-pqfs-bf16-two-level",
+    ],
+)  # fmt: skip
 def test_every_kind_is_tuned_searches_and_filters(
     tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     vectors = clustered(N)
-    kind = name.removesuffix("-hnsw").removesuffix("-bf16")
+    kind = name.removesuffix("-hnsw").removesuffix("-two-level").removesuffix("-bf16")
+    graph = name.endswith(("-hnsw", "-two-level"))
     catalog = Catalog(tmp_path, "m", DIM, policy(name))
     try:
         with caplog.at_level(logging.INFO, "imgsearch.index.kmeans"):
             ids = np.asarray(fill(catalog, vectors), np.int64)
             catalog.index.maintain()
-        assert ("k-means in bf16" in caplog.text) == ("-bf16" in name)
+        assert ("bf16): " in caplog.text) == ("-bf16" in name), caplog.text
+        assert ("k-means (two-level" in caplog.text) == name.endswith("-two-level"), caplog.text
         about = catalog.index.describe()
         assert about["kind"] == kind and about["vectors"] == N and about["trained_at"]
-        assert ("_HNSW32," in about["factory"]) == name.endswith("-hnsw"), about
-        if name.endswith("-hnsw"):  # adds walk the graph at HNSW_ADD_EF, in every copy
+        assert ("_HNSW32," in about["factory"]) == graph, about
+        if graph:  # adds walk the graph at HNSW_ADD_EF, in every copy
             assert adding_efs(catalog) == {HNSW_ADD_EF}
             catalog.close()
             catalog = Catalog(tmp_path, "m", DIM, policy(name))  # and after a start
@@ -331,10 +350,10 @@ def test_a_hold_lets_coded_recent_rows_grow_with_the_base() -> None:
     assert p.held_limit(True, 0) == p.held_limit(True, 1_000_000) == 800_000
     assert p.held_limit(True, 10_000_000) == 5_000_000  # O(n) rewrites for a big import
     assert Policy(held_growth=0).held_limit(True, 10_000_000) == 800_000
-    # An exact segment waits for the training sample of an import planned for 10M (12,649
-    # lists: 262,144 rows), not only held_delta_max, and codes do not care about it.
+    # An exact segment waits for the training sample of an import planned for 10M (16,384
+    # lists: 327,680 rows), not only held_delta_max, and codes do not care about it.
     sample = p.train_at(10_000_000, 512)
-    assert sample == 262_144 and p.held_limit(False, 0, sample) == sample
+    assert sample == 327_680 and p.held_limit(False, 0, sample) == sample
     assert p.held_limit(True, 0, sample) == 800_000
 
 

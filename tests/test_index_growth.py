@@ -27,6 +27,7 @@ from imgsearch.store import FileFacts, NewImage
 
 DIM = 32
 BIG = 40_000  # over 25,600 vectors the training sample (40 a list, 4 sqrt(n) lists) is < n
+PER_SQRT = 4.0  # (the policy's 16 sqrt(n) lists: from 409,600 vectors)
 
 
 def clustered(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
@@ -80,7 +81,7 @@ def test_a_bulk_write_trains_once_for_its_final_size_and_compacts_at_its_end(
     tmp_path: Path,
 ) -> None:
     vectors = clustered(BIG + 500)
-    policy = Policy(exact_max=100, settle_min=1000, retune_growth=1.2)
+    policy = Policy(lists_per_sqrt=PER_SQRT, exact_max=100, settle_min=1000, retune_growth=1.2)
     catalog = Catalog(tmp_path, "m", DIM, policy)
     without_worker(catalog)
     trainings = counting_trainings(catalog)
@@ -94,7 +95,7 @@ def test_a_bulk_write_trains_once_for_its_final_size_and_compacts_at_its_end(
                 assert ran == ("train" if at < sample <= at + 4000 else None), (at, ran)
             about = catalog.index.describe()
             assert about["planned"] == BIG and about["trained_count"] == BIG
-            assert str(about["factory"]).startswith(f"IVF{lists_for(BIG)},")
+            assert str(about["factory"]).startswith(f"IVF{lists_for(BIG, PER_SQRT)},")
             assert about["recent"] == BIG - trainings[0], "later rows wait for the import's end"
             # (searched among codes now, like the base: among its 10 best, not always first)
             hits = catalog.nearest(vectors[BIG - 1 : BIG], 10)[0]
@@ -115,7 +116,7 @@ def test_a_bulk_write_trains_once_for_its_final_size_and_compacts_at_its_end(
         assert catalog.index.maintain() is None and catalog.index.describe()["recent"] == 500
     finally:
         catalog.close()
-    again = Catalog(tmp_path, "m", DIM, Policy(exact_max=100))
+    again = Catalog(tmp_path, "m", DIM, Policy(lists_per_sqrt=PER_SQRT, exact_max=100))
     try:
         about = again.index.describe()
         assert (about["origin"], about["base"], about["recent"]) == ("replayed", BIG, 500)
@@ -129,7 +130,7 @@ def test_a_bulk_write_trains_on_its_whole_sample_even_past_the_exact_bound(
     """held_delta_max below the planned size's training sample: the exact recent segment
     waits for the sample (the training is not started early on fewer rows, and the rows
     are not compacted into an exact base meanwhile)."""
-    policy = Policy(exact_max=100, settle_min=1000, held_delta_max=4000)
+    policy = Policy(lists_per_sqrt=PER_SQRT, exact_max=100, settle_min=1000, held_delta_max=4000)
     sample = policy.train_at(BIG, DIM)
     assert sample > 2 * policy.held_delta_max  # before the fix: trained at 8,000 rows
     catalog = Catalog(tmp_path, "m", DIM, policy)

@@ -75,7 +75,7 @@ def build(
         _, train = source.vectors(sample.tolist())
         if not len(train):  # every sampled row removed meanwhile: the worker tries again
             raise RuntimeError("the rows sampled for training are no longer stored")
-        kmeans.train(index, train, policy.train_bf16, P.SEED)
+        kmeans.train(index, train, policy.train_bf16, P.SEED, policy.two_level_min_lists)
         del train
         for_adding(index)  # every copy adds (encodes) at HNSW_ADD_EF
         template = faiss.clone_index(index)  # trained, empty: what recent segments copy

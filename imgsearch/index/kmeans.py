@@ -1,18 +1,19 @@
 """Training an IVF's lists: spherical k-means with the assignment in bfloat16 where the CPU runs
-bfloat16 natively (AVX512-BF16 or AMX), FAISS's own float32 k-means elsewhere.
+bfloat16 natively (AVX512-BF16 or AMX), FAISS's own float32 k-means elsewhere; from
+Policy.two_level_min_lists lists, two-level (`two_level`) instead of ten flat iterations.
 
 The assignment (every sample vector against every centroid, each iteration) is the training's
-whole cost: at 10M, 262,144 x 12,649 x 512-d x 10 iterations, ~34 TFLOP. FAISS runs it as a
-float32 GEMM; torch (oneDNN) runs it in bfloat16, several times the flops a second on this project's
-Zen 4, but returns the scores rounded to bfloat16 (steps of ~0.004 near 0.8: ties, which an
-argmax gives to the first centre). So each vector's CANDIDATES best centres by the bfloat16
-product are compared again in float32. Centroids are float32 means of the float32 sample,
-normalized each iteration as FAISS's spherical k-means does for inner-product indexes; a
-centroid left empty is split from a big one by `faiss.contrib.clustering.reassign_centroids`,
-as FAISS's C++ k-means does. bench/kmeans.py compares the two on the same sample (10M's
-training: 241.5 -> 199.4 s, 1.21x; 1M's: 1.27x; the same objective and imbalance);
-bench/ivf_reach.py --train bf16 the recall an index so trained reaches (the same);
-bench/import_rate.py --precision the daemon's (10M's lists trained in 211.6 -> 144.8 s).
+whole cost: at 10M's former 12,649 lists, 262,144 x 12,649 x 512-d x 10 iterations, ~34 TFLOP.
+FAISS runs it as a float32 GEMM; torch (oneDNN) runs it in bfloat16, several times the flops a
+second on this project's Zen 4, but returns the scores rounded to bfloat16 (steps of ~0.004
+near 0.8: ties, which an argmax gives to the first centre). So each vector's CANDIDATES best
+centres by the bfloat16 product are compared again in float32. Centroids are float32 means of
+the float32 sample, normalized each iteration as FAISS's spherical k-means does for
+inner-product indexes; a centroid left empty is split from a big one by
+`faiss.contrib.clustering.reassign_centroids`, as FAISS's C++ k-means does. bench/kmeans.py
+compares the two on the same sample (10M's training: 241.5 -> 199.4 s, 1.21x; 1M's: 1.27x;
+the same objective and imbalance); bench/ivf_reach.py --train the recall an index so trained
+reaches; bench/import_rate.py --precision the daemon's.
 """
 
 from __future__ import annotations
@@ -28,38 +29,110 @@ from ..cpu import torch_threads
 
 log = logging.getLogger(__name__)
 
-# FAISS's IVF training runs 10 iterations (IndexIVF.cp.niter); so does this one.
+# FAISS's IVF training runs 10 iterations (IndexIVF.cp.niter); so does a flat training here.
 ITERATIONS = 10
-# Sample rows scored against every centroid at once (a 4,096 x 12,649 block: 100 MB of scores).
+# A two-level training's full iterations over every list, after the coarse split (1M, 16,000
+# lists: ~1.7x less CPU a search than 4,000 flat lists at recall ~0.98-0.99, for 2.2x their
+# training; flat 16,000 lists, 7.6x; docs/BENCHMARKS.md "Cheaper ways to 4x the lists").
+REFINE_ITERATIONS = 2
+# Sample rows scored against every centroid at once (a 4,096 x 12,649 block: 100 MB of scores
+# in bfloat16); past BLOCK_SCORES scores, fewer rows a block.
 BLOCK_ROWS = 4_096
+BLOCK_SCORES = BLOCK_ROWS * 12_649
 # Centres a row's bfloat16 scores put forward, compared again in float32.
 CANDIDATES = 4
 
 
-def train(index: Any, sample: np.ndarray, bf16: bool, seed: int) -> None:
-    """Train `index` (an index_factory IVF index) on `sample`; its coarse lists by bfloat16
-    k-means when `bf16` (Policy.train_bf16: the CPU runs bfloat16 natively)."""
+def train(index: Any, sample: np.ndarray, bf16: bool, seed: int, two_level_from: int) -> None:
+    """Train `index` (an index_factory IVF index) on `sample`; its coarse lists by `two_level`
+    from `two_level_from` lists, else by ten iterations of bfloat16 k-means when `bf16`
+    (Policy.train_bf16: the CPU runs bfloat16 natively) or FAISS's float32 one."""
     import faiss
 
     ivf = faiss.extract_index_ivf(index)
     started = time.monotonic()
-    if bf16 and len(sample) >= ivf.nlist:
+    split = ivf.nlist >= two_level_from
+    if len(sample) >= ivf.nlist and (bf16 or split):
         # Torch loaded first (the daemon's model) holds the OpenMP runtime FAISS calls, and
         # its first op in a thread sets the thread's team to torch's default (half the
         # cores): FAISS's is put back after, or the adds and tuning that follow run on one.
         faiss_threads = faiss.omp_get_max_threads()
         try:
             with torch_threads(os.cpu_count() or 1):  # as FAISS's k-means: every core
-                centres = spherical(sample, ivf.nlist, ITERATIONS, seed)
+                if split:
+                    centres = two_level(sample, ivf.nlist, bf16, seed)
+                else:
+                    centres = spherical(sample, ivf.nlist, ITERATIONS, seed)
         finally:
             faiss.omp_set_num_threads(faiss_threads)
         ivf.quantizer.add(centres)  # a quantizer holding nlist centres: FAISS skips its k-means
         log.info(
-            "k-means in bf16: %d x %d to %d lists in %.1fs",
-            len(sample), ivf.d, ivf.nlist, time.monotonic() - started,
+            "k-means (%s%s): %d x %d to %d lists in %.1fs", "two-level, " if split else "",
+            "bf16" if bf16 else "fp32", len(sample), ivf.d, ivf.nlist, time.monotonic() - started,
         )  # fmt: skip
     index.train(sample)  # the codes (PQ on residuals), and the lists unless done above
     log.info("index trained on %d vectors in %.1fs", len(sample), time.monotonic() - started)
+
+
+def two_level(
+    sample: np.ndarray, lists: int, bf16: bool, seed: int, refine: int = REFINE_ITERATIONS
+) -> np.ndarray:
+    """`lists` unit centroids: k-means into sqrt(lists) clusters, each cluster's own k-means
+    into lists in proportion to its size (at least one; a cluster with no more members than
+    its share keeps them as centres), then `refine` iterations over every list from those
+    centres. The shape of FAISS's contrib.clustering.two_level_clustering, which fails when
+    a cluster's share rounds to 0 and ends where this refines: the split alone leaves borders
+    that queries cross (no better a search than a quarter of the lists trained flat)."""
+    import faiss
+
+    x = np.ascontiguousarray(sample, np.float32)
+    if len(x) < lists:
+        raise ValueError(f"k-means of {len(x)} vectors into {lists} lists")
+    coarse = _kmeans(x, max(1, int(np.sqrt(lists))), ITERATIONS, seed, bf16)
+    flat = faiss.IndexFlatIP(x.shape[1])
+    flat.add(coarse)
+    assign = flat.search(x, 1)[1][:, 0]
+    sizes = np.bincount(assign, minlength=len(coarse))
+    parts = []
+    for c, share in enumerate(_shares(sizes, lists)):
+        members = x[assign == c]
+        if len(members) <= share:  # share is 0 only for an empty cluster
+            parts.append(members)
+        else:
+            parts.append(_kmeans(members, int(share), ITERATIONS, seed, bf16))
+    centres = _unit(np.vstack(parts))
+    return _kmeans(x, lists, refine, seed, bf16, init=centres) if refine else centres
+
+
+def _shares(sizes: np.ndarray, lists: int) -> np.ndarray:
+    """Lists per cluster summing to `lists`, in proportion to `sizes` by largest remainders;
+    each non-empty cluster at least one and at most its size (len(sample) >= lists)."""
+    raw = sizes * lists / sizes.sum()
+    share = np.minimum(np.maximum(np.floor(raw).astype(np.int64), sizes > 0), sizes)
+    while (left := lists - int(share.sum())) != 0:
+        if left > 0:
+            room = np.flatnonzero(share < sizes)
+            share[room[np.argsort(share[room] - raw[room], kind="stable")[:left]]] += 1
+        else:
+            spare = np.flatnonzero(share > 1)
+            share[spare[np.argsort(raw[spare] - share[spare], kind="stable")[:-left]]] -= 1
+    return share
+
+
+def _kmeans(
+    x: np.ndarray, k: int, iterations: int, seed: int, bf16: bool, init: np.ndarray | None = None
+) -> np.ndarray:
+    """Spherical k-means: `spherical` in bfloat16, else FAISS's float32 one (its warnings for
+    few points a centroid are a two-level split's normal case)."""
+    import faiss
+
+    if bf16:
+        return spherical(x, k, iterations, seed, init)
+    km = faiss.Kmeans(x.shape[1], k, niter=iterations, spherical=True, seed=seed,
+                      verbose=False, max_points_per_centroid=1 << 30)  # fmt: skip
+    km.cp.min_points_per_centroid = 1
+    km.train(x, init_centroids=init)
+    return _unit(np.asarray(km.centroids, np.float32))
 
 
 def spherical(
@@ -101,8 +174,9 @@ def _assign(rows: Any, low: Any, centres: np.ndarray) -> Any:
     t = exact.to(torch.bfloat16).T.contiguous()
     out = torch.empty(rows.shape[0], dtype=torch.int64)
     pick = min(CANDIDATES, len(centres))  # a library of a few images has fewer lists
-    for start in range(0, rows.shape[0], BLOCK_ROWS):
-        stop = min(start + BLOCK_ROWS, rows.shape[0])
+    block = max(256, min(BLOCK_ROWS, BLOCK_SCORES // len(centres)))
+    for start in range(0, rows.shape[0], block):
+        stop = min(start + block, rows.shape[0])
         cand = torch.mm(low[start:stop], t).topk(pick, dim=1).indices
         sims = torch.bmm(exact[cand], rows[start:stop, :, None])[:, :, 0]
         out[start:stop] = cand.gather(1, sims.argmax(dim=1, keepdim=True))[:, 0]

@@ -29,18 +29,34 @@ EXACT_MAX = 50_000
 FLAT_MAX_BYTES = 0
 PQ_DIMS_PER_CODE = 2  # dimensions per 4-bit sub-quantizer
 PQ_MIN_COUNT = 256  # 4-bit codebooks need 16 centroids from enough vectors
-# Inverted lists: LISTS_PER_SQRT * sqrt(n), trained on TRAIN_PER_LIST vectors per list, at most
-# MAX_TRAIN (k-means costs sample x lists x dim x 2 flops x 10 iterations; see BENCHMARKS).
-LISTS_PER_SQRT = 4.0
+# Inverted lists: LISTS_PER_SQRT * sqrt(n), at most MAX_LISTS, trained on TRAIN_PER_LIST
+# vectors per list, at most MAX_TRAIN but MIN_TRAIN_PER_LIST (k-means costs sample x lists x
+# dim x 2 flops an iteration; see BENCHMARKS). 16, not the 4 of earlier versions: on the 1M
+# clustered library 16,000 lists reach recall@10 0.98 scanning 11% of the codes, 3.2 ms of
+# CPU a query, where 4,000 scan over half of them (bench/ivf_reach.py; docs/BENCHMARKS.md
+# "Lists that hold a cluster"). At most 16,384: every vector added is compared with every
+# centroid (below), ~100 us a vector at 16,384 x 512-d on one core, 300 at 50k.
+LISTS_PER_SQRT = 16.0
 MIN_LISTS = 8
-MAX_LISTS = 65_536
+MAX_LISTS = 16_384
 TRAIN_PER_LIST = 40
 MIN_TRAIN_PER_LIST = 20
 MAX_TRAIN = 262_144
-# From this many lists the coarse quantizer is an HNSW graph over the centroids: adding 10M
-# vectors (and each query) costs a graph walk, not a scan of every centroid. It is searched
-# with efSearch = max(HNSW_MIN_EF, HNSW_EF_PER_PROBE * nprobe).
-HNSW_MIN_LISTS = 8_192
+# From this many lists they are trained two-level (kmeans.two_level: sqrt(lists) clusters, each
+# split, then kmeans.REFINE_ITERATIONS over every list) instead of by ten flat iterations (1M
+# into 16,000 lists: 37.5 s against 129.9 s, and as good a search; docs/BENCHMARKS.md).
+TWO_LEVEL_MIN_LISTS = 2_048
+# The coarse quantizer is flat (every centroid scanned, exact) up to this many lists, an HNSW
+# graph from it: none by default. Earlier versions used a graph from 8,192 lists, to spare
+# adds a scan of every centroid, but on embedding-like data (one cone, high intrinsic
+# dimension) the walk finds a vector's nearest centroid for only 29-36% of vectors
+# (efSearch 8-16; 64% at 256, 9x the cost; bench/add_cost.py), so adds fill the wrong lists:
+# at 1M x 16,000 (bench/ivf_reach.py --coarse graph / flat)
+# the lists' imbalance was 92 against 3.4 and a search scanned 73% of the codes for
+# recall 0.977 (13.8 ms) against 11% (3.2 ms). Bases built so by earlier versions are still
+# searched (their adds walk the graph); tests lower this to keep that path working. A graph
+# is searched with efSearch = max(HNSW_MIN_EF, HNSW_EF_PER_PROBE * nprobe).
+HNSW_MIN_LISTS = 1 << 30
 HNSW_MIN_EF = 64
 HNSW_EF_PER_PROBE = 2
 # ... and the efSearch that adding (encoding) uses: which list each vector goes to. FAISS's
@@ -149,7 +165,9 @@ class Policy:
     mode: str = "auto"  # "auto" or "exact"
     exact_max: int = EXACT_MAX
     flat_max_bytes: int = FLAT_MAX_BYTES
+    lists_per_sqrt: float = LISTS_PER_SQRT
     hnsw_min_lists: int = HNSW_MIN_LISTS
+    two_level_min_lists: int = TWO_LEVEL_MIN_LISTS
     delta_max: int = DELTA_MAX
     delta_fraction: float = DELTA_FRACTION
     held_delta_max: int = HELD_DELTA_MAX
@@ -169,7 +187,7 @@ class Policy:
         """The index a library of `count` vectors should have."""
         if self.mode == "exact" or count <= self.exact_max:
             return Spec("exact", "IDMap2,Flat")
-        lists = lists_for(count)
+        lists = lists_for(count, self.lists_per_sqrt)
         coarse = f"IVF{lists}_HNSW32" if lists >= self.hnsw_min_lists else f"IVF{lists}"
         if count * dim * 4 <= self.flat_max_bytes or count < PQ_MIN_COUNT:
             return Spec("ivf-flat", f"{coarse},Flat", lists)
@@ -210,8 +228,8 @@ class Policy:
         return current != "exact" and count >= self.retrain_growth * max(1, trained_count)
 
 
-def lists_for(count: int) -> int:
-    wanted = round(LISTS_PER_SQRT * math.sqrt(count))
+def lists_for(count: int, per_sqrt: float = LISTS_PER_SQRT) -> int:
+    wanted = round(per_sqrt * math.sqrt(count))
     trainable = max(MIN_LISTS, count // TRAIN_PER_LIST)
     return int(max(1, min(MAX_LISTS, wanted, trainable, count)))
 
