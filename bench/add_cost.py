@@ -29,7 +29,8 @@ from scale import K, machine  # noqa: E402
 from imgsearch.index import policy as P  # noqa: E402
 
 DIM = 512
-FACTORY = P.Policy().spec(10_000_000, DIM).factory
+# The 10M factory of the policy of its day (an HNSW coarse quantizer, before 2026-12-03 21:00).
+FACTORY = "IVF12649_HNSW32,PQ256x4fs"
 SHARDS = OUT_DIR / "scale-shards-open_clip_ViT-B-32_random-clustered-1000000"
 
 

@@ -2,12 +2,14 @@
 
     python bench/big_search.py --phase build --dir /work/big/B   # once: ~15 min here
     python bench/big_search.py --phase time --dir /work/big/B    # the breakdown
+    python bench/big_search.py --phase build --dir /work/big/E --earlier --vectors /work/big/B
 
 `build` reads bench/scale.py's cached float16 shards of N clustered vectors (`--shards-only`
 writes them) into DIR/vectors.f16 (a float16 memmap, id = row number), trains the policy's
-index for N (`IVF12649_HNSW32,PQ256x4fs` at 10M) on its sample size, adds every vector and
+index for N (`IVF16384,PQ256x4fs` at 10M; `IVF12649_HNSW32,PQ256x4fs` before 2026-12-03
+21:00) on its sample size as the daemon trains it (index/kmeans.py), adds every vector and
 saves DIR/index.faiss. `time` opens both and times, one query at a time on one thread, the
-coarse quantizer (HNSW at several efSearch, and flat over the centroids), the scan of the
+coarse quantizer (an HNSW one at several efSearch, and flat over the centroids), the scan of the
 probed lists (`search_preassigned`), the scan split between two threads, and the re-scoring
 (exact float16 rows from the memmap; the SQLite read is measured by bench/search_path.py);
 recall@10 on bench/scale.py's new-photo queries against exact search over the stored vectors,
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import OUT_DIR, percentiles, progress, record  # noqa: E402
 from scale import K, Vectors, machine  # noqa: E402
 
+from imgsearch.cpu import native_bf16  # noqa: E402
+from imgsearch.index import kmeans  # noqa: E402
 from imgsearch.index import policy as P  # noqa: E402
+from imgsearch.index.base import for_adding  # noqa: E402
 from imgsearch.index.segments import merge, preassigned  # noqa: E402
 
 DIM = 512
@@ -40,27 +46,39 @@ def shards(n: int) -> Path:
     return OUT_DIR / f"scale-shards-open_clip_ViT-B-32_random-clustered-{n}"
 
 
-def build(n: int, folder: Path) -> dict[str, Any]:
+def build(n: int, folder: Path, vectors: Path | None, earlier: bool) -> dict[str, Any]:
+    """`earlier`: the index of the policy before 2026-12-03 21:00 (4 sqrt(n) lists, ten flat
+    k-means iterations, an HNSW coarse quantizer from 8,192 lists walked by adds at
+    HNSW_ADD_EF); `vectors`: another folder's vectors.f16 (the same N), linked, not re-read."""
     import faiss
     import pyarrow.parquet as pq
 
     folder.mkdir(parents=True, exist_ok=True)
-    store = np.lib.format.open_memmap(folder / "vectors.f16", "w+", np.float16, (n, DIM))
     start, row = time.perf_counter(), 0
-    for part in sorted(shards(n).glob("*.parquet")):
-        column = pq.read_table(part, columns=["vector"]).column(0).combine_chunks()
-        flat = column.values.to_numpy(zero_copy_only=False).reshape(-1, DIM)
-        store[row : row + len(flat)] = flat
-        row += len(flat)
-    store.flush()
+    if vectors is not None:
+        (folder / "vectors.f16").unlink(missing_ok=True)
+        os.link(vectors / "vectors.f16", folder / "vectors.f16")
+        store = np.load(folder / "vectors.f16", mmap_mode="r")
+        row = len(store)
+    else:
+        store = np.lib.format.open_memmap(folder / "vectors.f16", "w+", np.float16, (n, DIM))
+        for part in sorted(shards(n).glob("*.parquet")):
+            column = pq.read_table(part, columns=["vector"]).column(0).combine_chunks()
+            flat = column.values.to_numpy(zero_copy_only=False).reshape(-1, DIM)
+            store[row : row + len(flat)] = flat
+            row += len(flat)
+        store.flush()
     assert row == n, row
     read_s = time.perf_counter() - start
-    spec = P.Policy().spec(n, DIM)
+    policy = P.Policy(hnsw_min_lists=8_192, lists_per_sqrt=4.0) if earlier else P.Policy()
+    spec = policy.spec(n, DIM)  # (at most 16,384 lists: 12,649 at 10M either way)
     index = faiss.index_factory(DIM, spec.factory, faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(P.SEED)
     sample = np.sort(rng.choice(n, P.train_size(spec.lists, n), replace=False))
     start = time.perf_counter()
-    index.train(np.asarray(store[sample], np.float32))
+    two_level = 1 << 62 if earlier else P.TWO_LEVEL_MIN_LISTS
+    kmeans.train(index, np.asarray(store[sample], np.float32), native_bf16(), P.SEED, two_level)
+    for_adding(index)
     train_s = time.perf_counter() - start
     progress(f"trained {spec.factory} on {len(sample):,} in {train_s:.0f}s")
     start = time.perf_counter()
@@ -120,9 +138,15 @@ class Searcher:
         self.store = store
         self.ivf = faiss.extract_index_ivf(index)
         self.quantizer = faiss.downcast_index(self.ivf.quantizer)
-        cents = self.quantizer.storage.reconstruct_n(0, self.ivf.nlist)
-        self.flat = faiss.IndexFlatIP(DIM)
-        self.flat.add(cents)
+        self.graph = isinstance(self.quantizer, faiss.IndexHNSW)
+        lists = self.ivf.invlists
+        self.sizes = np.array([lists.list_size(i) for i in range(self.ivf.nlist)], np.int64)
+        if self.graph:  # (a flat quantizer of the policy since 2026-12-03 21:00 is scanned as is)
+            cents = self.quantizer.storage.reconstruct_n(0, self.ivf.nlist)
+            self.flat = faiss.IndexFlatIP(DIM)
+            self.flat.add(cents)
+        else:
+            self.flat = self.quantizer
         self.pool = ThreadPoolExecutor(1, initializer=faiss.omp_set_num_threads, initargs=(1,))
 
     def coarse(self, q: np.ndarray, nprobe: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
@@ -154,16 +178,17 @@ class Searcher:
 def configs(s: Searcher, qs: list[np.ndarray], want: np.ndarray, args: Any) -> list[Any]:
     rows = []
     for nprobe in args.nprobe:
-        for ef in (2 * nprobe, nprobe, 0):  # today's efSearch, one per probe, flat
+        for ef in (2 * nprobe, nprobe, 0) if s.graph else (0,):  # 2 and 1 a probe, flat
             row: dict[str, Any] = {"nprobe": nprobe, "ef": ef or "flat"}
             row["coarse"] = timed(lambda i, n=nprobe, e=ef: s.coarse(qs[i], n, e), len(qs))
             assigns = [s.coarse(q, nprobe, ef) for q in qs]
+            row["codes"] = float(np.mean([s.sizes[a[1][0]].sum() for a in assigns]))
             for depth in args.rescore:
                 k = K * depth
                 found = [s.scan(q, k, a, False)[1] for q, a in zip(qs, assigns, strict=True)]
                 top = np.stack([s.rescore(q, f) for q, f in zip(qs, found, strict=True)])
                 row[f"recall_x{depth}"] = recall(top, want)
-                if ef == 2 * nprobe or ef == nprobe:
+                if ef in (2 * nprobe, nprobe) or not s.graph:
                     for split in (False, True):
                         name = f"scan{'2' if split else ''}_x{depth}"
                         row[name] = timed(lambda i, k=k, a=assigns, sp=split:
@@ -186,6 +211,7 @@ def time_it(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"open_s": time.perf_counter() - start, "n": int(index.ntotal)}
     s = Searcher(index, store)
     out["nlist"] = int(s.ivf.nlist)
+    out["imbalance"] = float(s.ivf.invlists.imbalance_factor())
     n = len(store)
     cached = folder / f"queries-{args.queries}.npz"
     if cached.exists():
@@ -285,12 +311,14 @@ def main() -> None:
     parser.add_argument("--use", type=int, default=0, help="time: only the first USE queries")
     parser.add_argument("--nprobe", type=int, nargs="+", default=[128, 256, 384, 512, 768, 1051])
     parser.add_argument("--rescore", type=int, nargs="+", default=[4, 10, 25])
+    parser.add_argument("--earlier", action="store_true", help="build: the earlier policy's")
+    parser.add_argument("--vectors", type=Path, help="build: a folder whose vectors.f16 to use")
     args = parser.parse_args()
     import faiss
 
     if args.phase == "build":
         faiss.omp_set_num_threads(2)
-        result = build(args.n, args.dir)
+        result = build(args.n, args.dir, args.vectors, args.earlier)
     elif args.phase == "store":
         result = store_reads(args.dir, args)
     else:

@@ -1,8 +1,10 @@
 """The IVF training's k-means: FAISS's float32 against imgsearch's bfloat16 assignment, same sample.
 
-    python bench/kmeans.py --n 10000000          # the 10M library's training (12,649 lists)
+    python bench/kmeans.py --n 10000000          # the 10M library's training (16,384 lists)
+    python bench/kmeans.py --n 10000000 --lists 12649   # (the 10M lists of earlier versions)
     python bench/kmeans.py --n 1000000 --dist uniform
     python bench/kmeans.py --n 10000000 --blocks  # where an iteration's time goes
+    python bench/kmeans.py --n 10000000 --two-level     # and the policy's two-level training
 
 Draws the training sample the policy gives a library of N (`Policy.spec` lists,
 `train_size` rows) from bench/scale.py's deterministic vectors (float16 as stored; only the
@@ -21,6 +23,9 @@ comparison, each row's best CANDIDATES, their float32 second look), and compares
 sample's assignment (`kmeans._assign`) with one taking every centre within a margin of the
 bfloat16 best instead: seconds, candidates a row, rows whose list differs from the float32
 argmax.
+
+`--two-level` also trains the same lists as the daemon does from TWO_LEVEL_MIN_LISTS
+(`kmeans.two_level`, bfloat16 where native): seconds and the same quality measures.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_model, progress, record  # noqa: E402
 from scale import CHUNK, Vectors  # noqa: E402
 
-from imgsearch.cpu import BF16_FLAGS, cpu_flags  # noqa: E402
+from imgsearch.cpu import BF16_FLAGS, cpu_flags, torch_threads  # noqa: E402
 from imgsearch.index import kmeans  # noqa: E402
 from imgsearch.index import policy as P  # noqa: E402
 
@@ -154,8 +159,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000_000)
     parser.add_argument("--dist", choices=("clustered", "uniform"), default="clustered")
     parser.add_argument("--blocks", action="store_true", help="the assignment's parts only")
+    parser.add_argument("--lists", type=int, default=0, help="lists instead of the policy's")
+    parser.add_argument("--two-level", action="store_true", help="kmeans.two_level as well")
     args = parser.parse_args()
     spec = P.Policy().spec(args.n, DIM)
+    if args.lists:
+        spec = P.Spec(spec.kind, spec.factory, args.lists)
     size = P.train_size(spec.lists, args.n)
     flags = sorted(cpu_flags() & BF16_FLAGS)
     result: dict[str, Any] = {
@@ -180,6 +189,12 @@ def main() -> None:
     result["bf16"] = {"s": time.perf_counter() - start, **quality(x, centres)}
     progress(f"bfloat16: {result['bf16']}")
     result["speedup"] = result["faiss_fp32"]["s"] / result["bf16"]["s"]
+    if args.two_level:
+        start = time.perf_counter()
+        with torch_threads(os.cpu_count() or 1):
+            centres = kmeans.two_level(x, spec.lists, bool(flags), P.SEED)
+        result["two_level"] = {"s": time.perf_counter() - start, **quality(x, centres)}
+        progress(f"two-level ({'bf16' if flags else 'fp32'}): {result['two_level']}")
     result["load_after"] = os.getloadavg()
     progress(f"speed-up {result['speedup']:.2f}x (CPU bf16 flags: {flags or 'none'})")
     record(result, "kmeans")

@@ -59,7 +59,7 @@ def fill(catalog: Catalog, vectors: np.ndarray, start: int = 0) -> list[int]:
 
 def policy(kind: str) -> Policy:
     """Thresholds that make N vectors get `kind` ("ivf-pqfs-hnsw": an HNSW coarse quantizer;
-    "-bf16": its lists by bfloat16 k-means)."""
+    "-bf16": its lists by bfloat16 k-means; "-two-level": kmeans.two_level)."""
     big = 1 << 40
     return {
         "exact": Policy(exact_max=big, delta_max=big),
@@ -68,17 +68,12 @@ def policy(kind: str) -> Policy:
         "ivf-pqfs-hnsw": Policy(exact_max=100, hnsw_min_lists=1, delta_max=big),
         "ivf-pqfs-bf16-hnsw": Policy(
             exact_max=100, hnsw_min_lists=1, delta_max=big, train_bf16=True
-        ),  # as a 1M library on a CPU with native bfloat16, but its lists trained flat
-        "ivf-pqfs-two-level": Policy(
-            exact_max=100, hnsw_min_lists=1, two_level_min_lists=1, delta_max=big
-        ),  # as a 10M library on a CPU without native bfloat16 (FAISS's k-means, two-level)
+        ),  # a graph base of earlier versions, its lists by flat bfloat16 k-means
+        # as a 1M+ library on a CPU without native bfloat16 (FAISS's k-means, two-level):
+        "ivf-pqfs-two-level": Policy(exact_max=100, two_level_min_lists=1, delta_max=big),
         "ivf-pqfs-bf16-two-level": Policy(
-            exact_max=100,
-            hnsw_min_lists=1,
-            two_level_min_lists=1,
-            delta_max=big,
-            train_bf16=True,
-        ),  # as a 10M library on a CPU with native bfloat16
+            exact_max=100, two_level_min_lists=1, delta_max=big, train_bf16=True
+        ),  # as a 1M+ library on a CPU with native bfloat16
     }[kind]
 
 
@@ -106,6 +101,8 @@ def test_policy_thresholds() -> None:
     assert p.spec(10_000_000, 512).factory == "IVF16384,PQ256x4fs"  # MAX_LISTS; no graph
     assert p.spec(10_000_000, 1280).factory == "IVF16384,PQ640x4fs"
     assert Policy(hnsw_min_lists=8192).spec(10_000_000, 512).factory == "IVF16384_HNSW32,PQ256x4fs"
+    # adds compare each vector with every centre at any size (a graph misplaced most of them)
+    assert not any("HNSW" in p.spec(n, 512).factory for n in (10**5, 10**6, 10**7, 10**9))
     assert p.spec(100_000, 512).factory == "IVF2500,PQ256x4fs"  # 40 training vectors a list
     assert Policy(flat_max_bytes=1 << 40).spec(1_000_000, 512).kind == "ivf-flat"
     assert (
@@ -132,7 +129,7 @@ def test_every_kind_is_tuned_searches_and_filters(
 ) -> None:
     vectors = clustered(N)
     kind = name.removesuffix("-hnsw").removesuffix("-two-level").removesuffix("-bf16")
-    graph = name.endswith(("-hnsw", "-two-level"))
+    graph = name.endswith("-hnsw")
     catalog = Catalog(tmp_path, "m", DIM, policy(name))
     try:
         with caplog.at_level(logging.INFO, "imgsearch.index.kmeans"):

@@ -31,9 +31,9 @@ log = logging.getLogger(__name__)
 
 # FAISS's IVF training runs 10 iterations (IndexIVF.cp.niter); so does a flat training here.
 ITERATIONS = 10
-# A two-level training's full iterations over every list, after the coarse split (1M, 16,000
-# lists: ~1.7x less CPU a search than 4,000 flat lists at recall ~0.98-0.99, for 2.2x their
-# training; flat 16,000 lists, 7.6x; docs/BENCHMARKS.md "Cheaper ways to 4x the lists").
+# A two-level training's full iterations over every list, after the coarse split (1M into
+# 16,000 lists: recall 0.98-0.99 for ~3x less CPU a search than 4,000 lists trained flat, for
+# 2.6x their training, where ten flat iterations into 16,000 take 7.6x; docs/BENCHMARKS.md).
 REFINE_ITERATIONS = 2
 # Sample rows scored against every centroid at once (a 4,096 x 12,649 block: 100 MB of scores
 # in bfloat16); past BLOCK_SCORES scores, fewer rows a block.
@@ -108,7 +108,7 @@ def _shares(sizes: np.ndarray, lists: int) -> np.ndarray:
     """Lists per cluster summing to `lists`, in proportion to `sizes` by largest remainders;
     each non-empty cluster at least one and at most its size (len(sample) >= lists)."""
     raw = sizes * lists / sizes.sum()
-    share = np.minimum(np.maximum(np.floor(raw).astype(np.int64), sizes > 0), sizes)
+    share: np.ndarray = np.minimum(np.maximum(np.floor(raw).astype(np.int64), sizes > 0), sizes)
     while (left := lists - int(share.sum())) != 0:
         if left > 0:
             room = np.flatnonzero(share < sizes)
@@ -122,8 +122,9 @@ def _shares(sizes: np.ndarray, lists: int) -> np.ndarray:
 def _kmeans(
     x: np.ndarray, k: int, iterations: int, seed: int, bf16: bool, init: np.ndarray | None = None
 ) -> np.ndarray:
-    """Spherical k-means: `spherical` in bfloat16, else FAISS's float32 one (its warnings for
-    few points a centroid are a two-level split's normal case)."""
+    """Spherical k-means: `spherical` in bfloat16, else FAISS's float32 one on every point
+    given (no subsampling; few points a centroid is a two-level split's normal case, not
+    worth FAISS's warning)."""
     import faiss
 
     if bf16:

@@ -34,8 +34,9 @@ PQ_MIN_COUNT = 256  # 4-bit codebooks need 16 centroids from enough vectors
 # dim x 2 flops an iteration; see BENCHMARKS). 16, not the 4 of earlier versions: on the 1M
 # clustered library 16,000 lists reach recall@10 0.98 scanning 11% of the codes, 3.2 ms of
 # CPU a query, where 4,000 scan over half of them (bench/ivf_reach.py; docs/BENCHMARKS.md
-# "Lists that hold a cluster"). At most 16,384: every vector added is compared with every
-# centroid (below), ~100 us a vector at 16,384 x 512-d on one core, 300 at 50k.
+# "16 sqrt(n) lists trained two-level"). At most 16,384: every vector added is compared with
+# every centroid (below), which grows with the lists: adding 10M vectors to 16,384 lists took
+# 618.8 s on 2 threads, against 360.6 s through a graph over 12,649 (bench/big_search.py).
 LISTS_PER_SQRT = 16.0
 MIN_LISTS = 8
 MAX_LISTS = 16_384
@@ -51,11 +52,12 @@ TWO_LEVEL_MIN_LISTS = 2_048
 # adds a scan of every centroid, but on embedding-like data (one cone, high intrinsic
 # dimension) the walk finds a vector's nearest centroid for only 29-36% of vectors
 # (efSearch 8-16; 64% at 256, 9x the cost; bench/add_cost.py), so adds fill the wrong lists:
-# at 1M x 16,000 (bench/ivf_reach.py --coarse graph / flat)
-# the lists' imbalance was 92 against 3.4 and a search scanned 73% of the codes for
-# recall 0.977 (13.8 ms) against 11% (3.2 ms). Bases built so by earlier versions are still
-# searched (their adds walk the graph); tests lower this to keep that path working. A graph
-# is searched with efSearch = max(HNSW_MIN_EF, HNSW_EF_PER_PROBE * nprobe).
+# at 1M x 16,000 (bench/ivf_reach.py --coarse graph / flat) the lists' imbalance was 92
+# against 3.4 and a search scanned 73% of the codes for recall 0.977 (13.8 ms) against 11%
+# (3.2 ms); at 10M, imbalance 26.8 (12,649 lists, graph) against 6.9 (16,384, flat). Bases
+# built so by earlier versions are still searched (their adds walk the graph); tests lower
+# this to keep that path working. A graph is searched with efSearch = max(HNSW_MIN_EF,
+# HNSW_EF_PER_PROBE * nprobe).
 HNSW_MIN_LISTS = 1 << 30
 HNSW_MIN_EF = 64
 HNSW_EF_PER_PROBE = 2
