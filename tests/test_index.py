@@ -168,6 +168,36 @@ def test_every_kind_is_tuned_searches_and_filters(
         catalog.close()
 
 
+def test_a_graph_base_of_earlier_versions_is_retrained_with_a_flat_quantizer(
+    tmp_path: Path,
+) -> None:
+    """A base whose adds walk an HNSW graph (the policy of earlier versions from 8,192 lists)
+    is searched at start-up, then retrained in the background for the policy's flat
+    quantizer, even though the library has not grown; a flat base is not retrained again."""
+    vectors = clustered(N)
+    catalog = Catalog(tmp_path, "m", DIM, policy("ivf-pqfs-hnsw"))
+    try:
+        ids = np.asarray(fill(catalog, vectors), np.int64)
+        catalog.index.maintain()
+        assert "_HNSW32," in str(catalog.index.describe()["factory"])
+    finally:
+        catalog.close()
+    catalog = Catalog(tmp_path, "m", DIM, policy("ivf-pqfs"))
+    try:
+        about = catalog.index.describe()
+        assert about["origin"] == "loaded" and "_HNSW32," in str(about["factory"])
+        assert catalog.nearest(vectors[:1], 1)[0][0].id == ids[0]  # searched meanwhile
+        catalog.index.close()  # the worker: this thread runs maintain() at known points
+        catalog.index._stop.clear()
+        assert catalog.index.maintain() == "train"
+        about = catalog.index.describe()
+        assert about["kind"] == "ivf-pqfs" and "HNSW" not in str(about["factory"]), about
+        assert about["vectors"] == N and about["recall_at_10"] >= 0.97
+        assert catalog.index.maintain() is None  # and not again
+    finally:
+        catalog.close()
+
+
 def test_codes_that_rank_poorly_are_re_scored_deeper(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

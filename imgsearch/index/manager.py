@@ -291,7 +291,9 @@ class LibraryIndex:
     def _needs_training(self) -> bool:
         meta = self._segments.base.meta
         count, target = len(self), self._target()
-        if not self.policy.needs_training(meta.kind, meta.trained_count, target, self.dim):
+        if not self.policy.needs_training(
+            meta.kind, meta.trained_count, target, self.dim, meta.factory
+        ):
             return False
         seg = self._segments
         if not self._holds or int(seg.recent.ntotal) > self._held_limit(seg):

@@ -54,10 +54,10 @@ TWO_LEVEL_MIN_LISTS = 2_048
 # (efSearch 8-16; 64% at 256, 9x the cost; bench/add_cost.py), so adds fill the wrong lists:
 # at 1M x 16,000 (bench/ivf_reach.py --coarse graph / flat) the lists' imbalance was 92
 # against 3.4 and a search scanned 73% of the codes for recall 0.977 (13.8 ms) against 11%
-# (3.2 ms); at 10M, imbalance 26.8 (12,649 lists, graph) against 6.9 (16,384, flat). Bases
-# built so by earlier versions are still searched (their adds walk the graph); tests lower
-# this to keep that path working. A graph is searched with efSearch = max(HNSW_MIN_EF,
-# HNSW_EF_PER_PROBE * nprobe).
+# (3.2 ms); at 10M, imbalance 26.8 (12,649 lists, graph) against 6.9 (16,384, flat). A base
+# built so by an earlier version is searched (its adds walk the graph) until the worker has
+# retrained it (needs_training); tests lower this to keep that path working. A graph is
+# searched with efSearch = max(HNSW_MIN_EF, HNSW_EF_PER_PROBE * nprobe).
 HNSW_MIN_LISTS = 1 << 30
 HNSW_MIN_EF = 64
 HNSW_EF_PER_PROBE = 2
@@ -222,11 +222,17 @@ class Policy:
         tunable = kind != "exact" and tuned_count > 0 and not holds
         return tunable and count >= self.retune_growth * tuned_count
 
-    def needs_training(self, current: str, trained_count: int, count: int, dim: int) -> bool:
-        """Whether the library outgrew the index it has (another kind, or grown several-fold)."""
-        wanted = self.spec(count, dim).kind
-        if wanted != current:
-            return wanted != "exact" or self.mode == "exact" or count <= self.exact_max // 2
+    def needs_training(
+        self, current: str, trained_count: int, count: int, dim: int, factory: str = ""
+    ) -> bool:
+        """Whether the library outgrew the index it has (another kind, or grown several-fold),
+        or the index's adds walk an HNSW graph where the policy's would scan every centre
+        (`factory`: the current base's; a graph of earlier versions misplaced most vectors)."""
+        wanted = self.spec(count, dim)
+        if wanted.kind != current:
+            return wanted.kind != "exact" or self.mode == "exact" or count <= self.exact_max // 2
+        if current != "exact" and "_HNSW" in factory and "_HNSW" not in wanted.factory:
+            return True
         return current != "exact" and count >= self.retrain_growth * max(1, trained_count)
 
 
