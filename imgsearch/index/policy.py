@@ -45,7 +45,8 @@ MIN_TRAIN_PER_LIST = 20
 MAX_TRAIN = 262_144
 # From this many lists they are trained two-level (kmeans.two_level: sqrt(lists) clusters, each
 # split, then kmeans.REFINE_ITERATIONS over every list) instead of by ten flat iterations (1M
-# into 16,000 lists: 37.5 s against 129.9 s, and as good a search; docs/BENCHMARKS.md).
+# into 16,000 lists: 37.5 s against 129.9 s, nearly as good a search; docs/BENCHMARKS.md
+# "Cheaper ways to 4x the lists").
 TWO_LEVEL_MIN_LISTS = 2_048
 # The coarse quantizer is flat (every centroid scanned, exact) up to this many lists, an HNSW
 # graph from it: none by default. Earlier versions used a graph from 8,192 lists, to spare
