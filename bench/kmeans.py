@@ -20,7 +20,7 @@ trained this way reaches. Appends one JSON line to bench/out/kmeans.jsonl.
 `--blocks` runs no k-means: from the centres of one bfloat16 iteration it times the parts of
 the assignment on BLOCK_ROWS-row blocks (the bfloat16 product, the product in float32 for
 comparison, each row's best CANDIDATES, their float32 second look), and compares the whole
-sample's assignment (`kmeans._assign`) with one taking every centre within a margin of the
+sample's assignment (`kmeans.Centres.assign`) with one taking every centre within a margin of the
 bfloat16 best instead: seconds, candidates a row, rows whose list differs from the float32
 argmax.
 
@@ -109,7 +109,7 @@ def blocks(x: np.ndarray, lists: int) -> dict[str, Any]:
     out["fp32_tflops"] = flops / out["block_ms"]["fp32_product"] / 1e9
     truth = torch.from_numpy(x @ centres.T).argmax(dim=1)
     start = time.perf_counter()
-    got = kmeans._assign(rows, low, centres)
+    got = kmeans.Centres(centres).assign(rows, low)
     out["best_4"] = {"s": time.perf_counter() - start, "differ": int((got != truth).sum())}
     for margin in MARGINS:
         start = time.perf_counter()

@@ -51,6 +51,21 @@ def torch_threads(threads: int) -> Iterator[None]:
             lib.set_num_threads(n)
 
 
+@contextmanager
+def faiss_team() -> Iterator[None]:
+    """Torch ops in the calling thread run on the OpenMP team FAISS has in it, and FAISS keeps
+    it after: where torch was loaded first the two share one runtime, and torch's first op in
+    a thread sets the thread's team to torch's default (the daemon's: half the cores)."""
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    try:
+        with torch_threads(threads):
+            yield
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
 @functools.cache
 def _openmp_libraries() -> tuple[Any, ...]:
     """threadpoolctl's handles of the OpenMP runtimes loaded (torch's among them)."""

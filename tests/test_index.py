@@ -65,6 +65,8 @@ def policy(kind: str) -> Policy:
         "exact": Policy(exact_max=big, delta_max=big),
         "ivf-flat": Policy(exact_max=100, flat_max_bytes=big, delta_max=big),
         "ivf-pqfs": Policy(exact_max=100, delta_max=big),
+        # adds' lists chosen in bfloat16, codes packed by imgsearch (index/placing.py):
+        "ivf-pqfs-bf16": Policy(exact_max=100, delta_max=big, train_bf16=True),
         "ivf-pqfs-hnsw": Policy(exact_max=100, hnsw_min_lists=1, delta_max=big),
         "ivf-pqfs-bf16-hnsw": Policy(
             exact_max=100, hnsw_min_lists=1, delta_max=big, train_bf16=True
@@ -597,15 +599,21 @@ def test_rescoring_drops_ids_no_longer_stored(tmp_path: Path) -> None:
         catalog.close()
 
 
-def test_a_coded_recent_segment_folds_in_as_if_every_vector_were_encoded(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["ivf-pqfs", "ivf-pqfs-bf16"])
+def test_a_coded_recent_segment_folds_in_as_if_every_vector_were_encoded(
+    tmp_path: Path, kind: str
+) -> None:
     """An IVF fast-scan base's recent segment is an empty copy of it (same quantizer and
     codebooks): adds are codes, searched with the base's nprobe, and compaction moves them in
     (merge_into), nothing re-encoded: the new base holds the same ids in the same lists and
-    answers exactly as an index that encoded every vector from scratch."""
+    answers exactly as an index that encoded every vector from scratch (by FAISS, or where
+    lists are chosen in bfloat16, by the same placer: tests/test_placing.py compares the two)."""
     import faiss
 
+    from imgsearch.index.codes import encoded
+
     vectors = clustered(N + 300)
-    catalog = Catalog(tmp_path, "m", DIM, policy("ivf-pqfs"))
+    catalog = Catalog(tmp_path, "m", DIM, policy(kind))
     index = catalog.index
     try:
         with index.hold():  # one training, on all of them (from the store: float16)
@@ -614,6 +622,7 @@ def test_a_coded_recent_segment_folds_in_as_if_every_vector_were_encoded(tmp_pat
         seg = index._segments
         assert seg.coded and seg.base.template is not None and seg.base.template.ntotal == 0
         assert len(seg.base) == 1000
+        assert (seg.placer is not None) == kind.endswith("bf16")
         more = fill(catalog, vectors[1000:N], start=1000)
         catalog.remove_ids(ids[:40] + more[:30])  # tombstones in the base; codes out of recent
         replaced = catalog.put(  # same paths, new vectors: base ids and recent ids re-added
@@ -638,8 +647,8 @@ def test_a_coded_recent_segment_folds_in_as_if_every_vector_were_encoded(tmp_pat
         made = dict(zip(*index.source.vectors(ids), strict=True))
         made.update(zip(more, vectors[1000:N], strict=True))
         made.update(zip(replaced, vectors[N : N + 4], strict=True))
-        reference = faiss.clone_index(after.base.template)
-        reference.add_with_ids(np.stack([made[i] for i in present.tolist()]), present)
+        made_of = np.stack([made[i] for i in present.tolist()])
+        reference = encoded(after.base.template, present, made_of, after.placer).index
         lists = B.ivf(reference)
         merged = B.ivf(after.base.index)
         for i in range(lists.nlist):  # every id in the list a fresh encoding puts it in

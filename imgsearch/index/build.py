@@ -24,6 +24,7 @@ from . import idsets, kmeans
 from . import policy as P
 from .base import READ_INTO_RAM, Base, BaseMeta, emptied, for_adding, ivf
 from .codes import Encoded, encoded, merge_into
+from .placing import Placer
 from .segments import Fetch, exact_among, hnsw, merge, search_params
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ def build(
         del train
         for_adding(index)  # every copy adds (encodes) at HNSW_ADD_EF
         template = faiss.clone_index(index)  # trained, empty: what recent segments copy
+    placer = Placer.of(template) if policy.train_bf16 else None  # adds' lists in bfloat16
     picked = np.sort(rng.choice(present, min(P.TUNE_QUERIES, len(present)), replace=False))
     q_ids, queries = source.vectors(picked.tolist())
     truth = (np.full((len(q_ids), 0), -np.inf, np.float32), np.zeros((len(q_ids), 0), np.int64))
@@ -86,7 +88,10 @@ def build(
     for ids, vectors in source.chunks():
         if stop.is_set():
             raise Stopped
-        index.add_with_ids(vectors, ids)
+        if placer is None:
+            index.add_with_ids(vectors, ids)
+        else:
+            merge_into(index, encoded(template, ids, vectors, placer))
         seen.append(ids)
         if spec.kind != "exact" and len(q_ids):
             found = exact_among(queries, P.RECALL_K + 1, ids, vectors)
@@ -109,12 +114,12 @@ def build(
 
 def fold(
     old: Base, saved: Path | None, dead: np.ndarray, recent_ids: np.ndarray, frozen: Any,
-    generation: int,
+    generation: int, placer: Placer | None = None,
 ) -> Base:  # fmt: skip
     """A compacted copy of `old` (read again from `saved`, its index file, when there is one
     and the base in memory is memory-mapped from it; a base held in RAM is copied: no 1.15 GB
     read at 10M beside the searches' reads): `dead` ids dropped, the recent segment (`frozen`:
-    its codes, or (ids, vectors)) folded in."""
+    its codes, or (ids, vectors), encoded by `placer` if made for old's template) folded in."""
     import faiss
 
     mapped = saved is not None and old.meta.kind not in READ_INTO_RAM
@@ -122,12 +127,12 @@ def fold(
     for_adding(index)
     template = old.template
     if template is None and old.meta.kind != "exact":
-        template = emptied(index)  # a base of an earlier version: its first compaction
+        template, placer = emptied(index), None  # a base of an earlier version: its first
     drop = idsets.union(dead, recent_ids)
     if len(drop):
         index.remove_ids(faiss.IDSelectorBatch(len(drop), faiss.swig_ptr(drop)))
     if not isinstance(frozen, Encoded) and len(recent_ids) and template is not None:
-        frozen = encoded(template, frozen[0], frozen[1])  # (ids, vectors) of an exact segment
+        frozen = encoded(template, frozen[0], frozen[1], placer)  # an exact segment's
     if isinstance(frozen, Encoded):
         merge_into(index, frozen)  # (appending after remove_ids is wrong for fast-scan lists)
     elif len(recent_ids):

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from .placing import Placer
+
 
 @dataclass
 class Encoded:
@@ -33,12 +35,18 @@ class Precoded:
     count: int
 
 
-def encoded(template: Any, ids: np.ndarray, vectors: np.ndarray) -> Encoded:
-    """`vectors` encoded by a copy of `template` (a trained, empty IVF index)."""
+def encoded(
+    template: Any, ids: np.ndarray, vectors: np.ndarray, placer: Placer | None = None
+) -> Encoded:
+    """`vectors` encoded by a copy of `template` (a trained, empty IVF index); by `placer`
+    (made for this template: lists chosen in bfloat16) where given, else by FAISS."""
     import faiss
 
     batch = faiss.clone_index(template)  # copies the coarse quantizer (MBs): no codes in it
-    batch.add_with_ids(vectors, ids)
+    if placer is not None:
+        placer.fill(batch, ids, vectors)
+    else:
+        batch.add_with_ids(vectors, ids)
     return Encoded(batch, nonempty(batch))
 
 

@@ -13,7 +13,8 @@ inner-product indexes; a centroid left empty is split from a big one by
 `faiss.contrib.clustering.reassign_centroids`, as FAISS's C++ k-means does. bench/kmeans.py
 compares the two on the same sample (10M's training: 241.5 -> 199.4 s, 1.21x; 1M's: 1.27x;
 the same objective and imbalance); bench/ivf_reach.py --train the recall an index so trained
-reaches; bench/import_rate.py --precision the daemon's.
+reaches; bench/import_rate.py --precision the daemon's. The same assignment (`Centres`) chooses
+the lists of vectors added to a trained index (placing.py).
 """
 
 from __future__ import annotations
@@ -35,10 +36,16 @@ ITERATIONS = 10
 # 16,000 lists: recall 0.98-0.99 for ~3x less CPU a search than 4,000 lists trained flat, for
 # 2.6x their training, where ten flat iterations into 16,000 take 7.6x; docs/BENCHMARKS.md).
 REFINE_ITERATIONS = 2
-# Sample rows scored against every centroid at once (a 4,096 x 12,649 block: 100 MB of scores
-# in bfloat16); past BLOCK_SCORES scores, fewer rows a block.
+# Sample rows scored against every centroid at once: at most BLOCK_ROWS, and at most
+# BLOCK_SCORES scores (16 MB in bfloat16, which stays in cache for the top-k after the
+# product: at 16,384 lists, 512-row blocks took 6.9 us a row for the product where 4,096-row
+# blocks took 14.9, 2 threads: an ad-hoc timing; bench/placing.py times the whole add).
 BLOCK_ROWS = 4_096
-BLOCK_SCORES = BLOCK_ROWS * 12_649
+BLOCK_SCORES = 512 * 16_384
+# Assigning to at least GROUPED_FROM centres, the candidates come from the best of GROUPS
+# groups of centres (Centres._best).
+GROUPS = 128
+GROUPED_FROM = 2_048
 # Centres a row's bfloat16 scores put forward, compared again in float32.
 CANDIDATES = 4
 
@@ -156,7 +163,7 @@ def spherical(
     rows = torch.from_numpy(x)
     low = rows.to(torch.bfloat16)
     for _ in range(iterations):
-        assign = _assign(rows, low, centres)
+        assign = Centres(centres).assign(rows, low)
         sums = torch.zeros((k, d), dtype=torch.float32).index_add_(0, assign, rows).numpy()
         counts = np.bincount(assign.numpy(), minlength=k)  # an empty list splits a big one:
         centres = sums / np.maximum(counts, 1)[:, None].astype(np.float32)
@@ -165,23 +172,70 @@ def spherical(
     return centres
 
 
-def _assign(rows: Any, low: Any, centres: np.ndarray) -> Any:
-    """Each row's best centre by inner product (int64 tensor): the CANDIDATES best by the
-    bfloat16 product (`low`: the rows in bfloat16), the best of those in float32 (bfloat16
-    scores tie every ~0.004: the first index would win every tie, and the lists grow uneven)."""
-    import torch
+class Centres:
+    """Centroids to assign rows to (`nearest`): float32, and bfloat16 for the first pass."""
 
-    exact = torch.from_numpy(centres)
-    t = exact.to(torch.bfloat16).T.contiguous()
-    out = torch.empty(rows.shape[0], dtype=torch.int64)
-    pick = min(CANDIDATES, len(centres))  # a library of a few images has fewer lists
-    block = max(256, min(BLOCK_ROWS, BLOCK_SCORES // len(centres)))
-    for start in range(0, rows.shape[0], block):
-        stop = min(start + block, rows.shape[0])
-        cand = torch.mm(low[start:stop], t).topk(pick, dim=1).indices
-        sims = torch.bmm(exact[cand], rows[start:stop, :, None])[:, :, 0]
-        out[start:stop] = cand.gather(1, sims.argmax(dim=1, keepdim=True))[:, 0]
-    return out
+    def __init__(self, centres: np.ndarray, candidates: int = CANDIDATES) -> None:
+        """`candidates`: how many best centres by bfloat16 are compared again in float32."""
+        import torch
+
+        self.candidates = candidates
+        self.exact = torch.from_numpy(np.ascontiguousarray(centres, np.float32))
+        k = len(centres)
+        # GROUPS groups of columns whose best scores pick the CANDIDATES (enough centres to
+        # be worth it): the columns are filled up to a multiple of GROUPS with repeats of the
+        # first centres.
+        self.grouped = k >= GROUPED_FROM
+        padded = -(-k // GROUPS) * GROUPS if self.grouped else k
+        repeats = self.exact[np.arange(padded) % k] if padded > k else self.exact
+        self.low = repeats.to(torch.bfloat16).T.contiguous()
+
+    def __len__(self) -> int:
+        return int(self.exact.shape[0])
+
+    def nearest(self, rows: np.ndarray) -> np.ndarray:
+        """Each float32 row's best centre by inner product (int64)."""
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(rows, np.float32))
+        out: np.ndarray = self.assign(x, x.to(torch.bfloat16)).numpy()
+        return out
+
+    def assign(self, rows: Any, low: Any) -> Any:
+        """Each row's best centre (int64 tensor): the `candidates` best by the bfloat16
+        product (`low`: the rows in bfloat16), the best of those in float32 (bfloat16 scores
+        tie every ~0.004: the first index would win every tie, and the lists grow uneven)."""
+        import torch
+
+        out = torch.empty(rows.shape[0], dtype=torch.int64)
+        pick = min(self.candidates, len(self))  # a library of a few images has fewer lists
+        block = max(256, min(BLOCK_ROWS, BLOCK_SCORES // len(self)))
+        # One buffer for every block's scores: a fresh 16 MB a block is fresh pages from the
+        # kernel each time (page faults: the product took 13.6 us a row instead of 6.4).
+        buffer = torch.empty((min(block, rows.shape[0]), self.low.shape[1]), dtype=torch.bfloat16)
+        for start in range(0, rows.shape[0], block):
+            stop = min(start + block, rows.shape[0])
+            scores = torch.mm(low[start:stop], self.low, out=buffer[: stop - start])
+            cand = self._best(scores, pick) % len(self)
+            sims = torch.bmm(self.exact[cand], rows[start:stop, :, None])[:, :, 0]
+            out[start:stop] = cand.gather(1, sims.argmax(dim=1, keepdim=True))[:, 0]
+        return out
+
+    @staticmethod
+    def _best(scores: Any, pick: int) -> Any:
+        """The columns of each row's `pick` best scores. Over many centres: among the columns
+        of the `pick` groups with the best maxima (they hold the `pick` best: a top-k over
+        every score cost as much as the product, 9 us a row at 16,384 lists). Group q holds
+        columns q, q + GROUPS, q + 2 * GROUPS, ...: their maxima are an element-wise max of
+        contiguous rows (2.0 us a row, where contiguous groups took 3.5)."""
+        import torch
+
+        rows, width = scores.shape
+        if width < GROUPED_FROM:
+            return scores.topk(pick, dim=1).indices
+        best = scores.view(rows, -1, GROUPS).amax(dim=1).topk(pick, dim=1).indices
+        columns = (best[:, :, None] + GROUPS * torch.arange(width // GROUPS)).view(rows, -1)
+        return columns.gather(1, scores.gather(1, columns).topk(pick, dim=1).indices)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ from ..errors import Busy
 from . import base as B
 from .build import Source, Stopped, build, fold, retune
 from .codes import Encoded, Precoded, copied, encoded, relabel
+from .placing import Placer
 from .policy import BUILDING_RETRY_S, Policy
 from .reads import Searcher, one_omp_thread, scan_store
 from .segments import Change, Segments, bits, exact_among, merge
@@ -68,6 +69,7 @@ class LibraryIndex:
         self._building = False  # the first base is being built: searches read the store
         self._path: Path | None = None
         self._reads = Searcher(source)
+        self._placed: tuple[Any, Placer | None] = (None, None)  # (template, its placer)
         self._segments = self._open()
         # Everything up to the store's generation is in the segments now (replayed): what a
         # compaction saves as its base's generation, so the next start replays none of it.
@@ -84,7 +86,8 @@ class LibraryIndex:
             base, self._path, self.origin = found[0], found[1], "loaded"
         else:
             base = self._build_now()
-        segments, changed = reopen(base, self.source, self.policy, self._lock, started)
+        placer = self._placer(base.template)
+        segments, changed = reopen(base, self.source, self.policy, self._lock, started, placer)
         if changed and self.origin == "loaded":
             self.origin = "replayed"
         return segments
@@ -127,7 +130,7 @@ class LibraryIndex:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
         positions = np.arange(len(vectors), dtype=np.int64)
         template = seg.base.template
-        return Precoded(template, encoded(template, positions, vectors), len(vectors))
+        return Precoded(template, encoded(template, positions, vectors, seg.placer), len(vectors))
 
     def add(
         self, ids: np.ndarray, vectors: np.ndarray, generation: int, ahead: Precoded | None = None
@@ -382,7 +385,7 @@ class LibraryIndex:
             dead, recent, frozen = seg.bitmap.copy(), seg.members.copy(), seg.frozen()
             generation = self._applied
         saved = self._path / B.INDEX if self._path else None
-        base = fold(seg.base, saved, bits(dead), bits(recent), frozen, generation)
+        base = fold(seg.base, saved, bits(dead), bits(recent), frozen, generation, seg.placer)
         if self.policy.needs_retune(base.meta.kind, base.meta.tuned_count, len(base), self._holds):
             self.state = "tuning"
             base = retune(base, self.source, self.policy, self._stop)
@@ -401,7 +404,7 @@ class LibraryIndex:
         """Publish `base` with the changes logged since its generation replayed on top: the
         bulk of them off the lock (the new segments are not visible yet), the last few under
         it, then one reference assignment."""
-        fresh = Segments(base, self._lock)
+        fresh = Segments(base, self._lock, placer=self._placer(base.template))
         done = 0
         for last in range(SWAP_PASSES + 1):
             with self._lock:
@@ -415,6 +418,15 @@ class LibraryIndex:
             fresh.replay(pending, base.meta.generation)
             done += len(pending)
         log.info("index swapped in: %s, %d vectors", base.meta.factory, len(fresh))
+
+    def _placer(self, template: Any) -> Placer | None:
+        """The placer for `template`'s copies where the policy chooses lists in bfloat16 (one
+        a template: its centroids are copied out, 50 MB at 16,384 x 512-d)."""
+        if not self.policy.train_bf16 or template is None:
+            return None
+        if self._placed[0] is not template:
+            self._placed = (template, Placer.of(template))
+        return self._placed[1]
 
     def close(self) -> None:
         """Stop background work (a build in progress is abandoned: SQLite has everything)."""

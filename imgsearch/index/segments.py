@@ -23,6 +23,7 @@ from . import idsets
 from . import policy as P
 from .base import Base
 from .codes import Encoded, encoded, merge_into
+from .placing import Placer
 
 # From this many lists probed, an HNSW coarse quantizer is searched by a flat scan of its
 # centroids (exact, and quicker: at 10M, 12,649 centroids, 1,051 probed: 1.0 ms against 1.8
@@ -38,12 +39,16 @@ Fetch = Callable[[Sequence[int]], tuple[np.ndarray, np.ndarray]]
 class Segments:
     """Base + tombstones + recent segment. Writes hold `lock`; base searches need no lock."""
 
-    def __init__(self, base: Base, lock: threading.Lock, coded: bool = True) -> None:
-        """`coded`: a coded recent segment where the base has a template (else exact)."""
+    def __init__(
+        self, base: Base, lock: threading.Lock, coded: bool = True, placer: Placer | None = None
+    ) -> None:
+        """`coded`: a coded recent segment where the base has a template (else exact);
+        `placer`: made for the base's template, to encode adds with (else FAISS does)."""
         import faiss
 
         self.base = base
         self.lock = lock
+        self.placer = placer
         top = int(base.ids[-1]) if len(base.ids) else -1
         self.bitmap = np.zeros((top >> 3) + 1, dtype=np.uint8)
         self.dead = 0
@@ -73,13 +78,13 @@ class Segments:
     def encode(self, ids: np.ndarray, vectors: np.ndarray) -> Encoded | None:
         """The costly part of adding to a coded recent segment (coarse assignment and codes),
         as a small index to hand to add(); needs no lock. None for an exact segment."""
-        return encoded(self.base.template, ids, vectors) if self.coded else None
+        return encoded(self.base.template, ids, vectors, self.placer) if self.coded else None
 
     def add(self, ids: np.ndarray, vectors: np.ndarray, codes: Encoded | None = None) -> None:
         """Add (or replace) `ids`; `codes`: what encode() made of them for this segment."""
         self.remove(ids)
         if self.coded:
-            merge_into(self.recent, codes or encoded(self.base.template, ids, vectors))
+            merge_into(self.recent, codes or encoded(self.base.template, ids, vectors, self.placer))
         else:
             self.recent.add_with_ids(vectors, ids)
         self._mark(ids, 1)

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import base as B
 from .build import Source
+from .placing import Placer
 from .policy import Policy
 from .segments import Segments
 
@@ -44,13 +45,15 @@ def saved_base(
 
 
 def reopen(
-    base: B.Base, source: Source, policy: Policy, lock: threading.Lock, started: float
-) -> tuple[Segments, bool]:
+    base: B.Base, source: Source, policy: Policy, lock: threading.Lock, started: float,
+    placer: Placer | None = None,
+) -> tuple[Segments, bool]:  # fmt: skip
     """Segments over `base` holding what the store holds now, and whether anything was taken
-    out or replayed (`started`: when the start began, for the log)."""
+    out or replayed (`started`: when the start began, for the log; `placer`: for the base's
+    template, Segments says)."""
     # Exact at first: replaying is then a copy, not an encoding (~30 us a vector at 1M); the
     # worker folds these rows into the base soon after (LibraryIndex._needs_compaction).
-    segments = Segments(base, lock, coded=False)
+    segments = Segments(base, lock, coded=False, placer=placer)
     opened = time.monotonic()
     dead = gone(base, source)
     segments.remove(dead)

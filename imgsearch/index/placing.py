@@ -1,0 +1,164 @@
+"""Adding to a fast-scan IVF index without FAISS's coarse scan: each vector's list chosen in
+bfloat16 (kmeans.Centres, the training's own assignment) and its codes packed into the lists
+here.
+
+FAISS adds to an IVF index by scanning every centroid in float32 for every vector (a GEMM):
+at 16,384 lists of 512-d that is 106 us of CPU a row, most of an import's CPU. Where the CPU
+runs bfloat16 natively (Policy.train_bf16) an add costs 44 (bench/placing.py; 2.4x; an import
+1.5x the rows per CPU-second, docs/BENCHMARKS.md). FAISS cannot take the lists from outside
+for a fast-scan index: IndexIVF.add_core and add_sa_codes hand one unpacked code to
+BlockInvertedLists.add_entries, which copies whole packed blocks from it (FAISS 1.15: reads
+past the code, corrupts the heap).
+So the codes are made by FAISS (IndexIVF.encode_vectors, given the lists) and packed here into
+32-code blocks: the fast-scan layout is a fixed permutation of a block's 4-bit sub-codes,
+read once from the index's own CodePacker (`_layout`), applied with torch (no GIL held).
+A batch's lists are one argsort; each list is handed to FAISS once (add_entries).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..cpu import faiss_team
+from .kmeans import Centres
+
+# Centres compared again in float32 a vector (kmeans.Centres): k-means lists are crowded (at
+# 10M's 16,384 lists the best two centres are a median 0.0018 apart, under one bfloat16 step):
+# with the training's 4, 5.3% of vectors went to another list than FAISS's float32 scan gives
+# (at most 0.0034 worse), with 8, 0.9% (at most 0.0025) for 1.7 us more a row, with 16, 0.03%
+# for 8 us more. The search is the same either way (bench/placing.py: recall and imbalance).
+CANDIDATES = 8
+
+
+@dataclass(frozen=True)
+class Placer:
+    """Fills empty copies of one trained fast-scan IVF template (`fill`)."""
+
+    centres: Centres
+    byte: Any  # int64 tensor (slots x M): the byte of a block each slot's sub-code goes to
+    shift: Any  # uint8 tensor (slots x M): 0 (its low half) or 4 (its high half)
+    slots: int  # codes a block holds (32)
+    code_size: int  # bytes of one unpacked code (M / 2)
+
+    @classmethod
+    def of(cls, template: Any) -> Placer | None:
+        """A placer for copies of `template`, or None where FAISS adds them itself: other
+        kinds than fast-scan PQ over a flat inner-product quantizer (an exact index, IVF-Flat,
+        an HNSW coarse quantizer of an earlier version), or an unknown block layout."""
+        import faiss
+        import torch
+
+        if template is None:
+            return None
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(template)) if _is_ivf(template) else None
+        if not isinstance(ivf, faiss.IndexIVFFastScan):
+            return None
+        if ivf.metric_type != faiss.METRIC_INNER_PRODUCT:
+            return None
+        quantizer = faiss.downcast_index(ivf.quantizer)
+        if not isinstance(quantizer, faiss.IndexFlat) or quantizer.ntotal != ivf.nlist:
+            return None
+        layout = _layout(ivf)
+        if layout is None:
+            return None
+        vectors = faiss.rev_swig_ptr(quantizer.get_xb(), ivf.nlist * ivf.d)
+        centres = np.array(vectors, np.float32).reshape(ivf.nlist, ivf.d)
+        packer = ivf.get_CodePacker()
+        with faiss_team():
+            made = Centres(centres, CANDIDATES)
+        at = np.argsort(layout).reshape(packer.nvec, -1)  # each (slot, sub-code)'s 4 bits
+        byte, shift = torch.from_numpy(at // 2), torch.from_numpy((at % 2 * 4).astype(np.uint8))
+        return cls(made, byte, shift, packer.nvec, packer.code_size)
+
+    def fill(self, batch: Any, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add `vectors` under `ids` to `batch`, an empty copy of the template."""
+        import faiss
+
+        ivf = faiss.extract_index_ivf(batch)
+        if ivf.ntotal:
+            raise ValueError("Placer.fill adds to an empty copy of its template only")
+        n = len(vectors)
+        if not n:
+            return
+        x = np.ascontiguousarray(vectors, np.float32)
+        with faiss_team():  # the team add_with_ids would have used
+            lists = self.centres.nearest(x)
+            codes = np.empty((n, self.code_size), np.uint8)
+            x_, lists_, codes_ = (faiss.swig_ptr(a) for a in (x, lists, codes))
+            ivf.encode_vectors(n, x_, lists_, codes_, False)  # (without the list numbers)
+            order = np.argsort(lists, kind="stable")
+            lists, codes = lists[order], codes[order]
+            ids = np.ascontiguousarray(ids[order], np.int64)
+            heads = np.flatnonzero(np.r_[True, lists[1:] != lists[:-1]])
+            counts = np.diff(np.r_[heads, n])
+            blocks = (counts + self.slots - 1) // self.slots
+            packed = self._pack(codes, heads, counts, blocks)
+        invlists: Any = ivf.invlists
+        at = np.r_[0, np.cumsum(blocks)[:-1]]
+        for head, count, first in zip(heads.tolist(), counts.tolist(), at.tolist(), strict=True):
+            invlists.add_entries(
+                int(lists[head]), count, faiss.swig_ptr(ids[head:]), faiss.swig_ptr(packed[first])
+            )
+        ivf.ntotal += n
+        batch.ntotal = ivf.ntotal
+
+    def _pack(
+        self, codes: np.ndarray, heads: np.ndarray, counts: np.ndarray, blocks: np.ndarray
+    ) -> np.ndarray:
+        """Codes sorted by list, packed: each list's codes into its own whole blocks (the last
+        one zero-padded), the lists' blocks one after another: (blocks, block bytes). Each
+        sub-code is added into its byte (the two halves of a byte come from different codes):
+        a batch of an import puts one or two codes in most lists, so its blocks are mostly
+        padding, never gathered."""
+        import torch
+
+        n, m, size = len(codes), 2 * self.code_size, self.code_size * self.slots
+        raw = torch.from_numpy(codes)
+        subs = torch.empty((n, m), dtype=torch.uint8)
+        subs[:, 0::2] = raw & 15  # sub-code 2j in the low half of byte j (FAISS's order)
+        subs[:, 1::2] = raw >> 4
+        within = np.arange(n) - np.repeat(heads, counts)
+        first = np.repeat(np.r_[0, np.cumsum(blocks)[:-1]], counts) + within // self.slots
+        slot = torch.from_numpy(within % self.slots)
+        dest = torch.from_numpy(first * size)[:, None] + self.byte[slot]
+        out = torch.zeros(int(blocks.sum()) * size, dtype=torch.uint8)
+        out.index_put_((dest.view(-1),), (subs << self.shift[slot]).view(-1), accumulate=True)
+        return np.asarray(out.view(-1, size).numpy())
+
+
+def _layout(ivf: Any) -> np.ndarray | None:
+    """Where a block's codes go: for each 4-bit position of a packed block (low half of each
+    byte first), the slot * M + sub-code it holds, read off the CodePacker by packing blocks
+    whose every sub-code holds 4 bits of its own position; None unless a permutation."""
+    import faiss
+
+    packer = ivf.get_CodePacker()
+    slots, code_size, block = packer.nvec, packer.code_size, packer.block_size
+    m = 2 * code_size
+    if block * 2 != slots * m:
+        return None
+    where = np.arange(slots * m, dtype=np.int64)
+    found = np.zeros(2 * block, np.int64)
+    for shift in range(0, max(4, int(where.max()).bit_length() + 3), 4):
+        subs = ((where >> shift) & 15).astype(np.uint8).reshape(slots, m)
+        flat = np.ascontiguousarray(subs[:, 0::2] | (subs[:, 1::2] << 4))
+        out = np.zeros(block, np.uint8)
+        packer.pack_all(faiss.swig_ptr(flat), faiss.swig_ptr(out))
+        halves = np.stack([out & 15, out >> 4], axis=1).reshape(-1).astype(np.int64)
+        found |= halves << shift
+    if not np.array_equal(np.sort(found), where):
+        return None
+    return found
+
+
+def _is_ivf(index: Any) -> bool:
+    import faiss
+
+    try:
+        faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return False
+    return True

@@ -1,0 +1,148 @@
+"""Adds to a fast-scan IVF with the lists chosen in bfloat16 and the codes packed here
+(imgsearch.index.placing) against FAISS's own add_with_ids."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from imgsearch.index.codes import Encoded, encoded, merge_into, nonempty
+from imgsearch.index.placing import Placer
+
+from .test_kmeans import DIM, cone
+
+
+def trained(factory: str, x: np.ndarray) -> Any:
+    import faiss
+
+    index = faiss.index_factory(DIM, factory, faiss.METRIC_INNER_PRODUCT)
+    index.train(x)
+    return index
+
+
+def contents(index: Any) -> dict[int, tuple[int, bytes]]:
+    """Every id's (list, unpacked code), read back through the index's CodePacker."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    packer = ivf.get_CodePacker()
+    out: dict[int, tuple[int, bytes]] = {}
+    code = np.zeros(packer.code_size, np.uint8)
+    for i in range(ivf.nlist):
+        n = lists.list_size(i)
+        ids = faiss.rev_swig_ptr(lists.get_ids(i), n)
+        for j in range(n):
+            packer.unpack_1_c(lists.get_codes(i), j, faiss.swig_ptr(code))
+            out[int(ids[j])] = (i, code.tobytes())
+    return out
+
+
+@pytest.mark.parametrize("factory", ["IVF40,PQ32x4fs", "IVF7,PQ16x4fs", "IVF40,PQ8x4fs"])
+def test_placed_codes_are_the_codes_faiss_adds(factory: str) -> None:
+    """Every id in the list FAISS's float32 scan puts it in (bar exact-score ties), with the
+    very code FAISS writes, in blocks a search reads: the same hits, the same scores."""
+    import faiss
+
+    x = cone(6_000, 50)
+    template = trained(factory, x[:3_000])
+    placer = Placer.of(template)
+    assert placer is not None
+    ids = np.arange(10_000, 10_000 + 3_000, dtype=np.int64)[::-1].copy()  # not in list order
+    ours = encoded(template, ids, x[3_000:], placer).index
+    theirs = encoded(template, ids, x[3_000:]).index
+    assert ours.ntotal == theirs.ntotal == 3_000
+    mine, faiss_ = contents(ours), contents(theirs)
+    assert mine.keys() == faiss_.keys() == set(ids.tolist())
+    same = [i for i in mine if mine[i][0] == faiss_[i][0]]
+    assert len(same) >= 0.995 * len(mine)
+    assert all(mine[i][1] == faiss_[i][1] for i in same)
+    for index in (ours, theirs):
+        faiss.extract_index_ivf(index).nprobe = 7
+    q = cone(50, 50, seed=9)
+    d1, i1 = ours.search(q, 10)
+    d2, i2 = theirs.search(q, 10)
+    assert (i1 == i2).mean() >= 0.98
+    np.testing.assert_allclose(d1[i1 == i2], d2[i1 == i2], atol=1e-5)
+
+
+def test_placed_batches_merge_into_segments_and_bases() -> None:
+    """Batches of a few codes a list (an import's) and of whole blocks merge into an index
+    that FAISS filled, and read back what was placed."""
+    x = cone(9_000, 40, seed=2)
+    template = trained("IVF8,PQ32x4fs", x[:2_000])
+    placer = Placer.of(template)
+    assert placer is not None
+    target = encoded(template, np.arange(2_000, dtype=np.int64), x[:2_000]).index
+    expected = contents(target)
+    first = 2_000
+    for size in (1, 5, 32, 64, 700, 3_000):
+        ids = np.arange(first, first + size, dtype=np.int64)
+        batch = encoded(template, ids, x[first : first + size], placer)
+        expected.update(contents(batch.index))
+        merge_into(target, Encoded(batch.index, nonempty(batch.index)))
+        first += size
+    assert target.ntotal == first
+    assert contents(target) == expected
+
+
+def test_only_fast_scan_over_a_flat_quantizer_is_placed() -> None:
+    x = cone(3_000, 20)
+    assert Placer.of(None) is None
+    assert Placer.of(trained("IVF16,Flat", x)) is None
+    assert Placer.of(trained("IVF16_HNSW32,PQ16x4fs", x)) is None
+    assert Placer.of(trained("IDMap2,Flat", x)) is None
+    assert Placer.of(trained("IVF16,PQ16x4fs", x)) is not None
+
+
+def test_a_placer_fills_empty_copies_only() -> None:
+    import faiss
+
+    x = cone(2_000, 20)
+    template = trained("IVF16,PQ16x4fs", x)
+    placer = Placer.of(template)
+    assert placer is not None
+    batch = faiss.clone_index(template)
+    placer.fill(batch, np.arange(10, dtype=np.int64), x[:10])
+    with pytest.raises(ValueError, match="empty copy"):
+        placer.fill(batch, np.arange(10, 20, dtype=np.int64), x[10:20])
+
+
+def test_placing_leaves_faiss_its_threads() -> None:
+    """As the training (tests/test_kmeans.py): torch loaded first, a thread's first torch op
+    sets its OpenMP team to torch's default (the daemon's: one core of two); an import thread
+    whose adds are placed must keep FAISS's team for its merges and searches after."""
+    script = """
+import threading
+import torch
+import faiss
+import numpy as np
+from imgsearch.index.codes import encoded
+from imgsearch.index.placing import Placer
+torch.set_num_threads(1)  # as the daemon's embedder does, for threads yet to run torch
+x = np.random.default_rng(0).standard_normal((3000, 64)).astype(np.float32)
+x /= np.linalg.norm(x, axis=1, keepdims=True)
+template = faiss.index_factory(64, "IVF30,PQ32x4fs", faiss.METRIC_INNER_PRODUCT)
+template.train(x)
+seen = {}
+def worker():
+    faiss.omp_set_num_threads(2)
+    placer = Placer.of(template)
+    encoded(template, np.arange(3000), x, placer)
+    seen["after"] = faiss.omp_get_max_threads()
+thread = threading.Thread(target=worker)
+thread.start()
+thread.join()
+print("faiss threads after", seen["after"])
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "faiss threads after 2" in done.stdout, done.stdout
