@@ -1,5 +1,6 @@
 """Plain helpers for tests: sample photos, image bytes, free ports, the tiny model's config,
-a daemon subprocess, and the OpenAPI response check (test modules import only from here)."""
+a daemon subprocess, the OpenAPI response check, and cone-shaped unit vectors like embeddings
+(test modules import only from here)."""
 
 from __future__ import annotations
 
@@ -281,3 +282,18 @@ def open_page(pw: Any, profile: Path, *flags: str) -> tuple[Any, Any, list[str]]
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
     expect.set_options(timeout=60_000)
     return browser, page, problems
+
+
+CONE_DIM = 64
+
+
+def cone(n: int, clusters: int, seed: int = 0) -> np.ndarray:
+    """Unit vectors like embeddings: one shared direction (pairs at cosine ~0.5-0.8, where
+    bfloat16 scores are coarsest), clusters of varied spread around it."""
+    rng = np.random.default_rng(seed)
+    mean = 3.0 * rng.standard_normal(CONE_DIM)
+    centres = rng.standard_normal((clusters, CONE_DIM))
+    spread = rng.uniform(0.5, 1.2, clusters)
+    which = rng.integers(0, clusters, n)
+    x = mean + centres[which] + spread[which, None] * rng.standard_normal((n, CONE_DIM))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)

@@ -12,19 +12,8 @@ import pytest
 from imgsearch.config import Config
 from imgsearch.index import kmeans
 
-DIM = 64
-
-
-def cone(n: int, clusters: int, seed: int = 0) -> np.ndarray:
-    """Unit vectors like embeddings: one shared direction (pairs at cosine ~0.5-0.8, where
-    bfloat16 scores are coarsest), clusters of varied spread around it."""
-    rng = np.random.default_rng(seed)
-    mean = 3.0 * rng.standard_normal(DIM)
-    centres = rng.standard_normal((clusters, DIM))
-    spread = rng.uniform(0.5, 1.2, clusters)
-    which = rng.integers(0, clusters, n)
-    x = mean + centres[which] + spread[which, None] * rng.standard_normal((n, DIM))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+from .helpers import CONE_DIM as DIM
+from .helpers import cone
 
 
 def quality(x: np.ndarray, centres: np.ndarray) -> tuple[float, np.ndarray]:

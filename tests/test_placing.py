@@ -14,7 +14,8 @@ import pytest
 from imgsearch.index.codes import Encoded, encoded, merge_into, nonempty
 from imgsearch.index.placing import Placer
 
-from .test_kmeans import DIM, cone
+from .helpers import CONE_DIM as DIM
+from .helpers import cone
 
 
 def trained(factory: str, x: np.ndarray) -> Any:
