@@ -4,7 +4,7 @@ here.
 
 FAISS adds to an IVF index by scanning every centroid in float32 for every vector (a GEMM):
 at 16,384 lists of 512-d that is 106 us of CPU a row, most of an import's CPU. Where the CPU
-runs bfloat16 natively (Policy.train_bf16) an add costs 44 (bench/placing.py; 2.4x; an import
+runs bfloat16 natively (Policy.train_bf16) an add costs 47 (bench/placing.py; 2.3x; an import
 1.5x the rows per CPU-second, docs/BENCHMARKS.md). FAISS cannot take the lists from outside
 for a fast-scan index: IndexIVF.add_core and add_sa_codes hand one unpacked code to
 BlockInvertedLists.add_entries, which copies whole packed blocks from it (FAISS 1.15: reads

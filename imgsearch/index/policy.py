@@ -37,7 +37,7 @@ PQ_MIN_COUNT = 256  # 4-bit codebooks need 16 centroids from enough vectors
 # "16 sqrt(n) lists trained two-level"). At most 16,384: every vector added is compared with
 # every centroid (below), which grows with the lists: adding 10M vectors to 16,384 lists took
 # 618.8 s on 2 threads, against 360.6 s through a graph over 12,649 (bench/big_search.py);
-# in bfloat16 where the CPU runs it (placing.py), 2.4x less CPU than that float32 scan.
+# in bfloat16 where the CPU runs it (placing.py), 2.3x less CPU than that float32 scan.
 LISTS_PER_SQRT = 16.0
 MIN_LISTS = 8
 MAX_LISTS = 16_384
