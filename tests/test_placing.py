@@ -147,3 +147,33 @@ print("faiss threads after", seen["after"])
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "faiss threads after 2" in done.stdout, done.stdout
+
+
+def test_an_empty_copy_shares_the_quantizer_and_encodes_as_a_full_one() -> None:
+    """empty_copy: no copy of the coarse quantizer (82 MB at 16,000 x 1280-d, most of an add
+    of one image), the very codes a full copy (faiss.clone_index) encodes, and the template
+    kept alive by the copy (its quantizer is the template's)."""
+    import gc
+
+    import faiss
+
+    from imgsearch.index.codes import empty_copy
+
+    x = cone(4_000, 30)
+    template = trained("IVF40,PQ32x4fs", x[:2_000])
+    ids = np.arange(2_000, dtype=np.int64)
+    light, full = empty_copy(template), faiss.clone_index(template)
+    quantizer = faiss.extract_index_ivf(template).quantizer
+    shared = faiss.extract_index_ivf(light).quantizer
+    assert int(faiss.downcast_index(shared).get_xb()) == int(
+        faiss.downcast_index(quantizer).get_xb()
+    )
+    assert int(faiss.downcast_index(faiss.extract_index_ivf(full).quantizer).get_xb()) != int(
+        faiss.downcast_index(quantizer).get_xb()
+    )
+    del template, quantizer, shared
+    gc.collect()
+    light.add_with_ids(x[2_000:], ids)
+    full.add_with_ids(x[2_000:], ids)
+    assert contents(light) == contents(full)
+    assert empty_copy(trained("IVF16,Flat", x)).ntotal == 0  # other kinds: a full copy

@@ -40,14 +40,35 @@ def encoded(
 ) -> Encoded:
     """`vectors` encoded by a copy of `template` (a trained, empty IVF index); by `placer`
     (made for this template: lists chosen in bfloat16) where given, else by FAISS."""
-    import faiss
-
-    batch = faiss.clone_index(template)  # copies the coarse quantizer (MBs): no codes in it
+    batch = empty_copy(template)
     if placer is not None:
         placer.fill(batch, ids, vectors)
     else:
         batch.add_with_ids(vectors, ids)
     return Encoded(batch, nonempty(batch))
+
+
+def empty_copy(template: Any) -> Any:
+    """An empty copy of `template` (a trained IVF index). A fast-scan PQ one over inner
+    product shares the template's coarse quantizer (made by FAISS's constructor, which keeps a
+    reference to it; the template is kept too, as the quantizer's owner): a full copy
+    (faiss.clone_index) copies the quantizer, 82 MB at 16,000 x 1280-d, 38 ms of the 50 that
+    encoding one added image took (13.5 of 24 at 16,384 x 512-d)."""
+    import faiss
+
+    ivf: Any = faiss.downcast_index(template)
+    if type(ivf) is not faiss.IndexIVFPQFastScan or ivf.metric_type != faiss.METRIC_INNER_PRODUCT:
+        return faiss.clone_index(template)
+    batch: Any = faiss.IndexIVFPQFastScan(
+        ivf.quantizer, ivf.d, ivf.nlist, ivf.M, ivf.nbits, ivf.metric_type, ivf.bbs
+    )
+    batch.pq = ivf.pq  # the trained codebooks (a copy)
+    batch.by_residual, batch.is_trained, batch.nprobe = ivf.by_residual, True, ivf.nprobe
+    batch.implem, batch.qbs, batch.skip = ivf.implem, ivf.qbs, ivf.skip
+    if batch.code_size != ivf.code_size or batch.M2 != ivf.M2:
+        return faiss.clone_index(template)
+    batch.referenced_objects.append(template)
+    return batch
 
 
 def copied(source: Encoded) -> Encoded:
