@@ -49,6 +49,20 @@ def progress(message: str) -> None:
     print(f"[{time.perf_counter() - _T0:7.1f}s] {message}", file=sys.stderr, flush=True)
 
 
+def shard_vectors(folder: Path, rows: int, dim: int) -> np.ndarray:
+    """The first `rows` vectors of a folder of bench/scale.py's Parquet shards, float32."""
+    import pyarrow.parquet as pq
+
+    parts, have = [], 0
+    for part in sorted(folder.glob("*.parquet")):
+        column = pq.read_table(part, columns=["vector"]).column(0).combine_chunks()
+        parts.append(column.values.to_numpy(zero_copy_only=False).reshape(-1, dim))
+        have += len(parts[-1])
+        if have >= rows:
+            break
+    return np.asarray(np.concatenate(parts)[:rows], np.float32)
+
+
 def free_port() -> int:
     """A TCP port on loopback that was free a moment ago."""
     with socket.socket() as s:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import OUT_DIR, progress, record  # noqa: E402
+from _common import OUT_DIR, progress, record, shard_vectors  # noqa: E402
 from scale import K, machine  # noqa: E402
 
 from imgsearch.index import policy as P  # noqa: E402
@@ -35,16 +35,7 @@ SHARDS = OUT_DIR / "scale-shards-open_clip_ViT-B-32_random-clustered-1000000"
 
 
 def load(rows: int) -> np.ndarray:
-    import pyarrow.parquet as pq
-
-    parts, have = [], 0
-    for part in sorted(SHARDS.glob("*.parquet")):
-        column = pq.read_table(part, columns=["vector"]).column(0).combine_chunks()
-        parts.append(column.values.to_numpy(zero_copy_only=False).reshape(-1, DIM))
-        have += len(parts[-1])
-        if have >= rows:
-            break
-    x = np.concatenate(parts)[:rows].astype(np.float32)
+    x = shard_vectors(SHARDS, rows, DIM)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 

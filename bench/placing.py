@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import OUT_DIR, progress, record  # noqa: E402
+from _common import OUT_DIR, progress, record, shard_vectors  # noqa: E402
 from scale import K, machine  # noqa: E402
 
 from imgsearch.cpu import native_bf16  # noqa: E402
@@ -39,20 +39,6 @@ DIM = 512
 N = 10_000_000
 BATCH = 20_000  # rows an import reads, checks and encodes at a time (bulk/imports.py)
 SHARDS = OUT_DIR / f"scale-shards-open_clip_ViT-B-32_random-clustered-{N}"
-
-
-def load(rows: int) -> np.ndarray:
-    """The first `rows` vectors of the cached shards, float32."""
-    import pyarrow.parquet as pq
-
-    parts, have = [], 0
-    for part in sorted(SHARDS.glob("*.parquet")):
-        column = pq.read_table(part, columns=["vector"]).column(0).combine_chunks()
-        parts.append(column.values.to_numpy(zero_copy_only=False).reshape(-1, DIM))
-        have += len(parts[-1])
-        if have >= rows:
-            break
-    return np.asarray(np.vstack(parts)[:rows], np.float32)
 
 
 def fill(template: Any, x: np.ndarray, placer: Placer | None) -> tuple[Any, float, float]:
@@ -110,7 +96,7 @@ def main() -> None:
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     spec = P.Policy().spec(N, DIM)
     sample = P.train_size(spec.lists, N)
-    data = load(sample + args.rows)
+    data = shard_vectors(SHARDS, sample + args.rows, DIM)
     train, x = data[:sample], data[sample:]
     index = faiss.index_factory(DIM, spec.factory, faiss.METRIC_INNER_PRODUCT)
     start = time.perf_counter()

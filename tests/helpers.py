@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import urllib.parse
@@ -297,3 +298,36 @@ def cone(n: int, clusters: int, seed: int = 0) -> np.ndarray:
     which = rng.integers(0, clusters, n)
     x = mean + centres[which] + spread[which, None] * rng.standard_normal((n, CONE_DIM))
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def faiss_threads_after(setup: str, work: str) -> str:
+    """Run `work` in a worker thread of a fresh interpreter that loaded torch first (as the
+    daemon does: FAISS's OpenMP calls then bind to torch's runtime) with torch's default at
+    one thread; `setup` runs before, with `x` (3000 unit 64-d rows), numpy, torch and faiss
+    imported. Returns its output: "faiss threads after N", the worker's FAISS team size after
+    `work` (it sets 2 before)."""
+    script = f"""
+import threading
+import torch
+import faiss
+import numpy as np
+torch.set_num_threads(1)  # as the daemon's embedder does, for threads yet to run torch
+x = np.random.default_rng(0).standard_normal((3000, 64)).astype(np.float32)
+x /= np.linalg.norm(x, axis=1, keepdims=True)
+{setup}
+seen = {{}}
+def worker():
+    faiss.omp_set_num_threads(2)
+{textwrap.indent(work, "    ")}
+    seen["after"] = faiss.omp_get_max_threads()
+thread = threading.Thread(target=worker)
+thread.start()
+thread.join()
+print("faiss threads after", seen["after"])
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,7 @@ from imgsearch.config import Config
 from imgsearch.index import kmeans
 
 from .helpers import CONE_DIM as DIM
-from .helpers import cone
+from .helpers import cone, faiss_threads_after
 
 
 def quality(x: np.ndarray, centres: np.ndarray) -> tuple[float, np.ndarray]:
@@ -156,32 +154,12 @@ def test_training_leaves_faiss_its_threads() -> None:
     tuning after a bf16 k-means ran on one core (the 10M training's add and tuning took 2.2x
     as long). The worker's FAISS team size must come out of the training as it went in. (A
     fresh interpreter: this one may have loaded FAISS first.)"""
-    script = """
-import threading
-import torch
-import faiss
-import numpy as np
-from imgsearch.index import kmeans
-torch.set_num_threads(1)  # as the daemon's embedder does, for threads yet to run torch
-x = np.random.default_rng(0).standard_normal((3000, 64)).astype(np.float32)
-x /= np.linalg.norm(x, axis=1, keepdims=True)
-seen = {}
-def worker():
-    faiss.omp_set_num_threads(2)
-    index = faiss.index_factory(64, "IVF30,Flat", faiss.METRIC_INNER_PRODUCT)
-    kmeans.train(index, x, True, seed=0, two_level_from=1 << 30)
-    seen["after"] = faiss.omp_get_max_threads()
-thread = threading.Thread(target=worker)
-thread.start()
-thread.join()
-print("faiss threads after", seen["after"])
-"""
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-        cwd=Path(__file__).resolve().parent.parent,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert "faiss threads after 2" in done.stdout, done.stdout
+    out = faiss_threads_after(
+        "from imgsearch.index import kmeans",
+        'index = faiss.index_factory(64, "IVF30,Flat", faiss.METRIC_INNER_PRODUCT)\n'
+        "kmeans.train(index, x, True, seed=0, two_level_from=1 << 30)",
+    )
+    assert "faiss threads after 2" in out, out
 
 
 def test_fewer_lists_than_candidates() -> None:

@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,7 +12,7 @@ from imgsearch.index.codes import Encoded, encoded, merge_into, nonempty
 from imgsearch.index.placing import Placer
 
 from .helpers import CONE_DIM as DIM
-from .helpers import cone
+from .helpers import cone, faiss_threads_after
 
 
 def trained(factory: str, x: np.ndarray) -> Any:
@@ -118,35 +115,14 @@ def test_placing_leaves_faiss_its_threads() -> None:
     """As the training (tests/test_kmeans.py): torch loaded first, a thread's first torch op
     sets its OpenMP team to torch's default (the daemon's: one core of two); an import thread
     whose adds are placed must keep FAISS's team for its merges and searches after."""
-    script = """
-import threading
-import torch
-import faiss
-import numpy as np
-from imgsearch.index.codes import encoded
-from imgsearch.index.placing import Placer
-torch.set_num_threads(1)  # as the daemon's embedder does, for threads yet to run torch
-x = np.random.default_rng(0).standard_normal((3000, 64)).astype(np.float32)
-x /= np.linalg.norm(x, axis=1, keepdims=True)
-template = faiss.index_factory(64, "IVF30,PQ32x4fs", faiss.METRIC_INNER_PRODUCT)
-template.train(x)
-seen = {}
-def worker():
-    faiss.omp_set_num_threads(2)
-    placer = Placer.of(template)
-    encoded(template, np.arange(3000), x, placer)
-    seen["after"] = faiss.omp_get_max_threads()
-thread = threading.Thread(target=worker)
-thread.start()
-thread.join()
-print("faiss threads after", seen["after"])
-"""
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-        cwd=Path(__file__).resolve().parent.parent,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert "faiss threads after 2" in done.stdout, done.stdout
+    out = faiss_threads_after(
+        "from imgsearch.index.codes import encoded\n"
+        "from imgsearch.index.placing import Placer\n"
+        'template = faiss.index_factory(64, "IVF30,PQ32x4fs", faiss.METRIC_INNER_PRODUCT)\n'
+        "template.train(x)",
+        "encoded(template, np.arange(3000), x, Placer.of(template))",
+    )
+    assert "faiss threads after 2" in out, out
 
 
 def test_an_empty_copy_shares_the_quantizer_and_encodes_as_a_full_one() -> None:
