@@ -5,6 +5,7 @@
     python bench/kmeans.py --n 1000000 --dist uniform
     python bench/kmeans.py --n 10000000 --blocks  # where an iteration's time goes
     python bench/kmeans.py --n 10000000 --two-level     # and the policy's two-level training
+    python bench/kmeans.py --n 10000000 --two-level-only 2   # float32 under 1,024 centres or not
 
 Draws the training sample the policy gives a library of N (`Policy.spec` lists,
 `train_size` rows) from bench/scale.py's deterministic vectors (float16 as stored; only the
@@ -152,6 +153,26 @@ def _ms(f: Any, repeats: int = 8) -> float:
     return float(np.median(times))
 
 
+def two_level_ab(x: np.ndarray, lists: int, bf16: bool, rounds: int) -> dict[str, Any]:
+    """kmeans.two_level as the daemon runs it, and with bfloat16 assignments to any number
+    of centres (FLOAT32_UNDER = 0), alternating, `rounds` times each: seconds and quality."""
+    runs: dict[str, list[dict[str, float]]] = {"as_daemon": [], "bf16_everywhere": []}
+    under = kmeans.FLOAT32_UNDER
+    try:
+        for _ in range(rounds):
+            for name, limit in (("as_daemon", under), ("bf16_everywhere", 0)):
+                kmeans.FLOAT32_UNDER = limit
+                start = time.perf_counter()
+                with torch_threads(os.cpu_count() or 1):
+                    centres = kmeans.two_level(x, lists, bf16, P.SEED)
+                runs[name].append({"s": time.perf_counter() - start, **quality(x, centres)})
+                progress(f"two-level, {name}: {runs[name][-1]}")
+    finally:
+        kmeans.FLOAT32_UNDER = under
+    best = {name: min(r["s"] for r in done) for name, done in runs.items()}
+    return {**runs, "speedup": best["bf16_everywhere"] / best["as_daemon"]}
+
+
 def main() -> None:
     import faiss
 
@@ -161,6 +182,11 @@ def main() -> None:
     parser.add_argument("--blocks", action="store_true", help="the assignment's parts only")
     parser.add_argument("--lists", type=int, default=0, help="lists instead of the policy's")
     parser.add_argument("--two-level", action="store_true", help="kmeans.two_level as well")
+    parser.add_argument(
+        "--two-level-only", type=int, default=0, metavar="ROUNDS",
+        help="only kmeans.two_level, ROUNDS times each way: as the daemon trains, and with "
+        "every assignment in bfloat16 (FLOAT32_UNDER = 0, before 2026-12-04)",
+    )  # fmt: skip
     args = parser.parse_args()
     spec = P.Policy().spec(args.n, DIM)
     if args.lists:
@@ -176,6 +202,10 @@ def main() -> None:
     x = sample(Vectors(args.n, DIM, args.dist), size)
     if args.blocks:
         result["blocks"] = blocks(x, spec.lists)
+        record(result, "kmeans")
+        return
+    if args.two_level_only:
+        result["two_level_ab"] = two_level_ab(x, spec.lists, bool(flags), args.two_level_only)
         record(result, "kmeans")
         return
     faiss.omp_set_num_threads(os.cpu_count() or 1)

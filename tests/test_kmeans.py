@@ -36,23 +36,31 @@ def test_bf16_k_means_lists_are_as_good_as_faiss_float32_ones() -> None:
     np.testing.assert_array_equal(ours, kmeans.spherical(x, k, kmeans.ITERATIONS, seed=3))
 
 
-@pytest.mark.parametrize("lists", [300, 2_100])
+@pytest.mark.parametrize("lists", [300, 1_100, 2_100])
 def test_the_assignment_is_the_float32_best_despite_bfloat16_ties(lists: int) -> None:
     """bfloat16 rounds scores near 0.8 to steps of ~0.004: an argmax over them alone would send
     the tied rows to the lowest-numbered centre (measured: lists grew 1.4x more uneven). From
     GROUPED_FROM centres the candidates come from the best groups of them (2,100: the last
-    group filled up with repeats of the first centres)."""
+    group filled up with repeats of the first centres); under FLOAT32_UNDER (300) every
+    score is float32, and the answer is float32's exactly."""
     import torch
 
-    assert (lists >= kmeans.GROUPED_FROM) == (lists > 300) and lists % kmeans.GROUPS
+    assert (lists >= kmeans.GROUPED_FROM) == (lists > 2_000) and lists % kmeans.GROUPS
+    assert (lists < kmeans.FLOAT32_UNDER) == (lists == 300)
     x = cone(6_000, 40, seed=1)
     centres = cone(lists, 40, seed=2)
     low = torch.from_numpy(x).to(torch.bfloat16)
-    got = kmeans.Centres(centres).assign(torch.from_numpy(x), low).numpy()
+    made = kmeans.Centres(centres)
+    got = made.assign(torch.from_numpy(x), low).numpy()
     want = (x @ centres.T).argmax(axis=1)
     rough = torch.mm(low, torch.from_numpy(centres).to(torch.bfloat16).T).argmax(dim=1).numpy()
     assert (rough != want).mean() > 0.01  # the data does tie in bfloat16 ...
     assert (got != want).mean() <= 0.001  # ... and the float32 pass settles it
+    if lists < kmeans.FLOAT32_UNDER:
+        assert made.columns.dtype == torch.float32 and (got == want).all()
+        np.testing.assert_array_equal(made.nearest(x), want)
+    else:
+        assert made.columns.dtype == torch.bfloat16
 
 
 def test_k_means_goes_on_from_given_centres() -> None:

@@ -48,6 +48,10 @@ GROUPS = 128
 GROUPED_FROM = 2_048
 # Centres a row's bfloat16 scores put forward, compared again in float32.
 CANDIDATES = 4
+# Under this many centres a row is compared with every one in float32 (one product, no second
+# look): the bfloat16 pass and its second look cost more there (a two-level training's
+# clusters hold ~128 lists: 3.5 us a row against 0.6, equal at 1,024; bench/kmeans.py).
+FLOAT32_UNDER = 1_024
 
 
 def train(index: Any, sample: np.ndarray, bf16: bool, seed: int, two_level_from: int) -> None:
@@ -161,7 +165,7 @@ def spherical(
     start = x[rs.choice(n, size=k, replace=False)] if init is None else init
     centres = _unit(np.array(start, np.float32))
     rows = torch.from_numpy(x)
-    low = rows.to(torch.bfloat16)
+    low = rows.to(torch.bfloat16) if k >= FLOAT32_UNDER else rows  # (not read under it)
     for _ in range(iterations):
         assign = Centres(centres).assign(rows, low)
         sums = torch.zeros((k, d), dtype=torch.float32).index_add_(0, assign, rows).numpy()
@@ -173,7 +177,8 @@ def spherical(
 
 
 class Centres:
-    """Centroids to assign rows to (`nearest`): float32, and bfloat16 for the first pass."""
+    """Centroids to assign rows to (`nearest`): float32, and bfloat16 for the first pass
+    (from FLOAT32_UNDER centres; under it every score is float32 and there is one pass)."""
 
     def __init__(self, centres: np.ndarray, candidates: int = CANDIDATES) -> None:
         """`candidates`: how many best centres by bfloat16 are compared again in float32."""
@@ -182,13 +187,15 @@ class Centres:
         self.candidates = candidates
         self.exact = torch.from_numpy(np.ascontiguousarray(centres, np.float32))
         k = len(centres)
+        self.float32 = k < FLOAT32_UNDER
         # GROUPS groups of columns whose best scores pick the CANDIDATES (enough centres to
         # be worth it): the columns are filled up to a multiple of GROUPS with repeats of the
         # first centres.
         self.grouped = k >= GROUPED_FROM
         padded = -(-k // GROUPS) * GROUPS if self.grouped else k
         repeats = self.exact[np.arange(padded) % k] if padded > k else self.exact
-        self.low = repeats.to(torch.bfloat16).T.contiguous()
+        # The columns each row's first pass scores
+        self.columns = (repeats if self.float32 else repeats.to(torch.bfloat16)).T.contiguous()
 
     def __len__(self) -> int:
         return int(self.exact.shape[0])
@@ -198,13 +205,14 @@ class Centres:
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(rows, np.float32))
-        out: np.ndarray = self.assign(x, x.to(torch.bfloat16)).numpy()
+        out: np.ndarray = self.assign(x, x if self.float32 else x.to(torch.bfloat16)).numpy()
         return out
 
     def assign(self, rows: Any, low: Any) -> Any:
         """Each row's best centre (int64 tensor): the `candidates` best by the bfloat16
         product (`low`: the rows in bfloat16), the best of those in float32 (bfloat16 scores
-        tie every ~0.004: the first index would win every tie, and the lists grow uneven)."""
+        tie every ~0.004: the first index would win every tie, and the lists grow uneven).
+        Under FLOAT32_UNDER centres, the best by the float32 product (`low` unused)."""
         import torch
 
         out = torch.empty(rows.shape[0], dtype=torch.int64)
@@ -212,10 +220,15 @@ class Centres:
         block = max(256, min(BLOCK_ROWS, BLOCK_SCORES // len(self)))
         # One buffer for every block's scores: a fresh 16 MB a block is fresh pages from the
         # kernel each time (page faults: the product took 13.6 us a row instead of 6.4).
-        buffer = torch.empty((min(block, rows.shape[0]), self.low.shape[1]), dtype=torch.bfloat16)
+        shape = (min(block, rows.shape[0]), self.columns.shape[1])
+        buffer = torch.empty(shape, dtype=self.columns.dtype)
         for start in range(0, rows.shape[0], block):
             stop = min(start + block, rows.shape[0])
-            scores = torch.mm(low[start:stop], self.low, out=buffer[: stop - start])
+            if self.float32:
+                scores = torch.mm(rows[start:stop], self.columns, out=buffer[: stop - start])
+                out[start:stop] = scores.argmax(dim=1)
+                continue
+            scores = torch.mm(low[start:stop], self.columns, out=buffer[: stop - start])
             cand = self._best(scores, pick) % len(self)
             sims = torch.bmm(self.exact[cand], rows[start:stop, :, None])[:, :, 0]
             out[start:stop] = cand.gather(1, sims.argmax(dim=1, keepdim=True))[:, 0]
