@@ -112,6 +112,7 @@ def main() -> None:
                 now = time.perf_counter() - start
                 while spies and spies[0][0] <= now:
                     at, secs = spies.pop(0)
+                    OUT_DIR.mkdir(parents=True, exist_ok=True)
                     raw = OUT_DIR / f"import_rate-{args.label or 'run'}-{int(at)}.txt"
                     cmd = [str(PY_SPY), "record", "--native", "--threads", "-r", "50", "-f"]
                     cmd += ["raw", "-o", str(raw), "-d", str(int(secs)), "-p", str(pid)]

@@ -139,9 +139,10 @@ class Catalog:
         `ahead`: the index's encode() of these items' vectors, in order (made beforehand)."""
         with self._mutate:
             result = self.store.images.upsert(items)
-            vectors = np.array(
-                [item.vector for item in items], dtype=np.float32
-            )  # (faster than np.stack)
+            if ahead is not None and ahead.vectors is not None and ahead.count == len(items):
+                vectors = ahead.vectors  # the items' vectors, stacked when they were encoded
+            else:
+                vectors = np.array([item.vector for item in items], dtype=np.float32)
             ids = np.asarray(result.ids, dtype=np.int64)
             self.index.add(ids, vectors, result.generation, ahead)
             self._notify(result)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +17,13 @@ import pyarrow.parquet as pq
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from imgsearch.bulk.format import META_DIM, META_MODEL, table_of, write_shard
-from imgsearch.bulk.imports import ImportManager
+from imgsearch.bulk.format import META_DIM, META_MODEL, RowBatch, table_of, write_shard
+from imgsearch.bulk.imports import ImportManager, ahead
 from imgsearch.catalog import Catalog
 from imgsearch.config import Config
 from imgsearch.embedders import Embedder
 from imgsearch.images import BASE_EXTENSIONS
-from imgsearch.ingest import Ingester
+from imgsearch.ingest import Checked, Ingester
 from imgsearch.web import create_app
 
 from .helpers import ClientFactory, get_json
@@ -350,3 +354,43 @@ async def test_import_and_export_stay_inside_allow_root(
     assert body["status"] == 403 and not (tmp_path / "out").exists()
     assert (await import_dir(client, tmp_path, 403))["status"] == 403
     assert (await get_json(client, "/export", dir=str(root / "out")))["rows"] == 0
+
+
+def test_batches_are_read_encoded_and_written_in_order_on_three_threads() -> None:
+    """The import's pipeline: each batch checked on one thread, encoded on another, handed
+    back in file order whatever each step takes; a read error reaches the writer after the
+    batches before it."""
+    rng = random.Random(0)
+    threads: dict[str, set[str]] = {"read": set(), "check": set(), "encode": set()}
+
+    def batches() -> Iterator[RowBatch]:
+        for n in range(12):
+            threads["read"].add(threading.current_thread().name)
+            if n == 9:
+                raise OSError("damaged page")
+            yield RowBatch(rows=[n], paths=[f"/p/{n}"])
+
+    def check(batch: RowBatch) -> Checked | None:
+        threads["check"].add(threading.current_thread().name)
+        time.sleep(rng.uniform(0, 0.01))
+        return None if batch.rows[0] == 4 else Checked([], batch.rows[0])  # 4: no good rows
+
+    def encode(checked: Checked) -> Checked:
+        threads["encode"].add(threading.current_thread().name)
+        time.sleep(rng.uniform(0, 0.01))
+        return Checked([], checked.good * 10)
+
+    seen = []
+    try:
+        for batch, checked in ahead(batches(), check, encode):
+            seen.append((batch.rows[0], None if checked is None else checked.good))
+            time.sleep(rng.uniform(0, 0.01))
+    except OSError as exc:
+        assert "damaged page" in str(exc)
+    else:
+        raise AssertionError("the read error was lost")
+    assert seen == [(n, None if n == 4 else n * 10) for n in range(9)]
+    me = threading.current_thread().name
+    assert threads["read"] == threads["check"] and len(threads["check"]) == 1
+    assert len(threads["encode"]) == 1 and me not in threads["check"] | threads["encode"]
+    assert threads["check"] != threads["encode"]

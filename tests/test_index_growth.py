@@ -349,6 +349,41 @@ def test_rows_encoded_ahead_of_their_write_are_found_under_their_ids(tmp_path: P
         catalog.close()
 
 
+def test_rows_checked_from_one_matrix_are_those_checked_row_by_row(
+    tmp_path: Path, tiny_embedder: Embedder
+) -> None:
+    """check_embedded(matrix=...) (the import's, from a batch's array) refuses and scales the
+    same rows as the row-by-row check, and keeps the good rows' vectors for the encoding."""
+    dim = tiny_embedder.dim
+    vectors = clustered(40, dim) * 3
+    vectors[5] = np.nan
+    vectors[7] = 0
+    catalog = Catalog(tmp_path, tiny_embedder.model_id, dim, Policy(exact_max=100))
+    ingester = Ingester(
+        catalog, tiny_embedder, extensions=BASE_EXTENSIONS, allows=lambda _: True,
+        batch_size=4, workers=1, max_file_bytes=10**7, max_pixels=10**8,
+    )  # fmt: skip
+    try:
+        paths = [f"/i/{i}.jpg" if i != 9 else "relative.jpg" for i in range(len(vectors))]
+        items = [
+            NewImage(FileFacts(p, 1, 1, p, 1, 1), v) for p, v in zip(paths, vectors, strict=True)
+        ]
+        one, each = ingester.check_embedded(items, matrix=vectors), ingester.check_embedded(items)
+        assert one.good == each.good == 37 and one.ahead is None and each.ahead is None
+        for a, b in zip(one.rows, each.rows, strict=True):
+            assert type(a) is type(b)
+            if isinstance(a, NewImage) and isinstance(b, NewImage):
+                assert a.facts == b.facts and np.array_equal(a.vector, b.vector)
+                assert abs(float(np.linalg.norm(a.vector)) - 1) < 1e-5
+            else:
+                assert a == b
+        assert one.vectors is not None and each.vectors is not None
+        assert np.array_equal(one.vectors, each.vectors) and one.vectors.shape == (37, dim)
+        assert not np.shares_memory(one.vectors, vectors)  # the caller's array is not scaled
+    finally:
+        catalog.close()
+
+
 def test_an_import_batch_partly_skipped_drops_the_codes_made_ahead(
     tmp_path: Path, tiny_embedder: Embedder
 ) -> None:

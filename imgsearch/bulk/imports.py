@@ -3,9 +3,10 @@
 Every shard's model and dimension are checked before any row is written (a mismatch is a 400
 naming both models). Rows go batch by batch through the ingest core (`add_embedded`: upsert by
 path, a row whose size and mtime match what is stored is skipped, a moved file keeps its row)
-and are searchable as each batch commits. The next batch is read, checked and encoded by the
-index (its codes) on a second thread while this one is written, so the encoding (FAISS, which
-lets go of the GIL) and SQLite's writes run side by side.
+and are searchable as each batch commits. While one batch is written, the next is encoded by
+the index (its codes) on a second thread and the one after read and checked on a third, so the
+encoding (FAISS and torch, which let go of the GIL), the Python of reading and SQLite's writes
+run side by side.
 
 Progress is kept in DATA_DIR/imports/<id>.json, rewritten atomically after every batch: the rows
 done in each shard. A job that a crash or a shutdown left queued or running is resumed at
@@ -19,8 +20,9 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ import pyarrow as pa
 from ..errors import BadRequest, NotFound
 from ..files import write_atomic
 from ..ingest import AddReport, Checked, Ingester
-from ..store import FileFacts, NewImage
+from ..store import UNKNOWN_SHA256, FileFacts, NewImage
 from .columns import import_metadata
 from .format import BadRow, RowBatch, ShardInfo, read_batches, shard_files, shard_info
 
@@ -40,6 +42,7 @@ JOBS_DIR = "imports"
 ERRORS_KEPT = 100
 HISTORY = 200  # finished imports kept (the newest)
 PENDING = frozenset({"queued", "running"})
+IN_FLIGHT = 2  # batches read or encoded ahead of the one being written
 
 
 class PathMap:
@@ -176,7 +179,7 @@ def to_images(batch: RowBatch) -> list[NewImage]:
             -1 if size is None else size,
             -1 if mtime_ns is None else mtime_ns,
             # A unique stand-in for an unknown hash: no two imported rows look byte-identical.
-            f"unknown:{path}" if sha is None else sha,
+            f"{UNKNOWN_SHA256}{path}" if sha is None else sha,
             width or 0,
             height or 0,
             source,
@@ -186,19 +189,35 @@ def to_images(batch: RowBatch) -> list[NewImage]:
 
 
 def ahead(
-    batches: Iterator[RowBatch], prepare: Callable[[RowBatch], Checked | None]
+    batches: Iterator[RowBatch],
+    check: Callable[[RowBatch], Checked | None],
+    encode: Callable[[Checked], Checked],
 ) -> Iterator[tuple[RowBatch, Checked | None]]:
-    """The same batches, each with prepare(batch): the next one read, checked and encoded
-    on a thread while this one is written (the encoding and SQLite's writes overlap)."""
+    """The same batches in order, each with its rows checked and encoded: while one batch is
+    written, the next is encoded on one thread (FAISS and torch, which let go of the GIL) and
+    the one after read and checked on another (Parquet and Python), so reading, encoding and
+    SQLite's writes run side by side."""
 
-    def step() -> tuple[RowBatch, Checked | None] | None:
+    Item = tuple[RowBatch, Checked | None] | None
+
+    def read() -> Item:
         batch = next(batches, None)
-        return None if batch is None else (batch, prepare(batch))
+        return None if batch is None else (batch, check(batch))
 
-    with ThreadPoolExecutor(1, thread_name_prefix="import-read") as pool:
-        future = pool.submit(step)
-        while (item := future.result()) is not None:
-            future = pool.submit(step)
+    def coded(read: Future[Item]) -> Item:
+        item = read.result()
+        if item is None or item[1] is None:
+            return item
+        return item[0], encode(item[1])
+
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="import-read") as reader,
+        ThreadPoolExecutor(1, thread_name_prefix="import-encode") as coder,
+    ):
+        # Single-thread pools run their tasks in the order given: batches stay in order.
+        queue = deque(coder.submit(coded, reader.submit(read)) for _ in range(IN_FLIGHT))
+        while (item := queue.popleft().result()) is not None:
+            queue.append(coder.submit(coded, reader.submit(read)))
             yield item
 
 
@@ -313,7 +332,7 @@ class ImportManager:
     def _import_shard(self, job: ImportJob, info: ShardInfo, rename: PathMap | None) -> None:
         start = job.shards[info.path.name]
         batches = read_batches(info, start_row=start, batch_rows=self.batch_rows, rename=rename)
-        for batch, checked in ahead(batches, self._check):
+        for batch, checked in ahead(batches, self._check, self.ingester.encode_checked):
             if job.stop.is_set():
                 return
             report = AddReport()
@@ -327,10 +346,10 @@ class ImportManager:
             self.catalog.index.make_room(job.stop)  # the index keeps up (bounded memory)
 
     def _check(self, batch: RowBatch) -> Checked | None:
-        """A batch's rows checked, and encoded by the index as it is now (None: no rows)."""
+        """A batch's rows checked (None: no rows); encoded by the index next (ahead)."""
         if not batch.paths:
             return None
-        return self.ingester.check_embedded(to_images(batch), encode=True)
+        return self.ingester.check_embedded(to_images(batch), matrix=batch.vectors)
 
     def _skip_rest(self, job: ImportJob, info: ShardInfo, reason: str) -> None:
         """Count a shard's unread rows as failed (one error for them all) and move on."""

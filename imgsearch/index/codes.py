@@ -33,6 +33,7 @@ class Precoded:
     template: Any
     codes: Encoded
     count: int
+    vectors: np.ndarray | None = None  # the float32 rows encoded, in order
 
 
 def encoded(

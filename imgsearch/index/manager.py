@@ -130,7 +130,8 @@ class LibraryIndex:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
         positions = np.arange(len(vectors), dtype=np.int64)
         template = seg.base.template
-        return Precoded(template, encoded(template, positions, vectors, seg.placer), len(vectors))
+        codes = encoded(template, positions, vectors, seg.placer)
+        return Precoded(template, codes, len(vectors), vectors)
 
     def add(
         self, ids: np.ndarray, vectors: np.ndarray, generation: int, ahead: Precoded | None = None

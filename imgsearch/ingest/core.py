@@ -50,6 +50,7 @@ class Checked:
     rows: list[NewImage | FileError]
     good: int
     ahead: Precoded | None = None
+    vectors: np.ndarray | None = None  # the good rows' vectors [good, dim], until encoded
 
 
 @dataclass(frozen=True)
@@ -145,13 +146,24 @@ class Ingester:
                 run.all([Path(p) for p in todo])
         return report
 
-    def check_embedded(self, items: Sequence[NewImage], encode: bool = False) -> Checked:
+    def check_embedded(
+        self, items: Sequence[NewImage], encode: bool = False, matrix: np.ndarray | None = None
+    ) -> Checked:
         """Check rows ahead of add_embedded (a bulk import checks its next batch while it
-        writes this one); `encode`: the index encodes the good rows' vectors too."""
-        rows = self._checked(items)
-        good = [row.vector for row in rows if isinstance(row, NewImage)]
-        ahead = self.catalog.index.encode(np.array(good)) if encode and good else None
-        return Checked(rows, len(good), ahead)
+        writes this one); `encode`: the index encodes the good rows' vectors too (else
+        encode_checked() may, later and on another thread); `matrix`: the items' vectors
+        as one [n, dim] array, where the caller has it (nothing stacked row by row)."""
+        rows, good = self._checked(items, matrix)
+        checked = Checked(rows, len(good), None, good)
+        return self.encode_checked(checked) if encode else checked
+
+    def encode_checked(self, checked: Checked) -> Checked:
+        """`checked` with the index's codes of its good rows (what add_embedded then adds
+        without encoding them again); unchanged where the index holds vectors, not codes."""
+        if checked.vectors is None or not checked.good:
+            return checked
+        ahead = self.catalog.index.encode(checked.vectors)
+        return Checked(checked.rows, checked.good, ahead)
 
     def add_embedded(
         self,
@@ -183,17 +195,24 @@ class Ingester:
                 self.write([latest[p] for p in todo[start : start + size]], new, report, ahead)
         return report
 
-    def _checked(self, items: Sequence[NewImage]) -> list[NewImage | FileError]:
+    def _checked(
+        self, items: Sequence[NewImage], given: np.ndarray | None = None
+    ) -> tuple[list[NewImage | FileError], np.ndarray]:
         """Embedded rows with an absolute path and a finite vector of the catalog's size,
-        scaled to unit length (what the index's inner product expects); checked as one
-        matrix where every vector has the right size."""
+        scaled to unit length (what the index's inner product expects), and the good ones'
+        vectors as one matrix; checked as one matrix (`given`, else stacked here)."""
         dim = self.catalog.dim
-        flat = [np.asarray(i.vector, dtype=np.float32).reshape(-1) for i in items]
-        sizes = np.fromiter((len(v) for v in flat), dtype=np.int64, count=len(flat))
-        fits = sizes == dim
-        matrix = np.zeros((len(flat), dim), np.float32)
-        if fits.any():
-            matrix[fits] = np.array([v for v, ok in zip(flat, fits, strict=True) if ok])
+        if given is not None and given.shape == (len(items), dim):
+            matrix = np.array(given, dtype=np.float32)  # a copy: scaled in place below
+            sizes = np.full(len(items), dim, dtype=np.int64)
+            fits = np.ones(len(items), dtype=bool)
+        else:
+            flat = [np.asarray(i.vector, dtype=np.float32).reshape(-1) for i in items]
+            sizes = np.fromiter((len(v) for v in flat), dtype=np.int64, count=len(flat))
+            fits = sizes == dim
+            matrix = np.zeros((len(flat), dim), np.float32)
+            if fits.any():
+                matrix[fits] = np.array([v for v, ok in zip(flat, fits, strict=True) if ok])
         with np.errstate(invalid="ignore", over="ignore"):
             norms = np.linalg.norm(matrix, axis=1)
         usable = fits & np.isfinite(matrix).all(axis=1) & np.isfinite(norms) & (norms > 0)
@@ -203,12 +222,13 @@ class Ingester:
             path = item.facts.path
             if not path.startswith(("/", "http://", "https://")):
                 out.append(FileError(path, "not an absolute path or an http(s) URL", 400))
+                usable[n] = False
             elif not usable[n]:
                 message = f"not a usable {dim}-d vector (got {sizes[n]} values)"
                 out.append(FileError(path, message, 422))
             else:
                 out.append(NewImage(item.facts, matrix[n]))
-        return out
+        return out, matrix if usable.all() else matrix[usable]
 
     def _triage(
         self, stats: Mapping[str, tuple[int, int] | None], update: bool, report: AddReport
@@ -270,7 +290,9 @@ class Ingester:
     ) -> None:
         """Write embedded rows: a new path holding a moved image takes over its row.
         `ahead`: the index's codes of exactly these rows (dropped if some were moves)."""
-        moved = self._follow_moves([i.facts for i in items if i.facts.path in new], report)
+        # (a row without a known hash never holds a moved file: nothing to look up)
+        candidates = [i.facts for i in items if i.facts.path in new and i.facts.hashed]
+        moved = self._follow_moves(candidates, report)
         kept = [i for i in items if i.facts.path not in moved]
         if kept:
             result = self.catalog.put(kept, ahead if len(kept) == len(items) else None)

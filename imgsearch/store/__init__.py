@@ -14,6 +14,7 @@ import numpy as np
 
 from .db import Database
 from .images import (
+    UNKNOWN_SHA256,
     FileFacts,
     FileState,
     ImageRow,
@@ -41,6 +42,7 @@ __all__ = [
     "NewImage",
     "Store",
     "StoredFile",
+    "UNKNOWN_SHA256",
     "VectorChunk",
     "WriteResult",
 ]

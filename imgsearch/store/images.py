@@ -31,6 +31,11 @@ class FileFacts:
     height: int
     source: str | None = None  # the URL a downloaded image came from
 
+    @property
+    def hashed(self) -> bool:
+        """Whether sha256 is the file's hash, not UNKNOWN_SHA256's stand-in."""
+        return not self.sha256.startswith(UNKNOWN_SHA256)
+
 
 @dataclass(frozen=True)
 class NewImage:
@@ -85,6 +90,9 @@ class ImageRow:
     source: str | None
 
 
+# The prefix of a stand-in hash (an imported row that came without one): unique to its path,
+# so no two such rows look byte-identical and no move is followed from one.
+UNKNOWN_SHA256 = "unknown:"
 IMAGE_ROW = "id, path, sha256, size, mtime_ns, width, height, source"
 STORED_FILE = "id, path, sha256, size, mtime_ns, missing"
 # Rows of the deletions log dropped in one transaction (forget_deletions).
