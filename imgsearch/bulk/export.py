@@ -64,9 +64,7 @@ def export(catalog: Catalog, folder: Path, rows_per_shard: int = ROWS_PER_SHARD)
             continue
         picked = [rows[i] for i in keep]
         facts: dict[str, list[Any]] = {
-            "sha256": [
-                r.sha256 if not r.sha256.startswith(UNKNOWN_SHA256) else None for r in picked
-            ],
+            "sha256": [None if r.sha256.startswith(UNKNOWN_SHA256) else r.sha256 for r in picked],
             "size": [r.size if r.size >= 0 else None for r in picked],
             "mtime_ns": [r.mtime_ns if r.mtime_ns >= 0 else None for r in picked],
             "width": [r.width or None for r in picked],

@@ -49,8 +49,9 @@ GROUPED_FROM = 2_048
 # Centres a row's bfloat16 scores put forward, compared again in float32.
 CANDIDATES = 4
 # Under this many centres a row is compared with every one in float32 (one product, no second
-# look): the bfloat16 pass and its second look cost more there (a two-level training's
-# clusters hold ~128 lists: 3.5 us a row against 0.6, equal at 1,024; bench/kmeans.py).
+# look): the bfloat16 pass and its second look cost more there (an ad-hoc timing: 3.5 us a row
+# against 0.6 at 128 centres, equal at 1,024). A two-level training runs 20 of its 22
+# iterations against ~128 centres: 1.44x faster at 10M (bench/kmeans.py --two-level-only).
 FLOAT32_UNDER = 1_024
 
 
@@ -194,7 +195,8 @@ class Centres:
         self.grouped = k >= GROUPED_FROM
         padded = -(-k // GROUPS) * GROUPS if self.grouped else k
         repeats = self.exact[np.arange(padded) % k] if padded > k else self.exact
-        # The columns each row's first pass scores
+        # The centres as the columns of a row's first product: bfloat16, or float32 under
+        # FLOAT32_UNDER of them (that product is then the only one)
         self.columns = (repeats if self.float32 else repeats.to(torch.bfloat16)).T.contiguous()
 
     def __len__(self) -> int:
