@@ -1,0 +1,84 @@
+"""What the daemon's gc.freeze() (cli.serve, after start-up) saves a bulk import.
+
+    python bench/gc_freeze.py --rounds 3
+
+Loads what a daemon holds (torch, open_clip's ViT-B-32 with random weights, FAISS, the web
+app's modules), then builds the rows of 20,000-row import batches (`bulk.imports.to_images`,
+~2 objects a row, two batches alive at a time as in the import's pipeline) with the start-up
+heap tracked by the garbage collector and frozen out of it (gc.freeze / gc.unfreeze),
+alternating, ROUNDS times: CPU seconds a batch and the collections run. Prints one JSON object
+and appends it to bench/out/gc_freeze.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _common import cpu_model, progress, record  # noqa: E402
+
+BATCH = 20_000
+BATCHES = 40
+
+
+def build(batch: Any) -> tuple[float, int]:
+    """CPU seconds a batch, and full collections run, over BATCHES batches."""
+    from imgsearch.bulk.imports import to_images
+
+    full = gc.get_stats()[2]["collections"]
+    alive: list[Any] = []
+    start = time.process_time()
+    for _ in range(BATCHES):
+        alive.append(to_images(batch))
+        if len(alive) > 2:
+            alive.pop(0)
+    return (time.process_time() - start) / BATCHES, gc.get_stats()[2]["collections"] - full
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    import faiss  # noqa: F401
+    import open_clip
+
+    import imgsearch.web  # noqa: F401
+    from imgsearch.bulk.format import RowBatch
+
+    model = open_clip.create_model("ViT-B-32", pretrained=None)
+    rng = np.random.default_rng(0)
+    batch = RowBatch(
+        rows=list(range(BATCH)),
+        paths=[f"/archive/{i:08d}.jpg" for i in range(BATCH)],
+        vectors=rng.standard_normal((BATCH, 512)).astype(np.float32),
+    )
+    gc.collect()
+    out: dict[str, Any] = {"cpu": cpu_model(), "load": os.getloadavg(), "tracked": 0}
+    out["tracked"] = len(gc.get_objects())
+    runs: dict[str, list[dict[str, float]]] = {"tracked": [], "frozen": []}
+    for _ in range(args.rounds):
+        for name in runs:
+            if name == "frozen":
+                gc.freeze()
+            seconds, full = build(batch)
+            gc.unfreeze()
+            runs[name].append({"cpu_ms_a_batch": round(seconds * 1e3, 1), "full_collections": full})
+            progress(f"{name}: {runs[name][-1]}")
+    best = {name: min(r["cpu_ms_a_batch"] for r in done) for name, done in runs.items()}
+    out.update(
+        runs=runs, ratio=round(best["tracked"] / best["frozen"], 2), model=type(model).__name__
+    )
+    print(out)
+    record(out, "gc_freeze")
+
+
+if __name__ == "__main__":
+    main()
