@@ -3,6 +3,7 @@
     python bench/import_rate.py --rows 3000000 --tmp /work/big/A            # of the 10M shards
     python bench/import_rate.py --rows 3000000 --spy 120:60 --spy 400:60    # py-spy meanwhile
     python bench/import_rate.py --rows 600000 --precision fp32              # k-means in float32
+    python bench/import_rate.py --rows 1500000 --shard-rows 1000   # as `imgsearch embed` writes
 
 One daemon (ViT-B-32, random weights: the model only names the vectors; `--model
 efficientnet-lite0` for 1280-d shards) starts on an empty
@@ -12,7 +13,10 @@ it trains for) is the folder's whole size; every --every seconds the job, `/stat
 daemon's CPU time and RSS are sampled (rate over time), and the job is cancelled once --rows
 rows are done. `--spy START:SECONDS` records the daemon with py-spy (--native, every thread,
 raw collapsed stacks into bench/out/) from START seconds after the import began; a summary of
-where each thread's samples went is printed. Appends one JSON line to bench/out/import_rate.jsonl.
+where each thread's samples went is printed. `--shard-rows N` imports the first --rows rows of
+the folder rewritten as files of N rows (cached in bench/out/), the way a cluster embedding
+(`imgsearch embed`, 1,000 files a shard by default) leaves them; the job then plans --rows.
+Appends one JSON line to bench/out/import_rate.jsonl.
 """
 
 from __future__ import annotations
@@ -40,6 +44,31 @@ def send(url: str, method: str, body: dict[str, Any] | None = None) -> Any:
     req = urllib.request.Request(url, data, {"Content-Type": "application/json"}, method=method)
     with urllib.request.urlopen(req, timeout=600) as resp:
         return json.load(resp)
+
+
+def resharded(folder: Path, rows: int, shard_rows: int) -> Path:
+    """The first `rows` rows of `folder`'s shards as files of `shard_rows` rows (cached)."""
+    import pyarrow.parquet as pq
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from imgsearch.bulk.format import shard_files, write_shard
+
+    out = OUT_DIR / f"{folder.name}-first-{rows}-by-{shard_rows}"
+    if (out / ".complete").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for source in shard_files(folder):
+        table = pq.read_table(source)
+        for start in range(0, min(len(table), rows - written), shard_rows):
+            part = table.slice(start, min(shard_rows, rows - written - start))
+            write_shard(out / f"part-{(written + start) // shard_rows:06d}.parquet", part)
+        written += min(len(table), rows - written)
+        progress(f"resharded {written:,} rows into files of {shard_rows:,}")
+        if written >= rows:
+            break
+    (out / ".complete").write_text("ok\n")
+    return out
 
 
 def memory(pid: int) -> tuple[float, float]:
@@ -80,6 +109,7 @@ def main() -> None:
     parser.add_argument("--tmp", type=Path, default=None)
     parser.add_argument("--spy", action="append", default=[], help="START:SECONDS (repeatable)")
     parser.add_argument("--label", default="")
+    parser.add_argument("--shard-rows", type=int, default=0, help="files of this many rows")
     parser.add_argument(
         "--model",
         choices=("ViT-B-32", "efficientnet-lite0"),
@@ -94,6 +124,8 @@ def main() -> None:
     spies = sorted(tuple(float(x) for x in s.split(":")) for s in args.spy)
     out: dict[str, Any] = {"label": args.label, "cpu": cpu_model(), "rows": args.rows}
     out["model"], out["precision"] = args.model, args.precision
+    out["shard_rows"] = args.shard_rows
+    folder = resharded(args.dir, args.rows, args.shard_rows) if args.shard_rows else args.dir
     out["load_before"] = os.getloadavg()
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         flags = ["--model", args.model, "--precision", args.precision]  # (default workers)
@@ -102,7 +134,7 @@ def main() -> None:
         with daemon:
             pid = daemon._proc.pid  # type: ignore[union-attr]
             job = send(
-                daemon.url + "/import", "POST", {"dir": str(args.dir.resolve()), "wait": False}
+                daemon.url + "/import", "POST", {"dir": str(folder.resolve()), "wait": False}
             )
             start, cpu0 = time.perf_counter(), daemon.cpu_seconds()
             samples, running = [], []

@@ -2,6 +2,7 @@
 
     python bench/ivf_reach.py --n 1000000                      # the policy's index for 1M
     python bench/ivf_reach.py --n 1000000 --dist uniform
+    python bench/ivf_reach.py --n 1000000 --dist spectral --depth 50
     python bench/ivf_reach.py --n 1000000 --lists 4000 --train bf16   # flat bfloat16 k-means
     python bench/ivf_reach.py --n 1000000 --lists 16000 --train faiss # flat float32 k-means
     python bench/ivf_reach.py --n 1000000 --lists 16000 --train two-level
@@ -36,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_model, progress, record  # noqa: E402
-from scale import CHUNK, Vectors  # noqa: E402
+from scale import CHUNK, DISTRIBUTIONS, Vectors  # noqa: E402
 
 from imgsearch.cpu import native_bf16  # noqa: E402
 from imgsearch.index import kmeans  # noqa: E402
@@ -154,7 +155,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=1_000_000)
-    parser.add_argument("--dist", choices=("clustered", "uniform"), default="clustered")
+    parser.add_argument("--dist", choices=DISTRIBUTIONS, default="clustered")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--depth", type=int, default=10, help="candidates re-scored: depth x 10")
     parser.add_argument("--nprobe", type=int, nargs="*", default=[])

@@ -43,7 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_model, progress, record  # noqa: E402
-from scale import CHUNK, Vectors  # noqa: E402
+from scale import CHUNK, DISTRIBUTIONS, Vectors  # noqa: E402
 
 from imgsearch.cpu import BF16_FLAGS, cpu_flags, torch_threads  # noqa: E402
 from imgsearch.index import kmeans  # noqa: E402
@@ -178,7 +178,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=10_000_000)
-    parser.add_argument("--dist", choices=("clustered", "uniform"), default="clustered")
+    parser.add_argument("--dist", choices=DISTRIBUTIONS, default="clustered")
     parser.add_argument("--blocks", action="store_true", help="the assignment's parts only")
     parser.add_argument("--lists", type=int, default=0, help="lists instead of the policy's")
     parser.add_argument("--two-level", action="store_true", help="kmeans.two_level as well")

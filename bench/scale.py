@@ -2,6 +2,7 @@
 
     python bench/scale.py --n 100000                       # 512-d (ViT-B-32, random weights)
     python bench/scale.py --n 1000000 --dist uniform       # the worst case: no structure
+    python bench/scale.py --n 1000000 --dist spectral      # real embeddings' spectrum
     python bench/scale.py --n 1000000 --model efficientnet-lite0   # 1280-d
 
 One daemon is started on an empty data dir. 20 real photos are added (image search on them
@@ -9,7 +10,10 @@ gives the embedding time), then N vectors are written as float16 Parquet shards 
 chunks, never all in memory; paths in folders of 10,000) and loaded with POST /import, timed,
 while /stats and /health are polled. "clustered" vectors imitate real embeddings: many
 clusters of varied spread and 1% near-duplicates; queries are new vectors near stored ones
-(a new photo of a known subject). "uniform" vectors are random directions, queries too.
+(a new photo of a known subject). "spectral" vectors are drawn the same way with every
+variation spread over directions as real embeddings spread theirs (bench/spectrum.py: variance
+of the k-th direction ~ k ** -1.2, where "clustered" spreads it evenly over all 512).
+"uniform" vectors are random directions, queries too.
 Ground truth is exact search over the vectors as stored (float16), streamed chunk by chunk.
 After the import the index is left to train; the daemon is then restarted on the saved base
 (start-up time and RSS), searched by vector and by image, and photos and folders are removed
@@ -51,6 +55,10 @@ SHARD_CHUNKS = 10  # chunks per Parquet shard (100k rows)
 PHOTOS = 20
 ROOT = Path("/imgsearch-scale")  # the generated paths' folder (no files: imported vectors only)
 CLUSTERS_PER_MILLION = 20_000
+# "spectral" vectors' variance along their k-th direction, as k ** -SPECTRUM_POWER: the power
+# law fitted to the spectrum of real embeddings (1.19 over their first 500 directions).
+SPECTRUM_POWER = 1.2
+DISTRIBUTIONS = ("clustered", "spectral", "uniform")
 K = 10
 MODELS = {"ViT-B-32": ("open_clip/ViT-B-32/random", 512), "efficientnet-lite0": (
     "efficientnet-lite0/imagenet", 1280)}  # fmt: skip
@@ -85,11 +93,27 @@ class Vectors:
         self.mean = rng.standard_normal(dim).astype(np.float32)
         self.centres = 0.8 * rng.standard_normal((clusters, dim)).astype(np.float32)
         self.spread = rng.uniform(0.5, 1.2, clusters).astype(np.float32)
+        # "spectral": the same draws with every variation (centres, members, near-duplicates,
+        # queries) spread over directions as in real embeddings: variances falling as a power
+        # of the direction's rank (bench/spectrum.py), in a random basis, with the same total
+        # variance as the isotropic draws (so the same norms and typical cosines).
+        self.shape: np.ndarray | None = None
+        if dist == "spectral":
+            scale = np.arange(1, dim + 1, dtype=np.float64) ** (-SPECTRUM_POWER / 2)
+            scale *= np.sqrt(dim / (scale**2).sum())
+            basis = np.linalg.qr(rng.standard_normal((dim, dim)))[0]
+            self.shape = (scale[:, None] * basis.T).astype(np.float32)
+            self.centres = self.shaped(self.centres)
+
+    def shaped(self, noise: np.ndarray) -> np.ndarray:
+        """Isotropic standard-normal `noise` given the distribution's spectrum (as is if none)."""
+        return noise if self.shape is None else noise @ self.shape
 
     def chunk(self, i: int) -> np.ndarray:
         noise, which = self._draw(i)
         if self.dist == "uniform":
             return unit(noise)
+        noise = self.shaped(noise)
         x = self.mean + self.centres[which] + self.spread[which, None] * noise
         x[1::100] = x[::100][: len(x[1::100])] + 0.05 * noise[1::100]  # near-duplicates
         return unit(x)
@@ -128,8 +152,8 @@ class Vectors:
         # A new photo of a known subject: a stored vector moved to cosine ~0.9 from it.
         sources = rng.integers(0, min(CHUNK, self.n), count)
         base = self.chunk(0)[sources]
-        noise = rng.standard_normal(base.shape).astype(np.float32) / np.sqrt(self.dim)
-        return unit(base + 0.5 * noise), sources
+        noise = self.shaped(rng.standard_normal(base.shape).astype(np.float32))
+        return unit(base + 0.5 * noise / np.sqrt(self.dim)), sources
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -458,7 +482,7 @@ def crossover(sizes: list[int], dim: int) -> list[dict[str, Any]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=100_000)
-    parser.add_argument("--dist", choices=("clustered", "uniform"), default="clustered")
+    parser.add_argument("--dist", choices=DISTRIBUTIONS, default="clustered")
     parser.add_argument("--model", choices=tuple(MODELS), default="ViT-B-32")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--tmp", default=None, help="where the data dir goes (default: $TMPDIR)")

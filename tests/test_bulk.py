@@ -17,7 +17,16 @@ import pyarrow.parquet as pq
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from imgsearch.bulk.format import META_DIM, META_MODEL, RowBatch, table_of, write_shard
+from imgsearch.bulk.batches import Group, Unreadable, groups
+from imgsearch.bulk.format import (
+    META_DIM,
+    META_MODEL,
+    BadRow,
+    RowBatch,
+    ShardInfo,
+    table_of,
+    write_shard,
+)
 from imgsearch.bulk.imports import ImportManager, ahead
 from imgsearch.catalog import Catalog
 from imgsearch.config import Config
@@ -244,6 +253,138 @@ def test_import_resumes_after_a_crash_without_duplicates(
     assert job2.imported == 100  # the count carries over the resume
     resumed.close()
     catalog.close()
+
+
+def test_one_pipeline_runs_through_every_shard_and_past_a_damaged_one(
+    tmp_path: Path, tiny_embedder: Embedder
+) -> None:
+    """The next shard's first batch is checked while the last one's is still being written
+    (the pipeline never drains between shards), on the same reading thread; a damaged shard
+    in between is reported in its place and the one after it imported."""
+    dim, model = tiny_embedder.dim, tiny_embedder.model_id
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("s0", "s1", "s2"):
+        paths = [f"/lib/{name}/{i:02}.jpg" for i in range(30)]
+        write_shard(
+            folder / f"{name}.parquet", table_of(model, dim, paths, rng.normal(size=(30, dim)))
+        )
+    damaged = bytearray((folder / "s1.parquet").read_bytes())
+    damaged[100:1100] = bytes(1000)
+    (folder / "s1.parquet").write_bytes(bytes(damaged))
+    data = tmp_path / "data"
+    data.mkdir()
+    catalog = Catalog(data, model, dim)
+    manager = ImportManager(ingester(catalog, tiny_embedder), data, batch_rows=10)
+    events: list[tuple[str, str]] = []
+    readers: set[threading.Thread] = set()
+    check, put = manager._check, catalog.put
+
+    def watched_check(item: Any) -> Any:
+        readers.add(threading.current_thread())
+        if isinstance(item, Group):
+            events.append(("checked", item.parts[0][1].paths[0]))
+        return check(item)
+
+    def slow_put(items: Any, *rest: Any) -> Any:
+        time.sleep(0.1)
+        done = put(items, *rest)
+        events.append(("written", items[0].facts.path))
+        return done
+
+    manager._check = watched_check  # type: ignore[method-assign]
+    catalog.put = slow_put  # type: ignore[method-assign]
+    job = manager.submit(folder)
+    assert job.ended.wait(30)
+    assert (job.state, job.imported, job.failed, job.done) == ("done", 60, 30, 90)
+    assert job.errors[0]["file"] == str(folder / "s1.parquet")
+    assert len(readers) == 1  # one reading thread for the whole job
+    last_of_s0 = events.index(("written", "/lib/s0/20.jpg"))
+    assert events.index(("checked", "/lib/s2/00.jpg")) < last_of_s0
+    assert catalog.store.count() == 60
+    manager.close()
+    catalog.close()
+
+
+def test_small_shards_are_written_in_groups_and_resume_per_shard(
+    tmp_path: Path, tiny_embedder: Embedder
+) -> None:
+    """Shards of 7 rows (one with a bad row) are written 14 rows a transaction, every shard's
+    progress recorded, bad rows reported with their own file and row; a crash after two
+    transactions resumes to the same library, without duplicates."""
+    dim, model = tiny_embedder.dim, tiny_embedder.model_id
+    rng = np.random.default_rng(4)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for s in range(12):
+        vectors = rng.normal(size=(7, dim))
+        if s == 5:
+            vectors[3] = 0.0  # row 3 of s05: a zero vector
+        paths = [f"/lib/{s:02}/{i}.jpg" for i in range(7)]
+        write_shard(folder / f"s{s:02}.parquet", table_of(model, dim, paths, vectors))
+    data = tmp_path / "data"
+    data.mkdir()
+    catalog = Catalog(data, model, dim)
+    manager = ImportManager(ingester(catalog, tiny_embedder), data, batch_rows=20)
+    put, sizes = catalog.put, []
+
+    def put_then_crash(items: Any, *rest: Any) -> Any:
+        sizes.append(len(items))
+        if len(sizes) == 2:  # the process "dies" after this transaction
+            manager._closing = True
+            for job in manager._jobs.values():
+                job.stop.set()
+        return put(items, *rest)
+
+    catalog.put = put_then_crash  # type: ignore[method-assign]
+    job = manager.submit(folder)
+    assert job.ended.wait(30)
+    manager._worker.shutdown()
+    assert sizes == [14, 14]  # two shards a transaction
+    record = json.loads((data / "imports" / f"{job.id}.json").read_text())
+    assert record["shards"] == {f"s{s:02}.parquet": 7 if s < 4 else 0 for s in range(12)}
+    record["state"] = "running"  # what kill -9 leaves behind
+    (data / "imports" / f"{job.id}.json").write_text(json.dumps(record))
+    catalog.put = put  # type: ignore[method-assign]
+    catalog.close()
+
+    catalog = Catalog(data, model, dim)
+    resumed = ImportManager(ingester(catalog, tiny_embedder), data, batch_rows=20)
+    again = resumed.get(job.id)
+    assert again.ended.wait(30)
+    assert (again.state, again.done, again.imported, again.failed) == ("done", 84, 83, 1)
+    (error,) = again.errors
+    assert (error["file"], error["row"]) == (str(folder / "s05.parquet"), 3)
+    assert catalog.store.count() == 83 == len(catalog.index)
+    assert all(rows == 7 for rows in again.shards.values())
+    resumed.close()
+    catalog.close()
+
+
+def test_groups_join_consecutive_batches_up_to_the_rows_and_stop_at_an_unreadable() -> None:
+    def part(name: str, good: int, bad: int = 0) -> tuple[ShardInfo, RowBatch]:
+        info = ShardInfo(Path(f"/in/{name}.parquet"), "m", 4, good + bad)
+        vectors = np.ones((good, 4), np.float32)
+        batch = RowBatch(list(range(good)), [f"/{name}/{i}" for i in range(good)], vectors)
+        batch.bad = [BadRow(str(info.path), good + i, "bad") for i in range(bad)]
+        batch.facts = {"size": [1] * good} if name != "c" else {}
+        return info, batch
+
+    broken = Unreadable(part("x", 0)[0], OSError("damaged"))
+    items = [part("a", 5), part("b", 3, 2), part("c", 12), part("d", 3), broken, part("e", 25)]
+    out = list(groups(iter(items), 10))
+    shape = [x if isinstance(x, Unreadable) else [i.path.stem for i, _ in x.parts] for x in out]
+    assert shape == [["a", "b"], ["c"], ["d"], broken, ["e"]]
+    first = out[0]
+    assert isinstance(first, Group) and first.rows == 10
+    joined = first.batch()
+    assert joined.paths == [f"/a/{i}" for i in range(5)] + [f"/b/{i}" for i in range(3)]
+    assert joined.vectors.shape == (8, 4) and [b.row for b in joined.bad] == [3, 4]
+    assert joined.facts == {"size": [1] * 8}
+    assert isinstance(out[1], Group) and out[1].batch().facts == {}  # c alone, no size column
+    mixed = Group([part("a", 2), part("c", 2)])
+    assert mixed.batch().facts == {"size": [1, 1, None, None]}
 
 
 async def test_import_job_lists_and_cancels(

@@ -6,7 +6,8 @@ path, a row whose size and mtime match what is stored is skipped, a moved file k
 and are searchable as each batch commits. While one batch is written, the next is encoded by
 the index (its codes) on a second thread and the one after read and checked on a third, so the
 encoding (FAISS and torch, which let go of the GIL), the Python of reading and SQLite's writes
-run side by side.
+run side by side; one pipeline runs through all the job's shards, so it never drains between
+them.
 
 Progress is kept in DATA_DIR/imports/<id>.json, rewritten atomically after every batch: the rows
 done in each shard. A job that a crash or a shutdown left queued or running is resumed at
@@ -25,16 +26,15 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import pyarrow as pa
+from typing import Any, TypeVar
 
 from ..errors import BadRequest, NotFound
 from ..files import write_atomic
 from ..ingest import AddReport, Checked, Ingester
 from ..store import UNKNOWN_SHA256, FileFacts, NewImage
+from .batches import Group, Unreadable, groups, shard_batches
 from .columns import import_metadata
-from .format import BadRow, RowBatch, ShardInfo, read_batches, shard_files, shard_info
+from .format import BadRow, RowBatch, ShardInfo, shard_files, shard_info
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ ERRORS_KEPT = 100
 HISTORY = 200  # finished imports kept (the newest)
 PENDING = frozenset({"queued", "running"})
 IN_FLIGHT = 2  # batches read or encoded ahead of the one being written
+T = TypeVar("T")
 
 
 class PathMap:
@@ -189,22 +190,20 @@ def to_images(batch: RowBatch) -> list[NewImage]:
 
 
 def ahead(
-    batches: Iterator[RowBatch],
-    check: Callable[[RowBatch], Checked | None],
+    items: Iterator[T],
+    check: Callable[[T], Checked | None],
     encode: Callable[[Checked], Checked],
-) -> Iterator[tuple[RowBatch, Checked | None]]:
-    """The same batches in order, each with its rows checked and encoded: while one batch is
-    written, the next is encoded on one thread (FAISS and torch, which let go of the GIL) and
-    the one after read and checked on another (Parquet and Python), so reading, encoding and
-    SQLite's writes run side by side."""
+) -> Iterator[tuple[T, Checked | None]]:
+    """The same items (batches) in order, each with its rows checked and encoded: while one
+    batch is written, the next is encoded on one thread (FAISS and torch, which let go of the
+    GIL) and the one after read and checked on another (Parquet and Python), so reading,
+    encoding and SQLite's writes run side by side."""
 
-    Item = tuple[RowBatch, Checked | None] | None
+    def read() -> tuple[T, Checked | None] | None:
+        item = next(items, None)
+        return None if item is None else (item, check(item))
 
-    def read() -> Item:
-        batch = next(batches, None)
-        return None if batch is None else (batch, check(batch))
-
-    def coded(read: Future[Item]) -> Item:
+    def coded(read: Future[tuple[T, Checked | None] | None]) -> tuple[T, Checked | None] | None:
         item = read.result()
         if item is None or item[1] is None:
             return item
@@ -216,9 +215,9 @@ def ahead(
     ):
         # Single-thread pools run their tasks in the order given: batches stay in order.
         queue = deque(coder.submit(coded, reader.submit(read)) for _ in range(IN_FLIGHT))
-        while (item := queue.popleft().result()) is not None:
+        while (done := queue.popleft().result()) is not None:
             queue.append(coder.submit(coded, reader.submit(read)))
-            yield item
+            yield done
 
 
 class ImportManager:
@@ -319,34 +318,29 @@ class ImportManager:
     def _import(self, job: ImportJob) -> None:
         infos = check_folder(Path(job.dir), self.catalog.model_id, self.catalog.dim)
         rename = PathMap.parse(job.path_map) if job.path_map else None
-        for info in infos:
-            if info.path.name not in job.shards:  # a shard that appeared since: not this job's
+        mine = [i for i in infos if i.path.name in job.shards]  # a shard added since: not ours
+        batches = groups(shard_batches(mine, job.shards, self.batch_rows, rename), self.batch_rows)
+        for group, checked in ahead(batches, self._check, self.ingester.encode_checked):
+            if job.stop.is_set():
+                return
+            if isinstance(group, Unreadable):
+                self._skip_rest(job, group.info, f"cannot read the file: {group.error}")
                 continue
-            try:
-                self._import_shard(job, info, rename)
-            except (OSError, pa.ArrowException) as exc:  # a damaged file: the others go on
-                self._skip_rest(job, info, f"cannot read the file: {exc}")
-            if job.stop.is_set():
-                return
-
-    def _import_shard(self, job: ImportJob, info: ShardInfo, rename: PathMap | None) -> None:
-        start = job.shards[info.path.name]
-        batches = read_batches(info, start_row=start, batch_rows=self.batch_rows, rename=rename)
-        for batch, checked in ahead(batches, self._check, self.ingester.encode_checked):
-            if job.stop.is_set():
-                return
             report = AddReport()
-            if checked is not None:  # one transaction per batch
-                size = len(batch.paths)
-                self.ingester.add_embedded(checked, report=report, batch_size=size)
-                refused = import_metadata(self.catalog.store, str(info.path), batch)
-                room = max(0, ERRORS_KEPT - len(job.errors))
-                job.errors += [r.as_json() for r in refused[:room]]
-            self._record(job, info, batch, report)
+            if checked is not None:  # one transaction per group
+                self.ingester.add_embedded(checked, report=report, batch_size=group.rows)
+                for info, batch in group.parts:
+                    refused = import_metadata(self.catalog.store, str(info.path), batch)
+                    room = max(0, ERRORS_KEPT - len(job.errors))
+                    job.errors += [r.as_json() for r in refused[:room]]
+            self._record(job, group, report)
             self.catalog.index.make_room(job.stop)  # the index keeps up (bounded memory)
 
-    def _check(self, batch: RowBatch) -> Checked | None:
-        """A batch's rows checked (None: no rows); encoded by the index next (ahead)."""
+    def _check(self, group: Group | Unreadable) -> Checked | None:
+        """A group's rows checked (None: no rows); encoded by the index next (ahead)."""
+        if isinstance(group, Unreadable):
+            return None
+        batch = group.batch()
         if not batch.paths:
             return None
         return self.ingester.check_embedded(to_images(batch), matrix=batch.vectors)
@@ -362,17 +356,18 @@ class ImportManager:
             job.errors.append(BadRow(str(info.path), done, reason).as_json())
         self._save(job)
 
-    def _record(self, job: ImportJob, info: ShardInfo, batch: RowBatch, report: AddReport) -> None:
-        handled = len(batch.paths) + len(batch.bad)
-        job.shards[info.path.name] += handled
-        job._done_here += handled
+    def _record(self, job: ImportJob, group: Group, report: AddReport) -> None:
+        for info, batch in group.parts:
+            handled = len(batch.paths) + len(batch.bad)
+            job.shards[info.path.name] += handled
+            job._done_here += handled
+            job.failed += len(batch.bad)
+            room = ERRORS_KEPT - len(job.errors)
+            job.errors += [b.as_json() for b in batch.bad[: max(0, room)]]
+            for bad in batch.bad[:5]:
+                log.warning("import: %s row %d: %s", bad.file, bad.row, bad.reason)
         job.imported += report.added + report.updated + report.moved
         job.skipped += report.skipped
-        job.failed += len(batch.bad)
-        room = ERRORS_KEPT - len(job.errors)
-        job.errors += [b.as_json() for b in batch.bad[: max(0, room)]]
-        for bad in batch.bad[:5]:
-            log.warning("import: %s row %d: %s", bad.file, bad.row, bad.reason)
         self._save(job)
 
 
