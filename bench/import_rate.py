@@ -50,7 +50,6 @@ def resharded(folder: Path, rows: int, shard_rows: int) -> Path:
     """The first `rows` rows of `folder`'s shards as files of `shard_rows` rows (cached)."""
     import pyarrow.parquet as pq
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from imgsearch.bulk.format import shard_files, write_shard
 
     out = OUT_DIR / f"{folder.name}-first-{rows}-by-{shard_rows}"
