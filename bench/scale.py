@@ -152,8 +152,8 @@ class Vectors:
         # A new photo of a known subject: a stored vector moved to cosine ~0.9 from it.
         sources = rng.integers(0, min(CHUNK, self.n), count)
         base = self.chunk(0)[sources]
-        noise = self.shaped(rng.standard_normal(base.shape).astype(np.float32))
-        return unit(base + 0.5 * noise / np.sqrt(self.dim)), sources
+        noise = self.shaped(rng.standard_normal(base.shape).astype(np.float32)) / np.sqrt(self.dim)
+        return unit(base + 0.5 * noise), sources
 
 
 def unit(x: np.ndarray) -> np.ndarray:

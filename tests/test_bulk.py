@@ -27,7 +27,7 @@ from imgsearch.bulk.format import (
     table_of,
     write_shard,
 )
-from imgsearch.bulk.imports import ImportManager, ahead
+from imgsearch.bulk.imports import ImportJob, ImportManager, ahead
 from imgsearch.catalog import Catalog
 from imgsearch.config import Config
 from imgsearch.embedders import Embedder
@@ -206,6 +206,34 @@ def ingester(catalog: Catalog, embedder: Embedder) -> Ingester:
     )
 
 
+def die_after(manager: ImportManager, catalog: Catalog, puts: int) -> list[int]:
+    """Make the import "die" after `puts` transactions (a shutdown leaving its job queued); the
+    list returned gets each transaction's row count."""
+    put, sizes = catalog.put, []
+
+    def put_then_die(items: Any, *rest: Any) -> Any:
+        sizes.append(len(items))
+        if len(sizes) == puts:  # this transaction still commits
+            manager._closing = True
+            for job in manager._jobs.values():
+                job.stop.set()
+        return put(items, *rest)
+
+    catalog.put = put_then_die  # type: ignore[method-assign]
+    return sizes
+
+
+def left_running(manager: ImportManager, data: Path, job: ImportJob) -> dict[str, Any]:
+    """Once the "dead" import has stopped: its progress record as kill -9 leaves it (running)."""
+    assert job.ended.wait(30)
+    manager._worker.shutdown()
+    path = data / "imports" / f"{job.id}.json"
+    record: dict[str, Any] = json.loads(path.read_text())
+    record["state"] = "running"
+    path.write_text(json.dumps(record))
+    return record
+
+
 def test_import_resumes_after_a_crash_without_duplicates(
     tmp_path: Path, tiny_embedder: Embedder
 ) -> None:
@@ -221,27 +249,10 @@ def test_import_resumes_after_a_crash_without_duplicates(
     data.mkdir()
     catalog = Catalog(data, tiny_embedder.model_id, dim)
     manager = ImportManager(ingester(catalog, tiny_embedder), data, batch_rows=10)
-    original = catalog.put
-    calls = 0
-
-    def put_then_crash(items: Any, *rest: Any) -> Any:  # the process "dies" after 3 batches
-        nonlocal calls
-        calls += 1
-        if calls == 4:
-            manager._closing = True
-            for job in manager._jobs.values():
-                job.stop.set()
-        return original(items, *rest)
-
-    catalog.put = put_then_crash  # type: ignore[method-assign]
+    die_after(manager, catalog, 4)
     job = manager.submit(folder)
-    assert job.ended.wait(30)
-    manager._worker.shutdown()
-    record = json.loads((data / "imports" / f"{job.id}.json").read_text())
-    record["state"] = "running"  # what kill -9 leaves behind
-    (data / "imports" / f"{job.id}.json").write_text(json.dumps(record))
+    record = left_running(manager, data, job)
     assert 0 < record["shards"]["s0.parquet"] < 50
-    catalog.put = original  # type: ignore[method-assign]
     catalog.close()
 
     catalog = Catalog(data, tiny_embedder.model_id, dim)
@@ -327,26 +338,11 @@ def test_small_shards_are_written_in_groups_and_resume_per_shard(
     data.mkdir()
     catalog = Catalog(data, model, dim)
     manager = ImportManager(ingester(catalog, tiny_embedder), data, batch_rows=20)
-    put, sizes = catalog.put, []
-
-    def put_then_crash(items: Any, *rest: Any) -> Any:
-        sizes.append(len(items))
-        if len(sizes) == 2:  # the process "dies" after this transaction
-            manager._closing = True
-            for job in manager._jobs.values():
-                job.stop.set()
-        return put(items, *rest)
-
-    catalog.put = put_then_crash  # type: ignore[method-assign]
+    sizes = die_after(manager, catalog, 2)
     job = manager.submit(folder)
-    assert job.ended.wait(30)
-    manager._worker.shutdown()
+    record = left_running(manager, data, job)
     assert sizes == [14, 14]  # two shards a transaction
-    record = json.loads((data / "imports" / f"{job.id}.json").read_text())
     assert record["shards"] == {f"s{s:02}.parquet": 7 if s < 4 else 0 for s in range(12)}
-    record["state"] = "running"  # what kill -9 leaves behind
-    (data / "imports" / f"{job.id}.json").write_text(json.dumps(record))
-    catalog.put = put  # type: ignore[method-assign]
     catalog.close()
 
     catalog = Catalog(data, model, dim)
