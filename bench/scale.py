@@ -422,7 +422,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             proc.send_signal(signal.SIGTERM)
             out["exit_code"] = proc.wait(60)
             out["sigterm_to_exit_s"] = time.perf_counter() - start
-        size = sum(f.stat().st_size for f in data_dir.rglob("*") if f.is_file())
+        # Bytes allocated on disk (the fine codes' file is grown sparse, ahead of the ids).
+        size = sum(f.stat().st_blocks * 512 for f in data_dir.rglob("*") if f.is_file())
         out["disk_bytes_per_image"] = size / args.n
         out["db_bytes_per_image"] = (data_dir / "imgsearch.sqlite3").stat().st_size / args.n
         out["log_tail"] = daemon.log_tail(12)

@@ -2,10 +2,12 @@
 
 A base is built once (by training or compaction), saved once into its own folder
 (`<generation>-<kind>/`: meta.json, index.faiss, ids.npy, and for IVF kinds template.faiss,
-written under a temporary name, fsynced and renamed), and never changed after: searches read
-it without a lock. At start-up it is memory-mapped where FAISS allows it (IO_FLAG_MMAP for IVF
-lists and flat codes). The template is the trained index before any vector was added (coarse
-quantizer and codebooks, no codes): the recent segment is a copy of it (segments.py).
+for quantized ones fine.faiss, written under a temporary name, fsynced and renamed), and never
+changed after: searches read it without a lock. A quantized base's fine codes are in a file
+beside the folders, shared by the bases of one training (fine.py; meta.json names it). At
+start-up it is memory-mapped where FAISS allows it (IO_FLAG_MMAP for IVF lists and flat codes).
+The template is the trained index before any vector was added (coarse quantizer and codebooks,
+no codes): the recent segment is a copy of it (segments.py).
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..files import fsync
+from .fine import Fine, FineTable, tables
 from .policy import HNSW_ADD_EF
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,7 @@ META = "meta.json"
 INDEX = "index.faiss"
 IDS = "ids.npy"
 TEMPLATE = "template.faiss"
+FINE = "fine.faiss"
 # Kinds whose codes FAISS reads into RAM even with IO_FLAG_MMAP (fast-scan block lists).
 READ_INTO_RAM = ("ivf-pqfs",)
 # An index file is written PACE_BYTES at a time, each step flushed to disk (fdatasync) and
@@ -61,6 +65,7 @@ class BaseMeta:
     recall: float | None = None
     rescore: int = 0  # candidates re-scored with exact vectors (k multiplier); 0 = none
     tuned_count: int = 0  # library size when nprobe and rescore were tuned (0: not recorded)
+    fine: str = ""  # the file of its fine codes, in the index folder ("": none; fine.py)
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class Base:
     ids: np.ndarray  # sorted int64, every id in `index`
     meta: BaseMeta
     template: Any = None  # IVF kinds: the trained index, empty (bases of earlier versions: None)
+    fine: Fine | None = None  # quantized kinds: codes to rank candidates by (earlier: None)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -102,7 +108,16 @@ def save(base: Base, folder: Path) -> Path:
     if base.template is not None:
         write_paced(base.template, tmp / TEMPLATE)
         files.append(TEMPLATE)
-    meta = {**asdict(base.meta), "sizes": {f: (tmp / f).stat().st_size for f in files}}
+    if base.fine is not None:
+        import faiss
+
+        faiss.write_index(base.fine.quantizer, str(tmp / FINE))
+        files.append(FINE)
+        base.fine.table.flush()  # the rows this base counts on, on disk before it is
+    meta = {
+        **asdict(base.meta), "fine": base.fine.name if base.fine is not None else "",
+        "sizes": {f: (tmp / f).stat().st_size for f in files},
+    }  # fmt: skip
     (tmp / META).write_text(json.dumps(meta, indent=1))
     for f in (*files, META):
         fsync(tmp / f)
@@ -150,10 +165,18 @@ def saved(folder: Path) -> list[Path]:
 
 
 def prune(folder: Path, keep: Path) -> None:
-    """Delete every saved base but `keep`."""
+    """Delete every saved base but `keep`, and every fine-code file but the one it uses (a
+    search may still read an old one: an unlinked file stays mapped until it is let go)."""
     for old in saved(folder):
         if old != keep:
             _discard(old)
+    try:
+        used = json.loads((keep / META).read_text()).get("fine", "")
+    except (OSError, ValueError):
+        return
+    for table in tables(folder):
+        if table.name != used:
+            table.unlink(missing_ok=True)
 
 
 def _discard(path: Path) -> None:
@@ -206,14 +229,34 @@ def load(path: Path, model_id: str, dim: int, *, mmap: bool = True) -> Base:
         index = faiss.read_index(str(path / INDEX), flags)
         ids = np.load(path / IDS, mmap_mode="r" if mmap else None)
         template = faiss.read_index(str(path / TEMPLATE)) if TEMPLATE in sizes else None
+        fine = _fine(path, meta, ids)
     except (RuntimeError, ValueError, OSError) as exc:
         raise IndexFileError(f"{path}: FAISS cannot read it: {exc}") from None
     if int(index.ntotal) != meta.count or len(ids) != meta.count or index.d != dim:
         raise IndexFileError(f"{path}: contents do not match meta.json")
     if template is not None and (template.ntotal or template.d != dim):
         raise IndexFileError(f"{path}: {TEMPLATE} is not an empty index of {dim}-d")
+    if fine is None and meta.fine:
+        meta = replace(meta, fine="")
     # Bases saved by earlier versions add at FAISS's default efSearch.
-    return Base(for_adding(index), ids, meta, for_adding(template))
+    return Base(for_adding(index), ids, meta, for_adding(template), fine)
+
+
+def _fine(path: Path, meta: BaseMeta, ids: np.ndarray) -> Fine | None:
+    """The fine codes a saved base names, if their file is there and covers its ids (else
+    None: the worker writes new ones, LibraryIndex.maintain; searches re-score from the store
+    meanwhile)."""
+    import faiss
+
+    if not meta.fine:
+        return None
+    table = path.parent / meta.fine
+    quantizer = faiss.read_index(str(path / FINE))
+    top = int(ids[-1]) if len(ids) else 0
+    if not table.exists() or table.stat().st_size < (top + 1) * quantizer.sa_code_size():
+        log.warning("%s: its fine codes (%s) are missing or short: made again", path, table.name)
+        return None
+    return Fine(quantizer, FineTable(table, quantizer.sa_code_size()))
 
 
 def emptied(index: Any) -> Any:

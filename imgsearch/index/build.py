@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from . import fine as F
 from . import idsets, kmeans
 from . import policy as P
 from .base import READ_INTO_RAM, Base, BaseMeta, emptied, for_adding, ivf
@@ -60,9 +61,11 @@ class Stopped(Exception):
 
 
 def build(
-    spec: P.Spec, source: Source, model_id: str, dim: int, policy: P.Policy, stop: threading.Event
-) -> Base:
-    """A new base of kind `spec` holding every present vector (as of the generation it says)."""
+    spec: P.Spec, source: Source, model_id: str, dim: int, policy: P.Policy, stop: threading.Event,
+    folder: Path | None = None,
+) -> Base:  # fmt: skip
+    """A new base of kind `spec` holding every present vector (as of the generation it says);
+    quantized codes get fine codes (fine.py) in a new file in `folder`, if given."""
     import faiss
 
     started = time.monotonic()
@@ -70,13 +73,15 @@ def build(
     present = source.ids()
     rng = np.random.default_rng(P.SEED)
     index: Any = faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
-    template = None
+    template, fine = None, None
     if spec.kind != "exact" and len(present):
         sample = np.sort(rng.choice(present, P.train_size(spec.lists, len(present)), replace=False))
         _, train = source.vectors(sample.tolist())
         if not len(train):  # every sampled row removed meanwhile: the worker tries again
             raise RuntimeError("the rows sampled for training are no longer stored")
         kmeans.train(index, train, policy.train_bf16, P.SEED, policy.two_level_min_lists)
+        if spec.quantized and folder is not None:
+            fine = F.Fine.train(train, folder)
         del train
         for_adding(index)  # every copy adds (encodes) at HNSW_ADD_EF
         template = faiss.clone_index(index)  # trained, empty: what recent segments copy
@@ -92,6 +97,8 @@ def build(
             index.add_with_ids(vectors, ids)
         else:
             merge_into(index, encoded(template, ids, vectors, placer))
+        if fine is not None:
+            fine.put(ids, vectors)
         seen.append(ids)
         if spec.kind != "exact" and len(q_ids):
             found = exact_among(queries, P.RECALL_K + 1, ids, vectors)
@@ -100,7 +107,9 @@ def build(
     nprobe, recall, rescore = 0, 1.0, 0
     if spec.kind != "exact" and len(q_ids):
         others = _without(truth[1], q_ids, P.RECALL_K)
-        nprobe, recall, rescore = tune(index, spec, (q_ids, queries), others, source, policy, stop)
+        nprobe, recall, rescore = tune(
+            index, spec, (q_ids, queries), others, source, policy, stop, fine
+        )
     meta = BaseMeta(
         model_id, dim, spec.kind, spec.factory, generation, len(all_ids), len(all_ids),
         time.time(), nprobe, recall, rescore, len(all_ids),
@@ -109,7 +118,7 @@ def build(
         "index built: %s, %d vectors in %.1fs (nprobe %d, recall@10 %.3f, rescore %d)",
         spec.factory, len(all_ids), time.monotonic() - started, nprobe, recall, rescore,
     )  # fmt: skip
-    return Base(index, all_ids, meta, template)
+    return Base(index, all_ids, meta, template, fine)
 
 
 def fold(
@@ -138,7 +147,26 @@ def fold(
     elif len(recent_ids):
         index.add_with_ids(frozen[1], frozen[0])  # an exact base
     ids = idsets.union(np.setdiff1d(old.ids, drop, assume_unique=True), recent_ids)
-    return Base(index, ids, replace(old.meta, generation=generation, count=len(ids)), template)
+    meta = replace(old.meta, generation=generation, count=len(ids))
+    return Base(index, ids, meta, template, old.fine)  # (the same fine codes: nothing moves)
+
+
+def with_fine(base: Base, source: Source, folder: Path, stop: threading.Event) -> Base:
+    """`base` with fine codes, in a new file in `folder`, for every stored vector (a base of
+    an earlier version, or one whose file was lost; its tuning is the caller's). Rows written
+    meanwhile are logged, and the swap replays them with their codes."""
+    started = time.monotonic()
+    present = base.ids
+    rng = np.random.default_rng(P.SEED)
+    count = P.train_size(int(getattr(ivf(base.index), "nlist", 1)), len(present))
+    _, sample = source.vectors(np.sort(rng.choice(present, count, replace=False)).tolist())
+    fine = F.Fine.train(sample, folder)
+    for ids, vectors in source.chunks():
+        if stop.is_set():
+            raise Stopped
+        fine.put(ids, vectors)
+    log.info("fine codes written for %d vectors in %.1fs", len(present), time.monotonic() - started)
+    return replace(base, fine=fine)
 
 
 def retune(base: Base, source: Source, policy: P.Policy, stop: threading.Event) -> Base:
@@ -159,7 +187,9 @@ def retune(base: Base, source: Source, policy: P.Policy, stop: threading.Event) 
         found = exact_among(queries, P.RECALL_K + 1, ids[keep], vectors[keep])
         truth = merge([truth, found], P.RECALL_K + 1)
     others = _without(truth[1], q_ids, P.RECALL_K)
-    nprobe, recall, rescore = tune(base.index, spec, (q_ids, queries), others, source, policy, stop)
+    nprobe, recall, rescore = tune(
+        base.index, spec, (q_ids, queries), others, source, policy, stop, base.fine
+    )
     meta = replace(
         base.meta, nprobe=nprobe, recall=recall, rescore=rescore, tuned_count=len(present)
     )
@@ -174,18 +204,22 @@ def retune(base: Base, source: Source, policy: P.Policy, stop: threading.Event) 
 def tune(
     index: Any, spec: P.Spec, queries: tuple[np.ndarray, np.ndarray], truth: np.ndarray,
     source: Source, policy: P.Policy, stop: threading.Event | None = None,
+    fine: F.Fine | None = None,
 ) -> tuple[int, float, int]:  # fmt: skip
     """(nprobe, recall, rescore) for `index`, chosen by `choose` from recall@10 of the tuning
-    queries against `truth`, each (depth, nprobe) searched at most once."""
+    queries against `truth`, each (depth, nprobe) searched at most once; candidates ranked by
+    `fine` codes first where given, as searches do."""
     searches = [0]
 
     @cache
     def recall_at(rescore: int, nprobe: int) -> float:
         searches[0] += 1
-        return _recall(index, queries, truth, source, stop, rescore, nprobe)
+        return _recall(index, queries, truth, source, stop, rescore, nprobe, fine)
 
     per_list = max(1.0, int(index.ntotal) / max(1, spec.lists))  # codes a list, as scanned
-    nprobe, recall, rescore = choose(recall_at, spec, per_list, policy.target_recall)
+    nprobe, recall, rescore = choose(
+        recall_at, spec, per_list, policy.target_recall, fine is not None
+    )
     log.info("index tuning: %d searches of the %d queries", searches[0], len(truth))
     if recall < policy.target_recall:
         log.warning("index %s reaches recall@10 %.3f only", spec.factory, recall)
@@ -193,12 +227,15 @@ def tune(
 
 
 def choose(
-    recall_at: Callable[[int, int], float], spec: P.Spec, per_list: float, target: float
-) -> tuple[int, float, int]:
+    recall_at: Callable[[int, int], float], spec: P.Spec, per_list: float, target: float,
+    fine: bool = False,
+) -> tuple[int, float, int]:  # fmt: skip
     """(nprobe, recall, rescore): the smallest nprobe reaching `target` (plus TUNE_MARGIN where
     that can be had); for quantized codes under each re-scoring depth, the cheapest pair with
     the margin by the cost model (else the cheapest meeting the target, else the best recall).
-    `recall_at(rescore, nprobe)`: recall@10 searching so.
+    `recall_at(rescore, nprobe)`: recall@10 searching so. With `fine` codes a candidate
+    costs fine.COST codes (ranked in memory, a few read from the store), not RESCORE_COST,
+    and DEEP_RESCORE is the first depth tried.
 
     Depths are searched deepest first. A shallower depth re-scores the first of the same
     candidates, so it needs at least the nprobe the deeper one needed, and it can win only
@@ -207,20 +244,23 @@ def choose(
     shallowest first, each depth doubled nprobe from 1, up to all the lists for a depth that
     cannot reach the goal: ~15 searches wasted per such depth, tests/test_tuning.py.)"""
     goal = min(1.0, target + P.TUNE_MARGIN)
+    each = F.COST if fine else P.RESCORE_COST  # a candidate's cost, in codes scanned
 
     def pair(nprobe: int, recall: float, rescore: int) -> tuple[int, float, int, float, int]:
         # Pairs with the margin first, then those meeting the target, then the best recall.
         tier = 0 if recall >= goal else 1 if recall >= target else 2
-        cost = nprobe * per_list + rescore * P.RECALL_K * P.RESCORE_COST
+        cost = nprobe * per_list + rescore * P.RECALL_K * each
         log.info(
             "tuned %s: rescore %d, nprobe %d: recall@10 %.3f", spec.factory, rescore, nprobe, recall
         )
         return tier, cost if tier < 2 else -recall, nprobe, recall, rescore
 
-    depths = sorted(P.RESCORE_FACTORS, reverse=True) if spec.quantized else [0]
+    factors = {*P.RESCORE_FACTORS, P.DEEP_RESCORE} if fine else set(P.RESCORE_FACTORS)
+    depths = sorted(factors, reverse=True) if spec.quantized else [0]
     tried: list[tuple[int, float, int, float, int]] = []
     under = {goal: 0, target: 0}  # the largest nprobe seen under each aim, at any depth tried
-    for rescore in depths[:1] + ([P.DEEP_RESCORE] if spec.quantized else []):
+    deeper = [P.DEEP_RESCORE] if spec.quantized and depths[0] != P.DEEP_RESCORE else []
+    for rescore in depths[:1] + deeper:
         at = partial(recall_at, rescore)
         nprobe, recall, low = _smallest(at, spec.lists, goal)
         under[goal] = max(under[goal], low)
@@ -236,7 +276,7 @@ def choose(
             break
         aim = goal if tier == 0 else target
         at = partial(recall_at, rescore)
-        high = min(spec.lists, int((best - rescore * P.RECALL_K * P.RESCORE_COST) / per_list))
+        high = min(spec.lists, int((best - rescore * P.RECALL_K * each) / per_list))
         if high <= under[aim] or at(high) < aim:
             continue  # cannot be cheaper than the best pair at its tier
         nprobe, recall, low = _bisect(at, under[aim], high, aim)
@@ -283,6 +323,7 @@ def _recall(
     stop: threading.Event | None,
     rescore: int,
     nprobe: int,
+    fine: F.Fine | None = None,
 ) -> float:
     if stop is not None and stop.is_set():
         raise Stopped
@@ -290,6 +331,8 @@ def _recall(
     q_ids, vectors = queries
     params = search_params(True, None, nprobe, hnsw(index))
     _, ids = index.search(vectors, (k + 1) * max(1, rescore), params=params)
+    if rescore and fine is not None:
+        ids = fine.rank(vectors, ids, F.keep(k + 1))
     if rescore:
         ids = rescored(vectors, ids, k + 1, source.vectors)[1]
     ids = _without(ids, q_ids, k)

@@ -34,6 +34,8 @@ class Precoded:
     codes: Encoded
     count: int
     vectors: np.ndarray | None = None  # the float32 rows encoded, in order
+    fine: Any = None  # the fine.Fine that encoded them too (None: none)
+    fine_codes: np.ndarray | None = None  # and its codes, in order
 
 
 def encoded(

@@ -24,10 +24,11 @@ import numpy as np
 
 from ..errors import Busy
 from . import base as B
-from .build import Source, Stopped, build, fold, retune
+from .build import Source, Stopped, build, fold, retune, with_fine
 from .codes import Encoded, Precoded, copied, encoded, relabel
+from .fine import FACTORY as FINE_FACTORY
 from .placing import Placer
-from .policy import BUILDING_RETRY_S, Policy
+from .policy import BUILDING_RETRY_S, QUANTIZED, Policy
 from .reads import Searcher, one_omp_thread, scan_store
 from .segments import Change, Segments, bits, exact_among, merge
 from .startup import reopen, saved_base
@@ -113,7 +114,9 @@ class LibraryIndex:
 
     def _build(self, count: int) -> B.Base:
         spec = self.policy.spec(count, self.dim)
-        built = build(spec, self.source, self.model_id, self.dim, self.policy, self._stop)
+        built = build(
+            spec, self.source, self.model_id, self.dim, self.policy, self._stop, self.folder
+        )
         if count > built.meta.trained_count:  # trained ahead, for an import's final size
             built = replace(built, meta=replace(built.meta, trained_count=count))
         return self._keep(built)
@@ -131,7 +134,9 @@ class LibraryIndex:
         positions = np.arange(len(vectors), dtype=np.int64)
         template = seg.base.template
         codes = encoded(template, positions, vectors, seg.placer)
-        return Precoded(template, codes, len(vectors), vectors)
+        fine = seg.base.fine
+        finer = fine.encode(vectors) if fine is not None else None
+        return Precoded(template, codes, len(vectors), vectors, fine, finer)
 
     def add(
         self, ids: np.ndarray, vectors: np.ndarray, generation: int, ahead: Precoded | None = None
@@ -145,6 +150,10 @@ class LibraryIndex:
             codes: Encoded | None = ahead.codes
         else:
             codes = seg.encode(ids, vectors)  # off the lock: searches of the recent one go on
+        fine = seg.base.fine  # its codes written before the rows are searchable, off the lock
+        if fine is not None:
+            made = ahead is not None and ahead.fine is fine and ahead.count == len(ids)
+            fine.put(ids, vectors, ahead.fine_codes if made and ahead is not None else None)
         # A compaction running: its swap replays these rows into segments of the same
         # template, so the log keeps a copy of their codes (not their vectors: nothing is
         # encoded twice, and a copy is smaller than the float32 vectors).
@@ -156,7 +165,7 @@ class LibraryIndex:
             # compaction's); else they are encoded again for the new segments.
             now = self._segments
             fits = now.coded and now.base.template is seg.base.template
-            now.add(ids, vectors, codes if fits else None)
+            now.add(ids, vectors, codes if fits else None, fine_done=now.base.fine is fine)
             logged = kept if fits and kept is not None and self._folding else vectors
             self._note(generation, "add", ids, logged)
         self._poke()
@@ -278,6 +287,7 @@ class LibraryIndex:
             "nprobe": meta.nprobe or None,
             "recall_at_10": meta.recall,
             "rescore": meta.rescore or None,
+            "fine_codes": FINE_FACTORY if seg.base.fine is not None else None,
             "trained_at": _iso(meta.trained_at),
             "trained_count": meta.trained_count,
             "planned": self._planned or None,
@@ -339,6 +349,9 @@ class LibraryIndex:
                 return "train"
             if self._held():
                 return None
+            if self._needs_fine():
+                self._replace(self.add_fine)
+                return "fine"
             settle, self._settle = self._settle, False
             if self._needs_compaction() or (settle and self._unsaved()):
                 self._replace(self.compact)
@@ -376,6 +389,17 @@ class LibraryIndex:
         """A new base trained on the library as it is now."""
         self.state = "building" if self._building else "training"
         return self._build(self._target())
+
+    def _needs_fine(self) -> bool:
+        """A quantized base without fine codes (an earlier version's, or its file lost)."""
+        base = self._segments.base
+        return base.meta.kind in QUANTIZED and base.fine is None and len(base) > 0
+
+    def add_fine(self) -> B.Base:
+        """The current base with fine codes written for every vector, tuned again."""
+        self.state = "tuning"
+        base = with_fine(self._segments.base, self.source, self.folder, self._stop)
+        return self._keep(retune(base, self.source, self.policy, self._stop))
 
     def compact(self) -> B.Base:
         """The current base with deletions dropped and recent vectors folded in (a coded

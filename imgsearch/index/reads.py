@@ -1,8 +1,9 @@
 """Searching what a library index has published: its segments, or the store itself while the
 first base is built.
 
-A search of quantized codes asks the segments for more candidates than it returns and
-re-scores them with exact vectors from the store. When it is the only search in flight and
+A search of quantized codes asks the segments for more candidates than it returns, ranks them
+by their fine codes where the base has them (fine.py) and re-scores the best few (all of them
+without fine codes) with exact vectors from the store. When it is the only search in flight and
 the index is idle, one search's scan is split over two threads (segments.Segments.search with
 a helper).
 """
@@ -18,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import base as B
+from . import fine as F
 from .build import Source, rescored
 from .policy import QUANTIZED
 from .segments import Segments, exact_among, merge
@@ -88,18 +90,23 @@ class Searcher:
             with self._counting:
                 self.searching -= 1
         scanned, candidates = time.perf_counter(), int((ids >= 0).sum()) if quantized else 0
+        fine = seg.base.fine
+        if quantized and fine is not None:
+            ids = fine.rank(queries, ids, F.keep(k))
+        ranked = time.perf_counter()
         if quantized:
             sims, ids = rescored(queries, ids, k, self.vectors)
         total = (time.perf_counter() - start) * 1000
         if total > SLOW_SEARCH_MS:
             log.warning(
                 "slow search: %.0f ms: segments %.0f ms (base %.0f, waiting for the recent "
-                "segment's lock %.0f, recent %.0f; nprobe %d%s), re-scoring %d rows from the "
-                "store %.0f ms",
+                "segment's lock %.0f, recent %.0f; nprobe %d%s), %d candidates ranked by fine "
+                "codes %.0f ms, re-scoring %d rows from the store %.0f ms",
                 total, (scanned - start) * 1000, stages.get("base", 0), stages.get("lock", 0),
                 stages.get("recent", 0), nprobe, ", split" if helper else "",
-                candidates,
-                (time.perf_counter() - scanned) * 1000,
+                candidates if fine is not None else 0, (ranked - scanned) * 1000,
+                int((ids >= 0).sum()) if quantized else 0,
+                (time.perf_counter() - ranked) * 1000,
             )  # fmt: skip
         return sims, ids
 

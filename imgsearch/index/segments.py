@@ -80,8 +80,16 @@ class Segments:
         as a small index to hand to add(); needs no lock. None for an exact segment."""
         return encoded(self.base.template, ids, vectors, self.placer) if self.coded else None
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray, codes: Encoded | None = None) -> None:
-        """Add (or replace) `ids`; `codes`: what encode() made of them for this segment."""
+    def add(
+        self, ids: np.ndarray, vectors: np.ndarray, codes: Encoded | None = None,
+        fine_done: bool = False,
+    ) -> None:  # fmt: skip
+        """Add (or replace) `ids`; `codes`: what encode() made of them for this segment. Their
+        fine codes, if the base has them, are written first (`fine_done`: already written;
+        codes moved in without their vectors were written with the same fine codes)."""
+        fine = self.base.fine
+        if fine is not None and not fine_done and len(vectors) == len(ids):
+            fine.put(ids, vectors)
         self.remove(ids)
         if self.coded:
             merge_into(self.recent, codes or encoded(self.base.template, ids, vectors, self.placer))

@@ -1,0 +1,151 @@
+"""Fine codes: a second, finer code of every vector of a quantized index, to re-rank a
+search's candidates in memory before the best few are read exactly from the store.
+
+The IVF's fast-scan codes (4 bits per 2 dimensions) are made to be scanned, not to rank: on
+embedding-like data a search must re-score 100 x k of their candidates to find the true top 10
+(bench/ivf_reach.py), and reading 1,000 exact vectors from SQLite was most of a 10M search.
+A 4-bit scalar quantizer (`FACTORY`: 4 bits per dimension, dim / 2 bytes, its ranges trained
+with the index) ranks those candidates nearly as well as the exact vectors (bench/fine_rank.py,
+docs/BENCHMARKS.md) at ~0.7 us a candidate in memory; then only `SHORT` x k of them are read
+from the store and re-scored exactly, so a hit's similarity is still exact.
+
+The codes live in one file per training under the index folder (`fine-<stamp>.u8`), memory-mapped,
+row `id` holding the code of store id `id` (ids are SQLite row ids: dense, growing): an add
+writes its row before its vector is searchable, a removal leaves a row no search reaches, and
+compaction moves nothing. Bases of one training share the file; a new training writes a new one.
+Nothing in it is the truth: a row written after the saved base's generation is written again
+when start-up replays it, and the file is flushed before a base that counts on it is saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+FACTORY = "SQ4"
+# Candidates kept by their fine codes, as a multiple of k, for the exact re-scoring from the
+# store: at 1M (spectral, nprobe 1,024, 1,000 candidates) recall@10 0.9815 keeping 40 against
+# 0.984 re-scoring all 1,000 exactly; keeping 20, 0.9545 (bench/fine_rank.py).
+SHORT = 4
+# Ranking one candidate by its fine code (decode, dot product), in codes scanned: ~0.7 us
+# against ~40 ns a fast-scan code (docs/BENCHMARKS.md); an exact re-score from SQLite is
+# policy.RESCORE_COST.
+COST = 18
+MIN_EXTRA = 10  # but at least this many beyond k (near-duplicates' order; reads.EXTRA)
+PREFIX, SUFFIX = "fine-", ".u8"
+GROWTH = 1.5  # the file grows by half again when an id falls beyond it (sparse: no disk used)
+MIN_ROWS = 1 << 16
+
+
+class FineTable:
+    """A memory-mapped file of fixed-size rows, row i for id i, grown as ids grow."""
+
+    def __init__(self, path: Path, row_bytes: int) -> None:
+        self.path, self.row_bytes = path, row_bytes
+        self._grow = threading.Lock()
+        if not path.exists():
+            with open(path, "wb") as fh:
+                fh.truncate(MIN_ROWS * row_bytes)
+        self.rows = self._map()
+
+    def _map(self) -> np.memmap[Any, np.dtype[np.uint8]]:
+        size = self.path.stat().st_size
+        count = size // self.row_bytes
+        return np.memmap(self.path, np.uint8, "r+", shape=(count, self.row_bytes))
+
+    def put(self, ids: np.ndarray, codes: np.ndarray) -> None:
+        """Write each id's row (ids from any thread; a growth remaps under a lock)."""
+        if not len(ids):
+            return
+        top = int(ids.max())
+        if top >= len(self.rows):
+            with self._grow:
+                rows = self._map()
+                if top >= len(rows):
+                    with open(self.path, "r+b") as fh:
+                        fh.truncate(max(top + 1, int(len(rows) * GROWTH)) * self.row_bytes)
+                self.rows = self._map()  # (another table object on the file may have grown it)
+        self.rows[ids] = codes
+
+    def get(self, ids: np.ndarray) -> np.ndarray:
+        """The rows of `ids` (a row never written reads as zeros)."""
+        rows = self.rows
+        if len(ids) and int(ids.max()) >= len(rows):
+            with self._grow:
+                self.rows = rows = self._map()
+        return np.asarray(rows[ids])
+
+    def covers(self, top: int) -> bool:
+        """Whether the file has a row for every id up to `top`."""
+        return self.path.stat().st_size >= (top + 1) * self.row_bytes
+
+    def flush(self) -> None:
+        """Rows written so far on disk (before a base that counts on them is saved)."""
+        self.rows.flush()
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@dataclass(frozen=True)
+class Fine:
+    """A trained 4-bit scalar quantizer (an empty FAISS index) and the codes it made."""
+
+    quantizer: Any
+    table: FineTable
+
+    @classmethod
+    def train(cls, sample: np.ndarray, folder: Path) -> Fine:
+        """A quantizer trained on `sample` (its ranges), writing a new file in `folder`."""
+        import faiss
+
+        quantizer = faiss.index_factory(sample.shape[1], FACTORY, faiss.METRIC_INNER_PRODUCT)
+        quantizer.train(np.ascontiguousarray(sample, dtype=np.float32))
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{PREFIX}{uuid.uuid4().hex[:12]}{SUFFIX}"
+        return cls(quantizer, FineTable(path, quantizer.sa_code_size()))
+
+    @property
+    def name(self) -> str:
+        return self.table.path.name
+
+    def encode(self, vectors: np.ndarray) -> np.ndarray:
+        if not len(vectors):
+            return np.zeros((0, self.table.row_bytes), np.uint8)
+        return np.asarray(self.quantizer.sa_encode(np.ascontiguousarray(vectors, np.float32)))
+
+    def put(self, ids: np.ndarray, vectors: np.ndarray, codes: np.ndarray | None = None) -> None:
+        """Write the codes of `ids` (`codes`: encode() of `vectors`, made ahead)."""
+        self.table.put(ids, self.encode(vectors) if codes is None else codes)
+
+    def rank(self, queries: np.ndarray, ids: np.ndarray, keep: int) -> np.ndarray:
+        """Each query's best `keep` of its candidate ids (-1 padded) by the fine codes."""
+        out = np.full((len(ids), min(keep, ids.shape[1])), -1, np.int64)
+        for q, row in enumerate(ids):
+            found = row[row >= 0]
+            if len(found) > keep:
+                approx = self.quantizer.sa_decode(self.table.get(found)) @ queries[q]
+                found = found[np.argpartition(-approx, keep - 1)[:keep]]
+            out[q, : len(found)] = found
+        return out
+
+
+def keep(k: int) -> int:
+    """How many of a search's candidates for k results are re-scored from the store."""
+    return max(SHORT * k, k + MIN_EXTRA)
+
+
+def tables(folder: Path) -> list[Path]:
+    """Every fine-code file in an index folder."""
+    return sorted(folder.glob(f"{PREFIX}*{SUFFIX}")) if folder.is_dir() else []
