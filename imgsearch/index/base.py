@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,9 @@ class BaseMeta:
     recall: float | None = None
     rescore: int = 0  # candidates re-scored with exact vectors (k multiplier); 0 = none
     tuned_count: int = 0  # library size when nprobe and rescore were tuned (0: not recorded)
-    fine: str = ""  # the file of its fine codes, in the index folder ("": none; fine.py)
+    # The file of its fine codes in the index folder ("": none; fine.py), which the tuning
+    # counted on (a base loaded without them re-scores the whole pool: reads.py).
+    fine: str = ""
 
 
 @dataclass(frozen=True)
@@ -114,10 +116,7 @@ def save(base: Base, folder: Path) -> Path:
         faiss.write_index(base.fine.quantizer, str(tmp / FINE))
         files.append(FINE)
         base.fine.table.flush()  # the rows this base counts on, on disk before it is
-    meta = {
-        **asdict(base.meta), "fine": base.fine.name if base.fine is not None else "",
-        "sizes": {f: (tmp / f).stat().st_size for f in files},
-    }  # fmt: skip
+    meta = {**asdict(base.meta), "sizes": {f: (tmp / f).stat().st_size for f in files}}
     (tmp / META).write_text(json.dumps(meta, indent=1))
     for f in (*files, META):
         fsync(tmp / f)
@@ -236,8 +235,6 @@ def load(path: Path, model_id: str, dim: int, *, mmap: bool = True) -> Base:
         raise IndexFileError(f"{path}: contents do not match meta.json")
     if template is not None and (template.ntotal or template.d != dim):
         raise IndexFileError(f"{path}: {TEMPLATE} is not an empty index of {dim}-d")
-    if fine is None and meta.fine:
-        meta = replace(meta, fine="")
     # Bases saved by earlier versions add at FAISS's default efSearch.
     return Base(for_adding(index), ids, meta, for_adding(template), fine)
 

@@ -112,7 +112,7 @@ def build(
         )
     meta = BaseMeta(
         model_id, dim, spec.kind, spec.factory, generation, len(all_ids), len(all_ids),
-        time.time(), nprobe, recall, rescore, len(all_ids),
+        time.time(), nprobe, recall, rescore, len(all_ids), fine.name if fine else "",
     )  # fmt: skip
     log.info(
         "index built: %s, %d vectors in %.1fs (nprobe %d, recall@10 %.3f, rescore %d)",
@@ -166,7 +166,7 @@ def with_fine(base: Base, source: Source, folder: Path, stop: threading.Event) -
             raise Stopped
         fine.put(ids, vectors)
     log.info("fine codes written for %d vectors in %.1fs", len(present), time.monotonic() - started)
-    return replace(base, fine=fine)
+    return replace(base, fine=fine, meta=replace(base.meta, fine=fine.name))
 
 
 def retune(base: Base, source: Source, policy: P.Policy, stop: threading.Event) -> Base:
@@ -217,9 +217,7 @@ def tune(
         return _recall(index, queries, truth, source, stop, rescore, nprobe, fine)
 
     per_list = max(1.0, int(index.ntotal) / max(1, spec.lists))  # codes a list, as scanned
-    nprobe, recall, rescore = choose(
-        recall_at, spec, per_list, policy.target_recall, fine is not None
-    )
+    nprobe, recall, rescore = choose(recall_at, spec, per_list, policy.target_recall)
     log.info("index tuning: %d searches of the %d queries", searches[0], len(truth))
     if recall < policy.target_recall:
         log.warning("index %s reaches recall@10 %.3f only", spec.factory, recall)
@@ -227,15 +225,13 @@ def tune(
 
 
 def choose(
-    recall_at: Callable[[int, int], float], spec: P.Spec, per_list: float, target: float,
-    fine: bool = False,
-) -> tuple[int, float, int]:  # fmt: skip
+    recall_at: Callable[[int, int], float], spec: P.Spec, per_list: float, target: float
+) -> tuple[int, float, int]:
     """(nprobe, recall, rescore): the smallest nprobe reaching `target` (plus TUNE_MARGIN where
     that can be had); for quantized codes under each re-scoring depth, the cheapest pair with
     the margin by the cost model (else the cheapest meeting the target, else the best recall).
-    `recall_at(rescore, nprobe)`: recall@10 searching so. With `fine` codes a candidate
-    costs fine.COST codes (ranked in memory, a few read from the store), not RESCORE_COST,
-    and DEEP_RESCORE is the first depth tried.
+    `recall_at(rescore, nprobe)`: recall@10 searching so (with fine codes, rescore x k of a
+    pool of fine.POOL x k candidates are re-scored: the cost model counts the rows read).
 
     Depths are searched deepest first. A shallower depth re-scores the first of the same
     candidates, so it needs at least the nprobe the deeper one needed, and it can win only
@@ -244,23 +240,20 @@ def choose(
     shallowest first, each depth doubled nprobe from 1, up to all the lists for a depth that
     cannot reach the goal: ~15 searches wasted per such depth, tests/test_tuning.py.)"""
     goal = min(1.0, target + P.TUNE_MARGIN)
-    each = F.COST if fine else P.RESCORE_COST  # a candidate's cost, in codes scanned
 
     def pair(nprobe: int, recall: float, rescore: int) -> tuple[int, float, int, float, int]:
         # Pairs with the margin first, then those meeting the target, then the best recall.
         tier = 0 if recall >= goal else 1 if recall >= target else 2
-        cost = nprobe * per_list + rescore * P.RECALL_K * each
+        cost = nprobe * per_list + rescore * P.RECALL_K * P.RESCORE_COST
         log.info(
             "tuned %s: rescore %d, nprobe %d: recall@10 %.3f", spec.factory, rescore, nprobe, recall
         )
         return tier, cost if tier < 2 else -recall, nprobe, recall, rescore
 
-    factors = {*P.RESCORE_FACTORS, P.DEEP_RESCORE} if fine else set(P.RESCORE_FACTORS)
-    depths = sorted(factors, reverse=True) if spec.quantized else [0]
+    depths = sorted(P.RESCORE_FACTORS, reverse=True) if spec.quantized else [0]
     tried: list[tuple[int, float, int, float, int]] = []
     under = {goal: 0, target: 0}  # the largest nprobe seen under each aim, at any depth tried
-    deeper = [P.DEEP_RESCORE] if spec.quantized and depths[0] != P.DEEP_RESCORE else []
-    for rescore in depths[:1] + deeper:
+    for rescore in depths[:1] + ([P.DEEP_RESCORE] if spec.quantized else []):
         at = partial(recall_at, rescore)
         nprobe, recall, low = _smallest(at, spec.lists, goal)
         under[goal] = max(under[goal], low)
@@ -276,7 +269,7 @@ def choose(
             break
         aim = goal if tier == 0 else target
         at = partial(recall_at, rescore)
-        high = min(spec.lists, int((best - rescore * P.RECALL_K * each) / per_list))
+        high = min(spec.lists, int((best - rescore * P.RECALL_K * P.RESCORE_COST) / per_list))
         if high <= under[aim] or at(high) < aim:
             continue  # cannot be cheaper than the best pair at its tier
         nprobe, recall, low = _bisect(at, under[aim], high, aim)
@@ -330,9 +323,11 @@ def _recall(
     k = P.RECALL_K
     q_ids, vectors = queries
     params = search_params(True, None, nprobe, hnsw(index))
-    _, ids = index.search(vectors, (k + 1) * max(1, rescore), params=params)
-    if rescore and fine is not None:
-        ids = fine.rank(vectors, ids, F.keep(k + 1))
+    read = (k + 1) * max(1, rescore)
+    pool = (k + 1) * max(rescore, F.POOL) if rescore and fine is not None else read
+    _, ids = index.search(vectors, pool, params=params)
+    if pool > read and fine is not None:
+        ids = fine.rank(vectors, ids, read)
     if rescore:
         ids = rescored(vectors, ids, k + 1, source.vectors)[1]
     ids = _without(ids, q_ids, k)

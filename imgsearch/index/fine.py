@@ -6,8 +6,9 @@ embedding-like data a search must re-score 100 x k of their candidates to find t
 (bench/ivf_reach.py), and reading 1,000 exact vectors from SQLite was most of a 10M search.
 A 4-bit scalar quantizer (`FACTORY`: 4 bits per dimension, dim / 2 bytes, its ranges trained
 with the index) ranks those candidates nearly as well as the exact vectors (bench/fine_rank.py,
-docs/BENCHMARKS.md) at ~0.7 us a candidate in memory; then only `SHORT` x k of them are read
-from the store and re-scored exactly, so a hit's similarity is still exact.
+docs/BENCHMARKS.md) at ~0.7 us a candidate in memory: a search ranks a pool of `POOL` x k by
+them and reads only the best rescore x k from the store (the tuning measures which depth
+reaches the recall target), so a hit's similarity is still exact.
 
 The codes live in one file per training under the index folder (`fine-<stamp>.u8`), memory-mapped,
 row `id` holding the code of store id `id` (ids are SQLite row ids: dense, growing): an add
@@ -32,15 +33,13 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 FACTORY = "SQ4"
-# Candidates kept by their fine codes, as a multiple of k, for the exact re-scoring from the
-# store: at 1M (spectral, nprobe 1,024, 1,000 candidates) recall@10 0.9815 keeping 40 against
-# 0.984 re-scoring all 1,000 exactly; keeping 20, 0.9545 (bench/fine_rank.py).
-SHORT = 4
-# Ranking one candidate by its fine code (decode, dot product), in codes scanned: ~0.7 us
-# against ~40 ns a fast-scan code (docs/BENCHMARKS.md); an exact re-score from SQLite is
-# policy.RESCORE_COST.
-COST = 18
-MIN_EXTRA = 10  # but at least this many beyond k (near-duplicates' order; reads.EXTRA)
+# A search of a base with fine codes takes at least POOL x k candidates from the IVF's codes,
+# ranks them all by their fine codes, and re-scores the best rescore x k (the depth tuned with
+# nprobe: policy.RESCORE_FACTORS) with exact vectors from the store. At 1M (spectral, nprobe
+# 1,024, 1,000 candidates) the best 40 by fine codes held the true top 10 as often as all
+# 1,000 re-scored (recall@10 0.9815 against 0.984), where the IVF's own first 100 reached
+# 0.953 (bench/fine_rank.py); ranking 1,000 costs ~0.7 ms, reading them from SQLite ~15.
+POOL = 100
 PREFIX, SUFFIX = "fine-", ".u8"
 GROWTH = 1.5  # the file grows by half again when an id falls beyond it (sparse: no disk used)
 MIN_ROWS = 1 << 16
@@ -139,11 +138,6 @@ class Fine:
                 found = found[np.argpartition(-approx, keep - 1)[:keep]]
             out[q, : len(found)] = found
         return out
-
-
-def keep(k: int) -> int:
-    """How many of a search's candidates for k results are re-scored from the store."""
-    return max(SHORT * k, k + MIN_EXTRA)
 
 
 def tables(folder: Path) -> list[Path]:

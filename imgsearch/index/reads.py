@@ -1,11 +1,11 @@
 """Searching what a library index has published: its segments, or the store itself while the
 first base is built.
 
-A search of quantized codes asks the segments for more candidates than it returns, ranks them
-by their fine codes where the base has them (fine.py) and re-scores the best few (all of them
-without fine codes) with exact vectors from the store. When it is the only search in flight and
-the index is idle, one search's scan is split over two threads (segments.Segments.search with
-a helper).
+A search of quantized codes asks the segments for more candidates than it returns and
+re-scores them with exact vectors from the store; where the base has fine codes (fine.py) it
+asks for a bigger pool, ranks it by them and re-scores only the best (the tuned depth). When
+it is the only search in flight and the index is idle, one search's scan is split over two
+threads (segments.Segments.search with a helper).
 """
 
 from __future__ import annotations
@@ -69,9 +69,16 @@ class Searcher:
         index wants the CPU (the split is used only then, and only for a lone search)."""
         meta = seg.base.meta
         quantized = meta.kind in QUANTIZED  # similarities of hits always exact, from the store
-        wanted = k * meta.rescore if meta.rescore else k + (EXTRA if quantized else 0)
+        fine = seg.base.fine if quantized else None
+        depth = meta.rescore
+        if quantized and fine is None and meta.fine:  # tuned with fine codes, lost since:
+            depth = max(depth, F.POOL)  # the whole pool re-scored until they are made again
+        read = k * depth if depth else k + (EXTRA if quantized else 0)
+        # With fine codes a pool of at least fine.POOL x k is ranked by them, `read` re-scored.
+        wanted = max(read, k * F.POOL) if fine is not None else read
         if quantized:
-            wanted = min(wanted, max(RESCORE_MAX_ROWS, k + EXTRA))
+            cap = max(RESCORE_MAX_ROWS, k + EXTRA)
+            read, wanted = min(read, cap), min(wanted, cap)
         nprobe = max(1, meta.nprobe)
         stages: dict[str, float] = {}
         start = time.perf_counter()
@@ -81,7 +88,7 @@ class Searcher:
         try:
             helper = self.helper if alone and idle and not self.closed else None
             sims, ids = seg.search(queries, wanted, allowed, nprobe, _over(helper, nprobe), stages)
-            need = min(wanted, len(seg) if allowed is None else len(allowed))
+            need = min(read, len(seg) if allowed is None else len(allowed))
             lists = int(getattr(B.ivf(seg.base.index), "nlist", 0))
             while nprobe < lists and int((ids >= 0).sum(axis=1).min()) < need:
                 nprobe = min(lists, nprobe * 4)  # a filter left too few: look in more lists
@@ -90,10 +97,9 @@ class Searcher:
             with self._counting:
                 self.searching -= 1
         scanned, candidates = time.perf_counter(), int((ids >= 0).sum()) if quantized else 0
-        fine = seg.base.fine
-        if quantized and fine is not None:
-            ids = fine.rank(queries, ids, F.keep(k))
-        ranked = time.perf_counter()
+        if fine is not None and wanted > read:
+            ids = fine.rank(queries, ids, read)
+        ranked, rows = time.perf_counter(), int((ids >= 0).sum()) if quantized else 0
         if quantized:
             sims, ids = rescored(queries, ids, k, self.vectors)
         total = (time.perf_counter() - start) * 1000
@@ -104,8 +110,7 @@ class Searcher:
                 "codes %.0f ms, re-scoring %d rows from the store %.0f ms",
                 total, (scanned - start) * 1000, stages.get("base", 0), stages.get("lock", 0),
                 stages.get("recent", 0), nprobe, ", split" if helper else "",
-                candidates if fine is not None else 0, (ranked - scanned) * 1000,
-                int((ids >= 0).sum()) if quantized else 0,
+                candidates if fine is not None else 0, (ranked - scanned) * 1000, rows,
                 (time.perf_counter() - ranked) * 1000,
             )  # fmt: skip
         return sims, ids
