@@ -53,7 +53,10 @@ def test_the_file_grows_and_another_mapping_of_it_follows(tmp_path: Path) -> Non
     ids = np.array([3, F.MIN_ROWS + 5, 3 * F.MIN_ROWS], np.int64)  # past the first size
     codes = rng.integers(1, 256, (3, 8), dtype=np.uint8)
     one.put(ids, codes)
-    assert one.covers(3 * F.MIN_ROWS) and not one.covers(10 * F.MIN_ROWS)
+    again = np.array([3, 3], np.int64)  # an id twice in one write: its last row
+    one.put(again, codes[1:])
+    assert (one.get(again[:1]) == codes[2]).all()
+    one.put(ids[:1], codes[:1])
     two = F.FineTable(path, 8)  # e.g. a base reopened from its files
     later = np.array([8 * F.MIN_ROWS], np.int64)
     one.put(later, codes[:1])  # grown again after `two` mapped it
