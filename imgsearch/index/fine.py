@@ -21,7 +21,6 @@ when start-up replays it, and the file is flushed before a base that counts on i
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import threading
 import uuid
@@ -47,10 +46,12 @@ MIN_ROWS = 1 << 16
 
 
 class FineTable:
-    """A file of fixed-size rows, row i for id i, grown as ids grow: written with pwrite and
-    read through a read-only mapping advised MADV_RANDOM, so the daemon's resident memory
-    holds only the pages its searches touched (an import's writes, 2.5 GB at 10M, stay in
-    the page cache, and reads do not map the 64 KB around each row they fault in)."""
+    """A memory-mapped file of fixed-size rows, row i for id i, grown as ids grow. Written and
+    read through one shared mapping, so the rows an import writes stay mapped (resident in the
+    daemon's memory, 2.5 GB at 10M: the price of the fine codes). Written with pwrite and read
+    through a MADV_RANDOM mapping instead, they were page cache the kernel could drop: after
+    a 10 GB read elsewhere a 10M search took 46 ms p50 faulting them back in, not 22
+    (docs/BENCHMARKS.md)."""
 
     def __init__(self, path: Path, row_bytes: int) -> None:
         self.path, self.row_bytes = path, row_bytes
@@ -60,48 +61,40 @@ class FineTable:
                 fh.truncate(MIN_ROWS * row_bytes)
         self.rows = self._map()
 
-    def _map(self) -> np.ndarray:
-        with open(self.path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            mapped = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ)
-        if hasattr(mapped, "madvise") and hasattr(mmap, "MADV_RANDOM"):
-            mapped.madvise(mmap.MADV_RANDOM)
+    def _map(self) -> np.memmap[Any, np.dtype[np.uint8]]:
+        size = self.path.stat().st_size
         count = size // self.row_bytes
-        return np.frombuffer(mapped, np.uint8, count * self.row_bytes).reshape(count, -1)
+        return np.memmap(self.path, np.uint8, "r+", shape=(count, self.row_bytes))
 
     def put(self, ids: np.ndarray, codes: np.ndarray) -> None:
-        """Write each id's row (from any thread): one pwrite a run of consecutive ids."""
+        """Write each id's row (ids from any thread; a growth remaps under a lock)."""
         if not len(ids):
             return
-        order = np.argsort(ids, kind="stable")
-        ids, codes = ids[order], np.ascontiguousarray(codes[order])
-        last = np.append(ids[1:] != ids[:-1], True)  # an id given twice: its last row
-        ids, codes = ids[last], codes[last]
-        breaks = np.flatnonzero(np.diff(ids) != 1) + 1
-        top = int(ids[-1])
-        fd = os.open(self.path, os.O_WRONLY)
-        try:
-            if top >= len(self.rows):
-                with self._grow:
-                    size = os.fstat(fd).st_size
-                    if (top + 1) * self.row_bytes > size:
-                        grown = max(top + 1, int(size // self.row_bytes * GROWTH))
-                        os.ftruncate(fd, grown * self.row_bytes)
-            for run, block in zip(np.split(ids, breaks), np.split(codes, breaks), strict=True):
-                os.pwrite(fd, block.tobytes(), int(run[0]) * self.row_bytes)
-        finally:
-            os.close(fd)
+        top = int(ids.max())
+        if top >= len(self.rows):
+            with self._grow:
+                rows = self._map()
+                if top >= len(rows):
+                    with open(self.path, "r+b") as fh:
+                        fh.truncate(max(top + 1, int(len(rows) * GROWTH)) * self.row_bytes)
+                self.rows = self._map()  # (another table object on the file may have grown it)
+        self.rows[ids] = codes
 
     def get(self, ids: np.ndarray) -> np.ndarray:
         """The rows of `ids` (a row never written reads as zeros)."""
         rows = self.rows
         if len(ids) and int(ids.max()) >= len(rows):
             with self._grow:
-                self.rows = rows = self._map()  # grown since (by this object or another)
+                self.rows = rows = self._map()
         return np.asarray(rows[ids])
+
+    def covers(self, top: int) -> bool:
+        """Whether the file has a row for every id up to `top`."""
+        return self.path.stat().st_size >= (top + 1) * self.row_bytes
 
     def flush(self) -> None:
         """Rows written so far on disk (before a base that counts on them is saved)."""
+        self.rows.flush()
         fd = os.open(self.path, os.O_RDONLY)
         try:
             os.fsync(fd)
