@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .fine import Fine
 from .placing import Placer
 
 
@@ -34,7 +35,7 @@ class Precoded:
     codes: Encoded
     count: int
     vectors: np.ndarray | None = None  # the float32 rows encoded, in order
-    fine: Any = None  # the fine.Fine that encoded them too (None: none)
+    fine: Fine | None = None  # the fine codes' quantizer that encoded them too
     fine_codes: np.ndarray | None = None  # and its codes, in order
 
 
