@@ -15,7 +15,7 @@ from imgsearch.catalog import INDEX_DIR, Catalog
 from imgsearch.index import Policy
 from imgsearch.index import base as B
 from imgsearch.index import fine as F
-from imgsearch.index.base import ivf as faiss_lists_of
+from imgsearch.index.base import ivf
 from imgsearch.index.build import _recall
 from imgsearch.store import FileFacts, NewImage
 
@@ -200,7 +200,7 @@ def test_the_tuning_measures_the_pool_ranked_by_fine_codes(tmp_path: Path) -> No
         sims = queries @ stored.T
         sims[np.arange(len(q_ids)), np.searchsorted(ids, q_ids)] = -np.inf  # not itself
         truth = ids[np.argsort(-sims, axis=1)[:, :10]]
-        lists = int(faiss_lists(base.index))
+        lists = int(ivf(base.index).nlist)
         got = {
             (depth, fine is not None): _recall(
                 base.index, (q_ids, queries), truth, source, None, depth, lists, fine
@@ -212,7 +212,3 @@ def test_the_tuning_measures_the_pool_ranked_by_fine_codes(tmp_path: Path) -> No
         assert got[4, True] >= 0.99 > got[4, False], got
     finally:
         catalog.close()
-
-
-def faiss_lists(index: object) -> int:
-    return int(faiss_lists_of(index).nlist)

@@ -247,13 +247,13 @@ def _fine(path: Path, meta: BaseMeta, ids: np.ndarray) -> Fine | None:
 
     if not meta.fine:
         return None
-    table = path.parent / meta.fine
     quantizer = faiss.read_index(str(path / FINE))
-    top = int(ids[-1]) if len(ids) else 0
-    if not table.exists() or table.stat().st_size < (top + 1) * quantizer.sa_code_size():
-        log.warning("%s: its fine codes (%s) are missing or short: made again", path, table.name)
+    found = path.parent / meta.fine
+    table = FineTable(found, quantizer.sa_code_size()) if found.exists() else None
+    if table is None or not table.covers(int(ids[-1]) if len(ids) else 0):
+        log.warning("%s: its fine codes (%s) are missing or short: made again", path, found.name)
         return None
-    return Fine(quantizer, FineTable(table, quantizer.sa_code_size()))
+    return Fine(quantizer, table)
 
 
 def emptied(index: Any) -> Any:

@@ -324,7 +324,7 @@ def _recall(
     q_ids, vectors = queries
     params = search_params(True, None, nprobe, hnsw(index))
     read = (k + 1) * max(1, rescore)
-    pool = (k + 1) * max(rescore, F.POOL) if rescore and fine is not None else read
+    pool = F.pool(k + 1, read) if rescore and fine is not None else read
     _, ids = index.search(vectors, pool, params=params)
     if pool > read and fine is not None:
         ids = fine.rank(vectors, ids, read)

@@ -145,6 +145,12 @@ class Fine:
         return out
 
 
+def pool(k: int, read: int) -> int:
+    """Candidates a search for k results asks the IVF for when it re-scores `read` of them
+    from the store: at least POOL x k, ranked by the fine codes first."""
+    return max(read, k * POOL)
+
+
 def tables(folder: Path) -> list[Path]:
     """Every fine-code file in an index folder."""
     return sorted(folder.glob(f"{PREFIX}*{SUFFIX}")) if folder.is_dir() else []

@@ -74,8 +74,7 @@ class Searcher:
         if quantized and fine is None and meta.fine:  # tuned with fine codes, lost since:
             depth = max(depth, F.POOL)  # the whole pool re-scored until they are made again
         read = k * depth if depth else k + (EXTRA if quantized else 0)
-        # With fine codes a pool of at least fine.POOL x k is ranked by them, `read` re-scored.
-        wanted = max(read, k * F.POOL) if fine is not None else read
+        wanted = F.pool(k, read) if fine is not None else read
         if quantized:
             cap = max(RESCORE_MAX_ROWS, k + EXTRA)
             read, wanted = min(read, cap), min(wanted, cap)
