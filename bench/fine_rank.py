@@ -2,6 +2,8 @@
 
     python bench/fine_rank.py --n 1000000 --dist spectral
     python bench/fine_rank.py --n 1000000 --dist clustered --quantizers "SQ4;PCA256,SQ8"
+    python bench/fine_rank.py --quantizers SQ4 --pq 256 128 64 --depth 300 --kept 40 100 \
+        --pools 1000 3000
 
 Regenerates bench/scale.py's vectors (float16 as stored), builds the policy's index for N
 (bench/ivf_reach.py's `build`), and for each nprobe takes each new-photo query's `--depth` x 10
@@ -9,7 +11,8 @@ candidates from the fast-scan codes. It reports recall@10 against exact search w
 candidates are re-scored with exact vectors: all of them, or only the first 100 / 200 as the
 IVF ranks them (what a shallower re-scoring reads), or the best 20 / 40 / 80 as ranked by each
 quantizer of `--quantizers` (FAISS index_factory strings, trained on 65,536 stored vectors,
-every vector encoded): the daemon's fine codes (imgsearch/index/fine.py) are "SQ4". Per
+every vector encoded): the daemon's fine codes (imgsearch/index/fine.py) are "SQ4". `--pq`
+builds the index once per fast-scan code size (4-bit sub-quantizers; 0: the policy's). Per
 quantizer: training seconds, encoding us a row (2 threads), code bytes, and the median ms to
 rank one query's candidates (decode, dot products, sort) on one thread. Appends one JSON line
 to bench/out/fine_rank.jsonl.
@@ -33,7 +36,6 @@ from ivf_reach import DIM, K, build, scan, stored, truth  # noqa: E402
 from scale import DISTRIBUTIONS, Vectors  # noqa: E402
 
 TRAIN = 65_536
-KEPT = (20, 40, 80)
 
 
 def hits(found: list[np.ndarray], want: np.ndarray) -> float:
@@ -55,6 +57,12 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=100, help="candidates: depth x 10")
     parser.add_argument("--nprobe", type=int, nargs="*", default=[256, 512, 1024, 2048])
     parser.add_argument("--quantizers", default="SQ4;PQ64;PCA128,SQ8")
+    parser.add_argument("--pq", type=int, nargs="*", default=[0], help="fast-scan sizes")
+    parser.add_argument("--kept", type=int, nargs="*", default=[20, 40, 80])
+    parser.add_argument(
+        "--pools", type=int, nargs="*", default=[],
+        help="also rank only the IVF's first P candidates by the fine codes (default: all)",
+    )  # fmt: skip
     args = parser.parse_args()
     vectors = Vectors(args.n, DIM, args.dist)
     queries = vectors.queries(args.queries)
@@ -65,9 +73,6 @@ def main() -> None:
     progress(f"regenerating {args.n:,} vectors")
     x = stored(vectors)
     want = truth(x, queries)
-    progress("building the policy's index")
-    index, built = build(x, "policy")
-    result.update(built)
     rng = np.random.default_rng(1)
     sample = x[np.sort(rng.choice(len(x), min(TRAIN, len(x)), replace=False))]
     faiss.omp_set_num_threads(2)
@@ -84,8 +89,24 @@ def main() -> None:
         progress(f"{name}: {about}")
         result["quantizers"][name] = about
         coders[name] = (quantizer, codes)
-    faiss.omp_set_num_threads(1)  # as the daemon searches: one thread a query
-    rows = []
+    result["indexes"] = []
+    for pq in args.pq:
+        progress(f"building the policy's index (fast-scan sub-quantizers: {pq or 'policy'})")
+        faiss.omp_set_num_threads(os.cpu_count() or 1)
+        index, built = build(x, "policy", pq=pq)
+        faiss.omp_set_num_threads(1)  # as the daemon searches: one thread a query
+        built["rows"] = rows(args, index, x, queries, want, coders)
+        result["indexes"].append(built)
+        del index
+    record(result, "fine_rank")
+
+
+def rows(
+    args: argparse.Namespace, index: Any, x: np.ndarray, queries: np.ndarray,
+    want: np.ndarray, coders: dict[str, tuple[Any, np.ndarray]],
+) -> list[dict[str, Any]]:  # fmt: skip
+    """One row an nprobe: recall@10 of each way of choosing what is re-scored."""
+    out = []
     for nprobe in args.nprobe:
         candidates, codes_seen, cpu = scan(index, queries, nprobe, args.depth)
         lists = [c[c >= 0] for c in candidates]
@@ -96,19 +117,23 @@ def main() -> None:
             best = [exact_best(x, q, c[:first]) for q, c in pairs]
             row[f"exact_first_{first}"] = hits(best, want)
         for name, (quantizer, codes) in coders.items():
-            ranked, spent = [], []
-            for q, c in pairs:
-                start = time.perf_counter()
-                ranked.append(c[np.argsort(-(quantizer.sa_decode(codes[c]) @ q))])
-                spent.append(time.perf_counter() - start)
-            for kept in KEPT:
-                best = [exact_best(x, q, r[:kept]) for q, r in zip(queries, ranked, strict=True)]
-                row[f"{name}@{kept}"] = hits(best, want)
-            row[f"{name}_rank_ms"] = float(np.median(spent) * 1000)
+            for pool in args.pools or [args.depth * K]:
+                at = "" if pool == args.depth * K else f"/{pool}"
+                ranked, spent = [], []
+                for q, c in pairs:
+                    start = time.perf_counter()
+                    c = c[:pool]
+                    ranked.append(c[np.argsort(-(quantizer.sa_decode(codes[c]) @ q))])
+                    spent.append(time.perf_counter() - start)
+                for kept in args.kept:
+                    best = [
+                        exact_best(x, q, r[:kept]) for q, r in zip(queries, ranked, strict=True)
+                    ]
+                    row[f"{name}@{kept}{at}"] = hits(best, want)
+                row[f"{name}_rank_ms{at}"] = float(np.median(spent) * 1000)
         progress(" ".join(f"{k} {v:.4g}" for k, v in row.items()))
-        rows.append(row)
-    result["rows"] = rows
-    record(result, "fine_rank")
+        out.append(row)
+    return out
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from dataclasses import replace
@@ -103,7 +104,7 @@ def recall(x: np.ndarray, queries: np.ndarray, candidates: np.ndarray, want: np.
 
 
 def build(
-    x: np.ndarray, train: str, lists: int = 0, coarse: str = "policy"
+    x: np.ndarray, train: str, lists: int = 0, coarse: str = "policy", pq: int = 0
 ) -> tuple[Any, dict[str, Any]]:
     """The policy's index for len(x) vectors (`lists`: that many lists instead), trained and
     filled. `train`: "policy" (the daemon's: kmeans.train, two-level from the policy's
@@ -112,13 +113,16 @@ def build(
     iterations over every list. `coarse`: "policy" (the daemon's quantizer), "flat" (every
     centroid scanned, adds and searches) or "graph" (an HNSW graph over the centroids, as
     earlier versions from 8,192 lists: adds walk it at HNSW_ADD_EF, searches as the daemon's
-    do, a flat scan of the centroids from FLAT_COARSE_FROM lists probed)."""
+    do, a flat scan of the centroids from FLAT_COARSE_FROM lists probed). `pq`: that many
+    4-bit fast-scan sub-quantizers instead of the policy's."""
     import faiss
 
     spec = P.Policy().spec(len(x), x.shape[1])
     if lists:
         factory = spec.factory.replace(f"IVF{spec.lists}", f"IVF{lists}")
         spec = replace(spec, factory=factory, lists=lists)
+    if pq:
+        spec = replace(spec, factory=re.sub(r"PQ\d+x4fs", f"PQ{pq}x4fs", spec.factory))
     if coarse == "flat":
         spec = replace(spec, factory=spec.factory.replace("_HNSW32", ""))
     elif coarse == "graph" and "_HNSW32" not in spec.factory:

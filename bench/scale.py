@@ -4,6 +4,7 @@
     python bench/scale.py --n 1000000 --dist uniform       # the worst case: no structure
     python bench/scale.py --n 1000000 --dist spectral      # real embeddings' spectrum
     python bench/scale.py --n 1000000 --model efficientnet-lite0   # 1280-d
+    python bench/scale.py --n 10000000 --dist spectral --keep /work/big/K   # keep the data dir
 
 One daemon is started on an empty data dir. 20 real photos are added (image search on them
 gives the embedding time), then N vectors are written as float16 Parquet shards (generated in
@@ -23,6 +24,7 @@ and added while searches run. Prints one JSON object and appends it to bench/out
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -350,14 +352,25 @@ def kept_log(daemon: Daemon, phase: str, args: argparse.Namespace) -> list[str]:
     return [line for line in text.splitlines() if " WARNING " in line or " ERROR " in line][:50]
 
 
+@contextlib.contextmanager
+def workdir(args: argparse.Namespace) -> Iterator[Path]:
+    """A temporary folder for the data dir, or `--keep` (created, left in place)."""
+    if args.keep:
+        args.keep.mkdir(parents=True)
+        yield args.keep
+        return
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        yield Path(tmp)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """One daemon from empty: photos, then N vectors through POST /import, then every measure."""
     _, dim = MODELS[args.model]
     vectors = Vectors(args.n, dim, args.dist)
     flags = daemon_flags(args.model)
     out: dict[str, Any] = {"n": args.n, "dim": dim, "dist": args.dist, **machine()}
-    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-        data_dir, root = Path(tmp) / "data", ROOT
+    with workdir(args) as tmp:
+        data_dir, root = tmp / "data", ROOT
         daemon = Daemon(flags, data_dir, start_timeout=7200)
         with daemon:
             out["model"] = model_id = daemon.get("/stats")["model"]
@@ -487,6 +500,9 @@ def main() -> None:
     parser.add_argument("--model", choices=tuple(MODELS), default="ViT-B-32")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--tmp", default=None, help="where the data dir goes (default: $TMPDIR)")
+    parser.add_argument(
+        "--keep", type=Path, help="leave the data dir in this new folder (for search_profile.py)"
+    )
     parser.add_argument(
         "--shards-only", action="store_true", help="only write (and cache) the Parquet shards"
     )
