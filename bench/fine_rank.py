@@ -14,8 +14,8 @@ quantizer of `--quantizers` (FAISS index_factory strings, trained on 65,536 stor
 every vector encoded): the daemon's fine codes (imgsearch/index/fine.py) are "SQ4". `--pq`
 builds the index once per fast-scan code size (4-bit sub-quantizers; 0: the policy's). Per
 quantizer: training seconds, encoding us a row (2 threads), code bytes, and the median ms to
-rank one query's candidates (decode, dot products, sort) on one thread. Appends one JSON line
-to bench/out/fine_rank.jsonl.
+rank one query's candidates (on the codes as the daemon does for SQ4, else decoded; dot
+products, sort) on one thread. Appends one JSON line to bench/out/fine_rank.jsonl.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_model, progress, record  # noqa: E402
 from ivf_reach import DIM, K, build, scan, stored, truth  # noqa: E402
 from scale import DISTRIBUTIONS, Vectors  # noqa: E402
+
+from imgsearch.index.fine import FACTORY, scales_of, scores  # noqa: E402
 
 TRAIN = 65_536
 
@@ -116,6 +118,7 @@ def rows(
         for first in (100, 200):
             best = [exact_best(x, q, c[:first]) for q, c in pairs]
             row[f"exact_first_{first}"] = hits(best, want)
+        scales = {name: scales_of(c[0]) if name == FACTORY else None for name, c in coders.items()}
         for name, (quantizer, codes) in coders.items():
             for pool in args.pools or [args.depth * K]:
                 at = "" if pool == args.depth * K else f"/{pool}"
@@ -123,7 +126,7 @@ def rows(
                 for q, c in pairs:
                     start = time.perf_counter()
                     c = c[:pool]
-                    ranked.append(c[np.argsort(-(quantizer.sa_decode(codes[c]) @ q))])
+                    ranked.append(c[np.argsort(-scores(quantizer, scales[name], codes[c], q))])
                     spent.append(time.perf_counter() - start)
                 for kept in args.kept:
                     best = [

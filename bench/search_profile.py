@@ -25,13 +25,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import OUT_DIR, PY_SPY, Daemon, cpu_model, percentiles, progress, record  # noqa: E402
-from scale import MODELS, Vectors, daemon_flags, post_json, wait_idle  # noqa: E402
+from scale import DISTRIBUTIONS, MODELS, Vectors, daemon_flags, post_json, wait_idle  # noqa: E402
 
 # What a busy sample was doing, by the frames anywhere in its stack (first match wins).
 STAGES = (
     ("scan of the probed lists (FAISS)", ("pq4_accumulate", "search_implem", "preassigned")),
     ("coarse assignment (FAISS)", ("IndexFlat", "HNSW", "exhaustive_", "_search_assigned")),
     ("re-scoring read (SQLite)", ("sqlite", "imgsearch/store/")),
+    ("ranking by fine codes (numpy)", ("imgsearch/index/fine.py",)),
     ("re-scoring (numpy)", ("rescored",)),
     ("HTTP, JSON, results (aiohttp, imgsearch/web)", ("aiohttp/", "imgsearch/web/", "json/")),
 )
@@ -77,7 +78,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--n", type=int, required=True, help="the library's size (its queries)")
     parser.add_argument("--model", choices=tuple(MODELS), default="ViT-B-32")
-    parser.add_argument("--dist", choices=("clustered", "uniform"), default="clustered")
+    parser.add_argument("--dist", choices=DISTRIBUTIONS, default="clustered")
     parser.add_argument("--seconds", type=float, default=45.0)
     args = parser.parse_args()
     flags = daemon_flags(args.model)

@@ -86,8 +86,31 @@ def test_the_split_search_finds_what_one_thread_finds(
             assert gone and not gone & set(two[1].ravel().tolist())
             if allowed is not None:
                 assert set(two[1].ravel().tolist()) <= set(allowed.tolist())
-    assert helper.calls == 6
+    assert helper.calls == 12  # each search: half the coarse assignment, half the lists
     helper.shutdown()
+
+
+def test_the_lists_found_on_two_threads_are_the_nearest_centres(catalog: Catalog) -> None:
+    """The coarse assignment split in two halves of the centres (a view of the quantizer's
+    own, flat or an HNSW graph's storage) finds each query's nearest lists, best first."""
+    import faiss
+
+    seg = catalog.index._segments
+    quantizer = faiss.extract_index_ivf(seg.base.index).quantizer
+    lists = int(quantizer.ntotal)
+    centres = S.centres(seg.base.index)
+    assert centres is not None and centres.shape == (lists, DIM)
+    assert np.array_equal(centres, quantizer.reconstruct_n(0, lists))
+    queries = vectors(N + 20)[N:]
+    exact = queries @ centres.T
+    with ThreadPoolExecutor(1) as helper:
+        for nprobe in (1, 5, lists // 2 + 1, lists):
+            sims, found = S._nearest_lists(centres, queries, nprobe, helper)
+            want = np.sort(exact, axis=1)[:, ::-1][:, :nprobe]
+            assert found.shape == (len(queries), nprobe)
+            assert np.allclose(sims, want, atol=1e-5)
+            assert np.allclose(np.take_along_axis(exact, found, axis=1), want, atol=1e-5)
+    assert S.centres(faiss.IndexFlatIP(DIM)) is None
 
 
 def test_the_split_is_used_only_when_the_index_is_idle(
@@ -103,12 +126,12 @@ def test_the_split_is_used_only_when_the_index_is_idle(
     assert helper.calls == 0  # too few lists probed to be worth it
     monkeypatch.setattr(R, "SPLIT_MIN_NPROBE", 1)
     split = index.search(query, 10)
-    assert helper.calls == 1
+    assert helper.calls == 2  # half the centres compared there, then half the lists scanned
     with index.hold():  # an import runs: its batches need the other core
         alone = index.search(query, 10)
-    assert helper.calls == 1
+    assert helper.calls == 2
     assert split[1].tolist() == alone[1].tolist()  # re-scored: the same hits either way
     index._reads.searching += 1  # another search in flight
     index.search(query, 10)
     index._reads.searching -= 1
-    assert helper.calls == 1
+    assert helper.calls == 2

@@ -1,14 +1,15 @@
 """Fine codes: a second, finer code of every vector of a quantized index, to re-rank a
 search's candidates in memory before the best few are read exactly from the store.
 
-The IVF's fast-scan codes (4 bits per 2 dimensions) are made to be scanned, not to rank: on
-embedding-like data a search must re-score 100 x k of their candidates to find the true top 10
-(bench/ivf_reach.py), and reading 1,000 exact vectors from SQLite was most of a 10M search.
-A 4-bit scalar quantizer (`FACTORY`: 4 bits per dimension, dim / 2 bytes, its ranges trained
-with the index) ranks those candidates nearly as well as the exact vectors (bench/fine_rank.py,
-docs/BENCHMARKS.md) at ~0.7 us a candidate in memory: a search ranks a pool of `POOL` x k by
-them and reads only the best rescore x k from the store (the tuning measures which depth
-reaches the recall target), so a hit's similarity is still exact.
+The IVF's fast-scan codes (4 bits per 4 dimensions; per 2 before 2026-12-04) are made to be
+scanned, not to rank: on embedding-like data a search had to re-score 100 x k of their
+candidates to find the true top 10 (bench/ivf_reach.py), and reading 1,000 exact vectors from
+SQLite was most of a 10M search. A 4-bit scalar quantizer (`FACTORY`: 4 bits per dimension,
+dim / 2 bytes, its ranges trained with the index) ranks those candidates nearly as well as the
+exact vectors (bench/fine_rank.py, docs/BENCHMARKS.md) at ~0.3-0.5 us a candidate in memory: a
+search ranks a pool of `POOL` x k by them and reads only the best rescore x k from the store
+(the tuning measures which depth reaches the recall target), so a hit's similarity is still
+exact.
 
 The codes live in one file per training under the index folder (`fine-<stamp>.u8`), memory-mapped,
 row `id` holding the code of store id `id` (ids are SQLite row ids: dense, growing): an add
@@ -22,9 +23,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +39,15 @@ FACTORY = "SQ4"
 # A search of a base with fine codes takes at least POOL x k candidates from the IVF's codes,
 # ranks them all by their fine codes, and re-scores the best rescore x k (the depth tuned with
 # nprobe: policy.RESCORE_FACTORS) with exact vectors from the store. At 1M (spectral, nprobe
-# 1,024, 1,000 candidates) the best 40 by fine codes held the true top 10 as often as all
-# 1,000 re-scored (recall@10 0.9815 against 0.984), where the IVF's own first 100 reached
-# 0.953 (bench/fine_rank.py); ranking 1,000 costs ~0.7 ms, reading them from SQLite ~15.
-POOL = 100
+# 1,024; bench/fine_rank.py) the best 40 by fine codes of the 1,000 candidates of dim / 2
+# fast-scan sub-quantizers held the true top 10 as often as all 1,000 re-scored (recall@10
+# 0.9815 against 0.984; the IVF's own first 100: 0.953). Codes of dim / 4 (policy.py: half the
+# bytes scanned) rank more coarsely: the true top 10 are among their first 1,000 less often
+# (0.9605), among their first 3,000 as often (the best 40 by fine codes: 0.980; clustered data
+# 0.9975 against 0.9995): their pool is POOL_NARROW x k. Ranking 3,000 costs ~1 ms, reading
+# them from SQLite ~45.
+POOL = 100  # a base of dim / 2 sub-quantizers (built before 2026-12-04)
+POOL_NARROW = 300  # dim / 4 or fewer
 PREFIX, SUFFIX = "fine-", ".u8"
 GROWTH = 1.5  # the file grows by half again when an id falls beyond it (sparse: no disk used)
 MIN_ROWS = 1 << 16
@@ -133,22 +141,59 @@ class Fine:
         """Write the codes of `ids` (`codes`: encode() of `vectors`, made ahead)."""
         self.table.put(ids, self.encode(vectors) if codes is None else codes)
 
+    @cached_property
+    def _scales(self) -> np.ndarray | None:
+        return scales_of(self.quantizer)
+
+    def scores(self, query: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Scores of `ids` against `query` that rank them as q . decoded code does."""
+        return scores(self.quantizer, self._scales, self.table.get(ids), query)
+
     def rank(self, queries: np.ndarray, ids: np.ndarray, keep: int) -> np.ndarray:
         """Each query's best `keep` of its candidate ids (-1 padded) by the fine codes."""
         out = np.full((len(ids), min(keep, ids.shape[1])), -1, np.int64)
         for q, row in enumerate(ids):
             found = row[row >= 0]
             if len(found) > keep:
-                approx = self.quantizer.sa_decode(self.table.get(found)) @ queries[q]
+                approx = self.scores(np.asarray(queries[q], np.float32), found)
                 found = found[np.argpartition(-approx, keep - 1)[:keep]]
             out[q, : len(found)] = found
         return out
 
 
-def pool(k: int, read: int) -> int:
+def pool(k: int, read: int, factory: str, dim: int) -> int:
     """Candidates a search for k results asks the IVF for when it re-scores `read` of them
-    from the store: at least POOL x k, ranked by the fine codes first."""
-    return max(read, k * POOL)
+    from the store: at least POOL x k (POOL_NARROW x k where the base's fast-scan codes,
+    `factory`, have dim / 4 sub-quantizers or fewer), ranked by the fine codes first."""
+    pq = re.search(r"PQ(\d+)", factory)
+    narrow = pq is not None and 4 * int(pq.group(1)) <= dim
+    return max(read, k * (POOL_NARROW if narrow else POOL))
+
+
+def scales_of(quantizer: Any) -> np.ndarray | None:
+    """Each dimension's step (vdiff / 15) where the codes are FAISS's 4-bit ones with a range
+    per dimension (FACTORY): a code c of dimension d decodes to vmin[d] + (c + 0.5) x step[d],
+    so q . x ranks as the sum over d of q[d] step[d] c[d], computed on the codes as they are
+    (half the time of decoding them first). None: another kind (decoded)."""
+    import faiss
+
+    sq = quantizer.sq
+    trained = faiss.vector_to_array(sq.trained)
+    if sq.qtype != faiss.ScalarQuantizer.QT_4bit or len(trained) != 2 * sq.d:
+        return None
+    return np.ascontiguousarray(trained[sq.d :] / 15.0, dtype=np.float32)
+
+
+def scores(
+    quantizer: Any, scales: np.ndarray | None, codes: np.ndarray, query: np.ndarray
+) -> np.ndarray:
+    """Scores of `codes` that rank them as q . decoded code does (`scales`: scales_of)."""
+    if scales is None:
+        return np.asarray(quantizer.sa_decode(codes) @ query)
+    weights = np.zeros(2 * codes.shape[1], np.float32)  # (odd dim: a half-used last byte)
+    weights[: len(scales)] = query * scales  # dimension 2i: byte i's low nibble, 2i + 1 high
+    low = (codes & 15).astype(np.float32) @ weights[0::2]
+    return low + (codes >> 4).astype(np.float32) @ weights[1::2]
 
 
 def tables(folder: Path) -> list[Path]:
