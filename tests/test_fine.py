@@ -163,7 +163,7 @@ def test_a_base_without_fine_codes_gets_them_and_a_new_training_drops_the_old_fi
 def test_a_search_ranks_a_pool_by_fine_codes_and_reads_only_the_tuned_depth(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """At 4 x k re-scored, a search of k = 10 asks the segments for fine.pool x k candidates
+    """At 4 x k re-scored, a search of k = 10 asks the segments for fine.POOL x k candidates
     and reads 40 rows from the store, the best by the fine codes: nearly every exact top 10
     is found. A base tuned with fine codes that are lost reads the whole pool; one of an
     earlier version (tuned without) asks for 40 and reads them."""
@@ -186,17 +186,16 @@ def test_a_search_ranks_a_pool_by_fine_codes_and_reads_only_the_tuned_depth(
         queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
         want = ids[np.argsort(-(queries @ x.T), axis=1)[:, :10]]
         got = [[hit.id for hit in catalog.nearest(q[None], 10)[0]] for q in queries]
-        pool = F.pool(1, 1, meta.factory, meta.dim)
-        assert set(asked) == {10 * pool} and set(read) == {40}
+        assert set(asked) == {10 * F.POOL} and set(read) == {40}
         found = np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got, want, strict=True)])
         assert found >= 0.95, found
         tuned_with = seg.base
-        for meta_fine, depth in ((meta.fine, pool), ("", 4)):
+        for meta_fine, depth in ((meta.fine, F.POOL), ("", 4)):
             asked.clear(), read.clear()
             lost = dataclasses.replace(tuned_with.meta, fine=meta_fine)
             monkeypatch.setattr(seg, "base", dataclasses.replace(tuned_with, fine=None, meta=lost))
             catalog.nearest(queries[:1], 10)
-            assert set(asked) == {10 * depth} and read == [min(10 * depth, N)], meta_fine
+            assert set(asked) == {10 * depth} and read == [10 * depth], meta_fine
     finally:
         catalog.close()
 
@@ -221,15 +220,7 @@ def test_the_tuning_measures_the_pool_ranked_by_fine_codes(tmp_path: Path) -> No
         lists = int(ivf(base.index).nlist)
         got = {
             (depth, fine is not None): _recall(
-                base.index,
-                (q_ids, queries),
-                truth,
-                source,
-                None,
-                depth,
-                lists,
-                fine,
-                base.meta.factory,
+                base.index, (q_ids, queries), truth, source, None, depth, lists, fine
             )
             for depth in (1, 4)
             for fine in (None, base.fine)
@@ -238,13 +229,3 @@ def test_the_tuning_measures_the_pool_ranked_by_fine_codes(tmp_path: Path) -> No
         assert got[4, True] >= 0.99 > got[4, False], got
     finally:
         catalog.close()
-
-
-def test_the_pool_follows_the_width_of_the_fast_scan_codes() -> None:
-    """Codes of dim / 4 sub-quantizers (the policy's) rank more coarsely than those of dim / 2
-    (bases of earlier versions): their pool is 3x deeper; never shallower than what is read."""
-    assert Policy().spec(1_000_000, 512).factory.endswith("PQ128x4fs")
-    assert F.pool(10, 40, "IVF16000,PQ128x4fs", 512) == 10 * F.POOL_NARROW
-    assert F.pool(10, 40, "IVF16000,PQ256x4fs", 512) == 10 * F.POOL < 10 * F.POOL_NARROW
-    assert F.pool(10, 40, "IVF16384,PQ320x4fs", 1280) == 10 * F.POOL_NARROW
-    assert F.pool(10, 5000, "IVF16000,PQ128x4fs", 512) == 5000

@@ -214,7 +214,7 @@ def tune(
     @cache
     def recall_at(rescore: int, nprobe: int) -> float:
         searches[0] += 1
-        return _recall(index, queries, truth, source, stop, rescore, nprobe, fine, spec.factory)
+        return _recall(index, queries, truth, source, stop, rescore, nprobe, fine)
 
     per_list = max(1.0, int(index.ntotal) / max(1, spec.lists))  # codes a list, as scanned
     nprobe, recall, rescore = choose(recall_at, spec, per_list, policy.target_recall)
@@ -231,7 +231,7 @@ def choose(
     that can be had); for quantized codes under each re-scoring depth, the cheapest pair with
     the margin by the cost model (else the cheapest meeting the target, else the best recall).
     `recall_at(rescore, nprobe)`: recall@10 searching so (with fine codes, rescore x k of a
-    pool (fine.pool) are re-scored: the cost model counts the rows read).
+    pool of fine.POOL x k candidates are re-scored: the cost model counts the rows read).
 
     Depths are searched deepest first. A shallower depth re-scores the first of the same
     candidates, so it needs at least the nprobe the deeper one needed, and it can win only
@@ -316,8 +316,7 @@ def _recall(
     stop: threading.Event | None,
     rescore: int,
     nprobe: int,
-    fine: F.Fine | None,
-    factory: str,
+    fine: F.Fine | None = None,
 ) -> float:
     if stop is not None and stop.is_set():
         raise Stopped
@@ -325,8 +324,7 @@ def _recall(
     q_ids, vectors = queries
     params = search_params(True, None, nprobe, hnsw(index))
     read = (k + 1) * max(1, rescore)
-    wide = F.pool(k + 1, read, factory, vectors.shape[1])
-    pool = wide if rescore and fine is not None else read
+    pool = F.pool(k + 1, read) if rescore and fine is not None else read
     _, ids = index.search(vectors, pool, params=params)
     if pool > read and fine is not None:
         ids = fine.rank(vectors, ids, read)

@@ -1,12 +1,12 @@
 """Fine codes: a second, finer code of every vector of a quantized index, to re-rank a
 search's candidates in memory before the best few are read exactly from the store.
 
-The IVF's fast-scan codes (4 bits per 4 dimensions; per 2 before 2026-12-04) are made to be
-scanned, not to rank: on embedding-like data a search had to re-score 100 x k of their
-candidates to find the true top 10 (bench/ivf_reach.py), and reading 1,000 exact vectors from
-SQLite was most of a 10M search. A 4-bit scalar quantizer (`FACTORY`: 4 bits per dimension,
-dim / 2 bytes, its ranges trained with the index) ranks those candidates nearly as well as the
-exact vectors (bench/fine_rank.py, docs/BENCHMARKS.md) at ~0.3-0.5 us a candidate in memory: a
+The IVF's fast-scan codes (4 bits per 2 dimensions) are made to be scanned, not to rank: on
+embedding-like data a search must re-score 100 x k of their candidates to find the true top 10
+(bench/ivf_reach.py), and reading 1,000 exact vectors from SQLite was most of a 10M search.
+A 4-bit scalar quantizer (`FACTORY`: 4 bits per dimension, dim / 2 bytes, its ranges trained
+with the index) ranks those candidates nearly as well as the exact vectors (bench/fine_rank.py,
+docs/BENCHMARKS.md) at ~0.4 us a candidate in memory, scored on the codes as they are: a
 search ranks a pool of `POOL` x k by them and reads only the best rescore x k from the store
 (the tuning measures which depth reaches the recall target), so a hit's similarity is still
 exact.
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import uuid
 from dataclasses import dataclass
@@ -39,15 +38,13 @@ FACTORY = "SQ4"
 # A search of a base with fine codes takes at least POOL x k candidates from the IVF's codes,
 # ranks them all by their fine codes, and re-scores the best rescore x k (the depth tuned with
 # nprobe: policy.RESCORE_FACTORS) with exact vectors from the store. At 1M (spectral, nprobe
-# 1,024; bench/fine_rank.py) the best 40 by fine codes of the 1,000 candidates of dim / 2
-# fast-scan sub-quantizers held the true top 10 as often as all 1,000 re-scored (recall@10
-# 0.9815 against 0.984; the IVF's own first 100: 0.953). Codes of dim / 4 (policy.py: half the
-# bytes scanned) rank more coarsely: the true top 10 are among their first 1,000 less often
-# (0.9605), among their first 3,000 as often (the best 40 by fine codes: 0.980; clustered data
-# 0.9975 against 0.9995): their pool is POOL_NARROW x k. Ranking 3,000 costs ~1 ms, reading
-# them from SQLite ~45.
-POOL = 100  # a base of dim / 2 sub-quantizers (built before 2026-12-04)
-POOL_NARROW = 300  # dim / 4 or fewer
+# 1,024, 1,000 candidates) the best 40 by fine codes held the true top 10 as often as all
+# 1,000 re-scored (recall@10 0.9815 against 0.984), where the IVF's own first 100 reached
+# 0.953 (bench/fine_rank.py); ranking 1,000 costs ~0.4 ms, reading them from SQLite ~15.
+# (Fast-scan codes of half the size, dim / 4 sub-quantizers, with a pool of 300 x k did as
+# well at 1M, but not at 10M: there the true top 10 were among the 3,000 best of their codes
+# too rarely for recall@10 0.97 at any nprobe (0.963 with every list probed; docs/BENCHMARKS.md).)
+POOL = 100
 PREFIX, SUFFIX = "fine-", ".u8"
 GROWTH = 1.5  # the file grows by half again when an id falls beyond it (sparse: no disk used)
 MIN_ROWS = 1 << 16
@@ -161,13 +158,10 @@ class Fine:
         return out
 
 
-def pool(k: int, read: int, factory: str, dim: int) -> int:
+def pool(k: int, read: int) -> int:
     """Candidates a search for k results asks the IVF for when it re-scores `read` of them
-    from the store: at least POOL x k (POOL_NARROW x k where the base's fast-scan codes,
-    `factory`, have dim / 4 sub-quantizers or fewer), ranked by the fine codes first."""
-    pq = re.search(r"PQ(\d+)", factory)
-    narrow = pq is not None and 4 * int(pq.group(1)) <= dim
-    return max(read, k * (POOL_NARROW if narrow else POOL))
+    from the store: at least POOL x k, ranked by the fine codes first."""
+    return max(read, k * POOL)
 
 
 def scales_of(quantizer: Any) -> np.ndarray | None:

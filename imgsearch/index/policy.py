@@ -15,16 +15,11 @@ from dataclasses import dataclass
 # machine): exact 17 / 35 / 55 ms a query at 25k / 50k / 100k, IVF at recall@10 >= 0.97
 # 0.25 / 1.1 / 4.3 ms; exact stays within a few ms of an embedding only up to ~50k.
 EXACT_MAX = 50_000
-# Beyond EXACT_MAX: IVF with 4-bit fast-scan PQ codes (dim / 4 sub-quantizers: dim / 8 bytes a
-# vector, 64 B at 512-d) whose candidates are ranked by fine codes (fine.py) and the best
-# re-scored with exact vectors from the store. Before the fine codes, dim / 4 sub-quantizers
-# could not put the true top 10 among the 100 candidates re-scored (1M one-cone data: recall
-# 0.942 at best; 0.978 with 500) and dim / 2 did (0.996 at nprobe 200 of 1000). With them,
-# 3,000 candidates of dim / 4 codes ranked by fine codes hold the true top 10 as often as 1,000
-# of dim / 2 (fine.POOL_NARROW; 1M spectral, nprobe 1,024: 0.980 against 0.982), and a scan
-# reads half the bytes: 1.3-1.75x less CPU a code compared, 640 MB less RAM at 10M
-# (bench/fine_rank.py --pq 256 128, docs/BENCHMARKS.md). Bases of dim / 2 (built before
-# 2026-12-04) are searched as they are until retrained.
+# Beyond EXACT_MAX: IVF with 4-bit fast-scan PQ codes (dim / 2 sub-quantizers: dim / 4 bytes a
+# vector, 128 B at 512-d) whose candidates are re-scored with exact vectors from the store.
+# At 1M (one-cone synthetic data, 1000 lists probed up to all) dim / 4 sub-quantizers could not
+# put the true top 10 among 100 candidates (recall 0.942 at best; 0.978 with 500 candidates);
+# dim / 2 did (0.996 at nprobe 200 of 1000), for 2x the bytes and ~1.6x the scan.
 # In process, 200k x 512-d, one thread (docs/BENCHMARKS.md, bench/search_path.py), dim / 4
 # codes answered at recall@10 0.97 in ~0.4 ms of FAISS + ~0.9 ms reading 100 candidates' exact
 # vectors, where IVF-Flat codes took ~5-10 ms and SQ8 ~6 ms: codes 8-16x smaller, scanned in
@@ -32,7 +27,7 @@ EXACT_MAX = 50_000
 # none by default (tests and users can raise it), and for libraries too small to train PQ
 # codebooks (PQ_MIN_COUNT).
 FLAT_MAX_BYTES = 0
-PQ_DIMS_PER_CODE = 4  # dimensions per 4-bit sub-quantizer
+PQ_DIMS_PER_CODE = 2  # dimensions per 4-bit sub-quantizer
 PQ_MIN_COUNT = 256  # 4-bit codebooks need 16 centroids from enough vectors
 # Inverted lists: LISTS_PER_SQRT * sqrt(n), at most MAX_LISTS, trained on TRAIN_PER_LIST
 # vectors per list, at most MAX_TRAIN but MIN_TRAIN_PER_LIST (k-means costs sample x lists x
@@ -90,7 +85,7 @@ DELTA_MAX = 20_000
 DELTA_FRACTION = 0.25
 DELTA_CAP = 250_000
 # An IVF base's recent segment is coded (an empty copy of the base: the same quantizer and
-# codebooks; segments.py): a vector costs dim / 8 bytes instead of 4 * dim, a search scans it
+# codebooks; segments.py): a vector costs dim / 4 bytes instead of 4 * dim, a search scans it
 # like the base, and compaction moves its codes without re-encoding them. A bulk import may
 # let it grow CODED_SCALE times as far as an exact one before the worker folds it in (a big
 # import rewrites the base 4x less often). Outside imports the limits above still hold: every

@@ -72,9 +72,9 @@ class Searcher:
         fine = seg.base.fine if quantized else None
         depth = meta.rescore
         if quantized and fine is None and meta.fine:  # tuned with fine codes, lost since:
-            depth = max(depth, F.pool(1, 1, meta.factory, meta.dim))  # the whole pool re-scored
-        read = k * depth if depth else k + (EXTRA if quantized else 0)  # (till they are made)
-        wanted = F.pool(k, read, meta.factory, meta.dim) if fine is not None else read
+            depth = max(depth, F.POOL)  # the whole pool re-scored until they are made again
+        read = k * depth if depth else k + (EXTRA if quantized else 0)
+        wanted = F.pool(k, read) if fine is not None else read
         if quantized:
             cap = max(RESCORE_MAX_ROWS, k + EXTRA)
             read, wanted = min(read, cap), min(wanted, cap)

@@ -4,7 +4,7 @@ Removing an id only sets its bit in a bitmap over the base's ids (O(1) an id, wh
 library's size); the bitmap is an `IDSelectorBitmap` that FAISS applies inside the base search,
 together with an optional allow-list, so `k` results still come back. New and changed vectors
 go to a recent segment: for an IVF base an empty copy of it (the base's `template`: the same
-coarse quantizer and codebooks, so an add costs one code, dim / 8 bytes with fast-scan PQ, it
+coarse quantizer and codebooks, so an add costs one code, dim / 4 bytes with fast-scan PQ, it
 is searched with the base's nprobe, and compaction moves its codes into the base with
 `merge_from`, nothing re-encoded); for an exact base an exact one (IndexIDMap2 on IndexFlatIP).
 """
