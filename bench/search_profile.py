@@ -8,8 +8,10 @@ replay and compact what is newer than its saved base, so the script waits until 
 idle), sends bench/scale.py's new-photo queries for a library of N (`POST /search {"vector"}`,
 one client, back to back) for --seconds (the HTTP latency), then for as long again while
 py-spy records the daemon (--native, every thread; `pip install -e '.[bench]'`), and prints
-where the busy samples went: FAISS's scan of the lists, the coarse assignment, the re-scoring
-read from SQLite, HTTP and JSON, the rest. Appends one JSON line to bench/out/search_profile.jsonl.
+where the busy samples went (shares, and CPU ms a search: every thread's, so a scan split over
+two threads counts both halves): FAISS's scan of the lists, the coarse assignment, the ranking
+by fine codes, the re-scoring read from SQLite, HTTP and JSON, the rest. Appends one JSON line
+to bench/out/search_profile.jsonl.
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ from scale import DISTRIBUTIONS, MODELS, Vectors, daemon_flags, post_json, wait_
 # What a busy sample was doing, by the frames anywhere in its stack (first match wins).
 STAGES = (
     ("scan of the probed lists (FAISS)", ("pq4_accumulate", "search_implem", "preassigned")),
-    ("coarse assignment (FAISS)", ("IndexFlat", "HNSW", "exhaustive_", "_search_assigned")),
+    ("coarse assignment (FAISS)", ("IndexFlat", "HNSW", "exhaustive_", "_search_assigned", "knn_")),
     ("re-scoring read (SQLite)", ("sqlite", "imgsearch/store/")),
     ("ranking by fine codes (numpy)", ("imgsearch/index/fine.py",)),
     ("re-scoring (numpy)", ("rescored",)),
     ("HTTP, JSON, results (aiohttp, imgsearch/web)", ("aiohttp/", "imgsearch/web/", "json/")),
 )
+RATE = 100  # py-spy samples a second
 # A thread waiting for work or for I/O readiness (py-spy --native samples idle threads too).
 IDLE = ("_queue_SimpleQueue_get", "epoll_wait", "select (", "PyThread_acquire_lock")
 
@@ -51,16 +54,15 @@ def stage(frames: list[str]) -> str | None:
     return "other: " + next((f for f in reversed(frames) if ".py:" in f), frames[-1])[:70]
 
 
-def summarize(raw: Path) -> dict[str, Any]:
-    """Busy samples of every thread of the daemon, by stage (shares of the busy samples)."""
+def summarize(raw: Path) -> collections.Counter[str]:
+    """Busy samples of every thread of the daemon, by stage."""
     counts: collections.Counter[str] = collections.Counter()
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         name = stage(stack.split(";"))
         if name is not None:
             counts[name] += int(count)
-    total = sum(counts.values()) or 1
-    return {name: round(n / total, 3) for name, n in counts.most_common(12)}
+    return counts
 
 
 def searching(daemon: Daemon, queries: Any, seconds: float) -> list[float]:
@@ -92,12 +94,19 @@ def main() -> None:
         # Then again under py-spy (it pauses the daemon to sample: latencies not reported).
         raw = OUT_DIR / "search_profile.txt"
         pid = daemon._proc.pid  # type: ignore[union-attr]
-        cmd = [str(PY_SPY), "record", "--native", "--threads", "-r", "100", "-f", "raw"]
+        cmd = [str(PY_SPY), "record", "--native", "--threads", "-r", str(RATE), "-f", "raw"]
         cmd += ["-o", str(raw), "-d", str(int(args.seconds)), "-p", str(pid)]
         spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-        searching(daemon, queries, args.seconds)
+        profiled = len(searching(daemon, queries, args.seconds))
         spy.wait()
-        out["stages"] = summarize(raw)
+        counts = summarize(raw)
+        total = sum(counts.values()) or 1
+        out["stages"] = {name: round(n / total, 3) for name, n in counts.most_common(12)}
+        # Busy CPU a search, by stage (every thread: a split scan counts both halves).
+        out["profiled_searches"] = profiled
+        out["cpu_ms_per_search"] = {
+            name: round(n / RATE * 1000 / max(1, profiled), 2) for name, n in counts.most_common(12)
+        }
     progress(f"search {out['search_ms']}; stages {out['stages']}")
     record(out, "search_profile")
 

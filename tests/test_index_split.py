@@ -105,7 +105,7 @@ def test_the_lists_found_on_two_threads_are_the_nearest_centres(catalog: Catalog
     exact = queries @ centres.T
     with ThreadPoolExecutor(1) as helper:
         for nprobe in (1, 5, lists // 2 + 1, lists):
-            sims, found = S._nearest_lists(centres, queries, nprobe, helper)
+            sims, found = S.nearest_lists(centres, queries, nprobe, helper)
             want = np.sort(exact, axis=1)[:, ::-1][:, :nprobe]
             assert found.shape == (len(queries), nprobe)
             assert np.allclose(sims, want, atol=1e-5)

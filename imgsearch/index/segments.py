@@ -247,7 +247,7 @@ class Segments:
         ivf = faiss.extract_index_ivf(self.base.index)
         nprobe = min(nprobe, ivf.nlist)
         if helper is not None and self.centres is not None:
-            dist, lists = _nearest_lists(self.centres, queries, nprobe, helper)
+            dist, lists = nearest_lists(self.centres, queries, nprobe, helper)
         elif self.graph and nprobe >= FLAT_COARSE_FROM:
             graph = faiss.downcast_index(ivf.quantizer)
             quantizer = faiss.downcast_index(graph.storage)  # type: ignore[attr-defined]
@@ -284,12 +284,13 @@ def centres(index: Any) -> np.ndarray | None:
     return np.asarray(flat).reshape(quantizer.ntotal, quantizer.d)
 
 
-def _nearest_lists(
+def nearest_lists(
     centres: np.ndarray, queries: np.ndarray, nprobe: int, helper: Executor
 ) -> tuple[np.ndarray, np.ndarray]:
     """The nprobe nearest lists of each query (similarities, list numbers; best first), the
     centres compared half here, half on `helper` (FAISS releases the GIL): at 10M's 16,384
-    centres, 1.4-2.9 ms on one thread, 0.9-1.5 ms on two (docs/BENCHMARKS.md)."""
+    centres, 1.5 / 3.5 ms on one thread with the caches warm / cold, 1.0 / 1.9 ms on two
+    (bench/coarse.py, docs/BENCHMARKS.md)."""
     import faiss
 
     ip = faiss.METRIC_INNER_PRODUCT

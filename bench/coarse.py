@@ -1,0 +1,90 @@
+"""The coarse assignment of one search: its nearest lists among the centres, one thread or two.
+
+    python bench/coarse.py                          # 16,384 centres (10M's), nprobe 1,329
+    python bench/coarse.py --lists 16000 --nprobe 1024 --dim 512
+
+A search first compares its query with every list's centre (a flat scan: 16,384 x 512 floats,
+32 MB, at 10M) and keeps the nprobe nearest. This times, one query at a time, FAISS's own
+search of the flat quantizer on the calling thread against the daemon's split
+(`segments.nearest_lists`: half the centres compared on a helper thread, the halves merged),
+each with the caches warm (the same centres searched back to back) and cold (a 256 MB array
+read between queries, as the scan of the probed lists does in the daemon), and checks that both
+find the same lists. Centres are unit vectors of bench/scale.py's spectral shape (k-means
+centres of real embeddings are not uniform). Appends one JSON line to bench/out/coarse.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_model, percentiles, progress, record  # noqa: E402
+from scale import Vectors  # noqa: E402
+
+from imgsearch.index.reads import one_omp_thread  # noqa: E402
+from imgsearch.index.segments import nearest_lists  # noqa: E402
+
+
+def main() -> None:
+    import faiss
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lists", type=int, default=16_384)
+    parser.add_argument("--nprobe", type=int, default=1_329)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--queries", type=int, default=300)
+    args = parser.parse_args()
+    vectors = Vectors(args.lists, args.dim, "spectral")
+    centres = np.ascontiguousarray(np.concatenate(list(vectors.chunks())), np.float32)
+    queries = vectors.queries(args.queries)
+    flat = faiss.IndexFlatIP(args.dim)
+    flat.add(centres)
+    one_omp_thread()  # as a request thread
+    helper = ThreadPoolExecutor(1, "helper", one_omp_thread)
+    junk = np.ones(256 << 17)  # 256 MB
+
+    def one(q: np.ndarray) -> Any:
+        return flat.search(q[None], args.nprobe)
+
+    def two(q: np.ndarray) -> Any:
+        return nearest_lists(centres, q[None], args.nprobe, helper)
+
+    same = np.mean(
+        [
+            len(np.intersect1d(one(q)[1], two(q)[1])) / args.nprobe
+            for q in queries[: min(50, len(queries))]
+        ]
+    )
+    result: dict[str, Any] = {
+        "bench": "coarse", "cpu": cpu_model(), "load": os.getloadavg(), "lists": args.lists,
+        "nprobe": args.nprobe, "dim": args.dim, "same_lists": float(same),
+    }  # fmt: skip
+    ways: dict[str, Callable[[np.ndarray], Any]] = {"one thread": one, "two threads": two}
+    for cold in (False, True):
+        for name, way in ways.items():
+            times = []
+            for q in queries:
+                if cold:
+                    junk.sum()
+                start = time.perf_counter()
+                way(q)
+                times.append((time.perf_counter() - start) * 1000)
+            key = f"{name}, {'cold' if cold else 'warm'}"
+            result[key] = percentiles(times)
+            progress(f"{key}: {result[key]}")
+    helper.shutdown()
+    record(result, "coarse")
+
+
+if __name__ == "__main__":
+    main()
