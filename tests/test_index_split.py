@@ -110,7 +110,10 @@ def test_the_lists_found_on_two_threads_are_the_nearest_centres(catalog: Catalog
             assert found.shape == (len(queries), nprobe)
             assert np.allclose(sims, want, atol=1e-5)
             assert np.allclose(np.take_along_axis(exact, found, axis=1), want, atol=1e-5)
-    assert S.centres(faiss.IndexFlatIP(DIM)) is None
+    assert S.centres(faiss.IndexFlatIP(DIM)) is None  # exact: no lists
+    l2 = faiss.index_factory(DIM, "IVF4,Flat")  # lists found by L2 distance: FAISS's own order
+    l2.train(vectors(200))
+    assert S.centres(l2) is None
 
 
 def test_the_split_is_used_only_when_the_index_is_idle(

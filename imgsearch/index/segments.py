@@ -269,7 +269,8 @@ class Segments:
 def centres(index: Any) -> np.ndarray | None:
     """A view of an IVF index's list centres (lists x dim float32, its own memory: valid while
     the index lives), from its flat coarse quantizer or an HNSW one's storage; None for an
-    exact index or one whose centres are not stored flat."""
+    exact index, one whose centres are not stored flat or not compared by inner product, or
+    fewer than two lists (nothing to split)."""
     import faiss
 
     try:
@@ -278,7 +279,8 @@ def centres(index: Any) -> np.ndarray | None:
         return None
     if isinstance(quantizer, faiss.IndexHNSW):
         quantizer = faiss.downcast_index(quantizer.storage)
-    if not isinstance(quantizer, faiss.IndexFlat) or not quantizer.ntotal:
+    inner = quantizer.metric_type == faiss.METRIC_INNER_PRODUCT  # (the lists' own order)
+    if not isinstance(quantizer, faiss.IndexFlat) or not inner or quantizer.ntotal < 2:
         return None
     flat = faiss.rev_swig_ptr(quantizer.get_xb(), quantizer.ntotal * quantizer.d)
     return np.asarray(flat).reshape(quantizer.ntotal, quantizer.d)
