@@ -109,6 +109,7 @@ def rows(
 ) -> list[dict[str, Any]]:  # fmt: skip
     """One row an nprobe: recall@10 of each way of choosing what is re-scored."""
     out = []
+    scales = {name: scales_of(c[0]) if name == FACTORY else None for name, c in coders.items()}
     for nprobe in args.nprobe:
         candidates, codes_seen, cpu = scan(index, queries, nprobe, args.depth)
         lists = [c[c >= 0] for c in candidates]
@@ -118,7 +119,6 @@ def rows(
         for first in (100, 200):
             best = [exact_best(x, q, c[:first]) for q, c in pairs]
             row[f"exact_first_{first}"] = hits(best, want)
-        scales = {name: scales_of(c[0]) if name == FACTORY else None for name, c in coders.items()}
         for name, (quantizer, codes) in coders.items():
             for pool in args.pools or [args.depth * K]:
                 at = "" if pool == args.depth * K else f"/{pool}"
