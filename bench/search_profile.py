@@ -6,8 +6,11 @@
 Starts a daemon on DATA_DIR (a copy of bench/scale.py's data dir, for instance; the daemon may
 replay and compact what is newer than its saved base, so the script waits until the index is
 idle), sends bench/scale.py's new-photo queries for a library of N (`POST /search {"vector"}`,
-one client, back to back) for --seconds (the HTTP latency), then for as long again while
-py-spy records the daemon (--native, every thread; `pip install -e '.[bench]'`), and prints
+one client, back to back) for --seconds on a new connection each (as bench/scale.py measures),
+then for as long on one kept-alive connection: the latencies, and the mean ms a search by
+stage as the daemon timed them (/stats' `index.search_time`: probed lists, fine codes,
+re-scoring; `rest` is the mean latency beyond them). Then (unless --no-profile) as long again
+while py-spy records the daemon (--native, every thread; `pip install -e '.[bench]'`), and prints
 where the busy samples went (shares, and CPU ms a search: every thread's, so a scan split over
 two threads counts both halves): FAISS's scan of the lists, the coarse assignment, the ranking
 by fine codes, the re-scoring read from SQLite, HTTP and JSON, the rest. Appends one JSON line
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import http.client
+import json
 import subprocess
 import sys
 import time
@@ -65,14 +70,43 @@ def summarize(raw: Path) -> collections.Counter[str]:
     return counts
 
 
-def searching(daemon: Daemon, queries: Any, seconds: float) -> list[float]:
-    """Searches by vector back to back for `seconds`: their latencies (ms)."""
+def searching(
+    daemon: Daemon, queries: Any, seconds: float, keep_alive: bool = False
+) -> list[float]:
+    """Searches by vector back to back for `seconds`: their latencies (ms). Each on a new
+    connection (urllib, as scale.py measures), or all on one kept-alive connection."""
     times: list[float] = []
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port) if keep_alive else None
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         q = queries[len(times) % len(queries)]
-        times.append(post_json(daemon.url + "/search", {"vector": q.tolist(), "limit": 10})[1])
+        body = {"vector": q.tolist(), "limit": 10}
+        if conn is None:
+            times.append(post_json(daemon.url + "/search", body)[1])
+            continue
+        start = time.perf_counter()
+        conn.request("POST", "/search", json.dumps(body), {"Content-Type": "application/json"})
+        reply = conn.getresponse()
+        json.loads(reply.read())
+        times.append((time.perf_counter() - start) * 1000)
+    if conn is not None:
+        conn.close()
     return times
+
+
+def timed(daemon: Daemon, queries: Any, seconds: float, keep_alive: bool) -> dict[str, Any]:
+    """Latencies of back-to-back searches, and the mean ms a search by stage as the daemon
+    timed them (/stats' index.search_time, differences); `rest`: the mean latency beyond the
+    index's stages (HTTP, JSON, hand-offs between threads, the hits' paths and metadata)."""
+    before = daemon.get("/stats")["index"]["search_time"]
+    times = searching(daemon, queries, seconds, keep_alive)
+    after = daemon.get("/stats")["index"]["search_time"]
+    count = max(1, after["searches"] - before["searches"])
+    stages = {
+        name: round((after[name] - before[name]) / count, 3) for name in after if name != "searches"
+    }
+    stages["rest"] = round(sum(times) / len(times) - sum(stages.values()), 3)
+    return {"search_ms": percentiles(times), "mean_ms": sum(times) / len(times), "stages": stages}
 
 
 def main() -> None:
@@ -82,6 +116,9 @@ def main() -> None:
     parser.add_argument("--model", choices=tuple(MODELS), default="ViT-B-32")
     parser.add_argument("--dist", choices=DISTRIBUTIONS, default="clustered")
     parser.add_argument("--seconds", type=float, default=45.0)
+    parser.add_argument(
+        "--no-profile", action="store_true", help="only the latencies and the daemon's stages"
+    )
     args = parser.parse_args()
     flags = daemon_flags(args.model)
     queries = Vectors(args.n, MODELS[args.model][1], args.dist).queries(1000)
@@ -90,14 +127,20 @@ def main() -> None:
         out["index"] = wait_idle(daemon)
         for q in queries[:20]:  # warm: the first searches read the base's pages
             post_json(daemon.url + "/search", {"vector": q.tolist(), "limit": 10})
-        out["search_ms"] = percentiles(searching(daemon, queries, args.seconds))
+        out["new_connection"] = timed(daemon, queries, args.seconds, keep_alive=False)
+        out["search_ms"] = out["new_connection"]["search_ms"]
+        out["kept_alive"] = timed(daemon, queries, args.seconds, keep_alive=True)
+        if args.no_profile:
+            progress(f"search {out['new_connection']}; kept alive {out['kept_alive']}")
+            record(out, "search_profile")
+            return
         # Then again under py-spy (it pauses the daemon to sample: latencies not reported).
         raw = OUT_DIR / "search_profile.txt"
         pid = daemon._proc.pid  # type: ignore[union-attr]
         cmd = [str(PY_SPY), "record", "--native", "--threads", "-r", str(RATE), "-f", "raw"]
         cmd += ["-o", str(raw), "-d", str(int(args.seconds)), "-p", str(pid)]
         spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-        profiled = len(searching(daemon, queries, args.seconds))
+        profiled = len(searching(daemon, queries, args.seconds, keep_alive=False))
         spy.wait()
         counts = summarize(raw)
         total = sum(counts.values()) or 1

@@ -5,7 +5,9 @@ earlier version, pruned after a new training)."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +132,40 @@ def test_a_base_saves_its_fine_codes_and_a_restart_writes_the_replayed_ones_agai
         assert [row[0].id for row in hits] == late.tolist()
     finally:
         again.close()
+
+
+def test_searches_are_timed_by_stage_in_the_index_description(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/stats' `index.search_time`: the searches of the segments are counted and their ms
+    summed by stage; at 4 x k re-scored with fine codes, each search adds to all three, and
+    the ranking's time (made 3 ms longer here) goes to the fine codes' stage."""
+    x = cone(N, 30)
+    catalog, _ = built(tmp_path, x)
+    try:
+        seg = catalog.index._segments
+        meta = dataclasses.replace(seg.base.meta, rescore=4)
+        monkeypatch.setattr(seg, "base", dataclasses.replace(seg.base, meta=meta))
+        rank = F.Fine.rank
+
+        def slower(self: F.Fine, *args: object) -> np.ndarray:
+            time.sleep(0.003)
+            return rank(self, *args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(F.Fine, "rank", slower)
+        before = catalog.index.describe()["search_time"]
+        times = [before]
+        for q in x[:5]:
+            catalog.nearest(q[None], 10)
+            times.append(catalog.index.describe()["search_time"])
+        assert [t["searches"] - before["searches"] for t in times] == [0, 1, 2, 3, 4, 5]
+        steps = list(itertools.pairwise(times))
+        for stage in ("lists_ms", "fine_codes_ms", "rescoring_ms"):
+            assert all(b[stage] > a[stage] for a, b in steps), stage
+        assert all(b["fine_codes_ms"] - a["fine_codes_ms"] >= 3 for a, b in steps)
+        assert times[-1]["lists_ms"] - before["lists_ms"] < 5 * 3  # not counted there
+    finally:
+        catalog.close()
 
 
 def test_a_base_without_fine_codes_gets_them_and_a_new_training_drops_the_old_file(

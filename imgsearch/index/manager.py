@@ -294,6 +294,7 @@ class LibraryIndex:
             "generation": meta.generation,
             "origin": self.origin,
             "state": self.state,
+            "search_time": self._reads.timings(),
         }
 
     # -- background work ------------------------------------------------------------------------

@@ -57,6 +57,9 @@ class Searcher:
     def __init__(self, source: Source) -> None:
         self.source = source
         self.searching = 0  # searches in flight (under _counting)
+        # Searches answered from the segments and their ms by stage, summed since the start
+        # (under _counting; /stats shows them, bench/search_profile.py takes differences).
+        self.times = {"searches": 0.0, "lists_ms": 0.0, "fine_codes_ms": 0.0, "rescoring_ms": 0.0}
         self._counting = threading.Lock()
         self.helper = ThreadPoolExecutor(1, "search-helper", one_omp_thread)
         self.readers = ThreadPoolExecutor(READ_PARTS - 1, "rescore-read")
@@ -101,7 +104,13 @@ class Searcher:
         ranked, rows = time.perf_counter(), int((ids >= 0).sum()) if quantized else 0
         if quantized:
             sims, ids = rescored(queries, ids, k, self.vectors)
-        total = (time.perf_counter() - start) * 1000
+        end = time.perf_counter()
+        total = (end - start) * 1000
+        with self._counting:
+            self.times["searches"] += 1
+            self.times["lists_ms"] += (scanned - start) * 1000
+            self.times["fine_codes_ms"] += (ranked - scanned) * 1000
+            self.times["rescoring_ms"] += (end - ranked) * 1000
         if total > SLOW_SEARCH_MS:
             log.warning(
                 "slow search: %.0f ms: segments %.0f ms (base %.0f, waiting for the recent "
@@ -110,9 +119,17 @@ class Searcher:
                 total, (scanned - start) * 1000, stages.get("base", 0), stages.get("lock", 0),
                 stages.get("recent", 0), nprobe, ", split" if helper else "",
                 candidates if fine is not None else 0, (ranked - scanned) * 1000, rows,
-                (time.perf_counter() - ranked) * 1000,
+                (end - ranked) * 1000,
             )  # fmt: skip
         return sims, ids
+
+    def timings(self) -> dict[str, float | int]:
+        """Searches of the segments since the start and their ms by stage, summed: the probed
+        lists (coarse assignment, scan, recent segment), ranking by fine codes, re-scoring
+        (the exact vectors' read from SQLite and their scores)."""
+        with self._counting:
+            times = dict(self.times)
+        return {name: int(v) if name == "searches" else round(v, 3) for name, v in times.items()}
 
     def vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Exact vectors of the sorted `ids` that are stored, from the store: (ids, vectors),

@@ -4,33 +4,32 @@ when `evidence=1`."""
 from __future__ import annotations
 
 from pathlib import Path
-
-from aiohttp import web
+from typing import Any
 
 from ..comparators.verify import VerifyComparator
 from ..errors import BadRequest
 from ..evidence import EvidenceSource, attach
 from ..search import Hit
 from ..service import Service
-from . import parsing
 from .metadata import with_metadata
 from .offload import blocking
-from .parsing import Params
 
 
-async def results_response(
-    service: Service, image: bytes | Path | None, hits: list[Hit], params: Params
-) -> web.Response:
-    """`{"results": [...]}`; with `evidence=1` and a query `image` (bytes or a stored path;
-    None for a text or a vector, which have no pixels to draw on), verified hits carry an
-    `evidence` object."""
-    if not parsing.flag(params.get("evidence"), "evidence") or image is None:
-        results = [h.as_json() for h in hits]
-    else:
-        results = await blocking(attach, _source(service), image, hits)
+def plain_results(service: Service, hits: list[Hit]) -> list[dict[str, Any]]:
+    """Hits as JSON with their metadata (blocking: run off the loop, in the search's own hop,
+    so a search costs the event loop one hand-off to a thread, not two)."""
+    results = [h.as_json() for h in hits]
+    if hits:
+        with_metadata(service.catalog.store, results, [h.id for h in hits])
+    return results
+
+
+async def evidence_results(service: Service, image: bytes | Path, hits: list[Hit]) -> list[Any]:
+    """Hits as JSON with their metadata, verified hits with verify's drawing `evidence`."""
+    results = await blocking(attach, _source(service), image, hits)
     if hits:
         await blocking(with_metadata, service.catalog.store, results, [h.id for h in hits])
-    return web.json_response({"results": results})
+    return results
 
 
 def _source(service: Service) -> EvidenceSource:

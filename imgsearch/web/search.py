@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -16,7 +17,7 @@ from .filters import filtered
 from .keys import FETCH, SEARCH_GATE, SERVICE
 from .offload import blocking
 from .parsing import Params
-from .results import results_response
+from .results import evidence_results, plain_results
 
 
 @dataclass(frozen=True)
@@ -73,13 +74,20 @@ async def comparators(request: web.Request) -> web.Response:
 async def _answer(request: web.Request, query: Query | Download, params: Params) -> web.Response:
     service = request.app[SERVICE]
     options = await filtered(service, _options(service, params), params)
-    parsing.flag(params.get("evidence"), "evidence")  # checked before any download
+    evidence = parsing.flag(params.get("evidence"), "evidence")  # checked before any download
     if isinstance(query, Download):
         query = await download(request, query.url)
-    with request.app[SEARCH_GATE].enter():
-        hits = await blocking(_search, service, query, options)
     image = query if isinstance(query, bytes | Path) else None  # a text or a vector: no pixels
-    return await results_response(service, image, hits, params)
+    with request.app[SEARCH_GATE].enter():
+        if image is None or not evidence:  # evidence needs pixels to draw on
+            return web.json_response({"results": await blocking(_found, service, query, options)})
+        hits = await blocking(_search, service, query, options)
+    return web.json_response({"results": await evidence_results(service, image, hits)})
+
+
+def _found(service: Service, query: Query, options: SearchOptions) -> list[dict[str, Any]]:
+    """The hits as JSON with their metadata: the search and its answer in one hand-off."""
+    return plain_results(service, _search(service, query, options))
 
 
 def _search(service: Service, query: Query, options: SearchOptions) -> list[Hit]:
