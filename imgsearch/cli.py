@@ -46,6 +46,12 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "exact"),
         help="vector index: auto (exact while small, IVF beyond) or exact (default auto)",
     )
+    add(
+        "--recall",
+        type=float,
+        help=f"recall@10 the IVF index is tuned for against exact search ({d.recall:g}; "
+        "lower is faster)",
+    )
     add("--max-upload-mb", type=float, help=f"largest upload or file, MB ({d.max_upload_mb:g})")
     add("--max-image-pixels", type=int, help=f"largest image, pixels ({d.max_image_pixels})")
     add(

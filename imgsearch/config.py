@@ -56,6 +56,9 @@ class Config:
     index_exact_max: int = index_policy.EXACT_MAX
     index_flat_max_bytes: int = index_policy.FLAT_MAX_BYTES
     index_delta_max: int = index_policy.DELTA_MAX
+    # recall@10 against exact search that the IVF index's nprobe and re-scoring are tuned for
+    # (lower: faster searches that miss more of the true nearest).
+    recall: float = index_policy.TARGET_RECALL
     max_pending_searches: int = 32
     max_pending_adds: int = 8
     # Adding and searching by URL: seconds per download (all of it), downloads at once.
@@ -90,6 +93,8 @@ class Config:
             )
         if self.index not in ("auto", "exact"):
             raise ConfigError(f"--index must be auto or exact, got {self.index!r}")
+        if not 0 < self.recall <= 1:  # NaN too
+            raise ConfigError(f"--recall must be over 0 and at most 1, got {self.recall}")
         if self.max_upload_mb <= 0:
             raise ConfigError(f"--max-upload-mb must be positive, got {self.max_upload_mb}")
         if self.host not in LOOPBACK_HOSTS and not self.token:
@@ -109,6 +114,7 @@ class Config:
             exact_max=self.index_exact_max,
             flat_max_bytes=self.index_flat_max_bytes,
             delta_max=self.index_delta_max,
+            target_recall=self.recall,
             train_bf16=self.precision != "fp32" and native_bf16(),
         )
 

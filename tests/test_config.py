@@ -43,6 +43,9 @@ def test_environment_then_flags() -> None:
         ({"IMGSEARCH_PORT": "70000"}, "--port must be 0..65535"),
         ({"IMGSEARCH_VERBOSE": "perhaps"}, "is not a valid bool"),
         ({"IMGSEARCH_WORKERS": "0"}, "--workers must be at least 1"),
+        ({"IMGSEARCH_RECALL": "0"}, "--recall must be over 0 and at most 1"),
+        ({"IMGSEARCH_RECALL": "1.5"}, "--recall must be over 0 and at most 1"),
+        ({"IMGSEARCH_RECALL": "nan"}, "--recall must be over 0 and at most 1"),
     ],
 )
 def test_bad_values_are_config_errors(env: dict[str, str], message: str) -> None:
@@ -65,3 +68,10 @@ def test_threads_default_and_validation() -> None:
     assert Config.load(environ={"IMGSEARCH_THREADS": "3"}).threads == 3
     with pytest.raises(ConfigError, match="--threads must be at least 1"):
         Config.load(environ={"IMGSEARCH_THREADS": "0"})
+
+
+def test_recall_sets_the_index_policy_target() -> None:
+    assert Config.load(environ={}).index_policy().target_recall == 0.97
+    ns = build_parser().parse_args(["serve", "--recall", "0.9"])
+    args = {k: v for k, v in vars(ns).items() if k != "command"}
+    assert Config.load(environ={}, overrides=args).index_policy().target_recall == 0.9

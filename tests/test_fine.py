@@ -265,3 +265,42 @@ def test_the_tuning_measures_the_pool_ranked_by_fine_codes(tmp_path: Path) -> No
         assert got[4, True] >= 0.99 > got[4, False], got
     finally:
         catalog.close()
+
+
+def test_another_recall_target_retunes_the_saved_base_once(tmp_path: Path) -> None:
+    """A daemon restarted with another --recall tunes the saved base again (the worker's
+    `tune`, the codes unchanged), saves the target with it, and says it in /stats; a restart
+    with the same target does nothing, nor one on a base of an earlier version (no target
+    saved: it was tuned for the default). A lower target never needs more lists, and what it
+    measured meets it."""
+    x = cone(N, 30)
+    catalog, ids = built(tmp_path, x)
+    first = catalog.index.describe()
+    catalog.close()
+    assert first["target_recall"] == 0.97 and meta_of(tmp_path)["target"] == 0.97
+    saved = B.saved(tmp_path / INDEX_DIR)[0] / B.META  # as an earlier version wrote it:
+    raw = json.loads(saved.read_text())
+    del raw["target"]
+    saved.write_text(json.dumps(raw))
+    old = Catalog(tmp_path, "m", CONE_DIM, POLICY)  # tuned for the default: nothing to do
+    try:
+        assert old.index.maintain() is None and old.index.describe()["target_recall"] == 0.97
+    finally:
+        old.close()
+    low = dataclasses.replace(POLICY, target_recall=0.5)
+    again = Catalog(tmp_path, "m", CONE_DIM, low)
+    try:
+        assert again.index.maintain() == "tune"
+        about = again.index.describe()
+        assert about["target_recall"] == 0.5 and meta_of(tmp_path)["target"] == 0.5
+        assert about["nprobe"] <= first["nprobe"] and about["recall_at_10"] >= 0.5
+        assert about["base"] == first["base"] and about["trained_at"] == first["trained_at"]
+        assert [row[0].id for row in again.nearest(x[:20], 1)] == ids[:20].tolist()
+        assert again.index.maintain() is None
+    finally:
+        again.close()
+    same = Catalog(tmp_path, "m", CONE_DIM, low)
+    try:
+        assert same.index.maintain() is None and same.index.describe()["target_recall"] == 0.5
+    finally:
+        same.close()

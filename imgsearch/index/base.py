@@ -25,7 +25,7 @@ import numpy as np
 
 from ..files import fsync
 from .fine import Fine, FineTable, tables
-from .policy import HNSW_ADD_EF
+from .policy import HNSW_ADD_EF, TARGET_RECALL
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,14 @@ class BaseMeta:
     # The file of its fine codes in the index folder ("": none; fine.py), which the tuning
     # counted on (a base loaded without them re-scores the whole pool: reads.py).
     fine: str = ""
+    # The recall@10 the tuning aimed at (policy.Policy.target_recall, the daemon's --recall);
+    # 0: not recorded (bases of earlier versions were tuned for policy.TARGET_RECALL).
+    target: float = 0.0
+
+    @property
+    def tuned_for(self) -> float:
+        """The recall@10 target nprobe and rescore were chosen for."""
+        return self.target or TARGET_RECALL
 
 
 @dataclass(frozen=True)

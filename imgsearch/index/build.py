@@ -113,6 +113,7 @@ def build(
     meta = BaseMeta(
         model_id, dim, spec.kind, spec.factory, generation, len(all_ids), len(all_ids),
         time.time(), nprobe, recall, rescore, len(all_ids), fine.name if fine else "",
+        policy.target_recall,
     )  # fmt: skip
     log.info(
         "index built: %s, %d vectors in %.1fs (nprobe %d, recall@10 %.3f, rescore %d)",
@@ -171,8 +172,9 @@ def with_fine(base: Base, source: Source, folder: Path, stop: threading.Event) -
 
 def retune(base: Base, source: Source, policy: P.Policy, stop: threading.Event) -> Base:
     """`base` with nprobe and re-scoring tuned again for the size it has now (an index trained
-    early for an import's final size was tuned on the rows it held then): the same queries and
-    recall target as a build, the ground truth streamed from the store."""
+    early for an import's final size was tuned on the rows it held then) or for the policy's
+    recall target (--recall changed): the same queries as a build, the ground truth streamed
+    from the store."""
     started = time.monotonic()
     spec = P.Spec(base.meta.kind, base.meta.factory, int(getattr(ivf(base.index), "nlist", 0)))
     rng = np.random.default_rng(P.SEED)
@@ -191,8 +193,9 @@ def retune(base: Base, source: Source, policy: P.Policy, stop: threading.Event) 
         base.index, spec, (q_ids, queries), others, source, policy, stop, base.fine
     )
     meta = replace(
-        base.meta, nprobe=nprobe, recall=recall, rescore=rescore, tuned_count=len(present)
-    )
+        base.meta, nprobe=nprobe, recall=recall, rescore=rescore, tuned_count=len(present),
+        target=policy.target_recall,
+    )  # fmt: skip
     log.info(
         "index re-tuned at %d vectors in %.1fs: nprobe %d -> %d, rescore %d -> %d, recall@10 %.3f",
         len(present), time.monotonic() - started, base.meta.nprobe, nprobe, base.meta.rescore,

@@ -286,6 +286,7 @@ class LibraryIndex:
             "deleted": seg.dead,
             "nprobe": meta.nprobe or None,
             "recall_at_10": meta.recall,
+            "target_recall": meta.tuned_for if meta.nprobe else None,
             "rescore": meta.rescore or None,
             "fine_codes": FINE_FACTORY if seg.base.fine is not None else None,
             "trained_at": _iso(meta.trained_at),
@@ -353,6 +354,9 @@ class LibraryIndex:
             if self._needs_fine():
                 self._replace(self.add_fine)
                 return "fine"
+            if self._needs_retarget():
+                self._replace(self.retarget)
+                return "tune"
             settle, self._settle = self._settle, False
             if self._needs_compaction() or (settle and self._unsaved()):
                 self._replace(self.compact)
@@ -401,6 +405,18 @@ class LibraryIndex:
         self.state = "tuning"
         base = with_fine(self._segments.base, self.source, self.folder, self._stop)
         return self._keep(retune(base, self.source, self.policy, self._stop))
+
+    def _needs_retarget(self) -> bool:
+        """A tuned base whose nprobe and rescore were chosen for another recall target than
+        the policy's (the daemon restarted with another --recall)."""
+        meta = self._segments.base.meta
+        tuned = meta.kind != "exact" and meta.nprobe > 0 and len(self._segments.base) > 0
+        return tuned and abs(meta.tuned_for - self.policy.target_recall) > 1e-9
+
+    def retarget(self) -> B.Base:
+        """The current base tuned again for the policy's recall target (the codes unchanged)."""
+        self.state = "tuning"
+        return self._keep(retune(self._segments.base, self.source, self.policy, self._stop))
 
     def compact(self) -> B.Base:
         """The current base with deletions dropped and recent vectors folded in (a coded
