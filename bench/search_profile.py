@@ -2,6 +2,8 @@
 
     python bench/search_profile.py --data DATA_DIR --n 10000000        # bench/scale.py's library
     python bench/search_profile.py --data DATA_DIR --n 10000000 --seconds 60 --model ViT-B-32
+    python bench/search_profile.py --data DATA_DIR --n 10000000 --no-profile --recall 0.9 \
+        --truth 200                                      # latencies and recall at a target
 
 Starts a daemon on DATA_DIR (a copy of bench/scale.py's data dir, for instance; the daemon may
 replay and compact what is newer than its saved base, so the script waits until the index is
@@ -14,25 +16,43 @@ while py-spy records the daemon (--native, every thread; `pip install -e '.[benc
 where the busy samples went (shares, and CPU ms a search: every thread's, so a scan split over
 two threads counts both halves): FAISS's scan of the lists, the coarse assignment, the ranking
 by fine codes, the re-scoring read from SQLite, HTTP and JSON, the rest. Appends one JSON line
-to bench/out/search_profile.jsonl.
+to bench/out/search_profile.jsonl. --recall R starts the daemon with `--recall R` (it tunes
+the saved base again for that target before the script goes on); --truth Q measures recall@10
+of the first Q queries against exact search over the library's present rows (read from its
+database, read-only; cached in bench/out).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import hashlib
 import http.client
 import json
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import OUT_DIR, PY_SPY, Daemon, cpu_model, percentiles, progress, record  # noqa: E402
-from scale import DISTRIBUTIONS, MODELS, Vectors, daemon_flags, post_json, wait_idle  # noqa: E402
+from scale import (  # noqa: E402
+    DISTRIBUTIONS,
+    MODELS,
+    K,
+    Vectors,
+    daemon_flags,
+    post_json,
+    wait_idle,
+)
+
+from imgsearch.catalog import DB_FILE  # noqa: E402
+from imgsearch.store.images import vector_chunks  # noqa: E402
 
 # What a busy sample was doing, by the frames anywhere in its stack (first match wins).
 STAGES = (
@@ -109,6 +129,46 @@ def timed(daemon: Daemon, queries: Any, seconds: float, keep_alive: bool) -> dic
     return {"search_ms": percentiles(times), "mean_ms": sum(times) / len(times), "stages": stages}
 
 
+def exact_truth(data: Path, queries: np.ndarray) -> dict[int, list[str]]:
+    """Each query's exact 10 nearest stored images (paths) among the present rows of the
+    library's database, read-only (cached in bench/out by the database's size and mtime)."""
+    db = data / DB_FILE
+    stat = db.stat()
+    key = hashlib.sha256(f"{db.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    key.update(queries.tobytes())
+    cached = OUT_DIR / f"search_profile-truth-{key.hexdigest()[:16]}.json"
+    if cached.is_file():
+        return {int(q): paths for q, paths in json.loads(cached.read_text()).items()}
+    progress(f"exact ground truth of {len(queries)} queries from {db}")
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    best_s = np.full((len(queries), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(queries), 0), np.int64)
+    cursor = conn.execute("SELECT id, vector FROM images WHERE missing=0")
+    for chunk in vector_chunks(cursor, 100_000, queries.shape[1]):
+        sims = queries @ chunk.vectors.T
+        top = np.argpartition(-sims, K, axis=1)[:, :K] if sims.shape[1] > K else None
+        s = sims if top is None else np.take_along_axis(sims, top, 1)
+        i = chunk.ids[None, :].repeat(len(queries), 0) if top is None else chunk.ids[top]
+        both_s, both_i = np.concatenate([best_s, s], 1), np.concatenate([best_i, i], 1)
+        order = np.argsort(-both_s, axis=1)[:, :K]
+        best_s, best_i = np.take_along_axis(both_s, order, 1), np.take_along_axis(both_i, order, 1)
+    ids = sorted(set(best_i.ravel().tolist()))
+    marks = ",".join("?" * len(ids))
+    paths = dict(conn.execute(f"SELECT id, path FROM images WHERE id IN ({marks})", ids))
+    truth = {q: [paths[int(i)] for i in row] for q, row in enumerate(best_i)}
+    cached.write_text(json.dumps(truth))
+    return truth
+
+
+def recall(daemon: Daemon, queries: np.ndarray, truth: dict[int, list[str]]) -> float:
+    """recall@10 of the daemon's answers against `truth`."""
+    hits = 0
+    for q, want in truth.items():
+        body = post_json(daemon.url + "/search", {"vector": queries[q].tolist(), "limit": K})[0]
+        hits += len({r["image"] for r in body["results"]} & set(want))
+    return hits / max(1, sum(len(w) for w in truth.values()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True)
@@ -119,12 +179,20 @@ def main() -> None:
     parser.add_argument(
         "--no-profile", action="store_true", help="only the latencies and the daemon's stages"
     )
+    parser.add_argument("--recall", type=float, help="the daemon's --recall (default its own)")
+    parser.add_argument(
+        "--truth", type=int, default=0, help="recall@10 of this many queries against exact search"
+    )
     args = parser.parse_args()
-    flags = daemon_flags(args.model)
+    flags = daemon_flags(args.model) + (["--recall", str(args.recall)] if args.recall else [])
     queries = Vectors(args.n, MODELS[args.model][1], args.dist).queries(1000)
     out: dict[str, Any] = {"cpu": cpu_model(), "n": args.n, "data": str(args.data)}
+    out["daemon_recall_flag"] = args.recall
+    truth = exact_truth(args.data, queries[: args.truth]) if args.truth else None
     with Daemon(flags, args.data, start_timeout=1800) as daemon:
         out["index"] = wait_idle(daemon)
+        if truth is not None:
+            out["recall_at_10"] = recall(daemon, queries, truth)
         for q in queries[:20]:  # warm: the first searches read the base's pages
             post_json(daemon.url + "/search", {"vector": q.tolist(), "limit": 10})
         out["new_connection"] = timed(daemon, queries, args.seconds, keep_alive=False)
