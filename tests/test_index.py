@@ -838,6 +838,7 @@ def test_the_rescoring_read_is_split_over_threads_and_loses_nothing(tmp_path: Pa
         catalog.remove_ids(ids[10:20])
         noting = ThreadNotingSource(StoreSource(catalog.store))
         searcher = reads.Searcher(noting)
+        searcher.row_us = 2 * reads.SLOW_ROW_US  # rows from the disk: split
         try:
             wanted = sorted(ids[:150])
             found, got = searcher.vectors(wanted)
@@ -850,6 +851,53 @@ def test_the_rescoring_read_is_split_over_threads_and_loses_nothing(tmp_path: Pa
             found, _ = searcher.vectors(wanted[: reads.READ_SPLIT_MIN - 1])  # a few: one read
             assert len(noting.reads) == 1 and len(found) == reads.READ_SPLIT_MIN - 1 - 10
             assert searcher.vectors(ids[10:20])[0].tolist() == []  # all gone: none found
+        finally:
+            searcher.close()
+    finally:
+        catalog.close()
+
+
+class SlowRows(ThreadNotingSource):
+    """Rows that take `row_s` seconds each to read (from the disk, as it were)."""
+
+    row_s = 0.0
+
+    def vectors(self, ids):  # type: ignore[no-untyped-def]
+        time.sleep(self.row_s * len(ids))
+        return super().vectors(ids)
+
+
+def test_the_rescoring_read_is_split_only_while_rows_come_slowly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows from the page cache are read on the calling thread (hand-offs would cost more);
+    once one-thread reads take over SLOW_ROW_US a row they are split, and the probes (one
+    read in PROBE_EVERY on one thread) bring them back to one thread when rows come fast
+    again."""
+    from imgsearch.index import reads
+
+    monkeypatch.setattr(reads, "PROBE_EVERY", 4)
+    catalog = Catalog(tmp_path, "m", DIM, policy("exact"))
+    try:
+        wanted = sorted(fill(catalog, clustered(100)))
+        slow = SlowRows(StoreSource(catalog.store))
+        searcher = reads.Searcher(slow)
+
+        def parts() -> int:
+            slow.reads.clear()
+            assert len(searcher.vectors(wanted)[0]) == 100
+            return len(slow.reads)
+
+        try:
+            assert [parts() for _ in range(6)] == [1] * 6  # fast rows: one thread
+            assert searcher.row_us < reads.SLOW_ROW_US
+            slow.row_s = 4 * reads.SLOW_ROW_US / 1e6
+            got = [parts() for _ in range(9)]
+            assert got[:1] == [1] and searcher.row_us > reads.SLOW_ROW_US  # measured slow
+            assert got.count(reads.READ_PARTS) >= 6 and got.count(1) <= 3  # then split, probes
+            slow.row_s = 0.0
+            got = [parts() for _ in range(4 * 8)]
+            assert got[-4:] == [1] * 4 and searcher.row_us < reads.SLOW_ROW_US  # fast again
         finally:
             searcher.close()
     finally:

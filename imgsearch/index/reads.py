@@ -42,9 +42,17 @@ SLOW_SEARCH_MS = 500.0
 # The re-scoring read (k x rescore rows: 100 at k = 10) asks SQLite for one row after another;
 # at 10M the database does not fit the page cache, so each row may be a disk read, and while
 # other writes fill the disk's queue one read waits behind many. From READ_SPLIT_MIN rows the
-# ids are read in READ_PARTS contiguous parts side by side (each thread has its own reader).
+# ids are then read in READ_PARTS contiguous parts side by side (each thread has its own
+# reader): 2.8 ms for 100 rows against 5.1 on one thread (bench/rescore_read.py, 10M). Where
+# the rows come from the page cache the hand-offs cost more than they save (100k: 0.65 ms for
+# 40 rows split, 0.35 on one thread), so reads are split only while reads on one thread take
+# over SLOW_ROW_US a row (a running mean); one read in PROBE_EVERY of a split mode is made on
+# one thread to see whether that still holds (the page cache fills and empties).
 READ_PARTS = 4
 READ_SPLIT_MIN = 32
+SLOW_ROW_US = 20.0
+PROBE_EVERY = 64
+ROW_US_WEIGHT = 0.5  # of the newest one-thread read in the running mean
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +71,10 @@ class Searcher:
         self._counting = threading.Lock()
         self.helper = ThreadPoolExecutor(1, "search-helper", one_omp_thread)
         self.readers = ThreadPoolExecutor(READ_PARTS - 1, "rescore-read")
+        # Running mean of µs a row of the one-thread reads (0: none yet), and reads counted
+        # for the probes (both updated without a lock: an estimate, a lost update is harmless).
+        self.row_us = 0.0
+        self._reads = 0
         self.closed = False  # then searches go on, on the calling thread alone
 
     def search(
@@ -133,9 +145,18 @@ class Searcher:
 
     def vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Exact vectors of the sorted `ids` that are stored, from the store: (ids, vectors),
-        read in up to READ_PARTS parts side by side."""
+        read in READ_PARTS parts side by side where rows come slowly (from the disk)."""
         if len(ids) < READ_SPLIT_MIN or self.closed:
             return self.source.vectors(ids)
+        self._reads += 1
+        if self.row_us <= SLOW_ROW_US or self._reads % PROBE_EVERY == 0:
+            start = time.perf_counter()
+            read = self.source.vectors(ids)
+            row_us = (time.perf_counter() - start) * 1e6 / len(ids)
+            self.row_us = row_us if not self.row_us else (
+                ROW_US_WEIGHT * row_us + (1 - ROW_US_WEIGHT) * self.row_us
+            )  # fmt: skip
+            return read
         parts = [part.tolist() for part in np.array_split(np.asarray(ids), READ_PARTS)]
         try:
             others = [self.readers.submit(self.source.vectors, part) for part in parts[1:]]
