@@ -136,3 +136,17 @@ def test_the_pick_is_as_cheap_as_measuring_every_pair(seed: int) -> None:
     if tier < 2:
         assert cost_of(nprobe, rescore) <= cost * (1 + 2 / P.TUNE_PRECISION) + PER_LIST
     assert len(calls) <= 45
+
+
+@pytest.mark.parametrize(("target", "goal"), [(0.97, 0.99), (0.99, 1.0), (0.9, 0.93), (0.5, 0.65)])
+def test_a_lower_target_aims_a_larger_share_of_its_misses_above_it(
+    target: float, goal: float
+) -> None:
+    """--recall below the default: the tuning aims at 0.3 of the misses above it (at least
+    TUNE_MARGIN): nprobe is the smallest reaching that goal, which exact codes show plainly."""
+    assert P.tune_margin(target) + target == pytest.approx(goal) or goal == 1.0
+    recall = lambda rescore, nprobe: min(1.0, nprobe / 1000)  # noqa: E731
+    spec = P.Spec("ivf-flat", "IVF4096,Flat", LISTS)
+    nprobe, got, _ = choose(recall, spec, PER_LIST, target)
+    want = math.ceil(goal * 1000)
+    assert got >= goal - 1e-9 and want <= nprobe <= want * (1 + 2 / P.TUNE_PRECISION)

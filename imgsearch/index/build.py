@@ -230,7 +230,7 @@ def tune(
 def choose(
     recall_at: Callable[[int, int], float], spec: P.Spec, per_list: float, target: float
 ) -> tuple[int, float, int]:
-    """(nprobe, recall, rescore): the smallest nprobe reaching `target` (plus TUNE_MARGIN where
+    """(nprobe, recall, rescore): the smallest nprobe reaching `target` (plus its margin where
     that can be had); for quantized codes under each re-scoring depth, the cheapest pair with
     the margin by the cost model (else the cheapest meeting the target, else the best recall).
     `recall_at(rescore, nprobe)`: recall@10 searching so (with fine codes, rescore x k of a
@@ -242,7 +242,7 @@ def choose(
     whether it can, and a bisection between the two bounds finds its nprobe. (Searched
     shallowest first, each depth doubled nprobe from 1, up to all the lists for a depth that
     cannot reach the goal: ~15 searches wasted per such depth, tests/test_tuning.py.)"""
-    goal = min(1.0, target + P.TUNE_MARGIN)
+    goal = min(1.0, target + P.tune_margin(target))
 
     def pair(nprobe: int, recall: float, rescore: int) -> tuple[int, float, int, float, int]:
         # Pairs with the margin first, then those meeting the target, then the best recall.
