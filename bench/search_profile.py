@@ -2,8 +2,7 @@
 
     python bench/search_profile.py --data DATA_DIR --n 10000000        # bench/scale.py's library
     python bench/search_profile.py --data DATA_DIR --n 10000000 --seconds 60 --model ViT-B-32
-    python bench/search_profile.py --data DATA_DIR --n 10000000 --no-profile --recall 0.9 \
-        --truth 200                                      # latencies and recall at a target
+    python bench/search_profile.py --data DATA_DIR --n 10000000 --recall 0.9 --truth 200
 
 Starts a daemon on DATA_DIR (a copy of bench/scale.py's data dir, for instance; the daemon may
 replay and compact what is newer than its saved base, so the script waits until the index is
