@@ -66,6 +66,20 @@ MODELS = {"ViT-B-32": ("open_clip/ViT-B-32/random", 512), "efficientnet-lite0": 
     "efficientnet-lite0/imagenet", 1280)}  # fmt: skip
 
 
+def library_args(parser: argparse.ArgumentParser) -> None:
+    """The options of a script run on a library this script left (`--keep`): its data dir, and
+    what makes its queries (N, the model's dimension, the distribution)."""
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--n", type=int, required=True, help="the library's size (its queries)")
+    parser.add_argument("--model", choices=tuple(MODELS), default="ViT-B-32")
+    parser.add_argument("--dist", choices=DISTRIBUTIONS, default="clustered")
+
+
+def library_queries(args: argparse.Namespace, count: int) -> np.ndarray:
+    """The new-photo queries of the library `library_args` named."""
+    return Vectors(args.n, MODELS[args.model][1], args.dist).queries(count)
+
+
 def daemon_flags(model: str) -> list[str]:
     """A daemon of `model` (a MODELS key) for imported vectors: one embedding worker, and
     ViT-B-32 with random weights (the model only names the vectors)."""

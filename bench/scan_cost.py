@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_model, percentiles, progress, record  # noqa: E402
-from scale import DISTRIBUTIONS, MODELS, Vectors  # noqa: E402
+from scale import library_args, library_queries  # noqa: E402
 
 QUERIES = 40
 
@@ -43,10 +43,7 @@ def main() -> None:
     import faiss
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--n", type=int, required=True, help="the library's size (its queries)")
-    parser.add_argument("--model", choices=tuple(MODELS), default="ViT-B-32")
-    parser.add_argument("--dist", choices=DISTRIBUTIONS, default="clustered")
+    library_args(parser)
     parser.add_argument("--nprobe", type=int, nargs="+", default=[64, 256, 1329, 4096])
     parser.add_argument("--k", type=int, nargs="+", default=[1000])
     args = parser.parse_args()
@@ -55,7 +52,7 @@ def main() -> None:
     progress(f"reading {path}")
     index = faiss.read_index(str(path))
     ivf: Any = faiss.downcast_index(faiss.extract_index_ivf(index))
-    queries = Vectors(args.n, MODELS[args.model][1], args.dist).queries(QUERIES + 3)
+    queries = library_queries(args, QUERIES + 3)
     load = os.getloadavg()[0]
     out: dict[str, Any] = {
         "cpu": cpu_model(), "load": load, "base": str(path), "factory": type(ivf).__name__,

@@ -41,16 +41,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import OUT_DIR, PY_SPY, Daemon, cpu_model, percentiles, progress, record  # noqa: E402
 from scale import (  # noqa: E402
-    DISTRIBUTIONS,
-    MODELS,
     K,
-    Vectors,
     daemon_flags,
+    library_args,
+    library_queries,
     post_json,
     wait_idle,
 )
 
 from imgsearch.catalog import DB_FILE  # noqa: E402
+from imgsearch.index.segments import exact_among, merge  # noqa: E402
 from imgsearch.store.images import vector_chunks  # noqa: E402
 
 # What a busy sample was doing, by the frames anywhere in its stack (first match wins).
@@ -140,17 +140,11 @@ def exact_truth(data: Path, queries: np.ndarray) -> dict[int, list[str]]:
         return {int(q): paths for q, paths in json.loads(cached.read_text()).items()}
     progress(f"exact ground truth of {len(queries)} queries from {db}")
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    best_s = np.full((len(queries), 0), -np.inf, np.float32)
-    best_i = np.zeros((len(queries), 0), np.int64)
+    best = (np.full((len(queries), 0), -np.inf, np.float32), np.zeros((len(queries), 0), np.int64))
     cursor = conn.execute("SELECT id, vector FROM images WHERE missing=0")
     for chunk in vector_chunks(cursor, 100_000, queries.shape[1]):
-        sims = queries @ chunk.vectors.T
-        top = np.argpartition(-sims, K, axis=1)[:, :K] if sims.shape[1] > K else None
-        s = sims if top is None else np.take_along_axis(sims, top, 1)
-        i = chunk.ids[None, :].repeat(len(queries), 0) if top is None else chunk.ids[top]
-        both_s, both_i = np.concatenate([best_s, s], 1), np.concatenate([best_i, i], 1)
-        order = np.argsort(-both_s, axis=1)[:, :K]
-        best_s, best_i = np.take_along_axis(both_s, order, 1), np.take_along_axis(both_i, order, 1)
+        best = merge([best, exact_among(queries, K, chunk.ids, chunk.vectors)], K)
+    best_i = best[1]
     ids = sorted(set(best_i.ravel().tolist()))
     marks = ",".join("?" * len(ids))
     paths = dict(conn.execute(f"SELECT id, path FROM images WHERE id IN ({marks})", ids))
@@ -170,10 +164,7 @@ def recall(daemon: Daemon, queries: np.ndarray, truth: dict[int, list[str]]) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--n", type=int, required=True, help="the library's size (its queries)")
-    parser.add_argument("--model", choices=tuple(MODELS), default="ViT-B-32")
-    parser.add_argument("--dist", choices=DISTRIBUTIONS, default="clustered")
+    library_args(parser)
     parser.add_argument("--seconds", type=float, default=45.0)
     parser.add_argument(
         "--no-profile", action="store_true", help="only the latencies and the daemon's stages"
@@ -184,7 +175,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     flags = daemon_flags(args.model) + (["--recall", str(args.recall)] if args.recall else [])
-    queries = Vectors(args.n, MODELS[args.model][1], args.dist).queries(1000)
+    queries = library_queries(args, 1000)
     out: dict[str, Any] = {"cpu": cpu_model(), "n": args.n, "data": str(args.data)}
     out["daemon_recall_flag"] = args.recall
     truth = exact_truth(args.data, queries[: args.truth]) if args.truth else None

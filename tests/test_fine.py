@@ -9,6 +9,7 @@ import itertools
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -42,6 +43,14 @@ def built(folder: Path, vectors: np.ndarray) -> tuple[Catalog, np.ndarray]:
     catalog.index.maintain()
     catalog.index.rebase()
     return catalog, ids
+
+
+def at_depth(catalog: Catalog, monkeypatch: pytest.MonkeyPatch, rescore: int) -> Any:
+    """The catalog's segments, their base's re-scoring depth set to `rescore` x k."""
+    seg = catalog.index._segments
+    meta = dataclasses.replace(seg.base.meta, rescore=rescore)
+    monkeypatch.setattr(seg, "base", dataclasses.replace(seg.base, meta=meta))
+    return seg
 
 
 def meta_of(folder: Path) -> dict:
@@ -143,9 +152,7 @@ def test_searches_are_timed_by_stage_in_the_index_description(
     x = cone(N, 30)
     catalog, _ = built(tmp_path, x)
     try:
-        seg = catalog.index._segments
-        meta = dataclasses.replace(seg.base.meta, rescore=4)
-        monkeypatch.setattr(seg, "base", dataclasses.replace(seg.base, meta=meta))
+        at_depth(catalog, monkeypatch, 4)
         rank = F.Fine.rank
 
         def slower(self: F.Fine, *args: object) -> np.ndarray:
@@ -206,9 +213,7 @@ def test_a_search_ranks_a_pool_by_fine_codes_and_reads_only_the_tuned_depth(
     x = cone(N, 30)
     catalog, ids = built(tmp_path, x)
     try:
-        seg = catalog.index._segments
-        meta = dataclasses.replace(seg.base.meta, rescore=4)
-        monkeypatch.setattr(seg, "base", dataclasses.replace(seg.base, meta=meta))
+        seg = at_depth(catalog, monkeypatch, 4)
         asked: list[int] = []
         read: list[int] = []
         search, fetch = seg.search, catalog.index._reads.vectors
@@ -226,7 +231,7 @@ def test_a_search_ranks_a_pool_by_fine_codes_and_reads_only_the_tuned_depth(
         found = np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got, want, strict=True)])
         assert found >= 0.95, found
         tuned_with = seg.base
-        for meta_fine, depth in ((meta.fine, F.POOL), ("", 4)):
+        for meta_fine, depth in ((tuned_with.meta.fine, F.POOL), ("", 4)):
             asked.clear(), read.clear()
             lost = dataclasses.replace(tuned_with.meta, fine=meta_fine)
             monkeypatch.setattr(seg, "base", dataclasses.replace(tuned_with, fine=None, meta=lost))
