@@ -1,16 +1,20 @@
 """What adding a vector to the 10M library's index costs: FAISS's add_with_ids (every centroid
-scanned in float32) against imgsearch's placer (lists chosen in bfloat16, codes packed by
-imgsearch: imgsearch/index/placing.py).
+scanned in float32) against imgsearch's placers (codes packed by imgsearch:
+imgsearch/index/placing.py), whose lists are chosen by a bfloat16 product with every centre
+(kmeans.Centres) or through a tree of the centres (tree.CentreTree, float32).
 
     python bench/placing.py --rows 300000 --rounds 2
+    python bench/placing.py --dist spectral --methods bf16 tree   # the placers only
 
 The policy's index for 10M at 512-d (`IVF16384,PQ256x4fs`) is trained as the daemon trains it
 (index/kmeans.py, its 10M sample size) on bench/scale.py's cached 10M clustered shards; then
 ROWS other vectors are encoded in the import's batches (20,000 rows, each into an empty copy of
-the template, as Segments.encode does) both ways, alternating, ROUNDS times: wall and CPU
-microseconds a row (all threads; FAISS's OpenMP team as the daemon's import thread has it), the
-share of rows given the same list, and recall@10 of bench/scale.py-style new-photo queries (at
-each --nprobe, 10x re-scoring with exact vectors) against exact search over the rows added.
+the template, as Segments.encode does) each way, in turn (order reversed every other round),
+ROUNDS times: wall and CPU microseconds a row (all threads; FAISS's OpenMP team as the
+daemon's import thread has it), the share of rows given the same list as the first method,
+how much lower each row's list's centre scores than its best centre, and recall@10 of
+bench/scale.py-style new-photo queries (at each --nprobe, 10x re-scoring with exact vectors)
+against exact search over the rows added.
 Prints one JSON object and appends it to bench/out/placing.jsonl.
 """
 
@@ -38,7 +42,11 @@ from imgsearch.index.placing import Placer  # noqa: E402
 DIM = 512
 N = 10_000_000
 BATCH = 20_000  # rows an import reads, checks and encodes at a time (bulk/imports.py)
-SHARDS = OUT_DIR / f"scale-shards-open_clip_ViT-B-32_random-clustered-{N}"
+METHODS = ("faiss", "bf16", "tree")
+
+
+def shards(dist: str) -> Path:
+    return OUT_DIR / f"scale-shards-open_clip_ViT-B-32_random-{dist}-{N}"
 
 
 def fill(template: Any, x: np.ndarray, placer: Placer | None) -> tuple[Any, float, float]:
@@ -56,6 +64,16 @@ def fill(template: Any, x: np.ndarray, placer: Placer | None) -> tuple[Any, floa
         cpu += time.process_time() - started
         merge_into(whole, batch)
     return whole, wall, cpu
+
+
+def score_lost(x: np.ndarray, centres: np.ndarray, lists: np.ndarray) -> np.ndarray:
+    """How much lower each row's list's centre scores than its best centre (float32)."""
+    out = np.empty(len(x), np.float32)
+    for first in range(0, len(x), 10_000):
+        scores = x[first : first + 10_000] @ centres.T
+        chosen = scores[np.arange(len(scores)), lists[first : first + 10_000]]
+        out[first : first + 10_000] = scores.max(axis=1) - chosen
+    return out
 
 
 def lists_of(index: Any) -> np.ndarray:
@@ -92,36 +110,45 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--nprobe", type=int, nargs="+", default=[64, 256, 1024])
+    parser.add_argument("--dist", choices=("clustered", "spectral"), default="clustered")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     args = parser.parse_args()
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     spec = P.Policy().spec(N, DIM)
     sample = P.train_size(spec.lists, N)
-    data = shard_vectors(SHARDS, sample + args.rows, DIM)
+    data = shard_vectors(shards(args.dist), sample + args.rows, DIM)
     train, x = data[:sample], data[sample:]
     index = faiss.index_factory(DIM, spec.factory, faiss.METRIC_INNER_PRODUCT)
     start = time.perf_counter()
     kmeans.train(index, train, native_bf16(), P.SEED, P.TWO_LEVEL_MIN_LISTS)
     out: dict[str, Any] = {"factory": spec.factory, "train_s": time.perf_counter() - start}
-    out.update(rows=len(x), batch=BATCH, bf16_native=native_bf16())
+    out.update(rows=len(x), batch=BATCH, bf16_native=native_bf16(), dist=args.dist)
     progress(f"trained {spec.factory} on {sample:,} rows in {out['train_s']:.0f}s")
     del train, data
-    placer = Placer.of(index)
-    assert placer is not None
-    times: dict[str, dict[str, list[float]]] = {"faiss": {}, "placer": {}}
+    bf16, tree = Placer.of(index, True, kmeans.NEVER), Placer.of(index, False, 0)
+    placers = {"faiss": None, "bf16": bf16, "tree": tree}
+    times: dict[str, dict[str, list[float]]] = {name: {} for name in args.methods}
     built: dict[str, Any] = {}
     for r in range(args.rounds):
-        for name in ("faiss", "placer")[:: 1 if r % 2 == 0 else -1]:
-            whole, wall, cpu = fill(index, x, placer if name == "placer" else None)
+        for name in args.methods[:: 1 if r % 2 == 0 else -1]:
+            whole, wall, cpu = fill(index, x, placers[name])
             times[name].setdefault("wall_us", []).append(wall / len(x) * 1e6)
             times[name].setdefault("cpu_us", []).append(cpu / len(x) * 1e6)
             built[name] = whole
             progress(f"round {r} {name}: {wall / len(x) * 1e6:.1f} us a row, {cpu:.1f} CPU s")
     for name, t in times.items():
         out[name] = {k: {"runs": v, "median": float(np.median(v))} for k, v in t.items()}
-    for unit in ("cpu", "wall"):
-        faiss_, ours = (out[n][f"{unit}_us"]["median"] for n in ("faiss", "placer"))
-        out[f"{unit}_ratio"] = faiss_ / ours
-    out["same_list"] = float(np.mean(lists_of(built["faiss"]) == lists_of(built["placer"])))
+    first = args.methods[0]
+    centres = faiss.extract_index_ivf(index).quantizer.reconstruct_n(0, spec.lists)
+    for name in args.methods[1:]:
+        for unit in ("cpu", "wall"):
+            out[f"{unit}_ratio_{first}_{name}"] = (
+                out[first][f"{unit}_us"]["median"] / out[name][f"{unit}_us"]["median"]
+            )
+        out[f"same_list_{name}"] = float(np.mean(lists_of(built[first]) == lists_of(built[name])))
+    for name in args.methods:
+        lost = score_lost(x, centres, lists_of(built[name]))
+        out[f"score_lost_{name}"] = {"mean": float(lost.mean()), "max": float(lost.max())}
     rng = np.random.default_rng(777)
     src = x[rng.choice(len(x), args.queries, replace=False)]
     noise = rng.standard_normal(src.shape).astype(np.float32) / np.sqrt(DIM)

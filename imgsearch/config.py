@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .cpu import native_bf16
+from .cpu import native_amx, native_bf16
 from .errors import ConfigError
 from .index import policy as index_policy
 
@@ -116,6 +116,7 @@ class Config:
             delta_max=self.index_delta_max,
             target_recall=self.recall,
             train_bf16=self.precision != "fp32" and native_bf16(),
+            tree_from=index_policy.NEVER if native_amx() else index_policy.TREE_FROM,
         )
 
     def resolved(self) -> Config:

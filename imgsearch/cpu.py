@@ -26,6 +26,11 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     return frozenset()
 
 
+def native_amx() -> bool:
+    """Whether the CPU has AMX tiles for bfloat16 (Intel Sapphire Rapids and later)."""
+    return "amx_bf16" in cpu_flags()
+
+
 def native_bf16() -> bool:
     """Whether the CPU runs bfloat16 natively."""
     return bool(cpu_flags() & BF16_FLAGS)

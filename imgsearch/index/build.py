@@ -79,13 +79,15 @@ def build(
         _, train = source.vectors(sample.tolist())
         if not len(train):  # every sampled row removed meanwhile: the worker tries again
             raise RuntimeError("the rows sampled for training are no longer stored")
-        kmeans.train(index, train, policy.train_bf16, P.SEED, policy.two_level_min_lists)
+        kmeans.train(
+            index, train, policy.train_bf16, P.SEED, policy.two_level_min_lists, policy.tree_from
+        )
         if spec.quantized and folder is not None:
             fine = F.Fine.train(train, folder)
         del train
         for_adding(index)  # every copy adds (encodes) at HNSW_ADD_EF
         template = faiss.clone_index(index)  # trained, empty: what recent segments copy
-    placer = Placer.of(template) if policy.train_bf16 else None  # adds' lists in bfloat16
+    placer = Placer.of(template, policy.train_bf16, policy.tree_from) if policy.places else None
     picked = np.sort(rng.choice(present, min(P.TUNE_QUERIES, len(present)), replace=False))
     q_ids, queries = source.vectors(picked.tolist())
     truth = (np.full((len(q_ids), 0), -np.inf, np.float32), np.zeros((len(q_ids), 0), np.int64))

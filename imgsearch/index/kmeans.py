@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..cpu import torch_threads
+from .tree import CentreTree
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +54,28 @@ CANDIDATES = 4
 # against 0.6 at 128 centres, equal at 1,024). A two-level training runs 20 of its 22
 # iterations against ~128 centres: 1.44x faster at 10M (bench/kmeans.py --two-level-only).
 FLOAT32_UNDER = 1_024
+# A `tree_from` that never comes (Policy.tree_from's default).
+NEVER = 1 << 62
 
 
-def train(index: Any, sample: np.ndarray, bf16: bool, seed: int, two_level_from: int) -> None:
+def train(
+    index: Any,
+    sample: np.ndarray,
+    bf16: bool,
+    seed: int,
+    two_level_from: int,
+    tree_from: int = NEVER,
+) -> None:
     """Train `index` (an index_factory IVF index) on `sample`; its coarse lists by `two_level`
     from `two_level_from` lists, else by ten iterations of bfloat16 k-means when `bf16`
-    (Policy.train_bf16: the CPU runs bfloat16 natively) or FAISS's float32 one."""
+    (Policy.train_bf16: the CPU runs bfloat16 natively) or FAISS's float32 one. Iterations
+    into at least `tree_from` lists assign rows through a tree of the centres (tree.py)."""
     import faiss
 
     ivf = faiss.extract_index_ivf(index)
     started = time.monotonic()
     split = ivf.nlist >= two_level_from
-    if len(sample) >= ivf.nlist and (bf16 or split):
+    if len(sample) >= ivf.nlist and (bf16 or split or ivf.nlist >= tree_from):
         # Torch loaded first (the daemon's model) holds the OpenMP runtime FAISS calls, and
         # its first op in a thread sets the thread's team to torch's default (half the
         # cores): FAISS's is put back after, or the adds and tuning that follow run on one.
@@ -72,22 +83,28 @@ def train(index: Any, sample: np.ndarray, bf16: bool, seed: int, two_level_from:
         try:
             with torch_threads(os.cpu_count() or 1):  # as FAISS's k-means: every core
                 if split:
-                    centres = two_level(sample, ivf.nlist, bf16, seed)
+                    centres = two_level(sample, ivf.nlist, bf16, seed, tree_from=tree_from)
                 else:
-                    centres = spherical(sample, ivf.nlist, ITERATIONS, seed)
+                    centres = spherical(sample, ivf.nlist, ITERATIONS, seed, tree_from=tree_from)
         finally:
             faiss.omp_set_num_threads(faiss_threads)
         ivf.quantizer.add(centres)  # a quantizer holding nlist centres: FAISS skips its k-means
         log.info(
             "k-means (%s%s): %d x %d to %d lists in %.1fs", "two-level, " if split else "",
-            "bf16" if bf16 else "fp32", len(sample), ivf.d, ivf.nlist, time.monotonic() - started,
+            "tree" if ivf.nlist >= tree_from else "bf16" if bf16 else "fp32", len(sample), ivf.d,
+            ivf.nlist, time.monotonic() - started,
         )  # fmt: skip
     index.train(sample)  # the codes (PQ on residuals), and the lists unless done above
     log.info("index trained on %d vectors in %.1fs", len(sample), time.monotonic() - started)
 
 
 def two_level(
-    sample: np.ndarray, lists: int, bf16: bool, seed: int, refine: int = REFINE_ITERATIONS
+    sample: np.ndarray,
+    lists: int,
+    bf16: bool,
+    seed: int,
+    refine: int = REFINE_ITERATIONS,
+    tree_from: int = NEVER,
 ) -> np.ndarray:
     """`lists` unit centroids: k-means into sqrt(lists) clusters, each cluster's own k-means
     into lists in proportion to its size (at least one; a cluster with no more members than
@@ -113,7 +130,9 @@ def two_level(
         else:
             parts.append(_kmeans(members, int(share), ITERATIONS, seed, bf16))
     centres = _unit(np.vstack(parts))
-    return _kmeans(x, lists, refine, seed, bf16, init=centres) if refine else centres
+    if not refine:
+        return centres
+    return _kmeans(x, lists, refine, seed, bf16, init=centres, tree_from=tree_from)
 
 
 def _shares(sizes: np.ndarray, lists: int) -> np.ndarray:
@@ -132,15 +151,21 @@ def _shares(sizes: np.ndarray, lists: int) -> np.ndarray:
 
 
 def _kmeans(
-    x: np.ndarray, k: int, iterations: int, seed: int, bf16: bool, init: np.ndarray | None = None
+    x: np.ndarray,
+    k: int,
+    iterations: int,
+    seed: int,
+    bf16: bool,
+    init: np.ndarray | None = None,
+    tree_from: int = NEVER,
 ) -> np.ndarray:
-    """Spherical k-means: `spherical` in bfloat16, else FAISS's float32 one on every point
-    given (no subsampling; few points a centroid is a two-level split's normal case, not
-    worth FAISS's warning)."""
+    """Spherical k-means: `spherical` in bfloat16 or through a tree from `tree_from` centres,
+    else FAISS's float32 one on every point given (no subsampling; few points a centroid is a
+    two-level split's normal case, not worth FAISS's warning)."""
     import faiss
 
-    if bf16:
-        return spherical(x, k, iterations, seed, init)
+    if bf16 or k >= tree_from:
+        return spherical(x, k, iterations, seed, init, tree_from)
     km = faiss.Kmeans(x.shape[1], k, niter=iterations, spherical=True, seed=seed,
                       verbose=False, max_points_per_centroid=1 << 30)  # fmt: skip
     km.cp.min_points_per_centroid = 1
@@ -149,10 +174,16 @@ def _kmeans(
 
 
 def spherical(
-    sample: np.ndarray, k: int, iterations: int, seed: int, init: np.ndarray | None = None
+    sample: np.ndarray,
+    k: int,
+    iterations: int,
+    seed: int,
+    init: np.ndarray | None = None,
+    tree_from: int = NEVER,
 ) -> np.ndarray:
     """k unit-length centroids of `sample` (float32 rows) by spherical k-means, the assignment
-    by inner product in bfloat16; from `init` (k rows) if given, else k sample rows."""
+    by inner product in bfloat16 (kmeans.Centres), or from `tree_from` centres through a tree
+    of them (tree.CentreTree, float32); from `init` (k rows) if given, else k sample rows."""
     import torch
     from faiss.contrib.clustering import reassign_centroids
 
@@ -166,9 +197,10 @@ def spherical(
     start = x[rs.choice(n, size=k, replace=False)] if init is None else init
     centres = _unit(np.array(start, np.float32))
     rows = torch.from_numpy(x)
-    low = rows.to(torch.bfloat16) if k >= FLOAT32_UNDER else rows  # (not read under it)
+    tree = k >= tree_from
+    low = rows.to(torch.bfloat16) if FLOAT32_UNDER <= k and not tree else rows  # (else unread)
     for _ in range(iterations):
-        assign = Centres(centres).assign(rows, low)
+        assign = (CentreTree(centres, seed) if tree else Centres(centres)).assign(rows, low)
         sums = torch.zeros((k, d), dtype=torch.float32).index_add_(0, assign, rows).numpy()
         counts = np.bincount(assign.numpy(), minlength=k)  # an empty list splits a big one:
         centres = sums / np.maximum(counts, 1)[:, None].astype(np.float32)

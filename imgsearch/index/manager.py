@@ -462,12 +462,13 @@ class LibraryIndex:
         log.info("index swapped in: %s, %d vectors", base.meta.factory, len(fresh))
 
     def _placer(self, template: Any) -> Placer | None:
-        """The placer for `template`'s copies where the policy chooses lists in bfloat16 (one
-        a template: its centroids are copied out, 50 MB at 16,384 x 512-d)."""
-        if not self.policy.train_bf16 or template is None:
+        """The placer for `template`'s copies where the policy chooses lists itself (one a
+        template: its centroids are copied out, 50 MB at 16,384 x 512-d)."""
+        if not self.policy.places or template is None:
             return None
         if self._placed[0] is not template:
-            self._placed = (template, Placer.of(template))
+            policy = self.policy
+            self._placed = (template, Placer.of(template, policy.train_bf16, policy.tree_from))
         return self._placed[1]
 
     def close(self) -> None:

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from ..cpu import faiss_team
-from .kmeans import Centres
+from .kmeans import NEVER, Centres
+from .tree import CentreTree
 
 # Centres compared again in float32 a vector (kmeans.Centres): k-means lists are crowded (at
 # 10M's 16,384 lists the best two centres are a median 0.0018 apart, under one bfloat16 step):
@@ -37,17 +38,19 @@ CANDIDATES = 8
 class Placer:
     """Fills empty copies of one trained fast-scan IVF template (`fill`)."""
 
-    centres: Centres
+    centres: Centres | CentreTree
     byte: Any  # int64 tensor (slots x M): the byte of a block each slot's sub-code goes to
     shift: Any  # uint8 tensor (slots x M): 0 (its low half) or 4 (its high half)
     slots: int  # codes a block holds (32)
     code_size: int  # bytes of one unpacked code (M / 2)
 
     @classmethod
-    def of(cls, template: Any) -> Placer | None:
-        """A placer for copies of `template`, or None where FAISS adds them itself: other
-        kinds than fast-scan PQ over a flat inner-product quantizer (an exact index, IVF-Flat,
-        an HNSW coarse quantizer of an earlier version), or an unknown block layout."""
+    def of(cls, template: Any, bf16: bool = True, tree_from: int = NEVER) -> Placer | None:
+        """A placer for copies of `template` (rows placed through a tree of the centres from
+        `tree_from` lists, else by a bfloat16 product where `bf16`), or None where FAISS adds
+        them itself: fewer lists than `tree_from` without `bf16`, other kinds than fast-scan
+        PQ over a flat inner-product quantizer (an exact index, IVF-Flat, an HNSW coarse
+        quantizer of an earlier version), or an unknown block layout."""
         import faiss
         import torch
 
@@ -55,6 +58,9 @@ class Placer:
             return None
         ivf = faiss.downcast_index(faiss.extract_index_ivf(template)) if _is_ivf(template) else None
         if not isinstance(ivf, faiss.IndexIVFFastScan):
+            return None
+        tree = ivf.nlist >= tree_from
+        if not (tree or bf16):
             return None
         if ivf.metric_type != faiss.METRIC_INNER_PRODUCT:
             return None
@@ -68,7 +74,7 @@ class Placer:
         centres = np.array(vectors, np.float32).reshape(ivf.nlist, ivf.d)
         packer = ivf.get_CodePacker()
         with faiss_team():
-            made = Centres(centres, CANDIDATES)
+            made = CentreTree(centres) if tree else Centres(centres, CANDIDATES)
         at = np.argsort(layout).reshape(packer.nvec, -1)  # each (slot, sub-code)'s 4 bits
         byte, shift = torch.from_numpy(at // 2), torch.from_numpy((at % 2 * 4).astype(np.uint8))
         return cls(made, byte, shift, packer.nvec, packer.code_size)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .kmeans import NEVER as NEVER  # (Policy.tree_from's default)
+
 # Exact (brute-force) search while the library holds at most this many vectors: results are
 # identical to the old behaviour. Measured (bench/scale.py --crossover, 512-d, one thread, busy
 # machine): exact 17 / 35 / 55 ms a query at 25k / 50k / 100k, IVF at recall@10 >= 0.97
@@ -70,6 +72,14 @@ HNSW_EF_PER_PROBE = 2
 # better: at 256, 570 us a row, and recall at 32-512 lists lower: the queries' lists are
 # found by the same approximate graph.)
 HNSW_ADD_EF = 8
+# From this many lists, where the CPU has no AMX, a row's list is found through a tree of the
+# centres (index/tree.py: ~sqrt(lists) groups, the members of the best 16 compared in float32)
+# instead of comparing it with every centre (kmeans.Centres, bfloat16; FAISS's float32 scan
+# where the CPU has no bfloat16): at 16,000 lists on two Zen 4 cores (AVX512-BF16, no AMX)
+# 30 us a row against 60 (bench/placing.py --method), the nearest centre for 99.3% of rows.
+# With AMX the bfloat16 product was measured at 47 us of CPU a row (~24 us on two cores): kept
+# there. Under 4,096 lists a tree compares too large a share of them to be worth it.
+TREE_FROM = 4_096
 # Retrain when the library has grown this many times over the count the index was trained on.
 RETRAIN_GROWTH = 4.0
 # Tune nprobe and re-scoring again (at a compaction, not while a bulk import holds them) when
@@ -195,6 +205,15 @@ class Policy:
     # The lists' k-means scores in bfloat16 (kmeans.py): set where the CPU runs it natively
     # and embeddings are not held to fp32 (Config.index_policy).
     train_bf16: bool = False
+    # Lists from which rows are assigned through a tree of the centres (TREE_FROM where the
+    # CPU has no AMX: Config.index_policy); never by default.
+    tree_from: int = NEVER
+
+    @property
+    def places(self) -> bool:
+        """Whether imgsearch chooses the lists of added rows itself (placing.Placer) rather
+        than FAISS's float32 scan of every centre."""
+        return self.train_bf16 or self.tree_from < NEVER
 
     def spec(self, count: int, dim: int) -> Spec:
         """The index a library of `count` vectors should have."""

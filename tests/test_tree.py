@@ -1,0 +1,126 @@
+"""Rows assigned to lists through a tree of the centres (imgsearch.index.tree), in the
+training's k-means and in the placer, and where the policy uses it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from imgsearch import config as config_module
+from imgsearch.config import Config
+from imgsearch.index import kmeans, tree
+from imgsearch.index import policy as P
+from imgsearch.index.codes import encoded
+from imgsearch.index.placing import Placer
+from imgsearch.index.tree import CentreTree
+
+from .helpers import CONE_DIM as DIM
+from .helpers import cone
+from .test_kmeans import quality
+from .test_placing import contents, trained
+
+
+def best(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    return np.asarray((x @ centres.T).argmax(axis=1))
+
+
+def test_every_group_probed_is_exact_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    centres = kmeans.spherical(cone(6_000, 40, seed=1), 300, 3, seed=1)
+    x = cone(5_000, 40, seed=2)
+    monkeypatch.setattr(tree, "PROBES", 10_000)
+    monkeypatch.setattr(tree, "BLOCK_ROWS", 700)  # several blocks, the last one short
+    found = CentreTree(centres).nearest(x)
+    assert found.dtype == np.int64
+    np.testing.assert_array_equal(found, best(x, centres))
+
+
+def test_the_best_groups_hold_nearly_every_rows_nearest_centre(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """8 of ~sqrt(k) groups probed (under half the centres compared): the nearest centre for
+    nearly every row, and where another, one scoring nearly as well; the same every time.
+    (On 512-d embeddings, 16 of 128 groups: 99.7% nearest, docs/BENCHMARKS.md; this 64-d
+    data's k-means is cruder.)"""
+    monkeypatch.setattr(tree, "PROBES", 8)
+    centres = kmeans.spherical(cone(20_000, 80, seed=1), 400, 3, seed=1)
+    x = cone(6_000, 80, seed=2)
+    t = CentreTree(centres)
+    assert t.probes == 8 and len(t.starts) - 1 == 20
+    found = t.nearest(x)
+    want = best(x, centres)
+    scores = x @ centres.T
+    lost = scores.max(axis=1) - scores[np.arange(len(x)), found]
+    assert 0.9 <= (found == want).mean() < 1
+    assert lost.mean() < 2e-3 and (lost >= 0).all()
+    np.testing.assert_array_equal(found, CentreTree(centres).nearest(x))
+
+
+def test_k_means_through_the_tree_is_as_good_as_through_every_centre() -> None:
+    x, k = cone(12_000, 60, seed=4), 400
+    flat = quality(x, kmeans.spherical(x, k, 4, seed=3))[0]
+    ours = kmeans.spherical(x, k, 4, seed=3, tree_from=k)
+    assert ours.shape == (k, DIM)
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    objective, sizes = quality(x, ours)
+    assert objective >= flat - 0.002
+    assert sizes.min() > 0  # no empty list left
+
+
+def test_training_goes_through_the_tree_from_tree_from_lists(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kmeans.train (two-level or flat, with or without bfloat16) iterates over every list
+    through the tree once the lists reach tree_from, and only then."""
+    import faiss
+
+    made: list[int] = []
+    real = CentreTree.__init__
+
+    def counting(self: CentreTree, centres: np.ndarray, seed: int = 1234) -> None:
+        made.append(len(centres))
+        real(self, centres, seed)
+
+    monkeypatch.setattr(CentreTree, "__init__", counting)
+    x = cone(8_000, 40, seed=5)
+    for bf16, two_level_from, tree_from, expect in [
+        (False, 100, 200, 2),  # two-level: its 2 refining iterations over the 200 lists
+        (False, 1 << 30, 200, kmeans.ITERATIONS),  # flat, no bfloat16: still through the tree
+        (True, 100, 201, 0),
+    ]:
+        made.clear()
+        index = faiss.index_factory(DIM, "IVF200,PQ16x4fs", faiss.METRIC_INNER_PRODUCT)
+        kmeans.train(index, x, bf16, seed=0, two_level_from=two_level_from, tree_from=tree_from)
+        assert made == [200] * expect
+        assert faiss.extract_index_ivf(index).quantizer.ntotal == 200
+
+
+def test_a_placer_uses_the_tree_from_tree_from_lists() -> None:
+    """Over tree_from lists the placer's lists come from the tree (the nearest centre for
+    nearly every row, the codes FAISS writes for that list); under it, bfloat16 or nothing."""
+    import faiss
+
+    x = cone(8_000, 60)
+    template = trained("IVF64,PQ16x4fs", x[:4_000])
+    placer = Placer.of(template, bf16=False, tree_from=64)
+    assert placer is not None and isinstance(placer.centres, CentreTree)
+    assert isinstance(Placer.of(template, bf16=True, tree_from=65).centres, kmeans.Centres)  # type: ignore[union-attr]
+    assert Placer.of(template, bf16=False, tree_from=65) is None
+    ids = np.arange(4_000, dtype=np.int64)
+    ours = contents(encoded(template, ids, x[4_000:], placer).index)
+    theirs = contents(encoded(template, ids, x[4_000:]).index)
+    centres = faiss.extract_index_ivf(template).quantizer.reconstruct_n(0, 64)
+    want = best(x[4_000:], centres)
+    assert np.mean([ours[i][0] == want[i] for i in ids.tolist()]) >= 0.97
+    same = [i for i in ours if ours[i][0] == theirs[i][0]]
+    assert all(ours[i][1] == theirs[i][1] for i in same)
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_the_tree_is_used_where_the_cpu_has_no_amx(
+    monkeypatch: pytest.MonkeyPatch, amx: bool
+) -> None:
+    monkeypatch.setattr(config_module, "native_amx", lambda: amx)
+    policy = Config().index_policy()
+    assert policy.tree_from == (P.NEVER if amx else P.TREE_FROM)
+    assert policy.places == (policy.train_bf16 or not amx)
+    assert not P.Policy().places  # the default: FAISS adds
