@@ -124,3 +124,17 @@ def test_the_tree_is_used_where_the_cpu_has_no_amx(
     assert policy.tree_from == (P.NEVER if amx else P.TREE_FROM)
     assert policy.places == (policy.train_bf16 or not amx)
     assert not P.Policy().places  # the default: FAISS adds
+
+
+def test_groups_no_centre_falls_in_are_dropped() -> None:
+    """Centres in a few distinct directions (duplicates): most of the ~sqrt(k) groups get no
+    centre; the tree keeps those that do and still finds each row's best direction."""
+    distinct = cone(3, 3, seed=7)
+    centres = np.repeat(distinct, 50, axis=0)  # 150 centres, 3 directions
+    t = CentreTree(centres)
+    assert len(t.columns) == len(t.starts) - 1 <= 3 and t.probes <= 3
+    x = cone(500, 3, seed=8)
+    found = t.nearest(x)
+    np.testing.assert_allclose(
+        (x * centres[found]).sum(axis=1), (x @ distinct.T).max(axis=1), atol=1e-5
+    )
