@@ -331,3 +331,36 @@ print("faiss threads after", seen["after"])
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def quality(x: np.ndarray, centres: np.ndarray) -> tuple[float, np.ndarray]:
+    """k-means' objective (mean best inner product, float32) and the lists' sizes."""
+    sims = x @ centres.T
+    return float(sims.max(axis=1).mean()), np.bincount(sims.argmax(axis=1), minlength=len(centres))
+
+
+def trained(factory: str, x: np.ndarray) -> Any:
+    """An index_factory index over CONE_DIM, trained on `x` (inner product)."""
+    import faiss
+
+    index = faiss.index_factory(CONE_DIM, factory, faiss.METRIC_INNER_PRODUCT)
+    index.train(x)
+    return index
+
+
+def contents(index: Any) -> dict[int, tuple[int, bytes]]:
+    """Every id's (list, unpacked code), read back through the index's CodePacker."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    packer = ivf.get_CodePacker()
+    out: dict[int, tuple[int, bytes]] = {}
+    code = np.zeros(packer.code_size, np.uint8)
+    for i in range(ivf.nlist):
+        n = lists.list_size(i)
+        ids = faiss.rev_swig_ptr(lists.get_ids(i), n)
+        for j in range(n):
+            packer.unpack_1_c(lists.get_codes(i), j, faiss.swig_ptr(code))
+            out[int(ids[j])] = (i, code.tobytes())
+    return out

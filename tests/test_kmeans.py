@@ -11,13 +11,7 @@ from imgsearch.config import Config
 from imgsearch.index import kmeans
 
 from .helpers import CONE_DIM as DIM
-from .helpers import cone, faiss_threads_after
-
-
-def quality(x: np.ndarray, centres: np.ndarray) -> tuple[float, np.ndarray]:
-    """k-means' objective (mean best inner product, float32) and the lists' sizes."""
-    sims = x @ centres.T
-    return float(sims.max(axis=1).mean()), np.bincount(sims.argmax(axis=1), minlength=len(centres))
+from .helpers import cone, faiss_threads_after, quality
 
 
 def test_bf16_k_means_lists_are_as_good_as_faiss_float32_ones() -> None:

@@ -3,42 +3,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
 
 from imgsearch.index.codes import Encoded, encoded, merge_into, nonempty
 from imgsearch.index.placing import Placer
 
-from .helpers import CONE_DIM as DIM
-from .helpers import cone, faiss_threads_after
-
-
-def trained(factory: str, x: np.ndarray) -> Any:
-    import faiss
-
-    index = faiss.index_factory(DIM, factory, faiss.METRIC_INNER_PRODUCT)
-    index.train(x)
-    return index
-
-
-def contents(index: Any) -> dict[int, tuple[int, bytes]]:
-    """Every id's (list, unpacked code), read back through the index's CodePacker."""
-    import faiss
-
-    ivf = faiss.extract_index_ivf(index)
-    lists = faiss.downcast_InvertedLists(ivf.invlists)
-    packer = ivf.get_CodePacker()
-    out: dict[int, tuple[int, bytes]] = {}
-    code = np.zeros(packer.code_size, np.uint8)
-    for i in range(ivf.nlist):
-        n = lists.list_size(i)
-        ids = faiss.rev_swig_ptr(lists.get_ids(i), n)
-        for j in range(n):
-            packer.unpack_1_c(lists.get_codes(i), j, faiss.swig_ptr(code))
-            out[int(ids[j])] = (i, code.tobytes())
-    return out
+from .helpers import cone, contents, faiss_threads_after, trained
 
 
 @pytest.mark.parametrize("factory", ["IVF40,PQ32x4fs", "IVF7,PQ16x4fs", "IVF40,PQ8x4fs"])

@@ -15,9 +15,7 @@ from imgsearch.index.placing import Placer
 from imgsearch.index.tree import CentreTree
 
 from .helpers import CONE_DIM as DIM
-from .helpers import cone
-from .test_kmeans import quality
-from .test_placing import contents, trained
+from .helpers import cone, contents, quality, trained
 
 
 def best(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
