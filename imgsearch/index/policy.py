@@ -75,10 +75,12 @@ HNSW_ADD_EF = 8
 # From this many lists, where the CPU has no AMX, a row's list is found through a tree of the
 # centres (index/tree.py: ~sqrt(lists) groups, the members of the best 16 compared in float32)
 # instead of comparing it with every centre (kmeans.Centres, bfloat16; FAISS's float32 scan
-# where the CPU has no bfloat16): at 16,000 lists on two Zen 4 cores (AVX512-BF16, no AMX)
-# 30 us a row against 60 (bench/placing.py --method), the nearest centre for 99.3% of rows.
+# where the CPU has no bfloat16): at 16,384 lists on two Zen 4 cores (AVX512-BF16, no AMX)
+# a whole add 84 CPU-us a row against 140 (bench/placing.py --methods), the same list as
+# FAISS's float32 scan for 99.7% of rows, the same recall.
 # With AMX the bfloat16 product was measured at 47 us of CPU a row (~24 us on two cores): kept
-# there. Under 4,096 lists a tree compares too large a share of them to be worth it.
+# there. Under 4,096 lists the tree compares a quarter of the centres or more (16 of ~64
+# groups): not worth its second pass (an estimate from the flops, not measured).
 TREE_FROM = 4_096
 # Retrain when the library has grown this many times over the count the index was trained on.
 RETRAIN_GROWTH = 4.0
