@@ -14,7 +14,10 @@ inner-product indexes; a centroid left empty is split from a big one by
 compares the two on the same sample (10M's training: 241.5 -> 199.4 s, 1.21x; 1M's: 1.27x;
 the same objective and imbalance); bench/ivf_reach.py --train the recall an index so trained
 reaches; bench/import_rate.py --precision the daemon's. The same assignment (`Centres`) chooses
-the lists of vectors added to a trained index (placing.py).
+the lists of vectors added to a trained index (placing.py). Where the CPU has no AMX, the
+iterations into Policy.tree_from lists or more assign through a tree of the centres instead
+(tree.CentreTree: float32, ~1/6 of the centres compared; 36.7 -> 23.0 s for 10M's two
+refining iterations on a Zen 4, docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations

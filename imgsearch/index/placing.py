@@ -1,14 +1,16 @@
 """Adding to a fast-scan IVF index without FAISS's coarse scan: each vector's list chosen in
-bfloat16 (kmeans.Centres, the training's own assignment) and its codes packed into the lists
+bfloat16 (kmeans.Centres, the training's own assignment) or, from Policy.tree_from lists,
+through a tree of the centres (tree.CentreTree, float32), and its codes packed into the lists
 here.
 
 FAISS adds to an IVF index by scanning every centroid in float32 for every vector (a GEMM):
 at 16,384 lists of 512-d that is 106 us of CPU a row, most of an import's CPU. Where the CPU
-runs bfloat16 natively (Policy.train_bf16) an add costs 47 (bench/placing.py; 2.3x; an import
-1.5x the rows per CPU-second, docs/BENCHMARKS.md). FAISS cannot take the lists from outside
-for a fast-scan index: IndexIVF.add_core and add_sa_codes hand one unpacked code to
-BlockInvertedLists.add_entries, which copies whole packed blocks from it (FAISS 1.15: reads
-past the code, corrupts the heap).
+runs bfloat16 natively (Policy.train_bf16) an add costs 47 on an Intel Xeon with AMX
+(bench/placing.py; 2.3x; an import 1.5x the rows per CPU-second, docs/BENCHMARKS.md); on a
+Zen 4 without AMX 140 by bfloat16, 84 through the tree, 214 by FAISS.
+FAISS cannot take the lists from outside for a fast-scan index: IndexIVF.add_core and
+add_sa_codes hand one unpacked code to BlockInvertedLists.add_entries, which copies whole
+packed blocks from it (FAISS 1.15: reads past the code, corrupts the heap).
 So the codes are made by FAISS (IndexIVF.encode_vectors, given the lists) and packed here into
 32-code blocks: the fast-scan layout is a fixed permutation of a block's 4-bit sub-codes,
 read once from the index's own CodePacker (`_layout`), applied with torch (no GIL held).
