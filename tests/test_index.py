@@ -23,6 +23,7 @@ from imgsearch.index import Policy
 from imgsearch.index import base as B
 from imgsearch.index.build import build, rescored
 from imgsearch.index.policy import HNSW_ADD_EF, Spec, lists_for, train_size
+from imgsearch.index.tree import CentreTree
 from imgsearch.store import FileFacts, NewImage
 
 DIM = 32
@@ -76,6 +77,11 @@ def policy(kind: str) -> Policy:
         "ivf-pqfs-bf16-two-level": Policy(
             exact_max=100, two_level_min_lists=1, delta_max=big, train_bf16=True
         ),  # as a 1M+ library on a CPU with native bfloat16
+        # as a big library on a CPU without AMX: k-means and adds through a tree of centres
+        "ivf-pqfs-tree": Policy(exact_max=100, delta_max=big, tree_from=1),
+        "ivf-pqfs-tree-two-level": Policy(
+            exact_max=100, two_level_min_lists=1, delta_max=big, tree_from=1
+        ),
     }[kind]
 
 
@@ -123,7 +129,8 @@ def test_policy_thresholds() -> None:
     "name",
     [
         "exact", "ivf-flat", "ivf-pqfs", "ivf-pqfs-hnsw", "ivf-pqfs-bf16-hnsw",
-        "ivf-pqfs-two-level", "ivf-pqfs-bf16-two-level",
+        "ivf-pqfs-two-level", "ivf-pqfs-bf16-two-level", "ivf-pqfs-tree",
+        "ivf-pqfs-tree-two-level",
     ],
 )  # fmt: skip
 def test_every_kind_is_tuned_searches_and_filters(
@@ -131,6 +138,7 @@ def test_every_kind_is_tuned_searches_and_filters(
 ) -> None:
     vectors = clustered(N)
     kind = name.removesuffix("-hnsw").removesuffix("-two-level").removesuffix("-bf16")
+    kind = kind.removesuffix("-tree")
     graph = name.endswith("-hnsw")
     catalog = Catalog(tmp_path, "m", DIM, policy(name))
     try:
@@ -138,6 +146,9 @@ def test_every_kind_is_tuned_searches_and_filters(
             ids = np.asarray(fill(catalog, vectors), np.int64)
             catalog.index.maintain()
         assert ("bf16): " in caplog.text) == ("-bf16" in name), caplog.text
+        assert ("tree): " in caplog.text) == ("-tree" in name), caplog.text
+        placer = catalog.index._placer(catalog.index._segments.base.template)
+        assert isinstance(getattr(placer, "centres", None), CentreTree) == ("-tree" in name)
         assert ("k-means (two-level" in caplog.text) == name.endswith("-two-level"), caplog.text
         about = catalog.index.describe()
         assert about["kind"] == kind and about["vectors"] == N and about["trained_at"]
