@@ -31,26 +31,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import OUT_DIR, cpu_model, progress, record  # noqa: E402
-from ivf_reach import build, stored, truth  # noqa: E402
+from big_search import exact_truth  # noqa: E402
+from ivf_reach import build, stored  # noqa: E402
+from placing import lists_of  # noqa: E402
 from scale import DISTRIBUTIONS, Vectors  # noqa: E402
 
 K = 10
 TARGETS = (0.95, 0.97, 0.98, 0.99)
-
-
-def list_of(ivf: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Each vector's list and each list's size."""
-    import faiss
-
-    owner = np.full(ivf.ntotal, -1, np.int64)
-    sizes = np.zeros(ivf.nlist, np.int64)
-    for lst in range(ivf.nlist):
-        size = ivf.invlists.list_size(lst)
-        sizes[lst] = size
-        if size:
-            ids = faiss.rev_swig_ptr(ivf.invlists.get_ids(lst), size)
-            owner[ids] = lst
-    return owner, sizes
 
 
 def coverage(
@@ -177,7 +164,8 @@ def main() -> None:
         index, built = build(x, "policy")
         faiss.write_index(index, str(cached))
     ivf = faiss.extract_index_ivf(index)
-    owner, sizes = list_of(ivf)
+    owner = lists_of(index)  # each vector's list
+    sizes = np.bincount(owner, minlength=ivf.nlist)
     centres = ivf.quantizer.reconstruct_n(0, ivf.nlist)
     result: dict[str, Any] = {
         "bench": "probe_rule", "cpu": cpu_model(), "load": os.getloadavg(), "n": args.n,
@@ -190,7 +178,7 @@ def main() -> None:
     kinds = {"new photos": vectors.queries(args.queries), "stored": x[picked]}
     for kind, queries in kinds.items():
         progress(f"{kind}: exact top {K}")
-        want = truth(x, queries) if kind != "stored" else stored_truth(x, queries, picked)
+        want = exact_truth(x, queries, picked if kind == "stored" else None)  # own id out
         sims = queries @ centres.T
         order = np.argsort(-sims, axis=1)
         sims = np.take_along_axis(sims, order, axis=1)
@@ -207,20 +195,6 @@ def main() -> None:
             progress(f"{kind:10s} {name:14s} codes at coverage {figures}")
         result[kind] = {"summary": summary, "points": table}
     record(result, "probe_rule")
-
-
-def stored_truth(x: np.ndarray, queries: np.ndarray, own: np.ndarray) -> np.ndarray:
-    """Exact top K of stored vectors, each one's own id left out (as the tuning does)."""
-    best: list[np.ndarray] = []
-    for start in range(0, len(x), 200_000):
-        sims = queries @ x[start : start + 200_000].T
-        mine = (own >= start) & (own < start + 200_000)
-        sims[np.flatnonzero(mine), own[mine] - start] = -np.inf
-        top = np.argpartition(-sims, K, axis=1)[:, :K]
-        best.append(np.stack([top + start, np.take_along_axis(sims, top, axis=1)], axis=2))
-    both = np.concatenate(best, axis=1)
-    order = np.argsort(-both[:, :, 1], axis=1)[:, :K]
-    return np.take_along_axis(both[:, :, 0], order, axis=1).astype(np.int64)
 
 
 if __name__ == "__main__":
