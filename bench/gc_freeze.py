@@ -1,12 +1,15 @@
-"""What the daemon's gc.freeze() (cli.serve, after start-up) saves a bulk import.
+"""What the daemon's gc.freeze() and its young-generation threshold (cli.serve, after
+start-up: cli._tune_interpreter) save a bulk import.
 
     python bench/gc_freeze.py --rounds 3
 
 Loads what a daemon holds (torch, open_clip's ViT-B-32 with random weights, FAISS, the web
 app's modules), then builds the rows of 20,000-row import batches (`bulk.imports.to_images`,
 ~2 objects a row, two batches alive at a time as in the import's pipeline) with the start-up
-heap tracked by the garbage collector and frozen out of it (gc.freeze / gc.unfreeze),
-alternating, ROUNDS times: CPU seconds a batch and the collections run. Prints one JSON object
+heap tracked by the garbage collector, frozen out of it (gc.freeze / gc.unfreeze), and frozen
+with the daemon's young-generation threshold (cli.GC_YOUNG allocations between collections of
+the youngest generation, Python's default 700), in turn, ROUNDS times: CPU seconds a batch and
+the collections run. Prints one JSON object
 and appends it to bench/out/gc_freeze.jsonl.
 """
 
@@ -63,18 +66,28 @@ def main() -> None:
     gc.collect()
     out: dict[str, Any] = {"cpu": cpu_model(), "load": os.getloadavg()}
     out["tracked"] = len(gc.get_objects())  # what a full collection scans, the model's included
-    runs: dict[str, list[dict[str, float]]] = {"tracked": [], "frozen": []}
+    from imgsearch.cli import GC_YOUNG
+
+    default = gc.get_threshold()
+    out["thresholds"] = {"default": default[0], "young": GC_YOUNG}
+    runs: dict[str, list[dict[str, float]]] = {"tracked": [], "frozen": [], "frozen_young": []}
     for _ in range(args.rounds):
         for name in runs:
-            if name == "frozen":
+            if name != "tracked":
                 gc.freeze()
+            if name == "frozen_young":
+                gc.set_threshold(GC_YOUNG, *default[1:])
             seconds, full = build(batch)
             gc.unfreeze()
+            gc.set_threshold(*default)
             runs[name].append({"cpu_ms_a_batch": round(seconds * 1e3, 1), "full_collections": full})
             progress(f"{name}: {runs[name][-1]}")
     best = {name: min(r["cpu_ms_a_batch"] for r in done) for name, done in runs.items()}
     out.update(
-        runs=runs, ratio=round(best["tracked"] / best["frozen"], 2), model=type(model).__name__
+        runs=runs,
+        ratio=round(best["tracked"] / best["frozen"], 2),
+        ratio_young=round(best["frozen"] / best["frozen_young"], 2),
+        model=type(model).__name__,
     )
     print(out)
     record(out, "gc_freeze")

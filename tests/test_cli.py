@@ -188,3 +188,22 @@ def test_add_with_metadata_then_search_returns_it(
     folder = str(photos["coffee"].parent)
     code, _, err = run_cli(capsys, "--url", url, "add", folder, "--metadata", '{"a": "b"}')
     assert code == 1 and "one image" in err, err  # the daemon's 400, as one clear line
+
+
+async def test_serve_tunes_the_interpreter_once_up() -> None:
+    """`serve`'s start-up hook freezes the heap, collects the youngest generation every
+    GC_YOUNG allocations and hands the GIL over after SWITCH_INTERVAL_S (restored after)."""
+    import gc
+    import sys
+
+    threshold, interval = gc.get_threshold(), sys.getswitchinterval()
+    assert (threshold[0], interval) != (cli.GC_YOUNG, cli.SWITCH_INTERVAL_S)
+    try:
+        await cli._tune_interpreter(None)
+        assert gc.get_threshold() == (cli.GC_YOUNG, *threshold[1:])
+        assert sys.getswitchinterval() == pytest.approx(cli.SWITCH_INTERVAL_S)
+        assert gc.get_freeze_count() > 1000  # the modules and their objects
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+        sys.setswitchinterval(interval)
