@@ -9,8 +9,7 @@ app's modules), then builds the rows of 20,000-row import batches (`bulk.imports
 heap tracked by the garbage collector, frozen out of it (gc.freeze / gc.unfreeze), and frozen
 with the daemon's young-generation threshold (cli.GC_YOUNG allocations between collections of
 the youngest generation, Python's default 700), in turn, ROUNDS times: CPU seconds a batch and
-the collections run. Prints one JSON object
-and appends it to bench/out/gc_freeze.jsonl.
+the full collections run. Prints one JSON object and appends it to bench/out/gc_freeze.jsonl.
 """
 
 from __future__ import annotations
