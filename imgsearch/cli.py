@@ -227,9 +227,9 @@ MODEL_FIELDS = ("model", "pretrained", "checkpoint")
 # py-spy, all holding the GIL that the encoding thread waits for between its torch calls (a
 # third of its time). A waiting thread takes the GIL after the switch interval (5 ms by
 # default); 1 ms hands it over sooner, for the encoding's ~1,000 calls a batch and for
-# searches alike. Both: 12,903 rows/s after the training against 11,718-12,126 (3 runs), 4%
-# less CPU a row (bench/import_rate.py, docs/BENCHMARKS.md); cyclic garbage waits for at most
-# GC_YOUNG more allocations.
+# searches alike. Both: 12,442-12,903 rows/s after the training against 11,718-12,126 (two
+# and three runs), 3% less CPU a row; a 10M import 1.25x (bench/import_rate.py, bench/scale.py,
+# docs/BENCHMARKS.md). Cyclic garbage waits for at most GC_YOUNG more allocations.
 GC_YOUNG = 50_000
 SWITCH_INTERVAL_S = 0.001
 
