@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -62,8 +62,9 @@ Hits = tuple[np.ndarray, np.ndarray]  # (similarities, ids), best first, -1 padd
 class Searcher:
     """Searches of published segments, counted, with one helper thread for split scans."""
 
-    def __init__(self, source: Source) -> None:
+    def __init__(self, source: Source, clock: Callable[[], float] = time.perf_counter) -> None:
         self.source = source
+        self.clock = clock  # seconds, for the one-thread reads' µs a row
         self.searching = 0  # searches in flight (under _counting)
         # Searches answered from the segments and their ms by stage, summed since the start
         # (under _counting; /stats shows them, bench/search_profile.py takes differences).
@@ -150,9 +151,9 @@ class Searcher:
             return self.source.vectors(ids)
         self._reads += 1
         if self.row_us <= SLOW_ROW_US or self._reads % PROBE_EVERY == 0:
-            start = time.perf_counter()
+            start = self.clock()
             read = self.source.vectors(ids)
-            row_us = (time.perf_counter() - start) * 1e6 / len(ids)
+            row_us = (self.clock() - start) * 1e6 / len(ids)
             self.row_us = row_us if not self.row_us else (
                 ROW_US_WEIGHT * row_us + (1 - ROW_US_WEIGHT) * self.row_us
             )  # fmt: skip
