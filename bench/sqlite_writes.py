@@ -1,15 +1,23 @@
 """What a bulk import's SQLite writes cost a row: the store's upsert in 20,000-row batches.
 
     python bench/sqlite_writes.py --rows 1000000 --rounds 2
+    python bench/sqlite_writes.py --rows 400000 --rounds 2 --busy \
+        --variants "row by row" "full sha256 index"
 
 For each variant a fresh database (the current schema) under --tmp is filled with --rows rows
 as bench/scale.py's shards make them (paths in folders of 10,000, a 512-d float16 vector, no
 sha256: the import's stand-in) through `Images.upsert`, the call the import makes for each
-batch; the variants alternate, --rounds times. "full sha256 index" is the schema as it is,
-every row's hash indexed (the stand-ins of hashless imports too); "known hashes only" replaces
-that index with a partial one that leaves the stand-ins out (checked 2026-12-04 and not
-adopted: see docs/BENCHMARKS.md). Reports CPU and wall microseconds a row over the last half
-of the rows (the database past its first pages). Appends one JSON line to
+batch; the variants alternate, --rounds times. "full sha256 index" is the schema and code as
+they are, every row's hash indexed (the stand-ins of hashless imports too); "known hashes only"
+replaces that index with a partial one that leaves the stand-ins out (checked 2026-12-04 and
+not adopted: see docs/BENCHMARKS.md); "row by row" writes as the store did before 2026-12-05:
+the new rows with one executemany (one statement step a row) in place of multi-row INSERTs,
+the vectors stacked by np.array (a copy a row) in place of upsert.stacked. `--busy`: a Python
+thread runs beside each upsert (building lists, as an import's reader does), so the writer
+must take the GIL back after each of its statement steps and row copies; the GIL is then
+handed over as the daemon has it (cli.SWITCH_INTERVAL_S). Reports the writing thread's CPU
+and the wall microseconds a row over the last half of the rows (the database past its first
+pages), and with --busy how many loops the busy thread made. Appends one JSON line to
 bench/out/sqlite_writes.jsonl.
 """
 
@@ -19,7 +27,9 @@ import argparse
 import os
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +44,58 @@ PARTIAL_INDEX = (
     "DROP INDEX images_sha256",
     "CREATE INDEX images_sha256 ON images(sha256) WHERE substr(sha256, 1, 8) <> 'unknown:'",
 )
-VARIANTS = {"full sha256 index": (), "known hashes only": PARTIAL_INDEX}
+VARIANTS = {"full sha256 index": (), "known hashes only": PARTIAL_INDEX, "row by row": ()}
 
 
-def fill(folder: Path, rows: int, statements: tuple[str, ...]) -> dict[str, float]:
-    """Write `rows` rows into a new store in `folder`; us a row (CPU, wall) past the middle."""
+def executemany(conn: Any, rows: Sequence[tuple[object, ...]]) -> None:
+    """The store's inserts before multi-row INSERTs: one executemany, a step a row."""
+    from imgsearch.store import upsert
+
+    conn.executemany(upsert.insert_sql(1), rows)
+
+
+def np_stacked(vectors: Sequence[np.ndarray]) -> np.ndarray:
+    """The store's stacking of vectors before upsert.stacked: np.array, a copy a row."""
+    return np.array(vectors, dtype=np.float32)
+
+
+class Busy:
+    """A Python thread that builds lists while it runs (an import's reader, as the GIL sees
+    it); `loops` counts what it did."""
+
+    def __init__(self) -> None:
+        self.loops = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            [n * n for n in range(2_000)]
+            self.loops += 1
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.loops
+
+
+def fill(folder: Path, rows: int, variant: str, busy: bool) -> dict[str, float]:
+    """Write `rows` rows into a new store in `folder`; us a row (the writing thread's CPU,
+    wall) past the middle."""
+    from imgsearch.store import upsert
+
+    insert: Callable[[Any, Sequence[tuple[object, ...]]], None] = upsert.insert_rows
+    stack = upsert.stacked
+    if variant == "row by row":
+        upsert.insert_rows, upsert.stacked = executemany, np_stacked  # type: ignore[assignment]
+    try:
+        return _fill(folder, rows, VARIANTS[variant], busy)
+    finally:
+        upsert.insert_rows, upsert.stacked = insert, stack  # type: ignore[assignment]
+
+
+def _fill(folder: Path, rows: int, statements: tuple[str, ...], busy: bool) -> dict[str, float]:
     from imgsearch.store import UNKNOWN_SHA256, FileFacts, NewImage, Store
 
     store = Store(folder / "db.sqlite3")
@@ -49,20 +106,24 @@ def fill(folder: Path, rows: int, statements: tuple[str, ...]) -> dict[str, floa
     vectors = rng.standard_normal((BATCH, DIM)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     cpu = wall = 0.0
+    loops = 0
     for b in range(rows // BATCH):
         items = []
         for j in range(BATCH):
             path = f"/imgsearch-scale/f{(b * BATCH + j) // 10_000:04d}/{j % 10_000:05d}.jpg"
             facts = FileFacts(path, 1000, 1, f"{UNKNOWN_SHA256}{path}", 64, 64)
             items.append(NewImage(facts, vectors[j]))
-        c0, t0 = time.process_time(), time.perf_counter()
+        beside = Busy() if busy else None
+        c0, t0 = time.thread_time(), time.perf_counter()
         store.images.upsert(items)
+        c1, t1 = time.thread_time(), time.perf_counter()
+        done = beside.stop() if beside is not None else 0
         if b >= rows // BATCH // 2:
-            cpu += time.process_time() - c0
-            wall += time.perf_counter() - t0
+            cpu, wall, loops = cpu + c1 - c0, wall + t1 - t0, loops + done
     store.close()
     counted = rows - rows // BATCH // 2 * BATCH
-    return {"cpu_us": round(cpu / counted * 1e6, 2), "wall_us": round(wall / counted * 1e6, 2)}
+    out = {"cpu_us": round(cpu / counted * 1e6, 2), "wall_us": round(wall / counted * 1e6, 2)}
+    return {**out, "busy_loops": loops} if busy else out
 
 
 def main() -> None:
@@ -70,19 +131,30 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--tmp", default=None, help="where the databases go (default: $TMPDIR)")
+    parser.add_argument("--busy", action="store_true", help="a busy Python thread beside")
+    parser.add_argument(
+        "--variants", nargs=2, choices=list(VARIANTS), default=list(VARIANTS)[:2],
+        help="the two variants compared (the first is the base of the ratios)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.busy:
+        from imgsearch.cli import SWITCH_INTERVAL_S
+
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
     result: dict[str, Any] = {
         "bench": "sqlite_writes", "cpu": cpu_model(), "load": os.getloadavg(), "rows": args.rows,
+        "busy": args.busy,
     }  # fmt: skip
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in args.variants}
     for _ in range(args.rounds):
-        for name, statements in VARIANTS.items():
+        for name in args.variants:
             with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-                runs[name].append(fill(Path(tmp), args.rows, statements))
+                runs[name].append(fill(Path(tmp), args.rows, name, args.busy))
             progress(f"{name}: {runs[name][-1]}")
     result["runs"] = runs
-    base, new = (min(r["cpu_us"] for r in runs[name]) for name in VARIANTS)
-    result["cpu_ratio"] = round(base / new, 3)
+    for figure in ("cpu_us", "wall_us"):
+        base, new = (min(r[figure] for r in runs[name]) for name in args.variants)
+        result[f"{figure}_ratio"] = round(base / new, 3)
     result["load_after"] = os.getloadavg()
     record(result, "sqlite_writes")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .index import LibraryIndex, Policy, Precoded
-from .store import NewImage, Store, WriteResult
+from .store import NewImage, Store, WriteResult, stacked
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class Catalog:
             if ahead is not None and ahead.vectors is not None and ahead.count == len(items):
                 vectors = ahead.vectors  # the items' vectors, stacked when they were encoded
             else:
-                vectors = np.array([item.vector for item in items], dtype=np.float32)
+                vectors = stacked([item.vector for item in items])
             ids = np.asarray(result.ids, dtype=np.int64)
             self.index.add(ids, vectors, result.generation, ahead)
             self._notify(result)

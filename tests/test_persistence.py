@@ -84,6 +84,44 @@ def test_bulk_upsert_ids_counters_and_a_path_named_twice(tmp_path: Path) -> None
     np.testing.assert_allclose(chunk.vectors[0], vec(2), atol=1e-3)  # the later row won
 
 
+def test_new_rows_span_several_inserts_in_order(tmp_path: Path) -> None:
+    """New rows go in as many to an INSERT as the bound-parameter limit allows: with the
+    limit of SQLite builds before 3.32 (999: 90 rows a statement), 200 rows take 3 statements,
+    and every row keeps its own id (consecutive, in order), facts and vector; rows at an exact
+    multiple of a statement's are not lost or doubled."""
+    store = Store(tmp_path / "db.sqlite3")
+    with store.db.write() as conn:
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+    for count in (200, 180, 1):
+        before = store.count()
+        rows = [item(f"/c/{count}-{n}.jpg", n) for n in range(count)]
+        ids = store.images.upsert(rows).ids
+        assert ids == list(range(ids[0], ids[0] + count)) and store.count() == before + count
+        got = store.file_states([r.facts.path for r in rows])
+        assert [got[r.facts.path].id for r in rows] == ids
+        assert [got[r.facts.path].size for r in rows] == [100 + n for n in range(count)]
+        chunk = next(store.images.vectors(ids=ids))
+        order = np.argsort(chunk.ids)
+        np.testing.assert_allclose(chunk.vectors[order], [vec(n) for n in range(count)], atol=1e-3)
+    store.close()
+
+
+def test_vectors_stacked_through_one_join() -> None:
+    """upsert.stacked: rows of any dtype and layout as one writable float32 matrix, equal to
+    np.array's; rows of different lengths refused."""
+    from imgsearch.store import stacked
+
+    m = np.arange(24, dtype=np.float32).reshape(4, 6)
+    rows = [m[0], m[1].astype(np.float16), m[:, 2][:3].tolist() + [1, 2, 3], m[3]]
+    got = stacked(rows)
+    assert got.dtype == np.float32 and got.flags.writeable
+    np.testing.assert_array_equal(got, np.array(rows, dtype=np.float32))
+    got[0, 0] = -1  # a copy: the rows are not changed
+    assert m[0, 0] == 0 and stacked([]).shape == (0, 0)
+    with pytest.raises(ValueError, match="different lengths"):
+        stacked([m[0], m[0][:5]])
+
+
 def test_remove_tree_matches_folder_not_prefix(tmp_path: Path) -> None:
     store = Store(tmp_path / "db.sqlite3")
     store.images.upsert(

@@ -29,6 +29,7 @@ from .jobs import JobRow, Jobs
 from .meta import Meta
 from .metadata import Metadata, MetadataTable
 from .migrations import MIGRATIONS, migrate
+from .upsert import stacked
 from .watches import Watches
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "Located",
     "Metadata",
     "NewImage",
+    "stacked",
     "Store",
     "StoredFile",
     "UNKNOWN_SHA256",

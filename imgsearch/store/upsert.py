@@ -1,12 +1,21 @@
 """Writing a batch of images by path: one lookup per CHUNK paths, one executemany for the
-updates and one for the inserts (the ids of consecutive AUTOINCREMENT inserts are computed,
-not read back), and the 'present' counter raised once (schema v7 dropped its per-row trigger).
+updates and multi-row INSERTs for the new rows (the ids of consecutive AUTOINCREMENT inserts
+are computed, not read back), and the 'present' counter raised once (schema v7 dropped its
+per-row trigger).
+
+The new rows go in as many to a statement as SQLite's bound-parameter limit allows (2,978 in
+SQLite's default build), not by executemany: executemany steps its statement once a row, and
+each step lets go of the GIL; with a busy Python thread beside it (an import's reader) every
+row then waits for the GIL to come back, up to the switch interval (bench/sqlite_writes.py
+--busy).
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from functools import lru_cache
+from itertools import chain
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,8 +30,11 @@ VECTOR_DTYPE = "<f2"
 
 INSERT = (
     "INSERT INTO images(size, mtime_ns, sha256, width, height, vector, generation, updated_at,"
-    " source, added_at, path) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+    " source, added_at, path) VALUES "
 )
+COLUMNS = 11  # the values of a row in INSERT
+ROW = "(" + ",".join("?" * COLUMNS) + ")"
+VARIABLES = 999  # SQLite's bound-parameter limit where the connection cannot tell (before 3.11)
 # a re-add of a downloaded file without a URL keeps its source
 UPDATE = (
     "UPDATE images SET size=?, mtime_ns=?, sha256=?, width=?, height=?, vector=?, generation=?,"
@@ -50,7 +62,7 @@ def upsert_many(
     if new:
         before = _sequence(conn)
         rows = [(*_values(items[n], blobs[n], generation, now), now, paths[n]) for n in new]
-        conn.executemany(INSERT, rows)
+        insert_rows(conn, rows)
         last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
         if last - before == len(new):  # AUTOINCREMENT under the one writer: consecutive ids
             known.update(zip((paths[n] for n in new), range(before + 1, last + 1), strict=True))
@@ -64,17 +76,48 @@ def upsert_many(
     return [int(known[p]) for p in paths], [int(known[paths[n]]) for n in old]
 
 
+def insert_rows(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> None:
+    """Insert `rows` (INSERT's values each, in order) as many to a statement as can be bound."""
+    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) if hasattr(conn, "getlimit") else 0
+    per = max(1, (limit or VARIABLES) // COLUMNS)
+    for start in range(0, len(rows), per):
+        part = rows[start : start + per]
+        conn.execute(insert_sql(len(part)), list(chain.from_iterable(part)))
+
+
+@lru_cache(maxsize=8)
+def insert_sql(rows: int) -> str:
+    """INSERT of `rows` rows (the same text for the same count: SQLite's statement cache)."""
+    return INSERT + ",".join([ROW] * rows)
+
+
 def _sequence(conn: sqlite3.Connection) -> int:
     row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='images'").fetchone()
     return int(row[0]) if row else 0
+
+
+def stacked(vectors: Sequence[np.ndarray]) -> np.ndarray:
+    """Vectors of one length as one float32 matrix [n, dim], copied through one bytes join.
+
+    np.array of a list of rows copies each row by itself and lets go of the GIL for every row
+    over 500 values (a 512-d vector); with a busy Python thread beside (an import's reader)
+    each row then waits up to the switch interval to take it back: 20,000 rows took 1.1 to
+    3.2 s instead of 30 to 45 ms (an ad-hoc run, docs/BENCHMARKS.md)."""
+    rows = [np.ascontiguousarray(v, np.float32).reshape(-1) for v in vectors]  # float32: views
+    if not rows:
+        return np.zeros((0, 0), np.float32)
+    if any(len(r) != len(rows[0]) for r in rows):
+        raise ValueError("vectors of different lengths")
+    joined = bytearray().join([r.data for r in rows])  # (a bytearray: the matrix is writable)
+    return np.frombuffer(joined, np.float32).reshape(len(rows), len(rows[0]))
 
 
 def _blobs(items: Sequence[NewImage]) -> list[bytes]:
     """Each item's vector as a VECTOR_DTYPE blob (one conversion for the batch)."""
     if not items:
         return []
-    half = np.array([i.vector for i in items], dtype=VECTOR_DTYPE)
-    raw = half.reshape(len(items), -1).tobytes()
+    half = stacked([i.vector for i in items]).astype(VECTOR_DTYPE)
+    raw = half.tobytes()
     step = len(raw) // len(items)
     return [raw[n * step : (n + 1) * step] for n in range(len(items))]
 
@@ -98,7 +141,7 @@ def _upsert_each(
         values = _values(item, blob, generation, now)
         id_ = known.get(item.facts.path)
         if id_ is None:
-            cur = conn.execute(INSERT, (*values, now, item.facts.path))
+            cur = conn.execute(insert_sql(1), (*values, now, item.facts.path))
             id_ = known[item.facts.path] = int(cur.lastrowid or 0)
             conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='present'")
         else:
