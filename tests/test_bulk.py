@@ -365,6 +365,7 @@ def test_groups_join_consecutive_batches_up_to_the_rows_and_stop_at_an_unreadabl
         batch = RowBatch(list(range(good)), [f"/{name}/{i}" for i in range(good)], vectors)
         batch.bad = [BadRow(str(info.path), good + i, "bad") for i in range(bad)]
         batch.facts = {"size": [1] * good} if name != "c" else {}
+        batch.extras = [{"album": name}] * good if name == "a" else []  # metadata in a only
         return info, batch
 
     broken = Unreadable(part("x", 0)[0], OSError("damaged"))
@@ -378,9 +379,11 @@ def test_groups_join_consecutive_batches_up_to_the_rows_and_stop_at_an_unreadabl
     assert joined.paths == [f"/a/{i}" for i in range(5)] + [f"/b/{i}" for i in range(3)]
     assert joined.vectors.shape == (8, 4) and [b.row for b in joined.bad] == [3, 4]
     assert joined.facts == {"size": [1] * 8}
+    assert joined.extras == [{"album": "a"}] * 5 + [{}] * 3  # a row each, b's rows empty
     assert isinstance(out[1], Group) and out[1].batch().facts == {}  # c alone, no size column
     mixed = Group([part("a", 2), part("c", 2)])
     assert mixed.batch().facts == {"size": [1, 1, None, None]}
+    assert Group([part("b", 2), part("c", 2)]).batch().extras == []  # no metadata anywhere
 
 
 async def test_import_job_lists_and_cancels(

@@ -47,12 +47,15 @@ class Group:
         for name in {name for b in batches for name in b.facts}:
             facts[name] = [v for b in batches for v in b.facts.get(name) or [None] * len(b.paths)]
         vectors = [b.vectors for b in batches if b.paths]
+        extras = []  # a row each where a part has metadata (a part without: empty cells)
+        if any(b.extras for b in batches):
+            extras = [e for b in batches for e in b.extras or [{}] * len(b.paths)]
         return RowBatch(
             rows=[r for b in batches for r in b.rows],
             paths=[p for b in batches for p in b.paths],
             vectors=np.concatenate(vectors) if vectors else batches[0].vectors,
             facts=facts,
-            extras=[e for b in batches for e in b.extras],
+            extras=extras,
             bad=[r for b in batches for r in b.bad],
         )
 

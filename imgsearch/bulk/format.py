@@ -73,6 +73,8 @@ class RowBatch:
     paths: list[str] = field(default_factory=list)
     vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     facts: dict[str, list[Any]] = field(default_factory=dict)  # FACT_COLUMNS present
+    # Each good row's cells of the columns the format does not know (metadata); empty where
+    # the shard has no such column (not a dict a row: 20,000 objects a batch for nothing).
     extras: list[dict[str, Any]] = field(default_factory=list)
     bad: list[BadRow] = field(default_factory=list)
 
@@ -172,7 +174,7 @@ def check_batch(
         if name in batch.schema.names:
             out.facts[name] = picked.column(name).to_pylist()
     extra = [c for c in batch.schema.names if c not in KNOWN_COLUMNS]
-    out.extras = picked.select(extra).to_pylist() if extra else [{} for _ in good]
+    out.extras = picked.select(extra).to_pylist() if extra else []
     return out
 
 
