@@ -4,6 +4,7 @@
     git worktree add /tmp/before 584dc94
     python bench/startup.py --trees /tmp/before . --rounds 5 --cold
     python bench/startup.py --trees /tmp/before . --checkpoint   # weights from a file
+    python bench/startup.py --data /work/big/k10 --weights random checkpoint --rounds 3
 
 One data dir (ViT-B-32 with random weights, 20 photos added) is started by each tree in turn,
 A B A B ...: the seconds until /health answers, until the first search by a stored photo's path
@@ -15,7 +16,13 @@ bench/out/startup.jsonl.
 
 `--checkpoint` starts with `--checkpoint FILE` instead of random weights, as a user with
 real weights does (a tag's weights come from the Hugging Face cache the same way): the file
-holds the same seeded random ViT-B-32, saved once to bench/out/.
+holds the same seeded random ViT-B-32, saved once to bench/out/, and is named `random`, so the
+model's id is the one random weights have (open_clip/ViT-B-32/random) and a library made with
+either is served by both. `--weights random checkpoint` starts each tree both ways in turns.
+
+`--data DIR` starts on a library left by `bench/scale.py --keep` (ViT-B-32 vectors; the data
+dir is only read and appended to by the searches) instead of a new one of 20 photos; the first
+image search is then by one of the 20 photos' files (not stored: decoded and embedded).
 """
 
 from __future__ import annotations
@@ -35,7 +42,8 @@ from _common import REPO_ROOT, Daemon, generate_jpegs, progress, record  # noqa:
 from scale import machine  # noqa: E402
 
 FLAGS = ["--model", "ViT-B-32", "--pretrained", "none", "--workers", "1"]
-CHECKPOINT = REPO_ROOT / "bench" / "out" / "vit-b-32-random.pt"
+# Named `random`: the model's id is then that of the random weights (clip.ClipEmbedder).
+CHECKPOINT = REPO_ROOT / "bench" / "out" / "vit-b-32-seeded" / "random"
 
 
 def saved_checkpoint() -> Path:
@@ -84,6 +92,11 @@ def one_start(
     }
 
 
+def _name(tree: Path, way: str, weights: list[str]) -> str:
+    """An arm's name in the results: its tree, and its weights where more than one way ran."""
+    return f"{tree} ({way})" if len(weights) > 1 else str(tree)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trees", nargs="+", default=[str(REPO_ROOT)])
@@ -91,31 +104,44 @@ def main() -> None:
     parser.add_argument("--cold", action="store_true", help="drop the page cache before each")
     parser.add_argument("--label", default="")
     parser.add_argument("--checkpoint", action="store_true", help="weights from a file")
+    parser.add_argument(
+        "--weights", nargs="+", choices=("random", "checkpoint"), default=None,
+        help="start each tree with these weights in turns (default: --checkpoint's choice)",
+    )  # fmt: skip
+    parser.add_argument("--data", type=Path, default=None, help="an existing library's data dir")
     args = parser.parse_args()
     trees = [Path(t).resolve() for t in args.trees]
-    flags = FLAGS
-    if args.checkpoint:
-        flags = ["--model", "ViT-B-32", "--checkpoint", str(saved_checkpoint()), "--workers", "1"]
+    weights = args.weights or ["checkpoint" if args.checkpoint else "random"]
+    flags = {
+        "random": FLAGS,
+        "checkpoint": ["--model", "ViT-B-32", "--checkpoint", "", "--workers", "1"],
+    }
+    if "checkpoint" in weights:
+        flags["checkpoint"][3] = str(saved_checkpoint())
+    arms = [(tree, way) for tree in trees for way in weights]
     out: dict[str, Any] = {
         "machine": machine(),
         "label": args.label,
         "cold": args.cold,
-        "checkpoint": args.checkpoint,
+        "weights": weights,
+        "data": str(args.data) if args.data else None,
     }
     photos = sorted(
         str(p) for p in generate_jpegs(20, size=(1024, 768), quality=90, seed=7).glob("*.jpg")
     )
+    runs: dict[str, list[dict[str, Any]]] = {_name(*arm, weights): [] for arm in arms}
     with tempfile.TemporaryDirectory(prefix="imgsearch-startup-") as tmp:
-        data_dir = Path(tmp) / "data"
-        with Daemon(flags, data_dir, tree=trees[0]) as daemon:
-            folder = str(Path(photos[0]).parent)
-            daemon.get("/add?image=" + urllib.parse.quote(folder))
-        runs: dict[str, list[dict[str, Any]]] = {str(t): [] for t in trees}
+        data_dir = args.data or Path(tmp) / "data"
+        if args.data is None:
+            with Daemon(flags[weights[0]], data_dir, tree=trees[0]) as daemon:
+                folder = str(Path(photos[0]).parent)
+                daemon.get("/add?image=" + urllib.parse.quote(folder))
         for r in range(args.rounds):
-            for tree in trees:
-                run = one_start(tree, data_dir, photos[r % len(photos)], args.cold, flags)
-                runs[str(tree)].append(run)
-                progress(f"round {r + 1}, {tree}: {run}")
+            for tree, way in arms:
+                photo = photos[r % len(photos)]
+                run = one_start(tree, data_dir, photo, args.cold, flags[way])
+                runs[_name(tree, way, weights)].append(run)
+                progress(f"round {r + 1}, {tree} {way}: {run}")
     out["trees"] = {
         tree: {
             "health_s_median": statistics.median(r["health_s"] for r in rs),
@@ -124,8 +150,8 @@ def main() -> None:
         }
         for tree, rs in runs.items()
     }
-    if len(trees) == 2:
-        a, b = (runs[str(t)] for t in trees)
+    if len(runs) == 2:
+        a, b = runs.values()
         out["health_ratio_median"] = statistics.median(
             x["health_s"] / y["health_s"] for x, y in zip(a, b, strict=True)
         )

@@ -101,8 +101,8 @@ def stacked(vectors: Sequence[np.ndarray]) -> np.ndarray:
 
     np.array of a list of rows copies each row by itself and lets go of the GIL for every row
     over 500 values (a 512-d vector); with a busy Python thread beside (an import's reader)
-    each row then waits up to the switch interval to take it back: 20,000 rows took 1.1 to
-    3.2 s instead of 30 to 45 ms (an ad-hoc run, docs/BENCHMARKS.md)."""
+    each row then waits up to the switch interval to take it back: 20,000 rows took 1.1-3.2 s
+    so, 0.08 s joined (ad hoc; the whole write: bench/sqlite_writes.py --busy)."""
     rows = [np.ascontiguousarray(v, np.float32).reshape(-1) for v in vectors]  # float32: views
     if not rows:
         return np.zeros((0, 0), np.float32)
