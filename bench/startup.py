@@ -112,12 +112,10 @@ def main() -> None:
     args = parser.parse_args()
     trees = [Path(t).resolve() for t in args.trees]
     weights = args.weights or ["checkpoint" if args.checkpoint else "random"]
-    flags = {
-        "random": FLAGS,
-        "checkpoint": ["--model", "ViT-B-32", "--checkpoint", "", "--workers", "1"],
-    }
+    flags = {"random": FLAGS}
     if "checkpoint" in weights:
-        flags["checkpoint"][3] = str(saved_checkpoint())
+        checkpoint = str(saved_checkpoint())
+        flags["checkpoint"] = ["--model", "ViT-B-32", "--checkpoint", checkpoint, "--workers", "1"]
     arms = [(tree, way) for tree in trees for way in weights]
     out: dict[str, Any] = {
         "machine": machine(),
