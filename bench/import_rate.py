@@ -4,6 +4,7 @@
     python bench/import_rate.py --rows 3000000 --spy 120:60 --spy 400:60    # py-spy meanwhile
     python bench/import_rate.py --rows 600000 --precision fp32              # k-means in float32
     python bench/import_rate.py --rows 1500000 --shard-rows 1000   # as `imgsearch embed` writes
+    python bench/import_rate.py --rows 1000000 --poll 0.1       # /stats, /health latency too
 
 One daemon (ViT-B-32, random weights: the model only names the vectors; `--model
 efficientnet-lite0` for 1280-d shards) starts on an empty
@@ -16,7 +17,8 @@ raw collapsed stacks into bench/out/) from START seconds after the import began;
 where each thread's samples went is printed. `--shard-rows N` imports the first --rows rows of
 the folder rewritten as files of N rows (cached in bench/out/), the way a cluster embedding
 (`imgsearch embed`, 1,000 files a shard by default) leaves them; the job then plans --rows.
-Appends one JSON line to bench/out/import_rate.jsonl.
+`--poll SECONDS` also GETs `/stats` and `/health` every SECONDS through the import and reports
+their latency percentiles (ms). Appends one JSON line to bench/out/import_rate.jsonl.
 """
 
 from __future__ import annotations
@@ -34,7 +36,16 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import OUT_DIR, PY_SPY, Daemon, cpu_model, progress, record  # noqa: E402
+from _common import (  # noqa: E402
+    OUT_DIR,
+    PY_SPY,
+    Daemon,
+    LatencyPoller,
+    cpu_model,
+    percentiles,
+    progress,
+    record,
+)
 
 SHARDS = OUT_DIR / "scale-shards-open_clip_ViT-B-32_random-clustered-10000000"
 
@@ -110,6 +121,9 @@ def main() -> None:
     parser.add_argument("--label", default="")
     parser.add_argument("--shard-rows", type=int, default=0, help="files of this many rows")
     parser.add_argument(
+        "--poll", type=float, default=0.0, help="GET /stats and /health every this many s"
+    )
+    parser.add_argument(
         "--model",
         choices=("ViT-B-32", "efficientnet-lite0"),
         default="ViT-B-32",
@@ -135,36 +149,39 @@ def main() -> None:
             job = send(
                 daemon.url + "/import", "POST", {"dir": str(folder.resolve()), "wait": False}
             )
-            start, cpu0 = time.perf_counter(), daemon.cpu_seconds()
-            samples, running = [], []
-            last = (0.0, 0, cpu0)
-            while True:
-                time.sleep(args.every)
-                now = time.perf_counter() - start
-                while spies and spies[0][0] <= now:
-                    at, secs = spies.pop(0)
-                    OUT_DIR.mkdir(parents=True, exist_ok=True)
-                    raw = OUT_DIR / f"import_rate-{args.label or 'run'}-{int(at)}.txt"
-                    cmd = [str(PY_SPY), "record", "--native", "--threads", "-r", "50", "-f"]
-                    cmd += ["raw", "-o", str(raw), "-d", str(int(secs)), "-p", str(pid)]
-                    running.append((raw, subprocess.Popen(cmd, stdout=subprocess.DEVNULL)))
-                state = send(f"{daemon.url}/import/{job['id']}", "GET")
-                index = send(daemon.url + "/stats", "GET")["index"]
-                cpu, (rss, peak) = daemon.cpu_seconds(), memory(pid)
-                rate = (state["done"] - last[1]) / (now - last[0])
-                cpu_rate = (state["done"] - last[1]) / max(1e-9, cpu - last[2])
-                sample = {
-                    "t": round(now, 1), "done": state["done"], "rate": round(rate),
-                    "per_cpu_s": round(cpu_rate), "rss_gb": round(rss, 2),
-                    "state": index["state"], "base": index["base"], "recent": index["recent"],
-                    "load": os.getloadavg()[0],
-                }  # fmt: skip
-                samples.append(sample)
-                progress(json.dumps(sample))
-                last = (now, state["done"], cpu)
-                if state["done"] >= args.rows or state["state"] not in ("queued", "running"):
-                    break
-            elapsed, cpu = time.perf_counter() - start, daemon.cpu_seconds() - cpu0
+            urls = {"stats": daemon.url + "/stats", "health": daemon.url + "/health"}
+            polled = LatencyPoller(urls if args.poll else {}, interval=args.poll or 1.0)
+            with polled as poller:
+                start, cpu0 = time.perf_counter(), daemon.cpu_seconds()
+                samples, running = [], []
+                last = (0.0, 0, cpu0)
+                while True:
+                    time.sleep(args.every)
+                    now = time.perf_counter() - start
+                    while spies and spies[0][0] <= now:
+                        at, secs = spies.pop(0)
+                        OUT_DIR.mkdir(parents=True, exist_ok=True)
+                        raw = OUT_DIR / f"import_rate-{args.label or 'run'}-{int(at)}.txt"
+                        cmd = [str(PY_SPY), "record", "--native", "--threads", "-r", "50", "-f"]
+                        cmd += ["raw", "-o", str(raw), "-d", str(int(secs)), "-p", str(pid)]
+                        running.append((raw, subprocess.Popen(cmd, stdout=subprocess.DEVNULL)))
+                    state = send(f"{daemon.url}/import/{job['id']}", "GET")
+                    index = send(daemon.url + "/stats", "GET")["index"]
+                    cpu, (rss, peak) = daemon.cpu_seconds(), memory(pid)
+                    rate = (state["done"] - last[1]) / (now - last[0])
+                    cpu_rate = (state["done"] - last[1]) / max(1e-9, cpu - last[2])
+                    sample = {
+                        "t": round(now, 1), "done": state["done"], "rate": round(rate),
+                        "per_cpu_s": round(cpu_rate), "rss_gb": round(rss, 2),
+                        "state": index["state"], "base": index["base"], "recent": index["recent"],
+                        "load": os.getloadavg()[0],
+                    }  # fmt: skip
+                    samples.append(sample)
+                    progress(json.dumps(sample))
+                    last = (now, state["done"], cpu)
+                    if state["done"] >= args.rows or state["state"] not in ("queued", "running"):
+                        break
+                elapsed, cpu = time.perf_counter() - start, daemon.cpu_seconds() - cpu0
             done = state["done"]
             send(f"{daemon.url}/import/{job['id']}", "DELETE")
             _, peak = memory(pid)
@@ -180,6 +197,10 @@ def main() -> None:
             "daemon_cpu_s": round(cpu, 1),
             "vectors_per_cpu_s": round(done / cpu),
             "peak_rss_gb": round(peak, 2),
+            "during_import_ms": {
+                name: percentiles(ms, (50, 90, 99)) for name, ms in poller.latencies.items()
+            },
+            "poll_errors": poller.errors[:10],
             "load_after": os.getloadavg(),
             "samples": samples,
             "log": [line for line in log if "index" in line or "import" in line][-60:],
