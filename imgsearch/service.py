@@ -237,10 +237,12 @@ class Service:
             self.derived.invalidate(image_id)
 
     def stats(self) -> dict[str, Any]:
+        """What /stats shows: read from memory only (counters, the index's description), so
+        the route answers on the event loop, never waiting on SQLite or a worker thread."""
         return {
             "images": self.catalog.store.count(),
             "missing": self.catalog.store.missing(),
-            "watched": len(self.watcher.watches()),
+            "watched": self.watcher.count(),
             "model": self.embedder.model_id,
             "dim": self.embedder.dim,
             "embedding": runtime_stats(self.embedder),

@@ -152,6 +152,11 @@ class Watcher:
         with self._lock:
             return list(self._watches.values())
 
+    def count(self) -> int:
+        """How many folders are watched, without the lock (that adding a watch holds over a
+        write): /stats reads it on the event loop."""
+        return len(self._watches)
+
     def close(self) -> None:
         with self._lock:
             watches = list(self._watches.values())

@@ -8,6 +8,8 @@ import dataclasses
 import io
 import json
 import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from aiohttp.test_utils import TestClient
 from imgsearch.config import Config
 from imgsearch.embedders import Embedder
 from imgsearch.web import create_app
+from imgsearch.web.keys import SERVICE
 
 from .helpers import ClientFactory, get_json, jpeg_bytes, photo
 
@@ -317,6 +320,34 @@ async def test_stats_answers_while_a_long_add_runs(client: Client, tmp_path: Pat
         await asyncio.sleep(0.01)
     assert (await (await add_task).json())["added"] == 60
     assert answered_during_add > 0
+
+
+async def test_stats_needs_no_worker_thread_and_no_sqlite(
+    client: Client, photos: dict[str, Path]
+) -> None:
+    """/stats answers from memory on the event loop: while the loop's only worker thread is
+    taken and another thread holds the store's write transaction open (as a bulk import does)."""
+    await add(client, photos["coffee"])
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(1))
+    release, writing = threading.Event(), threading.Event()
+    taken = loop.run_in_executor(None, release.wait)
+
+    def hold_the_writer() -> None:
+        with client.app[SERVICE].catalog.store.db.write():
+            writing.set()
+            release.wait()
+
+    writer = threading.Thread(target=hold_the_writer)
+    writer.start()
+    try:
+        assert writing.wait(5)
+        resp = await asyncio.wait_for(client.get("/stats"), timeout=5)
+        assert resp.status == 200 and (await resp.json())["images"] == 1
+    finally:
+        release.set()
+        writer.join()
+        await taken  # (the loop shuts `workers` down when it closes)
 
 
 async def test_symlink_loop_and_symlinked_file(client: Client, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgsearch.catalog import Catalog, Change
+from imgsearch.catalog import DB_FILE, Catalog, Change
 from imgsearch.config import Config
 from imgsearch.derived import DerivedFiles
 from imgsearch.embedders import Embedder
@@ -70,6 +70,35 @@ def test_a_failing_listener_never_undoes_a_write(tmp_path: Path) -> None:
     assert seen == [Change((a,), (), catalog.store.generation())]
     assert catalog.store.count() == len(catalog.index) == 1
     catalog.close()
+
+
+def test_the_counters_are_the_last_commits_read_without_sql(tmp_path: Path) -> None:
+    """count() and missing() are what the last commit left (a rollback leaves them), kept in
+    memory: they answer with no SQL at all (/stats serves them on the event loop)."""
+    catalog = Catalog(tmp_path, "m/test", DIM)
+    store = catalog.store
+    catalog.put([item(f"/p/{i}.jpg", i) for i in range(5)] + [item("/q/x.jpg", 9)])
+    catalog.mark_missing("/q")
+    catalog.remove_ids(catalog.store.ids()[:1].tolist())
+    with pytest.raises(RuntimeError), store.db.write() as conn:
+        conn.execute("DELETE FROM images")  # the triggers zero 'present' ... then a rollback
+        raise RuntimeError("abandoned")
+    truth = (
+        store.db.reader()
+        .execute("SELECT sum(missing = 0), sum(missing = 1) FROM images")
+        .fetchone()
+    )
+    assert (store.count(), store.missing()) == tuple(truth) == (4, 1)
+
+    def no_sql() -> sqlite3.Connection:
+        raise AssertionError("count() read SQLite")
+
+    store.db.reader = no_sql  # type: ignore[method-assign]
+    assert (store.count(), store.missing()) == (4, 1)
+    catalog.close()
+    reopened = Store(tmp_path / DB_FILE)
+    assert (reopened.count(), reopened.missing()) == (4, 1)
+    reopened.close()
 
 
 @pytest.fixture

@@ -2,6 +2,9 @@
 
 WAL lets readers run alongside the single writer; each thread reads through its own connection
 (never shared across threads), and every write runs as one `BEGIN IMMEDIATE` transaction.
+Hooks registered with `after_commit` run on the writer's connection after each commit, still
+under the write lock: what they read is what that transaction left (the row counters that
+/stats serves from memory, store/images.py).
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -30,6 +33,14 @@ class Database:
         self._readers_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._writer = _connect(path)
+        self._hooks: list[Callable[[sqlite3.Connection], None]] = []
+
+    def after_commit(self, hook: Callable[[sqlite3.Connection], None]) -> None:
+        """Call `hook(writer)` after every commit from now on, under the write lock; it runs
+        once now (under the lock too) so it starts from the database as it is."""
+        with self._write_lock:
+            self._hooks.append(hook)
+            hook(self._writer)
 
     def reader(self) -> sqlite3.Connection:
         """This thread's read connection (opened on first use)."""
@@ -53,6 +64,11 @@ class Database:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+            for hook in self._hooks:
+                try:
+                    hook(conn)
+                except sqlite3.Error:  # the write is committed: say so, not that it failed
+                    log.exception("after-commit hook %r failed", hook)
 
     def close(self) -> None:
         with self._readers_lock:

@@ -97,6 +97,8 @@ IMAGE_ROW = "id, path, sha256, size, mtime_ns, width, height, source"
 STORED_FILE = "id, path, sha256, size, mtime_ns, missing"
 # Rows of the deletions log dropped in one transaction (forget_deletions).
 FORGET_CHUNK = 20_000
+# The row counters that triggers keep (schema v5).
+COUNTERS = "SELECT key, value FROM meta WHERE key IN ('present', 'missing')"
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,15 @@ class Images:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._dims: int | None = None
+        # (present, missing) as the last commit left them: kept by triggers in meta (schema
+        # v5), copied here after every commit, so count() and missing() read no SQL and can
+        # answer on the event loop while a bulk import holds the writer and the GIL.
+        self._counts = (0, 0)
+        db.after_commit(self._recount)
+
+    def _recount(self, conn: sqlite3.Connection) -> None:
+        rows = dict(conn.execute(COUNTERS).fetchall())
+        self._counts = (int(rows.get("present", 0)), int(rows.get("missing", 0)))
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -173,13 +184,11 @@ class Images:
 
     def count(self) -> int:
         """Images present (searchable); `missing()` counts the ones of vanished folders.
-        Both read counters that triggers keep (schema v5): no rows are counted."""
-        row = self.db.reader().execute("SELECT value FROM meta WHERE key='present'").fetchone()
-        return int(row[0])
+        Both are the counters the last commit left (no SQL: see __init__)."""
+        return self._counts[0]
 
     def missing(self) -> int:
-        row = self.db.reader().execute("SELECT value FROM meta WHERE key='missing'").fetchone()
-        return int(row[0])
+        return self._counts[1]
 
     def file_states(self, paths: Sequence[str]) -> dict[str, FileState]:
         """Known size/mtime of each path that is in the store."""

@@ -17,7 +17,8 @@ async def health(request: web.Request) -> web.Response:
 
 @table.get("/stats")
 async def stats(request: web.Request) -> web.Response:
-    return web.json_response(await blocking(request.app[SERVICE].stats))
+    # In memory only (Service.stats): on the loop, no hop to a worker thread and back.
+    return web.json_response(request.app[SERVICE].stats())
 
 
 @table.get("/remove")
