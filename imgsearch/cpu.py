@@ -1,16 +1,28 @@
-"""What this machine's CPU runs natively (read from /proc/cpuinfo; never assumed), and how
-many OpenMP threads the calling thread's torch ops use."""
+"""What this machine's CPU runs natively (read from /proc/cpuinfo; never assumed), how many
+OpenMP threads the calling thread's torch ops use, and the lower CPU priority of the daemon's
+background threads."""
 
 from __future__ import annotations
 
 import functools
+import logging
+import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 # CPU flags of native bfloat16 arithmetic: AVX512-BF16 or AMX.
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# The nice value (0-19, higher yields more) of the threads that work through a backlog: the
+# index's training and compaction, a bulk import's reading, encoding and writing. At 10 a
+# request's thread gets ~10x the CPU share of each of them, so on a 2-core machine the event
+# loop and searches do not queue behind them for a time slice (a 2M-row import: /health p99
+# 16-18 -> see docs/BENCHMARKS.md "Requests before bulk work").
+BACKGROUND_NICE = 10
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
@@ -34,6 +46,17 @@ def native_amx() -> bool:
 def native_bf16() -> bool:
     """Whether the CPU runs bfloat16 natively."""
     return bool(cpu_flags() & BF16_FLAGS)
+
+
+def lower_priority(nice: int = BACKGROUND_NICE) -> None:
+    """Make the calling thread, and the threads it starts later (its OpenMP teams), yield the
+    CPU to requests: on Linux the nice value is per thread. Never raised (a daemon started
+    niced keeps its own); elsewhere, or where not allowed, nothing is done."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid)))
+    except (AttributeError, OSError) as exc:  # not Linux, or not allowed
+        log.debug("%s keeps its priority: %s", threading.current_thread().name, exc)
 
 
 @contextmanager

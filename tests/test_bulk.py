@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import threading
 import time
@@ -30,6 +31,7 @@ from imgsearch.bulk.format import (
 from imgsearch.bulk.imports import ImportJob, ImportManager, ahead
 from imgsearch.catalog import Catalog
 from imgsearch.config import Config
+from imgsearch.cpu import BACKGROUND_NICE
 from imgsearch.embedders import Embedder
 from imgsearch.images import BASE_EXTENSIONS
 from imgsearch.ingest import Checked, Ingester
@@ -232,6 +234,50 @@ def left_running(manager: ImportManager, data: Path, job: ImportJob) -> dict[str
     record["state"] = "running"
     path.write_text(json.dumps(record))
     return record
+
+
+def niceness(native_id: int | None = None) -> int:
+    """A thread's nice value (the calling thread's by default): per thread on Linux."""
+    return os.getpriority(os.PRIO_PROCESS, native_id or threading.get_native_id())
+
+
+def test_an_import_and_the_index_worker_yield_the_cpu_to_requests(
+    tmp_path: Path, tiny_embedder: Embedder
+) -> None:
+    """The writer, reader and encoder of an import and the index's worker run niced (requests
+    get the CPU first); the threads that start them keep their priority."""
+    dim, mine = tiny_embedder.dim, niceness()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    paths = [f"/lib/{i:03}.jpg" for i in range(30)]
+    vectors = np.random.default_rng(0).normal(size=(30, dim))
+    write_shard(folder / "s.parquet", table_of(tiny_embedder.model_id, dim, paths, vectors))
+    (tmp_path / "data").mkdir()
+    catalog = Catalog(tmp_path / "data", tiny_embedder.model_id, dim)
+    rows = ingester(catalog, tiny_embedder)
+    seen: dict[str, set[int]] = {}
+
+    def recorded(step: str, fn: Any) -> Any:
+        seen[step] = set()
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            seen[step].add(niceness())
+            return fn(*args, **kwargs)
+
+        return call
+
+    for step in ("check_embedded", "encode_checked", "add_embedded"):
+        setattr(rows, step, recorded(step, getattr(rows, step)))
+    manager = ImportManager(rows, tmp_path / "data", batch_rows=10)
+    job = manager.submit(folder)
+    assert job.ended.wait(30) and job.state == "done" and job.imported == 30
+    assert all(seen.values()), seen
+    assert set().union(*seen.values()) == {max(BACKGROUND_NICE, mine)}
+    worker = catalog.index._worker.native_id
+    assert worker is not None and niceness(worker) == max(BACKGROUND_NICE, mine)
+    assert niceness() == mine
+    manager.close()
+    catalog.close()
 
 
 def test_import_resumes_after_a_crash_without_duplicates(

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..cpu import lower_priority
 from ..errors import BadRequest, NotFound
 from ..files import write_atomic
 from ..ingest import AddReport, Checked, Ingester
@@ -197,7 +198,7 @@ def ahead(
     """The same items (batches) in order, each with its rows checked and encoded: while one
     batch is written, the next is encoded on one thread (FAISS and torch, which let go of the
     GIL) and the one after read and checked on another (Parquet and Python), so reading,
-    encoding and SQLite's writes run side by side."""
+    encoding and SQLite's writes run side by side; both threads at the background priority."""
 
     def read() -> tuple[T, Checked | None] | None:
         item = next(items, None)
@@ -210,8 +211,8 @@ def ahead(
         return item[0], encode(item[1])
 
     with (
-        ThreadPoolExecutor(1, thread_name_prefix="import-read") as reader,
-        ThreadPoolExecutor(1, thread_name_prefix="import-encode") as coder,
+        ThreadPoolExecutor(1, "import-read", lower_priority) as reader,
+        ThreadPoolExecutor(1, "import-encode", lower_priority) as coder,
     ):
         # Single-thread pools run their tasks in the order given: batches stay in order.
         queue = deque(coder.submit(coded, reader.submit(read)) for _ in range(IN_FLIGHT))
@@ -231,7 +232,9 @@ class ImportManager:
         self.batch_rows = batch_rows
         self._jobs: dict[str, ImportJob] = {}
         self._closing = False
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="import")
+        # Imports (the writer; its reader and encoder too) at the background priority: requests
+        # get the CPU first (cpu.BACKGROUND_NICE).
+        self._worker = ThreadPoolExecutor(1, "import", lower_priority)
         records = sorted(self.folder.glob("*.json"), key=lambda p: p.stat().st_mtime)
         for index, path in enumerate(records):
             job = ImportJob.from_record(json.loads(path.read_text()))

@@ -10,7 +10,6 @@ on the request path: SQLite is the change log, and start-up replays rows newer t
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cpu import lower_priority
 from ..errors import Busy
 from . import base as B
 from .build import Source, Stopped, build, fold, retune, with_fine
@@ -37,10 +37,6 @@ log = logging.getLogger(__name__)
 
 WAKE_SECONDS = 5.0  # how often the background worker looks for work unprompted
 STOP_WAIT = 5.0  # seconds close() waits for a build in progress (the thread is a daemon)
-# The background worker's nice value (0-19, higher yields more). Training and compaction use
-# every core through FAISS's OpenMP team; at 10, a request's thread gets ~10x the CPU share of
-# each of them, so searches and /stats no longer wait behind k-means on a 2-core machine.
-WORKER_NICE = 10
 ROOM_POLL = 0.2  # seconds between looks while a bulk writer waits for the index (make_room)
 # A swap replays the changes logged during a build into the new segments off the lock, in up to
 # SWAP_PASSES passes, until at most SWAP_UNDER_LOCK rows are left to replay under it.
@@ -329,7 +325,7 @@ class LibraryIndex:
         return int(seg.recent.ntotal) > limit or (seg.dead > 0 and seg.dead >= tombstones)
 
     def _run(self) -> None:
-        _lower_priority(WORKER_NICE)
+        lower_priority()  # (training and compaction use every core through FAISS's team)
         while not self._stop.is_set():
             self._wake.wait(WAKE_SECONDS)
             self._wake.clear()
@@ -477,15 +473,6 @@ class LibraryIndex:
         self._wake.set()
         self._worker.join(STOP_WAIT)
         self._reads.close()
-
-
-def _lower_priority(nice: int) -> None:
-    """Make the calling thread (and the threads it starts later: its OpenMP team) yield the
-    CPU to requests: on Linux the nice value is per thread. Elsewhere nothing is done."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-    except (AttributeError, OSError) as exc:  # not Linux, or not allowed
-        log.debug("index worker keeps its priority: %s", exc)
 
 
 def _iso(stamp: float) -> str | None:
