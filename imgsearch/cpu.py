@@ -20,8 +20,9 @@ BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 # The nice value (0-19, higher yields more) of the threads that work through a backlog: the
 # index's training and compaction, a bulk import's reading, encoding and writing. At 10 a
 # request's thread gets ~10x the CPU share of each of them, so on a 2-core machine the event
-# loop and searches do not queue behind them for a time slice (a 2M-row import: /health p99
-# 16-18 -> see docs/BENCHMARKS.md "Requests before bulk work").
+# loop and searches queue less behind them for a time slice (a 2M-row import: /health p99
+# 17.3-17.4 -> 11.5-14.9 ms, p90 5.4-5.7 -> 2.6-2.8, the import as fast; docs/BENCHMARKS.md
+# "Requests before bulk work"). What is left of the wait is mostly for the GIL.
 BACKGROUND_NICE = 10
 
 

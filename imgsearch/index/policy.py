@@ -78,9 +78,12 @@ HNSW_ADD_EF = 8
 # where the CPU has no bfloat16): at 16,384 lists on two Zen 4 cores (AVX512-BF16, no AMX)
 # a whole add 84 CPU-us a row against 140 (bench/placing.py --methods), the same list as
 # FAISS's float32 scan for 99.7% of rows, the same recall.
-# With AMX the bfloat16 product was measured at 47 us of CPU a row (~24 us on two cores): kept
-# there. Under 4,096 lists the tree compares a quarter of the centres or more (16 of ~64
-# groups): not worth its second pass (an estimate from the flops, not measured).
+# With AMX the bfloat16 product stays: on an Intel Xeon with AMX the tree's whole add took 52.5
+# CPU-us a row in process against 58.4, but in the daemon (its many torch calls beside the
+# import's other threads) a 2M-row import ran 11,046-11,151 rows/s against 11,656-11,866 by
+# the product (docs/BENCHMARKS.md "Requests before bulk work"). Under 4,096 lists the tree
+# compares a quarter of the centres or more (16 of ~64 groups): not worth its second pass (an
+# estimate from the flops, not measured).
 TREE_FROM = 4_096
 # Retrain when the library has grown this many times over the count the index was trained on.
 RETRAIN_GROWTH = 4.0
