@@ -78,7 +78,7 @@ HNSW_ADD_EF = 8
 # where the CPU has no bfloat16): at 16,384 lists on two Zen 4 cores (AVX512-BF16, no AMX)
 # a whole add 84 CPU-us a row against 140 (bench/placing.py --methods), the same list as
 # FAISS's float32 scan for 99.7% of rows, the same recall.
-# With AMX the bfloat16 product stays: on an Intel Xeon with AMX the tree's whole add took 52.5
+# With AMX the bfloat16 product stays: on an Intel Xeon with AMX the tree's whole add took 52.6
 # CPU-us a row in process against 58.4, but in the daemon (its many torch calls beside the
 # import's other threads) a 2M-row import ran 11,046-11,151 rows/s against 11,656-11,866 by
 # the product (docs/BENCHMARKS.md "Requests before bulk work"). Under 4,096 lists the tree
