@@ -142,30 +142,43 @@ def get_json(url: str, timeout: float = 10.0) -> Any:
 
 @dataclass
 class LatencyPoller:
-    """A thread that GETs each URL in turn every `interval` s and records latencies (ms)."""
+    """A thread that GETs each URL in turn every `interval` s and records latencies (ms).
+
+    `rotate`: the URLs' order turns by one every tick, so each is asked first as often as the
+    others (the first request of a tick finds the daemon's event loop idle: it waits for the
+    wake-up, and the GIL, that the next ones find taken care of); `by_position` then holds
+    the latencies by place in the tick, whatever the URL."""
 
     urls: dict[str, str]
     interval: float = 0.02
     timeout: float = 10.0
+    rotate: bool = False
     latencies: dict[str, list[float]] = field(default_factory=dict)
+    by_position: list[list[float]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="poller", daemon=True)
         self.latencies = {name: [] for name in self.urls}
+        self.by_position = [[] for _ in self.urls]
 
     def _loop(self) -> None:
+        order, ticks = list(self.urls.items()), 0
         while not self._stop.is_set():
             tick = time.perf_counter()
-            for name, url in self.urls.items():
+            turn = ticks % len(order) if self.rotate and order else 0
+            for place, (name, url) in enumerate(order[turn:] + order[:turn]):
                 start = time.perf_counter()
                 try:
                     get_json(url, self.timeout)
                 except (OSError, ValueError) as exc:
                     self.errors.append(f"{name}: {exc}")
                     continue
-                self.latencies[name].append((time.perf_counter() - start) * 1000)
+                ms = (time.perf_counter() - start) * 1000
+                self.latencies[name].append(ms)
+                self.by_position[place].append(ms)
+            ticks += 1
             self._stop.wait(max(0.0, self.interval - (time.perf_counter() - tick)))
 
     def __enter__(self) -> LatencyPoller:

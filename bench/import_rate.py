@@ -17,8 +17,9 @@ raw collapsed stacks into bench/out/) from START seconds after the import began;
 where each thread's samples went is printed. `--shard-rows N` imports the first --rows rows of
 the folder rewritten as files of N rows (cached in bench/out/), the way a cluster embedding
 (`imgsearch embed`, 1,000 files a shard by default) leaves them; the job then plans --rows.
-`--poll SECONDS` also GETs `/stats` and `/health` every SECONDS through the import and reports
-their latency percentiles (ms). Appends one JSON line to bench/out/import_rate.jsonl.
+`--poll SECONDS` also GETs `/stats` and `/health` every SECONDS through the import (`/stats`
+first; `--rotate`: each first every other time) and reports their latency percentiles (ms),
+by URL and by place in the pair. Appends one JSON line to bench/out/import_rate.jsonl.
 """
 
 from __future__ import annotations
@@ -124,6 +125,9 @@ def main() -> None:
         "--poll", type=float, default=0.0, help="GET /stats and /health every this many s"
     )
     parser.add_argument(
+        "--rotate", action="store_true", help="with --poll: each URL asked first in turn"
+    )
+    parser.add_argument(
         "--model",
         choices=("ViT-B-32", "efficientnet-lite0"),
         default="ViT-B-32",
@@ -150,7 +154,9 @@ def main() -> None:
                 daemon.url + "/import", "POST", {"dir": str(folder.resolve()), "wait": False}
             )
             urls = {"stats": daemon.url + "/stats", "health": daemon.url + "/health"}
-            polled = LatencyPoller(urls if args.poll else {}, interval=args.poll or 1.0)
+            polled = LatencyPoller(
+                urls if args.poll else {}, interval=args.poll or 1.0, rotate=args.rotate
+            )
             with polled as poller:
                 start, cpu0 = time.perf_counter(), daemon.cpu_seconds()
                 samples, running = [], []
@@ -200,6 +206,10 @@ def main() -> None:
             "during_import_ms": {
                 name: percentiles(ms, (50, 90, 99)) for name, ms in poller.latencies.items()
             },
+            "during_import_ms_by_place": [
+                percentiles(ms, (50, 90, 99)) for ms in poller.by_position if ms
+            ],
+            "poll_order_rotated": args.rotate,
             "poll_errors": poller.errors[:10],
             "load_after": os.getloadavg(),
             "samples": samples,

@@ -106,9 +106,9 @@ def test_new_rows_span_several_inserts_in_order(tmp_path: Path) -> None:
     store.close()
 
 
-def test_vectors_stacked_through_one_join() -> None:
+def test_vectors_stacked_through_joins() -> None:
     """upsert.stacked: rows of any dtype and layout as one writable float32 matrix, equal to
-    np.array's; rows of different lengths refused."""
+    np.array's, also over several joins; rows of different lengths refused."""
     from imgsearch.store import stacked
 
     m = np.arange(24, dtype=np.float32).reshape(4, 6)
@@ -120,6 +120,12 @@ def test_vectors_stacked_through_one_join() -> None:
     assert m[0, 0] == 0 and stacked([]).shape == (0, 0)
     with pytest.raises(ValueError, match="different lengths"):
         stacked([m[0], m[0][:5]])
+    from imgsearch.store.upsert import JOIN_BYTES
+
+    per = JOIN_BYTES // (4 * 1000)  # rows a join: 5 joins, the last one partial
+    many = np.random.default_rng(0).standard_normal((4 * per + 7, 1000)).astype(np.float32)
+    np.testing.assert_array_equal(stacked(list(many)), many)
+    np.testing.assert_array_equal(stacked(list(many[: per + 1])), many[: per + 1])
 
 
 def test_remove_tree_matches_folder_not_prefix(tmp_path: Path) -> None:

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
 # Vectors are written as little-endian float16: half the bytes, cosine to float32 > 0.9999.
 VECTOR_DTYPE = "<f2"
+# Bytes that `stacked` copies with one join: a join holds the GIL until it is done (20,000
+# rows of 512-d at once: 20-29 ms in which no other thread ran, an import's writer stalling
+# every request's thread), ~1 MB takes ~1 ms: the switch interval the daemon runs with.
+JOIN_BYTES = 1 << 20
 
 INSERT = (
     "INSERT INTO images(size, mtime_ns, sha256, width, height, vector, generation, updated_at,"
@@ -97,19 +101,27 @@ def _sequence(conn: sqlite3.Connection) -> int:
 
 
 def stacked(vectors: Sequence[np.ndarray]) -> np.ndarray:
-    """Vectors of one length as one float32 matrix [n, dim], copied through one bytes join.
+    """Vectors of one length as one float32 matrix [n, dim], copied through bytes joins of
+    JOIN_BYTES each.
 
     np.array of a list of rows copies each row by itself and lets go of the GIL for every row
     over 500 values (a 512-d vector); with a busy Python thread beside (an import's reader)
     each row then waits up to the switch interval to take it back: 20,000 rows took 1.1-3.2 s
-    so, 0.08 s joined (ad hoc; the whole write: bench/sqlite_writes.py --busy)."""
+    so, 0.08 s joined (ad hoc; the whole write: bench/sqlite_writes.py --busy). One join of
+    them all held the GIL as long as it copied (JOIN_BYTES)."""
     rows = [np.ascontiguousarray(v, np.float32).reshape(-1) for v in vectors]  # float32: views
     if not rows:
         return np.zeros((0, 0), np.float32)
-    if any(len(r) != len(rows[0]) for r in rows):
+    dim = len(rows[0])
+    if any(len(r) != dim for r in rows):
         raise ValueError("vectors of different lengths")
-    joined = bytearray().join([r.data for r in rows])  # (a bytearray: the matrix is writable)
-    return np.frombuffer(joined, np.float32).reshape(len(rows), len(rows[0]))
+    out = np.empty((len(rows), dim), np.float32)
+    step = max(1, JOIN_BYTES // max(1, 4 * dim))
+    for start in range(0, len(rows), step):
+        part = rows[start : start + step]
+        joined = b"".join([r.data for r in part])
+        out[start : start + len(part)] = np.frombuffer(joined, np.float32).reshape(len(part), dim)
+    return out
 
 
 def _blobs(items: Sequence[NewImage]) -> list[bytes]:
