@@ -1,18 +1,28 @@
-"""How long a compaction's id bookkeeping keeps every other thread waiting (issue #11).
+"""How long a compaction's id bookkeeping, or a store write's vector stacking, keeps every
+other thread waiting (issue #11).
 
     python bench/gil_holds.py --n 10000000
+    python bench/gil_holds.py --what vectors --repeat 9 --daemon   # one import batch's vectors
 
 A ticker thread sleeps 1 ms in a loop; the longest gap between its ticks while the main thread
 runs one step is how long that step kept other threads (a search's, the event loop) from
 running: a step that holds the GIL shows its whole length. The steps are what a compaction of
 an N-id base computes (10% removed, 5,000 recent ids folded in) and the set operations behind
-them, each with numpy's own function and with imgsearch/index/idsets.py. Prints one JSON line
+them, each with numpy's own function and with imgsearch/index/idsets.py. `--what vectors`:
+the steps are what the store does with one import batch's vectors (--rows rows of --dim,
+a list of row views as the ingest core hands them): upsert.stacked, the one bytes join it made
+before 3626623, np.array of the rows, the float16 conversion, and pyarrow's to_pylist of the
+batch's paths. Each step runs --repeat times (the longest pause over them all);
+`--daemon` runs them under the interpreter settings the daemon runs with (cli.py: the switch
+interval, the garbage collector's young-generation threshold, the heap so far frozen); without
+it a collection now and then stretches a pause. Prints one JSON line
 (bench/out/gil_holds.jsonl); the CPU model and load come with it.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import threading
 import time
@@ -26,7 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import progress, record  # noqa: E402
 from scale import machine  # noqa: E402
 
+from imgsearch.cli import GC_YOUNG, SWITCH_INTERVAL_S  # noqa: E402
 from imgsearch.index import idsets  # noqa: E402
+from imgsearch.store import stacked  # noqa: E402
 
 
 class Ticker:
@@ -57,17 +69,14 @@ class Ticker:
         self._thread.join()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=10_000_000, help="ids in the base")
-    args = parser.parse_args()
+def id_steps(n: int) -> tuple[list[tuple[str, Callable[[], Any]]], Callable[[Any], bool]]:
+    """A compaction's id bookkeeping on an n-id base, numpy's way and idsets' way; and the
+    check that both ways agree."""
     rng = np.random.default_rng(0)
-    base = np.arange(args.n, dtype=np.int64)
-    dead = np.sort(rng.choice(args.n, args.n // 10, replace=False))
-    recent = np.arange(args.n, args.n + 5000, dtype=np.int64)
+    base = np.arange(n, dtype=np.int64)
+    dead = np.sort(rng.choice(n, n // 10, replace=False))
+    recent = np.arange(n, n + 5000, dtype=np.int64)
     kept = np.setdiff1d(base, dead, assume_unique=True)
-    out: dict[str, Any] = {"n": args.n, "numpy": np.__version__, **machine(), "steps": {}}
-    ticker = Ticker()
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("dropped ids: np.union1d(dead, recent)", lambda: np.union1d(dead, recent)),
         ("dropped ids: idsets.union(dead, recent)", lambda: idsets.union(dead, recent)),
@@ -79,16 +88,88 @@ def main() -> None:
         ("np.isin(base, dead)", lambda: np.isin(base, dead)),
         ("idsets.within(base, dead)", lambda: idsets.within(base, dead)),
     ]
+
+    def same(results: Any) -> bool:
+        names = [name for name, _ in steps]
+        return bool(
+            np.array_equal(results[names[0]], results[names[1]])
+            and np.array_equal(results[names[2]], results[names[3]])
+        )
+
+    return steps, same
+
+
+def one_join(rows: list[np.ndarray]) -> np.ndarray:
+    """upsert.stacked before 3626623: every row in one bytes join."""
+    joined = bytearray().join([r.data for r in rows])
+    return np.frombuffer(joined, np.float32).reshape(len(rows), len(rows[0]))
+
+
+def vector_steps(
+    rows: int, dim: int
+) -> tuple[list[tuple[str, Callable[[], Any]]], Callable[[Any], bool]]:
+    """What the store does with one import batch's vectors and paths; and the check that the
+    stackings agree."""
+    import pyarrow as pa
+
+    matrix = np.random.default_rng(0).standard_normal((rows, dim)).astype(np.float32)
+    views = list(matrix)  # a list of row views, as the ingest core hands them
+    paths = pa.array([f"/archive/{n // 1000:05}/{n:09}.jpg" for n in range(rows)])
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        ("upsert.stacked (joins of upsert.JOIN_BYTES)", lambda: stacked(views)),
+        ("one bytes join of every row (before 3626623)", lambda: one_join(views)),
+        ("np.array of the rows (before upsert.stacked)", lambda: np.array(views, np.float32)),
+        ("astype(float16) of the batch", lambda: matrix.astype(np.float16)),
+        ("pyarrow to_pylist of the paths", lambda: paths.to_pylist()),
+    ]
+
+    def same(results: Any) -> bool:
+        names = [name for name, _ in steps]
+        return all(np.array_equal(results[name], matrix) for name in names[:3])
+
+    return steps, same
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--what", choices=("ids", "vectors"), default="ids")
+    parser.add_argument("--n", type=int, default=10_000_000, help="ids in the base")
+    parser.add_argument("--rows", type=int, default=20_000, help="vectors in the batch")
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each step")
+    parser.add_argument("--daemon", action="store_true", help="the daemon's interpreter settings")
+    args = parser.parse_args()
+    if args.what == "ids":
+        steps, same = id_steps(args.n)
+        out: dict[str, Any] = {"what": "ids", "n": args.n}
+    else:
+        steps, same = vector_steps(args.rows, args.dim)
+        out = {"what": "vectors", "rows": args.rows, "dim": args.dim}
+    out.update({"numpy": np.__version__, "repeat": args.repeat, **machine(), "steps": {}})
+    if args.daemon:
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+    out["switch_ms"], out["gc_young"] = sys.getswitchinterval() * 1000, gc.get_threshold()[0]
+    ticker = Ticker()
     try:
         results = {}
         for name, fn in steps:
             progress(name)
-            results[name], out["steps"][name] = ticker.timed(fn)
+            timings = []
+            for _ in range(args.repeat):
+                results[name], timing = ticker.timed(fn)
+                timings.append(timing)
+            pauses = sorted(t["longest_pause_ms"] for t in timings)
+            out["steps"][name] = {
+                "ms": min(t["ms"] for t in timings),
+                "longest_pause_ms": pauses[-1],
+                "median_pause_ms": pauses[len(pauses) // 2],
+            }
     finally:
         ticker.close()
-    same = np.array_equal(results[steps[0][0]], results[steps[1][0]])
-    same &= np.array_equal(results[steps[2][0]], results[steps[3][0]])
-    out["same_results"] = bool(same)
+    out["same_results"] = same(results)
     record(out, "gil_holds")
 
 

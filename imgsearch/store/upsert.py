@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 # Vectors are written as little-endian float16: half the bytes, cosine to float32 > 0.9999.
 VECTOR_DTYPE = "<f2"
 # Bytes that `stacked` copies with one join: a join holds the GIL until it is done (20,000
-# rows of 512-d at once: 20-29 ms in which no other thread ran, an import's writer stalling
-# every request's thread), ~1 MB takes ~1 ms: the switch interval the daemon runs with.
+# rows of 512-d at once: other threads paused 18-22 ms, an import's writer stalling every
+# request's thread; ~1 MB at a time: 2.2-2.7 ms; bench/gil_holds.py --what vectors).
 JOIN_BYTES = 1 << 20
 
 INSERT = (
