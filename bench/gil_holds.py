@@ -12,7 +12,8 @@ them, each with numpy's own function and with imgsearch/index/idsets.py. `--what
 the steps are what the store does with one import batch's vectors (--rows rows of --dim,
 a list of row views as the ingest core hands them): upsert.stacked, the one bytes join it made
 before 3626623, np.array of the rows, the float16 conversion, and pyarrow's to_pylist of the
-batch's paths. Each step runs --repeat times (the longest pause over them all);
+batch's paths, and the cut of the batch's float16 rows into one blob each (upsert._blobs, ~1 MB a
+tolist; and in one tolist). Each step runs --repeat times (the longest pause over them all);
 `--daemon` runs them under the interpreter settings the daemon runs with (cli.py: the switch
 interval, the garbage collector's young-generation threshold, the heap so far frozen); without
 it a collection now and then stretches a pause. Prints one JSON line
@@ -38,7 +39,7 @@ from scale import machine  # noqa: E402
 
 from imgsearch.cli import GC_YOUNG, SWITCH_INTERVAL_S  # noqa: E402
 from imgsearch.index import idsets  # noqa: E402
-from imgsearch.store import stacked  # noqa: E402
+from imgsearch.store import stacked, upsert  # noqa: E402
 
 
 class Ticker:
@@ -105,6 +106,12 @@ def one_join(rows: list[np.ndarray]) -> np.ndarray:
     return np.frombuffer(joined, np.float32).reshape(len(rows), len(rows[0]))
 
 
+def one_cut(matrix: np.ndarray) -> list[bytes]:
+    """upsert._blobs with one tolist of every row's bytes."""
+    half = matrix.astype(upsert.VECTOR_DTYPE)
+    return half.view(np.dtype((np.void, half.shape[1] * half.itemsize))).reshape(-1).tolist()
+
+
 def vector_steps(
     rows: int, dim: int
 ) -> tuple[list[tuple[str, Callable[[], Any]]], Callable[[Any], bool]]:
@@ -121,6 +128,8 @@ def vector_steps(
         ("np.array of the rows (before upsert.stacked)", lambda: np.array(views, np.float32)),
         ("astype(float16) of the batch", lambda: matrix.astype(np.float16)),
         ("pyarrow to_pylist of the paths", lambda: paths.to_pylist()),
+        ("the blobs of the batch (upsert._blobs)", lambda: upsert._blobs(matrix)),
+        ("the blobs, one tolist (not chunked)", lambda: one_cut(matrix)),
     ]
 
     def same(results: Any) -> bool:

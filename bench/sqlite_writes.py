@@ -12,7 +12,9 @@ they are, every row's hash indexed (the stand-ins of hashless imports too); "kno
 replaces that index with a partial one that leaves the stand-ins out (checked 2026-12-04 and
 not adopted: see docs/BENCHMARKS.md); "row by row" writes as the store did before 2026-12-05:
 the new rows with one executemany (one statement step a row) in place of multi-row INSERTs,
-the vectors stacked by np.array (a copy a row) in place of upsert.stacked. `--busy`: a Python
+the vectors stacked by np.array (a copy a row) in place of store.rows.stacked; "columns" hands
+the store its batch as columns (store.Rows, as an import does since 2026-12-05), the others as
+a list of NewImage (a row object each, as the import did before and `/add` does). `--busy`: a Python
 thread runs beside each upsert (building lists, as an import's reader does), so the writer
 must take the GIL back after each of its statement steps and row copies; the GIL is then
 handed over as the daemon has it (cli.SWITCH_INTERVAL_S). Reports the writing thread's CPU
@@ -44,14 +46,19 @@ PARTIAL_INDEX = (
     "DROP INDEX images_sha256",
     "CREATE INDEX images_sha256 ON images(sha256) WHERE substr(sha256, 1, 8) <> 'unknown:'",
 )
-VARIANTS = {"full sha256 index": (), "known hashes only": PARTIAL_INDEX, "row by row": ()}
+VARIANTS = {
+    "full sha256 index": (),
+    "known hashes only": PARTIAL_INDEX,
+    "row by row": (),
+    "columns": (),
+}
 
 
-def executemany(conn: Any, rows: Sequence[tuple[object, ...]]) -> None:
+def executemany(conn: Any, columns: Sequence[Sequence[object]]) -> None:
     """The store's inserts before multi-row INSERTs: one executemany, a step a row."""
     from imgsearch.store import upsert
 
-    conn.executemany(upsert.insert_sql(1), rows)
+    conn.executemany(upsert.insert_sql(1), zip(*columns, strict=True))
 
 
 def np_stacked(vectors: Sequence[np.ndarray]) -> np.ndarray:
@@ -83,20 +90,23 @@ class Busy:
 def fill(folder: Path, rows: int, variant: str, busy: bool) -> dict[str, float]:
     """Write `rows` rows into a new store in `folder`; us a row (the writing thread's CPU,
     wall) past the middle."""
+    from imgsearch.store import rows as columns
     from imgsearch.store import upsert
 
-    insert: Callable[[Any, Sequence[tuple[object, ...]]], None] = upsert.insert_rows
-    stack = upsert.stacked
+    insert: Callable[[Any, Sequence[Sequence[object]]], None] = upsert.insert_rows
+    stack = columns.stacked
     if variant == "row by row":
-        upsert.insert_rows, upsert.stacked = executemany, np_stacked  # type: ignore[assignment]
+        upsert.insert_rows, columns.stacked = executemany, np_stacked  # type: ignore[assignment]
     try:
-        return _fill(folder, rows, VARIANTS[variant], busy)
+        return _fill(folder, rows, VARIANTS[variant], busy, variant == "columns")
     finally:
-        upsert.insert_rows, upsert.stacked = insert, stack  # type: ignore[assignment]
+        upsert.insert_rows, columns.stacked = insert, stack  # type: ignore[assignment]
 
 
-def _fill(folder: Path, rows: int, statements: tuple[str, ...], busy: bool) -> dict[str, float]:
-    from imgsearch.store import UNKNOWN_SHA256, FileFacts, NewImage, Store
+def _fill(
+    folder: Path, rows: int, statements: tuple[str, ...], busy: bool, columns: bool
+) -> dict[str, float]:
+    from imgsearch.store import UNKNOWN_SHA256, FileFacts, NewImage, Rows, Store
 
     store = Store(folder / "db.sqlite3")
     with store.db.write() as conn:
@@ -108,14 +118,23 @@ def _fill(folder: Path, rows: int, statements: tuple[str, ...], busy: bool) -> d
     cpu = wall = 0.0
     loops = 0
     for b in range(rows // BATCH):
-        items = []
-        for j in range(BATCH):
-            path = f"/imgsearch-scale/f{(b * BATCH + j) // 10_000:04d}/{j % 10_000:05d}.jpg"
-            facts = FileFacts(path, 1000, 1, f"{UNKNOWN_SHA256}{path}", 64, 64)
-            items.append(NewImage(facts, vectors[j]))
+        paths = [
+            f"/imgsearch-scale/f{(b * BATCH + j) // 10_000:04d}/{j % 10_000:05d}.jpg"
+            for j in range(BATCH)
+        ]
+        hashes = [f"{UNKNOWN_SHA256}{path}" for path in paths]
+        batch: list[NewImage] | Rows
+        if columns:
+            n = len(paths)
+            batch = Rows(
+                paths, [1000] * n, [1] * n, hashes, [64] * n, [64] * n, [None] * n, vectors
+            )
+        else:
+            facts = (FileFacts(p, 1000, 1, h, 64, 64) for p, h in zip(paths, hashes, strict=True))
+            batch = [NewImage(f, vectors[j]) for j, f in enumerate(facts)]
         beside = Busy() if busy else None
         c0, t0 = time.thread_time(), time.perf_counter()
-        store.images.upsert(items)
+        store.images.upsert(batch)
         c1, t1 = time.thread_time(), time.perf_counter()
         done = beside.stop() if beside is not None else 0
         if b >= rows // BATCH // 2:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .index import LibraryIndex, Policy, Precoded
-from .store import NewImage, Store, WriteResult, stacked
+from .store import NewImage, Rows, Store, WriteResult
 
 log = logging.getLogger(__name__)
 
@@ -134,17 +134,14 @@ class Catalog:
 
     # -- changes ------------------------------------------------------------------------------
 
-    def put(self, items: Sequence[NewImage], ahead: Precoded | None = None) -> WriteResult:
+    def put(self, items: Sequence[NewImage] | Rows, ahead: Precoded | None = None) -> WriteResult:
         """Write images (insert or replace by path); searchable when this returns.
         `ahead`: the index's encode() of these items' vectors, in order (made beforehand)."""
+        rows = items if isinstance(items, Rows) else Rows.of(items)
         with self._mutate:
-            result = self.store.images.upsert(items)
-            if ahead is not None and ahead.vectors is not None and ahead.count == len(items):
-                vectors = ahead.vectors  # the items' vectors, stacked when they were encoded
-            else:
-                vectors = stacked([item.vector for item in items])
+            result = self.store.images.upsert(rows)
             ids = np.asarray(result.ids, dtype=np.int64)
-            self.index.add(ids, vectors, result.generation, ahead)
+            self.index.add(ids, rows.vectors, result.generation, ahead)
             self._notify(result)
         return result
 

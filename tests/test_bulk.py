@@ -35,6 +35,7 @@ from imgsearch.cpu import BACKGROUND_NICE
 from imgsearch.embedders import Embedder
 from imgsearch.images import BASE_EXTENSIONS
 from imgsearch.ingest import Checked, Ingester
+from imgsearch.store import FileFacts, Rows
 from imgsearch.web import create_app
 
 from .helpers import ClientFactory, get_json
@@ -347,7 +348,7 @@ def test_one_pipeline_runs_through_every_shard_and_past_a_damaged_one(
     def slow_put(items: Any, *rest: Any) -> Any:
         time.sleep(0.1)
         done = put(items, *rest)
-        events.append(("written", items[0].facts.path))
+        events.append(("written", items.paths[0]))
         return done
 
     manager._check = watched_check  # type: ignore[method-assign]
@@ -542,6 +543,12 @@ async def test_import_and_export_stay_inside_allow_root(
     assert (await get_json(client, "/export", dir=str(root / "out")))["rows"] == 0
 
 
+def good_rows(n: int) -> Checked:
+    """A stand-in for n checked rows."""
+    facts = [FileFacts(f"/p/{i}", 1, 1, f"h{i}", 1, 1) for i in range(n)]
+    return Checked(Rows.of_facts(facts, np.ones((n, 4), np.float32)), [])
+
+
 def test_batches_are_read_encoded_and_written_in_order_on_three_threads() -> None:
     """The import's pipeline: each batch checked on one thread, encoded on another, handed
     back in file order whatever each step takes; a read error reaches the writer after the
@@ -559,12 +566,12 @@ def test_batches_are_read_encoded_and_written_in_order_on_three_threads() -> Non
     def check(batch: RowBatch) -> Checked | None:
         threads["check"].add(threading.current_thread().name)
         time.sleep(rng.uniform(0, 0.01))
-        return None if batch.rows[0] == 4 else Checked([], batch.rows[0])  # 4: no good rows
+        return None if batch.rows[0] == 4 else good_rows(batch.rows[0])  # 4: no good rows
 
     def encode(checked: Checked) -> Checked:
         threads["encode"].add(threading.current_thread().name)
         time.sleep(rng.uniform(0, 0.01))
-        return Checked([], checked.good * 10)
+        return good_rows(checked.good * 10)
 
     seen = []
     try:

@@ -23,7 +23,7 @@ from imgsearch.images import BASE_EXTENSIONS
 from imgsearch.index import Policy, base
 from imgsearch.index.policy import lists_for
 from imgsearch.ingest import Ingester
-from imgsearch.store import FileFacts, NewImage
+from imgsearch.store import FileFacts, NewImage, Rows
 
 DIM = 32
 BIG = 40_000  # over 25,600 vectors the training sample (40 a list, 4 sqrt(n) lists) is < n
@@ -349,15 +349,15 @@ def test_rows_encoded_ahead_of_their_write_are_found_under_their_ids(tmp_path: P
         catalog.close()
 
 
-def test_rows_checked_from_one_matrix_are_those_checked_row_by_row(
-    tmp_path: Path, tiny_embedder: Embedder
-) -> None:
-    """check_embedded(matrix=...) (the import's, from a batch's array) refuses and scales the
-    same rows as the row-by-row check, and keeps the good rows' vectors for the encoding."""
+def test_rows_are_checked_as_columns(tmp_path: Path, tiny_embedder: Embedder) -> None:
+    """check_embedded (the import's, a batch as columns) refuses a NaN, a zero vector and a
+    relative path, each with its reason, scales the good rows to unit length in order, and
+    keeps their facts; the caller's matrix is not scaled."""
     dim = tiny_embedder.dim
     vectors = clustered(40, dim) * 3
     vectors[5] = np.nan
     vectors[7] = 0
+    given = vectors.copy()
     catalog = Catalog(tmp_path, tiny_embedder.model_id, dim, Policy(exact_max=100))
     ingester = Ingester(
         catalog, tiny_embedder, extensions=BASE_EXTENSIONS, allows=lambda _: True,
@@ -365,21 +365,22 @@ def test_rows_checked_from_one_matrix_are_those_checked_row_by_row(
     )  # fmt: skip
     try:
         paths = [f"/i/{i}.jpg" if i != 9 else "relative.jpg" for i in range(len(vectors))]
-        items = [
-            NewImage(FileFacts(p, 1, 1, p, 1, 1), v) for p, v in zip(paths, vectors, strict=True)
+        facts = [FileFacts(p, i, i + 1, f"h{i}", 2, 3) for i, p in enumerate(paths)]
+        checked = ingester.check_embedded(Rows.of_facts(facts, vectors))
+        assert checked.good == 37 and checked.ahead is None
+        assert [(e.image, e.status) for e in checked.errors] == [
+            ("/i/5.jpg", 422),
+            ("/i/7.jpg", 422),
+            ("relative.jpg", 400),
         ]
-        one, each = ingester.check_embedded(items, matrix=vectors), ingester.check_embedded(items)
-        assert one.good == each.good == 37 and one.ahead is None and each.ahead is None
-        for a, b in zip(one.rows, each.rows, strict=True):
-            assert type(a) is type(b)
-            if isinstance(a, NewImage) and isinstance(b, NewImage):
-                assert a.facts == b.facts and np.array_equal(a.vector, b.vector)
-                assert abs(float(np.linalg.norm(a.vector)) - 1) < 1e-5
-            else:
-                assert a == b
-        assert one.vectors is not None and each.vectors is not None
-        assert np.array_equal(one.vectors, each.vectors) and one.vectors.shape == (37, dim)
-        assert not np.shares_memory(one.vectors, vectors)  # the caller's array is not scaled
+        assert "512-d" in checked.errors[0].error or f"{dim}-d" in checked.errors[0].error
+        kept = [i for i in range(40) if i not in (5, 7, 9)]
+        assert [checked.rows.facts(n) for n in range(37)] == [facts[i] for i in kept]
+        want = vectors[kept] / np.linalg.norm(vectors[kept], axis=1, keepdims=True)
+        np.testing.assert_allclose(checked.rows.vectors, want, rtol=1e-6)
+        assert np.array_equal(vectors, given, equal_nan=True)  # the caller's array unscaled
+        wrong = ingester.check_embedded(Rows.of_facts(facts[:2], vectors[:2, :10]))
+        assert wrong.good == 0 and all("got 10 values" in e.error for e in wrong.errors)
     finally:
         catalog.close()
 
@@ -398,11 +399,11 @@ def test_an_import_batch_partly_skipped_drops_the_codes_made_ahead(
     try:
         facts = [FileFacts(f"/i/{i}.jpg", 1, 1, f"i{i}", 1, 1) for i in range(len(vectors))]
         items = [NewImage(f, v) for f, v in zip(facts, vectors, strict=True)]
-        ingester.add_embedded(items[:3000], batch_size=3000)
+        ingester.add_embedded(Rows.of(items[:3000]), batch_size=3000)
         assert catalog.index.maintain() == "train" and catalog.index._segments.coded
         # 200 stored unchanged (skipped), 200 new, one bad: the codes do not fit the write
         bad = NewImage(FileFacts("relative.jpg", 1, 1, "r", 1, 1), vectors[0])
-        checked = ingester.check_embedded([*items[2800:], bad], encode=True)
+        checked = ingester.check_embedded(Rows.of([*items[2800:], bad]), encode=True)
         assert checked.good == 600 and checked.ahead is not None
         report = ingester.add_embedded(checked, batch_size=600)
         assert (report.added, report.skipped, len(report.errors)) == (400, 200, 1)

@@ -84,6 +84,50 @@ def test_bulk_upsert_ids_counters_and_a_path_named_twice(tmp_path: Path) -> None
     np.testing.assert_allclose(chunk.vectors[0], vec(2), atol=1e-3)  # the later row won
 
 
+def test_a_batch_as_columns_is_stored_row_by_row(tmp_path: Path) -> None:
+    """A batch handed as columns (Rows, as an import does): every row's facts in its own row,
+    every vector's float16 blob exact across the blob cuts (upsert._blobs, ~JOIN_BYTES a
+    cut: 1,500 rows of 1,000-d in three), updates and inserts mixed in one batch."""
+    from imgsearch.store import Rows
+    from imgsearch.store.rows import JOIN_BYTES
+
+    n, dim = 1500, 1000
+    assert n > 2 * JOIN_BYTES // (2 * dim)  # over two cuts
+    store = Store(tmp_path / "db.sqlite3")
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    paths = [f"/k/{i}.jpg" for i in range(n)]
+    sources = [f"http://x/{i}" if i % 3 == 0 else None for i in range(n)]
+    rows = Rows(paths, list(range(n)), [7] * n, [f"h{i}" for i in range(n)],
+                [i % 5 for i in range(n)], [9] * n, sources, vectors)  # fmt: skip
+    first = store.images.upsert(rows.take(range(0, n, 2)))  # the even rows
+    assert len(first.ids) == n // 2 and first.updated == []
+    second = store.images.upsert(rows)  # the even rows again (updated), the odd ones new
+    assert second.updated == first.ids and second.ids[::2] == first.ids
+    conn = sqlite3.connect(tmp_path / "db.sqlite3")
+    got = conn.execute(
+        "SELECT id, path, size, mtime_ns, sha256, width, height, source, vector FROM images"
+    ).fetchall()
+    by_path = {row[1]: row for row in got}
+    assert len(got) == n and store.count() == n
+    for i in (0, 1, 2, 523, 524, 1048, 1049, n - 1):
+        id_, path, size, mtime, sha, width, height, source, blob = by_path[paths[i]]
+        assert (id_, size, mtime, sha, width, height, source) == (
+            second.ids[i],
+            i,
+            7,
+            f"h{i}",
+            i % 5,
+            9,
+            sources[i],
+        )
+        assert blob == vectors[i].astype("<f2").tobytes()
+    picked = rows.take([5, 2])
+    assert picked.paths == ["/k/5.jpg", "/k/2.jpg"] and picked.sizes == [5, 2]
+    assert np.array_equal(picked.vectors, vectors[[5, 2]]) and rows.take(range(n)) is rows
+    store.close()
+
+
 def test_new_rows_span_several_inserts_in_order(tmp_path: Path) -> None:
     """New rows go in as many to an INSERT as the bound-parameter limit allows: with the
     limit of SQLite builds before 3.32 (999: 90 rows a statement), 200 rows take 3 statements,
@@ -120,7 +164,7 @@ def test_vectors_stacked_through_joins() -> None:
     assert m[0, 0] == 0 and stacked([]).shape == (0, 0)
     with pytest.raises(ValueError, match="different lengths"):
         stacked([m[0], m[0][:5]])
-    from imgsearch.store.upsert import JOIN_BYTES
+    from imgsearch.store.rows import JOIN_BYTES
 
     per = JOIN_BYTES // (4 * 1000)  # rows a join: 5 joins, the last one partial
     many = np.random.default_rng(0).standard_normal((4 * per + 7, 1000)).astype(np.float32)

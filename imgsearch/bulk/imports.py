@@ -32,7 +32,7 @@ from ..cpu import lower_priority
 from ..errors import BadRequest, NotFound
 from ..files import write_atomic
 from ..ingest import AddReport, Checked, Ingester
-from ..store import UNKNOWN_SHA256, FileFacts, NewImage
+from ..store import UNKNOWN_SHA256, Rows
 from .batches import Group, Unreadable, groups, shard_batches
 from .columns import import_metadata
 from .format import BadRow, RowBatch, ShardInfo, shard_files, shard_info
@@ -157,37 +157,29 @@ def check_folder(folder: Path, model_id: str, dim: int) -> list[ShardInfo]:
     return infos
 
 
-def to_images(batch: RowBatch) -> list[NewImage]:
-    """Store rows for a checked batch; unknown size/mtime never match a file (so /add embeds it)."""
+def to_rows(batch: RowBatch) -> Rows:
+    """Store rows for a checked batch, as columns; unknown size/mtime never match a file (so
+    /add embeds it)."""
     n = len(batch.paths)
 
-    def column(name: str) -> list[Any]:
-        return batch.facts.get(name) or [None] * n
+    def column(name: str, default: Any) -> list[Any]:
+        values = batch.facts.get(name)
+        if values is None:
+            return [default] * n
+        return [default if v is None else v for v in values]
 
-    rows = zip(
+    given = zip(batch.paths, batch.facts.get("sha256") or [None] * n, strict=True)
+    return Rows(
         batch.paths,
-        column("size"),
-        column("mtime_ns"),
-        column("sha256"),
-        column("width"),
-        column("height"),
-        column("source"),
-        strict=True,
+        column("size", -1),
+        column("mtime_ns", -1),
+        # A unique stand-in for an unknown hash: no two imported rows look byte-identical.
+        [f"{UNKNOWN_SHA256}{p}" if s is None else s for p, s in given],
+        column("width", 0),
+        column("height", 0),
+        batch.facts.get("source") or [None] * n,
+        batch.vectors,
     )
-    out = []
-    for i, (path, size, mtime_ns, sha, width, height, source) in enumerate(rows):
-        facts = FileFacts(
-            path,
-            -1 if size is None else size,
-            -1 if mtime_ns is None else mtime_ns,
-            # A unique stand-in for an unknown hash: no two imported rows look byte-identical.
-            f"{UNKNOWN_SHA256}{path}" if sha is None else sha,
-            width or 0,
-            height or 0,
-            source,
-        )
-        out.append(NewImage(facts, batch.vectors[i]))
-    return out
 
 
 def ahead(
@@ -346,7 +338,7 @@ class ImportManager:
         batch = group.batch()
         if not batch.paths:
             return None
-        return self.ingester.check_embedded(to_images(batch), matrix=batch.vectors)
+        return self.ingester.check_embedded(to_rows(batch))
 
     def _skip_rest(self, job: ImportJob, info: ShardInfo, reason: str) -> None:
         """Count a shard's unread rows as failed (one error for them all) and move on."""

@@ -24,6 +24,7 @@ class Encoded:
 
     index: Any  # an IVF index
     lists: np.ndarray | None = None  # its non-empty lists, if known
+    sizes: np.ndarray | None = None  # and their sizes, if known
 
 
 @dataclass
@@ -45,10 +46,9 @@ def encoded(
     """`vectors` encoded by a copy of `template` (a trained, empty IVF index); by `placer`
     (made for this template: lists chosen in bfloat16) where given, else by FAISS."""
     batch = empty_copy(template)
-    if placer is not None:
-        placer.fill(batch, ids, vectors)
-    else:
-        batch.add_with_ids(vectors, ids)
+    if placer is not None:  # it knows the lists it filled: no call a list to find them
+        return Encoded(batch, *placer.fill(batch, ids, vectors))
+    batch.add_with_ids(vectors, ids)
     return Encoded(batch, nonempty(batch))
 
 
@@ -79,7 +79,7 @@ def copied(source: Encoded) -> Encoded:
     """A copy of `source` (its codes, ids, and the template's quantizer)."""
     import faiss
 
-    return Encoded(faiss.clone_index(source.index), source.lists)
+    return Encoded(faiss.clone_index(source.index), source.lists, source.sizes)
 
 
 def relabel(source: Encoded, ids: np.ndarray) -> None:
@@ -89,8 +89,11 @@ def relabel(source: Encoded, ids: np.ndarray) -> None:
 
     lists: Any = faiss.extract_index_ivf(source.index).invlists
     todo = nonempty(source.index) if source.lists is None else source.lists
-    for i in todo.tolist():
-        stored = faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i))
+    sizes = source.sizes
+    if sizes is None:
+        sizes = np.array([lists.list_size(i) for i in todo.tolist()], np.int64)
+    for i, size in zip(todo.tolist(), sizes.tolist(), strict=True):
+        stored = faiss.rev_swig_ptr(lists.get_ids(i), size)
         stored[:] = ids[stored]
 
 

@@ -81,8 +81,11 @@ class Placer:
         byte, shift = torch.from_numpy(at // 2), torch.from_numpy((at % 2 * 4).astype(np.uint8))
         return cls(made, byte, shift, packer.nvec, packer.code_size)
 
-    def fill(self, batch: Any, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Add `vectors` under `ids` to `batch`, an empty copy of the template."""
+    def fill(
+        self, batch: Any, ids: np.ndarray, vectors: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Add `vectors` under `ids` to `batch`, an empty copy of the template; return the
+        lists filled (ascending) and how many codes each got."""
         import faiss
 
         ivf = faiss.extract_index_ivf(batch)
@@ -90,7 +93,7 @@ class Placer:
             raise ValueError("Placer.fill adds to an empty copy of its template only")
         n = len(vectors)
         if not n:
-            return
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
         x = np.ascontiguousarray(vectors, np.float32)
         with faiss_team():  # the team add_with_ids would have used
             lists = self.centres.nearest(x)
@@ -112,6 +115,7 @@ class Placer:
             )
         ivf.ntotal += n
         batch.ntotal = ivf.ntotal
+        return lists[heads].astype(np.int64), counts
 
     def _pack(
         self, codes: np.ndarray, heads: np.ndarray, counts: np.ndarray, blocks: np.ndarray

@@ -5,7 +5,8 @@ Producers: folders.py (a file or a folder walk), `downloads.py` (URLs, downloade
 `Ingester.add_embedded`. report.py holds the per-item report they all fill.
 """
 
-from .core import Checked, Ingester, Prepared, ProgressHook
+from .checks import Checked
+from .core import Ingester, Prepared, ProgressHook
 from .folders import files_to_add, walk
 from .report import AddReport, FileError
 

@@ -30,7 +30,8 @@ from ..embedders import Embedder, lanes_of, tail_batch_of
 from ..errors import ImgSearchError, NotFound
 from ..images import decode, read_file
 from ..index import Precoded
-from ..store import FileFacts, NewImage
+from ..store import FileFacts, NewImage, Rows
+from .checks import Checked, check_items, check_rows
 from .folders import files_to_add
 from .report import AddReport, FileError
 
@@ -39,18 +40,6 @@ log = logging.getLogger(__name__)
 ProgressHook = Callable[[int, int], None]
 # In the last batch per lane, each batch takes 1/TAIL_SPLIT of a lane's share of what is left.
 TAIL_SPLIT = 2
-
-
-@dataclass(frozen=True)
-class Checked:
-    """Embedded rows checked ahead of writing (check_embedded): each a row scaled to unit
-    length or the error that refused it; how many are good; and, where the index holds codes,
-    what it encoded of the good ones' vectors, in order (`ahead`)."""
-
-    rows: list[NewImage | FileError]
-    good: int
-    ahead: Precoded | None = None
-    vectors: np.ndarray | None = None  # the good rows' vectors [good, dim], until encoded
 
 
 @dataclass(frozen=True)
@@ -146,28 +135,25 @@ class Ingester:
                 run.all([Path(p) for p in todo])
         return report
 
-    def check_embedded(
-        self, items: Sequence[NewImage], encode: bool = False, matrix: np.ndarray | None = None
-    ) -> Checked:
-        """Check rows ahead of add_embedded (a bulk import checks its next batch while it
-        writes this one); `encode`: the index encodes the good rows' vectors too (else
-        encode_checked() may, later and on another thread); `matrix`: the items' vectors
-        as one [n, dim] array, where the caller has it (nothing stacked row by row)."""
-        rows, good = self._checked(items, matrix)
-        checked = Checked(rows, len(good), None, good)
+    def check_embedded(self, rows: Rows | Sequence[NewImage], encode: bool = False) -> Checked:
+        """Check rows ahead of add_embedded (a bulk import checks its next batch, as
+        columns, while it writes this one); `encode`: the index encodes the good rows'
+        vectors too (else encode_checked() may, later and on another thread)."""
+        dim = self.catalog.dim
+        checked = check_rows(rows, dim) if isinstance(rows, Rows) else check_items(rows, dim)
         return self.encode_checked(checked) if encode else checked
 
     def encode_checked(self, checked: Checked) -> Checked:
         """`checked` with the index's codes of its good rows (what add_embedded then adds
         without encoding them again); unchanged where the index holds vectors, not codes."""
-        if checked.vectors is None or not checked.good:
+        if not checked.good:
             return checked
-        ahead = self.catalog.index.encode(checked.vectors)
-        return Checked(checked.rows, checked.good, ahead)
+        ahead = self.catalog.index.encode(checked.rows.vectors)
+        return Checked(checked.rows, checked.errors, ahead)
 
     def add_embedded(
         self,
-        items: Sequence[NewImage] | Checked,
+        items: Rows | Sequence[NewImage] | Checked,
         *,
         update: bool = False,
         report: AddReport | None = None,
@@ -179,56 +165,23 @@ class Ingester:
         report = AddReport() if report is None else report
         size = batch_size or self.batch_size
         checked = items if isinstance(items, Checked) else self.check_embedded(items)
-        latest: dict[str, NewImage] = {}  # the last row of a path wins
-        for row in checked.rows:
-            if isinstance(row, FileError):
-                report.fail(row)
-            else:
-                latest[row.facts.path] = row
+        for error in checked.errors:
+            report.fail(error)
+        rows = checked.rows
+        last = dict(zip(rows.paths, range(len(rows)), strict=True))  # the last row of a path wins
+        if len(last) != len(rows):
+            rows = rows.take(sorted(last.values()))
+            last = dict(zip(rows.paths, range(len(rows)), strict=True))
         with self._run_lock:
-            stats = {p: (i.facts.size, i.facts.mtime_ns) for p, i in latest.items()}
+            stats = dict(zip(rows.paths, zip(rows.sizes, rows.mtimes, strict=True), strict=True))
             todo, new = self._triage(stats, update, report)
             # Codes made ahead fit only a write of every good row, in order, at once.
             whole = len(todo) == checked.good and len(todo) <= size
             ahead = checked.ahead if whole else None
+            picks = range(len(rows)) if len(todo) == len(rows) else [last[p] for p in todo]
             for start in range(0, len(todo), size):
-                self.write([latest[p] for p in todo[start : start + size]], new, report, ahead)
+                self.write(rows.take(picks[start : start + size]), new, report, ahead)
         return report
-
-    def _checked(
-        self, items: Sequence[NewImage], given: np.ndarray | None = None
-    ) -> tuple[list[NewImage | FileError], np.ndarray]:
-        """Embedded rows with an absolute path and a finite vector of the catalog's size,
-        scaled to unit length (what the index's inner product expects), and the good ones'
-        vectors as one matrix; checked as one matrix (`given`, else stacked here)."""
-        dim = self.catalog.dim
-        if given is not None and given.shape == (len(items), dim):
-            matrix = np.array(given, dtype=np.float32)  # a copy: scaled in place below
-            sizes = np.full(len(items), dim, dtype=np.int64)
-            fits = np.ones(len(items), dtype=bool)
-        else:
-            flat = [np.asarray(i.vector, dtype=np.float32).reshape(-1) for i in items]
-            sizes = np.fromiter((len(v) for v in flat), dtype=np.int64, count=len(flat))
-            fits = sizes == dim
-            matrix = np.zeros((len(flat), dim), np.float32)
-            if fits.any():
-                matrix[fits] = np.array([v for v, ok in zip(flat, fits, strict=True) if ok])
-        with np.errstate(invalid="ignore", over="ignore"):
-            norms = np.linalg.norm(matrix, axis=1)
-        usable = fits & np.isfinite(matrix).all(axis=1) & np.isfinite(norms) & (norms > 0)
-        matrix /= np.where(usable, norms, 1.0)[:, None]
-        out: list[NewImage | FileError] = []
-        for n, item in enumerate(items):
-            path = item.facts.path
-            if not path.startswith(("/", "http://", "https://")):
-                out.append(FileError(path, "not an absolute path or an http(s) URL", 400))
-                usable[n] = False
-            elif not usable[n]:
-                message = f"not a usable {dim}-d vector (got {sizes[n]} values)"
-                out.append(FileError(path, message, 422))
-            else:
-                out.append(NewImage(item.facts, matrix[n]))
-        return out, matrix if usable.all() else matrix[usable]
 
     def _triage(
         self, stats: Mapping[str, tuple[int, int] | None], update: bool, report: AddReport
@@ -238,6 +191,8 @@ class Ingester:
         A path whose size and mtime match what is stored is skipped (unless `update`); if it was
         stored as missing (its folder had vanished) it is searchable again from its vector."""
         known = self.catalog.store.file_states(list(stats))
+        if not known:  # nothing stored yet (a new import's batch): every path is new
+            return list(stats), set(stats)
         todo: list[str] = []
         returned: list[int] = []
         for path, stat in stats.items():
@@ -282,20 +237,21 @@ class Ingester:
 
     def write_embedded(self, batch: list[Prepared], vectors: np.ndarray, report: AddReport) -> None:
         """Write a batch with the vectors its model call returned (row i for file i)."""
-        items = [NewImage(p.facts, v) for p, v in zip(batch, vectors, strict=True)]
-        self.write(items, set(), report)
+        self.write(Rows.of_facts([p.facts for p in batch], vectors), set(), report)
 
     def write(
-        self, items: list[NewImage], new: set[str], report: AddReport, ahead: Precoded | None = None
+        self, rows: Rows, new: set[str], report: AddReport, ahead: Precoded | None = None
     ) -> None:
         """Write embedded rows: a new path holding a moved image takes over its row.
         `ahead`: the index's codes of exactly these rows (dropped if some were moves)."""
         # (a row without a known hash never holds a moved file: nothing to look up)
-        candidates = [i.facts for i in items if i.facts.path in new and i.facts.hashed]
+        candidates = [rows.facts(i) for i in rows.hashed() if rows.paths[i] in new]
         moved = self._follow_moves(candidates, report)
-        kept = [i for i in items if i.facts.path not in moved]
-        if kept:
-            result = self.catalog.put(kept, ahead if len(kept) == len(items) else None)
+        kept = rows
+        if moved:
+            kept = rows.take([i for i, p in enumerate(rows.paths) if p not in moved])
+        if len(kept):
+            result = self.catalog.put(kept, ahead if len(kept) == len(rows) else None)
             report.updated += len(result.updated)
             report.added += len(result.ids) - len(result.updated)
 

@@ -14,13 +14,10 @@ import numpy as np
 
 from .db import Database
 from .images import (
-    UNKNOWN_SHA256,
-    FileFacts,
     FileState,
     ImageRow,
     Images,
     Located,
-    NewImage,
     StoredFile,
     VectorChunk,
     WriteResult,
@@ -29,7 +26,7 @@ from .jobs import JobRow, Jobs
 from .meta import Meta
 from .metadata import Metadata, MetadataTable
 from .migrations import MIGRATIONS, migrate
-from .upsert import stacked
+from .rows import UNKNOWN_SHA256, FileFacts, NewImage, Rows, stacked
 from .watches import Watches
 
 __all__ = [
@@ -41,6 +38,7 @@ __all__ = [
     "Located",
     "Metadata",
     "NewImage",
+    "Rows",
     "stacked",
     "Store",
     "StoredFile",

@@ -16,33 +16,8 @@ import numpy as np
 
 from .db import Database, chunked, tree
 from .meta import bump, current
+from .rows import NewImage, Rows
 from .upsert import VECTOR_DTYPE, upsert_many
-
-
-@dataclass(frozen=True)
-class FileFacts:
-    """What is stored about an image file besides its vector."""
-
-    path: str
-    size: int
-    mtime_ns: int
-    sha256: str
-    width: int
-    height: int
-    source: str | None = None  # the URL a downloaded image came from
-
-    @property
-    def hashed(self) -> bool:
-        """Whether sha256 is the file's hash, not UNKNOWN_SHA256's stand-in."""
-        return not self.sha256.startswith(UNKNOWN_SHA256)
-
-
-@dataclass(frozen=True)
-class NewImage:
-    """An embedded file, ready to be written."""
-
-    facts: FileFacts
-    vector: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -90,9 +65,6 @@ class ImageRow:
     source: str | None
 
 
-# The prefix of a stand-in hash (an imported row that came without one): unique to its path,
-# so no two such rows look byte-identical and no move is followed from one.
-UNKNOWN_SHA256 = "unknown:"
 IMAGE_ROW = "id, path, sha256, size, mtime_ns, width, height, source"
 STORED_FILE = "id, path, sha256, size, mtime_ns, missing"
 # Rows of the deletions log dropped in one transaction (forget_deletions).
@@ -310,13 +282,14 @@ class Images:
                     (generation, FORGET_CHUNK),
                 ).rowcount
 
-    def upsert(self, items: Sequence[NewImage]) -> WriteResult:
+    def upsert(self, items: Sequence[NewImage] | Rows) -> WriteResult:
         """Insert or replace images by path, in one transaction (a few statements a batch:
-        one lookup per CHUNK paths, one executemany each for the updates and the inserts)."""
+        one lookup per CHUNK paths, one executemany for the updates, multi-row INSERTs)."""
+        rows = items if isinstance(items, Rows) else Rows.of(items)
         now = time.time()
         with self.db.write() as conn:
             generation = bump(conn)
-            ids, updated = upsert_many(conn, items, generation, now)
+            ids, updated = upsert_many(conn, rows, generation, now)
         return WriteResult(ids, updated, [], generation)
 
     def remove_tree(self, path: str) -> WriteResult:
