@@ -756,6 +756,47 @@ def test_merging_codes_into_a_list_of_a_whole_number_of_blocks(tmp_path: Path) -
     assert [set(r) for r in i1] == [set(r) for r in i2]
 
 
+def test_codes_encoded_ahead_get_their_ids_as_an_offset_or_list_by_list() -> None:
+    """relabel: consecutive ids (new rows) become an offset that merging adds, also where
+    merge_into appends a list itself (one block long already); other ids are written list
+    by list. Either way the target answers as one built with the real ids."""
+    import faiss
+
+    from imgsearch.index.codes import Encoded, merge_into, nonempty, relabel
+
+    x = clustered(4000, seed=3)
+    template = faiss.index_factory(DIM, "IVF2,PQ16x4fs", faiss.METRIC_INNER_PRODUCT)
+    template.train(x)
+    block = faiss.downcast_InvertedLists(B.ivf(template).invlists).block_size
+    where = template.quantizer.assign(x, 1).ravel()
+    first = np.flatnonzero(where == 0)[:block]  # list 0: one block size of codes
+    later = np.concatenate([np.flatnonzero(where == 0)[block : block + 40],
+                            np.flatnonzero(where == 1)[:30]])  # fmt: skip
+    params = faiss.SearchParametersIVF()
+    params.nprobe = 2
+    consecutive = np.arange(50_000, 50_000 + len(later), dtype=np.int64)
+    shuffled = np.random.default_rng(0).permutation(consecutive) * 3
+    for ids, offset in ((consecutive, 50_000), (shuffled, 0)):
+        target = faiss.clone_index(template)
+        target.add_with_ids(x[first], first)
+        batch = faiss.clone_index(template)
+        batch.add_with_ids(x[later], np.arange(len(later), dtype=np.int64))  # positions
+        codes = Encoded(batch, nonempty(batch))
+        relabel(codes, ids)
+        assert codes.offset == offset
+        merge_into(target, codes)
+        reference = faiss.clone_index(template)
+        reference.add_with_ids(x[np.concatenate([first, later])], np.concatenate([first, ids]))
+        queries = x[np.concatenate([first[::7], later])]
+        d1, i1 = reference.search(queries, 10, params=params)
+        d2, i2 = target.search(queries, 10, params=params)
+        np.testing.assert_array_equal(d1, d2)
+        assert [set(r) for r in i1] == [set(r) for r in i2]
+        lists = B.ivf(target).invlists
+        stored = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)) for i in (0, 1)]
+        assert sorted(np.concatenate(stored).tolist()) == sorted([*first.tolist(), *ids.tolist()])
+
+
 def test_a_base_saved_without_a_template_gets_one_at_its_first_compaction(
     tmp_path: Path,
 ) -> None:
