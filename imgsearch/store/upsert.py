@@ -1,7 +1,9 @@
-"""Writing a batch of images by path: one lookup per CHUNK paths, one executemany for the
-updates and multi-row INSERTs for the new rows (the ids of consecutive AUTOINCREMENT inserts
-are computed, not read back), and the 'present' counter raised once (schema v7 dropped its
-per-row trigger).
+"""Writing a batch of images (store.Rows: columns) by path: one lookup per CHUNK paths, one
+executemany for the updates and multi-row INSERTs for the new rows (the ids of consecutive
+AUTOINCREMENT inserts are computed, not read back), and the 'present' counter raised once
+(schema v7 dropped its per-row trigger). Parameters are laid out from the columns, and the
+float16 blobs cut from the vector matrix by numpy: no Python object or step a row beyond the
+values SQLite binds.
 
 The new rows go in as many to a statement as SQLite's bound-parameter limit allows (2,978 in
 SQLite's default build), not by executemany: executemany steps its statement once a row, and
