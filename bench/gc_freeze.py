@@ -4,12 +4,14 @@ start-up: cli._tune_interpreter) save a bulk import.
     python bench/gc_freeze.py --rounds 3
 
 Loads what a daemon holds (torch, open_clip's ViT-B-32 with random weights, FAISS, the web
-app's modules), then builds the rows of 20,000-row import batches (`bulk.imports.to_images`,
-~2 objects a row, two batches alive at a time as in the import's pipeline) with the start-up
-heap tracked by the garbage collector, frozen out of it (gc.freeze / gc.unfreeze), and frozen
-with the daemon's young-generation threshold (cli.GC_YOUNG allocations between collections of
-the youngest generation, Python's default 700), in turn, ROUNDS times: CPU seconds a batch and
-the full collections run. Prints one JSON object and appends it to bench/out/gc_freeze.jsonl.
+app's modules), then builds the rows of 20,000-row import batches (`bulk.imports.to_rows`:
+columns since 2026-12-05, a stand-in hash string a row and no container a row; before it,
+`to_images` made ~2 tracked objects a row), two batches alive at a time as in the import's
+pipeline, with the start-up heap tracked by the garbage collector, frozen out of it
+(gc.freeze / gc.unfreeze), and frozen with the daemon's young-generation threshold
+(cli.GC_YOUNG allocations between collections of the youngest generation, Python's default
+700), in turn, ROUNDS times: CPU seconds a batch and the full collections run. Prints one
+JSON object and appends it to bench/out/gc_freeze.jsonl.
 """
 
 from __future__ import annotations
@@ -33,13 +35,13 @@ BATCHES = 40
 
 def build(batch: Any) -> tuple[float, int]:
     """CPU seconds a batch, and full collections run, over BATCHES batches."""
-    from imgsearch.bulk.imports import to_images
+    from imgsearch.bulk.imports import to_rows
 
     full = gc.get_stats()[2]["collections"]
     alive: list[Any] = []
     start = time.process_time()
     for _ in range(BATCHES):
-        alive.append(to_images(batch))
+        alive.append(to_rows(batch))
         if len(alive) > 2:
             alive.pop(0)
     return (time.process_time() - start) / BATCHES, gc.get_stats()[2]["collections"] - full
