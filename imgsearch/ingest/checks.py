@@ -52,9 +52,8 @@ def check_rows(rows: Rows, dim: int) -> Checked:
             else:
                 errors.append(FileError(path, f"not a usable {dim}-d vector (got {got} values)"))
     good = np.flatnonzero(usable & placed)
-    kept = rows if len(good) == n else rows.take(good)
-    vectors = matrix if len(good) == n else matrix[good]
-    return Checked(replace(kept, vectors=vectors), errors)
+    scaled = replace(rows, vectors=matrix)
+    return Checked(scaled if len(good) == n else scaled.take(good), errors)
 
 
 def check_items(items: Sequence[NewImage], dim: int) -> Checked:

@@ -74,11 +74,9 @@ class Rows:
         return len(self.paths)
 
     @classmethod
-    def of(cls, items: Sequence[NewImage], vectors: np.ndarray | None = None) -> Rows:
-        """`items` as columns; `vectors`: their vectors as one matrix, where the caller has it."""
-        facts = [item.facts for item in items]
-        matrix = stacked([item.vector for item in items]) if vectors is None else vectors
-        return cls.of_facts(facts, matrix)
+    def of(cls, items: Sequence[NewImage]) -> Rows:
+        """`items` as columns (their vectors stacked once)."""
+        return cls.of_facts([item.facts for item in items], stacked([i.vector for i in items]))
 
     @classmethod
     def of_facts(cls, facts: Sequence[FileFacts], vectors: np.ndarray) -> Rows:
