@@ -140,6 +140,46 @@ def get_json(url: str, timeout: float = 10.0) -> Any:
         return json.load(resp)
 
 
+# A process of its own that sleeps `sleep` s at a time until its stdin closes, then prints how
+# late each wake-up came (ms percentiles, JSON): the wait for a CPU alone, no GIL shared.
+WAKE_PROBE = """
+import json, select, sys, time
+late = []
+while True:
+    start = time.perf_counter()
+    if select.select([sys.stdin], [], [], %(sleep)r)[0]:
+        break
+    late.append((time.perf_counter() - start - %(sleep)r) * 1000)
+late.sort()
+pick = lambda q: round(late[min(len(late) - 1, int(q / 100 * len(late)))], 3) if late else None
+print(json.dumps({"p50": pick(50), "p90": pick(90), "p99": pick(99),
+                  "max": round(late[-1], 3) if late else None, "count": len(late)}))
+"""
+
+
+class WakeProbe:
+    """While open, a separate process (nice 0) wakes every `sleep` s and keeps how late each
+    wake-up came (`result` after close: ms percentiles): what a request's thread waits for a
+    CPU alone, beside whatever runs, with no GIL shared with the daemon."""
+
+    def __init__(self, sleep: float = 0.005) -> None:
+        self.sleep = sleep
+        self.result: dict[str, Any] = {}
+        self._proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> WakeProbe:
+        code = WAKE_PROBE % {"sleep": self.sleep}
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._proc is not None
+        out, _ = self._proc.communicate("stop", timeout=30)
+        self.result = json.loads(out) if out.strip() else {}
+
+
 @dataclass
 class LatencyPoller:
     """A thread that GETs each URL in turn every `interval` s and records latencies (ms).

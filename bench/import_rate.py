@@ -19,7 +19,11 @@ the folder rewritten as files of N rows (cached in bench/out/), the way a cluste
 (`imgsearch embed`, 1,000 files a shard by default) leaves them; the job then plans --rows.
 `--poll SECONDS` also GETs `/stats` and `/health` every SECONDS through the import (`/stats`
 first; `--rotate`: each first every other time) and reports their latency percentiles (ms),
-by URL and by place in the pair. Appends one JSON line to bench/out/import_rate.jsonl.
+by URL and by place in the pair. `--wake`: a separate process sleeps 5 ms at a time through
+the import and reports how late it woke (the wait for a CPU alone, no GIL shared with the
+daemon: bench/_common.WakeProbe). `after_training` is the rate from the first sample with a
+trained base on (the steady rate that the first training's minute hides in a short run).
+Appends one JSON line to bench/out/import_rate.jsonl.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +47,7 @@ from _common import (  # noqa: E402
     PY_SPY,
     Daemon,
     LatencyPoller,
+    WakeProbe,
     cpu_model,
     percentiles,
     progress,
@@ -112,6 +118,18 @@ def summarize(raw: Path, top: int = 12) -> dict[str, Any]:
     }
 
 
+def after_training(samples: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The import's rate from the first sample with a trained base (the training over, its
+    rows swapped in) to the last: the steady rate, compactions included, that the first
+    minute's training hides in a short run."""
+    trained = [s for s in samples if s["base"] > 0]
+    if len(trained) < 2:
+        return None
+    first, last = trained[0], trained[-1]
+    rows, seconds = last["done"] - first["done"], last["t"] - first["t"]
+    return {"from_s": first["t"], "from_rows": first["done"], "rows_per_s": round(rows / seconds)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dir", type=Path, default=SHARDS)
@@ -126,6 +144,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--rotate", action="store_true", help="with --poll: each URL asked first in turn"
+    )
+    parser.add_argument(
+        "--wake", action="store_true", help="a separate process's wake-up delays meanwhile"
     )
     parser.add_argument(
         "--model",
@@ -157,7 +178,8 @@ def main() -> None:
             polled = LatencyPoller(
                 urls if args.poll else {}, interval=args.poll or 1.0, rotate=args.rotate
             )
-            with polled as poller:
+            probe = WakeProbe() if args.wake else nullcontext()
+            with polled as poller, probe:
                 start, cpu0 = time.perf_counter(), daemon.cpu_seconds()
                 samples, running = [], []
                 last = (0.0, 0, cpu0)
@@ -210,6 +232,8 @@ def main() -> None:
                 percentiles(ms, (50, 90, 99)) for ms in poller.by_position if ms
             ],
             "poll_order_rotated": args.rotate,
+            "wake_ms": probe.result if isinstance(probe, WakeProbe) else None,
+            "after_training": after_training(samples),
             "poll_errors": poller.errors[:10],
             "load_after": os.getloadavg(),
             "samples": samples,

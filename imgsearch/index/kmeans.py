@@ -51,7 +51,17 @@ BLOCK_SCORES = 512 * 16_384
 GROUPS = 128
 GROUPED_FROM = 2_048
 # Centres a row's bfloat16 scores put forward, compared again in float32.
-CANDIDATES = 4
+CANDIDATES = 3
+# The bfloat16 product's scores are rounded to 8 significant bits: a step of 0.0039 near a
+# row's best score (~0.84 on bench/scale.py's spectral rows), where the best two centres of
+# 16,384 are a median 0.0049 apart, so many centres tie. Each row is given one more
+# coordinate, minus an offset (the median best score of OFFSET_ROWS of the rows), and each
+# centre a 1 there: the product is then the score minus the offset, whose best values lie
+# near 0 and are rounded 8-16x finer (the offset's own rounding is the same for a row's every
+# score). On the spectral rows and the 10M index's centres (an ad-hoc run, 60,000 rows), the
+# float32 best was among 3 candidates for every row with the offset, among 4 for 99.885%
+# without it; 30.0 us of CPU a row against 38.8 for 8 candidates without it.
+OFFSET_ROWS = 256
 # Under this many centres a row is compared with every one in float32 (one product, no second
 # look): the bfloat16 pass and its second look cost more there (an ad-hoc timing: 3.5 us a row
 # against 0.6 at 128 centres, equal at 1,024). A two-level training runs 20 of its 22
@@ -230,9 +240,16 @@ class Centres:
         self.grouped = k >= GROUPED_FROM
         padded = -(-k // GROUPS) * GROUPS if self.grouped else k
         repeats = self.exact[np.arange(padded) % k] if padded > k else self.exact
-        # The centres as the columns of a row's first product: bfloat16, or float32 under
-        # FLOAT32_UNDER of them (that product is then the only one)
-        self.columns = (repeats if self.float32 else repeats.to(torch.bfloat16)).T.contiguous()
+        # The centres as the columns of a row's first product: float32 under FLOAT32_UNDER of
+        # them (that product is then the only one), else bfloat16 with one more row of 1s for
+        # the rows' offset (OFFSET_ROWS), zero-padded to a multiple of 8 rows.
+        if self.float32:
+            self.columns = repeats.T.contiguous()
+        else:
+            d = repeats.shape[1]
+            self.columns = torch.zeros((-(-(d + 1) // 8) * 8, padded), dtype=torch.bfloat16)
+            self.columns[:d] = repeats.T
+            self.columns[d] = 1
 
     def __len__(self) -> int:
         return int(self.exact.shape[0])
@@ -247,9 +264,10 @@ class Centres:
 
     def assign(self, rows: Any, low: Any) -> Any:
         """Each row's best centre (int64 tensor): the `candidates` best by the bfloat16
-        product (`low`: the rows in bfloat16), the best of those in float32 (bfloat16 scores
-        tie every ~0.004: the first index would win every tie, and the lists grow uneven).
-        Under FLOAT32_UNDER centres, the best by the float32 product (`low` unused)."""
+        product (`low`: the rows in bfloat16; scored minus their offset, OFFSET_ROWS), the
+        best of those in float32 (bfloat16 scores tie: the first index would win every tie,
+        and the lists grow uneven). Under FLOAT32_UNDER centres, the best by the float32
+        product (`low` unused)."""
         import torch
 
         out = torch.empty(rows.shape[0], dtype=torch.int64)
@@ -259,17 +277,32 @@ class Centres:
         # kernel each time (page faults: the product took 13.6 us a row instead of 6.4).
         shape = (min(block, rows.shape[0]), self.columns.shape[1])
         buffer = torch.empty(shape, dtype=self.columns.dtype)
+        if not self.float32:  # each block's rows, their offset coordinate and zeros
+            dim = rows.shape[1]
+            lifted = torch.zeros((shape[0], self.columns.shape[0]), dtype=torch.bfloat16)
+            lifted[:, dim] = -self._offset(low)
         for start in range(0, rows.shape[0], block):
             stop = min(start + block, rows.shape[0])
             if self.float32:
                 scores = torch.mm(rows[start:stop], self.columns, out=buffer[: stop - start])
                 out[start:stop] = scores.argmax(dim=1)
                 continue
-            scores = torch.mm(low[start:stop], self.columns, out=buffer[: stop - start])
+            lifted[: stop - start, :dim] = low[start:stop]
+            scores = torch.mm(lifted[: stop - start], self.columns, out=buffer[: stop - start])
             cand = self._best(scores, pick) % len(self)
             sims = torch.bmm(self.exact[cand], rows[start:stop, :, None])[:, :, 0]
             out[start:stop] = cand.gather(1, sims.argmax(dim=1, keepdim=True))[:, 0]
         return out
+
+    def _offset(self, low: Any) -> float:
+        """The median best bfloat16 score of the first OFFSET_ROWS rows (`low`)."""
+        import torch
+
+        dim = low.shape[1]
+        if not len(low):
+            return 0.0
+        best = torch.mm(low[:OFFSET_ROWS], self.columns[:dim]).amax(dim=1)
+        return float(best.float().median())
 
     @staticmethod
     def _best(scores: Any, pick: int) -> Any:

@@ -29,11 +29,12 @@ from .kmeans import NEVER, Centres
 from .tree import CentreTree
 
 # Centres compared again in float32 a vector (kmeans.Centres): k-means lists are crowded (at
-# 10M's 16,384 lists the best two centres are a median 0.0018 apart, under one bfloat16 step):
-# with the training's 4, 5.3% of vectors went to another list than FAISS's float32 scan gives
-# (at most 0.0034 worse), with 8, 0.9% (at most 0.0025) for 1.7 us more a row, with 16, 0.03%
-# for 8 us more. The search is the same either way (bench/placing.py: recall and imbalance).
-CANDIDATES = 8
+# 10M's 16,384 lists the best two centres are a median 0.0018-0.0049 apart, about one
+# bfloat16 step of a score). Scored as they were (no offset: kmeans.OFFSET_ROWS), 4 candidates
+# put 5.3% of vectors in another list than FAISS's float32 scan (at most 0.0034 worse), 8 0.9%,
+# 16 0.03%; the search was the same either way (bench/placing.py: recall and imbalance). With
+# the offset, 3 find FAISS's list for all but a few in 100,000 (bench/placing.py).
+CANDIDATES = 3
 
 
 @dataclass(frozen=True)
