@@ -4,10 +4,11 @@ through a tree of the centres (tree.CentreTree, float32), and its codes packed i
 here.
 
 FAISS adds to an IVF index by scanning every centroid in float32 for every vector (a GEMM):
-at 16,384 lists of 512-d that is 106 us of CPU a row, most of an import's CPU. Where the CPU
-runs bfloat16 natively (Policy.train_bf16) an add costs 47 on an Intel Xeon with AMX
-(bench/placing.py; 2.3x; an import 1.5x the rows per CPU-second, docs/BENCHMARKS.md); on a
-Zen 4 without AMX 140 by bfloat16, 84 through the tree, 214 by FAISS.
+at 16,384 lists of 512-d that is 106-137 us of CPU a row, most of an import's CPU. Where the
+CPU runs bfloat16 natively (Policy.train_bf16) an add costs 51 on an Intel Xeon with AMX
+(bench/placing.py: 2.7x less than FAISS's, with each row scored minus an offset,
+kmeans.OFFSET_ROWS; docs/BENCHMARKS.md); on a Zen 4 without AMX 140 by bfloat16 (before the
+offset), 84 through the tree, 214 by FAISS.
 FAISS cannot take the lists from outside for a fast-scan index: IndexIVF.add_core and
 add_sa_codes hand one unpacked code to BlockInvertedLists.add_entries, which copies whole
 packed blocks from it (FAISS 1.15: reads past the code, corrupts the heap).
