@@ -55,12 +55,13 @@ CANDIDATES = 3
 # The bfloat16 product's scores are rounded to 8 significant bits: a step of 0.0039 near a
 # row's best score (~0.84 on bench/scale.py's spectral rows), where the best two centres of
 # 16,384 are a median 0.0049 apart, so many centres tie. Each row is given one more
-# coordinate, minus an offset (the median best score of OFFSET_ROWS of the rows), and each
-# centre a 1 there: the product is then the score minus the offset, whose best values lie
-# near 0 and are rounded 8-16x finer (the offset's own rounding is the same for a row's every
-# score). On the spectral rows and the 10M index's centres (an ad-hoc run, 60,000 rows), the
-# float32 best was among 3 candidates for every row with the offset, among 4 for 99.885%
-# without it; 30.0 us of CPU a row against 38.8 for 8 candidates without it.
+# coordinate, minus an offset (the median best score of OFFSET_ROWS rows spread through the
+# rows assigned together), and each centre a 1 there: the product is then the score minus the
+# offset, whose best values lie near 0 and are rounded 8-16x finer (the offset's own rounding
+# is the same for a row's every score). On the spectral rows and the 10M index's centres (an
+# ad-hoc run, 60,000 rows), the float32 best was among 3 candidates for every row with the
+# offset, among 4 for 99.885% without it; 30.0 us of CPU a row against 38.8 for 8 candidates
+# without it.
 OFFSET_ROWS = 256
 # Under this many centres a row is compared with every one in float32 (one product, no second
 # look): the bfloat16 pass and its second look cost more there (an ad-hoc timing: 3.5 us a row
@@ -295,13 +296,15 @@ class Centres:
         return out
 
     def _offset(self, low: Any) -> float:
-        """The median best bfloat16 score of the first OFFSET_ROWS rows (`low`)."""
+        """The median best bfloat16 score of OFFSET_ROWS rows spread evenly through `low`
+        (an import's batch may come sorted by folder: its first rows are not its typical)."""
         import torch
 
         dim = low.shape[1]
         if not len(low):
             return 0.0
-        best = torch.mm(low[:OFFSET_ROWS], self.columns[:dim]).amax(dim=1)
+        spread = low[:: max(1, len(low) // OFFSET_ROWS)][:OFFSET_ROWS]
+        best = torch.mm(spread, self.columns[:dim]).amax(dim=1)
         return float(best.float().median())
 
     @staticmethod
