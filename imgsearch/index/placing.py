@@ -34,7 +34,7 @@ from .tree import CentreTree
 # bfloat16 step of a score). Scored as they were (no offset: kmeans.OFFSET_ROWS), 4 candidates
 # put 5.3% of vectors in another list than FAISS's float32 scan (at most 0.0034 worse), 8 0.9%,
 # 16 0.03%; the search was the same either way (bench/placing.py: recall and imbalance). With
-# the offset, 3 find FAISS's list for all but a few in 100,000 (bench/placing.py).
+# the offset, 3 find FAISS's list for all but 1 in 200,000 (bench/placing.py).
 CANDIDATES = 3
 
 
