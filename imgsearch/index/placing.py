@@ -29,14 +29,6 @@ from ..cpu import faiss_team
 from .kmeans import NEVER, Centres
 from .tree import CentreTree
 
-# Centres compared again in float32 a vector (kmeans.Centres): k-means lists are crowded (at
-# 10M's 16,384 lists the best two centres are a median 0.0018-0.0049 apart, about one
-# bfloat16 step of a score). Scored as they were (no offset: kmeans.OFFSET_ROWS), 4 candidates
-# put 5.3% of vectors in another list than FAISS's float32 scan (at most 0.0034 worse), 8 0.9%,
-# 16 0.03%; the search was the same either way (bench/placing.py: recall and imbalance). With
-# the offset, 3 find FAISS's list for all but 1 in 200,000 (bench/placing.py).
-CANDIDATES = 3
-
 
 @dataclass(frozen=True)
 class Placer:
@@ -78,7 +70,7 @@ class Placer:
         centres = np.array(vectors, np.float32).reshape(ivf.nlist, ivf.d)
         packer = ivf.get_CodePacker()
         with faiss_team():
-            made = CentreTree(centres) if tree else Centres(centres, CANDIDATES)
+            made = CentreTree(centres) if tree else Centres(centres)  # kmeans.CANDIDATES
         at = np.argsort(layout).reshape(packer.nvec, -1)  # each (slot, sub-code)'s 4 bits
         byte, shift = torch.from_numpy(at // 2), torch.from_numpy((at % 2 * 4).astype(np.uint8))
         return cls(made, byte, shift, packer.nvec, packer.code_size)
