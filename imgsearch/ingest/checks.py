@@ -12,6 +12,7 @@ import numpy as np
 
 from ..index import Precoded
 from ..store import NewImage, Rows
+from ..store.rows import row_norms
 from .report import FileError
 
 URL_OR_PATH = ("/", "http://", "https://")
@@ -38,8 +39,8 @@ def check_rows(rows: Rows, dim: int) -> Checked:
     fits = rows.vectors.ndim == 2 and rows.vectors.shape[1] == dim
     matrix = np.array(rows.vectors, dtype=np.float32) if fits else np.zeros((n, dim), np.float32)
     with np.errstate(invalid="ignore", over="ignore"):
-        norms = np.linalg.norm(matrix, axis=1)
-    usable = np.isfinite(matrix).all(axis=1) & np.isfinite(norms) & (norms > 0) & fits
+        norms = row_norms(matrix)  # NaN or inf anywhere in a row makes its norm so
+    usable = np.isfinite(norms) & (norms > 0) & fits
     matrix /= np.where(usable, norms, 1.0)[:, None]
     placed = np.fromiter((p.startswith(URL_OR_PATH) for p in rows.paths), bool, count=n)
     errors: list[FileError] = []

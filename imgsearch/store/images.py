@@ -16,7 +16,7 @@ import numpy as np
 
 from .db import Database, chunked, tree
 from .meta import bump, current
-from .rows import NewImage, Rows
+from .rows import NewImage, Rows, row_norms
 from .upsert import VECTOR_DTYPE, upsert_many
 
 
@@ -121,7 +121,7 @@ def vector_chunks(cursor: sqlite3.Cursor, size: int, dim: int) -> Iterator[Vecto
 
 def _unit(x: np.ndarray) -> np.ndarray:
     """Rows back to unit length (float16 rounding leaves them off by ~1e-4)."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms = row_norms(x)[:, None]
     np.divide(x, norms, out=x, where=norms > 0)
     return x
 
