@@ -213,3 +213,22 @@ def test_fewer_lists_than_candidates() -> None:
     centres = kmeans.spherical(x, 3, kmeans.ITERATIONS, seed=0)
     assert centres.shape == (3, DIM)
     assert (quality(x, centres)[1] > 0).all()
+
+
+def test_the_column_max_of_bfloat16_scores_is_amax_s_for_any_signs() -> None:
+    """The max read from the scores' int16 bits: the same bits as torch's amax where a column
+    holds positive scores only, negative only (the order of their bits reversed), both, or
+    zeros of either sign; fails if negative columns take the int16 max."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    scores = torch.from_numpy(rng.normal(0, 0.05, (64, 8, 32)).astype(np.float32))
+    scores[:16] += 1  # all positive
+    scores[16:32] -= 1  # all negative
+    scores[40, :, 0], scores[41, :, 1] = -0.0, 0.0
+    scores[42, :, 2] = torch.tensor([-0.0] + [-1.0] * 7)
+    x = scores.to(torch.bfloat16)
+    want = x.amax(dim=1)
+    got = kmeans._column_max(x)
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16))

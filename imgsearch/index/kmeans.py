@@ -323,9 +323,22 @@ class Centres:
         rows, width = scores.shape
         if width < GROUPED_FROM:
             return scores.topk(pick, dim=1).indices
-        best = scores.view(rows, -1, GROUPS).amax(dim=1).topk(pick, dim=1).indices
+        best = _column_max(scores.view(rows, -1, GROUPS)).topk(pick, dim=1).indices
         columns = (best[:, :, None] + GROUPS * torch.arange(width // GROUPS)).view(rows, -1)
         return columns.gather(1, scores.gather(1, columns).topk(pick, dim=1).indices)
+
+
+def _column_max(x: Any) -> Any:
+    """The max over dim 1 of a bfloat16 tensor (rows, n, m), as amax gives it, from its bits
+    read as int16: they order non-negative values as the floats do and negative ones in
+    reverse, so the max is the int16 max where that is not negative, else the int16 min (the
+    negative nearest 0). amax converts every score to float32 first: 4.6 us a row of 16,384
+    scores against 3.2 (one thread; aminmax, one pass, took 18.5)."""
+    import torch
+
+    bits = x.view(torch.int16)
+    high, low = bits.amax(dim=1), bits.amin(dim=1)
+    return torch.where(high >= 0, high, low).view(torch.bfloat16)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
