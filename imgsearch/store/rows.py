@@ -165,4 +165,5 @@ def row_norms(matrix: np.ndarray) -> np.ndarray:
     """The Euclidean length of each row of a 2-d float matrix (NaN or inf where a row holds
     one), by one pass without a squared copy: np.linalg.norm squares the whole matrix first
     (4x the time at 512-d)."""
-    return np.sqrt(np.einsum("ij,ij->i", matrix, matrix))
+    norms: np.ndarray = np.sqrt(np.einsum("ij,ij->i", matrix, matrix))
+    return norms
