@@ -128,6 +128,25 @@ def test_a_batch_as_columns_is_stored_row_by_row(tmp_path: Path) -> None:
     store.close()
 
 
+def test_float16_blobs_by_torch_are_numpy_s_bits() -> None:
+    """The store's float16 conversion (torch's where the daemon has it loaded) rounds every
+    value as numpy's cast does: tiny, huge (to inf), NaN, inf, negative zero alike."""
+    import torch  # noqa: F401  (loaded: the conversion goes through it)
+
+    from imgsearch.store.upsert import _blobs
+
+    rng = np.random.default_rng(2)
+    scale = np.logspace(-10, 6, 300, dtype=np.float32)
+    vectors = rng.standard_normal((500, 300)).astype(np.float32) * scale
+    vectors[0, :5] = [np.nan, np.inf, -np.inf, -0.0, 70_000.0]
+    with np.errstate(over="ignore"):
+        want = [row.astype("<f2").tobytes() for row in vectors]
+    assert _blobs(vectors) == want
+    vectors.flags.writeable = False  # numpy's cast (torch warns about read-only arrays)
+    with np.errstate(over="ignore"):
+        assert _blobs(vectors) == want
+
+
 def test_new_rows_span_several_inserts_in_order(tmp_path: Path) -> None:
     """New rows go in as many to an INSERT as the bound-parameter limit allows: with the
     limit of SQLite builds before 3.32 (999: 90 rows a statement), 200 rows take 3 statements,

@@ -5,8 +5,8 @@ here.
 
 FAISS adds to an IVF index by scanning every centroid in float32 for every vector (a GEMM):
 at 16,384 lists of 512-d that is 106-137 us of CPU a row, most of an import's CPU. Where the
-CPU runs bfloat16 natively (Policy.train_bf16) an add costs 51 on an Intel Xeon with AMX
-(bench/placing.py: 2.7x less than FAISS's, with each row scored minus an offset,
+CPU runs bfloat16 natively (Policy.train_bf16) an add costs 48 on an Intel Xeon with AMX
+(bench/placing.py: 2.9x less than FAISS's, with each row scored minus an offset,
 kmeans.OFFSET_ROWS; docs/BENCHMARKS.md); on a Zen 4 without AMX 140 by bfloat16 (before the
 offset), 84 through the tree, 214 by FAISS.
 FAISS cannot take the lists from outside for a fast-scan index: IndexIVF.add_core and

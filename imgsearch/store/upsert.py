@@ -15,6 +15,7 @@ row then waits for the GIL to come back, up to the switch interval (bench/sqlite
 from __future__ import annotations
 
 import sqlite3
+import sys
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -159,10 +160,11 @@ def _upsert_each(
 
 def _half(vectors: np.ndarray) -> np.ndarray:
     """`vectors` as VECTOR_DTYPE, converted by torch where the daemon has it loaded: 5x
-    quicker than numpy's float16 cast (0.29 against 1.5 us a 512-d row) and without the GIL."""
-    import sys
-
+    quicker than numpy's float16 cast (0.29 against 1.5 us a 512-d row) and without the GIL;
+    numpy's cast elsewhere (a process that only writes the store does not load torch for it)
+    and for other dtypes or read-only arrays (torch warns about those)."""
+    x = np.asarray(vectors)
     torch = sys.modules.get("torch")
-    if torch is None or np.asarray(vectors).dtype != np.float32:
-        return np.ascontiguousarray(vectors, dtype=VECTOR_DTYPE)
-    return np.asarray(torch.from_numpy(np.ascontiguousarray(vectors)).half().numpy())
+    if torch is None or x.dtype != np.float32 or not x.flags.writeable:
+        return np.ascontiguousarray(x, dtype=VECTOR_DTYPE)
+    return np.asarray(torch.from_numpy(np.ascontiguousarray(x)).half().numpy())
