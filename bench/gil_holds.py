@@ -3,6 +3,7 @@ other thread waiting (issue #11).
 
     python bench/gil_holds.py --n 10000000
     python bench/gil_holds.py --what vectors --repeat 9 --daemon   # one import batch's vectors
+    python bench/gil_holds.py --what fine --rows 2000000 --repeat 5 --daemon --tmp /work/big
 
 A ticker thread sleeps 1 ms in a loop; the longest gap between its ticks while the main thread
 runs one step is how long that step kept other threads (a search's, the event loop) from
@@ -16,7 +17,10 @@ batch's paths, and the cut of the batch's float16 rows into one blob each (upser
 tolist; and in one tolist). Each step runs --repeat times (the longest pause over them all);
 `--daemon` runs them under the interpreter settings the daemon runs with (cli.py: the switch
 interval, the garbage collector's young-generation threshold, the heap so far frozen); without
-it a collection now and then stretches a pause. Prints one JSON line
+it a collection now and then stretches a pause. `--what fine`: a start-up's faulting in of a
+saved fine-code table (--rows rows of dim / 2 bytes, a file under --tmp, dropped from the
+page cache before each run), FineTable.warm against the same pages read by a GIL-holding
+tolist. Prints one JSON line
 (bench/out/gil_holds.jsonl); the CPU model and load come with it.
 """
 
@@ -24,7 +28,11 @@ from __future__ import annotations
 
 import argparse
 import gc
+import mmap
+import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -139,21 +147,65 @@ def vector_steps(
     return steps, same
 
 
+def fine_steps(
+    rows: int, dim: int, folder: Path
+) -> tuple[list[tuple[str, Callable[[], Any]]], Callable[[Any], bool]]:
+    """A saved fine-code table faulted in from a cold page cache, by FineTable.warm and by a
+    read that holds the GIL; and the check that warm() covered the whole file."""
+    from imgsearch.index.fine import WARM_BYTES, FineTable
+
+    path, row_bytes = folder / "fine-bench.u8", dim // 2
+    if not path.exists() or path.stat().st_size != rows * row_bytes:
+        rng = np.random.default_rng(0)
+        with open(path, "wb") as fh:
+            for start in range(0, rows, 65_536):
+                fh.write(rng.integers(0, 256, (min(65_536, rows - start), row_bytes), np.uint8))
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def cold(read: Callable[[FineTable], int]) -> Callable[[], int]:
+        def step() -> int:
+            fd = os.open(path, os.O_RDONLY)  # (no mapping of it is left: a fresh table a run)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+            return read(FineTable(path, row_bytes))
+
+        return step
+
+    def held(table: FineTable) -> int:
+        flat = table.rows.reshape(-1)
+        for start in range(0, len(flat), WARM_BYTES):
+            flat[start : start + WARM_BYTES : mmap.PAGESIZE].tolist()
+        return len(flat)
+
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        ("FineTable.warm, cold (a reduction a step)", cold(lambda t: t.warm(threading.Event()))),
+        ("the same pages by tolist (holds the GIL)", cold(held)),
+    ]
+    return steps, lambda results: results[steps[0][0]] == path.stat().st_size
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--what", choices=("ids", "vectors"), default="ids")
+    parser.add_argument("--what", choices=("ids", "vectors", "fine"), default="ids")
     parser.add_argument("--n", type=int, default=10_000_000, help="ids in the base")
-    parser.add_argument("--rows", type=int, default=20_000, help="vectors in the batch")
+    parser.add_argument("--rows", type=int, default=20_000, help="vectors in the batch / table")
+    parser.add_argument("--tmp", type=Path, default=None, help="--what fine: the file's folder")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--repeat", type=int, default=1, help="runs of each step")
     parser.add_argument("--daemon", action="store_true", help="the daemon's interpreter settings")
     args = parser.parse_args()
+    folder: Path | None = None
     if args.what == "ids":
         steps, same = id_steps(args.n)
         out: dict[str, Any] = {"what": "ids", "n": args.n}
-    else:
+    elif args.what == "vectors":
         steps, same = vector_steps(args.rows, args.dim)
         out = {"what": "vectors", "rows": args.rows, "dim": args.dim}
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="gil-holds-", dir=args.tmp))
+        steps, same = fine_steps(args.rows, args.dim, folder)
+        out = {"what": "fine", "rows": args.rows, "dim": args.dim}
     out.update({"numpy": np.__version__, "repeat": args.repeat, **machine(), "steps": {}})
     if args.daemon:
         gc.collect()
@@ -179,6 +231,8 @@ def main() -> None:
     finally:
         ticker.close()
     out["same_results"] = same(results)
+    if folder is not None:
+        shutil.rmtree(folder)
     record(out, "gil_holds")
 
 

@@ -23,12 +23,17 @@ either is served by both. `--weights random checkpoint` starts each tree both wa
 `--data DIR` starts on a library left by `bench/scale.py --keep` (ViT-B-32 vectors; the data
 dir is only read and appended to by the searches) instead of a new one of 20 photos; the first
 image search is then by one of the 20 photos' files (not stored: decoded and embedded).
+
+`--searches N` then times N searches by vector (random unit vectors, a new seed each start),
+one after another right after that first image search: what the first users of a restarted
+daemon wait while the pages its searches read come in (on a big library, from the disk).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -39,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, Daemon, generate_jpegs, progress, record  # noqa: E402
-from scale import machine  # noqa: E402
+from scale import machine, post_json  # noqa: E402
 
 FLAGS = ["--model", "ViT-B-32", "--pretrained", "none", "--workers", "1"]
 # Named `random`: the model's id is then that of the random weights (clip.ClipEmbedder).
@@ -70,9 +75,10 @@ def drop_page_cache() -> None:
 
 
 def one_start(
-    tree: Path, data_dir: Path, photo: str, cold: bool, flags: list[str]
+    tree: Path, data_dir: Path, photo: str, cold: bool, flags: list[str], searches: int = 0
 ) -> dict[str, Any]:
-    """Start the daemon from `tree`; time /health and the first image search; stop it."""
+    """Start the daemon from `tree`; time /health, the first image search and `searches`
+    searches by vector after it; stop it."""
     if cold:
         drop_page_cache()
     daemon = Daemon(flags, data_dir, tree=tree)
@@ -83,12 +89,33 @@ def one_start(
         daemon.get("/search?limit=10&image=" + urllib.parse.quote(photo))
         first = time.perf_counter() - started
         final = daemon.get("/stats")["embedding"]["precision"]
+        dim = int(daemon.get("/stats")["dim"])
+        rng = random.Random(time.time_ns())
+        vector_ms = []
+        for _ in range(searches):
+            query = [rng.gauss(0.0, 1.0) for _ in range(dim)]
+            vector_ms.append(post_json(daemon.url + "/search", {"vector": query, "limit": 10})[1])
     return {
+        "vector_search_ms": _spread(vector_ms),
         "health_s": health,
         "first_image_search_s": first,
         "precision_at_health": embedding.get("precision"),
         "checking_at_health": embedding.get("precision_checking"),
         "precision": final,
+    }
+
+
+def _spread(ms: list[float]) -> dict[str, float] | None:
+    """First, p50, p90 and worst of a run of latencies (None: none ran)."""
+    if not ms:
+        return None
+    ranked = sorted(ms)
+    return {
+        "first": ms[0],
+        "p50": statistics.median(ms),
+        "p90": ranked[int(0.9 * (len(ranked) - 1))],
+        "max": ranked[-1],
+        "count": len(ms),
     }
 
 
@@ -109,6 +136,7 @@ def main() -> None:
         help="start each tree with these weights in turns (default: --checkpoint's choice)",
     )  # fmt: skip
     parser.add_argument("--data", type=Path, default=None, help="an existing library's data dir")
+    parser.add_argument("--searches", type=int, default=0, help="searches by vector after each")
     args = parser.parse_args()
     trees = [Path(t).resolve() for t in args.trees]
     weights = args.weights or ["checkpoint" if args.checkpoint else "random"]
@@ -137,7 +165,7 @@ def main() -> None:
         for r in range(args.rounds):
             for tree, way in arms:
                 photo = photos[r % len(photos)]
-                run = one_start(tree, data_dir, photo, args.cold, flags[way])
+                run = one_start(tree, data_dir, photo, args.cold, flags[way], args.searches)
                 runs[_name(tree, way, weights)].append(run)
                 progress(f"round {r + 1}, {tree} {way}: {run}")
     out["trees"] = {

@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import re
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,54 @@ def test_the_file_grows_and_another_mapping_of_it_follows(tmp_path: Path) -> Non
     assert not two.get(np.array([4], np.int64)).any()  # never written: zeros
     one.flush()
     assert path.stat().st_size >= (8 * F.MIN_ROWS + 1) * 8
+
+
+def resident(table: F.FineTable) -> int:
+    """Bytes of `table`'s own mapping of its file in memory (/proc/self/smaps' Rss: other
+    mappings of the same file do not count)."""
+    start, total, inside = table.rows.ctypes.data, 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if match := re.match(r"([0-9a-f]+)-[0-9a-f]+ ", line):
+            inside = int(match.group(1), 16) == start and line.endswith(str(table.path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1]) * 1024
+    return total
+
+
+def test_a_saved_table_is_faulted_in_whole_until_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(F, "WARM_BYTES", 1 << 20)
+    path = tmp_path / "fine-w.u8"
+    written = F.FineTable(path, 64)
+    count = 4 * (1 << 20) // 64 + 123  # four steps and part of a fifth
+    codes = np.random.default_rng(1).integers(0, 256, (count, 64), dtype=np.uint8)
+    written.put(np.arange(count, dtype=np.int64), codes)
+    written.flush()
+    del written  # (its mapping closed: only the start-up's below maps the file)
+    table = F.FineTable(path, 64)  # a saved table opened at start-up
+    size = path.stat().st_size
+    stop = threading.Event()
+    stop.set()
+    assert table.warm(stop) == 0 and resident(table) < size // 4
+    assert table.warm(threading.Event()) == size
+    assert resident(table) >= 0.95 * size
+    assert (table.get(np.arange(count, dtype=np.int64)) == codes).all()  # read, not written
+
+
+def test_a_restart_faults_the_saved_fine_codes_in_on_a_thread(tmp_path: Path) -> None:
+    catalog, _ = built(tmp_path, cone(N, 30))
+    name = meta_of(tmp_path)["fine"]
+    catalog.close()
+    again = Catalog(tmp_path, "m", CONE_DIM, POLICY)
+    try:
+        for thread in [t for t in threading.enumerate() if t.name == "fine-warm"]:
+            thread.join(30)
+        fine = again.index._segments.base.fine
+        assert fine is not None and fine.name == name
+        assert resident(fine.table) >= 0.95 * fine.table.path.stat().st_size
+    finally:
+        again.close()
 
 
 def test_ranking_by_fine_codes_keeps_the_true_best(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,24 @@ def test_float16_blobs_by_torch_are_numpy_s_bits() -> None:
     vectors.flags.writeable = False  # numpy's cast (torch warns about read-only arrays)
     with np.errstate(over="ignore"):
         assert _blobs(vectors) == want
+
+
+def test_float16_blobs_while_another_thread_imports_torch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A store written while torch is half imported (another thread's import under way: the
+    index worker's k-means loads it lazily) converts with numpy, not the half-made module."""
+    import importlib.machinery
+    import types
+
+    from imgsearch.store.upsert import _blobs
+
+    half_made = types.ModuleType("torch")
+    half_made.__spec__ = importlib.machinery.ModuleSpec("torch", None)
+    half_made.__spec__._initializing = True  # type: ignore[attr-defined]  (as importlib sets it)
+    monkeypatch.setitem(sys.modules, "torch", half_made)  # no from_numpy yet
+    vectors = np.random.default_rng(3).standard_normal((40, 16)).astype(np.float32)
+    assert _blobs(vectors) == [row.astype("<f2").tobytes() for row in vectors]
 
 
 def test_new_rows_span_several_inserts_in_order(tmp_path: Path) -> None:

@@ -24,14 +24,15 @@ import numpy as np
 from ..cpu import lower_priority
 from ..errors import Busy
 from . import base as B
+from . import due
 from .build import Source, Stopped, build, fold, retune, with_fine
 from .codes import Encoded, Precoded, copied, encoded, relabel
 from .fine import FACTORY as FINE_FACTORY
 from .placing import Placer
-from .policy import BUILDING_RETRY_S, QUANTIZED, Policy
+from .policy import BUILDING_RETRY_S, Policy
 from .reads import Searcher, one_omp_thread, scan_store
 from .segments import Change, Segments, bits, exact_among, merge
-from .startup import reopen, saved_base
+from .startup import reopen, saved_base, warm_fine
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class LibraryIndex:
         found = saved_base(self.folder, self.source, self.model_id, self.dim, self.policy)
         if found is not None:
             base, self._path, self.origin = found[0], found[1], "loaded"
+            warm_fine(base, self._stop)
         else:
             base = self._build_now()
         placer = self._placer(base.template)
@@ -184,7 +186,7 @@ class LibraryIndex:
         seg = self._segments
         if int(seg.recent.ntotal) > self.policy.delta_limit(len(seg.base)):
             self._wake.set()
-        elif self._needs_training():
+        elif due.needs_training(self.policy, self._look()):
             self._wake.set()
 
     @contextmanager
@@ -213,27 +215,18 @@ class LibraryIndex:
         `policy.held_limit` (over once while a training runs), it waits for the worker to fold
         it in (memory stays bounded; an import goes at the index's pace), or until `stop` (or
         close()) is set."""
-        while int((seg := self._segments).recent.ntotal) > self._room(seg):
+        while (look := self._look()).recent > self._room(look):
             if stop.is_set() or self._stop.is_set():
                 return
             self._wake.set()
             stop.wait(ROOM_POLL)
 
-    def _room(self, seg: Segments) -> int:
-        """Recent rows a bulk writer may pile up: the hold's bound once while a training runs
-        (each row written then is held twice, in the segment and as float32 in the build's log:
-        4 KB at 512-d, 10 KB at 1280-d), else twice."""
-        limit = self._held_limit(seg)
+    def _room(self, look: due.Look) -> int:
         training = self._log is not None and not self._folding
-        return limit if training else 2 * limit
+        return due.room(self.policy, look, training)
 
-    def _held(self) -> bool:
-        seg = self._segments
-        return self._holds > 0 and int(seg.recent.ntotal) <= self._held_limit(seg)
-
-    def _held_limit(self, seg: Segments) -> int:
-        sample = self.policy.train_at(self._target(), self.dim) if self._planned else 0
-        return self.policy.held_limit(seg.coded, len(seg.base), sample)
+    def _look(self) -> due.Look:
+        return due.Look(self._segments, self.dim, len(self), self._holds, self._planned)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -296,34 +289,6 @@ class LibraryIndex:
 
     # -- background work ------------------------------------------------------------------------
 
-    def _target(self) -> int:
-        """The size to train for: the library's, or what the imports in progress will make it."""
-        return max(len(self), self._planned)
-
-    def _needs_training(self) -> bool:
-        meta = self._segments.base.meta
-        count, target = len(self), self._target()
-        if not self.policy.needs_training(
-            meta.kind, meta.trained_count, target, self.dim, meta.factory
-        ):
-            return False
-        seg = self._segments
-        if not self._holds or int(seg.recent.ntotal) > self._held_limit(seg):
-            return True
-        # A bulk import is under way: train once, for the size it will reach, when the sample
-        # is in (earlier only if the recent segment outgrew the hold's bound: memory first).
-        return self._planned > 0 and count >= self.policy.train_at(target, self.dim)
-
-    def _needs_compaction(self) -> bool:
-        seg = self._segments
-        # An exact recent segment on a base with a template was replayed at start-up: it is
-        # folded in (the segments that follow are coded) once it holds `settle_min` rows; a
-        # few replayed rows are not worth rewriting the whole base (1.3 GB at 10M) at each start.
-        replayed = seg.base.template is not None and not seg.coded
-        limit = self.policy.settle_min if replayed else self.policy.delta_limit(len(seg.base))
-        tombstones = self.policy.tombstone_fraction * max(1, len(seg.base))
-        return int(seg.recent.ntotal) > limit or (seg.dead > 0 and seg.dead >= tombstones)
-
     def _run(self) -> None:
         lower_priority()  # (training and compaction use every core through FAISS's team)
         while not self._stop.is_set():
@@ -342,27 +307,23 @@ class LibraryIndex:
         with self._busy:
             if self._stop.is_set():
                 return None
-            if self._building or self._needs_training():  # (held: once, for the final size)
+            look, seg = self._look(), self._segments
+            if self._building or due.needs_training(self.policy, look):  # (held: once)
                 self._replace(self.train)
                 return "train"
-            if self._held():
+            if due.held(self.policy, look):
                 return None
-            if self._needs_fine():
+            if due.needs_fine(seg):
                 self._replace(self.add_fine)
                 return "fine"
-            if self._needs_retarget():
+            if due.needs_retarget(self.policy, seg):
                 self._replace(self.retarget)
                 return "tune"
             settle, self._settle = self._settle, False
-            if self._needs_compaction() or (settle and self._unsaved()):
+            if due.needs_compaction(self.policy, seg) or (settle and due.unsaved(self.policy, seg)):
                 self._replace(self.compact)
                 return "compact"
             return None
-
-    def _unsaved(self) -> bool:
-        """Whether the next start would replay enough from SQLite to be worth a new base."""
-        seg = self._segments
-        return int(seg.recent.ntotal) + seg.dead >= self.policy.settle_min
 
     def rebase(self) -> None:
         """Fold recent changes into a new saved base now (what compaction does when due)."""
@@ -389,25 +350,13 @@ class LibraryIndex:
     def train(self) -> B.Base:
         """A new base trained on the library as it is now."""
         self.state = "building" if self._building else "training"
-        return self._build(self._target())
-
-    def _needs_fine(self) -> bool:
-        """A quantized base without fine codes (an earlier version's, or its file lost)."""
-        base = self._segments.base
-        return base.meta.kind in QUANTIZED and base.fine is None and len(base) > 0
+        return self._build(self._look().target)
 
     def add_fine(self) -> B.Base:
         """The current base with fine codes written for every vector, tuned again."""
         self.state = "tuning"
         base = with_fine(self._segments.base, self.source, self.folder, self._stop)
         return self._keep(retune(base, self.source, self.policy, self._stop))
-
-    def _needs_retarget(self) -> bool:
-        """A tuned base whose nprobe and rescore were chosen for another recall target than
-        the policy's (the daemon restarted with another --recall)."""
-        meta = self._segments.base.meta
-        tuned = meta.kind != "exact" and meta.nprobe > 0 and len(self._segments.base) > 0
-        return tuned and abs(meta.tuned_for - self.policy.target_recall) > 1e-9
 
     def retarget(self) -> B.Base:
         """The current base tuned again for the policy's recall target (the codes unchanged)."""

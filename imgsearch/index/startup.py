@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cpu import lower_priority
 from . import base as B
 from .build import Source
 from .placing import Placer
@@ -52,7 +53,7 @@ def reopen(
     out or replayed (`started`: when the start began, for the log; `placer`: for the base's
     template, Segments says)."""
     # Exact at first: replaying is then a copy, not an encoding (~30 us a vector at 1M); the
-    # worker folds these rows into the base soon after (LibraryIndex._needs_compaction).
+    # worker folds these rows into the base soon after (index.due.needs_compaction).
     segments = Segments(base, lock, coded=False, placer=placer)
     opened = time.monotonic()
     dead = gone(base, source)
@@ -75,6 +76,25 @@ def reopen(
         len(dead), found - opened, replayed, time.monotonic() - found,
     )  # fmt: skip
     return segments, bool(replayed or len(dead))
+
+
+def warm_fine(base: B.Base, stop: threading.Event) -> threading.Thread | None:
+    """Fault a saved base's fine codes into memory on a thread of their own at the background
+    priority (fine.FineTable.warm), so the first searches after a start do not each wait for
+    their candidates' rows from the disk; searches meanwhile fault in what they touch."""
+    if base.fine is None or not len(base):
+        return None
+    table = base.fine.table
+
+    def run() -> None:
+        lower_priority()
+        started = time.monotonic()
+        done = table.warm(stop)
+        log.info("fine codes read in: %.0f MB in %.1fs", done / 1e6, time.monotonic() - started)
+
+    thread = threading.Thread(target=run, name="fine-warm", daemon=True)
+    thread.start()
+    return thread
 
 
 def gone(base: B.Base, source: Source) -> np.ndarray:
