@@ -17,11 +17,14 @@ import numpy as np
 import pytest
 
 from imgsearch.catalog import INDEX_DIR, Catalog
+from imgsearch.config import Config
+from imgsearch.embedders import Embedder
 from imgsearch.index import Policy
 from imgsearch.index import base as B
 from imgsearch.index import fine as F
 from imgsearch.index.base import ivf
 from imgsearch.index.build import _recall
+from imgsearch.service import Service
 from imgsearch.store import FileFacts, NewImage
 
 from .helpers import CONE_DIM, cone
@@ -103,28 +106,62 @@ def test_a_saved_table_is_faulted_in_whole_until_stopped(
     written.flush()
     del written  # (its mapping closed: only the start-up's below maps the file)
     table = F.FineTable(path, 64)  # a saved table opened at start-up
-    size = path.stat().st_size
+    used, size = count * 64, path.stat().st_size
+    assert size > used + (1 << 20)  # grown past the rows written: a tail of holes
     stop = threading.Event()
     stop.set()
-    assert table.warm(stop) == 0 and resident(table) < size // 4
-    assert table.warm(threading.Event()) == size
-    assert resident(table) >= 0.95 * size
+    assert table.warm(stop) == 0 and resident(table) < used // 4
+    assert table.warm(threading.Event(), rows=count) == used
+    assert 0.95 * used <= resident(table) <= used + (256 << 10)  # the rows, not the holes
+    assert table.warm(threading.Event()) == size  # (default: the whole file)
     assert (table.get(np.arange(count, dtype=np.int64)) == codes).all()  # read, not written
 
 
-def test_a_restart_faults_the_saved_fine_codes_in_on_a_thread(tmp_path: Path) -> None:
+def test_a_restarted_index_faults_its_saved_fine_codes_in_on_a_thread(tmp_path: Path) -> None:
     catalog, _ = built(tmp_path, cone(N, 30))
     name = meta_of(tmp_path)["fine"]
     catalog.close()
     again = Catalog(tmp_path, "m", CONE_DIM, POLICY)
     try:
-        for thread in [t for t in threading.enumerate() if t.name == "fine-warm"]:
-            thread.join(30)
         fine = again.index._segments.base.fine
         assert fine is not None and fine.name == name
-        assert resident(fine.table) >= 0.95 * fine.table.path.stat().st_size
+        assert resident(fine.table) < 64 << 10  # nothing read before the service asks
+        thread = again.index.warm()
+        assert thread is not None
+        thread.join(30)
+        used = (int(again.index._segments.base.ids.max()) + 1) * fine.table.row_bytes
+        assert 0.95 * used <= resident(fine.table) <= used + (256 << 10)
     finally:
         again.close()
+
+
+def test_the_service_faults_the_saved_fine_codes_in_once_it_is_up(
+    config: Config, tiny_embedder: Embedder
+) -> None:
+    dim = tiny_embedder.dim
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((600, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    config.data_dir.mkdir()
+    catalog = Catalog(config.data_dir, tiny_embedder.model_id, dim, POLICY)
+    catalog.put(
+        [NewImage(FileFacts(f"/s/{i}.jpg", 1, 1, f"h{i}", 1, 1), v) for i, v in enumerate(x)]
+    )
+    catalog.index.maintain()
+    catalog.index.rebase()
+    catalog.close()
+    small = dataclasses.replace(config, index_exact_max=100, index_delta_max=1 << 40)
+    service = Service(small, tiny_embedder)
+    try:
+        about = service.catalog.index.describe()
+        assert (about["kind"], about["origin"]) == ("ivf-pqfs", "loaded")
+        fine = service.catalog.index._segments.base.fine
+        assert fine is not None
+        for thread in [t for t in threading.enumerate() if t.name == "fine-warm"]:
+            thread.join(30)
+        assert resident(fine.table) >= 0.95 * 601 * fine.table.row_bytes
+    finally:
+        service.close()
 
 
 def test_ranking_by_fine_codes_keeps_the_true_best(tmp_path: Path) -> None:

@@ -96,25 +96,30 @@ class FineTable:
                 self.rows = rows = self._map()
         return np.asarray(rows[ids])
 
-    def warm(self, stop: threading.Event) -> int:
-        """Fault the whole table into the mapping, one byte a page, WARM_BYTES at a time, until
-        done or `stop`; return the bytes covered. Each step is a numpy reduction, which lets go
-        of the GIL while the pages come in, over pages the kernel was asked to read ahead
-        during the step before (posix_fadvise, also without the GIL): the reduction's first
-        page, read with the GIL held, is then in memory already. A search ranks its 1,000
-        candidates by rows spread over the whole file: read cold, each is a page from the disk
-        (the first search after a restart at 10M: 1.5 s in the fine codes, docs/BENCHMARKS.md)."""
+    def warm(self, stop: threading.Event, rows: int | None = None) -> int:
+        """Fault the table's first `rows` rows (default all) into the mapping, one byte a page,
+        WARM_BYTES at a time, until done or `stop`; return the bytes covered. Each step is a
+        numpy reduction, which lets go of the GIL while the pages come in, over pages the
+        kernel was asked to read ahead during the step before (posix_fadvise, also without
+        the GIL): the reduction's first page, read with the GIL held, is then in memory
+        already. A search ranks its 1,000 candidates by rows spread over the whole file: read
+        cold, each is a page from the disk (the first search after a restart at 10M: 1.5 s in
+        the fine codes, docs/BENCHMARKS.md)."""
         flat = self.rows.reshape(-1)
-        done = 0
+        if rows is not None:
+            flat = flat[: rows * self.row_bytes]
+        size, done = len(flat), 0
         fd = os.open(self.path, os.O_RDONLY)
         try:
-            os.posix_fadvise(fd, 0, WARM_BYTES, os.POSIX_FADV_WILLNEED)
-            for start in range(0, len(flat), WARM_BYTES):
+            os.posix_fadvise(fd, 0, min(WARM_BYTES, size), os.POSIX_FADV_WILLNEED)
+            for start in range(0, size, WARM_BYTES):
                 if stop.is_set():
                     break
-                os.posix_fadvise(fd, start + WARM_BYTES, WARM_BYTES, os.POSIX_FADV_WILLNEED)
+                ahead = min(WARM_BYTES, size - start - WARM_BYTES)
+                if ahead > 0:
+                    os.posix_fadvise(fd, start + WARM_BYTES, ahead, os.POSIX_FADV_WILLNEED)
                 np.bitwise_or.reduce(flat[start : start + WARM_BYTES : mmap.PAGESIZE])
-                done = min(len(flat), start + WARM_BYTES)
+                done = min(size, start + WARM_BYTES)
         finally:
             os.close(fd)
         return done
