@@ -24,9 +24,10 @@ either is served by both. `--weights random checkpoint` starts each tree both wa
 dir is only read and appended to by the searches) instead of a new one of 20 photos; the first
 image search is then by one of the 20 photos' files (not stored: decoded and embedded).
 
-`--searches N` then times N searches by vector (random unit vectors, a new seed each start),
-one after another right after that first image search: what the first users of a restarted
-daemon wait while the pages its searches read come in (on a big library, from the disk).
+`--searches N` then times N searches by vector (random Gaussian vectors, which the daemon
+scales to unit length; a new seed each start), one after another right after that first image
+search: what the first users of a restarted daemon wait while the pages its searches read
+come in (on a big library, from the disk).
 """
 
 from __future__ import annotations

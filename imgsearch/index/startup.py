@@ -91,7 +91,11 @@ def warm_fine(base: B.Base, stop: threading.Event) -> threading.Thread | None:
     def run() -> None:
         lower_priority()
         started = time.monotonic()
-        done = table.warm(stop, rows)
+        try:
+            done = table.warm(stop, rows)
+        except OSError as exc:  # (the file pruned by a new training meanwhile: nothing to read)
+            log.warning("fine codes not read in: %s", exc)
+            return
         log.info("fine codes read in: %.0f MB in %.1fs", done / 1e6, time.monotonic() - started)
 
     thread = threading.Thread(target=run, name="fine-warm", daemon=True)
