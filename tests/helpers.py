@@ -288,15 +288,15 @@ def open_page(pw: Any, profile: Path, *flags: str) -> tuple[Any, Any, list[str]]
 CONE_DIM = 64
 
 
-def cone(n: int, clusters: int, seed: int = 0) -> np.ndarray:
+def cone(n: int, clusters: int, seed: int = 0, dim: int = CONE_DIM) -> np.ndarray:
     """Unit vectors like embeddings: one shared direction (pairs at cosine ~0.5-0.8, where
     bfloat16 scores are coarsest), clusters of varied spread around it."""
     rng = np.random.default_rng(seed)
-    mean = 3.0 * rng.standard_normal(CONE_DIM)
-    centres = rng.standard_normal((clusters, CONE_DIM))
+    mean = 3.0 * rng.standard_normal(dim)
+    centres = rng.standard_normal((clusters, dim))
     spread = rng.uniform(0.5, 1.2, clusters)
     which = rng.integers(0, clusters, n)
-    x = mean + centres[which] + spread[which, None] * rng.standard_normal((n, CONE_DIM))
+    x = mean + centres[which] + spread[which, None] * rng.standard_normal((n, dim))
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 

@@ -41,9 +41,9 @@ def fill(catalog: Catalog, vectors: np.ndarray, start: int = 0) -> np.ndarray:
     return np.asarray(catalog.put(items).ids, np.int64)
 
 
-def built(folder: Path, vectors: np.ndarray) -> tuple[Catalog, np.ndarray]:
+def built(folder: Path, vectors: np.ndarray, model_id: str = "m") -> tuple[Catalog, np.ndarray]:
     """A catalog whose base holds `vectors` (trained, saved)."""
-    catalog = Catalog(folder, "m", CONE_DIM, POLICY)
+    catalog = Catalog(folder, model_id, vectors.shape[1], POLICY)
     ids = fill(catalog, vectors)
     catalog.index.maintain()
     catalog.index.rebase()
@@ -138,17 +138,9 @@ def test_a_restarted_index_faults_its_saved_fine_codes_in_on_a_thread(tmp_path: 
 def test_the_service_faults_the_saved_fine_codes_in_once_it_is_up(
     config: Config, tiny_embedder: Embedder
 ) -> None:
-    dim = tiny_embedder.dim
-    rng = np.random.default_rng(4)
-    x = rng.standard_normal((600, dim)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
     config.data_dir.mkdir()
-    catalog = Catalog(config.data_dir, tiny_embedder.model_id, dim, POLICY)
-    catalog.put(
-        [NewImage(FileFacts(f"/s/{i}.jpg", 1, 1, f"h{i}", 1, 1), v) for i, v in enumerate(x)]
-    )
-    catalog.index.maintain()
-    catalog.index.rebase()
+    x = cone(600, 20, dim=tiny_embedder.dim)
+    catalog, _ = built(config.data_dir, x, tiny_embedder.model_id)
     catalog.close()
     small = dataclasses.replace(config, index_exact_max=100, index_delta_max=1 << 40)
     service = Service(small, tiny_embedder)

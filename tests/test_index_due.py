@@ -5,19 +5,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import numpy as np
-
 from imgsearch.catalog import Catalog
 from imgsearch.index import Policy, due
 from imgsearch.store import FileFacts, NewImage
 
-DIM = 16
+from .helpers import CONE_DIM as DIM
+from .helpers import cone
 
 
 def filled(tmp_path: Path, policy: Policy, n: int) -> Catalog:
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((n, DIM)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x = cone(n, 30, seed=3)
     catalog = Catalog(tmp_path, "m", DIM, policy)
     catalog.index.close()  # the worker: this thread runs maintain() at known points
     catalog.index._stop.clear()
