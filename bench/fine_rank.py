@@ -4,6 +4,7 @@
     python bench/fine_rank.py --n 1000000 --dist clustered --quantizers "SQ4;PCA256,SQ8"
     python bench/fine_rank.py --quantizers SQ4 --pq 256 128 64 --depth 300 --kept 40 100 \
         --pools 1000 3000
+    python bench/fine_rank.py --quantizers SQ4 --kept 40 100 --codes RaBitQfs RaBitQfs4
 
 Regenerates bench/scale.py's vectors (float16 as stored), builds the policy's index for N
 (bench/ivf_reach.py's `build`), and for each nprobe takes each new-photo query's `--depth` x 10
@@ -12,7 +13,9 @@ candidates are re-scored with exact vectors: all of them, or only the first 100 
 IVF ranks them (what a shallower re-scoring reads), or the best 20 / 40 / 80 as ranked by each
 quantizer of `--quantizers` (FAISS index_factory strings, trained on 65,536 stored vectors,
 every vector encoded): the daemon's fine codes (imgsearch/index/fine.py) are "SQ4". `--pq`
-builds the index once per fast-scan code size (4-bit sub-quantizers; 0: the policy's). Per
+builds the index once per fast-scan code size (4-bit sub-quantizers; 0: the policy's);
+`--codes` adds, for each index, the same lists with other codes (a FAISS factory suffix such
+as RaBitQfs: 1-bit RaBitQ scanned fast, or RaBitQfs4), the same rows measured. Per
 quantizer: training seconds, encoding us a row (2 threads), code bytes, and the median ms to
 rank one query's candidates (on the codes as the daemon does for SQ4, else decoded; dot
 products, sort) on one thread. Appends one JSON line to bench/out/fine_rank.jsonl.
@@ -60,6 +63,10 @@ def main() -> None:
     parser.add_argument("--nprobe", type=int, nargs="*", default=[256, 512, 1024, 2048])
     parser.add_argument("--quantizers", default="SQ4;PQ64;PCA128,SQ8")
     parser.add_argument("--pq", type=int, nargs="*", default=[0], help="fast-scan sizes")
+    parser.add_argument(
+        "--codes", nargs="*", default=[],
+        help="also other codes on the same lists (FAISS factory suffixes: RaBitQfs, RaBitQfs4)",
+    )  # fmt: skip
     parser.add_argument("--kept", type=int, nargs="*", default=[20, 40, 80])
     parser.add_argument(
         "--pools", type=int, nargs="*", default=[],
@@ -99,8 +106,34 @@ def main() -> None:
         faiss.omp_set_num_threads(1)  # as the daemon searches: one thread a query
         built["rows"] = rows(args, index, x, queries, want, coders)
         result["indexes"].append(built)
+        for codes in args.codes:
+            progress(f"the same lists with {codes} codes")
+            faiss.omp_set_num_threads(os.cpu_count() or 1)
+            other, about = same_lists(index, x, sample, codes)
+            faiss.omp_set_num_threads(1)
+            about["rows"] = rows(args, other, x, queries, want, coders)
+            result["indexes"].append(about)
+            del other
         del index
     record(result, "fine_rank")
+
+
+def same_lists(
+    index: Any, x: np.ndarray, sample: np.ndarray, codes: str
+) -> tuple[Any, dict[str, Any]]:
+    """An IVF index over `index`'s lists (its centroids, a flat quantizer) with other codes,
+    trained on `sample` and filled with `x`."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    factory = f"IVF{ivf.nlist},{codes}"
+    other = faiss.index_factory(x.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    lists = faiss.extract_index_ivf(other)
+    lists.quantizer.add(ivf.quantizer.reconstruct_n(0, ivf.nlist))
+    start = time.perf_counter()
+    other.train(sample)  # the codes' own training; the lists are given
+    other.add(x)
+    return other, {"factory": factory, "build_s": time.perf_counter() - start}
 
 
 def rows(

@@ -5,11 +5,14 @@ AUTOINCREMENT inserts are computed, not read back), and the 'present' counter ra
 float16 blobs cut from the vector matrix by numpy: no Python object or step a row beyond the
 values SQLite binds.
 
-The new rows go in as many to a statement as SQLite's bound-parameter limit allows (2,978 in
-SQLite's default build), not by executemany: executemany steps its statement once a row, and
-each step lets go of the GIL; with a busy Python thread beside it (an import's reader) every
-row then waits for the GIL to come back, up to the switch interval (bench/sqlite_writes.py
---busy).
+The new rows go in by multi-row INSERTs of up to BIND_ROWS rows, not by executemany:
+executemany steps its statement once a row, and each step lets go of the GIL; with a busy
+Python thread beside it (an import's reader) every row then waits for the GIL to come back, up
+to the switch interval (bench/sqlite_writes.py --busy). Not more rows a statement either:
+binding its parameters holds the GIL throughout, and where SQLite allows 250,000 of them
+(Debian's build) a whole 20,000-row import batch went in one statement that held it ~25 ms,
+once a batch: every request on the event loop meanwhile waited that long (`/stats` p99 during
+an import; bench/sqlite_writes.py --variants "one statement a batch" columns).
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ INSERT = (
 COLUMNS = 11  # the values of a row in INSERT
 ROW = "(" + ",".join("?" * COLUMNS) + ")"
 VARIABLES = 999  # SQLite's bound-parameter limit where the connection cannot tell (before 3.11)
+# Rows a multi-row INSERT binds at most (5,500 parameters, under a millisecond holding the
+# GIL). 20,000-row batches go in as fast as in one statement each (9.8-10.1 against 9.7-9.8 us
+# a row), and the longest hold of the GIL while they are written is 3.3-4.6 ms against
+# 27.6-34.4 (bench/sqlite_writes.py --daemon --variants "one statement a batch" columns).
+BIND_ROWS = 500
 # a re-add of a downloaded file without a URL keeps its source
 UPDATE = (
     "UPDATE images SET size=?, mtime_ns=?, sha256=?, width=?, height=?, vector=?, generation=?,"
@@ -80,11 +88,11 @@ def upsert_many(
 
 
 def insert_rows(conn: sqlite3.Connection, columns: Sequence[Sequence[object]]) -> None:
-    """Insert rows given as INSERT's COLUMNS columns, as many to a statement as can be bound;
-    each statement's parameters are laid out column by column (slice assignments, no tuple
-    a row)."""
+    """Insert rows given as INSERT's COLUMNS columns, BIND_ROWS to a statement (fewer where
+    SQLite binds fewer parameters); each statement's parameters are laid out column by column
+    (slice assignments, no tuple a row)."""
     limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) if hasattr(conn, "getlimit") else 0
-    per = max(1, (limit or VARIABLES) // COLUMNS)
+    per = max(1, min(BIND_ROWS, (limit or VARIABLES) // COLUMNS))
     count = len(columns[0])
     for start in range(0, count, per):
         size = min(per, count - start)
