@@ -55,6 +55,9 @@ from _common import (  # noqa: E402
 )
 
 SHARDS = OUT_DIR / "scale-shards-open_clip_ViT-B-32_random-clustered-10000000"
+GIL_WATCH = Path(__file__).resolve().parent / "gilwatch"
+# Where a thread waits (for work, a lock, a socket): not where the GIL is held.
+IDLE_PLACES = (":wait", ":select", ":_worker", ":accept")
 
 
 def send(url: str, method: str, body: dict[str, Any] | None = None) -> Any:
@@ -118,6 +121,51 @@ def summarize(raw: Path, top: int = 12) -> dict[str, Any]:
     }
 
 
+def late_wakes(path: Path, since: float, until: float, late_ms: float = 8.0) -> dict[str, Any]:
+    """bench/gilwatch's log summarized from `since` (after the training) to `until`: the late
+    wakes (over `late_ms`) a minute, the longest, and the places met at them most often, each
+    with its share of the late wakes and of the baseline's wakes (a place much more common at
+    the late wakes is where a thread held the GIL or the CPUs)."""
+    late: list[float] = []
+    at: collections.Counter[str] = collections.Counter()
+    usual: collections.Counter[str] = collections.Counter()
+    bases = 0
+    for kind, ms, when, places in _blocks(path):
+        if not since <= when <= until:
+            continue
+        if kind == "BASE":
+            bases += 1
+            usual.update(places)
+        elif ms > late_ms:
+            late.append(ms)
+            at.update(places)
+    minutes = max(1e-9, (until - since) / 60)
+    return {
+        "late_ms": late_ms, "late_a_minute": round(len(late) / minutes, 1),
+        "longest_ms": max(late, default=0.0),
+        "places": [
+            {"place": place, "at_late": round(n / max(1, len(late)), 2),
+             "at_base": round(usual[place] / max(1, bases), 2)}
+            for place, n in at.most_common(12)
+        ],
+    }  # fmt: skip
+
+
+def _blocks(path: Path) -> list[tuple[str, float, float, set[str]]]:
+    """The log's records: (GAP or BASE, ms, when, the places of the threads not waiting)."""
+    out: list[tuple[str, float, float, set[str]]] = []
+    for line in path.read_text().splitlines():
+        if line.startswith(("GAP ", "BASE ")):
+            kind, ms, when = line.split()
+            out.append((kind, float(ms), float(when), set()))
+        elif out and line.startswith("  ["):
+            thread, _, stack = line.strip().partition("] ")
+            place = stack.split(" < ")[0]
+            if not any(w in place for w in IDLE_PLACES):
+                out[-1][3].add(f"{thread[1:]}: {place}")
+    return out
+
+
 def after_training(samples: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The import's rate from the first sample with a trained base (the training over, its
     rows swapped in) to the last: the steady rate, compactions included, that the first
@@ -149,6 +197,10 @@ def main() -> None:
         "--wake", action="store_true", help="a separate process's wake-up delays meanwhile"
     )
     parser.add_argument(
+        "--gil-watch", action="store_true",
+        help="where the daemon's threads are when a waiting thread wakes late (bench/gilwatch)",
+    )  # fmt: skip
+    parser.add_argument(
         "--model",
         choices=("ViT-B-32", "efficientnet-lite0"),
         default="ViT-B-32",
@@ -168,7 +220,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         flags = ["--model", args.model, "--precision", args.precision]  # (default workers)
         flags += ["--pretrained", "none"] if args.model == "ViT-B-32" else []
-        daemon = Daemon(flags, Path(tmp) / "data")
+        watch_log = Path(tmp) / "gil-watch.txt"
+        env = {}
+        if args.gil_watch:
+            paths = [str(GIL_WATCH), *filter(None, [os.environ.get("PYTHONPATH")])]
+            env = {"PYTHONPATH": os.pathsep.join(paths), "GIL_WATCH_LOG": str(watch_log)}
+        daemon = Daemon(flags, Path(tmp) / "data", env=env)
         with daemon:
             pid = daemon._proc.pid  # type: ignore[union-attr]
             job = send(
@@ -181,6 +238,7 @@ def main() -> None:
             probe = WakeProbe() if args.wake else nullcontext()
             with polled as poller, probe:
                 start, cpu0 = time.perf_counter(), daemon.cpu_seconds()
+                started_at = time.time()
                 samples, running = [], []
                 last = (0.0, 0, cpu0)
                 while True:
@@ -217,6 +275,10 @@ def main() -> None:
                 proc.wait()
                 out[f"profile_{raw.stem}"] = summarize(raw)
             log = daemon.log_path.read_text(errors="replace").splitlines()
+            trained = after_training(samples)
+            if args.gil_watch:
+                since = started_at + (trained["from_s"] if trained else 0.0)
+                out["gil_watch"] = late_wakes(watch_log, since, time.time())
     out.update(
         {
             "done": done,
@@ -233,7 +295,7 @@ def main() -> None:
             ],
             "poll_order_rotated": args.rotate,
             "wake_ms": probe.result if isinstance(probe, WakeProbe) else None,
-            "after_training": after_training(samples),
+            "after_training": trained,
             "poll_errors": poller.errors[:10],
             "load_after": os.getloadavg(),
             "samples": samples,
