@@ -5,6 +5,7 @@
     python bench/import_rate.py --rows 600000 --precision fp32              # k-means in float32
     python bench/import_rate.py --rows 1500000 --shard-rows 1000   # as `imgsearch embed` writes
     python bench/import_rate.py --rows 1000000 --poll 0.1       # /stats, /health latency too
+    python bench/import_rate.py --rows 2000000 --poll 0.1 --gil-watch   # what keeps them waiting
 
 One daemon (ViT-B-32, random weights: the model only names the vectors; `--model
 efficientnet-lite0` for 1280-d shards) starts on an empty
@@ -21,8 +22,14 @@ the folder rewritten as files of N rows (cached in bench/out/), the way a cluste
 first; `--rotate`: each first every other time) and reports their latency percentiles (ms),
 by URL and by place in the pair. `--wake`: a separate process sleeps 5 ms at a time through
 the import and reports how late it woke (the wait for a CPU alone, no GIL shared with the
-daemon: bench/_common.WakeProbe). `after_training` is the rate from the first sample with a
-trained base on (the steady rate that the first training's minute hides in a short run).
+daemon: bench/_common.WakeProbe). `--gil-watch`: the daemon starts with bench/gilwatch on its
+PYTHONPATH, whose sitecustomize.py notes where its threads are whenever a thread at the default
+priority, sleeping 1 ms at a time as the event loop does, wakes late (and every 97th wake, as a
+baseline); `gil_watch` then gives, from the end of the training, the late wakes (over 8 ms) a
+minute, the longest, and the places met at them most often beside their share of the
+baseline (a place far more common at the late wakes held the GIL or the CPUs).
+`after_training` is the rate from the first sample with a trained base on (the steady rate
+that the first training's minute hides in a short run).
 Appends one JSON line to bench/out/import_rate.jsonl.
 """
 
