@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import progress, record  # noqa: E402
 from scale import machine  # noqa: E402
 
-from imgsearch.cli import GC_YOUNG, SWITCH_INTERVAL_S  # noqa: E402
+from imgsearch.cli import tune_interpreter  # noqa: E402
 from imgsearch.index import idsets  # noqa: E402
 from imgsearch.store import stacked, upsert  # noqa: E402
 
@@ -208,10 +208,7 @@ def main() -> None:
         out = {"what": "fine", "rows": args.rows, "dim": args.dim}
     out.update({"numpy": np.__version__, "repeat": args.repeat, **machine(), "steps": {}})
     if args.daemon:
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        tune_interpreter()
     out["switch_ms"], out["gc_young"] = sys.getswitchinterval() * 1000, gc.get_threshold()[0]
     ticker = Ticker()
     try:

@@ -34,7 +34,6 @@ bench/out/sqlite_writes.jsonl.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import sys
 import tempfile
@@ -179,14 +178,12 @@ def main() -> None:
         help="the two variants compared (the first is the base of the ratios)",
     )  # fmt: skip
     args = parser.parse_args()
-    if args.busy or args.daemon:
-        from imgsearch.cli import GC_YOUNG, SWITCH_INTERVAL_S
+    from imgsearch.cli import SWITCH_INTERVAL_S, tune_interpreter
 
+    if args.daemon:
+        tune_interpreter()
+    elif args.busy:
         sys.setswitchinterval(SWITCH_INTERVAL_S)
-        if args.daemon:
-            gc.collect()
-            gc.freeze()
-            gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
     result: dict[str, Any] = {
         "bench": "sqlite_writes", "cpu": cpu_model(), "load": os.getloadavg(), "rows": args.rows,
         "busy": args.busy, "daemon": args.daemon,

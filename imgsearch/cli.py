@@ -235,10 +235,15 @@ SWITCH_INTERVAL_S = 0.001
 
 
 async def _tune_interpreter(_app: object) -> None:
+    """tune_interpreter, once the service is up."""
+    tune_interpreter()
+
+
+def tune_interpreter() -> None:
     """Move what start-up made (modules, the model, the index's objects) out of the garbage
     collector's reach (a bulk import's full collections scanned them all: bench/gc_freeze.py),
     collect the youngest generation every GC_YOUNG allocations, hand the GIL over after
-    SWITCH_INTERVAL_S."""
+    SWITCH_INTERVAL_S (benchmarks call it to run as the daemon does)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
