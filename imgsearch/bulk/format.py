@@ -14,7 +14,7 @@ reported with its file and row number and the rest of the batch goes on.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -125,32 +125,6 @@ def shard_info(path: Path) -> ShardInfo:
 
 
 Rename = Callable[[str], str]
-
-
-class PathMap:
-    """Rewrites path prefixes (OLD=NEW pairs, first match wins, at a folder boundary)."""
-
-    def __init__(self, pairs: Sequence[tuple[str, str]]) -> None:
-        self.pairs = [(old.rstrip("/"), new.rstrip("/")) for old, new in pairs]
-
-    @classmethod
-    def parse(cls, specs: Sequence[str]) -> PathMap:
-        pairs = []
-        for spec in specs:
-            old, sep, new = str(spec).partition("=")
-            if not sep or not old or not new:
-                raise BadRequest(f"path map must be OLD=NEW, got {spec!r}")
-            pairs.append((old, new))
-        return cls(pairs)
-
-    def __call__(self, path: str) -> str:
-        for old, new in self.pairs:
-            if path == old or path.startswith(old + "/"):
-                return new + path[len(old) :]
-        return path
-
-    def specs(self) -> list[str]:
-        return [f"{old}={new}" for old, new in self.pairs]
 
 
 def read_batches(

@@ -33,10 +33,9 @@ from ..errors import BadRequest, NotFound
 from ..files import write_atomic
 from ..ingest import AddReport, Checked, Ingester
 from ..store import UNKNOWN_SHA256, Rows
-from .batches import Group, Unreadable, groups
+from .batches import Group, Unreadable, groups, shard_batches
 from .columns import import_metadata
-from .format import BadRow, PathMap, RowBatch, ShardInfo, shard_files, shard_info
-from .reader import PART_ROWS, ChildReader
+from .format import BadRow, RowBatch, ShardInfo, shard_files, shard_info
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +45,32 @@ HISTORY = 200  # finished imports kept (the newest)
 PENDING = frozenset({"queued", "running"})
 IN_FLIGHT = 2  # batches read or encoded ahead of the one being written
 T = TypeVar("T")
+
+
+class PathMap:
+    """Rewrites path prefixes (OLD=NEW pairs, first match wins, at a folder boundary)."""
+
+    def __init__(self, pairs: Sequence[tuple[str, str]]) -> None:
+        self.pairs = [(old.rstrip("/"), new.rstrip("/")) for old, new in pairs]
+
+    @classmethod
+    def parse(cls, specs: Sequence[str]) -> PathMap:
+        pairs = []
+        for spec in specs:
+            old, sep, new = str(spec).partition("=")
+            if not sep or not old or not new:
+                raise BadRequest(f"path map must be OLD=NEW, got {spec!r}")
+            pairs.append((old, new))
+        return cls(pairs)
+
+    def __call__(self, path: str) -> str:
+        for old, new in self.pairs:
+            if path == old or path.startswith(old + "/"):
+                return new + path[len(old) :]
+        return path
+
+    def specs(self) -> list[str]:
+        return [f"{old}={new}" for old, new in self.pairs]
 
 
 @dataclass
@@ -289,11 +314,7 @@ class ImportManager:
         infos = check_folder(Path(job.dir), self.catalog.model_id, self.catalog.dim)
         rename = PathMap.parse(job.path_map) if job.path_map else None
         mine = [i for i in infos if i.path.name in job.shards]  # a shard added since: not ours
-        parts = min(PART_ROWS, self.batch_rows)  # parts of a batch (a group never splits one)
-        with ChildReader(mine, job.shards, rename, part_rows=parts, stop=job.stop) as reader:
-            self._write(job, groups(iter(reader), self.batch_rows))
-
-    def _write(self, job: ImportJob, batches: Iterator[Group | Unreadable]) -> None:
+        batches = groups(shard_batches(mine, job.shards, self.batch_rows, rename), self.batch_rows)
         for group, checked in ahead(batches, self._check, self.ingester.encode_checked):
             if job.stop.is_set():
                 return
