@@ -23,7 +23,7 @@ from imgsearch.index import Policy
 from imgsearch.index import base as B
 from imgsearch.index import fine as F
 from imgsearch.index.base import ivf
-from imgsearch.index.build import _recall
+from imgsearch.index.tuning import _recall
 from imgsearch.service import Service
 from imgsearch.store import FileFacts, NewImage
 
@@ -323,7 +323,7 @@ def test_a_search_ranks_a_pool_by_fine_codes_and_reads_only_the_tuned_depth(
 def test_the_tuning_measures_the_pool_ranked_by_fine_codes(tmp_path: Path) -> None:
     """Uniform random vectors (codes that rank poorly): re-scoring 1 or 4 x k of the IVF's own
     candidates misses more of the true top 10 than as many of the pool ranked by fine codes
-    (at 4 x k nearly none), and the tuning measures it so (build._recall: tune()'s searches)."""
+    (at 4 x k nearly none), and the tuning measures it so (tuning._recall: tune()'s searches)."""
     rng = np.random.default_rng(5)
     x = rng.standard_normal((N, CONE_DIM))
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
@@ -340,7 +340,7 @@ def test_the_tuning_measures_the_pool_ranked_by_fine_codes(tmp_path: Path) -> No
         lists = int(ivf(base.index).nlist)
         got = {
             (depth, fine is not None): _recall(
-                base.index, (q_ids, queries), truth, source, None, depth, lists, fine
+                base.index, (q_ids, queries), truth, source.vectors, None, depth, lists, fine
             )
             for depth in (1, 4)
             for fine in (None, base.fine)

@@ -21,8 +21,9 @@ from imgsearch.catalog import INDEX_DIR, Catalog, StoreSource
 from imgsearch.errors import Busy
 from imgsearch.index import Policy
 from imgsearch.index import base as B
-from imgsearch.index.build import build, rescored
+from imgsearch.index.build import build
 from imgsearch.index.policy import HNSW_ADD_EF, Spec, lists_for, train_size
+from imgsearch.index.segments import rescored
 from imgsearch.index.tree import CentreTree
 from imgsearch.store import FileFacts, NewImage
 

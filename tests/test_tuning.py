@@ -1,4 +1,4 @@
-"""How the tuning picks nprobe and the re-scoring depth (imgsearch.index.build.choose), on recall
+"""How the tuning picks nprobe and the re-scoring depth (imgsearch.index.tuning.choose), on recall
 surfaces of known shape: the pair it picks against every pair measured, and the searches it
 spends. (The tuning on real indexes: tests/test_index.py.)"""
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from imgsearch.index import policy as P
-from imgsearch.index.build import choose
+from imgsearch.index.tuning import choose
 
 LISTS = 4096
 PER_LIST = 40.0
@@ -150,3 +150,21 @@ def test_a_lower_target_aims_a_larger_share_of_its_misses_above_it(
     nprobe, got, _ = choose(recall, spec, PER_LIST, target)
     want = math.ceil(goal * 1000)
     assert got >= goal - 1e-9 and want <= nprobe <= want * (1 + 2 / P.TUNE_PRECISION)
+
+
+def test_doubling_starts_from_a_share_of_the_lists_and_bisects_below_it_when_enough() -> None:
+    """nprobe 1, 2, 4 ... a share of the lists are never enough for a big library, and each
+    search re-scores as many rows as any other: the doubling starts at tune_start. Where that
+    is more than enough, the bisection still finds the smallest nprobe below it."""
+    start = P.tune_start(LISTS)
+    assert 1 < start < LISTS
+    slow = surface(dict.fromkeys((4, 10, 25, 100), 0.999), dict.fromkeys((4, 10, 25, 100), 150.0))
+    recall, calls = counted(slow)
+    nprobe, got, _ = choose(recall, SPEC, PER_LIST, TARGET)
+    assert got >= GOAL and min(n for _, n in calls) >= start
+    assert calls[0] == (max(P.RESCORE_FACTORS), start)
+    fast = surface(dict.fromkeys((4, 10, 25, 100), 0.999), dict.fromkeys((4, 10, 25, 100), 0.8))
+    recall, calls = counted(fast)
+    nprobe, got, rescore = choose(recall, SPEC, PER_LIST, TARGET)
+    smallest = next(n for n in range(1, LISTS) if fast(rescore, n) >= GOAL)
+    assert got >= GOAL and smallest <= nprobe < start

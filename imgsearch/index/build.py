@@ -12,9 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from functools import cache, partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,7 +25,8 @@ from . import policy as P
 from .base import READ_INTO_RAM, Base, BaseMeta, emptied, for_adding, ivf
 from .codes import Encoded, encoded, merge_into
 from .placing import Placer
-from .segments import Fetch, exact_among, hnsw, merge, search_params
+from .segments import exact_among, merge
+from .tuning import Stopped, tune, without_own
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,6 @@ class Source(Protocol):
 
     def vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Exact (ids, float32 vectors) of those ids that are present."""
-
-
-class Stopped(Exception):
-    """The build was abandoned (the daemon is stopping)."""
 
 
 def build(
@@ -108,9 +104,9 @@ def build(
     all_ids = np.sort(np.concatenate(seen)) if seen else np.zeros(0, np.int64)
     nprobe, recall, rescore = 0, 1.0, 0
     if spec.kind != "exact" and len(q_ids):
-        others = _without(truth[1], q_ids, P.RECALL_K)
+        others = without_own(truth[1], q_ids, P.RECALL_K)
         nprobe, recall, rescore = tune(
-            index, spec, (q_ids, queries), others, source, policy, stop, fine
+            index, spec, (q_ids, queries), others, source.vectors, policy, stop, fine
         )
     meta = BaseMeta(
         model_id, dim, spec.kind, spec.factory, generation, len(all_ids), len(all_ids),
@@ -190,9 +186,9 @@ def retune(base: Base, source: Source, policy: P.Policy, stop: threading.Event) 
         keep = base.contains(ids)
         found = exact_among(queries, P.RECALL_K + 1, ids[keep], vectors[keep])
         truth = merge([truth, found], P.RECALL_K + 1)
-    others = _without(truth[1], q_ids, P.RECALL_K)
+    others = without_own(truth[1], q_ids, P.RECALL_K)
     nprobe, recall, rescore = tune(
-        base.index, spec, (q_ids, queries), others, source, policy, stop, base.fine
+        base.index, spec, (q_ids, queries), others, source.vectors, policy, stop, base.fine
     )
     meta = replace(
         base.meta, nprobe=nprobe, recall=recall, rescore=rescore, tuned_count=len(present),
@@ -204,163 +200,3 @@ def retune(base: Base, source: Source, policy: P.Policy, stop: threading.Event) 
         rescore, recall,
     )  # fmt: skip
     return replace(base, meta=meta)
-
-
-def tune(
-    index: Any, spec: P.Spec, queries: tuple[np.ndarray, np.ndarray], truth: np.ndarray,
-    source: Source, policy: P.Policy, stop: threading.Event | None = None,
-    fine: F.Fine | None = None,
-) -> tuple[int, float, int]:  # fmt: skip
-    """(nprobe, recall, rescore) for `index`, chosen by `choose` from recall@10 of the tuning
-    queries against `truth`, each (depth, nprobe) searched at most once; candidates ranked by
-    `fine` codes first where given, as searches do."""
-    searches = [0]
-
-    @cache
-    def recall_at(rescore: int, nprobe: int) -> float:
-        searches[0] += 1
-        return _recall(index, queries, truth, source, stop, rescore, nprobe, fine)
-
-    per_list = max(1.0, int(index.ntotal) / max(1, spec.lists))  # codes a list, as scanned
-    nprobe, recall, rescore = choose(recall_at, spec, per_list, policy.target_recall)
-    log.info("index tuning: %d searches of the %d queries", searches[0], len(truth))
-    if recall < policy.target_recall:
-        log.warning("index %s reaches recall@10 %.3f only", spec.factory, recall)
-    return nprobe, recall, rescore
-
-
-def choose(
-    recall_at: Callable[[int, int], float], spec: P.Spec, per_list: float, target: float
-) -> tuple[int, float, int]:
-    """(nprobe, recall, rescore): the smallest nprobe reaching `target` (plus its margin where
-    that can be had); for quantized codes under each re-scoring depth, the cheapest pair with
-    the margin by the cost model (else the cheapest meeting the target, else the best recall).
-    `recall_at(rescore, nprobe)`: recall@10 searching so (with fine codes, rescore x k of a
-    pool of fine.POOL x k candidates are re-scored: the cost model counts the rows read).
-
-    Depths are searched deepest first. A shallower depth re-scores the first of the same
-    candidates, so it needs at least the nprobe the deeper one needed, and it can win only
-    below the nprobe where it costs as much as the best pair so far: one search there says
-    whether it can, and a bisection between the two bounds finds its nprobe. (Searched
-    shallowest first, each depth doubled nprobe from 1, up to all the lists for a depth that
-    cannot reach the goal: ~15 searches wasted per such depth, tests/test_tuning.py.)"""
-    goal = min(1.0, target + P.tune_margin(target))
-
-    def pair(nprobe: int, recall: float, rescore: int) -> tuple[int, float, int, float, int]:
-        # Pairs with the margin first, then those meeting the target, then the best recall.
-        tier = 0 if recall >= goal else 1 if recall >= target else 2
-        cost = nprobe * per_list + rescore * P.RECALL_K * P.RESCORE_COST
-        log.info(
-            "tuned %s: rescore %d, nprobe %d: recall@10 %.3f", spec.factory, rescore, nprobe, recall
-        )
-        return tier, cost if tier < 2 else -recall, nprobe, recall, rescore
-
-    depths = sorted(P.RESCORE_FACTORS, reverse=True) if spec.quantized else [0]
-    tried: list[tuple[int, float, int, float, int]] = []
-    under = {goal: 0, target: 0}  # the largest nprobe seen under each aim, at any depth tried
-    for rescore in depths[:1] + ([P.DEEP_RESCORE] if spec.quantized else []):
-        at = partial(recall_at, rescore)
-        nprobe, recall, low = _smallest(at, spec.lists, goal)
-        under[goal] = max(under[goal], low)
-        if recall < goal:
-            nprobe, recall, low = _smallest(at, spec.lists, target)
-            under[target] = max(under[target], low)
-        tried.append(pair(nprobe, recall, rescore))
-        if recall >= goal:  # the codes rank well enough: DEEP_RESCORE is for when they do not
-            break
-    for rescore in depths[1:]:
-        tier, best, *_ = min(tried)
-        if tier == 2:  # no deeper depth met the target: no shallower one will
-            break
-        aim = goal if tier == 0 else target
-        at = partial(recall_at, rescore)
-        high = min(spec.lists, int((best - rescore * P.RECALL_K * P.RESCORE_COST) / per_list))
-        if high <= under[aim] or at(high) < aim:
-            continue  # cannot be cheaper than the best pair at its tier
-        nprobe, recall, low = _bisect(at, under[aim], high, aim)
-        under[aim] = max(under[aim], low)
-        tried.append(pair(nprobe, recall, rescore))
-    _, _, nprobe, recall, rescore = min(tried)
-    return nprobe, recall, rescore
-
-
-def _smallest(recall_at: Callable[[int], float], lists: int, goal: float) -> tuple[int, float, int]:
-    """Doubling, then bisection, for the smallest nprobe meeting the goal (within
-    1/TUNE_PRECISION of it: a few percent more lists than needed, half the searches):
-    (nprobe, its recall, the largest nprobe seen under the goal)."""
-    low, high = 0, 1
-    found = recall_at(high)
-    while found < goal and high < lists:
-        low, high = high, min(lists, high * 2)
-        found = recall_at(high)
-    if found < goal:
-        return high, found, high
-    return _bisect(recall_at, low, high, goal)
-
-
-def _bisect(
-    recall_at: Callable[[int], float], low: int, high: int, goal: float
-) -> tuple[int, float, int]:
-    """The smallest nprobe in (low, high] meeting the goal (`high` does), as _smallest says it."""
-    found = recall_at(high)
-    while high - low > max(1, high // P.TUNE_PRECISION):
-        mid = (low + high) // 2
-        got = recall_at(mid)
-        if got >= goal:
-            high, found = mid, got
-        else:
-            low = mid
-    return high, found, low
-
-
-def _recall(
-    index: Any,
-    queries: tuple[np.ndarray, np.ndarray],
-    truth: np.ndarray,
-    source: Source,
-    stop: threading.Event | None,
-    rescore: int,
-    nprobe: int,
-    fine: F.Fine | None = None,
-) -> float:
-    if stop is not None and stop.is_set():
-        raise Stopped
-    k = P.RECALL_K
-    q_ids, vectors = queries
-    params = search_params(True, None, nprobe, hnsw(index))
-    read = (k + 1) * max(1, rescore)
-    pool = F.pool(k + 1, read) if rescore and fine is not None else read
-    _, ids = index.search(vectors, pool, params=params)
-    if pool > read and fine is not None:
-        ids = fine.rank(vectors, ids, read)
-    if rescore:
-        ids = rescored(vectors, ids, k + 1, source.vectors)[1]
-    ids = _without(ids, q_ids, k)
-    hits = sum(len(np.intersect1d(a[a >= 0], b[b >= 0])) for a, b in zip(ids, truth, strict=True))
-    return hits / max(1, int((truth >= 0).sum()))
-
-
-def _without(ids: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
-    """Each row's first k ids other than the row's own id, -1 padded."""
-    out = np.full((len(ids), k), -1, np.int64)
-    for row, (found, me) in enumerate(zip(ids, own, strict=True)):
-        others = found[(found != me) & (found >= 0)][:k]
-        out[row, : len(others)] = others
-    return out
-
-
-def rescored(
-    queries: np.ndarray, ids: np.ndarray, k: int, fetch: Fetch
-) -> tuple[np.ndarray, np.ndarray]:
-    """Re-rank candidate ids (-1 padded) with exact vectors from the store (`fetch`: one read
-    of the distinct ids, sorted); ids no longer stored drop out."""
-    found, vectors = fetch(idsets.unique(ids[ids >= 0]).tolist())
-    order = np.argsort(found, kind="stable")  # the store answers in id order: usually a no-op
-    found, vectors = found[order], vectors[order]
-    sims = np.full(ids.shape, -np.inf, np.float32)
-    if len(found):
-        where = np.minimum(np.searchsorted(found, ids), len(found) - 1)
-        ok = (ids >= 0) & (found[where] == ids)
-        for q in range(len(ids)):  # one matrix-vector product a query
-            sims[q, ok[q]] = vectors[where[q, ok[q]]] @ queries[q]
-    return merge([(sims, np.where(np.isfinite(sims), ids, -1))], k)

@@ -25,7 +25,7 @@ from ..cpu import lower_priority
 from ..errors import Busy
 from . import base as B
 from . import due
-from .build import Source, Stopped, build, fold, retune, with_fine
+from .build import Source, build, fold, retune, with_fine
 from .codes import Encoded, Precoded, copied, encoded, relabel
 from .fine import FACTORY as FINE_FACTORY
 from .placing import Placer
@@ -33,6 +33,7 @@ from .policy import BUILDING_RETRY_S, Policy
 from .reads import Searcher, one_omp_thread, scan_store
 from .segments import Change, Segments, bits, exact_among, merge
 from .startup import reopen, saved_base, warm_fine
+from .tuning import Stopped
 
 log = logging.getLogger(__name__)
 

@@ -146,9 +146,17 @@ TUNE_MARGIN_SHARE = 0.3
 # The smallest nprobe is bisected to within 1/TUNE_PRECISION of itself (each step searches the
 # tuning queries once: at 10M ~30 s of the worker's time a step, past nprobe 1000).
 TUNE_PRECISION = 32
+# ... after doubling from lists / TUNE_START_SHARE (from 1 before: at 16,384 lists the searches
+# at nprobe 1-32 were six of a build's 28 and never enough, each re-scoring as many rows from
+# the store as the others; bench/scale.py tunes 16,384 lists at nprobe 750-1,350). Where the
+# start is enough already, the bisection goes below it.
+TUNE_START_SHARE = 256
+# The rows a tuning reads from the store to re-score its searches are kept for its later
+# searches (tuning.Fetched), up to this many bytes of float32 vectors (256k rows at 512-d).
+TUNE_CACHE_BYTES = 512 << 20
 # Quantized codes: RESCORE * k candidates are re-scored with exact vectors from the store; the
 # tuning tries the deepest factor first and shallower ones only where they can be cheaper
-# (build.choose), each with its smallest nprobe reaching TARGET_RECALL, and keeps the cheapest
+# (tuning.choose), each with its smallest nprobe reaching TARGET_RECALL, and keeps the cheapest
 # by a cost model: scanning one code costs 1, re-scoring one candidate (a SQLite row
 # read, float16 -> float32, a dot product) RESCORE_COST codes (measured: ~0.07 us a code,
 # ~15 us a candidate).
@@ -161,6 +169,11 @@ DEEP_RESCORE = 100
 # A search restricted to at most this many allowed ids is answered exactly from the store.
 ALLOWED_EXACT_MAX = 20_000
 SEED = 1234
+
+
+def tune_start(lists: int) -> int:
+    """The nprobe from which a tuning doubles: a small share of the lists."""
+    return max(1, lists // TUNE_START_SHARE)
 
 
 def tune_margin(target: float) -> float:

@@ -20,9 +20,9 @@ import numpy as np
 
 from . import base as B
 from . import fine as F
-from .build import Source, rescored
+from .build import Source
 from .policy import QUANTIZED
-from .segments import Segments, exact_among, merge
+from .segments import Segments, exact_among, merge, rescored
 
 SEARCH_THREADS = 1
 # A search scans its probed lists on two threads (the request's and one helper: half the lists

@@ -379,3 +379,20 @@ def exact_among(
     top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
     part = np.take_along_axis(sims, top, axis=1)
     return merge([(part, ids[top])], kk)
+
+
+def rescored(
+    queries: np.ndarray, ids: np.ndarray, k: int, fetch: Fetch
+) -> tuple[np.ndarray, np.ndarray]:
+    """Re-rank candidate ids (-1 padded) with exact vectors from the store (`fetch`: one read
+    of the distinct ids, sorted); ids no longer stored drop out."""
+    found, vectors = fetch(idsets.unique(ids[ids >= 0]).tolist())
+    order = np.argsort(found, kind="stable")  # the store answers in id order: usually a no-op
+    found, vectors = found[order], vectors[order]
+    sims = np.full(ids.shape, -np.inf, np.float32)
+    if len(found):
+        where = np.minimum(np.searchsorted(found, ids), len(found) - 1)
+        ok = (ids >= 0) & (found[where] == ids)
+        for q in range(len(ids)):  # one matrix-vector product a query
+            sims[q, ok[q]] = vectors[where[q, ok[q]]] @ queries[q]
+    return merge([(sims, np.where(np.isfinite(sims), ids, -1))], k)
