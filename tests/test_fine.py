@@ -7,8 +7,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import mmap
-import os
 import re
 import threading
 import time
@@ -117,41 +115,6 @@ def test_a_saved_table_is_faulted_in_whole_until_stopped(
     assert 0.95 * used <= resident(table) <= used + (256 << 10)  # the rows, not the holes
     assert table.warm(threading.Event()) == size  # (default: the whole file)
     assert (table.get(np.arange(count, dtype=np.int64)) == codes).all()  # read, not written
-
-
-def test_rows_that_may_be_cold_are_asked_of_the_disk_together_until_warmed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A search right after a start ranks rows the warm-up has not read yet: their pages are
-    asked for all at once (posix_fadvise WILLNEED) before they are read, one page each; once
-    warm() has covered the table, and for a table written here, nothing is asked."""
-    asked: list[tuple[int, int]] = []
-    real = os.posix_fadvise
-
-    def recorded(fd: int, offset: int, length: int, advice: int) -> None:
-        if advice == os.POSIX_FADV_WILLNEED and length == mmap.PAGESIZE:
-            asked.append((offset, length))
-        real(fd, offset, length, advice)
-
-    monkeypatch.setattr(os, "posix_fadvise", recorded)
-    path = tmp_path / "fine-p.u8"
-    written = F.FineTable(path, 64)
-    count = 4 * mmap.PAGESIZE  # 64 rows a page: 256 pages
-    codes = np.random.default_rng(2).integers(0, 256, (count, 64), dtype=np.uint8)
-    written.put(np.arange(count, dtype=np.int64), codes)
-    ids = np.array([5, 6, 64, 700, 701, 702, 9000, -1, 6], np.int64)  # pages 0, 1, 10, 140
-    assert (written.get(ids[ids >= 0]) == codes[ids[ids >= 0]]).all() and asked == []
-    written.flush()
-    del written
-    table = F.FineTable(path, 64, saved=True)  # opened at start-up: cold until warmed
-    assert (table.get(ids[ids >= 0]) == codes[ids[ids >= 0]]).all()
-    assert [o // mmap.PAGESIZE for o, _ in asked] == [0, 1, 10, 140]
-    asked.clear()
-    assert table.prefetch(ids) == 4 and len(asked) == 4  # -1 (padding) asks nothing
-    table.warm(threading.Event(), rows=count)
-    asked.clear()
-    assert (table.get(ids[ids >= 0]) == codes[ids[ids >= 0]]).all() and asked == []
-    assert table.prefetch(ids) == 0
 
 
 def test_a_restarted_index_faults_its_saved_fine_codes_in_on_a_thread(tmp_path: Path) -> None:

@@ -257,7 +257,7 @@ def _fine(path: Path, meta: BaseMeta, ids: np.ndarray) -> Fine | None:
         return None
     quantizer = faiss.read_index(str(path / FINE))
     found = path.parent / meta.fine
-    table = FineTable(found, quantizer.sa_code_size(), saved=True) if found.exists() else None
+    table = FineTable(found, quantizer.sa_code_size()) if found.exists() else None
     if table is None or not table.covers(int(ids[-1]) if len(ids) else 0):
         log.warning("%s: its fine codes (%s) are missing or short: made again", path, found.name)
         return None

@@ -51,7 +51,6 @@ GROWTH = 1.5  # the file grows by half again when an id falls beyond it (sparse:
 MIN_ROWS = 1 << 16
 # A saved table is faulted in at start-up WARM_BYTES of the mapping at a time (warm()).
 WARM_BYTES = 16 << 20
-NOT_COLD = 1 << 62  # FineTable.cold_from of a table with no row on the disk only
 
 
 class FineTable:
@@ -62,12 +61,9 @@ class FineTable:
     a 10 GB read elsewhere a 10M search took 46 ms p50 faulting them back in, not 22
     (docs/BENCHMARKS.md)."""
 
-    def __init__(self, path: Path, row_bytes: int, *, saved: bool = False) -> None:
+    def __init__(self, path: Path, row_bytes: int) -> None:
         self.path, self.row_bytes = path, row_bytes
         self._grow = threading.Lock()
-        # Rows from this byte on may be on the disk only: a `saved` table (opened at start-up)
-        # until warm() has read it in; a new one is written through the mapping (none).
-        self.cold_from = 0 if saved else NOT_COLD
         if not path.exists():
             with open(path, "wb") as fh:
                 fh.truncate(MIN_ROWS * row_bytes)
@@ -93,32 +89,12 @@ class FineTable:
         self.rows[ids] = codes
 
     def get(self, ids: np.ndarray) -> np.ndarray:
-        """The rows of `ids` (a row never written reads as zeros). Rows that may still be on
-        the disk only are asked of it all at once first (prefetch)."""
+        """The rows of `ids` (a row never written reads as zeros)."""
         rows = self.rows
         if len(ids) and int(ids.max()) >= len(rows):
             with self._grow:
                 self.rows = rows = self._map()
-        if len(ids) and int(ids.max()) * self.row_bytes >= self.cold_from:
-            self.prefetch(ids)
         return np.asarray(rows[ids])
-
-    def prefetch(self, ids: np.ndarray) -> int:
-        """Ask the kernel to read the pages of those rows of `ids` that may be cold, without
-        waiting (posix_fadvise, the GIL let go): a search's 1,000 candidates, faulted in one
-        after another from a cold file, took ~1 s (one disk read each) right after a start at
-        10M; asked together, the disk serves them side by side. Returns the pages asked."""
-        offsets = ids[ids >= 0].astype(np.int64) * self.row_bytes
-        pages = np.unique(offsets[offsets >= self.cold_from] // mmap.PAGESIZE)
-        if not len(pages):
-            return 0
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            for page in pages.tolist():
-                os.posix_fadvise(fd, page * mmap.PAGESIZE, mmap.PAGESIZE, os.POSIX_FADV_WILLNEED)
-        finally:
-            os.close(fd)
-        return len(pages)
 
     def warm(self, stop: threading.Event, rows: int | None = None) -> int:
         """Fault the table's first `rows` rows (default all) into the mapping, one byte a page,
@@ -144,7 +120,6 @@ class FineTable:
                     os.posix_fadvise(fd, start + WARM_BYTES, ahead, os.POSIX_FADV_WILLNEED)
                 np.bitwise_or.reduce(flat[start : start + WARM_BYTES : mmap.PAGESIZE])
                 done = min(size, start + WARM_BYTES)
-                self.cold_from = max(self.cold_from, done) if done < size else NOT_COLD
         finally:
             os.close(fd)
         return done
