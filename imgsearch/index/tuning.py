@@ -33,8 +33,8 @@ class Stopped(Exception):
 class Fetched:
     """`fetch` (the store's exact vectors of sorted distinct ids) remembering what it read, up
     to `rows` rows (then later reads pass through): a tuning's searches re-score mostly the
-    same candidates, and reading them again from SQLite was a quarter of a build's worker
-    time (py-spy on a 500k-row import's training, docs/BENCHMARKS.md)."""
+    same candidates, and reading them again from SQLite was a quarter of the worker's time
+    while a build added its rows and tuned (py-spy on a 500k-row import, docs/BENCHMARKS.md)."""
 
     def __init__(self, fetch: Fetch, rows: int) -> None:
         self.fetch = fetch
