@@ -44,14 +44,14 @@ def test_rows_are_read_once_and_answered_as_the_store_answers() -> None:
         np.testing.assert_array_equal(got, vectors_of(want))
     stored = [i for i in store.asked if i % 2 == 0 and i <= 100]
     assert len(stored) == len(set(stored))  # no stored row read twice
-    assert fetch.filled == len(set(stored))
+    assert len(fetch.ids) == len(set(stored))
 
 
 def test_past_its_rows_reads_pass_through() -> None:
     store = Store()
     fetch = Fetched(store, rows=3)
     first_ids, _ = fetch([0, 2, 4, 6, 8])
-    assert first_ids.tolist() == [0, 2, 4, 6, 8] and fetch.filled == 3
+    assert first_ids.tolist() == [0, 2, 4, 6, 8] and len(fetch.ids) == 3
     store.asked.clear()
     ids, got = fetch([0, 2, 4, 6, 8, 10])
     assert store.asked == [6, 8, 10]  # 0, 2, 4 kept; the rest read again

@@ -41,8 +41,7 @@ class Fetched:
         self.rows = rows
         self.ids = np.zeros(0, np.int64)  # sorted; `at` holds each one's row of `kept`
         self.at = np.zeros(0, np.int64)
-        self.kept: np.ndarray | None = None  # [rows, dim] float32, filled from the top
-        self.filled = 0
+        self.kept: np.ndarray | None = None  # [rows, dim] float32, len(ids) rows filled
 
     def __call__(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         want = np.asarray(ids, np.int64)
@@ -63,14 +62,13 @@ class Fetched:
         return found[order], np.concatenate([old, new])[order]
 
     def _keep(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        room = min(len(ids), self.rows - self.filled)
+        start = len(self.ids)
+        room = min(len(ids), self.rows - start)
         if room <= 0:
             return
         if self.kept is None:  # pages are touched as rows fill it, not at once
             self.kept = np.empty((self.rows, vectors.shape[1]), np.float32)
-        start = self.filled
         self.kept[start : start + room] = vectors[:room]
-        self.filled += room
         merged = np.concatenate([self.ids, ids[:room]])
         order = np.argsort(merged, kind="stable")
         self.ids = merged[order]
@@ -86,8 +84,7 @@ def tune(
     queries against `truth`, each (depth, nprobe) searched at most once; candidates ranked by
     `fine` codes first where given, as searches do."""
     searches = [0]
-    dim = int(queries[1].shape[1]) if queries[1].ndim == 2 else 1
-    fetched = Fetched(fetch, max(1, P.TUNE_CACHE_BYTES // (4 * max(1, dim))))
+    fetched = Fetched(fetch, max(1, P.TUNE_CACHE_BYTES // (4 * queries[1].shape[1])))
 
     @cache
     def recall_at(rescore: int, nprobe: int) -> float:
