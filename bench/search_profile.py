@@ -16,9 +16,10 @@ where the busy samples went (shares, and CPU ms a search: every thread's, so a s
 two threads counts both halves): FAISS's scan of the lists, the coarse assignment, the ranking
 by fine codes, the re-scoring read from SQLite, HTTP and JSON, the rest. Appends one JSON line
 to bench/out/search_profile.jsonl. --recall R starts the daemon with `--recall R` (it tunes
-the saved base again for that target before the script goes on); --truth Q measures recall@10
-of the first Q queries against exact search over the library's present rows (read from its
-database, read-only; cached in bench/out).
+the saved base again for that target before the script goes on; `retune_s` is how long that
+took, from the daemon's log); --tree DIR runs the daemon from another checkout. --truth Q
+measures recall@10 of the first Q queries against exact search over the library's present
+rows (read from its database, read-only; cached in bench/out).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import collections
 import hashlib
 import http.client
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -39,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import OUT_DIR, PY_SPY, Daemon, cpu_model, percentiles, progress, record  # noqa: E402
+from _common import OUT_DIR, PY_SPY, REPO_ROOT, Daemon, cpu_model, percentiles, progress, record  # noqa: E402
 from scale import (  # noqa: E402
     K,
     daemon_flags,
@@ -162,6 +164,14 @@ def recall(daemon: Daemon, queries: np.ndarray, truth: dict[int, list[str]]) -> 
     return hits / max(1, sum(len(w) for w in truth.values()))
 
 
+def retune_seconds(log: Path) -> float | None:
+    """How long the daemon's re-tuning took (its log's line), if it re-tuned at this start."""
+    found = re.findall(
+        r"index re-tuned at \d+ vectors in ([\d.]+)s", log.read_text(errors="replace")
+    )
+    return float(found[-1]) if found else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     library_args(parser)
@@ -170,6 +180,7 @@ def main() -> None:
         "--no-profile", action="store_true", help="only the latencies and the daemon's stages"
     )
     parser.add_argument("--recall", type=float, help="the daemon's --recall (default its own)")
+    parser.add_argument("--tree", type=Path, default=REPO_ROOT, help="the daemon's source tree")
     parser.add_argument(
         "--truth", type=int, default=0, help="recall@10 of this many queries against exact search"
     )
@@ -179,8 +190,9 @@ def main() -> None:
     out: dict[str, Any] = {"cpu": cpu_model(), "n": args.n, "data": str(args.data)}
     out["daemon_recall_flag"] = args.recall
     truth = exact_truth(args.data, queries[: args.truth]) if args.truth else None
-    with Daemon(flags, args.data, start_timeout=1800) as daemon:
+    with Daemon(flags, args.data, start_timeout=1800, tree=args.tree) as daemon:
         out["index"] = wait_idle(daemon)
+        out["retune_s"] = retune_seconds(daemon.log_path)
         if truth is not None:
             out["recall_at_10"] = recall(daemon, queries, truth)
         for q in queries[:20]:  # warm: the first searches read the base's pages

@@ -290,8 +290,10 @@ COMMANDS: tuple[Command, ...] = (
         arg("--wait", action=argparse.BooleanOptionalAction, default=True,
             help="follow the import with a progress bar (default); --no-wait prints its id"),
     )),
-    Command("export", "write the library as Parquet shards", export_dir, (
+    Command("export", "write the library as Parquet shards (a job)", export_dir, (
         arg("dir", help=f"new or empty folder ({_HERE})"),
+        arg("--wait", action=argparse.BooleanOptionalAction, default=True,
+            help="follow the export with a progress bar (default); --no-wait prints its id"),
     )),
     Command("embed", "embed an archive into Parquet shards on Ray (no daemon)", embed, (
         arg("sources", nargs="+", metavar="SRC", help="folders, files or fsspec URLs"),

@@ -13,6 +13,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from .bulk.exports import ExportManager
 from .bulk.imports import ImportManager
 from .catalog import Catalog, Change, bound_model
 from .comparators import ComparatorRegistry, FeatureCache
@@ -209,6 +210,8 @@ class Service:
         stack.callback(self.jobs.close)
         self.imports = ImportManager(self.ingester, config.data_dir)
         stack.callback(self.imports.close)
+        self.exports = ExportManager(self.catalog, config.data_dir)
+        stack.callback(self.exports.close)
         self.watcher = Watcher(
             self.catalog,
             self.ingester,

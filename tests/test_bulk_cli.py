@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from .helpers import Daemon, photo, running
+from .helpers import Daemon, photo, running, wait_for
 from .helpers import run_cli as run
 
 # A real daemon subprocess: the full lane only.
@@ -50,6 +50,12 @@ def test_export_then_import_with_a_path_map(
 
     code, out, _ = run(capsys, "import", "exported", "--no-wait", "--json")
     assert code == 0 and json.loads(out)["state"] in {"queued", "running", "done"}
+
+    code, out, _ = run(capsys, "export", "again", "--no-wait")  # the job's id
+    job = daemon.get(f"/export/{out.strip()}")
+    assert code == 0 and job["dir"] == str(tmp_path / "again")
+    wait_for("the export", lambda: daemon.get(f"/export/{job['id']}")["state"] == "done")
+    assert daemon.get(f"/export/{job['id']}")["rows"] == 6
 
 
 def test_import_errors_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

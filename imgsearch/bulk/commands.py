@@ -22,31 +22,29 @@ EXIT_USAGE = 2
 POLL_S = 0.5
 
 
-def export_dir(ctx: Context, dir: str) -> int:
-    """`imgsearch export DIR`: the library as Parquet shards in a new or empty folder."""
-    body = ctx.connection().get("/export", [("dir", str(absolute(dir)))])
-    ctx.emit(body, _pairs)
-    return EXIT_OK
+def export_dir(ctx: Context, dir: str, wait: bool) -> int:
+    """`imgsearch export DIR`: an export job into a new or empty folder, followed with a
+    progress bar (--no-wait: its id)."""
+    conn = ctx.connection()
+    body = json.dumps({"dir": str(absolute(dir)), "wait": False}).encode()
+    job = conn.call("POST", "/export", body=body, content_type="application/json")[1]
+    if not wait:
+        ctx.emit(job, lambda j: str(j["id"]))
+        return EXIT_OK
+    job = _follow(ctx, f"/export/{urllib.parse.quote(job['id'], safe='')}", job)
+    ctx.emit(job, lambda j: _pairs({k: j[k] for k in ("state", "dir", "rows", "files", "error")}))
+    return EXIT_OK if job["state"] == "done" else EXIT_ERROR
 
 
 def import_dir(ctx: Context, dir: str, path_map: list[str], wait: bool) -> int:
     """`imgsearch import DIR`: POST /import, then follow the job with a progress bar."""
-    from tqdm import tqdm
-
     conn = ctx.connection()
     body = json.dumps({"dir": str(absolute(dir)), "wait": False, "path_map": path_map}).encode()
     job = conn.call("POST", "/import", body=body, content_type="application/json")[1]
     if not wait:
         ctx.emit(job, lambda j: str(j["id"]))
         return EXIT_OK
-    path = f"/import/{urllib.parse.quote(job['id'], safe='')}"
-    hide = True if ctx.as_json else None
-    with tqdm(total=job["total"], unit="row", disable=hide, file=sys.stderr) as bar:
-        while job["state"] in {"queued", "running"}:
-            time.sleep(POLL_S)
-            job = conn.get(path, timeout=60)
-            bar.update(int(job["done"]) - bar.n)
-            bar.set_postfix_str(f"{job['failed']} bad")
+    job = _follow(ctx, f"/import/{urllib.parse.quote(job['id'], safe='')}", job)
 
     def text(j: dict[str, Any]) -> str:
         lines = [_pairs({k: j[k] for k in ("state", "imported", "failed")})]
@@ -55,6 +53,22 @@ def import_dir(ctx: Context, dir: str, path_map: list[str], wait: bool) -> int:
 
     ctx.emit(job, text)
     return EXIT_OK if job["state"] == "done" else EXIT_ERROR
+
+
+def _follow(ctx: Context, path: str, job: dict[str, Any]) -> dict[str, Any]:
+    """Poll a bulk job until it ends, with a progress bar of its rows on stderr."""
+    from tqdm import tqdm
+
+    conn = ctx.connection()
+    hide = True if ctx.as_json else None
+    with tqdm(total=job["total"], unit="row", disable=hide, file=sys.stderr) as bar:
+        while job["state"] in {"queued", "running"}:
+            time.sleep(POLL_S)
+            job = conn.get(path, timeout=60)
+            bar.update(int(job["done"]) - bar.n)
+            if "failed" in job:
+                bar.set_postfix_str(f"{job['failed']} bad")
+    return job
 
 
 def embed(ctx: Context, sources: list[str], out: Path, **flags: Any) -> int:

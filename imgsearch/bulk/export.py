@@ -1,82 +1,190 @@
-"""Export: the library written out in the import format, a chunk of rows per shard."""
+"""Export: the library written out in the import format, as the store holds it.
+
+Rows are read by one statement in id order (one snapshot of the table, however long the export
+takes) and written as shards of up to ROWS_PER_SHARD rows: the vectors as the store keeps them
+(float16, the bytes copied, nothing rounded again), the file facts, metadata as extra string
+columns. Shards are written into a hidden staging folder inside the target and moved into it
+when every row is out, so a folder an export was cancelled or killed in holds no shard an
+import could mistake for a whole library; the next export into it clears the staging folder.
+While one shard is written (pyarrow, without the GIL) the next is read on the calling thread
+(a second writer thread was no quicker on 2 cores, docs/BENCHMARKS.md).
+"""
 
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from ..catalog import Catalog
 from ..errors import BadRequest, Conflict
-from ..store import UNKNOWN_SHA256
+from ..files import fsync, write_atomic_with
+from ..store import UNKNOWN_SHA256, Store
+from ..store.upsert import VECTOR_DTYPE
 from .columns import export_columns
-from .format import table_of, write_shard
+from .format import schema
 
 log = logging.getLogger(__name__)
 
 ROWS_PER_SHARD = 100_000
+READ_ROWS = 20_000  # rows a fetch from SQLite, and a Parquet row group
+PIECE = 2_000  # rows turned into Arrow columns at a time (one hold of the GIL)
+STAGING = ".imgsearch-export"  # inside the target folder until the export is whole
 
 
-@dataclass(frozen=True)
-class ExportReport:
-    dir: str
-    files: int
-    rows: int
-    seconds: float
-
-    def as_json(self) -> dict[str, Any]:
-        return {"dir": self.dir, "files": self.files, "rows": self.rows, "seconds": self.seconds}
+class Stopped(Exception):
+    """The export was cancelled, or the daemon is stopping."""
 
 
-def prepare_folder(folder: Path) -> None:
-    """Create the folder, or accept an existing empty one; anything else is a 400."""
+def check_target(folder: Path) -> None:
+    """An export may go into `folder`: an absolute path, new or an empty folder (or one that
+    holds only an unfinished export's staging folder); 400 or 409 otherwise."""
     if not folder.is_absolute():
         raise BadRequest(f"dir must be an absolute path, got {folder}")
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise Conflict(f"{folder} exists and is not an empty folder")
+    if folder.exists():
+        if not folder.is_dir():
+            raise Conflict(f"{folder} exists and is not a folder")
+        if any(p.name != STAGING for p in folder.iterdir()):
+            raise Conflict(f"{folder} exists and is not an empty folder")
+
+
+def prepare_folder(folder: Path) -> Path:
+    """check_target, then a new, empty staging folder in `folder` (created if need be)."""
+    check_target(folder)
+    staging = folder / STAGING
+    if staging.exists():
+        log.warning("export: clearing %s, left by an export that did not finish", staging)
+        shutil.rmtree(staging)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        staging.mkdir(parents=True)
     except OSError as exc:
         raise BadRequest(f"cannot create {folder}: {exc.strerror}") from None
+    return staging
 
 
-def export(catalog: Catalog, folder: Path, rows_per_shard: int = ROWS_PER_SHARD) -> ExportReport:
-    """Write every present image (path, unit vector, file facts, metadata as extra string
-    columns) as shards part-NNNNN.parquet."""
-    started = time.monotonic()
-    prepare_folder(folder)
-    store = catalog.store
-    ids = store.ids()
-    files = written = 0
-    for start in range(0, len(ids), rows_per_shard):
-        chunk = ids[start : start + rows_per_shard].tolist()
-        rows = store.images.image_rows(chunk)
-        found: dict[int, np.ndarray] = {}
-        for part in store.vectors(ids=chunk):
-            found.update(zip(part.ids.tolist(), part.vectors, strict=True))
-        keep = [i for i in chunk if i in rows and i in found]  # removed meanwhile: skipped
-        if not keep:
-            continue
-        picked = [rows[i] for i in keep]
-        facts: dict[str, list[Any]] = {
-            "sha256": [None if r.sha256.startswith(UNKNOWN_SHA256) else r.sha256 for r in picked],
-            "size": [r.size if r.size >= 0 else None for r in picked],
-            "mtime_ns": [r.mtime_ns if r.mtime_ns >= 0 else None for r in picked],
-            "width": [r.width or None for r in picked],
-            "height": [r.height or None for r in picked],
-            "source": [r.source for r in picked],
-        }
-        vectors = np.stack([found[i] for i in keep])
-        table = table_of(catalog.model_id, catalog.dim, [r.path for r in picked], vectors, facts)
-        for key, values in export_columns(store, keep).items():
-            table = table.append_column(pa.field(key, pa.string()), pa.array(values, pa.string()))
-        write_shard(folder / f"part-{files:05d}.parquet", table)
-        files += 1
-        written += len(keep)
-    log.info("exported %d images to %s in %d files", written, folder, files)
-    return ExportReport(str(folder), files, written, round(time.monotonic() - started, 3))
+def shard_table(model_id: str, dim: int, rows: Sequence[tuple[Any, ...]]) -> pa.Table:
+    """Rows of EXPORTED_ROW's columns (store/images.py) as a table in the import schema, with
+    float16 vectors: stored float16 bytes as they are (rows of older versions, float32,
+    converted). Built PIECE rows at a time: each step holds the GIL for a millisecond or two,
+    not the ~50 ms a 100,000-row step took (searches and `/stats` wait on it)."""
+    sch = schema(model_id, dim, float16=True)
+    pieces = [_batch(sch, dim, rows[i : i + PIECE]) for i in range(0, len(rows), PIECE)]
+    return pa.Table.from_batches(pieces, sch)
+
+
+def _batch(sch: pa.Schema, dim: int, rows: Sequence[tuple[Any, ...]]) -> pa.RecordBatch:
+    _, paths, sha256, size, mtime_ns, width, height, source, blobs = zip(*rows, strict=True)
+    if all(len(b) == 2 * dim for b in blobs):
+        vectors = np.frombuffer(b"".join(blobs), VECTOR_DTYPE)
+    else:
+        vectors = np.concatenate(
+            [np.frombuffer(b, VECTOR_DTYPE if len(b) == 2 * dim else "<f4") for b in blobs]
+        ).astype(VECTOR_DTYPE)
+    sizes = np.fromiter(size, np.int64, len(rows))
+    mtimes = np.fromiter(mtime_ns, np.int64, len(rows))
+    widths = np.fromiter(width, np.int32, len(rows))
+    heights = np.fromiter(height, np.int32, len(rows))
+    # (from the buffer: pa.array converts a float16 array value by value, 1.9 us a row)
+    flat = pa.Array.from_buffers(pa.float16(), len(vectors), [None, pa.py_buffer(vectors)])
+    columns = [
+        pa.array(paths, pa.string()),
+        pa.FixedSizeListArray.from_arrays(flat, dim),
+        pa.array([None if s.startswith(UNKNOWN_SHA256) else s for s in sha256], pa.string()),
+        pa.array(sizes, pa.int64(), mask=sizes < 0),
+        pa.array(mtimes, pa.int64(), mask=mtimes < 0),
+        pa.array(widths, pa.int32(), mask=widths == 0),
+        pa.array(heights, pa.int32(), mask=heights == 0),
+        pa.array(source, pa.string()),
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=sch)
+
+
+def write_table(path: Path, table: pa.Table) -> None:
+    """One shard, atomically (temp, fsync, rename). No dictionary pages or statistics for the
+    vectors: both cost more than the rest of the write and help no reader. Once on disk its
+    pages are dropped from the page cache: a 10M export writes ~9 GB that would otherwise push
+    out the index's and the database's pages that searches read."""
+
+    def write(fh: BinaryIO) -> None:
+        pq.write_table(
+            table, fh, compression="zstd", row_group_size=READ_ROWS,
+            use_dictionary=["path", "sha256", "source"], write_statistics=["path"],
+        )  # fmt: skip
+        fh.flush()
+        os.fsync(fh.fileno())
+        if hasattr(os, "posix_fadvise"):  # Linux; elsewhere the cache keeps them
+            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+    write_atomic_with(path, write, durable=True)
+
+
+def write_library(
+    store: Store, model_id: str, dim: int, folder: Path, stop: threading.Event,
+    progress: Callable[[int, int], None] = lambda rows, files: None,
+    rows_per_shard: int = ROWS_PER_SHARD,
+) -> tuple[int, int]:  # fmt: skip
+    """Every present image into `folder` (new or empty) as part-NNNNN.parquet: (rows, files).
+    `progress(rows, files)` as shards are written. Raises Stopped once `stop` is set (the
+    staging folder removed: no shard is left in `folder`)."""
+    staging = prepare_folder(folder)
+    try:
+        rows, names = _write_shards(store, model_id, dim, staging, stop, progress, rows_per_shard)
+        if stop.is_set():  # cancelled while the last shard was written
+            raise Stopped
+        for name in names:  # renames in one folder: the shards appear within milliseconds
+            (staging / name).replace(folder / name)
+        staging.rmdir()
+        fsync(folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("exported %d images to %s in %d files", rows, folder, len(names))
+    return rows, len(names)
+
+
+def _write_shards(
+    store: Store, model_id: str, dim: int, staging: Path, stop: threading.Event,
+    progress: Callable[[int, int], None], rows_per_shard: int,
+) -> tuple[int, list[str]]:  # fmt: skip
+    names: list[str] = []
+    read = 0
+    writing: tuple[Future[None], int] | None = None  # the shard being written, rows out then
+    with ThreadPoolExecutor(1, "export-write") as writer:
+        for part in _shard_rows(store, rows_per_shard):
+            if stop.is_set():
+                raise Stopped
+            table = shard_table(model_id, dim, part)
+            for key, values in export_columns(store, [int(r[0]) for r in part]).items():
+                table = table.append_column(
+                    pa.field(key, pa.string()), pa.array(values, pa.string())
+                )
+            if writing is not None:
+                writing[0].result()
+                progress(writing[1], len(names))
+            names.append(f"part-{len(names):05d}.parquet")
+            read += len(part)
+            writing = (writer.submit(write_table, staging / names[-1], table), read)
+        if writing is not None:
+            writing[0].result()
+    progress(read, len(names))
+    return read, names
+
+
+def _shard_rows(store: Store, rows_per_shard: int) -> Iterator[list[tuple[Any, ...]]]:
+    """The present rows in lists of up to `rows_per_shard`."""
+    part: list[tuple[Any, ...]] = []
+    for rows in store.images.present_rows(min(READ_ROWS, rows_per_shard)):
+        part += rows
+        while len(part) >= rows_per_shard:
+            yield part[:rows_per_shard]
+            part = part[rows_per_shard:]
+    if part:
+        yield part

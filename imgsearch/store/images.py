@@ -17,7 +17,7 @@ import numpy as np
 from .db import Database, chunked, tree
 from .meta import bump, current
 from .rows import NewImage, Rows, row_norms
-from .upsert import VECTOR_DTYPE, upsert_many
+from .upsert import VECTOR_DTYPE, loaded, upsert_many
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,8 @@ class ImageRow:
 
 IMAGE_ROW = "id, path, sha256, size, mtime_ns, width, height, source"
 STORED_FILE = "id, path, sha256, size, mtime_ns, missing"
+# A present image as an export writes it: IMAGE_ROW's columns and the vector as stored.
+EXPORTED_ROW = f"{IMAGE_ROW}, vector"
 # Rows of the deletions log dropped in one transaction (forget_deletions).
 FORGET_CHUNK = 20_000
 # The row counters that triggers keep (schema v5).
@@ -112,11 +114,25 @@ def vector_chunks(cursor: sqlite3.Cursor, size: int, dim: int) -> Iterator[Vecto
         blobs = [r[1] for r in rows]
         dim = dim or len(blobs[0]) // 2
         if all(len(b) == 2 * dim for b in blobs):  # one buffer, one conversion
-            half = np.frombuffer(b"".join(blobs), dtype=VECTOR_DTYPE).reshape(len(rows), dim)
-            yield VectorChunk(ids, _unit(half.astype(np.float32)))
+            yield VectorChunk(ids, _unit_half(bytearray().join(blobs), len(rows), dim))
             continue
         vecs = [np.frombuffer(b, VECTOR_DTYPE if len(b) == 2 * dim else "<f4") for b in blobs]
         yield VectorChunk(ids, _unit(np.stack(vecs).astype(np.float32)))
+
+
+def _unit_half(raw: bytearray, rows: int, dim: int) -> np.ndarray:
+    """float16 rows (one buffer) as float32 rows of unit length: by torch where the daemon has
+    it loaded (quicker than numpy's cast and norms on one torch thread: 29 against 84 us for a
+    search's 100 rows, 20 against 28 ms for 20,000; docs/BENCHMARKS.md), else by numpy. Zero,
+    NaN and infinite rows as `_unit` leaves them."""
+    half = np.frombuffer(raw, dtype=VECTOR_DTYPE).reshape(rows, dim)
+    torch = loaded("torch")
+    if torch is None:
+        return _unit(half.astype(np.float32))
+    x = torch.from_numpy(half).float()
+    norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    x /= torch.where(norms > 0, norms, torch.ones_like(norms))
+    return np.asarray(x.numpy())
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -215,6 +231,15 @@ class Images:
             for row in self.db.reader().execute(query, chunk):
                 found[row[0]] = ImageRow(*row)
         return found
+
+    def present_rows(self, size: int) -> Iterator[list[tuple[object, ...]]]:
+        """Every present image as EXPORTED_ROW's columns, in id order, `size` rows at a time,
+        from one statement (one snapshot of the table, however long the caller takes)."""
+        cursor = self.db.reader().execute(
+            f"SELECT {EXPORTED_ROW} FROM images WHERE 1 AND +missing=0 ORDER BY id"
+        )
+        while rows := cursor.fetchmany(size):
+            yield rows
 
     def ids(self) -> np.ndarray:
         """Ids of the present images (the ones the index must hold)."""

@@ -1,4 +1,4 @@
-"""Routes for vectors in bulk: import Parquet shards (a job), export the library."""
+"""Routes for vectors in bulk: import Parquet shards, export the library (each a job)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from typing import Any
 
 from aiohttp import web
 
-from ..bulk.export import export as export_library
 from ..errors import BadRequest, Forbidden
 from . import parsing
 from .keys import SERVICE
@@ -66,17 +65,54 @@ async def import_cancel(request: web.Request) -> web.Response:
     return web.json_response(job.as_json())
 
 
-@table.get("/export")
-async def export(request: web.Request) -> web.Response:
-    """Write the library as Parquet shards into `dir` (new or empty)."""
+async def _export(request: web.Request, raw: Any, wait: bool) -> web.Response:
     service = request.app[SERVICE]
-    raw = Params(request.query).get("dir")
-    if raw is None or not raw.strip():
-        raise BadRequest("missing parameter: dir")
+    if not isinstance(raw, str) or not raw.strip():
+        raise BadRequest("missing parameter: dir (a string path)")
     if not raw.startswith("/"):
         raise BadRequest(f"dir must be an absolute path, got {raw!r}")
     folder = Path(raw).resolve()
     if not service.paths.allows(folder):
         raise Forbidden(f"dir is outside the folders this daemon may use: {raw}")
-    report = await blocking(export_library, service.catalog, folder)
-    return web.json_response(report.as_json())
+    job = await blocking(service.exports.submit, folder)
+    if not wait:
+        location = f"/export/{job.id}"
+        return web.json_response(job.as_json(), status=202, headers={"Location": location})
+    await until_set(job.ended)
+    return web.json_response(job.as_json())
+
+
+@table.get("/export")
+async def export_get(request: web.Request) -> web.Response:
+    """Export the library into `dir` (new or empty), answering when done (wait=false: at once,
+    202); with no dir, every export, newest first."""
+    params = Params(request.query)
+    wait = parsing.flag(params.get("wait"), "wait", True)
+    if "dir" not in params:
+        jobs = request.app[SERVICE].exports.list()
+        return web.json_response({"exports": [job.as_json() for job in jobs]})
+    return await _export(request, params.get("dir"), wait)
+
+
+@table.post("/export")
+async def export_post(request: web.Request) -> web.Response:
+    """Export the library: {"dir": "/abs", "wait": false}."""
+    params = Params(request.query, await parsing.json_object(request), "JSON body")
+    wait = params.get("wait", False)
+    if not isinstance(wait, bool):
+        raise BadRequest(f"wait must be true or false, got {wait!r}")
+    return await _export(request, params.get("dir"), wait)
+
+
+@table.get("/export/{id}")
+async def export_one(request: web.Request) -> web.Response:
+    job = request.app[SERVICE].exports.get(request.match_info["id"])
+    return web.json_response(job.as_json())
+
+
+@table.delete("/export/{id}")
+async def export_cancel(request: web.Request) -> web.Response:
+    exports = request.app[SERVICE].exports
+    job_id = exports.get(request.match_info["id"]).id
+    job = await blocking(exports.cancel, job_id)
+    return web.json_response(job.as_json())

@@ -1,0 +1,182 @@
+"""Export jobs: `GET /export?dir=...` (or `POST /export`) queues one; they run one at a time on
+a worker thread at the background priority, with progress, an ETA and cancel, like imports.
+
+A job's record is saved in DATA_DIR/exports/ID.json as it goes, so the list survives a restart;
+an export that a restart or a crash stopped shows as `interrupted` (its staging folder is
+cleared by the next export into that folder: run it again). An export is not resumed: it is a
+read of the library, minutes at 10M images, and one snapshot of it is what a copy should be.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..catalog import Catalog
+from ..cpu import lower_priority
+from ..errors import Conflict, ImgSearchError, NotFound
+from ..files import write_atomic
+from .export import Stopped, check_target, write_library
+
+log = logging.getLogger(__name__)
+
+JOBS_DIR = "exports"
+HISTORY = 200  # finished exports kept (the newest)
+PENDING = frozenset({"queued", "running"})
+
+
+@dataclass
+class ExportJob:
+    """One export of the library into a folder, and how far it got."""
+
+    id: str
+    dir: str
+    total: int  # present images when it was queued (rows added meanwhile go out too)
+    state: str = "queued"
+    rows: int = 0  # in shards written so far (left in the folder only once it is done)
+    files: int = 0
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None
+    stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    ended: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def as_json(self) -> dict[str, Any]:
+        elapsed = (self.finished or time.time()) - self.started if self.started else 0.0
+        rate = self.rows / elapsed if elapsed > 0 and self.rows else None
+        eta = None
+        if rate and self.state == "running":
+            eta = round(max(0, self.total - self.rows) / rate, 1)
+        return {
+            **self.record(),
+            "done": self.rows,
+            "seconds": round(elapsed, 3),
+            "rows_per_s": round(rate, 1) if rate else None,
+            "eta_s": eta,
+        }
+
+    def record(self) -> dict[str, Any]:
+        """What is persisted (and shown): everything but the rates."""
+        return {
+            "id": self.id,
+            "kind": "export",
+            "dir": self.dir,
+            "state": self.state,
+            "total": self.total,
+            "rows": self.rows,
+            "files": self.files,
+            "created": self.created,
+            "started": self.started,
+            "finished": self.finished,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> ExportJob:
+        job = cls(data["id"], data["dir"], data["total"], data["state"], data["rows"])
+        job.files, job.error = data["files"], data.get("error")
+        job.created, job.started, job.finished = data["created"], data["started"], data["finished"]
+        return job
+
+
+class ExportManager:
+    """Queues exports and runs them one after another on a worker thread."""
+
+    def __init__(self, catalog: Catalog, data_dir: Path) -> None:
+        self.catalog = catalog
+        self.folder = data_dir / JOBS_DIR
+        self.folder.mkdir(exist_ok=True)
+        self._jobs: dict[str, ExportJob] = {}
+        self._closing = False
+        self._worker = ThreadPoolExecutor(1, "export", lower_priority)
+        records = sorted(self.folder.glob("*.json"), key=lambda p: p.stat().st_mtime)
+        for index, path in enumerate(records):
+            job = ExportJob.from_record(json.loads(path.read_text()))
+            if job.state not in PENDING and index < len(records) - HISTORY:
+                path.unlink()  # an old finished export: only the newest HISTORY are kept
+                continue
+            if job.state in PENDING:
+                log.warning("export %s into %s was interrupted: run it again", job.id, job.dir)
+                job.state, job.finished = "interrupted", job.finished or time.time()
+                self._save(job)
+            job.ended.set()
+            self._jobs[job.id] = job
+
+    def submit(self, folder: Path) -> ExportJob:
+        """Check the folder (new or empty: 409 otherwise) and queue an export into it."""
+        check_target(folder)  # refused now, not when the job starts (and again then)
+        if any(j.dir == str(folder) and j.state in PENDING for j in self._jobs.values()):
+            raise Conflict(f"an export into {folder} is queued or running already")
+        job = ExportJob(uuid.uuid4().hex[:12], str(folder), self.catalog.store.count())
+        self._jobs[job.id] = job
+        self._save(job)
+        self._worker.submit(self._run, job)
+        return job
+
+    def get(self, job_id: str) -> ExportJob:
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            raise NotFound(f"no such export: {job_id}") from None
+
+    def list(self) -> list[ExportJob]:
+        return sorted(self._jobs.values(), key=lambda j: j.created, reverse=True)
+
+    def cancel(self, job_id: str, timeout: float = 60.0) -> ExportJob:
+        """Stop an export after the shard in hand; nothing is left in its folder."""
+        job = self.get(job_id)
+        job.stop.set()
+        job.ended.wait(timeout)
+        return job
+
+    def close(self) -> None:
+        """Stop the running export (it shows as interrupted) and the queued ones."""
+        self._closing = True
+        for job in self._jobs.values():
+            job.stop.set()
+        self._worker.shutdown(wait=True)
+
+    def _save(self, job: ExportJob) -> None:
+        write_atomic(self.folder / f"{job.id}.json", json.dumps(job.record()).encode())
+
+    def _run(self, job: ExportJob) -> None:
+        def progress(rows: int, files: int) -> None:
+            job.rows, job.files = rows, files
+            self._save(job)
+
+        try:
+            if job.stop.is_set():
+                raise Stopped
+            job.state, job.started = "running", time.time()
+            self._save(job)
+            catalog = self.catalog
+            write_library(
+                catalog.store, catalog.model_id, catalog.dim, Path(job.dir), job.stop, progress
+            )
+            job.state = "done"
+        except Stopped:
+            job.state = "interrupted" if self._closing else "cancelled"
+        except ImgSearchError as exc:  # the folder is no longer empty, or cannot be made
+            job.state, job.error = "failed", exc.message
+        except OSError as exc:  # a full disk, a folder taken away
+            log.warning("export %s failed: %s", job.id, exc)
+            job.state, job.error = "failed", f"cannot write the export: {exc}"
+        except Exception as exc:  # the worker must survive any job
+            log.exception("export %s failed", job.id)
+            job.state, job.error = "failed", f"unexpected error: {exc}"
+        finally:
+            job.finished = time.time()
+            self._save(job)
+            job.ended.set()
+            log.info("export %s %s: %d rows in %d files", job.id, job.state, job.rows, job.files)
+
+
+__all__ = ["ExportJob", "ExportManager"]
