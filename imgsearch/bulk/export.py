@@ -135,16 +135,20 @@ def write_library(
     `progress(rows, files)` as shards are written. Raises Stopped once `stop` is set (the
     staging folder removed: no shard is left in `folder`)."""
     staging = prepare_folder(folder)
+    moved: list[Path] = []
     try:
         rows, names = _write_shards(store, model_id, dim, staging, stop, progress, rows_per_shard)
         if stop.is_set():  # cancelled while the last shard was written
             raise Stopped
         for name in names:  # renames in one folder: the shards appear within milliseconds
             (staging / name).replace(folder / name)
+            moved.append(folder / name)
         staging.rmdir()
         fsync(folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for path in moved:  # a rename failed part-way: no part of the library stays
+            path.unlink(missing_ok=True)
         raise
     log.info("exported %d images to %s in %d files", rows, folder, len(names))
     return rows, len(names)
