@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,16 +22,16 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from imgsearch.bulk import export as export_module
 from imgsearch.bulk.export import STAGING, write_library
 from imgsearch.bulk.exports import ExportManager
 from imgsearch.catalog import DB_FILE
 from imgsearch.config import Config
 from imgsearch.embedders import Embedder
+from imgsearch.store import FileFacts, NewImage, Store
 from imgsearch.web import create_app
 from imgsearch.web.keys import SERVICE
 
-from .helpers import ClientFactory, get_json
+from .helpers import ClientFactory, get_json, wait_for
 
 Client = TestClient[web.Request, web.Application]
 
@@ -113,35 +117,69 @@ async def test_shards_split_and_rows_of_older_versions_as_float16(
     assert got[path].astype(np.float16).tobytes() == old.astype(np.float16).tobytes()
 
 
+# The export's child with a writer that waits at its first shard for a file to appear.
+GATED_CHILD = """
+import pathlib, sys, time
+from imgsearch.bulk import export
+gate, real = pathlib.Path(sys.argv.pop(1)), export.write_table
+def gated(path, table):
+    (gate / "entered").write_text(str(__import__("os").getpid()))
+    while not (gate / "release").exists():
+        time.sleep(0.01)
+    real(path, table)
+export.write_table = gated
+sys.exit(export.main(sys.argv[1:]))
+"""
+
+
+def gated(library: Client, gate: Path) -> None:
+    gate.mkdir()
+    library.server.app[SERVICE].exports.command = [sys.executable, "-c", GATED_CHILD, str(gate)]
+
+
+async def entered(gate: Path) -> int:
+    """The gated child's pid, once it is writing its first shard."""
+    for _ in range(600):
+        if (gate / "entered").exists() and (pid := (gate / "entered").read_text()):
+            return int(pid)
+        await asyncio.sleep(0.05)
+    raise AssertionError("the export's child never started writing")
+
+
 async def test_a_cancelled_export_leaves_nothing_an_import_would_read(
-    library: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    library: Client, tmp_path: Path
 ) -> None:
-    entered, release = threading.Event(), threading.Event()
-    real = export_module.write_table
-
-    def slow(path: Path, table: pa.Table) -> None:
-        entered.set()
-        release.wait(30)
-        real(path, table)
-
-    monkeypatch.setattr(export_module, "write_table", slow)
+    gated(library, tmp_path / "gate")
     out = tmp_path / "out"
     job = await post_export(library, dir=str(out))
-    assert await asyncio.to_thread(entered.wait, 30)
+    child = await entered(tmp_path / "gate")
+    assert child != os.getpid()  # the export runs in a process of its own
     running = await get_json(library, f"/export/{job['id']}")
     assert running["state"] == "running" and (out / STAGING).is_dir()
     # a second export into the same folder while this one runs: refused
     assert (await post_export(library, status=409, dir=str(out)))["status"] == 409
     cancel = asyncio.ensure_future(library.delete(f"/export/{job['id']}"))
-    await asyncio.sleep(0.2)
-    release.set()
+    await asyncio.sleep(0.3)  # SIGTERM arrives while the shard is being written
+    (tmp_path / "gate" / "release").touch()
     resp = await cancel
     body = await resp.json()
     assert resp.status == 200 and body["state"] == "cancelled", body
     assert list(out.iterdir()) == []
-    monkeypatch.setattr(export_module, "write_table", real)
+    library.server.app[SERVICE].exports.command = [sys.executable, "-m", "imgsearch.bulk.export"]
     again = await until_ended(library, (await post_export(library, dir=str(out)))["id"])
     assert (again["state"], again["rows"]) == ("done", 5)
+
+
+async def test_an_export_child_killed_outright_fails_and_leaves_nothing(
+    library: Client, tmp_path: Path
+) -> None:
+    gated(library, tmp_path / "gate")
+    out = tmp_path / "out"
+    job = await post_export(library, dir=str(out))
+    os.kill(await entered(tmp_path / "gate"), signal.SIGKILL)
+    done = await until_ended(library, job["id"])
+    assert done["state"] == "failed" and "status -9" in done["error"], done
+    assert list(out.iterdir()) == []  # its staging folder cleared by the daemon
 
 
 async def test_a_killed_exports_staging_folder_is_not_a_library(
@@ -188,3 +226,37 @@ def test_an_export_a_restart_stopped_shows_as_interrupted(config: Config, tmp_pa
         assert json.loads((folder / "abc.json").read_text())["state"] == "interrupted"
     finally:
         manager.close()
+
+
+def test_an_export_child_stops_when_its_daemon_dies(tmp_path: Path) -> None:
+    """kill -9 of the daemon: Linux sends its export child SIGTERM, which stops it and clears
+    its staging folder (no export outlives the daemon)."""
+    store = Store(tmp_path / DB_FILE)
+    vectors = np.random.default_rng(0).standard_normal((5, 16)).astype(np.float32)
+    facts = [FileFacts(f"/p/{i}.jpg", 1, 1, f"h{i}", 8, 8) for i in range(5)]
+    store.images.upsert([NewImage(f, v) for f, v in zip(facts, vectors, strict=True)])
+    store.close()
+    gate, out = tmp_path / "gate", tmp_path / "out"
+    gate.mkdir()
+    child = [sys.executable, "-c", GATED_CHILD, str(gate), str(tmp_path / DB_FILE), "m", "16"]
+    daemon = subprocess.Popen(  # a stand-in daemon: starts the child, then waits to be killed
+        [sys.executable, "-c", "import os, subprocess, sys, time; "
+         "subprocess.Popen(sys.argv[1:] + ['--parent', str(os.getpid())]); time.sleep(60)",
+         *child, str(out)],
+    )  # fmt: skip
+    wait_for("the child writing", lambda: (gate / "entered").exists())
+    pid = int((gate / "entered").read_text())
+    assert (out / STAGING).is_dir()
+    daemon.kill()
+    daemon.wait()
+    (gate / "release").touch()
+    wait_for("the child to exit", lambda: _gone(pid))
+    assert list(out.iterdir()) == []
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (an orphan is reaped by init; a zombie counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return True

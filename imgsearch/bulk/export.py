@@ -8,13 +8,23 @@ when every row is out, so a folder an export was cancelled or killed in holds no
 import could mistake for a whole library; the next export into it clears the staging folder.
 While one shard is written (pyarrow, without the GIL) the next is read on the calling thread
 (a second writer thread was no quicker on 2 cores, docs/BENCHMARKS.md).
+
+A daemon runs an export as a child process (`python -m imgsearch.bulk.export`, `main` below:
+progress as JSON lines on stdout, SIGTERM to stop, gone with its parent): its reading turns
+every row into Python objects, and in the daemon's interpreter that held the GIL that searches
+and `/stats` wait for (exports.py).
 """
 
 from __future__ import annotations
 
+import argparse
+import ctypes
+import json
 import logging
 import os
 import shutil
+import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,7 +35,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import BadRequest, Conflict
+from ..cpu import lower_priority
+from ..errors import BadRequest, Conflict, ImgSearchError
 from ..files import fsync, write_atomic_with
 from ..store import UNKNOWN_SHA256, Store
 from ..store.upsert import VECTOR_DTYPE
@@ -38,6 +49,8 @@ ROWS_PER_SHARD = 100_000
 READ_ROWS = 20_000  # rows a fetch from SQLite, and a Parquet row group
 PIECE = 2_000  # rows turned into Arrow columns at a time (one hold of the GIL)
 STAGING = ".imgsearch-export"  # inside the target folder until the export is whole
+EXIT_STOPPED = 3  # the child's exit status when stopped (SIGTERM); 2: an error it reported
+PR_SET_PDEATHSIG = 1  # prctl(2): a signal for this process when its parent dies
 
 
 class Stopped(Exception):
@@ -192,3 +205,60 @@ def _shard_rows(store: Store, rows_per_shard: int) -> Iterator[list[tuple[Any, .
             part = part[rows_per_shard:]
     if part:
         yield part
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The child process of a daemon's export job: write_library, with its progress as JSON
+    lines on stdout (`{"rows", "files"}`; `{"error", "status"}` before exiting 2), stopped by
+    SIGTERM (exit EXIT_STOPPED, nothing left in the folder), at the background priority, and
+    sent SIGTERM when the daemon dies (Linux), so no export outlives it."""
+    parser = argparse.ArgumentParser(prog="python -m imgsearch.bulk.export")
+    parser.add_argument("db", type=Path)
+    parser.add_argument("model_id")
+    parser.add_argument("dim", type=int)
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--rows-per-shard", type=int, default=ROWS_PER_SHARD)
+    parser.add_argument("--parent", type=int, help="the daemon's pid: exit if it is gone")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    lower_priority()  # this thread, and the writer thread it starts
+    if args.parent is not None and not _tied_to(args.parent):
+        return EXIT_STOPPED
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    def progress(rows: int, files: int) -> None:
+        print(json.dumps({"rows": rows, "files": files}), flush=True)
+
+    store = Store(args.db)
+    try:
+        write_library(
+            store, args.model_id, args.dim, args.folder, stop, progress, args.rows_per_shard
+        )
+    except Stopped:
+        return EXIT_STOPPED
+    except ImgSearchError as exc:  # the folder is no longer empty, or cannot be made
+        print(json.dumps({"error": exc.message, "status": exc.status}), flush=True)
+        return 2
+    except OSError as exc:  # a full disk, a folder taken away
+        print(json.dumps({"error": f"cannot write the export: {exc}", "status": 500}), flush=True)
+        return 2
+    finally:
+        store.close()
+    return 0
+
+
+def _tied_to(parent: int) -> bool:
+    """Ask Linux for SIGTERM when the parent dies; False if it is gone already."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        except (OSError, AttributeError):
+            pass
+    return os.getppid() == parent
+
+
+if __name__ == "__main__":
+    sys.exit(main())
