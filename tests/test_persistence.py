@@ -166,32 +166,6 @@ def test_float16_blobs_while_another_thread_imports_torch(
     assert _blobs(vectors) == [row.astype("<f2").tobytes() for row in vectors]
 
 
-def test_stored_rows_read_back_as_unit_float32_alike_by_torch_and_numpy(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The read side's float16 -> unit float32 (torch's where the daemon has it loaded) gives
-    numpy's answer: rows scaled to unit length within float32 rounding, zero rows left zero,
-    NaN and infinite rows as numpy leaves them."""
-    import torch  # noqa: F401  (loaded: the conversion goes through it)
-
-    from imgsearch.store import images
-
-    rng = np.random.default_rng(4)
-    half = (rng.standard_normal((300, 64)) * np.logspace(-3, 2, 300)[:, None]).astype("<f2")
-    half[0] = 0
-    half[1, 3], half[2, 5] = np.nan, np.inf
-    raw = bytearray(half.tobytes())
-    by_torch = images._unit_half(raw, 300, 64)
-    monkeypatch.setattr(images, "loaded", lambda name: None)
-    with np.errstate(invalid="ignore"):
-        by_numpy = images._unit_half(raw, 300, 64)
-    assert by_torch.dtype == by_numpy.dtype == np.float32
-    assert np.allclose(by_torch, by_numpy, rtol=1e-6, atol=1e-7, equal_nan=True)
-    assert not by_torch[0].any() and np.isnan(by_torch[1]).any() and np.isnan(by_numpy[1]).any()
-    assert np.array_equal(np.isnan(by_torch), np.isnan(by_numpy))
-    assert np.allclose(np.linalg.norm(by_torch[3:], axis=1), 1, atol=1e-6)
-
-
 def test_new_rows_span_several_inserts_in_order(tmp_path: Path) -> None:
     """New rows go in as many to an INSERT as the bound-parameter limit allows: with the
     limit of SQLite builds before 3.32 (999: 90 rows a statement), 200 rows take 3 statements,

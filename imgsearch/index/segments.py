@@ -374,13 +374,9 @@ def exact_among(
     """Brute-force best k of `vectors` (exact, from the store) for each query."""
     if not len(ids):
         return np.full((len(queries), 0), -np.inf, np.float32), np.zeros((len(queries), 0))
-    import torch
-
     sims = queries @ vectors.T
     kk = min(k, len(ids))
-    # torch's top-k: 4x quicker than np.argpartition (2.9 against 12.6 ms for a tuning's 200
-    # queries against a 20,000-row chunk of its ground truth's pass; docs/BENCHMARKS.md)
-    top = torch.topk(torch.from_numpy(sims), kk, dim=1, sorted=False).indices.numpy()
+    top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
     part = np.take_along_axis(sims, top, axis=1)
     return merge([(part, ids[top])], kk)
 

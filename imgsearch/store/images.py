@@ -17,7 +17,7 @@ import numpy as np
 from .db import Database, chunked, tree
 from .meta import bump, current
 from .rows import NewImage, Rows, row_norms
-from .upsert import VECTOR_DTYPE, loaded, upsert_many
+from .upsert import VECTOR_DTYPE, upsert_many
 
 
 @dataclass(frozen=True)
@@ -114,25 +114,11 @@ def vector_chunks(cursor: sqlite3.Cursor, size: int, dim: int) -> Iterator[Vecto
         blobs = [r[1] for r in rows]
         dim = dim or len(blobs[0]) // 2
         if all(len(b) == 2 * dim for b in blobs):  # one buffer, one conversion
-            yield VectorChunk(ids, _unit_half(bytearray().join(blobs), len(rows), dim))
+            half = np.frombuffer(b"".join(blobs), dtype=VECTOR_DTYPE).reshape(len(rows), dim)
+            yield VectorChunk(ids, _unit(half.astype(np.float32)))
             continue
         vecs = [np.frombuffer(b, VECTOR_DTYPE if len(b) == 2 * dim else "<f4") for b in blobs]
         yield VectorChunk(ids, _unit(np.stack(vecs).astype(np.float32)))
-
-
-def _unit_half(raw: bytearray, rows: int, dim: int) -> np.ndarray:
-    """float16 rows (one buffer) as float32 rows of unit length: by torch where the daemon has
-    it loaded (quicker than numpy's cast and norms on one torch thread: 29 against 84 us for a
-    search's 100 rows, 20 against 28 ms for 20,000; docs/BENCHMARKS.md), else by numpy. Zero,
-    NaN and infinite rows as `_unit` leaves them."""
-    half = np.frombuffer(raw, dtype=VECTOR_DTYPE).reshape(rows, dim)
-    torch = loaded("torch")
-    if torch is None:
-        return _unit(half.astype(np.float32))
-    x = torch.from_numpy(half).float()
-    norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
-    x /= torch.where(norms > 0, norms, torch.ones_like(norms))
-    return np.asarray(x.numpy())
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

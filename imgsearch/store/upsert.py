@@ -174,13 +174,13 @@ def _half(vectors: np.ndarray) -> np.ndarray:
     one whose other thread is importing it right now), and for other dtypes or read-only
     arrays (torch warns about those)."""
     x = np.asarray(vectors)
-    torch = loaded("torch")
+    torch = _loaded("torch")
     if torch is None or x.dtype != np.float32 or not x.flags.writeable:
         return np.ascontiguousarray(x, dtype=VECTOR_DTYPE)
     return np.asarray(torch.from_numpy(np.ascontiguousarray(x)).half().numpy())
 
 
-def loaded(name: str) -> Any:
+def _loaded(name: str) -> Any:
     """The module `name` if this process has finished importing it, else None (while another
     thread imports it, sys.modules holds it half made: importlib marks its spec so)."""
     module = sys.modules.get(name)
