@@ -110,6 +110,7 @@ class ExportManager:
         self.folder = data_dir / JOBS_DIR
         self.folder.mkdir(exist_ok=True)
         self._jobs: dict[str, ExportJob] = {}
+        self._submitting = threading.Lock()  # one folder check and queueing at a time
         self._closing = False
         self._worker = ThreadPoolExecutor(1, "export", lower_priority)
         records = sorted(self.folder.glob("*.json"), key=lambda p: p.stat().st_mtime)
@@ -128,10 +129,11 @@ class ExportManager:
     def submit(self, folder: Path) -> ExportJob:
         """Check the folder (new or empty: 409 otherwise) and queue an export into it."""
         check_target(folder)  # refused now, not when the job starts (and again then)
-        if any(j.dir == str(folder) and j.state in PENDING for j in self._jobs.values()):
-            raise Conflict(f"an export into {folder} is queued or running already")
-        job = ExportJob(uuid.uuid4().hex[:12], str(folder), self.catalog.store.count())
-        self._jobs[job.id] = job
+        with self._submitting:
+            if any(j.dir == str(folder) and j.state in PENDING for j in self.list()):
+                raise Conflict(f"an export into {folder} is queued or running already")
+            job = ExportJob(uuid.uuid4().hex[:12], str(folder), self.catalog.store.count())
+            self._jobs[job.id] = job
         self._save(job)
         self._worker.submit(self._run, job)
         return job
@@ -143,7 +145,7 @@ class ExportManager:
             raise NotFound(f"no such export: {job_id}") from None
 
     def list(self) -> list[ExportJob]:
-        return sorted(self._jobs.values(), key=lambda j: j.created, reverse=True)
+        return sorted(list(self._jobs.values()), key=lambda j: j.created, reverse=True)
 
     def cancel(self, job_id: str, timeout: float = 60.0) -> ExportJob:
         """Stop an export after the shard in hand; nothing is left in its folder."""
