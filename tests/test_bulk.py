@@ -218,7 +218,7 @@ def die_after(manager: ImportManager, catalog: Catalog, puts: int) -> list[int]:
         sizes.append(len(items))
         if len(sizes) == puts:  # this transaction still commits
             manager._closing = True
-            for job in manager._jobs.values():
+            for job in manager.records.kept():
                 job.stop.set()
         return put(items, *rest)
 

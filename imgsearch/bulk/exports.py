@@ -32,15 +32,13 @@ from typing import Any
 
 from ..catalog import Catalog
 from ..cpu import lower_priority
-from ..errors import Conflict, NotFound
-from ..files import write_atomic
+from ..errors import Conflict
 from .export import EXIT_STOPPED, ROWS_PER_SHARD, STAGING, check_target
+from .records import PENDING, Records
 
 log = logging.getLogger(__name__)
 
 JOBS_DIR = "exports"
-HISTORY = 200  # finished exports kept (the newest)
-PENDING = frozenset({"queued", "running"})
 
 
 @dataclass
@@ -107,49 +105,34 @@ class ExportManager:
         # The child's command (before its arguments): tests put a slower writer in it.
         self.command = [sys.executable, "-m", "imgsearch.bulk.export"]
         self.rows_per_shard = ROWS_PER_SHARD
-        self.folder = data_dir / JOBS_DIR
-        self.folder.mkdir(exist_ok=True)
-        self._jobs: dict[str, ExportJob] = {}
-        self._submitting = threading.Lock()  # one folder check and queueing at a time
         self._closing = False
         self._worker = ThreadPoolExecutor(1, "export", lower_priority)
-        records = sorted(self.folder.glob("*.json"), key=lambda p: p.stat().st_mtime)
-        for index, path in enumerate(records):
-            job = ExportJob.from_record(json.loads(path.read_text()))
-            if job.state not in PENDING and index < len(records) - HISTORY:
-                path.unlink()  # an old finished export: only the newest HISTORY are kept
-                continue
+        self.records = Records(data_dir / JOBS_DIR, "export", ExportJob.from_record)
+        for job in self.records.kept():
             if job.state in PENDING:
                 log.warning("export %s into %s was interrupted: run it again", job.id, job.dir)
                 job.state, job.finished = "interrupted", job.finished or time.time()
                 self._save(job)
             job.ended.set()
-            self._jobs[job.id] = job
 
     def submit(self, folder: Path) -> ExportJob:
         """Check the folder (new or empty: 409 otherwise) and queue an export into it."""
         check_target(folder)  # refused now, not when the job starts (and again then)
-        with self._submitting:
-            if any(j.dir == str(folder) and j.state in PENDING for j in self.list()):
-                raise Conflict(f"an export into {folder} is queued or running already")
-            job = ExportJob(uuid.uuid4().hex[:12], str(folder), self.catalog.store.count())
-            self._jobs[job.id] = job
-        self._save(job)
+        job = ExportJob(uuid.uuid4().hex[:12], str(folder), self.catalog.store.count())
+        if not self.records.add(job, unless=lambda j: j.dir == job.dir and j.state in PENDING):
+            raise Conflict(f"an export into {folder} is queued or running already")
         self._worker.submit(self._run, job)
         return job
 
     def get(self, job_id: str) -> ExportJob:
-        try:
-            return self._jobs[job_id]
-        except KeyError:
-            raise NotFound(f"no such export: {job_id}") from None
+        return self.records.get(job_id)
 
     def list(self) -> list[ExportJob]:
-        return sorted(list(self._jobs.values()), key=lambda j: j.created, reverse=True)
+        return self.records.list()
 
     def cancel(self, job_id: str, timeout: float = 60.0) -> ExportJob:
         """Stop an export after the shard in hand; nothing is left in its folder."""
-        job = self.get(job_id)
+        job = self.records.get(job_id)
         self._stop(job)
         job.ended.wait(timeout)
         return job
@@ -157,7 +140,7 @@ class ExportManager:
     def close(self) -> None:
         """Stop the running export (it shows as interrupted) and the queued ones."""
         self._closing = True
-        for job in list(self._jobs.values()):
+        for job in self.records.kept():
             self._stop(job)
         self._worker.shutdown(wait=True)
 
@@ -169,7 +152,7 @@ class ExportManager:
             child.terminate()  # SIGTERM: it stops after the shard in hand and clears up
 
     def _save(self, job: ExportJob) -> None:
-        write_atomic(self.folder / f"{job.id}.json", json.dumps(job.record()).encode())
+        self.records.save(job)
 
     def _run(self, job: ExportJob) -> None:
         try:

@@ -16,7 +16,6 @@ start-up from there, skipping what was done. Vectors are scaled to unit length o
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -30,19 +29,17 @@ from typing import Any, TypeVar
 
 from ..cpu import lower_priority
 from ..errors import BadRequest, NotFound
-from ..files import write_atomic
 from ..ingest import AddReport, Checked, Ingester
 from ..store import UNKNOWN_SHA256, Rows
 from .batches import Group, Unreadable, groups, shard_batches
 from .columns import import_metadata
 from .format import BadRow, RowBatch, ShardInfo, shard_files, shard_info
+from .records import PENDING, Records
 
 log = logging.getLogger(__name__)
 
 JOBS_DIR = "imports"
 ERRORS_KEPT = 100
-HISTORY = 200  # finished imports kept (the newest)
-PENDING = frozenset({"queued", "running"})
 IN_FLIGHT = 2  # batches read or encoded ahead of the one being written
 T = TypeVar("T")
 
@@ -219,21 +216,13 @@ class ImportManager:
     def __init__(self, ingester: Ingester, data_dir: Path, batch_rows: int = 20_000) -> None:
         self.ingester = ingester
         self.catalog = ingester.catalog
-        self.folder = data_dir / JOBS_DIR
-        self.folder.mkdir(exist_ok=True)
         self.batch_rows = batch_rows
-        self._jobs: dict[str, ImportJob] = {}
         self._closing = False
         # Imports (the writer; its reader and encoder too) at the background priority: requests
         # get the CPU first (cpu.BACKGROUND_NICE).
         self._worker = ThreadPoolExecutor(1, "import", lower_priority)
-        records = sorted(self.folder.glob("*.json"), key=lambda p: p.stat().st_mtime)
-        for index, path in enumerate(records):
-            job = ImportJob.from_record(json.loads(path.read_text()))
-            if job.state not in PENDING and index < len(records) - HISTORY:
-                path.unlink()  # an old finished import: only the newest HISTORY are kept
-                continue
-            self._jobs[job.id] = job
+        self.records = Records(data_dir / JOBS_DIR, "import", ImportJob.from_record)
+        for job in self.records.kept():
             if job.state in PENDING:
                 log.warning("resuming import %s of %s (%d rows done)", job.id, job.dir, job.done)
                 job.state = "queued"
@@ -252,23 +241,19 @@ class ImportManager:
         total = sum(i.rows for i in infos)
         job = ImportJob(uuid.uuid4().hex[:12], str(folder), mapping.specs(), total)
         job.shards = {i.path.name: 0 for i in infos}
-        self._jobs[job.id] = job
-        self._save(job)
+        self.records.add(job)
         self._worker.submit(self._run, job)
         return job
 
     def get(self, job_id: str) -> ImportJob:
-        try:
-            return self._jobs[job_id]
-        except KeyError:
-            raise NotFound(f"no such import: {job_id}") from None
+        return self.records.get(job_id)
 
     def list(self) -> list[ImportJob]:
-        return sorted(self._jobs.values(), key=lambda j: j.created, reverse=True)
+        return self.records.list()
 
     def cancel(self, job_id: str, timeout: float = 60.0) -> ImportJob:
         """Stop an import after its batch in flight (what was written stays)."""
-        job = self.get(job_id)
+        job = self.records.get(job_id)
         job.stop.set()
         job.ended.wait(timeout)
         return job
@@ -276,12 +261,12 @@ class ImportManager:
     def close(self) -> None:
         """Stop the running import after its batch; it resumes at the next start."""
         self._closing = True
-        for job in self._jobs.values():
+        for job in self.records.kept():
             job.stop.set()
         self._worker.shutdown(wait=True)
 
     def _save(self, job: ImportJob) -> None:
-        write_atomic(self.folder / f"{job.id}.json", json.dumps(job.record()).encode())
+        self.records.save(job)
 
     def _run(self, job: ImportJob) -> None:
         try:

@@ -1,0 +1,71 @@
+"""The saved records of bulk jobs (imports, exports): each job's record in FOLDER/ID.json,
+written atomically as it goes, read back at the next start (the newest HISTORY finished ones
+kept), and the jobs by id for the routes."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+from ..errors import NotFound
+from ..files import write_atomic
+
+HISTORY = 200  # finished jobs kept (the newest)
+PENDING = frozenset({"queued", "running"})
+
+
+class Job(Protocol):
+    id: str
+    state: str
+    created: float
+
+    def record(self) -> dict[str, Any]: ...
+
+
+J = TypeVar("J", bound=Job)
+
+
+class Records(Generic[J]):
+    """The jobs of one kind (`kind` names them in a 404), each saved as `folder`/ID.json."""
+
+    def __init__(self, folder: Path, kind: str, from_record: Callable[[dict[str, Any]], J]):
+        self.folder, self.kind = folder, kind
+        self.folder.mkdir(exist_ok=True)
+        self._jobs: dict[str, J] = {}
+        self._guard = threading.Lock()
+        saved = sorted(self.folder.glob("*.json"), key=lambda p: p.stat().st_mtime)
+        for index, path in enumerate(saved):
+            job = from_record(json.loads(path.read_text()))
+            if job.state not in PENDING and index < len(saved) - HISTORY:
+                path.unlink()  # an old finished job: only the newest HISTORY are kept
+                continue
+            self._jobs[job.id] = job
+
+    def add(self, job: J, unless: Callable[[J], bool] | None = None) -> bool:
+        """Keep and save `job`, unless a job already kept matches `unless` (False then)."""
+        with self._guard:
+            if unless is not None and any(unless(j) for j in self._jobs.values()):
+                return False
+            self._jobs[job.id] = job
+        self.save(job)
+        return True
+
+    def save(self, job: J) -> None:
+        write_atomic(self.folder / f"{job.id}.json", json.dumps(job.record()).encode())
+
+    def get(self, job_id: str) -> J:
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            raise NotFound(f"no such {self.kind}: {job_id}") from None
+
+    def kept(self) -> list[J]:
+        """In the order kept: the saved ones oldest first, then the new ones."""
+        return list(self._jobs.values())
+
+    def list(self) -> list[J]:
+        """Newest first."""
+        return sorted(list(self._jobs.values()), key=lambda j: j.created, reverse=True)
