@@ -21,7 +21,7 @@ from imgsearch.catalog import Catalog, StoreSource
 from imgsearch.embedders import Embedder
 from imgsearch.images import BASE_EXTENSIONS
 from imgsearch.index import Policy, base
-from imgsearch.index.policy import lists_for
+from imgsearch.index.policy import HELD_TUNE_QUERIES, TUNE_QUERIES, lists_for
 from imgsearch.ingest import Ingester
 from imgsearch.store import FileFacts, NewImage, Rows
 
@@ -77,16 +77,45 @@ def without_worker(catalog: Catalog) -> None:
     catalog.index._stop.clear()
 
 
+def test_an_import_that_leaves_nothing_to_fold_is_tuned_fully_at_its_end(tmp_path: Path) -> None:
+    """A training during an import is tuned provisionally; when the import ends with no recent
+    rows to fold (no compaction), the worker tunes the base again with every query."""
+    policy = Policy(lists_per_sqrt=PER_SQRT, exact_max=100, settle_min=1000)
+    catalog = Catalog(tmp_path, "m", DIM, policy)
+    without_worker(catalog)
+    sample = policy.train_at(BIG, DIM)
+    try:
+        with catalog.index.hold(expected=BIG):
+            fill(catalog, clustered(sample))
+            assert catalog.index.maintain() == "train"
+            about = catalog.index.describe()
+            assert (about["tuning_queries"], about["recent"]) == (HELD_TUNE_QUERIES, 0)
+            assert catalog.index._segments.base.meta.provisional
+            assert catalog.index.maintain() is None, "not tuned again while the import runs"
+        assert catalog.index.maintain() == "tune"
+        about = catalog.index.describe()
+        assert about["tuning_queries"] == TUNE_QUERIES and about["recall_at_10"] is not None
+        assert not catalog.index._segments.base.meta.provisional
+        assert catalog.index.maintain() is None
+    finally:
+        catalog.close()
+    again = Catalog(tmp_path, "m", DIM, policy)  # the full tuning was saved with the base
+    try:
+        assert again.index.describe()["tuning_queries"] == TUNE_QUERIES
+    finally:
+        again.close()
+
+
 def test_a_bulk_write_trains_once_for_its_final_size_and_compacts_at_its_end(
     tmp_path: Path,
 ) -> None:
     vectors = clustered(BIG + 500)
-    policy = Policy(lists_per_sqrt=PER_SQRT, exact_max=100, settle_min=1000, retune_growth=1.2)
+    policy = Policy(lists_per_sqrt=PER_SQRT, exact_max=100, settle_min=1000)
     catalog = Catalog(tmp_path, "m", DIM, policy)
     without_worker(catalog)
     trainings = counting_trainings(catalog)
     sample = catalog.index.policy.train_at(BIG, DIM)
-    assert 0 < sample < BIG - 4000
+    assert 0 < sample < BIG - 4000 and BIG < policy.retune_growth * sample
     try:
         with catalog.index.hold(expected=BIG):
             for at in range(0, BIG, 4000):
@@ -97,6 +126,8 @@ def test_a_bulk_write_trains_once_for_its_final_size_and_compacts_at_its_end(
             assert about["planned"] == BIG and about["trained_count"] == BIG
             assert str(about["factory"]).startswith(f"IVF{lists_for(BIG, PER_SQRT)},")
             assert about["recent"] == BIG - trainings[0], "later rows wait for the import's end"
+            # Tuned provisionally (fewer queries: the import waited for it) ...
+            assert about["tuning_queries"] == HELD_TUNE_QUERIES and about["nprobe"]
             # (searched among codes now, like the base: among its 10 best, not always first)
             hits = catalog.nearest(vectors[BIG - 1 : BIG], 10)[0]
             assert f"/v/{BIG - 1}.jpg" in {h.path for h in hits}
@@ -105,9 +136,10 @@ def test_a_bulk_write_trains_once_for_its_final_size_and_compacts_at_its_end(
         assert catalog.index.maintain() == "compact"
         about = catalog.index.describe()
         assert (about["base"], about["recent"], about["planned"]) == (BIG, 0, None)
-        # The compaction at the import's end found the base grown over retune_growth times its
-        # tuning size: nprobe and re-scoring were measured again, on the whole base.
+        # ... so the compaction at the import's end measured nprobe and re-scoring again, on
+        # the whole base and every tuning query (the base has not grown retune_growth times).
         assert catalog.index._segments.base.meta.tuned_count == BIG
+        assert about["tuning_queries"] == TUNE_QUERIES
         assert about["recall_at_10"] is not None and about["nprobe"]
         assert len(trainings) == 1 and sample <= trainings[0] < BIG
         assert catalog.index.maintain() is None  # nothing more: no retrain at the planned size
@@ -316,6 +348,10 @@ def test_nprobe_is_tuned_again_at_twice_the_size_never_during_an_import() -> Non
     assert not p.needs_retune("ivf-pqfs", 1000, 5000, holds=1)  # an import holds the index
     assert not p.needs_retune("ivf-pqfs", 0, 5000, holds=0)  # a base that did not record it
     assert not p.needs_retune("exact", 1000, 5000, holds=0)
+    # A provisional tuning (fewer queries, during an import) is tuned again once none holds.
+    assert p.needs_retune("ivf-pqfs", 1000, 1000, holds=0, provisional=True)
+    assert not p.needs_retune("ivf-pqfs", 1000, 5000, holds=1, provisional=True)
+    assert not p.needs_retune("exact", 1000, 1000, holds=0, provisional=True)
 
 
 def test_rows_encoded_ahead_of_their_write_are_found_under_their_ids(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..files import fsync
 from .fine import Fine, FineTable, tables
-from .policy import HNSW_ADD_EF, TARGET_RECALL
+from .policy import HNSW_ADD_EF, TARGET_RECALL, TUNE_QUERIES
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,14 @@ class BaseMeta:
     # The recall@10 the tuning aimed at (policy.Policy.target_recall, the daemon's --recall);
     # 0: not recorded (bases of earlier versions were tuned for policy.TARGET_RECALL).
     target: float = 0.0
+    # How many queries the tuning searched (0: not recorded, policy.TUNE_QUERIES); fewer:
+    # a provisional tuning, made during a bulk import (policy.HELD_TUNE_QUERIES).
+    tune_queries: int = 0
+
+    @property
+    def provisional(self) -> bool:
+        """Whether nprobe and rescore were tuned on fewer queries than a full tuning's."""
+        return self.kind != "exact" and 0 < self.tune_queries < TUNE_QUERIES
 
     @property
     def tuned_for(self) -> float:

@@ -58,10 +58,11 @@ class Source(Protocol):
 
 def build(
     spec: P.Spec, source: Source, model_id: str, dim: int, policy: P.Policy, stop: threading.Event,
-    folder: Path | None = None,
+    folder: Path | None = None, tune_queries: int = P.TUNE_QUERIES,
 ) -> Base:  # fmt: skip
-    """A new base of kind `spec` holding every present vector (as of the generation it says);
-    quantized codes get fine codes (fine.py) in a new file in `folder`, if given."""
+    """A new base of kind `spec` holding every present vector (as of the generation it says),
+    tuned on `tune_queries` stored vectors; quantized codes get fine codes (fine.py) in a new
+    file in `folder`, if given."""
     import faiss
 
     started = time.monotonic()
@@ -84,7 +85,7 @@ def build(
         for_adding(index)  # every copy adds (encodes) at HNSW_ADD_EF
         template = faiss.clone_index(index)  # trained, empty: what recent segments copy
     placer = Placer.of(template, policy.train_bf16, policy.tree_from) if policy.places else None
-    picked = np.sort(rng.choice(present, min(P.TUNE_QUERIES, len(present)), replace=False))
+    picked = np.sort(rng.choice(present, min(tune_queries, len(present)), replace=False))
     q_ids, queries = source.vectors(picked.tolist())
     truth = (np.full((len(q_ids), 0), -np.inf, np.float32), np.zeros((len(q_ids), 0), np.int64))
     seen: list[np.ndarray] = []
@@ -111,7 +112,7 @@ def build(
     meta = BaseMeta(
         model_id, dim, spec.kind, spec.factory, generation, len(all_ids), len(all_ids),
         time.time(), nprobe, recall, rescore, len(all_ids), fine.name if fine else "",
-        policy.target_recall,
+        policy.target_recall, tune_queries,
     )  # fmt: skip
     log.info(
         "index built: %s, %d vectors in %.1fs (nprobe %d, recall@10 %.3f, rescore %d)",
@@ -192,7 +193,7 @@ def retune(base: Base, source: Source, policy: P.Policy, stop: threading.Event) 
     )
     meta = replace(
         base.meta, nprobe=nprobe, recall=recall, rescore=rescore, tuned_count=len(present),
-        target=policy.target_recall,
+        target=policy.target_recall, tune_queries=P.TUNE_QUERIES,
     )  # fmt: skip
     log.info(
         "index re-tuned at %d vectors in %.1fs: nprobe %d -> %d, rescore %d -> %d, recall@10 %.3f",

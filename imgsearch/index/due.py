@@ -84,6 +84,12 @@ def needs_fine(seg: Segments) -> bool:
     return base.meta.kind in QUANTIZED and base.fine is None and len(base) > 0
 
 
+def needs_full_tuning(seg: Segments, look: Look) -> bool:
+    """A base tuned provisionally during a bulk import, none running now (compaction tunes
+    one again as it folds; this is for an import whose end left nothing to fold)."""
+    return seg.base.meta.provisional and not look.holds and len(seg.base) > 0
+
+
 def needs_retarget(policy: Policy, seg: Segments) -> bool:
     """A tuned base whose nprobe and rescore were chosen for another recall target than the
     policy's (the daemon restarted with another --recall)."""

@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +24,11 @@ from ..cpu import lower_priority
 from ..errors import Busy
 from . import base as B
 from . import due
+from .about import about
 from .build import Source, build, fold, retune, with_fine
 from .codes import Encoded, Precoded, copied, encoded, relabel
-from .fine import FACTORY as FINE_FACTORY
 from .placing import Placer
-from .policy import BUILDING_RETRY_S, Policy
+from .policy import BUILDING_RETRY_S, HELD_TUNE_QUERIES, TUNE_QUERIES, Policy
 from .reads import Searcher, one_omp_thread, scan_store
 from .segments import Change, Segments, bits, exact_among, merge
 from .startup import reopen, saved_base, warm_fine
@@ -112,9 +111,13 @@ class LibraryIndex:
 
     def _build(self, count: int) -> B.Base:
         spec = self.policy.spec(count, self.dim)
+        # During a bulk import a provisional tuning (fewer queries): the import waits for it,
+        # and its end tunes again for the size it reached.
+        queries = HELD_TUNE_QUERIES if self._holds else TUNE_QUERIES
         built = build(
-            spec, self.source, self.model_id, self.dim, self.policy, self._stop, self.folder
-        )
+            spec, self.source, self.model_id, self.dim, self.policy, self._stop, self.folder,
+            queries,
+        )  # fmt: skip
         if count > built.meta.trained_count:  # trained ahead, for an import's final size
             built = replace(built, meta=replace(built.meta, trained_count=count))
         return self._keep(built)
@@ -271,28 +274,9 @@ class LibraryIndex:
         return not self._busy.locked() and not self._holds
 
     def describe(self) -> dict[str, Any]:
+        """The index as `/stats` shows it (about.py)."""
         seg = self._segments
-        meta = seg.base.meta
-        return {
-            "kind": meta.kind,
-            "factory": meta.factory,
-            "vectors": len(self),
-            "base": len(seg.base),
-            "recent": int(seg.recent.ntotal),
-            "deleted": seg.dead,
-            "nprobe": meta.nprobe or None,
-            "recall_at_10": meta.recall,
-            "target_recall": meta.tuned_for if meta.nprobe else None,
-            "rescore": meta.rescore or None,
-            "fine_codes": FINE_FACTORY if seg.base.fine is not None else None,
-            "trained_at": _iso(meta.trained_at),
-            "trained_count": meta.trained_count,
-            "planned": self._planned or None,
-            "generation": meta.generation,
-            "origin": self.origin,
-            "state": self.state,
-            "search_time": self._reads.timings(),
-        }
+        return about(seg, len(self), self._planned, self.origin, self.state, self._reads.timings())
 
     # -- background work ------------------------------------------------------------------------
 
@@ -328,8 +312,11 @@ class LibraryIndex:
                 return "tune"
             settle, self._settle = self._settle, False
             if due.needs_compaction(self.policy, seg) or (settle and due.unsaved(self.policy, seg)):
-                self._replace(self.compact)
+                self._replace(self.compact)  # (tunes a provisional tuning again)
                 return "compact"
+            if due.needs_full_tuning(seg, look):
+                self._replace(self.retarget)
+                return "tune"
             return None
 
     def rebase(self) -> None:
@@ -380,7 +367,10 @@ class LibraryIndex:
             generation = self._applied
         saved = self._path / B.INDEX if self._path else None
         base = fold(seg.base, saved, bits(dead), bits(recent), frozen, generation, seg.placer)
-        if self.policy.needs_retune(base.meta.kind, base.meta.tuned_count, len(base), self._holds):
+        meta = base.meta
+        if self.policy.needs_retune(
+            meta.kind, meta.tuned_count, len(base), self._holds, meta.provisional
+        ):
             self.state = "tuning"
             base = retune(base, self.source, self.policy, self._stop)
         return self._keep(base)
@@ -429,10 +419,6 @@ class LibraryIndex:
         self._wake.set()
         self._worker.join(STOP_WAIT)
         self._reads.close()
-
-
-def _iso(stamp: float) -> str | None:
-    return datetime.fromtimestamp(stamp, UTC).isoformat(timespec="seconds") if stamp else None
 
 
 __all__ = ["LibraryIndex", "merge"]

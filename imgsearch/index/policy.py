@@ -135,6 +135,11 @@ BUILDING_RETRY_S = 30
 TARGET_RECALL = 0.97
 RECALL_K = 10
 TUNE_QUERIES = 200
+# A training while a bulk import runs tunes on this many (a provisional tuning: it serves the
+# import's own searches, and the import's end tunes again with TUNE_QUERIES, the library then
+# several times the sample it trained on). The tuning's searches were half the first training's
+# pause in an import (21 of 46 s at 1M, bench/scale.py); the recall it measures is 4x noisier.
+HELD_TUNE_QUERIES = 50
 # The tuning queries are stored vectors (each one's own id left out); users' queries are new
 # images, which scored lower: ~0.006 at 200k (bench/search_path.py), 0.011-0.023 at 10M over
 # nprobe 1051-512 (bench/big_search.py): aim this much above the target where that can be had.
@@ -264,11 +269,15 @@ class Policy:
             return max(self.held_delta_max, sample)
         return max(self.held_delta_max * CODED_SCALE, int(self.held_growth * base_count))
 
-    def needs_retune(self, kind: str, tuned_count: int, count: int, holds: int) -> bool:
+    def needs_retune(
+        self, kind: str, tuned_count: int, count: int, holds: int, provisional: bool = False
+    ) -> bool:
         """Whether a compacted base of `count` vectors should be tuned again (never while a
-        bulk import holds the index; bases that did not record their tuning size: never)."""
-        tunable = kind != "exact" and tuned_count > 0 and not holds
-        return tunable and count >= self.retune_growth * tuned_count
+        bulk import holds the index; bases that did not record their tuning size: never,
+        unless their tuning was provisional)."""
+        if kind == "exact" or holds:
+            return False
+        return provisional or (tuned_count > 0 and count >= self.retune_growth * tuned_count)
 
     def needs_training(
         self, current: str, trained_count: int, count: int, dim: int, factory: str = ""
