@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_model, progress, record  # noqa: E402
 from scale import CHUNK, DISTRIBUTIONS, Vectors  # noqa: E402
 
-from imgsearch.cpu import BF16_FLAGS, cpu_flags, torch_threads  # noqa: E402
+from imgsearch.cpu import BF16_FLAGS, cpu_flags, native_amx, torch_threads  # noqa: E402
 from imgsearch.index import kmeans  # noqa: E402
 from imgsearch.index import policy as P  # noqa: E402
 
@@ -153,24 +153,33 @@ def _ms(f: Any, repeats: int = 8) -> float:
     return float(np.median(times))
 
 
-def two_level_ab(x: np.ndarray, lists: int, bf16: bool, rounds: int) -> dict[str, Any]:
-    """kmeans.two_level as the daemon runs it, and with bfloat16 assignments to any number
-    of centres (FLOAT32_UNDER = 0), alternating, `rounds` times each: seconds and quality."""
-    runs: dict[str, list[dict[str, float]]] = {"as_daemon": [], "bf16_everywhere": []}
-    under = kmeans.FLOAT32_UNDER
+def two_level_ab(
+    x: np.ndarray, lists: int, bf16: bool, rounds: int, against: str = "bf16_everywhere"
+) -> dict[str, Any]:
+    """kmeans.two_level as the daemon runs it (this CPU's policy), and `against`: with
+    bfloat16 assignments to any number of centres (FLOAT32_UNDER = 0), or with the refining
+    iterations assigned through the tree of centres (tree_from = policy.TREE_FROM, as where the
+    CPU has no AMX); alternating, `rounds` times each: seconds and quality."""
+    runs: dict[str, list[dict[str, float]]] = {"as_daemon": [], against: []}
+    under, tree_from = kmeans.FLOAT32_UNDER, (P.NEVER if native_amx() else P.TREE_FROM)
+    ways = {
+        "as_daemon": (under, tree_from),
+        "bf16_everywhere": (0, tree_from),
+        "tree": (under, P.TREE_FROM),
+    }
     try:
         for _ in range(rounds):
-            for name, limit in (("as_daemon", under), ("bf16_everywhere", 0)):
-                kmeans.FLOAT32_UNDER = limit
+            for name in runs:
+                kmeans.FLOAT32_UNDER, tree = ways[name]
                 start = time.perf_counter()
                 with torch_threads(os.cpu_count() or 1):
-                    centres = kmeans.two_level(x, lists, bf16, P.SEED)
+                    centres = kmeans.two_level(x, lists, bf16, P.SEED, tree_from=tree)
                 runs[name].append({"s": time.perf_counter() - start, **quality(x, centres)})
                 progress(f"two-level, {name}: {runs[name][-1]}")
     finally:
         kmeans.FLOAT32_UNDER = under
     best = {name: min(r["s"] for r in done) for name, done in runs.items()}
-    return {**runs, "speedup": best["bf16_everywhere"] / best["as_daemon"]}
+    return {**runs, "speedup": best[against] / best["as_daemon"]}
 
 
 def main() -> None:
@@ -186,6 +195,11 @@ def main() -> None:
         "--two-level-only", type=int, default=0, metavar="ROUNDS",
         help="only kmeans.two_level, ROUNDS times each way: as the daemon trains, and with "
         "every assignment in bfloat16 (FLOAT32_UNDER = 0, before 2026-12-04)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--against", choices=["bf16_everywhere", "tree"], default="bf16_everywhere",
+        help="--two-level-only's other way: every assignment in bfloat16, or the refining "
+        "iterations through the tree of centres (policy.TREE_FROM, the policy without AMX)",
     )  # fmt: skip
     args = parser.parse_args()
     spec = P.Policy().spec(args.n, DIM)
@@ -205,7 +219,9 @@ def main() -> None:
         record(result, "kmeans")
         return
     if args.two_level_only:
-        result["two_level_ab"] = two_level_ab(x, spec.lists, bool(flags), args.two_level_only)
+        result["two_level_ab"] = two_level_ab(
+            x, spec.lists, bool(flags), args.two_level_only, args.against
+        )
         record(result, "kmeans")
         return
     faiss.omp_set_num_threads(os.cpu_count() or 1)

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..cpu import lower_priority
 from ..errors import Busy
+from ..memory import trim
 from . import base as B
 from . import due
 from .about import about
@@ -286,7 +287,8 @@ class LibraryIndex:
             self._wake.wait(WAKE_SECONDS)
             self._wake.clear()
             try:
-                self.maintain()
+                if ran := self.maintain():
+                    trim(f"index {ran}")
             except Stopped:
                 return
             except Exception:

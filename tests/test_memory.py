@@ -1,0 +1,54 @@
+"""Freed heap memory is handed back to the system (memory.trim), as the daemon does after bulk
+work: real glibc allocations, real resident sizes from /proc."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from imgsearch import memory
+
+BLOCK = 64 * 1024  # under glibc's mmap threshold: these come from an arena's heap
+BLOCKS = 4096  # 256 MB
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or memory._malloc_trim() is None, reason="glibc's malloc_trim"
+)
+def test_memory_a_thread_freed_in_the_middle_of_its_heap_is_returned() -> None:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.restype, libc.free.argtypes = None, [ctypes.c_void_p]
+    kept: list[int] = []
+
+    def allocate() -> None:  # on its own thread, so in its own arena, as the import's threads
+        blocks = [libc.malloc(BLOCK) for _ in range(BLOCKS)]
+        for block in blocks:
+            ctypes.memset(block, 1, BLOCK)
+        for block in blocks[:-1]:  # the last one stays: the heap's top is in use, so free()
+            libc.free(block)  # cannot shrink it; 256 MB lie free below it
+        kept.append(blocks[-1])
+
+    worker = threading.Thread(target=allocate)
+    worker.start()
+    worker.join()
+    try:
+        held = memory.rss_mb()
+        freed = memory.trim("test")
+        assert freed > 0.75 * BLOCK * BLOCKS / 2**20, (held, freed)
+        assert memory.rss_mb() < held - 0.75 * BLOCK * BLOCKS / 2**20
+        assert memory.trim("again") < 16  # nothing more to return
+    finally:
+        libc.free(kept[0])
+
+
+def test_memory_rss_is_read_from_proc(tmp_path: Path) -> None:
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmHWM:\t 9000 kB\nVmRSS:\t 2048 kB\n")
+    assert memory.rss_mb(status) == 2.0
+    assert memory.rss_mb(tmp_path / "missing") == 0.0
