@@ -259,9 +259,18 @@ def post_json(url: str, body: dict[str, Any], timeout: float = 60.0) -> tuple[An
 
 
 def rss(pid: int) -> dict[str, float]:
+    """Resident MB now and at most, and now of anonymous memory (the heap, the index's codes)
+    and of mapped files (the fine codes, libraries)."""
     status = Path(f"/proc/{pid}/status").read_text().splitlines()
-    kb = {line.split(":")[0]: int(line.split()[1]) for line in status if line.startswith("Vm")}
-    return {"rss_mb": kb["VmRSS"] / 1024, "peak_rss_mb": kb["VmHWM"] / 1024}
+    kb = {
+        line.split(":")[0]: int(line.split()[1])
+        for line in status
+        if line.startswith(("Vm", "Rss"))
+    }
+    return {
+        "rss_mb": kb["VmRSS"] / 1024, "peak_rss_mb": kb["VmHWM"] / 1024,
+        "anon_mb": kb.get("RssAnon", 0) / 1024, "file_mb": kb.get("RssFile", 0) / 1024,
+    }  # fmt: skip
 
 
 def wait_idle(daemon: Daemon, timeout: float = 7200, quiet: float = 12.0) -> dict[str, Any]:

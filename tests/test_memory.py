@@ -7,14 +7,20 @@ import ctypes
 import ctypes.util
 import sys
 import threading
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from imgsearch import memory
+from imgsearch.catalog import Catalog
+from imgsearch.index import Policy, manager
+from imgsearch.store import FileFacts, NewImage
 
 BLOCK = 64 * 1024  # under glibc's mmap threshold: these come from an arena's heap
 BLOCKS = 4096  # 256 MB
+DIM = 16
 
 
 @pytest.mark.skipif(
@@ -52,3 +58,33 @@ def test_memory_rss_is_read_from_proc(tmp_path: Path) -> None:
     status.write_text("Name:\tpython\nVmHWM:\t 9000 kB\nVmRSS:\t 2048 kB\n")
     assert memory.rss_mb(status) == 2.0
     assert memory.rss_mb(tmp_path / "missing") == 0.0
+
+
+def test_memory_the_index_worker_trims_after_its_jobs_not_while_an_import_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trims: list[tuple[str, int]] = []
+    catalog = Catalog(tmp_path, "m", DIM, Policy(exact_max=100, settle_min=100))
+    index = catalog.index
+    monkeypatch.setattr(manager, "trim", lambda why: trims.append((why, index._holds)) or 0.0)
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((3000, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    try:
+        with index.hold(expected=3000):
+            catalog.put(
+                [NewImage(FileFacts(f"/v/{i}.jpg", 1, 1, f"h{i}", 1, 1), v)
+                 for i, v in enumerate(vectors)]
+            )  # fmt: skip
+            deadline = time.monotonic() + 60
+            while index.describe()["kind"] == "exact":  # the worker trains, held
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert trims == [], "a trim while the import ran"
+        deadline = time.monotonic() + 60
+        while not trims:  # the import's end: the worker's full tuning, then a trim
+            assert time.monotonic() < deadline, index.describe()
+            time.sleep(0.05)
+        assert trims[0] == ("index tune", 0)
+    finally:
+        catalog.close()

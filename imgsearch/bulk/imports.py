@@ -30,7 +30,6 @@ from typing import Any, TypeVar
 from ..cpu import lower_priority
 from ..errors import BadRequest, NotFound
 from ..ingest import AddReport, Checked, Ingester
-from ..memory import trim
 from ..store import UNKNOWN_SHA256, Rows
 from .batches import Group, Unreadable, groups, shard_batches
 from .columns import import_metadata
@@ -295,7 +294,6 @@ class ImportManager:
             log.info(
                 "import %s %s: %d rows, %d failed", job.id, job.state, job.imported, job.failed
             )
-            trim(f"import {job.id} {job.state}")
 
     def _import(self, job: ImportJob) -> None:
         infos = check_folder(Path(job.dir), self.catalog.model_id, self.catalog.dim)

@@ -287,7 +287,10 @@ class LibraryIndex:
             self._wake.wait(WAKE_SECONDS)
             self._wake.clear()
             try:
-                if ran := self.maintain():
+                # Freed memory back to the system after a job (not while an import runs: a
+                # trim stalls other threads' allocations for as long as it takes, 0.1-0.4 s
+                # after a compaction at 10M; the import's end brings a job that trims).
+                if (ran := self.maintain()) and not self._holds:
                     trim(f"index {ran}")
             except Stopped:
                 return
