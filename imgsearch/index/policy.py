@@ -137,8 +137,9 @@ RECALL_K = 10
 TUNE_QUERIES = 200
 # A training while a bulk import runs tunes on this many (a provisional tuning: it serves the
 # import's own searches, and the import's end tunes again with TUNE_QUERIES, the library then
-# several times the sample it trained on). The tuning's searches were half the first training's
-# pause in an import (21 of 46 s at 1M, bench/scale.py); the recall it measures is 4x noisier.
+# several times the sample it trained on). After the k-means, the build's adds and tuning took
+# 21.1 of the first training's 46.4 s at 1M, 12.2 s on 50 queries (the import 1.09x quicker,
+# bench/scale.py, docs/BENCHMARKS.md); the recall it measures is 4x noisier.
 HELD_TUNE_QUERIES = 50
 # The tuning queries are stored vectors (each one's own id left out); users' queries are new
 # images, which scored lower: ~0.006 at 200k (bench/search_path.py), 0.011-0.023 at 10M over
