@@ -106,6 +106,29 @@ def test_an_import_that_leaves_nothing_to_fold_is_tuned_fully_at_its_end(tmp_pat
         again.close()
 
 
+def test_a_provisional_tuning_saved_before_a_crash_is_tuned_fully_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """The daemon dies mid-import, after the training saved a provisionally tuned base: the
+    next start loads it as it is and (no import resumed) the worker tunes it on every query."""
+    policy = Policy(lists_per_sqrt=PER_SQRT, exact_max=100, settle_min=1000)
+    catalog = Catalog(tmp_path, "m", DIM, policy)
+    without_worker(catalog)
+    with catalog.index.hold(expected=BIG):
+        fill(catalog, clustered(policy.train_at(BIG, DIM)))
+        assert catalog.index.maintain() == "train"
+        catalog.close()  # (the saved base and SQLite are all a kill -9 leaves)
+    again = Catalog(tmp_path, "m", DIM, policy)
+    without_worker(again)
+    try:
+        about = again.index.describe()
+        assert (about["origin"], about["tuning_queries"]) == ("loaded", HELD_TUNE_QUERIES)
+        assert again.index.maintain() == "tune"
+        assert again.index.describe()["tuning_queries"] == TUNE_QUERIES
+    finally:
+        again.close()
+
+
 def test_a_bulk_write_trains_once_for_its_final_size_and_compacts_at_its_end(
     tmp_path: Path,
 ) -> None:
