@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from .fine import FACTORY as FINE_FACTORY
 from .policy import TUNE_QUERIES
 from .segments import Segments
 
@@ -17,6 +16,7 @@ def about(
     the planned size of the imports in progress, how the index came up, what the worker is
     doing, and the searches' timings."""
     meta = seg.base.meta
+    fine = seg.base.fine
     tuned = meta.nprobe > 0
     return {
         "kind": meta.kind,
@@ -30,7 +30,7 @@ def about(
         "target_recall": meta.tuned_for if tuned else None,
         "rescore": meta.rescore or None,
         "tuning_queries": (meta.tune_queries or TUNE_QUERIES) if tuned else None,
-        "fine_codes": FINE_FACTORY if seg.base.fine is not None else None,
+        "fine_codes": fine.quantizer.describe() if fine is not None else None,
         "trained_at": iso(meta.trained_at),
         "trained_count": meta.trained_count,
         "planned": planned or None,

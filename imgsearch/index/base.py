@@ -2,10 +2,11 @@
 
 A base is built once (by training or compaction), saved once into its own folder
 (`<generation>-<kind>/`: meta.json, index.faiss, ids.npy, and for IVF kinds template.faiss,
-for quantized ones fine.faiss, written under a temporary name, fsynced and renamed), and never
-changed after: searches read it without a lock. A quantized base's fine codes are in a file
-beside the folders, shared by the bases of one training (fine.py; meta.json names it). At
-start-up it is memory-mapped where FAISS allows it (IO_FLAG_MMAP for IVF lists and flat codes).
+for quantized ones the fine codes' quantizer, quantizers.FILES; written under a temporary
+name, fsynced and renamed), and never changed after: searches read it without a lock. A
+quantized base's fine codes are in a file beside the folders, shared by the bases of one
+training (fine.py; meta.json names it). At start-up it is memory-mapped where FAISS allows it
+(IO_FLAG_MMAP for IVF lists and flat codes).
 The template is the trained index before any vector was added (coarse quantizer and codebooks,
 no codes): the recent segment is a copy of it (segments.py).
 """
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..files import fsync
+from . import quantizers
 from .fine import Fine, FineTable, tables
 from .policy import HNSW_ADD_EF, TARGET_RECALL, TUNE_QUERIES
 
@@ -34,7 +36,6 @@ META = "meta.json"
 INDEX = "index.faiss"
 IDS = "ids.npy"
 TEMPLATE = "template.faiss"
-FINE = "fine.faiss"
 # Kinds whose codes FAISS reads into RAM even with IO_FLAG_MMAP (fast-scan block lists).
 READ_INTO_RAM = ("ivf-pqfs",)
 # An index file is written PACE_BYTES at a time, each step flushed to disk (fdatasync) and
@@ -127,10 +128,7 @@ def save(base: Base, folder: Path) -> Path:
         write_paced(base.template, tmp / TEMPLATE)
         files.append(TEMPLATE)
     if base.fine is not None:
-        import faiss
-
-        faiss.write_index(base.fine.quantizer, str(tmp / FINE))
-        files.append(FINE)
+        files.append(base.fine.quantizer.save(tmp))
         base.fine.table.flush()  # the rows this base counts on, on disk before it is
     meta = {**asdict(base.meta), "sizes": {f: (tmp / f).stat().st_size for f in files}}
     (tmp / META).write_text(json.dumps(meta, indent=1))
@@ -259,14 +257,13 @@ def _fine(path: Path, meta: BaseMeta, ids: np.ndarray) -> Fine | None:
     """The fine codes a saved base names, if their file is there and covers its ids (else
     None: the worker writes new ones, LibraryIndex.maintain; searches re-score from the store
     meanwhile)."""
-    import faiss
-
     if not meta.fine:
         return None
-    quantizer = faiss.read_index(str(path / FINE))
+    name = next((f for f in quantizers.FILES if (path / f).exists()), None)
+    quantizer = quantizers.load(path, name) if name else None
     found = path.parent / meta.fine
-    table = FineTable(found, quantizer.sa_code_size()) if found.exists() else None
-    if table is None or not table.covers(int(ids[-1]) if len(ids) else 0):
+    table = FineTable(found, quantizer.code_size) if quantizer and found.exists() else None
+    if quantizer is None or table is None or not table.covers(int(ids[-1]) if len(ids) else 0):
         log.warning("%s: its fine codes (%s) are missing or short: made again", path, found.name)
         return None
     return Fine(quantizer, table)

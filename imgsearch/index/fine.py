@@ -4,9 +4,10 @@ search's candidates in memory before the best few are read exactly from the stor
 The IVF's fast-scan codes (4 bits per 2 dimensions) are made to be scanned, not to rank: on
 embedding-like data a search must re-score 100 x k of their candidates to find the true top 10
 (bench/ivf_reach.py), and reading 1,000 exact vectors from SQLite was most of a 10M search.
-A 4-bit scalar quantizer (`FACTORY`: 4 bits per dimension, dim / 2 bytes, its ranges trained
-with the index) ranks those candidates nearly as well as the exact vectors (bench/fine_rank.py,
-docs/BENCHMARKS.md) at ~0.24 us a candidate in memory, scored on the codes as they are: a
+A code of dim / 2 bytes a vector (quantizers.py: 8 bits on the directions a query's score
+depends on most, 4 on the middle, none on the last, chosen and trained with the index) ranks
+those candidates nearly as well as the exact vectors (bench/fine_ab.py, docs/BENCHMARKS.md)
+at ~0.25 us a candidate in memory, scored on the codes as they are: a
 search ranks a pool of `POOL` x k by them and reads only the best rescore x k from the store
 (the tuning measures which depth reaches the recall target), so a hit's similarity is still
 exact.
@@ -27,21 +28,23 @@ import os
 import threading
 import uuid
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import quantizers as Q
+from .quantizers import Quantizer
+
 log = logging.getLogger(__name__)
 
-FACTORY = "SQ4"
 # A search of a base with fine codes takes at least POOL x k candidates from the IVF's codes,
 # ranks them all by their fine codes, and re-scores the best rescore x k (the depth tuned with
 # nprobe: policy.RESCORE_FACTORS) with exact vectors from the store. At 1M (spectral, nprobe
 # 1,024, 1,000 candidates) the best 40 by fine codes held the true top 10 as often as all
 # 1,000 re-scored (recall@10 0.9815 against 0.984), where the IVF's own first 100 reached
-# 0.953 (bench/fine_rank.py); ranking 1,000 costs ~0.24 ms, reading them from SQLite ~15.
+# 0.953 (bench/fine_rank.py; 4 bits on every dimension then, quantizers.Nibbles); ranking
+# 1,000 costs ~0.25 ms, reading them from SQLite ~15.
 # (Fast-scan codes of half the size, dim / 4 sub-quantizers, with a pool of 300 x k did as
 # well at 1M, but not at 10M: there the true top 10 were among the 3,000 best of their codes
 # too rarely for recall@10 0.97 at any nprobe (0.963 with every list probed; docs/BENCHMARKS.md).)
@@ -140,21 +143,18 @@ class FineTable:
 
 @dataclass(frozen=True)
 class Fine:
-    """A trained 4-bit scalar quantizer (an empty FAISS index) and the codes it made."""
+    """A trained quantizer (quantizers.py) and the codes it made."""
 
-    quantizer: Any
+    quantizer: Quantizer
     table: FineTable
 
     @classmethod
     def train(cls, sample: np.ndarray, folder: Path) -> Fine:
-        """A quantizer trained on `sample` (its ranges), writing a new file in `folder`."""
-        import faiss
-
-        quantizer = faiss.index_factory(sample.shape[1], FACTORY, faiss.METRIC_INNER_PRODUCT)
-        quantizer.train(np.ascontiguousarray(sample, dtype=np.float32))
+        """A quantizer trained on `sample`, writing a new file in `folder`."""
+        quantizer = Q.train(sample)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{PREFIX}{uuid.uuid4().hex[:12]}{SUFFIX}"
-        return cls(quantizer, FineTable(path, quantizer.sa_code_size()))
+        return cls(quantizer, FineTable(path, quantizer.code_size))
 
     @property
     def name(self) -> str:
@@ -163,19 +163,15 @@ class Fine:
     def encode(self, vectors: np.ndarray) -> np.ndarray:
         if not len(vectors):
             return np.zeros((0, self.table.row_bytes), np.uint8)
-        return np.asarray(self.quantizer.sa_encode(np.ascontiguousarray(vectors, np.float32)))
+        return self.quantizer.encode(vectors)
 
     def put(self, ids: np.ndarray, vectors: np.ndarray, codes: np.ndarray | None = None) -> None:
         """Write the codes of `ids` (`codes`: encode() of `vectors`, made ahead)."""
         self.table.put(ids, self.encode(vectors) if codes is None else codes)
 
-    @cached_property
-    def _scales(self) -> np.ndarray | None:
-        return scales_of(self.quantizer)
-
     def scores(self, query: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Scores of `ids` against `query` that rank them as q . decoded code does."""
-        return scores(self.quantizer, self._scales, self.table.get(ids), query)
+        return self.quantizer.scores(self.table.get(ids), np.asarray(query, np.float32))
 
     def rank(self, queries: np.ndarray, ids: np.ndarray, keep: int) -> np.ndarray:
         """Each query's best `keep` of its candidate ids (-1 padded) by the fine codes."""
@@ -193,32 +189,6 @@ def pool(k: int, read: int) -> int:
     """Candidates a search for k results asks the IVF for when it re-scores `read` of them
     from the store: at least POOL x k, ranked by the fine codes first."""
     return max(read, k * POOL)
-
-
-def scales_of(quantizer: Any) -> np.ndarray | None:
-    """Each dimension's step (vdiff / 15) where the codes are FAISS's 4-bit ones with a range
-    per dimension (FACTORY): a code c of dimension d decodes to vmin[d] + (c + 0.5) x step[d],
-    so q . x ranks as the sum over d of q[d] step[d] c[d], computed on the codes as they are
-    (0.24 ms for 1,000 candidates, 0.75 decoding them first). None: another kind (decoded)."""
-    import faiss
-
-    sq = quantizer.sq
-    trained = faiss.vector_to_array(sq.trained)
-    if sq.qtype != faiss.ScalarQuantizer.QT_4bit or len(trained) != 2 * sq.d:
-        return None
-    return np.ascontiguousarray(trained[sq.d :] / 15.0, dtype=np.float32)
-
-
-def scores(
-    quantizer: Any, scales: np.ndarray | None, codes: np.ndarray, query: np.ndarray
-) -> np.ndarray:
-    """Scores of `codes` that rank them as q . decoded code does (`scales`: scales_of)."""
-    if scales is None:
-        return np.asarray(quantizer.sa_decode(codes) @ query)
-    weights = np.zeros(2 * codes.shape[1], np.float32)  # (odd dim: a half-used last byte)
-    weights[: len(scales)] = query * scales  # dimension 2i: byte i's low nibble, 2i + 1 high
-    low = (codes & 15).astype(np.float32) @ weights[0::2]
-    return low + (codes >> 4).astype(np.float32) @ weights[1::2]
 
 
 def tables(folder: Path) -> list[Path]:

@@ -164,10 +164,13 @@ TUNE_CACHE_BYTES = 512 << 20
 # tuning tries the deepest factor first and shallower ones only where they can be cheaper
 # (tuning.choose), each with its smallest nprobe reaching TARGET_RECALL, and keeps the cheapest
 # by a cost model: scanning one code costs 1, re-scoring one candidate (a SQLite row
-# read, float16 -> float32, a dot product) RESCORE_COST codes (measured: ~0.07 us a code,
-# ~15 us a candidate).
+# read, float16 -> float32, a dot product) RESCORE_COST codes. Measured at 10M: ~14 ns a
+# fast-scan code on one thread (bench/scan_cost.py), ~6 us a row from the page cache and
+# 75-170 us from the disk (bench/rescore_read.py; the database outgrows the page cache): 430
+# for cached rows, and rows missed cost 10x more. (200 until 2026-12-05, measured on the
+# codes of its day, ~0.07 us a code.)
 RESCORE_FACTORS = (4, 10, 25)
-RESCORE_COST = 200
+RESCORE_COST = 500
 # Tried as well when no factor above reaches the target with the margin at any nprobe: data
 # that the codes rank poorly (uniform random vectors: 25 x k reached 0.97 only with 94% of the
 # lists probed at 1M, docs/BENCHMARKS.md) is then re-scored deeper rather than scanned whole.
