@@ -13,8 +13,8 @@ choosing the lists the script reports that reachable recall and the codes a quer
 
 - fixed: the best nprobe lists (the daemon's rule);
 - gap: every list whose centre scores within delta of the query's best centre (at least
-  --floor lists, at most --cap);
-- share: the best lists until their summed centre weight ... (see `rules`).
+  --floor lists, at most --cap; the deltas tried are quantiles of the queries' spread between
+  their best and 1,000th centre), so a query whose best lists stand out probes fewer.
 
 No search runs: the lists' ids come from the base's inverted lists. Appends one JSON line to
 bench/out/probe_reach.jsonl.

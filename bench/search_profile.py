@@ -19,7 +19,10 @@ to bench/out/search_profile.jsonl. --recall R starts the daemon with `--recall R
 the saved base again for that target before the script goes on; `retune_s` is how long that
 took, from the daemon's log); --tree DIR runs the daemon from another checkout. --truth Q
 measures recall@10 of the first Q queries against exact search over the library's present
-rows (read from its database, read-only; cached in bench/out).
+rows (read from its database, read-only; cached in bench/out). --drop-cache drops the database
+file from the page cache before each timed phase (posix_fadvise DONTNEED), so the re-scoring
+reads come from the disk as after a restart of a library bigger than the page cache; without
+it they depend on what earlier runs left there.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import collections
 import hashlib
 import http.client
 import json
+import os
 import re
 import sqlite3
 import subprocess
@@ -130,6 +134,15 @@ def timed(daemon: Daemon, queries: Any, seconds: float, keep_alive: bool) -> dic
     return {"search_ms": percentiles(times), "mean_ms": sum(times) / len(times), "stages": stages}
 
 
+def drop_cache(path: Path) -> None:
+    """`path`'s pages out of the page cache (those of no process's dirty writes)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def exact_truth(data: Path, queries: np.ndarray) -> dict[int, list[str]]:
     """Each query's exact 10 nearest stored images (paths) among the present rows of the
     library's database, read-only (cached in bench/out by the database's size and mtime)."""
@@ -184,11 +197,15 @@ def main() -> None:
     parser.add_argument(
         "--truth", type=int, default=0, help="recall@10 of this many queries against exact search"
     )
+    parser.add_argument(
+        "--drop-cache", action="store_true", help="the database out of the page cache first"
+    )
     args = parser.parse_args()
     flags = daemon_flags(args.model) + (["--recall", str(args.recall)] if args.recall else [])
     queries = library_queries(args, 1000)
     out: dict[str, Any] = {"cpu": cpu_model(), "n": args.n, "data": str(args.data)}
     out["daemon_recall_flag"] = args.recall
+    out["drop_cache"] = args.drop_cache
     truth = exact_truth(args.data, queries[: args.truth]) if args.truth else None
     with Daemon(flags, args.data, start_timeout=1800, tree=args.tree) as daemon:
         out["index"] = wait_idle(daemon)
@@ -197,8 +214,12 @@ def main() -> None:
             out["recall_at_10"] = recall(daemon, queries, truth)
         for q in queries[:20]:  # warm: the first searches read the base's pages
             post_json(daemon.url + "/search", {"vector": q.tolist(), "limit": 10})
+        if args.drop_cache:
+            drop_cache(args.data / DB_FILE)
         out["new_connection"] = timed(daemon, queries, args.seconds, keep_alive=False)
         out["search_ms"] = out["new_connection"]["search_ms"]
+        if args.drop_cache:
+            drop_cache(args.data / DB_FILE)
         out["kept_alive"] = timed(daemon, queries, args.seconds, keep_alive=True)
         if args.no_profile:
             progress(f"search {out['new_connection']}; kept alive {out['kept_alive']}")

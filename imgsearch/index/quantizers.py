@@ -73,7 +73,7 @@ class Allotted:
         """Codes of `vectors`, made by FAISS (a linear transform, then its 8-bit and 4-bit
         scalar quantizers given these ranges): without the GIL, on FAISS's OpenMP team.
         (numpy's product went to an OpenBLAS of its own, whose threads spin between calls:
-        11.3 CPU-us a row against 6.0 here, bench/fine_ab.py --encode; an import's CPU a row
+        10.7 CPU-us a row against 6.3 here, bench/fine_ab.py --encode; an import's CPU a row
         9% up at 1M, docs/BENCHMARKS.md.)"""
         turn, parts = self._coders
         x = np.ascontiguousarray(vectors, np.float32)
