@@ -15,6 +15,10 @@ depth x k by it were re-scored exactly (depth 2 ... 25), and the ms to rank a po
   --sample stored rows (the last one is the one it chooses, marked),
 - exact scores (the ceiling: the pool's own recall).
 
+`--pools` measures the pool instead: for each --nprobe and each --pool (candidates asked of
+the IVF), the scan's ms a query on one thread, the ranking's by the base's fine codes, the
+pool's recall@10 and that of its best 4 x k by the fine codes.
+
 `--encode` times encoding instead, as an import does it (batches of 2,000 stored rows, 10 ms
 apart): the chosen quantizer's encode (FAISS's pieces), the same codes by numpy (its product on
 numpy's OpenBLAS, whose threads spin between calls) and FAISS's SQ4, at FAISS's default
@@ -151,12 +155,50 @@ def encoding(sample: np.ndarray) -> dict[str, Any]:
     return out
 
 
+def pool_sizes(
+    seg: Segments, fine: F.Fine, queries: np.ndarray, want: list[set[int]], args: Any
+) -> list[dict[str, Any]]:
+    """Scan ms (one thread), ranking ms, the pool's recall@10 and its best 4 x k's, for each
+    nprobe and pool size."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    for q in queries[:20]:  # the first searches read the base's and the fine codes' pages
+        fine.rank(q[None], seg.search(q[None], K * F.POOL, None, args.nprobe[0])[1], 4 * K)
+    out = []
+    for nprobe in args.nprobe:
+        for pool in args.pool:
+            start = time.perf_counter()
+            found = [seg.search(q[None], pool, None, nprobe)[1] for q in queries]
+            scanned = time.perf_counter()
+            best = [
+                fine.rank(q[None], ids, 4 * K)[0] for q, ids in zip(queries, found, strict=True)
+            ]
+            ranked = time.perf_counter()
+            hits = sum(len(w & set(ids[0].tolist())) for w, ids in zip(want, found, strict=True))
+            kept = sum(len(w & set(ids.tolist())) for w, ids in zip(want, best, strict=True))
+            row = {
+                "nprobe": nprobe,
+                "pool": pool,
+                "scan_ms": (scanned - start) / len(queries) * 1000,
+            }
+            row["rank_ms"] = (ranked - scanned) / len(queries) * 1000
+            row["pool_recall"] = hits / (K * len(queries))
+            row["best_4k_recall"] = kept / (K * len(queries))
+            progress(f"{row}")
+            out.append(row)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     library_args(parser)
     parser.add_argument("--truth", type=int, default=200)
     parser.add_argument("--sample", type=int, default=200_000)
     parser.add_argument("--encode", action="store_true", help="time encoding instead")
+    parser.add_argument("--pools", action="store_true", help="measure pool sizes instead")
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[700, 850, 1000, 1141])
+    parser.add_argument("--pool", type=int, nargs="+", default=[1000, 2000, 4000])
     args = parser.parse_args()
     if args.encode:
         conn = sqlite3.connect(f"file:{args.data / DB_FILE}?mode=ro", uri=True)
@@ -176,6 +218,12 @@ def main() -> None:
     base = B.load(folder, meta["model_id"], meta["dim"])
     seg = Segments(base, threading.Lock())
     dim = meta["dim"]
+    if args.pools:
+        assert base.fine is not None, "the base has no fine codes"
+        out = {"cpu": cpu_model(), "n": args.n, "data": str(args.data), "base": folder.name}
+        out["pools"] = pool_sizes(seg, base.fine, queries, want, args)
+        record(out, "fine_ab")
+        return
     progress(f"searching {folder.name} at nprobe {meta['nprobe']}")
     pools = []
     for q in queries:
