@@ -354,6 +354,18 @@ def test_a_base_with_the_earlier_4_bit_codes_loads_and_ranks_by_them(tmp_path: P
         again.close()
 
 
+def test_a_damaged_quantizer_file_is_a_damaged_base(tmp_path: Path) -> None:
+    """fine.npz overwritten with other bytes of its size: the base does not load (the start-up
+    then rebuilds it from SQLite), with an error that names the file."""
+    catalog, _ = built(tmp_path, cone(N, 30))
+    catalog.close()
+    folder = B.saved(tmp_path / INDEX_DIR)[0]
+    path = folder / Q.ALLOTTED_FILE
+    path.write_bytes(b"x" * path.stat().st_size)
+    with pytest.raises(B.IndexFileError, match=Q.ALLOTTED_FILE):
+        B.load(folder, "m", CONE_DIM)
+
+
 def test_a_base_without_fine_codes_gets_them_and_a_new_training_drops_the_old_file(
     tmp_path: Path,
 ) -> None:

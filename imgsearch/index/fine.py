@@ -49,8 +49,8 @@ log = logging.getLogger(__name__)
 # well at 1M, but not at 10M: there the true top 10 were among the 3,000 best of their codes
 # too rarely for recall@10 0.97 at any nprobe (0.963 with every list probed; docs/BENCHMARKS.md).)
 # (A pool of 200 x k held the true top 10 of new photos 0.0045 more often at 10M, as ~25% more
-# lists did, but the tuning, on stored vectors, found the same nprobe with it: 0.5 ms more
-# ranking for that recall, not fewer lists; bench/fine_ab.py --pools, docs/BENCHMARKS.md.)
+# lists did, but the tuning, on stored vectors, found the same nprobe with it: that recall
+# for ~1 ms more a search, not fewer lists; bench/fine_ab.py --pools, docs/BENCHMARKS.md.)
 POOL = 100
 PREFIX, SUFFIX = "fine-", ".u8"
 GROWTH = 1.5  # the file grows by half again when an id falls beyond it (sparse: no disk used)

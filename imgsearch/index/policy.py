@@ -166,7 +166,7 @@ TUNE_CACHE_BYTES = 512 << 20
 # by a cost model: scanning one code costs 1, re-scoring one candidate (a SQLite row
 # read, float16 -> float32, a dot product) RESCORE_COST codes. Measured at 10M: ~14 ns a
 # fast-scan code on one thread (bench/scan_cost.py), ~6 us a row from the page cache and
-# 75-170 us from the disk (bench/rescore_read.py; the database outgrows the page cache): 430
+# 60-170 us from the disk (bench/rescore_read.py; the database outgrows the page cache): 430
 # for cached rows, and rows missed cost 10x more. (200 until 2026-12-05, measured on the
 # codes of its day, ~0.07 us a code.)
 RESCORE_FACTORS = (4, 10, 25)

@@ -19,6 +19,7 @@ choice is 4 bits everywhere, as before.
 from __future__ import annotations
 
 import logging
+import zipfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -154,9 +155,13 @@ class Allotted:
 
     @classmethod
     def load(cls, path: Path) -> Allotted:
-        with np.load(path, allow_pickle=False) as f:
-            rotation = f["rotation"] if f["rotation"].size else None
-            return cls(f["mean"], rotation, f["lo"], f["step"], int(f["wide"]))
+        """The quantizer save() wrote at `path`; ValueError if it is not one."""
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                rotation = f["rotation"] if f["rotation"].size else None
+                return cls(f["mean"], rotation, f["lo"], f["step"], int(f["wide"]))
+        except (zipfile.BadZipFile, KeyError, EOFError, ValueError) as exc:
+            raise ValueError(f"{path}: not a saved quantizer: {exc}") from None
 
 
 def train(sample: np.ndarray) -> Allotted:
