@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_model, progress, record  # noqa: E402
 from scale import MODELS, library_args, library_queries  # noqa: E402
-from search_profile import exact_truth  # noqa: E402
+from search_profile import exact_truth_ids  # noqa: E402
 
 from imgsearch.catalog import DB_FILE  # noqa: E402
 from imgsearch.index import base as B  # noqa: E402
@@ -207,12 +207,8 @@ def main() -> None:
         record(out, "fine_ab")
         return
     queries = library_queries(args, 1000)[: args.truth]
-    truth = exact_truth(args.data, queries)
+    want = exact_truth_ids(args.data, queries)
     conn = sqlite3.connect(f"file:{args.data / DB_FILE}?mode=ro", uri=True)
-    paths = sorted({p for want in truth.values() for p in want})
-    marks = ",".join("?" * len(paths))
-    id_of = dict(conn.execute(f"SELECT path, id FROM images WHERE path IN ({marks})", paths))
-    want = [{id_of[p] for p in truth[q]} for q in range(len(queries))]
     folder = B.saved(args.data / "index")[0]
     meta = json.loads((folder / B.META).read_text())
     base = B.load(folder, meta["model_id"], meta["dim"])

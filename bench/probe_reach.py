@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -36,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_model, progress, record  # noqa: E402
 from scale import library_args, library_queries  # noqa: E402
-from search_profile import exact_truth  # noqa: E402
+from search_profile import exact_truth_ids  # noqa: E402
 
-from imgsearch.catalog import DB_FILE  # noqa: E402
+from imgsearch.index import base as B  # noqa: E402
 
 
 def list_of_ids(ivf: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -71,18 +70,14 @@ def main() -> None:
     args = parser.parse_args()
     start = time.time()
     queries = library_queries(args, 1000)[: args.truth]
-    truth = exact_truth(args.data, queries)
-    conn = sqlite3.connect(f"file:{args.data / DB_FILE}?mode=ro", uri=True)
-    paths = sorted({p for want in truth.values() for p in want})
-    marks = ",".join("?" * len(paths))
-    id_of = dict(conn.execute(f"SELECT path, id FROM images WHERE path IN ({marks})", paths))
-    base = sorted((args.data / "index").glob("*-ivf-*"))[-1]
+    want = exact_truth_ids(args.data, queries)
+    base = B.saved(args.data / "index")[0]
     progress(f"reading {base}")
     index = faiss.read_index(str(base / "index.faiss"), faiss.IO_FLAG_MMAP)
     ivf = faiss.extract_index_ivf(index)
     sizes, where = list_of_ids(ivf)
     centres = ivf.quantizer.reconstruct_n(0, ivf.nlist)
-    meta = json.loads((base / "meta.json").read_text())
+    meta = json.loads((base / B.META).read_text())
     scores = queries @ centres.T  # (q, lists)
     order = np.argsort(-scores, axis=1)
     ranked = np.take_along_axis(scores, order, axis=1)
@@ -90,7 +85,7 @@ def main() -> None:
     rows = np.arange(len(queries))[:, None]
     rank_of[rows, order] = np.arange(ivf.nlist)[None, :]
     # each true neighbour's list's rank in its query's order
-    need = np.array([[rank_of[q, where[id_of[p]]] for p in truth[q]] for q in range(len(queries))])
+    need = np.array([[rank_of[q, where[i]] for i in sorted(ids)] for q, ids in enumerate(want)])
     cum = np.cumsum(sizes[order], axis=1)
 
     def fixed(nprobe: int) -> tuple[float, float]:

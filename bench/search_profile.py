@@ -168,6 +168,19 @@ def exact_truth(data: Path, queries: np.ndarray) -> dict[int, list[str]]:
     return truth
 
 
+def exact_truth_ids(data: Path, queries: np.ndarray) -> list[set[int]]:
+    """exact_truth() as each query's set of store ids."""
+    truth = exact_truth(data, queries)
+    paths = sorted({p for want in truth.values() for p in want})
+    marks = ",".join("?" * len(paths))
+    conn = sqlite3.connect(f"file:{data / DB_FILE}?mode=ro", uri=True)
+    try:
+        id_of = dict(conn.execute(f"SELECT path, id FROM images WHERE path IN ({marks})", paths))
+    finally:
+        conn.close()
+    return [{id_of[p] for p in truth[q]} for q in range(len(queries))]
+
+
 def recall(daemon: Daemon, queries: np.ndarray, truth: dict[int, list[str]]) -> float:
     """recall@10 of the daemon's answers against `truth`."""
     hits = 0
