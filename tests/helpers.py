@@ -340,10 +340,16 @@ def quality(x: np.ndarray, centres: np.ndarray) -> tuple[float, np.ndarray]:
 
 
 def trained(factory: str, x: np.ndarray) -> Any:
-    """An index_factory index over CONE_DIM, trained on `x` (inner product)."""
+    """An index_factory index over CONE_DIM, trained on `x` (inner product); a factory of the
+    policy's rotated kind ("RPCA,...") trained as the daemon trains it (rotation.train)."""
     import faiss
 
+    from imgsearch.index import rotation
+
+    factory, rotated = rotation.factory_of(factory)
     index = faiss.index_factory(CONE_DIM, factory, faiss.METRIC_INNER_PRODUCT)
+    if rotated:
+        return rotation.train(index, x)
     index.train(x)
     return index
 

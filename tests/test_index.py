@@ -106,13 +106,14 @@ def truth(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> 
 def test_policy_thresholds() -> None:
     p = Policy()
     assert p.spec(1000, 512).kind == "exact"
-    assert p.spec(1_000_000, 512) == Spec("ivf-pqfs", "IVF16000,PQ256x4fs", 16000)
-    assert p.spec(10_000_000, 512).factory == "IVF16384,PQ256x4fs"  # MAX_LISTS; no graph
-    assert p.spec(10_000_000, 1280).factory == "IVF16384,PQ640x4fs"
-    assert Policy(hnsw_min_lists=8192).spec(10_000_000, 512).factory == "IVF16384_HNSW32,PQ256x4fs"
+    assert p.spec(1_000_000, 512) == Spec("ivf-pqfs", "RPCA,IVF16000,PQ128x4fs", 16000)
+    assert p.spec(10_000_000, 512).factory == "RPCA,IVF16384,PQ128x4fs"  # MAX_LISTS; no graph
+    assert p.spec(10_000_000, 1280).factory == "RPCA,IVF16384,PQ320x4fs"
+    graph = Policy(hnsw_min_lists=8192).spec(10_000_000, 512).factory
+    assert graph == "RPCA,IVF16384_HNSW32,PQ128x4fs"
     # adds compare each vector with every centre at any size (a graph misplaced most of them)
     assert not any("HNSW" in p.spec(n, 512).factory for n in (10**5, 10**6, 10**7, 10**9))
-    assert p.spec(100_000, 512).factory == "IVF2500,PQ256x4fs"  # 40 training vectors a list
+    assert p.spec(100_000, 512).factory == "RPCA,IVF2500,PQ128x4fs"  # 40 training vectors a list
     assert Policy(flat_max_bytes=1 << 40).spec(1_000_000, 512).kind == "ivf-flat"
     assert (
         p.spec(200, 512).kind == "exact" and Policy(exact_max=10).spec(200, 512).kind == "ivf-flat"

@@ -63,6 +63,8 @@ def test_the_split_search_finds_what_one_thread_finds(
     catalog: Catalog, flat_from: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """(`flat_from` 1: an HNSW quantizer's lists are found by a flat scan of its centroids.)"""
+    import faiss
+
     monkeypatch.setattr(S, "FLAT_COARSE_FROM", flat_from)
     seg = catalog.index._segments
     assert seg.base.meta.kind == "ivf-pqfs"
@@ -71,7 +73,7 @@ def test_the_split_search_finds_what_one_thread_finds(
         seg.remove(ids[::7])
     queries = vectors(N + 20)[N:]
     helper = Counting()
-    lists = int(seg.base.index.nlist)
+    lists = int(faiss.extract_index_ivf(seg.base.index).nlist)
     for allowed in (None, np.sort(ids[::3])):
         for nprobe in (2, 7, lists):
             monkeypatch.setattr(S, "FLAT_COARSE_FROM", 1 << 30)

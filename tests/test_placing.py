@@ -12,7 +12,9 @@ from imgsearch.index.placing import Placer
 from .helpers import cone, contents, faiss_threads_after, trained
 
 
-@pytest.mark.parametrize("factory", ["IVF40,PQ32x4fs", "IVF7,PQ16x4fs", "IVF40,PQ8x4fs"])
+@pytest.mark.parametrize(
+    "factory", ["IVF40,PQ32x4fs", "IVF7,PQ16x4fs", "IVF40,PQ8x4fs", "RPCA,IVF40,PQ16x4fs"]
+)
 def test_placed_codes_are_the_codes_faiss_adds(factory: str) -> None:
     """Every id in the list FAISS's float32 scan puts it in (bar exact-score ties), with the
     very code FAISS writes, in blocks a search reads: the same hits, the same scores."""

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import fine as F
-from . import idsets, kmeans
+from . import idsets, kmeans, rotation
 from . import policy as P
 from .base import READ_INTO_RAM, Base, BaseMeta, emptied, for_adding, ivf
 from .codes import Encoded, encoded, merge_into
@@ -69,7 +69,8 @@ def build(
     generation = source.generation()  # rows written later are replayed on top of the base
     present = source.ids()
     rng = np.random.default_rng(P.SEED)
-    index: Any = faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
+    factory, rotated = rotation.factory_of(spec.factory)
+    index: Any = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     template, fine = None, None
     if spec.kind != "exact" and len(present):
         sample = np.sort(rng.choice(present, P.train_size(spec.lists, len(present)), replace=False))
@@ -77,8 +78,11 @@ def build(
         if not len(train):  # every sampled row removed meanwhile: the worker tries again
             raise RuntimeError("the rows sampled for training are no longer stored")
         kmeans.train(
-            index, train, policy.train_bf16, P.SEED, policy.two_level_min_lists, policy.tree_from
-        )
+            index, train, policy.train_bf16, P.SEED, policy.two_level_min_lists, policy.tree_from,
+            codes=not rotated,
+        )  # fmt: skip
+        if rotated:
+            index = rotation.train(index, train)
         if spec.quantized and folder is not None:
             fine = F.Fine.train(train, folder)
         del train

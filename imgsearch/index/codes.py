@@ -16,6 +16,7 @@ import numpy as np
 
 from .fine import Fine
 from .placing import Placer
+from .rotation import transform_of
 
 
 @dataclass
@@ -61,7 +62,8 @@ def empty_copy(template: Any) -> Any:
     encoding one added image took (13.5 of 24 at 16,384 x 512-d)."""
     import faiss
 
-    ivf: Any = faiss.downcast_index(template)
+    transform = transform_of(template)  # a rotated template: its inner index copied, wrapped
+    ivf: Any = faiss.downcast_index(template.index if transform is not None else template)
     if type(ivf) is not faiss.IndexIVFPQFastScan or ivf.metric_type != faiss.METRIC_INNER_PRODUCT:
         return faiss.clone_index(template)
     batch: Any = faiss.IndexIVFPQFastScan(
@@ -73,7 +75,11 @@ def empty_copy(template: Any) -> Any:
     if batch.code_size != ivf.code_size or batch.M2 != ivf.M2:
         return faiss.clone_index(template)
     batch.referenced_objects.append(template)
-    return batch
+    if transform is None:
+        return batch
+    wrapped: Any = faiss.IndexPreTransform(transform, batch)  # (the template owns the transform)
+    wrapped.referenced_objects.append(template)
+    return wrapped
 
 
 def copied(source: Encoded) -> Encoded:
@@ -140,6 +146,8 @@ def merge_into(target: Any, source: Encoded) -> None:
                 into.ntotal += moved
                 out.ntotal -= moved
     into.merge_from(out, source.offset)
+    # (A rotated index's IndexPreTransform keeps a count of its own.)
+    target.ntotal, source.index.ntotal = into.ntotal, out.ntotal
 
 
 def _append_packed(into: Any, src: Any, i: int, packer: Any, offset: int) -> int:

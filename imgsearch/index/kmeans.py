@@ -83,8 +83,10 @@ def train(
     seed: int,
     two_level_from: int,
     tree_from: int = NEVER,
+    codes: bool = True,
 ) -> None:
-    """Train `index` (an index_factory IVF index) on `sample`; its coarse lists by `two_level`
+    """Train `index` (an index_factory IVF index) on `sample`: its codes unless not `codes`
+    (rotation.train sets them), and its coarse lists by `two_level`
     from `two_level_from` lists, else by ten iterations of bfloat16 k-means when `bf16`
     (Policy.train_bf16: the CPU runs bfloat16 natively) or FAISS's float32 one. Iterations
     into at least `tree_from` lists assign rows through a tree of the centres (tree.py)."""
@@ -112,6 +114,8 @@ def train(
             "tree" if ivf.nlist >= tree_from else "bf16" if bf16 else "fp32", len(sample), ivf.d,
             ivf.nlist, time.monotonic() - started,
         )  # fmt: skip
+    if not codes:
+        return
     index.train(sample)  # the codes (PQ on residuals), and the lists unless done above
     log.info("index trained on %d vectors in %.1fs", len(sample), time.monotonic() - started)
 

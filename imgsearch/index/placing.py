@@ -27,6 +27,7 @@ import numpy as np
 
 from ..cpu import faiss_team
 from .kmeans import NEVER, Centres
+from .rotation import Coded
 from .tree import CentreTree
 
 
@@ -39,6 +40,7 @@ class Placer:
     shift: Any  # uint8 tensor (slots x M): 0 (its low half) or 4 (its high half)
     slots: int  # codes a block holds (32)
     code_size: int  # bytes of one unpacked code (M / 2)
+    coded: Coded | None = None  # a rotated template's coded directions (rotation.py)
 
     @classmethod
     def of(cls, template: Any, bf16: bool = True, tree_from: int = NEVER) -> Placer | None:
@@ -68,12 +70,15 @@ class Placer:
             return None
         vectors = faiss.rev_swig_ptr(quantizer.get_xb(), ivf.nlist * ivf.d)
         centres = np.array(vectors, np.float32).reshape(ivf.nlist, ivf.d)
+        coded = Coded.of(template, int(ivf.M))  # rows placed unrotated, by these centres:
+        if coded is not None:
+            centres = coded.unrotated(centres)
         packer = ivf.get_CodePacker()
         with faiss_team():
             made = CentreTree(centres) if tree else Centres(centres)  # kmeans.CANDIDATES
         at = np.argsort(layout).reshape(packer.nvec, -1)  # each (slot, sub-code)'s 4 bits
         byte, shift = torch.from_numpy(at // 2), torch.from_numpy((at % 2 * 4).astype(np.uint8))
-        return cls(made, byte, shift, packer.nvec, packer.code_size)
+        return cls(made, byte, shift, packer.nvec, packer.code_size, coded)
 
     def fill(
         self, batch: Any, ids: np.ndarray, vectors: np.ndarray
@@ -91,6 +96,8 @@ class Placer:
         x = np.ascontiguousarray(vectors, np.float32)
         with faiss_team():  # the team add_with_ids would have used
             lists = self.centres.nearest(x)
+            if self.coded is not None:
+                x = self.coded.encodable(x)
             codes = np.empty((n, self.code_size), np.uint8)
             x_, lists_, codes_ = (faiss.swig_ptr(a) for a in (x, lists, codes))
             ivf.encode_vectors(n, x_, lists_, codes_, False)  # (without the list numbers)

@@ -24,6 +24,7 @@ from . import policy as P
 from .base import Base
 from .codes import Encoded, encoded, merge_into
 from .placing import Placer
+from .rotation import into_space
 
 # From this many lists probed, an HNSW coarse quantizer is searched by a flat scan of its
 # centroids (exact, and quicker: at 10M, 12,649 centroids, 1,051 probed: 1.0 ms against 1.8
@@ -246,6 +247,7 @@ class Segments:
 
         ivf = faiss.extract_index_ivf(self.base.index)
         nprobe = min(nprobe, ivf.nlist)
+        queries = into_space(self.base.index, queries)  # (a rotated index's own space)
         if helper is not None and self.centres is not None:
             dist, lists = nearest_lists(self.centres, queries, nprobe, helper)
         elif self.graph and nprobe >= FLAT_COARSE_FROM:
