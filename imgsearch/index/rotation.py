@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 # The factory prefix of a rotated index (policy.Spec.factory: "RPCA,IVF16384,PQ128x4fs").
 ROTATED = "RPCA,"
 # Residuals the principal directions are fitted on (a subset of the training sample).
-FIT_ROWS = 65_536
+FIT_ROWS = 32_768
 
 
 def factory_of(spec_factory: str) -> tuple[str, bool]:
