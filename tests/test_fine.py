@@ -397,9 +397,10 @@ def test_a_base_without_fine_codes_gets_them_and_a_new_training_drops_the_old_fi
 def test_a_search_ranks_a_pool_by_fine_codes_and_reads_only_the_tuned_depth(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """At 4 x k re-scored, a search of k = 10 asks the segments for fine.POOL x k candidates
-    and reads 40 rows from the store, the best by the fine codes: nearly every exact top 10
-    is found. A base tuned with fine codes that are lost reads the whole pool; one of an
+    """At 4 x k re-scored, a search of k = 10 asks the segments for a pool of
+    fine.ROTATED_POOL x k candidates (the policy's codes are rotated) and reads 40 rows from
+    the store, the best by the fine codes: nearly every exact top 10 is found. A base tuned
+    with fine codes that are lost reads fine.POOL x k; one of an
     earlier version (tuned without) asks for 40 and reads them."""
     x = cone(N, 30)
     catalog, ids = built(tmp_path, x)
@@ -418,7 +419,7 @@ def test_a_search_ranks_a_pool_by_fine_codes_and_reads_only_the_tuned_depth(
         queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
         want = ids[np.argsort(-(queries @ x.T), axis=1)[:, :10]]
         got = [[hit.id for hit in catalog.nearest(q[None], 10)[0]] for q in queries]
-        assert set(asked) == {10 * F.POOL} and set(read) == {40}
+        assert seg.rotated and set(asked) == {10 * F.ROTATED_POOL} and set(read) == {40}
         found = np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got, want, strict=True)])
         assert found >= 0.95, found
         tuned_with = seg.base

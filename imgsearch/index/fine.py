@@ -1,7 +1,7 @@
 """Fine codes: a second, finer code of every vector of a quantized index, to re-rank a
 search's candidates in memory before the best few are read exactly from the store.
 
-The IVF's fast-scan codes (4 bits per 2 dimensions) are made to be scanned, not to rank: on
+The IVF's fast-scan codes (4 bits per 2 or 4 dimensions) are made to be scanned, not to rank: on
 embedding-like data a search must re-score 100 x k of their candidates to find the true top 10
 (bench/ivf_reach.py), and reading 1,000 exact vectors from SQLite was most of a 10M search.
 A code of dim / 2 bytes a vector (quantizers.py: 8 bits on the directions a query's score
@@ -45,13 +45,22 @@ log = logging.getLogger(__name__)
 # 1,000 re-scored (recall@10 0.9815 against 0.984), where the IVF's own first 100 reached
 # 0.953 (bench/fine_rank.py; 4 bits on every dimension then, quantizers.Nibbles); ranking
 # 1,000 costs ~0.25 ms, reading them from SQLite ~15.
-# (Fast-scan codes of half the size, dim / 4 sub-quantizers, with a pool of 300 x k did as
-# well at 1M, but not at 10M: there the true top 10 were among the 3,000 best of their codes
-# too rarely for recall@10 0.97 at any nprobe (0.963 with every list probed; docs/BENCHMARKS.md).)
+# (Fast-scan codes of half the size, dim / 4 sub-quantizers of the unrotated vectors, with a
+# pool of 300 x k did as well at 1M, but not at 10M: there the true top 10 were among the
+# 3,000 best of their codes too rarely for recall@10 0.97 at any nprobe (0.963 with every
+# list probed). Codes of that size on the residuals' principal directions (rotation.py, the
+# policy's since 2026-12-06) fill a pool of 100 x k as the twice bigger ones did.)
 # (A pool of 200 x k held the true top 10 of new photos 0.0045 more often at 10M, as ~25% more
 # lists did, but the tuning, on stored vectors, found the same nprobe with it: that recall
 # for ~1 ms more a search, not fewer lists; bench/fine_ab.py --pools, docs/BENCHMARKS.md.)
+# Codes on the residuals' principal directions (rotation.py), at half the bytes, hold the true
+# top 10 of a 10M library among their best 1,000 less often: 0.985 of new photos at nprobe
+# 1,392 against 0.9885 among their best 2,000 (bench/cascade.py), and on stored vectors, as the
+# tuning searches, 0.99 was not reached at any nprobe with 1,000 (bench/scale.py, 10M: it fell
+# back to 0.97 at nprobe 768). So their pool is ROTATED_POOL x k: ranking 2,000 costs ~0.3 ms
+# more, the scan of a list ~0.6x of the codes before.
 POOL = 100
+ROTATED_POOL = 200
 PREFIX, SUFFIX = "fine-", ".u8"
 GROWTH = 1.5  # the file grows by half again when an id falls beyond it (sparse: no disk used)
 MIN_ROWS = 1 << 16
@@ -188,10 +197,11 @@ class Fine:
         return out
 
 
-def pool(k: int, read: int) -> int:
+def pool(k: int, read: int, rotated: bool = False) -> int:
     """Candidates a search for k results asks the IVF for when it re-scores `read` of them
-    from the store: at least POOL x k, ranked by the fine codes first."""
-    return max(read, k * POOL)
+    from the store: at least POOL x k (ROTATED_POOL x k for `rotated` codes, rotation.py),
+    ranked by the fine codes first."""
+    return max(read, k * (ROTATED_POOL if rotated else POOL))
 
 
 def tables(folder: Path) -> list[Path]:

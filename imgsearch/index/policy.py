@@ -18,8 +18,9 @@ from .rotation import ROTATED
 # machine): exact 17 / 35 / 55 ms a query at 25k / 50k / 100k, IVF at recall@10 >= 0.97
 # 0.25 / 1.1 / 4.3 ms; exact stays within a few ms of an embedding only up to ~50k.
 EXACT_MAX = 50_000
-# Beyond EXACT_MAX: IVF with 4-bit fast-scan PQ codes (dim / 2 sub-quantizers: dim / 4 bytes a
-# vector, 128 B at 512-d) whose candidates are re-scored with exact vectors from the store.
+# Beyond EXACT_MAX: IVF with 4-bit fast-scan PQ codes (dim / 2 sub-quantizers until 2026-12-06:
+# dim / 4 bytes a vector, 128 B at 512-d; see PQ_DIMS_PER_CODE for today's) whose candidates
+# are re-scored with exact vectors from the store.
 # At 1M (one-cone synthetic data, 1000 lists probed up to all) dim / 4 sub-quantizers could not
 # put the true top 10 among 100 candidates (recall 0.942 at best; 0.978 with 500 candidates);
 # dim / 2 did (0.996 at nprobe 200 of 1000), for 2x the bytes and ~1.6x the scan.
@@ -104,7 +105,7 @@ DELTA_MAX = 20_000
 DELTA_FRACTION = 0.25
 DELTA_CAP = 250_000
 # An IVF base's recent segment is coded (an empty copy of the base: the same quantizer and
-# codebooks; segments.py): a vector costs dim / 4 bytes instead of 4 * dim, a search scans it
+# codebooks; segments.py): a vector costs dim / 8 bytes instead of 4 * dim, a search scans it
 # like the base, and compaction moves its codes without re-encoding them. A bulk import may
 # let it grow CODED_SCALE times as far as an exact one before the worker folds it in (a big
 # import rewrites the base 4x less often). Outside imports the limits above still hold: every

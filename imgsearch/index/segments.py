@@ -4,7 +4,7 @@ Removing an id only sets its bit in a bitmap over the base's ids (O(1) an id, wh
 library's size); the bitmap is an `IDSelectorBitmap` that FAISS applies inside the base search,
 together with an optional allow-list, so `k` results still come back. New and changed vectors
 go to a recent segment: for an IVF base an empty copy of it (the base's `template`: the same
-coarse quantizer and codebooks, so an add costs one code, dim / 4 bytes with fast-scan PQ, it
+coarse quantizer and codebooks, so an add costs one code, dim / 8 bytes with fast-scan PQ, it
 is searched with the base's nprobe, and compaction moves its codes into the base with
 `merge_from`, nothing re-encoded); for an exact base an exact one (IndexIDMap2 on IndexFlatIP).
 """
@@ -24,7 +24,7 @@ from . import policy as P
 from .base import Base
 from .codes import Encoded, encoded, merge_into
 from .placing import Placer
-from .rotation import into_space
+from .rotation import into_space, transform_of
 
 # From this many lists probed, an HNSW coarse quantizer is searched by a flat scan of its
 # centroids (exact, and quicker: at 10M, 12,649 centroids, 1,051 probed: 1.0 ms against 1.8
@@ -64,6 +64,7 @@ class Segments:
         self.members = np.zeros(0, dtype=np.uint8)
         self.graph = hnsw(base.index)  # an HNSW coarse quantizer (efSearch follows nprobe)
         self.centres = centres(base.index)  # its lists' centres (a view), for a split search
+        self.rotated = transform_of(base.index) is not None  # (its queries rotated first)
 
     def code_if_empty(self) -> None:
         """Make an empty exact recent segment a coded one (when the base has a template)."""

@@ -21,6 +21,7 @@ import numpy as np
 
 from . import fine as F
 from . import policy as P
+from .rotation import transform_of
 from .segments import Fetch, hnsw, rescored, search_params
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def choose(
     that can be had); for quantized codes under each re-scoring depth, the cheapest pair with
     the margin by the cost model (else the cheapest meeting the target, else the best recall).
     `recall_at(rescore, nprobe)`: recall@10 searching so (with fine codes, rescore x k of a
-    pool of fine.POOL x k candidates are re-scored: the cost model counts the rows read).
+    pool of fine.pool's candidates are re-scored: the cost model counts the rows read).
 
     Depths are searched deepest first. A shallower depth re-scores the first of the same
     candidates, so it needs at least the nprobe the deeper one needed, and it can win only
@@ -202,7 +203,8 @@ def _recall(
     q_ids, vectors = queries
     params = search_params(True, None, nprobe, hnsw(index))
     read = (k + 1) * max(1, rescore)
-    pool = F.pool(k + 1, read) if rescore and fine is not None else read
+    rotated = transform_of(index) is not None
+    pool = F.pool(k + 1, read, rotated) if rescore and fine is not None else read
     _, ids = index.search(vectors, pool, params=params)
     if pool > read and fine is not None:
         ids = fine.rank(vectors, ids, read)
