@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 # pool of 300 x k did as well at 1M, but not at 10M: there the true top 10 were among the
 # 3,000 best of their codes too rarely for recall@10 0.97 at any nprobe (0.963 with every
 # list probed). Codes of that size on the residuals' principal directions (rotation.py, the
-# policy's since 2026-12-06) fill a pool of 100 x k as the twice bigger ones did.)
+# policy's since 2026-12-06) fill a pool of 200 x k as the twice bigger ones filled 100 x k:
+# ROTATED_POOL, below.)
 # (A pool of 200 x k held the true top 10 of new photos 0.0045 more often at 10M, as ~25% more
 # lists did, but the tuning, on stored vectors, found the same nprobe with it: that recall
 # for ~1 ms more a search, not fewer lists; bench/fine_ab.py --pools, docs/BENCHMARKS.md.)
