@@ -34,7 +34,7 @@ from _common import OUT_DIR, percentiles, progress, record  # noqa: E402
 from scale import K, Vectors, machine  # noqa: E402
 
 from imgsearch.cpu import native_bf16  # noqa: E402
-from imgsearch.index import kmeans  # noqa: E402
+from imgsearch.index import kmeans, rotation  # noqa: E402
 from imgsearch.index import policy as P  # noqa: E402
 from imgsearch.index.base import for_adding  # noqa: E402
 from imgsearch.index.segments import merge, preassigned  # noqa: E402
@@ -72,12 +72,16 @@ def build(n: int, folder: Path, vectors: Path | None, earlier: bool) -> dict[str
     read_s = time.perf_counter() - start
     policy = P.Policy(hnsw_min_lists=8_192, lists_per_sqrt=4.0) if earlier else P.Policy()
     spec = policy.spec(n, DIM)  # (at most 16,384 lists: 12,649 at 10M either way)
-    index = faiss.index_factory(DIM, spec.factory, faiss.METRIC_INNER_PRODUCT)
+    factory, rotated = rotation.factory_of(spec.factory)
+    index = faiss.index_factory(DIM, factory, faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(P.SEED)
     sample = np.sort(rng.choice(n, P.train_size(spec.lists, n), replace=False))
     start = time.perf_counter()
     two_level = 1 << 62 if earlier else P.TWO_LEVEL_MIN_LISTS
-    kmeans.train(index, np.asarray(store[sample], np.float32), native_bf16(), P.SEED, two_level)
+    train = np.asarray(store[sample], np.float32)
+    kmeans.train(index, train, native_bf16(), P.SEED, two_level, codes=not rotated)
+    index = rotation.train(index, train) if rotated else index
+    del train
     for_adding(index)
     train_s = time.perf_counter() - start
     progress(f"trained {spec.factory} on {len(sample):,} in {train_s:.0f}s")
@@ -136,6 +140,7 @@ class Searcher:
         import faiss
 
         self.store = store
+        self.index = index  # (queries rotated into a rotated index's space for the IVF)
         self.ivf = faiss.extract_index_ivf(index)
         self.quantizer = faiss.downcast_index(self.ivf.quantizer)
         self.graph = isinstance(self.quantizer, faiss.IndexHNSW)
@@ -153,6 +158,7 @@ class Searcher:
         """ef 0: a flat search over the centroids."""
         import faiss
 
+        q = rotation.into_space(self.index, q)
         if not ef:
             return self.flat.search(q, nprobe)  # type: ignore[no-any-return]
         params = faiss.SearchParametersHNSW()
@@ -163,6 +169,7 @@ class Searcher:
         self, q: np.ndarray, k: int, assign: tuple[np.ndarray, np.ndarray], split: bool
     ) -> tuple[np.ndarray, np.ndarray]:
         dist, lists = assign
+        q = rotation.into_space(self.index, q)
         if not split:
             return preassigned(self.ivf, q, k, lists, dist, None)
         other = self.pool.submit(preassigned, self.ivf, q, k, lists[:, 1::2], dist[:, 1::2], None)

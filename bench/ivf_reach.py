@@ -41,7 +41,7 @@ from _common import cpu_model, progress, record  # noqa: E402
 from scale import CHUNK, DISTRIBUTIONS, Vectors  # noqa: E402
 
 from imgsearch.cpu import native_bf16  # noqa: E402
-from imgsearch.index import kmeans  # noqa: E402
+from imgsearch.index import kmeans, rotation  # noqa: E402
 from imgsearch.index import policy as P  # noqa: E402
 from imgsearch.index.base import for_adding  # noqa: E402
 from imgsearch.index.segments import FLAT_COARSE_FROM, preassigned  # noqa: E402
@@ -83,7 +83,7 @@ def scan(
     if isinstance(graph, faiss.IndexHNSW) and nprobe >= FLAT_COARSE_FROM:  # as the daemon:
         flat = faiss.downcast_index(graph.storage)  # the centroids scanned flat
         found = []
-        for q in queries:
+        for q in rotation.into_space(index, queries):  # (the IVF's own space)
             dist, lists = flat.search(q[None], nprobe)
             found.append(preassigned(ivf, q[None], depth * K, lists, dist, None)[1][0])
     else:
@@ -129,7 +129,8 @@ def build(
         spec = replace(
             spec, factory=spec.factory.replace(f"IVF{spec.lists}", f"IVF{spec.lists}_HNSW32")
         )
-    index = faiss.index_factory(x.shape[1], spec.factory, faiss.METRIC_INNER_PRODUCT)
+    factory, rotated = rotation.factory_of(spec.factory)
+    index = faiss.index_factory(x.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(P.SEED)
     sample = x[np.sort(rng.choice(len(x), P.train_size(spec.lists, len(x)), replace=False))]
     start = time.perf_counter()
@@ -144,6 +145,7 @@ def build(
         kmeans.train(index, sample, native_bf16(), P.SEED, P.TWO_LEVEL_MIN_LISTS)
     else:
         kmeans.train(index, sample, train == "bf16", P.SEED, never)
+    index = rotation.train(index, sample) if rotated else index  # (the codes trained again)
     trained = time.perf_counter() - start
     for_adding(index)
     index.add(x)

@@ -34,7 +34,7 @@ from _common import OUT_DIR, progress, record, shard_vectors  # noqa: E402
 from scale import K, machine  # noqa: E402
 
 from imgsearch.cpu import native_bf16  # noqa: E402
-from imgsearch.index import kmeans  # noqa: E402
+from imgsearch.index import kmeans, rotation  # noqa: E402
 from imgsearch.index import policy as P  # noqa: E402
 from imgsearch.index.codes import encoded, merge_into  # noqa: E402
 from imgsearch.index.placing import Placer  # noqa: E402
@@ -118,9 +118,11 @@ def main() -> None:
     sample = P.train_size(spec.lists, N)
     data = shard_vectors(shards(args.dist), sample + args.rows, DIM)
     train, x = data[:sample], data[sample:]
-    index = faiss.index_factory(DIM, spec.factory, faiss.METRIC_INNER_PRODUCT)
+    factory, rotated = rotation.factory_of(spec.factory)
+    index = faiss.index_factory(DIM, factory, faiss.METRIC_INNER_PRODUCT)
     start = time.perf_counter()
-    kmeans.train(index, train, native_bf16(), P.SEED, P.TWO_LEVEL_MIN_LISTS)
+    kmeans.train(index, train, native_bf16(), P.SEED, P.TWO_LEVEL_MIN_LISTS, codes=not rotated)
+    index = rotation.train(index, train) if rotated else index
     out: dict[str, Any] = {"factory": spec.factory, "train_s": time.perf_counter() - start}
     out.update(rows=len(x), batch=BATCH, bf16_native=native_bf16(), dist=args.dist)
     progress(f"trained {spec.factory} on {sample:,} rows in {out['train_s']:.0f}s")

@@ -110,7 +110,7 @@ def test_policy_thresholds() -> None:
     assert p.spec(10_000_000, 512).factory == "RPCA,IVF16384,PQ128x4fs"  # MAX_LISTS; no graph
     assert p.spec(10_000_000, 1280).factory == "RPCA,IVF16384,PQ320x4fs"
     graph = Policy(hnsw_min_lists=8192).spec(10_000_000, 512).factory
-    assert graph == "RPCA,IVF16384_HNSW32,PQ128x4fs"
+    assert graph == "IVF16384_HNSW32,PQ256x4fs"  # (not rotated over a graph: rotation.py)
     # adds compare each vector with every centre at any size (a graph misplaced most of them)
     assert not any("HNSW" in p.spec(n, 512).factory for n in (10**5, 10**6, 10**7, 10**9))
     assert p.spec(100_000, 512).factory == "RPCA,IVF2500,PQ128x4fs"  # 40 training vectors a list

@@ -255,8 +255,9 @@ class Policy:
         coarse = f"IVF{lists}_HNSW32" if lists >= self.hnsw_min_lists else f"IVF{lists}"
         if count * dim * 4 <= self.flat_max_bytes or count < PQ_MIN_COUNT:
             return Spec("ivf-flat", f"{coarse},Flat", lists)
-        pq = f"PQ{_pq_subquantizers(dim)}x4fs"
-        return Spec("ivf-pqfs", f"{ROTATED}{coarse},{pq}", lists)
+        if lists >= self.hnsw_min_lists:  # unrotated: see rotation.py on graphs
+            return Spec("ivf-pqfs", f"{coarse},PQ{_pq_subquantizers(dim, 2)}x4fs", lists)
+        return Spec("ivf-pqfs", f"{ROTATED}{coarse},PQ{_pq_subquantizers(dim)}x4fs", lists)
 
     def delta_limit(self, base_count: int) -> int:
         """How many recent vectors a base of `base_count` carries before a compaction."""
@@ -314,10 +315,10 @@ def train_size(lists: int, count: int) -> int:
     return min(count, lists * TRAIN_PER_LIST, max(MAX_TRAIN, lists * MIN_TRAIN_PER_LIST))
 
 
-def _pq_subquantizers(dim: int) -> int:
-    """dim / PQ_DIMS_PER_CODE, rounded down to an even divisor of dim (fast-scan packs codes
-    in pairs; PQ needs m | dim)."""
-    for m in range(max(2, dim // PQ_DIMS_PER_CODE), 1, -1):
+def _pq_subquantizers(dim: int, per_code: int = PQ_DIMS_PER_CODE) -> int:
+    """dim / per_code, rounded down to an even divisor of dim (fast-scan packs codes in pairs;
+    PQ needs m | dim)."""
+    for m in range(max(2, dim // per_code), 1, -1):
         if dim % m == 0 and m % 2 == 0:
             return m
     return 2
