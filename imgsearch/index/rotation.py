@@ -14,8 +14,8 @@ Inner products are kept exactly by the rotation, so the lists, their centres' sc
 coarse assignment are those of the unrotated space.
 
 At 10M (bench/cascade.py, docs/BENCHMARKS.md): dim / 4 sub-quantizers coded this way (64 B a
-code at 512-d) ranked a search's pool as well as dim / 2 coded by FAISS's PQ (128 B), for 0.6x
-of the scan.
+code at 512-d) filled a pool of 2,000 candidates as well as dim / 2 coded by FAISS's PQ (128 B)
+filled one of 1,000, for 0.6x of the scan (so a rotated base's pool is fine.ROTATED_POOL x k).
 
 Only over a flat coarse quantizer (the policy's). Codes by residual need each vector in its
 nearest list: over an HNSW graph of the centres (a policy with hnsw_min_lists lowered) adds at
