@@ -90,7 +90,7 @@ class Searcher:
         if quantized and fine is None and meta.fine:  # tuned with fine codes, lost since:
             depth = max(depth, F.POOL)  # POOL x k re-scored until they are made again
         read = k * depth if depth else k + (EXTRA if quantized else 0)
-        wanted = F.pool(k, read, seg.rotated) if fine is not None else read
+        wanted = F.pool(k, read, seg.transform is not None) if fine is not None else read
         if quantized:
             cap = max(RESCORE_MAX_ROWS, k + EXTRA)
             read, wanted = min(read, cap), min(wanted, cap)

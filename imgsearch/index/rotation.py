@@ -127,7 +127,11 @@ def transform_of(index: Any) -> Any | None:
 
 def into_space(index: Any, x: np.ndarray) -> np.ndarray:
     """`x` in the space of `index`'s inner IVF index: rotated for a rotated index, else as is."""
-    transform = transform_of(index)
+    return rotated(transform_of(index), x)
+
+
+def rotated(transform: Any | None, x: np.ndarray) -> np.ndarray:
+    """`x` through `transform` (transform_of's), or as is where there is none."""
     if transform is None:
         return x
     return np.asarray(transform.apply(np.ascontiguousarray(x, np.float32)))

@@ -24,7 +24,7 @@ from . import policy as P
 from .base import Base
 from .codes import Encoded, encoded, merge_into
 from .placing import Placer
-from .rotation import into_space, transform_of
+from .rotation import rotated, transform_of
 
 # From this many lists probed, an HNSW coarse quantizer is searched by a flat scan of its
 # centroids (exact, and quicker: at 10M, 12,649 centroids, 1,051 probed: 1.0 ms against 1.8
@@ -64,7 +64,7 @@ class Segments:
         self.members = np.zeros(0, dtype=np.uint8)
         self.graph = hnsw(base.index)  # an HNSW coarse quantizer (efSearch follows nprobe)
         self.centres = centres(base.index)  # its lists' centres (a view), for a split search
-        self.rotated = transform_of(base.index) is not None  # (its queries rotated first)
+        self.transform = transform_of(base.index)  # a rotated base's (its queries rotated first)
 
     def code_if_empty(self) -> None:
         """Make an empty exact recent segment a coded one (when the base has a template)."""
@@ -248,7 +248,7 @@ class Segments:
 
         ivf = faiss.extract_index_ivf(self.base.index)
         nprobe = min(nprobe, ivf.nlist)
-        queries = into_space(self.base.index, queries)  # (a rotated index's own space)
+        queries = rotated(self.transform, queries)  # (a rotated index's own space)
         if helper is not None and self.centres is not None:
             dist, lists = nearest_lists(self.centres, queries, nprobe, helper)
         elif self.graph and nprobe >= FLAT_COARSE_FROM:
