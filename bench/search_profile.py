@@ -22,7 +22,9 @@ measures recall@10 of the first Q queries against exact search over the library'
 rows (read from its database, read-only; cached in bench/out). --drop-cache drops the database
 file from the page cache before each timed phase (posix_fadvise DONTNEED), so the re-scoring
 reads come from the disk as after a restart of a library bigger than the page cache; without
-it they depend on what earlier runs left there.
+it they depend on what earlier runs left there. --tail then searches for --seconds more (kept
+alive, a `GET /stats` after each) and reports the mean stages of the median searches and of the
+slowest 1%: what a p99 is made of.
 """
 
 from __future__ import annotations
@@ -134,6 +136,43 @@ def timed(daemon: Daemon, queries: Any, seconds: float, keep_alive: bool) -> dic
     return {"search_ms": percentiles(times), "mean_ms": sum(times) / len(times), "stages": stages}
 
 
+def tail(daemon: Daemon, queries: Any, seconds: float) -> dict[str, Any]:
+    """Each search's stages (kept alive, a `GET /stats` after each: the daemon's sums'
+    differences) for `seconds`: the median search's and the slowest 1%'s mean ms by stage,
+    so a p99 can be told apart (the scan, the fine codes' pages, the re-scoring reads)."""
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port)
+
+    def sums() -> dict[str, float]:
+        conn.request("GET", "/stats")
+        return dict(json.loads(conn.getresponse().read())["index"]["search_time"])
+
+    rows: list[tuple[float, dict[str, float]]] = []
+    last = sums()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        body = json.dumps({"vector": queries[len(rows) % len(queries)].tolist(), "limit": 10})
+        start = time.perf_counter()
+        conn.request("POST", "/search", body, {"Content-Type": "application/json"})
+        json.loads(conn.getresponse().read())
+        ms = (time.perf_counter() - start) * 1000
+        now = sums()
+        each = {name: now[name] - last[name] for name in now if name != "searches"}
+        each["rest"] = ms - sum(each.values())
+        rows.append((ms, each))
+        last = now
+    conn.close()
+    rows.sort(key=lambda row: row[0])
+    slowest = rows[-max(1, len(rows) // 100) :]
+    middle = rows[len(rows) // 2 - 5 : len(rows) // 2 + 5] or rows
+
+    def mean(group: list[tuple[float, dict[str, float]]]) -> dict[str, float]:
+        names = group[0][1]
+        out = {name: round(sum(r[1][name] for r in group) / len(group), 2) for name in names}
+        return {"ms": round(sum(r[0] for r in group) / len(group), 2), **out}
+
+    return {"searches": len(rows), "median": mean(middle), "slowest_1pct": mean(slowest)}
+
+
 def drop_cache(path: Path) -> None:
     """`path`'s pages out of the page cache (those of no process's dirty writes)."""
     fd = os.open(path, os.O_RDONLY)
@@ -213,6 +252,9 @@ def main() -> None:
     parser.add_argument(
         "--drop-cache", action="store_true", help="the database out of the page cache first"
     )
+    parser.add_argument(
+        "--tail", action="store_true", help="then each search's stages: the median's, the 1%%'s"
+    )
     args = parser.parse_args()
     flags = daemon_flags(args.model) + (["--recall", str(args.recall)] if args.recall else [])
     queries = library_queries(args, 1000)
@@ -234,6 +276,10 @@ def main() -> None:
         if args.drop_cache:
             drop_cache(args.data / DB_FILE)
         out["kept_alive"] = timed(daemon, queries, args.seconds, keep_alive=True)
+        if args.tail:
+            if args.drop_cache:
+                drop_cache(args.data / DB_FILE)
+            out["tail"] = tail(daemon, queries, args.seconds)
         if args.no_profile:
             progress(f"search {out['new_connection']}; kept alive {out['kept_alive']}")
             record(out, "search_profile")

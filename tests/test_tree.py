@@ -40,10 +40,11 @@ def test_the_best_groups_hold_nearly_every_rows_nearest_centre(
     (On 512-d embeddings, 16 of 128 groups: 99.7% nearest, docs/BENCHMARKS.md; this 64-d
     data's k-means is cruder.)"""
     monkeypatch.setattr(tree, "PROBES", 8)
+    monkeypatch.setattr(tree, "GROUPS_PER_SQRT", 1.0)
     centres = kmeans.spherical(cone(20_000, 80, seed=1), 400, 3, seed=1)
     x = cone(6_000, 80, seed=2)
     t = CentreTree(centres)
-    assert t.probes == 8 and len(t.starts) - 1 == 20
+    assert t.probes == 8 and len(t.starts) - 1 == 20 and t.project is None
     found = t.nearest(x)
     want = best(x, centres)
     scores = x @ centres.T
@@ -135,4 +136,45 @@ def test_groups_no_centre_falls_in_are_dropped() -> None:
     found = t.nearest(x)
     np.testing.assert_allclose(
         (x * centres[found]).sum(axis=1), (x @ distinct.T).max(axis=1), atol=1e-5
+    )
+
+
+def spectral(x: np.ndarray) -> np.ndarray:
+    """Rows whose variation falls along their k-th coordinate as k ** -1.2, unit length (as
+    embeddings' does, bench/scale.py --dist spectral)."""
+    shaped = x * np.arange(1, x.shape[1] + 1) ** -0.6
+    return (shaped / np.linalg.norm(shaped, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_members_are_compared_in_the_centres_leading_directions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Centres that differ along few directions: the members are compared in their leading
+    principal directions, each row's CANDIDATES best group winners again whole: the nearest
+    centre for nearly every row, otherwise one scoring nearly as well (every group probed
+    here, so only the directions can miss); fewer directions miss more. Centres that differ
+    along most directions are compared whole."""
+    monkeypatch.setattr(tree, "PROBES", 10_000)
+    centres = kmeans.spherical(spectral(cone(20_000, 80, seed=1)), 400, 3, seed=1)
+    x = spectral(cone(6_000, 80, seed=2))
+    want = best(x, centres)
+    scores = x @ centres.T
+    same, dims = {}, {}
+    for kept in (0.9, 0.95):  # (these 64-d centres need more than half for the default)
+        monkeypatch.setattr(tree, "VARIANCE_KEPT", kept)
+        t = CentreTree(centres)
+        assert t.project is not None
+        dims[kept] = t.project.shape[1]
+        np.testing.assert_allclose(t.project.T @ t.project, np.eye(dims[kept]), atol=1e-5)
+        found = t.nearest(x)
+        lost = scores.max(axis=1) - scores[np.arange(len(x)), found]
+        same[kept] = (found == want).mean()
+        assert (lost >= 0).all() and lost.mean() < 2e-3
+    assert dims[0.9] < dims[0.95] <= DIM * tree.MAX_SHARE
+    assert 0.8 <= same[0.9] < same[0.95] < 1
+    flat = kmeans.spherical(cone(20_000, 80, seed=1), 400, 3, seed=1)
+    t = CentreTree(flat)
+    assert t.project is None
+    np.testing.assert_array_equal(
+        t.nearest(cone(6_000, 80, seed=2)), best(cone(6_000, 80, seed=2), flat)
     )

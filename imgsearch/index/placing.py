@@ -8,7 +8,8 @@ at 16,384 lists of 512-d that is 106-137 us of CPU a row, most of an import's CP
 CPU runs bfloat16 natively (Policy.train_bf16) an add costs 48 on an Intel Xeon with AMX
 (bench/placing.py: 2.9x less than FAISS's, with each row scored minus an offset,
 kmeans.OFFSET_ROWS; docs/BENCHMARKS.md); on a Zen 4 without AMX 140 by bfloat16 (before the
-offset), 84 through the tree, 214 by FAISS.
+offset), 84 through the tree, 214 by FAISS (126 by bfloat16, 50 through the tree since
+2026-12-06).
 FAISS cannot take the lists from outside for a fast-scan index: IndexIVF.add_core and
 add_sa_codes hand one unpacked code to BlockInvertedLists.add_entries, which copies whole
 packed blocks from it (FAISS 1.15: reads past the code, corrupts the heap).

@@ -1,5 +1,5 @@
 """Each row's nearest centre through a two-level tree of the centres, in float32: the centres
-are grouped by their own k-means into ~sqrt(k) groups; a row is compared with the groups'
+are grouped by their own k-means into ~2 sqrt(k) groups; a row is compared with the groups'
 means, then with the members of its PROBES best groups only.
 
 Where the CPU has no AMX, comparing every row with every centre (kmeans.Centres: a bfloat16
@@ -9,8 +9,15 @@ product, the best candidates again in float32) is most of an import's CPU: at 16
 ones big) in float32, so the scores it compares are exact: the nearest centre for 99.4% of
 rows, and otherwise one within a mean 0.00013 of it; a whole add (list, codes, packing) 84
 CPU-us a row against 140 by the bfloat16 product and 214 by FAISS, the same recall
-(bench/placing.py --methods; docs/BENCHMARKS.md). policy.TREE_FROM and Policy.tree_from say
-where the daemon uses it.
+(bench/placing.py --methods; docs/BENCHMARKS.md; 50 against 126 since the members are
+compared as below, 2026-12-06). policy.TREE_FROM and Policy.tree_from say where the daemon
+uses it.
+
+Where the centres differ along few directions (as embeddings' do), the members are compared
+in the centres' leading principal directions only: which centre scores best depends on how
+the centres differ. Each probed group's best member by those scores is put forward, and a
+row's CANDIDATES best of them are compared again with the whole row in float32, so the centre
+chosen is scored exactly. Centres that differ along most directions are compared whole.
 """
 
 from __future__ import annotations
@@ -23,10 +30,23 @@ import numpy as np
 # a row is compared with the members of its PROBES best. At 16,000 lists of 1M spectral
 # vectors, 100,000 rows (an ad-hoc run, docs/BENCHMARKS.md): 128 groups and 8 / 16 / 32 probed
 # found the nearest centre for 97.2 / 99.4 / 99.9% of rows comparing ~1,400 / 2,700 / 5,000
-# centres; 64 groups, 16 probed: 99.8% for 4,600.
-GROUPS_PER_SQRT = 1.0
+# centres; 64 groups, 16 probed: 99.8% for 4,600. 256 groups, 16 probed (since 2026-12-06):
+# 99.6% for fewer (bench/tree_dims.py, below).
+GROUPS_PER_SQRT = 2.0
 PROBES = 16
 GROUP_ITERATIONS = 10
+# The members are compared in the fewest of the centres' principal directions holding
+# VARIANCE_KEPT of the centres' variance (about their mean), where those are at most
+# MAX_SHARE of the dimensions, else whole; each row's CANDIDATES best group winners are
+# compared again in float32 with the whole row. The 10M spectral library's 16,384 centres: 201
+# of 512 directions; 100,000 other rows on a Zen 4 (bench/tree_dims.py, docs/BENCHMARKS.md):
+# 256 groups in 201 directions 35-37 CPU-us a row, the nearest centre for 98.2% of rows (the
+# others' a mean 0.0016 less similar); 256 groups compared whole 45-46 us, 99.6%; 128 groups
+# compared whole (before) 48-62 us, 99.7%. The whole 10M import 1.3x quicker after its
+# training (bench/import_rate.py), the same recall (bench/placing.py).
+VARIANCE_KEPT = 0.97
+MAX_SHARE = 0.5
+CANDIDATES = 3
 # Rows compared at once (their groups' members are gathered one group at a time). Each group
 # costs a few Python calls, each needing the GIL, which an import's reader (Python) holds in
 # 5 ms slices: a group's products write into one buffer (`_block`) with as few calls as can be.
@@ -53,11 +73,16 @@ class CentreTree:
         order = np.argsort(owner, kind="stable")
         self.order = torch.from_numpy(order.astype(np.int64))  # member slot -> centre number
         self.starts = np.r_[0, np.cumsum(np.bincount(owner))]
+        # The centres' leading principal directions (d x some), or None: compared whole.
+        self.project = _directions(exact)
         members = torch.from_numpy(exact[order])  # each group's centres together
+        if self.project is not None:
+            members = members @ self.project
         bounds = zip(self.starts[:-1].tolist(), self.starts[1:].tolist(), strict=True)
-        self.columns = [members[a:b].T for a, b in bounds]
+        self.columns = [members[a:b].T.contiguous() for a, b in bounds]
         means = np.asarray(km.centroids, np.float32)[used]
         self.means = torch.from_numpy(np.ascontiguousarray(means.T))
+        self.exact = torch.from_numpy(exact)
         self.probes = min(PROBES, len(used))
         self.size = int(k)
 
@@ -85,7 +110,8 @@ class CentreTree:
 
     def _block(self, rows: Any) -> Any:
         """Every (row, probed group) pair scored by the group's best member, the pairs taken
-        group by group (one product each), then each row's best pair."""
+        group by group (one product each), then each row's best pair; members compared in
+        the principal directions: its CANDIDATES best pairs' members again, whole."""
         import torch
 
         n = rows.shape[0]
@@ -93,16 +119,37 @@ class CentreTree:
         order = torch.argsort(best, stable=True)  # the pairs, group by group
         which = order // self.probes  # each pair's row
         counts = torch.bincount(best, minlength=len(self.columns)).tolist()
+        compared = rows if self.project is None else torch.mm(rows, self.project)
         sims = torch.empty(len(order))
         slots = torch.empty(len(order), dtype=torch.int64)
         at = 0
         for columns, count in zip(self.columns, counts, strict=True):
             if count:
-                scores = torch.mm(rows[which[at : at + count]], columns)
+                scores = torch.mm(compared[which[at : at + count]], columns)
                 torch.max(scores, dim=1, out=(sims[at : at + count], slots[at : at + count]))
                 at += count
         slots += torch.from_numpy(self.starts[:-1])[best[order]]  # slot within group -> member
         by_row = torch.empty_like(sims).index_put_((order,), sims).view(n, self.probes)
-        pick = by_row.argmax(dim=1)
         member = torch.empty_like(slots).index_put_((order,), slots).view(n, self.probes)
-        return self.order[member.gather(1, pick[:, None])[:, 0]]
+        if self.project is None:
+            return self.order[member.gather(1, by_row.argmax(dim=1, keepdim=True))[:, 0]]
+        picks = by_row.topk(min(CANDIDATES, self.probes), dim=1).indices
+        near = self.order[member.gather(1, picks)]  # (n, candidates) centre numbers
+        again = torch.bmm(self.exact[near], rows[:, :, None])[:, :, 0]
+        return near.gather(1, again.argmax(dim=1, keepdim=True))[:, 0]
+
+
+def _directions(centres: np.ndarray) -> Any:
+    """The fewest leading principal directions of the centres (their covariance's top
+    eigenvectors) holding VARIANCE_KEPT of their variance, as the columns of a float32 tensor
+    (d x dims); None where those are over MAX_SHARE of the d dimensions."""
+    import torch
+
+    shifted = centres - centres.mean(axis=0)
+    values, vectors = np.linalg.eigh((shifted.T @ shifted).astype(np.float64))
+    values, vectors = values[::-1], vectors[:, ::-1]
+    held = np.cumsum(values) / max(float(values.sum()), 1e-30)
+    dims = int(np.searchsorted(held, VARIANCE_KEPT)) + 1
+    if dims > MAX_SHARE * centres.shape[1]:
+        return None
+    return torch.from_numpy(np.ascontiguousarray(vectors[:, :dims], np.float32))

@@ -1,0 +1,116 @@
+"""The tree of centres (imgsearch/index/tree.py) in its variants, on a kept library's lists:
+how many groups, and whether members are compared whole or in the centres' leading
+principal directions.
+
+    python bench/tree_dims.py --data /work/big/K10/data --n 10000000 --dist spectral
+
+DATA_DIR is a library bench/scale.py --keep left; its newest base's template gives the trained
+centres (rotated templates: the centres as the placer sees them, unrotated). --rows rows from
+the middle of bench/scale.py's cached shards for --n (rows the lists were not trained on) are
+assigned in the import's 20,000-row batches by each variant in turn, --rounds times (order
+reversed every other round): wall and CPU microseconds a row (both threads of FAISS's team, as
+the placer runs it), the share of rows given their nearest centre (exact float32 search), and
+how much less similar the chosen centre is (mean over all rows, and over the rows missed).
+Variants: "groups/sqrt:kept", kept 1.0 meaning members compared whole.
+Appends one JSON line to bench/out/tree_dims.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import OUT_DIR, cpu_model, progress, record, shard_vectors  # noqa: E402
+
+from imgsearch.cpu import faiss_team  # noqa: E402
+from imgsearch.index import tree as T  # noqa: E402
+from imgsearch.index.placing import Placer  # noqa: E402
+
+BATCH = 20_000
+
+
+def centres_of(data: Path) -> np.ndarray:
+    """The newest base's trained centres, unrotated (as the placer compares rows with them)."""
+    import faiss
+
+    templates = sorted((data / "index").glob("*/template.faiss"))
+    if not templates:
+        raise SystemExit(f"no saved base with a template under {data / 'index'}")
+    template = faiss.read_index(str(templates[-1]))
+    ivf = faiss.extract_index_ivf(template)
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    flat = faiss.rev_swig_ptr(quantizer.get_xb(), ivf.nlist * ivf.d)
+    centres = np.array(flat, np.float32).reshape(ivf.nlist, ivf.d)
+    placer = Placer.of(template, tree_from=0)
+    if placer is not None and placer.coded is not None:
+        centres = placer.coded.unrotated(centres)
+    return centres
+
+
+def run(centres: np.ndarray, rows: np.ndarray, variant: str) -> dict[str, float]:
+    groups, kept = (float(v) for v in variant.split(":"))
+    T.GROUPS_PER_SQRT, T.VARIANCE_KEPT = groups, kept
+    T.MAX_SHARE = 1.0 if kept < 1 else 0.0  # kept 1.0: compared whole
+    with faiss_team():
+        start = time.perf_counter()
+        tree = T.CentreTree(centres)
+        built = time.perf_counter() - start
+        tree.nearest(rows[:BATCH])  # warm
+        wall, cpu = time.perf_counter(), time.process_time()
+        found = np.concatenate(
+            [tree.nearest(rows[i : i + BATCH]) for i in range(0, len(rows), BATCH)]
+        )
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    dims = centres.shape[1] if tree.project is None else int(tree.project.shape[1])
+    return {
+        "groups": len(tree.columns), "dims": dims, "built_s": round(built, 2),
+        "wall_us": wall * 1e6 / len(rows), "cpu_us": cpu * 1e6 / len(rows),
+        "found": found,  # type: ignore[dict-item]
+    }  # fmt: skip
+
+
+def main() -> None:
+    import faiss
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--n", type=int, default=10_000_000)
+    parser.add_argument("--dist", default="spectral")
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", default=["1:1", "2:1", "2:0.97", "2:0.98"])
+    args = parser.parse_args()
+    shards = OUT_DIR / f"scale-shards-open_clip_ViT-B-32_random-{args.dist}-{args.n}"
+    centres = centres_of(args.data)
+    middle = min(args.n // 2, 5_000_000)
+    rows = shard_vectors(shards, middle, centres.shape[1])[-args.rows :]
+    sims, best = faiss.knn(rows, centres, 1, faiss.METRIC_INNER_PRODUCT)
+    best, top = best[:, 0], sims[:, 0]
+    out: dict[str, Any] = {"cpu": cpu_model(), "load": os.getloadavg(), "lists": len(centres)}
+    out.update(rows=len(rows), data=str(args.data), variants={})
+    for r in range(args.rounds):
+        for variant in args.variants if r % 2 == 0 else args.variants[::-1]:
+            got = run(centres, rows, variant)
+            found = got.pop("found")
+            lost = top - np.einsum("ij,ij->i", rows, centres[found])
+            missed = found != best
+            got.update(
+                nearest=float(1 - missed.mean()),
+                lost_mean=float(lost.mean()),
+                lost_missed=float(lost[missed].mean()) if missed.any() else 0.0,
+            )
+            out["variants"].setdefault(variant, []).append(got)
+            progress(f"{variant}: {got}")
+    record(out, "tree_dims")
+
+
+if __name__ == "__main__":
+    main()
