@@ -11,7 +11,9 @@ assigned in the import's 20,000-row batches by each variant in turn, --rounds ti
 reversed every other round): wall and CPU microseconds a row (both threads of FAISS's team, as
 the placer runs it), the share of rows given their nearest centre (exact float32 search), and
 how much less similar the chosen centre is (mean over all rows, and over the rows missed).
-Variants: "groups/sqrt:kept", kept 1.0 meaning members compared whole.
+Variants: "groups/sqrt:kept[:probes[:threads]]", kept 1.0 meaning members compared whole,
+probes the groups a row is compared with (default tree.PROBES), threads the OpenMP team of the
+groups' products (default tree.GROUP_THREADS).
 Appends one JSON line to bench/out/tree_dims.jsonl.
 """
 
@@ -35,6 +37,7 @@ from imgsearch.index import tree as T  # noqa: E402
 from imgsearch.index.placing import Placer  # noqa: E402
 
 BATCH = 20_000
+DEFAULTS = {"probes": T.PROBES, "threads": T.GROUP_THREADS}
 
 
 def centres_of(data: Path) -> np.ndarray:
@@ -56,8 +59,13 @@ def centres_of(data: Path) -> np.ndarray:
 
 
 def run(centres: np.ndarray, rows: np.ndarray, variant: str) -> dict[str, float]:
-    groups, kept = (float(v) for v in variant.split(":"))
+    fields = [float(v) for v in variant.split(":")]
+    groups, kept = fields[:2]
+    probes, threads = (fields[2:] + [DEFAULTS["probes"], DEFAULTS["threads"]][len(fields) - 2 :])[
+        :2
+    ]
     T.GROUPS_PER_SQRT, T.VARIANCE_KEPT = groups, kept
+    T.PROBES, T.GROUP_THREADS = int(probes), int(threads)
     T.MAX_SHARE = 1.0 if kept < 1 else 0.0  # kept 1.0: compared whole
     with faiss_team():
         start = time.perf_counter()

@@ -178,3 +178,28 @@ def test_members_are_compared_in_the_centres_leading_directions(
     np.testing.assert_array_equal(
         t.nearest(cone(6_000, 80, seed=2)), best(cone(6_000, 80, seed=2), flat)
     )
+
+
+def test_the_groups_products_run_on_their_own_team(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The groups' small products run on GROUP_THREADS OpenMP threads, the larger products
+    before them on the caller's team, which the caller has again afterwards."""
+    import torch
+
+    from imgsearch.cpu import torch_threads
+
+    centres = kmeans.spherical(cone(6_000, 40, seed=1), 300, 3, seed=1)
+    t = CentreTree(centres)
+    teams: list[int] = []
+    mm = torch.mm
+
+    def counted(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        teams.append(torch.get_num_threads())
+        return mm(a, b)
+
+    monkeypatch.setattr(torch, "mm", counted)
+    with torch_threads(2):
+        found = t.nearest(cone(2_000, 40, seed=2))
+        assert torch.get_num_threads() == 2
+    assert teams[0] == 2 and len(teams) > len(t.columns) // 2
+    assert set(teams[-len(t.columns) // 2 :]) == {tree.GROUP_THREADS}
+    assert (found == best(cone(2_000, 40, seed=2), centres)).mean() > 0.9

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ..cpu import torch_threads
+
 # Groups: about GROUPS_PER_SQRT * sqrt(k) of them (k-means of the centres, float32, spherical);
 # a row is compared with the members of its PROBES best. At 16,000 lists of 1M spectral
 # vectors, 100,000 rows (an ad-hoc run, docs/BENCHMARKS.md): 128 groups and 8 / 16 / 32 probed
@@ -52,6 +54,13 @@ CANDIDATES = 3
 # 5 ms slices: a group's products write into one buffer (`_block`) with as few calls as can be.
 # 8,192 rows: 29.8 us a row, 16,384: 38.5, 4,096: 33.7 (an ad-hoc run on the Zen 4 above).
 BLOCK_ROWS = 8_192
+# The groups' products are small (~500 pairs by ~60 members a group): on a team of two OpenMP
+# threads each is split and joined, and the joins' spinning took 14% of an import encoder's
+# samples (py-spy) while the import's reader and writer wanted the other core. One thread
+# for them: 2M rows of the 10M import after its training 21,223-22,000 rows/s against
+# 19,725-20,474, 6-10% less CPU a row (bench/import_rate.py, docs/BENCHMARKS.md); the larger
+# products before the loop keep the caller's team.
+GROUP_THREADS = 1
 
 
 class CentreTree:
@@ -123,11 +132,12 @@ class CentreTree:
         sims = torch.empty(len(order))
         slots = torch.empty(len(order), dtype=torch.int64)
         at = 0
-        for columns, count in zip(self.columns, counts, strict=True):
-            if count:
-                scores = torch.mm(compared[which[at : at + count]], columns)
-                torch.max(scores, dim=1, out=(sims[at : at + count], slots[at : at + count]))
-                at += count
+        with torch_threads(GROUP_THREADS):
+            for columns, count in zip(self.columns, counts, strict=True):
+                if count:
+                    scores = torch.mm(compared[which[at : at + count]], columns)
+                    torch.max(scores, dim=1, out=(sims[at : at + count], slots[at : at + count]))
+                    at += count
         slots += torch.from_numpy(self.starts[:-1])[best[order]]  # slot within group -> member
         by_row = torch.empty_like(sims).index_put_((order,), sims).view(n, self.probes)
         member = torch.empty_like(slots).index_put_((order,), slots).view(n, self.probes)
