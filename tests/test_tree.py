@@ -75,9 +75,12 @@ def test_training_goes_through_the_tree_from_tree_from_lists(
     made: list[int] = []
     real = CentreTree.__init__
 
-    def counting(self: CentreTree, centres: np.ndarray, seed: int = 1234) -> None:
+    def counting(
+        self: CentreTree, centres: np.ndarray, seed: int = 1234, group_threads: int | None = 1
+    ) -> None:
+        assert group_threads is None  # the training's tree: on the training's team
         made.append(len(centres))
-        real(self, centres, seed)
+        real(self, centres, seed, group_threads)
 
     monkeypatch.setattr(CentreTree, "__init__", counting)
     x = cone(8_000, 40, seed=5)
@@ -182,7 +185,8 @@ def test_members_are_compared_in_the_centres_leading_directions(
 
 def test_the_groups_products_run_on_their_own_team(monkeypatch: pytest.MonkeyPatch) -> None:
     """The groups' small products run on GROUP_THREADS OpenMP threads, the larger products
-    before them on the caller's team, which the caller has again afterwards."""
+    before them on the caller's team, which the caller has again afterwards; a tree made
+    with group_threads None (the training's) runs them all on the caller's team."""
     import torch
 
     from imgsearch.cpu import torch_threads
@@ -203,3 +207,8 @@ def test_the_groups_products_run_on_their_own_team(monkeypatch: pytest.MonkeyPat
     assert teams[0] == 2 and len(teams) > len(t.columns) // 2
     assert set(teams[-len(t.columns) // 2 :]) == {tree.GROUP_THREADS}
     assert (found == best(cone(2_000, 40, seed=2), centres)).mean() > 0.9
+    teams.clear()
+    with torch_threads(2):
+        again = CentreTree(centres, group_threads=None).nearest(cone(2_000, 40, seed=2))
+    assert set(teams) == {2}
+    np.testing.assert_array_equal(again, found)

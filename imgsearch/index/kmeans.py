@@ -223,7 +223,8 @@ def spherical(
     tree = k >= tree_from
     low = rows.to(torch.bfloat16) if FLOAT32_UNDER <= k and not tree else rows  # (else unread)
     for _ in range(iterations):
-        assign = (CentreTree(centres, seed) if tree else Centres(centres)).assign(rows, low)
+        made = CentreTree(centres, seed, group_threads=None) if tree else Centres(centres)
+        assign = made.assign(rows, low)  # (the tree on this team: the CPU is the training's)
         sums = torch.zeros((k, d), dtype=torch.float32).index_add_(0, assign, rows).numpy()
         counts = np.bincount(assign.numpy(), minlength=k)  # an empty list splits a big one:
         centres = sums / np.maximum(counts, 1)[:, None].astype(np.float32)

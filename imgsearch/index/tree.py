@@ -22,6 +22,7 @@ chosen is scored exactly. Centres that differ along most directions are compared
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -59,14 +60,20 @@ BLOCK_ROWS = 8_192
 # samples (py-spy) while the import's reader and writer wanted the other core. One thread
 # for them: 2M rows of the 10M import after its training 21,223-22,000 rows/s against
 # 19,725-20,474, 6-10% less CPU a row (bench/import_rate.py, docs/BENCHMARKS.md); the larger
-# products before the loop keep the caller's team.
+# products before the loop keep the caller's team. The training's k-means, which has the CPU to
+# itself, keeps its team for them too (`group_threads` None): alone, the tree is 1.2-1.4x
+# quicker in wall time on two threads (bench/tree_dims.py).
 GROUP_THREADS = 1
 
 
 class CentreTree:
     """Centroids to assign rows to (`nearest`, `assign`), as kmeans.Centres, through groups."""
 
-    def __init__(self, centres: np.ndarray, seed: int = 1234) -> None:
+    def __init__(
+        self, centres: np.ndarray, seed: int = 1234, group_threads: int | None = GROUP_THREADS
+    ) -> None:
+        """A tree of `centres` (k x d); the groups' products on `group_threads` OpenMP
+        threads, None: the caller's team."""
         import faiss
         import torch
 
@@ -94,6 +101,7 @@ class CentreTree:
         self.exact = torch.from_numpy(exact)
         self.probes = min(PROBES, len(used))
         self.size = int(k)
+        self.group_threads = group_threads
 
     def __len__(self) -> int:
         return self.size
@@ -132,7 +140,8 @@ class CentreTree:
         sims = torch.empty(len(order))
         slots = torch.empty(len(order), dtype=torch.int64)
         at = 0
-        with torch_threads(GROUP_THREADS):
+        team = nullcontext() if self.group_threads is None else torch_threads(self.group_threads)
+        with team:
             for columns, count in zip(self.columns, counts, strict=True):
                 if count:
                     scores = torch.mm(compared[which[at : at + count]], columns)
