@@ -965,3 +965,41 @@ def test_the_rescoring_read_is_split_only_while_rows_come_slowly(
             searcher.close()
     finally:
         catalog.close()
+
+
+def test_a_build_places_rows_on_its_team_and_the_index_on_one_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where adds go through the tree of centres, the trees a build makes (its k-means', its
+    placer's) run the groups' products on the build's team (an import waits meanwhile); the
+    placer the index adds with afterwards, beside an import's other threads, on
+    tree.GROUP_THREADS."""
+    from imgsearch.index import tree
+
+    made: list[int | None] = []
+    real = CentreTree.__init__
+
+    def recording(
+        self: CentreTree, centres: np.ndarray, seed: int = 1234, group_threads: int | None = 1
+    ) -> None:
+        made.append(group_threads)
+        real(self, centres, seed, group_threads)
+
+    monkeypatch.setattr(CentreTree, "__init__", recording)
+    catalog = Catalog(tmp_path, "m", DIM, policy("ivf-pqfs-tree"))
+    try:
+        fill(catalog, clustered(N))
+        catalog.index.maintain()
+        about = catalog.index.describe()
+        assert about["kind"] == "ivf-pqfs" and about["trained_at"], about
+        # k-means' trees, the build's placer's, then (at the swap) the index's placer's
+        assert len(made) >= 3 and set(made[:-1]) == {None} and made[-1] == tree.GROUP_THREADS
+        placer = catalog.index._placer(catalog.index._segments.base.template)
+        assert placer is not None and isinstance(placer.centres, CentreTree)
+        assert placer.centres.group_threads == tree.GROUP_THREADS
+        before = len(made)
+        fill(catalog, clustered(20, seed=1), start=N)
+        assert len(made) == before  # the adds go through that placer
+        assert catalog.index.describe()["vectors"] == N + 20
+    finally:
+        catalog.close()

@@ -88,7 +88,10 @@ def build(
         del train
         for_adding(index)  # every copy adds (encodes) at HNSW_ADD_EF
         template = faiss.clone_index(index)  # trained, empty: what recent segments copy
-    placer = Placer.of(template, policy.train_bf16, policy.tree_from) if policy.places else None
+    # (an import waits at the hold's bound while a base is built: the CPU is the build's)
+    placer = None
+    if policy.places:
+        placer = Placer.of(template, policy.train_bf16, policy.tree_from, group_threads=None)
     picked = np.sort(rng.choice(present, min(tune_queries, len(present)), replace=False))
     q_ids, queries = source.vectors(picked.tolist())
     truth = (np.full((len(q_ids), 0), -np.inf, np.float32), np.zeros((len(q_ids), 0), np.int64))

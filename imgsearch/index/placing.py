@@ -29,7 +29,7 @@ import numpy as np
 from ..cpu import faiss_team
 from .kmeans import NEVER, Centres
 from .rotation import Coded
-from .tree import CentreTree
+from .tree import GROUP_THREADS, CentreTree
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,13 @@ class Placer:
     coded: Coded | None = None  # a rotated template's coded directions (rotation.py)
 
     @classmethod
-    def of(cls, template: Any, bf16: bool = True, tree_from: int = NEVER) -> Placer | None:
+    def of(
+        cls, template: Any, bf16: bool = True, tree_from: int = NEVER,
+        group_threads: int | None = GROUP_THREADS,
+    ) -> Placer | None:  # fmt: skip
         """A placer for copies of `template` (rows placed through a tree of the centres from
-        `tree_from` lists, else by a bfloat16 product where `bf16`), or None where FAISS adds
+        `tree_from` lists, its groups' products on `group_threads` threads, None: the
+        caller's team; else by a bfloat16 product where `bf16`), or None where FAISS adds
         them itself: fewer lists than `tree_from` without `bf16`, other kinds than fast-scan
         PQ over a flat inner-product quantizer (an exact index, IVF-Flat, an HNSW coarse
         quantizer of an earlier version), or an unknown block layout."""
@@ -76,7 +80,7 @@ class Placer:
             centres = coded.unrotated(centres)
         packer = ivf.get_CodePacker()
         with faiss_team():
-            made = CentreTree(centres) if tree else Centres(centres)  # kmeans.CANDIDATES
+            made = CentreTree(centres, group_threads=group_threads) if tree else Centres(centres)
         at = np.argsort(layout).reshape(packer.nvec, -1)  # each (slot, sub-code)'s 4 bits
         byte, shift = torch.from_numpy(at // 2), torch.from_numpy((at % 2 * 4).astype(np.uint8))
         return cls(made, byte, shift, packer.nvec, packer.code_size, coded)

@@ -62,7 +62,8 @@ BLOCK_ROWS = 8_192
 # 19,725-20,474, 6-10% less CPU a row (bench/import_rate.py, docs/BENCHMARKS.md); the larger
 # products before the loop keep the caller's team. The training's k-means, which has the CPU to
 # itself, keeps its team for them too (`group_threads` None): alone, the tree is 1.2-1.4x
-# quicker in wall time on two threads (bench/tree_dims.py).
+# quicker in wall time on two threads (bench/tree_dims.py), the 10M library's k-means 1.1x
+# (bench/kmeans.py --two-level-only).
 GROUP_THREADS = 1
 
 
