@@ -63,9 +63,10 @@ def lower_priority(nice: int = BACKGROUND_NICE) -> None:
 @contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
     """Torch ops in the calling thread use `threads` OpenMP threads (a comparator's product:
-    fewer; the index's k-means: every core, where the daemon's default is half); other
-    threads, and threads started meanwhile, keep theirs (torch.set_num_threads would change
-    the default of every thread that has not run torch yet)."""
+    fewer; the index's k-means: every core, where the daemon's default is half), MKL's
+    products inside torch too; other threads, and threads started meanwhile, keep theirs
+    (torch.set_num_threads would change the default of every thread that has not run torch
+    yet)."""
     import torch
 
     torch.get_num_threads()  # torch sets this thread's team size on first use: before us
@@ -73,11 +74,38 @@ def torch_threads(threads: int) -> Iterator[None]:
     before = [lib.num_threads for lib in libs]
     for lib in libs:
         lib.set_num_threads(threads)
+    mkl = torch_mkl()
+    mkl_before = mkl.MKL_Set_Num_Threads_Local(threads) if mkl is not None else 0
     try:
         yield
     finally:
         for lib, n in zip(libs, before, strict=True):
             lib.set_num_threads(n)
+        if mkl is not None:
+            mkl.MKL_Set_Num_Threads_Local(mkl_before)  # (0: MKL's default again)
+
+
+@functools.cache
+def torch_mkl() -> Any:
+    """MKL's service calls inside torch's CPU library, or None (a torch without MKL). torch
+    sets a thread's MKL thread count when it first runs an op there (to its default: half
+    the cores in the daemon) and OpenMP's team does not change it, so without
+    MKL_Set_Num_Threads_Local a torch_threads(2) product ran on one thread (the daemon's
+    training k-means 1.5x slower than alone; docs/BENCHMARKS.md)."""
+    import ctypes
+
+    import torch
+
+    for path in sorted((Path(torch.__file__).parent / "lib").glob("libtorch_cpu.*")):
+        try:
+            lib = ctypes.CDLL(str(path))
+            setter, getter = lib.MKL_Set_Num_Threads_Local, lib.MKL_Get_Max_Threads
+        except (OSError, AttributeError):
+            continue
+        setter.argtypes, setter.restype = [ctypes.c_int], ctypes.c_int  # C API: by value
+        getter.argtypes, getter.restype = [], ctypes.c_int
+        return lib
+    return None
 
 
 @contextmanager

@@ -349,6 +349,39 @@ def test_int8_product_uses_one_torch_thread_in_its_own_thread_only() -> None:
     assert seen == {"before": 3, "inside": 1, "after": 3, "other": other_before}
 
 
+def test_torch_threads_sets_mkls_threads_in_its_own_thread_only() -> None:
+    """Where torch carries MKL, its products follow torch_threads too (OpenMP's team alone
+    left them on torch's per-thread default: one thread in the daemon), in the calling thread
+    only, and get the thread's count back after."""
+    from imgsearch.cpu import torch_mkl
+
+    mkl = torch_mkl()
+    if mkl is None:
+        pytest.skip("this torch has no MKL")
+    seen: dict[str, int] = {}
+    inside, release = threading.Event(), threading.Event()
+
+    def trainer() -> None:
+        torch.get_num_threads()  # torch's own per-thread set-up first
+        seen["before"] = mkl.MKL_Get_Max_Threads()
+        with torch_threads(seen["before"] + 2):
+            seen["inside"] = mkl.MKL_Get_Max_Threads()
+            torch.mm(torch.ones(64, 64), torch.ones(64, 64))
+            inside.set()
+            release.wait(10)
+        seen["after"] = mkl.MKL_Get_Max_Threads()
+
+    other_before = mkl.MKL_Get_Max_Threads()
+    thread = threading.Thread(target=trainer)
+    thread.start()
+    assert inside.wait(10)
+    seen["other"] = mkl.MKL_Get_Max_Threads()
+    release.set()
+    thread.join(10)
+    want = seen["before"]
+    assert seen == {"before": want, "inside": want + 2, "after": want, "other": other_before}
+
+
 async def _wait_for(predicate: object, seconds: float) -> bool:
     for _ in range(int(seconds * 10)):
         if callable(predicate) and predicate():
