@@ -91,7 +91,8 @@ def torch_mkl() -> Any:
     sets a thread's MKL thread count when it first runs an op there (to its default: half
     the cores in the daemon) and OpenMP's team does not change it, so without
     MKL_Set_Num_Threads_Local a torch_threads(2) product ran on one thread (the daemon's
-    training k-means 1.5x slower than alone; docs/BENCHMARKS.md)."""
+    first k-means at 10M: 29.5-30.5 s against 17.5-17.9 with it, bench/import_rate.py;
+    docs/BENCHMARKS.md)."""
     import ctypes
 
     import torch
