@@ -37,7 +37,7 @@ from imgsearch.index import tree as T  # noqa: E402
 from imgsearch.index.placing import Placer  # noqa: E402
 
 BATCH = 20_000
-DEFAULTS = {"probes": T.PROBES, "threads": T.GROUP_THREADS}
+PROBES = T.PROBES  # (the module's, before a variant sets its own)
 
 
 def centres_of(data: Path) -> np.ndarray:
@@ -61,15 +61,13 @@ def centres_of(data: Path) -> np.ndarray:
 def run(centres: np.ndarray, rows: np.ndarray, variant: str) -> dict[str, float]:
     fields = [float(v) for v in variant.split(":")]
     groups, kept = fields[:2]
-    probes, threads = (fields[2:] + [DEFAULTS["probes"], DEFAULTS["threads"]][len(fields) - 2 :])[
-        :2
-    ]
-    T.GROUPS_PER_SQRT, T.VARIANCE_KEPT = groups, kept
-    T.PROBES, T.GROUP_THREADS = int(probes), int(threads)
+    probes = int(fields[2]) if len(fields) > 2 else PROBES
+    threads = int(fields[3]) if len(fields) > 3 else T.GROUP_THREADS
+    T.GROUPS_PER_SQRT, T.VARIANCE_KEPT, T.PROBES = groups, kept, probes
     T.MAX_SHARE = 1.0 if kept < 1 else 0.0  # kept 1.0: compared whole
     with faiss_team():
         start = time.perf_counter()
-        tree = T.CentreTree(centres)
+        tree = T.CentreTree(centres, group_threads=threads)
         built = time.perf_counter() - start
         tree.nearest(rows[:BATCH])  # warm
         wall, cpu = time.perf_counter(), time.process_time()
