@@ -60,6 +60,16 @@ def lower_priority(nice: int = BACKGROUND_NICE) -> None:
         log.debug("%s keeps its priority: %s", threading.current_thread().name, exc)
 
 
+def background_share(share: int) -> None:
+    """The calling thread at the background priority (lower_priority), its OpenMP teams
+    (FAISS's and torch's runtimes; the setting is per OS thread) a `share`-th of the cores:
+    for one of `share` threads that work side by side (an import's encoders)."""
+    lower_priority()
+    threads = max(1, (os.cpu_count() or 1) // max(1, share))
+    for lib in _openmp_libraries():
+        lib.set_num_threads(threads)
+
+
 @contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
     """Torch ops in the calling thread use `threads` OpenMP threads (a comparator's product:

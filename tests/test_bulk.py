@@ -28,7 +28,7 @@ from imgsearch.bulk.format import (
     table_of,
     write_shard,
 )
-from imgsearch.bulk.imports import ImportJob, ImportManager, ahead
+from imgsearch.bulk.imports import ENCODERS, ImportJob, ImportManager, ahead
 from imgsearch.catalog import Catalog
 from imgsearch.config import Config
 from imgsearch.cpu import BACKGROUND_NICE
@@ -549,12 +549,16 @@ def good_rows(n: int) -> Checked:
     return Checked(Rows.of_facts(facts, np.ones((n, 4), np.float32)), [])
 
 
-def test_batches_are_read_encoded_and_written_in_order_on_three_threads() -> None:
-    """The import's pipeline: each batch checked on one thread, encoded on another, handed
-    back in file order whatever each step takes; a read error reaches the writer after the
-    batches before it."""
+def test_batches_are_read_encoded_and_written_in_order_on_their_own_threads() -> None:
+    """The import's pipeline: each batch checked on one thread, encoded on one of
+    ENCODERS others (niced, each with its share of the cores for FAISS's OpenMP team),
+    handed back in file order whatever each step takes; a read error reaches the writer
+    after the batches before it."""
+    import faiss
+
     rng = random.Random(0)
     threads: dict[str, set[str]] = {"read": set(), "check": set(), "encode": set()}
+    teams: set[tuple[int, int]] = set()  # each encoding's (OpenMP threads, nice)
 
     def batches() -> Iterator[RowBatch]:
         for n in range(12):
@@ -570,10 +574,12 @@ def test_batches_are_read_encoded_and_written_in_order_on_three_threads() -> Non
 
     def encode(checked: Checked) -> Checked:
         threads["encode"].add(threading.current_thread().name)
-        time.sleep(rng.uniform(0, 0.01))
+        nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        teams.add((faiss.omp_get_max_threads(), nice))
+        time.sleep(rng.uniform(0.005, 0.015))
         return good_rows(checked.good * 10)
 
-    seen = []
+    seen, mine = [], faiss.omp_get_max_threads()
     try:
         for batch, checked in ahead(batches(), check, encode):
             seen.append((batch.rows[0], None if checked is None else checked.good))
@@ -585,5 +591,9 @@ def test_batches_are_read_encoded_and_written_in_order_on_three_threads() -> Non
     assert seen == [(n, None if n == 4 else n * 10) for n in range(9)]
     me = threading.current_thread().name
     assert threads["read"] == threads["check"] and len(threads["check"]) == 1
-    assert len(threads["encode"]) == 1 and me not in threads["check"] | threads["encode"]
-    assert threads["check"] != threads["encode"]
+    encoders = min(ENCODERS, os.cpu_count() or 1)
+    assert len(threads["encode"]) == encoders and me not in threads["check"] | threads["encode"]
+    assert not threads["check"] & threads["encode"]
+    nice = max(BACKGROUND_NICE, os.getpriority(os.PRIO_PROCESS, 0))
+    assert teams == {(max(1, (os.cpu_count() or 1) // encoders), nice)}
+    assert faiss.omp_get_max_threads() == mine  # the caller's team as it was

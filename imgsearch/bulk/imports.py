@@ -3,8 +3,8 @@
 Every shard's model and dimension are checked before any row is written (a mismatch is a 400
 naming both models). Rows go batch by batch through the ingest core (`add_embedded`: upsert by
 path, a row whose size and mtime match what is stored is skipped, a moved file keeps its row)
-and are searchable as each batch commits. While one batch is written, the next is encoded by
-the index (its codes) on a second thread and the one after read and checked on a third, so the
+and are searchable as each batch commits. While one batch is written, the next ones are
+encoded by the index (their codes) on two more threads and read and checked on another, so the
 encoding (FAISS and torch, which let go of the GIL), the Python of reading and SQLite's writes
 run side by side; one pipeline runs through all the job's shards, so it never drains between
 them.
@@ -17,6 +17,7 @@ start-up from there, skipping what was done. Vectors are scaled to unit length o
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..cpu import lower_priority
+from ..cpu import background_share, lower_priority
 from ..errors import BadRequest, NotFound
 from ..ingest import AddReport, Checked, Ingester
 from ..store import UNKNOWN_SHA256, Rows
@@ -41,6 +42,13 @@ log = logging.getLogger(__name__)
 JOBS_DIR = "imports"
 ERRORS_KEPT = 100
 IN_FLIGHT = 2  # batches read or encoded ahead of the one being written
+# Batches encoded side by side, each on a thread whose OpenMP teams have 1/ENCODERS of the
+# cores. One encoder, its products on both cores but the tree's groups on one (the index's
+# placer, tree.GROUP_THREADS), was the pipeline's bottleneck: busy throughout while the writer
+# waited for it 45% of the time and 0.3 of the two cores stayed idle (py-spy --idle). Two
+# encoders of one thread each: 2M of the 10M import at 26,857 rows/s after the training
+# against 22,857 (bench/import_rate.py; docs/BENCHMARKS.md "Two encoders").
+ENCODERS = 2
 T = TypeVar("T")
 
 
@@ -185,9 +193,11 @@ def ahead(
     encode: Callable[[Checked], Checked],
 ) -> Iterator[tuple[T, Checked | None]]:
     """The same items (batches) in order, each with its rows checked and encoded: while one
-    batch is written, the next is encoded on one thread (FAISS and torch, which let go of the
-    GIL) and the one after read and checked on another (Parquet and Python), so reading,
-    encoding and SQLite's writes run side by side; both threads at the background priority."""
+    batch is written, the next ones are read and checked on one thread (Parquet and Python)
+    and encoded on up to ENCODERS others, a batch each (FAISS and torch, which let go of the
+    GIL), so reading, encoding and SQLite's writes run side by side; all at the background
+    priority."""
+    encoders = max(1, min(ENCODERS, os.cpu_count() or 1))
 
     def read() -> tuple[T, Checked | None] | None:
         item = next(items, None)
@@ -201,9 +211,10 @@ def ahead(
 
     with (
         ThreadPoolExecutor(1, "import-read", lower_priority) as reader,
-        ThreadPoolExecutor(1, "import-encode", lower_priority) as coder,
+        ThreadPoolExecutor(encoders, "import-encode", background_share, (encoders,)) as coder,
     ):
-        # Single-thread pools run their tasks in the order given: batches stay in order.
+        # The reader runs its tasks in the order given, and the writer takes the encoders'
+        # results in that order: batches stay in order.
         queue = deque(coder.submit(coded, reader.submit(read)) for _ in range(IN_FLIGHT))
         while (done := queue.popleft().result()) is not None:
             queue.append(coder.submit(coded, reader.submit(read)))
