@@ -197,7 +197,7 @@ def ahead(
     and encoded on up to ENCODERS others, a batch each (FAISS and torch, which let go of the
     GIL), so reading, encoding and SQLite's writes run side by side; all at the background
     priority."""
-    encoders = max(1, min(ENCODERS, os.cpu_count() or 1))
+    encoders = min(ENCODERS, os.cpu_count() or 1)
 
     def read() -> tuple[T, Checked | None] | None:
         item = next(items, None)
