@@ -174,6 +174,61 @@ def test_training_goes_two_level_from_the_policy_s_lists(caplog: pytest.LogCaptu
             assert said in caplog.text, caplog.text
 
 
+@pytest.mark.parametrize(
+    ("bf16", "two_level_from", "tree_from"),
+    [(True, 1, kmeans.NEVER), (False, 1, 40), (True, 41, kmeans.NEVER), (False, 41, 40)],
+)
+def test_training_hands_back_each_row_s_list_from_its_last_iteration(
+    bf16: bool, two_level_from: int, tree_from: int
+) -> None:
+    """kmeans.train returns each sample row's list as its last iteration assigned it (what the
+    rotation's fit takes instead of searching every centre again): nearly always the row's
+    nearest trained centre, and otherwise one nearly as near; None where FAISS's own k-means
+    ran (no two-level, no bfloat16, no tree)."""
+    import faiss
+
+    x = cone(6_000, 60, seed=2)
+    index = faiss.index_factory(DIM, "IVF40,PQ16x4fs", faiss.METRIC_INNER_PRODUCT)
+    lists = kmeans.train(index, x, bf16, 0, two_level_from, tree_from, codes=False)
+    assert lists is not None and lists.shape == (len(x),) and lists.dtype == np.int64
+    quantizer = faiss.extract_index_ivf(index).quantizer
+    best_sims, best = quantizer.search(x, 1)
+    centres = quantizer.reconstruct_n(0, 40)
+    assert (lists == best[:, 0]).mean() >= 0.9, (lists == best[:, 0]).mean()
+    lost = best_sims[:, 0] - np.einsum("ij,ij->i", x, centres[lists])
+    assert lost.min() >= -1e-5 and lost.mean() < 0.002, lost.mean()
+    plain = faiss.index_factory(DIM, "IVF40,PQ16x4fs", faiss.METRIC_INNER_PRODUCT)
+    assert kmeans.train(plain, x, False, 0, 41) is None and plain.is_trained
+
+
+def test_two_level_fits_its_coarse_clusters_on_a_sample_of_the_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The coarse clusters of a two-level training are fitted on COARSE_ROWS_PER_CLUSTER rows
+    each at most (FAISS's own subsampling), then every row is split by them: lists as good
+    as those fitted on every row."""
+    x, k = cone(30_000, 150, seed=7), 400  # 20 coarse clusters: 5,120 rows fit them
+    fits: list[tuple[int, int]] = []
+    real_kmeans = kmeans._kmeans
+
+    def recorded(rows: np.ndarray, clusters: int, *args: object, **kwargs: object) -> np.ndarray:
+        fits.append((len(rows), clusters))
+        return real_kmeans(rows, clusters, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(kmeans, "_kmeans", recorded)
+    ours = quality(x, kmeans.two_level(x, k, True, seed=3))[0]
+    assert fits[0] == (20 * kmeans.COARSE_ROWS_PER_CLUSTER, 20), fits[0]
+    assert sum(n for n, _ in fits[1:]) <= len(x)  # then each coarse cluster's own rows
+    monkeypatch.undo()
+    real = kmeans.COARSE_ROWS_PER_CLUSTER
+    try:
+        kmeans.COARSE_ROWS_PER_CLUSTER = len(x)  # every row
+        whole = quality(x, kmeans.two_level(x, k, True, seed=3))[0]
+    finally:
+        kmeans.COARSE_ROWS_PER_CLUSTER = real
+    assert ours >= whole - 0.002, (ours, whole)
+
+
 def test_too_few_vectors_for_the_lists_is_refused() -> None:
     with pytest.raises(ValueError, match="k-means of 10 vectors into 20 lists"):
         kmeans.spherical(cone(10, 2), 20, 2, seed=0)

@@ -90,3 +90,36 @@ def test_a_rotated_index_saved_and_read_searches_the_same(tmp_path: Any) -> None
     assert rotation.transform_of(back) is not None and back.ntotal == len(x)
     queries = spectral(20, seed=4)
     np.testing.assert_array_equal(index.search(queries, 10)[1], back.search(queries, 10)[1])
+
+
+def test_the_fit_takes_the_k_means_lists_where_it_has_them() -> None:
+    """rotation.train fits its directions on residuals to the lists it is given (kmeans.train's
+    last assignment), without searching the centres again: given each row's nearest list it
+    makes the transform the search makes; given the k-means' own (near-best) lists, codes
+    that rank as well."""
+    import faiss
+
+    from imgsearch.index import kmeans
+
+    x = spectral(20_000)
+    queries = spectral(50, seed=9)
+    ids = np.arange(len(x), dtype=np.int64)
+
+    def fitted(lists: Any, searched: bool) -> Any:
+        index = faiss.index_factory(DIM, "IVF64,PQ16x4fs", faiss.METRIC_INNER_PRODUCT)
+        made = kmeans.train(index, x[:8_000], True, 0, 1, codes=False)
+        if searched:
+            made = faiss.extract_index_ivf(index).quantizer.search(x[:8_000], 1)[1][:, 0]
+        return rotation.train(index, x[:8_000], made if lists is None else lists)
+
+    def matrix(index: Any) -> np.ndarray:
+        return faiss.vector_to_array(rotation.transform_of(index).A)
+
+    searched, given = fitted(None, True), fitted(None, False)
+    np.testing.assert_array_equal(matrix(searched), matrix(fitted(None, True)))
+    assert not np.array_equal(matrix(searched), matrix(given))  # the k-means' lists were used
+    found = []
+    for index in (searched, given):
+        index.add_with_ids(x, ids)
+        found.append(recall_in(index, queries, x, 100))
+    assert found[1] >= found[0] - 0.02, found

@@ -77,12 +77,12 @@ def build(
         _, train = source.vectors(sample.tolist())
         if not len(train):  # every sampled row removed meanwhile: the worker tries again
             raise RuntimeError("the rows sampled for training are no longer stored")
-        kmeans.train(
+        lists = kmeans.train(
             index, train, policy.train_bf16, P.SEED, policy.two_level_min_lists, policy.tree_from,
             codes=not rotated,
         )  # fmt: skip
         if rotated:
-            index = rotation.train(index, train)
+            index = rotation.train(index, train, lists)
         if spec.quantized and folder is not None:
             fine = F.Fine.train(train, folder)
         del train

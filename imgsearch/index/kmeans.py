@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 
 # FAISS's IVF training runs 10 iterations (IndexIVF.cp.niter); so does a flat training here.
 ITERATIONS = 10
+# A two-level training's coarse clusters are fitted on at most this many rows a cluster (FAISS's
+# own k-means subsamples to 256 a centroid, its max_points_per_centroid), then every row is
+# assigned to them once: at 10M, 327,680 rows into 128 clusters took 3.6 of the k-means' 19.5 s
+# on every row (an ad-hoc timing on the Zen 4; bench/kmeans.py, docs/BENCHMARKS.md).
+COARSE_ROWS_PER_CLUSTER = 256
 # A two-level training's full iterations over every list, after the coarse split (1M into
 # 16,000 lists: recall 0.98-0.99 for ~3x less CPU a search than 4,000 lists trained flat, for
 # 2.6x their training, where ten flat iterations into 16,000 take 7.6x; docs/BENCHMARKS.md).
@@ -85,17 +90,20 @@ def train(
     two_level_from: int,
     tree_from: int = NEVER,
     codes: bool = True,
-) -> None:
+) -> np.ndarray | None:
     """Train `index` (an index_factory IVF index) on `sample`: its codes unless not `codes`
     (rotation.train sets them), and its coarse lists by `two_level`
     from `two_level_from` lists, else by ten iterations of bfloat16 k-means when `bf16`
     (Policy.train_bf16: the CPU runs bfloat16 natively) or FAISS's float32 one. Iterations
-    into at least `tree_from` lists assign rows through a tree of the centres (tree.py)."""
+    into at least `tree_from` lists assign rows through a tree of the centres (tree.py).
+    Returns each sample row's list as the last iteration assigned it (the centres moved
+    once more after it: near-best, not best), or None where FAISS's k-means ran."""
     import faiss
 
     ivf = faiss.extract_index_ivf(index)
     started = time.monotonic()
     split = ivf.nlist >= two_level_from
+    assign = None
     if len(sample) >= ivf.nlist and (bf16 or split or ivf.nlist >= tree_from):
         # Torch loaded first (the daemon's model) holds the OpenMP runtime FAISS calls, and
         # its first op in a thread sets the thread's team to torch's default (half the
@@ -103,10 +111,11 @@ def train(
         faiss_threads = faiss.omp_get_max_threads()
         try:
             with torch_threads(os.cpu_count() or 1):  # as FAISS's k-means: every core
+                lists = ivf.nlist
                 if split:
-                    centres = two_level(sample, ivf.nlist, bf16, seed, tree_from=tree_from)
+                    centres, assign = _two_level(sample, lists, bf16, seed, tree_from=tree_from)
                 else:
-                    centres = spherical(sample, ivf.nlist, ITERATIONS, seed, tree_from=tree_from)
+                    centres, assign = _spherical(sample, lists, ITERATIONS, seed, None, tree_from)
         finally:
             faiss.omp_set_num_threads(faiss_threads)
         ivf.quantizer.add(centres)  # a quantizer holding nlist centres: FAISS skips its k-means
@@ -116,9 +125,10 @@ def train(
             ivf.nlist, time.monotonic() - started,
         )  # fmt: skip
     if not codes:
-        return
+        return assign
     index.train(sample)  # the codes (PQ on residuals), and the lists unless done above
     log.info("index trained on %d vectors in %.1fs", len(sample), time.monotonic() - started)
+    return assign
 
 
 def two_level(
@@ -129,18 +139,37 @@ def two_level(
     refine: int = REFINE_ITERATIONS,
     tree_from: int = NEVER,
 ) -> np.ndarray:
-    """`lists` unit centroids: k-means into sqrt(lists) clusters, each cluster's own k-means
-    into lists in proportion to its size (at least one; a cluster with no more members than
-    its share keeps them as centres), then `refine` iterations over every list from those
+    """`lists` unit centroids: k-means into sqrt(lists) clusters (fitted on at most
+    COARSE_ROWS_PER_CLUSTER rows a cluster, every row then assigned), each cluster's own
+    k-means into lists in proportion to its size (at least one; a cluster with no more members
+    than its share keeps them as centres), then `refine` iterations over every list from those
     centres. The shape of FAISS's contrib.clustering.two_level_clustering, which fails when
     a cluster's share rounds to 0 and ends where this refines: the split alone leaves borders
     that queries cross (no better a search than a quarter of the lists trained flat)."""
+    return _two_level(sample, lists, bf16, seed, refine, tree_from)[0]
+
+
+def _two_level(
+    sample: np.ndarray,
+    lists: int,
+    bf16: bool,
+    seed: int,
+    refine: int = REFINE_ITERATIONS,
+    tree_from: int = NEVER,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """two_level's centres, and each row's list by the last refining iteration (None
+    without one)."""
     import faiss
 
     x = np.ascontiguousarray(sample, np.float32)
     if len(x) < lists:
         raise ValueError(f"k-means of {len(x)} vectors into {lists} lists")
-    coarse = _kmeans(x, max(1, int(np.sqrt(lists))), ITERATIONS, seed, bf16)
+    k = max(1, int(np.sqrt(lists)))
+    fit = x
+    if len(x) > k * COARSE_ROWS_PER_CLUSTER:
+        rows = np.random.RandomState(seed).choice(len(x), k * COARSE_ROWS_PER_CLUSTER, False)
+        fit = x[np.sort(rows)]
+    coarse = _kmeans(fit, k, ITERATIONS, seed, bf16)
     flat = faiss.IndexFlatIP(x.shape[1])
     flat.add(coarse)
     assign = flat.search(x, 1)[1][:, 0]
@@ -154,8 +183,10 @@ def two_level(
             parts.append(_kmeans(members, int(share), ITERATIONS, seed, bf16))
     centres = _unit(np.vstack(parts))
     if not refine:
-        return centres
-    return _kmeans(x, lists, refine, seed, bf16, init=centres, tree_from=tree_from)
+        return centres, None
+    if bf16 or lists >= tree_from:
+        return _spherical(x, lists, refine, seed, centres, tree_from)
+    return _kmeans(x, lists, refine, seed, bf16, init=centres), None
 
 
 def _shares(sizes: np.ndarray, lists: int) -> np.ndarray:
@@ -207,6 +238,19 @@ def spherical(
     """k unit-length centroids of `sample` (float32 rows) by spherical k-means, the assignment
     by inner product in bfloat16 (kmeans.Centres), or from `tree_from` centres through a tree
     of them (tree.CentreTree, float32); from `init` (k rows) if given, else k sample rows."""
+    return _spherical(sample, k, iterations, seed, init, tree_from)[0]
+
+
+def _spherical(
+    sample: np.ndarray,
+    k: int,
+    iterations: int,
+    seed: int,
+    init: np.ndarray | None = None,
+    tree_from: int = NEVER,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """spherical's centroids, and each row's centroid by the last iteration's assignment
+    (made before that iteration's update; None for no iteration)."""
     import torch
     from faiss.contrib.clustering import reassign_centroids
 
@@ -222,6 +266,7 @@ def spherical(
     rows = torch.from_numpy(x)
     tree = k >= tree_from
     low = rows.to(torch.bfloat16) if FLOAT32_UNDER <= k and not tree else rows  # (else unread)
+    assign = None
     for _ in range(iterations):
         made = CentreTree(centres, seed, group_threads=None) if tree else Centres(centres)
         assign = made.assign(rows, low)  # (the tree on this team: the CPU is the training's)
@@ -230,7 +275,7 @@ def spherical(
         centres = sums / np.maximum(counts, 1)[:, None].astype(np.float32)
         reassign_centroids(counts, centres, rs)  # type: ignore[no-untyped-call]  # in place
         centres = _unit(centres)
-    return centres
+    return centres, None if assign is None else assign.numpy()
 
 
 class Centres:
