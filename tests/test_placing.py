@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
 from imgsearch.index.codes import Encoded, encoded, merge_into, nonempty
 from imgsearch.index.placing import Placer
 
-from .helpers import cone, contents, faiss_threads_after, trained
+from .helpers import CONE_DIM, cone, contents, faiss_threads_after, trained
 
 
 @pytest.mark.parametrize(
@@ -126,3 +128,63 @@ def test_an_empty_copy_shares_the_quantizer_and_encodes_as_a_full_one() -> None:
     full.add_with_ids(x[2_000:], ids)
     assert contents(light) == contents(full)
     assert empty_copy(trained("IVF16,Flat", x)).ntotal == 0  # other kinds: a full copy
+
+
+def _library(tmp_path: Any, policy: Any, x: np.ndarray) -> Any:
+    """A catalog of `x` under `policy`, its index trained on all of them and saved."""
+    from imgsearch.catalog import Catalog
+
+    catalog = Catalog(tmp_path, "m", CONE_DIM, policy)
+    with catalog.index.hold():
+        _put(catalog, x)
+    catalog.index.maintain()
+    return catalog
+
+
+def _put(catalog: Any, x: np.ndarray, start: int = 0) -> list[int]:
+    from imgsearch.store import FileFacts, NewImage
+
+    items = [
+        NewImage(FileFacts(f"/v/{start + i}.jpg", 1, 1, f"h{start + i}", 1, 1), v)
+        for i, v in enumerate(x)
+    ]
+    return list(catalog.put(items).ids)
+
+
+def test_a_restarted_index_makes_its_placer_once_the_daemon_answers(tmp_path: Any) -> None:
+    """A start from a saved base makes no placer (its tree of the centres: 0.6 s at 16,384
+    lists, spent beside the model's load): warm() makes it on a thread. Adds before it are
+    placed by FAISS, and every add is found either way. A start that replays more rows than
+    the hold's bound encodes them, so it makes the placer at once."""
+    import threading
+
+    from imgsearch.catalog import Catalog
+    from imgsearch.index import Policy
+    from imgsearch.index.tree import CentreTree
+
+    policy = Policy(exact_max=100, delta_max=1 << 40, tree_from=1, held_delta_max=50)
+    x = cone(1_700, 30)
+    catalog = _library(tmp_path, policy, x[:1_500])
+    assert isinstance(getattr(catalog.index._segments.placer, "centres", None), CentreTree)
+    catalog.close()
+    again = Catalog(tmp_path, "m", CONE_DIM, policy)
+    try:
+        seg = again.index._segments
+        assert seg.placer is None and seg.coded  # nothing to replay: no placer yet
+        early = _put(again, x[1_500:1_540], start=1_500)  # placed by FAISS
+        again.index.warm()
+        for thread in [t for t in threading.enumerate() if t.name == "index-place"]:
+            thread.join(30)
+        assert isinstance(getattr(seg.placer, "centres", None), CentreTree)
+        late = _put(again, x[1_540:1_600], start=1_540)  # placed by the tree
+        found = again.index.search(x[1_500:1_600], 1)[1][:, 0]
+        np.testing.assert_array_equal(found, early + late)
+    finally:
+        again.close()
+    third = Catalog(tmp_path, "m", CONE_DIM, policy)  # 100 rows to replay, over the bound
+    try:
+        seg = third.index._segments
+        assert seg.coded and isinstance(getattr(seg.placer, "centres", None), CentreTree)
+        assert seg.recent.ntotal == 100
+    finally:
+        third.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -47,14 +48,15 @@ def saved_base(
 
 def reopen(
     base: B.Base, source: Source, policy: Policy, lock: threading.Lock, started: float,
-    placer: Placer | None = None,
+    place: Callable[[], Placer | None] = lambda: None,
 ) -> tuple[Segments, bool]:  # fmt: skip
     """Segments over `base` holding what the store holds now, and whether anything was taken
-    out or replayed (`started`: when the start began, for the log; `placer`: for the base's
-    template, Segments says)."""
+    out or replayed (`started`: when the start began, for the log). `place` makes the placer
+    for the base's template (Segments says) where the replay encodes; else the segments come
+    without one (LibraryIndex.warm makes it once the daemon answers)."""
     # Exact at first: replaying is then a copy, not an encoding (~30 us a vector at 1M); the
     # worker folds these rows into the base soon after (index.due.needs_compaction).
-    segments = Segments(base, lock, coded=False, placer=placer)
+    segments = Segments(base, lock, coded=False)
     opened = time.monotonic()
     dead = gone(base, source)
     segments.remove(dead)
@@ -63,6 +65,7 @@ def reopen(
     # replayed as codes: encoding is slower than a copy, but an exact segment of millions of
     # rows would not fit in memory (2 KB a row at 512-d).
     if source.count() - len(segments) > policy.held_limit():
+        segments.placer = place()
         segments.code_if_empty()
     replayed = 0
     for ids, vectors in source.chunks(since_generation=base.meta.generation):
