@@ -33,7 +33,7 @@ from .placing import Placer
 from .policy import BUILDING_RETRY_S, HELD_TUNE_QUERIES, TUNE_QUERIES, Policy
 from .reads import Searcher, one_omp_thread, scan_store
 from .segments import Change, Segments, bits, exact_among, merge
-from .startup import reopen, saved_base, warm_fine
+from .startup import place_later, reopen, saved_base, warm_fine
 from .tuning import Stopped
 
 log = logging.getLogger(__name__)
@@ -127,27 +127,13 @@ class LibraryIndex:
     def warm(self) -> threading.Thread | None:
         """Read the saved base's fine codes into memory on a background thread (the service
         calls this once it is up: during the start the reads slowed /health by 2-4 s), and
-        make the placer adds encode with on another (its tree of the centres: 0.6 s at
-        16,384 lists, which the start spent beside the model's load; adds meanwhile are
-        placed by FAISS)."""
+        make the placer for adds on another (startup.place_later)."""
         seg = self._segments
         if seg.placer is None and self.policy.places and seg.base.template is not None:
-            threading.Thread(
-                target=self._place, args=(seg,), name="index-place", daemon=True
-            ).start()
+            place_later(seg, self._placer)
         if self.origin not in ("loaded", "replayed"):
             return None
         return warm_fine(seg.base, self._stop)
-
-    def _place(self, seg: Segments) -> None:
-        lower_priority()
-        try:
-            placer = self._placer(seg.base.template)
-        except Exception:  # (adds go on through FAISS)
-            log.exception("no placer for the index's adds")
-            return
-        if seg.placer is None:  # (segments swapped in meanwhile come with their own)
-            seg.placer = placer
 
     # -- changes (the catalog calls these in generation order) -------------------------------
 
