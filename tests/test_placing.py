@@ -188,3 +188,34 @@ def test_a_restarted_index_makes_its_placer_once_the_daemon_answers(tmp_path: An
         assert seg.recent.ntotal == 100
     finally:
         third.close()
+
+
+def test_a_compaction_right_after_a_start_places_the_replayed_rows(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows replayed exactly at a start are folded into the base by the worker soon after,
+    perhaps before warm() made the start's placer: the compaction makes it then, so those rows
+    are placed by the tree, not by FAISS's scan of every centre."""
+    from imgsearch.catalog import Catalog
+    from imgsearch.index import Policy
+
+    policy = Policy(exact_max=100, delta_max=1 << 40, tree_from=1, settle_min=10)
+    x = cone(1_600, 30)
+    catalog = _library(tmp_path, policy, x[:1_500])
+    ids = _put(catalog, x[1_500:], start=1_500)
+    catalog.close()
+    again = Catalog(tmp_path, "m", CONE_DIM, policy)
+    try:
+        seg = again.index._segments
+        assert seg.placer is None and not seg.coded and seg.recent.ntotal == 100
+        filled: list[int] = []
+        real_fill = Placer.fill
+        monkeypatch.setattr(
+            Placer, "fill", lambda self, *a: filled.append(len(a[1])) or real_fill(self, *a)
+        )
+        assert again.index.maintain() == "compact"
+        assert filled == [100]
+        found = again.index.search(x[1_500:], 1)[1][:, 0]
+        np.testing.assert_array_equal(found, ids)
+    finally:
+        again.close()

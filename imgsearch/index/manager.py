@@ -376,7 +376,8 @@ class LibraryIndex:
             dead, recent, frozen = seg.bitmap.copy(), seg.members.copy(), seg.frozen()
             generation = self._applied
         saved = self._path / B.INDEX if self._path else None
-        base = fold(seg.base, saved, bits(dead), bits(recent), frozen, generation, seg.placer)
+        placer = seg.placer or self._placer(seg.base.template)  # (a start's comes later)
+        base = fold(seg.base, saved, bits(dead), bits(recent), frozen, generation, placer)
         meta = base.meta
         if self.policy.needs_retune(
             meta.kind, meta.tuned_count, len(base), self._holds, meta.provisional
