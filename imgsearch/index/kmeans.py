@@ -169,7 +169,7 @@ def _two_level(
     if len(x) > k * COARSE_ROWS_PER_CLUSTER:
         rows = np.random.RandomState(seed).choice(len(x), k * COARSE_ROWS_PER_CLUSTER, False)
         fit = x[np.sort(rows)]
-    coarse = _kmeans(fit, k, ITERATIONS, seed, bf16)
+    coarse = _kmeans(fit, k, ITERATIONS, seed, bf16)[0]
     flat = faiss.IndexFlatIP(x.shape[1])
     flat.add(coarse)
     assign = flat.search(x, 1)[1][:, 0]
@@ -180,13 +180,11 @@ def _two_level(
         if len(members) <= share:  # share is 0 only for an empty cluster
             parts.append(members)
         else:
-            parts.append(_kmeans(members, int(share), ITERATIONS, seed, bf16))
+            parts.append(_kmeans(members, int(share), ITERATIONS, seed, bf16)[0])
     centres = _unit(np.vstack(parts))
     if not refine:
         return centres, None
-    if bf16 or lists >= tree_from:
-        return _spherical(x, lists, refine, seed, centres, tree_from)
-    return _kmeans(x, lists, refine, seed, bf16, init=centres), None
+    return _kmeans(x, lists, refine, seed, bf16, init=centres, tree_from=tree_from)
 
 
 def _shares(sizes: np.ndarray, lists: int) -> np.ndarray:
@@ -212,19 +210,20 @@ def _kmeans(
     bf16: bool,
     init: np.ndarray | None = None,
     tree_from: int = NEVER,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Spherical k-means: `spherical` in bfloat16 or through a tree from `tree_from` centres,
     else FAISS's float32 one on every point given (no subsampling; few points a centroid is a
-    two-level split's normal case, not worth FAISS's warning)."""
+    two-level split's normal case, not worth FAISS's warning). With each row's centre by the
+    last iteration (_spherical's), None from FAISS's."""
     import faiss
 
     if bf16 or k >= tree_from:
-        return spherical(x, k, iterations, seed, init, tree_from)
+        return _spherical(x, k, iterations, seed, init, tree_from)
     km = faiss.Kmeans(x.shape[1], k, niter=iterations, spherical=True, seed=seed,
                       verbose=False, max_points_per_centroid=1 << 30)  # fmt: skip
     km.cp.min_points_per_centroid = 1
     km.train(x, init_centroids=init)
-    return _unit(np.asarray(km.centroids, np.float32))
+    return _unit(np.asarray(km.centroids, np.float32)), None
 
 
 def spherical(
