@@ -157,27 +157,31 @@ def two_level_ab(
     x: np.ndarray, lists: int, bf16: bool, rounds: int, against: str = "bf16_everywhere"
 ) -> dict[str, Any]:
     """kmeans.two_level as the daemon runs it (this CPU's policy), and `against`: with
-    bfloat16 assignments to any number of centres (FLOAT32_UNDER = 0), or with the refining
+    bfloat16 assignments to any number of centres (FLOAT32_UNDER = 0), with the refining
     iterations assigned through the tree of centres (tree_from = policy.TREE_FROM, as where the
-    CPU has no AMX); alternating, `rounds` times each: seconds and quality."""
+    CPU has no AMX), or with the coarse clusters fitted on every row (before 2026-12-06:
+    COARSE_ROWS_PER_CLUSTER unbounded); alternating, `rounds` times each: seconds and
+    quality."""
     runs: dict[str, list[dict[str, float]]] = {"as_daemon": [], against: []}
     under, tree_from = kmeans.FLOAT32_UNDER, (P.NEVER if native_amx() else P.TREE_FROM)
+    per = kmeans.COARSE_ROWS_PER_CLUSTER
     ways = {
-        "as_daemon": (under, tree_from),
-        "bf16_everywhere": (0, tree_from),
-        "tree": (under, P.TREE_FROM),
+        "as_daemon": (under, tree_from, per),
+        "bf16_everywhere": (0, tree_from, per),
+        "tree": (under, P.TREE_FROM, per),
+        "coarse_every_row": (under, tree_from, len(x)),
     }
     try:
         for _ in range(rounds):
             for name in runs:
-                kmeans.FLOAT32_UNDER, tree = ways[name]
+                kmeans.FLOAT32_UNDER, tree, kmeans.COARSE_ROWS_PER_CLUSTER = ways[name]
                 start = time.perf_counter()
                 with torch_threads(os.cpu_count() or 1):
                     centres = kmeans.two_level(x, lists, bf16, P.SEED, tree_from=tree)
                 runs[name].append({"s": time.perf_counter() - start, **quality(x, centres)})
                 progress(f"two-level, {name}: {runs[name][-1]}")
     finally:
-        kmeans.FLOAT32_UNDER = under
+        kmeans.FLOAT32_UNDER, kmeans.COARSE_ROWS_PER_CLUSTER = under, per
     best = {name: min(r["s"] for r in done) for name, done in runs.items()}
     return {**runs, "speedup": best[against] / best["as_daemon"]}
 
@@ -197,9 +201,11 @@ def main() -> None:
         "every assignment in bfloat16 (FLOAT32_UNDER = 0, before 2026-12-04)",
     )  # fmt: skip
     parser.add_argument(
-        "--against", choices=["bf16_everywhere", "tree"], default="bf16_everywhere",
-        help="--two-level-only's other way: every assignment in bfloat16, or the refining "
-        "iterations through the tree of centres (policy.TREE_FROM, the policy without AMX)",
+        "--against", choices=["bf16_everywhere", "tree", "coarse_every_row"],
+        default="bf16_everywhere",
+        help="--two-level-only's other way: every assignment in bfloat16, the refining "
+        "iterations through the tree of centres (policy.TREE_FROM, the policy without AMX), "
+        "or the coarse clusters fitted on every row (before 2026-12-06)",
     )  # fmt: skip
     args = parser.parse_args()
     spec = P.Policy().spec(args.n, DIM)

@@ -40,7 +40,8 @@ ITERATIONS = 10
 # A two-level training's coarse clusters are fitted on at most this many rows a cluster (FAISS's
 # own k-means subsamples to 256 a centroid, its max_points_per_centroid), then every row is
 # assigned to them once: at 10M, 327,680 rows into 128 clusters took 3.6 of the k-means' 19.5 s
-# on every row, 0.4 s on the sample, the lists as good (ad hoc on the Zen 4, docs/BENCHMARKS.md).
+# on every row, 0.4 s on the sample (ad hoc on the Zen 4); the whole k-means 1.1x quicker, the
+# same lists' quality (bench/kmeans.py --against coarse_every_row, docs/BENCHMARKS.md).
 COARSE_ROWS_PER_CLUSTER = 256
 # A two-level training's full iterations over every list, after the coarse split (1M into
 # 16,000 lists: recall 0.98-0.99 for ~3x less CPU a search than 4,000 lists trained flat, for
