@@ -58,7 +58,7 @@ from scale import (  # noqa: E402
 )
 
 from imgsearch.catalog import DB_FILE  # noqa: E402
-from imgsearch.index.segments import exact_among, merge  # noqa: E402
+from imgsearch.index.hits import exact_among, merge  # noqa: E402
 from imgsearch.store.images import vector_chunks  # noqa: E402
 
 # What a busy sample was doing, by the frames anywhere in its stack (first match wins).

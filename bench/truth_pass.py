@@ -7,7 +7,7 @@ compared with the tuning's queries, as `index.build.retune` does after an import
 Opens DATA_DIR's database read-only and, for each --trees checkout in turn (--rounds times),
 runs in a fresh process with that tree's code: `Store.vectors()` chunks (the daemon's chunk
 size) of the first --rows present rows, each compared with 200 unit queries by
-`segments.exact_among` and merged into a running best 11 (`segments.merge`), with torch
+`hits.exact_among` and merged into a running best 11 (`hits.merge`), with torch
 loaded and its threads as the daemon sets them (half the cores). Prints wall and CPU µs a row
 and a checksum of the answers (the trees must agree); the CPU model and load; appends one
 JSON line a run to bench/out/truth_pass.jsonl.
@@ -29,7 +29,7 @@ CHILD = r"""
 import json, os, sqlite3, sys, time
 import numpy as np, torch
 sys.path.insert(0, os.getcwd())
-from imgsearch.index.segments import exact_among, merge
+from imgsearch.index.hits import exact_among, merge
 from imgsearch.store.images import vector_chunks
 torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
 db, rows, queries = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

@@ -22,8 +22,8 @@ from imgsearch.errors import Busy
 from imgsearch.index import Policy
 from imgsearch.index import base as B
 from imgsearch.index.build import build
+from imgsearch.index.hits import rescored
 from imgsearch.index.policy import HNSW_ADD_EF, TUNE_QUERIES, Spec, lists_for, train_size
-from imgsearch.index.segments import rescored
 from imgsearch.index.tree import CentreTree
 from imgsearch.store import FileFacts, NewImage
 

@@ -141,6 +141,17 @@ def save(base: Base, folder: Path) -> Path:
     return final
 
 
+def kept(base: Base, folder: Path, model_id: str, dim: int) -> tuple[Base, Path]:
+    """Save a new base; return what searches will read, and its folder: the files
+    memory-mapped (the built copy is freed), or for fast-scan codes, which FAISS reads into
+    RAM anyway, the built base itself (no second read of the file, no second copy while it
+    is read)."""
+    path = save(base, folder)
+    if base.meta.kind in READ_INTO_RAM:
+        return base, path
+    return load(path, model_id, dim), path
+
+
 def write_paced(index: Any, path: Path) -> None:
     """faiss.write_index in steps of PACE_BYTES, each on disk and out of the page cache before
     the next is written (the rest of the machine's cache, SQLite's pages, stays)."""

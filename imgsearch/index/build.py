@@ -24,8 +24,8 @@ from . import idsets, kmeans, rotation
 from . import policy as P
 from .base import READ_INTO_RAM, Base, BaseMeta, emptied, for_adding, ivf
 from .codes import Encoded, encoded, merge_into
+from .hits import exact_among, merge
 from .placing import Placer
-from .segments import exact_among, merge
 from .tuning import Stopped, tune, without_own
 
 log = logging.getLogger(__name__)

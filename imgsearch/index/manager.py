@@ -22,17 +22,17 @@ from typing import Any
 import numpy as np
 
 from ..cpu import lower_priority
-from ..errors import Busy
 from ..memory import trim
 from . import base as B
 from . import due
 from .about import about
 from .build import Source, build, fold, retune, with_fine
-from .codes import Encoded, Precoded, copied, encoded, relabel
-from .placing import Placer
-from .policy import BUILDING_RETRY_S, HELD_TUNE_QUERIES, TUNE_QUERIES, Policy
+from .codes import Encoded, Precoded, copied, relabel
+from .hits import exact_among
+from .placing import Placers
+from .policy import HELD_TUNE_QUERIES, TUNE_QUERIES, Policy
 from .reads import Searcher, one_omp_thread, scan_store
-from .segments import Change, Segments, bits, exact_among, merge
+from .segments import Change, Segments, bits
 from .startup import place_later, reopen, saved_base, warm_fine
 from .tuning import Stopped
 
@@ -69,7 +69,8 @@ class LibraryIndex:
         self._building = False  # the first base is being built: searches read the store
         self._path: Path | None = None
         self._reads = Searcher(source)
-        self._placed: tuple[Any, Placer | None] = (None, None)  # (template, its placer)
+        # The placer of adds to copies of a template, where the policy chooses lists itself.
+        self._placer = Placers(policy.places, policy.train_bf16, policy.tree_from)
         self._segments = self._open()
         # Everything up to the store's generation is in the segments now (replayed): what a
         # compaction saves as its base's generation, so the next start replays none of it.
@@ -94,9 +95,7 @@ class LibraryIndex:
 
     def _build_now(self) -> B.Base:
         present = self.source.count()
-        if not present:
-            return B.empty_exact(self.model_id, self.dim, self.source.generation())
-        if self.policy.spec(present, self.dim).kind != "exact":
+        if present and self.policy.spec(present, self.dim).kind != "exact":
             # Training takes minutes at a million vectors: the worker builds the first base
             # while the daemon serves, searches answered exactly from the store meanwhile.
             log.info(
@@ -105,11 +104,11 @@ class LibraryIndex:
                 present,
             )
             self._building, self.origin, self.state = True, "building", "building"
+        if not present or self._building:
             return B.empty_exact(self.model_id, self.dim, self.source.generation())
         log.info("no usable saved index: building one from SQLite (%d vectors)", present)
-        base = self._build(present)
         self.origin = "rebuilt"
-        return base
+        return self._build(present)
 
     def _build(self, count: int) -> B.Base:
         spec = self.policy.spec(count, self.dim)
@@ -138,19 +137,10 @@ class LibraryIndex:
     # -- changes (the catalog calls these in generation order) -------------------------------
 
     def encode(self, vectors: np.ndarray) -> Precoded | None:
-        """What add() would encode of `vectors`, done ahead (off every lock: a bulk import
-        encodes its next batch while it writes this one); None while the recent segment holds
-        vectors, not codes."""
-        seg = self._segments
-        if not seg.coded:
-            return None
+        """What add() would encode of `vectors`, done ahead (Segments.precode); None while the
+        recent segment holds vectors, not codes."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
-        positions = np.arange(len(vectors), dtype=np.int64)
-        template = seg.base.template
-        codes = encoded(template, positions, vectors, seg.placer)
-        fine = seg.base.fine
-        finer = fine.encode(vectors) if fine is not None else None
-        return Precoded(template, codes, len(vectors), vectors, fine, finer)
+        return self._segments.precode(vectors)
 
     def add(
         self, ids: np.ndarray, vectors: np.ndarray, generation: int, ahead: Precoded | None = None
@@ -264,14 +254,7 @@ class LibraryIndex:
             if len(allowed) <= self.policy.allowed_exact_max:
                 return exact_among(queries, k, *self.source.vectors(allowed.tolist()))
         if self._building:
-            count = len(self)
-            if count > self.policy.store_scan_max:
-                raise Busy(
-                    f"the index of {count} images is being built (no saved index at start-up); "
-                    "searches resume when it is ready",
-                    BUILDING_RETRY_S,
-                )
-            return scan_store(self.source, queries, k, allowed)
+            return scan_store(self.source, queries, k, allowed, self.policy.store_scan_max)
         # One read of the segments: a swap meanwhile does not mix two states.
         return self._reads.search(self._segments, queries, k, allowed, self._idle())
 
@@ -387,13 +370,9 @@ class LibraryIndex:
         return self._keep(base)
 
     def _keep(self, base: B.Base) -> B.Base:
-        """Save a new base; return what searches will read: the files memory-mapped (the
-        built copy is freed), or for fast-scan codes, which FAISS reads into RAM anyway, the
-        built base itself (no second read of the file, no second copy while it is read)."""
-        self._path = B.save(base, self.folder)
-        if base.meta.kind in B.READ_INTO_RAM:
-            return base
-        return B.load(self._path, self.model_id, self.dim)
+        """Save a new base; return what searches will read (base.kept)."""
+        base, self._path = B.kept(base, self.folder, self.model_id, self.dim)
+        return base
 
     def _swap(self, base: B.Base) -> None:
         """Publish `base` with the changes logged since its generation replayed on top: the
@@ -414,16 +393,6 @@ class LibraryIndex:
             done += len(pending)
         log.info("index swapped in: %s, %d vectors", base.meta.factory, len(fresh))
 
-    def _placer(self, template: Any) -> Placer | None:
-        """The placer for `template`'s copies where the policy chooses lists itself (one a
-        template: its centroids are copied out, 50 MB at 16,384 x 512-d)."""
-        if not self.policy.places or template is None:
-            return None
-        if self._placed[0] is not template:
-            policy = self.policy
-            self._placed = (template, Placer.of(template, policy.train_bf16, policy.tree_from))
-        return self._placed[1]
-
     def close(self) -> None:
         """Stop background work (a build in progress is abandoned: SQLite has everything)."""
         self._stop.set()
@@ -432,4 +401,4 @@ class LibraryIndex:
         self._reads.close()
 
 
-__all__ = ["LibraryIndex", "merge"]
+__all__ = ["LibraryIndex"]

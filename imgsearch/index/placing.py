@@ -156,6 +156,23 @@ class Placer:
         return np.asarray(out.numpy())
 
 
+class Placers:
+    """The placer of the newest template a caller asked for, made once a template (its
+    centroids are copied out: 50 MB at 16,384 x 512-d), or None where FAISS adds rows itself
+    (`places` false: the policy leaves the lists to FAISS)."""
+
+    def __init__(self, places: bool, bf16: bool, tree_from: int) -> None:
+        self.places, self.bf16, self.tree_from = places, bf16, tree_from
+        self._made: tuple[Any, Placer | None] = (None, None)  # (template, its placer)
+
+    def __call__(self, template: Any) -> Placer | None:
+        if not self.places or template is None:
+            return None
+        if self._made[0] is not template:
+            self._made = (template, Placer.of(template, self.bf16, self.tree_from))
+        return self._made[1]
+
+
 def _layout(ivf: Any) -> np.ndarray | None:
     """Where a block's codes go: for each 4-bit position of a packed block (low half of each
     byte first), the slot * M + sub-code it holds, read off the CodePacker by packing blocks

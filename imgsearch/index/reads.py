@@ -18,11 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ..errors import Busy
 from . import base as B
 from . import fine as F
 from .build import Source
-from .policy import QUANTIZED
-from .segments import Segments, exact_among, merge, rescored
+from .hits import Hits, exact_among, merge, rescored
+from .policy import BUILDING_RETRY_S, QUANTIZED
+from .segments import Segments
 
 SEARCH_THREADS = 1
 # A search scans its probed lists on two threads (the request's and one helper: half the lists
@@ -55,8 +57,6 @@ PROBE_EVERY = 64
 ROW_US_WEIGHT = 0.5  # of the newest one-thread read in the running mean
 
 log = logging.getLogger(__name__)
-
-Hits = tuple[np.ndarray, np.ndarray]  # (similarities, ids), best first, -1 padded
 
 
 class Searcher:
@@ -175,8 +175,19 @@ class Searcher:
         self.readers.shutdown(wait=False)
 
 
-def scan_store(source: Source, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> Hits:
-    """Exact best k over every present vector in SQLite (while the first base builds)."""
+def scan_store(
+    source: Source, queries: np.ndarray, k: int, allowed: np.ndarray | None, most: int
+) -> Hits:
+    """Exact best k over every present vector in SQLite (while the first base builds); Busy
+    (503, retry later) for a library of over `most` images, whose scan would hold a thread for
+    seconds."""
+    count = source.count()
+    if count > most:
+        raise Busy(
+            f"the index of {count} images is being built (no saved index at start-up); "
+            "searches resume when it is ready",
+            BUILDING_RETRY_S,
+        )
     none = np.zeros((len(queries), 0))
     best = (none.astype(np.float32), none.astype(np.int64))
     for ids, vectors in source.chunks():

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -22,7 +22,8 @@ import numpy as np
 from . import idsets
 from . import policy as P
 from .base import Base
-from .codes import Encoded, encoded, merge_into
+from .codes import Encoded, Precoded, encoded, merge_into
+from .hits import merge
 from .placing import Placer
 from .rotation import rotated, transform_of
 
@@ -33,8 +34,6 @@ FLAT_COARSE_FROM = 256
 # A logged change: (database generation, "add" or "remove", ids, and for an add its vectors,
 # or its codes where they fit the segments it is replayed into: a compaction's, same template).
 Change = tuple[int, str, np.ndarray, np.ndarray | Encoded | None]
-# Exact vectors of stored ids (present ones only), from the store: (ids, n x dim float32).
-Fetch = Callable[[Sequence[int]], tuple[np.ndarray, np.ndarray]]
 
 
 class Segments:
@@ -82,6 +81,17 @@ class Segments:
         """The costly part of adding to a coded recent segment (coarse assignment and codes),
         as a small index to hand to add(); needs no lock. None for an exact segment."""
         return encoded(self.base.template, ids, vectors, self.placer) if self.coded else None
+
+    def precode(self, vectors: np.ndarray) -> Precoded | None:
+        """encode() of float32 `vectors` not yet given ids, and their fine codes, done ahead
+        (no lock: a bulk import encodes its next batch while it writes this one); None for
+        an exact segment."""
+        if not self.coded:
+            return None
+        template, fine = self.base.template, self.base.fine
+        codes = encoded(template, np.arange(len(vectors), dtype=np.int64), vectors, self.placer)
+        finer = fine.encode(vectors) if fine is not None else None
+        return Precoded(template, codes, len(vectors), vectors, fine, finer)
 
     def add(
         self, ids: np.ndarray, vectors: np.ndarray, codes: Encoded | None = None,
@@ -360,42 +370,3 @@ def hnsw(index: Any) -> bool:
     except RuntimeError:
         return False
     return isinstance(faiss.downcast_index(quantizer), faiss.IndexHNSW)
-
-
-def merge(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise best k of several (similarities, ids) results, -1 ids dropped to the end."""
-    sims = np.concatenate([np.asarray(p[0], np.float32) for p in parts], axis=1)
-    ids = np.concatenate([np.asarray(p[1], np.int64) for p in parts], axis=1)
-    sims = np.where(ids < 0, -np.inf, sims)
-    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(sims, order, axis=1), np.take_along_axis(ids, order, axis=1)
-
-
-def exact_among(
-    queries: np.ndarray, k: int, ids: np.ndarray, vectors: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force best k of `vectors` (exact, from the store) for each query."""
-    if not len(ids):
-        return np.full((len(queries), 0), -np.inf, np.float32), np.zeros((len(queries), 0))
-    sims = queries @ vectors.T
-    kk = min(k, len(ids))
-    top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-    part = np.take_along_axis(sims, top, axis=1)
-    return merge([(part, ids[top])], kk)
-
-
-def rescored(
-    queries: np.ndarray, ids: np.ndarray, k: int, fetch: Fetch
-) -> tuple[np.ndarray, np.ndarray]:
-    """Re-rank candidate ids (-1 padded) with exact vectors from the store (`fetch`: one read
-    of the distinct ids, sorted); ids no longer stored drop out."""
-    found, vectors = fetch(idsets.unique(ids[ids >= 0]).tolist())
-    order = np.argsort(found, kind="stable")  # the store answers in id order: usually a no-op
-    found, vectors = found[order], vectors[order]
-    sims = np.full(ids.shape, -np.inf, np.float32)
-    if len(found):
-        where = np.minimum(np.searchsorted(found, ids), len(found) - 1)
-        ok = (ids >= 0) & (found[where] == ids)
-        for q in range(len(ids)):  # one matrix-vector product a query
-            sims[q, ok[q]] = vectors[where[q, ok[q]]] @ queries[q]
-    return merge([(sims, np.where(np.isfinite(sims), ids, -1))], k)

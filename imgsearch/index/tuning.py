@@ -21,8 +21,9 @@ import numpy as np
 
 from . import fine as F
 from . import policy as P
+from .hits import Fetch, rescored
 from .rotation import transform_of
-from .segments import Fetch, hnsw, rescored, search_params
+from .segments import hnsw, search_params
 
 log = logging.getLogger(__name__)
 
