@@ -3,17 +3,22 @@ the same caps everywhere, and what the served OpenAPI document says the server a
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import FormData, web
 from aiohttp.test_utils import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from multidict import MultiDict
 
 from imgsearch.errors import BadRequest
 from imgsearch.web.openapi import compare_pattern, document
-from imgsearch.web.parsing import MAX_FIELDS, Params
+from imgsearch.web.parsing import MAX_FIELDS, Params, loads
 
 from .helpers import get_json, jpeg_bytes, photo
 
@@ -28,6 +33,45 @@ def test_a_parameter_given_twice_with_different_values_is_refused() -> None:
     with pytest.raises(BadRequest, match="give either image or text, not both"):
         Params(MultiDict({"image": "/a"}), {"text": "cat"}).one_of("image", "url", "text")
     assert Params(MultiDict([("compare", "a"), ("compare", "b")])).getall("compare") == ["a", "b"]
+
+
+def test_bodies_read_by_orjson_or_json_read_as_json_reads_them() -> None:
+    """parsing.loads (orjson) gives what the standard module gives, and where orjson refuses
+    what json accepts (NaN, Infinity, a lone surrogate) or reads otherwise (integers past 64
+    bits) the standard module reads it; what neither reads raises json's error (the 400's
+    message)."""
+    bodies = [
+        '{"vector": [0.1, -2, 3.5e-7, 1e308], "limit": 10, "where": ["a:b"], "x": null}',
+        '{"text": "caf\\u00e9 \u00e9", "a": {"b": [true, false]}, "a": 2}',  # duplicate key
+        '{"vector": [1.0, NaN, -Infinity]}',
+        '{"id": 123456789012345678901234567890, "n": -9223372036854775809}',
+        '{"u": 18446744073709551615, "f": 0.12345678901234567890123}',
+        '{"s": "\\ud800"}',
+        "[1, 2]",
+    ]
+    for text in bodies:
+        got, want = loads(text), json.loads(text)
+        assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True), text
+    assert math.isnan(loads('{"v": [NaN]}')["v"][0])
+    for bad in ("{", '{"a": 1,}', "", "{'a': 1}"):
+        with pytest.raises(json.JSONDecodeError):
+            loads(bad)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
+    max_leaves=30,
+)
+
+
+@given(JSON_VALUES)
+@settings(max_examples=300, deadline=None)
+def test_any_json_text_reads_as_json_reads_it(value: Any) -> None:
+    """Whatever the standard module writes (NaN, huge integers, any text) parsing.loads reads
+    back to what json.loads gives."""
+    text = json.dumps(value)
+    assert repr(loads(text)) == repr(json.loads(text))
 
 
 def _image_form(**fields: str | list[str]) -> FormData:

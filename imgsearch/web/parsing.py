@@ -14,6 +14,7 @@ import json
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
+import orjson
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import MultiDict, MultiMapping
@@ -196,11 +197,29 @@ class Params:
 
 # -- bodies ----------------------------------------------------------------------------------
 
+# An integer of this many digits may lie beyond 64 bits (-2**63 has 19): parsing.loads.
+LONG_DIGITS = "0" * 19
+DIGITS_AS_ZERO = str.maketrans("123456789", "000000000")
+
+
+def loads(text: str) -> Any:
+    """JSON text as Python values, by orjson (a search's 512 numbers in 19 µs against the
+    standard module's 214: bench/json_body.py), or by the standard module where orjson would
+    read it otherwise: it refuses NaN, Infinity and lone surrogates, which json accepts, and
+    reads integers beyond 64 bits as floats (so a text with a run of LONG_DIGITS digits goes to
+    json: ~10 µs to look). Both read every body alike, and a bad one gets json's message."""
+    if LONG_DIGITS in text.translate(DIGITS_AS_ZERO):
+        return json.loads(text)
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
 
 async def json_object(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object, or 400."""
     try:
-        body = await request.json()
+        body = await request.json(loads=loads)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
