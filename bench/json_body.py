@@ -45,7 +45,8 @@ BODIES = 50  # distinct query bodies, used in turn
 
 
 def body(dim: int, seed: int) -> bytes:
-    vector = np.random.default_rng(seed).standard_normal(dim).tolist()
+    """A search's JSON body as a client sends an embedding: float32 values, written by json."""
+    vector = np.random.default_rng(seed).standard_normal(dim).astype(np.float32).tolist()
     return json.dumps({"vector": vector, "limit": 10}).encode()
 
 

@@ -18,7 +18,7 @@ from multidict import MultiDict
 
 from imgsearch.errors import BadRequest
 from imgsearch.web.openapi import compare_pattern, document
-from imgsearch.web.parsing import MAX_FIELDS, Params, loads
+from imgsearch.web.parsing import MAX_FIELDS, Params, loads, long_integer
 
 from .helpers import get_json, jpeg_bytes, photo
 
@@ -53,6 +53,10 @@ def test_bodies_read_by_orjson_or_json_read_as_json_reads_them() -> None:
         got, want = loads(text), json.loads(text)
         assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True), text
     assert math.isnan(loads('{"v": [NaN]}')["v"][0])
+    # A float's digits after zeros (a long run after the point) are read by orjson.
+    assert not long_integer('{"v": [-0.0012345678266137838, 1.0000000000000000000002]}')
+    assert long_integer('{"v": [1, -1234567890123456789]}')
+    assert long_integer("12345678901234567890")
     for bad in ("{", '{"a": 1,}', "", "{'a': 1}"):
         with pytest.raises(json.JSONDecodeError):
             loads(bad)
