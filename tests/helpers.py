@@ -300,6 +300,16 @@ def cone(n: int, clusters: int, seed: int = 0, dim: int = CONE_DIM) -> np.ndarra
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
+def spectral_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    """Unit vectors whose k-th principal direction's variance falls as k^-1.2 (as embeddings'
+    do), the directions a random rotation of the axes."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(np.random.default_rng(5).standard_normal((dim, dim)))[0]
+    x = rng.standard_normal((n, dim)) * np.arange(1, dim + 1) ** -0.6
+    x = x @ basis.T
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
 def faiss_threads_after(setup: str, work: str) -> str:
     """Run `work` in a worker thread of a fresh interpreter that loaded torch first (as the
     daemon does: FAISS's OpenMP calls then bind to torch's runtime) with torch's default at

@@ -28,7 +28,7 @@ from imgsearch.index.tuning import _recall
 from imgsearch.service import Service
 from imgsearch.store import FileFacts, NewImage
 
-from .helpers import CONE_DIM, cone
+from .helpers import CONE_DIM, cone, spectral_vectors
 
 N = 1500
 POLICY = Policy(exact_max=100, delta_max=1 << 40)  # ivf-pqfs from a few hundred vectors
@@ -401,8 +401,9 @@ def test_a_search_ranks_a_pool_by_fine_codes_and_reads_only_the_tuned_depth(
     fine.ROTATED_POOL x k candidates (the policy's codes are rotated) and reads 40 rows from
     the store, the best by the fine codes: nearly every exact top 10 is found. A base tuned
     with fine codes that are lost reads fine.POOL x k; one of an
-    earlier version (tuned without) asks for 40 and reads them."""
-    x = cone(N, 30)
+    earlier version (tuned without) asks for 40 and reads them. (Embedding-like vectors: codes
+    on their residuals' leading directions, rotation.MIN_CODED_SHARE.)"""
+    x = spectral_vectors(N, CONE_DIM)
     catalog, ids = built(tmp_path, x)
     try:
         seg = at_depth(catalog, monkeypatch, 4)

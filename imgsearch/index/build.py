@@ -81,7 +81,10 @@ def build(
             index, train, policy.train_bf16, P.SEED, policy.two_level_min_lists, policy.tree_from,
             codes=not rotated,
         )  # fmt: skip
-        if rotated:
+        share = rotation.coded_share(index, train, lists) if rotated else 1.0
+        if share < rotation.MIN_CODED_SHARE:  # residuals that vary evenly
+            spec, index = _unrotated(spec, index, train, dim, share)
+        elif rotated:
             index = rotation.train(index, train, lists)
         if spec.quantized and folder is not None:
             fine = F.Fine.train(train, folder)
@@ -126,6 +129,27 @@ def build(
         spec.factory, len(all_ids), time.monotonic() - started, nprobe, recall, rescore,
     )  # fmt: skip
     return Base(index, all_ids, meta, template, fine)
+
+
+def _unrotated(
+    spec: P.Spec, index: Any, sample: np.ndarray, dim: int, share: float
+) -> tuple[P.Spec, Any]:
+    """`spec` unrotated (policy.unrotated) and an index of it over the lists of `index` (the
+    k-means' centres, trained), its codes trained on `sample` (FAISS trains only the codes of
+    an index whose quantizer holds its centres). `share`: rotation.coded_share's, logged."""
+    import faiss
+
+    plain = P.unrotated(spec, dim)
+    made: Any = faiss.index_factory(dim, plain.factory, faiss.METRIC_INNER_PRODUCT)
+    lists: Any = faiss.extract_index_ivf(index)
+    faiss.extract_index_ivf(made).quantizer.add(lists.quantizer.reconstruct_n(0, lists.nlist))
+    made.train(np.ascontiguousarray(sample, np.float32))
+    log.info(
+        "codes on the residuals' first directions would keep %.0f%% of their variance (under "
+        "%.0f%%): %s instead of %s", 100 * share, 100 * rotation.MIN_CODED_SHARE, plain.factory,
+        spec.factory,
+    )  # fmt: skip
+    return plain, made
 
 
 def fold(

@@ -304,6 +304,16 @@ class Policy:
         return current != "exact" and count >= self.retrain_growth * max(1, trained_count)
 
 
+def unrotated(spec: Spec, dim: int) -> Spec:
+    """A rotated spec's lists with FAISS's fast-scan PQ on dim / 2 sub-quantizers of the
+    vectors as they are (rotation.MIN_CODED_SHARE: residuals that vary too evenly for codes
+    on their leading directions); any other spec as it is."""
+    if not spec.factory.startswith(ROTATED):
+        return spec
+    coarse = spec.factory[len(ROTATED) :].split(",")[0]
+    return Spec(spec.kind, f"{coarse},PQ{_pq_subquantizers(dim, 2)}x4fs", spec.lists)
+
+
 def lists_for(count: int, per_sqrt: float = LISTS_PER_SQRT) -> int:
     wanted = round(per_sqrt * math.sqrt(count))
     trainable = max(MIN_LISTS, count // TRAIN_PER_LIST)

@@ -43,6 +43,15 @@ ROTATED = "RPCA,"
 # row's list comes from the k-means where it says (kmeans.train: its last assignment); a search
 # of every centre for them took 2.9 of the fit's 3.9 s at 16,384 lists (ad hoc, on the Zen 4).
 FIT_ROWS = 32_768
+# Codes on the first dim / 4 principal directions only where those hold at least this share of
+# the residuals' variance. Embedding-like vectors' residuals vary along few directions (bench/
+# scale.py's spectral vectors, whose spectrum is real embeddings': 0.80 at 1M), and there the
+# codes rank as FAISS's PQ of twice the bytes does. Residuals that vary evenly (its clustered
+# vectors: 0.37-0.42; uniform random ones: 0.31-0.35; ad hoc, 100,000 rows in 1,000 or 2,500
+# lists) lose most of a score to the directions left out: at 1M uniform a rotated base found
+# 0.12 of the true top 10 with every list probed (docs/BENCHMARKS.md). Such a training keeps
+# FAISS's PQ on dim / 2 sub-quantizers of the unrotated vectors (policy.unrotated).
+MIN_CODED_SHARE = 0.6
 
 
 def factory_of(spec_factory: str) -> tuple[str, bool]:
@@ -62,16 +71,7 @@ def train(index: Any, sample: np.ndarray, lists: np.ndarray | None = None) -> An
 
     started = time.monotonic()
     ivf: Any = faiss.downcast_index(faiss.extract_index_ivf(index))
-    x = np.ascontiguousarray(sample, np.float32)
-    if ivf.quantizer.ntotal != ivf.nlist:
-        ivf.train_q1(len(x), faiss.swig_ptr(x), False, ivf.metric_type)
-    centres = ivf.quantizer.reconstruct_n(0, ivf.nlist)
-    rows = x[:FIT_ROWS]
-    if lists is not None and len(lists) == len(x):
-        assign = np.asarray(lists[:FIT_ROWS], np.int64)
-    else:
-        assign = ivf.quantizer.search(rows, 1)[1][:, 0]
-    residuals = rows - centres[assign]
+    centres, residuals = _residuals(ivf, sample, lists)
     pq = ivf.pq
     m, dim = int(pq.M), int(ivf.d)
     directions = principal(residuals)
@@ -95,9 +95,39 @@ def train(index: Any, sample: np.ndarray, lists: np.ndarray | None = None) -> An
     wrapped = faiss.IndexPreTransform(transform, index)
     log.info(
         "codes on the residuals' principal directions: %d of %d coded, fitted on %d rows in %.1fs",
-        m, dim, len(rows), time.monotonic() - started,
+        m, dim, len(residuals), time.monotonic() - started,
     )  # fmt: skip
     return wrapped
+
+
+def coded_share(index: Any, sample: np.ndarray, lists: np.ndarray | None = None) -> float:
+    """The share of the residuals' variance that the first M principal directions hold (M:
+    the index's PQ sub-quantizers, the directions a rotated code keeps), on the rows train()
+    fits on: the residuals of `index`'s lists (trained or not, as train() takes them)."""
+    import faiss
+
+    ivf: Any = faiss.downcast_index(faiss.extract_index_ivf(index))
+    residuals = _residuals(ivf, sample, lists)[1].astype(np.float64)
+    values = np.linalg.eigvalsh(residuals.T @ residuals)[::-1]
+    return float(values[: int(ivf.pq.M)].sum() / max(values.sum(), 1e-30))
+
+
+def _residuals(ivf: Any, sample: np.ndarray, lists: np.ndarray | None) -> tuple[Any, Any]:
+    """The centres of `ivf`'s lists (trained on `sample` first where they are not) and the
+    residuals of the first FIT_ROWS rows of `sample` to their lists' centres (`lists`: each
+    row's list, else the nearest centre)."""
+    import faiss
+
+    x = np.ascontiguousarray(sample, np.float32)
+    if ivf.quantizer.ntotal != ivf.nlist:
+        ivf.train_q1(len(x), faiss.swig_ptr(x), False, ivf.metric_type)
+    centres = ivf.quantizer.reconstruct_n(0, ivf.nlist)
+    rows = x[:FIT_ROWS]
+    if lists is not None and len(lists) == len(x):
+        assign = np.asarray(lists[:FIT_ROWS], np.int64)
+    else:
+        assign = ivf.quantizer.search(rows, 1)[1][:, 0]
+    return centres, rows - centres[assign]
 
 
 def principal(residuals: np.ndarray) -> np.ndarray:
