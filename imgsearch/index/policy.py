@@ -34,6 +34,8 @@ FLAT_MAX_BYTES = 0
 # Since 2026-12-06 the codes are 4 bits on each of the first dim / 4 principal directions of
 # the residuals (rotation.py: 64 B a vector at 512-d), which rank a 10M search's pool as well
 # as FAISS's PQ on dim / 2 sub-quantizers of the unrotated space did, for 0.6x of the scan.
+# Where those directions hold too little of the residuals' variance (rotation.MIN_CODED_SHARE:
+# uniform or clustered vectors) a training keeps the unrotated kind instead (unrotated()).
 PQ_DIMS_PER_CODE = 4  # dimensions per 4-bit sub-quantizer (one of them coded)
 PQ_MIN_COUNT = 256  # 4-bit codebooks need 16 centroids from enough vectors
 # Inverted lists: LISTS_PER_SQRT * sqrt(n), at most MAX_LISTS, trained on TRAIN_PER_LIST
