@@ -224,24 +224,17 @@ def test_codes_that_rank_poorly_are_re_scored_deeper(
     from imgsearch.index import policy as P
 
     monkeypatch.setattr(P, "RESCORE_FACTORS", (1,))
-    rng = np.random.default_rng(5)
-    uniform = rng.standard_normal((N, DIM))
-    uniform = (uniform / np.linalg.norm(uniform, axis=1, keepdims=True)).astype(np.float32)
+    uniform = unit(np.random.default_rng(5).standard_normal((N, DIM)))
     for name, vectors, deep in (("uniform", uniform, True), ("clustered", clustered(N), False)):
         if not deep:
             monkeypatch.undo()
-        (tmp_path / name).mkdir()
-        catalog = Catalog(tmp_path / name, "m", DIM, policy("ivf-pqfs"))
+        catalog, ids = trained_pqfs(tmp_path / name, vectors)
         try:
-            ids = np.asarray(fill(catalog, vectors), np.int64)
-            catalog.index.maintain()
             about = catalog.index.describe()
             assert about["kind"] == "ivf-pqfs" and about["recall_at_10"] >= 0.97, about
             assert (about["rescore"] == P.DEEP_RESCORE) == deep, about
             queries = vectors[::50]
-            want = truth(vectors, ids, queries, 10)
-            got = [[n.id for n in row] for row in catalog.nearest(queries, 10)]
-            recall = np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got, want, strict=True)])
+            recall = found(catalog, vectors, ids, queries)
             assert recall >= 0.95, (name, recall)
             if deep:
                 assert rows_re_scored(catalog, queries[0], monkeypatch) == [300, 510]
@@ -256,31 +249,49 @@ def test_residuals_that_vary_evenly_keep_codes_of_whole_vectors(tmp_path: Path) 
     like vectors get those rotated codes. Both reach the target and find new queries'
     neighbours."""
     rng = np.random.default_rng(7)
-    uniform = rng.standard_normal((N, DIM))
-    uniform = (uniform / np.linalg.norm(uniform, axis=1, keepdims=True)).astype(np.float32)
+    uniform = unit(rng.standard_normal((N, DIM)))
     assert policy("ivf-pqfs").spec(N, DIM).factory.startswith("RPCA,")
     for name, vectors, rotated in (
         ("uniform", uniform, False),
         ("spectral", spectral_vectors(N, DIM), True),
     ):
-        (tmp_path / name).mkdir()
-        catalog = Catalog(tmp_path / name, "m", DIM, policy("ivf-pqfs"))
+        catalog, ids = trained_pqfs(tmp_path / name, vectors)
         try:
-            ids = np.asarray(fill(catalog, vectors), np.int64)
-            catalog.index.maintain()
             about = catalog.index.describe()
             factory, codes = str(about["factory"]), f"PQ{DIM // 4 if rotated else DIM // 2}x4fs"
             assert factory.startswith("RPCA,") == rotated and factory.endswith(codes), about
             assert (catalog.index._segments.transform is not None) == rotated
             assert about["recall_at_10"] >= 0.97, about
-            queries = vectors[::50] + 0.05 * rng.standard_normal((len(vectors[::50]), DIM))
-            queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
-            want = truth(vectors, ids, queries, 10)
-            got = [[n.id for n in row] for row in catalog.nearest(queries, 10)]
-            recall = np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got, want, strict=True)])
+            queries = unit(vectors[::50] + 0.05 * rng.standard_normal((len(vectors[::50]), DIM)))
+            recall = found(catalog, vectors, ids, queries)
             assert recall >= 0.95, (name, recall)
         finally:
             catalog.close()
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, float32."""
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def trained_pqfs(folder: Path, vectors: np.ndarray) -> tuple[Catalog, np.ndarray]:
+    """A new catalog in `folder` (made) of `vectors`, its fast-scan index trained; its ids."""
+    folder.mkdir()
+    catalog = Catalog(folder, "m", DIM, policy("ivf-pqfs"))
+    try:
+        ids = np.asarray(fill(catalog, vectors), np.int64)
+        catalog.index.maintain()
+    except BaseException:
+        catalog.close()
+        raise
+    return catalog, ids
+
+
+def found(catalog: Catalog, vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray) -> float:
+    """Recall@10 of the catalog's searches for `queries` against exact search of `vectors`."""
+    want = truth(vectors, ids, queries, 10)
+    got = [[n.id for n in row] for row in catalog.nearest(queries, 10)]
+    return float(np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got, want, strict=True)]))
 
 
 def rows_re_scored(
