@@ -33,7 +33,7 @@ from scale import machine  # noqa: E402
 DIM = 512
 ROWS = 20_000  # an import's batch (bulk/imports.py)
 LISTS = 16_384  # the 10M library's lists
-BLOCK = 512  # rows scored against every centre at once (kmeans.BLOCK_SCORES / LISTS)
+BLOCK = 512  # rows scored against every centre at once (assigning.BLOCK_SCORES / LISTS)
 
 
 def best_of(step: Callable[[], Any], rounds: int, rows: int) -> float:
@@ -54,7 +54,7 @@ def steps() -> dict[str, tuple[Callable[[], Any], int]]:
 
     from imgsearch.bulk.format import ShardInfo, check_batch
     from imgsearch.bulk.imports import to_rows
-    from imgsearch.index.kmeans import Centres
+    from imgsearch.index.assigning import Centres
     from imgsearch.index.placing import Placer
     from imgsearch.ingest.checks import check_rows
     from imgsearch.store.upsert import _blobs

@@ -21,7 +21,7 @@ trained this way reaches. Appends one JSON line to bench/out/kmeans.jsonl.
 `--blocks` runs no k-means: from the centres of one bfloat16 iteration it times the parts of
 the assignment on BLOCK_ROWS-row blocks (the bfloat16 product, the product in float32 for
 comparison, each row's best CANDIDATES, their float32 second look), and compares the whole
-sample's assignment (`kmeans.Centres.assign`) with one taking every centre within a margin of the
+sample's assignment (`assigning.Centres.assign`) with one taking every centre within a margin of the
 bfloat16 best instead: seconds, candidates a row, rows whose list differs from the float32
 argmax.
 
@@ -46,7 +46,7 @@ from _common import cpu_model, progress, record  # noqa: E402
 from scale import CHUNK, DISTRIBUTIONS, Vectors  # noqa: E402
 
 from imgsearch.cpu import BF16_FLAGS, cpu_flags, native_amx, torch_threads  # noqa: E402
-from imgsearch.index import kmeans  # noqa: E402
+from imgsearch.index import assigning, kmeans  # noqa: E402
 from imgsearch.index import policy as P  # noqa: E402
 
 DIM = 512
@@ -95,22 +95,22 @@ def blocks(x: np.ndarray, lists: int) -> dict[str, Any]:
     exact = torch.from_numpy(centres)
     t = exact.to(torch.bfloat16).T.contiguous()
     tf = exact.T.contiguous()
-    block = slice(0, kmeans.BLOCK_ROWS)
+    block = slice(0, assigning.BLOCK_ROWS)
     scores = torch.mm(low[block], t)
-    cand = scores.topk(kmeans.CANDIDATES, dim=1).indices
+    cand = scores.topk(assigning.CANDIDATES, dim=1).indices
     parts = {
         "bf16_product": lambda: torch.mm(low[block], t),
         "fp32_product": lambda: torch.mm(rows[block], tf),
-        "best_candidates": lambda: scores.topk(kmeans.CANDIDATES, dim=1),
+        "best_candidates": lambda: scores.topk(assigning.CANDIDATES, dim=1),
         "fp32_second_look": lambda: torch.bmm(exact[cand], rows[block, :, None]),
     }
     out: dict[str, Any] = {"block_ms": {k: _ms(f) for k, f in parts.items()}}
-    flops = 2 * kmeans.BLOCK_ROWS * x.shape[1] * lists
+    flops = 2 * assigning.BLOCK_ROWS * x.shape[1] * lists
     out["bf16_tflops"] = flops / out["block_ms"]["bf16_product"] / 1e9
     out["fp32_tflops"] = flops / out["block_ms"]["fp32_product"] / 1e9
     truth = torch.from_numpy(x @ centres.T).argmax(dim=1)
     start = time.perf_counter()
-    got = kmeans.Centres(centres).assign(rows, low)
+    got = assigning.Centres(centres).assign(rows, low)
     out["best_4"] = {"s": time.perf_counter() - start, "differ": int((got != truth).sum())}
     for margin in MARGINS:
         start = time.perf_counter()
@@ -129,8 +129,8 @@ def _within(rows: Any, low: Any, exact: Any, t: Any, margin: float) -> tuple[Any
 
     out = torch.empty(rows.shape[0], dtype=torch.int64)
     pairs = 0
-    for a in range(0, rows.shape[0], kmeans.BLOCK_ROWS):
-        b = min(a + kmeans.BLOCK_ROWS, rows.shape[0])
+    for a in range(0, rows.shape[0], assigning.BLOCK_ROWS):
+        b = min(a + assigning.BLOCK_ROWS, rows.shape[0])
         scores = torch.mm(low[a:b], t)
         floor = (scores.amax(dim=1, keepdim=True).float() - margin).to(torch.bfloat16)
         r, c = (scores >= floor).nonzero(as_tuple=True)
@@ -163,7 +163,7 @@ def two_level_ab(
     COARSE_ROWS_PER_CLUSTER unbounded); alternating, `rounds` times each: seconds and
     quality."""
     runs: dict[str, list[dict[str, float]]] = {"as_daemon": [], against: []}
-    under, tree_from = kmeans.FLOAT32_UNDER, (P.NEVER if native_amx() else P.TREE_FROM)
+    under, tree_from = assigning.FLOAT32_UNDER, (P.NEVER if native_amx() else P.TREE_FROM)
     per = kmeans.COARSE_ROWS_PER_CLUSTER
     ways = {
         "as_daemon": (under, tree_from, per),
@@ -174,14 +174,14 @@ def two_level_ab(
     try:
         for _ in range(rounds):
             for name in runs:
-                kmeans.FLOAT32_UNDER, tree, kmeans.COARSE_ROWS_PER_CLUSTER = ways[name]
+                assigning.FLOAT32_UNDER, tree, kmeans.COARSE_ROWS_PER_CLUSTER = ways[name]
                 start = time.perf_counter()
                 with torch_threads(os.cpu_count() or 1):
                     centres = kmeans.two_level(x, lists, bf16, P.SEED, tree_from=tree)
                 runs[name].append({"s": time.perf_counter() - start, **quality(x, centres)})
                 progress(f"two-level, {name}: {runs[name][-1]}")
     finally:
-        kmeans.FLOAT32_UNDER, kmeans.COARSE_ROWS_PER_CLUSTER = under, per
+        assigning.FLOAT32_UNDER, kmeans.COARSE_ROWS_PER_CLUSTER = under, per
     best = {name: min(r["s"] for r in done) for name, done in runs.items()}
     return {**runs, "speedup": best[against] / best["as_daemon"]}
 

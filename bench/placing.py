@@ -1,7 +1,7 @@
 """What adding a vector to the 10M library's index costs: FAISS's add_with_ids (every centroid
 scanned in float32) against imgsearch's placers (codes packed by imgsearch:
 imgsearch/index/placing.py), whose lists are chosen by a bfloat16 product with every centre
-(kmeans.Centres) or through a tree of the centres (tree.CentreTree, float32).
+(assigning.Centres) or through a tree of the centres (tree.CentreTree, float32).
 
     python bench/placing.py --rows 300000 --rounds 2
     python bench/placing.py --dist spectral --methods bf16 tree   # the placers only

@@ -3,14 +3,20 @@ how many groups, and whether members are compared whole or in the centres' leadi
 principal directions.
 
     python bench/tree_dims.py --data /work/big/K10/data --n 10000000 --dist spectral
+    python bench/tree_dims.py --centres lists.npy --n 1000000 \
+        --shards bench/out/scale-shards-efficientnet-lite0_imagenet-clustered-1000000
 
 DATA_DIR is a library bench/scale.py --keep left; its newest base's template gives the trained
-centres (rotated templates: the centres as the placer sees them, unrotated). --rows rows from
-the middle of bench/scale.py's cached shards for --n (rows the lists were not trained on) are
+centres (rotated templates: the centres as the placer sees them, unrotated); or --centres, a
+.npy of k x d centres (a training's lists saved ad hoc). --rows rows from
+the middle of bench/scale.py's cached shards for --n (or of --shards; rows the lists were
+not trained on, where the library's training sample missed them) are
 assigned in the import's 20,000-row batches by each variant in turn, --rounds times (order
 reversed every other round): wall and CPU microseconds a row (both threads of FAISS's team, as
 the placer runs it), the share of rows given their nearest centre (exact float32 search), and
-how much less similar the chosen centre is (mean over all rows, and over the rows missed).
+how much less similar the chosen centre is (mean over all rows, and over the rows missed),
+the largest group, the centres a row is compared with (mean over the first batch), and the
+tree's own estimate of its work (CentreTree.share: whether the index would use it).
 Variants: "groups/sqrt:kept[:probes[:threads]]", kept 1.0 meaning members compared whole,
 probes the groups a row is compared with (default tree.PROBES), threads the OpenMP team of the
 groups' products (default tree.GROUP_THREADS).
@@ -75,9 +81,16 @@ def run(centres: np.ndarray, rows: np.ndarray, variant: str) -> dict[str, float]
             [tree.nearest(rows[i : i + BATCH]) for i in range(0, len(rows), BATCH)]
         )
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    import torch
+
+    first = torch.from_numpy(np.ascontiguousarray(rows[:BATCH], np.float32))
+    probed = torch.mm(first, tree.means).topk(tree.probes, dim=1).indices.numpy()
+    sizes = np.diff(tree.starts)
     dims = centres.shape[1] if tree.project is None else int(tree.project.shape[1])
     return {
-        "groups": len(tree.columns), "dims": dims, "built_s": round(built, 2),
+        "groups": len(tree.columns), "dims": dims, "largest": int(sizes.max()),
+        "compared": float(sizes[probed].sum(axis=1).mean()), "share": round(tree.share, 4),
+        "built_s": round(built, 2),
         "wall_us": wall * 1e6 / len(rows), "cpu_us": cpu * 1e6 / len(rows),
         "found": found,  # type: ignore[dict-item]
     }  # fmt: skip
@@ -87,21 +100,25 @@ def main() -> None:
     import faiss
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--data", type=Path, help="a kept library (its newest base's lists)")
+    parser.add_argument("--centres", type=Path, help="or a .npy of centres (k x d)")
+    parser.add_argument("--shards", type=Path, help="rows from these shards, not --n/--dist's")
     parser.add_argument("--n", type=int, default=10_000_000)
     parser.add_argument("--dist", default="spectral")
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=["1:1", "2:1", "2:0.97", "2:0.98"])
     args = parser.parse_args()
-    shards = OUT_DIR / f"scale-shards-open_clip_ViT-B-32_random-{args.dist}-{args.n}"
-    centres = centres_of(args.data)
+    shards = args.shards or OUT_DIR / f"scale-shards-open_clip_ViT-B-32_random-{args.dist}-{args.n}"
+    if (args.data is None) == (args.centres is None):
+        parser.error("give --data or --centres")
+    centres = centres_of(args.data) if args.data else np.load(args.centres).astype(np.float32)
     middle = min(args.n // 2, 5_000_000)
     rows = shard_vectors(shards, middle, centres.shape[1])[-args.rows :]
     sims, best = faiss.knn(rows, centres, 1, faiss.METRIC_INNER_PRODUCT)
     best, top = best[:, 0], sims[:, 0]
     out: dict[str, Any] = {"cpu": cpu_model(), "load": os.getloadavg(), "lists": len(centres)}
-    out.update(rows=len(rows), data=str(args.data), variants={})
+    out.update(rows=len(rows), data=str(args.data or args.centres), shards=str(shards), variants={})
     for r in range(args.rounds):
         for variant in args.variants if r % 2 == 0 else args.variants[::-1]:
             got = run(centres, rows, variant)

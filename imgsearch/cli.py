@@ -11,10 +11,11 @@ import gc
 import logging
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__
 from .client import DEFAULT_URL, Context, run
@@ -287,10 +288,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = {k: v for k, v in vars(ns).items() if k != "command"}
     if {"url", "json"} & args.keys():
         parser.error("--url and --json are for the client commands, not serve")
+    before = set(threading.enumerate())
     try:
         code = serve(args)
     except ImgSearchError as exc:
         logging.basicConfig()
         log.error("%s", exc.message)
         code = 2
-    sys.exit(code)
+    leave(code, before)
+
+
+def leave(code: int, before: set[threading.Thread]) -> NoReturn:
+    """Exit the daemon with `code`. Where background threads it started (not in `before`)
+    are still alive (an index build the index stopped waiting for, mid-way through a
+    k-means; a tree being made), without the interpreter's finalization: C++ libraries'
+    static destructors running under a thread still in their code abort the process
+    ("terminate called without an active exception", exit -6, seen on a SIGTERM during a
+    1280-d training). By then SQLite is closed and every write committed (what a build leaves
+    half-written is what a kill -9 leaves), and the logs are flushed here."""
+    alive = [t.name for t in threading.enumerate() if t.daemon and t.is_alive() and t not in before]
+    if not alive:
+        sys.exit(code)
+    log.info("exiting with background threads left: %s", ", ".join(sorted(alive)))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

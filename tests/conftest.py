@@ -31,6 +31,17 @@ from .helpers import (
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture
+def any_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every tree of centres counted worth it (tree.MAX_SHARE_WORTH): a test's few dozen
+    lists make trees whose groups hold most centres, which the index would not use."""
+    import math
+
+    from imgsearch.index import tree
+
+    monkeypatch.setattr(tree, "MAX_SHARE_WORTH", math.inf)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("model") / f"{TINY_MODEL}.json"

@@ -28,7 +28,7 @@ from imgsearch.bulk.format import (
     table_of,
     write_shard,
 )
-from imgsearch.bulk.imports import ENCODERS, ImportJob, ImportManager, ahead
+from imgsearch.bulk.imports import ENCODERS, IN_FLIGHT, ImportJob, ImportManager, ahead
 from imgsearch.catalog import Catalog
 from imgsearch.config import Config
 from imgsearch.cpu import BACKGROUND_NICE
@@ -581,7 +581,7 @@ def test_batches_are_read_encoded_and_written_in_order_on_their_own_threads() ->
 
     seen, mine = [], faiss.omp_get_max_threads()
     try:
-        for batch, checked in ahead(batches(), check, encode):
+        for batch, checked in ahead(batches(), check, encode, threading.Event()):
             seen.append((batch.rows[0], None if checked is None else checked.good))
             time.sleep(rng.uniform(0, 0.01))
     except OSError as exc:
@@ -597,3 +597,31 @@ def test_batches_are_read_encoded_and_written_in_order_on_their_own_threads() ->
     nice = max(BACKGROUND_NICE, os.getpriority(os.PRIO_PROCESS, 0))
     assert teams == {(max(1, (os.cpu_count() or 1) // encoders), nice)}
     assert faiss.omp_get_max_threads() == mine  # the caller's team as it was
+
+
+def test_a_stop_ends_the_batches_ahead_without_reading_or_encoding_more() -> None:
+    """Once the stop is set (a shutdown, a cancel), `ahead` hands back nothing more: batches
+    not yet read are not read, batches read but not yet encoded are not encoded; only the
+    encodings already under way are waited for, so a stop does not wait for IN_FLIGHT more
+    batches (tens of seconds at 1280-d)."""
+    stop = threading.Event()
+    read: list[int] = []
+    encoded: list[int] = []
+
+    def batches() -> Iterator[RowBatch]:
+        for n in range(50):
+            read.append(n)
+            yield RowBatch(rows=[n], paths=[f"/p/{n}"])
+
+    def encode(checked: Checked) -> Checked:
+        encoded.append(checked.good)
+        time.sleep(0.05)
+        return checked
+
+    seen = []
+    for batch, _ in ahead(batches(), lambda b: good_rows(b.rows[0]), encode, stop):
+        seen.append(batch.rows[0])
+        stop.set()  # after the first batch (the writer itself would stop there)
+    # only what was read or encoded before the stop comes back, in order, then the end
+    assert seen == list(range(len(seen))) and len(seen) <= 1 + IN_FLIGHT
+    assert len(encoded) <= 1 + IN_FLIGHT and len(read) <= 2 + IN_FLIGHT

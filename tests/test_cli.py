@@ -207,3 +207,58 @@ async def test_serve_tunes_the_interpreter_once_up() -> None:
         gc.unfreeze()
         gc.set_threshold(*threshold)
         sys.setswitchinterval(interval)
+
+
+LEAVING = """
+import logging, os, sys, threading, time
+import numpy as np
+from imgsearch.cli import leave
+from imgsearch.cpu import torch_threads
+from imgsearch.index import kmeans
+
+logging.basicConfig(level=logging.INFO)
+x = np.random.default_rng(0).random((60_000, 512), dtype=np.float32)
+
+def train():
+    with torch_threads(os.cpu_count() or 1):
+        kmeans.two_level(x, 4_096, True, 0, tree_from=4_096)
+        print("the training ended first", flush=True)
+
+before = set(threading.enumerate())
+threading.Thread(target=train, name="index-worker", daemon=True).start()
+time.sleep(1.0)
+leave(3, before)
+"""
+
+
+def test_a_daemon_leaves_cleanly_while_a_training_still_runs() -> None:
+    """The daemon's exit while an abandoned build's k-means still runs on a daemon thread:
+    the exit code it was given, no abort. (Python's own exit there aborts in C++'s static
+    destructors: "terminate called without an active exception", exit -6 after a SIGTERM
+    in a 1280-d training, bench/stop_import.py.)"""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", LEAVING], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "terminate called" not in done.stderr
+    assert "the training ended first" not in done.stdout  # (it was still running)
+    assert "exiting with background threads left: index-worker" in done.stderr
+
+
+def test_leaving_with_no_background_thread_of_its_own_is_an_ordinary_exit() -> None:
+    """Threads that ran before the daemon (a test runner's) are not the daemon's: its exit
+    is Python's own (SystemExit), which a caller in the same process can catch."""
+    import threading
+
+    idle = threading.Event()
+    theirs = threading.Thread(target=idle.wait, daemon=True)
+    theirs.start()
+    try:
+        with pytest.raises(SystemExit) as exc:
+            cli.leave(4, set(threading.enumerate()))
+        assert exc.value.code == 4
+    finally:
+        idle.set()

@@ -137,6 +137,7 @@ def test_policy_thresholds() -> None:
         "ivf-pqfs-tree-two-level",
     ],
 )  # fmt: skip
+@pytest.mark.usefixtures("any_tree")
 def test_every_kind_is_tuned_searches_and_filters(
     tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -150,7 +151,7 @@ def test_every_kind_is_tuned_searches_and_filters(
             ids = np.asarray(fill(catalog, vectors), np.int64)
             catalog.index.maintain()
         assert ("bf16): " in caplog.text) == ("-bf16" in name), caplog.text
-        assert ("tree): " in caplog.text) == ("-tree" in name), caplog.text
+        assert ("tree where worth it): " in caplog.text) == ("-tree" in name), caplog.text
         placer = catalog.index._placer(catalog.index._segments.base.template)
         assert isinstance(getattr(placer, "centres", None), CentreTree) == ("-tree" in name)
         assert ("k-means (two-level" in caplog.text) == name.endswith("-two-level"), caplog.text
@@ -1014,6 +1015,7 @@ def test_the_rescoring_read_is_split_only_while_rows_come_slowly(
         catalog.close()
 
 
+@pytest.mark.usefixtures("any_tree")
 def test_a_build_places_rows_on_its_team_and_the_index_on_one_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

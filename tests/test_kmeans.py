@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from imgsearch.config import Config
-from imgsearch.index import kmeans
+from imgsearch.index import assigning, kmeans
 
 from .helpers import CONE_DIM as DIM
 from .helpers import cone, faiss_threads_after, quality
@@ -39,18 +41,18 @@ def test_the_assignment_is_the_float32_best_despite_bfloat16_ties(lists: int) ->
     score is float32, and the answer is float32's exactly."""
     import torch
 
-    assert (lists >= kmeans.GROUPED_FROM) == (lists > 2_000) and lists % kmeans.GROUPS
-    assert (lists < kmeans.FLOAT32_UNDER) == (lists == 300)
+    assert (lists >= assigning.GROUPED_FROM) == (lists > 2_000) and lists % assigning.GROUPS
+    assert (lists < assigning.FLOAT32_UNDER) == (lists == 300)
     x = cone(6_000, 40, seed=1)
     centres = cone(lists, 40, seed=2)
     low = torch.from_numpy(x).to(torch.bfloat16)
-    made = kmeans.Centres(centres)
+    made = assigning.Centres(centres)
     got = made.assign(torch.from_numpy(x), low).numpy()
     want = (x @ centres.T).argmax(axis=1)
     rough = torch.mm(low, torch.from_numpy(centres).to(torch.bfloat16).T).argmax(dim=1).numpy()
     assert (rough != want).mean() > 0.01  # the data does tie in bfloat16 ...
     assert (got != want).mean() <= 0.001  # ... and the float32 pass settles it
-    if lists < kmeans.FLOAT32_UNDER:
+    if lists < assigning.FLOAT32_UNDER:
         assert made.columns.dtype == torch.float32 and (got == want).all()
         np.testing.assert_array_equal(made.nearest(x), want)
     else:
@@ -59,7 +61,7 @@ def test_the_assignment_is_the_float32_best_despite_bfloat16_ties(lists: int) ->
 
 @pytest.mark.parametrize("lists", [1_100, 2_100])
 def test_the_rows_offset_makes_the_bfloat16_scores_fine_enough_to_rank(lists: int) -> None:
-    """Each row is scored minus an offset near its best score (kmeans.OFFSET_ROWS), where
+    """Each row is scored minus an offset near its best score (assigning.OFFSET_ROWS), where
     bfloat16 steps are finer: its single best candidate misses float32's best ~3x less often
     than the plain bfloat16 product's best (1.4% against 4-5% here; without the offset one
     candidate misses as often). Nothing is assigned for no rows."""
@@ -70,10 +72,10 @@ def test_the_rows_offset_makes_the_bfloat16_scores_fine_enough_to_rank(lists: in
     low = torch.from_numpy(x).to(torch.bfloat16)
     want = (x @ centres.T).argmax(axis=1)
     rough = torch.mm(low, torch.from_numpy(centres).to(torch.bfloat16).T).argmax(dim=1).numpy()
-    one = kmeans.Centres(centres, candidates=1).assign(torch.from_numpy(x), low).numpy()
+    one = assigning.Centres(centres, candidates=1).assign(torch.from_numpy(x), low).numpy()
     assert (rough != want).mean() > 0.01
     assert (one != want).mean() < (rough != want).mean() / 2.5, (one != want).mean()
-    made = kmeans.Centres(centres)
+    made = assigning.Centres(centres)
     assert made.assign(
         torch.zeros((0, DIM)), torch.zeros((0, DIM), dtype=torch.bfloat16)
     ).shape == (0,)
@@ -95,9 +97,9 @@ def test_the_offset_comes_from_rows_spread_through_a_sorted_batch() -> None:
     x = np.concatenate([copies, cone(6_000, 40, seed=1)]).astype(np.float32)
     low = torch.from_numpy(x).to(torch.bfloat16)
     want = (x @ centres.T).argmax(axis=1)
-    one = kmeans.Centres(centres, candidates=1).assign(torch.from_numpy(x), low).numpy()
+    one = assigning.Centres(centres, candidates=1).assign(torch.from_numpy(x), low).numpy()
     assert (one[600:] != want[600:]).mean() < 0.03
-    got = kmeans.Centres(centres).assign(torch.from_numpy(x), low).numpy()
+    got = assigning.Centres(centres).assign(torch.from_numpy(x), low).numpy()
     assert (got != want).mean() <= 0.001
 
 
@@ -285,6 +287,53 @@ def test_the_column_max_of_bfloat16_scores_is_amax_s_for_any_signs() -> None:
     scores[42, :, 2] = torch.tensor([-0.0] + [-1.0] * 7)
     x = scores.to(torch.bfloat16)
     want = x.amax(dim=1)
-    got = kmeans._column_max(x)
+    got = assigning._column_max(x)
     assert got.dtype == torch.bfloat16
     assert torch.equal(got.view(torch.int16), want.view(torch.int16))
+
+
+@pytest.mark.parametrize(
+    ("bf16", "tree_from", "worth"),
+    [(True, kmeans.NEVER, 0.0), (False, 40, math.inf), (False, 40, 0.0)],
+)  # the bfloat16 product; a tree; FAISS's search where the tree is not worth it
+def test_a_training_stops_at_its_next_block_of_rows_once_told(
+    monkeypatch: pytest.MonkeyPatch, bf16: bool, tree_from: int, worth: float
+) -> None:
+    """A daemon stopping during a training's k-means (~40 s an iteration at 16,000 lists of
+    1280-d) is not kept waiting for it: an iteration assigns ASSIGN_ROWS rows at a time,
+    and once the stop is set the next block raises Stopped instead."""
+    import threading
+
+    import faiss
+
+    from imgsearch.index import tree
+    from imgsearch.index.stopping import Stopped
+
+    monkeypatch.setattr(kmeans, "ASSIGN_ROWS", 1_000)
+    monkeypatch.setattr(tree, "MAX_SHARE_WORTH", worth)
+    x = cone(6_000, 60, seed=2)
+    stop, blocks, stop_after = threading.Event(), [0], [1 << 30]
+
+    def counting(real: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            blocks[0] += 1
+            if blocks[0] == stop_after[0]:
+                stop.set()  # told while this block is assigned
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(faiss, "knn", counting(faiss.knn))
+    monkeypatch.setattr(assigning.Centres, "assign", counting(assigning.Centres.assign))
+    monkeypatch.setattr(tree.CentreTree, "assign", counting(tree.CentreTree.assign))
+    index = faiss.index_factory(DIM, "IVF40,PQ16x4fs", faiss.METRIC_INNER_PRODUCT)
+    kmeans.train(index, x, bf16, 0, 1, tree_from, codes=False, stop=stop)
+    assert faiss.extract_index_ivf(index).quantizer.ntotal == 40
+    whole = blocks[0]  # every block of a two-level training not stopped
+    assert whole >= kmeans.REFINE_ITERATIONS * 6
+    blocks[0], stop_after[0] = 0, whole - 4  # in the last refining iteration
+    index = faiss.index_factory(DIM, "IVF40,PQ16x4fs", faiss.METRIC_INNER_PRODUCT)
+    with pytest.raises(Stopped):
+        kmeans.train(index, x, bf16, 0, 1, tree_from, codes=False, stop=stop)
+    assert blocks[0] == whole - 4
+    assert faiss.extract_index_ivf(index).quantizer.ntotal == 0

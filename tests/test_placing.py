@@ -151,6 +151,7 @@ def _put(catalog: Any, x: np.ndarray, start: int = 0) -> list[int]:
     return list(catalog.put(items).ids)
 
 
+@pytest.mark.usefixtures("any_tree")
 def test_a_restarted_index_makes_its_placer_once_the_daemon_answers(tmp_path: Any) -> None:
     """A start from a saved base makes no placer (its tree of the centres: 0.6 s at 16,384
     lists, spent beside the model's load): warm() makes it on a thread. Adds before it are
@@ -190,6 +191,7 @@ def test_a_restarted_index_makes_its_placer_once_the_daemon_answers(tmp_path: An
         third.close()
 
 
+@pytest.mark.usefixtures("any_tree")
 def test_a_compaction_right_after_a_start_places_the_replayed_rows(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

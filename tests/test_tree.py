@@ -8,7 +8,7 @@ import pytest
 
 from imgsearch import config as config_module
 from imgsearch.config import Config
-from imgsearch.index import kmeans, tree
+from imgsearch.index import assigning, kmeans, tree
 from imgsearch.index import policy as P
 from imgsearch.index.codes import encoded
 from imgsearch.index.placing import Placer
@@ -54,6 +54,7 @@ def test_the_best_groups_hold_nearly_every_rows_nearest_centre(
     np.testing.assert_array_equal(found, CentreTree(centres).nearest(x))
 
 
+@pytest.mark.usefixtures("any_tree")
 def test_k_means_through_the_tree_is_as_good_as_through_every_centre() -> None:
     x, k = cone(12_000, 60, seed=4), 400
     flat = quality(x, kmeans.spherical(x, k, 4, seed=3))[0]
@@ -65,6 +66,7 @@ def test_k_means_through_the_tree_is_as_good_as_through_every_centre() -> None:
     assert sizes.min() > 0  # no empty list left
 
 
+@pytest.mark.usefixtures("any_tree")
 def test_training_goes_through_the_tree_from_tree_from_lists(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -96,6 +98,7 @@ def test_training_goes_through_the_tree_from_tree_from_lists(
         assert faiss.extract_index_ivf(index).quantizer.ntotal == 200
 
 
+@pytest.mark.usefixtures("any_tree")
 def test_a_placer_uses_the_tree_from_tree_from_lists() -> None:
     """Over tree_from lists the placer's lists come from the tree (the nearest centre for
     nearly every row, the codes FAISS writes for that list); under it, bfloat16 or nothing."""
@@ -105,7 +108,7 @@ def test_a_placer_uses_the_tree_from_tree_from_lists() -> None:
     template = trained("IVF64,PQ16x4fs", x[:4_000])
     placer = Placer.of(template, bf16=False, tree_from=64)
     assert placer is not None and isinstance(placer.centres, CentreTree)
-    assert isinstance(Placer.of(template, bf16=True, tree_from=65).centres, kmeans.Centres)  # type: ignore[union-attr]
+    assert isinstance(Placer.of(template, bf16=True, tree_from=65).centres, assigning.Centres)  # type: ignore[union-attr]
     assert Placer.of(template, bf16=False, tree_from=65) is None
     ids = np.arange(4_000, dtype=np.int64)
     ours = contents(encoded(template, ids, x[4_000:], placer).index)
@@ -212,3 +215,56 @@ def test_the_groups_products_run_on_their_own_team(monkeypatch: pytest.MonkeyPat
         again = CentreTree(centres, group_threads=None).nearest(cone(2_000, 40, seed=2))
     assert set(teams) == {2}
     np.testing.assert_array_equal(again, found)
+
+
+def compared_share(t: CentreTree, x: np.ndarray) -> float:
+    """What assigning the rows `x` through `t` compares, as a share of every centre whole."""
+    import torch
+
+    probed = torch.mm(torch.from_numpy(x), t.means).topk(t.probes, dim=1).indices.numpy()
+    members = np.diff(t.starts)[probed].sum(axis=1).mean()
+    assert t.project is None  # (members compared whole)
+    return float((len(t.columns) + members) / len(t))
+
+
+def test_a_tree_s_share_is_what_rows_compare_and_says_whether_it_is_worth_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Centres spread over many clusters: a row is compared with a small share of them, and
+    the share the tree estimates from its centres is near what rows compare. Where a row's
+    probed groups hold every centre (as bench/scale.py's 1280-d lists crowd into a few big
+    groups that every row probes), the tree says it is not worth it."""
+    drawn = cone(11_000, 400, seed=1)
+    spread, rows = drawn[:8_000], drawn[8_000:]
+    t = CentreTree(spread)
+    assert t.project is None and 0.05 < t.share < tree.MAX_SHARE_WORTH and t.worth
+    assert abs(t.share - compared_share(t, rows)) < 0.25 * t.share
+    monkeypatch.setattr(tree, "GROUPS_PER_SQRT", 0.1)  # 9 groups, every one probed
+    crowded = CentreTree(spread)
+    assert crowded.share > 1 and not crowded.worth
+    assert crowded.share == pytest.approx(compared_share(crowded, rows))
+
+
+def test_rows_are_assigned_as_under_tree_from_where_a_tree_is_not_worth_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A template of few lists makes a tree that compares every centre: its placer chooses
+    lists by the bfloat16 product where the CPU has it, else leaves them to FAISS, and says
+    so; a k-means through such trees assigns by FAISS's float32 search without bfloat16, as
+    good as the float32 product of every centre."""
+    x = cone(8_000, 60)
+    template = trained("IVF64,PQ16x4fs", x[:4_000])
+    with caplog.at_level("INFO", logger="imgsearch.index.assigning"):
+        assert Placer.of(template, bf16=False, tree_from=64) is None
+    assert "a tree of 64 centres would compare rows with" in caplog.text
+    assert "FAISS's search instead" in caplog.text
+    placer = Placer.of(template, bf16=True, tree_from=64)
+    assert placer is not None and isinstance(placer.centres, assigning.Centres)
+    assert isinstance(
+        assigning.assigner(kmeans.spherical(x, 400, 2, seed=1), True, False), assigning.Centres
+    )
+    k = 300
+    ours = kmeans.spherical(x, k, 3, seed=3, tree_from=k, bf16=False)  # FAISS's search
+    flat = kmeans.spherical(x, k, 3, seed=3)  # every centre in float32 (under FLOAT32_UNDER)
+    assert quality(x, ours)[0] >= quality(x, flat)[0] - 1e-4
+    np.testing.assert_allclose(ours, flat, atol=1e-4)

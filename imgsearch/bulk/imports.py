@@ -191,23 +191,25 @@ def ahead(
     items: Iterator[T],
     check: Callable[[T], Checked | None],
     encode: Callable[[Checked], Checked],
+    stop: threading.Event,
 ) -> Iterator[tuple[T, Checked | None]]:
     """The same items (batches) in order, each with its rows checked and encoded: while one
     batch is written, the next ones are read and checked on one thread (Parquet and Python)
     and encoded on up to ENCODERS others, a batch each (FAISS and torch, which let go of the
     GIL), so reading, encoding and SQLite's writes run side by side; all at the background
-    priority."""
+    priority. Once `stop` is set the items end, and batches not yet read or encoded are left
+    (a stop waits only for the encodings under way)."""
     encoders = min(ENCODERS, os.cpu_count() or 1)
 
     def read() -> tuple[T, Checked | None] | None:
-        item = next(items, None)
+        item = None if stop.is_set() else next(items, None)
         return None if item is None else (item, check(item))
 
     def coded(read: Future[tuple[T, Checked | None] | None]) -> tuple[T, Checked | None] | None:
         item = read.result()
         if item is None or item[1] is None:
             return item
-        return item[0], encode(item[1])
+        return None if stop.is_set() else (item[0], encode(item[1]))
 
     with (
         ThreadPoolExecutor(1, "import-read", lower_priority) as reader,
@@ -311,7 +313,7 @@ class ImportManager:
         rename = PathMap.parse(job.path_map) if job.path_map else None
         mine = [i for i in infos if i.path.name in job.shards]  # a shard added since: not ours
         batches = groups(shard_batches(mine, job.shards, self.batch_rows, rename), self.batch_rows)
-        for group, checked in ahead(batches, self._check, self.ingester.encode_checked):
+        for group, checked in ahead(batches, self._check, self.ingester.encode_checked, job.stop):
             if job.stop.is_set():
                 return
             if isinstance(group, Unreadable):

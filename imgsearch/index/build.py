@@ -26,7 +26,8 @@ from .base import READ_INTO_RAM, Base, BaseMeta, emptied, for_adding, ivf
 from .codes import Encoded, encoded, merge_into
 from .hits import exact_among, merge
 from .placing import Placer
-from .tuning import Stopped, tune, without_own
+from .stopping import Stopped
+from .tuning import tune, without_own
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def build(
             raise RuntimeError("the rows sampled for training are no longer stored")
         lists = kmeans.train(
             index, train, policy.train_bf16, P.SEED, policy.two_level_min_lists, policy.tree_from,
-            codes=not rotated,
+            codes=not rotated, stop=stop,
         )  # fmt: skip
         share = rotation.coded_share(index, train, lists) if rotated else 1.0
         if share < rotation.MIN_CODED_SHARE:  # residuals that vary evenly

@@ -34,7 +34,7 @@ from .policy import HELD_TUNE_QUERIES, TUNE_QUERIES, Policy
 from .reads import Searcher, one_omp_thread, scan_store
 from .segments import Change, Segments, bits
 from .startup import place_later, reopen, saved_base, warm_fine
-from .tuning import Stopped
+from .stopping import Stopped
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Adding to a fast-scan IVF index without FAISS's coarse scan: each vector's list chosen in
-bfloat16 (kmeans.Centres, the training's own assignment) or, from Policy.tree_from lists,
+bfloat16 (assigning.Centres, the training's own assignment) or, from Policy.tree_from lists,
 through a tree of the centres (tree.CentreTree, float32), and its codes packed into the lists
 here.
 
@@ -7,7 +7,7 @@ FAISS adds to an IVF index by scanning every centroid in float32 for every vecto
 at 16,384 lists of 512-d that is 106-137 us of CPU a row, most of an import's CPU. Where the
 CPU runs bfloat16 natively (Policy.train_bf16) an add costs 48 on an Intel Xeon with AMX
 (bench/placing.py: 2.9x less than FAISS's, with each row scored minus an offset,
-kmeans.OFFSET_ROWS; docs/BENCHMARKS.md); on a Zen 4 without AMX 140 by bfloat16 (before the
+assigning.OFFSET_ROWS; docs/BENCHMARKS.md); on a Zen 4 without AMX 140 by bfloat16 (before the
 offset), 84 through the tree, 214 by FAISS (126 by bfloat16, 50 through the tree since
 2026-12-06).
 FAISS cannot take the lists from outside for a fast-scan index: IndexIVF.add_core and
@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from ..cpu import faiss_team
-from .kmeans import NEVER, Centres
+from .assigning import Centres, assigner
+from .kmeans import NEVER
 from .rotation import Coded
 from .tree import GROUP_THREADS, CentreTree
 
@@ -64,7 +65,7 @@ class Placer:
             return None
         tree = ivf.nlist >= tree_from
         if not (tree or bf16):
-            return None
+            return None  # (a cheap answer before the centres are copied)
         if ivf.metric_type != faiss.METRIC_INNER_PRODUCT:
             return None
         quantizer = faiss.downcast_index(ivf.quantizer)
@@ -80,7 +81,9 @@ class Placer:
             centres = coded.unrotated(centres)
         packer = ivf.get_CodePacker()
         with faiss_team():
-            made = CentreTree(centres, group_threads=group_threads) if tree else Centres(centres)
+            made = assigner(centres, bf16, tree, group_threads=group_threads)
+        if made is None:
+            return None
         at = np.argsort(layout).reshape(packer.nvec, -1)  # each (slot, sub-code)'s 4 bits
         byte, shift = torch.from_numpy(at // 2), torch.from_numpy((at % 2 * 4).astype(np.uint8))
         return cls(made, byte, shift, packer.nvec, packer.code_size, coded)

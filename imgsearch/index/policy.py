@@ -81,7 +81,7 @@ HNSW_EF_PER_PROBE = 2
 HNSW_ADD_EF = 8
 # From this many lists, where the CPU has no AMX, a row's list is found through a tree of the
 # centres (index/tree.py: ~sqrt(lists) groups, the members of the best 16 compared in float32)
-# instead of comparing it with every centre (kmeans.Centres, bfloat16; FAISS's float32 scan
+# instead of comparing it with every centre (assigning.Centres, bfloat16; FAISS's float32 scan
 # where the CPU has no bfloat16): at 16,384 lists on two Zen 4 cores (AVX512-BF16, no AMX)
 # a whole add 84 CPU-us a row against 140 (bench/placing.py --methods), the same list as
 # FAISS's float32 scan for 99.7% of rows, the same recall.
@@ -90,7 +90,9 @@ HNSW_ADD_EF = 8
 # import's other threads) a 2M-row import ran 11,046-11,151 rows/s against 11,656-11,866 by
 # the product (docs/BENCHMARKS.md "Requests before bulk work"). Under 4,096 lists the tree
 # compares a quarter of the centres or more (16 of ~64 groups): not worth its second pass (an
-# estimate from the flops, not measured).
+# estimate from the flops, not measured). From it too, a tree is used only where it compares
+# few centres (tree.CentreTree.worth; assigning.assigner): bench/scale.py's 1M clustered 1280-d
+# lists crowd into a few big groups, and rows compared with 98% of the centres through them.
 TREE_FROM = 4_096
 # Retrain when the library has grown this many times over the count the index was trained on.
 RETRAIN_GROWTH = 4.0

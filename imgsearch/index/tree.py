@@ -2,7 +2,7 @@
 are grouped by their own k-means into ~2 sqrt(k) groups; a row is compared with the groups'
 means, then with the members of its PROBES best groups only.
 
-Where the CPU has no AMX, comparing every row with every centre (kmeans.Centres: a bfloat16
+Where the CPU has no AMX, comparing every row with every centre (assigning.Centres: a bfloat16
 product, the best candidates again in float32) is most of an import's CPU: at 16,000 lists
 57 us a row on two Zen 4 cores (AVX512-BF16 at ~300 GFLOP/s). The tree compares a row with
 ~2,700 of 16,000 centres (its best 16 of 128 groups; the groups are uneven and the popular
@@ -11,7 +11,8 @@ rows, and otherwise one within a mean 0.00013 of it; a whole add (list, codes, p
 CPU-us a row against 140 by the bfloat16 product and 214 by FAISS, the same recall
 (bench/placing.py --methods; docs/BENCHMARKS.md; 50 against 126 since the members are
 compared as below, 2026-12-06). policy.TREE_FROM and Policy.tree_from say where the daemon
-uses it.
+uses it, and only where the tree compares few centres (`CentreTree.worth`): lists whose
+centres crowd into a few big groups that every row probes are assigned without one.
 
 Where the centres differ along few directions (as embeddings' do), the members are compared
 in the centres' leading principal directions only: which centre scores best depends on how
@@ -65,10 +66,22 @@ BLOCK_ROWS = 8_192
 # quicker in wall time on two threads (bench/tree_dims.py), the 10M library's k-means 1.1x
 # (bench/kmeans.py --two-level-only).
 GROUP_THREADS = 1
+# A tree is worth it where its `share` (the work of assigning a row, against comparing it with
+# every centre whole) is at most MAX_SHARE_WORTH; elsewhere the rows are assigned as under
+# Policy.tree_from (assigning.assigner). Its products are small and gathered, ~5x the cost of a
+# centre compared in the full bfloat16 product, and each group's on one thread: at 16,000
+# lists of 1M clustered 1280-d vectors (bench/scale.py's, whose centres differ along most
+# directions and crowd into a few big groups) a row was compared with 8,915 whole centres,
+# 382 us a row against 118 by the bfloat16 product, where the 10M spectral library's lists
+# (docs/BENCHMARKS.md "A tree only where it compares few centres") share 0.05. The
+# share is estimated on SHARE_ROWS of the centres, which stand in for rows (an import's rows
+# are not known when its placer is made).
+MAX_SHARE_WORTH = 0.2
+SHARE_ROWS = 2_048
 
 
 class CentreTree:
-    """Centroids to assign rows to (`nearest`, `assign`), as kmeans.Centres, through groups."""
+    """Centroids to assign rows to (`nearest`, `assign`), as assigning.Centres, through groups."""
 
     def __init__(
         self, centres: np.ndarray, seed: int = 1234, group_threads: int | None = GROUP_THREADS
@@ -103,6 +116,27 @@ class CentreTree:
         self.probes = min(PROBES, len(used))
         self.size = int(k)
         self.group_threads = group_threads
+        self.share = self._share(exact)
+
+    @property
+    def worth(self) -> bool:
+        """Whether assigning rows through this tree saves work (MAX_SHARE_WORTH)."""
+        return self.share <= MAX_SHARE_WORTH
+
+    def _share(self, exact: np.ndarray) -> float:
+        """The work of assigning a row, as a share of comparing it with every centre whole:
+        the groups' means, the probed groups' members (in the directions compared) and the
+        candidates' second look, for up to SHARE_ROWS of the centres standing in for rows."""
+        import torch
+
+        k, d = int(exact.shape[0]), int(exact.shape[1])
+        rows = torch.from_numpy(exact[:: max(1, k // SHARE_ROWS)])
+        probed = torch.mm(rows, self.means).topk(self.probes, dim=1).indices.numpy()
+        members = float(np.diff(self.starts)[probed].sum(axis=1).mean())
+        means = float(len(self.columns))
+        if self.project is None:
+            return (means + members) / k
+        return (means + members * int(self.project.shape[1]) / d + CANDIDATES) / k
 
     def __len__(self) -> int:
         return self.size
@@ -117,7 +151,7 @@ class CentreTree:
 
     def assign(self, rows: Any, low: Any = None) -> Any:
         """Each row's nearest centre among its best groups' members (int64 tensor); `low` (a
-        bfloat16 copy kmeans.Centres would use) is not read."""
+        bfloat16 copy assigning.Centres would use) is not read."""
         import torch
 
         out = torch.empty(rows.shape[0], dtype=torch.int64)

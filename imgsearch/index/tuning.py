@@ -24,12 +24,9 @@ from . import policy as P
 from .hits import Fetch, rescored
 from .rotation import transform_of
 from .segments import hnsw, search_params
+from .stopping import Stopped
 
 log = logging.getLogger(__name__)
-
-
-class Stopped(Exception):
-    """The build was abandoned (the daemon is stopping)."""
 
 
 class Fetched:
