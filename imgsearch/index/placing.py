@@ -50,11 +50,12 @@ class Placer:
         group_threads: int | None = GROUP_THREADS,
     ) -> Placer | None:  # fmt: skip
         """A placer for copies of `template` (rows placed through a tree of the centres from
-        `tree_from` lists, its groups' products on `group_threads` threads, None: the
-        caller's team; else by a bfloat16 product where `bf16`), or None where FAISS adds
-        them itself: fewer lists than `tree_from` without `bf16`, other kinds than fast-scan
-        PQ over a flat inner-product quantizer (an exact index, IVF-Flat, an HNSW coarse
-        quantizer of an earlier version), or an unknown block layout."""
+        `tree_from` lists where it is worth it, its groups' products on `group_threads`
+        threads, None: the caller's team; else by a bfloat16 product where `bf16`), or None
+        where FAISS adds them itself: without `bf16`, fewer lists than `tree_from` or a
+        tree not worth it (assigning.assigner), other kinds than fast-scan PQ over a flat
+        inner-product quantizer (an exact index, IVF-Flat, an HNSW coarse quantizer of an
+        earlier version), or an unknown block layout."""
         import faiss
         import torch
 

@@ -71,9 +71,10 @@ GROUP_THREADS = 1
 # Policy.tree_from (assigning.assigner). Its products are small and gathered, ~5x the cost of a
 # centre compared in the full bfloat16 product, and each group's on one thread: at 16,000
 # lists of 1M clustered 1280-d vectors (bench/scale.py's, whose centres differ along most
-# directions and crowd into a few big groups) a row was compared with 8,915 whole centres,
-# 382 us a row against 118 by the bfloat16 product, where the 10M spectral library's lists
-# (docs/BENCHMARKS.md "A tree only where it compares few centres") share 0.05. The
+# directions and crowd into a few big groups) a row was compared with 15,625 whole centres
+# (share 0.99), 382-689 us a row against 118 by the bfloat16 product, where the 10M spectral
+# library's lists share 0.05 (docs/BENCHMARKS.md "A tree of centres only where it compares
+# few"). The
 # share is estimated on SHARE_ROWS of the centres, which stand in for rows (an import's rows
 # are not known when its placer is made).
 MAX_SHARE_WORTH = 0.2
