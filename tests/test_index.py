@@ -1052,3 +1052,44 @@ def test_a_build_places_rows_on_its_team_and_the_index_on_one_thread(
         assert catalog.index.describe()["vectors"] == N + 20
     finally:
         catalog.close()
+
+
+def test_a_build_stops_while_it_reads_its_training_sample(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A training's sample (327,680 random rows at 10M: 19 s from a cold 9M library) is read
+    build.SAMPLE_READ rows at a time: a stop set meanwhile ends the build at the next read
+    instead of after the whole sample and the k-means."""
+    from imgsearch.index import build as build_module
+    from imgsearch.index.stopping import Stopped
+
+    monkeypatch.setattr(build_module, "SAMPLE_READ", 100)
+    catalog = Catalog(tmp_path, "m", DIM, policy("exact"))
+    try:
+        fill(catalog, clustered(N))
+        source, stop = catalog.index.source, threading.Event()
+        reads: list[int] = []
+        stop_at = [2]  # the daemon stops during the second read (the first build only)
+        real = source.vectors
+
+        def reading(ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+            reads.append(len(ids))
+            if len(reads) == stop_at[0]:
+                stop.set()
+            return real(ids)
+
+        monkeypatch.setattr(source, "vectors", reading)
+        spec = Spec("ivf-pqfs", "IVF16,PQ16x4fs", 16)
+        with pytest.raises(Stopped):
+            build(spec, source, "m", DIM, Policy(), stop)
+        assert reads == [100, 100]
+        stop.clear()
+        reads.clear()
+        stop_at[0] = 0
+        made = build(spec, source, "m", DIM, Policy(), stop)  # not stopped: every read
+        sample = train_size(16, N)
+        whole, last = divmod(sample, 100)
+        assert reads[: whole + (last > 0)] == [100] * whole + ([last] if last else [])
+        assert len(made.ids) == N and made.meta.recall >= 0.97
+    finally:
+        catalog.close()

@@ -26,10 +26,12 @@ from .base import READ_INTO_RAM, Base, BaseMeta, emptied, for_adding, ivf
 from .codes import Encoded, encoded, merge_into
 from .hits import exact_among, merge
 from .placing import Placer
-from .stopping import Stopped
+from .stopping import Stopped, check
 from .tuning import tune, without_own
 
 log = logging.getLogger(__name__)
+
+SAMPLE_READ = 32_768  # rows of a training's sample read at a time (`sampled`)
 
 
 class Source(Protocol):
@@ -75,7 +77,7 @@ def build(
     template, fine = None, None
     if spec.kind != "exact" and len(present):
         sample = np.sort(rng.choice(present, P.train_size(spec.lists, len(present)), replace=False))
-        _, train = source.vectors(sample.tolist())
+        train = sampled(source, sample, stop)
         if not len(train):  # every sampled row removed meanwhile: the worker tries again
             raise RuntimeError("the rows sampled for training are no longer stored")
         lists = kmeans.train(
@@ -130,6 +132,18 @@ def build(
         spec.factory, len(all_ids), time.monotonic() - started, nprobe, recall, rescore,
     )  # fmt: skip
     return Base(index, all_ids, meta, template, fine)
+
+
+def sampled(source: Source, ids: np.ndarray, stop: threading.Event) -> np.ndarray:
+    """The stored vectors of `ids` (those still present), read SAMPLE_READ at a time with a
+    stop checked between: a training's sample is 327,680 random rows, which took 19 s to read
+    from the 9M library (ad hoc, docs/BENCHMARKS.md), longer than a shutdown waits."""
+    parts = []
+    for first in range(0, len(ids), SAMPLE_READ):
+        check(stop)
+        parts.append(source.vectors(ids[first : first + SAMPLE_READ].tolist())[1])
+    full = [p for p in parts if len(p)]
+    return np.concatenate(full) if full else np.zeros((0, 0), np.float32)
 
 
 def _unrotated(
@@ -191,7 +205,7 @@ def with_fine(base: Base, source: Source, folder: Path, stop: threading.Event) -
     present = base.ids
     rng = np.random.default_rng(P.SEED)
     count = P.train_size(int(getattr(ivf(base.index), "nlist", 1)), len(present))
-    _, sample = source.vectors(np.sort(rng.choice(present, count, replace=False)).tolist())
+    sample = sampled(source, np.sort(rng.choice(present, count, replace=False)), stop)
     fine = F.Fine.train(sample, folder)
     for ids, vectors in source.chunks():
         if stop.is_set():
