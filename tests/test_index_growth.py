@@ -257,6 +257,25 @@ def crashed(catalog: Catalog) -> None:
     catalog.store.close()
 
 
+def test_a_rebase_trains_where_a_training_is_due_before_the_worker_woke(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that has not run yet (a loaded machine) leaves an exact base holding more than
+    the exact bound: `rebase` trains it as the worker would, not a compaction keeping it exact."""
+    catalog = Catalog(tmp_path, "m", DIM, Policy(exact_max=100, delta_max=1 << 40))
+    try:
+        monkeypatch.setattr(catalog.index, "maintain", lambda: None)  # the worker never acts
+        fill(catalog, clustered(1000), batch=500)
+        assert catalog.index.describe()["kind"] == "exact"
+        catalog.index.rebase()
+        assert catalog.index.describe()["kind"] != "exact"
+        assert len(catalog.index) == 1000
+        catalog.index.rebase()  # nothing due now: a compaction keeps the trained base
+        assert catalog.index.describe()["kind"] != "exact"
+    finally:
+        catalog.close()
+
+
 def test_a_start_finds_deletions_in_the_log_without_reading_every_id(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

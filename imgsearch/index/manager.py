@@ -313,9 +313,11 @@ class LibraryIndex:
             return None
 
     def rebase(self) -> None:
-        """Fold recent changes into a new saved base now (what compaction does when due)."""
+        """Fold recent changes into a new saved base now: a training where one is due (as the
+        worker would run it, whether or not it has woken yet), else a compaction."""
         with self._busy:
-            self._replace(self.train if self._building else self.compact)
+            due_now = self._building or due.needs_training(self.policy, self._look())
+            self._replace(self.train if due_now else self.compact)
 
     def _replace(self, make: Any) -> None:
         with self._lock:
