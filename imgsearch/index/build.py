@@ -84,11 +84,13 @@ def build(
             index, train, policy.train_bf16, P.SEED, policy.two_level_min_lists, policy.tree_from,
             codes=not rotated, stop=stop,
         )  # fmt: skip
-        share = rotation.coded_share(index, train, lists) if rotated else 1.0
+        fitted = rotation.fit(index, train, lists) if rotated else None
+        share = fitted.share(rotation.coded(index)) if fitted else 1.0
         if share < rotation.MIN_CODED_SHARE:  # residuals that vary evenly
             spec, index = _unrotated(spec, index, train, dim, share)
         elif rotated:
-            index = rotation.train(index, train, lists)
+            index = rotation.train(index, train, lists, fitted)
+        del fitted
         if spec.quantized and folder is not None:
             fine = F.Fine.train(train, folder)
         del train

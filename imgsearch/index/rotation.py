@@ -61,20 +61,50 @@ def factory_of(spec_factory: str) -> tuple[str, bool]:
     return spec_factory, False
 
 
-def train(index: Any, sample: np.ndarray, lists: np.ndarray | None = None) -> Any:
+@dataclass(frozen=True)
+class Fit:
+    """What a rotation is fitted on: the centres of an index's lists, the residuals of the
+    sample's first FIT_ROWS rows to them, and those residuals' principal directions (columns)
+    with the variance along each, falling. Made once a training (fit), used by coded_share
+    and train."""
+
+    centres: np.ndarray
+    residuals: np.ndarray
+    directions: np.ndarray
+    variances: np.ndarray
+
+    def share(self, m: int) -> float:
+        """The share of the residuals' variance on the first m principal directions."""
+        return float(self.variances[:m].sum() / max(float(self.variances.sum()), 1e-30))
+
+
+def fit(index: Any, sample: np.ndarray, lists: np.ndarray | None = None) -> Fit:
+    """The Fit of `index`'s lists (trained on `sample` first where they are not). `lists`:
+    each sample row's list as the k-means last assigned it (kmeans.train), else each row's
+    nearest centre is searched for."""
+    import faiss
+
+    ivf: Any = faiss.downcast_index(faiss.extract_index_ivf(index))
+    centres, residuals = _residuals(ivf, sample, lists)
+    directions, variances = principal(residuals)
+    return Fit(centres, residuals, directions, variances)
+
+
+def train(
+    index: Any, sample: np.ndarray, lists: np.ndarray | None = None, fitted: Fit | None = None
+) -> Any:
     """`index` (an index_factory IVF fast-scan PQ index over inner product, its coarse
     quantizer trained or not) trained on `sample` as a rotated index: an IndexPreTransform
-    of the rotation over it, its centres rotated and its codebooks set. `lists`: each sample
-    row's list as the k-means last assigned it (kmeans.train), else each row's nearest centre
-    is searched for."""
+    of the rotation over it, its centres rotated and its codebooks set. `lists` as fit takes
+    them; `fitted`: fit's answer for these lists and sample where the caller has it."""
     import faiss
 
     started = time.monotonic()
     ivf: Any = faiss.downcast_index(faiss.extract_index_ivf(index))
-    centres, residuals = _residuals(ivf, sample, lists)
+    made = fitted if fitted is not None else fit(index, sample, lists)
+    centres, residuals, directions = made.centres, made.residuals, made.directions
     pq = ivf.pq
     m, dim = int(pq.M), int(ivf.d)
-    directions = principal(residuals)
     order = interleaved(dim, m)
     rotation = np.ascontiguousarray(directions[:, order].T)  # row c: coordinate c's direction
     ivf.quantizer.reset()
@@ -104,12 +134,14 @@ def coded_share(index: Any, sample: np.ndarray, lists: np.ndarray | None = None)
     """The share of the residuals' variance that the first M principal directions hold (M:
     the index's PQ sub-quantizers, the directions a rotated code keeps), on the rows train()
     fits on: the residuals of `index`'s lists (trained or not, as train() takes them)."""
+    return fit(index, sample, lists).share(coded(index))
+
+
+def coded(index: Any) -> int:
+    """How many principal directions a rotated code of `index` keeps: its PQ's sub-quantizers."""
     import faiss
 
-    ivf: Any = faiss.downcast_index(faiss.extract_index_ivf(index))
-    residuals = _residuals(ivf, sample, lists)[1].astype(np.float64)
-    values = np.linalg.eigvalsh(residuals.T @ residuals)[::-1]
-    return float(values[: int(ivf.pq.M)].sum() / max(values.sum(), 1e-30))
+    return int(faiss.downcast_index(faiss.extract_index_ivf(index)).pq.M)
 
 
 def _residuals(ivf: Any, sample: np.ndarray, lists: np.ndarray | None) -> tuple[Any, Any]:
@@ -130,11 +162,13 @@ def _residuals(ivf: Any, sample: np.ndarray, lists: np.ndarray | None) -> tuple[
     return centres, rows - centres[assign]
 
 
-def principal(residuals: np.ndarray) -> np.ndarray:
-    """The principal directions of `residuals` (columns, by falling variance)."""
+def principal(residuals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The principal directions of `residuals` (columns, by falling variance) and the
+    variance along each."""
     cov = (residuals.T @ residuals).astype(np.float64) / max(1, len(residuals))
     values, vectors = np.linalg.eigh(cov)
-    return np.ascontiguousarray(vectors[:, np.argsort(values)[::-1]], np.float32)
+    order = np.argsort(values)[::-1]
+    return np.ascontiguousarray(vectors[:, order], np.float32), values[order]
 
 
 def interleaved(dim: int, m: int) -> np.ndarray:
