@@ -35,6 +35,7 @@ import numpy as np
 from ..cpu import torch_threads
 from .assigning import Centres, assigner
 from .stopping import check
+from .tree import CentreTree
 
 log = logging.getLogger(__name__)
 
@@ -255,9 +256,13 @@ def _spherical(
     rows = torch.from_numpy(x)
     low = None  # the rows in bfloat16, made when a bfloat16 product first needs them
     assign = None
+    # A tree of centres until one says it is not worth it (CentreTree.worth): an iteration
+    # moves the centres little, so the next one's tree would compare as many of them.
+    tree = k >= tree_from
     for _ in range(iterations):
         # (a tree on this team: the CPU is the training's)
-        made = assigner(centres, bf16, k >= tree_from, seed, group_threads=None)
+        made = assigner(centres, bf16, tree, seed, group_threads=None)
+        tree = tree and isinstance(made, CentreTree)
         if low is None and isinstance(made, Centres) and not made.float32:
             low = rows.to(torch.bfloat16)
         parts = []
