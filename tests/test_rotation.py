@@ -135,3 +135,39 @@ def test_the_coded_share_tells_embedding_like_residuals_from_even_ones() -> None
         shares.append(rotation.coded_share(index, x))
         assert faiss.extract_index_ivf(index).quantizer.ntotal == 64  # (its lists trained)
     assert shares[0] >= rotation.MIN_CODED_SHARE + 0.05 > rotation.MIN_CODED_SHARE - 0.2 > shares[1]
+
+
+def test_one_fit_serves_the_coded_share_and_the_rotation(monkeypatch: Any) -> None:
+    """A build fits the residuals' directions once (rotation.fit) for both the share it checks
+    and the rotation it trains: given that fit, train computes no directions again and makes
+    the rotation and codebooks it makes from scratch; the share is coded_share's."""
+    import faiss
+
+    from imgsearch.index import kmeans
+
+    x = spectral(8_000)
+    index = faiss.index_factory(DIM, "IVF32,PQ16x4fs", faiss.METRIC_INNER_PRODUCT)
+    lists = kmeans.train(index, x, True, 0, 1, codes=False)
+    other = faiss.clone_index(index)  # the same lists, trained from scratch below
+    fit = rotation.fit(index, x, lists)
+    assert fit.share(rotation.coded(index)) == rotation.coded_share(index, x, lists)
+    calls = [0]
+    real = rotation.principal
+
+    def counted(residuals: np.ndarray) -> Any:
+        calls[0] += 1
+        return real(residuals)
+
+    monkeypatch.setattr(rotation, "principal", counted)
+    reused = rotation.train(index, x, lists, fit)
+    assert calls[0] == 0
+    alone = rotation.train(other, x, lists)
+    assert calls[0] == 1
+
+    def parts(made: Any) -> tuple[np.ndarray, np.ndarray]:
+        pq = faiss.downcast_index(faiss.extract_index_ivf(made)).pq
+        a = faiss.vector_to_array(rotation.transform_of(made).A)
+        return a, faiss.vector_to_array(pq.centroids)
+
+    for mine, theirs in zip(parts(reused), parts(alone), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
