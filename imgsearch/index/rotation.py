@@ -141,7 +141,8 @@ def coded(index: Any) -> int:
     """How many principal directions a rotated code of `index` keeps: its PQ's sub-quantizers."""
     import faiss
 
-    return int(faiss.downcast_index(faiss.extract_index_ivf(index)).pq.M)
+    ivf: Any = faiss.downcast_index(faiss.extract_index_ivf(index))
+    return int(ivf.pq.M)
 
 
 def _residuals(ivf: Any, sample: np.ndarray, lists: np.ndarray | None) -> tuple[Any, Any]:
