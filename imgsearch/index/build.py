@@ -87,6 +87,7 @@ def build(
         fitted = rotation.fit(index, train, lists) if rotated else None
         share = fitted.share(rotation.coded(index)) if fitted else 1.0
         if share < rotation.MIN_CODED_SHARE:  # residuals that vary evenly
+            fitted = None  # (its residuals: 64 MB at 512-d, not kept through the codes' training)
             spec, index = _unrotated(spec, index, train, dim, share)
         elif rotated:
             index = rotation.train(index, train, lists, fitted)
