@@ -145,3 +145,41 @@ def test_the_split_is_used_only_when_the_index_is_idle(
     index.search(query, 10)
     index._reads.searching -= 1
     assert helper.calls == 2
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_a_coded_recent_segment_is_searched_in_the_base_s_lists(
+    catalog: Catalog, split: bool
+) -> None:
+    """The recent segment (a copy of the base's template: the same lists) is searched with the
+    base's coarse assignment, not one of its own, and finds what FAISS's own searches of the
+    base and of it find together."""
+    import faiss
+
+    from imgsearch.index.hits import merge
+
+    added = vectors(N + 300)[N:]
+    catalog.put(
+        [NewImage(FileFacts(f"/w/{i}.jpg", 1, 1, f"w{i}", 1, 1), v) for i, v in enumerate(added)]
+    )
+    seg = catalog.index._segments
+    assert seg.coded and seg.recent.ntotal == 300
+    queries = np.ascontiguousarray(added[::10])
+    helper = Counting() if split else None
+    for allowed in (None, np.sort(seg.ids()[::2])):
+        allow = None
+        if allowed is not None:
+            allow = faiss.IDSelectorBatch(len(allowed), faiss.swig_ptr(allowed))
+        for nprobe in (2, 7):
+            sims, ids = seg.search(queries, 20, allowed, nprobe, helper)
+            params = S.search_params(True, allow, nprobe, seg.graph)
+            base = seg.base.index.search(queries, 20, params=params)
+            own = merge([base, seg.recent.search(queries, 20, params=params)], 20)
+            assert np.allclose(sims, own[0], atol=1e-4), (allowed is None, nprobe)
+            overlap = np.mean([shared(a, b) for a, b in zip(ids, own[1], strict=True)])
+            assert overlap >= 0.95, (allowed is None, nprobe, overlap)
+            recent = set(seg.recent_ids().tolist())
+            assert any(i in recent for i in ids.ravel().tolist())  # the recent rows are found
+    if helper is not None:
+        assert helper.calls == 8  # the base's lists split, the recent segment's searched here
+        helper.shutdown()
