@@ -17,8 +17,9 @@ of the k-th direction ~ k ** -1.2, where "clustered" spreads it evenly over all 
 "uniform" vectors are random directions, queries too.
 Ground truth is exact search over the vectors as stored (float16), streamed chunk by chunk.
 After the import the index is left to train; the daemon is then restarted on the saved base
-(start-up time and RSS), searched by vector and by image, and photos and folders are removed
-and added while searches run. Prints one JSON object and appends it to bench/out/scale.jsonl.
+(start-up time and RSS), searched by vector and by image, photos removed and added back one
+at a time and the searches by vector made again (the photos then in the recent segment), and
+folders removed while searches run. Prints one JSON object and appends it to bench/out/scale.jsonl.
 """
 
 from __future__ import annotations
@@ -450,6 +451,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # An add embeds the photo: what the library's size adds is the excess over embedding.
             embed_ms = out["image_search_ms_at_20"]["p50"]
             out["add_one_over_20_ms"] = out["add_one_ms"]["p50"] - embed_ms
+            # The photos added back wait in the recent segment until a compaction: the searches
+            # of a library that takes adds (the ones above ran with none).
+            out["recent_at_searches_after_adds"] = daemon.get("/stats")["index"]["recent"]
+            after = searches(daemon, queries, want)
+            out["search_ms_after_adds"] = after["search_ms"]
+            out["recall_at_10_after_adds"] = after["recall_at_10"]
             out.update(remove_under_load(daemon, root, args.n, queries))
             out["after_removes_rss"] = rss(pid)
             proc = daemon._proc
