@@ -39,7 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import OUT_DIR, cpu_model, progress, record, shard_vectors  # noqa: E402
-from tree_dims import centres_of  # noqa: E402
+from tree_dims import lists_arguments, lists_of  # noqa: E402
 
 from imgsearch.cpu import faiss_team, native_bf16  # noqa: E402
 from imgsearch.index import assigning  # noqa: E402
@@ -60,18 +60,11 @@ def main() -> None:
     import faiss
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, help="a kept library (its newest base's lists)")
-    parser.add_argument("--centres", type=Path, help="or a .npy of centres (k x d)")
-    parser.add_argument("--shards", type=Path, help="rows from these shards, not --n/--dist's")
-    parser.add_argument("--n", type=int, default=1_000_000)
-    parser.add_argument("--dist", default="spectral")
+    lists_arguments(parser, 1_000_000)
     parser.add_argument("--batches", type=int, default=2, help="20,000-row batches a step")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    if (args.data is None) == (args.centres is None):
-        parser.error("give --data or --centres")
-    shards = args.shards or OUT_DIR / f"scale-shards-open_clip_ViT-B-32_random-{args.dist}-{args.n}"
-    centres = centres_of(args.data) if args.data else np.load(args.centres).astype(np.float32)
+    centres, shards = lists_of(parser, args)
     k, dim = centres.shape
     n = args.batches * BATCH
     middle = min(args.n // 2, 5_000_000)

@@ -18,6 +18,7 @@ bench/out/recent_search.jsonl.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import threading
@@ -40,34 +41,31 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(args.tree.resolve()))
     sys.path.insert(0, str(BENCH))
-    import json
-
     import faiss
     from _common import cpu_model, percentiles, progress, record
 
     from imgsearch.index import base as B
     from imgsearch.index import fine as F
     from imgsearch.index.reads import one_omp_thread
-    from imgsearch.index.segments import Segments
+    from imgsearch.index.segments import Segments, centres
 
     folder = B.saved(args.data / "index")[0]
     meta = json.loads((folder / B.META).read_text())
     base = B.load(folder, meta["model_id"], meta["dim"])
     seg = Segments(base, threading.Lock())
-    ivf: Any = faiss.extract_index_ivf(base.index)
+    lists = centres(base.index)
+    if lists is None:
+        raise SystemExit(f"{folder}: not an IVF base over a flat coarse quantizer")
+    # New rows and queries near the library's (the base holds codes, not vectors): random
+    # lists' centres plus noise.
     rng = np.random.default_rng(0)
-    stored = rng.choice(base.meta.count, args.queries + args.rows, replace=False)
-    # New rows and queries near the library's (the base holds codes, not vectors): list
-    # centres plus noise.
-    centres = np.asarray(
-        faiss.rev_swig_ptr(faiss.downcast_index(ivf.quantizer).get_xb(), ivf.nlist * ivf.d)
-    ).reshape(ivf.nlist, ivf.d)
-    picked = centres[stored % ivf.nlist]
-    noisy = picked + 0.3 * rng.standard_normal(picked.shape).astype(np.float32) / np.sqrt(ivf.d)
+    picked = lists[rng.integers(0, len(lists), args.queries + args.rows)]
+    dim = picked.shape[1]
+    noisy = picked + 0.3 * rng.standard_normal(picked.shape).astype(np.float32) / np.sqrt(dim)
     noisy = (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
     if seg.transform is not None:  # the centres are in the rotated space: back to the vectors'
-        noisy = np.ascontiguousarray(noisy @ faiss.vector_to_array(seg.transform.A).reshape(
-            ivf.d, ivf.d), np.float32)  # fmt: skip
+        rotation = faiss.vector_to_array(seg.transform.A).reshape(dim, dim)
+        noisy = np.ascontiguousarray(noisy @ rotation, np.float32)
     queries, added = noisy[: args.queries], noisy[args.queries :]
     k, depth = 10, max(1, base.meta.rescore)
     wanted = F.pool(k, k * depth, seg.transform is not None) if base.fine else k * depth

@@ -96,23 +96,34 @@ def run(centres: np.ndarray, rows: np.ndarray, variant: str) -> dict[str, float]
     }  # fmt: skip
 
 
+def lists_arguments(parser: argparse.ArgumentParser, n: int) -> None:
+    """The arguments naming the centres (--data or --centres) and the rows' shards."""
+    parser.add_argument("--data", type=Path, help="a kept library (its newest base's lists)")
+    parser.add_argument("--centres", type=Path, help="or a .npy of centres (k x d)")
+    parser.add_argument("--shards", type=Path, help="rows from these shards, not --n/--dist's")
+    parser.add_argument("--n", type=int, default=n)
+    parser.add_argument("--dist", default="spectral")
+
+
+def lists_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[np.ndarray, Path]:
+    """The centres and the shards that lists_arguments' arguments name."""
+    if (args.data is None) == (args.centres is None):
+        parser.error("give --data or --centres")
+    shards = args.shards or OUT_DIR / f"scale-shards-open_clip_ViT-B-32_random-{args.dist}-{args.n}"
+    centres = centres_of(args.data) if args.data else np.load(args.centres).astype(np.float32)
+    return centres, shards
+
+
 def main() -> None:
     import faiss
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, help="a kept library (its newest base's lists)")
-    parser.add_argument("--centres", type=Path, help="or a .npy of centres (k x d)")
-    parser.add_argument("--shards", type=Path, help="rows from these shards, not --n/--dist's")
-    parser.add_argument("--n", type=int, default=10_000_000)
-    parser.add_argument("--dist", default="spectral")
+    lists_arguments(parser, 10_000_000)
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=["1:1", "2:1", "2:0.97", "2:0.98"])
     args = parser.parse_args()
-    shards = args.shards or OUT_DIR / f"scale-shards-open_clip_ViT-B-32_random-{args.dist}-{args.n}"
-    if (args.data is None) == (args.centres is None):
-        parser.error("give --data or --centres")
-    centres = centres_of(args.data) if args.data else np.load(args.centres).astype(np.float32)
+    centres, shards = lists_of(parser, args)
     middle = min(args.n // 2, 5_000_000)
     rows = shard_vectors(shards, middle, centres.shape[1])[-args.rows :]
     sims, best = faiss.knn(rows, centres, 1, faiss.METRIC_INNER_PRODUCT)
