@@ -6,9 +6,10 @@
 A search first compares its query with every list's centre (a flat scan: 16,384 x 512 floats,
 32 MB, at 10M) and keeps the nprobe nearest. This times, one query at a time, FAISS's own
 search of the flat quantizer on the calling thread against the daemon's split
-(`segments.nearest_lists`: half the centres compared on a helper thread, the halves merged),
-and against the same split with each half by BLAS's product (one BLAS thread) and numpy's
-partition, each with the caches warm (the same centres searched back to back) and cold (a
+(`coarse.Coarse`: the centres as float16, half compared on a helper thread, the halves
+merged), and against the same split of the float32 centres (the daemon's before 2026-12-06),
+with each half by BLAS's product (one BLAS thread) and numpy's partition, and with the centres
+as bfloat16, each with the caches warm (the same centres searched back to back) and cold (a
 256 MB array read between queries, as the scan of the probed lists does in the daemon), and
 checks that they find FAISS's lists. Centres are unit vectors of bench/scale.py's spectral
 shape (k-means centres of real embeddings are not uniform). Appends one JSON line to
@@ -33,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_model, percentiles, progress, record  # noqa: E402
 from scale import Vectors  # noqa: E402
 
+from imgsearch.index.coarse import Coarse  # noqa: E402
 from imgsearch.index.reads import one_omp_thread  # noqa: E402
-from imgsearch.index.segments import nearest_lists  # noqa: E402
 
 
 def main() -> None:
@@ -61,8 +62,40 @@ def main() -> None:
     def one(q: np.ndarray) -> Any:
         return flat.search(q[None], args.nprobe)
 
+    def split(halves: tuple[Any, Any]) -> Callable[[np.ndarray], Any]:
+        """Two threads: half the centres searched here, half on the helper, merged."""
+        cut = len(centres) // 2
+
+        def way(q: np.ndarray) -> Any:
+            other = helper.submit(halves[1].search, q[None], min(args.nprobe, len(centres) - cut))
+            near, far = halves[0].search(q[None], min(args.nprobe, cut)), other.result()
+            sims = np.concatenate([near[0], far[0]], axis=1)
+            lists = np.concatenate([near[1], far[1] + cut], axis=1)
+            order = np.argsort(-sims, axis=1, kind="stable")[:, : args.nprobe]
+            return np.take_along_axis(sims, order, 1), np.take_along_axis(lists, order, 1)
+
+        return way
+
+    def halves(kind: int | None) -> tuple[Any, Any]:
+        cut, made = len(centres) // 2, []
+        for part in (centres[:cut], centres[cut:]):
+            index = (
+                faiss.IndexFlatIP(args.dim)
+                if kind is None
+                else faiss.IndexScalarQuantizer(args.dim, kind, faiss.METRIC_INNER_PRODUCT)
+            )
+            index.train(part)
+            index.add(part)
+            made.append(index)
+        return made[0], made[1]
+
+    coarse = Coarse(centres)
+
     def two(q: np.ndarray) -> Any:
-        return nearest_lists(centres, q[None], args.nprobe, helper)
+        return coarse.nearest(q[None], args.nprobe, helper)
+
+    two_float32 = split(halves(None))
+    two_bfloat16 = split(halves(faiss.ScalarQuantizer.QT_bf16))
 
     def best_of(q: np.ndarray, first: int, end: int) -> tuple[np.ndarray, np.ndarray]:
         scores = centres[first:end] @ q  # BLAS, one thread
@@ -87,10 +120,13 @@ def main() -> None:
     result: dict[str, Any] = {
         "bench": "coarse", "cpu": cpu_model(), "load": os.getloadavg(), "lists": args.lists,
         "nprobe": args.nprobe, "dim": args.dim, "same_lists": same(two),
-        "same_lists_product": same(product),
+        "same_lists_float32": same(two_float32), "same_lists_product": same(product),
+        "same_lists_bfloat16": same(two_bfloat16),
     }  # fmt: skip
     ways: dict[str, Callable[[np.ndarray], Any]] = {
-        "one thread": one, "two threads": two, "two threads, BLAS product": product,
+        "one thread": one, "two threads (float16: the daemon's)": two,
+        "two threads, float32": two_float32, "two threads, BLAS product": product,
+        "two threads, bfloat16": two_bfloat16,
     }  # fmt: skip
     for cold in (False, True):
         for name, way in ways.items():

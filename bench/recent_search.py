@@ -47,7 +47,12 @@ def main() -> None:
     from imgsearch.index import base as B
     from imgsearch.index import fine as F
     from imgsearch.index.reads import one_omp_thread
-    from imgsearch.index.segments import Segments, centres
+    from imgsearch.index.segments import Segments
+
+    try:
+        from imgsearch.index.coarse import centres
+    except ImportError:  # a tree before 2026-12-06's float16 centres
+        from imgsearch.index.segments import centres  # type: ignore[attr-defined,no-redef]
 
     folder = B.saved(args.data / "index")[0]
     meta = json.loads((folder / B.META).read_text())

@@ -15,6 +15,7 @@ import pytest
 
 from imgsearch.catalog import Catalog
 from imgsearch.index import Policy
+from imgsearch.index import coarse as C
 from imgsearch.index import reads as R
 from imgsearch.index import segments as S
 from imgsearch.store import FileFacts, NewImage
@@ -98,29 +99,36 @@ def test_the_split_search_finds_what_one_thread_finds(
 
 
 def test_the_lists_found_on_two_threads_are_the_nearest_centres(catalog: Catalog) -> None:
-    """The coarse assignment split in two halves of the centres (a view of the quantizer's
-    own, flat or an HNSW graph's storage) finds each query's nearest lists, best first."""
+    """The coarse assignment split in two halves of the centres (a float16 copy of the
+    quantizer's own, flat or an HNSW graph's storage) finds each query's nearest lists, best
+    first, their similarities within float16's rounding of the exact ones."""
     import faiss
 
     seg = catalog.index._segments
     quantizer = faiss.extract_index_ivf(seg.base.index).quantizer
     lists = int(quantizer.ntotal)
-    centres = S.centres(seg.base.index)
+    centres = C.centres(seg.base.index)
     assert centres is not None and centres.shape == (lists, DIM)
     assert np.array_equal(centres, quantizer.reconstruct_n(0, lists))
+    assert seg.coarse is not None and seg.coarse.count == lists
     queries = vectors(N + 20)[N:]
     exact = queries @ centres.T
+    tolerance = 2e-3 * np.abs(queries).sum(axis=1, keepdims=True).max()  # float16: 11 bits
     with ThreadPoolExecutor(1) as helper:
         for nprobe in (1, 5, lists // 2 + 1, lists):
-            sims, found = S.nearest_lists(centres, queries, nprobe, helper)
+            sims, found = seg.coarse.nearest(queries, nprobe, helper)
             want = np.sort(exact, axis=1)[:, ::-1][:, :nprobe]
             assert found.shape == (len(queries), nprobe)
-            assert np.allclose(sims, want, atol=1e-5)
-            assert np.allclose(np.take_along_axis(exact, found, axis=1), want, atol=1e-5)
-    assert S.centres(faiss.IndexFlatIP(DIM)) is None  # exact: no lists
+            assert np.all(np.diff(sims, axis=1) <= 0)  # best first
+            assert np.allclose(sims, np.take_along_axis(exact, found, axis=1), atol=tolerance)
+            # the nearest lists but for near-ties at the last place
+            assert np.allclose(np.take_along_axis(exact, found, axis=1), want, atol=2 * tolerance)
+            assert all(len(set(row)) == nprobe for row in found.tolist())  # each list once
+    assert C.centres(faiss.IndexFlatIP(DIM)) is None  # exact: no lists
     l2 = faiss.index_factory(DIM, "IVF4,Flat")  # lists found by L2 distance: FAISS's own order
     l2.train(vectors(200))
-    assert S.centres(l2) is None
+    assert C.centres(l2) is None
+    assert C.Coarse.of(l2) is None
 
 
 def test_the_split_is_used_only_when_the_index_is_idle(

@@ -23,6 +23,7 @@ import numpy as np
 from . import idsets
 from . import policy as P
 from .base import Base
+from .coarse import Coarse
 from .codes import Encoded, Precoded, encoded, merge_into
 from .hits import merge
 from .placing import Placer
@@ -63,7 +64,7 @@ class Segments:
         # scans the segment (O(its size)), so only ids that are there are removed.
         self.members = np.zeros(0, dtype=np.uint8)
         self.graph = hnsw(base.index)  # an HNSW coarse quantizer (efSearch follows nprobe)
-        self.centres = centres(base.index)  # its lists' centres (a view), for a split search
+        self.coarse = Coarse.of(base.index)  # its lists' centres as float16, for a split search
         self.transform = transform_of(base.index)  # a rotated base's (its queries rotated first)
 
     def code_if_empty(self) -> None:
@@ -270,8 +271,8 @@ class Segments:
         ivf = faiss.extract_index_ivf(self.base.index)
         nprobe = min(nprobe, ivf.nlist)
         queries = rotated(self.transform, queries)  # (a rotated index's own space)
-        if helper is not None and self.centres is not None:
-            dist, lists = nearest_lists(self.centres, queries, nprobe, helper)
+        if helper is not None and self.coarse is not None:
+            dist, lists = self.coarse.nearest(queries, nprobe, helper)
         elif self.graph and nprobe >= FLAT_COARSE_FROM:
             graph = faiss.downcast_index(ivf.quantizer)
             quantizer = faiss.downcast_index(graph.storage)  # type: ignore[attr-defined]
@@ -303,46 +304,6 @@ class Assigned:
     def of(self, k: int) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
         """`preassigned`'s arguments from `queries` to `dist` for a best k."""
         return self.queries, k, self.lists, self.dist
-
-
-def centres(index: Any) -> np.ndarray | None:
-    """A view of an IVF index's list centres (lists x dim float32, its own memory: valid while
-    the index lives), from its flat coarse quantizer or an HNSW one's storage; None for an
-    exact index, one whose centres are not stored flat or not compared by inner product, or
-    fewer than two lists (nothing to split)."""
-    import faiss
-
-    try:
-        quantizer = faiss.downcast_index(faiss.extract_index_ivf(index).quantizer)
-    except RuntimeError:
-        return None
-    if isinstance(quantizer, faiss.IndexHNSW):
-        quantizer = faiss.downcast_index(quantizer.storage)
-    inner = quantizer.metric_type == faiss.METRIC_INNER_PRODUCT  # (the lists' own order)
-    if not isinstance(quantizer, faiss.IndexFlat) or not inner or quantizer.ntotal < 2:
-        return None
-    flat = faiss.rev_swig_ptr(quantizer.get_xb(), quantizer.ntotal * quantizer.d)
-    return np.asarray(flat).reshape(quantizer.ntotal, quantizer.d)
-
-
-def nearest_lists(
-    centres: np.ndarray, queries: np.ndarray, nprobe: int, helper: Executor
-) -> tuple[np.ndarray, np.ndarray]:
-    """The nprobe nearest lists of each query (similarities, list numbers; best first), the
-    centres compared half here, half on `helper` (FAISS releases the GIL): at 10M's 16,384
-    centres, 1.5 / 3.5 ms on one thread with the caches warm / cold, 1.0 / 1.9 ms on two
-    (bench/coarse.py, docs/BENCHMARKS.md)."""
-    import faiss
-
-    ip = faiss.METRIC_INNER_PRODUCT
-    cut = len(centres) // 2
-    other = helper.submit(faiss.knn, queries, centres[cut:], min(nprobe, len(centres) - cut), ip)
-    near = faiss.knn(queries, centres[:cut], min(nprobe, cut), ip)
-    far = other.result()
-    sims = np.concatenate([near[0], far[0]], axis=1)
-    lists = np.concatenate([near[1], far[1] + cut], axis=1)
-    order = np.argsort(-sims, axis=1, kind="stable")[:, :nprobe]
-    return np.take_along_axis(sims, order, axis=1), np.take_along_axis(lists, order, axis=1)
 
 
 def bits(bitmap: np.ndarray) -> np.ndarray:
