@@ -11,8 +11,8 @@ merged), and against the same split of the float32 centres (the daemon's before 
 with each half by BLAS's product (one BLAS thread) and numpy's partition, and with the centres
 as bfloat16, each with the caches warm (the same centres searched back to back) and cold (a
 256 MB array read between queries, as the scan of the probed lists does in the daemon), and
-checks that they find FAISS's lists. Centres are unit vectors of bench/scale.py's spectral
-shape (k-means centres of real embeddings are not uniform). Appends one JSON line to
+checks how many of FAISS's lists each finds. Centres are unit vectors of bench/scale.py's
+spectral shape (k-means centres of real embeddings are not uniform). Appends one JSON line to
 bench/out/coarse.jsonl.
 """
 

@@ -5,7 +5,7 @@ A search first compares its query with every list's centre (a flat scan: 16,384 
 the probed lists that follows reads tens of MB, so the centres are met cold: the comparison is
 bound by the bytes it reads. `Coarse` keeps a copy of them as float16 (FAISS's scalar quantizer,
 half the bytes) in two halves, compared on two threads (FAISS lets the GIL go). At 16,384 x 512,
-caches cold, 1.39 -> 1.12 ms p50; at 16,000 x 1,280, 2.75 -> 1.78 ms (`bench/coarse.py`). The
+caches cold, 1.39 -> 1.14 ms p50; at 16,000 x 1,280, 2.74 -> 1.78 ms (`bench/coarse.py`). The
 lists found are float32's but for near-ties at the nprobe-th place (0.9999 of them the same);
 their similarities are within 1e-3 of float32's, which the 4-bit codes scanned next round far
 more.
