@@ -62,20 +62,6 @@ def main() -> None:
     def one(q: np.ndarray) -> Any:
         return flat.search(q[None], args.nprobe)
 
-    def split(halves: tuple[Any, Any]) -> Callable[[np.ndarray], Any]:
-        """Two threads: half the centres searched here, half on the helper, merged."""
-        cut = len(centres) // 2
-
-        def way(q: np.ndarray) -> Any:
-            other = helper.submit(halves[1].search, q[None], min(args.nprobe, len(centres) - cut))
-            near, far = halves[0].search(q[None], min(args.nprobe, cut)), other.result()
-            sims = np.concatenate([near[0], far[0]], axis=1)
-            lists = np.concatenate([near[1], far[1] + cut], axis=1)
-            order = np.argsort(-sims, axis=1, kind="stable")[:, : args.nprobe]
-            return np.take_along_axis(sims, order, 1), np.take_along_axis(lists, order, 1)
-
-        return way
-
     def halves(kind: int | None) -> tuple[Any, Any]:
         cut, made = len(centres) // 2, []
         for part in (centres[:cut], centres[cut:]):
@@ -89,13 +75,13 @@ def main() -> None:
             made.append(index)
         return made[0], made[1]
 
-    coarse = Coarse(centres)
+    def split(coarse: Coarse) -> Callable[[np.ndarray], Any]:
+        """Two threads: half the centres searched here, half on the helper, merged."""
+        return lambda q: coarse.nearest(q[None], args.nprobe, helper)
 
-    def two(q: np.ndarray) -> Any:
-        return coarse.nearest(q[None], args.nprobe, helper)
-
-    two_float32 = split(halves(None))
-    two_bfloat16 = split(halves(faiss.ScalarQuantizer.QT_bf16))
+    two = split(Coarse.float16(centres))
+    two_float32 = split(Coarse(*halves(None)))
+    two_bfloat16 = split(Coarse(*halves(faiss.ScalarQuantizer.QT_bf16)))
 
     def best_of(q: np.ndarray, first: int, end: int) -> tuple[np.ndarray, np.ndarray]:
         scores = centres[first:end] @ q  # BLAS, one thread

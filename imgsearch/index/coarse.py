@@ -40,18 +40,25 @@ def centres(index: Any) -> np.ndarray | None:
 
 
 class Coarse:
-    """An IVF base's list centres as float16, in two halves, for a split coarse assignment."""
+    """An IVF base's list centres in two halves (FAISS flat indexes searched by inner product:
+    the first half's list numbers, then the second's), for a split coarse assignment."""
 
-    def __init__(self, centres: np.ndarray) -> None:
-        self.count = len(centres)
-        self.cut = self.count // 2
-        self.halves = (_half(centres[: self.cut]), _half(centres[self.cut :]))
+    def __init__(self, near: Any, far: Any) -> None:
+        self.halves = (near, far)
+        self.cut = int(near.ntotal)
+        self.count = self.cut + int(far.ntotal)
+
+    @classmethod
+    def float16(cls, centres: np.ndarray) -> Coarse:
+        """`centres` held as float16, in halves."""
+        cut = len(centres) // 2
+        return cls(_half(centres[:cut]), _half(centres[cut:]))
 
     @classmethod
     def of(cls, index: Any) -> Coarse | None:
-        """For an index whose centres `centres` finds; else None."""
+        """Float16 halves of an index whose centres `centres` finds; else None."""
         found = centres(index)
-        return None if found is None else cls(found)
+        return None if found is None else cls.float16(found)
 
     def nearest(
         self, queries: np.ndarray, nprobe: int, helper: Executor
