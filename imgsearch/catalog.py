@@ -115,7 +115,7 @@ class Catalog:
             if stray.exists():
                 log.info("removing %s (replaced by %s/)", stray, INDEX_DIR)
                 stray.unlink()
-        self.store = Store(data_dir / DB_FILE)
+        self.store = Store(data_dir / DB_FILE, dim)
         self._mutate = threading.Lock()
         self._listeners: list[Listener] = []
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,42 @@ def test_bulk_upsert_ids_counters_and_a_path_named_twice(tmp_path: Path) -> None
     assert conn.execute("SELECT count(*) FROM images WHERE missing=0").fetchone()[0] == 1191
     chunk = next(store.images.vectors(ids=[twice.ids[0]]))
     np.testing.assert_allclose(chunk.vectors[0], vec(2), atol=1e-3)  # the later row won
+
+
+def test_a_new_database_s_pages_fit_its_rows(tmp_path: Path) -> None:
+    """A 1280-d row (~2.7 KB) fills a 4 KB page alone: a new database for that model gets
+    pages that hold several rows, in fewer bytes a row; 512-d keeps 4 KB; an existing file
+    keeps its pages whatever the dimension it is opened with."""
+    dim, n = 1280, 600
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    rows = [
+        NewImage(FileFacts(f"/photos/archive/2024/{i:06d}.jpg", i, i, f"{i:064x}", 4, 3), v)
+        for i, v in enumerate(vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    ]
+    sizes = {}
+    for name, store_dim in (("sized", dim), ("default", 0)):
+        path = tmp_path / f"{name}.sqlite3"
+        store = Store(path, store_dim)
+        store.images.upsert(rows)
+        pages = store.db.reader().execute("PRAGMA page_size").fetchone()[0]
+        store.close()
+        with closing(sqlite3.connect(path)) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            used = conn.execute("SELECT page_count - freelist_count FROM pragma_page_count, "
+                                "pragma_freelist_count").fetchone()[0]  # fmt: skip
+        sizes[name] = (pages, used * pages / n)
+    assert sizes["default"][0] == 4096 and sizes["sized"][0] > 4096
+    assert sizes["sized"][1] < 0.8 * sizes["default"][1], sizes
+    assert Store(tmp_path / "small.sqlite3", 512).db.reader().execute(
+        "PRAGMA page_size").fetchone()[0] == 4096  # fmt: skip
+    reopened = Store(tmp_path / "sized.sqlite3", 512)
+    assert reopened.db.reader().execute("PRAGMA page_size").fetchone()[0] == sizes["sized"][0]
+    assert reopened.count() == n
+    middle = int(reopened.ids()[n // 2])  # ids in the rows' order
+    chunk = next(reopened.images.vectors(ids=[middle]))
+    np.testing.assert_allclose(chunk.vectors[0], rows[n // 2].vector, atol=1e-3)
+    reopened.close()
 
 
 def test_a_batch_as_columns_is_stored_row_by_row(tmp_path: Path) -> None:

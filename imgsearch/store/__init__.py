@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .db import Database
+from .db import Database, page_size
 from .images import (
     FileState,
     ImageRow,
@@ -27,9 +27,11 @@ from .meta import Meta
 from .metadata import Metadata, MetadataTable
 from .migrations import MIGRATIONS, migrate
 from .rows import UNKNOWN_SHA256, FileFacts, NewImage, Rows, stacked
+from .upsert import VECTOR_DTYPE
 from .watches import Watches
 
 __all__ = [
+    "ROW_EXTRA",
     "MIGRATIONS",
     "FileFacts",
     "FileState",
@@ -48,12 +50,19 @@ __all__ = [
 ]
 
 
+# An image row's bytes beside its vector: an 80-byte path, the sha256 in hex, the file facts and
+# generation stamps, the record's header.
+ROW_EXTRA = 200
+
+
 class Store:
     """The database under the data directory, migrated on open."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, dim: int = 0) -> None:
+        """`dim`: the vectors' dimension where known, which sizes a new file's pages to its
+        rows (db.page_size)."""
         self.path = path
-        self.db = Database(path)
+        self.db = Database(path, page_size(ROW_EXTRA + np.dtype(VECTOR_DTYPE).itemsize * dim))
         try:
             migrate(self.db)
         except BaseException:
