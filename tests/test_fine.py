@@ -196,11 +196,14 @@ def nibbles(sample: np.ndarray) -> Q.Nibbles:
     return Q.Nibbles(index)
 
 
-def test_scores_on_the_codes_rank_as_the_decoded_codes_do(tmp_path: Path) -> None:
+def test_scores_on_the_codes_rank_as_the_decoded_codes_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The scores computed on the codes as they are differ from q . decoded code only by a
     constant a query (the same ranking): codes of principal directions at 8 and 4 bits, 4
     bits on every dimension as they are, FAISS's SQ4 of earlier bases; an odd dimension (a
-    half-used last byte) too. A quantizer saved and loaded codes and scores alike."""
+    half-used last byte) too. A quantizer saved and loaded codes and scores alike, and codes
+    scored a few rows a part (Q.SCORE_PART_BYTES) score as scored whole."""
     rng = np.random.default_rng(2)
     for dim in (CONE_DIM, 37):
         x = spectral(3000, dim, 1)
@@ -231,6 +234,9 @@ def test_scores_on_the_codes_rank_as_the_decoded_codes_do(tmp_path: Path) -> Non
                 shift = decoded @ q - scores
                 assert np.ptp(shift) < 1e-4 * np.ptp(decoded @ q), (dim, np.ptp(shift))
                 assert np.allclose(again.scores(codes, q), scores)
+                with monkeypatch.context() as patched:
+                    patched.setattr(Q, "SCORE_PART_BYTES", 4 * dim * 7)  # 7-14 rows a part
+                    assert np.allclose(quantizer.scores(codes, q), scores, rtol=1e-5, atol=1e-5)
 
 
 def test_embedding_like_vectors_get_8_bits_where_a_score_varies_and_rank_better() -> None:

@@ -27,6 +27,7 @@ import mmap
 import os
 import threading
 import uuid
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,10 @@ GROWTH = 1.5  # the file grows by half again when an id falls beyond it (sparse:
 MIN_ROWS = 1 << 16
 # A saved table is faulted in at start-up WARM_BYTES of the mapping at a time (warm()).
 WARM_BYTES = 16 << 20
+# A lone search ranks its candidates half on the helper thread of its split scan from this many
+# (Fine.rank): the rows are read from memory at random (~0.3 us a row) and scored, 1-1.6 ms for
+# 2,000 at 10M 512-d and 1M 1280-d alone (docs/BENCHMARKS.md).
+SPLIT_MIN = 512
 
 
 class FineTable:
@@ -186,16 +191,36 @@ class Fine:
         """Scores of `ids` against `query` that rank them as q . decoded code does."""
         return self.quantizer.scores(self.table.get(ids), np.asarray(query, np.float32))
 
-    def rank(self, queries: np.ndarray, ids: np.ndarray, keep: int) -> np.ndarray:
-        """Each query's best `keep` of its candidate ids (-1 padded) by the fine codes."""
+    def rank(
+        self, queries: np.ndarray, ids: np.ndarray, keep: int, helper: Executor | None = None
+    ) -> np.ndarray:
+        """Each query's best `keep` of its candidate ids (-1 padded) by the fine codes; from
+        SPLIT_MIN candidates, half of a query's read and scored on `helper` (SPLIT_MIN)."""
         out = np.full((len(ids), min(keep, ids.shape[1])), -1, np.int64)
         for q, row in enumerate(ids):
             found = row[row >= 0]
             if len(found) > keep:
-                approx = self.scores(np.asarray(queries[q], np.float32), found)
+                weights = self.quantizer.weights(np.asarray(queries[q], np.float32))
+                approx = self._split(found, weights, helper)
                 found = found[np.argpartition(-approx, keep - 1)[:keep]]
             out[q, : len(found)] = found
         return out
+
+    def _split(
+        self, ids: np.ndarray, weights: tuple[np.ndarray, ...], helper: Executor | None
+    ) -> np.ndarray:
+        """The scores of `ids`, the second half on `helper` (if any, from SPLIT_MIN)."""
+        if helper is not None and len(ids) >= SPLIT_MIN:
+            half = len(ids) // 2
+            try:
+                other = helper.submit(self._scored, ids[half:], weights)
+            except RuntimeError:  # shut down meanwhile (the daemon is stopping): all here
+                return self._scored(ids, weights)
+            return np.concatenate([self._scored(ids[:half], weights), other.result()])
+        return self._scored(ids, weights)
+
+    def _scored(self, ids: np.ndarray, weights: tuple[np.ndarray, ...]) -> np.ndarray:
+        return self.quantizer.scored(self.table.get(ids), weights)
 
 
 def pool(k: int, read: int, rotated: bool = False) -> int:
