@@ -9,11 +9,11 @@ search of the flat quantizer on the calling thread against the daemon's split
 (`coarse.Coarse`: the centres as float16, half compared on a helper thread, the halves
 merged), and against the same split of the float32 centres (the daemon's before 2026-12-06),
 with each half by BLAS's product (one BLAS thread) and numpy's partition, and with the centres
-as bfloat16, each with the caches warm (the same centres searched back to back) and cold (a
-256 MB array read between queries, as the scan of the probed lists does in the daemon), and
-checks how many of FAISS's lists each finds. Centres are unit vectors of bench/scale.py's
-spectral shape (k-means centres of real embeddings are not uniform). Appends one JSON line to
-bench/out/coarse.jsonl.
+as bfloat16 and as 8 bits a dimension (FAISS's QT_8bit), each with the caches warm (the same
+centres searched back to back) and cold (a 256 MB array read between queries, as the scan of
+the probed lists does in the daemon), and checks how many of FAISS's lists each finds.
+Centres are unit vectors of bench/scale.py's spectral shape (k-means centres of real embeddings
+are not uniform). Appends one JSON line to bench/out/coarse.jsonl.
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ def main() -> None:
     two = split(Coarse.float16(centres))
     two_float32 = split(Coarse(*halves(None)))
     two_bfloat16 = split(Coarse(*halves(faiss.ScalarQuantizer.QT_bf16)))
+    two_8bit = split(Coarse(*halves(faiss.ScalarQuantizer.QT_8bit)))
 
     def best_of(q: np.ndarray, first: int, end: int) -> tuple[np.ndarray, np.ndarray]:
         scores = centres[first:end] @ q  # BLAS, one thread
@@ -107,12 +108,12 @@ def main() -> None:
         "bench": "coarse", "cpu": cpu_model(), "load": os.getloadavg(), "lists": args.lists,
         "nprobe": args.nprobe, "dim": args.dim, "same_lists": same(two),
         "same_lists_float32": same(two_float32), "same_lists_product": same(product),
-        "same_lists_bfloat16": same(two_bfloat16),
+        "same_lists_bfloat16": same(two_bfloat16), "same_lists_8bit": same(two_8bit),
     }  # fmt: skip
     ways: dict[str, Callable[[np.ndarray], Any]] = {
         "one thread": one, "two threads (float16: the daemon's)": two,
         "two threads, float32": two_float32, "two threads, BLAS product": product,
-        "two threads, bfloat16": two_bfloat16,
+        "two threads, bfloat16": two_bfloat16, "two threads, 8 bits": two_8bit,
     }  # fmt: skip
     for cold in (False, True):
         for name, way in ways.items():
