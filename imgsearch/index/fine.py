@@ -69,8 +69,8 @@ MIN_ROWS = 1 << 16
 # A saved table is faulted in at start-up WARM_BYTES of the mapping at a time (warm()).
 WARM_BYTES = 16 << 20
 # A lone search ranks its candidates half on the helper thread of its split scan from this many
-# (Fine.rank): the rows are read from memory at random (~0.3 us a row) and scored, 1-1.6 ms for
-# 2,000 at 10M 512-d and 1M 1280-d alone (docs/BENCHMARKS.md).
+# (Fine.rank): the rows are read from memory at random (~0.3 us a row) and scored, 0.8-1.0 ms
+# for 2,000 at 9M 512-d and 1.6-2.0 ms at 1M 1280-d on one thread (docs/BENCHMARKS.md).
 SPLIT_MIN = 512
 
 
@@ -195,7 +195,7 @@ class Fine:
         self, queries: np.ndarray, ids: np.ndarray, keep: int, helper: Executor | None = None
     ) -> np.ndarray:
         """Each query's best `keep` of its candidate ids (-1 padded) by the fine codes; from
-        SPLIT_MIN candidates, half of a query's read and scored on `helper` (SPLIT_MIN)."""
+        SPLIT_MIN candidates, half of a query's are read and scored on `helper` (if any)."""
         out = np.full((len(ids), min(keep, ids.shape[1])), -1, np.int64)
         for q, row in enumerate(ids):
             found = row[row >= 0]

@@ -36,7 +36,7 @@ FILES = (ALLOTTED_FILE, NIBBLES_FILE)
 PCA_ROWS = 100_000
 # Shares of the dimensions tried at 8 bits (as many of the last get none).
 WIDE_SHARES = (0, 32, 16, 8, 4)
-# Codes are scored this many bytes of float32 a part at a time (Allotted.scores: a part's
+# Codes are scored this many bytes of float32 a part at a time (Allotted.scored: a part's
 # copies as float32 stay in the core's cache). 2,000 candidates of a 1M 1280-d library (40
 # directions at 8 bits, 1,200 at 4: copies of 2.4 KB a row) scored in 0.99 ms p50 in parts of
 # 256 rows against 2.10 whole, caches cold (ad hoc); at 512-d (128 + 256 directions) whole

@@ -31,8 +31,8 @@ from .upsert import VECTOR_DTYPE
 from .watches import Watches
 
 __all__ = [
-    "ROW_EXTRA",
     "MIGRATIONS",
+    "ROW_EXTRA",
     "FileFacts",
     "FileState",
     "ImageRow",

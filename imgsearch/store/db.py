@@ -24,10 +24,10 @@ T = TypeVar("T")
 # A new database's page size: the one of these holding an image row in the fewest bytes, a
 # larger one only where it saves at least PAGE_GAIN. A row lies whole in one page (SQLite spills
 # a row to overflow pages only beyond nearly a page), so at 4 KB a 1280-d row (a 2,560-byte
-# float16 vector and ~150 bytes of path and facts) filled a page alone: 4,157 bytes a row where
-# 16 KB pages hold five (ad hoc, 30,000 rows: 2,785 bytes a row with 8 or 16 KB pages, whose
-# 100-row reads by id cost 0.37-0.43 ms against 0.33 at 4 KB). A 512-d row (~1.2 KB) packs
-# three to a 4 KB page within 8% of what 16 KB pages would, so 512-d keeps SQLite's default.
+# float16 vector and ~150 bytes of path and facts) filled a page alone: 4,347 bytes of database
+# an image against 2,978 with 16 KB pages, whose 40-row reads by id took 0.38 ms against 0.35
+# (bench/page_size.py). A 512-d row (~1.2 KB) packs three to a 4 KB page, within 7% of what
+# 16 KB pages would (1,610 against 1,507 bytes), so 512-d keeps SQLite's default.
 PAGE_SIZES = (4096, 8192, 16384)
 PAGE_GAIN = 0.1
 PAGE_HEADER = 8  # a table leaf page's header
