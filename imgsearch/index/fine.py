@@ -187,10 +187,6 @@ class Fine:
         """Write the codes of `ids` (`codes`: encode() of `vectors`, made ahead)."""
         self.table.put(ids, self.encode(vectors) if codes is None else codes)
 
-    def scores(self, query: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """Scores of `ids` against `query` that rank them as q . decoded code does."""
-        return self.quantizer.scores(self.table.get(ids), np.asarray(query, np.float32))
-
     def rank(
         self, queries: np.ndarray, ids: np.ndarray, keep: int, helper: Executor | None = None
     ) -> np.ndarray:
@@ -220,6 +216,7 @@ class Fine:
         return self._scored(ids, weights)
 
     def _scored(self, ids: np.ndarray, weights: tuple[np.ndarray, ...]) -> np.ndarray:
+        """Scores of `ids` by a query's `weights` that rank them as q . decoded code does."""
         return self.quantizer.scored(self.table.get(ids), weights)
 
 
