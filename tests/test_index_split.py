@@ -16,7 +16,6 @@ import pytest
 from imgsearch.catalog import Catalog
 from imgsearch.index import Policy
 from imgsearch.index import coarse as C
-from imgsearch.index import fine as F
 from imgsearch.index import reads as R
 from imgsearch.index import segments as S
 from imgsearch.store import FileFacts, NewImage
@@ -140,25 +139,20 @@ def test_the_split_is_used_only_when_the_index_is_idle(
     index._reads.helper.shutdown()
     monkeypatch.setattr(index._reads, "helper", helper)
     query = vectors(N + 1)[N:]
-    assert index._segments.base.fine is not None  # its candidates are ranked by fine codes
-    monkeypatch.setattr(F, "SPLIT_MIN", 1 << 30)
     monkeypatch.setattr(R, "SPLIT_MIN_NPROBE", 1 << 30)
     index.search(query, 10)
     assert helper.calls == 0  # too few lists probed to be worth it
     monkeypatch.setattr(R, "SPLIT_MIN_NPROBE", 1)
     split = index.search(query, 10)
     assert helper.calls == 2  # half the centres compared there, then half the lists scanned
-    monkeypatch.setattr(F, "SPLIT_MIN", 1)
-    ranked = index.search(query, 10)
-    assert helper.calls == 5  # and half the candidates ranked by their fine codes
     with index.hold():  # an import runs: its batches need the other core
         alone = index.search(query, 10)
-    assert helper.calls == 5
-    assert split[1].tolist() == alone[1].tolist() == ranked[1].tolist()  # the same hits
+    assert helper.calls == 2
+    assert split[1].tolist() == alone[1].tolist()  # re-scored: the same hits either way
     index._reads.searching += 1  # another search in flight
     index.search(query, 10)
     index._reads.searching -= 1
-    assert helper.calls == 5
+    assert helper.calls == 2
 
 
 @pytest.mark.parametrize("split", [False, True])

@@ -27,7 +27,6 @@ import mmap
 import os
 import threading
 import uuid
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,10 +67,6 @@ GROWTH = 1.5  # the file grows by half again when an id falls beyond it (sparse:
 MIN_ROWS = 1 << 16
 # A saved table is faulted in at start-up WARM_BYTES of the mapping at a time (warm()).
 WARM_BYTES = 16 << 20
-# A lone search ranks its candidates half on the helper thread of its split scan from this many
-# (Fine.rank): the rows are read from memory at random (~0.3 us a row) and scored, 0.8-1.0 ms
-# for 2,000 at 9M 512-d and 1.6-2.0 ms at 1M 1280-d on one thread (docs/BENCHMARKS.md).
-SPLIT_MIN = 512
 
 
 class FineTable:
@@ -187,37 +182,19 @@ class Fine:
         """Write the codes of `ids` (`codes`: encode() of `vectors`, made ahead)."""
         self.table.put(ids, self.encode(vectors) if codes is None else codes)
 
-    def rank(
-        self, queries: np.ndarray, ids: np.ndarray, keep: int, helper: Executor | None = None
-    ) -> np.ndarray:
-        """Each query's best `keep` of its candidate ids (-1 padded) by the fine codes; from
-        SPLIT_MIN candidates, half of a query's are read and scored on `helper` (if any)."""
+    def rank(self, queries: np.ndarray, ids: np.ndarray, keep: int) -> np.ndarray:
+        """Each query's best `keep` of its candidate ids (-1 padded) by the fine codes. (Half
+        of them scored on a helper thread, as a lone search scans, measured no quicker:
+        bench/fine_score.py.)"""
         out = np.full((len(ids), min(keep, ids.shape[1])), -1, np.int64)
         for q, row in enumerate(ids):
             found = row[row >= 0]
             if len(found) > keep:
-                weights = self.quantizer.weights(np.asarray(queries[q], np.float32))
-                approx = self._split(found, weights, helper)
+                query = np.asarray(queries[q], np.float32)
+                approx = self.quantizer.scores(self.table.get(found), query)
                 found = found[np.argpartition(-approx, keep - 1)[:keep]]
             out[q, : len(found)] = found
         return out
-
-    def _split(
-        self, ids: np.ndarray, weights: tuple[np.ndarray, ...], helper: Executor | None
-    ) -> np.ndarray:
-        """The scores of `ids`, the second half on `helper` (if any, from SPLIT_MIN)."""
-        if helper is not None and len(ids) >= SPLIT_MIN:
-            half = len(ids) // 2
-            try:
-                other = helper.submit(self._scored, ids[half:], weights)
-            except RuntimeError:  # shut down meanwhile (the daemon is stopping): all here
-                return self._scored(ids, weights)
-            return np.concatenate([self._scored(ids[:half], weights), other.result()])
-        return self._scored(ids, weights)
-
-    def _scored(self, ids: np.ndarray, weights: tuple[np.ndarray, ...]) -> np.ndarray:
-        """Scores of `ids` by a query's `weights` that rank them as q . decoded code does."""
-        return self.quantizer.scored(self.table.get(ids), weights)
 
 
 def pool(k: int, read: int, rotated: bool = False) -> int:

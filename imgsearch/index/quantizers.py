@@ -38,9 +38,9 @@ PCA_ROWS = 100_000
 WIDE_SHARES = (0, 32, 16, 8, 4)
 # Codes are scored this many bytes of float32 a part at a time (Allotted.scored: a part's
 # copies as float32 stay in the core's cache). 2,000 candidates of a 1M 1280-d library (40
-# directions at 8 bits, 1,200 at 4: copies of 2.4 KB a row) scored in 0.99 ms p50 in parts of
-# 256 rows against 2.10 whole, caches cold (ad hoc); at 512-d (128 + 256 directions) whole
-# took 0.345 ms, parts of 256 rows 0.387: this bound leaves them whole.
+# directions at 8 bits, 1,200 at 4: copies of 2.4 KB a row) scored in 1.16-1.21 ms p50 in
+# parts against 1.33-1.61 whole, caches cold; at 512-d (128 + 256 directions) this bound
+# leaves 2,000 whole (bench/fine_score.py).
 SCORE_PART_BYTES = 1 << 20
 
 
@@ -144,7 +144,7 @@ class Allotted:
     def weights(self, query: np.ndarray) -> tuple[np.ndarray, ...]:
         """What scored() weighs a code's bytes by for `query`: (q turned) step on the 8-bit
         directions, on the low nibbles' and on the high nibbles' (the turn reads the whole
-        rotation: 4.9 MB at 1280-d, made once a query however its codes are split)."""
+        rotation, 4.9 MB at 1280-d: made once a query, whatever the parts scored with it)."""
         q = np.asarray(query, np.float32)
         turned = q if self.rotation is None else q @ self.rotation
         weights = turned * self.step

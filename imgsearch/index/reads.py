@@ -113,7 +113,7 @@ class Searcher:
                 self.searching -= 1
         scanned, candidates = time.perf_counter(), int((ids >= 0).sum()) if quantized else 0
         if fine is not None and wanted > read:
-            ids = fine.rank(queries, ids, read, helper)
+            ids = fine.rank(queries, ids, read)
         ranked, rows = time.perf_counter(), int((ids >= 0).sum()) if quantized else 0
         if quantized:
             sims, ids = rescored(queries, ids, k, self.vectors)
