@@ -239,8 +239,7 @@ class Service:
 
     def _invalidate(self, change: Change) -> None:
         """Derived files of removed images go with them (the catalog calls this)."""
-        for image_id in change.removed:
-            self.derived.invalidate(image_id)
+        self.derived.invalidate(*change.removed)
 
     def stats(self) -> dict[str, Any]:
         """What /stats shows: read from memory only (counters, the index's description), so

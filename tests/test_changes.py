@@ -161,6 +161,15 @@ def test_one_derived_file_per_kind_and_image_valid_for_one_mtime(tmp_path: Path)
     assert files.read("thumbnails/256", 4, 101) is None
     assert files.read("features/sift", 4, 100) is None
     assert files.read("features/sift", 5, 100) == b"other"
+    files.write("thumbnails/256", 6, 100, b"jpeg")
+    files.invalidate(5, 6, 7)  # a removed folder's ids, in one call; 7 has no files
+    assert files.read("features/sift", 5, 100) is None
+    assert not list((tmp_path / "thumbnails" / "256").iterdir())
+    # More ids than a small folder can hold: the folder is read, not each name tried.
+    for image_id in (10, 500, 2000):
+        files.write("features/sift", image_id, 100, b"f")
+    files.invalidate(*range(1000))
+    assert sorted(p.name for p in (tmp_path / "features" / "sift").iterdir()) == ["2000"]
     for bad in ("../x/y", "features", "features/../../etc", "Features/x"):
         with pytest.raises(ValueError):
             files.path(bad, 1)
