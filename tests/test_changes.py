@@ -72,6 +72,39 @@ def test_a_failing_listener_never_undoes_a_write(tmp_path: Path) -> None:
     catalog.close()
 
 
+def test_deletes_log_and_count_their_rows_in_a_statement_each(tmp_path: Path) -> None:
+    """Schema v9: no trigger a deleted row. A folder (holding a missing image too), ids, and
+    a move over a stored path each take their rows off the counters and log them for the
+    next start, as the triggers did."""
+    catalog = Catalog(tmp_path, "m/test", DIM)
+    store = catalog.store
+    catalog.put([item(f"/a/{i}.jpg", i) for i in range(5)] + [item("/a/gone/x.jpg", 5)])
+    catalog.put([item(f"/b/{i}.jpg", 10 + i) for i in range(4)])
+    catalog.mark_missing("/a/gone")
+    ids = {f.path: f.id for f in store.images.files_under("/")}
+    since = store.generation()
+    removed = set(catalog.remove_tree("/a"))
+    removed |= set(catalog.remove_ids([ids["/b/0.jpg"], 10**9, ids["/b/0.jpg"]]))
+    replaced = catalog.move(ids["/b/1.jpg"], "/b/2.jpg", 1, 1)
+    assert replaced == ids["/b/2.jpg"]
+    removed.add(replaced)
+    assert removed == {ids[p] for p in ids if p.startswith("/a/")} | {
+        ids["/b/0.jpg"],
+        ids["/b/2.jpg"],
+    }
+    conn = store.db.reader()
+    truth = conn.execute("SELECT sum(missing = 0), sum(missing = 1) FROM images").fetchone()
+    assert (store.count(), store.missing()) == tuple(truth) == (2, 0)
+    logged = store.images.deleted_since(since)
+    assert logged is not None and set(logged.tolist()) == removed
+    triggers = conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall()
+    assert not [t for (t,) in triggers if t.endswith("_delete")]
+    catalog.close()
+    reopened = Store(tmp_path / DB_FILE)
+    assert (reopened.count(), reopened.missing()) == (2, 0)
+    reopened.close()
+
+
 def test_the_counters_are_the_last_commits_read_without_sql(tmp_path: Path) -> None:
     """count() and missing() are what the last commit left (a rollback leaves them), kept in
     memory: they answer with no SQL at all (/stats serves them on the event loop)."""
@@ -81,7 +114,7 @@ def test_the_counters_are_the_last_commits_read_without_sql(tmp_path: Path) -> N
     catalog.mark_missing("/q")
     catalog.remove_ids(catalog.store.ids()[:1].tolist())
     with pytest.raises(RuntimeError), store.db.write() as conn:
-        conn.execute("DELETE FROM images")  # the triggers zero 'present' ... then a rollback
+        conn.execute("DELETE FROM images")  # a write abandoned: rolled back
         raise RuntimeError("abandoned")
     truth = (
         store.db.reader()
