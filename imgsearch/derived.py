@@ -75,6 +75,8 @@ class DerivedFiles:
         listed once a call (a removed folder of 10,000 images is one call), and a kind's
         folder is read instead of trying each name where it holds fewer files than that."""
         names = {str(int(i)) for i in image_ids}
+        if not names:  # a write that removed nothing (an add)
+            return
         for family in _subdirs(self.root):
             for kind in _subdirs(family):
                 folder = str(kind)
@@ -89,8 +91,10 @@ class DerivedFiles:
 
 
 def _entries_at_most(folder: str) -> int:
-    """An upper bound on a folder's entries from its size: a directory entry takes at least
-    DIRENT_BYTES (ext4, xfs; tmpfs counts 20 an entry, btrfs twice the name's length)."""
+    """A folder's entries at most, from its size: on ext4 and xfs an entry takes at least
+    DIRENT_BYTES of it (tmpfs counts 20). Where a filesystem counts fewer (btrfs: twice the
+    name's length) a big folder may be read where trying each name was quicker: slower, never
+    wrong."""
     try:
         return os.stat(folder).st_size // DIRENT_BYTES
     except OSError:
