@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import mmap
 import re
 import threading
 import time
@@ -116,6 +117,44 @@ def test_a_saved_table_is_faulted_in_whole_until_stopped(
     assert 0.95 * used <= resident(table) <= used + (256 << 10)  # the rows, not the holes
     assert table.warm(threading.Event()) == size  # (default: the whole file)
     assert (table.get(np.arange(count, dtype=np.int64)) == codes).all()  # read, not written
+
+
+def test_a_gather_while_the_table_is_read_in_asks_for_its_pages_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A search's candidates gathered during warm() are asked of the kernel at once (one
+    WILLNEED a page they touch that warm() has not read yet, rows straddling two pages asking
+    both), and read right; before and after warm() a gather asks nothing."""
+    monkeypatch.setattr(F, "WARM_BYTES", 1 << 20)
+    path = tmp_path / "fine-a.u8"
+    table = F.FineTable(path, 640)  # 1280-d codes: rows straddle pages
+    codes = np.random.default_rng(2).integers(0, 256, (5000, 640), dtype=np.uint8)
+    table.put(np.arange(5000, dtype=np.int64), codes)
+    ids = np.array([4000, 6, 4000, 12], dtype=np.int64)
+    asked: list[list[int]] = []
+    gathered: list[np.ndarray] = []
+    ahead: list[int] = []  # warm()'s own read-aheads: at 0, then of the step after each
+    advise = F.os.posix_fadvise
+
+    def spy(fd: int, offset: int, length: int, advice: int) -> None:
+        if length == mmap.PAGESIZE:
+            asked[-1].append(offset // mmap.PAGESIZE)
+            return advise(fd, offset, length, advice)
+        ahead.append(offset)
+        if len(ahead) in (1, 3):  # a search before warm()'s first step, and after it
+            asked.append([])
+            gathered.append(table.get(ids))
+        return advise(fd, offset, length, advice)
+
+    monkeypatch.setattr(F.os, "posix_fadvise", spy)
+    assert (table.get(ids) == codes[ids]).all() and not asked
+    table.warm(threading.Event())
+    assert all((rows == codes[ids]).all() for rows in gathered)
+    want = {b // mmap.PAGESIZE for i in (4000, 6, 12) for b in (i * 640, i * 640 + 639)}
+    assert sorted(asked[0]) == sorted(want) and len(want) == 4  # 6 and 12 straddle
+    assert asked[1] == [4000 * 640 // mmap.PAGESIZE]  # 6 and 12 were in the 1st MB, read in
+    asked.append([])
+    assert (table.get(ids) == codes[ids]).all() and not asked[-1]
 
 
 def test_a_restarted_index_faults_its_saved_fine_codes_in_on_a_thread(tmp_path: Path) -> None:
