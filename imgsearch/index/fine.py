@@ -127,9 +127,11 @@ class FineTable:
             fd = os.open(self.path, os.O_RDONLY)
         except OSError:
             return
-        try:
+        try:  # advice only: a refusal leaves the gather to fault its pages in as before
             for page in pages.tolist():
                 os.posix_fadvise(fd, page * mmap.PAGESIZE, mmap.PAGESIZE, os.POSIX_FADV_WILLNEED)
+        except OSError as exc:
+            log.debug("fine codes' pages not asked for: %s", exc)
         finally:
             os.close(fd)
 
