@@ -19,7 +19,9 @@ once the candidates (depth x 10) are re-scored with the exact vectors. The lists
 factor (FAISS's: 1 when all lists are equal) says how much bigger than the mean the lists a
 query probes are. `--index` reads a saved base instead (a daemon's, e.g. bench/scale.py's
 10M library) and reports the imbalance and the codes compared at the given nprobe (no recall:
-the vectors are not regenerated). Appends one JSON line to bench/out/ivf_reach.jsonl.
+the vectors are not regenerated). Both report the lists' sizes (median, mean, the biggest 5%'s
+share) and their centres' cosine to the mean direction and to their nearest other centre.
+Appends one JSON line to bench/out/ivf_reach.jsonl.
 """
 
 from __future__ import annotations
@@ -203,6 +205,8 @@ def main() -> None:
     ivf = faiss.extract_index_ivf(index)
     result["lists"], result["ntotal"] = int(ivf.nlist), int(ivf.ntotal)
     result["imbalance"] = float(ivf.invlists.imbalance_factor())
+    result["list_sizes"] = list_sizes(ivf)
+    progress(f"imbalance {result['imbalance']:.2f}; lists {result['list_sizes']}")
     want = truth(x, queries) if x is not None else None
     rows = []
     steps = args.nprobe or sorted({max(1, int(ivf.nlist * f)) for f in (0.01, 0.03, 0.1, 0.3)})
@@ -218,6 +222,31 @@ def main() -> None:
         rows.append(row)
     result["rows"] = rows
     record(result, "ivf_reach")
+
+
+def list_sizes(ivf: Any) -> dict[str, float]:
+    """The lists' median and mean size, the share of the codes the biggest 5% hold, and where
+    their centres lie against the smallest quarter's: the mean cosine to the library's mean
+    direction (the centres weighted by their lists' sizes) and to the nearest other centre
+    (big lists whose centres crowd round the mean direction are hubs every query probes)."""
+    import faiss
+
+    sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)], np.float64)
+    centres = ivf.quantizer.reconstruct_n(0, ivf.nlist)
+    centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+    mean = (centres * sizes[:, None]).sum(axis=0)
+    to_mean = centres @ (mean / np.linalg.norm(mean))
+    nearest = faiss.knn(centres, centres, 2, metric=faiss.METRIC_INNER_PRODUCT)[0][:, 1]
+    order = np.argsort(-sizes)
+    top, bottom = order[: max(1, len(order) // 20)], order[3 * len(order) // 4 :]
+    return {
+        "median": float(np.median(sizes)), "mean": float(sizes.mean()),
+        "top_5pct_share": float(sizes[top].sum() / max(1.0, sizes.sum())),
+        "top_5pct_cos_to_mean": float(to_mean[top].mean()),
+        "bottom_quarter_cos_to_mean": float(to_mean[bottom].mean()),
+        "top_5pct_cos_to_nearest": float(nearest[top].mean()),
+        "bottom_quarter_cos_to_nearest": float(nearest[bottom].mean()),
+    }  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -105,6 +105,47 @@ def test_deletes_log_and_count_their_rows_in_a_statement_each(tmp_path: Path) ->
     reopened.close()
 
 
+def test_missing_flips_count_and_log_in_a_statement_each(tmp_path: Path) -> None:
+    """Schema v10: no trigger left. Images marked missing (an id given twice, one absent, one
+    already missing), restored, re-added (alone and twice in one batch) and moved while
+    missing keep the counters equal to a count of the rows, and the ones marked missing are
+    logged for the next start at the generation that marked them."""
+    catalog = Catalog(tmp_path, "m/test", DIM)
+    store = catalog.store
+    conn = store.db.reader()
+
+    def counted() -> tuple[int, int]:
+        truth = conn.execute("SELECT sum(missing = 0), sum(missing = 1) FROM images").fetchone()
+        assert (store.count(), store.missing()) == tuple(truth)
+        return store.count(), store.missing()
+
+    ids = catalog.put([item(f"/w/{i}.jpg", i) for i in range(8)] + [item("/k.jpg", 9)]).ids
+    since = store.generation()
+    assert sorted(catalog.mark_missing("/w")) == sorted(ids[:8])
+    marked = store.generation()
+    assert counted() == (1, 8)
+    logged = store.images.deleted_since(since)
+    assert logged is not None and sorted(logged.tolist()) == sorted(ids[:8])
+    rows = conn.execute("SELECT DISTINCT generation FROM deletions WHERE generation > ?", (since,))
+    assert rows.fetchall() == [(marked,)]
+    again = store.images.set_missing([ids[0], ids[0], ids[8], 10**9], True)
+    assert again.removed == [ids[8]] and counted() == (0, 9), "only a real flip counts"
+    assert catalog.restore([ids[1], ids[1], 10**9]) == 1 and counted() == (1, 8)
+    catalog.put([item("/w/2.jpg", 20)])  # re-added while missing: present again
+    assert counted() == (2, 7)
+    catalog.put([item("/w/3.jpg", 30), item("/w/3.jpg", 31), item("/w/new.jpg", 32)])
+    assert counted() == (4, 6)
+    assert catalog.move(ids[4], "/moved/4.jpg", 1, 1) is None and counted() == (5, 5)
+    assert catalog.move(ids[5], "/w/6.jpg", 1, 1) == ids[6] and counted() == (6, 3)
+    assert catalog.move(ids[0], "/k2.jpg", 1, 1) is None and counted() == (7, 2)
+    triggers = conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall()
+    assert triggers == []
+    catalog.close()
+    reopened = Store(tmp_path / DB_FILE)
+    assert (reopened.count(), reopened.missing()) == (7, 2)
+    reopened.close()
+
+
 def test_the_counters_are_the_last_commits_read_without_sql(tmp_path: Path) -> None:
     """count() and missing() are what the last commit left (a rollback leaves them), kept in
     memory: they answer with no SQL at all (/stats serves them on the event loop)."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from imgsearch.catalog import Catalog
 from imgsearch.index import Policy, due
+from imgsearch.index import policy as P
 from imgsearch.store import FileFacts, NewImage
 
 from .helpers import CONE_DIM as DIM
@@ -58,5 +59,16 @@ def test_a_tuned_base_is_retargeted_for_another_recall(tmp_path: Path) -> None:
         assert not due.needs_retarget(policy, seg)
         assert due.needs_retarget(dataclasses.replace(policy, target_recall=0.99), seg)
         assert not due.needs_compaction(policy, seg) and not due.unsaved(policy, seg)
+        # The same target with another margin above it (a base of an earlier version, tuned
+        # slower for a larger one; or none recorded): tuned again, once.
+        meta = seg.base.meta
+        assert meta.aim == P.tuning_goal(policy.target_recall) > meta.target
+        for aim in (meta.aim + 0.01, 0.0):
+            seg.base = dataclasses.replace(seg.base, meta=dataclasses.replace(meta, aim=aim))
+            assert due.needs_retarget(policy, seg)
+        assert catalog.index.maintain() == "tune"
+        assert catalog.index._segments.base.meta.aim == meta.aim
+        assert not due.needs_retarget(policy, catalog.index._segments)
+        assert catalog.index.maintain() is None
     finally:
         catalog.close()

@@ -383,6 +383,32 @@ def test_a_saved_base_trims_the_deletions_log(tmp_path: Path) -> None:
         catalog.close()
 
 
+def test_the_index_is_idle_only_once_the_old_base_is_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/stats's "idle" promises a settled data folder: no old base left half-deleted beside
+    the new one (a watcher of the state once found an old base's temporary still there)."""
+    catalog = Catalog(tmp_path, "m", DIM, Policy(exact_max=100, delta_max=1 << 40))
+    states: list[str] = []
+    real = base.prune
+
+    def watched(folder: Path, keep: Path) -> None:
+        states.append(catalog.index.state)
+        real(folder, keep)
+
+    monkeypatch.setattr(base, "prune", watched)
+    try:
+        fill(catalog, clustered(1000), batch=500)
+        catalog.index.rebase()
+        catalog.index.rebase()  # a compaction: the first base is deleted
+        assert states and "idle" not in states, states
+        assert catalog.index.state == "idle"
+        names = [p.name for p in (tmp_path / "index").iterdir()]
+        assert not [n for n in names if n.endswith(base.TEMP_SUFFIX)], names
+    finally:
+        catalog.close()
+
+
 def test_nprobe_is_tuned_again_at_twice_the_size_never_during_an_import() -> None:
     p = Policy()
     assert p.needs_retune("ivf-pqfs", 1000, 2000, holds=0)

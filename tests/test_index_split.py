@@ -17,6 +17,7 @@ from imgsearch.catalog import Catalog
 from imgsearch.index import Policy
 from imgsearch.index import coarse as C
 from imgsearch.index import reads as R
+from imgsearch.index import rotation as R_
 from imgsearch.index import segments as S
 from imgsearch.store import FileFacts, NewImage
 
@@ -170,8 +171,12 @@ def test_a_coded_recent_segment_is_searched_in_the_base_s_lists(
     catalog.put(
         [NewImage(FileFacts(f"/w/{i}.jpg", 1, 1, f"w{i}", 1, 1), v) for i, v in enumerate(added)]
     )
+    from imgsearch.index import codes
+
     seg = catalog.index._segments
     assert seg.coded and seg.recent.ntotal == 300
+    recent_lists = faiss.downcast_index(faiss.extract_index_ivf(seg.recent))
+    assert recent_lists.implem == codes.LONE_IMPLEM  # searched alone or by a few queries
     queries = np.ascontiguousarray(added[::10])
     helper = Counting() if split else None
     for allowed in (None, np.sort(seg.ids()[::2])):
@@ -191,3 +196,74 @@ def test_a_coded_recent_segment_is_searched_in_the_base_s_lists(
     if helper is not None:
         assert helper.calls == 8  # the base's lists split, the recent segment's searched here
         helper.shutdown()
+
+
+def test_a_lone_query_scans_the_base_s_lists_through_its_lone_view(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One query at a time, the base's lists are scanned through `lone_view` (FAISS's one
+    lookup table for every list, the codes shared, not copied), split or not, and find what
+    FAISS's own search of the base finds (deletions and allow-lists applied); the base itself
+    keeps FAISS's default for batches (a tuning's), and the view outlives the caller's
+    reference to the base."""
+    import gc
+
+    import faiss
+
+    from imgsearch.index import codes
+
+    seg = catalog.index._segments
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(seg.base.index))
+    assert seg.lone is not None and seg.lone.implem == codes.LONE_IMPLEM and ivf.implem == 0
+    stored = seg.ids()
+    with seg.lock:
+        seg.remove(stored[::5])
+    scanned: list[Any] = []
+
+    def counting(index: Any, *args: Any) -> Any:
+        scanned.append(index)
+        return preassigned(index, *args)
+
+    preassigned = S.preassigned
+    monkeypatch.setattr(S, "preassigned", counting)
+    lists = int(ivf.nlist)
+    helper = Counting()
+    overlaps: list[float] = []
+    for query in vectors(N + 12)[N:]:
+        q = query[None]
+        for allowed in (None, np.sort(seg.ids()[::3])):
+            gone = faiss.IDSelectorBitmap(len(seg.bitmap), faiss.swig_ptr(seg.bitmap))
+            present: Any = faiss.IDSelectorNot(gone)  # (each selector kept alive: SWIG)
+            allow = present
+            if allowed is not None:
+                batch_of = faiss.IDSelectorBatch(len(allowed), faiss.swig_ptr(allowed))
+                allow = faiss.IDSelectorAnd(present, batch_of)
+            for nprobe, k in ((2, 5), (7, 40), (lists, 40)):
+                own = seg.base.index.search(
+                    q, k, params=S.search_params(True, allow, nprobe, seg.graph)
+                )
+                for split in (None, helper):
+                    scanned.clear()
+                    sims, ids = seg.search(q, k, allowed, nprobe, split)
+                    assert scanned and all(index is seg.lone for index in scanned)
+                    assert np.allclose(np.sort(sims[0]), np.sort(own[0][0]), atol=1e-4)
+                    overlaps.append(shared(ids[0], own[1][0]))  # (ties at the k-th place)
+    assert np.mean(overlaps) >= 0.97
+    batch = vectors(N + 5)[N:]
+    scanned.clear()
+    seg.search(batch, 10, None, 7)
+    assert all(index is not seg.lone for index in scanned)  # batches: the base's own way
+    helper.shutdown()
+
+    index = faiss.clone_index(seg.base.index)
+    view = codes.lone_view(index)
+    assert view is not None and view.ntotal == index.ntotal
+    rotated = R_.rotated(R_.transform_of(index), batch)
+    dist, found = view.quantizer.search(rotated, 7)
+    want = preassigned(faiss.extract_index_ivf(index), rotated, 10, found, dist, None)
+    del index  # the view keeps it (its lists, its quantizer)
+    gc.collect()
+    got = preassigned(view, rotated, 10, found, dist, None)
+    assert np.allclose(got[0], want[0], atol=1e-4)
+    assert np.mean([shared(a, b) for a, b in zip(got[1], want[1], strict=True)]) >= 0.95
+    assert codes.lone_view(faiss.IndexFlatIP(DIM)) is None  # exact: no lists to view

@@ -114,7 +114,8 @@ def test_exact_codes_have_one_depth() -> None:
     recall, calls = counted(lambda rescore, nprobe: min(1.0, nprobe / 100))
     spec = P.Spec("ivf-flat", "IVF4096,Flat", LISTS)
     nprobe, got, rescore = choose(recall, spec, PER_LIST, TARGET)
-    assert rescore == 0 and got >= GOAL and 99 <= nprobe <= 99 * (1 + 2 / P.TUNE_PRECISION)
+    want = round(GOAL * 100)  # the smallest nprobe at the goal
+    assert rescore == 0 and got >= GOAL and want <= nprobe <= want * (1 + 2 / P.TUNE_PRECISION)
     assert {r for r, _ in calls} == {0}
 
 
@@ -138,7 +139,7 @@ def test_the_pick_is_as_cheap_as_measuring_every_pair(seed: int) -> None:
     assert len(calls) <= 45
 
 
-@pytest.mark.parametrize(("target", "goal"), [(0.97, 0.99), (0.99, 1.0), (0.9, 0.93), (0.5, 0.65)])
+@pytest.mark.parametrize(("target", "goal"), [(0.97, 0.98), (0.99, 1.0), (0.9, 0.93), (0.5, 0.65)])
 def test_a_lower_target_aims_a_larger_share_of_its_misses_above_it(
     target: float, goal: float
 ) -> None:

@@ -75,6 +75,9 @@ class BaseMeta:
     # How many queries the tuning searched (0: not recorded, policy.TUNE_QUERIES); fewer:
     # a provisional tuning, made during a bulk import (policy.HELD_TUNE_QUERIES).
     tune_queries: int = 0
+    # The recall@10 on stored vectors it aimed at: the target with its margin
+    # (policy.tuning_goal); 0: not recorded (bases of earlier versions, margin 0.02).
+    aim: float = 0.0
 
     @property
     def provisional(self) -> bool:

@@ -128,7 +128,7 @@ def build(
     meta = BaseMeta(
         model_id, dim, spec.kind, spec.factory, generation, len(all_ids), len(all_ids),
         time.time(), nprobe, recall, rescore, len(all_ids), fine.name if fine else "",
-        policy.target_recall, tune_queries,
+        policy.target_recall, tune_queries, P.tuning_goal(policy.target_recall),
     )  # fmt: skip
     log.info(
         "index built: %s, %d vectors in %.1fs (nprobe %d, recall@10 %.3f, rescore %d)",
@@ -243,6 +243,7 @@ def retune(base: Base, source: Source, policy: P.Policy, stop: threading.Event) 
     meta = replace(
         base.meta, nprobe=nprobe, recall=recall, rescore=rescore, tuned_count=len(present),
         target=policy.target_recall, tune_queries=P.TUNE_QUERIES,
+        aim=P.tuning_goal(policy.target_recall),
     )  # fmt: skip
     log.info(
         "index re-tuned at %d vectors in %.1fs: nprobe %d -> %d, rescore %d -> %d, recall@10 %.3f",

@@ -4,7 +4,8 @@ A base's `template` (its trained index before any vector was added) is copied to
 recent segment, and to encode each batch of adds off the lock (a bulk import encodes a batch
 ahead, before its rows are written: `Precoded`, relabelled with their ids once they have
 them); `merge_into` then moves codes and ids from one copy into another, nothing re-encoded
-(FAISS's `merge_from`, with a guard for a FAISS 1.15 fast-scan bug).
+(FAISS's `merge_from`, with a guard for a FAISS 1.15 fast-scan bug). Also the way a lone
+query scans a base's lists and a recent segment's (`lone_view`, `lone_scans`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,15 @@ import numpy as np
 from .fine import Fine
 from .placing import Placer
 from .rotation import transform_of
+
+# FAISS's fast-scan IVF search one query at a time (its `implem` 11: one lookup table for every
+# list, a reservoir of the best k). Its default for k > 20 (13) packs a lookup table a probed
+# list, allocated and filled again for each: on a saved 9M base (16,384 lists, a pool of
+# 2,000) the daemon's split scan took 0.935x / 0.955x as long paired at 818 / 1,424 lists
+# probed (3.01 against 3.22, 5.02 against 5.32 ms p50; bench/scan_cost.py --implem 0 11).
+# For many queries at once (a tuning's) the default shares each list's read among them: 40
+# queries on two threads took 209 ms against 270 at 1,424 lists, so the base keeps it.
+LONE_IMPLEM = 11
 
 
 @dataclass
@@ -63,16 +73,8 @@ def empty_copy(template: Any) -> Any:
     import faiss
 
     transform = transform_of(template)  # a rotated template: its inner index copied, wrapped
-    ivf: Any = faiss.downcast_index(template.index if transform is not None else template)
-    if type(ivf) is not faiss.IndexIVFPQFastScan or ivf.metric_type != faiss.METRIC_INNER_PRODUCT:
-        return faiss.clone_index(template)
-    batch: Any = faiss.IndexIVFPQFastScan(
-        ivf.quantizer, ivf.d, ivf.nlist, ivf.M, ivf.nbits, ivf.metric_type, ivf.bbs
-    )
-    batch.pq = ivf.pq  # the trained codebooks (a copy)
-    batch.by_residual, batch.is_trained, batch.nprobe = ivf.by_residual, True, ivf.nprobe
-    batch.implem, batch.qbs, batch.skip = ivf.implem, ivf.qbs, ivf.skip
-    if batch.code_size != ivf.code_size or batch.M2 != ivf.M2:
+    batch = _bare_like(template.index if transform is not None else template)
+    if batch is None:
         return faiss.clone_index(template)
     batch.referenced_objects.append(template)
     if transform is None:
@@ -80,6 +82,60 @@ def empty_copy(template: Any) -> Any:
     wrapped: Any = faiss.IndexPreTransform(transform, batch)  # (the template owns the transform)
     wrapped.referenced_objects.append(template)
     return wrapped
+
+
+def lone_view(index: Any) -> Any | None:
+    """The fast-scan IVF lists of `index` (a base: rotated or not) seen through another FAISS
+    index that scans them for one query at a time (`LONE_IMPLEM`), their codes shared, not
+    copied; None for an index of another kind. Searches of one query search this view with
+    the base's coarse assignment (in its own space), tuning batches the base itself."""
+    import faiss
+
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+    view = _bare_like(ivf)
+    if view is None:
+        return None
+    view.replace_invlists(ivf.invlists, False)  # (the base owns them; kept alive below)
+    view.ntotal, view.implem = ivf.ntotal, LONE_IMPLEM
+    view.referenced_objects.append(index)
+    return view
+
+
+def lone_scans(index: Any) -> None:
+    """Have a coded recent segment (a copy of a base's template: rotated or not) scan its
+    lists as `lone_view` does: only searches read it, one or a few queries at a time, and its
+    lists are short (at most DELTA_CAP rows over the base's lists), so a lookup table packed a
+    list is most of its scan. Any other index is left as it is."""
+    import faiss
+
+    try:
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    except RuntimeError:
+        return
+    if isinstance(ivf, faiss.IndexIVFFastScan):
+        ivf.implem = LONE_IMPLEM
+
+
+def _bare_like(index: Any) -> Any | None:
+    """A new, empty fast-scan PQ index trained as `index` (an IndexIVFPQFastScan over inner
+    product), sharing its coarse quantizer; None for any other kind or layout."""
+    import faiss
+
+    ivf: Any = faiss.downcast_index(index)
+    if type(ivf) is not faiss.IndexIVFPQFastScan or ivf.metric_type != faiss.METRIC_INNER_PRODUCT:
+        return None
+    bare: Any = faiss.IndexIVFPQFastScan(
+        ivf.quantizer, ivf.d, ivf.nlist, ivf.M, ivf.nbits, ivf.metric_type, ivf.bbs
+    )
+    bare.pq = ivf.pq  # the trained codebooks (a copy)
+    bare.by_residual, bare.is_trained, bare.nprobe = ivf.by_residual, True, ivf.nprobe
+    bare.implem, bare.qbs, bare.skip = ivf.implem, ivf.qbs, ivf.skip
+    if bare.code_size != ivf.code_size or bare.M2 != ivf.M2:
+        return None
+    return bare
 
 
 def copied(source: Encoded) -> Encoded:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .policy import QUANTIZED, Policy
+from .policy import QUANTIZED, Policy, tuning_goal
 from .segments import Segments
 
 
@@ -92,7 +92,10 @@ def needs_full_tuning(seg: Segments, look: Look) -> bool:
 
 def needs_retarget(policy: Policy, seg: Segments) -> bool:
     """A tuned base whose nprobe and rescore were chosen for another recall target than the
-    policy's (the daemon restarted with another --recall)."""
+    policy's (the daemon restarted with another --recall), or with another margin above it
+    (a base tuned by an earlier version, whose margin was larger: its searches were slower)."""
     meta = seg.base.meta
     tuned = meta.kind != "exact" and meta.nprobe > 0 and len(seg.base) > 0
-    return tuned and abs(meta.tuned_for - policy.target_recall) > 1e-9
+    target = policy.target_recall
+    other_aim = abs(meta.aim - tuning_goal(target)) > 1e-9
+    return tuned and (abs(meta.tuned_for - target) > 1e-9 or other_aim)

@@ -324,17 +324,20 @@ class LibraryIndex:
             self._log = []
             self._folding = make == self.compact  # (its base keeps the recent one's template)
         try:
-            base = make()
-            self._swap(base)
+            try:
+                base = make()
+                self._swap(base)
+            finally:
+                with self._lock:
+                    self._log, self._folding = None, False
+            if self._path is not None:
+                B.prune(self.folder, self._path)
+                # The one saved base holds every deletion up to its generation: older log
+                # rows are no use to any start-up now.
+                self.source.forget_deletions(self._segments.base.meta.generation)
         finally:
-            with self._lock:
-                self._log, self._folding = None, False
-            self.state = "building" if self._building else "idle"  # (a failed first build retries)
-        if self._path is not None:
-            B.prune(self.folder, self._path)
-            # The one saved base holds every deletion up to its generation: older log rows
-            # are no use to any start-up now.
-            self.source.forget_deletions(self._segments.base.meta.generation)
+            # Idle only once the old base is gone from disk (a failed first build retries).
+            self.state = "building" if self._building else "idle"
 
     def train(self) -> B.Base:
         """A new base trained on the library as it is now."""

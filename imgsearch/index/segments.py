@@ -24,7 +24,7 @@ from . import idsets
 from . import policy as P
 from .base import Base
 from .coarse import Coarse
-from .codes import Encoded, Precoded, encoded, merge_into
+from .codes import Encoded, Precoded, encoded, lone_scans, lone_view, merge_into
 from .hits import merge
 from .placing import Placer
 from .rotation import rotated, transform_of
@@ -66,6 +66,8 @@ class Segments:
         self.graph = hnsw(base.index)  # an HNSW coarse quantizer (efSearch follows nprobe)
         self.coarse = Coarse.of(base.index)  # its lists' centres as float16, for a split search
         self.transform = transform_of(base.index)  # a rotated base's (its queries rotated first)
+        self.lone = lone_view(base.index)  # its lists, scanned for one query at a time
+        lone_scans(self.recent)
 
     def code_if_empty(self) -> None:
         """Make an empty exact recent segment a coded one (when the base has a template)."""
@@ -73,6 +75,7 @@ class Segments:
 
         if not self.coded and self.base.template is not None and not self.recent.ntotal:
             self.recent, self.coded = faiss.clone_index(self.base.template), True
+            lone_scans(self.recent)
 
     def __len__(self) -> int:
         return len(self.base) - self.dead + int(self.recent.ntotal)
@@ -226,7 +229,11 @@ class Segments:
         # centres x 512: 1.4-2.7 ms on one thread; 4.5-5.1 ms at 16,000 x 1280: bench/coarse.py).
         shared = bool(ivf) and self.coded and bool(self.recent.ntotal)
         assigned: Assigned | None = None
-        if ivf and (shared or helper is not None or (self.graph and nprobe >= FLAT_COARSE_FROM)):
+        # A lone query's assignment is made here too (the base's own search would make it the
+        # same way), its lists scanned through the lone view.
+        lone = self._lone(queries) is not None
+        graph = self.graph and nprobe >= FLAT_COARSE_FROM
+        if ivf and (shared or lone or helper is not None or graph):
             part, assigned = self._search_assigned(queries, k, sel, nprobe, helper)
             parts = [part]
         else:
@@ -258,6 +265,10 @@ class Segments:
         sims, ids = index.search(queries, min(k, int(index.ntotal)), params=params)
         return sims, ids
 
+    def _lone(self, queries: np.ndarray) -> Any | None:
+        """The base's lone view where `queries` is one query (codes.lone_view), else None."""
+        return self.lone if len(queries) == 1 else None
+
     def _search_assigned(
         self, queries: np.ndarray, k: int, sel: Any, nprobe: int, helper: Executor | None
     ) -> tuple[tuple[np.ndarray, np.ndarray], Assigned]:
@@ -285,10 +296,11 @@ class Segments:
             dist, lists = ivf.quantizer.search(queries, nprobe, params=coarse)
         kk = min(k, int(ivf.ntotal))
         assigned = Assigned(queries, lists, dist)
+        scan = lone if (lone := self._lone(queries)) is not None else ivf
         if helper is None:
-            return preassigned(ivf, queries, kk, lists, dist, sel), assigned
-        other = helper.submit(preassigned, ivf, queries, kk, lists[:, 1::2], dist[:, 1::2], sel)
-        mine = preassigned(ivf, queries, kk, lists[:, ::2], dist[:, ::2], sel)
+            return preassigned(scan, queries, kk, lists, dist, sel), assigned
+        other = helper.submit(preassigned, scan, queries, kk, lists[:, 1::2], dist[:, 1::2], sel)
+        mine = preassigned(scan, queries, kk, lists[:, ::2], dist[:, ::2], sel)
         return merge([mine, other.result()], k), assigned
 
 

@@ -113,7 +113,7 @@ def choose(
     whether it can, and a bisection between the two bounds finds its nprobe. (Searched
     shallowest first, each depth doubled nprobe from 1, up to all the lists for a depth that
     cannot reach the goal: ~15 searches wasted per such depth, tests/test_tuning.py.)"""
-    goal = min(1.0, target + P.tune_margin(target))
+    goal = P.tuning_goal(target)
 
     def pair(nprobe: int, recall: float, rescore: int) -> tuple[int, float, int, float, int]:
         # Pairs with the margin first, then those meeting the target, then the best recall.

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .db import Database, chunked, tree
-from .meta import bump, current
+from .db import CHUNK, Database, chunked, tree
+from .meta import add_counts, bump, current
 from .rows import NewImage, Rows, row_norms
 from .upsert import VECTOR_DTYPE, upsert_many
 
@@ -71,7 +71,7 @@ STORED_FILE = "id, path, sha256, size, mtime_ns, missing"
 EXPORTED_ROW = f"{IMAGE_ROW}, vector"
 # Rows of the deletions log dropped in one transaction (forget_deletions).
 FORGET_CHUNK = 20_000
-# The row counters that triggers keep (schema v5).
+# The row counters (schema v5), kept by the writes here (`meta.add_counts`) since v10.
 COUNTERS = "SELECT key, value FROM meta WHERE key IN ('present', 'missing')"
 
 
@@ -133,16 +133,41 @@ def forget(conn: sqlite3.Connection, deleted: Sequence[tuple[int, int]], generat
     transaction: log their ids in `deletions` at `generation`, and take them off the counters.
     A statement each, not a trigger a row (schema v9: those cost ~10 us a row, 0.1 s of a
     10,000-image folder's removal at 9M)."""
-    conn.executemany(
-        "INSERT OR IGNORE INTO deletions(generation, id) VALUES (?, ?)",
-        ((generation, int(i)) for i, _ in sorted(deleted)),
-    )
+    log_gone(conn, [i for i, _ in deleted], generation)
     missing = sum(1 for _, m in deleted if m)
-    for key, gone in (("present", len(deleted) - missing), ("missing", missing)):
-        if gone:
-            conn.execute(
-                "UPDATE meta SET value = CAST(value AS INTEGER) - ? WHERE key = ?", (gone, key)
-            )
+    add_counts(conn, present=missing - len(deleted), missing=-missing)
+
+
+def flip(
+    conn: sqlite3.Connection, ids: Sequence[int], missing: bool, generation: int, now: float
+) -> list[int]:
+    """Mark the images `ids` missing (or present again) inside the caller's write transaction,
+    stamped with `generation`; return the ids that changed. Their counters move, and ids
+    marked missing are logged in `deletions` (for the next start's replay), a statement each:
+    schema v10 dropped the triggers that did both a row (a 10,000-row flip at 9M took 1.14x
+    as long with them, bench/delete_cost.py)."""
+    changed: list[int] = []
+    for chunk, marks in chunked([int(i) for i in ids]):
+        rows = conn.execute(
+            f"UPDATE images SET missing=?, generation=?, updated_at=? WHERE id IN ({marks})"
+            " AND missing=? RETURNING id",
+            (int(missing), generation, now, *chunk, int(not missing)),
+        )
+        changed += [int(r[0]) for r in rows.fetchall()]
+    if missing:
+        log_gone(conn, changed, generation)
+    back = len(changed) * (-1 if missing else 1)  # rows from missing to present
+    add_counts(conn, present=back, missing=-back)
+    return changed
+
+
+def log_gone(conn: sqlite3.Connection, ids: Sequence[int], generation: int) -> None:
+    """Log `ids` as taken out of the library (deleted, or marked missing) at `generation`:
+    CHUNK / 2 rows a statement, not executemany's step a row."""
+    for chunk, _ in chunked(sorted(int(i) for i in ids), CHUNK // 2):
+        values = ",".join(["(?, ?)"] * len(chunk))
+        flat = [v for i in chunk for v in (generation, i)]
+        conn.execute(f"INSERT OR IGNORE INTO deletions(generation, id) VALUES {values}", flat)
 
 
 class Images:
@@ -152,8 +177,8 @@ class Images:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._dims: int | None = None
-        # (present, missing) as the last commit left them: kept in meta (by the writes here, a
-        # trigger for missing flips; schema v5, v9), copied here after every commit, so count()
+        # (present, missing) as the last commit left them: kept in meta by the writes here
+        # (schema v5; no triggers since v10), copied here after every commit, so count()
         # and missing() read no SQL and can answer on the event loop while a bulk import holds
         # the writer and the GIL.
         self._counts = (0, 0)
@@ -351,16 +376,9 @@ class Images:
 
     def set_missing(self, ids: Sequence[int], missing: bool) -> WriteResult:
         """Mark images missing (their folder vanished: `removed`) or present again (`ids`)."""
-        changed: list[int] = []
         with self.db.write() as conn:
             generation = current(conn) + 1
-            for chunk, marks in chunked([int(i) for i in ids]):
-                rows = conn.execute(
-                    f"UPDATE images SET missing=?, generation=?, updated_at=? WHERE id IN ({marks})"
-                    " AND missing=? RETURNING id",
-                    (int(missing), generation, time.time(), *chunk, int(not missing)),
-                )
-                changed += [int(r[0]) for r in rows.fetchall()]
+            changed = flip(conn, ids, missing, generation, time.time())
             generation = bump(conn) if changed else current(conn)
         if missing:
             return WriteResult(removed=changed, generation=generation)
@@ -378,12 +396,15 @@ class Images:
             if row is not None:
                 conn.execute("DELETE FROM images WHERE id=?", (row[0],))
                 forget(conn, [row], generation)
-            cur = conn.execute(
+            was = conn.execute("SELECT missing FROM images WHERE id=?", (image_id,)).fetchone()
+            conn.execute(
                 "UPDATE images SET path=?, size=?, mtime_ns=?, missing=0, generation=?,"
                 " updated_at=? WHERE id=?",
                 (path, size, mtime_ns, generation, time.time(), image_id),
             )
-        moved = [int(image_id)] if cur.rowcount else []
+            if was is not None and was[0]:  # a missing image found at its new path
+                add_counts(conn, present=1, missing=-1)
+        moved = [int(image_id)] if was is not None else []
         return WriteResult(moved, moved, [] if row is None else [int(row[0])], generation)
 
     def integrity_check(self) -> str:

@@ -45,3 +45,14 @@ def bump(conn: sqlite3.Connection) -> int:
     """Start a new generation inside the caller's write transaction; return it."""
     conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'")
     return current(conn)
+
+
+def add_counts(conn: sqlite3.Connection, present: int = 0, missing: int = 0) -> None:
+    """Add to the row counters in `meta` (present and missing images) inside the caller's
+    write transaction, a statement a counter that changes. The writes of `images` keep them
+    themselves: no trigger a row since schema v10 (`migrations`)."""
+    for key, delta in (("present", present), ("missing", missing)):
+        if delta:
+            conn.execute(
+                "UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key = ?", (delta, key)
+            )

@@ -1,7 +1,8 @@
 """Writing a batch of images (store.Rows: columns) by path: one lookup per CHUNK paths, one
 executemany for the updates and multi-row INSERTs for the new rows (the ids of consecutive
-AUTOINCREMENT inserts are computed, not read back), and the 'present' counter raised once
-(schema v7 dropped its per-row trigger). Parameters are laid out from the columns, and the
+AUTOINCREMENT inserts are computed, not read back), and the counters moved once (new rows,
+and stored rows marked missing, now present again: schema v7 and v10 dropped the per-row
+triggers). Parameters are laid out from the columns, and the
 float16 blobs cut from the vector matrix by numpy: no Python object or step a row beyond the
 values SQLite binds.
 
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .db import chunked
+from .meta import add_counts
 from .rows import JOIN_BYTES, Rows
 
 # Vectors are written as little-endian float16: half the bytes, cosine to float32 > 0.9999.
@@ -56,9 +58,15 @@ def upsert_many(
     """Write `rows` (paths distinct or not); return every row's id, and the updated ones."""
     paths = rows.paths
     known: dict[str, int] = {}
+    missing: set[int] = set()  # stored rows marked missing: an update makes them present
     for chunk, marks in chunked(paths):
-        query = f"SELECT path, id FROM images WHERE path IN ({marks})"
-        known.update(conn.execute(query, chunk).fetchall())
+        query = f"SELECT path, id, missing FROM images WHERE path IN ({marks})"
+        for path, id_, gone in conn.execute(query, chunk):
+            known[path] = id_
+            if gone:
+                missing.add(id_)
+    if missing:  # (no trigger since schema v10: the counters move here)
+        add_counts(conn, present=len(missing), missing=-len(missing))
     if len(set(paths)) != len(paths):  # the same path twice: the later row replaces the earlier
         return _upsert_each(conn, rows, generation, now, known)
     blobs = _blobs(rows.vectors)
@@ -81,9 +89,7 @@ def upsert_many(
             for chunk, marks in chunked(rows.paths):
                 query = f"SELECT path, id FROM images WHERE path IN ({marks})"
                 known.update(conn.execute(query, chunk).fetchall())
-        conn.execute(
-            "UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key='present'", (len(rows),)
-        )
+        add_counts(conn, present=len(rows))
     return [int(known[p]) for p in paths], updated
 
 
@@ -159,7 +165,7 @@ def _upsert_each(
         if id_ is None:
             cur = conn.execute(insert_sql(1), (*row, now, path))
             id_ = known[path] = int(cur.lastrowid or 0)
-            conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='present'")
+            add_counts(conn, present=1)
         else:
             conn.execute(UPDATE, (*row, id_))
             updated.append(id_)
