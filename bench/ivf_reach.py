@@ -46,7 +46,8 @@ from imgsearch.cpu import native_bf16  # noqa: E402
 from imgsearch.index import kmeans, rotation  # noqa: E402
 from imgsearch.index import policy as P  # noqa: E402
 from imgsearch.index.base import for_adding  # noqa: E402
-from imgsearch.index.segments import FLAT_COARSE_FROM, preassigned  # noqa: E402
+from imgsearch.index.coarse import centre_norms  # noqa: E402
+from imgsearch.index.segments import FLAT_COARSE_FROM, preassigned, search_ivf  # noqa: E402
 
 DIM = 512
 K = 10
@@ -88,10 +89,9 @@ def scan(
         for q in rotation.into_space(index, queries):  # (the IVF's own space)
             dist, lists = flat.search(q[None], nprobe)
             found.append(preassigned(ivf, q[None], depth * K, lists, dist, None)[1][0])
-    else:
-        if isinstance(graph, faiss.IndexHNSW):
-            graph.hnsw.efSearch = max(P.HNSW_MIN_EF, P.HNSW_EF_PER_PROBE * nprobe)
-        found = [index.search(q[None], depth * K)[1][0] for q in queries]
+    else:  # (as the daemon: a centred index's list terms made inner products, coarse.inner)
+        norms = centre_norms(index)
+        found = [search_ivf(index, q[None], depth * K, nprobe, norms)[1][0] for q in queries]
     cpu = (time.thread_time() - start) * 1000 / len(queries)
     return np.array(found), faiss.cvar.indexIVF_stats.ndis / len(queries), cpu
 

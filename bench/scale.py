@@ -393,9 +393,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     vectors = Vectors(args.n, dim, args.dist)
     flags = daemon_flags(args.model)
     out: dict[str, Any] = {"n": args.n, "dim": dim, "dist": args.dist, **machine()}
+    env = {"IMGSEARCH_INDEX_CENTRED": "0"} if args.plain_lists else {}
+    out["lists"] = "plain" if args.plain_lists else "centred"
     with workdir(args) as tmp:
         data_dir, root = tmp / "data", ROOT
-        daemon = Daemon(flags, data_dir, start_timeout=7200)
+        daemon = Daemon(flags, data_dir, start_timeout=7200, env=env)
         with daemon:
             out["model"] = model_id = daemon.get("/stats")["model"]
             if model_id != MODELS[args.model][0]:
@@ -536,6 +538,10 @@ def main() -> None:
     parser.add_argument(
         "--shards-only", action="store_true", help="only write (and cache) the Parquet shards"
     )
+    parser.add_argument(
+        "--plain-lists", action="store_true",
+        help="the IVF lists trained on the vectors as they are (IMGSEARCH_INDEX_CENTRED=0)",
+    )  # fmt: skip
     parser.add_argument(
         "--crossover", type=int, nargs="*", help="only time exact vs IVF at these sizes"
     )

@@ -56,6 +56,9 @@ class Config:
     index_exact_max: int = index_policy.EXACT_MAX
     index_flat_max_bytes: int = index_policy.FLAT_MAX_BYTES
     index_delta_max: int = index_policy.DELTA_MAX
+    # An IVF index's lists trained on the vectors less their mean (index/policy.py: quicker
+    # searches of strongly clustered libraries, slower of embedding-like ones); off by default.
+    index_centred: bool = False
     # recall@10 against exact search that the IVF index's nprobe and re-scoring are tuned for
     # (lower: faster searches that miss more of the true nearest).
     recall: float = index_policy.TARGET_RECALL
@@ -117,6 +120,7 @@ class Config:
             target_recall=self.recall,
             train_bf16=self.precision != "fp32" and native_bf16(),
             tree_from=index_policy.NEVER if native_amx() else index_policy.TREE_FROM,
+            centred=self.index_centred,
         )
 
     def resolved(self) -> Config:

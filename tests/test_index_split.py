@@ -51,11 +51,13 @@ class Counting(ThreadPoolExecutor):
         return super().submit(fn, *args, **kwargs)
 
 
-@pytest.fixture(params=["ivf-pqfs", "ivf-pqfs-hnsw"])
+@pytest.fixture(params=["ivf-pqfs", "ivf-pqfs-hnsw", "ivf-pqfs-centred"])
 def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     policy = Policy(exact_max=100, delta_max=1 << 40)
     if request.param.endswith("hnsw"):
         policy = Policy(exact_max=100, delta_max=1 << 40, hnsw_min_lists=1)
+    if request.param.endswith("centred"):  # lists probed by L2 (kmeans.around)
+        policy = Policy(exact_max=100, delta_max=1 << 40, centred=True)
     catalog = Catalog(tmp_path, "m", DIM, policy)
     items = [
         NewImage(FileFacts(f"/v/{i}.jpg", 1, 1, f"h{i}", 1, 1), v) for i, v in enumerate(vectors(N))
@@ -102,7 +104,8 @@ def test_the_split_search_finds_what_one_thread_finds(
 def test_the_lists_found_on_two_threads_are_the_nearest_centres(catalog: Catalog) -> None:
     """The coarse assignment split in two halves of the centres (a float16 copy of the
     quantizer's own, flat or an HNSW graph's storage) finds each query's nearest lists, best
-    first, their similarities within float16's rounding of the exact ones."""
+    first, their similarities (a centred base's: L2 distances, then made inner products by
+    coarse.inner) within float16's rounding of the exact ones."""
     import faiss
 
     seg = catalog.index._segments
@@ -113,15 +116,24 @@ def test_the_lists_found_on_two_threads_are_the_nearest_centres(catalog: Catalog
     assert np.array_equal(centres, quantizer.reconstruct_n(0, lists))
     assert seg.coarse is not None and seg.coarse.count == lists
     queries = vectors(N + 20)[N:]
-    exact = queries @ centres.T
+    products = queries @ centres.T
+    by_l2 = C.centred(seg.base.index)
+    assert by_l2 == (seg.norms is not None) == seg.base.meta.centred
+    # Nearer: larger (the L2 distances negated)
+    squared = (queries**2).sum(axis=1)[:, None] + (centres**2).sum(axis=1)[None, :]
+    exact = 2 * products - squared if by_l2 else products
+    sign = -1 if by_l2 else 1
     tolerance = 2e-3 * np.abs(queries).sum(axis=1, keepdims=True).max()  # float16: 11 bits
     with ThreadPoolExecutor(1) as helper:
         for nprobe in (1, 5, lists // 2 + 1, lists):
             sims, found = seg.coarse.nearest(queries, nprobe, helper)
             want = np.sort(exact, axis=1)[:, ::-1][:, :nprobe]
             assert found.shape == (len(queries), nprobe)
-            assert np.all(np.diff(sims, axis=1) <= 0)  # best first
-            assert np.allclose(sims, np.take_along_axis(exact, found, axis=1), atol=tolerance)
+            assert np.all(np.diff(sign * sims, axis=1) <= 0)  # best first
+            near = np.take_along_axis(exact, found, axis=1)
+            assert np.allclose(sign * sims, near, atol=2 * tolerance)
+            made = C.inner(queries, found, sims, seg.norms)
+            assert np.allclose(made, np.take_along_axis(products, found, axis=1), atol=tolerance)
             # the nearest lists but for near-ties at the last place
             assert np.allclose(np.take_along_axis(exact, found, axis=1), want, atol=2 * tolerance)
             assert all(len(set(row)) == nprobe for row in found.tolist())  # each list once

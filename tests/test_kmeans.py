@@ -365,3 +365,84 @@ def test_a_tree_not_worth_it_is_made_once_a_k_means(
         plain, plain_lists = kmeans._spherical(x, 40, 4, 0, bf16=False)
         assert lists is not None and plain_lists is not None
         assert np.array_equal(lists, plain_lists) and np.array_equal(through, plain)
+
+
+@pytest.mark.parametrize(("bf16", "two_level_from"), [(False, 1 << 30), (True, 100)])
+def test_centred_lists_rank_by_each_row_s_direction_from_the_mean(
+    bf16: bool, two_level_from: int
+) -> None:
+    """Policy.centred: the lists of embedding-like rows (one shared direction) are trained on
+    the rows less their mean, and kept as the mean plus each list's direction at one length
+    in an L2 quantizer under the inner-product index, so FAISS's own assignment of rows as
+    they are (an add's, a query's probing) ranks the lists by the row's direction from the
+    mean. The sample is handed back unchanged, and every list holds rows."""
+    import faiss
+
+    from imgsearch.index import coarse
+
+    x, lists = cone(12_000, 60, seed=4), 120
+    sample = x.copy()
+    index = faiss.index_factory(DIM, f"IVF{lists},Flat", faiss.METRIC_INNER_PRODUCT)
+    kmeans.train(index, sample, bf16, 3, two_level_from, codes=False, centred=True)
+    np.testing.assert_allclose(sample, x, atol=1e-6)
+    ivf = faiss.extract_index_ivf(index)
+    assert ivf.metric_type == faiss.METRIC_INNER_PRODUCT and coarse.centred(index)
+    assert ivf.quantizer.metric_type == faiss.METRIC_L2
+    centres = ivf.quantizer.reconstruct_n(0, lists)
+    mean = x.mean(axis=0)
+    radii = np.linalg.norm(centres - mean, axis=1)
+    np.testing.assert_allclose(radii, radii[0], rtol=1e-4)
+    by_faiss = ivf.quantizer.search(x, 1)[1][:, 0]
+    by_direction = np.argmax((x - mean) @ (centres - mean).T, axis=1)
+    assert np.mean(by_faiss == by_direction) > 0.999
+    assert (np.bincount(by_faiss, minlength=lists) > 0).all()
+
+
+def test_centred_lists_find_new_queries_neighbours_for_fewer_codes() -> None:
+    """On embedding-like rows, queries probing centred lists compare fewer codes than
+    probing lists trained on the rows as they are (the latter's biggest lists hold the rows
+    nearest the mean, which most queries probe) for the same share of their true top 10."""
+    import faiss
+
+    x = cone(40_000, 200, seed=1)
+    rng = np.random.default_rng(5)
+    noise = 0.05 * rng.standard_normal((300, DIM)).astype(np.float32)
+    queries = x[rng.choice(len(x), 300, replace=False)] + noise
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    truth = faiss.knn(queries, x, 10, metric=faiss.METRIC_INNER_PRODUCT)[1]
+    found: dict[bool, list[tuple[float, float]]] = {}
+    for centred in (False, True):
+        index = faiss.index_factory(DIM, "IVF200,Flat", faiss.METRIC_INNER_PRODUCT)
+        kmeans.train(index, x[:10_000].copy(), True, 3, 1 << 30, codes=False, centred=centred)
+        index.is_trained = True  # (IVF-Flat: nothing else to train)
+        index.add(x)
+        ivf = faiss.extract_index_ivf(index)
+        found[centred] = []
+        for nprobe in (4, 8):
+            ivf.nprobe = nprobe
+            faiss.cvar.indexIVF_stats.reset()
+            hits = index.search(queries, 10)[1]
+            codes = faiss.cvar.indexIVF_stats.ndis / len(queries)
+            recall = np.mean(
+                [len(np.intersect1d(h, t)) / 10 for h, t in zip(hits, truth, strict=True)]
+            )
+            found[centred].append((codes, float(recall)))
+    for (codes, recall), (plain_codes, plain_recall) in zip(found[True], found[False], strict=True):
+        assert codes < 0.9 * plain_codes and recall >= plain_recall - 0.01, found
+
+
+def test_rows_without_a_mean_train_as_they_are() -> None:
+    """A sample whose mean is (near) zero is not centred: its lists are trained as they would
+    be without `centred`, in an inner-product quantizer."""
+    import faiss
+
+    half = cone(3_000, 20, seed=5)
+    x = np.concatenate([half, -half])
+    made = []
+    for centred in (False, True):
+        index = faiss.index_factory(DIM, "IVF40,Flat", faiss.METRIC_INNER_PRODUCT)
+        kmeans.train(index, x.copy(), True, 3, 1 << 30, codes=False, centred=centred)
+        quantizer = faiss.extract_index_ivf(index).quantizer
+        assert quantizer.metric_type == faiss.METRIC_INNER_PRODUCT
+        made.append(quantizer.reconstruct_n(0, 40))
+    np.testing.assert_array_equal(made[0], made[1])

@@ -31,6 +31,7 @@ def about(
         "rescore": meta.rescore or None,
         "tuning_queries": (meta.tune_queries or TUNE_QUERIES) if tuned else None,
         "fine_codes": fine.quantizer.describe() if fine is not None else None,
+        "centred_lists": meta.centred if meta.kind != "exact" else None,
         "trained_at": iso(meta.trained_at),
         "trained_count": meta.trained_count,
         "planned": planned or None,

@@ -78,6 +78,9 @@ class BaseMeta:
     # The recall@10 on stored vectors it aimed at: the target with its margin
     # (policy.tuning_goal); 0: not recorded (bases of earlier versions, margin 0.02).
     aim: float = 0.0
+    # Its lists were trained on the rows less their mean, probed by L2 (policy.Policy.centred;
+    # False: on the rows as they are, by inner product, as every base before 2026-12-07).
+    centred: bool = False
 
     @property
     def provisional(self) -> bool:

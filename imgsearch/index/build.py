@@ -23,6 +23,7 @@ from . import fine as F
 from . import idsets, kmeans, rotation
 from . import policy as P
 from .base import READ_INTO_RAM, Base, BaseMeta, emptied, for_adding, ivf
+from .coarse import centred
 from .codes import Encoded, encoded, merge_into
 from .hits import exact_among, merge
 from .placing import Placer
@@ -82,7 +83,7 @@ def build(
             raise RuntimeError("the rows sampled for training are no longer stored")
         lists = kmeans.train(
             index, train, policy.train_bf16, P.SEED, policy.two_level_min_lists, policy.tree_from,
-            codes=not rotated, stop=stop,
+            codes=not rotated, stop=stop, centred=policy.centred,
         )  # fmt: skip
         fitted = rotation.fit(index, train, lists) if rotated else None
         share = fitted.share(rotation.coded(index)) if fitted else 1.0
@@ -129,6 +130,7 @@ def build(
         model_id, dim, spec.kind, spec.factory, generation, len(all_ids), len(all_ids),
         time.time(), nprobe, recall, rescore, len(all_ids), fine.name if fine else "",
         policy.target_recall, tune_queries, P.tuning_goal(policy.target_recall),
+        centred(index),
     )  # fmt: skip
     log.info(
         "index built: %s, %d vectors in %.1fs (nprobe %d, recall@10 %.3f, rescore %d)",
@@ -160,7 +162,7 @@ def _unrotated(
     plain = P.unrotated(spec, dim)
     made: Any = faiss.index_factory(dim, plain.factory, faiss.METRIC_INNER_PRODUCT)
     lists: Any = faiss.extract_index_ivf(index)
-    faiss.extract_index_ivf(made).quantizer.add(lists.quantizer.reconstruct_n(0, lists.nlist))
+    kmeans.copy_lists(lists, faiss.extract_index_ivf(made))
     made.train(np.ascontiguousarray(sample, np.float32))
     log.info(
         "codes on the residuals' first directions would keep %.0f%% of their variance (under "

@@ -56,6 +56,8 @@ REFINE_ITERATIONS = 2
 ASSIGN_ROWS = 16_384
 # A `tree_from` that never comes (Policy.tree_from's default).
 NEVER = 1 << 62
+# A sample whose mean is shorter than this is trained as it is (`_mean`).
+MIN_MEAN = 1e-6
 
 
 def train(
@@ -67,14 +69,17 @@ def train(
     tree_from: int = NEVER,
     codes: bool = True,
     stop: threading.Event | None = None,
+    centred: bool = False,
 ) -> np.ndarray | None:
     """Train `index` (an index_factory IVF index) on `sample`: its codes unless not `codes`
     (rotation.train sets them), and its coarse lists by `two_level`
     from `two_level_from` lists, else by ten iterations of bfloat16 k-means when `bf16`
     (Policy.train_bf16: the CPU runs bfloat16 natively) or FAISS's float32 one. Iterations
     into at least `tree_from` lists assign rows through a tree of the centres (tree.py).
-    Returns each sample row's list as the last iteration assigned it (the centres moved
-    once more after it: near-best, not best), or None where FAISS's k-means ran. Raises
+    `centred`: the lists are those of the sample less its mean, their centres their rows'
+    means, searched by L2 (`around`; the sample is changed meanwhile and put back). Returns
+    each sample row's list as the last iteration assigned it (the centres moved once more
+    after it: near-best, not best), or None where FAISS's k-means ran. Raises
     stopping.Stopped soon after `stop` is set (between blocks of ASSIGN_ROWS rows)."""
     import faiss
 
@@ -82,35 +87,120 @@ def train(
     started = time.monotonic()
     split = ivf.nlist >= two_level_from
     assign = None
-    if len(sample) >= ivf.nlist and (bf16 or split or ivf.nlist >= tree_from):
-        # Torch loaded first (the daemon's model) holds the OpenMP runtime FAISS calls, and
-        # its first op in a thread sets the thread's team to torch's default (half the
-        # cores): FAISS's is put back after, or the adds and tuning that follow run on one.
-        faiss_threads = faiss.omp_get_max_threads()
+    mean = _mean(sample) if centred and len(sample) >= ivf.nlist and _flat(ivf) else None
+    if mean is not None or (len(sample) >= ivf.nlist and (bf16 or split or ivf.nlist >= tree_from)):
+        if mean is not None:
+            sample -= mean  # (in place, put back below: the sample is 0.7-1.7 GB at 10M)
         try:
-            with torch_threads(os.cpu_count() or 1):  # as FAISS's k-means: every core
-                lists = ivf.nlist
-                if split:
-                    centres, assign = _two_level(
-                        sample, lists, bf16, seed, tree_from=tree_from, stop=stop
-                    )
-                else:
-                    centres, assign = _spherical(
-                        sample, lists, ITERATIONS, seed, None, tree_from, bf16, stop
-                    )
+            centres, assign = _lists(sample, ivf.nlist, bf16, seed, split, tree_from, stop)
+            if mean is not None:
+                centres = around(centres, sample, assign, mean)
         finally:
-            faiss.omp_set_num_threads(faiss_threads)
-        ivf.quantizer.add(centres)  # a quantizer holding nlist centres: FAISS skips its k-means
+            if mean is not None:
+                sample += mean
+        if mean is not None:
+            l2_lists(ivf, centres)
+        else:  # a quantizer holding nlist centres: FAISS skips its k-means
+            ivf.quantizer.add(centres)
         log.info(
-            "k-means (%s%s): %d x %d to %d lists in %.1fs", "two-level, " if split else "",
+            "k-means (%s%s): %d x %d to %d lists in %.1fs%s", "two-level, " if split else "",
             "tree where worth it" if ivf.nlist >= tree_from else "bf16" if bf16 else "fp32",
             len(sample), ivf.d, ivf.nlist, time.monotonic() - started,
+            "" if mean is None else f", centred (a mean of length {np.linalg.norm(mean):.3f})",
         )  # fmt: skip
     if not codes:
         return assign
     index.train(sample)  # the codes (PQ on residuals), and the lists unless done above
     log.info("index trained on %d vectors in %.1fs", len(sample), time.monotonic() - started)
     return assign
+
+
+def _lists(
+    sample: np.ndarray,
+    lists: int,
+    bf16: bool,
+    seed: int,
+    split: bool,
+    tree_from: int,
+    stop: threading.Event | None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """`train`'s k-means: unit centres and each row's list by the last iteration."""
+    import faiss
+
+    # Torch loaded first (the daemon's model) holds the OpenMP runtime FAISS calls, and
+    # its first op in a thread sets the thread's team to torch's default (half the
+    # cores): FAISS's is put back after, or the adds and tuning that follow run on one.
+    faiss_threads = faiss.omp_get_max_threads()
+    try:
+        with torch_threads(os.cpu_count() or 1):  # as FAISS's k-means: every core
+            if split:
+                return _two_level(sample, lists, bf16, seed, tree_from=tree_from, stop=stop)
+            return _spherical(sample, lists, ITERATIONS, seed, None, tree_from, bf16, stop)
+    finally:
+        faiss.omp_set_num_threads(faiss_threads)
+
+
+def _mean(sample: np.ndarray) -> np.ndarray | None:
+    """The mean of `sample`'s rows (None where it is all but zero: nothing to centre)."""
+    mean = sample.mean(axis=0, dtype=np.float64).astype(np.float32)
+    return mean if float(np.linalg.norm(mean)) > MIN_MEAN else None
+
+
+def _flat(ivf: Any) -> bool:
+    """Whether an IVF index's coarse quantizer is a flat one (not an HNSW graph)."""
+    import faiss
+
+    return isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexFlat)
+
+
+def around(
+    centres: np.ndarray, shifted: np.ndarray, assign: np.ndarray | None, mean: np.ndarray
+) -> np.ndarray:
+    """Centres for rows as they are from the unit `centres` of `shifted` (the rows less
+    their `mean`): `mean` plus each one scaled to the median length of the shifted rows'
+    projections on their own (by `assign`, else by their nearest). All are then at one
+    distance from `mean`, so a row's or a query's L2 distances to them rank the lists as its
+    own direction from the mean does, and a row's residual is about as short as from its
+    list's mean."""
+    import faiss
+
+    if assign is None:
+        found = faiss.knn(np.ascontiguousarray(shifted), centres, 1, faiss.METRIC_INNER_PRODUCT)
+        assign = found[1][:, 0]
+    lengths = np.zeros(len(shifted), np.float32)
+    for first in range(0, len(shifted), ASSIGN_ROWS):
+        block = slice(first, first + ASSIGN_ROWS)
+        lengths[block] = np.einsum("ij,ij->i", shifted[block], centres[assign[block]])
+    scale = max(float(np.median(lengths)), MIN_MEAN)
+    return np.ascontiguousarray(mean + scale * centres, np.float32)
+
+
+def l2_lists(ivf: Any, centres: np.ndarray) -> None:
+    """Give `ivf` (an IVF index over inner product, its flat quantizer empty or not) a flat
+    L2 quantizer holding `centres`: its lists' own order (rows and queries probe by L2)."""
+    import faiss
+
+    quantizer: Any = faiss.IndexFlatL2(ivf.d)
+    quantizer.add(np.ascontiguousarray(centres, np.float32))
+    old = ivf.quantizer
+    owned = bool(ivf.own_fields)
+    quantizer.this.disown()  # the index deletes it with itself
+    ivf.quantizer, ivf.own_fields = quantizer, True
+    if owned:
+        old.this.acquire()  # (the index owned the old one: Python deletes it now)
+    del old
+
+
+def copy_lists(source: Any, target: Any) -> None:
+    """Give the IVF index `target` the trained lists of the IVF index `source` (their
+    centres, and an L2 quantizer where `source` has one: a centred training's)."""
+    import faiss
+
+    centres = source.quantizer.reconstruct_n(0, source.nlist)
+    if source.quantizer.metric_type == faiss.METRIC_L2 and target.metric_type != faiss.METRIC_L2:
+        l2_lists(target, centres)
+    else:
+        target.quantizer.add(centres)
 
 
 def two_level(

@@ -43,6 +43,9 @@ class Placer:
     slots: int  # codes a block holds (32)
     code_size: int  # bytes of one unpacked code (M / 2)
     coded: Coded | None = None  # a rotated template's coded directions (rotation.py)
+    # The lists' order is L2's (a centred template, kmeans.around): each centre compared
+    # with one more coordinate, minus half its squared length, each row with a 1 there.
+    lifted: bool = False
 
     @classmethod
     def of(
@@ -54,8 +57,9 @@ class Placer:
         threads, None: the caller's team; else by a bfloat16 product where `bf16`), or None
         where FAISS adds them itself: without `bf16`, fewer lists than `tree_from` or a
         tree not worth it (assigning.assigner), other kinds than fast-scan PQ over a flat
-        inner-product quantizer (an exact index, IVF-Flat, an HNSW coarse quantizer of an
-        earlier version), or an unknown block layout."""
+        quantizer (inner product, or L2: a centred template's, `lifted`; not an exact index,
+        IVF-Flat, an HNSW coarse quantizer of an earlier version), or an unknown block
+        layout."""
         import faiss
         import torch
 
@@ -72,6 +76,7 @@ class Placer:
         quantizer = faiss.downcast_index(ivf.quantizer)
         if not isinstance(quantizer, faiss.IndexFlat) or quantizer.ntotal != ivf.nlist:
             return None
+        lifted = quantizer.metric_type == faiss.METRIC_L2
         layout = _layout(ivf)
         if layout is None:
             return None
@@ -80,6 +85,9 @@ class Placer:
         coded = Coded.of(template, int(ivf.M))  # rows placed unrotated, by these centres:
         if coded is not None:
             centres = coded.unrotated(centres)
+        if lifted:  # x . c - |c|^2 / 2 ranks the centres as -|x - c|^2 does
+            half = -0.5 * np.einsum("ij,ij->i", centres, centres)
+            centres = np.ascontiguousarray(np.hstack([centres, half[:, None]]), np.float32)
         packer = ivf.get_CodePacker()
         with faiss_team():
             made = assigner(centres, bf16, tree, group_threads=group_threads)
@@ -87,7 +95,7 @@ class Placer:
             return None
         at = np.argsort(layout).reshape(packer.nvec, -1)  # each (slot, sub-code)'s 4 bits
         byte, shift = torch.from_numpy(at // 2), torch.from_numpy((at % 2 * 4).astype(np.uint8))
-        return cls(made, byte, shift, packer.nvec, packer.code_size, coded)
+        return cls(made, byte, shift, packer.nvec, packer.code_size, coded, lifted)
 
     def fill(
         self, batch: Any, ids: np.ndarray, vectors: np.ndarray
@@ -104,7 +112,7 @@ class Placer:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         x = np.ascontiguousarray(vectors, np.float32)
         with faiss_team():  # the team add_with_ids would have used
-            lists = self.centres.nearest(x)
+            lists = self.centres.nearest(_lift(x) if self.lifted else x)
             if self.coded is not None:
                 x = self.coded.encodable(x)
             codes = np.empty((n, self.code_size), np.uint8)
@@ -200,6 +208,11 @@ def _layout(ivf: Any) -> np.ndarray | None:
     if not np.array_equal(np.sort(found), where):
         return None
     return found
+
+
+def _lift(x: np.ndarray) -> np.ndarray:
+    """Rows with one more coordinate, 1 (Placer.lifted)."""
+    return np.ascontiguousarray(np.hstack([x, np.ones((len(x), 1), x.dtype)]), np.float32)
 
 
 def _is_ivf(index: Any) -> bool:

@@ -255,6 +255,15 @@ class Policy:
     # Lists from which rows are assigned through a tree of the centres (TREE_FROM where the
     # CPU has no AMX: Config.index_policy); never by default.
     tree_from: int = NEVER
+    # The lists trained on the sample less its mean, rows and queries probing them by L2
+    # (kmeans.around; Config.index_centred, IMGSEARCH_INDEX_CENTRED=1). Off by default:
+    # trained on the rows as they are, the lists of 1M clustered vectors were 3.14 times as
+    # uneven as even ones (their biggest hold the rows nearest the mean, which most queries
+    # probe) and centred ones 1.15, for 0.84x the search's FAISS time at the same recall
+    # target; but on 1M spectral vectors (real embeddings' spectrum) the centred lists needed
+    # 1,489 probed for it against 929, 1.45x the time (bench/scale.py --plain-lists A/B,
+    # bench/centring.py; docs/BENCHMARKS.md).
+    centred: bool = False
 
     @property
     def places(self) -> bool:

@@ -23,7 +23,7 @@ import numpy as np
 from . import idsets
 from . import policy as P
 from .base import Base
-from .coarse import Coarse
+from .coarse import Coarse, centre_norms, inner
 from .codes import Encoded, Precoded, encoded, lone_scans, lone_view, merge_into
 from .hits import merge
 from .placing import Placer
@@ -65,6 +65,7 @@ class Segments:
         self.members = np.zeros(0, dtype=np.uint8)
         self.graph = hnsw(base.index)  # an HNSW coarse quantizer (efSearch follows nprobe)
         self.coarse = Coarse.of(base.index)  # its lists' centres as float16, for a split search
+        self.norms = centre_norms(base.index)  # a centred base's (coarse.inner)
         self.transform = transform_of(base.index)  # a rotated base's (its queries rotated first)
         self.lone = lone_view(base.index)  # its lists, scanned for one query at a time
         lone_scans(self.recent)
@@ -224,16 +225,14 @@ class Segments:
                 sel = faiss.IDSelectorAnd(sel, allow)
                 keep.append(sel)
         ivf = self.base.meta.kind != "exact" and self.base.index.ntotal
-        # A coded recent segment has the base's lists (its template's): the base's coarse
-        # assignment serves it too, where FAISS's own search would make it again (16,384
-        # centres x 512: 1.4-2.7 ms on one thread; 4.5-5.1 ms at 16,000 x 1280: bench/coarse.py).
-        shared = bool(ivf) and self.coded and bool(self.recent.ntotal)
+        # An IVF base's coarse assignment is made here (as FAISS's own search would make it,
+        # but a centred base's similarities: coarse.inner). A coded recent segment has the
+        # base's lists (its template's): the assignment serves it too, where FAISS's own
+        # search would make it again (16,384 centres x 512: 1.4-2.7 ms on one thread; 4.5-5.1
+        # ms at 16,000 x 1280: bench/coarse.py). A lone query's lists are scanned through the
+        # lone view.
         assigned: Assigned | None = None
-        # A lone query's assignment is made here too (the base's own search would make it the
-        # same way), its lists scanned through the lone view.
-        lone = self._lone(queries) is not None
-        graph = self.graph and nprobe >= FLAT_COARSE_FROM
-        if ivf and (shared or lone or helper is not None or graph):
+        if ivf:
             part, assigned = self._search_assigned(queries, k, sel, nprobe, helper)
             parts = [part]
         else:
@@ -246,8 +245,10 @@ class Segments:
                 if assigned is not None and self.coded:
                     recent = faiss.extract_index_ivf(self.recent)
                     parts.append(preassigned(recent, *assigned.of(kk), allow))
+                elif self.coded:  # (an IVF base that holds nothing)
+                    parts.append(search_ivf(self.recent, queries, kk, nprobe, self.norms, allow))
                 else:
-                    params = search_params(self.coded, allow, nprobe, self.graph)
+                    params = search_params(False, allow, nprobe)
                     parts.append(self.recent.search(queries, kk, params=params))
         if stages is not None:
             end = time.perf_counter()
@@ -258,10 +259,11 @@ class Segments:
     def _search_base(
         self, queries: np.ndarray, k: int, sel: Any, nprobe: int
     ) -> tuple[np.ndarray, np.ndarray]:
+        """An exact base's search (an IVF base's: _search_assigned)."""
         index = self.base.index
         if not index.ntotal:
             return np.full((len(queries), 0), -np.inf, np.float32), np.zeros((len(queries), 0))
-        params = search_params(self.base.meta.kind != "exact", sel, nprobe, self.graph)
+        params = search_params(False, sel, nprobe)
         sims, ids = index.search(queries, min(k, int(index.ntotal)), params=params)
         return sims, ids
 
@@ -284,16 +286,9 @@ class Segments:
         queries = rotated(self.transform, queries)  # (a rotated index's own space)
         if helper is not None and self.coarse is not None:
             dist, lists = self.coarse.nearest(queries, nprobe, helper)
-        elif self.graph and nprobe >= FLAT_COARSE_FROM:
-            graph = faiss.downcast_index(ivf.quantizer)
-            quantizer = faiss.downcast_index(graph.storage)  # type: ignore[attr-defined]
-            dist, lists = quantizer.search(queries, nprobe)
         else:
-            coarse: Any = None
-            if self.graph:
-                coarse = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
-                coarse.efSearch = max(P.HNSW_MIN_EF, P.HNSW_EF_PER_PROBE * nprobe)
-            dist, lists = ivf.quantizer.search(queries, nprobe, params=coarse)
+            dist, lists = probe(ivf, queries, nprobe, self.graph)
+        dist = inner(queries, lists, dist, self.norms)
         kk = min(k, int(ivf.ntotal))
         assigned = Assigned(queries, lists, dist)
         scan = lone if (lone := self._lone(queries)) is not None else ivf
@@ -339,6 +334,40 @@ def search_params(ivf: bool, sel: Any, nprobe: int, graph: bool = False) -> Any:
         params.quantizer_params = coarse
         params.keep = coarse  # SWIG holds a bare pointer: the Python object must outlive it
     return params
+
+
+def probe(ivf: Any, queries: np.ndarray, nprobe: int, graph: bool) -> tuple[Any, Any]:
+    """FAISS's coarse assignment of `queries` (in the IVF index's space) to their nprobe
+    nearest lists, as its own search makes it (distances as its quantizer gives them: L2 for
+    a centred base, coarse.inner); over an HNSW quantizer (`graph`), by a flat scan of its
+    centroids from FLAT_COARSE_FROM lists, else at efSearch policy.HNSW_EF_PER_PROBE x nprobe."""
+    import faiss
+
+    if graph and nprobe >= FLAT_COARSE_FROM:
+        graph_index: Any = faiss.downcast_index(ivf.quantizer)
+        quantizer = faiss.downcast_index(graph_index.storage)
+        return quantizer.search(queries, nprobe)
+    coarse: Any = None
+    if graph:
+        coarse = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+        coarse.efSearch = max(P.HNSW_MIN_EF, P.HNSW_EF_PER_PROBE * nprobe)
+    return ivf.quantizer.search(queries, nprobe, params=coarse)  # type: ignore[no-any-return]
+
+
+def search_ivf(
+    index: Any, queries: np.ndarray, k: int, nprobe: int, norms: np.ndarray | None,
+    sel: Any = None,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """An IVF index's search (rotated or not) as a base's is made (`probe`, coarse.inner with
+    the index's centre_norms, `preassigned`, ids filtered by `sel`) for callers without a
+    base's assignment: a tuning's, a coded recent segment's beside an empty base."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    queries = rotated(transform_of(index), np.ascontiguousarray(queries, np.float32))
+    nprobe = min(nprobe, ivf.nlist)
+    dist, lists = probe(ivf, queries, nprobe, hnsw(index))
+    return preassigned(ivf, queries, k, lists, inner(queries, lists, dist, norms), sel)
 
 
 def preassigned(

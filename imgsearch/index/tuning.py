@@ -21,9 +21,10 @@ import numpy as np
 
 from . import fine as F
 from . import policy as P
+from .coarse import centre_norms
 from .hits import Fetch, rescored
 from .rotation import transform_of
-from .segments import hnsw, search_params
+from .segments import search_ivf
 from .stopping import Stopped
 
 log = logging.getLogger(__name__)
@@ -199,11 +200,10 @@ def _recall(
         raise Stopped
     k = P.RECALL_K
     q_ids, vectors = queries
-    params = search_params(True, None, nprobe, hnsw(index))
     read = (k + 1) * max(1, rescore)
     rotated = transform_of(index) is not None
     pool = F.pool(k + 1, read, rotated) if rescore and fine is not None else read
-    _, ids = index.search(vectors, pool, params=params)
+    _, ids = search_ivf(index, vectors, pool, nprobe, centre_norms(index))
     if pool > read and fine is not None:
         ids = fine.rank(vectors, ids, read)
     if rescore:
