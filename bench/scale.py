@@ -393,8 +393,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     vectors = Vectors(args.n, dim, args.dist)
     flags = daemon_flags(args.model)
     out: dict[str, Any] = {"n": args.n, "dim": dim, "dist": args.dist, **machine()}
-    env = {"IMGSEARCH_INDEX_CENTRED": "0"} if args.plain_lists else {}
-    out["lists"] = "plain" if args.plain_lists else "centred"
+    env = {"IMGSEARCH_INDEX_CENTRED": "1"} if args.centred_lists else {}
+    out["lists"] = "centred" if args.centred_lists else "plain"
     with workdir(args) as tmp:
         data_dir, root = tmp / "data", ROOT
         daemon = Daemon(flags, data_dir, start_timeout=7200, env=env)
@@ -539,8 +539,8 @@ def main() -> None:
         "--shards-only", action="store_true", help="only write (and cache) the Parquet shards"
     )
     parser.add_argument(
-        "--plain-lists", action="store_true",
-        help="the IVF lists trained on the vectors as they are (IMGSEARCH_INDEX_CENTRED=0)",
+        "--centred-lists", action="store_true",
+        help="the IVF lists trained on the vectors less their mean (IMGSEARCH_INDEX_CENTRED=1)",
     )  # fmt: skip
     parser.add_argument(
         "--crossover", type=int, nargs="*", help="only time exact vs IVF at these sizes"

@@ -57,7 +57,7 @@ class Config:
     index_flat_max_bytes: int = index_policy.FLAT_MAX_BYTES
     index_delta_max: int = index_policy.DELTA_MAX
     # An IVF index's lists trained on the vectors less their mean (index/policy.py: quicker
-    # searches of strongly clustered libraries, slower of embedding-like ones); off by default.
+    # searches of 1M strongly clustered vectors, slower at 3M and of embedding-like ones); off.
     index_centred: bool = False
     # recall@10 against exact search that the IVF index's nprobe and re-scoring are tuned for
     # (lower: faster searches that miss more of the true nearest).

@@ -260,9 +260,9 @@ class Policy:
     # trained on the rows as they are, the lists of 1M clustered vectors were 3.14 times as
     # uneven as even ones (their biggest hold the rows nearest the mean, which most queries
     # probe) and centred ones 1.15, for 0.84x the search's FAISS time at the same recall
-    # target; but on 1M spectral vectors (real embeddings' spectrum) the centred lists needed
-    # 1,489 probed for it against 929, 1.45x the time (bench/scale.py --plain-lists A/B,
-    # bench/centring.py; docs/BENCHMARKS.md).
+    # target; but at 3M clustered 1.23x (8,357 lists probed against 1,235), and on 1M
+    # spectral vectors (real embeddings' spectrum) 1.45x (bench/scale.py --centred-lists
+    # A/B, bench/centring.py; docs/BENCHMARKS.md).
     centred: bool = False
 
     @property
