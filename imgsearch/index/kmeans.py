@@ -76,8 +76,8 @@ def train(
     from `two_level_from` lists, else by ten iterations of bfloat16 k-means when `bf16`
     (Policy.train_bf16: the CPU runs bfloat16 natively) or FAISS's float32 one. Iterations
     into at least `tree_from` lists assign rows through a tree of the centres (tree.py).
-    `centred`: the lists are those of the sample less its mean, their centres their rows'
-    means, searched by L2 (`around`; the sample is changed meanwhile and put back). Returns
+    `centred`: the lists are those of the sample less its mean, kept in an L2 quantizer
+    (`around`; the sample is changed meanwhile and put back). Returns
     each sample row's list as the last iteration assigned it (the centres moved once more
     after it: near-best, not best), or None where FAISS's k-means ran. Raises
     stopping.Stopped soon after `stop` is set (between blocks of ASSIGN_ROWS rows)."""
@@ -89,19 +89,16 @@ def train(
     assign = None
     mean = _mean(sample) if centred and len(sample) >= ivf.nlist and _flat(ivf) else None
     if mean is not None or (len(sample) >= ivf.nlist and (bf16 or split or ivf.nlist >= tree_from)):
-        if mean is not None:
-            sample -= mean  # (in place, put back below: the sample is 0.7-1.7 GB at 10M)
-        try:
+        if mean is None:
             centres, assign = _lists(sample, ivf.nlist, bf16, seed, split, tree_from, stop)
-            if mean is not None:
-                centres = around(centres, sample, assign, mean)
-        finally:
-            if mean is not None:
+            ivf.quantizer.add(centres)  # a quantizer holding nlist centres: FAISS skips its k-means
+        else:
+            sample -= mean  # (in place, put back below: the sample is 0.7-1.7 GB at 10M)
+            try:
+                centres, assign = _lists(sample, ivf.nlist, bf16, seed, split, tree_from, stop)
+                l2_lists(ivf, around(centres, sample, assign, mean))
+            finally:
                 sample += mean
-        if mean is not None:
-            l2_lists(ivf, centres)
-        else:  # a quantizer holding nlist centres: FAISS skips its k-means
-            ivf.quantizer.add(centres)
         log.info(
             "k-means (%s%s): %d x %d to %d lists in %.1fs%s", "two-level, " if split else "",
             "tree where worth it" if ivf.nlist >= tree_from else "bf16" if bf16 else "fp32",

@@ -329,8 +329,7 @@ def search_params(ivf: bool, sel: Any, nprobe: int, graph: bool = False) -> Any:
     if ivf:
         params.nprobe = nprobe
     if ivf and graph:
-        coarse = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
-        coarse.efSearch = max(P.HNSW_MIN_EF, P.HNSW_EF_PER_PROBE * nprobe)
+        coarse = hnsw_params(nprobe)
         params.quantizer_params = coarse
         params.keep = coarse  # SWIG holds a bare pointer: the Python object must outlive it
     return params
@@ -347,11 +346,18 @@ def probe(ivf: Any, queries: np.ndarray, nprobe: int, graph: bool) -> tuple[Any,
         graph_index: Any = faiss.downcast_index(ivf.quantizer)
         quantizer = faiss.downcast_index(graph_index.storage)
         return quantizer.search(queries, nprobe)
-    coarse: Any = None
-    if graph:
-        coarse = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
-        coarse.efSearch = max(P.HNSW_MIN_EF, P.HNSW_EF_PER_PROBE * nprobe)
+    coarse = hnsw_params(nprobe) if graph else None
     return ivf.quantizer.search(queries, nprobe, params=coarse)  # type: ignore[no-any-return]
+
+
+def hnsw_params(nprobe: int) -> Any:
+    """An HNSW coarse quantizer's search parameters for nprobe lists: efSearch at least
+    policy.HNSW_EF_PER_PROBE * nprobe."""
+    import faiss
+
+    params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+    params.efSearch = max(P.HNSW_MIN_EF, P.HNSW_EF_PER_PROBE * nprobe)
+    return params
 
 
 def search_ivf(
