@@ -38,7 +38,7 @@ from imgsearch.index import kmeans, rotation  # noqa: E402
 from imgsearch.index import policy as P  # noqa: E402
 from imgsearch.index.base import for_adding  # noqa: E402
 from imgsearch.index.hits import merge  # noqa: E402
-from imgsearch.index.segments import preassigned  # noqa: E402
+from imgsearch.index.scans import preassigned  # noqa: E402
 
 DIM = 512
 

@@ -46,8 +46,9 @@ from imgsearch.cpu import native_bf16  # noqa: E402
 from imgsearch.index import kmeans, rotation  # noqa: E402
 from imgsearch.index import policy as P  # noqa: E402
 from imgsearch.index.base import for_adding  # noqa: E402
+from imgsearch.index.build import _unrotated  # noqa: E402
 from imgsearch.index.coarse import centre_norms  # noqa: E402
-from imgsearch.index.segments import FLAT_COARSE_FROM, preassigned, search_ivf  # noqa: E402
+from imgsearch.index.scans import FLAT_COARSE_FROM, preassigned, search_ivf  # noqa: E402
 
 DIM = 512
 K = 10
@@ -147,7 +148,13 @@ def build(
         kmeans.train(index, sample, native_bf16(), P.SEED, P.TWO_LEVEL_MIN_LISTS)
     else:
         kmeans.train(index, sample, train == "bf16", P.SEED, never)
-    index = rotation.train(index, sample) if rotated else index  # (the codes trained again)
+    if (
+        rotated
+        and rotation.fit(index, sample).share(rotation.coded(index)) < rotation.MIN_CODED_SHARE
+    ):
+        spec, index = _unrotated(spec, index, sample, x.shape[1], 0.0)  # (as build.py decides)
+    elif rotated:
+        index = rotation.train(index, sample)  # (the codes trained again)
     trained = time.perf_counter() - start
     for_adding(index)
     index.add(x)

@@ -12,7 +12,7 @@ the probed lists hold (a query's nearest lists are often bigger than the average
 ms a million codes cost, which the marginal figure between two nprobe values states without
 the coarse assignment and the per-query overhead. The coarse assignment alone is timed too
 (the quantizer's search for nprobe lists). --implem 0 11 then times the scan alone as the
-daemon's lone searches make it (`segments.preassigned`, on one thread and split over two),
+daemon's lone searches make it (`scans.preassigned`, on one thread and split over two),
 with each FAISS `implem` in turns for each query (at the last --k), paired, and all the
 queries at once on two threads (a tuning's batch). --paired times the whole search at each
 --nprobe in turns for each query instead of one --nprobe after another. Prints the CPU
@@ -149,7 +149,7 @@ def paired(index: Any, queries: np.ndarray, args: argparse.Namespace) -> dict[st
 
 def implems(index: Any, ivf: Any, queries: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
     """The scan alone, as the daemon's lone searches make it (the lists found first, then
-    `segments.preassigned`: one thread, and split as the daemon splits it, every other list on
+    `scans.preassigned`: one thread, and split as the daemon splits it, every other list on
     a second thread), with each of FAISS's `implem` values of --implem in turns for each
     query, --rounds times over the queries: p50 ms each, and the median ratio of each to the
     first one for the same query (paired: the machine's drift cancels out). Then every query
@@ -158,7 +158,7 @@ def implems(index: Any, ivf: Any, queries: np.ndarray, args: argparse.Namespace)
     import faiss
 
     from imgsearch.index.rotation import rotated, transform_of
-    from imgsearch.index.segments import preassigned
+    from imgsearch.index.scans import preassigned
 
     queries = rotated(transform_of(index), queries)  # (a rotated index's lists are in its space)
     helper = ThreadPoolExecutor(1, "helper", lambda: faiss.omp_set_num_threads(1))

@@ -18,7 +18,7 @@ from imgsearch.index import Policy
 from imgsearch.index import coarse as C
 from imgsearch.index import reads as R
 from imgsearch.index import rotation as R_
-from imgsearch.index import segments as S
+from imgsearch.index import scans as S
 from imgsearch.store import FileFacts, NewImage
 
 DIM = 32

@@ -21,19 +21,22 @@ from typing import Any
 import numpy as np
 
 from . import idsets
-from . import policy as P
 from .base import Base
 from .coarse import Coarse, centre_norms, inner
 from .codes import Encoded, Precoded, encoded, lone_scans, lone_view, merge_into
 from .hits import merge
 from .placing import Placer
 from .rotation import rotated, transform_of
+from .scans import (
+    hnsw,
+    preassigned,
+    probe,
+    search_ivf,
+    search_params,
+    split_scan,
+)
+from .staged import staged, unprobed
 
-# From this many lists probed, an HNSW coarse quantizer is searched by a flat scan of its
-# centroids (exact, and quicker: at 10M, 12,649 centroids, 1,051 probed: 1.0 ms against 1.8
-# with efSearch 1,051 and 3.0 with 2,102; the same recall, bench/big_search.py).
-FLAT_COARSE_FROM = 256
-# A logged change: (database generation, "add" or "remove", ids, and for an add its vectors,
 # or its codes where they fit the segments it is replayed into: a compaction's, same template).
 Change = tuple[int, str, np.ndarray, np.ndarray | Encoded | None]
 
@@ -203,10 +206,15 @@ class Segments:
         nprobe: int,
         helper: Executor | None = None,
         stages: dict[str, float] | None = None,
+        patience: int = 0,
+        results: int = 0,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Best k of base and recent segment: (similarities, ids), -1 padded. With `helper`
-        (a thread), an IVF base's probed lists are scanned half there, half here. `stages`
-        receives the ms spent on the base, waiting for `lock` and on the recent segment."""
+        (a thread), an IVF base's probed lists are scanned half there, half here. With
+        `patience`, an IVF base's nprobe lists are probed in stages until that many stages in
+        a row bring nothing into a query's running best (staged.py: for `results` asked, k
+        if 0). `stages` receives the ms
+        spent on the base, waiting for `lock` and on the recent segment."""
         import faiss
 
         start = time.perf_counter()
@@ -233,7 +241,9 @@ class Segments:
         # lone view.
         assigned: Assigned | None = None
         if ivf:
-            part, assigned = self._search_assigned(queries, k, sel, nprobe, helper)
+            part, assigned = self._search_assigned(
+                queries, k, sel, nprobe, helper, patience, results or k
+            )
             parts = [part]
         else:
             parts = [self._search_base(queries, k, sel, nprobe)]
@@ -272,13 +282,15 @@ class Segments:
         return self.lone if len(queries) == 1 else None
 
     def _search_assigned(
-        self, queries: np.ndarray, k: int, sel: Any, nprobe: int, helper: Executor | None
-    ) -> tuple[tuple[np.ndarray, np.ndarray], Assigned]:
+        self, queries: np.ndarray, k: int, sel: Any, nprobe: int, helper: Executor | None,
+        patience: int = 0, results: int = 0,
+    ) -> tuple[tuple[np.ndarray, np.ndarray], Assigned]:  # fmt: skip
         """The base search with the coarse assignment made here (over an HNSW quantizer's
         centroids by a flat scan from FLAT_COARSE_FROM lists), then with `helper` on two
         threads: every other probed list scanned there (FAISS releases the GIL), the rest
         here, the two best-k merged; the nearest lists alternate, so both halves do about
-        the same work."""
+        the same work. With `patience`, the lists in stages (staged.py; the assignment then
+        holds only the lists each query probed)."""
         import faiss
 
         ivf = faiss.extract_index_ivf(self.base.index)
@@ -292,11 +304,14 @@ class Segments:
         kk = min(k, int(ivf.ntotal))
         assigned = Assigned(queries, lists, dist)
         scan = lone if (lone := self._lone(queries)) is not None else ivf
-        if helper is None:
-            return preassigned(scan, queries, kk, lists, dist, sel), assigned
-        other = helper.submit(preassigned, scan, queries, kk, lists[:, 1::2], dist[:, 1::2], sel)
-        mine = preassigned(scan, queries, kk, lists[:, ::2], dist[:, ::2], sel)
-        return merge([mine, other.result()], k), assigned
+        if not patience:
+            return split_scan(scan, queries, kk, lists, dist, sel, helper), assigned
+
+        def stage(rows: np.ndarray, some: np.ndarray, near: np.ndarray) -> Any:
+            return split_scan(scan, queries[rows], kk, some, near, sel, helper)
+
+        sims, ids, done = staged(stage, lists, dist, kk, patience, results)
+        return (sims, ids), Assigned(queries, unprobed(lists, done), dist)
 
 
 @dataclass(frozen=True)
@@ -316,91 +331,3 @@ class Assigned:
 def bits(bitmap: np.ndarray) -> np.ndarray:
     """The sorted ids whose bits are set in a bitmap (bit i & 7 of byte i >> 3)."""
     return np.flatnonzero(np.unpackbits(bitmap, bitorder="little")).astype(np.int64)
-
-
-def search_params(ivf: bool, sel: Any, nprobe: int, graph: bool = False) -> Any:
-    """FAISS search parameters: an id selector (or None); nprobe for IVF, and efSearch for an
-    HNSW coarse quantizer (`graph`: at least policy.HNSW_EF_PER_PROBE * nprobe)."""
-    import faiss
-
-    params: Any = faiss.SearchParametersIVF() if ivf else faiss.SearchParameters()
-    if sel is not None:
-        params.sel = sel
-    if ivf:
-        params.nprobe = nprobe
-    if ivf and graph:
-        coarse = hnsw_params(nprobe)
-        params.quantizer_params = coarse
-        params.keep = coarse  # SWIG holds a bare pointer: the Python object must outlive it
-    return params
-
-
-def probe(ivf: Any, queries: np.ndarray, nprobe: int, graph: bool) -> tuple[Any, Any]:
-    """FAISS's coarse assignment of `queries` (in the IVF index's space) to their nprobe
-    nearest lists, as its own search makes it (distances as its quantizer gives them: L2 for
-    a centred base, coarse.inner); over an HNSW quantizer (`graph`), by a flat scan of its
-    centroids from FLAT_COARSE_FROM lists, else at efSearch policy.HNSW_EF_PER_PROBE x nprobe."""
-    import faiss
-
-    if graph and nprobe >= FLAT_COARSE_FROM:
-        graph_index: Any = faiss.downcast_index(ivf.quantizer)
-        quantizer = faiss.downcast_index(graph_index.storage)
-        return quantizer.search(queries, nprobe)
-    coarse = hnsw_params(nprobe) if graph else None
-    return ivf.quantizer.search(queries, nprobe, params=coarse)  # type: ignore[no-any-return]
-
-
-def hnsw_params(nprobe: int) -> Any:
-    """An HNSW coarse quantizer's search parameters for nprobe lists: efSearch at least
-    policy.HNSW_EF_PER_PROBE * nprobe."""
-    import faiss
-
-    params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
-    params.efSearch = max(P.HNSW_MIN_EF, P.HNSW_EF_PER_PROBE * nprobe)
-    return params
-
-
-def search_ivf(
-    index: Any, queries: np.ndarray, k: int, nprobe: int, norms: np.ndarray | None,
-    sel: Any = None,
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """An IVF index's search (rotated or not) as a base's is made (`probe`, coarse.inner with
-    the index's centre_norms, `preassigned`, ids filtered by `sel`) for callers without a
-    base's assignment: a tuning's, a coded recent segment's beside an empty base."""
-    import faiss
-
-    ivf = faiss.extract_index_ivf(index)
-    queries = rotated(transform_of(index), np.ascontiguousarray(queries, np.float32))
-    nprobe = min(nprobe, ivf.nlist)
-    dist, lists = probe(ivf, queries, nprobe, hnsw(index))
-    return preassigned(ivf, queries, k, lists, inner(queries, lists, dist, norms), sel)
-
-
-def preassigned(
-    ivf: Any, queries: np.ndarray, k: int, lists: np.ndarray, dist: np.ndarray, sel: Any
-) -> tuple[np.ndarray, np.ndarray]:
-    """An IVF search of the given lists only (FAISS's search_preassigned, with an id selector:
-    the Python wrapper takes no search parameters, so the C++ method is called)."""
-    import faiss
-
-    lists = np.ascontiguousarray(lists, dtype=np.int64)
-    dist = np.ascontiguousarray(dist, dtype=np.float32)
-    n = len(queries)
-    sims, ids = np.empty((n, k), np.float32), np.empty((n, k), np.int64)
-    params = search_params(True, sel, lists.shape[1])
-    ivf.search_preassigned_c(
-        n, faiss.swig_ptr(queries), k, faiss.swig_ptr(lists), faiss.swig_ptr(dist),
-        faiss.swig_ptr(sims), faiss.swig_ptr(ids), False, params,
-    )  # fmt: skip
-    return sims, ids
-
-
-def hnsw(index: Any) -> bool:
-    """Whether an IVF index's coarse quantizer is an HNSW graph."""
-    import faiss
-
-    try:
-        quantizer = faiss.extract_index_ivf(index).quantizer
-    except RuntimeError:
-        return False
-    return isinstance(faiss.downcast_index(quantizer), faiss.IndexHNSW)
