@@ -12,7 +12,8 @@
 
 The first form regenerates bench/scale.py's deterministic vectors (float16 as stored), builds
 the index the policy gives a library of N (`Policy.spec`: its lists, its training sample, its
-codes), and for each nprobe searches bench/scale.py's new-photo queries one at a time on one
+codes; codes of whole vectors where the residuals vary too evenly, as the daemon's build
+decides), and for each nprobe searches bench/scale.py's new-photo queries one at a time on one
 thread: the codes FAISS actually compared (`indexIVF_stats.ndis`: the probed lists' real
 sizes, not nprobe x the mean list), CPU time per query, and recall@10 against exact search
 once the candidates (depth x 10) are re-scored with the exact vectors. The lists' imbalance
@@ -148,11 +149,9 @@ def build(
         kmeans.train(index, sample, native_bf16(), P.SEED, P.TWO_LEVEL_MIN_LISTS)
     else:
         kmeans.train(index, sample, train == "bf16", P.SEED, never)
-    if (
-        rotated
-        and rotation.fit(index, sample).share(rotation.coded(index)) < rotation.MIN_CODED_SHARE
-    ):
-        spec, index = _unrotated(spec, index, sample, x.shape[1], 0.0)  # (as build.py decides)
+    share = rotation.fit(index, sample).share(rotation.coded(index)) if rotated else 1.0
+    if share < rotation.MIN_CODED_SHARE:  # residuals that vary evenly (as build.py decides)
+        spec, index = _unrotated(spec, index, sample, x.shape[1], share)
     elif rotated:
         index = rotation.train(index, sample)  # (the codes trained again)
     trained = time.perf_counter() - start

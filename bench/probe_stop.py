@@ -6,17 +6,21 @@
 Builds (or reads from bench/out/, cached with bench/probe_rule.py's name) the policy's index for
 N of bench/scale.py's vectors, then searches bench/scale.py's new-photo queries one at a time
 on one thread, as the daemon does (its coarse assignment, FAISS's scan of the probed lists'
-4-bit codes, the best depth x 10 candidates re-scored with the exact vectors), in two ways:
+4-bit codes), the best depth x 10 candidates then re-scored with the exact vectors (the
+daemon ranks such a pool by its fine codes and re-scores the best few: an upper bound of it),
+in two ways:
 
 - fixed: the best nprobe lists in one scan (the daemon's rule; nprobe swept);
 - staged: the lists in their order of centre score, scanned in stages (`start` lists, then
-  `step` more at a time, at most `cap`); after each stage the candidates' running best m (by
+  `step` more at a time, or `grow` of those scanned where more, at most `cap`: a quarter of
+  the lists unless given); after each stage the candidates' running best m (by
   the codes' scores) is compared with the one before it, and the search stops once `patience`
   stages in a row brought none into it. A query whose neighbours sit in its first lists stops
   early; one whose neighbours are spread probes on.
 
 For each rule and setting: recall@10 against exact search, the codes compared (FAISS's
-`indexIVF_stats.ndis`) and CPU ms a query, so the two compare at equal recall. Appends one
+`indexIVF_stats.ndis`) and CPU ms a query (mostly the exact re-scoring here: compare the
+codes), and the least codes each rule needs for recall@10 0.95-0.99. Appends one
 JSON line to bench/out/probe_stop.jsonl.
 """
 

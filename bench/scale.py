@@ -395,9 +395,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"n": args.n, "dim": dim, "dist": args.dist, **machine()}
     env = {"IMGSEARCH_INDEX_CENTRED": "1"} if args.centred_lists else {}
     out["lists"] = "centred" if args.centred_lists else "plain"
-    if args.fixed_probing:
-        env["IMGSEARCH_INDEX_STAGED"] = "0"
-    out["probing"] = "fixed" if args.fixed_probing else "staged where cheaper"
     with workdir(args) as tmp:
         data_dir, root = tmp / "data", ROOT
         daemon = Daemon(flags, data_dir, start_timeout=7200, env=env)
@@ -544,10 +541,6 @@ def main() -> None:
     parser.add_argument(
         "--centred-lists", action="store_true",
         help="the IVF lists trained on the vectors less their mean (IMGSEARCH_INDEX_CENTRED=1)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--fixed-probing", action="store_true",
-        help="searches probe a fixed nprobe, never in stages (IMGSEARCH_INDEX_STAGED=0)",
     )  # fmt: skip
     parser.add_argument(
         "--crossover", type=int, nargs="*", help="only time exact vs IVF at these sizes"

@@ -59,9 +59,6 @@ class Config:
     # An IVF index's lists trained on the vectors less their mean (index/policy.py: quicker
     # searches of 1M strongly clustered vectors, slower at 3M and of embedding-like ones); off.
     index_centred: bool = False
-    # An IVF search probes its lists in stages and stops once its best stop improving, where
-    # the tuning finds that cheaper than a fixed nprobe (index/staged.py); on by default.
-    index_staged: bool = True
     # recall@10 against exact search that the IVF index's nprobe and re-scoring are tuned for
     # (lower: faster searches that miss more of the true nearest).
     recall: float = index_policy.TARGET_RECALL
@@ -124,7 +121,6 @@ class Config:
             train_bf16=self.precision != "fp32" and native_bf16(),
             tree_from=index_policy.NEVER if native_amx() else index_policy.TREE_FROM,
             centred=self.index_centred,
-            staged=self.index_staged,
         )
 
     def resolved(self) -> Config:

@@ -24,7 +24,6 @@ from imgsearch.index import base as B
 from imgsearch.index.build import build
 from imgsearch.index.hits import rescored
 from imgsearch.index.policy import HNSW_ADD_EF, TUNE_QUERIES, Spec, lists_for, train_size
-from imgsearch.index.scans import assign_ivf
 from imgsearch.index.tree import CentreTree
 from imgsearch.store import FileFacts, NewImage
 
@@ -332,58 +331,6 @@ def rows_re_scored(
     for k in (20, 500):
         assert len(catalog.nearest(query[None], k)[0]) == k
     return read
-
-
-def test_a_staged_search_is_tuned_saved_and_stops_early(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With stages of a list (the tests' few lists; staged.STAGE_LISTS) and any cost allowed,
-    the tuning keeps a staged search: its patience is saved with the base and shown by
-    `/stats`, searches probe fewer codes than the nprobe lists hold and still find the true
-    neighbours, filtered ones too. With the policy's `staged` off, a fixed nprobe."""
-    import faiss
-
-    from imgsearch.index import staged
-
-    monkeypatch.setattr(staged, "STAGE_LISTS", 1)
-    monkeypatch.setattr(staged, "STAGED_SHARE", 10.0)
-    vectors = clustered(N)
-    catalog, ids = trained_pqfs(tmp_path / "staged", vectors)
-    try:
-        about = catalog.index.describe()
-        assert about["staged_patience"] in staged.PATIENCES, about
-        assert about["recall_at_10"] >= 0.97, about
-        queries = near(vectors[::30])
-        assert found(catalog, vectors, ids, queries) >= 0.9
-        # the codes compared, against those of each query's nprobe lists (the stop's gain)
-        base = catalog.index._segments.base
-        ivf, _, lists, _ = assign_ivf(base.index, queries, int(about["nprobe"]), None)
-        sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)])
-        faiss.cvar.indexIVF_stats.reset()
-        for q in queries:
-            catalog.nearest(q[None], 10)
-        assert faiss.cvar.indexIVF_stats.ndis < staged.codes(sizes, lists) * len(queries)
-        allowed = np.sort(ids[::3])  # filtered inside FAISS: still 10 hits of the allowed
-        catalog.index.policy = Policy(allowed_exact_max=20)
-        for row in catalog.nearest(queries[:5], 10, allowed):
-            assert len(row) == 10 and {n.id for n in row} <= set(allowed.tolist())
-    finally:
-        catalog.close()
-    again = Catalog(tmp_path / "staged", "m", DIM, policy("ivf-pqfs"))
-    try:  # saved with the base
-        assert again.index.describe()["staged_patience"] == about["staged_patience"]
-    finally:
-        again.close()
-    (tmp_path / "fixed").mkdir()
-    fixed = Catalog(
-        tmp_path / "fixed", "m", DIM, dataclasses.replace(policy("ivf-pqfs"), staged=False)
-    )
-    try:
-        fill(fixed, vectors)
-        fixed.index.maintain()
-        assert fixed.index.describe()["staged_patience"] is None
-    finally:
-        fixed.close()
 
 
 @pytest.mark.parametrize("kind", ["ivf-flat", "ivf-pqfs"])

@@ -29,7 +29,6 @@ def about(
         "recall_at_10": meta.recall,
         "target_recall": meta.tuned_for if tuned else None,
         "rescore": meta.rescore or None,
-        "staged_patience": meta.patience or None,
         "tuning_queries": (meta.tune_queries or TUNE_QUERIES) if tuned else None,
         "fine_codes": fine.quantizer.describe() if fine is not None else None,
         "centred_lists": meta.centred if meta.kind != "exact" else None,

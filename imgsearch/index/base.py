@@ -81,10 +81,6 @@ class BaseMeta:
     # Its lists were trained on the rows less their mean, probed by L2 (policy.Policy.centred;
     # False: on the rows as they are, by inner product, as every base before 2026-12-07).
     centred: bool = False
-    # A search probes its nprobe lists in stages and stops once this many stages in a row
-    # brought nothing into its best (staged.py); 0: every one of them at once (bases before
-    # 2026-12-07, and those whose tuning found the stages no cheaper).
-    patience: int = 0
 
     @property
     def provisional(self) -> bool:

@@ -120,22 +120,21 @@ def build(
             found = exact_among(queries, P.RECALL_K + 1, ids, vectors)
             truth = merge([truth, found], P.RECALL_K + 1)
     all_ids = np.sort(np.concatenate(seen)) if seen else np.zeros(0, np.int64)
-    nprobe, recall, rescore, patience = 0, 1.0, 0, 0
+    nprobe, recall, rescore = 0, 1.0, 0
     if spec.kind != "exact" and len(q_ids):
         others = without_own(truth[1], q_ids, P.RECALL_K)
-        nprobe, recall, rescore, patience = tune(
+        nprobe, recall, rescore = tune(
             index, spec, (q_ids, queries), others, source.vectors, policy, stop, fine
         )
     meta = BaseMeta(
         model_id, dim, spec.kind, spec.factory, generation, len(all_ids), len(all_ids),
         time.time(), nprobe, recall, rescore, len(all_ids), fine.name if fine else "",
         policy.target_recall, tune_queries, P.tuning_goal(policy.target_recall),
-        centred(index), patience,
+        centred(index),
     )  # fmt: skip
     log.info(
-        "index built: %s, %d vectors in %.1fs (nprobe %d, recall@10 %.3f, rescore %d, "
-        "patience %d)", spec.factory, len(all_ids), time.monotonic() - started, nprobe, recall,
-        rescore, patience,
+        "index built: %s, %d vectors in %.1fs (nprobe %d, recall@10 %.3f, rescore %d)",
+        spec.factory, len(all_ids), time.monotonic() - started, nprobe, recall, rescore,
     )  # fmt: skip
     return Base(index, all_ids, meta, template, fine)
 
@@ -240,18 +239,17 @@ def retune(base: Base, source: Source, policy: P.Policy, stop: threading.Event) 
         found = exact_among(queries, P.RECALL_K + 1, ids[keep], vectors[keep])
         truth = merge([truth, found], P.RECALL_K + 1)
     others = without_own(truth[1], q_ids, P.RECALL_K)
-    nprobe, recall, rescore, patience = tune(
+    nprobe, recall, rescore = tune(
         base.index, spec, (q_ids, queries), others, source.vectors, policy, stop, base.fine
     )
     meta = replace(
-        base.meta, nprobe=nprobe, recall=recall, rescore=rescore, patience=patience,
-        tuned_count=len(present),
+        base.meta, nprobe=nprobe, recall=recall, rescore=rescore, tuned_count=len(present),
         target=policy.target_recall, tune_queries=P.TUNE_QUERIES,
         aim=P.tuning_goal(policy.target_recall),
     )  # fmt: skip
     log.info(
-        "index re-tuned at %d vectors in %.1fs: nprobe %d -> %d, rescore %d -> %d, patience %d "
-        "-> %d, recall@10 %.3f", len(present), time.monotonic() - started, base.meta.nprobe,
-        nprobe, base.meta.rescore, rescore, base.meta.patience, patience, recall,
+        "index re-tuned at %d vectors in %.1fs: nprobe %d -> %d, rescore %d -> %d, recall@10 %.3f",
+        len(present), time.monotonic() - started, base.meta.nprobe, nprobe, base.meta.rescore,
+        rescore, recall,
     )  # fmt: skip
     return replace(base, meta=meta)

@@ -264,10 +264,6 @@ class Policy:
     # spectral vectors (real embeddings' spectrum) 1.45x (bench/scale.py --centred-lists
     # A/B, bench/centring.py; docs/BENCHMARKS.md).
     centred: bool = False
-    # The tuning measures a staged search (staged.py) beside the fixed nprobe and keeps it
-    # where it compares under staged.STAGED_SHARE of the codes (Config.index_staged,
-    # IMGSEARCH_INDEX_STAGED=0 to tune a fixed nprobe only).
-    staged: bool = True
 
     @property
     def places(self) -> bool:

@@ -102,14 +102,11 @@ class Searcher:
             alone = self.searching == 1
         try:
             helper = self.helper if alone and idle and not self.closed else None
-            sims, ids = seg.search(
-                queries, wanted, allowed, nprobe, _over(helper, nprobe), stages, meta.patience, k
-            )
+            sims, ids = seg.search(queries, wanted, allowed, nprobe, _over(helper, nprobe), stages)
             need = min(read, len(seg) if allowed is None else len(allowed))
             lists = int(getattr(B.ivf(seg.base.index), "nlist", 0))
             while nprobe < lists and int((ids >= 0).sum(axis=1).min()) < need:
                 nprobe = min(lists, nprobe * 4)  # a filter left too few: look in more lists
-                # (every one of them: a staged search stops early where few candidates pass)
                 sims, ids = seg.search(queries, wanted, allowed, nprobe, _over(helper, nprobe))
         finally:
             with self._counting:

@@ -1,8 +1,8 @@
-"""Scans of an IVF index as imgsearch makes them: the coarse assignment (`probe`, `assign_ivf`),
-then FAISS's scan of the given lists only (`preassigned`, split over two threads by
-`split_scan`), with id selectors and an HNSW coarse quantizer's efSearch (`search_params`).
-A base's searches (segments.py), the tuning's (tuning.py) and the benchmarks' go through here,
-so each is made the way the daemon makes it."""
+"""Scans of an IVF index as imgsearch makes them: the coarse assignment (`probe`), then FAISS's
+scan of the given lists only (`preassigned`, split over two threads by `split_scan`), with id
+selectors and an HNSW coarse quantizer's efSearch (`search_params`); `search_ivf` both at
+once. A base's searches (segments.py), the tuning's (tuning.py) and the benchmarks' go through
+here, so each is made the way the daemon makes it."""
 
 from __future__ import annotations
 
@@ -71,21 +71,13 @@ def search_ivf(
     """An IVF index's search (rotated or not) as a base's is made (`probe`, coarse.inner with
     the index's centre_norms, `preassigned`, ids filtered by `sel`) for callers without a
     base's assignment: a tuning's, a coded recent segment's beside an empty base."""
-    ivf, queries, lists, dist = assign_ivf(index, queries, nprobe, norms)
-    return preassigned(ivf, queries, k, lists, dist, sel)
-
-
-def assign_ivf(
-    index: Any, queries: np.ndarray, nprobe: int, norms: np.ndarray | None
-) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
-    """An IVF index's coarse assignment as search_ivf makes it: (the IVF index, the queries
-    in its space, each one's nprobe lists and their centres' inner products)."""
     import faiss
 
     ivf = faiss.extract_index_ivf(index)
     queries = rotated(transform_of(index), np.ascontiguousarray(queries, np.float32))
-    dist, lists = probe(ivf, queries, min(nprobe, ivf.nlist), hnsw(index))
-    return ivf, queries, lists, inner(queries, lists, dist, norms)
+    nprobe = min(nprobe, ivf.nlist)
+    dist, lists = probe(ivf, queries, nprobe, hnsw(index))
+    return preassigned(ivf, queries, k, lists, inner(queries, lists, dist, norms), sel)
 
 
 def split_scan(

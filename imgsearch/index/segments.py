@@ -27,16 +27,9 @@ from .codes import Encoded, Precoded, encoded, lone_scans, lone_view, merge_into
 from .hits import merge
 from .placing import Placer
 from .rotation import rotated, transform_of
-from .scans import (
-    hnsw,
-    preassigned,
-    probe,
-    search_ivf,
-    search_params,
-    split_scan,
-)
-from .staged import staged, unprobed
+from .scans import hnsw, preassigned, probe, search_ivf, search_params, split_scan
 
+# A logged change: (database generation, "add" or "remove", ids, and for an add its vectors,
 # or its codes where they fit the segments it is replayed into: a compaction's, same template).
 Change = tuple[int, str, np.ndarray, np.ndarray | Encoded | None]
 
@@ -206,15 +199,10 @@ class Segments:
         nprobe: int,
         helper: Executor | None = None,
         stages: dict[str, float] | None = None,
-        patience: int = 0,
-        results: int = 0,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Best k of base and recent segment: (similarities, ids), -1 padded. With `helper`
-        (a thread), an IVF base's probed lists are scanned half there, half here. With
-        `patience`, an IVF base's nprobe lists are probed in stages until that many stages in
-        a row bring nothing into a query's running best (staged.py: for `results` asked, k
-        if 0). `stages` receives the ms
-        spent on the base, waiting for `lock` and on the recent segment."""
+        (a thread), an IVF base's probed lists are scanned half there, half here. `stages`
+        receives the ms spent on the base, waiting for `lock` and on the recent segment."""
         import faiss
 
         start = time.perf_counter()
@@ -241,9 +229,7 @@ class Segments:
         # lone view.
         assigned: Assigned | None = None
         if ivf:
-            part, assigned = self._search_assigned(
-                queries, k, sel, nprobe, helper, patience, results or k
-            )
+            part, assigned = self._search_assigned(queries, k, sel, nprobe, helper)
             parts = [part]
         else:
             parts = [self._search_base(queries, k, sel, nprobe)]
@@ -282,15 +268,13 @@ class Segments:
         return self.lone if len(queries) == 1 else None
 
     def _search_assigned(
-        self, queries: np.ndarray, k: int, sel: Any, nprobe: int, helper: Executor | None,
-        patience: int = 0, results: int = 0,
-    ) -> tuple[tuple[np.ndarray, np.ndarray], Assigned]:  # fmt: skip
+        self, queries: np.ndarray, k: int, sel: Any, nprobe: int, helper: Executor | None
+    ) -> tuple[tuple[np.ndarray, np.ndarray], Assigned]:
         """The base search with the coarse assignment made here (over an HNSW quantizer's
         centroids by a flat scan from FLAT_COARSE_FROM lists), then with `helper` on two
         threads: every other probed list scanned there (FAISS releases the GIL), the rest
         here, the two best-k merged; the nearest lists alternate, so both halves do about
-        the same work. With `patience`, the lists in stages (staged.py; the assignment then
-        holds only the lists each query probed)."""
+        the same work."""
         import faiss
 
         ivf = faiss.extract_index_ivf(self.base.index)
@@ -304,14 +288,7 @@ class Segments:
         kk = min(k, int(ivf.ntotal))
         assigned = Assigned(queries, lists, dist)
         scan = lone if (lone := self._lone(queries)) is not None else ivf
-        if not patience:
-            return split_scan(scan, queries, kk, lists, dist, sel, helper), assigned
-
-        def stage(rows: np.ndarray, some: np.ndarray, near: np.ndarray) -> Any:
-            return split_scan(scan, queries[rows], kk, some, near, sel, helper)
-
-        sims, ids, done = staged(stage, lists, dist, kk, patience, results)
-        return (sims, ids), Assigned(queries, unprobed(lists, done), dist)
+        return split_scan(scan, queries, kk, lists, dist, sel, helper), assigned
 
 
 @dataclass(frozen=True)

@@ -15,17 +15,16 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from functools import cache, partial
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from . import fine as F
 from . import policy as P
-from . import staged as S
 from .coarse import centre_norms
 from .hits import Fetch, rescored
 from .rotation import transform_of
-from .scans import assign_ivf, preassigned, search_ivf
+from .scans import search_ivf
 from .stopping import Stopped
 
 log = logging.getLogger(__name__)
@@ -76,25 +75,14 @@ class Fetched:
         self.at = np.concatenate([self.at, np.arange(start, start + room)])[order]
 
 
-class Tuned(NamedTuple):
-    """A tuning's choice: the lists a search probes (at most, where staged), the recall@10
-    measured, the re-scoring depth, and the staged search's patience (0: not staged)."""
-
-    nprobe: int
-    recall: float
-    rescore: int
-    patience: int = 0
-
-
 def tune(
     index: Any, spec: P.Spec, queries: tuple[np.ndarray, np.ndarray], truth: np.ndarray,
     fetch: Fetch, policy: P.Policy, stop: threading.Event | None = None,
     fine: F.Fine | None = None,
-) -> Tuned:  # fmt: skip
-    """(nprobe, recall, rescore, patience) for `index`: the fixed nprobe and depth chosen by
-    `choose` from recall@10 of the tuning queries against `truth`, each (depth, nprobe)
-    searched at most once, candidates ranked by `fine` codes first where given, as searches
-    do; then, where the policy says so, a staged search's (`staged_choice`)."""
+) -> tuple[int, float, int]:  # fmt: skip
+    """(nprobe, recall, rescore) for `index`, chosen by `choose` from recall@10 of the tuning
+    queries against `truth`, each (depth, nprobe) searched at most once; candidates ranked by
+    `fine` codes first where given, as searches do."""
     searches = [0]
     fetched = Fetched(fetch, max(1, P.TUNE_CACHE_BYTES // (4 * queries[1].shape[1])))
 
@@ -104,51 +92,11 @@ def tune(
         return _recall(index, queries, truth, fetched, stop, rescore, nprobe, fine)
 
     per_list = max(1.0, int(index.ntotal) / max(1, spec.lists))  # codes a list, as scanned
-    tuned = Tuned(*choose(recall_at, spec, per_list, policy.target_recall))
-    if policy.staged and spec.kind != "exact":
-        goal = P.tuning_goal(policy.target_recall)
-        tuned = staged_choice(index, queries, truth, fetched, stop, fine, tuned, goal)
+    nprobe, recall, rescore = choose(recall_at, spec, per_list, policy.target_recall)
     log.info("index tuning: %d searches of the %d queries", searches[0], len(truth))
-    if tuned.recall < policy.target_recall:
-        log.warning("index %s reaches recall@10 %.3f only", spec.factory, tuned.recall)
-    return tuned
-
-
-def staged_choice(
-    index: Any, queries: tuple[np.ndarray, np.ndarray], truth: np.ndarray, fetch: Fetch,
-    stop: threading.Event | None, fine: F.Fine | None, fixed: Tuned, goal: float,
-) -> Tuned:  # fmt: skip
-    """A staged search (staged.py) of up to STAGED_CAP x the fixed nprobe lists, at the least
-    patience meeting what the fixed choice met (the goal, else its recall), where it compares
-    under STAGED_SHARE of the codes the fixed nprobe compares (the lists' real sizes: a query
-    near the rows' mean probes the biggest); else `fixed`. Each patience tried is one search
-    of the queries, the smallest first, until one meets the aim or costs too much."""
-    import faiss
-
-    lists_total = int(faiss.extract_index_ivf(index).nlist)
-    cap = min(lists_total, S.STAGED_CAP * fixed.nprobe)
-    if cap <= S.STAGE_LISTS:  # one stage: nothing to stop early
-        return fixed
-    aim = min(goal, fixed.recall)
-    assigned = assign_ivf(index, queries[1], cap, centre_norms(index))
-    ivf, lists = assigned[0], assigned[2]
-    sizes = np.array([ivf.invlists.list_size(i) for i in range(lists_total)], np.int64)
-    fixed_codes = S.codes(sizes, lists[:, : fixed.nprobe])
-    for patience in S.PATIENCES:
-        recall, done = _staged_recall(
-            index, assigned, queries, truth, fetch, stop, fixed.rescore, patience, fine
-        )
-        codes = S.codes(sizes, lists, done)
-        log.info(
-            "tuned staged search: patience %d, up to %d lists: recall@10 %.3f, %.0f codes a "
-            "query (%.2f of nprobe %d's)", patience, cap, recall, codes,
-            codes / max(1.0, fixed_codes), fixed.nprobe,
-        )  # fmt: skip
-        if codes > S.STAGED_SHARE * fixed_codes:
-            return fixed
-        if recall >= aim:
-            return Tuned(cap, recall, fixed.rescore, patience)
-    return fixed
+    if recall < policy.target_recall:
+        log.warning("index %s reaches recall@10 %.3f only", spec.factory, recall)
+    return nprobe, recall, rescore
 
 
 def choose(
@@ -250,46 +198,13 @@ def _recall(
 ) -> float:
     if stop is not None and stop.is_set():
         raise Stopped
-    q_ids, vectors = queries
-    pool, read = _pool(rescore, transform_of(index) is not None, fine)
-    _, ids = search_ivf(index, vectors, pool, nprobe, centre_norms(index))
-    return _scored(vectors, q_ids, ids, truth, fetch, rescore, read, fine)
-
-
-def _staged_recall(
-    index: Any, assigned: tuple[Any, np.ndarray, np.ndarray, np.ndarray],
-    queries: tuple[np.ndarray, np.ndarray], truth: np.ndarray, fetch: Fetch,
-    stop: threading.Event | None, rescore: int, patience: int, fine: F.Fine | None,
-) -> tuple[float, np.ndarray]:  # fmt: skip
-    """_recall of a staged search over `assigned` (segments.assign_ivf's for `queries`), and
-    the lists each query probed."""
-    if stop is not None and stop.is_set():
-        raise Stopped
-    ivf, scanned, lists, dist = assigned  # (scanned: the queries in the index's space)
-    pool, read = _pool(rescore, transform_of(index) is not None, fine)
-
-    def scan(rows: np.ndarray, some: np.ndarray, near: np.ndarray) -> Any:
-        return preassigned(ivf, scanned[rows], pool, some, near, None)
-
-    _, ids, done = S.staged(scan, lists, dist, pool, patience, P.RECALL_K + 1)
-    q_ids, vectors = queries
-    return _scored(vectors, q_ids, ids, truth, fetch, rescore, read, fine), done
-
-
-def _pool(rescore: int, rotated: bool, fine: F.Fine | None) -> tuple[int, int]:
-    """(candidates a tuning's search asks the codes for, rows it re-scores)."""
-    read = (P.RECALL_K + 1) * max(1, rescore)
-    return (F.pool(P.RECALL_K + 1, read, rotated) if rescore and fine is not None else read), read
-
-
-def _scored(
-    vectors: np.ndarray, q_ids: np.ndarray, ids: np.ndarray, truth: np.ndarray, fetch: Fetch,
-    rescore: int, read: int, fine: F.Fine | None,
-) -> float:  # fmt: skip
-    """recall@10 of the candidates `ids` of the queries (`vectors`, ids `q_ids`), ranked by
-    fine codes and re-scored as a search does, each query's own id left out."""
     k = P.RECALL_K
-    if ids.shape[1] > read and fine is not None:
+    q_ids, vectors = queries
+    read = (k + 1) * max(1, rescore)
+    rotated = transform_of(index) is not None
+    pool = F.pool(k + 1, read, rotated) if rescore and fine is not None else read
+    _, ids = search_ivf(index, vectors, pool, nprobe, centre_norms(index))
+    if pool > read and fine is not None:
         ids = fine.rank(vectors, ids, read)
     if rescore:
         ids = rescored(vectors, ids, k + 1, fetch)[1]
