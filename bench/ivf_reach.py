@@ -40,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_model, progress, record  # noqa: E402
+from _common import OUT_DIR, cpu_model, progress, record  # noqa: E402
 from scale import CHUNK, DISTRIBUTIONS, Vectors  # noqa: E402
 
 from imgsearch.cpu import native_bf16  # noqa: E402
@@ -161,6 +161,20 @@ def build(
         "factory": spec.factory, "train_s": trained, "build_s": time.perf_counter() - start,
         "sample": len(sample),
     }  # fmt: skip
+    return index, built
+
+
+def policy_index(x: np.ndarray, dist: str) -> tuple[Any, dict[str, Any]]:
+    """build(x, "policy"), kept in bench/out/ (probe_rule-DIST-N.faiss) and read from there
+    by later runs of the same size and distribution."""
+    import faiss
+
+    cached = OUT_DIR / f"probe_rule-{dist}-{len(x)}.faiss"
+    if cached.exists():
+        return faiss.read_index(str(cached)), {"index": str(cached)}
+    progress("building the policy's index")
+    index, built = build(x, "policy")
+    faiss.write_index(index, str(cached))
     return index, built
 
 

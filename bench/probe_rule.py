@@ -30,9 +30,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import OUT_DIR, cpu_model, progress, record  # noqa: E402
+from _common import cpu_model, progress, record  # noqa: E402
 from big_search import exact_truth  # noqa: E402
-from ivf_reach import build, stored  # noqa: E402
+from ivf_reach import policy_index, stored  # noqa: E402
 from placing import lists_of  # noqa: E402
 from scale import DISTRIBUTIONS, Vectors  # noqa: E402
 
@@ -156,13 +156,7 @@ def main() -> None:
     vectors = Vectors(args.n, 512, args.dist)
     progress(f"regenerating {args.n:,} vectors")
     x = stored(vectors)
-    cached = OUT_DIR / f"probe_rule-{args.dist}-{args.n}.faiss"
-    if cached.exists():
-        index, built = faiss.read_index(str(cached)), {"index": str(cached)}
-    else:
-        progress("building the policy's index")
-        index, built = build(x, "policy")
-        faiss.write_index(index, str(cached))
+    index, built = policy_index(x, args.dist)
     ivf = faiss.extract_index_ivf(index)
     owner = lists_of(index)  # each vector's list
     sizes = np.bincount(owner, minlength=ivf.nlist)

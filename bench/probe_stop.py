@@ -39,9 +39,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import OUT_DIR, cpu_model, progress, record  # noqa: E402
+from _common import cpu_model, progress, record  # noqa: E402
 from big_search import exact_truth  # noqa: E402
-from ivf_reach import build, stored  # noqa: E402
+from ivf_reach import policy_index, stored  # noqa: E402
 from scale import DISTRIBUTIONS, Vectors  # noqa: E402
 
 from imgsearch.index.coarse import centre_norms, inner  # noqa: E402
@@ -148,19 +148,11 @@ def main() -> None:
     args = parser.parse_args()
     import faiss
 
-    faiss.omp_set_num_threads(1)
     vectors = Vectors(args.n, 512, args.dist)
     progress(f"regenerating {args.n:,} vectors")
     x = stored(vectors)
-    cached = OUT_DIR / f"probe_rule-{args.dist}-{args.n}.faiss"
-    if cached.exists():
-        index, built = faiss.read_index(str(cached)), {"index": str(cached)}
-    else:
-        progress("building the policy's index")
-        faiss.omp_set_num_threads(os.cpu_count() or 1)
-        index, built = build(x, "policy")
-        faiss.write_index(index, str(cached))
-        faiss.omp_set_num_threads(1)
+    index, built = policy_index(x, args.dist)  # (built on every core)
+    faiss.omp_set_num_threads(1)  # (searched on one, as the daemon's lone searches)
     ivf = faiss.extract_index_ivf(index)
     cap = args.cap or ivf.nlist // 4
     queries = vectors.queries(args.queries)
