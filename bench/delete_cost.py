@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_model, progress, record  # noqa: E402
 from scale import ROOT  # noqa: E402
 
-from imgsearch.store.images import flip, forget  # noqa: E402
+from imgsearch.store.gone import flip, forget  # noqa: E402
 from imgsearch.store.meta import current  # noqa: E402
 
 # Schema v8's delete triggers (imgsearch/store/migrations.py), dropped by v9.

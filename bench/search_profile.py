@@ -19,7 +19,12 @@ to bench/out/search_profile.jsonl. --recall R starts the daemon with `--recall R
 the saved base again for that target before the script goes on; `retune_s` is how long that
 took, from the daemon's log); --tree DIR runs the daemon from another checkout. --truth Q
 measures recall@10 of the first Q queries against exact search over the library's present
-rows (read from its database, read-only; cached in bench/out). --drop-cache drops the database
+rows (read from its database, read-only; cached in bench/out). --cold-start drops the data
+dir's files (database, saved index, fine codes) from the page cache before the daemon starts,
+as after a reboot; each phase then records /stats' `database_warm` at its end (how much of the
+database the daemon had read into the page cache); --wait-warm starts timing only once that
+read has ended. --flag passes a flag to the daemon (--flag=--warm-database). --drop-cache
+drops the database
 file from the page cache before each timed phase (posix_fadvise DONTNEED), so the re-scoring
 reads come from the disk as after a restart of a library bigger than the page cache; without
 it they depend on what earlier runs left there. --tail then searches for --seconds more (kept
@@ -173,6 +178,9 @@ def tail(daemon: Daemon, queries: Any, seconds: float) -> dict[str, Any]:
     return {"searches": len(rows), "median": mean(middle), "slowest_1pct": mean(slowest)}
 
 
+WARMING = ("waiting", "reading")  # /stats' database_warm states before it ends
+
+
 def drop_cache(path: Path) -> None:
     """`path`'s pages out of the page cache (those of no process's dirty writes)."""
     fd = os.open(path, os.O_RDONLY)
@@ -253,15 +261,33 @@ def main() -> None:
         "--drop-cache", action="store_true", help="the database out of the page cache first"
     )
     parser.add_argument(
+        "--flag", action="append", default=[],
+        help="a flag for the daemon (repeatable; e.g. --flag=--warm-database)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--wait-warm", action="store_true",
+        help="time only once the daemon has read its database into the page cache",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cold-start", action="store_true",
+        help="the data dir's files (database, index) out of the page cache before the start",
+    )  # fmt: skip
+    parser.add_argument(
         "--tail", action="store_true", help="then each search's stages: the median's, the 1%%'s"
     )
     args = parser.parse_args()
     flags = daemon_flags(args.model) + (["--recall", str(args.recall)] if args.recall else [])
+    flags += args.flag
     queries = library_queries(args, 1000)
     out: dict[str, Any] = {"cpu": cpu_model(), "n": args.n, "data": str(args.data)}
     out["daemon_recall_flag"] = args.recall
     out["drop_cache"] = args.drop_cache
+    out["cold_start"], out["daemon_flags"] = args.cold_start, args.flag
     truth = exact_truth(args.data, queries[: args.truth]) if args.truth else None
+    if args.cold_start:
+        for path in [args.data / DB_FILE, *(args.data / "index").rglob("*")]:
+            if path.is_file():
+                drop_cache(path)
     with Daemon(flags, args.data, start_timeout=1800, tree=args.tree) as daemon:
         out["index"] = wait_idle(daemon)
         out["retune_s"] = retune_seconds(daemon.log_path)
@@ -269,13 +295,20 @@ def main() -> None:
             out["recall_at_10"] = recall(daemon, queries, truth)
         for q in queries[:20]:  # warm: the first searches read the base's pages
             post_json(daemon.url + "/search", {"vector": q.tolist(), "limit": 10})
+        if args.wait_warm:
+            started = time.monotonic()
+            while (daemon.get("/stats").get("database_warm") or {}).get("state") in WARMING:
+                time.sleep(0.5)
+            out["waited_for_warm_s"] = round(time.monotonic() - started, 1)
         if args.drop_cache:
             drop_cache(args.data / DB_FILE)
         out["new_connection"] = timed(daemon, queries, args.seconds, keep_alive=False)
         out["search_ms"] = out["new_connection"]["search_ms"]
+        out["new_connection"]["database_warm"] = daemon.get("/stats").get("database_warm")
         if args.drop_cache:
             drop_cache(args.data / DB_FILE)
         out["kept_alive"] = timed(daemon, queries, args.seconds, keep_alive=True)
+        out["kept_alive"]["database_warm"] = daemon.get("/stats").get("database_warm")
         if args.tail:
             if args.drop_cache:
                 drop_cache(args.data / DB_FILE)

@@ -53,6 +53,12 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
         help=f"recall@10 the IVF index is tuned for against exact search ({d.recall:g}; "
         "lower is faster)",
     )
+    add(
+        "--warm-database",
+        action=argparse.BooleanOptionalAction,
+        help="read the database file into the page cache after a start, where it fits in the "
+        "memory available (default off: the searches' own reads fill it)",
+    )
     add("--max-upload-mb", type=float, help=f"largest upload or file, MB ({d.max_upload_mb:g})")
     add("--max-image-pixels", type=int, help=f"largest image, pixels ({d.max_image_pixels})")
     add(

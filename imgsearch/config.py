@@ -62,6 +62,10 @@ class Config:
     # recall@10 against exact search that the IVF index's nprobe and re-scoring are tuned for
     # (lower: faster searches that miss more of the true nearest).
     recall: float = index_policy.TARGET_RECALL
+    # Read the database file into the page cache after a start, where it fits in the memory
+    # available (store/warming.py: the re-scoring reads of searches then skip the disk). Off:
+    # on a fast disk the read-in slowed searches for half a minute for little gain after it.
+    warm_database: bool = False
     max_pending_searches: int = 32
     max_pending_adds: int = 8
     # Adding and searching by URL: seconds per download (all of it), downloads at once.

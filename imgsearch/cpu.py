@@ -1,12 +1,14 @@
 """What this machine's CPU runs natively (read from /proc/cpuinfo; never assumed), how many
-OpenMP threads the calling thread's torch ops use, and the lower CPU priority of the daemon's
-background threads."""
+OpenMP threads the calling thread's torch ops use, and the lower CPU (and disk) priority of the
+daemon's background threads."""
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import os
+import platform
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +26,12 @@ BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 # 17.3-17.4 -> 11.5-14.9 ms, p90 5.4-5.7 -> 2.6-2.8, the import as fast; docs/BENCHMARKS.md
 # "Requests before bulk work"). What is left of the wait is mostly for the GIL.
 BACKGROUND_NICE = 10
+LOWEST_NICE = 19  # where the idle scheduling class is missing (lowest_priority)
+# ioprio_set(2) and ioprio_get(2), which Python's os module does not wrap: their numbers by
+# machine, and the idle I/O class as they take it (for the calling thread: "who" a process id).
+IOPRIO_SYSCALLS = {"x86_64": (251, 252), "aarch64": (30, 31)}
+IOPRIO_WHO_PROCESS = 1
+IOPRIO_IDLE = 3 << 13
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
@@ -58,6 +66,49 @@ def lower_priority(nice: int = BACKGROUND_NICE) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid)))
     except (AttributeError, OSError) as exc:  # not Linux, or not allowed
         log.debug("%s keeps its priority: %s", threading.current_thread().name, exc)
+
+
+def lowest_priority() -> str:
+    """Put the calling thread (Linux threads have their own policy, and threads it starts
+    inherit it) in the idle scheduling class, where it runs only on CPU nothing else wants,
+    else nice it as far as it goes; say which it got ("idle", "nice 19" or "normal")."""
+    tid = threading.get_native_id()
+    try:
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        return "idle"
+    except (AttributeError, OSError) as exc:
+        log.debug("no idle scheduling class for %s: %s", threading.current_thread().name, exc)
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, LOWEST_NICE)
+        return f"nice {LOWEST_NICE}"
+    except (AttributeError, OSError):
+        return "normal"
+
+
+def idle_io() -> bool:
+    """Put the calling thread's disk reads and writes in the idle I/O class: served when no
+    other I/O waits, where the kernel's I/O scheduler has classes (mq-deadline, BFQ); whether
+    it could. Linux only (x86_64, aarch64)."""
+    done = _ioprio(0, IOPRIO_IDLE)
+    if done is None or done != 0:
+        log.debug("no idle I/O class for %s", threading.current_thread().name)
+        return False
+    return True
+
+
+def io_priority() -> int | None:
+    """The calling thread's I/O priority as ioprio_get(2) gives it (None where unknown)."""
+    value = _ioprio(1)
+    return None if value is None or value < 0 else value
+
+
+def _ioprio(call: int, *args: int) -> int | None:
+    """ioprio_set (`call` 0) or ioprio_get (1) for the calling thread; None off Linux."""
+    calls = IOPRIO_SYSCALLS.get(platform.machine())
+    if calls is None or os.uname().sysname != "Linux":
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    return int(libc.syscall(calls[call], IOPRIO_WHO_PROCESS, threading.get_native_id(), *args))
 
 
 def background_share(share: int) -> None:

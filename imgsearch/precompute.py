@@ -5,7 +5,6 @@ while an add runs and then takes only CPU that nothing else wants."""
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from typing import Any
 
 from .catalog import Catalog, Change
 from .comparators import Comparator, ComparatorRegistry, FeatureCache
+from .cpu import lowest_priority
 from .errors import ImgSearchError
 
 log = logging.getLogger(__name__)
@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 PRECOMPUTED = ("verify",)
 # The background thread runs only on CPU that nothing else wants: Linux's SCHED_IDLE class
 # (niceness 10 gave it ~5% of a machine busy with an /add of 12 MP photos, ~15% more CPU per
-# added image: docs/BENCHMARKS.md). Where that class is missing, it is niced instead.
-NICENESS = 19
+# added image: docs/BENCHMARKS.md). Where that class is missing, it is niced instead
+# (cpu.lowest_priority).
 # While an add runs, the thread waits (looking every PAUSE_POLL seconds): on 12 MP photos its
 # SIFT took ~15% of the CPU an add needs, even at the lowest priority; it catches up after.
 PAUSE_POLL = 0.1
@@ -114,7 +114,7 @@ class FeaturePrecompute:
             self._thread.join()
 
     def _run(self) -> None:
-        self.priority = _lowest_priority()
+        self.priority = lowest_priority()
         while (image_id := self._queue.get()) != _STOP:
             try:
                 while self._paused() and not self._closing.wait(PAUSE_POLL):
@@ -143,19 +143,3 @@ class FeaturePrecompute:
         except Exception:  # one bad file never stops the thread
             self.failed += 1
             log.exception("precomputing features of %s failed", located.path)
-
-
-def _lowest_priority() -> str:
-    """Put the calling thread (Linux threads have their own policy, and threads it starts
-    inherit it) in the idle scheduling class, else nice it; say which it got."""
-    tid = threading.get_native_id()
-    try:
-        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-        return "idle"
-    except (AttributeError, OSError) as exc:
-        log.debug("no idle scheduling class for the precompute thread: %s", exc)
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, NICENESS)
-        return f"nice {NICENESS}"
-    except (AttributeError, OSError):
-        return "normal"

@@ -380,3 +380,44 @@ def contents(index: Any) -> dict[int, tuple[int, bytes]]:
             packer.unpack_1_c(lists.get_codes(i), j, faiss.swig_ptr(code))
             out[int(ids[j])] = (i, code.tobytes())
     return out
+
+
+def cached_share(path: Path) -> float:
+    """The share of a file's pages in the page cache (mincore over a shared read-only mapping
+    made by libc itself, so nothing is read in to look)."""
+    import ctypes
+    import mmap
+
+    size = path.stat().st_size
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [
+        ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long
+    ]  # fmt: skip
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    pages = -(-size // mmap.PAGESIZE)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), "mmap failed")
+        try:
+            flags = (ctypes.c_ubyte * pages)()
+            if libc.mincore(addr, size, flags) != 0:
+                raise OSError(ctypes.get_errno(), "mincore failed")
+            return sum(f & 1 for f in flags) / pages
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+
+
+def uncached(path: Path) -> None:
+    """Drop a file's pages from the page cache (written back first)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)

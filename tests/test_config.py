@@ -75,3 +75,15 @@ def test_recall_sets_the_index_policy_target() -> None:
     ns = build_parser().parse_args(["serve", "--recall", "0.9"])
     args = {k: v for k, v in vars(ns).items() if k != "command"}
     assert Config.load(environ={}, overrides=args).index_policy().target_recall == 0.9
+
+
+def test_warm_database_is_opt_in_by_flag_or_variable() -> None:
+    def parsed(*argv: str) -> dict[str, object]:
+        ns = build_parser().parse_args(["serve", *argv])
+        return {k: v for k, v in vars(ns).items() if k != "command"}
+
+    assert Config.load(environ={}, overrides=parsed()).warm_database is False
+    assert Config.load(environ={}, overrides=parsed("--warm-database")).warm_database is True
+    env = {"IMGSEARCH_WARM_DATABASE": "1"}
+    assert Config.load(environ=env, overrides=parsed()).warm_database is True
+    assert Config.load(environ=env, overrides=parsed("--no-warm-database")).warm_database is False

@@ -125,7 +125,7 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # v9: the delete triggers ran a statement a deleted row each (~10 us: 0.1 s of the 0.26 s
     # a 10,000-image folder's DELETE took at 9M): `Images`' deletes, the only ones, log their
-    # rows in `deletions` and take them off the counters themselves (`images.forget`).
+    # rows in `deletions` and take them off the counters themselves (`gone.forget`).
     """
     DROP TRIGGER images_counted_delete;
     DROP TRIGGER images_logged_delete;
