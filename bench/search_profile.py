@@ -23,7 +23,7 @@ rows (read from its database, read-only; cached in bench/out). --cold-start drop
 dir's files (database, saved index, fine codes) from the page cache before the daemon starts,
 as after a reboot; each phase then records /stats' `database_warm` at its end (how much of the
 database the daemon had read into the page cache); --wait-warm starts timing only once that
-read has ended. --flag passes a flag to the daemon (--flag=--warm-database). --drop-cache
+read has ended. --flag passes a flag to the daemon (--flag=--warm-database=on). --drop-cache
 drops the database
 file from the page cache before each timed phase (posix_fadvise DONTNEED), so the re-scoring
 reads come from the disk as after a restart of a library bigger than the page cache; without
@@ -262,7 +262,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--flag", action="append", default=[],
-        help="a flag for the daemon (repeatable; e.g. --flag=--warm-database)",
+        help="a flag for the daemon (repeatable; e.g. --flag=--warm-database=on)",
     )  # fmt: skip
     parser.add_argument(
         "--wait-warm", action="store_true",

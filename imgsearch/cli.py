@@ -55,9 +55,8 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--warm-database",
-        action=argparse.BooleanOptionalAction,
-        help="read the database file into the page cache after a start, where it fits in the "
-        "memory available (default off: the searches' own reads fill it)",
+        help="auto|on|off: read the database file into the page cache after a start, where it "
+        "fits in the memory available (auto: once searches find the disk slow; default auto)",
     )
     add("--max-upload-mb", type=float, help=f"largest upload or file, MB ({d.max_upload_mb:g})")
     add("--max-image-pixels", type=int, help=f"largest image, pixels ({d.max_image_pixels})")

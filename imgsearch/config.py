@@ -19,6 +19,7 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 AUTO_TOKEN = "auto"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PRECOMPUTE_MODES = ("auto", "on", "off")
+WARM_MODES = ("auto", "on", "off")
 # `--precompute auto` computes verification features after each add while the library holds
 # fewer images than this: about 170 ms of one core and 200 KB of disk per image (SIFT at
 # 640 px plus a thumbnail), so 20k images cost ~1 CPU-hour and ~4 GB (docs/BENCHMARKS.md).
@@ -63,9 +64,9 @@ class Config:
     # (lower: faster searches that miss more of the true nearest).
     recall: float = index_policy.TARGET_RECALL
     # Read the database file into the page cache after a start, where it fits in the memory
-    # available (store/warming.py: the re-scoring reads of searches then skip the disk). Off:
-    # on a fast disk the read-in slowed searches for half a minute for little gain after it.
-    warm_database: bool = False
+    # available (store/warming.py: the re-scoring reads of searches then skip the disk): auto
+    # once the searches' reads are seen to come slowly from the disk, on at once, or off.
+    warm_database: str = "auto"
     max_pending_searches: int = 32
     max_pending_adds: int = 8
     # Adding and searching by URL: seconds per download (all of it), downloads at once.
@@ -86,6 +87,8 @@ class Config:
             raise ConfigError(f"--precision must be one of {'|'.join(PRECISIONS)}")
         if self.precompute not in PRECOMPUTE_MODES:
             raise ConfigError(f"--precompute must be one of {'|'.join(PRECOMPUTE_MODES)}")
+        if self.warm_database not in WARM_MODES:
+            raise ConfigError(f"--warm-database must be one of {'|'.join(WARM_MODES)}")
         if self.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
         if self.workers < 1:

@@ -94,8 +94,9 @@ class Service:
         # the database file into the page cache where it fits (store/warming.py).
         fine = self.catalog.index.warm()
         self.database_warm: DatabaseWarmer | None = None
-        if config.warm_database:
-            self.database_warm = DatabaseWarmer(config.data_dir / DB_FILE)
+        if config.warm_database != "off":
+            slow = self.catalog.index.slow_reads if config.warm_database == "auto" else None
+            self.database_warm = DatabaseWarmer(config.data_dir / DB_FILE, slow=slow)
             self._stack.callback(self.database_warm.close)  # (first: the stack unwinds backwards)
             self.database_warm.start(after=fine)
 

@@ -77,13 +77,14 @@ def test_recall_sets_the_index_policy_target() -> None:
     assert Config.load(environ={}, overrides=args).index_policy().target_recall == 0.9
 
 
-def test_warm_database_is_opt_in_by_flag_or_variable() -> None:
+def test_warm_database_auto_by_default_else_flag_or_variable() -> None:
     def parsed(*argv: str) -> dict[str, object]:
         ns = build_parser().parse_args(["serve", *argv])
         return {k: v for k, v in vars(ns).items() if k != "command"}
 
-    assert Config.load(environ={}, overrides=parsed()).warm_database is False
-    assert Config.load(environ={}, overrides=parsed("--warm-database")).warm_database is True
-    env = {"IMGSEARCH_WARM_DATABASE": "1"}
-    assert Config.load(environ=env, overrides=parsed()).warm_database is True
-    assert Config.load(environ=env, overrides=parsed("--no-warm-database")).warm_database is False
+    assert Config.load(environ={}, overrides=parsed()).warm_database == "auto"
+    assert Config.load(environ={}, overrides=parsed("--warm-database", "on")).warm_database == "on"
+    env = {"IMGSEARCH_WARM_DATABASE": "off"}
+    assert Config.load(environ=env, overrides=parsed()).warm_database == "off"
+    with pytest.raises(ConfigError, match="--warm-database must be one of auto|on|off"):
+        Config.load(environ={}, overrides=parsed("--warm-database", "yes"))

@@ -1030,6 +1030,34 @@ def test_the_rescoring_read_is_split_only_while_rows_come_slowly(
             slow.row_s = 0.0
             got = [parts() for _ in range(4 * 8)]
             assert got[-4:] == [1] * 4 and searcher.row_us < reads.SLOW_ROW_US  # fast again
+            assert not searcher.slow_disk()
+        finally:
+            searcher.close()
+    finally:
+        catalog.close()
+
+
+def test_reads_slow_enough_for_a_disk_read_in_are_told_after_a_few(tmp_path: Path) -> None:
+    """`slow_disk` (what `--warm-database auto` waits for) once SLOW_DISK_READS timed reads
+    average over SLOW_DISK_ROW_US a row; reads from a fast disk never tell it."""
+    from imgsearch.index import reads
+
+    catalog = Catalog(tmp_path, "m", DIM, policy("exact"))
+    try:
+        wanted = sorted(fill(catalog, clustered(100)))
+        rows = SlowRows(StoreSource(catalog.store))
+        searcher = reads.Searcher(rows, clock=rows.clock)
+        try:
+            rows.row_s = 0.5 * reads.SLOW_DISK_ROW_US / 1e6  # slow for a split, not a disk
+            for _ in range(2 * reads.PROBE_EVERY):
+                searcher.vectors(wanted)
+            assert searcher.row_us > reads.SLOW_ROW_US and not searcher.slow_disk()
+            rows.row_s = 4 * reads.SLOW_DISK_ROW_US / 1e6
+            told = []
+            for _ in range(reads.SLOW_DISK_READS * reads.PROBE_EVERY):
+                searcher.vectors(wanted)
+                told.append(searcher.slow_disk())
+            assert told[-1] and not told[0]
         finally:
             searcher.close()
     finally:

@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient
 from imgsearch.config import Config
 from imgsearch.cpu import IOPRIO_IDLE, IOPRIO_SYSCALLS, io_priority
 from imgsearch.embedders import Embedder
+from imgsearch.store import warming
 from imgsearch.store.warming import KEEP_FREE, DatabaseWarmer, mem_available
 from imgsearch.web import create_app
 
@@ -79,8 +80,8 @@ def test_memory_available_from_meminfo(tmp_path: Path) -> None:
 async def test_the_daemon_reads_its_database_in_and_says_so(
     aiohttp_client: ClientFactory, config: Config, tiny_embedder: Embedder, tmp_path: Path
 ) -> None:
-    assert Config().warm_database is False  # (opt-in: --warm-database)
-    config = dataclasses.replace(config, warm_database=True)
+    assert Config().warm_database == "auto"
+    config = dataclasses.replace(config, warm_database="on")
     client: TestClient[web.Request, web.Application] = await aiohttp_client(
         create_app(config, embedder=tiny_embedder)
     )
@@ -97,7 +98,7 @@ async def test_the_daemon_reads_its_database_in_and_says_so(
         await asyncio.sleep(0.05)
     assert warm["state"] == "done" and warm["read_mb"] == warm["size_mb"] > 0
     await client.close()
-    off = dataclasses.replace(config, warm_database=False)
+    off = dataclasses.replace(config, warm_database="off")
     client = await aiohttp_client(create_app(off, embedder=tiny_embedder))
     assert (await get_json(client, "/stats"))["database_warm"] == {"state": "off"}
 
@@ -135,3 +136,28 @@ def test_a_close_while_it_waits_for_another_warm_up_is_quick(cold: Path) -> None
     assert not thread.is_alive() and time.monotonic() - started < 2.0
     assert (warmer.state, warmer.read) == ("stopped", 0)
     release.set()
+
+
+def test_auto_reads_once_the_searches_find_the_disk_slow(
+    cold: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(warming, "SLOW_POLL", 0.01)
+    slow = threading.Event()
+    warmer = DatabaseWarmer(cold, available=lambda: 1 << 50, slow=slow.is_set)
+    thread = warmer.start()
+    time.sleep(0.2)
+    assert (warmer.state, warmer.read, warmer.stats()["size_mb"]) == ("watching", 0, 25.2)
+    assert cached_share(cold) < 0.5
+    slow.set()
+    thread.join(30)
+    assert (warmer.state, warmer.read) == ("done", SIZE) and cached_share(cold) > 0.95
+
+
+def test_a_close_while_it_watches_is_quick(cold: Path) -> None:
+    warmer = DatabaseWarmer(cold, available=lambda: 1 << 50, slow=lambda: False)
+    thread = warmer.start()
+    time.sleep(0.1)
+    started = time.monotonic()
+    warmer.close()
+    assert not thread.is_alive() and time.monotonic() - started < 2.0
+    assert (warmer.state, warmer.read) == ("stopped", 0)

@@ -262,6 +262,10 @@ class LibraryIndex:
         """No training, compaction or bulk import is using the CPU."""
         return not self._busy.locked() and not self._holds
 
+    def slow_reads(self) -> bool:
+        """Whether searches' re-scoring reads come slowly from the disk (reads.Searcher)."""
+        return self._reads.slow_disk()
+
     def describe(self) -> dict[str, Any]:
         """The index as `/stats` shows it (about.py)."""
         seg = self._segments

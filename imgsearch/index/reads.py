@@ -55,6 +55,15 @@ READ_SPLIT_MIN = 32
 SLOW_ROW_US = 20.0
 PROBE_EVERY = 64
 ROW_US_WEIGHT = 0.5  # of the newest one-thread read in the running mean
+# A disk whose random reads are slow: once SLOW_DISK_READS one-thread reads have been timed and
+# their running mean is over SLOW_DISK_ROW_US a row, searches wait on the disk more than on
+# anything else (`slow_disk`), and the service reads the database into the page cache
+# (store/warming.py, `--warm-database auto`). This project's virtio disk read a cold row in
+# 25-100 us; limited to 200 reads a second (a disk like a spinning one) ~7,800 us, a 9M
+# search 500 ms p50 where it took 7.7 once the file was cached (docs/BENCHMARKS.md).
+# Two timed reads: the first after a start, the next PROBE_EVERY reads on while reads split.
+SLOW_DISK_ROW_US = 1_000.0
+SLOW_DISK_READS = 2
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +85,7 @@ class Searcher:
         # for the probes (both updated without a lock: an estimate, a lost update is harmless).
         self.row_us = 0.0
         self._reads = 0
+        self.measured = 0  # one-thread reads timed
         self.closed = False  # then searches go on, on the calling thread alone
 
     def search(
@@ -154,6 +164,7 @@ class Searcher:
             start = self.clock()
             read = self.source.vectors(ids)
             row_us = (self.clock() - start) * 1e6 / len(ids)
+            self.measured += 1
             self.row_us = row_us if not self.row_us else (
                 ROW_US_WEIGHT * row_us + (1 - ROW_US_WEIGHT) * self.row_us
             )  # fmt: skip
@@ -168,6 +179,11 @@ class Searcher:
         if not found:
             return got[0]
         return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
+
+    def slow_disk(self) -> bool:
+        """Whether the re-scoring reads have been seen to come slowly from the disk
+        (SLOW_DISK_ROW_US a row, over SLOW_DISK_READS timed reads)."""
+        return self.measured >= SLOW_DISK_READS and self.row_us >= SLOW_DISK_ROW_US
 
     def close(self) -> None:
         self.closed = True

@@ -1,26 +1,27 @@
 """The database file read into the operating system's page cache after a start, where it fits
-(`--warm-database`, off by default).
+(`--warm-database`: auto, on, off).
 
 A search of a quantized index re-scores its best candidates with their exact vectors, read from
 SQLite by id: rows anywhere in the file. After a restart the page cache holds little of it, and
 a library's own searches fill it slowly (40 random rows a search, of millions), so their reads
-go to the disk. With this on, once the daemon answers and the index's fine codes are in, a
-thread in the idle CPU and I/O classes (cpu.lowest_priority, cpu.idle_io: only CPU and disk
-time that nothing else wants) reads the file from start to end, READ_BYTES at a time, where the
-whole file fits in the memory the system reports available (MemAvailable) with KEEP_FREE to
-spare: a database that cannot stay cached is not read (the searches' reads would push out what
-was read first). The page cache is the system's to reclaim: none of it is the daemon's
-resident memory.
+go to the disk. A thread in the idle CPU and I/O classes (cpu.lowest_priority, cpu.idle_io:
+only CPU and disk time that nothing else wants) reads the file from start to end, READ_BYTES at
+a time, once the daemon answers and the index's fine codes are in, where the whole file fits in
+the memory the system reports available (MemAvailable) with KEEP_FREE to spare: a database that
+cannot stay cached is not read (the searches' reads would push out what was read first). The
+page cache is the system's to reclaim: none of it is the daemon's resident memory.
 
-Off by default: on this project's machine (a virtio disk reading 0.7 GB/s, random pages in
-~0.1 ms) a 9M library's 15.5 GB took 22-39 s to read, searches meanwhile ran at 9-14 ms p50
-against 7-10 without it, and after it their re-scoring took 0.9-1.2 ms against 0.9-2.1, the
-whole search 0.87-1.05x as long (bench/search_profile.py --cold-start, docs/BENCHMARKS.md). It
-is for disks whose random reads are slow, where every search waits on them.
+`auto` (the default) reads only once the searches' own reads are seen to come slowly
+(reads.SLOW_DISK_ROW_US a row). A 9M library's 15.5 GB (docs/BENCHMARKS.md, `bench/
+search_profile.py --cold-start`): on this project's virtio disk (a cold row in 25-100 us) the
+read took 22-39 s, searches meanwhile ran at 9-14 ms p50 against 7-10 without it, and after it
+0.87-1.05x as long: not worth it, and auto never starts it there. With the disk limited to 200
+reads a second, searches took 500 ms p50 without it, 7.7 ms once it had read the file (47 s).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 READ_BYTES = 2 << 20
 KEEP_FREE = 2 << 30
 AFTER_POLL = 0.2  # seconds between looks at the warm-up it waits for
+SLOW_POLL = 1.0  # seconds between looks at the searches' reads (auto)
 MEMINFO = Path("/proc/meminfo")
 
 
@@ -58,13 +60,17 @@ class DatabaseWarmer:
         path: Path,
         available: Callable[[], int | None] = mem_available,
         keep_free: int = KEEP_FREE,
+        slow: Callable[[], bool] | None = None,
     ) -> None:
+        """`slow`: read only once it says the disk is slow (asked every SLOW_POLL seconds;
+        `--warm-database auto`), else at once."""
         self.path = path
+        self._slow = slow
         self._available = available
         self._keep_free = keep_free
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.state = "waiting"  # then reading, and done, skipped, stopped or failed
+        self.state = "waiting"  # then watching (slow), reading, and done, skipped, stopped, failed
         self.size = 0
         self.read = 0
         self.seconds = 0.0
@@ -84,6 +90,12 @@ class DatabaseWarmer:
         while after is not None and after.is_alive():  # (a close meanwhile need not wait)
             if self._stop.wait(AFTER_POLL):
                 break
+        if self._slow is not None:
+            with contextlib.suppress(OSError):  # (what /stats shows meanwhile; _read says)
+                self.size = self.path.stat().st_size
+            self.state = "watching"
+            while not self._stop.is_set() and not self._slow():
+                self._stop.wait(SLOW_POLL)
         self.run()
 
     def run(self) -> None:
