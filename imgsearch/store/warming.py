@@ -5,8 +5,9 @@ A search of a quantized index re-scores its best candidates with their exact vec
 SQLite by id: rows anywhere in the file. After a restart the page cache holds little of it, and
 a library's own searches fill it slowly (40 random rows a search, of millions), so their reads
 go to the disk. A thread in the idle CPU and I/O classes (cpu.lowest_priority, cpu.idle_io:
-only CPU and disk time that nothing else wants) reads the file from start to end, READ_BYTES at
-a time, once the daemon answers and the index's fine codes are in, where the whole file fits in
+the CPU goes to any other thread first; the disk's queue still holds its reads, so searches
+wait behind them while it runs) reads the file from start to end, READ_BYTES at a time, once
+the daemon answers and the index's fine codes are in, where the whole file fits in
 the memory the system reports available (MemAvailable) with KEEP_FREE to spare: a database that
 cannot stay cached is not read (the searches' reads would push out what was read first). The
 page cache is the system's to reclaim: none of it is the daemon's resident memory.
