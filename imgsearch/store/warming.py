@@ -74,7 +74,6 @@ class DatabaseWarmer:
         self.state = "waiting"  # then watching (slow), reading, and done, skipped, stopped, failed
         self.size = 0
         self.read = 0
-        self.seconds = 0.0
 
     def start(self, after: threading.Thread | None = None) -> threading.Thread:
         """Read the file on a new thread in the idle CPU and I/O classes, once `after` (another
@@ -128,11 +127,11 @@ class DatabaseWarmer:
                 if not got:  # (the file shrank meanwhile)
                     break
                 self.read += got
-        self.seconds = time.monotonic() - started
+        seconds = time.monotonic() - started
         self.state = "stopped" if self._stop.is_set() else "done"
         log.info(
             "database read into the page cache: %.0f of %.0f MB in %.1fs%s",
-            self.read / 1e6, size / 1e6, self.seconds,
+            self.read / 1e6, size / 1e6, seconds,
             " (stopped)" if self.state == "stopped" else "",
         )  # fmt: skip
 
