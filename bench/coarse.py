@@ -13,7 +13,11 @@ as bfloat16 and as 8 bits a dimension (FAISS's QT_8bit), each with the caches wa
 centres searched back to back) and cold (a 256 MB array read between queries, as the scan of
 the probed lists does in the daemon), and checks how many of FAISS's lists each finds.
 Centres are unit vectors of bench/scale.py's spectral shape (k-means centres of real embeddings
-are not uniform). Appends one JSON line to bench/out/coarse.jsonl.
+are not uniform), or with --data a kept library's trained centres (bench/scale.py --keep; its
+new-photo queries for --n). --dims P ...: the split again on the centres' first P principal
+directions only (float16 halves, the query projected), alone and with the best 1.25 x nprobe
+compared again exactly (measured, not taken: docs/BENCHMARKS.md). Appends one JSON line to
+bench/out/coarse.jsonl.
 """
 
 from __future__ import annotations
@@ -46,10 +50,20 @@ def main() -> None:
     parser.add_argument("--nprobe", type=int, default=1_329)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--data", type=Path, help="a kept library's data dir: its centres")
+    parser.add_argument("--n", type=int, default=10_000_000, help="with --data: its size")
+    parser.add_argument("--dims", type=int, nargs="*", default=[], help="principal directions")
     args = parser.parse_args()
-    vectors = Vectors(args.lists, args.dim, "spectral")
-    centres = np.ascontiguousarray(np.concatenate(list(vectors.chunks())), np.float32)
-    queries = vectors.queries(args.queries)
+    if args.data is not None:
+        from tree_dims import centres_of
+
+        centres = np.ascontiguousarray(centres_of(args.data), np.float32)
+        args.lists, args.dim = centres.shape
+        queries = Vectors(args.n, args.dim, "spectral").queries(args.queries)
+    else:
+        vectors = Vectors(args.lists, args.dim, "spectral")
+        centres = np.ascontiguousarray(np.concatenate(list(vectors.chunks())), np.float32)
+        queries = vectors.queries(args.queries)
     flat = faiss.IndexFlatIP(args.dim)
     flat.add(centres)
     from threadpoolctl import threadpool_limits  # (scikit-learn's dependency)
@@ -104,6 +118,28 @@ def main() -> None:
         found = [len(np.intersect1d(one(q)[1], way(q)[1])) / args.nprobe for q in checked]
         return float(np.mean(found))
 
+    def reduced(dims: int, again: float) -> Callable[[np.ndarray], Any]:
+        """Two threads as `two`, on the centres less their mean in their first `dims` principal
+        directions; with `again` > 1 the best again x nprobe compared exactly, nprobe kept."""
+        mean = centres.mean(axis=0)
+        _, vectors_ = np.linalg.eigh(((centres - mean).T @ (centres - mean)).astype(np.float64))
+        turn = np.ascontiguousarray(vectors_[:, ::-1][:, :dims], np.float32)
+        coarse = Coarse.float16(np.ascontiguousarray((centres - mean) @ turn))
+        wanted = int(again * args.nprobe)
+
+        def way(q: np.ndarray) -> Any:
+            lists = coarse.nearest((q @ turn)[None], wanted, helper)[1][0]
+            if wanted > args.nprobe:
+                lists = lists[np.argpartition(-(centres[lists] @ q), args.nprobe - 1)]
+            return None, lists[None, : args.nprobe]
+
+        return way
+
+    ways_reduced = {
+        f"{dims} directions{', again' if again > 1 else ''}": reduced(dims, again)
+        for dims in args.dims
+        for again in (1.0, 1.25)
+    }
     result: dict[str, Any] = {
         "bench": "coarse", "cpu": cpu_model(), "load": os.getloadavg(), "lists": args.lists,
         "nprobe": args.nprobe, "dim": args.dim, "same_lists": same(two),
@@ -114,7 +150,10 @@ def main() -> None:
         "one thread": one, "two threads (float16: the daemon's)": two,
         "two threads, float32": two_float32, "two threads, BLAS product": product,
         "two threads, bfloat16": two_bfloat16, "two threads, 8 bits": two_8bit,
+        **ways_reduced,
     }  # fmt: skip
+    for name, way in ways_reduced.items():
+        result[f"same_lists, {name}"] = same(way)
     for cold in (False, True):
         for name, way in ways.items():
             times = []
