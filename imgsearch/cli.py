@@ -21,7 +21,7 @@ from . import __version__
 from .client import DEFAULT_URL, Context, run
 from .commands import COMMANDS, Arg, arg
 from .config import AUTO_TOKEN, ENV_PREFIX, LOOPBACK_HOSTS, OFFLINE_MODEL, Config
-from .errors import ImgSearchError
+from .errors import ImgSearchError, disk_full
 
 log = logging.getLogger("imgsearch")
 
@@ -296,9 +296,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     before = set(threading.enumerate())
     try:
         code = serve(args)
-    except ImgSearchError as exc:
+    except Exception as exc:  # one line for what the user can act on, a traceback otherwise
+        said = exc if isinstance(exc, ImgSearchError) else disk_full(exc)
+        if said is None:
+            raise
         logging.basicConfig()
-        log.error("%s", exc.message)
+        log.error("%s", said.message)
         code = 2
     leave(code, before)
 

@@ -6,6 +6,8 @@ file changed on disk reads as a miss, and the next write replaces it (one file p
 nothing stale left behind). Writes go through a temp file and a rename (`files.write_atomic`),
 so readers see a whole old file, a whole new one, or none, without any lock. `invalidate(*ids)`
 drops images' files of every kind; the service calls it with the ids the catalog removes.
+A write that finds the disk full is skipped (the caller has its data; it is made again next
+time): a full disk must not fail searches and thumbnails that only wanted to cache.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import re
 import struct
 from pathlib import Path
 
+from .errors import disk_full
 from .files import TEMP_PREFIX, write_atomic
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,7 @@ class DerivedFiles:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.full = False  # the last write found the disk full (said once until one succeeds)
         root.mkdir(parents=True, exist_ok=True)
         for stray in root.glob(f"*/*/{TEMP_PREFIX}*"):
             log.warning("removing %s left by an interrupted cache write", stray)
@@ -63,8 +67,17 @@ class DerivedFiles:
     def write(self, kind: str, image_id: int, mtime_ns: int, data: bytes) -> None:
         """Keep `data` made from this version of the image, replacing any older one."""
         path = self.path(kind, image_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, _HEADER.pack(MAGIC, int(mtime_ns)) + data)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, _HEADER.pack(MAGIC, int(mtime_ns)) + data)
+        except OSError as exc:
+            if (full := disk_full(exc)) is None:
+                raise
+            if not self.full:
+                log.warning("derived files are not cached for now: %s", full.message)
+            self.full = True
+            return
+        self.full = False
 
     def drop(self, kind: str, image_id: int) -> None:
         """Forget one file (e.g. one found unreadable)."""

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .downloads import UrlAdder
-from .errors import Busy, ImgSearchError, NotFound
+from .errors import Busy, ImgSearchError, NotFound, disk_full
 from .fetch import check_url
 from .ingest import AddReport, FileError, Ingester
 from .store import JobRow, Store
@@ -316,8 +316,12 @@ class JobManager:
         except ImgSearchError as exc:
             job.state, job.error, job.error_status = "failed", exc.message, exc.status
         except Exception as exc:  # the worker must survive any job
-            log.exception("indexing job %s failed", job.id)
-            job.state, job.error = "failed", f"unexpected error: {exc}"
+            if (full := disk_full(exc)) is not None:
+                log.warning("indexing job %s stopped: %s", job.id, full.message)
+                job.state, job.error, job.error_status = "failed", full.message, full.status
+            else:
+                log.exception("indexing job %s failed", job.id)
+                job.state, job.error = "failed", f"unexpected error: {exc}"
         finally:
             job.finished = time.time()
             self._after(job)

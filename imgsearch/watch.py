@@ -23,13 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import Catalog
-from .errors import BadRequest, ConfigError, NotFound
+from .errors import BadRequest, ConfigError, NotFound, disk_full
 from .ingest import AddReport, FileError, Ingester, walk
 from .store import StoredFile
 
 log = logging.getLogger(__name__)
 
 ERRORS_KEPT = 50
+# After a write that found the disk full, a folder is synced again (walked whole) this much later.
+DISK_FULL_WAIT_S = 60.0
 
 
 @dataclass
@@ -200,6 +202,10 @@ class Watcher:
                     if changes:
                         self._apply(watch, changes)
             except Exception as exc:
+                if (full := disk_full(exc)) is not None:  # not the watching's fault
+                    log.warning("watching %s: %s", watch.path, full.message)
+                    watch.stop.wait(DISK_FULL_WAIT_S)
+                    continue
                 if polling is None and isinstance(exc, OSError | RuntimeError):
                     # e.g. out of inotify watches (fs.inotify.max_user_watches), or a network
                     # file system that sends no events: scan for changes instead.

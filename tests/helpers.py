@@ -1,6 +1,6 @@
 """Plain helpers for tests: sample photos, image bytes, free ports, the tiny model's config,
-a daemon subprocess, the OpenAPI response check, and cone-shaped unit vectors like embeddings
-(test modules import only from here)."""
+a daemon subprocess, the OpenAPI response check, cone-shaped unit vectors like embeddings,
+and a small file system to fill (test modules import only from here)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -421,3 +422,39 @@ def uncached(path: Path) -> None:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def small_disk(where: Path, megabytes: int) -> Iterator[Path]:
+    """A tmpfs of `megabytes` mounted on the new folder `where`: a real file system that runs
+    out of space (`fill`). Skips the test where mounting is not allowed (not root)."""
+    where.mkdir(parents=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"no small file system to fill here (mount: {done.stderr.strip()})")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "--lazy", str(where)], check=False)
+
+
+def fill(disk: Path, leave: int = 0) -> Path:
+    """Grow or shrink the file `disk`/ballast until the file system has `leave` bytes free
+    (at most, where it is full already)."""
+    ballast = disk / "ballast"
+    ballast.touch()
+    change = shutil.disk_usage(disk).free - leave
+    if change < 0:
+        os.truncate(ballast, max(0, ballast.stat().st_size + change))
+        return ballast
+    with open(ballast, "ab") as fh:  # written: a hole (truncate) would take no space
+        try:
+            fh.write(bytes(change))
+            fh.flush()
+        except OSError:  # full already (a file's own blocks): as full as it gets
+            pass
+    return ballast

@@ -32,7 +32,7 @@ from typing import Any
 
 from ..catalog import Catalog
 from ..cpu import lower_priority
-from ..errors import Conflict
+from ..errors import Conflict, disk_full
 from .export import EXIT_STOPPED, ROWS_PER_SHARD, STAGING, check_target
 from .records import PENDING, Records
 
@@ -166,15 +166,23 @@ class ExportManager:
                 state = "interrupted" if self._closing else "cancelled"
             job.state, job.error = state, error
         except Exception as exc:  # the child could not start, say: the worker goes on
-            log.exception("export %s failed", job.id)
-            job.state, job.error = "failed", f"unexpected error: {exc}"
+            if (full := disk_full(exc)) is not None:
+                log.warning("export %s stopped: %s", job.id, full.message)
+                job.state, job.error = "failed", full.message
+            else:
+                log.exception("export %s failed", job.id)
+                job.state, job.error = "failed", f"unexpected error: {exc}"
         finally:
             job._child = None
             if job.state != "done":
                 shutil.rmtree(Path(job.dir) / STAGING, ignore_errors=True)
             job.finished = time.time()
-            self._save(job)
-            job.ended.set()
+            try:
+                self._save(job)
+            except OSError as exc:  # a full disk: the job's end is known here all the same
+                log.warning("export %s: its record not saved: %s", job.id, exc)
+            finally:
+                job.ended.set()
             log.info("export %s %s: %d rows in %d files", job.id, job.state, job.rows, job.files)
 
     def _child_run(self, job: ExportJob) -> tuple[str, str | None]:

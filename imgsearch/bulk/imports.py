@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..cpu import background_share, lower_priority
-from ..errors import BadRequest, NotFound
+from ..errors import BadRequest, NotFound, disk_full
 from ..ingest import AddReport, Checked, Ingester
 from ..store import UNKNOWN_SHA256, Rows
 from .batches import Group, Unreadable, groups, shard_batches
@@ -298,12 +298,20 @@ class ImportManager:
         except BadRequest as exc:
             job.state, job.error = "failed", exc.message
         except Exception as exc:  # the worker must survive any job
-            log.exception("import %s failed", job.id)
-            job.state, job.error = "failed", f"unexpected error: {exc}"
+            if (full := disk_full(exc)) is not None:  # (what was written stays: rerun it)
+                log.warning("import %s stopped: %s", job.id, full.message)
+                job.state, job.error = "failed", full.message
+            else:
+                log.exception("import %s failed", job.id)
+                job.state, job.error = "failed", f"unexpected error: {exc}"
         finally:
             job.finished = None if job.state == "queued" else time.time()
-            self._save(job)
-            job.ended.set()
+            try:
+                self._save(job)
+            except OSError as exc:  # a full disk: the record says "running", resumed at start
+                log.warning("import %s: its record not saved: %s", job.id, exc)
+            finally:
+                job.ended.set()
             log.info(
                 "import %s %s: %d rows, %d failed", job.id, job.state, job.imported, job.failed
             )

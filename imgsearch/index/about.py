@@ -10,11 +10,17 @@ from .segments import Segments
 
 
 def about(
-    seg: Segments, vectors: int, planned: int, origin: str, state: str, timings: dict[str, Any]
+    seg: Segments,
+    vectors: int,
+    planned: int,
+    origin: str,
+    state: str,
+    timings: dict[str, Any],
+    error: str | None = None,
 ) -> dict[str, Any]:
     """`seg` described with the manager's own state: the vectors searches find (`vectors`),
     the planned size of the imports in progress, how the index came up, what the worker is
-    doing, and the searches' timings."""
+    doing, the searches' timings, and why its last job failed (None: it did not)."""
     meta = seg.base.meta
     fine = seg.base.fine
     tuned = meta.nprobe > 0
@@ -38,6 +44,7 @@ def about(
         "generation": meta.generation,
         "origin": origin,
         "state": state,
+        "error": error,
         "search_time": timings,
     }
 

@@ -127,6 +127,20 @@ def save(base: Base, folder: Path) -> Path:
     tmp = folder / (name + TEMP_SUFFIX)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        _write(base, tmp)
+    except BaseException:  # (a full disk, say): the part written would hold its space
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        _discard(final)
+    os.replace(tmp, final)
+    fsync(folder)
+    return final
+
+
+def _write(base: Base, tmp: Path) -> None:
+    """The base's files and meta.json into the folder `tmp`, each fsynced."""
     write_paced(base.index, tmp / INDEX)
     np.save(tmp / IDS, base.ids)
     files = [INDEX, IDS]
@@ -140,11 +154,6 @@ def save(base: Base, folder: Path) -> Path:
     (tmp / META).write_text(json.dumps(meta, indent=1))
     for f in (*files, META):
         fsync(tmp / f)
-    if final.exists():
-        _discard(final)
-    os.replace(tmp, final)
-    fsync(folder)
-    return final
 
 
 def kept(base: Base, folder: Path, model_id: str, dim: int) -> tuple[Base, Path]:

@@ -67,6 +67,12 @@ GROWTH = 1.5  # the file grows by half again when an id falls beyond it (sparse:
 MIN_ROWS = 1 << 16
 # A saved table is faulted in at start-up WARM_BYTES of the mapping at a time (warm()).
 WARM_BYTES = 16 << 20
+# Disk blocks are reserved (posix_fallocate) for the rows before the mapping writes them, at
+# least RESERVE_BYTES at a time: the file grows sparse, and a write through a mapping into a
+# hole that the full disk cannot fill is a SIGBUS, which killed the daemon without a word
+# (and again at each start, as the replay wrote the same rows). Reserved, a full disk is an
+# OSError (ENOSPC) from `put`, which the add or import reports.
+RESERVE_BYTES = 8 << 20
 
 
 class FineTable:
@@ -82,6 +88,7 @@ class FineTable:
         self._grow = threading.Lock()
         self._warming = False  # warm() is reading the file in: a gather asks for its pages first
         self._warm_at = 0  # the bytes warm() has read in so far (those pages are not asked)
+        self._reserved = 0  # the bytes from the start known to have disk blocks (_reserve)
         if not path.exists():
             with open(path, "wb") as fh:
                 fh.truncate(MIN_ROWS * row_bytes)
@@ -104,7 +111,25 @@ class FineTable:
                     with open(self.path, "r+b") as fh:
                         fh.truncate(max(top + 1, int(len(rows) * GROWTH)) * self.row_bytes)
                 self.rows = self._map()  # (another table object on the file may have grown it)
+        self._reserve((top + 1) * self.row_bytes)
         self.rows[ids] = codes
+
+    def _reserve(self, end: int) -> None:
+        """Disk blocks for the file's first `end` bytes (RESERVE_BYTES more where the file
+        has them), before the mapping writes there; OSError ENOSPC where the disk is full."""
+        if end <= self._reserved:
+            return
+        with self._grow:
+            start = self._reserved
+            if end <= start:
+                return
+            upto = min(len(self.rows) * self.row_bytes, max(end, start + RESERVE_BYTES))
+            fd = os.open(self.path, os.O_RDWR)
+            try:
+                os.posix_fallocate(fd, start, upto - start)
+            finally:
+                os.close(fd)
+            self._reserved = upto
 
     def get(self, ids: np.ndarray) -> np.ndarray:
         """The rows of `ids` (a row never written reads as zeros)."""

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cpu import lower_priority
+from ..errors import disk_full
 from ..memory import trim
 from . import base as B
 from . import due
@@ -34,11 +34,10 @@ from .policy import HELD_TUNE_QUERIES, TUNE_QUERIES, Policy
 from .reads import Searcher, one_omp_thread, scan_store
 from .segments import Change, Segments, bits
 from .startup import place_later, reopen, saved_base, warm_fine
-from .stopping import Stopped
+from .worker import Worker
 
 log = logging.getLogger(__name__)
 
-WAKE_SECONDS = 5.0  # how often the background worker looks for work unprompted
 STOP_WAIT = 5.0  # seconds close() waits for a build in progress (the thread is a daemon)
 ROOM_POLL = 0.2  # seconds between looks while a bulk writer waits for the index (make_room)
 # A swap replays the changes logged during a build into the new segments off the lock, in up to
@@ -57,7 +56,6 @@ class LibraryIndex:
         self.policy = policy
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._wake = threading.Event()
         self._busy = threading.Lock()  # one build at a time (never taken by requests)
         self._log: list[Change] | None = None
         self._folding = False  # the build running is a compaction (the log may keep codes)
@@ -75,8 +73,7 @@ class LibraryIndex:
         # Everything up to the store's generation is in the segments now (replayed): what a
         # compaction saves as its base's generation, so the next start replays none of it.
         self._applied = max(self._segments.base.meta.generation, self.source.generation())
-        self._worker = threading.Thread(target=self._run, name="index-worker", daemon=True)
-        self._worker.start()
+        self._worker = Worker(self.maintain, self._trim, self._stop)
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -108,9 +105,20 @@ class LibraryIndex:
             return B.empty_exact(self.model_id, self.dim, self.source.generation())
         log.info("no usable saved index: building one from SQLite (%d vectors)", present)
         self.origin = "rebuilt"
-        return self._build(present)
+        built = self._built(present)
+        try:
+            return self._keep(built)
+        except OSError as exc:  # a full disk: serve it all the same (the next start rebuilds)
+            if (full := disk_full(exc)) is None:
+                raise
+            log.warning("the index built from SQLite is not saved: %s", full.message)
+            return built
 
     def _build(self, count: int) -> B.Base:
+        return self._keep(self._built(count))
+
+    def _built(self, count: int) -> B.Base:
+        """A new base for `count` vectors, trained and tuned, not saved yet."""
         spec = self.policy.spec(count, self.dim)
         # During a bulk import a provisional tuning (fewer queries): the import waits for it,
         # and its end tunes again for the size it reached.
@@ -121,7 +129,7 @@ class LibraryIndex:
         )  # fmt: skip
         if count > built.meta.trained_count:  # trained ahead, for an import's final size
             built = replace(built, meta=replace(built.meta, trained_count=count))
-        return self._keep(built)
+        return built
 
     def warm(self) -> threading.Thread | None:
         """Read the saved base's fine codes into memory on a background thread (the service
@@ -191,9 +199,9 @@ class LibraryIndex:
     def _poke(self) -> None:
         seg = self._segments
         if int(seg.recent.ntotal) > self.policy.delta_limit(len(seg.base)):
-            self._wake.set()
+            self._worker.wake()
         elif due.needs_training(self.policy, self._look()):
-            self._wake.set()
+            self._worker.wake()
 
     @contextmanager
     def hold(self, expected: int = 0) -> Iterator[None]:
@@ -214,7 +222,7 @@ class LibraryIndex:
                 self._holds -= 1
                 if not self._holds:
                     self._planned, self._settle = 0, True
-            self._wake.set()
+            self._worker.wake()
 
     def make_room(self, stop: threading.Event) -> None:
         """A bulk writer calls this between batches: while the recent segment holds over twice
@@ -224,7 +232,7 @@ class LibraryIndex:
         while (look := self._look()).recent > self._room(look):
             if stop.is_set() or self._stop.is_set():
                 return
-            self._wake.set()
+            self._worker.wake()
             stop.wait(ROOM_POLL)
 
     def _room(self, look: due.Look) -> int:
@@ -269,26 +277,17 @@ class LibraryIndex:
     def describe(self) -> dict[str, Any]:
         """The index as `/stats` shows it (about.py)."""
         seg = self._segments
-        return about(seg, len(self), self._planned, self.origin, self.state, self._reads.timings())
+        timings, error = self._reads.timings(), self._worker.error
+        return about(seg, len(self), self._planned, self.origin, self.state, timings, error)
 
     # -- background work ------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        lower_priority()  # (training and compaction use every core through FAISS's team)
-        while not self._stop.is_set():
-            self._wake.wait(WAKE_SECONDS)
-            self._wake.clear()
-            try:
-                # Freed memory back to the system after a job (not while an import runs: a
-                # trim stalls other threads' allocations for as long as it takes, 0.1-0.4 s
-                # after a compaction at 10M; the import's end brings a job that trims).
-                if (ran := self.maintain()) and not self._holds:
-                    trim(f"index {ran}")
-            except Stopped:
-                return
-            except Exception:
-                log.exception("index maintenance failed; will retry")
-                self._stop.wait(WAKE_SECONDS)
+    def _trim(self, ran: str) -> None:
+        """Freed memory back to the system after a job (not while an import runs: a trim
+        stalls other threads' allocations for as long as it takes, 0.1-0.4 s after a
+        compaction at 10M; the import's end brings a job that trims)."""
+        if not self._holds:
+            trim(f"index {ran}")
 
     def maintain(self) -> str | None:
         """Train or compact if due (the worker calls this; tests may too); return what ran."""
@@ -405,7 +404,6 @@ class LibraryIndex:
     def close(self) -> None:
         """Stop background work (a build in progress is abandoned: SQLite has everything)."""
         self._stop.set()
-        self._wake.set()
         self._worker.join(STOP_WAIT)
         self._reads.close()
 

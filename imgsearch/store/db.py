@@ -10,6 +10,7 @@ under the write lock: what they read is what that transaction left (the row coun
 from __future__ import annotations
 
 import logging
+import shutil
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -17,10 +18,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+from ..errors import FREE_SPACE, DiskFull
+
 log = logging.getLogger(__name__)
 
 CHUNK = 500  # ids per `IN (...)`: well under SQLite's bound-parameter limit
 T = TypeVar("T")
+# A database that cannot be opened where its disk has less than this free: a full disk (SQLite
+# says "disk I/O error" where it cannot make its WAL index file, not SQLITE_FULL).
+ROOM_BYTES = 1 << 20
 # A new database's page size: the one of these holding an image row in the fewest bytes, a
 # larger one only where it saves at least PAGE_GAIN. A row lies whole in one page (SQLite spills
 # a row to overflow pages only beyond nearly a page), so at 4 KB a 1280-d row (a 2,560-byte
@@ -107,14 +113,32 @@ def _row_share(page: int, row_bytes: int) -> float:
 
 
 def _connect(path: Path, page_bytes: int | None = None) -> sqlite3.Connection:
+    """A connection in WAL mode; DiskFull where it fails on a disk with no room left."""
+    try:
+        return _connected(path, page_bytes)
+    except sqlite3.OperationalError as exc:
+        free = shutil.disk_usage(path.parent).free
+        if free >= ROOM_BYTES:
+            raise
+        raise DiskFull(
+            f"the database {path} cannot be opened ({exc}) with {free:,} bytes free on its "
+            f"disk: {FREE_SPACE}"
+        ) from exc
+
+
+def _connected(path: Path, page_bytes: int | None) -> sqlite3.Connection:
     # check_same_thread=False only so close() can shut a connection from another thread; each
     # reader is used by its own thread, and the writer only under the write lock.
     conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-    if page_bytes is not None:  # before WAL: a new file's first write fixes its page size
-        conn.execute(f"PRAGMA page_size={int(page_bytes)}")
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA foreign_keys=ON")
+    try:
+        if page_bytes is not None:  # before WAL: a new file's first write fixes its page size
+            conn.execute(f"PRAGMA page_size={int(page_bytes)}")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from ..errors import Busy, ImgSearchError
+from ..errors import Busy, ImgSearchError, disk_full
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status < 400:
             raise
         return _http_error(request, exc)
-    except Exception:
+    except Exception as exc:
+        if (full := disk_full(exc)) is not None:  # not a bug: said once, plainly
+            log.warning("%s %s: %s", request.method, request.path_qs, full.message)
+            return error_response(full.message, full.status)
         log.exception("internal error on %s %s", request.method, request.path_qs)
         return error_response("internal server error (see the daemon's log)", 500)
 
