@@ -51,11 +51,19 @@ DERIVED = "cache"  # features and thumbnails (derived.py)
 
 
 class DataDirLock:
-    """An exclusive OS lock on the data directory; released by the kernel if the process dies."""
+    """An exclusive OS lock on the data directory (made if missing); released by the kernel if
+    the process dies."""
 
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / LOCK_FILE
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # read-only, another user's: the daemon writes here, say so
+            raise ConfigError(
+                f"the data directory {data_dir} cannot be written ({exc.strerror}): imgsearch "
+                "keeps its database and index there; pass a writable --data-dir"
+            ) from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -106,7 +114,6 @@ class Service:
         # Downloaded images stay readable (thumbnails, search by path) whatever the roots.
         roots = config.allow_roots
         self.paths = PathPolicy((*roots, config.data_dir / DOWNLOADS) if roots else ())
-        config.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = DataDirLock(config.data_dir)
         stack.callback(self._lock.release)
         self.heif = enable_heif()

@@ -1,6 +1,7 @@
 """A full disk under the data directory: clear errors (507, a failed job saying why), a daemon
 that keeps serving and starts again, nothing stored lost, and work that resumes once space is
-freed. The disk is a real tmpfs, filled up by a ballast file (tests/helpers.small_disk)."""
+freed. The disk is a real tmpfs, filled up by a ballast file (tests/helpers.small_disk); a
+read-only one is refused at the start in one line."""
 
 from __future__ import annotations
 
@@ -169,6 +170,22 @@ def test_a_cache_write_on_a_full_disk_is_skipped_not_an_error(tmp_path: Path) ->
         ballast.unlink()
         files.write("features/sift", 7, 123, b"x" * 10_000)
         assert files.read("features/sift", 7, 123) == b"x" * 10_000 and not files.full
+
+
+@pytest.mark.slow
+def test_a_read_only_data_dir_is_refused_in_one_line(
+    tmp_path: Path, tiny_model_config: Path
+) -> None:
+    with small_disk(tmp_path / "data", 1) as data:
+        subprocess.run(["mount", "-o", "remount,ro", str(data)], check=True)
+        daemon = Daemon(data, tiny_model_config)
+        try:
+            assert daemon.proc.wait(60) == 2
+        finally:
+            daemon.proc.kill()
+    said = daemon.output()
+    assert f"the data directory {data} cannot be written (Read-only file system)" in said
+    assert "Traceback" not in said
 
 
 def shard(folder: Path, seed: int) -> Path:
