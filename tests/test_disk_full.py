@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import urllib.error
 import urllib.request
 from contextlib import closing
@@ -24,12 +25,16 @@ import numpy as np
 import pytest
 
 from imgsearch.bulk.format import table_of, write_shard
+from imgsearch.bulk.imports import ImportManager
 from imgsearch.catalog import DB_FILE, Catalog
 from imgsearch.derived import DerivedFiles
+from imgsearch.embedders import Embedder
 from imgsearch.errors import DiskFull, disk_full
+from imgsearch.images import BASE_EXTENSIONS
 from imgsearch.index import Policy
 from imgsearch.index import worker as W
 from imgsearch.index.base import TEMP_SUFFIX
+from imgsearch.ingest import Ingester
 from imgsearch.store import FileFacts, NewImage
 
 from .helpers import TINY_MODEL, Daemon, fill, small_disk, wait_for
@@ -92,6 +97,32 @@ def test_the_worker_retries_later_each_time_and_says_why_meanwhile(
     for worker.failures in (1, 2, 3, 4):
         waits.append(worker.retry_in())
     assert waits == [0.01, 0.02, 0.04, 0.04]  # doubled each time, up to the bound
+
+
+def test_a_retry_asked_for_ends_the_wait_after_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(W, "WAKE_SECONDS", 0.01)
+    calls: list[float] = []
+    stop = threading.Event()
+
+    def job() -> str | None:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return None
+
+    worker = W.Worker(job, lambda ran: None, stop)
+    worker.retry_in = lambda: 600.0  # type: ignore[method-assign]
+    try:
+        wait_for("a failure", lambda: worker.full is not None, timeout=10)
+        time.sleep(0.1)
+        asked = time.monotonic()
+        worker.retry_now()
+        assert worker.full is None
+        wait_for("the next try", lambda: len(calls) >= 2, timeout=5)
+        assert calls[1] - asked < 2.0 and worker.error is None
+    finally:
+        stop.set()
+        worker.join(5)
 
 
 def test_fine_codes_on_a_full_disk_fail_with_enospc_not_a_bus_error(tmp_path: Path) -> None:
@@ -186,6 +217,49 @@ def test_a_read_only_data_dir_is_refused_in_one_line(
     said = daemon.output()
     assert f"the data directory {data} cannot be written (Read-only file system)" in said
     assert "Traceback" not in said
+
+
+def test_an_import_that_would_wait_for_a_base_the_disk_cannot_take_stops(
+    tmp_path: Path, tiny_embedder: Embedder
+) -> None:
+    """The index's folder full (SQLite has room): the import's training cannot be saved, and the
+    import, which waits for the index to fold its rows before writing more, stops saying why
+    instead of waiting for good; its rows stay, and a new import asks the worker to try again."""
+    dim = tiny_embedder.dim
+    rows = 10_000
+    folder = tmp_path / "in"
+    folder.mkdir()
+    vectors = np.random.default_rng(0).standard_normal((rows, dim)).astype(np.float32)
+    paths = [f"/lib/{i}.jpg" for i in range(rows)]
+    write_shard(folder / "a.parquet", table_of(tiny_embedder.model_id, dim, paths, vectors))
+    data = tmp_path / "data"
+    # IVF-Flat (no fine codes) from 100 rows; an import waits beyond twice 100 recent rows
+    # once the index is trained.
+    policy = Policy(exact_max=100, flat_max_bytes=10**9, lists_per_sqrt=1.0, held_delta_max=100)
+    with small_disk(data / "index", 1) as index_dir:
+        fill(index_dir)
+        catalog = Catalog(data, tiny_embedder.model_id, dim, policy)
+        ingester = Ingester(
+            catalog,
+            tiny_embedder,
+            extensions=BASE_EXTENSIONS,
+            allows=lambda _: True,
+            batch_size=4,
+            workers=1,
+            max_file_bytes=10**7,
+            max_pixels=10**8,
+        )
+        manager = ImportManager(ingester, data, batch_rows=100)
+        try:
+            job = manager.submit(folder)
+            assert job.ended.wait(60), "the import waits for the index for good"
+            assert job.state == "failed" and "disk is full" in (job.error or ""), job.error
+            assert 0 < catalog.store.count() < rows and catalog.index._worker.full is not None
+            with catalog.index.hold():  # a new import: the worker tries again at once
+                assert catalog.index._worker.full is None
+        finally:
+            manager.close()
+            catalog.close()
 
 
 def shard(folder: Path, seed: int) -> Path:

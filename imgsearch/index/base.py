@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import disk_full
 from ..files import fsync
 from . import quantizers
 from .fine import Fine, FineTable, tables
@@ -156,12 +157,20 @@ def _write(base: Base, tmp: Path) -> None:
         fsync(tmp / f)
 
 
-def kept(base: Base, folder: Path, model_id: str, dim: int) -> tuple[Base, Path]:
+def kept(
+    base: Base, folder: Path, model_id: str, dim: int, unsaved: bool = False
+) -> tuple[Base, Path | None]:
     """Save a new base; return what searches will read, and its folder: the files
     memory-mapped (the built copy is freed), or for fast-scan codes, which FAISS reads into
     RAM anyway, the built base itself (no second read of the file, no second copy while it
-    is read)."""
-    path = save(base, folder)
+    is read). `unsaved`: where the disk is full, the built base itself and no folder."""
+    try:
+        path = save(base, folder)
+    except OSError as exc:
+        if not unsaved or (full := disk_full(exc)) is None:
+            raise
+        log.warning("the index built is not saved (the next start builds it again): %s", full)
+        return base, None
     if base.meta.kind in READ_INTO_RAM:
         return base, path
     return load(path, model_id, dim), path

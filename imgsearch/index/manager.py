@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import disk_full
+from ..errors import DiskFull
 from ..memory import trim
 from . import base as B
 from . import due
@@ -105,14 +105,8 @@ class LibraryIndex:
             return B.empty_exact(self.model_id, self.dim, self.source.generation())
         log.info("no usable saved index: building one from SQLite (%d vectors)", present)
         self.origin = "rebuilt"
-        built = self._built(present)
-        try:
-            return self._keep(built)
-        except OSError as exc:  # a full disk: serve it all the same (the next start rebuilds)
-            if (full := disk_full(exc)) is None:
-                raise
-            log.warning("the index built from SQLite is not saved: %s", full.message)
-            return built
+        base, self._path = B.kept(self._built(present), self.folder, self.model_id, self.dim, True)
+        return base
 
     def _build(self, count: int) -> B.Base:
         return self._keep(self._built(count))
@@ -211,6 +205,8 @@ class LibraryIndex:
         (`policy.train_at`); when the last hold ends the worker folds every recent row into
         a saved base, so a restart replays nothing."""
         start = len(self)
+        if self._worker.error is not None:  # (space may have been freed since)
+            self._worker.retry_now()
         with self._lock:
             self._holds += 1
             if expected > 0:
@@ -228,10 +224,12 @@ class LibraryIndex:
         """A bulk writer calls this between batches: while the recent segment holds over twice
         `policy.held_limit` (over once while a training runs), it waits for the worker to fold
         it in (memory stays bounded; an import goes at the index's pace), or until `stop` (or
-        close()) is set."""
+        close()) is set; DiskFull where the worker cannot save a base for want of room."""
         while (look := self._look()).recent > self._room(look):
             if stop.is_set() or self._stop.is_set():
                 return
+            if (full := self._worker.full) is not None:
+                raise DiskFull(full.message)
             self._worker.wake()
             stop.wait(ROOM_POLL)
 

@@ -5,7 +5,9 @@ A failed job is tried again later, twice as late each time in a row (WAKE_SECOND
 RETRY_MAX_SECONDS): a compaction on a full disk writes its base until the disk refuses, and
 tried every few seconds it would spend the CPU and the log on that alone. Meanwhile searches
 and adds go on against the segments in memory (SQLite has every row), and `/stats` says what
-failed (`index.error`) until a job succeeds.
+failed (`index.error`) until a job succeeds. A new bulk import asks for a try at once
+(`retry_now`: the space may have been freed), and one that would have to wait for a base that
+the full disk cannot take stops instead (`full`, LibraryIndex.make_room).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import threading
 from collections.abc import Callable
 
 from ..cpu import lower_priority
-from ..errors import disk_full
+from ..errors import DiskFull, disk_full
 from .stopping import Stopped
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,10 @@ class Worker:
         self.job, self.after, self.stop = job, after, stop
         self.failures = 0  # failed jobs in a row
         self.error: str | None = None  # what the last of them said
+        # The last job failed for a full disk, and no try was asked for since (retry_now).
+        self.full: DiskFull | None = None
         self._wake = threading.Event()
+        self._retry = threading.Event()  # ends a wait after a failure early
         self._thread = threading.Thread(target=self._run, name="index-worker", daemon=True)
         self._thread.start()
 
@@ -48,7 +53,15 @@ class Worker:
     def wake(self) -> None:
         self._wake.set()
 
+    def retry_now(self) -> None:
+        """After a failure, try again now rather than at the end of the wait."""
+        self.full = None
+        self._retry.set()
+        self._wake.set()
+
     def join(self, timeout: float) -> None:
+        """Wait for the thread once `stop` is set."""
+        self._retry.set()
         self._wake.set()
         self._thread.join(timeout)
 
@@ -68,17 +81,19 @@ class Worker:
             except Exception as exc:
                 self._failed(exc)
                 continue
-            self.failures, self.error = 0, None
+            self.failures, self.error, self.full = 0, None, None
             if ran:
                 self.after(ran)
 
     def _failed(self, exc: Exception) -> None:
         self.failures += 1
         wait = self.retry_in()
-        if (full := disk_full(exc)) is not None:  # not a bug: one line, no traceback
-            self.error = full.message
-            log.warning("index maintenance stopped: %s (next try in %.0f s)", full.message, wait)
+        self._retry.clear()
+        self.full = disk_full(exc)
+        if self.full is not None:  # not a bug: one line, no traceback
+            self.error = self.full.message
+            log.warning("index maintenance stopped: %s (next try in %.0f s)", self.error, wait)
         else:
             self.error = f"{type(exc).__name__}: {exc}"
             log.exception("index maintenance failed; next try in %.0f s", wait)
-        self.stop.wait(wait)
+        self._retry.wait(wait)
