@@ -76,14 +76,13 @@ class Worker:
             self._wake.clear()
             try:
                 ran = self.job()
+                self.failures, self.error, self.full = 0, None, None
+                if ran:
+                    self.after(ran)
             except Stopped:
                 return
             except Exception as exc:
                 self._failed(exc)
-                continue
-            self.failures, self.error, self.full = 0, None, None
-            if ran:
-                self.after(ran)
 
     def _failed(self, exc: Exception) -> None:
         self.failures += 1
