@@ -5,6 +5,7 @@ read-only one is refused at the start in one line."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import shutil
@@ -32,6 +33,7 @@ from imgsearch.embedders import Embedder
 from imgsearch.errors import DiskFull, disk_full
 from imgsearch.images import BASE_EXTENSIONS
 from imgsearch.index import Policy
+from imgsearch.index import base as B
 from imgsearch.index import worker as W
 from imgsearch.index.base import TEMP_SUFFIX
 from imgsearch.ingest import Ingester
@@ -123,6 +125,29 @@ def test_a_retry_asked_for_ends_the_wait_after_a_failure(monkeypatch: pytest.Mon
     finally:
         stop.set()
         worker.join(5)
+
+
+def exact_base(count: int, generation: int) -> B.Base:
+    empty = B.empty_exact("m", DIM, generation)
+    ids = np.arange(count, dtype=np.int64)
+    empty.index.add_with_ids(np.random.default_rng(0).random((count, DIM), np.float32), ids)
+    return B.Base(empty.index, ids, dataclasses.replace(empty.meta, count=count))
+
+
+def test_a_base_is_not_written_where_the_disk_has_no_room_for_it(tmp_path: Path) -> None:
+    """Estimated from the last base saved (its size a vector), before any byte is written:
+    a full disk would fail every other write meanwhile."""
+    with small_disk(tmp_path / "index", 8) as folder:
+        first = B.save(exact_base(2_000, 1), folder)
+        bigger = exact_base(8_000, 2)  # ~1 MB: 4x the first, plus margins
+        fill(folder, leave=1 << 20)
+        free = shutil.disk_usage(folder).free
+        with pytest.raises(DiskFull, match="next base needs about 2 MB .* 1 MB free"):
+            B.save(bigger, folder, first)
+        assert shutil.disk_usage(folder).free == free and B.saved(folder) == [first]
+        fill(folder, leave=3 << 20)
+        saved = B.save(bigger, folder, first)
+        assert len(B.load(saved, "m", DIM).ids) == 8_000
 
 
 def test_fine_codes_on_a_full_disk_fail_with_enospc_not_a_bus_error(tmp_path: Path) -> None:

@@ -765,10 +765,10 @@ def test_changes_during_a_compaction_survive_the_swap(
     saving, release = threading.Event(), threading.Event()
     real_save = B.save
 
-    def gated_save(base: B.Base, folder: Path) -> Path:
+    def gated_save(base: B.Base, folder: Path, previous: Path | None = None) -> Path:
         saving.set()
         assert release.wait(30)
-        return real_save(base, folder)
+        return real_save(base, folder, previous)
 
     try:
         with index.hold():  # one training, on all N (not the first 500: no retraining later)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import disk_full
+from ..errors import FREE_SPACE, DiskFull, disk_full
 from ..files import fsync
 from . import quantizers
 from .fine import Fine, FineTable, tables
@@ -45,6 +45,12 @@ READ_INTO_RAM = ("ivf-pqfs",)
 # searches' re-scoring reads, and went to disk in one burst at the fsync, with those reads
 # queued behind it (a 2.1 s search during a compaction at 10M; docs/BENCHMARKS.md).
 PACE_BYTES = 32 << 20
+# A base is written only where its disk has room for it by an estimate (room_for): the last
+# saved base of its kind scaled by the vectors each holds, ROOM_MARGIN more, plus ROOM_SLACK.
+# Written until the disk refused, a 10M base (1.2 GB) would leave the disk full for every other
+# program, and for the daemon's own adds, until its temporary folder was deleted again.
+ROOM_MARGIN = 0.1
+ROOM_SLACK = 1 << 20
 
 
 class IndexFileError(Exception):
@@ -121,8 +127,29 @@ def empty_exact(model_id: str, dim: int, generation: int) -> Base:
     return Base(index, np.zeros(0, np.int64), meta)
 
 
-def save(base: Base, folder: Path) -> Path:
-    """Write the base into a new folder under `folder`, atomically; return its path."""
+def room_for(base: Base, folder: Path, previous: Path | None) -> None:
+    """DiskFull where `folder`'s disk has less free than `base` is estimated to take, from the
+    `previous` saved base (of the same kind; else, or unreadable, no estimate and no check)."""
+    try:
+        meta = json.loads((previous / META).read_text()) if previous else {}
+        size, count = sum(meta["sizes"].values()), int(meta["count"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return
+    if meta.get("kind") != base.meta.kind:
+        return
+    need = int(size * max(1, len(base)) / max(1, count) * (1 + ROOM_MARGIN)) + ROOM_SLACK
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise DiskFull(
+            f"the index's next base needs about {need >> 20} MB and the data directory's disk "
+            f"has {free >> 20} MB free: {FREE_SPACE}"
+        )
+
+
+def save(base: Base, folder: Path, previous: Path | None = None) -> Path:
+    """Write the base into a new folder under `folder`, atomically; return its path. DiskFull
+    first where there is no room for it by the estimate from the `previous` base (room_for)."""
+    room_for(base, folder, previous)
     name = f"{base.meta.generation:012d}-{base.meta.kind}"
     final = folder / name
     tmp = folder / (name + TEMP_SUFFIX)
@@ -158,14 +185,20 @@ def _write(base: Base, tmp: Path) -> None:
 
 
 def kept(
-    base: Base, folder: Path, model_id: str, dim: int, unsaved: bool = False
+    base: Base,
+    folder: Path,
+    model_id: str,
+    dim: int,
+    unsaved: bool = False,
+    previous: Path | None = None,
 ) -> tuple[Base, Path | None]:
-    """Save a new base; return what searches will read, and its folder: the files
-    memory-mapped (the built copy is freed), or for fast-scan codes, which FAISS reads into
-    RAM anyway, the built base itself (no second read of the file, no second copy while it
-    is read). `unsaved`: where the disk is full, the built base itself and no folder."""
+    """Save a new base (`previous`: the last one saved, save()); return what searches will
+    read, and its folder: the files memory-mapped (the built copy is freed), or for fast-scan
+    codes, which FAISS reads into RAM anyway, the built base itself (no second read of the
+    file, no second copy while it is read). `unsaved`: where the disk is full, the built base
+    itself and no folder."""
     try:
-        path = save(base, folder)
+        path = save(base, folder, previous)
     except OSError as exc:
         if not unsaved or (full := disk_full(exc)) is None:
             raise

@@ -377,7 +377,7 @@ class LibraryIndex:
 
     def _keep(self, base: B.Base) -> B.Base:
         """Save a new base; return what searches will read (base.kept)."""
-        base, self._path = B.kept(base, self.folder, self.model_id, self.dim)
+        base, self._path = B.kept(base, self.folder, self.model_id, self.dim, False, self._path)
         return base
 
     def _swap(self, base: B.Base) -> None:
