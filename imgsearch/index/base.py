@@ -199,7 +199,7 @@ def kept(
     itself and no folder."""
     try:
         path = save(base, folder, previous)
-    except OSError as exc:
+    except (OSError, DiskFull) as exc:
         if not unsaved or (full := disk_full(exc)) is None:
             raise
         log.warning("the index built is not saved (the next start builds it again): %s", full)
