@@ -272,6 +272,7 @@ class Service:
                 self.database_warm.stats() if self.database_warm else {"state": "off"}
             ),
             "data_dir": str(self.config.data_dir),
+            "disk_free_mb": _free_mb(self.config.data_dir),
             **({"notice": self.notice} if self.notice else {}),
         }
 
@@ -281,6 +282,15 @@ class Service:
             return
         self._closed = True
         self._stack.close()
+
+
+def _free_mb(data_dir: Path) -> float | None:
+    """The free space of the data dir's disk in MB (statvfs: on the local disk SQLite's WAL
+    needs, a call of a few microseconds); None where it cannot be read."""
+    try:
+        return round(shutil.disk_usage(data_dir).free / 1e6, 1)
+    except OSError:
+        return None
 
 
 def _close(opened: Future[Catalog]) -> None:

@@ -40,6 +40,8 @@ async def test_health_and_empty_stats(client: Client, config: Config) -> None:
     assert stats["model"] == "open_clip/imgsearch-test-tiny/random"
     assert stats["index"]["vectors"] == 0
     assert stats["data_dir"] == str(config.data_dir)
+    free = shutil.disk_usage(config.data_dir).free / 1e6
+    assert stats["disk_free_mb"] == pytest.approx(free, abs=50)
 
 
 async def test_add_nested_folders_and_search_finds_itself(client: Client, tmp_path: Path) -> None:

@@ -343,6 +343,7 @@ def test_a_full_disk_is_reported_survived_and_recovered_from(
             assert (status, job["state"]) == (200, "failed") and job["imported"] < ROWS, job
             assert "disk is full" in job["error"] and "free some space" in job["error"]
             fill(data)  # not even room for the job's record
+            assert call(daemon, "GET", "/stats")[1]["disk_free_mb"] == 0
             status, body = call(daemon, "POST", "/import", {"dir": str(second), "wait": True})
             assert status == 507 and body["status"] == 507 and "disk is full" in body["error"]
             wait_for(
