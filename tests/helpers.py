@@ -1,6 +1,7 @@
 """Plain helpers for tests: sample photos, image bytes, free ports, the tiny model's config,
 a daemon subprocess, the OpenAPI response check, cone-shaped unit vectors like embeddings,
-and a small file system to fill (test modules import only from here)."""
+a small file system to fill, and an ingester for in-process imports (test modules import only
+from here)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,11 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT4
 from skimage import data as skdata
 
+from imgsearch.catalog import Catalog
 from imgsearch.comparators import Picture, Score
+from imgsearch.embedders import Embedder
+from imgsearch.images import BASE_EXTENSIONS
+from imgsearch.ingest import Ingester
 
 TINY_MODEL = "imgsearch-test-tiny"
 TINY_CONFIG = {
@@ -458,3 +463,17 @@ def fill(disk: Path, leave: int = 0) -> Path:
         except OSError:  # full already (a file's own blocks): as full as it gets
             pass
     return ballast
+
+
+def ingester(catalog: Catalog, embedder: Embedder) -> Ingester:
+    """An Ingester on `catalog` with small batches, one worker, any path allowed."""
+    return Ingester(
+        catalog,
+        embedder,
+        extensions=BASE_EXTENSIONS,
+        allows=lambda _: True,
+        batch_size=4,
+        workers=1,
+        max_file_bytes=10**7,
+        max_pixels=10**8,
+    )

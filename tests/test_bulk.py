@@ -33,12 +33,11 @@ from imgsearch.catalog import Catalog
 from imgsearch.config import Config
 from imgsearch.cpu import BACKGROUND_NICE
 from imgsearch.embedders import Embedder
-from imgsearch.images import BASE_EXTENSIONS
-from imgsearch.ingest import Checked, Ingester
+from imgsearch.ingest import Checked
 from imgsearch.store import FileFacts, Rows
 from imgsearch.web import create_app
 
-from .helpers import ClientFactory, get_json
+from .helpers import ClientFactory, get_json, ingester
 
 Client = TestClient[web.Request, web.Application]
 
@@ -194,19 +193,6 @@ async def test_export_then_import_round_trip(
         assert np.allclose([h["distance"] for h in a], [h["distance"] for h in b], atol=1e-4)
     again = await get_json(second, "/add", image=str(next(iter(photos.values())).parent))
     assert again["skipped"] == 5
-
-
-def ingester(catalog: Catalog, embedder: Embedder) -> Ingester:
-    return Ingester(
-        catalog,
-        embedder,
-        extensions=BASE_EXTENSIONS,
-        allows=lambda _: True,
-        batch_size=4,
-        workers=1,
-        max_file_bytes=10**7,
-        max_pixels=10**8,
-    )
 
 
 def die_after(manager: ImportManager, catalog: Catalog, puts: int) -> list[int]:

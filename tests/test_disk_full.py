@@ -31,15 +31,13 @@ from imgsearch.catalog import DB_FILE, Catalog
 from imgsearch.derived import DerivedFiles
 from imgsearch.embedders import Embedder
 from imgsearch.errors import DiskFull, disk_full
-from imgsearch.images import BASE_EXTENSIONS
 from imgsearch.index import Policy
 from imgsearch.index import base as B
 from imgsearch.index import worker as W
 from imgsearch.index.base import TEMP_SUFFIX
-from imgsearch.ingest import Ingester
 from imgsearch.store import FileFacts, NewImage
 
-from .helpers import TINY_MODEL, Daemon, fill, small_disk, wait_for
+from .helpers import TINY_MODEL, Daemon, fill, ingester, small_disk, wait_for
 
 MODEL_ID = f"open_clip/{TINY_MODEL}/random"
 DIM = 32
@@ -264,17 +262,7 @@ def test_an_import_that_would_wait_for_a_base_the_disk_cannot_take_stops(
     with small_disk(data / "index", 1) as index_dir:
         fill(index_dir)
         catalog = Catalog(data, tiny_embedder.model_id, dim, policy)
-        ingester = Ingester(
-            catalog,
-            tiny_embedder,
-            extensions=BASE_EXTENSIONS,
-            allows=lambda _: True,
-            batch_size=4,
-            workers=1,
-            max_file_bytes=10**7,
-            max_pixels=10**8,
-        )
-        manager = ImportManager(ingester, data, batch_rows=100)
+        manager = ImportManager(ingester(catalog, tiny_embedder), data, batch_rows=100)
         try:
             job = manager.submit(folder)
             assert job.ended.wait(60), "the import waits for the index for good"
