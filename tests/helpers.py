@@ -430,17 +430,26 @@ def uncached(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def small_disk(where: Path, megabytes: int) -> Iterator[Path]:
-    """A tmpfs of `megabytes` mounted on the new folder `where`: a real file system that runs
-    out of space (`fill`). Skips the test where mounting is not allowed (not root)."""
+def small_disk(where: Path, megabytes: int, kind: str = "tmpfs") -> Iterator[Path]:
+    """A file system of `megabytes` mounted on the new folder `where`: a real one that runs
+    out of space (`fill`). "tmpfs", or "btrfs" (copy-on-write: a block rewritten takes a new
+    one; made on an image file beside `where`, loop-mounted, at least 114 MB). Skips the test
+    where mounting is not allowed (not root) or btrfs cannot be made (no mkfs.btrfs, no loop
+    devices)."""
     where.mkdir(parents=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-    )
+    if kind == "tmpfs":
+        mount = ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(where)]
+    else:
+        image = where.with_name(f"{where.name}.{kind}")
+        with open(image, "wb") as fh:
+            fh.truncate(megabytes << 20)
+        if shutil.which(f"mkfs.{kind}") is None:
+            pytest.skip(f"no mkfs.{kind} here (Debian's btrfs-progs)")
+        subprocess.run([f"mkfs.{kind}", "-q", "-f", str(image)], capture_output=True, check=True)
+        mount = ["mount", "-o", "loop", str(image), str(where)]
+    done = subprocess.run(mount, capture_output=True, text=True)
     if done.returncode != 0:
-        pytest.skip(f"no small file system to fill here (mount: {done.stderr.strip()})")
+        pytest.skip(f"no small {kind} to fill here (mount: {done.stderr.strip()})")
     try:
         yield where
     finally:

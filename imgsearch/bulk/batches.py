@@ -9,7 +9,7 @@ still recorded per shard (the resume point) and bad rows still name their file a
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,17 +61,24 @@ class Group:
 
 
 def shard_batches(
-    infos: Sequence[ShardInfo], done: dict[str, int], batch_rows: int, rename: Rename | None
+    infos: Iterable[ShardInfo | Unreadable],
+    done: dict[str, int],
+    batch_rows: int,
+    rename: Rename | None,
 ) -> Iterator[tuple[ShardInfo, RowBatch] | Unreadable]:
     """Every shard's record batches from the row `done` names on, one shard after another; a
-    shard that cannot be read ends with an Unreadable and the next one goes on."""
+    shard that cannot be read ends with an Unreadable and the next one goes on (one known to
+    be unreadable already passes on as it is)."""
     for info in infos:
+        if isinstance(info, Unreadable):
+            yield info
+            continue
         try:
             start = done[info.path.name]
             for batch in read_batches(info, start_row=start, batch_rows=batch_rows, rename=rename):
                 yield info, batch
-        except (OSError, pa.ArrowException) as exc:  # a damaged file: the others go on
-            yield Unreadable(info, exc)
+        except (OSError, ValueError, TypeError, pa.ArrowException) as exc:  # a damaged file
+            yield Unreadable(info, exc)  # (or one whose contents surprise us): the others go on
 
 
 def groups(

@@ -58,8 +58,9 @@ class Stopped(Exception):
 
 
 def check_target(folder: Path) -> None:
-    """An export may go into `folder`: an absolute path, new or an empty folder (or one that
-    holds only an unfinished export's staging folder); 400 or 409 otherwise."""
+    """An export may go into `folder`: an absolute path, new (in a folder it can be made in)
+    or an empty folder (or one that holds only an unfinished export's staging folder); 400 or
+    409 otherwise."""
     if not folder.is_absolute():
         raise BadRequest(f"dir must be an absolute path, got {folder}")
     if folder.exists():
@@ -67,6 +68,12 @@ def check_target(folder: Path) -> None:
             raise Conflict(f"{folder} exists and is not a folder")
         if any(p.name != STAGING for p in folder.iterdir()):
             raise Conflict(f"{folder} exists and is not an empty folder")
+        return
+    parent = next(p for p in folder.parents if p.exists())  # (the root exists)
+    if not parent.is_dir():
+        raise BadRequest(f"cannot create {folder}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BadRequest(f"cannot create {folder}: {parent} may not be written")
 
 
 def prepare_folder(folder: Path) -> Path:
@@ -191,6 +198,9 @@ def _write_shards(
             writing = (writer.submit(write_table, staging / names[-1], table), read)
         if writing is not None:
             writing[0].result()
+        if not names:  # an empty library: one shard of no rows, which imports as such
+            names.append("part-00000.parquet")
+            write_table(staging / names[-1], shard_table(model_id, dim, []))
     progress(read, len(names))
     return read, names
 

@@ -57,6 +57,7 @@ class ExportJob:
     error: str | None = None
     stop: threading.Event = field(default_factory=threading.Event, repr=False)
     ended: threading.Event = field(default_factory=threading.Event, repr=False)
+    cancelled: bool = field(default=False, repr=False)  # stopped by a user, not a shutdown
     _child: subprocess.Popen[str] | None = field(default=None, repr=False)
 
     def as_json(self) -> dict[str, Any]:
@@ -106,6 +107,7 @@ class ExportManager:
         self.command = [sys.executable, "-m", "imgsearch.bulk.export"]
         self.rows_per_shard = ROWS_PER_SHARD
         self._closing = False
+        self._starting = threading.Lock()  # a job's start against its cancel while queued
         self._worker = ThreadPoolExecutor(1, "export", lower_priority)
         self.records = Records(data_dir / JOBS_DIR, "export", ExportJob.from_record)
         for job in self.records.kept():
@@ -131,9 +133,15 @@ class ExportManager:
         return self.records.list()
 
     def cancel(self, job_id: str, timeout: float = 60.0) -> ExportJob:
-        """Stop an export after the shard in hand; nothing is left in its folder."""
+        """Stop an export after the shard in hand; nothing is left in its folder. One still
+        queued ends at once, whatever runs before it."""
         job = self.records.get(job_id)
-        self._stop(job)
+        with self._starting:
+            job.cancelled = True
+            self._stop(job)
+            if job.state == "queued":  # not started: _run will pass it by
+                job.state, job.finished = "cancelled", time.time()
+                self._end(job)
         job.ended.wait(timeout)
         return job
 
@@ -155,15 +163,19 @@ class ExportManager:
         self.records.save(job)
 
     def _run(self, job: ExportJob) -> None:
+        with self._starting:
+            if job.state == "cancelled":  # while it was queued (cancel ended it)
+                return
+            if not job.stop.is_set():
+                job.state, job.started = "running", time.time()
         try:
-            if job.stop.is_set():
+            if job.state != "running":
                 state, error = "stopped", None
             else:
-                job.state, job.started = "running", time.time()
                 self._save(job)
                 state, error = self._child_run(job)
             if state == "stopped":
-                state = "interrupted" if self._closing else "cancelled"
+                state = "cancelled" if job.cancelled or not self._closing else "interrupted"
             job.state, job.error = state, error
         except Exception as exc:  # the child could not start, say: the worker goes on
             if (full := disk_full(exc)) is not None:
@@ -177,13 +189,18 @@ class ExportManager:
             if job.state != "done":
                 shutil.rmtree(Path(job.dir) / STAGING, ignore_errors=True)
             job.finished = time.time()
-            try:
-                self._save(job)
-            except OSError as exc:  # a full disk: the job's end is known here all the same
-                log.warning("export %s: its record not saved: %s", job.id, exc)
-            finally:
-                job.ended.set()
+            self._end(job)
             log.info("export %s %s: %d rows in %d files", job.id, job.state, job.rows, job.files)
+
+    def _end(self, job: ExportJob) -> None:
+        """Save a job's last record and signal its end (also where the record cannot be
+        saved: a full disk; the job's end is known here all the same)."""
+        try:
+            self._save(job)
+        except OSError as exc:
+            log.warning("export %s: its record not saved: %s", job.id, exc)
+        finally:
+            job.ended.set()
 
     def _child_run(self, job: ExportJob) -> tuple[str, str | None]:
         """Run the export's child to its end, following its progress: (state, error); a

@@ -8,12 +8,16 @@ exactly as /stats shows it) and its dimension (`imgsearch.dim`).
 
 Shards are written atomically (temp file, fsync, rename), so a reader sees a whole shard or none.
 Rows are checked one by one; a bad row (null or relative path, wrong length, NaN, zero vector) is
-reported with its file and row number and the rest of the batch goes on.
+reported with its file and row number and the rest of the batch goes on. A local path is
+normalised (`/a/./b//c` is `/a/b/c`, the identity `/add` gives that file); a fact cell of the
+wrong type is converted where it says the same (`size` 1234.0, "1234"), else unknown (null, as
+a NaN is). Vectors may be fixed-size lists, lists or large lists of any float or integer type.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +30,7 @@ import pyarrow.parquet as pq
 
 from ..errors import BadRequest, NotFound
 from ..files import TEMP_PREFIX, write_atomic_with
+from ..ingest.checks import URL_OR_PATH
 from ..store.rows import row_norms
 
 log = logging.getLogger(__name__)
@@ -102,7 +107,8 @@ def shard_files(folder: Path) -> list[Path]:
     """The shards in a folder (not its subfolders), by name; temp files left by a crash skipped."""
     if not folder.is_dir():
         raise NotFound(f"not a folder: {folder}")
-    return sorted(p for p in folder.glob(SHARD_GLOB) if not p.name.startswith(TEMP_PREFIX))
+    found = (p for p in folder.glob(SHARD_GLOB) if not p.name.startswith(TEMP_PREFIX))
+    return sorted(p for p in found if p.is_file())  # (a Spark-style folder named x.parquet: no)
 
 
 def shard_info(path: Path) -> ShardInfo:
@@ -118,10 +124,24 @@ def shard_info(path: Path) -> ShardInfo:
         dim = int(kv[META_DIM])
     except ValueError:
         raise BadRequest(f"{path}: imgsearch.dim is not an integer: {kv[META_DIM]!r}") from None
-    names = set(meta.schema.to_arrow_schema().names)
-    if not {"path", "vector"} <= names:
-        raise BadRequest(f"{path}: needs the columns path and vector, has {sorted(names)}")
+    arrow = meta.schema.to_arrow_schema()
+    if not {"path", "vector"} <= set(arrow.names):
+        raise BadRequest(f"{path}: needs the columns path and vector, has {sorted(arrow.names)}")
+    kind = arrow.field("vector").type
+    if not _numbers(kind):
+        raise BadRequest(f"{path}: vector must be a list of floats, got {kind}")
+    if pa.types.is_fixed_size_list(kind) and kind.list_size != dim:
+        raise BadRequest(f"{path}: vector holds {kind.list_size} values, imgsearch.dim says {dim}")
     return ShardInfo(path, kv[META_MODEL].decode(), dim, int(meta.num_rows))
+
+
+def _numbers(kind: pa.DataType) -> bool:
+    """Whether a column of `kind` is a list (of any kind) of floats or integers."""
+    lists = pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind)
+    if not (lists or pa.types.is_large_list(kind)):
+        return False
+    value = kind.value_type
+    return bool(pa.types.is_floating(value) or pa.types.is_integer(value))
 
 
 Rename = Callable[[str], str]
@@ -159,8 +179,10 @@ def check_batch(
     if rename is not None:
         paths = [rename(p) if isinstance(p, str) else p for p in paths]
     for i, path in enumerate(paths):
-        if not isinstance(path, str) or not (path.startswith("/") or "://" in path):
-            ok[i], reasons[i] = False, f"path must be absolute or a URL, got {path!r}"
+        if not isinstance(path, str) or not path.startswith(URL_OR_PATH):
+            ok[i], reasons[i] = False, f"path must be absolute or an http(s) URL, got {path!r}"
+        elif path.startswith("/"):
+            paths[i] = "/" + os.path.normpath(path).lstrip("/")  # (normpath keeps a leading //)
     good = np.flatnonzero(ok)
     out = RowBatch(
         bad=[BadRow(str(info.path), first + i, reasons[i]) for i in range(n) if not ok[i]]
@@ -172,12 +194,42 @@ def check_batch(
     vectors /= norms[:, None]  # unit length (our own array: a copy when rows were dropped)
     out.vectors = vectors
     picked = batch.take(pa.array(good, pa.int64())) if len(good) < n else batch
-    for name in FACT_COLUMNS:
+    for name, kind in FACT_COLUMNS.items():
         if name in batch.schema.names:
-            out.facts[name] = picked.column(name).to_pylist()
+            out.facts[name] = _facts(picked.column(name), kind)
     extra = [c for c in batch.schema.names if c not in KNOWN_COLUMNS]
     out.extras = picked.select(extra).to_pylist() if extra else []
     return out
+
+
+def _facts(column: Any, kind: pa.DataType) -> list[Any]:
+    """A fact column's cells as `kind` (FACT_COLUMNS): cast where every cell says the same
+    (NaN as null), else cell by cell, a cell that cannot be converted unknown (None)."""
+    if column.type == kind:
+        return list(column.to_pylist())
+    if pa.types.is_floating(column.type):
+        column = pc.if_else(pc.is_nan(column), pa.scalar(None, column.type), column)
+    try:
+        return list(pc.cast(column, kind, safe=True).to_pylist())
+    except (pa.ArrowException, TypeError):
+        return [_cell(value, kind) for value in column.to_pylist()]
+
+
+def _cell(value: Any, kind: pa.DataType) -> Any:
+    """One fact cell as `kind`, or None where it is not one (1.5 as a size, "1.2 MB")."""
+    if value is None or pa.types.is_string(kind):
+        return value if value is None else str(value)
+    try:
+        number = int(value.strip()) if isinstance(value, str) else value
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            return None
+        if isinstance(number, float) and not number.is_integer():
+            return None
+        whole = int(number)
+        bits = kind.bit_width - 1
+        return whole if -(1 << bits) <= whole < (1 << bits) else None
+    except (ValueError, OverflowError):
+        return None
 
 
 def _vectors(column: Any, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
@@ -185,7 +237,7 @@ def _vectors(column: Any, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     n = len(column)
     reasons = [""] * n
     out = np.zeros((n, dim), dtype=np.float32)
-    if not (pa.types.is_fixed_size_list(column.type) or pa.types.is_list(column.type)):
+    if not _numbers(column.type):
         kind = f"vector must be a list of floats, got {column.type}"
         return out, np.zeros(n, np.float32), np.zeros(n, bool), [kind] * n
     if pa.types.is_fixed_size_list(column.type) and column.type.list_size == dim:

@@ -88,6 +88,7 @@ class ImportJob:
     total: int
     state: str = "queued"
     shards: dict[str, int] = field(default_factory=dict)  # shard name -> rows done
+    shard_rows: dict[str, int] = field(default_factory=dict)  # shard name -> its rows (kept)
     imported: int = 0
     skipped: int = 0  # stored already with the same size and mtime
     failed: int = 0
@@ -98,6 +99,7 @@ class ImportJob:
     error: str | None = None
     stop: threading.Event = field(default_factory=threading.Event, repr=False)
     ended: threading.Event = field(default_factory=threading.Event, repr=False)
+    cancelled: bool = field(default=False, repr=False)  # stopped by a user, not a shutdown
     _clock: float = field(default=0.0, repr=False)  # when this process started running it
     _done_here: int = field(default=0, repr=False)
 
@@ -111,8 +113,9 @@ class ImportJob:
         eta = None
         if rate and self.state == "running":
             eta = round((self.total - self.done) / rate, 1)
+        shown = {k: v for k, v in self.record().items() if k != "shard_rows"}
         return {
-            **self.record(),
+            **shown,
             "done": self.done,
             "vectors_per_s": round(rate, 1) if rate else None,
             "eta_s": eta,
@@ -132,6 +135,7 @@ class ImportJob:
             "failed": self.failed,
             "errors": self.errors,
             "shards": self.shards,
+            "shard_rows": self.shard_rows,
             "created": self.created,
             "started": self.started,
             "finished": self.finished,
@@ -144,6 +148,7 @@ class ImportJob:
         job = cls(**{k: data[k] for k in keys})
         job.errors, job.error = data.get("errors", []), data.get("error")
         job.skipped = data.get("skipped", 0)
+        job.shard_rows = data.get("shard_rows", {})  # (records before 2026-12-07: none)
         job.created, job.started, job.finished = data["created"], data["started"], data["finished"]
         return job
 
@@ -231,6 +236,7 @@ class ImportManager:
         self.catalog = ingester.catalog
         self.batch_rows = batch_rows
         self._closing = False
+        self._starting = threading.Lock()  # a job's start against its cancel while queued
         # Imports (the writer; its reader and encoder too) at the background priority: requests
         # get the CPU first (cpu.BACKGROUND_NICE).
         self._worker = ThreadPoolExecutor(1, "import", lower_priority)
@@ -254,6 +260,7 @@ class ImportManager:
         total = sum(i.rows for i in infos)
         job = ImportJob(uuid.uuid4().hex[:12], str(folder), mapping.specs(), total)
         job.shards = {i.path.name: 0 for i in infos}
+        job.shard_rows = {i.path.name: i.rows for i in infos}
         self.records.add(job)
         self._worker.submit(self._run, job)
         return job
@@ -265,9 +272,15 @@ class ImportManager:
         return self.records.list()
 
     def cancel(self, job_id: str, timeout: float = 60.0) -> ImportJob:
-        """Stop an import after its batch in flight (what was written stays)."""
+        """Stop an import after its batch in flight (what was written stays); one still
+        queued ends at once, whatever runs before it."""
         job = self.records.get(job_id)
-        job.stop.set()
+        with self._starting:
+            job.cancelled = True
+            job.stop.set()
+            if job.state == "queued":  # not started: _run will pass it by
+                job.state, job.finished = "cancelled", time.time()
+                self._end(job)
         job.ended.wait(timeout)
         return job
 
@@ -282,9 +295,13 @@ class ImportManager:
         self.records.save(job)
 
     def _run(self, job: ImportJob) -> None:
-        try:
+        with self._starting:
+            if job.state == "cancelled":  # while it was queued (cancel ended it)
+                return
             if not job.stop.is_set():
                 job.state, job._clock = "running", time.time()
+        try:
+            if job.state == "running":
                 job.started = job.started or job._clock
                 self._save(job)
                 # The index trains once, for the size the import makes (not at every
@@ -292,7 +309,7 @@ class ImportManager:
                 with self.catalog.index.hold(expected=job.total - job.done):
                     self._import(job)
             if job.stop.is_set():  # a shutdown leaves it queued, so the next start resumes it
-                job.state = "queued" if self._closing else "cancelled"
+                job.state = "cancelled" if job.cancelled or not self._closing else "queued"
             else:
                 job.state = "done"
         except BadRequest as exc:
@@ -306,26 +323,30 @@ class ImportManager:
                 job.state, job.error = "failed", f"unexpected error: {exc}"
         finally:
             job.finished = None if job.state == "queued" else time.time()
-            try:
-                self._save(job)
-            except OSError as exc:  # a full disk: the record says "running", resumed at start
-                log.warning("import %s: its record not saved: %s", job.id, exc)
-            finally:
-                job.ended.set()
+            self._end(job)
             log.info(
                 "import %s %s: %d rows, %d failed", job.id, job.state, job.imported, job.failed
             )
 
+    def _end(self, job: ImportJob) -> None:
+        """Save a job's last record and signal its end (also where the record cannot be
+        saved: a full disk; the record then says "running" or "queued": resumed at start)."""
+        try:
+            self._save(job)
+        except OSError as exc:
+            log.warning("import %s: its record not saved: %s", job.id, exc)
+        finally:
+            job.ended.set()
+
     def _import(self, job: ImportJob) -> None:
-        infos = check_folder(Path(job.dir), self.catalog.model_id, self.catalog.dim)
         rename = PathMap.parse(job.path_map) if job.path_map else None
-        mine = [i for i in infos if i.path.name in job.shards]  # a shard added since: not ours
-        batches = groups(shard_batches(mine, job.shards, self.batch_rows, rename), self.batch_rows)
+        items = shard_batches(self._shards(job), job.shards, self.batch_rows, rename)
+        batches = groups(items, self.batch_rows)
         for group, checked in ahead(batches, self._check, self.ingester.encode_checked, job.stop):
             if job.stop.is_set():
                 return
             if isinstance(group, Unreadable):
-                self._skip_rest(job, group.info, f"cannot read the file: {group.error}")
+                self._skip_rest(job, group.info, _why(group.error))
                 continue
             report = AddReport()
             if checked is not None:  # one transaction per group
@@ -336,6 +357,27 @@ class ImportManager:
                     job.errors += [r.as_json() for r in refused[:room]]
             self._record(job, group, report)
             self.catalog.index.make_room(job.stop)  # the index keeps up (bounded memory)
+
+    def _shards(self, job: ImportJob) -> Iterator[ShardInfo | Unreadable]:
+        """The job's own shards, in order, those not done read again (a shard added to the
+        folder since is not the job's); one gone or changed to another model since is an
+        Unreadable, the others go on."""
+        model, dim = self.catalog.model_id, self.catalog.dim
+        for name, done in job.shards.items():
+            path = Path(job.dir) / name
+            rows = job.shard_rows.get(name, done)
+            if done >= rows and name in job.shard_rows:
+                continue
+            try:
+                info = shard_info(path)
+            except BadRequest as exc:
+                yield Unreadable(ShardInfo(path, model, dim, rows), _Gone(exc.message))
+                continue
+            if (info.model_id, info.dim) != (model, dim):
+                why = f"it now holds vectors of model {info.model_id} ({info.dim}-d)"
+                yield Unreadable(ShardInfo(path, model, dim, rows), _Gone(why))
+                continue
+            yield info
 
     def _check(self, group: Group | Unreadable) -> Checked | None:
         """A group's rows checked (None: no rows); encoded by the index next (ahead)."""
@@ -350,9 +392,9 @@ class ImportManager:
         """Count a shard's unread rows as failed (one error for them all) and move on."""
         done = job.shards[info.path.name]
         log.warning("import %s: %s from row %d: %s", job.id, info.path, done, reason)
-        job.failed += info.rows - done
-        job._done_here += info.rows - done
-        job.shards[info.path.name] = info.rows
+        job.failed += max(0, info.rows - done)
+        job._done_here += max(0, info.rows - done)
+        job.shards[info.path.name] = max(done, info.rows)
         if len(job.errors) < ERRORS_KEPT:
             job.errors.append(BadRow(str(info.path), done, reason).as_json())
         self._save(job)
@@ -367,9 +409,36 @@ class ImportManager:
             job.errors += [b.as_json() for b in batch.bad[: max(0, room)]]
             for bad in batch.bad[:5]:
                 log.warning("import: %s row %d: %s", bad.file, bad.row, bad.reason)
+        refused = _refused(group, report)
+        job.failed += len(refused)
+        job.errors += [r.as_json() for r in refused[: max(0, ERRORS_KEPT - len(job.errors))]]
         job.imported += report.added + report.updated + report.moved
         job.skipped += report.skipped
         self._save(job)
+
+
+class _Gone(Exception):
+    """A shard of a job that is no longer what the job was made of (gone, another model)."""
+
+
+def _why(error: Exception) -> str:
+    return str(error) if isinstance(error, _Gone) else f"cannot read the file: {error}"
+
+
+def _refused(group: Group, report: AddReport) -> list[BadRow]:
+    """The rows of `group` not imported though the format let them by: those the ingest
+    refused (report.errors), and those whose path a later row of the group repeats (the
+    later row is written: add_embedded), with their file and row."""
+    where: dict[str, tuple[str, int]] = {}
+    out: list[BadRow] = []
+    for info, batch in group.parts:
+        for path, row in zip(batch.paths, batch.rows, strict=True):
+            if (earlier := where.get(path)) is not None:
+                why = f"the same path as row {row} of {info.path}, which was imported instead"
+                out.append(BadRow(*earlier, why))
+            where[path] = (str(info.path), row)
+    found = [(where.get(e.image, ("", -1)), e.error) for e in report.errors]
+    return out + [BadRow(file, row, error) for (file, row), error in found]
 
 
 __all__ = ["BadRow", "ImportJob", "ImportManager", "PathMap", "check_folder"]

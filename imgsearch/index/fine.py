@@ -67,28 +67,26 @@ GROWTH = 1.5  # the file grows by half again when an id falls beyond it (sparse:
 MIN_ROWS = 1 << 16
 # A saved table is faulted in at start-up WARM_BYTES of the mapping at a time (warm()).
 WARM_BYTES = 16 << 20
-# Disk blocks are reserved (posix_fallocate) for the rows before the mapping writes them, at
-# least RESERVE_BYTES at a time: the file grows sparse, and a write through a mapping into a
-# hole that the full disk cannot fill is a SIGBUS, which killed the daemon without a word
-# (and again at each start, as the replay wrote the same rows). Reserved, a full disk is an
-# OSError (ENOSPC) from `put`, which the add or import reports.
-RESERVE_BYTES = 8 << 20
 
 
 class FineTable:
-    """A memory-mapped file of fixed-size rows, row i for id i, grown as ids grow. Written and
-    read through one shared mapping, so the rows an import writes stay mapped (resident in the
-    daemon's memory, 2.5 GB at 10M: the price of the fine codes). Written with pwrite and read
-    through a MADV_RANDOM mapping instead, they were page cache the kernel could drop: after
-    a 10 GB read elsewhere a 10M search took 46 ms p50 faulting them back in, not 22
-    (docs/BENCHMARKS.md)."""
+    """A file of fixed-size rows, row i for id i, grown (sparse) as ids grow; read through one
+    shared mapping, written with pwrite. A write through the mapping into a hole or a block
+    the disk cannot give (a full disk; on a copy-on-write file system such as btrfs, any
+    block rewritten) is a SIGBUS that kills the daemon, and the next start, writing the same
+    rows again, died the same way; pwrite fails with ENOSPC instead, which the add or import
+    reports (reserving the blocks first, posix_fallocate, prevents it on ext4, xfs and tmpfs
+    but not on btrfs). The rows written are then read through the mapping, so they stay
+    mapped (resident in the daemon's memory, 2.5 GB at 10M: the price of the fine codes), as
+    a start-up's warm() maps a saved file: read through a MADV_RANDOM mapping only when a
+    search asked for them, they were page cache the kernel could drop, and after a 10 GB read
+    elsewhere a 10M search took 46 ms p50 faulting them back in, not 22 (docs/BENCHMARKS.md)."""
 
     def __init__(self, path: Path, row_bytes: int) -> None:
         self.path, self.row_bytes = path, row_bytes
         self._grow = threading.Lock()
         self._warming = False  # warm() is reading the file in: a gather asks for its pages first
         self._warm_at = 0  # the bytes warm() has read in so far (those pages are not asked)
-        self._reserved = 0  # the bytes from the start known to have disk blocks (_reserve)
         if not path.exists():
             with open(path, "wb") as fh:
                 fh.truncate(MIN_ROWS * row_bytes)
@@ -97,7 +95,7 @@ class FineTable:
     def _map(self) -> np.memmap[Any, np.dtype[np.uint8]]:
         size = self.path.stat().st_size
         count = size // self.row_bytes
-        return np.memmap(self.path, np.uint8, "r+", shape=(count, self.row_bytes))
+        return np.memmap(self.path, np.uint8, "r", shape=(count, self.row_bytes))
 
     def put(self, ids: np.ndarray, codes: np.ndarray) -> None:
         """Write each id's row (ids from any thread; a growth remaps under a lock)."""
@@ -111,25 +109,26 @@ class FineTable:
                     with open(self.path, "r+b") as fh:
                         fh.truncate(max(top + 1, int(len(rows) * GROWTH)) * self.row_bytes)
                 self.rows = self._map()  # (another table object on the file may have grown it)
-        self._reserve((top + 1) * self.row_bytes)
-        self.rows[ids] = codes
+        self._write(ids, np.ascontiguousarray(codes, np.uint8))
+        np.bitwise_or.reduce(self.rows[ids], axis=None)  # mapped (resident), as they were written
 
-    def _reserve(self, end: int) -> None:
-        """Disk blocks for the file's first `end` bytes (RESERVE_BYTES more where the file
-        has them), before the mapping writes there; OSError ENOSPC where the disk is full."""
-        if end <= self._reserved:
-            return
-        with self._grow:
-            start = self._reserved
-            if end <= start:
-                return
-            upto = min(len(self.rows) * self.row_bytes, max(end, start + RESERVE_BYTES))
-            fd = os.open(self.path, os.O_RDWR)
-            try:
-                os.posix_fallocate(fd, start, upto - start)
-            finally:
-                os.close(fd)
-            self._reserved = upto
+    def _write(self, ids: np.ndarray, codes: np.ndarray) -> None:
+        """pwrite each run of consecutive ids as one block (an id twice: its last row); an
+        OSError (ENOSPC where the disk is full) leaves rows before it written."""
+        order = np.argsort(ids, kind="stable")
+        ids, codes = ids[order], codes[order]
+        cuts = np.flatnonzero(np.diff(ids) != 1) + 1
+        starts, ends = np.concatenate([[0], cuts]), np.concatenate([cuts, [len(ids)]])
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            for first, last in zip(starts.tolist(), ends.tolist(), strict=True):
+                block = codes[first:last].reshape(-1).data
+                at = int(ids[first]) * self.row_bytes
+                while block:  # (pwrite may write less than asked)
+                    done = os.pwrite(fd, block, at)
+                    block, at = block[done:], at + done
+        finally:
+            os.close(fd)
 
     def get(self, ids: np.ndarray) -> np.ndarray:
         """The rows of `ids` (a row never written reads as zeros)."""
@@ -196,7 +195,6 @@ class FineTable:
 
     def flush(self) -> None:
         """Rows written so far on disk (before a base that counts on them is saved)."""
-        self.rows.flush()
         fd = os.open(self.path, os.O_RDONLY)
         try:
             os.fsync(fd)

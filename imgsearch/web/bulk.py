@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from ..errors import BadRequest, Forbidden
+from ..errors import BadRequest
 from . import parsing
 from .keys import SERVICE
 from .offload import blocking, until_set
@@ -26,6 +25,14 @@ def _path_map(raw: Any) -> list[str]:
     return list(raw)
 
 
+def _wait(params: Params) -> bool:
+    """A POST's `wait`: true or false in the JSON body, 0/1 (or yes/no...) in the query."""
+    wait = params.get("wait")
+    if "wait" in params.body and not isinstance(wait, bool):
+        raise BadRequest(f"wait must be true or false, got {wait!r}")
+    return parsing.flag(wait, "wait", False)
+
+
 @table.post("/import")
 async def import_post(request: web.Request) -> web.Response:
     """Import a folder of Parquet shards: {"dir": "/abs", "wait": false, "path_map": [...]}."""
@@ -34,9 +41,7 @@ async def import_post(request: web.Request) -> web.Response:
     if not isinstance(params.get("dir"), str):
         raise BadRequest("dir must be a string path")
     folder = service.paths.resolve(params.get("dir"), name="dir")
-    wait = params.get("wait", False)
-    if not isinstance(wait, bool):
-        raise BadRequest(f"wait must be true or false, got {wait!r}")
+    wait = _wait(params)
     job = await blocking(service.imports.submit, folder, _path_map(params.get("path_map")))
     if not wait:
         location = f"/import/{job.id}"
@@ -69,11 +74,7 @@ async def _export(request: web.Request, raw: Any, wait: bool) -> web.Response:
     service = request.app[SERVICE]
     if not isinstance(raw, str) or not raw.strip():
         raise BadRequest("missing parameter: dir (a string path)")
-    if not raw.startswith("/"):
-        raise BadRequest(f"dir must be an absolute path, got {raw!r}")
-    folder = Path(raw).resolve()
-    if not service.paths.allows(folder):
-        raise Forbidden(f"dir is outside the folders this daemon may use: {raw}")
+    folder = service.paths.resolve(raw, name="dir")  # (absolute, no NUL, allowed)
     job = await blocking(service.exports.submit, folder)
     if not wait:
         location = f"/export/{job.id}"
@@ -98,10 +99,7 @@ async def export_get(request: web.Request) -> web.Response:
 async def export_post(request: web.Request) -> web.Response:
     """Export the library: {"dir": "/abs", "wait": false}."""
     params = Params(request.query, await parsing.json_object(request), "JSON body")
-    wait = params.get("wait", False)
-    if not isinstance(wait, bool):
-        raise BadRequest(f"wait must be true or false, got {wait!r}")
-    return await _export(request, params.get("dir"), wait)
+    return await _export(request, params.get("dir"), _wait(params))
 
 
 @table.get("/export/{id}")

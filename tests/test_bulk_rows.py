@@ -1,0 +1,288 @@
+"""Bulk imports of shards as other tools write them (pandas' float columns, polars' large
+lists, text cells, odd paths, repeated paths), every row accounted for; and the lives of
+import and export jobs: cancelled while queued, at a shutdown, with their folder changed
+under them, into folders that cannot be made, of an empty library."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from imgsearch.bulk.exports import ExportManager
+from imgsearch.bulk.format import table_of, write_shard
+from imgsearch.bulk.imports import ImportJob, ImportManager
+from imgsearch.catalog import Catalog
+from imgsearch.embedders import Embedder
+from imgsearch.errors import BadRequest
+
+from .helpers import ingester
+
+Client = TestClient[web.Request, web.Application]
+
+
+@pytest.fixture
+def manager(tmp_path: Path, tiny_embedder: Embedder) -> Iterator[tuple[Catalog, ImportManager]]:
+    data = tmp_path / "data"
+    data.mkdir()
+    catalog = Catalog(data, tiny_embedder.model_id, tiny_embedder.dim)
+    imports = ImportManager(ingester(catalog, tiny_embedder), data, batch_rows=5)
+    yield catalog, imports
+    imports.close()
+    catalog.close()
+
+
+def shard(
+    folder: Path, embedder: Embedder, paths: list[str], name: str = "a.parquet",
+    columns: dict[str, pa.Array] | None = None, seed: int = 0,
+) -> Path:  # fmt: skip
+    """A shard of random vectors for `paths`, with `columns` in place of (or beside) the
+    format's own."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vectors = np.random.default_rng(seed).normal(size=(len(paths), embedder.dim))
+    table = table_of(embedder.model_id, embedder.dim, paths, vectors)
+    for key, column in (columns or {}).items():
+        table = table.drop_columns([key]) if key in table.column_names else table
+        table = table.append_column(key, column)
+    write_shard(folder / name, table)
+    return folder / name
+
+
+def ended(job: ImportJob) -> dict[str, Any]:
+    assert job.ended.wait(60)
+    shown = job.as_json()
+    assert shown["imported"] + shown["skipped"] + shown["failed"] == shown["done"], shown
+    return shown
+
+
+def stored(catalog: Catalog) -> dict[str, tuple[Any, ...]]:
+    rows = catalog.store.db.reader().execute(
+        "SELECT path, size, typeof(size), mtime_ns, width FROM images"
+    )
+    return {path: tuple(rest) for path, *rest in rows}
+
+
+def slowed(catalog: Catalog, seconds: float) -> Callable[[], None]:
+    """Each write of the catalog made `seconds` slower; returns the undo."""
+    put = catalog.put
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(seconds)
+        return put(*args, **kwargs)
+
+    catalog.put = slow  # type: ignore[method-assign]
+    return lambda: setattr(catalog, "put", put)
+
+
+def test_paths_only_absolute_or_http_and_normalised(
+    manager: tuple[Catalog, ImportManager], tiny_embedder: Embedder, tmp_path: Path
+) -> None:
+    catalog, imports = manager
+    paths = ["/lib/./a//b.jpg", "s3://bucket/c.jpg", "HTTPS://x/d.jpg", "rel/x://y.jpg"]
+    paths += ["https://x/e.jpg", "/lib/f/../g.jpg"]
+    shard(tmp_path / "in", tiny_embedder, paths)
+    shown = ended(imports.submit(tmp_path / "in"))
+    assert (shown["state"], shown["imported"], shown["failed"]) == ("done", 3, 3)
+    assert sorted(stored(catalog)) == ["/lib/a/b.jpg", "/lib/g.jpg", "https://x/e.jpg"]
+    assert [(e["row"], "http(s) URL" in e["error"]) for e in shown["errors"]] == [
+        (1, True), (2, True), (3, True),
+    ]  # fmt: skip
+    assert all(e["file"].endswith("a.parquet") for e in shown["errors"])
+
+
+def test_fact_columns_of_other_types_are_converted_or_unknown(
+    manager: tuple[Catalog, ImportManager], tiny_embedder: Embedder, tmp_path: Path
+) -> None:
+    """pandas writes an integer column with gaps as float64 with NaN; a CSV turned into
+    Parquet holds text: the cells that say a number are that number, the others unknown (as
+    a null is), and the job goes on (it failed at its first batch, storing nothing, or stored
+    the text, which failed every export after)."""
+    catalog, imports = manager
+    paths = [f"/lib/{i}.jpg" for i in range(4)]
+    columns = {
+        "size": pa.array([10.0, float("nan"), 12.5, 13.0], pa.float64()),
+        "mtime_ns": pa.array(["1700000000000000000", "1.2 MB", None, " 7 "], pa.string()),
+        "width": pa.array([640, 2**40, -1, 3], pa.int64()),  # (beyond int32: unknown)
+    }
+    shard(tmp_path / "in", tiny_embedder, paths, columns=columns)
+    shown = ended(imports.submit(tmp_path / "in"))
+    assert (shown["state"], shown["imported"], shown["failed"]) == ("done", 4, 0)
+    assert stored(catalog) == {
+        "/lib/0.jpg": (10, "integer", 1700000000000000000, 640),
+        "/lib/1.jpg": (-1, "integer", -1, 0),
+        "/lib/2.jpg": (-1, "integer", -1, -1),
+        "/lib/3.jpg": (13, "integer", 7, 3),
+    }
+
+
+def test_vector_columns_as_other_tools_write_them(
+    manager: tuple[Catalog, ImportManager], tiny_embedder: Embedder, tmp_path: Path
+) -> None:
+    """polars writes large lists, others integers or float64: all read; a list of text is
+    refused with the folder (400) before anything is written, as a fixed size other than
+    the schema's dimension is."""
+    catalog, imports = manager
+    dim = tiny_embedder.dim
+    rows = np.random.default_rng(1).normal(size=(3, dim))
+    columns = {"vector": pa.array(rows.tolist(), pa.large_list(pa.float64()))}
+    shard(tmp_path / "large", tiny_embedder, ["/a/0.jpg", "/a/1.jpg", "/a/2.jpg"], columns=columns)
+    shown = ended(imports.submit(tmp_path / "large"))
+    assert (shown["state"], shown["imported"]) == ("done", 3)
+    found = catalog.vectors(range(1, 4))
+    assert np.allclose(found[1], rows[0] / np.linalg.norm(rows[0]), atol=1e-3)
+    texts = {"vector": pa.array([["x"] * dim], pa.list_(pa.string()))}
+    shard(tmp_path / "text", tiny_embedder, ["/b/0.jpg"], columns=texts)
+    with pytest.raises(BadRequest, match="vector must be a list of floats, got list<"):
+        imports.submit(tmp_path / "text")
+    flat = pa.array(np.ones(dim + 1, np.float32))
+    wrong = {"vector": pa.FixedSizeListArray.from_arrays(flat, dim + 1)}
+    shard(tmp_path / "wide", tiny_embedder, ["/c/0.jpg"], columns=wrong)
+    with pytest.raises(BadRequest, match=f"vector holds {dim + 1} values, imgsearch.dim says"):
+        imports.submit(tmp_path / "wide")
+    assert len(stored(catalog)) == 3
+
+
+def test_a_path_repeated_in_a_batch_is_one_image_and_the_earlier_row_is_reported(
+    manager: tuple[Catalog, ImportManager], tiny_embedder: Embedder, tmp_path: Path
+) -> None:
+    catalog, imports = manager
+    shard(tmp_path / "in", tiny_embedder, ["/d/x.jpg", "/d/y.jpg", "/d/x.jpg"])
+    shown = ended(imports.submit(tmp_path / "in"))
+    assert (shown["imported"], shown["failed"], shown["done"]) == (2, 1, 3)
+    (error,) = shown["errors"]
+    assert error["row"] == 0 and "the same path as row 2" in error["error"]
+    assert sorted(stored(catalog)) == ["/d/x.jpg", "/d/y.jpg"]
+
+
+def test_a_queued_import_cancelled_ends_at_once_and_stays_cancelled_after_a_shutdown(
+    tmp_path: Path, tiny_embedder: Embedder
+) -> None:
+    """DELETE of a queued import waited for the import before it (up to 60 s), and a
+    shutdown meanwhile turned the cancel into "queued": the next start imported it."""
+    shard(tmp_path / "a", tiny_embedder, [f"/lib/a/{i}.jpg" for i in range(30)])
+    shard(tmp_path / "b", tiny_embedder, [f"/lib/b/{i}.jpg" for i in range(5)], seed=1)
+    data = tmp_path / "data"
+    data.mkdir()
+    catalog = Catalog(data, tiny_embedder.model_id, tiny_embedder.dim)
+    imports = ImportManager(ingester(catalog, tiny_embedder), data, batch_rows=5)
+    undo = slowed(catalog, 0.3)  # a: 6 batches, ~2 s
+    first, second = imports.submit(tmp_path / "a"), imports.submit(tmp_path / "b")
+    start = time.monotonic()
+    assert imports.cancel(second.id).state == "cancelled"
+    assert time.monotonic() - start < 1.0
+    imports.close()  # a stops after its batch: queued, to be resumed
+    undo()
+    assert (first.state, second.state) == ("queued", "cancelled")
+    catalog.close()
+    catalog = Catalog(data, tiny_embedder.model_id, tiny_embedder.dim)
+    imports = ImportManager(ingester(catalog, tiny_embedder), data, batch_rows=5)
+    assert ended(imports.get(first.id))["state"] == "done"
+    assert imports.get(second.id).as_json()["state"] == "cancelled"
+    assert not any(path.startswith("/lib/b/") for path in stored(catalog))
+    imports.close()
+    catalog.close()
+
+
+def test_a_job_reads_its_own_shards_and_reports_one_gone(
+    manager: tuple[Catalog, ImportManager], tiny_embedder: Embedder, tmp_path: Path
+) -> None:
+    """A shard dropped into the folder after the import was queued is not the job's (a
+    half-written one failed the whole job); one of the job's that is gone when it runs (or
+    at a resume) has its rows counted failed with a reason, not left out of the count."""
+    catalog, imports = manager
+    folder = tmp_path / "in"
+    shard(folder, tiny_embedder, [f"/e/{i}.jpg" for i in range(10)], "a.parquet")
+    shard(folder, tiny_embedder, [f"/f/{i}.jpg" for i in range(7)], "b.parquet", seed=2)
+    gate, undo = threading.Event(), slowed(catalog, 0.0)
+    blocker = shard(tmp_path / "first", tiny_embedder, ["/g/0.jpg"])
+    put = catalog.put
+    catalog.put = lambda *a, **k: (gate.wait(30), put(*a, **k))[1]  # type: ignore[method-assign]
+    ahead = imports.submit(blocker.parent)
+    job = imports.submit(folder)
+    (folder / "zz-partial.parquet").write_bytes(b"PAR1 not a whole file")
+    (folder / "b.parquet").unlink()
+    gate.set()
+    undo()
+    assert ended(ahead)["state"] == "done"
+    shown = ended(job)
+    assert (shown["state"], shown["imported"], shown["failed"], shown["done"]) == (
+        "done", 10, 7, 17,
+    )  # fmt: skip
+    (error,) = shown["errors"]
+    assert error["file"].endswith("b.parquet") and "not a readable Parquet file" in error["error"]
+
+
+def test_a_resumed_job_whose_shard_vanished_says_so(
+    tmp_path: Path, tiny_embedder: Embedder
+) -> None:
+    folder = tmp_path / "in"
+    shard(folder, tiny_embedder, [f"/a/{i}.jpg" for i in range(10)], "a.parquet")
+    shard(folder, tiny_embedder, [f"/b/{i}.jpg" for i in range(10)], "b.parquet", seed=1)
+    data = tmp_path / "data"
+    data.mkdir()
+    catalog = Catalog(data, tiny_embedder.model_id, tiny_embedder.dim)
+    imports = ImportManager(ingester(catalog, tiny_embedder), data, batch_rows=5)
+    record = ended(imports.submit(folder))
+    imports.close()
+    catalog.close()
+    # as a crash leaves it: a.parquet done, b.parquet not begun; b then deleted
+    record.update(state="running", shards={"a.parquet": 10, "b.parquet": 0}, imported=10)
+    saved = json.loads((data / "imports" / f"{record['id']}.json").read_text())
+    saved.update({k: record[k] for k in ("state", "shards", "imported")}, finished=None)
+    (data / "imports" / f"{record['id']}.json").write_text(json.dumps(saved))
+    (folder / "b.parquet").unlink()
+    catalog = Catalog(data, tiny_embedder.model_id, tiny_embedder.dim)
+    imports = ImportManager(ingester(catalog, tiny_embedder), data, batch_rows=5)
+    shown = ended(imports.get(record["id"]))
+    assert (shown["state"], shown["done"], shown["total"], shown["failed"]) == ("done", 20, 20, 10)
+    assert shown["errors"][-1]["file"].endswith("b.parquet")
+    imports.close()
+    catalog.close()
+
+
+def test_a_queued_export_cancelled_ends_at_once(tmp_path: Path, tiny_embedder: Embedder) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    catalog = Catalog(data, tiny_embedder.model_id, tiny_embedder.dim)
+    exports = ExportManager(catalog, data)
+    exports.command = [sys.executable, "-c", "import time; time.sleep(3)"]  # a slow export
+    first, second = exports.submit(tmp_path / "one"), exports.submit(tmp_path / "two")
+    start = time.monotonic()
+    assert exports.cancel(second.id).state == "cancelled"
+    assert time.monotonic() - start < 1.0
+    exports.close()
+    assert first.state == "interrupted" and second.state == "cancelled"
+    catalog.close()
+
+
+async def test_export_checks_its_folder_and_an_empty_library_round_trips(
+    client: Client, tmp_path: Path
+) -> None:
+    for raw, status, said in [
+        (str(tmp_path / "a\x00b"), 400, "NUL"),
+        (str(tmp_path / "file" / "sub"), 400, "is not a folder"),
+        ("relative/dir", 400, "absolute"),
+    ]:
+        (tmp_path / "file").write_text("x")
+        resp = await client.get("/export", params={"dir": raw})
+        assert resp.status == status and said in (await resp.json())["error"], raw
+    resp = await client.post("/export?wait=1", json={"dir": str(tmp_path / "empty")})
+    job = await resp.json()
+    assert (resp.status, job["state"], job["files"]) == (200, "done", 1), job
+    assert pq.read_table(tmp_path / "empty" / "part-00000.parquet").num_rows == 0
+    resp = await client.post("/import?wait=1", json={"dir": str(tmp_path / "empty")})
+    job = await resp.json()
+    assert (resp.status, job["state"], job["total"]) == (200, "done", 0), job
+    resp = await client.post("/import", json={"dir": str(tmp_path / "empty"), "wait": "yes"})
+    assert resp.status == 400  # (in a JSON body: true or false)
