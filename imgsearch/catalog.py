@@ -142,6 +142,7 @@ class Catalog:
             result = self.store.images.upsert(rows)
             ids = np.asarray(result.ids, dtype=np.int64)
             self.index.add(ids, rows.vectors, result.generation, ahead)
+            self.index.applied(result.generation)
             self._notify(result)
         return result
 
@@ -182,6 +183,7 @@ class Catalog:
             self.index.remove(np.asarray(result.removed, dtype=np.int64), result.generation)
         for chunk in self.store.images.vectors(ids=result.ids) if result.ids else ():
             self.index.add(chunk.ids, chunk.vectors, result.generation)
+        self.index.applied(result.generation)  # (a compaction meanwhile claimed the one before)
         self._notify(result)
         return result
 

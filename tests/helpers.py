@@ -39,6 +39,7 @@ from imgsearch.comparators import Picture, Score
 from imgsearch.embedders import Embedder
 from imgsearch.images import BASE_EXTENSIONS
 from imgsearch.ingest import Ingester
+from imgsearch.store import FileFacts, NewImage
 
 TINY_MODEL = "imgsearch-test-tiny"
 TINY_CONFIG = {
@@ -486,3 +487,23 @@ def ingester(catalog: Catalog, embedder: Embedder) -> Ingester:
         max_file_bytes=10**7,
         max_pixels=10**8,
     )
+
+
+def clustered(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
+    """`n` unit vectors around 50 centres (an index has lists worth training for them)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((50, dim))
+    x = centres[rng.integers(0, 50, n)] + 0.5 * rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def put_all(catalog: Catalog, vectors: np.ndarray, start: int = 0, batch: int = 2000) -> list[int]:
+    """`vectors` written as images /v/<start + i>.jpg, `batch` a write; their ids."""
+    ids: list[int] = []
+    for at in range(0, len(vectors), batch):
+        items = [
+            NewImage(FileFacts(f"/v/{start + at + i}.jpg", 1, 1, f"h{start + at + i}", 1, 1), v)
+            for i, v in enumerate(vectors[at : at + batch])
+        ]
+        ids += catalog.put(items).ids
+    return ids

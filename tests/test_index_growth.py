@@ -25,27 +25,11 @@ from imgsearch.index.policy import HELD_TUNE_QUERIES, TUNE_QUERIES, lists_for
 from imgsearch.ingest import Ingester
 from imgsearch.store import FileFacts, NewImage, Rows
 
+from .helpers import clustered, put_all
+
 DIM = 32
 BIG = 40_000  # over 25,600 vectors the training sample (40 a list, 4 sqrt(n) lists) is < n
 PER_SQRT = 4.0  # (the policy's 16 sqrt(n) lists: from 409,600 vectors)
-
-
-def clustered(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((50, dim))
-    x = centres[rng.integers(0, 50, n)] + 0.5 * rng.standard_normal((n, dim))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def fill(catalog: Catalog, vectors: np.ndarray, start: int = 0, batch: int = 2000) -> list[int]:
-    ids: list[int] = []
-    for at in range(0, len(vectors), batch):
-        items = [
-            NewImage(FileFacts(f"/v/{start + at + i}.jpg", 1, 1, f"h{start + at + i}", 1, 1), v)
-            for i, v in enumerate(vectors[at : at + batch])
-        ]
-        ids += catalog.put(items).ids
-    return ids
 
 
 def counting_trainings(catalog: Catalog) -> list[int]:
@@ -86,7 +70,7 @@ def test_an_import_that_leaves_nothing_to_fold_is_tuned_fully_at_its_end(tmp_pat
     sample = policy.train_at(BIG, DIM)
     try:
         with catalog.index.hold(expected=BIG):
-            fill(catalog, clustered(sample))
+            put_all(catalog, clustered(sample))
             assert catalog.index.maintain() == "train"
             about = catalog.index.describe()
             assert (about["tuning_queries"], about["recent"]) == (HELD_TUNE_QUERIES, 0)
@@ -115,7 +99,7 @@ def test_a_provisional_tuning_saved_before_a_crash_is_tuned_fully_at_the_next_st
     catalog = Catalog(tmp_path, "m", DIM, policy)
     without_worker(catalog)
     with catalog.index.hold(expected=BIG):
-        fill(catalog, clustered(policy.train_at(BIG, DIM)))
+        put_all(catalog, clustered(policy.train_at(BIG, DIM)))
         assert catalog.index.maintain() == "train"
         catalog.close()  # (the saved base and SQLite are all a kill -9 leaves)
     again = Catalog(tmp_path, "m", DIM, policy)
@@ -142,7 +126,7 @@ def test_a_bulk_write_trains_once_for_its_final_size_and_compacts_at_its_end(
     try:
         with catalog.index.hold(expected=BIG):
             for at in range(0, BIG, 4000):
-                fill(catalog, vectors[at : at + 4000], start=at)
+                put_all(catalog, vectors[at : at + 4000], start=at)
                 ran = catalog.index.maintain()
                 assert ran == ("train" if at < sample <= at + 4000 else None), (at, ran)
             about = catalog.index.describe()
@@ -167,7 +151,7 @@ def test_a_bulk_write_trains_once_for_its_final_size_and_compacts_at_its_end(
         assert len(trainings) == 1 and sample <= trainings[0] < BIG
         assert catalog.index.maintain() is None  # nothing more: no retrain at the planned size
         with catalog.index.hold(expected=500):  # a small import: replayed, not worth a base
-            fill(catalog, vectors[BIG:], start=BIG)
+            put_all(catalog, vectors[BIG:], start=BIG)
         assert catalog.index.maintain() is None and catalog.index.describe()["recent"] == 500
     finally:
         catalog.close()
@@ -196,7 +180,7 @@ def test_a_bulk_write_trains_on_its_whole_sample_even_past_the_exact_bound(
         with catalog.index.hold(expected=BIG):
             ran = []
             for at in range(0, len(vectors), 4000):
-                fill(catalog, vectors[at : at + 4000], start=at)
+                put_all(catalog, vectors[at : at + 4000], start=at)
                 ran.append(catalog.index.maintain())
         assert ran.count("train") == 1 and "compact" not in ran[: ran.index("train")], ran
         assert trainings[0] >= sample, (trainings, sample)
@@ -265,7 +249,7 @@ def test_a_rebase_trains_where_a_training_is_due_before_the_worker_woke(
     catalog = Catalog(tmp_path, "m", DIM, Policy(exact_max=100, delta_max=1 << 40))
     try:
         monkeypatch.setattr(catalog.index, "maintain", lambda: None)  # the worker never acts
-        fill(catalog, clustered(1000), batch=500)
+        put_all(catalog, clustered(1000), batch=500)
         assert catalog.index.describe()["kind"] == "exact"
         catalog.index.rebase()
         assert catalog.index.describe()["kind"] != "exact"
@@ -281,10 +265,10 @@ def test_a_start_finds_deletions_in_the_log_without_reading_every_id(
 ) -> None:
     vectors = clustered(1000)
     first = Catalog(tmp_path, "m", DIM, Policy(exact_max=100, delta_max=1 << 40))
-    ids = fill(first, vectors, batch=500)
+    ids = put_all(first, vectors, batch=500)
     first.index.rebase()
     removed_every_way(first, ids)
-    fill(first, vectors[:5], start=5000)
+    put_all(first, vectors[:5], start=5000)
     crashed(first)
 
     def unread() -> np.ndarray:
@@ -308,7 +292,7 @@ def test_a_base_older_than_the_deletions_log_is_checked_against_every_id(
     """A database migrated to the log after its base was saved: the full id scan, once."""
     vectors = clustered(1000)
     first = Catalog(tmp_path, "m", DIM, Policy(exact_max=100, delta_max=1 << 40))
-    ids = fill(first, vectors, batch=500)
+    ids = put_all(first, vectors, batch=500)
     first.index.rebase()
     generation = first.store.generation()
     removed_every_way(first, ids)
@@ -327,7 +311,7 @@ def test_a_base_older_than_the_deletions_log_is_checked_against_every_id(
 def test_the_deletions_log_is_written_with_the_write_that_deletes(tmp_path: Path) -> None:
     catalog = Catalog(tmp_path, "m", DIM, Policy())
     try:
-        ids = fill(catalog, clustered(50), batch=50)
+        ids = put_all(catalog, clustered(50), batch=50)
         before = catalog.store.generation()
         assert catalog.store.images.deleted_since(before) is not None
         assert catalog.store.images.deleted_since(before).tolist() == []  # type: ignore[union-attr]
@@ -347,14 +331,14 @@ def test_an_interrupted_import_resumes_into_the_plan(tmp_path: Path) -> None:
     vectors = clustered(BIG)
     first = Catalog(tmp_path, "m", DIM, Policy(exact_max=100))
     with first.index.hold(expected=BIG):
-        fill(first, vectors[: BIG // 2])
+        put_all(first, vectors[: BIG // 2])
         crashed(first)
     second = Catalog(tmp_path, "m", DIM, Policy(exact_max=100))
     trainings = counting_trainings(second)
     try:
         assert len(second.index) == BIG // 2
         with second.index.hold(expected=BIG - BIG // 2):
-            fill(second, vectors[BIG // 2 :], start=BIG // 2)
+            put_all(second, vectors[BIG // 2 :], start=BIG // 2)
         about = settled(second, lambda about: about["recent"] == 0 and about["state"] == "idle")
         assert about["kind"] == "ivf-pqfs" and about["trained_count"] == BIG
         assert len(trainings) == 1
@@ -366,7 +350,7 @@ def test_an_interrupted_import_resumes_into_the_plan(tmp_path: Path) -> None:
 def test_a_saved_base_trims_the_deletions_log(tmp_path: Path) -> None:
     catalog = Catalog(tmp_path, "m", DIM, Policy(exact_max=100, delta_max=1 << 40))
     try:
-        ids = fill(catalog, clustered(1000), batch=500)
+        ids = put_all(catalog, clustered(1000), batch=500)
         catalog.index.rebase()
         before = catalog.store.generation()
         removed_every_way(catalog, ids)
@@ -398,7 +382,7 @@ def test_the_index_is_idle_only_once_the_old_base_is_deleted(
 
     monkeypatch.setattr(base, "prune", watched)
     try:
-        fill(catalog, clustered(1000), batch=500)
+        put_all(catalog, clustered(1000), batch=500)
         catalog.index.rebase()
         catalog.index.rebase()  # a compaction: the first base is deleted
         assert states and "idle" not in states, states
@@ -431,7 +415,7 @@ def test_rows_encoded_ahead_of_their_write_are_found_under_their_ids(tmp_path: P
     catalog = Catalog(tmp_path, "m", DIM, Policy(exact_max=100, delta_max=1 << 40))
     without_worker(catalog)
     try:
-        fill(catalog, vectors[:3000])
+        put_all(catalog, vectors[:3000])
         assert catalog.index.maintain() == "train" and catalog.index._segments.coded
         for start, fresh in ((3000, True), (3500, False)):
             part = vectors[start : start + 500]
@@ -527,14 +511,14 @@ def test_rows_added_during_a_compaction_are_replayed_as_codes(tmp_path: Path) ->
     without_worker(catalog)
     index = catalog.index
     try:
-        fill(catalog, vectors[:3000])
+        put_all(catalog, vectors[:3000])
         assert index.maintain() == "train"
-        fill(catalog, vectors[3000:3300], start=3000)
+        put_all(catalog, vectors[3000:3300], start=3000)
         compact, logged = index.compact, []
 
         def compact_while_adding() -> base.Base:
             made = compact()
-            fill(catalog, vectors[3300:3800], start=3300)  # arrives during the build
+            put_all(catalog, vectors[3300:3800], start=3300)  # arrives during the build
             logged.extend(index._log or [])
             return made
 
@@ -562,7 +546,7 @@ def test_the_deletions_log_is_trimmed_a_chunk_at_a_time(
     monkeypatch.setattr(store_images, "FORGET_CHUNK", 4)
     catalog = Catalog(tmp_path, "m", DIM, Policy())
     try:
-        ids = fill(catalog, clustered(60), batch=60)
+        ids = put_all(catalog, clustered(60), batch=60)
         catalog.remove_ids(ids[:30])
         generation = catalog.store.generation()
         catalog.remove_ids(ids[30:33])

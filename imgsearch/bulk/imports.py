@@ -24,7 +24,6 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,6 +34,7 @@ from ..store import UNKNOWN_SHA256, Rows
 from .batches import Group, Unreadable, groups, shard_batches
 from .columns import import_metadata
 from .format import BadRow, RowBatch, ShardInfo, shard_files, shard_info
+from .importjob import ImportJob, PathMap
 from .records import PENDING, Records
 
 log = logging.getLogger(__name__)
@@ -50,107 +50,6 @@ IN_FLIGHT = 2  # batches read or encoded ahead of the one being written
 # against 22,857 (bench/import_rate.py; docs/BENCHMARKS.md "Two encoders").
 ENCODERS = 2
 T = TypeVar("T")
-
-
-class PathMap:
-    """Rewrites path prefixes (OLD=NEW pairs, first match wins, at a folder boundary)."""
-
-    def __init__(self, pairs: Sequence[tuple[str, str]]) -> None:
-        self.pairs = [(old.rstrip("/"), new.rstrip("/")) for old, new in pairs]
-
-    @classmethod
-    def parse(cls, specs: Sequence[str]) -> PathMap:
-        pairs = []
-        for spec in specs:
-            old, sep, new = str(spec).partition("=")
-            if not sep or not old or not new:
-                raise BadRequest(f"path map must be OLD=NEW, got {spec!r}")
-            pairs.append((old, new))
-        return cls(pairs)
-
-    def __call__(self, path: str) -> str:
-        for old, new in self.pairs:
-            if path == old or path.startswith(old + "/"):
-                return new + path[len(old) :]
-        return path
-
-    def specs(self) -> list[str]:
-        return [f"{old}={new}" for old, new in self.pairs]
-
-
-@dataclass
-class ImportJob:
-    """One import of a folder of shards, and how far it got."""
-
-    id: str
-    dir: str
-    path_map: list[str]
-    total: int
-    state: str = "queued"
-    shards: dict[str, int] = field(default_factory=dict)  # shard name -> rows done
-    shard_rows: dict[str, int] = field(default_factory=dict)  # shard name -> its rows (kept)
-    imported: int = 0
-    skipped: int = 0  # stored already with the same size and mtime
-    failed: int = 0
-    errors: list[dict[str, Any]] = field(default_factory=list)
-    created: float = field(default_factory=time.time)
-    started: float | None = None
-    finished: float | None = None
-    error: str | None = None
-    stop: threading.Event = field(default_factory=threading.Event, repr=False)
-    ended: threading.Event = field(default_factory=threading.Event, repr=False)
-    cancelled: bool = field(default=False, repr=False)  # stopped by a user, not a shutdown
-    _clock: float = field(default=0.0, repr=False)  # when this process started running it
-    _done_here: int = field(default=0, repr=False)
-
-    @property
-    def done(self) -> int:
-        return sum(self.shards.values())
-
-    def as_json(self) -> dict[str, Any]:
-        elapsed = (self.finished or time.time()) - self._clock if self._clock else 0.0
-        rate = self._done_here / elapsed if elapsed > 0 and self._done_here else None
-        eta = None
-        if rate and self.state == "running":
-            eta = round((self.total - self.done) / rate, 1)
-        shown = {k: v for k, v in self.record().items() if k != "shard_rows"}
-        return {
-            **shown,
-            "done": self.done,
-            "vectors_per_s": round(rate, 1) if rate else None,
-            "eta_s": eta,
-        }
-
-    def record(self) -> dict[str, Any]:
-        """What is persisted (and shown): everything but the rates."""
-        return {
-            "id": self.id,
-            "kind": "import",
-            "dir": self.dir,
-            "path_map": self.path_map,
-            "state": self.state,
-            "total": self.total,
-            "imported": self.imported,
-            "skipped": self.skipped,
-            "failed": self.failed,
-            "errors": self.errors,
-            "shards": self.shards,
-            "shard_rows": self.shard_rows,
-            "created": self.created,
-            "started": self.started,
-            "finished": self.finished,
-            "error": self.error,
-        }
-
-    @classmethod
-    def from_record(cls, data: dict[str, Any]) -> ImportJob:
-        keys = ("id", "dir", "path_map", "total", "state", "shards", "imported", "failed")
-        job = cls(**{k: data[k] for k in keys})
-        job.errors, job.error = data.get("errors", []), data.get("error")
-        job.skipped = data.get("skipped", 0)
-        job.shard_rows = data.get("shard_rows", {})  # (records before 2026-12-07: none)
-        job.created, job.started, job.finished = data["created"], data["started"], data["finished"]
-        return job
 
 
 def check_folder(folder: Path, model_id: str, dim: int) -> list[ShardInfo]:

@@ -99,3 +99,24 @@ def needs_retarget(policy: Policy, seg: Segments) -> bool:
     target = policy.target_recall
     other_aim = abs(meta.aim - tuning_goal(target)) > 1e-9
     return tuned and (abs(meta.tuned_for - target) > 1e-9 or other_aim)
+
+
+def job(policy: Policy, look: Look, building: bool, settle: bool) -> str | None:
+    """The background job owed now, first what matters most: "train" (the first base, or one
+    of another kind or size; while an import holds the index, once, for its final size);
+    "held" (an import holds it: nothing else); "fine" (a base without fine codes);
+    "retarget" (tuned for another recall target); "compact" (deletions or recent rows past
+    their bounds, or after an import ended, `settle`, any rows not in a saved base); "tune"
+    (a provisional tuning, once nothing is left to fold); None: nothing."""
+    seg = look.seg
+    if building or needs_training(policy, look):
+        return "train"
+    if held(policy, look):
+        return "held"
+    if needs_fine(seg):
+        return "fine"
+    if needs_retarget(policy, seg):
+        return "retarget"
+    if needs_compaction(policy, seg) or (settle and unsaved(policy, seg)):
+        return "compact"  # (its base is tuned again where its tuning was provisional)
+    return "tune" if needs_full_tuning(seg, look) else None

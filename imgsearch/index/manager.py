@@ -34,16 +34,13 @@ from .policy import HELD_TUNE_QUERIES, TUNE_QUERIES, Policy
 from .reads import Searcher, one_omp_thread, scan_store
 from .segments import Change, Segments, bits
 from .startup import place_later, reopen, saved_base, warm_fine
+from .swaps import fine_of, published
 from .worker import Worker
 
 log = logging.getLogger(__name__)
 
 STOP_WAIT = 5.0  # seconds close() waits for a build in progress (the thread is a daemon)
 ROOM_POLL = 0.2  # seconds between looks while a bulk writer waits for the index (make_room)
-# A swap replays the changes logged during a build into the new segments off the lock, in up to
-# SWAP_PASSES passes, until at most SWAP_UNDER_LOCK rows are left to replay under it.
-SWAP_PASSES = 3
-SWAP_UNDER_LOCK = 2_000
 
 
 class LibraryIndex:
@@ -183,10 +180,19 @@ class LibraryIndex:
             self._note(generation, "remove", ids, None)
         self._poke()
 
+    def applied(self, generation: int) -> None:
+        """The catalog's write of `generation` is all in (its removals and every chunk of its
+        adds): a compaction may now save a base that claims it."""
+        with self._lock:
+            self._applied = max(self._applied, generation)
+
     def _note(
         self, generation: int, op: str, ids: np.ndarray, data: np.ndarray | Encoded | None
     ) -> None:
-        self._applied = max(self._applied, generation)
+        # A write may come in several calls of one generation (a removal, then its adds in
+        # chunks): until applied() says it is whole, a base folded now holds the ones before
+        # it (the swap and a start-up replay this generation whole again, which is harmless).
+        self._applied = max(self._applied, generation - 1)
         if self._log is not None:  # a build is running: it replays these when it swaps
             self._log.append((generation, op, ids, data))
 
@@ -292,26 +298,15 @@ class LibraryIndex:
         with self._busy:
             if self._stop.is_set():
                 return None
-            look, seg = self._look(), self._segments
-            if self._building or due.needs_training(self.policy, look):  # (held: once)
-                self._replace(self.train)
-                return "train"
-            if due.held(self.policy, look):
+            job = due.job(self.policy, self._look(), self._building, self._settle)
+            if job in ("compact", "tune", None):  # an import's end was looked at (due.job)
+                self._settle = False
+            jobs = {"train": self.train, "fine": self.add_fine, "compact": self.compact}
+            make = self.retarget if job in ("retarget", "tune") else jobs.get(job or "")
+            if make is None:
                 return None
-            if due.needs_fine(seg):
-                self._replace(self.add_fine)
-                return "fine"
-            if due.needs_retarget(self.policy, seg):
-                self._replace(self.retarget)
-                return "tune"
-            settle, self._settle = self._settle, False
-            if due.needs_compaction(self.policy, seg) or (settle and due.unsaved(self.policy, seg)):
-                self._replace(self.compact)  # (tunes a provisional tuning again)
-                return "compact"
-            if due.needs_full_tuning(seg, look):
-                self._replace(self.retarget)
-                return "tune"
-            return None
+            self._replace(make)
+            return "tune" if job == "retarget" else job
 
     def rebase(self) -> None:
         """Fold recent changes into a new saved base now: a training where one is due (as the
@@ -327,7 +322,10 @@ class LibraryIndex:
         try:
             try:
                 base = make()
-                self._swap(base)
+                if make in (self.retarget, self.add_fine):  # the same codes: carried over
+                    self._carry(base)
+                else:
+                    self._swap(base)
             finally:
                 with self._lock:
                     self._log, self._folding = None, False
@@ -381,23 +379,31 @@ class LibraryIndex:
         return base
 
     def _swap(self, base: B.Base) -> None:
-        """Publish `base` with the changes logged since its generation replayed on top: the
-        bulk of them off the lock (the new segments are not visible yet), the last few under
-        it, then one reference assignment."""
+        """Publish `base` with the changes logged since its generation replayed on top (off
+        the lock while the new segments are not visible yet: swaps.published)."""
         fresh = Segments(base, self._lock, placer=self._placer(base.template))
-        done = 0
-        for last in range(SWAP_PASSES + 1):
-            with self._lock:
-                pending = (self._log or [])[done:]
-                if last == SWAP_PASSES or sum(len(e[2]) for e in pending) <= SWAP_UNDER_LOCK:
-                    fresh.replay(pending, base.meta.generation)
-                    self._segments = fresh  # the swap: one reference assignment
-                    if self._building:  # the first base: searches use it from now on
-                        self._building, self.origin = False, "rebuilt"
-                    break
-            fresh.replay(pending, base.meta.generation)
-            done += len(pending)
+
+        def publish() -> None:
+            self._segments = fresh  # the swap: one reference assignment
+            if self._building:  # the first base: searches use it from now on
+                self._building, self.origin = False, "rebuilt"
+
+        replay = functools.partial(fresh.replay, after=base.meta.generation)
+        published(self._lock, lambda: self._log or [], replay, publish)
         log.info("index swapped in: %s, %d vectors", base.meta.factory, len(fresh))
+
+    def _carry(self, base: B.Base) -> None:
+        """Publish `base`, the current base's codes tuned again or with new fine codes, over
+        the current segments' deletions and recent rows (Segments.carried), the new fine
+        codes of the rows written during the job (logged) written first."""
+        fine = base.fine if base.fine is not self._segments.base.fine else None
+        placer = self._placer(base.template)
+
+        def publish() -> None:
+            self._segments = self._segments.carried(base, placer)
+
+        published(self._lock, lambda: self._log or [], fine_of(fine), publish)
+        log.info("index %s swapped in over its recent rows", base.meta.factory)
 
     def close(self) -> None:
         """Stop background work (a build in progress is abandoned: SQLite has everything)."""

@@ -66,6 +66,19 @@ class Segments:
         self.lone = lone_view(base.index)  # its lists, scanned for one query at a time
         lone_scans(self.recent)
 
+    def carried(self, base: Base, placer: Placer | None) -> Segments:
+        """Segments on `base`, this base's own codes tuned again or given new fine codes, that
+        hold this one's deletions and recent rows (callers hold `lock`): what such a job swaps
+        in. Fresh segments with the job's log replayed, as a training's or a compaction's
+        swap makes them, would drop every change made before the job began: newer than the
+        base's generation, but in no log (and the next compaction would save their loss)."""
+        if len(base.ids) != len(self.base.ids):
+            raise RuntimeError("carried onto a base of other rows")
+        fresh = Segments(base, self.lock, self.coded, placer)
+        fresh.bitmap, fresh.dead = self.bitmap, self.dead
+        fresh.recent, fresh.members = self.recent, self.members
+        return fresh
+
     def code_if_empty(self) -> None:
         """Make an empty exact recent segment a coded one (when the base has a template)."""
         import faiss
@@ -236,6 +249,7 @@ class Segments:
         based = time.perf_counter()
         with self.lock:
             locked = time.perf_counter()
+            parts[0] = self._current(parts[0])
             if self.recent.ntotal:
                 kk = min(k, int(self.recent.ntotal))
                 if assigned is not None and self.coded:
@@ -251,6 +265,22 @@ class Segments:
             stages.update(base=(based - start) * 1000, lock=(locked - based) * 1000)
             stages["recent"] = (end - locked) * 1000
         return merge(parts, k)
+
+    def _current(self, part: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The base's hits less those removed since its scan began (callers hold `lock`): the
+        scan runs off the lock, so an image changed meanwhile (its base row tombstoned, its
+        new vector in the recent segment) came back twice, once with its old vector."""
+        sims, ids = part
+        ids = np.asarray(ids, np.int64)
+        hit = (ids >= 0) & (ids < len(self.bitmap) * 8)
+        if not self.dead or not hit.any():
+            return sims, ids
+        where = ids[hit]
+        gone = np.zeros(ids.shape, dtype=bool)
+        gone[hit] = (self.bitmap[where >> 3] >> (where & 7).astype(np.uint8)) & 1 == 1
+        if not gone.any():
+            return sims, ids
+        return np.where(gone, -np.inf, sims), np.where(gone, -1, ids)
 
     def _search_base(
         self, queries: np.ndarray, k: int, sel: Any, nprobe: int
