@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from .errors import NotAnImage, NotFound, PayloadTooLarge
+from .errors import BadRequest, ImgSearchError, NotAnImage, NotFound, PayloadTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,29 @@ def read_file(path: Path, max_bytes: int) -> tuple[bytes, os.stat_result]:
             if st.st_size > max_bytes:
                 raise PayloadTooLarge(f"file is {st.st_size} bytes, over the {max_bytes} limit")
             return fh.read(max_bytes + 1), st
-    except FileNotFoundError:
-        raise NotFound(f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise NotAnImage(f"is a directory: {path}") from None
-    except PermissionError:
-        raise NotFound(f"cannot read: {path}") from None
+    except OSError as exc:
+        refusal = _unreadable(path, exc)
+        if refusal is None:
+            raise
+        raise refusal from None
+
+
+def _unreadable(path: Path, exc: OSError) -> ImgSearchError | None:
+    """What the caller did wrong when a path cannot be opened; None for the machine's own
+    failures (EIO and the like), which stay errors of ours."""
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):  # ENOTDIR: a file used as a folder
+        return NotFound(f"no such file: {path}")
+    if exc.errno == errno.ELOOP:
+        return NotFound(f"cannot open {path}: too many levels of symbolic links (a loop?)")
+    if exc.errno == errno.ENAMETOOLONG:
+        return BadRequest(f"file name too long: {path}")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return NotFound(f"cannot read: {path}")
+    if exc.errno == errno.EISDIR:
+        return NotAnImage(f"is a directory: {path}")
+    if exc.errno == errno.ENXIO:  # a socket, or a device with nothing behind it
+        return NotAnImage(f"not a regular file: {path}")
+    return None
 
 
 def decode(data: bytes, *, min_side: int, max_pixels: int) -> Decoded:

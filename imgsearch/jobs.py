@@ -234,7 +234,14 @@ class JobManager:
                 if self._jobs[oldest].state not in FINISHED:
                     break
                 del self._jobs[oldest]
-        self.store.jobs.save(job.row())
+        try:
+            self.store.jobs.save(job.row())
+        except BaseException:
+            # Never handed to the worker: left listed, it would stay queued and count against
+            # max_pending for good (eight such jobs refused every later add with 503).
+            with self._lock:
+                self._jobs.pop(job.id, None)
+            raise
         self._worker.submit(self._run, job)
         return job
 

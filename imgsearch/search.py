@@ -151,18 +151,19 @@ class Searcher:
         """Images nearest an embedding made elsewhere (same model); any non-zero length."""
         if options.comparators:
             raise BadRequest("compare needs an image query; it cannot score a vector")
-        query = np.asarray(vector, dtype=np.float64).reshape(-1)
+        not_finite = BadRequest("vector must hold finite numbers only (no NaN or infinity)")
+        try:
+            query = np.asarray(vector, dtype=np.float64).reshape(-1)
+        except OverflowError:  # an integer past float64's range (JSON integers have no limit)
+            raise not_finite from None
         if len(query) != self.embedder.dim:
             raise BadRequest(
                 f"vector has {len(query)} values; the model {self.embedder.model_id} makes "
                 f"{self.embedder.dim}"
             )
         if not np.isfinite(query).all():
-            raise BadRequest("vector must hold finite numbers only (no NaN or infinity)")
-        norm = float(np.linalg.norm(query))
-        if not norm > 0 or not np.isfinite(norm):
-            raise BadRequest("vector must not be all zeros")
-        unit = (query / norm).astype(np.float32)[None, :]
+            raise not_finite
+        unit = unit_vector(query)[None, :]
         return [_plain_hit(f) for f in self._candidates(unit, options)[: options.limit]]
 
     def by_bytes(self, data: bytes, options: SearchOptions) -> list[Hit]:
@@ -294,6 +295,17 @@ def _region(image: Image.Image, box: tuple[float, float, float, float]) -> Image
     w, h = image.size
     left, top, right, bottom = box
     return image.crop((int(left * w), int(top * h), int(right * w), int(bottom * h)))
+
+
+def unit_vector(query: np.ndarray) -> np.ndarray:
+    """A finite vector scaled to length 1 (float32); 400 for the zero vector. Divided by its
+    largest magnitude first: the norm of [1e308]*32 overflows to inf and that of [1e-200]*32
+    underflows to 0, while each is a direction like any other."""
+    peak = float(np.abs(query).max(initial=0.0))
+    if peak == 0.0:
+        raise BadRequest("vector must not be all zeros")
+    scaled = query / peak
+    return (scaled / np.linalg.norm(scaled)).astype(np.float32)
 
 
 def _plain_hit(found: Neighbour) -> Hit:

@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 # Never opened, whatever the roots: reading them could leak secrets or hang.
 SYSTEM_DIRS = (Path("/proc"), Path("/sys"), Path("/dev"))
 TOKEN_FILE = "token"
+# Linux's limits (limits.h), which every local file system there keeps to.
+NAME_MAX = 255
+PATH_MAX = 4096
 
 
 class PathPolicy:
@@ -34,6 +37,7 @@ class PathPolicy:
             raise BadRequest(f"missing parameter: {name}")
         if "\x00" in raw:
             raise BadRequest(f"invalid {name}: contains a NUL byte")
+        _check_nameable(raw, name)
         try:
             path = Path(raw).expanduser()
         except RuntimeError:  # '~someone' with no such user
@@ -56,6 +60,23 @@ class PathPolicy:
         if any(_within(resolved, system) for system in SYSTEM_DIRS):
             return False
         return not self.roots or any(_within(resolved, root) for root in self.roots)
+
+
+def _check_nameable(raw: str, name: str) -> None:
+    """400 for what no file system here can name: a component over NAME_MAX bytes, a path over
+    PATH_MAX, a lone surrogate (no bytes at all). Else os calls raise ENAMETOOLONG (from
+    Path.exists() too, on Python 3.11), far from here and as a 500."""
+    try:
+        encoded = os.fsencode(raw)
+    except UnicodeEncodeError:
+        raise BadRequest(f"invalid {name}: not Unicode text (a lone surrogate)") from None
+    if len(encoded) > PATH_MAX:
+        raise BadRequest(f"{name} is {len(encoded)} bytes long; a path has at most {PATH_MAX}")
+    longest = max(encoded.split(b"/"), key=len)
+    if len(longest) > NAME_MAX:
+        raise BadRequest(
+            f"{name} holds a file or folder name of {len(longest)} bytes; at most {NAME_MAX}"
+        )
 
 
 def _within(path: Path, folder: Path) -> bool:

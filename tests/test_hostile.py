@@ -6,13 +6,16 @@ be reported with a reason, never crash the run, and as a query answer 4xx in the
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
 import os
+import sqlite3
 import struct
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from PIL import Image
 
-from .helpers import get_json, jpeg_bytes, photo
+from imgsearch.config import Config
+from imgsearch.embedders import Embedder
+from imgsearch.errors import BadRequest, NotFound
+from imgsearch.images import read_file
+from imgsearch.web import create_app, parsing
+from imgsearch.web.keys import SERVICE
+
+from .helpers import ClientFactory, get_json, jpeg_bytes, photo
 
 Client = TestClient[web.Request, web.Application]
 Maker = Callable[[Path], None]
@@ -328,3 +338,179 @@ async def test_animated_gif_query_is_quick(client: Client, corpus: Corpus) -> No
 async def test_symlink_loop_as_a_query_is_a_4xx(client: Client, corpus: Corpus, route: str) -> None:
     status, body = await _get(client, route, image=str(corpus.folder / "loop_a.jpg"))
     assert _is_error_shape(status, body), (status, body)
+
+
+# -- hostile requests: every one a 4xx in the error shape, never a 500 ----------------------------
+
+JSON = {"Content-Type": "application/json"}
+LONG_NAME = "/tmp/" + "a" * 256  # one component over NAME_MAX (255 bytes)
+
+
+async def _answer(resp: Any) -> tuple[int, Any]:
+    assert resp.content_type == "application/json", (resp.status, await resp.text())
+    return resp.status, await resp.json()
+
+
+async def _refused(
+    client: Client, method: str, path: str, status: int, says: str, **kw: Any
+) -> None:
+    got = await _answer(await client.request(method, path, **kw))
+    assert got[0] == status and got[1] == {"error": got[1]["error"], "status": status}, (path, got)
+    assert says in got[1]["error"], (path, got)
+
+
+async def test_json_the_parsers_choke_on_is_a_400(client: Client, photos: dict[str, Path]) -> None:
+    """Before: 500 (ValueError past 4300 digits, RecursionError from deep nesting or from repr of
+    a body orjson read 1000 deep, LookupError for an unknown charset), and a lone surrogate,
+    which json reads where orjson refuses, reached paths, SQLite and job records (500s)."""
+    deep = "[" * 100_000 + "]" * 100_000
+    for path, text, says in [
+        ("/search", '{"text": "a", "limit": ' + "1" * 5000 + "}", "more than 4300 digits"),
+        ("/add", '{"a": ' + deep + "}", "nested more than"),
+        ("/add", '{"image": "/tmp", "wait": ' + "[" * 1000 + "]" * 1000 + "}", "nested more"),
+    ]:
+        await _refused(client, "POST", path, 400, says, data=text, headers=JSON)
+    for ctype, text in [("application/json", '{"text": "a"}'), (parsing.FORM_TYPE, "text=a")]:
+        headers = {"Content-Type": f"{ctype}; charset=foobar"}
+        await _refused(
+            client, "POST", "/search", 400, "unknown charset", data=text, headers=headers
+        )
+    image = json.dumps(str(photos["rocket"]))
+    for path, text in [
+        ("/search", '{"image": "/tmp/\\ud800"}'),
+        ("/search", '{"text": "a", "where": "k:\\udfff"}'),
+        ("/search", '{"text": "a", "limit": 12345678901234567890, "folder": "/\\ud800"}'),
+        ("/metadata", '{"image": ' + image + ', "metadata": {"k": "\\ud800"}}'),
+        ("/add", '{"url": "http://a/\\ud800", "wait": 0}'),
+        ("/import", '{"dir": "/tmp/\\ud800"}'),
+        ("/export", '{"dir": "/tmp/\\ud800"}'),
+    ]:
+        await _refused(client, "POST", path, 400, "lone UTF-16 surrogate", data=text, headers=JSON)
+    assert await get_json(client, "/health") == {"ok": True}
+
+
+async def test_vectors_of_extreme_magnitude(client: Client, photos: dict[str, Path]) -> None:
+    """Before: an integer past float64 was a 500 (OverflowError), and [1e308]*32 (norm inf) and
+    [1e-200]*32 (norm 0) were refused as "all zeros": each is a direction like [1]*32."""
+    await get_json(client, "/add", image=str(photos["rocket"].parent))
+    dim = client.app[SERVICE].embedder.dim
+
+    async def search(text: str) -> tuple[int, Any]:
+        body = '{"limit": 3, "vector": [' + ", ".join([text] * dim) + "]}"
+        return await _answer(await client.post("/search", data=body, headers=JSON))
+
+    huge = "1" + "0" * 400
+    status, body = await search(huge)
+    assert status == 400 and "finite numbers" in body["error"], body
+    status, body = await search("0")
+    assert status == 400 and "all zeros" in body["error"], body
+    status, want = await search("1")
+    assert status == 200 and want["results"], want
+    for text in ("1e308", "1e-200", "5e-324"):
+        assert await search(text) == (200, want), text
+
+
+async def test_paths_no_file_system_can_open_are_4xx(
+    client: Client, photos: dict[str, Path]
+) -> None:
+    """Before: 500 for a file used as a folder (ENOTDIR) and for a name over 255 bytes
+    (ENAMETOOLONG, raised by Path.exists() too on Python 3.11), and per-file 500s in a CSV add."""
+    file_as_folder = f"{photos['rocket']}/x"
+    await _refused(client, "GET", "/search", 404, "no such file", params={"image": file_as_folder})
+    too_long = "/" + "a/" * 2100
+    for method, path, name, value in [
+        ("GET", "/search", "image", LONG_NAME),
+        ("GET", "/add", "image", LONG_NAME),
+        ("GET", "/remove", "image", LONG_NAME),
+        ("GET", "/watch", "dir", LONG_NAME),
+        ("GET", "/export", "dir", LONG_NAME),
+        ("GET", "/search", "image", too_long),
+    ]:
+        await _refused(client, method, path, 400, "bytes", params={name: value})
+    for path in ("/import", "/export"):
+        await _refused(client, "POST", path, 400, "at most 255", json={"dir": LONG_NAME})
+    csv = f"path\n{file_as_folder}\n{LONG_NAME}\n{photos['rocket']}\n"
+    resp = await client.post("/add", data=csv, headers={"Content-Type": "text/csv"})
+    report = await resp.json()
+    assert resp.status == 200 and report["added"] == 1, report
+    assert sorted(e["status"] for e in report["errors"]) == [400, 404], report
+    with pytest.raises(NotFound):
+        read_file(Path(file_as_folder), MAX_UPLOAD_BYTES)
+    with pytest.raises(BadRequest, match="too long"):
+        read_file(Path(LONG_NAME), MAX_UPLOAD_BYTES)  # (what the policy lets through no longer)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_body_not_encoded_as_it_says_is_a_400(client: Client, encoding: str) -> None:
+    """Before: 500 (aiohttp's RequestPayloadError, raised where the handler reads the body).
+    (A body cut short, or Content-Encoding: br without Brotli, is refused by aiohttp's parser
+    before any handler, in its own plain-text shape.)"""
+    headers = {"Content-Type": "image/jpeg", "Content-Encoding": encoding}
+    body = b"these bytes are neither gzip nor deflate"
+    await _refused(client, "POST", "/search", 400, "cannot be read", data=body, headers=headers)
+
+
+async def test_a_single_valued_parameter_given_twice_is_a_400(
+    client: Client, photos: dict[str, Path]
+) -> None:
+    """Before: the first value won silently: /remove?image=A&image=B removed A."""
+    await get_json(client, "/add", image=str(photos["rocket"].parent))
+    a, b = str(photos["rocket"]), str(photos["coffee"])
+    for method, path, name, values in [
+        ("GET", "/remove", "image", [a, b]),
+        ("GET", "/search", "image", [a, b]),
+        ("GET", "/search?image=" + a, "limit", ["10", "2"]),
+        ("GET", "/duplicates", "threshold", ["0.1", "0.2"]),
+        ("GET", "/watch", "dir", [str(photos["rocket"].parent), "/tmp"]),
+        ("DELETE", "/watch", "dir", [str(photos["rocket"].parent), "/tmp"]),
+        ("GET", "/export", "dir", ["/tmp/a", "/tmp/b"]),
+        ("GET", "/thumbnail", "image", [a, b]),
+        ("GET", "/image", "image", [a, b]),
+    ]:
+        url = client.make_url(path).extend_query([(name, value) for value in values])
+        await _refused(client, method, url.path_qs, 400, f"{name} is given 2 times")
+    assert (await get_json(client, "/stats"))["images"] == len(photos)  # nothing removed
+    body = await get_json(client, "/search", image=a, limit=["2", "2"])  # the same value: fine
+    assert len(body["results"]) == 2
+
+
+async def test_a_token_of_bytes_that_are_not_utf8_is_a_401(
+    aiohttp_client: ClientFactory, config: Config, tiny_embedder: Embedder
+) -> None:
+    """Before: 500 (the header arrives with surrogate escapes, which str.encode() refuses)."""
+    client = await aiohttp_client(
+        create_app(replace(config, token="s3cret"), embedder=tiny_embedder)
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(
+        b"GET /stats HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer \xff\xfe\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    answer = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401 "), answer
+    assert json.loads(body)["status"] == 401
+
+
+async def test_a_job_whose_record_cannot_be_saved_is_not_left_queued(
+    client: Client, photos: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the job stayed in the table, queued and never run: max_pending_adds of them
+    answered every later add with 503 (and a DELETE of one waited 60 s)."""
+    service = client.app[SERVICE]
+    jobs_table = service.catalog.store.jobs
+
+    def full(*args: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(jobs_table, "save", full)
+    for _ in range(service.config.max_pending_adds + 1):
+        await _refused(
+            client, "POST", "/jobs", 507, "disk is full", json={"image": str(photos["rocket"])}
+        )
+    monkeypatch.undo()
+    assert (await get_json(client, "/jobs"))["jobs"] == []
+    report = await get_json(client, "/add", image=str(photos["rocket"]))
+    assert report["added"] == 1

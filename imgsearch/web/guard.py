@@ -46,7 +46,9 @@ def guard(allow_hosts: Iterable[str], token: str | None) -> Middleware:
             raise Forbidden("cross-site requests are refused")
         if token is not None and request.path not in OPEN_PATHS:
             given = _bearer(request) or request.query.get("token", "")
-            if not hmac.compare_digest(given.encode(), token.encode()):
+            # surrogatepass: a header's bytes that are not UTF-8 arrive as lone surrogates
+            # (surrogateescape), a wrong token like any other.
+            if not hmac.compare_digest(_bytes(given), _bytes(token)):
                 raise Unauthorized("a valid token is required: Authorization: Bearer TOKEN")
         return await handler(request)
 
@@ -56,3 +58,7 @@ def guard(allow_hosts: Iterable[str], token: str | None) -> Middleware:
 def _bearer(request: web.Request) -> str:
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     return value.strip() if scheme.lower() == "bearer" else ""
+
+
+def _bytes(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")

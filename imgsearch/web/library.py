@@ -6,6 +6,7 @@ from aiohttp import web
 
 from .keys import SERVICE
 from .offload import blocking
+from .parsing import Params
 
 table = web.RouteTableDef()
 
@@ -25,6 +26,6 @@ async def stats(request: web.Request) -> web.Response:
 async def remove(request: web.Request) -> web.Response:
     """Forget a file, or every image under a folder; the files are not touched."""
     service = request.app[SERVICE]
-    target = service.paths.resolve(request.query.get("image"))
+    target = service.paths.resolve(Params(request.query).get("image"))
     removed = await blocking(service.remove, target)
     return web.json_response({"removed": removed})

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from ..errors import Busy, ImgSearchError, disk_full
@@ -30,6 +31,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status < 400:
             raise
         return _http_error(request, exc)
+    except (web.RequestPayloadError, HttpProcessingError) as exc:
+        # A body that cannot be read as its headers say: not gzip under Content-Encoding: gzip,
+        # a broken chunk. Said when the handler reads it, so it ends here, not in aiohttp.
+        return error_response(f"request body cannot be read: {_reason(exc)}", 400)
     except Exception as exc:
         if (full := disk_full(exc)) is not None:  # not a bug: said once, plainly
             log.warning("%s %s: %s", request.method, request.path_qs, full.message)
@@ -49,3 +54,11 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return error_response(f"request body too large ({exc.text})", exc.status)
     return error_response(exc.text or exc.reason, exc.status)
+
+
+def _reason(exc: Exception) -> str:
+    """An unreadable body's reason in aiohttp's words, without their "400, message:" frame."""
+    cause = exc if isinstance(exc, HttpProcessingError) else exc.__cause__
+    if isinstance(cause, HttpProcessingError) and cause.message:
+        return cause.message
+    return str(exc).strip() or type(exc).__name__

@@ -13,6 +13,7 @@ from ..errors import NotFound
 from ..service import Service
 from .keys import SERVICE
 from .offload import blocking
+from .parsing import Params
 
 STATIC_DIR = Path(__file__).parent / "static"
 CONTENT_TYPES = {
@@ -67,7 +68,7 @@ async def static(request: web.Request) -> web.FileResponse:
 async def thumbnail(request: web.Request) -> web.Response:
     """A JPEG thumbnail of an indexed image (anything not indexed is 404)."""
     service = request.app[SERVICE]
-    path = service.paths.resolve(request.query.get("image"))
+    path = service.paths.resolve(Params(request.query).get("image"))
     jpeg = await blocking(_thumbnail, service, path)
     headers = {"Cache-Control": f"private, max-age={THUMBNAIL_MAX_AGE}"}
     return web.Response(body=jpeg, content_type="image/jpeg", headers=headers)

@@ -10,6 +10,7 @@ from ..errors import NotFound
 from ..watch import Watch, Watcher
 from .keys import SERVICE
 from .offload import blocking
+from .parsing import Params
 
 table = web.RouteTableDef()
 
@@ -18,9 +19,10 @@ table = web.RouteTableDef()
 async def watch(request: web.Request) -> web.Response:
     """List the watched folders, or (with `dir`) start watching one."""
     service = request.app[SERVICE]
-    if "dir" not in request.query:
+    params = Params(request.query)
+    if "dir" not in params:
         return web.json_response({"watches": [w.as_json() for w in service.watcher.watches()]})
-    folder = service.paths.resolve(request.query["dir"], name="dir")
+    folder = service.paths.resolve(params.get("dir"), name="dir")
     watched, created = await blocking(_watch, service.watcher, folder)
     return web.json_response(watched.as_json(), status=201 if created else 200)
 
@@ -36,6 +38,6 @@ def _watch(watcher: Watcher, folder: Path) -> tuple[Watch, bool]:
 async def unwatch(request: web.Request) -> web.Response:
     """Stop watching a folder; its images stay indexed."""
     service = request.app[SERVICE]
-    folder = service.paths.resolve(request.query.get("dir"), name="dir")
+    folder = service.paths.resolve(Params(request.query).get("dir"), name="dir")
     stopped = await blocking(service.watcher.remove, folder)
     return web.json_response(stopped.as_json())
