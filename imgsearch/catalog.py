@@ -12,13 +12,14 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .index import LibraryIndex, Policy, Precoded
+from .errors import NotFound
+from .index import LibraryIndex, Policy, Precoded, idsets
 from .store import NewImage, Rows, Store, WriteResult
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ class Catalog:
             self.index = LibraryIndex(
                 data_dir / INDEX_DIR, StoreSource(self.store), model_id, dim, policy or Policy()
             )
+            self.index.catch_up = self.catch_up
         except BaseException:
             self.store.close()
             raise
@@ -138,54 +140,116 @@ class Catalog:
         """Write images (insert or replace by path); searchable when this returns.
         `ahead`: the index's encode() of these items' vectors, in order (made beforehand)."""
         rows = items if isinstance(items, Rows) else Rows.of(items)
-        with self._mutate:
+        with self._writing():
             result = self.store.images.upsert(rows)
-            ids = np.asarray(result.ids, dtype=np.int64)
-            self.index.add(ids, rows.vectors, result.generation, ahead)
-            self.index.applied(result.generation)
+            ids, vectors = np.asarray(result.ids, dtype=np.int64), rows.vectors
+            if len(idsets.unique(ids)) < len(ids):  # a path twice: its last row is stored
+                last = len(ids) - 1 - np.unique(ids[::-1], return_index=True)[1]
+                ids, vectors, ahead = ids[last], vectors[last], None
+            self._mirror(
+                result.generation, lambda: self.index.add(ids, vectors, result.generation, ahead)
+            )
             self._notify(result)
         return result
 
     def remove_tree(self, path: str) -> list[int]:
         """Remove a file, or every image under a folder; return the ids removed."""
-        with self._mutate:
+        with self._writing():
             result = self._apply(self.store.images.remove_tree(path))
         return result.removed
 
     def remove_ids(self, ids: Sequence[int]) -> list[int]:
         """Remove these images; return the ids that were stored."""
-        with self._mutate:
+        with self._writing():
             result = self._apply(self.store.images.remove_ids(ids))
         return result.removed
 
     def mark_missing(self, path: str) -> list[int]:
         """Take the images at or below `path` out of the index, kept in SQLite as missing."""
-        with self._mutate:
+        with self._writing():
             ids = [f.id for f in self.store.images.files_under(path) if not f.missing]
             result = self._apply(self.store.images.set_missing(ids, True))
         return result.removed
 
     def restore(self, ids: Sequence[int]) -> int:
         """Make missing images searchable again (their stored vectors, nothing re-embedded)."""
-        with self._mutate:
+        with self._writing():
             result = self._apply(self.store.images.set_missing(ids, False))
         return len(result.ids)
 
     def move(self, image_id: int, path: str, size: int, mtime_ns: int) -> int | None:
-        """Give an image a new path, keeping its vector; return the id it replaced there, if any."""
-        with self._mutate:
+        """Give an image a new path, keeping its vector; return the id it replaced there, if
+        any. NotFound where `image_id` is not stored (removed meanwhile): nothing changed."""
+        with self._writing():
             result = self._apply(self.store.images.move(image_id, path, size, mtime_ns))
+        if not result.ids:
+            raise NotFound(f"image {image_id} is not stored: not moved to {path}")
         return result.removed[0] if result.removed else None
 
     def _apply(self, result: WriteResult) -> WriteResult:
         """Mirror a store write in the index: drop `removed`, (re-)add `ids` from SQLite."""
-        if result.removed:
-            self.index.remove(np.asarray(result.removed, dtype=np.int64), result.generation)
-        for chunk in self.store.images.vectors(ids=result.ids) if result.ids else ():
-            self.index.add(chunk.ids, chunk.vectors, result.generation)
-        self.index.applied(result.generation)  # (a compaction meanwhile claimed the one before)
+
+        def mirror() -> None:
+            if result.removed:
+                self.index.remove(np.asarray(result.removed, dtype=np.int64), result.generation)
+            for chunk in self.store.images.vectors(ids=result.ids) if result.ids else ():
+                self.index.add(chunk.ids, chunk.vectors, result.generation)
+
+        self._mirror(result.generation, mirror)
         self._notify(result)
         return result
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One write at a time, the index caught up with SQLite first (catch_up)."""
+        with self._mutate:
+            self._catch_up()
+            yield
+
+    def _mirror(self, generation: int, update: Callable[[], None]) -> None:
+        """Run `update`, the index's side of the committed write of `generation`. Where it
+        fails (a full disk for the rows' fine codes) SQLite holds a write the index lacks: the
+        index is told (no base it saves claims that write), the error goes on to the caller,
+        and the next write, or the index's worker, applies it again from SQLite first."""
+        try:
+            update()
+        except BaseException:
+            self.index.lost(generation)
+            raise
+        self.index.applied(generation)  # (a compaction meanwhile claimed the one before)
+
+    def catch_up(self) -> bool:
+        """The index brought up to SQLite where a write reached only SQLite (_mirror), unless
+        a write is under way (it does it first); the index's worker calls this. False where
+        it could not be done (the error is logged: a full disk still)."""
+        if not self._mutate.acquire(blocking=False):
+            return True
+        try:
+            self._catch_up()
+            return True
+        except Exception as exc:
+            log.warning("the index is still behind the database: %s", exc)
+            return False
+        finally:
+            self._mutate.release()
+
+    def _catch_up(self) -> None:
+        """As a start-up replays (callers hold _mutate): what was removed or marked missing
+        since the lost write taken out, the rows written since added again, from SQLite."""
+        since = self.index.lost_since()
+        if since is None:
+            return
+        generation = self.store.generation()
+        source = self.index.source
+        gone = source.deleted_since(since - 1)
+        if gone is None:  # (the log reaches back to every saved base's generation: not here)
+            gone = np.setdiff1d(self.index.ids(), source.ids(), assume_unique=True)
+        if len(gone):
+            self.index.remove(gone, generation)
+        for ids, vectors in source.chunks(since_generation=since - 1):
+            self.index.add(ids, vectors, generation)
+        self.index.applied(generation, repaired=True)
+        log.info("the index caught up with the database from generation %d", since)
 
     # -- listeners ----------------------------------------------------------------------------
 

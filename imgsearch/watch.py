@@ -24,7 +24,7 @@ from typing import Any
 
 from .catalog import Catalog
 from .errors import BadRequest, ConfigError, NotFound, disk_full
-from .ingest import AddReport, FileError, Ingester, walk
+from .ingest import AddReport, FileError, Ingester, nameable, walk
 from .store import StoredFile
 
 log = logging.getLogger(__name__)
@@ -242,6 +242,8 @@ class Watcher:
         report = AddReport()
         for change, raw in sorted(changes, key=lambda c: c[1]):
             path = Path(raw)
+            if not nameable(path, report):  # (never stored, so never to forget either)
+                continue
             if change == Change.deleted:
                 gone.append(raw)
             elif path.is_dir():

@@ -1,7 +1,8 @@
 """The index's background jobs against changes made before and while they run: a tuning or
 new fine codes keep the recent rows and deletions they did not fold; a compaction between the
 calls of one write saves no base that claims all of it; a search never returns an image
-twice, nor with the vector it had before a change made while the search ran.
+twice, nor with the vector it had before a change made while the search ran; a write SQLite
+took and the index did not (a full disk for its fine codes) is applied again, never lost.
 
 Real SQLite, real FAISS, small N (an IVF base from 100 images, nothing compacted unless asked).
 """
@@ -9,6 +10,7 @@ Real SQLite, real FAISS, small N (an IVF base from 100 images, nothing compacted
 from __future__ import annotations
 
 import dataclasses
+import errno
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +22,7 @@ import pytest
 from imgsearch.catalog import Catalog
 from imgsearch.index import Policy
 from imgsearch.index import base as B
-from imgsearch.index.fine import tables
+from imgsearch.index.fine import FineTable, tables
 from imgsearch.store import FileFacts, NewImage
 
 from .helpers import clustered, put_all
@@ -158,4 +160,69 @@ def test_an_image_changed_during_a_search_is_found_once_with_its_new_vector(
     row = found[0].tolist()
     assert row.count(ids[0]) == 1
     assert sims[0][row.index(ids[0])] == pytest.approx(float(changed @ vectors[0]), abs=1e-2)
+    catalog.close()
+
+
+def test_a_write_that_reached_sqlite_but_not_the_index_is_caught_up_and_never_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fine codes are the one disk write of an add after SQLite's commit: with the disk
+    full there, the row was in SQLite and not in the index, and the next write's compaction
+    saved a base claiming it: never found again, also after restarts. Now no base claims it,
+    a start on the still full disk replays what it can and serves, and once there is room
+    the worker applies the rest again from SQLite."""
+    vectors = clustered(1510)
+    catalog = Catalog(tmp_path, "m", DIM, IVF)
+    ids = put_all(catalog, vectors[:1500])
+    catalog.index.rebase()
+    assert catalog.index._segments.base.fine is not None
+    write = FineTable._write
+
+    def full(self: FineTable, ids: np.ndarray, codes: np.ndarray) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(FineTable, "_write", full)
+    with pytest.raises(OSError, match="No space left"):
+        put_all(catalog, vectors[1500:1505], start=1500)  # new images
+    with pytest.raises(OSError, match="No space left"):  # the index caught up first: in vain
+        put_all(catalog, vectors[1505:1506], start=0)  # /v/0.jpg changed: refused whole
+    assert len(catalog.index) == 1500 and catalog.store.count() == 1505
+    assert float(catalog.vectors([ids[0]])[ids[0]] @ vectors[0]) > 0.99
+    assert catalog.index.lost_since() is not None
+    catalog.index.rebase()  # a compaction meanwhile: its base claims neither write
+    crashed(catalog)
+    catalog = Catalog(tmp_path, "m", DIM, IVF)  # the disk still full: it starts all the same
+    catalog.index.close()  # (the worker stopped: this test calls maintain() itself)
+    catalog.index._stop.clear()
+    assert catalog.index.lost_since() is not None
+    assert catalog.index.maintain() is None  # still no room: nothing done, nothing claimed
+    monkeypatch.setattr(FineTable, "_write", write)  # room again
+    catalog.index.maintain()  # the worker catches up first
+    assert catalog.index.lost_since() is None
+    agrees(catalog)
+    assert all(finds(catalog, vectors[1500 + i], ids[-1] + 1 + i) for i in range(5))
+    assert finds(catalog, vectors[0], ids[0])
+    catalog.index.rebase()
+    crashed(catalog)
+    catalog = Catalog(tmp_path, "m", DIM, IVF)
+    assert catalog.index_origin == "loaded"
+    agrees(catalog)
+    catalog.close()
+
+
+def test_a_write_naming_a_path_twice_indexes_its_last_row_once(tmp_path: Path) -> None:
+    """The store keeps the last row of a path given twice in one write; the index added
+    both vectors under its id (one no longer stored), and the next save of an exact base
+    failed its own check, every time."""
+    vectors = clustered(3)
+    catalog = Catalog(tmp_path, "m", DIM, EXACT)
+    twice = [NewImage(FileFacts("/v/a.jpg", 1, 1, f"h{i}", 1, 1), vectors[i]) for i in range(2)]
+    (only, again) = catalog.put(twice).ids
+    assert only == again and len(catalog.index) == 1
+    assert catalog.index.search(vectors[:1], 2)[1][0].tolist() == [only]
+    assert finds(catalog, vectors[1], only)
+    catalog.index.rebase()
+    crashed(catalog)
+    catalog = Catalog(tmp_path, "m", DIM, EXACT)
+    assert catalog.index_origin == "loaded" and len(catalog.index) == 1
     catalog.close()

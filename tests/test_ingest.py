@@ -1,8 +1,11 @@
-"""The ingest core: change detection, one hash per file, moves, restores, embedded rows."""
+"""The ingest core: change detection, one hash per file, moves, restores, embedded rows, file
+names that are not text."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -133,3 +136,57 @@ def test_embedded_rows_with_unusable_vectors_fail_alone(tmp_path: Path, service:
     assert len(service.catalog.index) == service.catalog.store.count() == 2
     (hits,) = service.catalog.nearest(scaled.vector[None, :] / 7, 1)
     assert hits[0].path.endswith("scaled.jpg") and abs(hits[0].similarity - 1) < 1e-5
+
+
+def test_a_file_name_that_is_not_utf8_fails_alone(tmp_path: Path, service: Service) -> None:
+    """A Latin-1 name from an old archive reads as lone surrogates, which SQLite cannot
+    bind: the whole batch failed with it (and a watched folder never finished syncing)."""
+    files = _folder(tmp_path / "old", 2)
+    odd = Path(os.fsdecode(bytes(tmp_path / "old") + b"/caf\xe9.jpg"))
+    files[0].rename(odd)
+    report = service.ingester.add(tmp_path / "old")
+    assert (report.added, report.failed) == (1, 1)
+    (error,) = report.as_json()["errors"]
+    assert error["status"] == 422 and error["image"].endswith("caf\\xe9.jpg")
+    assert "not valid UTF-8" in error["error"]
+
+
+def test_a_move_whose_old_row_went_meanwhile_adds_the_file(
+    tmp_path: Path, service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Following a move, the old row was looked up, then removed by another writer (a
+    watch's prune) before the move: the move changed nothing, yet the file counted as
+    moved and was never written."""
+    (file,) = _folder(tmp_path / "a", 1)
+    service.ingester.add(tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    moved = file.rename(tmp_path / "b" / file.name)
+    catalog = service.catalog
+    move = catalog.move
+
+    def pruned_first(image_id: int, *args: Any) -> int | None:
+        catalog.remove_ids([image_id])
+        return move(image_id, *args)
+
+    monkeypatch.setattr(catalog, "move", pruned_first)
+    report = service.ingester.add(tmp_path / "b")
+    assert (report.added, report.moved) == (1, 0)
+    assert list(catalog.store.file_states([str(moved)])) == [str(moved)]
+    assert len(catalog.index) == catalog.store.count() == 1
+
+
+def test_rows_whose_paths_are_urls_never_take_each_others_rows(
+    tmp_path: Path, service: Service
+) -> None:
+    """A URL never "went" as a file does: a second URL of the same bytes took the first
+    one's row whenever the two came in different batches."""
+    first, second = _row(tmp_path / "x", 1), _row(tmp_path / "x", 1)
+    rows = [
+        NewImage(dataclasses.replace(first.facts, path="https://one.example/a.jpg"), first.vector),
+        NewImage(
+            dataclasses.replace(second.facts, path="https://two.example/a.jpg"), second.vector
+        ),
+    ]
+    for row in rows:
+        assert service.ingester.add_embedded([row]).added == 1
+    assert service.catalog.store.count() == 2

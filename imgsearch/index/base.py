@@ -150,9 +150,8 @@ def save(base: Base, folder: Path, previous: Path | None = None) -> Path:
     """Write the base into a new folder under `folder`, atomically; return its path. DiskFull
     first where there is no room for it by the estimate from the `previous` base (room_for)."""
     room_for(base, folder, previous)
-    name = f"{base.meta.generation:012d}-{base.meta.kind}"
-    final = folder / name
-    tmp = folder / (name + TEMP_SUFFIX)
+    final = _new_name(folder, f"{base.meta.generation:012d}-{base.meta.kind}")
+    tmp = final.with_name(final.name + TEMP_SUFFIX)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -160,11 +159,21 @@ def save(base: Base, folder: Path, previous: Path | None = None) -> Path:
     except BaseException:  # (a full disk, say): the part written would hold its space
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if final.exists():
-        _discard(final)
     os.replace(tmp, final)
     fsync(folder)
     return final
+
+
+def _new_name(folder: Path, name: str) -> Path:
+    """A folder for a new base that no saved one has: `name`, or `name.NNNNNN` after the
+    highest such (sorted after it: newest first). A base tuned again keeps its generation and
+    kind; written over the one in use (deleted first), a crash between the deletion, seconds
+    at 10M, and the rename left no base at all, and a start trained a new one for minutes."""
+    taken = [p.name for p in folder.glob(f"{name}*") if not p.name.endswith(TEMP_SUFFIX)]
+    if name not in taken:
+        return folder / name
+    numbers = [int(t[len(name) + 1 :]) for t in taken if t[len(name) + 1 :].isdigit()]
+    return folder / f"{name}.{max(numbers, default=0) + 1:06d}"
 
 
 def _write(base: Base, tmp: Path) -> None:
@@ -245,12 +254,25 @@ def saved(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if (p / META).exists()), reverse=True)
 
 
+def orphans(folder: Path, used: set[str]) -> list[Path]:
+    """Fine-code files in `folder` that no saved base names and that are not `used` (a crash
+    during a training, or a training whose base could not be saved, left them: 2.5 GB at
+    10M each)."""
+    named = set(used)
+    for path in saved(folder):
+        try:
+            named.add(json.loads((path / META).read_text()).get("fine") or "")
+        except (OSError, ValueError):
+            continue
+    return [table for table in tables(folder) if table.name not in named]
+
+
 def prune(folder: Path, keep: Path) -> None:
     """Delete every saved base but `keep`, and every fine-code file but the one it uses (a
     search may still read an old one: an unlinked file stays mapped until it is let go)."""
     for old in saved(folder):
         if old != keep:
-            _discard(old)
+            discard(old)
     try:
         used = json.loads((keep / META).read_text()).get("fine", "")
     except (OSError, ValueError):
@@ -260,14 +282,14 @@ def prune(folder: Path, keep: Path) -> None:
             table.unlink(missing_ok=True)
 
 
-def _discard(path: Path) -> None:
-    """Delete a saved base; renamed to a temporary first, so a crash midway never leaves a
-    half-deleted base that looks complete."""
+def discard(path: Path) -> None:
+    """Delete a saved base (one pruned, or one that can never be used); renamed to a
+    temporary first, so a crash midway never leaves a half-deleted base that looks complete."""
     doomed = path.with_name(path.name + ".old" + TEMP_SUFFIX)
     os.replace(path, doomed)
     # Files a search may still map (ids.npy, an exact base's codes) are unlinked whole: a
     # truncated mapping faults. Fast-scan codes and templates were read into RAM.
-    if path.name.split("-", 1)[-1] in READ_INTO_RAM:
+    if path.name.split("-", 1)[-1].split(".", 1)[0] in READ_INTO_RAM:  # (its kind)
         for name in (INDEX, TEMPLATE):
             try:
                 unlink_paced(doomed / name)

@@ -13,7 +13,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -63,6 +63,7 @@ class LibraryIndex:
         self._settle = False  # an import ended: fold its rows into a saved base now
         self._building = False  # the first base is being built: searches read the store
         self._path: Path | None = None
+        self._lost: int | None = None  # the oldest write SQLite has and the index may lack
         self._reads = Searcher(source)
         # The placer of adds to copies of a template, where the policy chooses lists itself.
         self._placer = Placers(policy.places, policy.train_bf16, policy.tree_from)
@@ -70,6 +71,9 @@ class LibraryIndex:
         # Everything up to the store's generation is in the segments now (replayed): what a
         # compaction saves as its base's generation, so the next start replays none of it.
         self._applied = max(self._segments.base.meta.generation, self.source.generation())
+        # Brings the index up to SQLite after a lost write (the catalog's catch_up: it takes
+        # the catalog's write lock); the worker calls it before its other work.
+        self.catch_up: Callable[[], bool] | None = None
         self._worker = Worker(self.maintain, self._trim, self._stop)
 
     # -- start-up ---------------------------------------------------------------------------
@@ -82,7 +86,9 @@ class LibraryIndex:
         else:
             base = self._build_now()
         place = functools.partial(self._placer, base.template)
-        segments, changed = reopen(base, self.source, self.policy, self._lock, started, place)
+        segments, changed, self._lost = reopen(
+            base, self.source, self.policy, self._lock, started, place
+        )
         if changed and self.origin == "loaded":
             self.origin = "replayed"
         return segments
@@ -180,11 +186,25 @@ class LibraryIndex:
             self._note(generation, "remove", ids, None)
         self._poke()
 
-    def applied(self, generation: int) -> None:
+    def applied(self, generation: int, repaired: bool = False) -> None:
         """The catalog's write of `generation` is all in (its removals and every chunk of its
-        adds): a compaction may now save a base that claims it."""
+        adds): a compaction may now save a base that claims it; `repaired`: every write up to
+        it, a lost one too (the catalog applied them again from SQLite)."""
         with self._lock:
             self._applied = max(self._applied, generation)
+            if repaired:
+                self._lost = None
+
+    def lost(self, generation: int) -> None:
+        """The catalog's write of `generation` reached SQLite, not (all of) the index: no base
+        saved claims it until the catalog has applied it again (applied(repaired=True))."""
+        with self._lock:
+            self._lost = generation if self._lost is None else min(self._lost, generation)
+        self._worker.wake()
+
+    def lost_since(self) -> int | None:
+        """The oldest write the index may lack (lost), or None."""
+        return self._lost
 
     def _note(
         self, generation: int, op: str, ids: np.ndarray, data: np.ndarray | Encoded | None
@@ -295,6 +315,8 @@ class LibraryIndex:
 
     def maintain(self) -> str | None:
         """Train or compact if due (the worker calls this; tests may too); return what ran."""
+        if self._lost is not None and self.catch_up is not None:
+            self.catch_up()  # (a lost write: the index brought up to SQLite first)
         with self._busy:
             if self._stop.is_set():
                 return None
@@ -326,6 +348,10 @@ class LibraryIndex:
                     self._carry(base)
                 else:
                     self._swap(base)
+            except BaseException:  # its new fine codes' file, if any, is of no use now
+                for orphan in B.orphans(self.folder, {self._segments.base.meta.fine or ""}):
+                    orphan.unlink(missing_ok=True)
+                raise
             finally:
                 with self._lock:
                     self._log, self._folding = None, False
@@ -361,7 +387,7 @@ class LibraryIndex:
         with self._lock:  # copies only: the recent segment's codes (or vectors), two bitmaps
             seg = self._segments
             dead, recent, frozen = seg.bitmap.copy(), seg.members.copy(), seg.frozen()
-            generation = self._applied
+            generation = self._applied if self._lost is None else min(self._applied, self._lost - 1)
         saved = self._path / B.INDEX if self._path else None
         placer = seg.placer or self._placer(seg.base.template)  # (a start's comes later)
         base = fold(seg.base, saved, bits(dead), bits(recent), frozen, generation, placer)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..cpu import lower_priority
+from ..errors import disk_full
 from . import base as B
 from .build import Source
 from .placing import Placer
@@ -29,16 +30,26 @@ log = logging.getLogger(__name__)
 def saved_base(
     folder: Path, source: Source, model_id: str, dim: int, policy: Policy
 ) -> tuple[B.Base, Path] | None:
-    """The newest saved base this library can use, and its folder (None: none can be used)."""
+    """The newest saved base this library can use, and its folder (None: none can be used).
+    Those that cannot be used (damaged, newer than the database) are deleted, and so are
+    fine-code files no saved base names (a training a crash stopped left its)."""
+    for orphan in B.orphans(folder, set()):
+        log.warning("removing %s: no saved index uses it (a training that did not end)", orphan)
+        orphan.unlink(missing_ok=True)
     current = source.generation()
     for path in B.saved(folder):
         try:
             base = B.load(path, model_id, dim)
-        except B.IndexFileError as exc:
-            log.warning("saved index unusable: %s", exc)
+        except B.IndexFileError as exc:  # (damaged: a new base is built and saved)
+            log.warning("saved index unusable, deleted: %s", exc)
+            B.discard(path)
             continue
         if base.meta.generation > current:
-            log.warning("saved index %s is newer than the database; ignored", path)
+            # The database is older than the index (restored from a backup): the base's ids
+            # may name other images by the time the database reaches its generation.
+            log.warning("saved index %s is newer than the database: deleted", path)
+            del base
+            B.discard(path)
             continue
         if policy.mode == "exact" and base.meta.kind != "exact":
             log.info("--index exact: not using the saved %s index", base.meta.kind)
@@ -50,11 +61,14 @@ def saved_base(
 def reopen(
     base: B.Base, source: Source, policy: Policy, lock: threading.Lock, started: float,
     place: Callable[[], Placer | None] = lambda: None,
-) -> tuple[Segments, bool]:  # fmt: skip
-    """Segments over `base` holding what the store holds now, and whether anything was taken
-    out or replayed (`started`: when the start began, for the log). `place` makes the placer
-    for the base's template (Segments says) where the replay encodes; else the segments come
-    without one (LibraryIndex.warm makes it once the daemon answers)."""
+) -> tuple[Segments, bool, int | None]:  # fmt: skip
+    """Segments over `base` holding what the store holds now, whether anything was taken
+    out or replayed (`started`: when the start began, for the log), and the generation from
+    which the replay could not write the rows' fine codes for want of disk space (None: it
+    could): those rows wait until there is room (LibraryIndex.lost), the daemon starts
+    without them. `place` makes the placer for the base's template (Segments says) where the
+    replay encodes; else the segments come without one (LibraryIndex.warm makes it once the
+    daemon answers)."""
     # Exact at first: replaying is then a copy, not an encoding (~30 us a vector at 1M); the
     # worker folds these rows into the base soon after (index.due.needs_compaction).
     segments = Segments(base, lock, coded=False)
@@ -68,10 +82,18 @@ def reopen(
     if source.count() - len(segments) > policy.held_limit():
         segments.placer = place()
         segments.code_if_empty()
-    replayed = 0
-    for ids, vectors in source.chunks(since_generation=base.meta.generation):
-        segments.add(ids, vectors)
-        replayed += len(ids)
+    replayed, behind = 0, None
+    try:
+        for ids, vectors in source.chunks(since_generation=base.meta.generation):
+            segments.add(ids, vectors)
+            replayed += len(ids)
+    except OSError as exc:
+        if (full := disk_full(exc)) is None:
+            raise
+        log.warning(
+            "index: the rows written since generation %d wait: %s", base.meta.generation, full
+        )
+        behind = base.meta.generation + 1
     segments.code_if_empty()  # nothing replayed: coded from the start
     log.info(
         "index %s: %d vectors in %.1fs (base opened %.1fs, %d deleted found %.1fs, "
@@ -79,7 +101,7 @@ def reopen(
         base.meta.kind, len(segments), time.monotonic() - started, opened - started,
         len(dead), found - opened, replayed, time.monotonic() - found,
     )  # fmt: skip
-    return segments, bool(replayed or len(dead))
+    return segments, bool(replayed or len(dead)), behind
 
 
 def warm_fine(base: B.Base, stop: threading.Event) -> threading.Thread | None:

@@ -7,7 +7,7 @@ Producers: folders.py (a file or a folder walk), `downloads.py` (URLs, downloade
 
 from .checks import Checked
 from .core import Ingester, Prepared, ProgressHook
-from .folders import files_to_add, walk
+from .folders import files_to_add, nameable, walk
 from .report import AddReport, FileError
 
 __all__ = [
@@ -18,5 +18,6 @@ __all__ = [
     "Prepared",
     "ProgressHook",
     "files_to_add",
+    "nameable",
     "walk",
 ]

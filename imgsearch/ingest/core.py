@@ -262,9 +262,18 @@ class Ingester:
         stored = self.catalog.store.images.by_sha256(sorted({f.sha256 for f in candidates}))
         moved: set[str] = set()
         for facts in candidates:
+            if not facts.path.startswith("/"):  # a URL: nothing tells whether it "went"
+                continue
             for row in stored.get(facts.sha256, []):
-                if row.path != facts.path and not os.path.lexists(row.path):
-                    self.catalog.move(row.id, facts.path, facts.size, facts.mtime_ns)
+                if (
+                    row.path.startswith("/")
+                    and row.path != facts.path
+                    and not os.path.lexists(row.path)
+                ):
+                    try:
+                        self.catalog.move(row.id, facts.path, facts.size, facts.mtime_ns)
+                    except NotFound:  # removed meanwhile (a watch's prune): look further
+                        continue
                     stored[facts.sha256].remove(row)
                     moved.add(facts.path)
                     report.moved += 1

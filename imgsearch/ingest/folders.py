@@ -24,6 +24,23 @@ def files_to_add(
     return files
 
 
+def nameable(path: Path, report: AddReport) -> bool:
+    """Whether `path` is text (UTF-8, as SQLite and JSON hold paths); else reported (422).
+    A file name of other bytes (Latin-1 from an old archive) reads as lone surrogates, and
+    one such name failed the whole batch it was in, or kept a watched folder from syncing."""
+    try:
+        str(path).encode()
+    except UnicodeEncodeError:
+        report.fail(FileError(shown(path), "file name is not valid UTF-8: rename it", 422))
+        return False
+    return True
+
+
+def shown(path: Path | str) -> str:
+    """A path as text, bytes that are not UTF-8 written as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def walk(root: Path, extensions: frozenset[str], report: AddReport) -> Iterator[Path]:
     """Image files under `root`, resolved, sorted per folder; follows symlinks but not loops."""
     seen: set[tuple[int, int]] = set()
@@ -49,7 +66,11 @@ def walk(root: Path, extensions: frozenset[str], report: AddReport) -> Iterator[
             try:
                 path = (Path(folder) / name).resolve(strict=True)
             except (OSError, RuntimeError) as exc:
-                report.fail(FileError(str(Path(folder) / name), f"cannot resolve path: {exc}", 404))
+                report.fail(
+                    FileError(shown(Path(folder) / name), f"cannot resolve path: {exc}", 404)
+                )
+                continue
+            if not nameable(path, report):
                 continue
             if str(path) not in emitted:
                 emitted.add(str(path))

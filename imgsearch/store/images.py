@@ -346,8 +346,12 @@ class Images:
     def move(self, image_id: int, path: str, size: int, mtime_ns: int) -> WriteResult:
         """Give a stored image a new path (a rename: same content, same vector).
 
-        A row already stored at the new path is replaced by the moved one (`removed`)."""
+        A row already stored at the new path is replaced by the moved one (`removed`); where
+        `image_id` is not stored (any more) nothing changes (no `ids`)."""
         with self.db.write() as conn:
+            was = conn.execute("SELECT missing FROM images WHERE id=?", (image_id,)).fetchone()
+            if was is None:  # gone meanwhile (removed by another writer): nothing changes
+                return WriteResult(generation=current(conn))
             generation = bump(conn)
             row = conn.execute(
                 "SELECT id, missing FROM images WHERE path=? AND id<>?", (path, image_id)
@@ -355,15 +359,14 @@ class Images:
             if row is not None:
                 conn.execute("DELETE FROM images WHERE id=?", (row[0],))
                 forget(conn, [row], generation)
-            was = conn.execute("SELECT missing FROM images WHERE id=?", (image_id,)).fetchone()
             conn.execute(
                 "UPDATE images SET path=?, size=?, mtime_ns=?, missing=0, generation=?,"
                 " updated_at=? WHERE id=?",
                 (path, size, mtime_ns, generation, time.time(), image_id),
             )
-            if was is not None and was[0]:  # a missing image found at its new path
+            if was[0]:  # a missing image found at its new path
                 add_counts(conn, present=1, missing=-1)
-        moved = [int(image_id)] if was is not None else []
+        moved = [int(image_id)]
         return WriteResult(moved, moved, [] if row is None else [int(row[0])], generation)
 
     def integrity_check(self) -> str:
