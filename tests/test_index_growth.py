@@ -519,7 +519,7 @@ def test_rows_added_during_a_compaction_are_replayed_as_codes(tmp_path: Path) ->
         def compact_while_adding() -> base.Base:
             made = compact()
             put_all(catalog, vectors[3300:3800], start=3300)  # arrives during the build
-            logged.extend(index._log or [])
+            logged.extend(index._ledger.since())
             return made
 
         index.compact = compact_while_adding  # type: ignore[method-assign]

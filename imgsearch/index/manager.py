@@ -29,11 +29,12 @@ from .about import about
 from .build import Source, build, fold, retune, with_fine
 from .codes import Encoded, Precoded, copied, relabel
 from .hits import exact_among
+from .ledger import Ledger
 from .placing import Placers
 from .policy import HELD_TUNE_QUERIES, TUNE_QUERIES, Policy
 from .reads import Searcher, one_omp_thread, scan_store
-from .segments import Change, Segments, bits
-from .startup import place_later, reopen, saved_base, warm_fine
+from .segments import Segments, bits
+from .startup import first_base, reopen, saved_base, warm_up
 from .swaps import fine_of, published
 from .worker import Worker
 
@@ -54,8 +55,6 @@ class LibraryIndex:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._busy = threading.Lock()  # one build at a time (never taken by requests)
-        self._log: list[Change] | None = None
-        self._folding = False  # the build running is a compaction (the log may keep codes)
         self.state = "idle"
         self.origin = "new"
         self._holds = 0  # bulk imports in progress: training and compaction wait for them
@@ -63,14 +62,16 @@ class LibraryIndex:
         self._settle = False  # an import ended: fold its rows into a saved base now
         self._building = False  # the first base is being built: searches read the store
         self._path: Path | None = None
-        self._lost: int | None = None  # the oldest write SQLite has and the index may lack
+        self._behind: int | None = None  # a start-up's replay short of disk space: from here
         self._reads = Searcher(source)
         # The placer of adds to copies of a template, where the policy chooses lists itself.
         self._placer = Placers(policy.places, policy.train_bf16, policy.tree_from)
         self._segments = self._open()
         # Everything up to the store's generation is in the segments now (replayed): what a
         # compaction saves as its base's generation, so the next start replays none of it.
-        self._applied = max(self._segments.base.meta.generation, self.source.generation())
+        self._ledger = Ledger(
+            max(self._segments.base.meta.generation, self.source.generation()), self._behind
+        )
         # Brings the index up to SQLite after a lost write (the catalog's catch_up: it takes
         # the catalog's write lock); the worker calls it before its other work.
         self.catch_up: Callable[[], bool] | None = None
@@ -84,32 +85,19 @@ class LibraryIndex:
         if found is not None:
             base, self._path, self.origin = found[0], found[1], "loaded"
         else:
-            base = self._build_now()
+            base, self._path, self.origin = first_base(
+                self.folder, self.source, self.model_id, self.dim, self.policy, self._built
+            )
+            if self.origin == "building":
+                self._building = True
+                self.state = "building"
         place = functools.partial(self._placer, base.template)
-        segments, changed, self._lost = reopen(
+        segments, changed, self._behind = reopen(
             base, self.source, self.policy, self._lock, started, place
         )
         if changed and self.origin == "loaded":
             self.origin = "replayed"
         return segments
-
-    def _build_now(self) -> B.Base:
-        present = self.source.count()
-        if present and self.policy.spec(present, self.dim).kind != "exact":
-            # Training takes minutes at a million vectors: the worker builds the first base
-            # while the daemon serves, searches answered exactly from the store meanwhile.
-            log.info(
-                "no usable saved index: building one from SQLite (%d vectors) in the "
-                "background; searches are exact from SQLite until it is ready",
-                present,
-            )
-            self._building, self.origin, self.state = True, "building", "building"
-        if not present or self._building:
-            return B.empty_exact(self.model_id, self.dim, self.source.generation())
-        log.info("no usable saved index: building one from SQLite (%d vectors)", present)
-        self.origin = "rebuilt"
-        base, self._path = B.kept(self._built(present), self.folder, self.model_id, self.dim, True)
-        return base
 
     def _build(self, count: int) -> B.Base:
         return self._keep(self._built(count))
@@ -129,15 +117,9 @@ class LibraryIndex:
         return built
 
     def warm(self) -> threading.Thread | None:
-        """Read the saved base's fine codes into memory on a background thread (the service
-        calls this once it is up: during the start the reads slowed /health by 2-4 s), and
-        make the placer for adds on another (startup.place_later)."""
-        seg = self._segments
-        if seg.placer is None and self.policy.places and seg.base.template is not None:
-            place_later(seg, self._placer)
-        if self.origin not in ("loaded", "replayed"):
-            return None
-        return warm_fine(seg.base, self._stop)
+        """Read the saved base's fine codes in, make the placer for adds (startup.warm_up)."""
+        placer = self._placer if self.policy.places else None
+        return warm_up(self._segments, placer, self.origin, self._stop)
 
     # -- changes (the catalog calls these in generation order) -------------------------------
 
@@ -167,7 +149,7 @@ class LibraryIndex:
         # template, so the log keeps a copy of their codes (not their vectors: nothing is
         # encoded twice, and a copy is smaller than the float32 vectors).
         kept = None
-        if codes is not None and self._folding:
+        if codes is not None and self._ledger.folding:
             kept = copied(codes)
         with self._lock:
             # A swap meanwhile: the codes still fit a segment of the same template (a
@@ -175,15 +157,15 @@ class LibraryIndex:
             now = self._segments
             fits = now.coded and now.base.template is seg.base.template
             now.add(ids, vectors, codes if fits else None, fine_done=now.base.fine is fine)
-            logged = kept if fits and kept is not None and self._folding else vectors
-            self._note(generation, "add", ids, logged)
+            logged = kept if fits and kept is not None and self._ledger.folding else vectors
+            self._ledger.note(generation, "add", ids, logged)
         self._poke()
 
     def remove(self, ids: np.ndarray, generation: int) -> None:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         with self._lock:
             self._segments.remove(ids)
-            self._note(generation, "remove", ids, None)
+            self._ledger.note(generation, "remove", ids, None)
         self._poke()
 
     def applied(self, generation: int, repaired: bool = False) -> None:
@@ -191,30 +173,18 @@ class LibraryIndex:
         adds): a compaction may now save a base that claims it; `repaired`: every write up to
         it, a lost one too (the catalog applied them again from SQLite)."""
         with self._lock:
-            self._applied = max(self._applied, generation)
-            if repaired:
-                self._lost = None
+            self._ledger.done(generation, repaired)
 
     def lost(self, generation: int) -> None:
         """The catalog's write of `generation` reached SQLite, not (all of) the index: no base
         saved claims it until the catalog has applied it again (applied(repaired=True))."""
         with self._lock:
-            self._lost = generation if self._lost is None else min(self._lost, generation)
+            self._ledger.lose(generation)
         self._worker.wake()
 
     def lost_since(self) -> int | None:
         """The oldest write the index may lack (lost), or None."""
-        return self._lost
-
-    def _note(
-        self, generation: int, op: str, ids: np.ndarray, data: np.ndarray | Encoded | None
-    ) -> None:
-        # A write may come in several calls of one generation (a removal, then its adds in
-        # chunks): until applied() says it is whole, a base folded now holds the ones before
-        # it (the swap and a start-up replay this generation whole again, which is harmless).
-        self._applied = max(self._applied, generation - 1)
-        if self._log is not None:  # a build is running: it replays these when it swaps
-            self._log.append((generation, op, ids, data))
+        return self._ledger.lost
 
     def _poke(self) -> None:
         seg = self._segments
@@ -260,7 +230,7 @@ class LibraryIndex:
             stop.wait(ROOM_POLL)
 
     def _room(self, look: due.Look) -> int:
-        training = self._log is not None and not self._folding
+        training = self._ledger.log is not None and not self._ledger.folding
         return due.room(self.policy, look, training)
 
     def _look(self) -> due.Look:
@@ -315,7 +285,7 @@ class LibraryIndex:
 
     def maintain(self) -> str | None:
         """Train or compact if due (the worker calls this; tests may too); return what ran."""
-        if self._lost is not None and self.catch_up is not None:
+        if self._ledger.lost is not None and self.catch_up is not None:
             self.catch_up()  # (a lost write: the index brought up to SQLite first)
         with self._busy:
             if self._stop.is_set():
@@ -339,8 +309,7 @@ class LibraryIndex:
 
     def _replace(self, make: Any) -> None:
         with self._lock:
-            self._log = []
-            self._folding = make == self.compact  # (its base keeps the recent one's template)
+            self._ledger.begin(folding=make == self.compact)  # (its base keeps the template)
         try:
             try:
                 base = make()
@@ -354,7 +323,7 @@ class LibraryIndex:
                 raise
             finally:
                 with self._lock:
-                    self._log, self._folding = None, False
+                    self._ledger.end()
             if self._path is not None:
                 B.prune(self.folder, self._path)
                 # The one saved base holds every deletion up to its generation: older log
@@ -387,7 +356,7 @@ class LibraryIndex:
         with self._lock:  # copies only: the recent segment's codes (or vectors), two bitmaps
             seg = self._segments
             dead, recent, frozen = seg.bitmap.copy(), seg.members.copy(), seg.frozen()
-            generation = self._applied if self._lost is None else min(self._applied, self._lost - 1)
+            generation = self._ledger.claimable()
         saved = self._path / B.INDEX if self._path else None
         placer = seg.placer or self._placer(seg.base.template)  # (a start's comes later)
         base = fold(seg.base, saved, bits(dead), bits(recent), frozen, generation, placer)
@@ -415,7 +384,7 @@ class LibraryIndex:
                 self._building, self.origin = False, "rebuilt"
 
         replay = functools.partial(fresh.replay, after=base.meta.generation)
-        published(self._lock, lambda: self._log or [], replay, publish)
+        published(self._lock, self._ledger.since, replay, publish)
         log.info("index swapped in: %s, %d vectors", base.meta.factory, len(fresh))
 
     def _carry(self, base: B.Base) -> None:
@@ -428,7 +397,7 @@ class LibraryIndex:
         def publish() -> None:
             self._segments = self._segments.carried(base, placer)
 
-        published(self._lock, lambda: self._log or [], fine_of(fine), publish)
+        published(self._lock, self._ledger.since, fine_of(fine), publish)
         log.info("index %s swapped in over its recent rows", base.meta.factory)
 
     def close(self) -> None:

@@ -58,6 +58,29 @@ def saved_base(
     return None
 
 
+def first_base(
+    folder: Path, source: Source, model_id: str, dim: int, policy: Policy,
+    built: Callable[[int], B.Base],
+) -> tuple[B.Base, Path | None, str]:  # fmt: skip
+    """The base a start without a usable saved one begins with, its folder, and how it came:
+    "building" (an empty exact base while the worker trains the first IVF one, which takes
+    minutes at a million images: searches read the store meanwhile), "rebuilt" (an exact base
+    `built` and saved now), "new" (an empty library)."""
+    present = source.count()
+    if present and policy.spec(present, dim).kind != "exact":
+        log.info(
+            "no usable saved index: building one from SQLite (%d vectors) in the background; "
+            "searches are exact from SQLite until it is ready",
+            present,
+        )
+        return B.empty_exact(model_id, dim, source.generation()), None, "building"
+    if not present:
+        return B.empty_exact(model_id, dim, source.generation()), None, "new"
+    log.info("no usable saved index: building one from SQLite (%d vectors)", present)
+    base, path = B.kept(built(present), folder, model_id, dim, True)
+    return base, path, "rebuilt"
+
+
 def reopen(
     base: B.Base, source: Source, policy: Policy, lock: threading.Lock, started: float,
     place: Callable[[], Placer | None] = lambda: None,
@@ -102,6 +125,21 @@ def reopen(
         len(dead), found - opened, replayed, time.monotonic() - found,
     )  # fmt: skip
     return segments, bool(replayed or len(dead)), behind
+
+
+def warm_up(
+    seg: Segments, placer: Callable[[Any], Placer | None] | None, origin: str,
+    stop: threading.Event,
+) -> threading.Thread | None:  # fmt: skip
+    """What a start leaves to do once the daemon answers (during the start the reads slowed
+    /health by 2-4 s): a saved base's fine codes read into memory on a background thread
+    (returned; None: nothing to read), and the placer for adds made on another (place_later,
+    where `placer` makes it: the policy chooses lists itself)."""
+    if placer is not None and seg.placer is None and seg.base.template is not None:
+        place_later(seg, placer)
+    if origin not in ("loaded", "replayed"):
+        return None
+    return warm_fine(seg.base, stop)
 
 
 def warm_fine(base: B.Base, stop: threading.Event) -> threading.Thread | None:
