@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,6 +169,22 @@ class Catalog:
         with self._writing():
             ids = [f.id for f in self.store.images.files_under(path) if not f.missing]
             result = self._apply(self.store.images.set_missing(ids, True))
+        return result.removed
+
+    def drop_gone(
+        self, checked: Mapping[int, str], gone: Callable[[str], bool], *, keep: bool
+    ) -> list[int]:
+        """Images a producer found gone (id -> the path it checked), checked again under the
+        write lock: removed, or with `keep` marked missing; return the ids changed. One moved
+        or re-indexed meanwhile (by a user's add: another path stored now, or `gone` says no
+        now) stays as it is: checked off the lock, it would be lost."""
+        with self._writing():
+            now = self.store.images.paths(list(checked))
+            ids = [i for i, at in now.items() if at.path == checked[i] and gone(at.path)]
+            if not ids:
+                return []
+            images = self.store.images
+            result = self._apply(images.set_missing(ids, True) if keep else images.remove_ids(ids))
         return result.removed
 
     def restore(self, ids: Sequence[int]) -> int:

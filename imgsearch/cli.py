@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__
-from .client import DEFAULT_URL, Context, run
+from .client import DEFAULT_URL, QUICK_S, Context, checked_timeout, run
 from .commands import COMMANDS, Arg, arg
 from .config import AUTO_TOKEN, ENV_PREFIX, LOOPBACK_HOSTS, OFFLINE_MODEL, Config
 from .errors import ImgSearchError, disk_full
@@ -120,7 +120,14 @@ GLOBAL_ARGS: tuple[Arg, ...] = (
 CLIENT_ARGS: tuple[Arg, ...] = (
     arg("--url", help=f"the daemon, for client commands ({ENV_PREFIX}URL; default {DEFAULT_URL})"),
     arg("--json", action="store_true", help="client commands: print the server's JSON as is"),
+    arg(
+        "--timeout",
+        metavar="SECONDS",
+        help=f"client commands: how long to wait for each answer ({ENV_PREFIX}TIMEOUT; default "
+        f"{QUICK_S:g} for stats, jobs and the watch list, no limit for the others; 0: no limit)",
+    ),
 )
+CLIENT_ONLY = "--url, --json and --timeout are for the client commands, not serve"
 TOP_LEVEL = frozenset({"-h", "--help", "--version"})
 
 
@@ -169,10 +176,9 @@ def with_command(argv: Sequence[str]) -> list[str]:
 def run_command(ns: argparse.Namespace) -> int:
     """Run one client command (a COMMANDS row) with the global options as its Context."""
     row = next(r for r in COMMANDS if r.name == ns.command)
-    ctx = _context(vars(ns))
     kwargs = {a.dest: getattr(ns, a.dest) for a in row.args}
-    with _client_logging(ctx.verbose):
-        return run(lambda: row.run(ctx, **kwargs))
+    with _client_logging(bool(vars(ns).get("verbose"))):  # _context's errors are run's to show
+        return run(lambda: row.run(_context(vars(ns)), **kwargs))
 
 
 @contextlib.contextmanager
@@ -205,6 +211,7 @@ def _context(given: dict[str, Any]) -> Context:
         data_dir=Path(option("data_dir") or Config().data_dir),
         as_json=bool(given.get("json")),
         verbose=bool(given.get("verbose")),
+        timeout=checked_timeout(option("timeout")),
     )
 
 
@@ -291,8 +298,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if ns.command != "serve":
         sys.exit(run_command(ns))
     args = {k: v for k, v in vars(ns).items() if k != "command"}
-    if {"url", "json"} & args.keys():
-        parser.error("--url and --json are for the client commands, not serve")
+    if {"url", "json", "timeout"} & args.keys():
+        parser.error(CLIENT_ONLY)
     before = set(threading.enumerate())
     try:
         code = serve(args)

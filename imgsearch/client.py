@@ -7,6 +7,7 @@ import contextlib
 import http.client
 import json
 import logging
+import math
 import mimetypes
 import os
 import sys
@@ -22,11 +23,19 @@ from typing import Any
 
 from . import __version__
 from .config import AUTO_TOKEN, LOOPBACK_HOSTS
+from .formatting import shown
 
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 POLL_S = 0.5
+# Seconds to wait for the answer to a request that the daemon answers from memory on its event
+# loop (stats, the jobs, the watched folders): one that takes longer is stuck, not busy. The
+# others (a search, duplicates, a removal, a change: queueing an add, a cancel, a watch) do
+# work that grows with the library, the network or the thread pool's queue, and wait as long
+# as it takes unless --timeout says otherwise (a change given up on may still happen).
+QUICK_S = 10.0
+POLL_TIMEOUT_S = 60.0  # one poll of a job being followed
 FINAL_STATES = frozenset({"done", "failed", "cancelled", "interrupted"})
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 Params = Sequence[tuple[str, str]]
@@ -48,8 +57,25 @@ class Unreachable(Exception):
         self.url, self.reason = url, reason
 
 
+class NoAnswer(Unreachable):
+    """The daemon took the request but did not answer within the timeout."""
+
+    def __init__(self, url: str, seconds: float) -> None:
+        super().__init__(url, f"no answer within {seconds:g} s")
+        self.seconds = seconds
+
+
+class NotDaemon(Exception):
+    """What answered at the URL is not an imgsearch daemon (its answer is no JSON object)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(reason)
+        self.url, self.reason = url, reason
+
+
 class UsageError(Exception):
-    """Arguments that make no sense together, or a local file that cannot be read."""
+    """Arguments that make no sense together or cannot be sent, or a local file that cannot be
+    read."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +84,7 @@ class Connection:
 
     url: str = DEFAULT_URL
     token: str | None = None
+    timeout: float | None = None  # --timeout: every request's limit instead of its own; 0: none
 
     @property
     def base(self) -> str:
@@ -73,26 +100,37 @@ class Connection:
         body: bytes | None = None,
         content_type: str | None = None,
         timeout: float | None = None,
-    ) -> tuple[int, Any]:
-        """One request; the status and the decoded JSON body. Raises ServerError, Unreachable."""
-        url = self.base + path + (f"?{urllib.parse.urlencode(params)}" if params else "")
+    ) -> tuple[int, dict[str, Any]]:
+        """One request; the status and the JSON object answered. `timeout`: this request's
+        seconds to wait for an answer (None: no limit) unless the connection has its own.
+        Raises ServerError, Unreachable (NoAnswer), NotDaemon, UsageError."""
+        query = urllib.parse.urlencode([(sendable(k), sendable(v)) for k, v in params])
+        url = self.base + path + (f"?{query}" if query else "")
         headers = {"Accept": "application/json", "User-Agent": f"imgsearch-cli/{__version__}"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         if content_type:
             headers["Content-Type"] = content_type
         request = urllib.request.Request(url, data=body, headers=headers, method=method)
+        limit = timeout if self.timeout is None else self.timeout or None
         log.debug("%s %s", method, url)
         try:
-            with self._opener().open(request, timeout=timeout) as resp:
-                return int(resp.status), _decode(resp.read())
+            with self._opener().open(request, timeout=limit) as resp:
+                status, raw = int(resp.status), resp.read()
         except urllib.error.HTTPError as exc:
             with exc:
                 raise ServerError(_error_message(exc.read(), exc.reason), exc.code) from None
         except urllib.error.URLError as exc:
+            if isinstance(exc.reason, TimeoutError) and limit is not None:  # while connecting
+                raise NoAnswer(self.base, limit) from None
             raise Unreachable(self.base, str(exc.reason)) from None
+        except TimeoutError as exc:  # waiting for the answer, or reading it
+            if limit is None:  # the system's own (a connection that timed out)
+                raise Unreachable(self.base, str(exc)) from None
+            raise NoAnswer(self.base, limit) from None
         except (OSError, http.client.HTTPException) as exc:
             raise Unreachable(self.base, str(exc) or type(exc).__name__) from None
+        return status, _json_object(raw, self.base, f"{method} {path}")
 
     def get(self, path: str, params: Params = (), **kwargs: Any) -> Any:
         return self.call("GET", path, params, **kwargs)[1]
@@ -114,35 +152,110 @@ class Context:
     data_dir: Path = Path("data")
     as_json: bool = False
     verbose: bool = False
+    timeout: float | None = None  # --timeout; None: each request's own (QUICK_S or no limit)
 
     def connection(self) -> Connection:
-        """The daemon at --url, with the --token (`auto`: DATA_DIR/token)."""
-        return Connection(self.url, read_token(self.token, self.data_dir))
+        """The daemon at --url, with the --token (`auto`: DATA_DIR/token); UsageError for
+        either when it cannot make a request."""
+        token = checked_token(read_token(self.token, self.data_dir))
+        return Connection(checked_url(self.url), token, self.timeout)
 
     def emit(self, body: Any, text: Callable[[Any], str]) -> None:
         """Print the daemon's JSON as is with --json, else `text(body)`."""
         out(dumps(body) if self.as_json else text(body))
 
 
-def _decode(raw: bytes) -> Any:
+def checked_url(url: str) -> str:
+    """--url as given, once it is an http(s) URL with a host (a UsageError naming it if not)."""
+    base = Connection(url).base
     try:
-        return json.loads(raw)
+        if any(c.isspace() or shown(c) != c for c in base):  # urlsplit would drop some
+            raise ValueError("it holds spaces or control characters")
+        parts = urllib.parse.urlsplit(base)
+        _port = parts.port  # a ValueError for one that is not a number in 0..65535
+        if parts.scheme not in ("http", "https"):
+            raise ValueError("the daemon speaks http:// or https://")
+        if not parts.hostname:
+            raise ValueError("no host")
+    except ValueError as exc:
+        raise UsageError(f"invalid --url '{shown(url)}': {exc}") from None
+    return url
+
+
+def checked_token(token: str | None) -> str | None:
+    """The token as sent: without surrounding whitespace, which a bearer token never holds
+    and `TOKEN=$(cat file; echo)` or a pasted line adds (the daemon strips it from the
+    header too, and `--token auto` from the file); a UsageError if it could not be sent."""
+    token = token.strip() if token else None
+    bad = [c for c in token or "" if not " " <= c <= "~"]
+    if bad:  # a header is Latin-1 and one line; never echo the secret itself
+        raise UsageError(f"invalid --token: it holds '{shown(bad[0])}'; a token is printable ASCII")
+    return token or None
+
+
+def checked_timeout(text: str | None) -> float | None:
+    """--timeout's seconds (0: no limit); None when not given."""
+    if text is None:
+        return None
+    try:
+        seconds = float(text)
     except ValueError:
-        return {"text": raw.decode(errors="replace")}
+        seconds = math.nan
+    if not 0 <= seconds < math.inf:  # NaN too
+        raise UsageError(f"invalid --timeout '{shown(text)}': seconds, or 0 for no limit")
+    return seconds
+
+
+def sendable(text: str) -> str:
+    """`text` once it can be sent as UTF-8 (a UsageError naming it if not)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise UsageError(f"{shown(text)}: not valid UTF-8") from None
+    return text
+
+
+def segment(text: str) -> str:
+    """`text` (a job id) quoted as one segment of a URL's path."""
+    return urllib.parse.quote(sendable(text), safe="")
+
+
+def _json_object(raw: bytes, url: str, request: str) -> dict[str, Any]:
+    """The answer's JSON object; anything else means something other than imgsearch answered."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        return body
+    text = raw.decode(errors="replace").strip()
+    excerpt = repr(text[:60] + ("..." if len(text) > 60 else "")) if text else "nothing"
+    raise NotDaemon(url, f"{request} answered {excerpt}, not a JSON object")
 
 
 def _error_message(raw: bytes, reason: Any) -> str:
     try:
         body = json.loads(raw)
-    except ValueError:
-        return raw.decode(errors="replace").strip() or str(reason)
+    except ValueError:  # a proxy's or another server's page: its start
+        return raw.decode(errors="replace").strip()[:200] or str(reason)
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         return str(body["error"])
     return str(reason)
 
 
 def absolute(path: str | Path) -> Path:
-    """The path as the daemon needs it: absolute, relative to the caller's working directory."""
+    """The path as the daemon needs it: absolute, relative to the caller's working directory,
+    and UTF-8 (the daemon receives text; it refuses to index such names too)."""
+    full = local(path)
+    try:
+        str(full).encode()
+    except UnicodeEncodeError:
+        raise UsageError(f"{shown(full)}: file name is not valid UTF-8; rename it") from None
+    return full
+
+
+def local(path: str | Path) -> Path:
+    """A path the client itself reads (an upload, a CSV), made absolute: any name will do."""
     return Path(path).expanduser().absolute()
 
 
@@ -167,13 +280,23 @@ def run(command: Callable[[], int]) -> int:
     try:
         return command()
     except ServerError as exc:
-        err(f"error: {exc.message} (HTTP {exc.status})")
+        err(f"error: {shown(exc.message)} (HTTP {exc.status})")
         return EXIT_ERROR
+    except NotDaemon as exc:
+        err(f"error: not an imgsearch daemon at {shown(exc.url)} ({shown(exc.reason)})")
+        return EXIT_ERROR
+    except NoAnswer as exc:
+        err(
+            f"no answer from imgsearch at {shown(exc.url)} within {exc.seconds:g} s: is it stuck? "
+            "(--timeout SECONDS waits longer, 0 for as long as it takes)"
+        )
+        return EXIT_USAGE
     except Unreachable as exc:
-        err(f"cannot reach imgsearch at {exc.url}: is `imgsearch serve` running? ({exc.reason})")
+        where, why = shown(exc.url), shown(exc.reason)
+        err(f"cannot reach imgsearch at {where}: is `imgsearch serve` running? ({why})")
         return EXIT_USAGE
     except UsageError as exc:
-        err(f"error: {exc}")
+        err(f"error: {shown(exc)}")
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
@@ -187,15 +310,15 @@ def follow(conn: Connection, job_id: str, *, show_progress: bool, poll_s: float 
     """Poll a job until it stops, drawing a progress bar on stderr; the final job."""
     from tqdm import tqdm
 
-    path = f"/jobs/{urllib.parse.quote(job_id, safe='')}"
+    path = f"/jobs/{segment(job_id)}"
     with tqdm(unit="file", disable=not show_progress, file=sys.stderr, dynamic_ncols=True) as bar:
         while True:
-            job = conn.get(path, timeout=60)
+            job = conn.get(path, timeout=POLL_TIMEOUT_S)
             total = job.get("total")
             if total is not None and bar.total != total:
                 bar.total = total
             bar.update(int(job.get("done") or 0) - bar.n)
-            bar.set_postfix_str(f"{job.get('state')}, {job.get('failed', 0)} failed")
+            bar.set_postfix_str(shown(f"{job.get('state')}, {job.get('failed', 0)} failed"))
             if job.get("state") in FINAL_STATES:
                 return job
             time.sleep(poll_s)
@@ -208,8 +331,10 @@ def multipart(fields: Params, path: Path) -> tuple[bytes, str]:
     chunks: list[bytes] = []
     for name, value in fields:
         head = f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
-        chunks.append(head.encode() + value.encode() + b"\r\n")
-    filename = path.name.replace('"', "_").replace("\r", "_").replace("\n", "_")
+        chunks.append(sendable(head).encode() + sendable(value).encode() + b"\r\n")
+    # Only the bytes are searched: a name that is not UTF-8 is sent with U+FFFD in their place.
+    readable = os.fsencode(path.name).decode(errors="replace")
+    filename = readable.replace('"', "_").replace("\r", "_").replace("\n", "_")
     ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     head = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"'

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,16 @@ from typing import Any
 
 from . import client
 from .bulk.commands import embed, export_dir, import_dir
-from .client import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, Context, UsageError, absolute, is_url
+from .client import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    Context,
+    UsageError,
+    absolute,
+    is_url,
+    segment,
+)
 from .formatting import (
     failure_lines,
     format_duplicates,
@@ -23,6 +31,7 @@ from .formatting import (
     format_results,
     format_watches,
     key_values,
+    shown,
 )
 
 
@@ -62,7 +71,7 @@ class Command:
 
 def stats(ctx: Context) -> int:
     """`imgsearch stats`: key: value lines."""
-    body = ctx.connection().get("/stats")
+    body = ctx.connection().get("/stats", timeout=client.QUICK_S)
     ctx.emit(body, lambda b: "\n".join(key_values(b)))
     return EXIT_OK
 
@@ -70,7 +79,7 @@ def stats(ctx: Context) -> int:
 def remove(ctx: Context, path: str) -> int:
     """`imgsearch remove PATH`: forget a file or a folder's images."""
     body = ctx.connection().get("/remove", [("image", str(absolute(path)))])
-    ctx.emit(body, lambda b: f"removed {b.get('removed', 0)}")
+    ctx.emit(body, lambda b: shown(f"removed {b.get('removed', 0)}"))
     return EXIT_OK
 
 
@@ -99,7 +108,7 @@ def search(
     if text is not None:
         body = conn.get("/search", [("text", text), *options])
     elif upload:
-        data, ctype = client.multipart(options, absolute(image or ""))
+        data, ctype = client.multipart(options, client.local(image or ""))
         body = conn.call("POST", "/search", body=data, content_type=ctype)[1]
     elif is_url(image or ""):
         body = conn.get("/search", [("url", image or ""), *options])
@@ -127,7 +136,7 @@ def add(
     params = [("wait", "0"), *([("update", "1")] if update else [])]
     conn = ctx.connection()
     if csv is not None:
-        data = client.read_local(absolute(csv))
+        data = client.read_local(client.local(csv))
         body = conn.call("POST", "/add", params, body=data, content_type="text/csv")[1]
     else:
         target = path or ""
@@ -138,14 +147,16 @@ def add(
             data = json.dumps({what[0]: what[1], "metadata": _metadata(metadata)}).encode()
             body = conn.call("POST", "/add", params, body=data, content_type="application/json")[1]
     if "job" not in body:  # a daemon without jobs: the add already ran to completion
+        if "added" not in body:
+            raise client.NotDaemon(conn.base, "its answer to an add names no job")
         return _report(ctx, body)
     if not wait:
-        ctx.emit(body, lambda b: str(b["job"]))
+        ctx.emit(body, lambda b: shown(b["job"]))
         return EXIT_OK
     try:
         job = client.follow(conn, str(body["job"]), show_progress=not ctx.as_json, poll_s=poll_s)
     except KeyboardInterrupt:
-        job_id = body["job"]
+        job_id = shown(body["job"])
         client.err(f"still running as job {job_id} (imgsearch jobs --cancel {job_id} to stop it)")
         return EXIT_INTERRUPTED
     return _report(ctx, job)
@@ -154,7 +165,7 @@ def add(
 def _metadata(text: str) -> dict[str, Any]:
     """--metadata: a JSON object (its keys and values are checked by the daemon)."""
     try:
-        value = json.loads(text)
+        value = json.loads(client.sendable(text))
     except ValueError as exc:
         raise UsageError(f"--metadata must be a JSON object: {exc}") from None
     if not isinstance(value, dict):
@@ -165,12 +176,12 @@ def _metadata(text: str) -> dict[str, Any]:
 def _report(ctx: Context, job: Mapping[str, Any]) -> int:
     """The summary of a finished add; 1 when the job itself did not finish (not for bad files)."""
     counts = ", ".join(f"{k} {job.get(k, 0)}" for k in ("added", "updated", "skipped", "failed"))
-    ctx.emit(job, lambda j: "\n".join([counts, *failure_lines(j)]))
+    ctx.emit(job, lambda j: "\n".join([shown(counts), *failure_lines(j)]))
     state = job.get("state", "done")
     if state == "done":
         return EXIT_OK
     reason = f": {job['error']}" if job.get("error") else ""
-    client.err(f"error: job {job.get('id')} {state}{reason}")
+    client.err(shown(f"error: job {job.get('id')} {state}{reason}"))
     return EXIT_ERROR
 
 
@@ -180,11 +191,12 @@ def jobs(ctx: Context, job_id: str | None = None, *, cancel: str | None = None) 
         raise UsageError("give a job id or --cancel ID, not both")
     conn = ctx.connection()
     if cancel is not None:
-        body = conn.call("POST", f"/jobs/{urllib.parse.quote(cancel, safe='')}/cancel")[1]
+        body = conn.call("POST", f"/jobs/{segment(cancel)}/cancel")[1]
     elif job_id is not None:
-        body = conn.get(f"/jobs/{urllib.parse.quote(job_id, safe='')}")
+        body = conn.get(f"/jobs/{segment(job_id)}", timeout=client.QUICK_S)
     else:
-        ctx.emit(conn.get("/jobs"), lambda b: format_jobs(b.get("jobs", [])))
+        listing = conn.get("/jobs", timeout=client.QUICK_S)
+        ctx.emit(listing, lambda b: format_jobs(b.get("jobs", [])))
         return EXIT_OK
     ctx.emit(body, format_job)
     return EXIT_OK
@@ -217,7 +229,7 @@ def watch(ctx: Context, folder: str | None = None, *, stop: bool = False) -> int
     if folder is None:
         if stop:
             raise UsageError("--stop needs a folder")
-        body = ctx.connection().get("/watch")
+        body = ctx.connection().get("/watch", timeout=client.QUICK_S)
         ctx.emit(body, lambda b: format_watches(b.get("watches", [])))
         return EXIT_OK
     params = [("dir", str(absolute(folder)))]

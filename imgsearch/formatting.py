@@ -1,10 +1,40 @@
-"""What the command-line client prints: plain-text tables and summaries of the daemon's JSON."""
+"""What the command-line client prints: plain-text tables and summaries of the daemon's JSON.
+
+Every text that comes from outside (a path, a daemon's message) goes through `shown` before it
+reaches the terminal; --json output is the daemon's JSON as is and never does."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
+
+# What a terminal acts on or a table would break on, in a file name or a message: C0 and C1
+# control characters (ESC and BEL make the sequences that retitle, clear or recolour it; a
+# newline forges a row), DEL, the Unicode line and paragraph separators, the bidirectional
+# overrides and isolates (they reorder the rest of a line as shown), and lone surrogates (a
+# name's bytes that are not UTF-8, as Python decodes them; printed raw they crash the print).
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def shown(value: Any) -> str:
+    """`str(value)` safe to print: each character in _UNSAFE as a visible escape (`\\x1b`, `\\n`).
+
+    A backslash is left as it is: the text stays readable and shown(shown(x)) == shown(x);
+    --json gives the exact text where an escape and a backslash in a name could be confused."""
+    return _UNSAFE.sub(_escape, str(value))
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    if char in _NAMED:
+        return _NAMED[char]
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape's stand-in for the byte code - 0xDC00
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def format_results(results: Sequence[Mapping[str, Any]]) -> str:
@@ -46,7 +76,7 @@ def format_job(job: Mapping[str, Any]) -> str:
     pairs += [(k, _time(job.get(k))) for k in ("created", "started", "finished")]
     pairs.append(("error", job.get("error") or "-"))
     failures = failure_lines(job)
-    lines = [f"{key}: {value}" for key, value in pairs]
+    lines = [f"{key}: {shown(value)}" for key, value in pairs]
     return "\n".join(lines + (["errors:", *failures] if failures else []))
 
 
@@ -56,7 +86,7 @@ def format_duplicates(body: Mapping[str, Any]) -> str:
     blocks = []
     for cluster in body.get("clusters", []):
         images = cluster.get("images", [])
-        head = f"{cluster.get('kind')}: {len(images)} images"
+        head = f"{shown(cluster.get('kind'))}: {len(images)} images"
         if cluster.get("kind") != "near":
             blocks.append("\n".join([head, *(f"  {_image(i)}" for i in images)]))
             continue
@@ -75,7 +105,7 @@ def format_duplicates(body: Mapping[str, Any]) -> str:
         else "no duplicates"
     )
     how = "verified" if body.get("verified") else "not verified: no verify comparator"
-    summary = (
+    summary = shown(
         f"{found} among {body.get('images', 0)} images (threshold {body.get('threshold')}, {how})"
     )
     return "\n\n".join([*blocks, summary])
@@ -84,13 +114,13 @@ def format_duplicates(body: Mapping[str, Any]) -> str:
 def _image(entry: Mapping[str, Any]) -> str:
     copies = f"  (+{entry['copies']} identical)" if entry.get("copies") else ""
     source = f"  <{entry['source']}>" if entry.get("source") else ""
-    return f"{entry.get('image')}{copies}{source}"
+    return shown(f"{entry.get('image')}{copies}{source}")
 
 
 def failure_lines(job: Mapping[str, Any]) -> list[str]:
     """A line per failed file with its reason; the daemon lists only the first few."""
     errors = job.get("errors") or []
-    lines = [f"  {e.get('image')}: {e.get('error')}" for e in errors]
+    lines = [f"  {shown(e.get('image'))}: {shown(e.get('error'))}" for e in errors]
     more = int(job.get("failed") or 0) - len(errors)
     return lines + ([f"  ... and {more} more (see the daemon's log)"] if more > 0 else [])
 
@@ -98,7 +128,9 @@ def failure_lines(job: Mapping[str, Any]) -> list[str]:
 def table(
     header: Sequence[str], rows: Sequence[Sequence[str]], right: frozenset[int] = frozenset()
 ) -> str:
-    """Columns padded to their widest cell (`right`: right-aligned ones); the last is not padded."""
+    """Columns padded to their widest cell (`right`: right-aligned ones); the last is not padded.
+    Every cell is `shown`: a cell is one line of one column whatever the daemon sent."""
+    header, rows = [shown(c) for c in header], [[shown(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
 
     def line(cells: Sequence[str]) -> str:
@@ -112,12 +144,13 @@ def table(
 
 
 def key_values(body: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """`key: value` lines, nested objects' keys joined with dots (`index.origin: ...`)."""
     lines: list[str] = []
     for key, value in body.items():
         if isinstance(value, Mapping):
             lines += key_values(value, f"{prefix}{key}.")
         else:
-            lines.append(f"{prefix}{key}: {value}")
+            lines.append(shown(f"{prefix}{key}: {value}"))
     return lines
 
 

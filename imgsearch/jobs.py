@@ -77,6 +77,7 @@ class Job:
     started: float | None = None
     finished: float | None = None
     stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    cancelled: bool = field(default=False, repr=False)  # by a user: so even at a shutdown
     ended: Ended = field(default_factory=Ended, repr=False)
     urls: tuple[str, ...] = ()  # a URL job's URLs (not kept once the job has ended)
     strict: bool = False  # a URL job for one `url`: its failure fails the job, as for one file
@@ -256,9 +257,15 @@ class JobManager:
         return sorted(self._jobs.values(), key=lambda j: j.created, reverse=True)
 
     def cancel(self, job_id: str, timeout: float = 60.0) -> Job:
-        """Stop a job after the batch in flight (what was embedded stays); wait for it."""
+        """Stop a job after the batch in flight (what was embedded stays); wait for it. One
+        still queued ends at once, whatever runs before it."""
         job = self.get(job_id)
-        job.stop.set()
+        with self._lock:  # (against _run starting it)
+            job.cancelled = True
+            job.stop.set()
+            if job.state == "queued":  # not started: _run will pass it by
+                job.state = "cancelled"
+                self._end(job)
         job.ended.wait(timeout)
         return job
 
@@ -271,7 +278,8 @@ class JobManager:
         return job
 
     def interrupt(self) -> None:
-        """Stop every job after its batch in flight; they end as `interrupted`."""
+        """Stop every job after its batch in flight; they end as `interrupted` (or
+        `cancelled`, where a user cancelled them first)."""
         self._closing = True
         for job in list(self._jobs.values()):
             job.stop.set()
@@ -282,11 +290,15 @@ class JobManager:
         self._worker.shutdown(wait=True)
 
     def _run(self, job: Job) -> None:
+        with self._lock:
+            if job.ended.is_set():  # cancelled while it was queued
+                return
+            if not job.stop.is_set():
+                job.state, job.started = "running", time.time()
         try:
             if job.stop.is_set():
-                job.state = "interrupted" if self._closing else "cancelled"
+                job.state = self._stopped(job)
                 return
-            job.state, job.started = "running", time.time()
             self.store.jobs.save(job.row())
             if job.kind == "path":
                 self.ingester.add(
@@ -316,10 +328,7 @@ class JobManager:
                 )
             else:
                 raise ImgSearchError(f"this daemon cannot run {job.kind} jobs", 501)
-            if job.stop.is_set():
-                job.state = "interrupted" if self._closing else "cancelled"
-            else:
-                job.state = "done"
+            job.state = self._stopped(job) if job.stop.is_set() else "done"
         except ImgSearchError as exc:
             job.state, job.error, job.error_status = "failed", exc.message, exc.status
         except Exception as exc:  # the worker must survive any job
@@ -330,16 +339,28 @@ class JobManager:
                 log.exception("indexing job %s failed", job.id)
                 job.state, job.error = "failed", f"unexpected error: {exc}"
         finally:
-            job.finished = time.time()
-            self._after(job)
-            job.urls, job.files = (), ()
-            try:
-                self.store.jobs.save(job.row())
-                if job.id not in self._jobs:  # forgotten before it ended: so is its record
-                    self.store.jobs.delete(job.id)
-            finally:
-                job.ended.set()
-            log.info("job %s %s: %s", job.id, job.state, job.image)
+            self._end(job)
+
+    def _stopped(self, job: Job) -> str:
+        """The state of a job stopped before its end: a user's cancel stands at a shutdown."""
+        return "interrupted" if self._closing and not job.cancelled else "cancelled"
+
+    def _end(self, job: Job) -> None:
+        """A job's last record saved (or deleted, if forgotten meanwhile), then its end set;
+        a record that cannot be saved (a full disk) is left "queued" or "running": at the next
+        start it shows as interrupted."""
+        job.finished = time.time()
+        self._after(job)
+        job.urls, job.files = (), ()
+        try:
+            self.store.jobs.save(job.row())
+            if job.id not in self._jobs:  # forgotten before it ended: so is its record
+                self.store.jobs.delete(job.id)
+        except Exception as exc:  # (a cancel must still answer, the worker go on)
+            log.warning("job %s: its record not saved: %s", job.id, exc)
+        finally:
+            job.ended.set()
+        log.info("job %s %s: %s", job.id, job.state, job.image)
 
     def _after(self, job: Job) -> None:
         if job.after is None:

@@ -7,13 +7,16 @@ follows moves (a file with the content of a stored image whose old path is gone 
 row and its vector). A file whose folder has vanished (an unmounted disk, a folder moved
 away) is not forgotten: it is marked missing, out of the index but kept in SQLite, and comes
 back unchanged when the folder returns. Only a file deleted from a folder that still exists
-is forgotten.
+is forgotten, and only when the file system says so: a file that cannot be checked (an
+unreadable folder: EACCES) is kept. An unmounted disk leaves its mount point, an empty folder
+on another device: that counts as the folder vanished too.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 import time
 from collections import deque
@@ -24,7 +27,8 @@ from typing import Any
 
 from .catalog import Catalog
 from .errors import BadRequest, ConfigError, NotFound, disk_full
-from .ingest import AddReport, FileError, Ingester, nameable, walk
+from .ingest import AddReport, FileError, Ingester, Listing, nameable, walk
+from .ingest.folders import is_empty, is_file, is_folder
 from .store import StoredFile
 
 log = logging.getLogger(__name__)
@@ -32,6 +36,8 @@ log = logging.getLogger(__name__)
 ERRORS_KEPT = 50
 # After a write that found the disk full, a folder is synced again (walked whole) this much later.
 DISK_FULL_WAIT_S = 60.0
+# A watch that keeps failing retries (a sync, then the watcher) after poll_s, doubling up to this.
+RETRY_MAX_S = 60.0
 
 
 @dataclass
@@ -50,6 +56,7 @@ class Watch:
     removed: int = 0
     missing: int = 0
     restored: int = 0
+    device: int | None = None  # st_dev of the folder at its last sync
     errors: deque[FileError] = field(default_factory=lambda: deque(maxlen=ERRORS_KEPT))
     stop: threading.Event = field(default_factory=threading.Event, repr=False)
     thread: threading.Thread | None = field(default=None, repr=False)
@@ -180,9 +187,10 @@ class Watcher:
         import watchfiles
 
         polling: bool | None = None  # None: watchfiles decides (WATCHFILES_FORCE_POLLING, WSL)
+        failures = 0  # in a row: retries back off, and only the first logs a traceback
         while not watch.stop.is_set():
             try:
-                if not watch.path.is_dir():
+                if self._away(watch):
                     self._vanished(watch)
                     watch.stop.wait(self.poll_s)
                     continue
@@ -196,9 +204,13 @@ class Watcher:
                     yield_on_timeout=True,
                     raise_interrupt=False,
                     force_polling=polling,
+                    # An unreadable subfolder is left out, not a failure of the whole watch
+                    # (the syncs keep its images: they cannot be checked).
+                    ignore_permission_denied=True,
                 ):
-                    if not watch.path.is_dir():
-                        break  # unmounted or moved away: the next turn marks it missing
+                    failures = 0
+                    if not self._synced_folder(watch):
+                        break  # unmounted, moved away, mounted over: the next turn tells which
                     if changes:
                         self._apply(watch, changes)
             except Exception as exc:
@@ -206,14 +218,43 @@ class Watcher:
                     log.warning("watching %s: %s", watch.path, full.message)
                     watch.stop.wait(DISK_FULL_WAIT_S)
                     continue
-                if polling is None and isinstance(exc, OSError | RuntimeError):
+                failures += 1
+                wait = min(self.poll_s * 2 ** (failures - 1), RETRY_MAX_S)
+                if polling is None and _not_permission(exc):
                     # e.g. out of inotify watches (fs.inotify.max_user_watches), or a network
                     # file system that sends no events: scan for changes instead.
                     log.warning("watching %s: %s; polling it instead", watch.path, exc)
                     polling = True
-                else:
+                elif failures == 1:
                     log.exception("watching %s failed; retrying", watch.path)
-                watch.stop.wait(self.poll_s)
+                else:  # (the same again, most likely: no traceback every time)
+                    log.warning("watching %s: %s; retry in %.0f s", watch.path, exc, wait)
+                watch.stop.wait(wait)
+
+    def _away(self, watch: Watch) -> bool:
+        """Whether the watched folder is gone: not a folder (or not to be reached), or the
+        empty folder an unmounted disk leaves, its mount point: on another device than at the
+        last sync, or, before a first sync, while images stored under it say it held some."""
+        try:
+            st = os.stat(watch.path)
+        except OSError:
+            return True
+        if not stat.S_ISDIR(st.st_mode):
+            return True
+        if st.st_dev == watch.device or not is_empty(watch.path):
+            return False
+        if watch.device is not None or watch.state == "missing":
+            return True
+        return bool(self.store.files_under(str(watch.path)))
+
+    def _synced_folder(self, watch: Watch) -> bool:
+        """Whether the watched folder is still the one synced (a folder, on the same device);
+        checked at each change set and each poll interval."""
+        try:
+            st = os.stat(watch.path)
+        except OSError:
+            return False
+        return stat.S_ISDIR(st.st_mode) and st.st_dev == watch.device
 
     def _vanished(self, watch: Watch) -> None:
         if watch.state != "missing":
@@ -225,12 +266,20 @@ class Watcher:
             )
 
     def _sync(self, watch: Watch) -> None:
-        """Index what is new or changed under the folder, restore what came back, prune."""
+        """Index what is new or changed under the folder, restore what came back, prune. On
+        another device than at the last sync (a disk unmounted, or mounted again) what is not
+        found is marked missing, never forgotten."""
         watch.state = "syncing"
-        report = AddReport()
-        files = [f for f in walk(watch.path, self.extensions, report) if self._wanted(f)]
-        self._place(watch, files, report)
-        self._prune(watch, self.store.files_under(str(watch.path)))
+        device = os.stat(watch.path).st_dev
+        careful = watch.device is not None and device != watch.device
+        report, listing = AddReport(), Listing()
+        found = walk(watch.path, self.extensions, report, listing)
+        self._place(watch, [f for f in found if self._wanted(f)], report)
+        # Stored paths are resolved: those seen through a symlinked folder are under its target.
+        for top in _tops({str(watch.path), *listing.tops}):
+            rows = self.store.files_under(top)
+            self._prune(watch, rows, unlisted=listing.unlisted, careful=careful)
+        watch.device = device
         watch.synced = time.time()
 
     def _apply(self, watch: Watch, changes: set[tuple[Any, str]]) -> None:
@@ -238,22 +287,25 @@ class Watcher:
         from watchfiles import Change
 
         appeared: list[Path] = []
-        gone: list[str] = []
+        gone: set[str] = set()
         report = AddReport()
         for change, raw in sorted(changes, key=lambda c: c[1]):
             path = Path(raw)
             if not nameable(path, report):  # (never stored, so never to forget either)
                 continue
             if change == Change.deleted:
-                gone.append(raw)
+                # As stored: resolved (an event behind a symlinked folder names the link).
+                parent, name = os.path.split(raw)
+                gone.add(os.path.join(os.path.realpath(parent), name))
             elif path.is_dir():
                 appeared += walk(path, self.extensions, report)
             elif path.suffix.lower() in self.extensions and path.is_file():
                 appeared.append(path.resolve())
         self._place(watch, [f for f in dict.fromkeys(appeared) if self._wanted(f)], report)
-        for raw in gone:
-            if not os.path.lexists(raw):
-                self._prune(watch, self.store.files_under(raw))
+        # Whatever is there again (a file saved by delete + create) or now (a folder where a
+        # file was) is for _prune to tell: a file stays only while it is one.
+        for top in _tops(gone):
+            self._prune(watch, self.store.files_under(top))
 
     def _wanted(self, path: Path) -> bool:
         """An image the daemon may read, not one of its own files (caches under the data dir)."""
@@ -276,20 +328,51 @@ class Watcher:
             )
         watch.count(report)
 
-    def _prune(self, watch: Watch, rows: list[StoredFile]) -> None:
+    def _prune(
+        self,
+        watch: Watch,
+        rows: list[StoredFile],
+        *,
+        unlisted: Iterable[str] = (),
+        careful: bool = False,
+    ) -> None:
         """Stored images whose file is gone: forget them if their folder is still there, mark
-        them missing if the folder itself vanished."""
-        deleted: list[int] = []
-        vanished: set[str] = set()
+        them missing if the folder itself vanished (or, `careful`, in any case). A file or
+        folder that cannot be checked (EACCES, EIO), or under an `unlisted` folder, is kept."""
+        skip = tuple(u.rstrip("/") + "/" for u in unlisted)
+        deleted: dict[int, str] = {}
+        vanished: dict[int, str] = {}
         for row in rows:
-            if os.path.lexists(row.path):
+            if row.path.startswith(skip) or is_file(row.path) is not False:
                 continue
-            folder = os.path.dirname(row.path)
-            if os.path.isdir(folder):
-                deleted.append(row.id)
+            folder = is_folder(os.path.dirname(row.path))
+            if folder is None:
+                continue
+            if folder and not careful:
+                deleted[row.id] = row.path
             elif not row.missing:
-                vanished.add(folder)
+                vanished[row.id] = row.path
+        # Checked again under the catalog's write lock: a user's add may move or re-index a row
+        # between the checks above and the write.
         if deleted:
-            watch.removed += len(self.catalog.remove_ids(deleted))
-        for folder in sorted(vanished):
-            watch.missing += len(self.catalog.mark_missing(folder))
+            watch.removed += len(self.catalog.drop_gone(deleted, _gone, keep=False))
+        if vanished:
+            watch.missing += len(self.catalog.drop_gone(vanished, _gone, keep=True))
+
+
+def _not_permission(exc: Exception) -> bool:
+    """An error of the watcher that polling may not have (polling stops at EACCES too)."""
+    return isinstance(exc, OSError | RuntimeError) and not isinstance(exc, PermissionError)
+
+
+def _gone(path: str) -> bool:
+    return is_file(path) is False
+
+
+def _tops(paths: Iterable[str]) -> list[str]:
+    """`paths` less those below another of them, sorted."""
+    tops: list[str] = []
+    for path in sorted(paths):
+        if not tops or not path.startswith(tops[-1].rstrip("/") + "/"):
+            tops.append(path)
+    return tops

@@ -1,7 +1,7 @@
 """Plain helpers for tests: sample photos, image bytes, free ports, the tiny model's config,
 a daemon subprocess, the OpenAPI response check, cone-shaped unit vectors like embeddings,
-a small file system to fill, and an ingester for in-process imports (test modules import only
-from here)."""
+a small file system to fill, a script run where file permissions bind, and an ingester for
+in-process imports (test modules import only from here)."""
 
 from __future__ import annotations
 
@@ -455,6 +455,32 @@ def small_disk(where: Path, megabytes: int, kind: str = "tmpfs") -> Iterator[Pat
         yield where
     finally:
         subprocess.run(["umount", "--lazy", str(where)], check=False)
+
+
+def unprivileged(script: str, *args: str, timeout: float = 120) -> Any:
+    """Run a Python `script` (its argv: `args`) where file permissions bind, in the repository
+    root; return the JSON its last line of output prints. Root is exempt from them
+    (CAP_DAC_OVERRIDE): it runs in a user namespace of its own (`unshare -U`), where it keeps
+    its uid over the files but holds no capability on them. Skips the test where that is not
+    allowed."""
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        prefix = ["unshare", "-U"]
+        if shutil.which("unshare") is None:
+            pytest.skip("root, and no unshare to run without CAP_DAC_OVERRIDE")
+        probe = subprocess.run([*prefix, "true"], capture_output=True, text=True)
+        if probe.returncode != 0:
+            pytest.skip(f"root, and no user namespace here (unshare: {probe.stderr.strip()})")
+    done = subprocess.run(
+        [*prefix, sys.executable, "-c", textwrap.dedent(script), *args],
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def fill(disk: Path, leave: int = 0) -> Path:

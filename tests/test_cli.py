@@ -4,10 +4,16 @@ command table, against the real app on a real port (in a thread: fast lane)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import http.server
 import inspect
 import json
-from collections.abc import Callable
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +27,13 @@ from imgsearch.config import Config
 from .helpers import free_port, photo, run_cli
 
 Serve = Callable[[Config], str]
+CLIENT_ONLY = "--url, --json and --timeout are for the client commands, not serve"
 
 
 @pytest.fixture(autouse=True)
 def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Only the command line says where the daemon is (the default port has none)."""
-    for name in ("URL", "TOKEN", "DATA_DIR"):
+    for name in ("URL", "TOKEN", "DATA_DIR", "TIMEOUT"):
         monkeypatch.delenv(f"IMGSEARCH_{name}", raising=False)
     monkeypatch.setenv("IMGSEARCH_URL", f"http://127.0.0.1:{free_port()}")
 
@@ -90,8 +97,9 @@ def test_token_auto_reads_the_data_dir_given_in_either_place(
     ("argv", "message"),
     [
         (["--port", "9000", "stats"], "unrecognized arguments: stats"),
-        (["--url", "http://h:1", "serve"], "--url and --json are for the client commands"),
-        (["--json"], "--url and --json are for the client commands"),
+        (["--url", "http://h:1", "serve"], CLIENT_ONLY),
+        (["--json"], CLIENT_ONLY),
+        (["--timeout", "5"], CLIENT_ONLY),
         (["stats", "--limit", "3"], "unrecognized arguments: --limit 3"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         (["--url"], "argument --url: expected one argument"),
@@ -136,7 +144,7 @@ def test_every_command_row_matches_its_function() -> None:
     """A row's arguments reach its function as keywords of the same names (see commands.py)."""
     names = [row.name for row in COMMANDS]
     assert len(set(names)) == len(names) and "serve" not in names
-    global_dests = {"url", "token", "data_dir", "json", "verbose", "command"}
+    global_dests = {"url", "token", "data_dir", "json", "verbose", "timeout", "command"}
     for row in COMMANDS:
         parser = argparse.ArgumentParser()
         for a in row.args:  # Arg.dest is the name argparse stores the value under
@@ -262,3 +270,269 @@ def test_leaving_with_no_background_thread_of_its_own_is_an_ordinary_exit() -> N
         assert exc.value.code == 4
     finally:
         idle.set()
+
+
+# -- what the client prints, and what it refuses to send ----------------------------------------
+
+HOSTILE = "a\x1b]0;PWNED\x07\x1b[2J\nfake"  # retitles and clears a terminal; forges a row
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (HOSTILE, "a\\x1b]0;PWNED\\x07\\x1b[2J\\nfake"),
+        ("tab\there\r", "tab\\there\\r"),
+        ("\x00\x7f\x9b", "\\x00\\x7f\\x9b"),  # NUL, DEL, the one-byte CSI
+        ("\u2028\u2029\u202e", "\\u2028\\u2029\\u202e"),  # line breaks; right-to-left override
+        (os.fsdecode(b"caf\xe9.jpg"), "caf\\xe9.jpg"),  # the byte that is not UTF-8
+        ("café 東京 a\\x1b b", "café 東京 a\\x1b b"),  # readable text and backslashes stay
+        (12.5, "12.5"),
+    ],
+)
+def test_shown_escapes_what_a_terminal_acts_on(text: object, expected: str) -> None:
+    from imgsearch import formatting
+
+    assert formatting.shown(text) == expected
+    assert formatting.shown(expected) == expected
+
+
+def test_plain_output_escapes_names_and_messages_json_keeps_them(
+    capsys: pytest.CaptureFixture[str], live_server: Serve, config: Config, tmp_path: Path
+) -> None:
+    """Paths and the daemon's messages reach the terminal escaped, each on its own line, in
+    every table and list; --json gives them exactly."""
+    url = live_server(config)
+    lib = tmp_path / f"lib{HOSTILE}"
+    lib.mkdir()
+    photo("chelsea", 96).save(lib / f"{HOSTILE}.jpg")
+    photo("chelsea", 96).save(lib / "copy.jpg")
+    (lib / "bad\x1b[31m.jpg").write_bytes(b"not an image")
+    dirname = str(tmp_path / "lib") + "a\\x1b]0;PWNED\\x07\\x1b[2J\\nfake"
+    outputs = []
+    for argv, lines in [
+        (["add", str(lib)], 2),  # the summary and the failed file
+        (["search", str(lib / "copy.jpg")], 3),
+        (["duplicates"], 5),
+        (["jobs"], 2),
+        (["watch", str(lib)], 2),
+        (["watch"], 2),
+    ]:
+        code, out, err = run_cli(capsys, "--url", url, *argv)
+        assert code == 0, err
+        assert len(out.splitlines()) == lines, out
+        outputs.append(out)
+    assert f"  {dirname}/bad\\x1b[31m.jpg: " in outputs[0]
+    assert f"{dirname}/a\\x1b]0;PWNED\\x07\\x1b[2J\\nfake.jpg\n" in outputs[1]
+    assert outputs[2].count(dirname) == 2 and all(o.rstrip().endswith(dirname) for o in outputs[3:])
+    code, out, err = run_cli(capsys, "--url", url, "search", str(lib / "gone\x07.jpg"))
+    assert (code, out) == (1, "")
+    assert err == f"error: no such file: {dirname}/gone\\x07.jpg (HTTP 404)\n"
+    code, out, _ = run_cli(capsys, "--url", url, "--json", "search", str(lib / "copy.jpg"))
+    assert {h["image"] for h in json.loads(out)["results"]} == {
+        str(lib / f"{HOSTILE}.jpg"),
+        str(lib / "copy.jpg"),
+    }
+    assert not {"\x1b", "\x07"} & set("".join(outputs) + out + err)  # (JSON escapes them too)
+
+
+NOT_UTF8 = os.fsdecode(b"caf\xe9.jpg")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["search", NOT_UTF8],
+        ["add", NOT_UTF8],
+        ["add", NOT_UTF8, "--metadata", "{}"],
+        ["remove", NOT_UTF8],
+        ["watch", NOT_UTF8],
+        ["search", "--text", "cat", "--folder", NOT_UTF8],
+        ["duplicates", "--folder", NOT_UTF8],
+    ],
+)
+def test_a_file_name_that_is_not_utf8_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, *argv)
+    assert (code, out) == (2, "")
+    assert err == f"error: {tmp_path}/caf\\xe9.jpg: file name is not valid UTF-8; rename it\n"
+
+
+def test_other_arguments_that_are_not_utf8_are_usage_errors(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for argv in (["search", "--text", NOT_UTF8], ["search", "--text", "x", "--where", NOT_UTF8]):
+        assert run_cli(capsys, *argv) == (2, "", "error: caf\\xe9.jpg: not valid UTF-8\n")
+    code, _, err = run_cli(capsys, "jobs", NOT_UTF8)
+    assert (code, err) == (2, "error: caf\\xe9.jpg: not valid UTF-8\n")
+
+
+def test_an_upload_sends_any_file_name(
+    capsys: pytest.CaptureFixture[str], live_server: Serve, config: Config, tmp_path: Path
+) -> None:
+    """--upload sends bytes, not the path: a name that is not UTF-8 is no obstacle."""
+    query = tmp_path / NOT_UTF8
+    photo("coffee", 96).save(query, format="JPEG")
+    code, out, err = run_cli(capsys, "--url", live_server(config), "search", str(query), "--upload")
+    assert (code, out) == (0, "no results\n"), err
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--url", "http://[::1"], {}, "error: invalid --url 'http://[::1': Invalid IPv6 URL\n"),
+        (["--url", "http://h:port"], {}, "error: invalid --url 'http://h:port': Port could not"),
+        (["--url", "ftp://h"], {}, "error: invalid --url 'ftp://h': the daemon speaks http://"),
+        (["--url", "http://h\x1b/"], {}, "error: invalid --url 'http://h\\x1b/': it holds spaces"),
+        (["--url", "http:///x"], {}, "error: invalid --url 'http:///x': no host\n"),
+        ([], {"IMGSEARCH_URL": "http://[::1"}, "error: invalid --url 'http://[::1': Invalid"),
+        (["--token", "t0k\nX-Evil: 1"], {}, "error: invalid --token: it holds '\\n'; a token"),
+        ([], {"IMGSEARCH_TOKEN": "tökén"}, "error: invalid --token: it holds 'ö'; a token is"),
+        (["--timeout", "soon"], {}, "error: invalid --timeout 'soon': seconds, or 0 for no"),
+        (["--timeout", "-1"], {}, "error: invalid --timeout '-1'"),
+        ([], {"IMGSEARCH_TIMEOUT": "nan"}, "error: invalid --timeout 'nan'"),
+    ],
+)
+def test_options_that_cannot_make_a_request_are_usage_errors(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    env: dict[str, str],
+    message: str,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, out, err = run_cli(capsys, *argv, "stats")
+    assert (code, out) == (2, "")
+    assert err.startswith(message) and "tökén" not in err  # (a token is never shown)
+
+
+def test_a_token_with_a_trailing_newline_is_sent_without_it(
+    capsys: pytest.CaptureFixture[str],
+    live_server: Serve,
+    config: Config,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """TOKEN=$(cat file; echo): whitespace around a token is never part of it."""
+    url = live_server(dataclasses.replace(config, token="s3cret"))
+    monkeypatch.setenv("IMGSEARCH_TOKEN", " s3cret\n")
+    code, out, err = run_cli(capsys, "--url", url, "stats")
+    assert code == 0 and "images: 0" in out.splitlines(), err
+
+
+@contextlib.contextmanager
+def answering(body: bytes, delay_s: float = 0.0, status: int = 200) -> Iterator[str]:
+    """An HTTP server that is not imgsearch: `status` and `body` to every GET and POST (after
+    `delay_s`); its URL."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            time.sleep(delay_s)
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_GET
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    class Server(http.server.HTTPServer):
+        def handle_error(self, *args: Any) -> None:
+            pass  # a client that gave up waiting
+
+    with Server(("127.0.0.1", 0), Handler) as server:
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            server.shutdown()
+            thread.join()
+
+
+@pytest.mark.parametrize(
+    ("body", "argv", "answered"),
+    [
+        (b"<html>hi</html>", ["stats"], "GET /stats answered '<html>hi</html>', not a JSON object"),
+        (b"[1, 2]", ["search", "--text", "cat"], "GET /search answered '[1, 2]', not a JSON"),
+        (b"<html>hi</html>", ["add", "/tmp"], "GET /add answered '<html>hi</html>', not a"),
+        (b'{"ok": true}', ["add", "/tmp"], "its answer to an add names no job"),
+        (b"", ["jobs"], "GET /jobs answered nothing, not a JSON object"),
+    ],
+)
+def test_a_server_that_is_not_imgsearch_is_an_error(
+    capsys: pytest.CaptureFixture[str], body: bytes, argv: list[str], answered: str
+) -> None:
+    with answering(body) as url:
+        code, out, err = run_cli(capsys, "--url", url, *argv)
+    assert (code, out) == (1, "")
+    assert err.startswith(f"error: not an imgsearch daemon at {url} ({answered}")
+
+
+def test_another_servers_error_page_is_one_short_line(capsys: pytest.CaptureFixture[str]) -> None:
+    page = b"<html>\n<h1>Not Found</h1>\n" + b"x" * 500 + b"</html>"
+    with answering(page, status=404) as url:
+        code, out, err = run_cli(capsys, "--url", url, "stats")
+    assert (code, out) == (1, "")
+    assert err == "error: <html>\\n<h1>Not Found</h1>\\n" + "x" * 174 + " (HTTP 404)\n"
+
+
+@pytest.fixture
+def silent() -> Iterator[str]:
+    """A daemon that takes connections (the kernel's backlog) and does not answer: its URL.
+    After 10 s it resets them, so that a client that waits for ever fails instead of hanging."""
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        reset = threading.Timer(10, sock.close)
+        reset.start()
+        try:
+            yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        finally:
+            reset.cancel()
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [
+        (["stats", "--timeout", "0.2"], {}),
+        (["duplicates", "--timeout", "0.2"], {}),  # one given applies to every request
+        (["watch"], {"IMGSEARCH_TIMEOUT": "0.2"}),
+    ],
+)
+def test_no_answer_within_the_timeout_exits_2(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    silent: str,
+    argv: list[str],
+    env: dict[str, str],
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    started = time.monotonic()
+    code, out, err = run_cli(capsys, "--url", silent, *argv)
+    assert (code, out) == (2, "") and time.monotonic() - started < 5
+    assert err.startswith(f"no answer from imgsearch at {silent} within 0.2 s: is it stuck?")
+
+
+def test_quick_commands_wait_briefly_by_default_long_ones_as_long_as_it_takes(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imgsearch import client
+
+    monkeypatch.setattr(client, "QUICK_S", 0.2)
+    with answering(b'{"clusters": [], "images": 0, "threshold": 0.15}', delay_s=0.5) as url:
+        for argv in (["stats"], ["jobs"], ["watch"]):
+            code, _, err = run_cli(capsys, "--url", url, *argv)
+            assert code == 2 and "within 0.2 s" in err, argv
+        code, out, err = run_cli(capsys, "--url", url, "duplicates")
+        assert (code, out) == (
+            0,
+            "no duplicates among 0 images (threshold 0.15, not verified: no verify comparator)\n",
+        ), err
+        code, _, err = run_cli(capsys, "--url", url, "stats", "--timeout", "0")  # no limit
+        assert code == 0, err

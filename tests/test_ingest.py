@@ -190,3 +190,23 @@ def test_rows_whose_paths_are_urls_never_take_each_others_rows(
     for row in rows:
         assert service.ingester.add_embedded([row]).added == 1
     assert service.catalog.store.count() == 2
+
+
+def test_a_download_never_takes_over_an_image_whose_file_went(
+    tmp_path: Path, service: Service
+) -> None:
+    """A downloaded file (one with a source URL) of the bytes of a stored image whose own file
+    is gone took over that image as a "move": the URL was not recorded as its source, and the
+    local image was lost."""
+    (file,) = _folder(tmp_path / "pics", 1)
+    service.ingester.add(tmp_path / "pics")
+    download = tmp_path / "downloads" / "a.jpg"
+    download.parent.mkdir()
+    download.write_bytes(file.read_bytes())
+    file.unlink()
+    url = "https://example.com/a.jpg"
+    report = service.ingester.add_files([download], label=url, sources={str(download): url})
+    assert (report.added, report.moved) == (1, 0)
+    states = service.catalog.store.file_states([str(file), str(download)])
+    assert set(states) == {str(file), str(download)}
+    assert service.catalog.store.metadata.ids_by_source([url]) == {url: [states[str(download)].id]}

@@ -182,3 +182,42 @@ def test_ended_survives_a_closed_loop_and_plain_events_still_poll() -> None:
     plain = threading.Event()
     threading.Timer(0.05, plain.set).start()
     asyncio.run(asyncio.wait_for(offload.until_set(plain), timeout=30))
+
+
+def test_a_queued_job_cancelled_ends_at_once_and_a_cancel_outlives_a_shutdown(
+    config: Config, tiny_embedder: Embedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelling a job queued behind a running one waited for that whole run (60 s from the
+    route) and answered it still queued; a running job a user cancelled became `interrupted`
+    when the daemon stopped before it ended."""
+    import threading
+    import time
+
+    from imgsearch.service import Service
+
+    first, second = tmp_path / "first.jpg", tmp_path / "second.jpg"
+    photo("astronaut", 96).save(first)
+    photo("coffee", 96).save(second)
+    service = Service(config, embedder=tiny_embedder)
+    try:
+        gate = threading.Event()
+        real = service.ingester.embed
+        monkeypatch.setattr(service.ingester, "embed", lambda b: (gate.wait(30), real(b))[1])
+        running = service.jobs.submit(first, False)
+        queued = service.jobs.submit(second, False)
+        start = time.monotonic()
+        cancelled = service.jobs.cancel(queued.id, timeout=10)
+        assert time.monotonic() - start < 5, "waited for the job before it"
+        assert cancelled.state == "cancelled" and cancelled.finished is not None
+        assert cancelled.ended.is_set() and cancelled.started is None
+        saved = {r.id: r.state for r in service.catalog.store.jobs.recent(10)}
+        assert saved[queued.id] == "cancelled"
+
+        service.jobs.cancel(running.id, timeout=0)  # the user's cancel, then a shutdown ...
+        service.jobs.interrupt()
+        gate.set()  # ... before the batch in flight ended
+        assert running.ended.wait(30)
+        assert (running.state, queued.state) == ("cancelled", "cancelled")
+    finally:
+        gate.set()
+        service.close()

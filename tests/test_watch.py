@@ -6,6 +6,9 @@ import asyncio
 import dataclasses
 import os
 import shutil
+import subprocess
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,9 +20,18 @@ from imgsearch.embedders import Embedder
 from imgsearch.errors import ConfigError
 from imgsearch.search import SearchOptions
 from imgsearch.service import Service
+from imgsearch.watch import Watch
 from imgsearch.web.app import create_app
 
-from .helpers import PHOTOS, ClientFactory, get_json, photo, wait_for
+from .helpers import (
+    PHOTOS,
+    ClientFactory,
+    get_json,
+    photo,
+    small_disk,
+    unprivileged,
+    wait_for,
+)
 
 
 def save(path: Path, name: str, size: int = 200) -> Path:
@@ -273,3 +285,185 @@ def test_polling_mode_follows_changes_too(
     a_id = stored(service)[str(a)]
     os.rename(a, folder / "c.jpg")
     wait_for("moved", lambda: stored(service).get(str(folder / "c.jpg")) == a_id)
+
+
+# Opens the daemon on a data dir (argv: data dir, model config, seconds to watch), counts the
+# syncs its watch makes in that time after the first, and prints them with the watch's state.
+WATCH_A_WHILE = """
+    import json, sys, time
+    from pathlib import Path
+
+    from imgsearch.config import Config
+    from imgsearch.embedders.clip import ClipEmbedder
+    from imgsearch.service import Service
+    from imgsearch.watch import Watcher
+
+    data_dir, model_config, seconds = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+    syncs = []
+    real = Watcher._sync
+    Watcher._sync = lambda self, watch: (syncs.append(time.monotonic()), real(self, watch))[1]
+    config = Config(
+        data_dir=data_dir, model="imgsearch-test-tiny", pretrained=None,
+        model_config=model_config, batch_size=4, workers=1,
+    ).resolved()
+    embedder = ClipEmbedder(
+        config.model, pretrained=None, checkpoint=None, model_config=model_config, device="cpu"
+    )
+    service = Service(config, embedder=embedder)
+    (watch,) = service.watcher.watches()
+    deadline = time.monotonic() + 60
+    while watch.synced is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(seconds)
+    print(json.dumps({"state": watch.state, "syncs": len(syncs), "removed": watch.removed}))
+    service.close()
+"""
+
+
+@pytest.mark.parametrize("locked", ["sub", "."])
+def test_an_unreadable_folder_keeps_its_images_and_is_synced_once(
+    tmp_path: Path, make_service: Callable[..., Service], config: Config, locked: str
+) -> None:
+    """chmod 000 on a subfolder (or the watched folder unlistable): its files cannot be
+    checked (EACCES), which is no sign they went. They were forgotten at the next sync, and
+    an unreadable subfolder made the watch fail and sync again every second."""
+    folder = tmp_path / "photos"
+    save(folder / "top.jpg", PHOTOS[0])
+    for name in PHOTOS[1:3]:
+        save(folder / "sub" / f"{name}.jpg", name)
+    first = make_service(watch=(folder,))
+    wait_for("initial sync", lambda: watching(first, folder))
+    ids = stored(first)
+    first.catalog.store.metadata.replace({i: {"k": "v"} for i in ids.values()})
+    first.close()
+
+    os.chmod(folder / locked, 0o600 if locked == "." else 0)
+    try:
+        seen = unprivileged(WATCH_A_WHILE, str(config.data_dir), str(config.model_config), "2.5")
+    finally:
+        os.chmod(folder / locked, 0o755)
+    assert seen == {"state": "watching", "syncs": 1, "removed": 0}
+    again = make_service()
+    assert stored(again) == ids and missing(again) == set()
+    kept = again.catalog.store.metadata.get(list(ids.values()))
+    assert kept == {i: {"k": "v"} for i in ids.values()}, "and their metadata"
+
+
+def test_a_file_and_a_folder_swapped_for_each_other(
+    tmp_path: Path, make_service: Callable[..., Service]
+) -> None:
+    """A file replaced by a folder of its name was never forgotten (only a path with nothing
+    there was); a folder replaced by a file of its name had that new file marked missing with
+    the folder's images."""
+    folder = tmp_path / "photos"
+    a, b = save(folder / "a.jpg", PHOTOS[0]), save(folder / "b.jpg", PHOTOS[1])
+    x = save(folder / "sub.jpg" / "x.jpg", PHOTOS[2])
+    service = make_service(watch=(folder,))
+    wait_for("initial sync", lambda: watching(service, folder))
+
+    a.unlink()
+    inner = save(a / "inner.jpg", PHOTOS[3])
+    shutil.rmtree(folder / "sub.jpg")
+    sub = save(folder / "sub.jpg", PHOTOS[4])
+    wait_for("new files indexed", lambda: {str(inner), str(sub)} <= set(stored(service)))
+    wait_for("the file now a folder forgotten", lambda: str(a) not in stored(service))
+    wait_for("the folder now a file: its image missing", lambda: missing(service) == {str(x)})
+    assert searchable(service, sub)
+    service.close()
+
+    b.unlink()  # while the daemon is down: the sync at start sees it
+    save(b / "inner.jpg", PHOTOS[5])
+    again = make_service()
+    wait_for("synced", lambda: watching(again, folder))
+    assert str(b) not in stored(again) and str(b / "inner.jpg") in stored(again)
+
+
+def test_an_unmounted_disk_is_missing_not_forgotten(
+    tmp_path: Path, make_service: Callable[..., Service]
+) -> None:
+    """A watched mount point whose disk is unmounted stays as an empty folder, on another
+    device: nothing happened live, and the next sync forgot the files at its top."""
+    kept = tmp_path / "kept"
+    with small_disk(tmp_path / "mnt", 8) as mnt:
+        files = [save(mnt / "top.jpg", PHOTOS[0]), save(mnt / "2020" / "inner.jpg", PHOTOS[1])]
+        shutil.copytree(mnt, kept, copy_function=shutil.copy2)
+        service = make_service(watch=(mnt,))
+        wait_for("initial sync", lambda: watching(service, mnt))
+        ids = stored(service)
+        subprocess.run(["umount", str(mnt)], check=True)
+        wait_for("images marked missing", lambda: missing(service) == {str(f) for f in files})
+        assert service.watcher.watches()[0].state == "missing"
+        service.close()
+
+        again = make_service()  # a start with the disk still out: the folder is empty
+        wait_for("found missing", lambda: again.watcher.watches()[0].state == "missing")
+        assert missing(again) == {str(f) for f in files}, "nothing forgotten"
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mnt)], check=True)
+        shutil.copytree(kept, mnt, copy_function=shutil.copy2, dirs_exist_ok=True)
+        wait_for("images back", lambda: stored(again) == ids)
+        assert again.watcher.watches()[0].added == 0, "restored, not embedded again"
+
+
+def test_deletions_behind_a_symlinked_folder_are_applied(
+    tmp_path: Path, make_service: Callable[..., Service]
+) -> None:
+    """Files seen through a symlinked folder are stored under their real paths; a deletion
+    there (named under the link) was never applied, live or at a sync."""
+    folder, outside = tmp_path / "photos", tmp_path / "elsewhere"
+    x, y = save(outside / "x.jpg", PHOTOS[0]), save(outside / "y.jpg", PHOTOS[1])
+    save(folder / "own.jpg", PHOTOS[2])
+    os.symlink(outside, folder / "link")
+    service = make_service(watch=(folder,))
+    wait_for("initial sync", lambda: watching(service, folder))
+    assert {str(x), str(y)} <= set(stored(service))
+    x.unlink()
+    wait_for("deleted behind the link: forgotten", lambda: str(x) not in stored(service))
+    service.close()
+
+    y.unlink()  # while the daemon is down
+    again = make_service()
+    wait_for("synced", lambda: watching(again, folder))
+    assert set(stored(again)) == {str(folder / "own.jpg")} and missing(again) == set()
+
+
+def test_a_prune_keeps_a_row_a_user_add_moved_meanwhile(
+    tmp_path: Path, make_service: Callable[..., Service]
+) -> None:
+    """A watch's prune checks rows off any lock: a user's add that moved a row to its file's
+    new path in between lost it (removed by id)."""
+    folder = tmp_path / "photos"
+    a = save(folder / "a.jpg", PHOTOS[0])
+    save(folder / "keep.jpg", PHOTOS[1])
+    service = make_service()
+    service.ingester.add(folder)
+    rows = service.catalog.store.files_under(str(folder))  # the prune read them ...
+    moved = folder / "sub" / "b.jpg"
+    moved.parent.mkdir()
+    os.rename(a, moved)
+    assert service.ingester.add(moved).moved == 1  # ... then a user's add moved one
+    service.watcher._prune(Watch(folder), rows)
+    assert set(stored(service)) == {str(moved), str(folder / "keep.jpg")}
+
+
+def test_unwatching_does_not_wait_for_another_run(
+    tmp_path: Path, make_service: Callable[..., Service], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watch waiting for the ingester (a user's job running) kept DELETE /watch waiting for
+    that whole job, up to a minute."""
+    folder = tmp_path / "photos"
+    save(folder / "a.jpg", PHOTOS[0])
+    service = make_service(watch=(folder,))
+    wait_for("initial sync", lambda: watching(service, folder))
+    waiting = threading.Event()
+    real = service.ingester.add_files
+    monkeypatch.setattr(
+        service.ingester, "add_files", lambda *a, **k: (waiting.set(), real(*a, **k))[1]
+    )
+    with service.ingester._run_lock:  # another job's run
+        save(folder / "b.jpg", PHOTOS[1])
+        wait_for("the watch waiting for the run", waiting.is_set)
+        start = time.monotonic()
+        watch = service.watcher.remove(folder)
+        assert time.monotonic() - start < 5
+    assert watch.state == "stopped" and watch.thread is not None
+    assert not watch.thread.is_alive()

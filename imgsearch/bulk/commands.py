@@ -15,6 +15,7 @@ from typing import Any
 from ..client import EXIT_ERROR, EXIT_OK, Context, absolute
 from ..config import Config
 from ..errors import ImgSearchError
+from ..formatting import shown
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def import_dir(ctx: Context, dir: str, path_map: list[str], wait: bool) -> int:
 
     def text(j: dict[str, Any]) -> str:
         lines = [_pairs({k: j[k] for k in ("state", "imported", "failed")})]
-        lines += [f"  {e['file']} row {e['row']}: {e['error']}" for e in j["errors"]]
+        lines += [f"  {shown(e['file'])} row {e['row']}: {shown(e['error'])}" for e in j["errors"]]
         return "\n".join(lines)
 
     ctx.emit(job, text)
@@ -105,4 +106,4 @@ def embed(ctx: Context, sources: list[str], out: Path, **flags: Any) -> int:
 
 
 def _pairs(body: dict[str, Any]) -> str:
-    return "\n".join(f"{k}: {v}" for k, v in body.items())
+    return "\n".join(f"{k}: {shown(v)}" for k, v in body.items())

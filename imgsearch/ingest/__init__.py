@@ -7,7 +7,7 @@ Producers: folders.py (a file or a folder walk), `downloads.py` (URLs, downloade
 
 from .checks import Checked
 from .core import Ingester, Prepared, ProgressHook
-from .folders import files_to_add, nameable, walk
+from .folders import Listing, files_to_add, nameable, walk
 from .report import AddReport, FileError
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "Checked",
     "FileError",
     "Ingester",
+    "Listing",
     "Prepared",
     "ProgressHook",
     "files_to_add",

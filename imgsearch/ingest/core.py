@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -32,12 +31,14 @@ from ..images import decode, read_file
 from ..index import Precoded
 from ..store import FileFacts, NewImage, Rows
 from .checks import Checked, check_items, check_rows
-from .folders import files_to_add
+from .folders import files_to_add, is_file
 from .report import AddReport, FileError
 
 log = logging.getLogger(__name__)
 
 ProgressHook = Callable[[int, int], None]
+# A run waiting for another to end looks at its stop event this often.
+STOP_CHECK_S = 0.2
 # In the last batch per lane, each batch takes 1/TAIL_SPLIT of a lane's share of what is left.
 TAIL_SPLIT = 2
 
@@ -123,7 +124,9 @@ class Ingester:
     ) -> AddReport:
         """Index these files (absolute, resolved); `sources` maps a path to its URL."""
         report = AddReport() if report is None else report
-        with self._run_lock:
+        if not self._acquire(stop):
+            return report  # stopped while another run went on: nothing done
+        try:
             stats = {str(p): _stat(p) for p in files}
             todo, new = self._triage(stats, update, report)
             if on_progress is not None:
@@ -133,7 +136,17 @@ class Ingester:
             with tqdm(total=len(todo), desc=f"indexing {label}", unit="img", disable=hide) as bar:
                 run = _Run(self, report, new, sources or {}, stop, bar, on_progress)
                 run.all([Path(p) for p in todo])
+        finally:
+            self._run_lock.release()
         return report
+
+    def _acquire(self, stop: threading.Event | None) -> bool:
+        """Take the run lock, or give up (False) once `stop` is set: an unwatch or a cancel
+        must not wait for another job's whole run first."""
+        while stop is not None and not stop.is_set():
+            if self._run_lock.acquire(timeout=STOP_CHECK_S):
+                return True
+        return stop is None and self._run_lock.acquire()
 
     def check_embedded(self, rows: Rows | Sequence[NewImage], encode: bool = False) -> Checked:
         """Check rows ahead of add_embedded (a bulk import checks its next batch, as
@@ -256,19 +269,21 @@ class Ingester:
             report.added += len(result.ids) - len(result.updated)
 
     def _follow_moves(self, candidates: list[FileFacts], report: AddReport) -> set[str]:
-        """New paths whose content is a stored image whose own path is gone: move those rows."""
-        if not candidates:
+        """New paths whose content is a stored image whose own path is gone: move those rows.
+        Never for a download (a file with a `source`): the daemon's own copy of a URL's bytes
+        is a new image with that source, not another image come back under a new name."""
+        candidates = [f for f in candidates if f.source is None and f.path.startswith("/")]
+        if not candidates:  # (a URL as a path: nothing tells whether it "went")
             return set()
         stored = self.catalog.store.images.by_sha256(sorted({f.sha256 for f in candidates}))
         moved: set[str] = set()
         for facts in candidates:
-            if not facts.path.startswith("/"):  # a URL: nothing tells whether it "went"
-                continue
             for row in stored.get(facts.sha256, []):
+                # Gone as the file system says: an unreadable folder (EACCES) is no move.
                 if (
                     row.path.startswith("/")
                     and row.path != facts.path
-                    and not os.path.lexists(row.path)
+                    and is_file(row.path) is False
                 ):
                     try:
                         self.catalog.move(row.id, facts.path, facts.size, facts.mtime_ns)

@@ -1,12 +1,19 @@
-"""The folder producer: the image files under a path, as a list for the ingest core."""
+"""The folder producer: the image files under a path, as a list for the ingest core; and
+what the file system says of a stored path (there, gone, or not to be told)."""
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .report import AddReport, FileError
+
+# What os.stat says when a path is not there: anything else (EACCES, EIO) tells nothing.
+GONE_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
 
 
 def files_to_add(
@@ -41,24 +48,43 @@ def shown(path: Path | str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def walk(root: Path, extensions: frozenset[str], report: AddReport) -> Iterator[Path]:
-    """Image files under `root`, resolved, sorted per folder; follows symlinks but not loops."""
+@dataclass
+class Listing:
+    """Where a walk went besides its files, as resolved paths: `tops`, the root and each
+    symlinked folder it followed (what it saw is stored under those, not under the root), and
+    `unlisted`, the folders it could not list (what is stored there was not seen, not gone)."""
+
+    tops: set[str] = field(default_factory=set)
+    unlisted: set[str] = field(default_factory=set)
+
+
+def walk(
+    root: Path, extensions: frozenset[str], report: AddReport, listing: Listing | None = None
+) -> Iterator[Path]:
+    """Image files under `root`, resolved, sorted per folder; follows symlinks but not loops.
+    `listing`, if given, is filled in as the walk goes."""
     seen: set[tuple[int, int]] = set()
+    listing = Listing() if listing is None else listing
 
     def on_error(exc: OSError) -> None:
         report.fail(FileError(str(exc.filename), f"cannot list folder: {exc.strerror}", 403))
+        if exc.filename is not None:
+            listing.unlisted.add(os.path.realpath(exc.filename))
 
     emitted: set[str] = set()
     for folder, dirs, names in os.walk(root, followlinks=True, onerror=on_error):
         try:
             st = os.stat(folder)
         except OSError:
+            listing.unlisted.add(os.path.realpath(folder))
             dirs[:] = []
             continue
         if (st.st_dev, st.st_ino) in seen:
             dirs[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
+        if folder == os.fspath(root) or os.path.islink(folder):
+            listing.tops.add(os.path.realpath(folder))
         dirs.sort()
         for name in sorted(names):
             if Path(name).suffix.lower() not in extensions:
@@ -75,3 +101,30 @@ def walk(root: Path, extensions: frozenset[str], report: AddReport) -> Iterator[
             if str(path) not in emitted:
                 emitted.add(str(path))
                 yield path
+
+
+def is_file(path: str) -> bool | None:
+    """Whether `path` is a regular file (itself or through a link); None where the system
+    cannot tell (EACCES under an unreadable folder, EIO): that is no sign it went."""
+    return _is(path, stat.S_ISREG)
+
+
+def is_folder(path: str) -> bool | None:
+    """Whether `path` is a folder (itself or through a link); None where that cannot be told."""
+    return _is(path, stat.S_ISDIR)
+
+
+def _is(path: str, kind: Callable[[int], bool]) -> bool | None:
+    try:
+        return kind(os.stat(path).st_mode)
+    except OSError as exc:
+        return False if exc.errno in GONE_ERRNOS else None
+
+
+def is_empty(folder: Path) -> bool:
+    """Whether a folder has no entries at all (not known empty where it cannot be listed)."""
+    try:
+        with os.scandir(folder) as entries:
+            return next(entries, None) is None
+    except OSError:
+        return False
