@@ -438,6 +438,8 @@ def test_a_base_without_fine_codes_gets_them_and_a_new_training_drops_the_old_fi
     catalog.close()
     (tmp_path / INDEX_DIR / name).unlink()
     again = Catalog(tmp_path, "m", CONE_DIM, POLICY)
+    again.index.close()  # the worker stopped: the test runs each job (else a race with it)
+    again.index._stop.clear()
     try:
         assert again.index.describe()["fine_codes"] is None
         assert [row[0].id for row in again.nearest(x[:20], 3)] == ids[:20].tolist()
