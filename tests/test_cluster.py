@@ -188,7 +188,7 @@ def test_embed_shard_alone_reads_fsspec_urls(
     from imgsearch.cluster.shard import Limits, embed_shard
     from imgsearch.images import BASE_EXTENSIONS
 
-    urls = list_sources([f"file://{archive}"], BASE_EXTENSIONS)
+    urls, _ = list_sources([f"file://{archive}"], BASE_EXTENSIONS)
     assert len(urls) == 7 and all(u.startswith("file://") for u in urls)
     out = tmp_path / "out"
     out.mkdir()
@@ -213,3 +213,46 @@ def test_without_ray_embed_says_how_to_get_it(
     with pytest.raises(ClusterError) as exc:
         run(config, tmp_path, tmp_path / "out")
     assert exc.value.message == INSTALL_HINT and "imgsearch[cluster]" in INSTALL_HINT
+
+
+def test_a_run_others_can_read_that_records_every_file_and_leaves_a_crashing_shard(
+    ray_cluster: None, config: Config, archive: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """What embed writes was 0600 (mkstemp's): a daemon of another user could not import it.
+    Files the listing could not take (a broken link, a name that is not UTF-8) were only
+    logged, and gone from a rerun's log too. A shard whose worker dies on a file (a decoder's
+    crash, the OOM killer) was retried for good: the run never ended. The same sources
+    spelled otherwise (`photos/`) were refused as another run."""
+    import imgsearch.cluster.runner as runner
+    from imgsearch.cluster.plan import shard_files
+
+    (archive / "broken.jpg").symlink_to(archive / "gone.jpg")
+    (archive / os.fsdecode(b"caf\xe9.jpg")).write_bytes((archive / "coffee.jpg").read_bytes())
+    base = runner.ShardWorker
+
+    class Crashing(base):  # type: ignore[misc, valid-type]
+        def __call__(self, batch: dict[str, Any]) -> Any:
+            for shard in batch["shard"]:
+                if any(p.endswith("chelsea.jpg") for p in shard_files(self.out, int(shard))):
+                    os._exit(1)  # what a segfault in a decoder does to its worker
+            return super().__call__(batch)
+
+    monkeypatch.setattr(runner, "ShardWorker", Crashing)
+    old = os.umask(0o022)
+    try:
+        summary = run(config, archive, tmp_path / "run")
+    finally:
+        os.umask(old)
+    assert summary.unlisted == 2 and len(summary.unfinished) == 1
+    left = shard_files(tmp_path / "run", summary.unfinished[0])  # chelsea's, with its partner
+    assert summary.images + summary.failed + len(left) == 7  # 5 photos, 2 files no image
+    unlisted = pq.read_table(tmp_path / "run" / "failures" / "plan.parquet").to_pylist()
+    assert sorted(Path(f["path"]).name for f in unlisted) == ["broken.jpg", "caf\\xe9.jpg"]
+    written = [*(tmp_path / "run").glob("shard-*.parquet"), tmp_path / "run" / "manifest.json"]
+    assert {oct(p.stat().st_mode & 0o777) for p in written} == {"0o644"}
+    monkeypatch.setattr(runner, "ShardWorker", base)
+    again = run(config, Path(str(archive) + "/"), tmp_path / "run")  # the same source
+    assert (again.skipped_shards, again.unfinished) == (summary.shards - 1, [])
+    with pytest.raises(PlanError, match="--shard-size must be at least 1"):
+        embed(EmbedOptions([str(archive)], tmp_path / "other", config, shard_size=0))

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..client import EXIT_ERROR, EXIT_OK, Context, absolute
 from ..config import Config
-from ..errors import ImgSearchError
+from ..errors import ImgSearchError, disk_full
 from ..formatting import shown
 
 log = logging.getLogger(__name__)
@@ -79,8 +79,9 @@ def embed(ctx: Context, sources: list[str], out: Path, **flags: Any) -> int:
     from ..cluster.runner import embed as run_embed
 
     setup_logging(ctx.verbose)
-    for noisy in ("ray", "root"):  # Ray's start-up chatter and open_clip's model-build lines
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("ray").setLevel(logging.WARNING)  # Ray's start-up chatter
+    for handler in logging.getLogger().handlers:  # open_clip's model-build lines, on the
+        handler.addFilter(_not_root_info)  # root logger itself (imgsearch's keep -v)
     keys: tuple[str, ...] = ("model", "pretrained", "checkpoint", "model_config", "device")
     keys = (*keys, "precision")
     keys = (*keys, "batch_size", "max_upload_mb", "max_image_pixels")
@@ -100,9 +101,20 @@ def embed(ctx: Context, sources: list[str], out: Path, **flags: Any) -> int:
     except ImgSearchError as exc:
         log.error("%s", exc.message)
         return EXIT_USAGE
+    except Exception as exc:  # a full disk in --out, Ray's own errors: one line, not a trace
+        if (full := disk_full(exc)) is None and not type(exc).__module__.startswith("ray"):
+            raise
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        log.error("embed stopped: %s", full.message if full is not None else lines[-1])
+        return EXIT_USAGE
     # Files that failed are records (out/failures/), as bad files are for /add: not an error.
     ctx.emit(summary, _pairs)
     return EXIT_OK
+
+
+def _not_root_info(record: logging.LogRecord) -> bool:
+    """Records logged on the root logger itself below WARNING are left out."""
+    return record.name != "root" or record.levelno >= logging.WARNING
 
 
 def _pairs(body: dict[str, Any]) -> str:

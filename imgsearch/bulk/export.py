@@ -143,7 +143,7 @@ def write_table(path: Path, table: pa.Table) -> None:
         if hasattr(os, "posix_fadvise"):  # Linux; elsewhere the cache keeps them
             os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
-    write_atomic_with(path, write, durable=True)
+    write_atomic_with(path, write, durable=True, shared=True)
 
 
 def write_library(

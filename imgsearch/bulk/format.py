@@ -100,7 +100,7 @@ def write_shard(path: Path, table: pa.Table, row_group_size: int | None = None) 
     def write(fh: BinaryIO) -> None:
         pq.write_table(table, fh, compression="zstd", row_group_size=row_group_size)
 
-    write_atomic_with(path, write, durable=True)
+    write_atomic_with(path, write, durable=True, shared=True)
 
 
 def shard_files(folder: Path) -> list[Path]:

@@ -22,12 +22,13 @@ import pyarrow.parquet as pq
 from ..bulk.format import write_shard
 from ..errors import ImgSearchError
 from ..files import write_atomic
-from ..ingest import AddReport, walk
+from ..ingest import AddReport, nameable, walk
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 LISTING = Path("plan") / "listing.parquet"
+FAILURES = Path("failures") / "plan.parquet"  # beside the shards' (shard.FAILURES_DIR)
 FORMAT = 1
 
 
@@ -44,6 +45,7 @@ class Manifest:
     shard_size: int
     shards: int
     files: int
+    unlisted: int = 0  # files found while listing that no shard holds (failures/plan.parquet)
 
 
 @dataclass(frozen=True)
@@ -72,9 +74,14 @@ def check_sources(sources: list[str]) -> None:
             raise PlanError(f"no such file or directory: {src}")
 
 
-def list_sources(sources: list[str], extensions: frozenset[str]) -> list[str]:
-    """Every image file under the sources (folders or files, local or fsspec URLs), sorted."""
+def list_sources(
+    sources: list[str], extensions: frozenset[str]
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """Every image file under the sources (folders or files, local or fsspec URLs), sorted;
+    and the files found that cannot be embedded, with why (a broken link, a name that is not
+    UTF-8, a folder that cannot be listed), which no shard records otherwise."""
     found: list[str] = []
+    report = AddReport()
     for src in sources:
         if "://" in src:
             found += _list_url(src, extensions)
@@ -83,13 +90,20 @@ def list_sources(sources: list[str], extensions: frozenset[str]) -> list[str]:
         if not root.exists():
             raise PlanError(f"no such file or directory: {src}")
         if root.is_file():
-            found.append(str(root.resolve()))
+            if nameable(root.resolve(), report):
+                found.append(str(root.resolve()))
             continue
-        report = AddReport()
         found += [str(p) for p in walk(root, extensions, report)]
-        for error in report.errors:
-            log.warning("%s: %s", error.image, error.error)
-    return sorted(dict.fromkeys(found))
+    for error in report.errors:
+        log.warning("%s: %s", error.image, error.error)
+    return sorted(dict.fromkeys(found)), [(e.image, e.error) for e in report.errors]
+
+
+def same_sources(sources: list[str]) -> list[str]:
+    """Sources as a run's manifest keeps them: local ones absolute (`photos/`, `./photos` and
+    its absolute path are one source), without a trailing slash, sorted."""
+    named = [s if "://" in s else os.path.abspath(os.path.expanduser(s)) for s in sources]
+    return sorted(s.rstrip("/") or "/" for s in named)
 
 
 def _list_url(src: str, extensions: frozenset[str]) -> list[str]:
@@ -123,20 +137,29 @@ def load_or_make(
                 f"{out} holds a run of model {manifest.model} ({manifest.dim}-d), not {model} "
                 f"({dim}-d); use another --out for another model"
             )
-        if sorted(manifest.sources) != sorted(sources):
+        if same_sources(manifest.sources) != same_sources(sources):
             raise PlanError(
                 f"{out} holds a run of {manifest.sources}, not {sources}; use another --out"
             )
         return Plan(manifest)
-    files = list_sources(sources, extensions)
+    if shard_size < 1:
+        raise PlanError(f"--shard-size must be at least 1, got {shard_size}")
+    files, unlisted = list_sources(sources, extensions)
     if not files:
         raise PlanError(f"no image files under {', '.join(sources)}")
     shards = [files[i : i + shard_size] for i in range(0, len(files), shard_size)]
-    manifest = Manifest(FORMAT, model, dim, sources, shard_size, len(shards), len(files))
+    manifest = Manifest(
+        FORMAT, model, dim, same_sources(sources), shard_size, len(shards), len(files),
+        len(unlisted),
+    )  # fmt: skip
     (out / LISTING).parent.mkdir(parents=True, exist_ok=True)
+    if unlisted:  # as a shard's failures are kept (shard.py): path, reason
+        (out / FAILURES).parent.mkdir(parents=True, exist_ok=True)
+        paths, reasons = [p for p, _ in unlisted], [r for _, r in unlisted]
+        write_shard(out / FAILURES, pa.table({"path": paths, "reason": reasons}))
     numbers = [n for n, part in enumerate(shards) for _ in part]
     listing = pa.table({"shard": pa.array(numbers, pa.int32()), "path": files})
     write_shard(out / LISTING, listing, row_group_size=shard_size)  # row group N = shard N
-    write_atomic(path, json.dumps(asdict(manifest), indent=1).encode())
+    write_atomic(path, json.dumps(asdict(manifest), indent=1).encode(), shared=True)
     log.info("planned %d files in %d shards of %d", len(files), len(shards), shard_size)
     return Plan(manifest)

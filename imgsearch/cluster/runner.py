@@ -11,8 +11,9 @@ import logging
 import os
 import socket
 import time
+import warnings
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from .shard import FAILURES_DIR, Limits, embed_shard, is_done
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "imgsearch embed needs Ray Data: pip install 'imgsearch[cluster]'"
+SHARD_RETRIES = 2  # a shard's worker restarted and its task retried this often, then left
 
 
 class ClusterError(ImgSearchError):
@@ -56,6 +58,8 @@ class Summary:
     failed: int = 0
     shards: int = 0
     skipped_shards: int = 0
+    unfinished: list[int] = field(default_factory=list)  # shards whose workers kept failing
+    unlisted: int = 0  # files the plan found and could not take (failures/plan.parquet)
     seconds: float = 0.0
     per_worker: dict[str, list[float]] = field(default_factory=dict)  # name -> [images, seconds]
 
@@ -72,6 +76,8 @@ class Summary:
             "failed": self.failed,
             "shards": self.shards,
             "skipped_shards": self.skipped_shards,
+            "unfinished_shards": self.unfinished,
+            "unlisted": self.unlisted,
             "seconds": round(self.seconds, 2),
             "images_per_s": round(rate, 2),
             "images_per_s_per_worker": workers,
@@ -193,23 +199,33 @@ def run_plan(options: EmbedOptions, plan: Plan, *, show_progress: bool = True) -
     from tqdm import tqdm
 
     summary = Summary(str(options.out), shards=plan.manifest.shards)
+    summary.unlisted = plan.manifest.unlisted
     todo = [n for n in range(plan.manifest.shards) if not is_done(options.out, n)]
     summary.skipped_shards = plan.manifest.shards - len(todo)
     if not todo:
         return summary
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
-    workers = options.workers or default_workers(options)
+    # A shard whose worker keeps dying (a decoder's crash, the OOM killer) is left for the
+    # summary's `unfinished_shards` and the next run: Ray Data retried it for good otherwise.
+    ctx.max_errored_blocks = -1
+    workers = min(options.workers or default_workers(options), len(todo))  # (no idle actors)
     items = [{"shard": n} for n in todo]  # workers read their files from the listing
     config = worker_config(options.model, options.cpus_per_worker)
-    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        ShardWorker,
-        fn_constructor_args=(config, str(options.out)),
-        batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=workers),
-        num_cpus=options.cpus_per_worker,
-        num_gpus=options.gpus_per_worker or None,
-    )
+    with warnings.catch_warnings():
+        # Ray Data (2.60) takes an actor's restarts only in its deprecated **ray_remote_args,
+        # with no named parameter yet; its default, -1, retries a crashing shard for good.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            ShardWorker,
+            fn_constructor_args=(config, str(options.out)),
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=options.cpus_per_worker,
+            num_gpus=options.gpus_per_worker or None,
+            max_restarts=SHARD_RETRIES,
+            max_task_retries=SHARD_RETRIES,
+        )
     total = sum(plan.size(n) for n in todo)
     started = time.monotonic()
     hide = None if show_progress else True
@@ -224,6 +240,9 @@ def run_plan(options: EmbedOptions, plan: Plan, *, show_progress: bool = True) -
             bar.update(int(row["images"]) + int(row["failed"]))
             bar.set_postfix_str(f"{summary.failed} failed")
     summary.seconds = time.monotonic() - started
+    summary.unfinished = [n for n in todo if not is_done(options.out, n)]
+    if summary.unfinished:
+        log.warning("shards not written (their workers failed): %s", summary.unfinished)
     return summary
 
 
@@ -236,7 +255,10 @@ def embed(options: EmbedOptions, *, show_progress: bool = True) -> Summary:
     check_sources(options.sources)  # the quick checks first: loading a model takes a while
     if options.ray_address is not None and not ray.is_initialized():
         probe(options.ray_address)
-    embedder = load_embedder(worker_config(options.model, 1))
+    # Loaded here only to name the model (its id and dimension): on this machine's CPU
+    # whatever the workers use (a head node without the workers' GPU ran --device cuda).
+    naming = replace(options.model, device="cpu", precision="fp32")
+    embedder = load_embedder(worker_config(naming, 1))
     plan = plan_run(options, embedder)
     del embedder
     started_ray = connect(options.ray_address)
