@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import gc
 import logging
 import os
+import socket
 import sys
 import threading
 import warnings
@@ -21,7 +23,7 @@ from . import __version__
 from .client import DEFAULT_URL, QUICK_S, Context, checked_timeout, run
 from .commands import COMMANDS, Arg, arg
 from .config import AUTO_TOKEN, ENV_PREFIX, LOOPBACK_HOSTS, OFFLINE_MODEL, Config
-from .errors import ImgSearchError, disk_full
+from .errors import ConfigError, ImgSearchError, disk_full
 
 log = logging.getLogger("imgsearch")
 
@@ -267,6 +269,7 @@ def serve(args: dict[str, Any]) -> int:
     from aiohttp import web
 
     from .web import create_app
+    from .web.guard import TokenMask
 
     config = Config.load(overrides=args).resolved()
     setup_logging(config.verbose)
@@ -274,21 +277,65 @@ def serve(args: dict[str, Any]) -> int:
         log.warning(
             "binding %s: other machines can reach this daemon (token required)", config.host
         )
+    # Bound before the model and the index load (seconds to minutes): a taken port is said then.
+    sockets = bind(config.host, config.port)
     # No model flag or variable: a first run without network may use the bundled model.
     chosen = [args.get(k) for k in MODEL_FIELDS] + [
         os.environ.get(f"{ENV_PREFIX}{k.upper()}") for k in MODEL_FIELDS
     ]
     app = create_app(config, model_fallback=all(v is None for v in chosen))
+    access = log.getChild("access")
+    access.addFilter(TokenMask())  # -v logs each request line: never with its ?token=
     app.on_startup.append(_tune_interpreter)  # after the service opened (cleanup_ctx runs first)
     web.run_app(
         app,
-        host=config.host,
-        port=config.port,
+        sock=sockets,
         print=lambda msg: log.info("%s", msg.strip()),
         shutdown_timeout=8.0,
-        access_log=log.getChild("access") if config.verbose else None,
+        access_log=access if config.verbose else None,
     )
     return 0
+
+
+def bind(host: str, port: int) -> list[socket.socket]:
+    """Sockets bound to every address of `host` (not listening: until the daemon is up a
+    connection is refused, as before), with SO_REUSEADDR as aiohttp's own sites set it; a
+    ConfigError (one line, exit 2) where that cannot be done."""
+    try:
+        infos = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+        )
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {_why(exc)}") from None
+    bound: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # as asyncio: IPv4 has a socket of its own
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno.EADDRNOTAVAIL and len(infos) > 1:
+                    continue  # a family not enabled here (asyncio skips it too, bpo-30945)
+                if exc.errno == errno.EADDRINUSE:
+                    raise ConfigError(f"port {port} on {host} is in use") from None
+                raise ConfigError(f"cannot listen on {host}:{port}: {_why(exc)}") from None
+            sock.setblocking(False)
+            bound.append(sock)
+        if not bound:
+            raise ConfigError(f"cannot listen on {host}:{port}: no address to bind")
+    except BaseException:
+        for sock in bound:
+            sock.close()
+        raise
+    return bound
+
+
+def _why(exc: OSError | UnicodeError) -> str:
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

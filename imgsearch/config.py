@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -24,6 +25,15 @@ WARM_MODES = ("auto", "on", "off")
 # fewer images than this: about 170 ms of one core and 200 KB of disk per image (SIFT at
 # 640 px plus a thumbnail), so 20k images cost ~1 CPU-hour and ~4 GB (docs/BENCHMARKS.md).
 PRECOMPUTE_LIMIT = 20_000
+# Whole-number settings and their least value, as a user sets them (a flag or a variable):
+# below it they would mean nothing (a negative count) or stop the daemon later, far away.
+MINIMA = (
+    ("max_image_pixels", 1, "--max-image-pixels"),
+    ("precompute_limit", 0, "IMGSEARCH_PRECOMPUTE_LIMIT"),
+    ("index_exact_max", 0, "IMGSEARCH_INDEX_EXACT_MAX"),
+    ("index_flat_max_bytes", 0, "IMGSEARCH_INDEX_FLAT_MAX_BYTES"),
+    ("index_delta_max", 1, "IMGSEARCH_INDEX_DELTA_MAX"),
+)
 
 
 @dataclass(frozen=True)
@@ -105,8 +115,13 @@ class Config:
             raise ConfigError(f"--index must be auto or exact, got {self.index!r}")
         if not 0 < self.recall <= 1:  # NaN too
             raise ConfigError(f"--recall must be over 0 and at most 1, got {self.recall}")
-        if self.max_upload_mb <= 0:
-            raise ConfigError(f"--max-upload-mb must be positive, got {self.max_upload_mb}")
+        if not 0 < self.max_upload_mb < math.inf:  # NaN too
+            raise ConfigError(
+                f"--max-upload-mb must be a positive, finite number, got {self.max_upload_mb}"
+            )
+        for name, least, said in MINIMA:
+            if getattr(self, name) < least:
+                raise ConfigError(f"{said} must be at least {least}, got {getattr(self, name)}")
         if self.host not in LOOPBACK_HOSTS and not self.token:
             raise ConfigError(
                 f"--host {self.host} lets other machines reach the daemon: it needs a token "
@@ -150,6 +165,10 @@ class Config:
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = environ.get(ENV_PREFIX + f.name.upper())
+            # A required path set empty (`IMGSEARCH_DATA_DIR=`, or compose's `${VAR:-}`) is
+            # unset, as a shell user means it: the default, not a crash or the working dir.
+            if raw is not None and str(f.type) == "Path" and not raw.strip():
+                continue
             if raw is not None:
                 values[f.name] = _parse(f.name, str(f.type), raw)
         for key, value in (overrides or {}).items():
@@ -177,6 +196,13 @@ def _parse(name: str, type_name: str, raw: str) -> Any:
             return int(raw)
         if type_name == "float":
             return float(raw)
+        if type_name == "Path":  # required: empty is unset (load), "none" is no folder
+            if _is_none(raw):
+                raise ConfigError(
+                    f"{ENV_PREFIX}{name.upper()}={raw!r} names no folder: unset it for the "
+                    "default or give a path"
+                )
+            return Path(raw)
         if type_name.startswith("Path"):
             return None if _is_none(raw) else Path(raw)
         if type_name == "tuple[Path, ...]":  # a PATH-like list

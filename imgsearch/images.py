@@ -8,18 +8,30 @@ import logging
 import os
 import stat
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from .errors import BadRequest, ImgSearchError, NotAnImage, NotFound, PayloadTooLarge
+from .errors import BadRequest, Forbidden, ImgSearchError, NotAnImage, NotFound, PayloadTooLarge
+from .security import OUTSIDE
 
 log = logging.getLogger(__name__)
 
 BASE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 HEIF_EXTENSIONS = frozenset({".heic", ".heif"})
+# The kernel's own file systems: never read, wherever they are mounted. /proc, /sys and /dev
+# are refused by name (security.py), but a bind mount or a second procfs elsewhere (inside an
+# allowed root) names the same files, which are regular files to fstat.
+PSEUDO_FS = frozenset(
+    {
+        "proc", "sysfs", "devtmpfs", "cgroup", "cgroup2", "debugfs", "securityfs", "tracefs",
+        "configfs", "bpf", "pstore", "efivarfs", "binfmt_misc", "fusectl",
+    }
+)  # fmt: skip
+MOUNTINFO = "/proc/self/mountinfo"
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,8 @@ def read_file(path: Path, max_bytes: int) -> tuple[bytes, os.stat_result]:
             st = os.fstat(fh.fileno())
             if not stat.S_ISREG(st.st_mode):
                 raise NotAnImage(f"not a regular file: {path}")
+            if _DEVICES.pseudo(st.st_dev):
+                raise Forbidden(f"{OUTSIDE}: {path}")
             if st.st_size > max_bytes:
                 raise PayloadTooLarge(f"file is {st.st_size} bytes, over the {max_bytes} limit")
             return fh.read(max_bytes + 1), st
@@ -62,6 +76,47 @@ def read_file(path: Path, max_bytes: int) -> tuple[bytes, os.stat_result]:
         if refusal is None:
             raise
         raise refusal from None
+
+
+class _Devices:
+    """Which devices (st_dev) hold a kernel file system (PSEUDO_FS), from the mount table;
+    read again only for a device not seen before (a mount made since), so a file costs a
+    set lookup beside the one fstat."""
+
+    def __init__(self) -> None:
+        self._known: dict[int, bool] = {}
+        self._lock = threading.Lock()
+
+    def pseudo(self, device: int) -> bool:
+        known = self._known.get(device)
+        if known is not None:
+            return known
+        with self._lock:
+            pseudo = _pseudo_devices()
+            self._known.update(dict.fromkeys(pseudo, True))
+            return self._known.setdefault(device, device in pseudo)
+
+
+def _pseudo_devices() -> set[int]:
+    """The devices of PSEUDO_FS mounts in /proc/self/mountinfo (field 3 is `major:minor`,
+    the file system type comes first after ` - `); none where it cannot be read."""
+    out: set[int] = set()
+    try:
+        with open(MOUNTINFO, encoding="utf-8", errors="replace") as fh:
+            lines = fh.readlines()
+    except OSError:
+        return out
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, kind = left.split(), right.split()
+        if len(fields) > 2 and kind and kind[0] in PSEUDO_FS:
+            major, _, minor = fields[2].partition(":")
+            if major.isdigit() and minor.isdigit():
+                out.add(os.makedev(int(major), int(minor)))
+    return out
+
+
+_DEVICES = _Devices()
 
 
 def _unreadable(path: Path, exc: OSError) -> ImgSearchError | None:

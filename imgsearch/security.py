@@ -10,12 +10,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .config import AUTO_TOKEN, Config
-from .errors import BadRequest, Forbidden, NotFound
+from .errors import BadRequest, ConfigError, Forbidden, NotFound
 
 log = logging.getLogger(__name__)
 
 # Never opened, whatever the roots: reading them could leak secrets or hang.
 SYSTEM_DIRS = (Path("/proc"), Path("/sys"), Path("/dev"))
+# What refused paths are told, the same wherever they point.
+OUTSIDE = "outside the folders this daemon may read"
 TOKEN_FILE = "token"
 # Linux's limits (limits.h), which every local file system there keeps to.
 NAME_MAX = 255
@@ -31,6 +33,10 @@ class PathPolicy:
 
     def __init__(self, roots: Sequence[Path] = ()) -> None:
         self.roots = tuple(root.resolve() for root in roots)
+        # allows_text's prefixes: a bulk import checks 20,000 rows a batch at ~20,000 rows/s,
+        # where a Path per row (~5 us) would cost a tenth of a second per batch.
+        self._system_text = _texts(SYSTEM_DIRS)
+        self._root_text = _texts(self.roots)
 
     def resolve(self, raw: str | None, name: str = "image") -> Path:
         if raw is None or not raw.strip():
@@ -61,6 +67,14 @@ class PathPolicy:
             return False
         return not self.roots or any(_within(resolved, root) for root in self.roots)
 
+    def allows_text(self, path: str) -> bool:
+        """allows() for a normalised absolute path as text (`/a/b`, no `.`, `..` or `//`),
+        by string prefixes alone; its symlinks are not followed (the readers check again)."""
+        if path in self._system_text[0] or path.startswith(self._system_text[1]):
+            return False
+        roots, under = self._root_text
+        return not self.roots or path in roots or path.startswith(under)
+
 
 def _check_nameable(raw: str, name: str) -> None:
     """400 for what no file system here can name: a component over NAME_MAX bytes, a path over
@@ -79,6 +93,12 @@ def _check_nameable(raw: str, name: str) -> None:
         )
 
 
+def _texts(folders: Sequence[Path]) -> tuple[frozenset[str], tuple[str, ...]]:
+    """The folders as text, and the prefixes of what lies under them ('/' is every path's)."""
+    texts = [str(folder) for folder in folders]
+    return frozenset(texts), tuple(t.rstrip("/") + "/" for t in texts)
+
+
 def _within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
@@ -92,12 +112,24 @@ def with_token(config: Config) -> Config:
         token = path.read_text().strip()
     except FileNotFoundError:
         token = ""
-    if not token:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-        token = secrets.token_urlsafe(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(token + "\n")
-        log.info("generated an API token in %s", path)
-    os.chmod(path, 0o600)
+    except OSError as exc:  # the data dir is a file, or the token is unreadable
+        raise _unwritable(config.data_dir, exc) from None
+    try:
+        if not token:
+            config.data_dir.mkdir(parents=True, exist_ok=True)
+            token = secrets.token_urlsafe(32)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(token + "\n")
+            log.info("generated an API token in %s", path)
+        os.chmod(path, 0o600)
+    except OSError as exc:  # read-only: said as the data-dir lock says it (service.py)
+        raise _unwritable(config.data_dir, exc) from None
     return dataclasses.replace(config, token=token)
+
+
+def _unwritable(data_dir: Path, exc: OSError) -> ConfigError:
+    return ConfigError(
+        f"the data directory {data_dir} cannot be written ({exc.strerror}): imgsearch "
+        "keeps its database and index there; pass a writable --data-dir"
+    )

@@ -184,7 +184,7 @@ class Service:
         _drop_old_caches(config.data_dir)
         self.derived = DerivedFiles(config.data_dir / DERIVED)
         self.catalog.subscribe(self._invalidate)
-        self.features = FeatureCache(self.derived)
+        self.features = FeatureCache(self.derived, allows=self.paths.allows)
         self.thumbnails = ThumbnailCache(self.derived, **limits)
         extensions = image_extensions(self.heif)
         self.ingester = Ingester(
@@ -192,6 +192,7 @@ class Service:
             self.embedder,
             extensions=extensions,
             allows=self.paths.allows,
+            allows_text=self.paths.allows_text,
             batch_size=config.batch_size,
             workers=decode_workers(self.embedder, config.workers),
             **limits,

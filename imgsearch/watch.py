@@ -273,7 +273,7 @@ class Watcher:
         device = os.stat(watch.path).st_dev
         careful = watch.device is not None and device != watch.device
         report, listing = AddReport(), Listing()
-        found = walk(watch.path, self.extensions, report, listing)
+        found = walk(watch.path, self.extensions, report, listing, allows=self.allows)
         self._place(watch, [f for f in found if self._wanted(f)], report)
         # Stored paths are resolved: those seen through a symlinked folder are under its target.
         for top in _tops({str(watch.path), *listing.tops}):
@@ -298,7 +298,7 @@ class Watcher:
                 parent, name = os.path.split(raw)
                 gone.add(os.path.join(os.path.realpath(parent), name))
             elif path.is_dir():
-                appeared += walk(path, self.extensions, report)
+                appeared += walk(path, self.extensions, report, allows=self.allows)
             elif path.suffix.lower() in self.extensions and path.is_file():
                 appeared.append(path.resolve())
         self._place(watch, [f for f in dict.fromkeys(appeared) if self._wanted(f)], report)

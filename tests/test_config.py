@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from imgsearch.cli import build_parser
 from imgsearch.config import Config
 from imgsearch.errors import ConfigError
+from imgsearch.security import with_token
 
 
 def test_defaults() -> None:
@@ -88,3 +90,41 @@ def test_warm_database_auto_by_default_else_flag_or_variable() -> None:
     assert Config.load(environ=env, overrides=parsed()).warm_database == "off"
     with pytest.raises(ConfigError, match="--warm-database must be one of auto|on|off"):
         Config.load(environ={}, overrides=parsed("--warm-database", "yes"))
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"IMGSEARCH_MAX_UPLOAD_MB": "nan"}, "--max-upload-mb must be a positive, finite"),
+        ({"IMGSEARCH_MAX_UPLOAD_MB": "inf"}, "--max-upload-mb must be a positive, finite"),
+        ({"IMGSEARCH_MAX_IMAGE_PIXELS": "-5"}, "--max-image-pixels must be at least 1"),
+        ({"IMGSEARCH_PRECOMPUTE_LIMIT": "-1"}, "IMGSEARCH_PRECOMPUTE_LIMIT must be at least 0"),
+        ({"IMGSEARCH_INDEX_EXACT_MAX": "-1"}, "IMGSEARCH_INDEX_EXACT_MAX must be at least 0"),
+        ({"IMGSEARCH_INDEX_DELTA_MAX": "0"}, "IMGSEARCH_INDEX_DELTA_MAX must be at least 1"),
+        ({"IMGSEARCH_INDEX_FLAT_MAX_BYTES": "-1"}, "IMGSEARCH_INDEX_FLAT_MAX_BYTES must be at"),
+        ({"IMGSEARCH_DATA_DIR": "none"}, "IMGSEARCH_DATA_DIR='none' names no folder"),
+    ],
+)
+def test_out_of_range_numbers_are_one_line_errors(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Config.load(environ=env)
+
+
+def test_an_empty_data_dir_variable_is_unset() -> None:
+    """Before: None for a required path, a crash later (`IMGSEARCH_DATA_DIR=` in a shell)."""
+    assert Config.load(environ={"IMGSEARCH_DATA_DIR": " "}).data_dir == Config().data_dir
+
+
+@pytest.mark.parametrize("kind", ["file", "read-only"])
+def test_token_auto_in_a_data_dir_that_cannot_be_written(tmp_path: Path, kind: str) -> None:
+    """Before: a traceback (exit 1); now the data-dir lock's one line (exit 2)."""
+    data = tmp_path / "data"
+    if kind == "file":
+        data.write_text("")
+    else:
+        data.mkdir()
+        data.chmod(0o500)
+        if os.access(data, os.W_OK):  # root writes anyway
+            pytest.skip("running as root: permissions do not stop writes")
+    with pytest.raises(ConfigError, match="cannot be written"):
+        with_token(Config(data_dir=data, token="auto"))

@@ -29,7 +29,8 @@ from imgsearch.config import Config
 from imgsearch.embedders import Embedder
 from imgsearch.errors import BadRequest, NotFound
 from imgsearch.images import read_file
-from imgsearch.web import create_app, parsing
+from imgsearch.web import bodies, create_app, parsing
+from imgsearch.web.gate import Gate
 from imgsearch.web.keys import SERVICE
 
 from .helpers import ClientFactory, get_json, jpeg_bytes, photo
@@ -514,3 +515,42 @@ async def test_a_job_whose_record_cannot_be_saved_is_not_left_queued(
     assert (await get_json(client, "/jobs"))["jobs"] == []
     report = await get_json(client, "/add", image=str(photos["rocket"]))
     assert report["added"] == 1
+
+
+async def _post_head(port: int, length: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A POST whose body never comes: its headers promise `length` bytes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /search HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n"
+        b"Content-Length: %d\r\n\r\nxx" % length
+    )
+    await writer.drain()
+    return reader, writer
+
+
+async def test_a_stalled_upload_ends_in_a_408_and_bodies_read_at_once_are_bounded(
+    aiohttp_client: ClientFactory,
+    config: Config,
+    tiny_embedder: Embedder,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before: a body that stopped arriving held its buffer for good, and any number were
+    read at once (12 stalled 40 MB uploads pinned 540 MB)."""
+    monkeypatch.setattr(bodies, "BODY_IDLE_S", 0.5)
+    app = create_app(config, embedder=tiny_embedder)
+    app[bodies.BODY_GATE] = Gate("upload", 1, retry_after=1)
+    client = await aiohttp_client(app)
+    reader, writer = await _post_head(client.port, 10**6)
+    await asyncio.sleep(0.1)  # its handler is reading: the one place is taken
+    upload = bytes(bodies.GATED_FROM)  # (smaller bodies are read at once, past the gate)
+    busy = await client.post("/search", data=upload, headers={"Content-Type": "image/jpeg"})
+    assert busy.status == 503 and busy.headers["Retry-After"] == "1"
+    small = await client.post("/search", json={"vector": [1.0] * tiny_embedder.dim})
+    assert small.status == 200
+    answer = await asyncio.wait_for(reader.read(65536), 10)  # (the connection may linger)
+    writer.close()
+    await writer.wait_closed()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), answer
+    assert json.loads(body)["status"] == 408
+    assert app[bodies.BODY_GATE].active == 0

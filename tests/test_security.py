@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import stat
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from imgsearch.comparators.cache import FeatureCache
 from imgsearch.config import Config
 from imgsearch.embedders import Embedder
-from imgsearch.errors import ConfigError
+from imgsearch.errors import ConfigError, Forbidden
+from imgsearch.images import read_file
+from imgsearch.security import PathPolicy
+from imgsearch.store import FileFacts, NewImage
 from imgsearch.web import create_app
-from imgsearch.web.guard import host_name
+from imgsearch.web.guard import host_name, masked
+from imgsearch.web.keys import SERVICE
 
 from .helpers import ClientFactory, photo
 
@@ -31,10 +39,17 @@ async def status_and_body(client: Client, path: str, **kwargs: Any) -> tuple[int
 @pytest.mark.parametrize(
     ("host", "name"),
     [("localhost:8080", "localhost"), ("[::1]:80", "::1"), ("127.0.0.1", "127.0.0.1"),
-     ("::1", "::1"), ("evil.example:8080", "evil.example")],
+     ("::1", "::1"), ("evil.example:8080", "evil.example"), ("[::1]", "::1"),
+     ("[::1]evil.com", ""), ("127.0.0.1:x@evil.com", ""), ("[::1]:x", ""),
+     ("localhost:", "localhost")],
 )  # fmt: skip
 def test_host_name(host: str, name: str) -> None:
     assert host_name(host) == name
+
+
+def test_logged_paths_hide_the_token() -> None:
+    assert masked("/search?image=/a.jpg&token=s3cret&x=1") == "/search?image=/a.jpg&token=***&x=1"
+    assert "s3cret" not in masked('GET /stats?token=s3cret HTTP/1.1" 200')
 
 
 @pytest.mark.parametrize(
@@ -166,12 +181,64 @@ async def test_paths_outside_the_roots_are_all_the_same_403(
 
 
 async def test_folder_add_skips_links_out_of_the_roots(rooted: tuple[Client, Path, Path]) -> None:
+    """A link out of the roots is named as it is inside them: before, the report named the
+    file behind it (and every image under a linked folder), which a direct request hides."""
     client, allowed, secret = rooted
+    (secret / "deeper").mkdir()
+    photo("astronaut").save(secret / "deeper" / "passport.jpg")
+    (allowed / "shortcut").symlink_to(secret, target_is_directory=True)
     code, report = await status_and_body(client, "/add", params={"image": str(allowed)})
     assert code == 200
-    assert report["added"] == 1 and report["failed"] == 1
-    assert report["errors"][0]["image"] == str(secret / "private.jpg")
-    assert "outside the folders" in report["errors"][0]["error"]
+    assert report["added"] == 1 and report["failed"] == 2
+    named = {e["image"]: (e["error"], e["status"]) for e in report["errors"]}
+    why = ("outside the folders this daemon may read", 403)
+    assert named == {str(allowed / "escape.jpg"): why, str(allowed / "shortcut"): why}
+    assert str(secret) not in json.dumps(report)
+
+
+async def test_imported_rows_outside_the_roots_are_refused(
+    rooted: tuple[Client, Path, Path],
+) -> None:
+    """Before: a row naming a file outside the roots was stored, and that file was read later
+    (verify re-ranking, evidence, precomputed features)."""
+    client, allowed, secret = rooted
+    service = client.server.app[SERVICE]
+    v = np.ones(service.catalog.dim, np.float32)
+    paths = [secret / "private.jpg", allowed / "cat.jpg", Path("/proc/self/environ")]
+    rows = [NewImage(FileFacts(str(p), 1, 1, f"sha-{i}", 8, 8), v) for i, p in enumerate(paths)]
+    report = service.ingester.add_embedded(rows)
+    assert report.added == 1
+    assert {(e.image, e.status) for e in report.errors} == {
+        (str(paths[0]), 403), (str(paths[2]), 403)
+    }  # fmt: skip
+    assert service.catalog.store.file_states([str(paths[0])]) == {}
+
+
+def test_allows_text_matches_allows(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    rooted, anywhere = PathPolicy([root]), PathPolicy()
+    for path in (root, root / "a.jpg", tmp_path, Path(f"{root}x/a.jpg"), Path("/proc/1/environ"),
+                 Path("/dev"), Path("/devices/a.jpg"), Path("/")):  # fmt: skip
+        for policy in (rooted, anywhere):
+            assert policy.allows_text(str(path)) == policy.allows(path), (policy.roots, path)
+    assert PathPolicy([Path("/")]).allows_text("/etc/a.jpg")
+
+
+def test_features_of_a_file_outside_the_roots_are_not_read(tmp_path: Path) -> None:
+    """The second guard: what reads stored files for features checks the roots again."""
+    photo("coffee").save(tmp_path / "a.jpg")
+    cache = FeatureCache(tmp_path / "features", allows=lambda _: False)
+    comparator: Any = SimpleNamespace(name="size", features=lambda picture: picture.rgb.shape)
+    with pytest.raises(Forbidden, match="outside the folders"):
+        cache.of_file(
+            [comparator], 1, tmp_path / "a.jpg", 1, max_file_bytes=10**7, max_pixels=10**8
+        )
+
+
+def test_files_of_the_kernels_file_systems_are_refused_wherever_they_are() -> None:
+    """read_file itself (not the path's name) refuses procfs: a bind mount elsewhere was read."""
+    with pytest.raises(Forbidden):
+        read_file(Path("/proc/self/status"), 10**6)
 
 
 async def test_system_folders_are_never_read_even_without_roots(client: Client) -> None:

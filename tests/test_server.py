@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from imgsearch.cli import bind
+from imgsearch.errors import ConfigError
 
 from .helpers import STARTUP_TIMEOUT, Daemon, photo, start
 
@@ -125,3 +129,19 @@ def test_environment_variables_configure_the_daemon(
         urllib.request.urlopen(req, timeout=30)
     assert err.value.code == 413
     assert json.load(err.value)["status"] == 413
+
+
+def test_a_taken_port_or_unknown_host_is_one_line_before_start_up() -> None:
+    """Before: a traceback and exit 1, after the whole start-up (model, index); now bind()
+    runs first and says it in one line (exit 2, as every ConfigError)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"^port {port} on 127.0.0.1 is in use$"):
+            bind("127.0.0.1", port)
+    with pytest.raises(ConfigError, match="^cannot listen on no-such-host.invalid:8080: "):
+        bind("no-such-host.invalid", 8080)
+    [sock] = bind("127.0.0.1", 0)
+    with sock:
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)

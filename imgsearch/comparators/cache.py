@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import pickle
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..derived import DerivedFiles
+from ..errors import Forbidden
+from ..security import OUTSIDE
 from .base import Comparator, load_picture
 
 log = logging.getLogger(__name__)
@@ -54,8 +57,15 @@ class _Unpickler(pickle.Unpickler):
 class FeatureCache:
     """Features stored per comparator and image, valid for one mtime of the image file."""
 
-    def __init__(self, files: DerivedFiles | Path) -> None:
+    def __init__(
+        self, files: DerivedFiles | Path, allows: Callable[[Path], bool] | None = None
+    ) -> None:
         self.files = files if isinstance(files, DerivedFiles) else DerivedFiles(files)
+        # Which resolved paths may be read (PathPolicy.allows): every stored image read for
+        # its features (verify re-ranking, evidence, precompute, duplicates) comes through
+        # here, so a row stored before its roots narrowed, or through a symlink that now
+        # leads out of them, is refused where it is read. None: any.
+        self.allows = allows
         self.directory = self.files.root / FAMILY  # one sub-folder per comparator
 
     def get(self, name: str, image_id: int, mtime_ns: int) -> Any | None:
@@ -93,6 +103,8 @@ class FeatureCache:
         cached = [self.get(c.name, image_id, mtime_ns) for c in comparators]
         if all(f is not None for f in cached):
             return cached
+        if self.allows is not None and not self.allows(_resolved(path)):
+            raise Forbidden(f"{path}: {OUTSIDE}")
         picture = load_picture(path, max_file_bytes=max_file_bytes, max_pixels=max_pixels)
         out = []
         for comparator, hit in zip(comparators, cached, strict=True):
@@ -105,6 +117,13 @@ class FeatureCache:
     def invalidate(self, image_id: int) -> None:
         """Forget the image's derived files (its features, and its other kinds too)."""
         self.files.invalidate(image_id)
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: what it names, unresolved
+        return Path(os.path.normpath(path))
 
 
 def _kind(name: str) -> str:

@@ -5,12 +5,13 @@ columns and one matrix: no object a row (store/rows.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..index import Precoded
+from ..security import OUTSIDE
 from ..store import NewImage, Rows
 from ..store.rows import row_norms
 from .report import FileError
@@ -69,3 +70,15 @@ def check_items(items: Sequence[NewImage], dim: int) -> Checked:
     fits = [item for item, size in zip(items, sizes, strict=True) if size == dim]
     checked = check_rows(Rows.of(fits), dim)
     return Checked(checked.rows, errors + checked.errors)
+
+
+def refuse_outside(checked: Checked, allows: Callable[[str], bool]) -> Checked:
+    """`checked` less its file rows that `allows` (a path as text) refuses, each a 403 error;
+    URL rows pass (nothing is read from them but the daemon's own download)."""
+    paths = checked.rows.paths
+    refused = [i for i, p in enumerate(paths) if p[:1] == "/" and not allows(p)]
+    if not refused:
+        return checked
+    errors = [FileError(paths[i], OUTSIDE, 403) for i in refused]
+    kept = np.setdiff1d(np.arange(len(paths)), refused)
+    return Checked(checked.rows.take(kept), checked.errors + errors, None)

@@ -30,7 +30,7 @@ from ..errors import ImgSearchError, NotFound
 from ..images import decode, read_file
 from ..index import Precoded
 from ..store import FileFacts, NewImage, Rows
-from .checks import Checked, check_items, check_rows
+from .checks import Checked, check_items, check_rows, refuse_outside
 from .folders import files_to_add, is_file
 from .report import AddReport, FileError
 
@@ -61,6 +61,7 @@ class Ingester:
         *,
         extensions: frozenset[str],
         allows: Callable[[Path], bool],
+        allows_text: Callable[[str], bool] | None = None,
         batch_size: int,
         workers: int,
         max_file_bytes: int,
@@ -71,6 +72,9 @@ class Ingester:
         self.embedder = embedder
         self.extensions = extensions
         self.allows = allows
+        # Embedded rows' paths (normalised, absolute) as text: PathPolicy.allows_text, quick
+        # enough for a bulk import's batches; by default `allows` on each (a Path a row).
+        self.allows_text = allows_text or (lambda path: allows(Path(path)))
         self.batch_size = batch_size
         self.workers = workers
         self.max_file_bytes = max_file_bytes
@@ -151,9 +155,12 @@ class Ingester:
     def check_embedded(self, rows: Rows | Sequence[NewImage], encode: bool = False) -> Checked:
         """Check rows ahead of add_embedded (a bulk import checks its next batch, as
         columns, while it writes this one); `encode`: the index encodes the good rows'
-        vectors too (else encode_checked() may, later and on another thread)."""
+        vectors too (else encode_checked() may, later and on another thread). A file row
+        the daemon may not read is refused (403): a stored path is read later (verify
+        re-ranking, evidence, precomputed features), so a row must not name what /add may not."""
         dim = self.catalog.dim
         checked = check_rows(rows, dim) if isinstance(rows, Rows) else check_items(rows, dim)
+        checked = refuse_outside(checked, self.allows_text)
         return self.encode_checked(checked) if encode else checked
 
     def encode_checked(self, checked: Checked) -> Checked:

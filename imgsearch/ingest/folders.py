@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..security import OUTSIDE
 from .report import AddReport, FileError
 
 # What os.stat says when a path is not there: anything else (EACCES, EIO) tells nothing.
@@ -21,14 +22,13 @@ def files_to_add(
 ) -> list[Path]:
     """`target` itself (a file) or the image files under it (a folder), resolved; files the
     daemon may not read (a symlink out of the allowed roots) are reported, not listed."""
-    found = walk(target, extensions, report) if target.is_dir() else iter([target.resolve()])
-    files = []
-    for path in found:
-        if allows(path):
-            files.append(path)
-        else:
-            report.fail(FileError(str(path), "outside the folders this daemon may read", 403))
-    return files
+    if target.is_dir():
+        return list(walk(target, extensions, report, allows=allows))
+    path = target.resolve()
+    if allows(path):
+        return [path]
+    report.fail(FileError(shown(target), OUTSIDE, 403))
+    return []
 
 
 def nameable(path: Path, report: AddReport) -> bool:
@@ -59,10 +59,18 @@ class Listing:
 
 
 def walk(
-    root: Path, extensions: frozenset[str], report: AddReport, listing: Listing | None = None
+    root: Path,
+    extensions: frozenset[str],
+    report: AddReport,
+    listing: Listing | None = None,
+    *,
+    allows: Callable[[Path], bool] | None = None,
 ) -> Iterator[Path]:
     """Image files under `root`, resolved, sorted per folder; follows symlinks but not loops.
-    `listing`, if given, is filled in as the walk goes."""
+    `listing`, if given, is filled in as the walk goes. `allows` (a resolved path): where a
+    symlink leads out of what it allows, the walk goes no further and reports the link by its
+    name under `root` (403), never what lies behind it: the caller learns no more than a
+    direct request for that path would tell it (the same 403 whether it exists or not)."""
     seen: set[tuple[int, int]] = set()
     listing = Listing() if listing is None else listing
 
@@ -83,9 +91,12 @@ def walk(
             dirs[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
+        real = os.path.realpath(folder)
         if folder == os.fspath(root) or os.path.islink(folder):
-            listing.tops.add(os.path.realpath(folder))
+            listing.tops.add(real)
         dirs.sort()
+        if allows is not None:
+            dirs[:] = [d for d in dirs if _descend(folder, real, d, allows, report)]
         for name in sorted(names):
             if Path(name).suffix.lower() not in extensions:
                 continue
@@ -96,11 +107,28 @@ def walk(
                     FileError(shown(Path(folder) / name), f"cannot resolve path: {exc}", 404)
                 )
                 continue
+            if allows is not None and not allows(path):
+                report.fail(FileError(shown(Path(folder) / name), OUTSIDE, 403))
+                continue
             if not nameable(path, report):
                 continue
             if str(path) not in emitted:
                 emitted.add(str(path))
                 yield path
+
+
+def _descend(
+    folder: str, real: str, name: str, allows: Callable[[Path], bool], report: AddReport
+) -> bool:
+    """Whether the walk may go into `folder`/`name` (`real`: `folder` resolved); a symlink
+    whose target `allows` refuses is reported by its own name. A plain subfolder is resolved
+    from its parent's real path, without another walk of the path's components."""
+    inside = os.path.join(folder, name)
+    target = os.path.realpath(inside) if os.path.islink(inside) else os.path.join(real, name)
+    if allows(Path(target)):
+        return True
+    report.fail(FileError(shown(inside), OUTSIDE, 403))
+    return False
 
 
 def is_file(path: str) -> bool | None:

@@ -13,6 +13,7 @@ from ..embedders import Embedder
 from ..security import with_token
 from ..service import Service
 from . import adds, bulk, duplicates, library, metadata, openapi, search, ui, watches
+from .bodies import BODY_GATE, body_gate
 from .gate import Gate
 from .guard import guard
 from .keys import DUPLICATES_LOCK, FETCH, SEARCH_GATE, SERVICE
@@ -50,6 +51,7 @@ def create_app(
     for module in ROUTE_MODULES:
         app.router.add_routes(module.table)
     app[SEARCH_GATE] = Gate("search", config.max_pending_searches, retry_after=1)
+    app[BODY_GATE] = body_gate()
     app[DUPLICATES_LOCK] = asyncio.Lock()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

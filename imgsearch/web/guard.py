@@ -8,6 +8,8 @@ Sec-Fetch-Site, while plain local programs (curl, requests) send neither of the 
 from __future__ import annotations
 
 import hmac
+import logging
+import re
 from collections.abc import Iterable
 
 from aiohttp import web
@@ -20,11 +22,45 @@ OPEN_PATHS = frozenset({"/health"})
 CROSS_SITE = frozenset({"cross-site", "same-site"})
 
 
+# A token in a query string (`?token=...`, for links and the page's images), as logs show it.
+TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s\"]*", re.IGNORECASE)
+
+
 def host_name(host: str) -> str:
-    """The name part of a Host header: 'localhost:8080' -> 'localhost', '[::1]:80' -> '::1'."""
+    """The name part of a Host header: 'localhost:8080' -> 'localhost', '[::1]:80' -> '::1';
+    '' (no allowed name) for what is not `name`, `name:port`, `[addr]` or `[addr]:port` with
+    a numeric port: '[::1]evil.com' and '127.0.0.1:x@evil.com' name no loopback host."""
     if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        name, bracket, rest = host[1:].partition("]")
+        return name if bracket and (not rest or _port(rest)) else ""
+    if host.count(":") == 1:
+        name, _, port = host.partition(":")
+        return name if _digits(port) else ""
+    return host  # a bare name, or a bare IPv6 address (no port without brackets)
+
+
+def _port(rest: str) -> bool:
+    return rest.startswith(":") and _digits(rest[1:])
+
+
+def _digits(port: str) -> bool:
+    """A Host header's port: ASCII digits, or none at all (RFC 3986 allows `host:`)."""
+    return port.isascii() and (port.isdigit() or not port)
+
+
+def masked(text: str) -> str:
+    """A path and query as logs may show it: the token's value hidden."""
+    return TOKEN_IN_QUERY.sub(r"\1***", text)
+
+
+class TokenMask(logging.Filter):
+    """Hides `?token=` values in an access log's lines (aiohttp formats the whole request
+    line, query and all, into the message before it is logged)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = masked(record.getMessage())
+        record.args = None
+        return True
 
 
 def guard(allow_hosts: Iterable[str], token: str | None) -> Middleware:

@@ -10,6 +10,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from ..errors import Busy, ImgSearchError, disk_full
+from .guard import masked
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(f"request body cannot be read: {_reason(exc)}", 400)
     except Exception as exc:
         if (full := disk_full(exc)) is not None:  # not a bug: said once, plainly
-            log.warning("%s %s: %s", request.method, request.path_qs, full.message)
+            log.warning("%s %s: %s", request.method, masked(request.path_qs), full.message)
             return error_response(full.message, full.status)
-        log.exception("internal error on %s %s", request.method, request.path_qs)
+        log.exception("internal error on %s %s", request.method, masked(request.path_qs))
         return error_response("internal server error (see the daemon's log)", 500)
 
 

@@ -23,6 +23,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from multidict import MultiDict, MultiMapping
 
 from ..errors import BadRequest, PayloadTooLarge
+from .bodies import reading
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 10
@@ -299,7 +300,8 @@ def long_integer(text: str) -> bool:
 async def json_object(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object, or 400."""
     try:
-        body = await request.json(loads=loads)
+        async with reading(request):
+            body = await request.json(loads=loads)
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     except LookupError:
@@ -312,7 +314,8 @@ async def json_object(request: web.Request) -> dict[str, Any]:
 async def form(request: web.Request) -> MultiDict[str]:
     """An application/x-www-form-urlencoded body's fields (text only)."""
     try:
-        posted = await request.post()
+        async with reading(request):
+            posted = await request.post()
     except LookupError:
         raise _unknown_charset(request) from None
     return MultiDict((k, v) for k, v in posted.items() if isinstance(v, str))
@@ -328,7 +331,8 @@ async def multipart(
     """A multipart/form-data body: the file field's bytes (None if absent) and its other
     `fields` (at most MAX_FIELDS, each at most MAX_FIELD_BYTES); any other field is a 400."""
     try:
-        return await _multipart(request, file_field, max_bytes, frozenset(fields))
+        async with reading(request):
+            return await _multipart(request, file_field, max_bytes, frozenset(fields))
     except (HttpProcessingError, ValueError, KeyError) as exc:  # framing, headers, boundary
         raise BadRequest(f"malformed multipart body: {exc!r}") from None
 
@@ -362,7 +366,8 @@ async def _multipart(
 
 async def raw(request: web.Request, max_bytes: int) -> bytes:
     """The whole body, at most `max_bytes`."""
-    return await read_capped(request.content.iter_chunked(CHUNK), max_bytes)
+    async with reading(request):
+        return await read_capped(request.content.iter_chunked(CHUNK), max_bytes)
 
 
 async def read_capped(chunks: AsyncIterator[bytes], max_bytes: int, what: str = "upload") -> bytes:
