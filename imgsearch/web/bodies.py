@@ -36,15 +36,16 @@ def body_gate() -> Gate:
 async def reading(request: web.Request, idle_s: float | None = None) -> AsyncIterator[None]:
     """Read the body inside this: a place at the app's body gate (where it has one), and a 408
     once nothing has arrived for `idle_s` (BODY_IDLE_S) seconds."""
-    if request.content.is_eof():  # all of it here already (a small body: most requests)
-        yield  # nothing to wait for or to bound: no timer (~0.1 ms a search, measured)
+    size = request.content_length
+    small = size is not None and size < GATED_FROM
+    if small and request.content.is_eof():  # all here already: most requests (a search)
+        yield  # nothing to wait for or to bound: no timer (it cost ~0.1 ms a search)
         return
     gate = request.app.get(BODY_GATE)
     idle_s = BODY_IDLE_S if idle_s is None else idle_s
     loop = asyncio.get_running_loop()
     content = request.content
-    size = request.content_length
-    gated = gate is not None and (size is None or size >= GATED_FROM)
+    gated = gate is not None and not small
     with gate.enter() if gated and gate is not None else nullcontext():
         try:
             async with asyncio.timeout(None) as deadline:
