@@ -25,7 +25,7 @@ from imgsearch.index import base as B
 from imgsearch.index import fine as F
 from imgsearch.index import quantizers as Q
 from imgsearch.index.base import ivf
-from imgsearch.index.tuning import _recall
+from imgsearch.index.tuning import _kth_scores, _recall
 from imgsearch.service import Service
 from imgsearch.store import FileFacts, NewImage
 
@@ -515,10 +515,12 @@ def test_the_tuning_measures_the_pool_ranked_by_fine_codes(tmp_path: Path) -> No
         sims[np.arange(len(q_ids)), np.searchsorted(ids, q_ids)] = -np.inf  # not itself
         truth = ids[np.argsort(-sims, axis=1)[:, :10]]
         lists = int(ivf(base.index).nlist)
+        floor = _kth_scores(queries, truth, source.vectors)
         got = {
             (depth, fine is not None): _recall(
-                base.index, (q_ids, queries), truth, source.vectors, None, depth, lists, fine
-            )
+                base.index, (q_ids, queries), (truth, floor), source.vectors, None, depth,
+                lists, fine,
+            )  # fmt: skip
             for depth in (1, 4)
             for fine in (None, base.fine)
         }

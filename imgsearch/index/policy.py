@@ -277,11 +277,13 @@ class Policy:
             return Spec("exact", "IDMap2,Flat")
         lists = lists_for(count, self.lists_per_sqrt)
         coarse = f"IVF{lists}_HNSW32" if lists >= self.hnsw_min_lists else f"IVF{lists}"
-        if count * dim * 4 <= self.flat_max_bytes or count < PQ_MIN_COUNT:
+        pq = _pq_subquantizers(dim, 2 if lists >= self.hnsw_min_lists else PQ_DIMS_PER_CODE)
+        small = count * dim * 4 <= self.flat_max_bytes or count < PQ_MIN_COUNT
+        if small or pq is None:  # (no PQ code fits a dimension without even divisors: Flat)
             return Spec("ivf-flat", f"{coarse},Flat", lists)
         if lists >= self.hnsw_min_lists:  # unrotated: see rotation.py on graphs
-            return Spec("ivf-pqfs", f"{coarse},PQ{_pq_subquantizers(dim, 2)}x4fs", lists)
-        return Spec("ivf-pqfs", f"{ROTATED}{coarse},PQ{_pq_subquantizers(dim)}x4fs", lists)
+            return Spec("ivf-pqfs", f"{coarse},PQ{pq}x4fs", lists)
+        return Spec("ivf-pqfs", f"{ROTATED}{coarse},PQ{pq}x4fs", lists)
 
     def delta_limit(self, base_count: int) -> int:
         """How many recent vectors a base of `base_count` carries before a compaction."""
@@ -335,7 +337,10 @@ def unrotated(spec: Spec, dim: int) -> Spec:
     if not spec.factory.startswith(ROTATED):
         return spec
     coarse = spec.factory[len(ROTATED) :].split(",")[0]
-    return Spec(spec.kind, f"{coarse},PQ{_pq_subquantizers(dim, 2)}x4fs", spec.lists)
+    pq = _pq_subquantizers(dim, 2)
+    if pq is None:  # (spec() gave Flat for such a dimension: not reached)
+        return Spec("ivf-flat", f"{coarse},Flat", spec.lists)
+    return Spec(spec.kind, f"{coarse},PQ{pq}x4fs", spec.lists)
 
 
 def lists_for(count: int, per_sqrt: float = LISTS_PER_SQRT) -> int:
@@ -349,10 +354,12 @@ def train_size(lists: int, count: int) -> int:
     return min(count, lists * TRAIN_PER_LIST, max(MAX_TRAIN, lists * MIN_TRAIN_PER_LIST))
 
 
-def _pq_subquantizers(dim: int, per_code: int = PQ_DIMS_PER_CODE) -> int:
+def _pq_subquantizers(dim: int, per_code: int = PQ_DIMS_PER_CODE) -> int | None:
     """dim / per_code, rounded down to an even divisor of dim (fast-scan packs codes in pairs;
-    PQ needs m | dim)."""
-    for m in range(max(2, dim // per_code), 1, -1):
-        if dim % m == 0 and m % 2 == 0:
+    PQ needs m | dim), down to a quarter of it; None where there is none (an odd dimension,
+    or 2 x a prime: 514 had a code of 2 sub-quantizers, 101 one that FAISS refused, and
+    each training failed again at every retry)."""
+    for m in range(max(2, dim // per_code), max(1, dim // (4 * per_code)) - 1, -1):
+        if m >= 2 and dim % m == 0 and m % 2 == 0:
             return m
-    return 2
+    return None
