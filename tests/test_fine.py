@@ -518,8 +518,14 @@ def test_the_tuning_measures_the_pool_ranked_by_fine_codes(tmp_path: Path) -> No
         floor = _kth_scores(queries, truth, source.vectors)
         got = {
             (depth, fine is not None): _recall(
-                base.index, (q_ids, queries), (truth, floor), source.vectors, None, depth,
-                lists, fine,
+                base.index,
+                (q_ids, queries),
+                (truth, floor),
+                source.vectors,
+                None,
+                depth,
+                lists,
+                fine,
             )  # fmt: skip
             for depth in (1, 4)
             for fine in (None, base.fine)
