@@ -526,7 +526,7 @@ def test_the_tuning_measures_the_pool_ranked_by_fine_codes(tmp_path: Path) -> No
                 depth,
                 lists,
                 fine,
-            )  # fmt: skip
+            )
             for depth in (1, 4)
             for fine in (None, base.fine)
         }
