@@ -234,18 +234,16 @@ class Catalog:
             raise
         self.index.applied(generation)  # (a compaction meanwhile claimed the one before)
 
-    def catch_up(self) -> bool:
+    def catch_up(self) -> None:
         """The index brought up to SQLite where a write reached only SQLite (_mirror), unless
-        a write is under way (it does it first); the index's worker calls this. False where
-        it could not be done (the error is logged: a full disk still)."""
+        a write is under way (it does it first); the index's worker calls this. Where it
+        cannot be done yet (a full disk still) the error is logged and the worker tries again."""
         if not self._mutate.acquire(blocking=False):
-            return True
+            return
         try:
             self._catch_up()
-            return True
         except Exception as exc:
             log.warning("the index is still behind the database: %s", exc)
-            return False
         finally:
             self._mutate.release()
 

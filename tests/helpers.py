@@ -533,3 +533,20 @@ def put_all(catalog: Catalog, vectors: np.ndarray, start: int = 0, batch: int = 
         ]
         ids += catalog.put(items).ids
     return ids
+
+
+def crashed(catalog: Catalog) -> None:
+    """Stopped as a kill -9 leaves it: nothing saved beyond what SQLite holds."""
+    catalog.index.close()
+    catalog.store.close()
+
+
+def without_worker(catalog: Catalog) -> None:
+    """Stop the index's background worker: the test calls maintain() itself, at known points."""
+    catalog.index.close()
+    catalog.index._stop.clear()
+
+
+def agrees(catalog: Catalog) -> None:
+    """The index finds exactly the images the store holds."""
+    assert sorted(catalog.index.ids().tolist()) == sorted(catalog.store.ids().tolist())

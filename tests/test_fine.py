@@ -29,7 +29,7 @@ from imgsearch.index.tuning import _kth_scores, _recall
 from imgsearch.service import Service
 from imgsearch.store import FileFacts, NewImage
 
-from .helpers import CONE_DIM, cone, spectral_vectors
+from .helpers import CONE_DIM, cone, spectral_vectors, without_worker
 
 N = 1500
 POLICY = Policy(exact_max=100, delta_max=1 << 40)  # ivf-pqfs from a few hundred vectors
@@ -438,8 +438,7 @@ def test_a_base_without_fine_codes_gets_them_and_a_new_training_drops_the_old_fi
     catalog.close()
     (tmp_path / INDEX_DIR / name).unlink()
     again = Catalog(tmp_path, "m", CONE_DIM, POLICY)
-    again.index.close()  # the worker stopped: the test runs each job (else a race with it)
-    again.index._stop.clear()
+    without_worker(again)  # this test runs each job itself
     try:
         assert again.index.describe()["fine_codes"] is None
         assert [row[0].id for row in again.nearest(x[:20], 3)] == ids[:20].tolist()

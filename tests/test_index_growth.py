@@ -25,7 +25,7 @@ from imgsearch.index.policy import HELD_TUNE_QUERIES, TUNE_QUERIES, lists_for
 from imgsearch.ingest import Ingester
 from imgsearch.store import FileFacts, NewImage, Rows
 
-from .helpers import clustered, put_all
+from .helpers import clustered, crashed, put_all, without_worker
 
 DIM = 32
 BIG = 40_000  # over 25,600 vectors the training sample (40 a list, 4 sqrt(n) lists) is < n
@@ -53,12 +53,6 @@ def settled(catalog: Catalog, done: Callable[[dict[str, object]], bool]) -> dict
         catalog.index.maintain()
         time.sleep(0.05)
     return about
-
-
-def without_worker(catalog: Catalog) -> None:
-    """Stop the background worker: the test calls maintain() itself, at known points."""
-    catalog.index.close()
-    catalog.index._stop.clear()
 
 
 def test_an_import_that_leaves_nothing_to_fold_is_tuned_fully_at_its_end(tmp_path: Path) -> None:
@@ -233,12 +227,6 @@ def removed_every_way(catalog: Catalog, ids: list[int]) -> None:
     catalog.mark_missing("/v/21.jpg")
     catalog.restore([ids[20]])
     catalog.move(ids[30], "/v/31.jpg", 1, 1)  # the row that was at /v/31.jpg goes
-
-
-def crashed(catalog: Catalog) -> None:
-    """Stop without saving anything more (as after kill -9)."""
-    catalog.index.close()
-    catalog.store.close()
 
 
 def test_a_rebase_trains_where_a_training_is_due_before_the_worker_woke(

@@ -26,7 +26,7 @@ from imgsearch.index.fine import FineTable, tables
 from imgsearch.index.policy import ROTATED
 from imgsearch.store import FileFacts, NewImage
 
-from .helpers import clustered, put_all
+from .helpers import agrees, clustered, crashed, put_all, without_worker
 
 DIM = 32
 NEVER = 1 << 40
@@ -34,19 +34,8 @@ IVF = Policy(exact_max=100, delta_max=NEVER)
 EXACT = Policy(exact_max=NEVER, delta_max=NEVER)
 
 
-def agrees(catalog: Catalog) -> None:
-    """The index finds exactly the images the store holds."""
-    assert sorted(catalog.index.ids().tolist()) == sorted(catalog.store.ids().tolist())
-
-
 def finds(catalog: Catalog, vector: np.ndarray, image_id: int) -> bool:
     return image_id in catalog.index.search(vector[None], 5)[1][0].tolist()
-
-
-def crashed(catalog: Catalog) -> None:
-    """Stopped as a kill -9 leaves it: nothing saved beyond what SQLite holds."""
-    catalog.index.close()
-    catalog.store.close()
 
 
 @pytest.fixture
@@ -77,8 +66,7 @@ def test_a_job_on_the_base_as_it_is_keeps_the_changes_it_did_not_fold(
             table.unlink()
     policy = dataclasses.replace(IVF, target_recall=0.9 if job == "tune" else IVF.target_recall)
     catalog = Catalog(folder, "m", DIM, policy)
-    catalog.index.close()  # (the worker stopped: this test runs the job itself)
-    catalog.index._stop.clear()
+    without_worker(catalog)  # this test runs each job itself
     agrees(catalog)
     added = put_all(catalog, vectors[:5], start=5000)  # during the job, in effect: logged
     assert catalog.index.maintain() == job
@@ -193,8 +181,7 @@ def test_a_write_that_reached_sqlite_but_not_the_index_is_caught_up_and_never_lo
     catalog.index.rebase()  # a compaction meanwhile: its base claims neither write
     crashed(catalog)
     catalog = Catalog(tmp_path, "m", DIM, IVF)  # the disk still full: it starts all the same
-    catalog.index.close()  # (the worker stopped: this test calls maintain() itself)
-    catalog.index._stop.clear()
+    without_worker(catalog)  # this test runs each job itself
     assert catalog.index.lost_since() is not None
     assert catalog.index.maintain() is None  # still no room: nothing done, nothing claimed
     monkeypatch.setattr(FineTable, "_write", write)  # room again

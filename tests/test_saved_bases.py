@@ -21,7 +21,7 @@ from imgsearch.index import Policy
 from imgsearch.index import base as B
 from imgsearch.index.fine import tables
 
-from .helpers import clustered, put_all
+from .helpers import agrees, clustered, crashed, put_all, without_worker
 
 DIM = 32
 NEVER = 1 << 40
@@ -29,18 +29,9 @@ IVF = Policy(exact_max=100, delta_max=NEVER)
 EXACT = Policy(exact_max=NEVER, delta_max=NEVER)
 
 
-def agrees(catalog: Catalog) -> None:
-    assert sorted(catalog.index.ids().tolist()) == sorted(catalog.store.ids().tolist())
-
-
 def found(catalog: Catalog, vectors: np.ndarray) -> list[int]:
     """Each vector's best hit."""
     return [int(i) for i in catalog.index.search(vectors, 1)[1][:, 0]]
-
-
-def crashed(catalog: Catalog) -> None:
-    catalog.index.close()
-    catalog.store.close()
 
 
 def test_a_base_saved_again_under_its_generation_gets_a_folder_of_its_own(
@@ -58,8 +49,7 @@ def test_a_base_saved_again_under_its_generation_gets_a_folder_of_its_own(
     first = B.saved(tmp_path / "index")
     crashed(catalog)
     catalog = Catalog(tmp_path, "m", DIM, dataclasses.replace(IVF, target_recall=0.9))
-    catalog.index.close()
-    catalog.index._stop.clear()
+    without_worker(catalog)  # this test runs each job itself
 
     def killed(path: Path) -> None:  # a kill -9 while the old base is being deleted
         raise SystemExit("killed")
@@ -118,8 +108,7 @@ def test_fine_codes_no_saved_base_names_are_deleted(
     catalog = Catalog(tmp_path, "m", DIM, IVF)
     put_all(catalog, vectors)
     catalog.index.rebase()
-    catalog.index.close()
-    catalog.index._stop.clear()
+    without_worker(catalog)  # this test runs each job itself
     (used,) = tables(tmp_path / "index")
 
     def no_room(*args: object) -> None:

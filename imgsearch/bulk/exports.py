@@ -141,7 +141,7 @@ class ExportManager:
             self._stop(job)
             if job.state == "queued":  # not started: _run will pass it by
                 job.state, job.finished = "cancelled", time.time()
-                self._end(job)
+                self.records.end(job)
         job.ended.wait(timeout)
         return job
 
@@ -189,18 +189,8 @@ class ExportManager:
             if job.state != "done":
                 shutil.rmtree(Path(job.dir) / STAGING, ignore_errors=True)
             job.finished = time.time()
-            self._end(job)
+            self.records.end(job)
             log.info("export %s %s: %d rows in %d files", job.id, job.state, job.rows, job.files)
-
-    def _end(self, job: ExportJob) -> None:
-        """Save a job's last record and signal its end (also where the record cannot be
-        saved: a full disk; the job's end is known here all the same)."""
-        try:
-            self._save(job)
-        except OSError as exc:
-            log.warning("export %s: its record not saved: %s", job.id, exc)
-        finally:
-            job.ended.set()
 
     def _child_run(self, job: ExportJob) -> tuple[str, str | None]:
         """Run the export's child to its end, following its progress: (state, error); a

@@ -179,7 +179,7 @@ class ImportManager:
             job.stop.set()
             if job.state == "queued":  # not started: _run will pass it by
                 job.state, job.finished = "cancelled", time.time()
-                self._end(job)
+                self.records.end(job)
         job.ended.wait(timeout)
         return job
 
@@ -222,20 +222,10 @@ class ImportManager:
                 job.state, job.error = "failed", f"unexpected error: {exc}"
         finally:
             job.finished = None if job.state == "queued" else time.time()
-            self._end(job)
+            self.records.end(job)
             log.info(
                 "import %s %s: %d rows, %d failed", job.id, job.state, job.imported, job.failed
             )
-
-    def _end(self, job: ImportJob) -> None:
-        """Save a job's last record and signal its end (also where the record cannot be
-        saved: a full disk; the record then says "running" or "queued": resumed at start)."""
-        try:
-            self._save(job)
-        except OSError as exc:
-            log.warning("import %s: its record not saved: %s", job.id, exc)
-        finally:
-            job.ended.set()
 
     def _import(self, job: ImportJob) -> None:
         rename = PathMap.parse(job.path_map) if job.path_map else None

@@ -5,6 +5,7 @@ kept), and the jobs by id for the routes."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from ..errors import NotFound
 from ..files import write_atomic
+
+log = logging.getLogger(__name__)
 
 HISTORY = 200  # finished jobs kept (the newest)
 PENDING = frozenset({"queued", "running"})
@@ -21,6 +24,7 @@ class Job(Protocol):
     id: str
     state: str
     created: float
+    ended: threading.Event
 
     def record(self) -> dict[str, Any]: ...
 
@@ -55,6 +59,17 @@ class Records(Generic[J]):
 
     def save(self, job: J) -> None:
         write_atomic(self.folder / f"{job.id}.json", json.dumps(job.record()).encode())
+
+    def end(self, job: J) -> None:
+        """Save a job's last record and signal its end, also where the record cannot be
+        saved (a full disk: the end is known here all the same; the record left says
+        "queued" or "running", which the next start takes up)."""
+        try:
+            self.save(job)
+        except OSError as exc:
+            log.warning("%s %s: its record not saved: %s", self.kind, job.id, exc)
+        finally:
+            job.ended.set()
 
     def get(self, job_id: str) -> J:
         try:

@@ -74,7 +74,7 @@ class LibraryIndex:
         )
         # Brings the index up to SQLite after a lost write (the catalog's catch_up: it takes
         # the catalog's write lock); the worker calls it before its other work.
-        self.catch_up: Callable[[], bool] | None = None
+        self.catch_up: Callable[[], None] | None = None
         self._worker = Worker(self.maintain, self._trim, self._stop)
 
     # -- start-up ---------------------------------------------------------------------------
