@@ -22,8 +22,8 @@ from .gate import Gate
 MAX_READING = 8
 # Seconds a body may send nothing before it is given up (a slow link still sends something).
 BODY_IDLE_S = 30.0
-# Bodies from this size (or of unknown length) take a place at the gate: smaller ones (a
-# search by a 512-d vector is ~10 KB of JSON) are read at once and hold next to nothing.
+# Bodies from this size (or of unknown length) take a place at the gate and have the idle
+# timer: smaller ones (a search by a 512-d vector is ~10 KB of JSON) hold next to nothing.
 GATED_FROM = 64 << 10
 BODY_GATE = web.AppKey("body_gate", Gate)
 
@@ -37,16 +37,14 @@ async def reading(request: web.Request, idle_s: float | None = None) -> AsyncIte
     """Read the body inside this: a place at the app's body gate (where it has one), and a 408
     once nothing has arrived for `idle_s` (BODY_IDLE_S) seconds."""
     size = request.content_length
-    small = size is not None and size < GATED_FROM
-    if small and request.content.is_eof():  # all here already: most requests (a search)
-        yield  # nothing to wait for or to bound: no timer (it cost ~0.1 ms a search)
-        return
+    if size is not None and size < GATED_FROM:  # most requests (a search by vector, ~10 KB):
+        yield  # next to no memory to bound, and the timer cost ~0.05-0.1 ms a search
+        return  # (bench/request_overhead.py)
     gate = request.app.get(BODY_GATE)
     idle_s = BODY_IDLE_S if idle_s is None else idle_s
     loop = asyncio.get_running_loop()
     content = request.content
-    gated = gate is not None and not small
-    with gate.enter() if gated and gate is not None else nullcontext():
+    with gate.enter() if gate is not None else nullcontext():
         try:
             async with asyncio.timeout(None) as deadline:
                 seen, last = content.total_bytes, loop.time()
