@@ -220,7 +220,9 @@ def run_plan(options: EmbedOptions, plan: Plan, *, show_progress: bool = True) -
             ShardWorker,
             fn_constructor_args=(config, str(options.out)),
             batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=workers),
+            # One shard at a time on each worker: a worker that dies fails only its own shard,
+            # not the next one queued behind it (failed with it on every retry otherwise).
+            compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
             num_cpus=options.cpus_per_worker,
             num_gpus=options.gpus_per_worker or None,
             max_restarts=SHARD_RETRIES,
