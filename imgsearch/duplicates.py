@@ -288,9 +288,8 @@ class _Loader:
         row = self.rows[node]
         found: VerifyFeatures | None
         try:
-            [found] = self.cache.of_file(
-                [self.verify], row.id, Path(row.path), row.mtime_ns, **self.limits
-            )
+            [made] = self.cache.of_file([self.verify], row.id, Path(row.path), **self.limits)
+            found = made if isinstance(made, VerifyFeatures) else None  # (not a FeatureError)
         except ImgSearchError as exc:
             log.info("duplicates: leaving out %s: %s", row.path, exc.message)
             found = None

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .comparators import Picture
+from .comparators import FeatureError, Picture
 from .comparators.base import WORKING_SIZE
 from .comparators.cache import FeatureCache
 from .comparators.verify import VerifyComparator, VerifyFeatures, evidence
@@ -61,12 +61,13 @@ def attach(source: EvidenceSource, query: bytes | Path, hits: list[Hit]) -> list
                 [source.verify],
                 hit.id,
                 Path(row.path),
-                row.mtime_ns,
                 max_file_bytes=source.max_file_bytes,
                 max_pixels=source.max_pixels,
             )
         except ImgSearchError as exc:
             log.debug("no evidence for %s: %s", row.path, exc.message)
+            continue
+        if isinstance(candidate, FeatureError):
             continue
         body["evidence"] = _evidence(
             query_features, candidate, query_scale, (decoded.width, decoded.height), row

@@ -137,7 +137,8 @@ def decode(data: bytes, *, min_side: int, max_pixels: int) -> Decoded:
         rotated = img.getexif().get(ExifTags.Base.Orientation, 1) in {5, 6, 7, 8}
         img.draft("RGB", (min_side, min_side))
         img.load()
-        img = ImageOps.exif_transpose(_to_rgb(img))
+        # Turned first: _to_rgb makes new images (alpha flattened, 16-bit scaled) without EXIF.
+        img = _to_rgb(ImageOps.exif_transpose(img))
     except UnidentifiedImageError:
         raise NotAnImage("not a recognised image format") from None
     except Image.DecompressionBombError as exc:
@@ -153,6 +154,8 @@ def decode(data: bytes, *, min_side: int, max_pixels: int) -> Decoded:
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB; transparency is flattened onto white."""
+    if img.mode in {"L", "RGB"} and "transparency" in img.info:
+        img = img.convert("RGBA")  # a colour key (PNG tRNS): transparent like an alpha channel
     if img.mode == "RGB":
         return img
     if img.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import Catalog, Change
-from .comparators import Comparator, ComparatorRegistry, FeatureCache
+from .comparators import Comparator, ComparatorRegistry, FeatureCache, FeatureError
 from .cpu import lowest_priority
 from .errors import ImgSearchError
 
@@ -133,9 +133,10 @@ class FeaturePrecompute:
             return
         try:
             path = Path(located.path)
-            self.features.of_file(
-                self.comparators, image_id, path, located.mtime_ns, **self._limits
-            )
+            made = self.features.of_file(self.comparators, image_id, path, **self._limits)
+            if any(isinstance(f, FeatureError) for f in made):
+                self.failed += 1  # (logged where it failed)
+                return
             self.done += 1
         except ImgSearchError as exc:
             self.failed += 1

@@ -27,10 +27,12 @@ from .comparators import (
     Candidate,
     Comparator,
     FeatureCache,
+    FeatureError,
     Picture,
     Score,
     rerank,
 )
+from .comparators.base import checked
 from .comparators.keypoints import limit_blas_threads
 from .embedders import Embedder, TextEmbedder, lanes_of
 from .errors import BadRequest, ImgSearchError
@@ -262,10 +264,15 @@ class Searcher:
             return {}, f"comparison failed: {exc}"
         scores = {}
         for comparator, q, c in zip(comparators, query_features, candidate, strict=True):
+            if isinstance(q, FeatureError) or isinstance(c, FeatureError):
+                continue  # (logged where its features failed)
             try:
-                scores[comparator.name] = comparator.compare(q, c)
+                score = checked(comparator.name, comparator.compare(q, c))
             except Exception:
                 log.exception("comparator %s failed on %s", comparator.name, found.path)
+                continue
+            if score is not None:
+                scores[comparator.name] = score
         return scores, None
 
     def _candidate_features(self, found: Neighbour, comparators: list[Comparator]) -> list[Any]:
@@ -274,16 +281,23 @@ class Searcher:
             comparators,
             found.id,
             Path(found.path),
-            found.mtime_ns,
             max_file_bytes=self.max_file_bytes,
             max_pixels=self.max_pixels,
         )
 
 
 def _query_features(image: Image.Image, comparators: Sequence[Comparator]) -> list[Any]:
-    """Each comparator's features of the query, from one working Picture (keypoints shared)."""
+    """Each comparator's features of the query, from one working Picture (keypoints shared);
+    a FeatureError where one failed (a plugin on an odd query): the others still score."""
     picture = Picture.from_pil(image)
-    return [comparator.features(picture) for comparator in comparators]
+    out: list[Any] = []
+    for comparator in comparators:
+        try:
+            out.append(comparator.features(picture))
+        except Exception as exc:
+            log.exception("%s features of the query failed", comparator.name)
+            out.append(FeatureError(f"{comparator.name}: {exc}"))
+    return out
 
 
 def _locates_parts(comparators: Sequence[Comparator]) -> bool:

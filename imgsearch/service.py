@@ -7,6 +7,7 @@ import fcntl
 import logging
 import os
 import shutil
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
@@ -19,6 +20,7 @@ from .catalog import DB_FILE, Catalog, Change, bound_model
 from .comparators import ComparatorRegistry, FeatureCache
 from .comparators.verify import VerifyComparator
 from .config import Config
+from .cpu import lowest_priority
 from .derived import DerivedFiles
 from .downloads import DOWNLOADS, UrlAdder
 from .duplicates import DuplicateFinder
@@ -182,8 +184,9 @@ class Service:
             "max_pixels": config.max_image_pixels,
         }
         _drop_old_caches(config.data_dir)
-        self.derived = DerivedFiles(config.data_dir / DERIVED)
+        self.derived = DerivedFiles(config.data_dir / DERIVED, alive=self._stored)
         self.catalog.subscribe(self._invalidate)
+        self._sweep_derived(stack)
         self.features = FeatureCache(self.derived, allows=self.paths.allows)
         self.thumbnails = ThumbnailCache(self.derived, **limits)
         extensions = image_extensions(self.heif)
@@ -252,6 +255,26 @@ class Service:
     def remove(self, target: Path) -> int:
         """Forget a file, or every image under a folder (the files themselves are untouched)."""
         return len(self.catalog.remove_tree(str(target)))
+
+    def _stored(self, image_id: int) -> bool:
+        return image_id in self.catalog.store.paths([image_id])
+
+    def _sweep_derived(self, stack: ExitStack) -> None:
+        """Derived files a kill -9 left (derived.py's sweep), dropped on a background thread
+        that takes only idle CPU; stopped (and waited for) before the catalog closes."""
+        stop = threading.Event()
+
+        def run() -> None:
+            lowest_priority()
+            try:
+                self.derived.sweep(lambda ids: self.catalog.store.paths(ids).keys(), stop)
+            except Exception:  # (a cache to tidy: never a reason to stop the daemon)
+                log.exception("tidying the derived-file cache failed")
+
+        thread = threading.Thread(target=run, name="derived-sweep", daemon=True)
+        thread.start()
+        stack.callback(thread.join)
+        stack.callback(stop.set)  # (callbacks run last first: set, then join)
 
     def _invalidate(self, change: Change) -> None:
         """Derived files of removed images go with them (the catalog calls this)."""

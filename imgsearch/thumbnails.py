@@ -1,6 +1,6 @@
 """JPEG thumbnails of indexed images, kept in the derived-file cache. No HTTP here.
 
-A thumbnail is kind "thumbnails/<size>" of the cache (`derived.py`): valid for one mtime of
+A thumbnail is kind "thumbnails/<size>" of the cache (`derived.py`): valid for one version of
 the image file, so a file changed on disk (or re-indexed) gets a new thumbnail that replaces
 the old one, and a removed image loses it with its other derived files.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .derived import DerivedFiles
+from .derived import DerivedFiles, stamp
 from .images import decode, read_file
 
 log = logging.getLogger(__name__)
@@ -52,12 +52,12 @@ class ThumbnailCache:
         except OSError:
             st = None  # read_file below raises the right error
         if st is not None:
-            cached = self.files.read(self.kind, image_id, st.st_mtime_ns)
+            cached = self.files.read(self.kind, image_id, stamp(st))
             if cached is not None:
                 return cached
         data, st = read_file(path, self.max_file_bytes)
         jpeg = self.make(data)
-        self.files.write(self.kind, image_id, st.st_mtime_ns, jpeg)
+        self.files.write(self.kind, image_id, stamp(st), jpeg)
         return jpeg
 
     def make(self, data: bytes) -> bytes:

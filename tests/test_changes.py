@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sqlite3
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +14,7 @@ import pytest
 
 from imgsearch.catalog import DB_FILE, Catalog, Change
 from imgsearch.config import Config
-from imgsearch.derived import DerivedFiles
+from imgsearch.derived import DerivedFiles, stamp
 from imgsearch.embedders import Embedder
 from imgsearch.service import Service
 from imgsearch.store import MIGRATIONS, FileFacts, NewImage, Store
@@ -206,7 +209,7 @@ def test_the_id_a_move_replaces_loses_its_features_and_thumbnail(
         id_a, id_b = ids[str(a)], ids[str(b)]
         for image_id, path in ((id_a, a), (id_b, b)):
             service.thumbnails.get(image_id, path)
-            service.features.put("verify", image_id, path.stat().st_mtime_ns, [image_id])
+            service.features.put("verify", image_id, stamp(path.stat()), [image_id])
         st = a.stat()
         a.replace(b)  # a renamed over b: the row of a follows, the row of b is replaced
 
@@ -215,33 +218,36 @@ def test_the_id_a_move_replaces_loses_its_features_and_thumbnail(
         assert not files.path("thumbnails/256", id_b).exists(), "its thumbnail is gone"
         assert not files.path("features/verify", id_b).exists(), "its features are gone"
         assert files.path("thumbnails/256", id_a).exists(), "the moved image keeps its own"
-        assert service.features.get("verify", id_a, st.st_mtime_ns) == [id_a]
+        assert service.features.get("verify", id_a, stamp(st)) == [id_a]
     finally:
         service.close()
 
 
-def test_one_derived_file_per_kind_and_image_valid_for_one_mtime(tmp_path: Path) -> None:
+def test_one_derived_file_per_kind_and_image_valid_for_one_version(tmp_path: Path) -> None:
     files = DerivedFiles(tmp_path)
-    files.write("thumbnails/256", 4, 100, b"jpeg v1")
-    files.write("features/sift", 4, 100, b"sift")
-    files.write("features/sift", 5, 100, b"other")
-    assert files.read("thumbnails/256", 4, 100) == b"jpeg v1"
-    assert files.read("thumbnails/256", 4, 101) is None, "the image file changed since"
-    files.write("thumbnails/256", 4, 101, b"jpeg v2")
-    assert files.read("thumbnails/256", 4, 101) == b"jpeg v2"
+    V1, V2 = (100, 100, 5), (101, 101, 5)  # (mtime_ns, ctime_ns, size): a file written again
+    files.write("thumbnails/256", 4, V1, b"jpeg v1")
+    files.write("features/sift", 4, V1, b"sift")
+    files.write("features/sift", 5, V1, b"other")
+    assert files.read("thumbnails/256", 4, V1) == b"jpeg v1"
+    assert files.read("thumbnails/256", 4, V2) is None, "the image file changed since"
+    assert files.read("thumbnails/256", 4, (100, 101, 5)) is None, "rewritten, mtime kept"
+    assert files.read("thumbnails/256", 4, (100, 100, 6)) is None, "another size"
+    files.write("thumbnails/256", 4, V2, b"jpeg v2")
+    assert files.read("thumbnails/256", 4, V2) == b"jpeg v2"
     assert [p.name for p in (tmp_path / "thumbnails" / "256").iterdir()] == ["4"]
 
     files.invalidate(4)
-    assert files.read("thumbnails/256", 4, 101) is None
-    assert files.read("features/sift", 4, 100) is None
-    assert files.read("features/sift", 5, 100) == b"other"
-    files.write("thumbnails/256", 6, 100, b"jpeg")
+    assert files.read("thumbnails/256", 4, V2) is None
+    assert files.read("features/sift", 4, V1) is None
+    assert files.read("features/sift", 5, V1) == b"other"
+    files.write("thumbnails/256", 6, V1, b"jpeg")
     files.invalidate(5, 6, 7)  # a removed folder's ids, in one call; 7 has no files
-    assert files.read("features/sift", 5, 100) is None
+    assert files.read("features/sift", 5, V1) is None
     assert not list((tmp_path / "thumbnails" / "256").iterdir())
     # More ids than a small folder can hold: the folder is read, not each name tried.
     for image_id in (10, 500, 2000):
-        files.write("features/sift", image_id, 100, b"f")
+        files.write("features/sift", image_id, V1, b"f")
     files.invalidate(*range(1000))
     assert sorted(p.name for p in (tmp_path / "features" / "sift").iterdir()) == ["2000"]
     for bad in ("../x/y", "features", "features/../../etc", "Features/x"):
@@ -274,3 +280,51 @@ def test_a_version_3_database_gives_old_jobs_their_kind_once(tmp_path: Path) -> 
     store.jobs.save(dataclasses.replace(rows["b"], image="/looks/like/a/path"))
     assert {r.id: r.kind for r in store.jobs.recent(10)}["b"] == "urls", "kind is not guessed"
     store.close()
+
+
+def test_a_derived_file_of_an_image_removed_meanwhile_is_dropped_and_swept(
+    tmp_path: Path,
+) -> None:
+    """A thumbnail or features being made while their image was removed were written after
+    its invalidation, and a kill -9 between a removal's commit and its invalidation left the
+    files too: kept for good (ids are never reused), 100-250 KB of features each."""
+    stored = {1, 3}
+    files = DerivedFiles(tmp_path, alive=lambda image_id: image_id in stored)
+    files.write("thumbnails/256", 2, (1, 1, 1), b"jpeg")  # 2 was removed while it was made
+    assert not files.path("thumbnails/256", 2).exists()
+    files.write("thumbnails/256", 1, (1, 1, 1), b"jpeg")
+    assert files.read("thumbnails/256", 1, (1, 1, 1)) == b"jpeg"
+
+    left = DerivedFiles(tmp_path)  # as the files a kill -9 left, seen at the next start
+    for image_id in range(1, 7):
+        left.write("features/verify", image_id, (1, 1, 1), b"features")
+    old_temp = tmp_path / "features" / "verify" / ".tmp-earlier-run"
+    old_temp.write_bytes(b"half")
+    os.utime(old_temp, (1, 1))
+    fresh = DerivedFiles(tmp_path)
+    own_temp = tmp_path / "features" / "verify" / ".tmp-being-written"
+    own_temp.write_bytes(b"half")  # a write of this run, in flight
+    asked: list[list[int]] = []
+
+    def present(ids: Sequence[int]) -> set[int]:
+        asked.append(list(ids))
+        return stored.intersection(ids)
+
+    assert fresh.sweep(present, threading.Event()) == 5  # 2, 4, 5, 6 and the old temp file
+    left_over = sorted(p.name for p in (tmp_path / "features" / "verify").iterdir())
+    assert left_over == [".tmp-being-written", "1", "3"]
+    assert sorted(i for chunk in asked for i in chunk) == [1, 1, 2, 3, 4, 5, 6]  # 2 kinds
+    stop = threading.Event()
+    stop.set()
+    assert fresh.sweep(lambda ids: (), stop) == 0, "a stopping daemon stops the sweep"
+
+
+def test_a_cache_folder_that_cannot_be_written_only_skips_caching(tmp_path: Path) -> None:
+    """Only a full disk was skipped: any other failure (a folder left owned by root, a
+    read-only mount) failed the thumbnail or the comparison that only wanted to cache."""
+    files = DerivedFiles(tmp_path)
+    (tmp_path / "thumbnails").write_text("not a folder")  # mkdir fails: NotADirectoryError
+    files.write("thumbnails/256", 1, (1, 1, 1), b"jpeg")
+    assert files.failing and files.read("thumbnails/256", 1, (1, 1, 1)) is None
+    files.write("features/sift", 1, (1, 1, 1), b"sift")
+    assert not files.failing and files.read("features/sift", 1, (1, 1, 1)) == b"sift"

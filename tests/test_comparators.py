@@ -8,7 +8,9 @@ import logging
 import math
 import os
 import pickle
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,9 @@ RAW_RANGES = {
     "orb": (0.0, 256.0),
     "verify": (0.0, math.inf),
 }
+# Versions of an image file (mtime_ns, ctime_ns, size), as the feature cache keys them.
+V100 = (100, 100, 100)
+V7 = (7, 7, 7)
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera")
 EDITED = PHOTOS[:3]  # the photos that also get edited copies
 
@@ -394,33 +399,34 @@ def test_feature_cache_round_trip(
 ) -> None:
     cache = FeatureCache(tmp_path / "features")
     for name in BUILTINS:
-        assert cache.get(name, 1, 100) is None
-        cache.put(name, 1, 100, features[name]["astronaut/crop"])
-        cache.put(name, 2, 100, features[name]["chelsea"])
+        assert cache.get(name, 1, V100) is None
+        cache.put(name, 1, V100, features[name]["astronaut/crop"])
+        cache.put(name, 2, V100, features[name]["chelsea"])
     fresh = FeatureCache(tmp_path / "features")  # as after a restart
     for name in BUILTINS:
-        loaded = fresh.get(name, 1, 100)
+        loaded = fresh.get(name, 1, V100)
         assert loaded is not None
         comparator = registry.get(name)
         original = features[name]["astronaut"]
         assert comparator.compare(original, loaded) == comparator.compare(
             original, features[name]["astronaut/crop"]
         )
-        assert fresh.get(name, 1, 101) is None  # the file changed since
+        assert fresh.get(name, 1, (101, 100, 100)) is None  # the file changed since
     fresh.invalidate(1)
-    assert all(fresh.get(name, 1, 100) is None for name in BUILTINS)
-    assert all(fresh.get(name, 2, 100) is not None for name in BUILTINS)
+    assert all(fresh.get(name, 1, V100) is None for name in BUILTINS)
+    assert all(fresh.get(name, 2, V100) is not None for name in BUILTINS)
     assert not list((tmp_path / "features").glob("*/*/.tmp-*"))
 
 
 def test_feature_cache_newer_version_replaces(tmp_path: Path) -> None:
     cache = FeatureCache(tmp_path)
-    cache.put("sift", 5, 1, np.arange(3))
-    cache.put("sift", 5, 2, np.arange(4))
-    assert cache.get("sift", 5, 1) is None
-    assert cache.get("sift", 5, 2).tolist() == [0, 1, 2, 3]
+    cache.put("sift", 5, (1, 1, 10), np.arange(3))
+    cache.put("sift", 5, (1, 2, 10), np.arange(4))  # the same mtime, written again (cp -p)
+    assert cache.get("sift", 5, (1, 1, 10)) is None
+    assert cache.get("sift", 5, (1, 2, 10)).tolist() == [0, 1, 2, 3]
+    assert cache.get("sift", 5, (1, 2, 11)) is None  # the same times, another size
     with pytest.raises(ValueError):
-        cache.put("../x", 5, 2, 1)
+        cache.put("../x", 5, (1, 2, 10), 1)
 
 
 class _Exploit:
@@ -432,28 +438,69 @@ def test_feature_cache_refuses_foreign_or_damaged_files(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     cache = FeatureCache(tmp_path)
-    cache.put("orb", 1, 7, np.zeros(2))
+    cache.put("orb", 1, V7, np.zeros(2))
     path = cache.files.path("features/orb", 1)
     assert path.exists()
-    cache.files.write("features/orb", 1, 7, pickle.dumps((2, _Exploit())))
+    cache.files.write("features/orb", 1, V7, pickle.dumps((2, _Exploit())))
     with caplog.at_level(logging.WARNING):
-        assert cache.get("orb", 1, 7) is None
+        assert cache.get("orb", 1, V7) is None
     assert "refusing" in caplog.text and not path.exists()
-    cache.files.write("features/orb", 1, 7, b"not a pickle")
-    assert cache.get("orb", 1, 7) is None and not path.exists()
+    cache.files.write("features/orb", 1, V7, b"not a pickle")
+    assert cache.get("orb", 1, V7) is None and not path.exists()
     path.write_bytes(b"x")  # shorter than the header
-    assert cache.get("orb", 1, 7) is None and not path.exists()
+    assert cache.get("orb", 1, V7) is None and not path.exists()
     (path.parent / ".tmp-stray").write_bytes(b"half")
-    FeatureCache(tmp_path)
+    os.utime(path.parent / ".tmp-stray", (1, 1))  # left by an earlier run
+    FeatureCache(tmp_path).files.sweep(lambda ids: ids, threading.Event())
     assert not (path.parent / ".tmp-stray").exists()
+
+
+def _short(text: str) -> bytes:
+    """A pickle SHORT_BINUNICODE opcode and its text."""
+    return b"\x8c" + bytes([len(text.encode())]) + text.encode()
+
+
+@dataclass(frozen=True)
+class _PluginFeatures:
+    mean: float
+
+
+def test_feature_cache_refuses_dotted_names_and_keeps_plain_values(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A capitalised name of any imgsearch.comparators module was let through, dotted ones
+    too (pickle looks `Path.write_text` up attribute by attribute): a planted file wrote
+    anywhere. numpy scalars (`gray.mean()`) were refused: a plugin's features were read,
+    refused and made again for every candidate of every search, with a warning each time."""
+    cache = FeatureCache(tmp_path)
+    victim = tmp_path / "victim"
+    module = _short("imgsearch.comparators.cache")  # (which imports Path)
+    planted = (  # Path.write_text(Path(victim), text), by STACK_GLOBAL and REDUCE
+        b"\x80\x04" + module + _short("Path.write_text") + b"\x93"
+        + module + _short("Path") + b"\x93" + _short(str(victim)) + b"\x85R"
+        + _short("written by a cache file") + b"\x86R."
+    )  # fmt: skip
+    cache.files.write("features/orb", 1, V7, planted)
+    with caplog.at_level(logging.WARNING):
+        assert cache.get("orb", 1, V7) is None
+    assert not victim.exists() and "refusing" in caplog.text
+    values = [np.float64(3.5), np.float32(1.25), {1, 2}, (1, [2.0], {"a": b"b"}), None, 7]
+    for image_id, value in enumerate(values):
+        cache.put("brightness", image_id, V7, value)
+        assert cache.get("brightness", image_id, V7) == value
+    caplog.clear()
+    cache.put("brightness", 99, V7, _PluginFeatures(1.0))  # refused on reading: not kept
+    assert not cache.files.path("features/brightness", 99).exists()
+    cache.put("brightness", 100, V7, _PluginFeatures(2.0))
+    assert caplog.text.count("not cached") <= 1
 
 
 def test_feature_cache_concurrent_writers(tmp_path: Path) -> None:
     cache = FeatureCache(tmp_path)
 
     def work(i: int) -> None:
-        cache.put("ssim", i % 3, 1, np.full(1000, i % 3))
-        got = cache.get("ssim", i % 3, 1)
+        cache.put("ssim", i % 3, V7, np.full(1000, i % 3))
+        got = cache.get("ssim", i % 3, V7)
         assert got is not None and int(got[0]) == i % 3
 
     with ThreadPoolExecutor(max_workers=8) as pool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +151,77 @@ async def test_vanished_or_hostile_candidates_do_not_break_search(
         assert by_name["rocket"]["compare"] == {} and by_name["coffee"]["compare"] == {}
         for hit in body["results"]:
             assert all(0.0 <= v["score"] <= 1.0 for v in hit["compare"].values())
+
+
+class Unruly:
+    """A plugin that misbehaves on some images: a score outside 0..1, an infinite one, a bare
+    float instead of a Score, features that fail on small queries and on one stored image."""
+
+    description = "misbehaves"
+    raw_meaning = "none"
+
+    def __init__(self, name: str, answer: Any) -> None:
+        self.name = name
+        self.answer = answer
+
+    def features(self, picture: Any) -> float:
+        if picture.width < 100:
+            raise ValueError("too small for me")
+        return float(picture.gray.mean())
+
+    def compare(self, query: float, candidate: float) -> Any:
+        return self.answer
+
+
+async def test_a_plugins_bad_scores_and_failures_cost_only_its_own_scores(
+    client: Client, gallery: Path, tmp_path: Path
+) -> None:
+    """A plugin's 7.0 outweighed every other comparator, its inf made a 200 that was not JSON,
+    a bare float or features failing on the query made every such search a 500, and features
+    failing on one stored image dropped that image's built-in scores too."""
+    from imgsearch.comparators import Score
+
+    registry = client.app[SERVICE].comparators
+    answers = {"huge": Score(7.0, 7.0), "endless": Score(1.0, float("inf")), "bare": 0.9}
+    for name, answer in answers.items():
+        registry.register(Unruly(name, answer))
+    query = str(gallery / "camera.jpg")
+    body = await get_json(client, "/search", image=query, compare="histogram,huge,endless,bare")
+    for hit in body["results"]:
+        assert set(hit["compare"]) == {"histogram", "huge"}
+        assert hit["compare"]["huge"] == {"raw": 7.0, "score": 1.0}
+    small = tmp_path / "small.png"
+    photo("camera", 360).resize((80, 60)).save(small)
+    body = await get_json(client, "/search", image=str(small), compare="histogram,huge")
+    assert all(set(h["compare"]) == {"histogram"} for h in body["results"])
+    photo("coins", 360).resize((90, 90)).save(gallery / "coins.jpg")  # stored, now too small
+    body = await get_json(client, "/search", image=query, compare="histogram,huge", limit=6)
+    by_name = {Path(h["image"]).stem: h for h in body["results"]}
+    assert set(by_name["coins"]["compare"]) == {"histogram"} and "error" not in by_name["coins"]
+    assert set(by_name["chelsea"]["compare"]) == {"histogram", "huge"}
+
+
+async def test_a_file_gone_or_replaced_is_never_scored_from_the_cache(
+    client: Client, gallery: Path
+) -> None:
+    """The cached features were used whatever the file had become: a deleted file came back as
+    a verified duplicate, and one replaced by another photo with its mtime kept (`cp -p`,
+    `rsync -a`) kept the old photo's verdict, its thumbnail too."""
+    service = client.app[SERVICE]
+    cat = gallery / "chelsea.jpg"
+    first = await get_json(client, "/search", image=str(cat), compare="verify")
+    assert first["results"][0]["verdict"] == "duplicate"
+    [row] = service.catalog.store.file_states([str(cat)]).values()
+    old_thumbnail = service.thumbnails.get(row.id, cat)
+    st = cat.stat()
+    photo("coins", 360).save(cat, quality=92)  # another photo, its mtime set back
+    os.utime(cat, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert service.thumbnails.get(row.id, cat) == service.thumbnails.make(cat.read_bytes())
+    assert service.thumbnails.get(row.id, cat) != old_thumbnail
+    body = await get_json(client, "/search", image=str(gallery / "coins.jpg"), compare="verify")
+    by_name = {Path(h["image"]).stem: h for h in body["results"]}
+    assert by_name["chelsea"]["compare"]["verify"]["inliers"] > 50, "the coins it now holds"
+    cat.unlink()
+    body = await get_json(client, "/search", image=str(gallery / "coins.jpg"), compare="verify")
+    by_name = {Path(h["image"]).stem: h for h in body["results"]}
+    assert "no such file" in by_name["chelsea"]["error"] and by_name["chelsea"]["compare"] == {}

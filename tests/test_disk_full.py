@@ -234,12 +234,12 @@ def test_a_cache_write_on_a_full_disk_is_skipped_not_an_error(tmp_path: Path) ->
     with small_disk(tmp_path / "data", 1) as data:
         files = DerivedFiles(data / "cache")
         ballast = fill(data)
-        files.write("features/sift", 7, 123, b"x" * 10_000)  # no room: not kept, no error
-        assert files.read("features/sift", 7, 123) is None and files.full
+        files.write("features/sift", 7, (1, 2, 3), b"x" * 10_000)  # no room: not kept, no error
+        assert files.read("features/sift", 7, (1, 2, 3)) is None and files.failing
         assert not list((data / "cache").rglob("*7*"))  # nor a temp file left
         ballast.unlink()
-        files.write("features/sift", 7, 123, b"x" * 10_000)
-        assert files.read("features/sift", 7, 123) == b"x" * 10_000 and not files.full
+        files.write("features/sift", 7, (1, 2, 3), b"x" * 10_000)
+        assert files.read("features/sift", 7, (1, 2, 3)) == b"x" * 10_000 and not files.failing
 
 
 @pytest.mark.slow

@@ -72,10 +72,41 @@ def test_odd_modes_become_rgb(make: object) -> None:
     assert np.asarray(out.image).std() > 5  # not flattened to one colour
 
 
-def test_transparent_pixels_become_white() -> None:
-    img = Image.new("RGBA", (40, 40), (255, 0, 0, 0))
-    out = decode(encode(img, "PNG"), min_side=16, max_pixels=BIG)
-    assert tuple(np.asarray(out.image)[10, 10]) == (255, 255, 255)
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "LA", "P", "I;16"])
+def test_exif_orientation_is_applied_whatever_the_mode(mode: str) -> None:
+    """Images with an alpha channel, a transparent palette or 16 bits were converted into new
+    images without EXIF first: sideways thumbnails and embeddings, with width and height
+    reported turned."""
+    img = Image.new("RGB", (300, 200), "red")
+    img.paste((0, 0, 255), (0, 0, 150, 200))  # left half blue
+    keep: dict[str, object] = {"transparency": 255} if mode == "P" else {}  # (an unused index)
+    if mode == "I;16":
+        img = Image.fromarray(np.asarray(img)[..., 2].astype(np.uint16) * 256)
+    elif mode != "RGB":
+        img = img.convert(mode)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    out = decode(encode(img, "PNG", exif=exif.tobytes(), **keep), min_side=200, max_pixels=BIG)
+    upright = decode(encode(img, "PNG", **keep), min_side=200, max_pixels=BIG).image
+    assert (out.width, out.height) == out.image.size == (200, 300)
+    turned = upright.transpose(Image.Transpose.ROTATE_270)
+    assert np.array_equal(np.asarray(out.image), np.asarray(turned))
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L", "RGB", "P"])
+def test_transparent_pixels_become_white(mode: str) -> None:
+    """A colour key (PNG tRNS) on a grey or RGB image was flattened onto black."""
+    img = Image.new("RGB", (40, 40), (255, 0, 0))
+    img.paste((0, 0, 0), (0, 0, 20, 40))  # the left half the transparent colour
+    if mode == "RGBA":
+        img.putalpha(Image.eval(img.convert("L"), lambda v: 0 if v == 0 else 255))
+        data = encode(img, "PNG")
+    else:
+        img = img.convert(mode)
+        data = encode(img, "PNG", transparency=img.getpixel((0, 0)))
+    pixels = np.asarray(decode(data, min_side=40, max_pixels=BIG).image)
+    assert tuple(pixels[10, 5]) == (255, 255, 255)
+    assert tuple(pixels[10, 30]) != (255, 255, 255)
 
 
 def test_sixteen_bit_keeps_its_range() -> None:

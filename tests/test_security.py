@@ -230,9 +230,7 @@ def test_features_of_a_file_outside_the_roots_are_not_read(tmp_path: Path) -> No
     cache = FeatureCache(tmp_path / "features", allows=lambda _: False)
     comparator: Any = SimpleNamespace(name="size", features=lambda picture: picture.rgb.shape)
     with pytest.raises(Forbidden, match="outside the folders"):
-        cache.of_file(
-            [comparator], 1, tmp_path / "a.jpg", 1, max_file_bytes=10**7, max_pixels=10**8
-        )
+        cache.of_file([comparator], 1, tmp_path / "a.jpg", max_file_bytes=10**7, max_pixels=10**8)
 
 
 def test_files_of_the_kernels_file_systems_are_refused_wherever_they_are() -> None:

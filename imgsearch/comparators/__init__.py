@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import WORKING_SIZE, Comparator, Picture, Score, load_picture
+from .base import WORKING_SIZE, Comparator, FeatureError, Picture, Score, load_picture
 from .cache import FeatureCache
 from .fusion import DEFAULT_EVIDENCE, Candidate, Evidence, Ranked, rerank
 from .registry import ENTRY_POINT_GROUP, ComparatorRegistry
@@ -15,6 +15,7 @@ __all__ = [
     "Comparator",
     "ComparatorRegistry",
     "Evidence",
+    "FeatureError",
     "FeatureCache",
     "Picture",
     "Ranked",

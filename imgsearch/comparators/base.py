@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -82,11 +83,25 @@ class Picture:
 
 def load_picture(path: Path, *, max_file_bytes: int, max_pixels: int) -> Picture:
     """Read and decode an image file into a working Picture (raises ImgSearchError subclasses)."""
-    data, _ = read_file(path, max_file_bytes)
+    return read_picture(path, max_file_bytes=max_file_bytes, max_pixels=max_pixels)[0]
+
+
+def read_picture(
+    path: Path, *, max_file_bytes: int, max_pixels: int
+) -> tuple[Picture, os.stat_result]:
+    """The working Picture of an image file and the file's stat as it was read."""
+    data, st = read_file(path, max_file_bytes)
     # decode() keeps the *shorter* side >= min_side (JPEG draft picks the smallest scale that
     # does), so asking for WORKING_SIZE guarantees the long side can still reach it.
     decoded = decode(data, min_side=WORKING_SIZE, max_pixels=max_pixels)
-    return Picture.from_pil(decoded.image)
+    return Picture.from_pil(decoded.image), st
+
+
+@dataclass(frozen=True)
+class FeatureError:
+    """In place of a comparator's features where its `features` raised: it scores nothing."""
+
+    message: str
 
 
 @dataclass(frozen=True)
@@ -144,6 +159,24 @@ class Comparator(Protocol):
 def saturate(value: float, scale: float) -> float:
     """Map a count-like value >= 0 to 0..1: 1 - exp(-value / scale)."""
     return 1.0 - math.exp(-max(0.0, value) / scale)
+
+
+def checked(name: str, result: object) -> Score | None:
+    """A comparator's result as the fusion may use it: a Score with a finite `score` in 0..1
+    (a plugin's 7.0 would outweigh every other comparator), or None (logged) for what is not."""
+    if not isinstance(result, Score):
+        log.error("comparator %s returned %r, not a Score: not used", name, type(result).__name__)
+        return None
+    try:
+        score = float(result.score)
+    except (TypeError, ValueError):
+        score = math.nan
+    if not math.isfinite(score):
+        log.error("comparator %s returned the score %r: not used", name, result.score)
+        return None
+    if not 0.0 <= score <= 1.0:
+        log.warning("comparator %s returned the score %s outside 0..1: clipped", name, score)
+    return Score(result.raw, clamp01(score), result.extra)
 
 
 def clamp01(value: float) -> float:

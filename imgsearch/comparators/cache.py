@@ -1,8 +1,8 @@
 """Comparator features of stored images, kept in the derived-file cache (`derived.py`).
 
 This module only turns features into bytes and back, refusing to unpickle anything but numpy
-arrays and the comparators' own feature classes; where and for how long they are kept is the
-derived-file cache's one rule (kind, image id, file mtime).
+arrays and scalars, plain values and the built-in comparators' feature classes; where and for
+how long they are kept is the derived-file cache's one rule (kind, image id, the file's stamp).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..derived import DerivedFiles
+from ..derived import DerivedFiles, Stamp, stamp
 from ..errors import Forbidden
 from ..security import OUTSIDE
-from .base import Comparator, load_picture
+from .base import Comparator, FeatureError, read_picture
 
 log = logging.getLogger(__name__)
 
@@ -27,35 +27,42 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 2
 FAMILY = "features"
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-# What a cache file may reconstruct: numpy arrays and dtypes, and the comparators' own
-# feature classes. Anything else (a file planted in the data directory) is refused.
+# What a cache file may reconstruct: numpy arrays, dtypes and scalars, plain containers, and
+# the built-in comparators' feature classes, each named exactly (a dotted name would reach any
+# attribute of an allowed one: `Path.write_text`). Anything else (a file planted in the data
+# directory) is refused. A plugin's features of its own class are recomputed, never cached.
 _ALLOWED_GLOBALS = frozenset(
     {
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.multiarray", "scalar"),
         ("numpy._core.numeric", "_frombuffer"),
         ("numpy.core.numeric", "_frombuffer"),
         ("builtins", "tuple"),
         ("builtins", "list"),
         ("builtins", "dict"),
+        ("builtins", "set"),
+        ("builtins", "frozenset"),
+        ("builtins", "complex"),
+        ("builtins", "bytearray"),
+        ("imgsearch.comparators.keypoints", "Keypoints"),
+        ("imgsearch.comparators.verify", "VerifyFeatures"),
     }
 )
-_ALLOWED_MODULE = re.compile(r"^imgsearch\.comparators\.[a-z_]+$")
 
 
 class _Unpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        ours = bool(_ALLOWED_MODULE.match(module)) and name[:1].isupper()
-        allowed = ours or (module, name) in _ALLOWED_GLOBALS
-        if not allowed:
+        if (module, name) not in _ALLOWED_GLOBALS:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name} from the cache")
         return super().find_class(module, name)
 
 
 class FeatureCache:
-    """Features stored per comparator and image, valid for one mtime of the image file."""
+    """Features stored per comparator and image, valid for one version of the image file."""
 
     def __init__(
         self, files: DerivedFiles | Path, allows: Callable[[Path], bool] | None = None
@@ -67,50 +74,70 @@ class FeatureCache:
         # leads out of them, is refused where it is read. None: any.
         self.allows = allows
         self.directory = self.files.root / FAMILY  # one sub-folder per comparator
+        self.uncached: set[str] = set()  # comparators whose features cannot be cached (said once)
 
-    def get(self, name: str, image_id: int, mtime_ns: int) -> Any | None:
-        """The cached features, or None when missing, stale (other mtime) or unreadable."""
-        data = self.files.read(_kind(name), image_id, mtime_ns)
+    def get(self, name: str, image_id: int, version: Stamp) -> Any | None:
+        """The cached features, or None when missing, stale (another version) or unreadable."""
+        data = self.files.read(_kind(name), image_id, version)
         if data is None:
             return None
         try:
-            version, features = _Unpickler(io.BytesIO(data)).load()
+            layout, features = _Unpickler(io.BytesIO(data)).load()
         except Exception as exc:  # a damaged file is a miss, and is removed
             log.warning(
                 "dropping unreadable cache file %s: %s", self.files.path(_kind(name), image_id), exc
             )
             self.files.drop(_kind(name), image_id)
             return None
-        return features if version == CACHE_VERSION else None
+        return features if layout == CACHE_VERSION else None
 
-    def put(self, name: str, image_id: int, mtime_ns: int, features: Any) -> None:
+    def put(self, name: str, image_id: int, version: Stamp, features: Any) -> None:
         """Store features for this image version, replacing any older entry."""
         payload = pickle.dumps((CACHE_VERSION, features), pickle.HIGHEST_PROTOCOL)
-        self.files.write(_kind(name), image_id, mtime_ns, payload)
+        try:  # what get() would refuse is not kept (a plugin's own class): made each time
+            _Unpickler(io.BytesIO(payload)).load()
+        except pickle.UnpicklingError as exc:
+            if name not in self.uncached:
+                log.info("%s features are not cached: %s", name, exc)
+                self.uncached.add(name)
+            return
+        self.files.write(_kind(name), image_id, version, payload)
 
     def of_file(
         self,
         comparators: Sequence[Comparator],
         image_id: int,
         path: Path,
-        mtime_ns: int,
         *,
         max_file_bytes: int,
         max_pixels: int,
     ) -> list[Any]:
-        """Each comparator's features of a stored image: cached, or computed once from the file
-        and cached (raises ImgSearchError subclasses when the file cannot be read)."""
-        cached = [self.get(c.name, image_id, mtime_ns) for c in comparators]
+        """Each comparator's features of a stored image as its file is now: cached, or
+        computed once from the file and cached (raises ImgSearchError subclasses when the file
+        cannot be read: a file gone or changed since it was cached is never answered from the
+        cache). A comparator whose `features` fails has a FeatureError in its place."""
+        try:
+            version: Stamp | None = stamp(os.stat(path))
+        except OSError:
+            version = None  # read below, for the error that says why
+        cached = [
+            None if version is None else self.get(c.name, image_id, version) for c in comparators
+        ]
         if all(f is not None for f in cached):
             return cached
         if self.allows is not None and not self.allows(_resolved(path)):
             raise Forbidden(f"{path}: {OUTSIDE}")
-        picture = load_picture(path, max_file_bytes=max_file_bytes, max_pixels=max_pixels)
+        picture, st = read_picture(path, max_file_bytes=max_file_bytes, max_pixels=max_pixels)
         out = []
         for comparator, hit in zip(comparators, cached, strict=True):
             if hit is None:
-                hit = comparator.features(picture)
-                self.put(comparator.name, image_id, mtime_ns, hit)
+                try:
+                    hit = comparator.features(picture)
+                except Exception as exc:  # one comparator's failure leaves the others' features
+                    log.exception("%s features of %s failed", comparator.name, path)
+                    hit = FeatureError(f"{comparator.name}: {exc}")
+                else:
+                    self.put(comparator.name, image_id, stamp(st), hit)
             out.append(hit)
         return out
 
