@@ -96,7 +96,12 @@ async def test_export_writes_metadata_columns_and_a_round_trip_keeps_filters(
     first = await aiohttp_client(create_app(config, embedder=tiny_embedder))
     files = sorted(photos.values())
     await get_json(first, "/add", image=str(files[0].parent))
-    given = {files[0]: {"sku": "A-1", "price": 12.5, "sale": True}, files[3]: {"sku": "B-2"}}
+    # A shop's `size` and `source` are named like format columns: they go out as `meta:size`
+    # and `meta:source` (they were left out of exports, lost by a move to another daemon).
+    given = {
+        files[0]: {"sku": "A-1", "price": 12.5, "sale": True, "size": "XL"},
+        files[3]: {"sku": "B-2", "source": "catalogue"},
+    }
     for path, metadata in given.items():
         resp = await first.post("/metadata", json={"image": str(path), "metadata": metadata})
         assert resp.status == 200, await resp.json()
@@ -107,15 +112,25 @@ async def test_export_writes_metadata_columns_and_a_round_trip_keeps_filters(
     assert all(table.schema.field(n).type == pa.string() for n in ("price", "sale", "sku"))
     rows = dict(zip(table.column("path").to_pylist(), table.to_pylist(), strict=True))
     assert (rows[str(files[0])]["price"], rows[str(files[0])]["sale"]) == ("12.5", "true")
+    assert (rows[str(files[0])]["meta:size"], rows[str(files[3])]["meta:source"]) == (
+        "XL",
+        "catalogue",
+    )
+    assert rows[str(files[0])]["size"] == files[0].stat().st_size
     assert rows[str(files[1])]["sku"] is None
 
     other = Config(**{**config.__dict__, "data_dir": tmp_path / "second"})
     second = await aiohttp_client(create_app(other, embedder=tiny_embedder))
     assert (await import_dir(second, out))["imported"] == 5
-    assert await metadata_of(second, files[0]) == {"sku": "A-1", "price": "12.5", "sale": "true"}
-    assert await metadata_of(second, files[3]) == {"sku": "B-2"}
+    assert await metadata_of(second, files[0]) == {
+        "sku": "A-1",
+        "price": "12.5",
+        "sale": "true",
+        "size": "XL",
+    }
+    assert await metadata_of(second, files[3]) == {"sku": "B-2", "source": "catalogue"}
     assert await metadata_of(second, files[1]) == {}
-    for where in ("sku:A-1", "price:12.5", "sale:true", "sku:B-2"):
+    for where in ("sku:A-1", "price:12.5", "sale:true", "sku:B-2", "size:XL"):
         a, b = await found(first, files[2], where), await found(second, files[2], where)
         assert a == b and len(a) == 1, where
     assert await found(second, files[2], "sku:nothing") == []

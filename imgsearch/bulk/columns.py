@@ -3,12 +3,13 @@
 Import: every column the format does not know is a metadata key; a row's non-null cells are its
 metadata (strings, numbers and booleans as they are; other Arrow values as text), and they
 replace what the image had. Export: each image's metadata back as string columns (values as the
-text `where=KEY:VALUE` matches), a key per column; keys named like a format column are left out.
+text `where=KEY:VALUE` matches), a key per column. A key named like a format column (a shop's
+`size`) goes out as `meta:size`, and a column `meta:KEY` imports as the key KEY: no key can hold
+a `:` (`where=` splits on it), so that name is never a key of its own.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -19,7 +20,7 @@ from ..store import Metadata, Store
 from ..store.metadata import match_text
 from .format import KNOWN_COLUMNS, BadRow, RowBatch
 
-log = logging.getLogger(__name__)
+META_PREFIX = "meta:"  # a column for a metadata key named like a format column
 
 
 def row_metadata(cells: dict[str, Any]) -> Metadata:
@@ -28,6 +29,7 @@ def row_metadata(cells: dict[str, Any]) -> Metadata:
     for key, value in cells.items():
         if value is None or (isinstance(value, float) and not math.isfinite(value)):
             continue
+        key = key.removeprefix(META_PREFIX)
         out[key] = value if isinstance(value, str | int | float | bool) else str(value)
     return check_metadata(out)
 
@@ -56,13 +58,9 @@ def export_columns(store: Store, ids: Sequence[int]) -> dict[str, list[str | Non
     """The images' metadata as string columns (a key per column, sorted; None where absent)."""
     found = store.metadata.get(list(ids))
     keys = sorted({key for metadata in found.values() for key in metadata})
-    clashes = [key for key in keys if key in KNOWN_COLUMNS]
-    if clashes:
-        log.warning("export: metadata keys named like format columns left out: %s", clashes)
     columns: dict[str, list[str | None]] = {}
     for key in keys:
-        if key in KNOWN_COLUMNS:
-            continue
         values = [found.get(i, {}).get(key) for i in ids]
-        columns[key] = [None if v is None else match_text(v) for v in values]
+        name = META_PREFIX + key if key in KNOWN_COLUMNS else key
+        columns[name] = [None if v is None else match_text(v) for v in values]
     return columns
