@@ -47,13 +47,18 @@ class UrlAdder:
         stop: threading.Event | None = None,
         on_progress: ProgressHook | None = None,
         report: AddReport | None = None,
+        landed: dict[str, str] | None = None,
     ) -> AddReport:
         """Download and index `urls`; with `strict` (one URL, like one file) a failure raises.
 
-        `done`/`total` count URLs: one is done once it is indexed, skipped or has failed."""
+        `done`/`total` count URLs: one is done once it is indexed, skipped or has failed.
+        `landed` is filled with each URL downloaded (stripped, as check_url gives it) and the
+        file it was saved as: the stored path that URL's metadata goes to."""
         report = AddReport() if report is None else report
         self.folder.mkdir(parents=True, exist_ok=True)
-        run = _Run(self, report, update, stop or threading.Event(), on_progress, len(urls))
+        stop = stop or threading.Event()
+        landed = {} if landed is None else landed
+        run = _Run(self, report, update, stop, on_progress, len(urls), landed)
         asyncio.run(run.all(urls))
         if strict:
             report.raise_single()
@@ -71,6 +76,7 @@ class _Run:
         stop: threading.Event,
         on_progress: ProgressHook | None,
         total: int,
+        landed: dict[str, str],
     ) -> None:
         self.adder = adder
         self.report = report
@@ -81,6 +87,7 @@ class _Run:
         self.done = 0
         self.ready: list[tuple[Path, str]] = []
         self.seen: set[Path] = set()
+        self.landed = landed  # URL -> the file it was saved as
 
     async def all(self, urls: Sequence[str]) -> None:
         self._progress()
@@ -124,7 +131,9 @@ class _Run:
     def _arrived(self, url: str, result: Path | FileError) -> None:
         if isinstance(result, FileError):
             self._fail(result)
-        elif result in self.seen or any(p == result for p, _ in self.ready):
+            return
+        self.landed[url] = str(result)  # a repeat too: each URL's own metadata finds it
+        if result in self.seen or any(p == result for p, _ in self.ready):
             self.report.skipped += 1  # the same image from another URL of this add
             self.done += 1
             self._progress()

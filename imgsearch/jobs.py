@@ -82,6 +82,7 @@ class Job:
     urls: tuple[str, ...] = ()  # a URL job's URLs (not kept once the job has ended)
     strict: bool = False  # a URL job for one `url`: its failure fails the job, as for one file
     files: tuple[str, ...] = ()  # a `files` job's files (a CSV of paths; not kept once ended)
+    landed: dict[str, str] = field(default_factory=dict, repr=False)  # URL -> its stored file
     # Run on the job's thread once it has ended, whatever its state (e.g. writing metadata).
     after: Callable[[Job], None] | None = field(default=None, repr=False)
 
@@ -325,6 +326,7 @@ class JobManager:
                     stop=job.stop,
                     report=job.report,
                     on_progress=self._progress_hook(job),
+                    landed=job.landed,
                 )
             else:
                 raise ImgSearchError(f"this daemon cannot run {job.kind} jobs", 501)
@@ -351,7 +353,7 @@ class JobManager:
         start it shows as interrupted."""
         job.finished = time.time()
         self._after(job)
-        job.urls, job.files = (), ()
+        job.urls, job.files, job.landed = (), (), {}
         try:
             self.store.jobs.save(job.row())
             if job.id not in self._jobs:  # forgotten before it ended: so is its record

@@ -20,14 +20,14 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from openapi_schema_validator import OAS30Validator
 from PIL import Image
 from referencing import Registry, Resource
@@ -63,6 +63,7 @@ CHROMIUM = Path("/usr/bin/chromium")  # Debian's, for the browser tests
 TOKEN = "s3cret"  # the browser tests' daemon token
 
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def photo(name: str, size: int = 320) -> Image.Image:
@@ -212,6 +213,30 @@ def serve_in_thread(app: web.Application) -> Iterator[str]:
             thread.join()
         loop.run_until_complete(runner.cleanup())
         loop.close()
+
+
+def serving(body: bytes, content_type: str = "image/jpeg") -> Handler:
+    """A handler answering every GET with `body`."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type=content_type)
+
+    return handler
+
+
+@contextlib.asynccontextmanager
+async def web_site(routes: Mapping[str, Handler]) -> AsyncIterator[str]:
+    """A web server on an ephemeral loopback port answering GET `routes` (for adds by URL, in
+    the test's own loop); yields its base URL, without a trailing slash."""
+    app = web.Application()
+    for path, handler in routes.items():
+        app.router.add_get(path, handler)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[Any, str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ from imgsearch.embedders import Embedder
 from imgsearch.metadata import MAX_BYTES
 from imgsearch.service import Service
 
-from .helpers import get_json, wait_for
+from .helpers import get_json, jpeg_bytes, photo, serving, wait_for, web_site
 
 Client = TestClient[web.Request, web.Application]
 
@@ -140,3 +141,82 @@ async def test_duplicates_members_carry_metadata(client: Client, photos: dict[st
     assert members[str(folder / "copy.jpg")]["metadata"] == meta
     assert "metadata" not in members[str(photos["chelsea"])]
     assert json.dumps(report)  # plain JSON
+
+
+def _jpeg(name: str) -> bytes:
+    return jpeg_bytes(photo(name, 160))
+
+
+async def _metadata_of(client: Client, config: Config, data: bytes) -> Any:
+    """The metadata of the image downloaded as `data` (stored as downloads/<sha256>.jpg)."""
+    stored = config.data_dir / "downloads" / f"{hashlib.sha256(data).hexdigest()}.jpg"
+    return (await get_json(client, "/image", image=str(stored)))["metadata"]
+
+
+async def test_a_url_whose_picture_changed_gives_only_the_new_one_its_metadata(
+    client: Client, config: Config
+) -> None:
+    monday, tuesday = _jpeg("chelsea"), _jpeg("rocket")
+    latest = {"body": monday}  # a webcam's latest.jpg
+
+    async def webcam(request: web.Request) -> web.Response:
+        return web.Response(body=latest["body"], content_type="image/jpeg")
+
+    async with web_site({"/latest.jpg": webcam}) as base:
+        url = f"{base}/latest.jpg"
+        await _post(client, "/add", json={"url": url, "metadata": {"day": "monday"}})
+        latest["body"] = tuesday
+        report = await _post(client, "/add", json={"url": url, "metadata": {"day": "tuesday"}})
+    assert report["added"] == 1
+    assert await _metadata_of(client, config, monday) == {"day": "monday"}
+    assert await _metadata_of(client, config, tuesday) == {"day": "tuesday"}
+
+
+async def test_url_metadata_reaches_a_picture_stored_from_another_url(
+    client: Client, config: Config
+) -> None:
+    cat, cup = _jpeg("chelsea"), _jpeg("coffee")
+    routes = {"/cat.jpg": serving(cat), "/cup.jpg": serving(cup)}
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/cat.jpg")
+
+    async with web_site({**routes, "/moved": moved}) as base:
+        await _post(client, "/add", json={"url": f"{base}/cat.jpg", "metadata": {"sku": "OLD"}})
+        # A CDN link with a new token: the picture is a skip, as a path added again is, and
+        # takes the new metadata as that path would.
+        token = {"url": f"{base}/cat.jpg?token=abc", "metadata": {"sku": "NEW"}}
+        assert (await _post(client, "/add", json=token))["skipped"] == 1
+        assert await _metadata_of(client, config, cat) == {"sku": "NEW"}
+        headers = {"Content-Type": "text/csv"}
+        report = await _post(client, "/add", data=f"url,sku\n{base}/moved,R\n", headers=headers)
+        assert report["skipped"] == 1
+        assert await _metadata_of(client, config, cat) == {"sku": "R"}
+        # Two URLs of one CSV with one picture: the second is skipped within the add and
+        # still finds it.
+        rows = f"url,sku\n{base}/cup.jpg?a=1,\n{base}/cup.jpg?b=2,CUP\n"
+        report = await _post(client, "/add", data=rows, headers=headers)
+        assert (report["added"], report["skipped"]) == (1, 1)
+        assert await _metadata_of(client, config, cup) == {"sku": "CUP"}
+
+
+async def test_url_metadata_is_kept_for_urls_with_spaces_around(
+    client: Client, config: Config
+) -> None:
+    cat, cup = _jpeg("chelsea"), _jpeg("coffee")
+    async with web_site({"/cat.jpg": serving(cat), "/cup.jpg": serving(cup)}) as base:
+        one = {"url": f"{base}/cat.jpg ", "metadata": {"sku": "CAT"}}
+        assert (await _post(client, "/add", json=one))["added"] == 1
+        many = {"urls": [f" {base}/cup.jpg"], "metadata": {"sku": "CUP"}}
+        assert (await _post(client, "/add", json=many))["added"] == 1
+    assert await _metadata_of(client, config, cat) == {"sku": "CAT"}
+    assert await _metadata_of(client, config, cup) == {"sku": "CUP"}
+
+
+async def test_a_form_body_that_is_not_utf8_is_a_400(
+    client: Client, photos: dict[str, Path]
+) -> None:
+    body = f"image={photos['chelsea']}&where=sku:".encode() + b"\xff"
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    error = await _post(client, "/search", 400, data=body, headers=headers)
+    assert error == {"error": "form body is not UTF-8 text", "status": 400}

@@ -105,7 +105,7 @@ async def _csv_add(request: web.Request, params: Params, table: CsvAdd) -> web.R
         after = metadata_writer(store, table.by_path) if table.by_path else None
         job = service.jobs.submit_files(table.files, update, after, table.errors)
     else:
-        after = metadata_writer(store, {}, table.by_url) if table.by_url else None
+        after = metadata_writer(store, table.by_url, by_url=True) if table.by_url else None
         job = service.jobs.submit_urls(table.urls or [], update, after=after)
     return await _accepted_or_done(job, wait)
 
@@ -119,7 +119,7 @@ def _metadata_after(
     metadata = check_metadata(params.get("metadata"))  # null too is a 400
     store = service.catalog.store
     if urls is not None:
-        return metadata_writer(store, {}, {url: metadata for url in urls})
+        return metadata_writer(store, {url: metadata for url in urls}, by_url=True)
     if path is None or not path.exists():
         raise NotFound(f"no such file: {path}")
     if not path.is_file():

@@ -29,7 +29,7 @@ MAX_LIMIT = 1000
 DEFAULT_LIMIT = 10
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
-MAX_URLS = 10_000  # per add
+MAX_URLS = 10_000  # per add (and rows of paths per CSV add)
 MAX_FIELDS = 32  # form fields besides the file, per multipart body
 MAX_FIELD_BYTES = 64 * 1024
 CSV_TYPES = frozenset({"text/csv", "application/csv"})
@@ -136,12 +136,13 @@ def url_list(params: Params) -> tuple[list[str] | None, bool]:
     return checked_count(many), False
 
 
-def checked_count(urls: list[str]) -> list[str]:
-    if not urls:
-        raise BadRequest("no URLs given")
-    if len(urls) > MAX_URLS:
-        raise BadRequest(f"{len(urls)} URLs in one add; at most {MAX_URLS}")
-    return urls
+def checked_count(items: list[str], what: str = "URLs") -> list[str]:
+    """The URLs (or a CSV's paths: `what`) of one add, if there are some and not too many."""
+    if not items:
+        raise BadRequest(f"no {what} given")
+    if len(items) > MAX_URLS:
+        raise BadRequest(f"{len(items)} {what} in one add; at most {MAX_URLS}")
+    return items
 
 
 # -- parameters from two sources -------------------------------------------------------------
@@ -316,6 +317,9 @@ async def form(request: web.Request) -> MultiDict[str]:
     try:
         async with reading(request):
             posted = await request.post()
+    except UnicodeDecodeError:  # aiohttp decodes the body by its charset (none: UTF-8)
+        name = (request.charset or "utf-8").upper()
+        raise BadRequest(f"form body is not {name} text") from None
     except LookupError:
         raise _unknown_charset(request) from None
     return MultiDict((k, v) for k, v in posted.items() if isinstance(v, str))
