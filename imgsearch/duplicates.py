@@ -21,7 +21,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,12 @@ MAX_THRESHOLD = 2.0
 BATCH = 32  # candidate pairs verified side by side
 FEATURES_KEPT = 256  # verify features held in memory (about 0.2 MB each)
 COMPACT_CHUNK = 16_384
+
+
+class Stopped(ImgSearchError):
+    """A run abandoned: its client left, or the daemon is stopping."""
+
+    status = 503
 
 
 def check_threshold(value: float) -> float:
@@ -77,15 +83,22 @@ class DuplicateFinder:
         self.limits = {"max_file_bytes": max_file_bytes, "max_pixels": max_pixels}
         self._lock = threading.Lock()  # one run at a time; a second waits, then reads the cache
         self._last: tuple[tuple[Any, ...], Report] | None = None
+        self._interrupts = 0  # interrupt() calls so far: a run started before one stops
+
+    def interrupt(self) -> None:
+        """Stop the run in progress, if any (it raises Stopped): the daemon is stopping."""
+        self._interrupts += 1
 
     def find(
         self,
         threshold: float = DEFAULT_THRESHOLD,
         folder: str | None = None,
         allowed: np.ndarray | None = None,
+        stop: threading.Event | None = None,
     ) -> Report:
         """Duplicate clusters among the present images (at or below `folder`, and among the
-        sorted `allowed` ids when given: the /duplicates filters)."""
+        sorted `allowed` ids when given: the /duplicates filters). Raises Stopped soon after
+        `stop` is set (the client left) or the finder is closed (the daemon is stopping)."""
         threshold = check_threshold(threshold)
         among = None if allowed is None else hashlib.sha256(allowed.tobytes()).hexdigest()
         with self._lock:
@@ -93,12 +106,30 @@ class DuplicateFinder:
             key = (generation, threshold, folder, among, self.verify is not None)
             if self._last is not None and self._last[0] == key:
                 return dataclasses.replace(self._last[1], cached=True)
-            report = self._find(threshold, folder, allowed)
+            report = self._find(threshold, folder, allowed, self._checker(stop))
             self._last = (key, report)
         return report
 
-    def _find(self, threshold: float, folder: str | None, allowed: np.ndarray | None) -> Report:
+    def _checker(self, stop: threading.Event | None) -> Callable[[], None]:
+        interrupts = self._interrupts
+
+        def check() -> None:
+            if self._interrupts != interrupts:
+                raise Stopped("the duplicates run was stopped: the daemon is stopping")
+            if stop is not None and stop.is_set():
+                raise Stopped("the duplicates run was stopped: its request was closed")
+
+        return check
+
+    def _find(
+        self,
+        threshold: float,
+        folder: str | None,
+        allowed: np.ndarray | None,
+        check: Callable[[], None],
+    ) -> Report:
         start = time.perf_counter()
+        check()
         groups = _by_hash(_among(self.catalog.store.images.shared_hashes(folder), allowed))
         ids, vectors = self._vectors(folder)
         if allowed is not None:
@@ -107,7 +138,7 @@ class DuplicateFinder:
         seen = len(ids)
         # An identical group meets its neighbours once.
         ids, vectors = _compact(ids, vectors, ~idsets.within(ids, hidden))
-        pairs = close_pairs(vectors, threshold)
+        pairs = close_pairs(vectors, threshold, check=check)
         edges = [
             (float(d), int(a), int(b))
             for a, b, d in zip(pairs.first, pairs.second, pairs.distance, strict=True)
@@ -116,7 +147,7 @@ class DuplicateFinder:
         by_id = self.catalog.store.images.image_rows([int(ids[row]) for row in ends])
         rows = {row: by_id[int(ids[row])] for row in ends if int(ids[row]) in by_id}
         near = _Near(vectors, rows, {g[0].id: len(g) - 1 for g in groups})
-        checked, unreadable = self._join(near, edges)
+        checked, unreadable = self._join(near, edges, check)
         identical = [
             Cluster("identical", tuple(Member(r.path, r.source) for r in g)) for g in groups
         ]
@@ -149,14 +180,18 @@ class DuplicateFinder:
         if not chunks:
             return np.zeros(0, np.int64), np.zeros((0, self.catalog.dim), np.float32)
         ids = np.concatenate([c.ids for c in chunks])
-        vectors = np.empty((len(ids), self.catalog.dim), np.float32)
+        vectors = np.empty((len(ids), self.catalog.dim), np.float32)  # (pages taken as filled)
         row = 0
-        for chunk in chunks:  # one copy: chunks are dropped as they are placed
+        chunks.reverse()
+        while chunks:  # one copy: each chunk dropped once placed (kept, they were a second)
+            chunk = chunks.pop()
             vectors[row : row + len(chunk.ids)] = chunk.vectors
             row += len(chunk.ids)
         return ids, vectors
 
-    def _join(self, near: _Near, edges: list[tuple[float, int, int]]) -> tuple[int, int]:
+    def _join(
+        self, near: _Near, edges: list[tuple[float, int, int]], check: Callable[[], None]
+    ) -> tuple[int, int]:
         """Join confirmed pairs, closest first; return (pairs checked, unreadable images)."""
         edges = [e for e in edges if e[1] in near.rows and e[2] in near.rows]
         if self.verify is None:
@@ -167,6 +202,7 @@ class DuplicateFinder:
         checked = 0
         with ThreadPoolExecutor(self.workers, thread_name_prefix="duplicates") as pool:
             for start in range(0, len(edges), BATCH):
+                check()
                 batch = [e for e in edges[start : start + BATCH] if near.apart(e[1], e[2])]
                 results = list(pool.map(loader.check, batch))
                 checked += sum(r is not None for r in results)

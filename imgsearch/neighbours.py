@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,10 @@ KMEANS_ITERATIONS = 4
 NPROBE = 8
 QUERY_CHUNK = 8192  # queries per faiss call (bounds the temporary distance blocks)
 BLOCK_ROWS = 4096  # queries per BLAS block of a cell (bounds memory in cells many probe)
+# Candidates (query, member, similarity) gathered from cells before they are merged into each
+# vector's best k: memory stays at n x k plus this many, however many pairs pass the threshold
+# (all of them kept until the end took ~7 KB an image in a library of look-alikes).
+MERGE_EVERY = 1 << 21
 SEED = 1234
 
 
@@ -49,9 +54,15 @@ def choose_method(count: int) -> str:
 
 
 def close_pairs(
-    vectors: np.ndarray, threshold: float, *, k: int = NEIGHBOURS, method: str | None = None
+    vectors: np.ndarray,
+    threshold: float,
+    *,
+    k: int = NEIGHBOURS,
+    method: str | None = None,
+    check: Callable[[], None] = lambda: None,
 ) -> ClosePairs:
-    """Each vector's `k` nearest others at distance <= `threshold`, as unique pairs."""
+    """Each vector's `k` nearest others at distance <= `threshold`, as unique pairs.
+    `check()` is called between blocks of work: raising there abandons the pass."""
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     method = method or choose_method(len(x))
     if len(x) < 2:
@@ -59,20 +70,21 @@ def close_pairs(
         return ClosePairs(empty, empty, np.zeros(0, np.float32), method)
     wanted = min(k + 1, len(x))  # each vector finds itself too
     if method == "exact":
-        sims, ids = _exact(x, wanted)
+        sims, ids = _exact(x, wanted, check)
     elif method == "ivf":
-        sims, ids = _ivf(x, wanted, threshold)
+        sims, ids = _ivf(x, wanted, threshold, check)
     else:
         raise ValueError(f"unknown method {method!r}")
     return _pairs(sims, ids, threshold, method)
 
 
-def _exact(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _exact(x: np.ndarray, k: int, check: Callable[[], None]) -> tuple[np.ndarray, np.ndarray]:
     import faiss
 
     sims = np.empty((len(x), k), np.float32)
     ids = np.empty((len(x), k), np.int64)
     for start in range(0, len(x), QUERY_CHUNK):
+        check()
         end = start + QUERY_CHUNK
         sims[start:end], ids[start:end] = faiss.knn(
             x[start:end], x, k, metric=faiss.METRIC_INNER_PRODUCT
@@ -80,7 +92,9 @@ def _exact(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return sims, ids
 
 
-def _ivf(x: np.ndarray, k: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+def _ivf(
+    x: np.ndarray, k: int, threshold: float, check: Callable[[], None]
+) -> tuple[np.ndarray, np.ndarray]:
     """Neighbours through k-means cells: each vector meets the members of its NPROBE nearest
     cells, one BLAS block per cell (an IVF search batched by cell, so blocks stay in cache)."""
     import faiss
@@ -104,15 +118,24 @@ def _ivf(x: np.ndarray, k: int, threshold: float) -> tuple[np.ndarray, np.ndarra
     members = _grouped(probes[:, 0], np.arange(n), cells)  # each vector lives in its nearest
     queries = _grouped(probes.ravel(), np.repeat(np.arange(n), probe), cells)
     cut = np.float32(1.0 - threshold)
+    best = (np.full((n, k), -np.inf, np.float32), np.full((n, k), -1, np.int64))
     found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    held = 0
     for cell in range(cells):
+        if not len(members[cell]):  # a centroid k-means left empty (a tight group took two)
+            continue
+        check()
         inside = x[members[cell]]
         for start in range(0, len(queries[cell]), BLOCK_ROWS):  # a hub cell, probed by many
             part = queries[cell][start : start + BLOCK_ROWS]
             found.append(_block(x[part] @ inside.T, part, members[cell], cut, k))
-    rows, cols, sims = (np.concatenate(parts) for parts in zip(*found, strict=True))
+            held += len(found[-1][0])
+            if held >= MERGE_EVERY:
+                _merge(best, found, k)
+                found, held = [], 0
+    _merge(best, found, k)
     log.debug("IVF candidate pass: %d vectors, %d cells, %d probed", n, cells, probe)
-    return _top_k(rows, cols, sims, n, k)
+    return best
 
 
 def _grouped(cells: np.ndarray, rows: np.ndarray, count: int) -> list[np.ndarray]:
@@ -137,20 +160,34 @@ def _block(
     return queries[r], members[c], sims[r, c]
 
 
-def _top_k(
-    rows: np.ndarray, cols: np.ndarray, sims: np.ndarray, n: int, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """As a k-NN search answers: (n x k) similarities and ids, best first, -1 padded."""
-    order = np.lexsort((cols, -sims, rows))
-    rows, cols, sims = rows[order], cols[order], sims[order]
-    starts = np.searchsorted(rows, np.arange(n))
-    rank = np.arange(len(rows)) - starts[rows]
+def _merge(
+    best: tuple[np.ndarray, np.ndarray],
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    k: int,
+) -> None:
+    """Fold candidates (query, member, similarity) into each query's best k (n x k
+    similarities and ids, best first, -1 padded: as a k-NN search answers), in place. A pair
+    comes from one cell only (a member lives in one), so none is counted twice."""
+    if not found:
+        return
+    new_rows, new_cols, new_sims = (np.concatenate(parts) for parts in zip(*found, strict=True))
+    if not len(new_rows):
+        return
+    sims, ids = best
+    touched = np.unique(new_rows)
+    old_ids = ids[touched].ravel()
+    had = old_ids >= 0
+    rows = np.concatenate([np.repeat(touched, k)[had], new_rows])
+    cols = np.concatenate([old_ids[had], new_cols])
+    scores = np.concatenate([sims[touched].ravel()[had], new_sims])
+    order = np.lexsort((cols, -scores, rows))
+    rows, cols, scores = rows[order], cols[order], scores[order]
+    starts = np.searchsorted(rows, rows, side="left")
+    rank = np.arange(len(rows)) - starts
     keep = rank < k
-    out_sims = np.full((n, k), -np.inf, np.float32)
-    out_ids = np.full((n, k), -1, np.int64)
-    out_sims[rows[keep], rank[keep]] = sims[keep]
-    out_ids[rows[keep], rank[keep]] = cols[keep]
-    return out_sims, out_ids
+    sims[touched], ids[touched] = -np.inf, -1
+    sims[rows[keep], rank[keep]] = scores[keep]
+    ids[rows[keep], rank[keep]] = cols[keep]
 
 
 def _pairs(sims: np.ndarray, ids: np.ndarray, threshold: float, method: str) -> ClosePairs:

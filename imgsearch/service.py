@@ -223,6 +223,7 @@ class Service:
             workers=config.workers,
             **limits,
         )
+        stack.callback(self.duplicates.interrupt)
         self.jobs = JobManager(
             self.ingester, self.catalog.store, config.max_pending_adds, self._url_adder()
         )

@@ -5,19 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from aiohttp import web
+from aiohttp import ClientTimeout, web
 from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image, ImageEnhance
 
 from imgsearch import neighbours
 from imgsearch.config import Config
-from imgsearch.duplicates import DuplicateFinder
+from imgsearch.duplicates import DuplicateFinder, Stopped
 from imgsearch.embedders import Embedder
 from imgsearch.neighbours import close_pairs
 from imgsearch.service import Service
@@ -254,6 +256,92 @@ def test_approximate_pass_finds_the_close_pairs_the_exact_one_does() -> None:
     assert len(found & planted) >= 0.97 * len(planted)
     assert found <= set(zip(exact.first.tolist(), exact.second.tolist(), strict=True))
     assert np.all(np.diff(ivf.distance) >= 0) and np.all(ivf.distance <= 0.15)
+
+
+def test_a_tight_group_and_merging_in_parts_leave_the_approximate_pass_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """2,000 images of one embedding among 12,000 (blank product shots, black frames): k-means
+    put several centres on the group and left all but one empty, and a cell with no members
+    failed every /duplicates with a 500. Candidates are merged into each vector's best k a
+    part at a time (all of them were held to the end: ~7 KB an image among look-alikes)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((12_000, 256)).astype(np.float32)
+    x[:2_000] = x[0]
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    whole = close_pairs(x, 0.15, method="ivf")
+    exact = close_pairs(x, 0.15, method="exact")
+    assert len(whole) == len(exact) > 2_000
+    monkeypatch.setattr(neighbours, "MERGE_EVERY", 1_000)  # dozens of merges, not one
+    parts = close_pairs(x, 0.15, method="ivf")
+    for field in ("first", "second", "distance"):
+        assert np.array_equal(getattr(parts, field), getattr(whole, field)), field
+
+
+def test_a_run_stops_when_asked_between_blocks() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((12_000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    calls = 0
+
+    def check() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise Stopped("stop")
+
+    for method in ("exact", "ivf"):
+        calls = 0
+        with pytest.raises(Stopped):
+            close_pairs(x, 0.15, method=method, check=check)
+
+
+@pytest.mark.parametrize("cancelled", [False, True], ids=["run_app", "handler-cancelled"])
+async def test_a_run_its_client_left_stops_and_frees_the_next(
+    client: Client, monkeypatch: pytest.MonkeyPatch, cancelled: bool
+) -> None:
+    """aiohttp (run_app's default) does not cancel a handler whose client left: an abandoned
+    run (a Ctrl-C, a page closed) went on to its end, minutes at a million images, with every
+    later run waiting for it, and a SIGTERM too. (The test server cancels such handlers.)"""
+    import imgsearch.duplicates as finding
+
+    server = client.server.runner.server
+    assert server is not None
+    monkeypatch.setattr(server, "handler_cancellation", cancelled)
+
+    real = finding.close_pairs
+    started, stopped = threading.Event(), threading.Event()
+
+    def endless(vectors: np.ndarray, threshold: float, **kw: Any) -> Any:
+        started.set()
+        try:
+            while True:  # a pass that never ends, but looks between its blocks
+                kw["check"]()
+                time.sleep(0.01)
+        finally:
+            stopped.set()
+
+    monkeypatch.setattr(finding, "close_pairs", endless)
+    with pytest.raises(asyncio.TimeoutError):
+        await client.get("/duplicates", timeout=ClientTimeout(total=1.5))
+    assert started.is_set()
+    assert await asyncio.to_thread(stopped.wait, 10), "the run noticed its client had gone"
+    monkeypatch.setattr(finding, "close_pairs", real)
+    body = await get_json(client, "/duplicates", threshold="0.2")
+    assert body["threshold"] == 0.2
+
+
+def test_an_interrupted_finder_stops_the_run_in_progress(service: Service) -> None:
+    """The daemon's shutdown interrupts a run (a SIGTERM waited for its end); later ones run."""
+    finder = DuplicateFinder(
+        service.catalog, None, service.features, workers=1, max_file_bytes=10**7, max_pixels=10**8
+    )
+    real = finder._vectors
+    with pytest.MonkeyPatch.context() as patch:  # a SIGTERM once its vectors are read
+        patch.setattr(finder, "_vectors", lambda folder: (finder.interrupt(), real(folder))[1])
+        with pytest.raises(Stopped, match="daemon is stopping"):
+            finder.find(0.3)
+    assert finder.find(0.3).images > 0
 
 
 def test_the_approximate_pass_gives_the_same_clusters(

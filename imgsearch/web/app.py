@@ -70,6 +70,7 @@ def create_app(
         """Before waiting for handlers: running adds stop after their batch in flight."""
         if SERVICE in app:
             app[SERVICE].jobs.interrupt()
+            app[SERVICE].duplicates.interrupt()  # a /duplicates run stops (503) in a block
 
     app.cleanup_ctx.append(lifecycle)
     app.cleanup_ctx.append(_fetch_session)  # after lifecycle: it needs the service
