@@ -34,6 +34,7 @@ from .comparators.verify import VerifyComparator, VerifyFeatures
 from .duplicate_report import Cluster, Member, Report
 from .errors import BadRequest, ImgSearchError
 from .index import idsets
+from .memory import available_mb
 from .neighbours import close_pairs
 from .store import ImageRow
 
@@ -48,6 +49,10 @@ MAX_THRESHOLD = 2.0
 BATCH = 32  # candidate pairs verified side by side
 FEATURES_KEPT = 256  # verify features held in memory (about 0.2 MB each)
 COMPACT_CHUNK = 16_384
+# Memory a run takes an image: its vector as float32 (and a part more, the chunks being read
+# beside it: bench-measured 1.2x), and its candidates (best 10 ids and similarities, pairs).
+VECTOR_COPIES = 1.25
+CANDIDATE_BYTES = 400
 
 
 class Stopped(ImgSearchError):
@@ -172,11 +177,11 @@ class DuplicateFinder:
     def _vectors(self, folder: str | None) -> tuple[np.ndarray, np.ndarray]:
         """Exact ids and vectors of the present images (at or below `folder`), from the store."""
         store = self.catalog.store
-        if folder is None:
-            chunks = list(store.vectors())
-        else:
-            wanted = [f.id for f in store.files_under(folder) if not f.missing]
-            chunks = list(store.vectors(ids=wanted)) if wanted else []
+        wanted = (
+            None if folder is None else [f.id for f in store.files_under(folder) if not f.missing]
+        )
+        self._fits(store.count() if wanted is None else len(wanted))
+        chunks = list(store.vectors(ids=wanted)) if wanted is None or wanted else []
         if not chunks:
             return np.zeros(0, np.int64), np.zeros((0, self.catalog.dim), np.float32)
         ids = np.concatenate([c.ids for c in chunks])
@@ -188,6 +193,19 @@ class DuplicateFinder:
             vectors[row : row + len(chunk.ids)] = chunk.vectors
             row += len(chunk.ids)
         return ids, vectors
+
+    def _fits(self, images: int) -> None:
+        """507 where the run's memory (its vectors as float32, once, and each image's best
+        candidates) would not fit in what the system has free: the kernel's OOM killer would
+        end the daemon instead, every request with it."""
+        needed = images * (self.catalog.dim * 4 * VECTOR_COPIES + CANDIDATE_BYTES) / 1e6
+        free = available_mb()
+        if free is not None and needed > free:
+            raise ImgSearchError(
+                f"/duplicates over {images} images needs about {needed / 1e3:.1f} GB of memory "
+                f"and {free / 1e3:.1f} GB is free: narrow it with folder= or where=",
+                507,
+            )
 
     def _join(
         self, near: _Near, edges: list[tuple[float, int, int]], check: Callable[[], None]

@@ -52,6 +52,17 @@ def rss_mb(status: Path = Path("/proc/self/status")) -> float:
     return 0.0
 
 
+def available_mb(meminfo: Path = Path("/proc/meminfo")) -> float | None:
+    """Memory the system can give without swapping, in MB (MemAvailable); None where unknown."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def trim(why: str) -> float:
     """Return free heap memory to the system (the GIL is let go meanwhile: a ctypes call);
     the MB the resident size fell by."""

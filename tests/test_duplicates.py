@@ -406,3 +406,16 @@ async def test_cli_prints_a_block_per_cluster_or_json(
     assert (code, out) == (1, "") and err.startswith("error: threshold must be between 0 and 2")
     code, _, err = await run("duplicates", "--threshold", "many")
     assert code == 2 and "--threshold" in err
+
+
+async def test_a_run_that_would_not_fit_in_memory_is_a_507(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 10M images the vectors alone are 20 GB: the kernel killed the daemon instead."""
+    import imgsearch.duplicates as finding
+
+    monkeypatch.setattr(finding, "available_mb", lambda: 0.01)
+    body = await get_json(client, "/duplicates", 507, threshold="0.25")
+    assert "GB of memory" in body["error"] and "narrow it with folder= or where=" in body["error"]
+    monkeypatch.setattr(finding, "available_mb", lambda: None)  # unknown: it runs
+    assert (await get_json(client, "/duplicates", threshold="0.25"))["images"] > 0
