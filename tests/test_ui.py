@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import functools
@@ -25,7 +26,17 @@ from imgsearch.embedders import Embedder
 from imgsearch.thumbnails import THUMBNAIL_SIZE, ThumbnailCache
 from imgsearch.web import create_app
 
-from .helpers import CHROMIUM, PHOTOS, TOKEN, ClientFactory, get_json, open_page, photo
+from .helpers import (
+    CHROMIUM,
+    PHOTOS,
+    TOKEN,
+    ClientFactory,
+    get_json,
+    jpeg_bytes,
+    open_page,
+    photo,
+    serve_in_thread,
+)
 
 Client = TestClient[web.Request, web.Application]
 STATIC = Path(__file__).parent.parent / "imgsearch" / "web" / "static"
@@ -41,6 +52,16 @@ SEND_IMAGE = """async ([event, url]) => {
     const drop = new DragEvent("drop", { ...init, dataTransfer: data });
     document.getElementById("drop").dispatchEvent(drop);
   }
+}"""
+# Every job and status line the page shows from now on, in window.seen ("ID STATUS").
+RECORD_JOB = """() => {
+  const status = document.getElementById("job-status");
+  const cancel = document.getElementById("cancel");
+  window.seen = [];
+  new MutationObserver(() => window.seen.push(`${cancel.dataset.job} ${status.textContent}`))
+    .observe(document.getElementById("job"), {
+      subtree: true, childList: true, characterData: true, attributeFilter: ["data-job"],
+    });
 }"""
 
 
@@ -283,3 +304,72 @@ async def test_removed_image_loses_its_thumbnail(
     await get_json(client, "/remove", image=str(photos["coffee"]))
     assert thumbnail_files(config) == []
     await get_json(client, "/thumbnail", status=404, image=str(photos["coffee"]))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+def test_job_progress_in_chromium(tmp_path: Path, lite0_daemon: str) -> None:
+    """A second job waits behind a first one that is still downloading: the page shows it
+    queued, its total unknown, and watches it alone, though the first job's poll was still on
+    its way when it started."""
+    from playwright.sync_api import Route, expect, sync_playwright
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photo("coffee").save(folder / "coffee.jpg", quality=90)
+    release = threading.Event()
+
+    async def held_jpeg(request: web.Request) -> web.Response:
+        await asyncio.get_running_loop().run_in_executor(None, release.wait, 60)
+        return web.Response(body=jpeg_bytes(photo("rocket")), content_type="image/jpeg")
+
+    site = web.Application()
+    site.router.add_get("/held.jpg", held_jpeg)
+    with serve_in_thread(site) as site_url, sync_playwright() as pw:
+        try:
+            browser, page, problems = open_page(pw, tmp_path / "profile")
+            # The page's first poll of a job is held back (then its answer comes late).
+            held: list[Route] = []
+
+            def hold_first(route: Route) -> None:
+                if held:
+                    route.continue_()
+                else:
+                    held.append(route)
+
+            page.route("**/jobs/*", hold_first)
+            page.goto(f"{lite0_daemon}/?token={TOKEN}")
+            expect(page.locator("#stats")).to_contain_text("0 images")
+            status = page.locator("#job-status")
+            cancel = page.locator("#cancel")
+
+            # The first job downloads an image the site holds back: it runs until released.
+            page.fill("#folder", f"{site_url}/held.jpg")
+            page.click("#index-form button[type=submit]")
+            expect(cancel).to_have_attribute("data-job", re.compile(r"^\w+$"))
+            first_job = cancel.get_attribute("data-job")
+            page.fill("#folder", str(folder))
+            page.click("#index-form button[type=submit]")
+            expect(cancel).not_to_have_attribute("data-job", first_job or "")
+            second_job = cancel.get_attribute("data-job")
+            page.wait_for_event("response", lambda r: f"/jobs/{second_job}" in r.url)
+            expect(status).to_contain_text("queued: 0/? ")
+
+            # The first job's poll answers now: the page goes on with the second job only.
+            page.evaluate(RECORD_JOB)
+            assert len(held) == 1
+            with page.expect_response(f"**/jobs/{first_job}") as answer:
+                held[0].continue_()
+            answer.value.finished()
+            for _ in range(2):  # polls of the second job, each 0.5 s after the one before
+                page.wait_for_event("response", lambda r: "/jobs/" in r.url)
+            seen = page.evaluate("() => window.seen")
+            assert seen and all(line.startswith(f"{second_job} queued: 0/? ") for line in seen)
+            expect(cancel).to_have_attribute("data-job", second_job or "")
+        finally:
+            release.set()
+        expect(status).to_contain_text("done: 1/1")
+        expect(cancel).to_have_attribute("data-job", second_job or "")
+        expect(page.locator("#stats")).to_contain_text("2 images")
+        browser.close()
+    assert problems == []

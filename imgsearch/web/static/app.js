@@ -9,6 +9,7 @@
   let lastQuery = null; // {kind: "file", blob, name} | {kind: "text", value} | {kind: "path", value}
   let searchSeq = 0;
   let pollTimer = null;
+  let pollGen = 0; // counts the jobs watched: a poll for an earlier one drops its answer
 
   // -- search ----------------------------------------------------------------------------
 
@@ -19,10 +20,11 @@
     // Comparators look at pixels: a text query has none.
     if (names.length && kind !== "text") params.set("compare", names.join(","));
     if (!$("rerank").checked) params.set("rerank", "0");
-    // Filters: one folder, and KEY:VALUE conditions separated by commas.
+    // Filters: one folder, and KEY:VALUE conditions separated by commas. Only a comma before
+    // the next KEY: separates, so a value may hold commas ("author:Smith, John, year:1999").
     const folder = $("filter-folder").value.trim();
     if (folder) params.append("folder", folder);
-    for (const cond of $("filter-where").value.split(",")) {
+    for (const cond of $("filter-where").value.split(/,(?=[^,:]*:)/)) {
       if (cond.trim()) params.append("where", cond.trim());
     }
     return params;
@@ -218,7 +220,8 @@
     $("progress").value = fraction;
     $("percent").textContent = `${Math.floor(fraction * 100)}%`;
     const parts = [
-      `${job.state}: ${job.done}/${job.total}`,
+      // The total is null until the folder has been walked (a job still queued, say).
+      `${job.state}: ${job.done}/${typeof job.total === "number" ? job.total : "?"}`,
       `added ${job.added}`,
       `updated ${job.updated}`,
       `skipped ${job.skipped}`,
@@ -237,10 +240,13 @@
     $("cancel").dataset.job = job.id;
   }
 
-  async function pollJob(id) {
+  // Watch job `id` until it ends; `gen`: the pollGen it was started under (a newer watch,
+  // with its own loop, ends this one: clearTimeout cannot stop a request in flight).
+  async function pollJob(id, gen) {
     clearTimeout(pollTimer);
     try {
       const job = await api(`/jobs/${encodeURIComponent(id)}`);
+      if (gen !== pollGen) return; // another job is watched now: this loop ends here
       showJob(job);
       if (ENDED.has(job.state)) {
         loadJobs();
@@ -248,10 +254,10 @@
         return;
       }
     } catch (err) {
-      showError("Watching the job", err);
+      if (gen === pollGen) showError("Watching the job", err);
       return;
     }
-    pollTimer = setTimeout(() => pollJob(id), POLL_MS);
+    pollTimer = setTimeout(() => pollJob(id, gen), POLL_MS);
   }
 
   async function startIndex(e) {
@@ -262,10 +268,10 @@
     showError();
     try {
       const body = await api(`/add?${params}`);
-      const zero = { done: 0, total: 0, added: 0, updated: 0, skipped: 0, failed: 0 };
+      const zero = { done: 0, total: null, added: 0, updated: 0, skipped: 0, failed: 0 };
       showJob({ ...zero, id: body.job, state: body.state });
       loadJobs();
-      pollJob(body.job);
+      pollJob(body.job, ++pollGen);
     } catch (err) {
       showError("Indexing", err);
     }
@@ -275,7 +281,9 @@
     const id = $("cancel").dataset.job;
     if (!id) return;
     try {
-      showJob(await api(`/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST" }));
+      const job = await api(`/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST" });
+      // (a cancel can take a while: a job started meanwhile keeps the status line)
+      if ($("cancel").dataset.job === id) showJob(job);
       loadJobs();
     } catch (err) {
       showError("Cancelling", err);
@@ -300,7 +308,8 @@
       });
       $("jobs").tBodies[0].replaceChildren(...rows);
       const active = body.jobs.find((j) => !ENDED.has(j.state));
-      if (resume && active) pollJob(active.id); // a job started before the page was opened
+      // A job started before the page was opened (unless one is watched already).
+      if (resume && active && pollGen === 0) pollJob(active.id, ++pollGen);
     } catch (err) {
       showError("Listing the jobs", err);
     }
