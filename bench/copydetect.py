@@ -62,6 +62,7 @@ from imgsearch.comparators.distances import int8_native
 from imgsearch.comparators.keypoints import ratio_matches
 from imgsearch.comparators.sift import LOWE_RATIO
 from imgsearch.config import OFFLINE_MODEL, Config
+from imgsearch.derived import stamp
 from imgsearch.images import decode
 from imgsearch.search import REGION_BOXES, SearchOptions
 from imgsearch.service import Service
@@ -478,7 +479,7 @@ def sift_stages(
         ids = [c.id for c in bench.captured]
         paths = service.catalog.store.paths(ids)
         with step("  feature cache reads (all candidates)"):
-            cached = [service.features.get("sift", i, paths[i].mtime_ns) for i in ids]
+            cached = [service.features.get("sift", i, stamp(os.stat(paths[i].path))) for i in ids]
         product = "int8" if int8_native() else "fp32"
         with step(f"  SIFT matching (all candidates, 1 thread, {product})"):
             for candidate in cached:
@@ -492,7 +493,7 @@ def sift_stages(
                 embedder.embed_images([image, *(_region(image, box) for box in REGION_BOXES)])
             picture = Picture.from_pil(image)
             query_v = verify.features(picture)
-            found = [service.features.get("verify", i, paths[i].mtime_ns) for i in ids]
+            found = [service.features.get("verify", i, stamp(os.stat(paths[i].path))) for i in ids]
             with step("  verify (same candidates, 1 thread)"):
                 for candidate in found:
                     if candidate is not None:

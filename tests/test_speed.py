@@ -25,6 +25,7 @@ from imgsearch.comparators.sift import SiftComparator
 from imgsearch.comparators.verify import VerifyComparator
 from imgsearch.config import Config
 from imgsearch.cpu import cpu_flags, torch_threads
+from imgsearch.derived import stamp
 from imgsearch.embedders import Embedder
 from imgsearch.embedders.clip import ClipEmbedder
 from imgsearch.embedders.cnn import EfficientNetLite0
@@ -387,7 +388,7 @@ async def test_precompute_makes_features_exist_after_an_add(
 
     def all_cached() -> bool:
         return all(
-            service.features.get("verify", image_id, where.mtime_ns) is not None
+            service.features.get("verify", image_id, stamp(Path(where.path).stat())) is not None
             for image_id, where in stored.items()
         )
 
@@ -422,11 +423,11 @@ async def test_precompute_waits_while_an_add_runs(
         assert service.ingester.running()
         (image_id,) = service.catalog.put([NewImage(facts, vector)]).ids
         await asyncio.sleep(1.0)
-        assert service.features.get("verify", image_id, stat.st_mtime_ns) is None
+        assert service.features.get("verify", image_id, stamp(stat)) is None
         assert (await get_json(client, "/stats"))["precompute"]["pending"] == 1
     assert not service.ingester.running()
     done = await _wait_for(
-        lambda: service.features.get("verify", image_id, stat.st_mtime_ns) is not None, 60
+        lambda: service.features.get("verify", image_id, stamp(stat)) is not None, 60
     )
     assert done and service.precompute.done == 1
 
@@ -445,8 +446,10 @@ async def test_precompute_off_leaves_features_lazy(
     await asyncio.sleep(1.0)
     service = client.app[SERVICE]
     (image_id,) = [int(i) for i in service.catalog.store.ids()]
-    mtime = service.catalog.store.paths([image_id])[image_id].mtime_ns
-    assert service.features.get("verify", image_id, mtime) is None
+    assert (
+        service.features.get("verify", image_id, stamp(folder.joinpath("coffee.jpg").stat()))
+        is None
+    )
     assert (await get_json(client, "/stats"))["precompute"]["enabled"] is False
 
 
