@@ -76,16 +76,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         new, old = DerivedFiles(workdir / "new"), OldRule(workdir / "old")
         for i in range(args.n):
-            new.write("thumbnails/256", i, 1, payload)
+            new.write("thumbnails/256", i, (1, 1, 1), payload)
             old.write(i, 1, payload)
         rows = {
             "write (new version)": (
                 per_op_us(lambda i: old.write(i, 2, payload), ids, args.repeat),
-                per_op_us(lambda i: new.write("thumbnails/256", i, 2, payload), ids, args.repeat),
+                per_op_us(
+                    lambda i: new.write("thumbnails/256", i, (2, 2, 1), payload), ids, args.repeat
+                ),
             ),
             "read (hit)": (
                 per_op_us(lambda i: old.read(i, 2), ids, args.repeat),
-                per_op_us(lambda i: new.read("thumbnails/256", i, 2), ids, args.repeat),
+                per_op_us(lambda i: new.read("thumbnails/256", i, (2, 2, 1)), ids, args.repeat),
             ),
             "invalidate": (
                 per_op_us(old.invalidate, ids, args.repeat),
