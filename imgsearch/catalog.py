@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import NotFound
 from .index import LibraryIndex, Policy, Precoded, idsets
+from .index.startup import rename_model
 from .store import NewImage, Rows, Store, WriteResult
 
 log = logging.getLogger(__name__)
@@ -107,8 +108,15 @@ class Catalog:
     """Images known to the daemon: SQLite as the truth, the vector index as its mirror."""
 
     def __init__(
-        self, data_dir: Path, model_id: str, dim: int, policy: Policy | None = None
+        self,
+        data_dir: Path,
+        model_id: str,
+        dim: int,
+        policy: Policy | None = None,
+        aliases: Sequence[str] = (),
     ) -> None:
+        """`aliases`: ids earlier versions gave these weights; a data dir bound to one is
+        rebound to `model_id`, its saved index with it."""
         self.model_id = model_id
         self.dim = dim
         legacy = data_dir / LEGACY_INDEX_FILE
@@ -120,7 +128,7 @@ class Catalog:
         self._mutate = threading.Lock()
         self._listeners: list[Listener] = []
         try:
-            self.store.meta.bind_model(model_id, dim)
+            self._bind(data_dir / INDEX_DIR, aliases)
             self.index = LibraryIndex(
                 data_dir / INDEX_DIR, StoreSource(self.store), model_id, dim, policy or Policy()
             )
@@ -128,6 +136,24 @@ class Catalog:
         except BaseException:
             self.store.close()
             raise
+
+    def _bind(self, index_dir: Path, aliases: Sequence[str]) -> None:
+        """Bind the data dir to the model (store/meta.py). A rebinding renames the saved index
+        bases' model first, inside the binding's transaction: a crash between the two leaves
+        bases of the new id, which the next start's rebinding keeps, never a rebound data dir
+        whose bases a start would discard and train again."""
+
+        def rename_bases(old: str) -> None:
+            renamed = rename_model(index_dir, old, self.model_id)
+            log.info("%d saved index base(s) renamed from %s to %s", renamed, old, self.model_id)
+
+        old = self.store.meta.bind_model(self.model_id, self.dim, aliases, rename_bases)
+        if old is not None:
+            log.warning(
+                "%s: the vectors of %s are now bound as %s (the same weights, named by their "
+                "content or open_clip's spelling of the tag since this version)",
+                self.store.path, old, self.model_id,
+            )  # fmt: skip
 
     @property
     def index_origin(self) -> str:

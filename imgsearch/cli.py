@@ -15,12 +15,12 @@ import socket
 import sys
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__
-from .client import DEFAULT_URL, QUICK_S, Context, checked_timeout, run
+from .client import QUICK_S, Context, UsageError, checked_timeout, run
 from .commands import COMMANDS, Arg, arg
 from .config import AUTO_TOKEN, ENV_PREFIX, LOOPBACK_HOSTS, OFFLINE_MODEL, Config
 from .errors import ConfigError, ImgSearchError, disk_full
@@ -120,7 +120,11 @@ GLOBAL_ARGS: tuple[Arg, ...] = (
     arg("-v", "--verbose", action="store_true", help="debug logging (client: every request)"),
 )
 CLIENT_ARGS: tuple[Arg, ...] = (
-    arg("--url", help=f"the daemon, for client commands ({ENV_PREFIX}URL; default {DEFAULT_URL})"),
+    arg(
+        "--url",
+        help=f"the daemon, for client commands ({ENV_PREFIX}URL; default http://127.0.0.1:PORT, "
+        f"PORT as serve reads it: {ENV_PREFIX}PORT, else {Config().port})",
+    ),
     arg("--json", action="store_true", help="client commands: print the server's JSON as is"),
     arg(
         "--timeout",
@@ -208,13 +212,26 @@ def _context(given: dict[str, Any]) -> Context:
         return given.get(name) or os.environ.get(f"{ENV_PREFIX}{name.upper()}") or None
 
     return Context(
-        url=option("url") or DEFAULT_URL,
+        url=option("url") or default_url(os.environ),
         token=option("token"),
         data_dir=Path(option("data_dir") or Config().data_dir),
         as_json=bool(given.get("json")),
         verbose=bool(given.get("verbose")),
         timeout=checked_timeout(option("timeout")),
     )
+
+
+def default_url(environ: Mapping[str, str]) -> str:
+    """The daemon's URL when neither --url nor IMGSEARCH_URL gives one: this machine, on the
+    port IMGSEARCH_PORT gives `serve` (a container's variables are its daemon's and `docker
+    exec`'s alike), at IMGSEARCH_HOST where that is a loopback name (a daemon on ::1 only),
+    else 127.0.0.1 (where a daemon on 0.0.0.0 answers too)."""
+    port = environ.get(f"{ENV_PREFIX}PORT", "").strip() or str(Config().port)
+    if not (port.isascii() and port.isdigit() and int(port) <= 65535):
+        raise UsageError(f"invalid {ENV_PREFIX}PORT '{port}': a port number, 0..65535")
+    host = environ.get(f"{ENV_PREFIX}HOST", "").strip()
+    host = host if host in LOOPBACK_HOSTS else "127.0.0.1"
+    return f"http://{f'[{host}]' if ':' in host else host}:{int(port)}"
 
 
 def setup_logging(verbose: bool) -> None:
@@ -279,9 +296,10 @@ def serve(args: dict[str, Any]) -> int:
         )
     # Bound before the model and the index load (seconds to minutes): a taken port is said then.
     sockets = bind(config.host, config.port)
-    # No model flag or variable: a first run without network may use the bundled model.
+    # No model flag or variable (one set empty is unset): a first run without network may
+    # use the bundled model.
     chosen = [args.get(k) for k in MODEL_FIELDS] + [
-        os.environ.get(f"{ENV_PREFIX}{k.upper()}") for k in MODEL_FIELDS
+        os.environ.get(f"{ENV_PREFIX}{k.upper()}", "").strip() or None for k in MODEL_FIELDS
     ]
     app = create_app(config, model_fallback=all(v is None for v in chosen))
     access = log.getChild("access")

@@ -16,7 +16,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ class Unreachable(Exception):
     def __init__(self, url: str, reason: str) -> None:
         super().__init__(reason)
         self.url, self.reason = url, reason
+        self.then = ""  # a line said after: the job that was being followed (`detached`)
 
 
 class NoAnswer(Unreachable):
@@ -290,10 +291,14 @@ def run(command: Callable[[], int]) -> int:
             f"no answer from imgsearch at {shown(exc.url)} within {exc.seconds:g} s: is it stuck? "
             "(--timeout SECONDS waits longer, 0 for as long as it takes)"
         )
+        if exc.then:
+            err(exc.then)
         return EXIT_USAGE
     except Unreachable as exc:
         where, why = shown(exc.url), shown(exc.reason)
         err(f"cannot reach imgsearch at {where}: is `imgsearch serve` running? ({why})")
+        if exc.then:
+            err(exc.then)
         return EXIT_USAGE
     except UsageError as exc:
         err(f"error: {shown(exc)}")
@@ -322,6 +327,24 @@ def follow(conn: Connection, job_id: str, *, show_progress: bool, poll_s: float 
             if job.get("state") in FINAL_STATES:
                 return job
             time.sleep(poll_s)
+
+
+@contextlib.contextmanager
+def detached(kind: str, job_id: Any) -> Iterator[None]:
+    """Around the following of a job (`kind`: job, import, export): the job runs on in the
+    daemon whatever ends the following, so Ctrl-C (exit 130) and a daemon lost meanwhile
+    (exit 2) say its id, without which it could not be found or cancelled from here."""
+    job = shown(job_id)
+    try:
+        yield
+    except KeyboardInterrupt:
+        err(f"still running as {kind} {job} (imgsearch jobs --cancel {job} to stop it)")
+        raise
+    except Unreachable as exc:
+        exc.then = (
+            f"lost track of {kind} {job}: imgsearch jobs {job} shows it once the daemon answers"
+        )
+        raise
 
 
 def multipart(fields: Params, path: Path) -> tuple[bytes, str]:

@@ -5,6 +5,8 @@ one keyword per argument, named as argparse names it (`Arg.dest`)."""
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -12,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from . import client
-from .bulk.commands import embed, export_dir, import_dir
+from .bulk.commands import bulk_job, embed, export_dir, import_dir
 from .client import (
     EXIT_ERROR,
-    EXIT_INTERRUPTED,
     EXIT_OK,
     Context,
+    ServerError,
     UsageError,
     absolute,
     is_url,
@@ -25,6 +27,7 @@ from .client import (
 )
 from .formatting import (
     failure_lines,
+    format_bulk_job,
     format_duplicates,
     format_job,
     format_jobs,
@@ -78,6 +81,11 @@ def stats(ctx: Context) -> int:
 
 def remove(ctx: Context, path: str) -> int:
     """`imgsearch remove PATH`: forget a file or a folder's images."""
+    if is_url(path):  # else sent as a file under the working directory: "removed 0"
+        raise UsageError(
+            "remove takes a path, not a URL: an image added by URL is stored under "
+            "DATA_DIR/downloads (search shows its path)"
+        )
     body = ctx.connection().get("/remove", [("image", str(absolute(path)))])
     ctx.emit(body, lambda b: shown(f"removed {b.get('removed', 0)}"))
     return EXIT_OK
@@ -136,7 +144,7 @@ def add(
     params = [("wait", "0"), *([("update", "1")] if update else [])]
     conn = ctx.connection()
     if csv is not None:
-        data = client.read_local(client.local(csv))
+        data = _csv_body(client.local(csv))
         body = conn.call("POST", "/add", params, body=data, content_type="text/csv")[1]
     else:
         target = path or ""
@@ -153,13 +161,37 @@ def add(
     if not wait:
         ctx.emit(body, lambda b: shown(b["job"]))
         return EXIT_OK
-    try:
+    with client.detached("job", body["job"]):
         job = client.follow(conn, str(body["job"]), show_progress=not ctx.as_json, poll_s=poll_s)
-    except KeyboardInterrupt:
-        job_id = shown(body["job"])
-        client.err(f"still running as job {job_id} (imgsearch jobs --cancel {job_id} to stop it)")
-        return EXIT_INTERRUPTED
     return _report(ctx, job)
+
+
+def _csv_body(path: Path) -> bytes:
+    """The CSV for `add --csv` as sent: the cells of its `path` column that are relative
+    made absolute from the CSV's own folder (the daemon takes absolute paths only, and cannot
+    know where the file was); byte for byte as read otherwise, or when the daemon will refuse
+    it anyway (not UTF-8, malformed: its 400 says why)."""
+    data = client.read_local(path)
+    try:
+        text = data.decode("utf-8-sig")
+        # As the daemon does (web/addcsv.py): cells as long as the file, not csv's 128 KiB.
+        csv.field_size_limit(max(csv.field_size_limit(), len(text)))
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except (UnicodeDecodeError, csv.Error):
+        return data
+    names = [name.strip().lower() for name in (rows[0] if rows else [])]
+    if "path" not in names:  # (a `path` column names the images when there is one)
+        return data
+    index, changed = names.index("path"), False
+    for row in rows[1:]:
+        cell = row[index].strip() if index < len(row) else ""
+        if cell and not (is_url(cell) or cell.startswith("~") or Path(cell).is_absolute()):
+            row[index], changed = str(absolute(path.parent / cell)), True
+    if not changed:
+        return data
+    out = io.StringIO(newline="")
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return out.getvalue().encode()
 
 
 def _metadata(text: str) -> dict[str, Any]:
@@ -186,17 +218,27 @@ def _report(ctx: Context, job: Mapping[str, Any]) -> int:
 
 
 def jobs(ctx: Context, job_id: str | None = None, *, cancel: str | None = None) -> int:
-    """`imgsearch jobs [ID] [--cancel ID]`: the add jobs, one job, or cancel one."""
+    """`imgsearch jobs [ID] [--cancel ID]`: the add jobs, one job (an add, an import or an
+    export), or cancel one."""
     if job_id is not None and cancel is not None:
         raise UsageError("give a job id or --cancel ID, not both")
     conn = ctx.connection()
-    if cancel is not None:
-        body = conn.call("POST", f"/jobs/{segment(cancel)}/cancel")[1]
-    elif job_id is not None:
-        body = conn.get(f"/jobs/{segment(job_id)}", timeout=client.QUICK_S)
-    else:
+    wanted = cancel if cancel is not None else job_id
+    if wanted is None:
         listing = conn.get("/jobs", timeout=client.QUICK_S)
         ctx.emit(listing, lambda b: format_jobs(b.get("jobs", [])))
+        return EXIT_OK
+    try:
+        if cancel is not None:
+            body = conn.call("POST", f"/jobs/{segment(wanted)}/cancel")[1]
+        else:
+            body = conn.get(f"/jobs/{segment(wanted)}", timeout=client.QUICK_S)
+    except ServerError as exc:
+        # Not an add job's id: an import's or an export's (what they print), each under its
+        # own route; one that is neither keeps the add jobs' 404.
+        if exc.status != 404 or (bulk := bulk_job(conn, wanted, cancel=cancel is not None)) is None:
+            raise
+        ctx.emit(bulk, format_bulk_job)
         return EXIT_OK
     ctx.emit(body, format_job)
     return EXIT_OK
@@ -260,7 +302,9 @@ _FILTERS = (
 COMMANDS: tuple[Command, ...] = (
     Command("add", "index a file, folder or URL (a job)", add, (
         arg("path", nargs="?", help=f"file or folder ({_HERE}), or an http(s) URL"),
-        arg("--csv", metavar="FILE", help="add every URL in this CSV's 'url' column"),
+        arg("--csv", metavar="FILE",
+            help="add every image in this CSV's 'path' column (relative paths: from the CSV's "
+            "folder) or its 'url' column; its other columns are their metadata"),
         arg("--update", action="store_true", help="re-embed unchanged files too"),
         arg("--wait", action=argparse.BooleanOptionalAction, default=True,
             help="follow the job with a progress bar (default); --no-wait prints its id"),
@@ -280,7 +324,8 @@ COMMANDS: tuple[Command, ...] = (
     )),
     Command("stats", "what the daemon holds", stats),
     Command("remove", "forget a file or a folder's images", remove, (
-        arg("path", help=f"file or folder; {_HERE}"),
+        arg("path", help=f"file or folder; {_HERE} (an image added by URL: its path under "
+            "DATA_DIR/downloads, as search shows it)"),
     )),
     Command("duplicates", "identical files and near copies", duplicates, (
         arg("--threshold", type=float,
@@ -291,9 +336,9 @@ COMMANDS: tuple[Command, ...] = (
         arg("folder", metavar="DIR", nargs="?", help=f"folder to watch ({_HERE})"),
         arg("--stop", action="store_true", help="stop watching DIR (its images stay)"),
     )),
-    Command("jobs", "list add jobs, show one, or cancel one", jobs, (
-        arg("job_id", metavar="ID", nargs="?", help="show this job"),
-        arg("--cancel", metavar="ID", help="cancel this job"),
+    Command("jobs", "list add jobs; show or cancel a job (an add, import or export)", jobs, (
+        arg("job_id", metavar="ID", nargs="?", help="show this job (an add, import or export)"),
+        arg("--cancel", metavar="ID", help="cancel this job (an add, import or export)"),
     )),
     Command("import", "import Parquet vector shards (a job)", import_dir, (
         arg("dir", help=f"folder of .parquet shards ({_HERE})"),

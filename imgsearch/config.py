@@ -166,12 +166,16 @@ class Config:
         for f in fields(cls):
             raw = environ.get(ENV_PREFIX + f.name.upper())
             # A required path set empty (`IMGSEARCH_DATA_DIR=`, or compose's `${VAR:-}`) is
-            # unset, as a shell user means it: the default, not a crash or the working dir.
-            if raw is not None and str(f.type) == "Path" and not raw.strip():
+            # unset, as a shell user means it: the default, not a crash or the working dir. So
+            # is an empty pretrained tag: random weights are asked for by name (`none`) only.
+            empty = raw is not None and not raw.strip()
+            if empty and (str(f.type) == "Path" or f.name == "pretrained"):
                 continue
             if raw is not None:
                 values[f.name] = _parse(f.name, str(f.type), raw)
         for key, value in (overrides or {}).items():
+            if key == "pretrained" and isinstance(value, str) and not value.strip():
+                continue  # `--pretrained ""`: as the variable
             if value is not None:
                 values[key] = tuple(value) if isinstance(value, list) else value
         if "pretrained" in values and _is_none(values["pretrained"]):

@@ -80,6 +80,40 @@ def format_job(job: Mapping[str, Any]) -> str:
     return "\n".join(lines + (["errors:", *failures] if failures else []))
 
 
+def format_bulk_job(job: Mapping[str, Any]) -> str:
+    """An import or an export (`imgsearch jobs ID`) as key: value lines, then an import's bad
+    rows."""
+    importing = job.get("kind") == "import"
+    pairs: list[tuple[str, Any]] = [(k, job.get(k)) for k in ("id", "kind", "state", "dir")]
+    pairs += [("path_map", ", ".join(job.get("path_map") or []) or "-")] if importing else []
+    pairs.append(("progress", _progress(job)))
+    counts = ("imported", "skipped", "failed") if importing else ("files",)
+    pairs += [(k, job.get(k)) for k in counts]
+    rate = job.get("vectors_per_s" if importing else "rows_per_s")
+    eta = "-" if job.get("eta_s") is None else f"{job['eta_s']:.0f} s"
+    pairs += [("vectors/s" if importing else "rows/s", _num(rate, 1)), ("eta", eta)]
+    pairs += [(k, _time(job.get(k))) for k in ("created", "started", "finished")]
+    pairs.append(("error", job.get("error") or "-"))
+    bad = bad_row_lines(job) if importing else []
+    lines = [f"{key}: {shown(value)}" for key, value in pairs]
+    return "\n".join(lines + (["errors:", *bad] if bad else []))
+
+
+def format_import(job: Mapping[str, Any]) -> str:
+    """A followed import's summary: its state and counts, then its bad rows."""
+    lines = [shown(f"{k}: {job.get(k)}") for k in ("state", "imported", "skipped", "failed")]
+    return "\n".join(lines + bad_row_lines(job))
+
+
+def bad_row_lines(job: Mapping[str, Any]) -> list[str]:
+    """A line per row an import listed with its reason; it lists only the first ones."""
+    errors = job.get("errors") or []
+    lines = [shown(f"  {e.get('file')} row {e.get('row')}: {e.get('error')}") for e in errors]
+    more = int(job.get("failed") or 0) - len(errors)
+    # (The daemon logs only a few of each batch's: no "see the log" as for an add's files.)
+    return lines + ([f"  ... and {more} more"] if more > 0 else [])
+
+
 def format_duplicates(body: Mapping[str, Any]) -> str:
     """One block per cluster (near ones as a table: distance to the first image, verify's
     verdict on the pair, the image it was paired with), then a summary line."""

@@ -31,6 +31,7 @@ from .embedders import (
     check_precision,
     decode_workers,
     load_embedder,
+    model_aliases,
     runtime_stats,
 )
 from .embedders.choice import ModelChoice, choose_model
@@ -174,6 +175,7 @@ class Service:
             self.embedder.model_id,
             self.embedder.dim,
             self.config.index_policy(),
+            model_aliases(self.embedder),
         )
 
     def _open_parts(self, stack: ExitStack) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,3 +66,75 @@ def test_import_errors_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path
     (tmp_path / "keep.txt").write_text("mine")
     code, _, err = run(capsys, "export", str(tmp_path))
     assert code == 1 and "not an empty folder" in err and "HTTP 409" in err
+
+
+@pytest.fixture
+def shards(daemon: Daemon, tmp_path: Path) -> Path:
+    """A folder of the library's shards (two photos of this test's own among them)."""
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    for name in ("camera", "horse"):
+        photo(name, 120).save(pics / f"{name}.jpg")
+    assert daemon.get("/add", image=str(pics))["added"] == 2
+    assert daemon.get("/export", dir=str(tmp_path / "shards"))["state"] == "done"
+    return tmp_path / "shards"
+
+
+def test_import_and_export_ids_are_jobs_ids(
+    capsys: pytest.CaptureFixture[str], daemon: Daemon, shards: Path
+) -> None:
+    """Before: `imgsearch jobs ID` and `jobs --cancel ID` knew only add jobs (404 for the ids
+    `import`/`export --no-wait` print)."""
+    code, out, err = run(capsys, "export", str(shards.parent / "again"), "--no-wait")
+    export_id = out.strip()
+    assert code == 0, err
+    wait_for("the export", lambda: daemon.get(f"/export/{export_id}")["state"] == "done")
+    code, out, err = run(capsys, "jobs", export_id)
+    assert code == 0 and f"id: {export_id}" in out.splitlines(), err
+    assert {"kind: export", "state: done", f"dir: {shards.parent / 'again'}"} <= set(
+        out.splitlines()
+    )
+    code, out, err = run(capsys, "import", str(shards), "--no-wait")
+    import_id = out.strip()
+    code, out, err = run(capsys, "jobs", "--cancel", import_id, "--json")
+    job = json.loads(out)
+    assert code == 0 and (job["id"], job["kind"]) == (import_id, "import"), err
+    assert job["state"] in {"cancelled", "done"}
+    code, out, err = run(capsys, "jobs", import_id)
+    assert code == 0 and f"state: {job['state']}" in out.splitlines() and "kind: import" in out
+    code, _, err = run(capsys, "jobs", "--cancel", "no-such-job")
+    assert code == 1 and err.endswith("(HTTP 404)\n") and "no such job" in err
+
+
+def test_an_import_summary_counts_the_rows_skipped(
+    capsys: pytest.CaptureFixture[str], shards: Path
+) -> None:
+    """Before: `skipped` was left out of the text summary (`imported: 0, failed: 0` for an
+    import of rows the library holds already)."""
+    code, out, err = run(capsys, "import", str(shards))
+    lines = out.splitlines()
+    assert code == 0 and lines[:2] == ["state: done", "imported: 0"], err
+    assert int(lines[2].removeprefix("skipped: ")) >= 2 and lines[3:] == ["failed: 0"]
+
+
+def test_a_relative_path_map_is_refused_before_anything_is_read(
+    capsys: pytest.CaptureFixture[str], daemon: Daemon, shards: Path
+) -> None:
+    """Before: accepted, then every row failed (`path must be absolute`) and the command exited
+    0."""
+    before = daemon.get("/import")["imports"]
+    images = daemon.get("/stats")["images"]
+    for spec in (f"{shards.parent}/pics=pics2", "pics=/elsewhere"):
+        body = json.dumps({"dir": str(shards), "wait": True, "path_map": [spec]}).encode()
+        request = urllib.request.Request(
+            f"{daemon.url}/import", body, {"Content-Type": "application/json"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(request, timeout=60)
+        error = json.loads(answer.value.read())
+        assert (answer.value.code, error["status"]) == (400, 400)
+        assert "must be an absolute path or an http(s) URL" in error["error"]
+        code, out, err = run(capsys, "import", str(shards), "--path-map", spec)
+        assert (code, out) == (2, "") and "must be an absolute path or an http(s) URL" in err
+    assert daemon.get("/import")["imports"] == before
+    assert daemon.get("/stats")["images"] == images

@@ -4,6 +4,7 @@ command table, against the real app on a real port (in a thread: fast lane)."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import dataclasses
 import http.server
@@ -18,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from imgsearch import cli
 from imgsearch.client import Context
 from imgsearch.commands import COMMANDS
 from imgsearch.config import Config
 
-from .helpers import free_port, photo, run_cli
+from .helpers import free_port, photo, run_cli, serve_in_thread, wait_for
 
 Serve = Callable[[Config], str]
 CLIENT_ONLY = "--url, --json and --timeout are for the client commands, not serve"
@@ -107,6 +109,10 @@ def test_token_auto_reads_the_data_dir_given_in_either_place(
         (["--url", "http://h:1", "search"], "give either an image or --text"),
         (["search", "--text", "cat", "--upload", "--json"], "--upload needs an image file"),
         (["watch", "--stop", "--url", "http://h:1"], "--stop needs a folder"),
+        (["remove", "https://example.org/cat.jpg"], "remove takes a path, not a URL: an image"),
+        (["import", "/x", "--path-map", "/old=new"], "NEW must be an absolute path or an http"),
+        (["import", "/x", "--path-map", "old=/new"], "OLD must be an absolute path or an http"),
+        (["import", "/x", "--path-map", "/old"], "path map must be OLD=NEW"),
     ],
 )
 def test_usage_errors_exit_2(
@@ -463,6 +469,9 @@ def answering(body: bytes, delay_s: float = 0.0, status: int = 200) -> Iterator[
         (b"[1, 2]", ["search", "--text", "cat"], "GET /search answered '[1, 2]', not a JSON"),
         (b"<html>hi</html>", ["add", "/tmp"], "GET /add answered '<html>hi</html>', not a"),
         (b'{"ok": true}', ["add", "/tmp"], "its answer to an add names no job"),
+        (b'{"status": "ok"}', ["import", "/tmp"], "its answer to an import names no job"),
+        (b'{"status": "ok"}', ["export", "/tmp/x"], "its answer to an export names no job"),
+        (b'{"id": 1}', ["export", "/tmp/x", "--no-wait"], "its answer to an export names no"),
         (b"", ["jobs"], "GET /jobs answered nothing, not a JSON object"),
     ],
 )
@@ -536,3 +545,135 @@ def test_quick_commands_wait_briefly_by_default_long_ones_as_long_as_it_takes(
         ), err
         code, _, err = run_cli(capsys, "--url", url, "stats", "--timeout", "0")  # no limit
         assert code == 0, err
+
+
+# -- where the daemon is, what is sent, and jobs followed ---------------------------------------
+
+
+def test_the_default_url_is_on_the_port_serve_reads(
+    capsys: pytest.CaptureFixture[str],
+    live_server: Serve,
+    config: Config,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`docker run -e IMGSEARCH_PORT=9000` then `docker exec ... imgsearch stats`: before, the
+    client asked port 8080 whatever IMGSEARCH_PORT said."""
+    port = live_server(config).rsplit(":", 1)[1]
+    monkeypatch.delenv("IMGSEARCH_URL")
+    monkeypatch.setenv("IMGSEARCH_PORT", port)
+    for host in ("", "0.0.0.0", "localhost"):  # a wildcard is asked on 127.0.0.1
+        monkeypatch.setenv("IMGSEARCH_HOST", host)
+        code, out, err = run_cli(capsys, "-v", "stats")
+        assert code == 0 and "images: 0" in out.splitlines(), err
+        assert f"GET http://{host if host == 'localhost' else '127.0.0.1'}:{port}/stats" in err
+    code, _, err = run_cli(capsys, "stats", "--url", f"http://127.0.0.1:{free_port()}")
+    assert code == 2 and "cannot reach imgsearch" in err  # --url still wins
+    monkeypatch.setenv("IMGSEARCH_PORT", "http")
+    message = "error: invalid IMGSEARCH_PORT 'http': a port number, 0..65535\n"
+    assert run_cli(capsys, "stats") == (2, "", message)
+
+
+def test_add_csv_paths_are_relative_to_the_csv(
+    capsys: pytest.CaptureFixture[str],
+    live_server: Serve,
+    config: Config,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before: relative cells of a `path` column were sent as they were, and every row failed
+    (exit 0)."""
+    url = live_server(config)
+    (tmp_path / "shop" / "pics").mkdir(parents=True)
+    photo("coffee", 96).save(tmp_path / "shop" / "pics" / "a 1.jpg")
+    photo("rocket", 96).save(tmp_path / "elsewhere.jpg")
+    rows = f'path,sku\n"pics/a 1.jpg","A-1, red"\n{tmp_path / "elsewhere.jpg"},B-2\n'
+    (tmp_path / "shop" / "list.csv").write_text(rows)
+    monkeypatch.chdir(tmp_path)  # not the CSV's folder
+    code, out, err = run_cli(capsys, "--url", url, "add", "--csv", "shop/list.csv")
+    assert (code, out) == (0, "added 2, updated 0, skipped 0, failed 0\n"), err
+    code, out, _ = run_cli(capsys, "--url", url, "--json", "search", "shop/pics/a 1.jpg")
+    hits = {h["image"]: h.get("metadata") for h in json.loads(out)["results"]}
+    assert hits == {
+        str(tmp_path / "shop" / "pics" / "a 1.jpg"): {"sku": "A-1, red"},
+        str(tmp_path / "elsewhere.jpg"): {"sku": "B-2"},
+    }
+    code, out, _ = run_cli(capsys, "add", "--help")
+    assert code == 0 and "'path' column" in " ".join(out.split())
+
+
+def following(
+    kind: str, poll_s: float = 0.0, polled: threading.Event | None = None
+) -> web.Application:
+    """A stand-in daemon for following a job of `kind` (job, import, export) whose every poll
+    answers `running` after `poll_s` (and sets `polled`): what the CLI reads of a real one."""
+    job = {"id": "j-1", "kind": kind, "state": "running", "total": 5, "done": 1, "failed": 0}
+
+    async def start(request: web.Request) -> web.Response:
+        return web.json_response({"job": "j-1"} if kind == "job" else job, status=202)
+
+    async def poll(request: web.Request) -> web.Response:
+        if polled is not None:
+            polled.set()
+        await asyncio.sleep(poll_s)
+        return web.json_response(job)
+
+    app = web.Application()
+    app.router.add_route("*", "/add", start)
+    app.router.add_post(f"/{kind}", start)
+    app.router.add_get("/jobs/j-1" if kind == "job" else f"/{kind}/j-1", poll)
+    return app
+
+
+COMMAND_OF = {"job": ["add", "/tmp"], "import": ["import", "/tmp"], "export": ["export", "/tmp/x"]}
+
+
+@pytest.mark.parametrize("kind", ["import", "export", "job"])
+def test_ctrl_c_while_following_says_the_id_and_leaves_the_job(kind: str) -> None:
+    """Before: import and export exited 130 without a word, and their ids could be used by no
+    command. A real SIGINT, to a real process, while it follows."""
+    import signal
+    import subprocess
+    import sys
+
+    polled = threading.Event()
+    with serve_in_thread(following(kind, polled=polled)) as url:
+        argv = [sys.executable, "-m", "imgsearch", "--url", url, *COMMAND_OF[kind]]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for("the command to follow its job", polled.is_set, timeout=60)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert (proc.returncode, out) == (130, ""), err
+    said = f"still running as {kind} j-1 (imgsearch jobs --cancel j-1 to stop it)"
+    assert err.splitlines()[-1] == said, err
+
+
+@pytest.mark.parametrize("kind", ["import", "export", "job"])
+def test_a_daemon_lost_while_following_is_said_with_the_job(
+    capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    with serve_in_thread(following(kind, poll_s=1.0)) as url:
+        code, out, err = run_cli(capsys, "--url", url, "--timeout", "0.3", *COMMAND_OF[kind])
+    assert (code, out) == (2, "")
+    lines = err.replace("\r", "\n").splitlines()
+    assert lines[-2].startswith(f"no answer from imgsearch at {url} within 0.3 s"), err
+    said = f"lost track of {kind} j-1: imgsearch jobs j-1 shows it once the daemon answers"
+    assert lines[-1] == said, err
+
+
+def test_an_import_summary_counts_skipped_rows_and_says_how_many_are_not_listed() -> None:
+    from imgsearch.formatting import format_import
+
+    job = {"state": "done", "imported": 2, "skipped": 3, "failed": 4}
+    job["errors"] = [{"file": "/s/a.parquet", "row": 7, "error": "path must be absolute"}]
+    assert format_import(job).splitlines() == [
+        "state: done",
+        "imported: 2",
+        "skipped: 3",
+        "failed: 4",
+        "  /s/a.parquet row 7: path must be absolute",
+        "  ... and 3 more",
+    ]

@@ -115,6 +115,18 @@ def test_an_empty_data_dir_variable_is_unset() -> None:
     assert Config.load(environ={"IMGSEARCH_DATA_DIR": " "}).data_dir == Config().data_dir
 
 
+@pytest.mark.parametrize(("raw", "expected"), [("", "default"), (" ", "default"), ("NONE", None)])
+def test_an_empty_pretrained_tag_is_unset_and_only_none_means_random(
+    raw: str, expected: str | None
+) -> None:
+    """Before: `IMGSEARCH_PRETRAINED=` (compose's `${VAR:-}`) meant random weights."""
+    default = Config().pretrained
+    want = default if expected == "default" else expected
+    assert Config.load(environ={"IMGSEARCH_PRETRAINED": raw}).pretrained == want
+    assert Config.load(environ={}, overrides={"pretrained": raw}).pretrained == want
+    assert Config.load(environ={"IMGSEARCH_PRETRAINED": "null"}).pretrained is None
+
+
 @pytest.mark.parametrize("kind", ["file", "read-only"])
 def test_token_auto_in_a_data_dir_that_cannot_be_written(tmp_path: Path, kind: str) -> None:
     """Before: a traceback (exit 1); now the data-dir lock's one line (exit 2)."""

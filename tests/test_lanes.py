@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import pytest
 from imgsearch.config import Config
 from imgsearch.embedders import Embedder, Lanes, lanes_of
 from imgsearch.embedders.lanes import lane_count
+from imgsearch.search import SearchOptions
 from imgsearch.service import Service
 
 from .helpers import PHOTOS, photo
@@ -163,3 +166,33 @@ def test_region_views_are_embedded_in_two_calls_in_order(
     assert split.shape == whole.shape
     assert np.allclose(split, whole, atol=1e-5)
     assert np.allclose(service.searcher._embed(views[:1]), whole[:1], atol=1e-5)
+
+
+def test_a_request_thread_embeds_on_its_threads_after_a_search(
+    tmp_path: Path, service: Service
+) -> None:
+    """FAISS's one search thread is the request thread's only for the search: FAISS and torch
+    share one OpenMP runtime, and asyncio's executor reuses the thread, whose next query was
+    embedded on 1 torch thread instead of --threads."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # what load_embedder does with --threads 2
+    request = ThreadPoolExecutor(1)  # as asyncio's default executor: its threads are reused
+    try:
+        (tmp_path / "lib").mkdir()
+        for name in PHOTOS[:3]:
+            photo(name, 64).save(tmp_path / "lib" / f"{name}.jpg")
+        assert service.ingester.add(tmp_path / "lib").added == 3
+        query = io.BytesIO()
+        photo(PHOTOS[0], 64).save(query, "JPEG")
+
+        def search() -> int:
+            hits = service.searcher.by_bytes(query.getvalue(), SearchOptions(limit=2))
+            assert hits and hits[0].image.endswith(f"{PHOTOS[0]}.jpg")
+            return torch.get_num_threads()
+
+        assert [request.submit(search).result() for _ in range(3)] == [2, 2, 2]
+    finally:
+        request.shutdown()
+        torch.set_num_threads(before)

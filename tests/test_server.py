@@ -6,6 +6,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -107,9 +109,13 @@ def test_data_dir_of_another_model_is_refused(
     first = start(daemons, tmp_path / "data", tiny_model_config)
     first.wait_ready()
     first.stop()
-    other = start(daemons, tmp_path / "data", tiny_model_config, "--model", "efficientnet-lite0")
-    assert other.proc.wait(timeout=STARTUP_TIMEOUT) == 2
-    assert "holds vectors of model open_clip/imgsearch-test-tiny/random" in other.output()
+    # Not a Daemon: its --model-config would be refused by the bundled model first.
+    argv = [sys.executable, "-m", "imgsearch", "serve", "--port", "0", "--data-dir"]
+    argv += [str(tmp_path / "data"), "--model", "efficientnet-lite0"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    other = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=STARTUP_TIMEOUT)
+    assert other.returncode == 2
+    assert "holds vectors of model open_clip/imgsearch-test-tiny/random" in other.stderr
 
 
 def test_environment_variables_configure_the_daemon(

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -11,10 +15,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from imgsearch.catalog import INDEX_DIR, Catalog, bound_model
+from imgsearch.config import Config
 from imgsearch.embedders import Embedder
 from imgsearch.embedders.clip import ClipEmbedder, _create_loaded
+from imgsearch.embedders.identity import checkpoint_digest, default_digest_cache, model_name_of
 from imgsearch.embedders.weights import SkipRandomInit, unloaded
 from imgsearch.errors import ConfigError
+from imgsearch.service import Service
 
 from .helpers import PHOTOS, TINY_MODEL, photo
 
@@ -32,6 +40,20 @@ def _from_checkpoint(path: Path, tiny_model_config: Path) -> ClipEmbedder:
     return ClipEmbedder(
         TINY_MODEL, pretrained=None, checkpoint=path, model_config=tiny_model_config, device="cpu"
     )
+
+
+def _content_id(path: Path) -> str:
+    return f"open_clip/{TINY_MODEL}/sha256:{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
+
+
+def _saved(state: dict[str, torch.Tensor], path: Path, seed: int | None = None) -> Path:
+    """`state` (or, with a seed, other weights of its shapes) saved as a checkpoint."""
+    if seed is not None:
+        generator = torch.Generator().manual_seed(seed)
+        state = {k: torch.randn(v.shape, generator=generator) for k, v in state.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path
 
 
 @pytest.mark.parametrize("kind", ["zip", "legacy", "safetensors"])
@@ -56,7 +78,7 @@ def test_checkpoint_loads_without_random_init_and_embeds_identically(
     assert ("cannot be memory-mapped" in caplog.text) == (kind == "legacy")
     # ... and the embedder built on it embeds images and texts as the original weights do.
     loaded = _from_checkpoint(path, tiny_model_config)
-    assert loaded.model_id == f"open_clip/{TINY_MODEL}/weights{suffix}"
+    assert loaded.model_id == _content_id(path)
     pictures = [photo(name) for name in PHOTOS[:3]]
     assert np.array_equal(loaded.embed_images(pictures), tiny_embedder.embed_images(pictures))
     assert isinstance(tiny_embedder, ClipEmbedder)
@@ -77,13 +99,143 @@ def test_checkpoint_missing_a_tensor_is_a_clear_error(
         _from_checkpoint(path, tiny_model_config)
 
 
-def test_a_file_that_is_no_checkpoint_is_a_clear_error(
-    tmp_path: Path, tiny_model_config: Path
+@pytest.mark.parametrize(
+    ("kind", "cause"),
+    [
+        ("text", "Unsupported operand"),
+        ("random", ""),
+        ("truncated", "PytorchStreamReader failed reading zip archive"),
+        ("empty", "EOFError"),
+        ("safetensors", "header too small"),
+    ],
+)
+def test_a_file_that_is_no_checkpoint_is_one_clear_line(
+    tmp_path: Path,
+    tiny_state: dict[str, torch.Tensor],
+    tiny_model_config: Path,
+    kind: str,
+    cause: str,
 ) -> None:
-    path = tmp_path / "notes.pt"
-    path.write_text("not a checkpoint")
-    with pytest.raises(ConfigError, match="cannot load open_clip"):
+    """A --checkpoint that torch cannot read: one line that says so and why (the first line
+    of the cause, or its type), not torch's advice to load it with weights_only=False (which
+    runs the file's code) nor the advice to pass the --checkpoint that was passed."""
+    path = tmp_path / ("notes.safetensors" if kind == "safetensors" else f"{kind}.pt")
+    whole = _saved(tiny_state, tmp_path / "whole.pt").read_bytes()
+    contents = {"text": b"not a checkpoint", "empty": b"", "safetensors": b"hello"}
+    contents["random"] = np.random.default_rng(0).bytes(5000)
+    contents["truncated"] = whole[: len(whole) // 2]
+    path.write_bytes(contents[kind])
+    with pytest.raises(ConfigError) as caught:
         _from_checkpoint(path, tiny_model_config)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"--checkpoint {path} is not an open_clip checkpoint (corrupt, ")
+    assert cause in message and not message.endswith(": ")
+    assert "weights_only" not in message and "pass a local weights file" not in message
+
+
+def test_checkpoints_are_named_by_their_content(
+    tmp_path: Path, tiny_state: dict[str, torch.Tensor], tiny_model_config: Path
+) -> None:
+    """Every Hugging Face open_clip repo names its weights open_clip_pytorch_model.bin: two
+    releases under that name are two models, one release renamed is the same model."""
+    name = "open_clip_pytorch_model.bin"
+    first = _from_checkpoint(_saved(tiny_state, tmp_path / "a" / name), tiny_model_config)
+    other = _from_checkpoint(_saved(tiny_state, tmp_path / "b" / name, 1), tiny_model_config)
+    assert first.model_id == _content_id(tmp_path / "a" / name) != other.model_id
+    renamed = (tmp_path / "a" / name).rename(tmp_path / "ViT-tiny-laion.pt")
+    assert _from_checkpoint(renamed, tiny_model_config).model_id == first.model_id
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    Catalog(data_dir, first.model_id, first.dim).close()
+    with pytest.raises(ConfigError, match="holds vectors of model"):
+        Catalog(data_dir, other.model_id, other.dim, aliases=other.model_aliases)
+    Catalog(data_dir, first.model_id, first.dim).close()  # renamed: the same vectors
+
+
+def test_a_data_dir_bound_to_the_checkpoints_file_name_is_rebound_once(
+    tmp_path: Path,
+    config: Config,
+    tiny_state: dict[str, torch.Tensor],
+    tiny_model_config: Path,
+    photos: dict[str, Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An upgrade: a data dir bound to `open_clip/MODEL/FILE NAME` by an earlier version, with
+    its saved index, opens with a checkpoint of that name, rebound to the content id; the
+    index is loaded, not trained again. Another file name stays refused."""
+    path = _saved(tiny_state, tmp_path / "weights" / "open_clip_pytorch_model.bin")
+    embedder = _from_checkpoint(path, tiny_model_config)
+    earlier = f"open_clip/{TINY_MODEL}/open_clip_pytorch_model.bin"
+    assert embedder.model_aliases == (earlier,)
+    config = dataclasses.replace(config, checkpoint=path)
+    as_before = _from_checkpoint(path, tiny_model_config)
+    as_before.model_id, as_before.model_aliases = earlier, ()  # the earlier version's naming
+    old = Service(config, embedder=as_before)
+    try:
+        assert old.ingester.add(next(iter(photos.values())).parent).added == len(photos)
+        old.catalog.index.rebase()
+    finally:
+        old.close()
+    assert bound_model(config.data_dir) == (earlier, embedder.dim)
+    with caplog.at_level(logging.INFO, logger="imgsearch.catalog"):
+        service = Service(config, embedder=embedder)
+    try:
+        assert bound_model(config.data_dir) == (embedder.model_id, embedder.dim)
+        assert service.catalog.index_origin == "loaded" and len(service.catalog.index) == 5
+        assert "now bound as" in caplog.text and "1 saved index base(s) renamed" in caplog.text
+    finally:
+        service.close()
+    metas = list((config.data_dir / INDEX_DIR).glob("*/meta.json"))
+    assert metas and all(json.loads(m.read_text())["model_id"] == embedder.model_id for m in metas)
+    other = tmp_path / "other"
+    other.mkdir()
+    Catalog(other, f"open_clip/{TINY_MODEL}/ViT-tiny.bin", embedder.dim).close()
+    with pytest.raises(ConfigError, match=r"holds vectors of model .*/ViT-tiny\.bin"):
+        Catalog(other, embedder.model_id, embedder.dim, aliases=embedder.model_aliases)
+
+
+def test_tags_are_named_as_open_clip_spells_them(tmp_path: Path) -> None:
+    """open_clip matches tags case- and dash-insensitively: one spelling is one model; a
+    data dir bound to another spelling by an earlier version is rebound, and one bound to
+    the canonical spelling opens as it is."""
+    canonical = model_name_of("ViT-B-32", "laion2b_s34b_b79k", None)
+    shouted = model_name_of("ViT-B-32", "LAION2B-S34B-B79K", None)
+    assert canonical.id == shouted.id == "open_clip/ViT-B-32/laion2b_s34b_b79k"
+    assert canonical.aliases == () and shouted.aliases == ("open_clip/ViT-B-32/LAION2B-S34B-B79K",)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    Catalog(tmp_path / "old", shouted.aliases[0], 512).close()
+    Catalog(tmp_path / "old", shouted.id, 512, aliases=shouted.aliases).close()
+    assert bound_model(tmp_path / "old") == (canonical.id, 512)
+    Catalog(tmp_path / "new", canonical.id, 512).close()
+    Catalog(tmp_path / "new", shouted.id, 512, aliases=shouted.aliases).close()
+    assert bound_model(tmp_path / "new") == (canonical.id, 512)
+    assert model_name_of("ViT-B-32", None, None).id == "open_clip/ViT-B-32/random"
+
+
+def test_a_checkpoint_is_hashed_again_only_when_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The digest of a 600 MB file is cached by (resolved path, size, mtime_ns): a restart
+    reads none of it. The cache file is in $XDG_CACHE_HOME; a broken one costs a hashing."""
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"a" * 1000)
+    cache = tmp_path / "cache" / "digests.json"
+    first = checkpoint_digest(path, cache)
+    assert first == hashlib.sha256(b"a" * 1000).hexdigest()
+    stat = path.stat()
+    path.write_bytes(b"b" * 1000)  # same size; the same mtime put back: the cache answers
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert checkpoint_digest(tmp_path / "." / "weights.bin", cache) == first
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    changed = hashlib.sha256(b"b" * 1000).hexdigest()
+    assert checkpoint_digest(path, cache) == changed
+    assert list(json.loads(cache.read_text())) == [str(path.resolve())]
+    cache.write_text("{not json")
+    assert checkpoint_digest(path, cache) == changed
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_digest_cache().is_relative_to(tmp_path / "xdg")
 
 
 class _Masked(torch.nn.Module):

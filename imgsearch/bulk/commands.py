@@ -8,65 +8,108 @@ import json
 import logging
 import sys
 import time
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from ..client import EXIT_ERROR, EXIT_OK, Context, absolute
+from ..client import (
+    EXIT_ERROR,
+    EXIT_OK,
+    POLL_TIMEOUT_S,
+    QUICK_S,
+    Connection,
+    Context,
+    NotDaemon,
+    ServerError,
+    UsageError,
+    absolute,
+    detached,
+    segment,
+)
 from ..config import Config
-from ..errors import ImgSearchError, disk_full
-from ..formatting import shown
+from ..errors import BadRequest, ImgSearchError, disk_full
+from ..formatting import format_import, shown
 
 log = logging.getLogger(__name__)
 
 EXIT_USAGE = 2
 POLL_S = 0.5
+KINDS = ("import", "export")  # the bulk jobs, each under its own route (/import/ID, /export/ID)
 
 
 def export_dir(ctx: Context, dir: str, wait: bool) -> int:
     """`imgsearch export DIR`: an export job into a new or empty folder, followed with a
     progress bar (--no-wait: its id)."""
-    conn = ctx.connection()
     body = json.dumps({"dir": str(absolute(dir)), "wait": False}).encode()
-    job = conn.call("POST", "/export", body=body, content_type="application/json")[1]
+    job = _start(ctx.connection(), "export", body)
     if not wait:
-        ctx.emit(job, lambda j: str(j["id"]))
+        ctx.emit(job, lambda j: shown(j["id"]))
         return EXIT_OK
-    job = _follow(ctx, f"/export/{urllib.parse.quote(job['id'], safe='')}", job)
-    ctx.emit(job, lambda j: _pairs({k: j[k] for k in ("state", "dir", "rows", "files", "error")}))
+    job = _follow(ctx, "export", job)
+    ctx.emit(
+        job, lambda j: _pairs({k: j.get(k) for k in ("state", "dir", "rows", "files", "error")})
+    )
     return EXIT_OK if job["state"] == "done" else EXIT_ERROR
 
 
 def import_dir(ctx: Context, dir: str, path_map: list[str], wait: bool) -> int:
     """`imgsearch import DIR`: POST /import, then follow the job with a progress bar."""
-    conn = ctx.connection()
+    from .importjob import PathMap  # (its checks import numpy: only `import` pays for them)
+
+    try:  # the daemon refuses them too (400), as a usage error here before anything is sent
+        PathMap.parse(path_map)
+    except BadRequest as exc:
+        raise UsageError(exc.message) from None
     body = json.dumps({"dir": str(absolute(dir)), "wait": False, "path_map": path_map}).encode()
-    job = conn.call("POST", "/import", body=body, content_type="application/json")[1]
+    job = _start(ctx.connection(), "import", body)
     if not wait:
-        ctx.emit(job, lambda j: str(j["id"]))
+        ctx.emit(job, lambda j: shown(j["id"]))
         return EXIT_OK
-    job = _follow(ctx, f"/import/{urllib.parse.quote(job['id'], safe='')}", job)
-
-    def text(j: dict[str, Any]) -> str:
-        lines = [_pairs({k: j[k] for k in ("state", "imported", "failed")})]
-        lines += [f"  {shown(e['file'])} row {e['row']}: {shown(e['error'])}" for e in j["errors"]]
-        return "\n".join(lines)
-
-    ctx.emit(job, text)
+    job = _follow(ctx, "import", job)
+    ctx.emit(job, format_import)
     return EXIT_OK if job["state"] == "done" else EXIT_ERROR
 
 
-def _follow(ctx: Context, path: str, job: dict[str, Any]) -> dict[str, Any]:
-    """Poll a bulk job until it ends, with a progress bar of its rows on stderr."""
+def bulk_job(conn: Connection, job_id: str, *, cancel: bool) -> dict[str, Any] | None:
+    """The import or export of this id (cancelled first with `cancel`), None where the daemon
+    has neither: for `imgsearch jobs`, whose ids are an add job's."""
+    for kind in KINDS:
+        path = f"/{kind}/{segment(job_id)}"
+        try:
+            return conn.call("DELETE", path)[1] if cancel else conn.get(path, timeout=QUICK_S)
+        except ServerError as exc:
+            if exc.status != 404:
+                raise
+    return None
+
+
+def _start(conn: Connection, kind: str, body: bytes) -> dict[str, Any]:
+    """POST /import or /export without waiting: the job, once it is one."""
+    job = conn.call("POST", f"/{kind}", body=body, content_type="application/json")[1]
+    return _checked(conn, kind, job)
+
+
+def _checked(conn: Connection, kind: str, job: dict[str, Any]) -> dict[str, Any]:
+    """A job as the daemon answers it; NotDaemon for a JSON answer that is no job (another
+    service at --url: a KeyError's traceback otherwise)."""
+    if not isinstance(job.get("id"), str) or not isinstance(job.get("state"), str):
+        raise NotDaemon(conn.base, f"its answer to an {kind} names no job")
+    return job
+
+
+def _follow(ctx: Context, kind: str, job: dict[str, Any]) -> dict[str, Any]:
+    """Poll a bulk job until it ends, with a progress bar of its rows on stderr; Ctrl-C or a
+    daemon lost leaves it running and says its id (client.detached)."""
     from tqdm import tqdm
 
     conn = ctx.connection()
+    path = f"/{kind}/{segment(job['id'])}"
     hide = True if ctx.as_json else None
-    with tqdm(total=job["total"], unit="row", disable=hide, file=sys.stderr) as bar:
+    bar = tqdm(total=job.get("total"), unit="row", disable=hide, file=sys.stderr)
+    with detached(kind, job["id"]), bar:
         while job["state"] in {"queued", "running"}:
             time.sleep(POLL_S)
-            job = conn.get(path, timeout=60)
-            bar.update(int(job["done"]) - bar.n)
+            job = _checked(conn, kind, conn.get(path, timeout=POLL_TIMEOUT_S))
+            bar.update(int(job.get("done") or 0) - bar.n)
             if "failed" in job:
                 bar.set_postfix_str(f"{job['failed']} bad")
     return job

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import BadRequest
+from ..ingest.checks import URL_OR_PATH
 
 
 class PathMap:
@@ -20,11 +21,19 @@ class PathMap:
 
     @classmethod
     def parse(cls, specs: Sequence[str]) -> PathMap:
+        """OLD=NEW pairs; 400 for one that is not, before any row is read: each side must be
+        an absolute path or an http(s) URL prefix, as a row's path is (a relative NEW made
+        every mapped row fail; a relative OLD matched none)."""
         pairs = []
         for spec in specs:
             old, sep, new = str(spec).partition("=")
             if not sep or not old or not new:
                 raise BadRequest(f"path map must be OLD=NEW, got {spec!r}")
+            for side, text in (("OLD", old), ("NEW", new)):
+                if not text.startswith(URL_OR_PATH):
+                    raise BadRequest(
+                        f"path map {spec!r}: {side} must be an absolute path or an http(s) URL"
+                    )
             pairs.append((old, new))
         return cls(pairs)
 

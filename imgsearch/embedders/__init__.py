@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..config import OFFLINE_MODEL, Config
+from ..errors import ConfigError
 from .base import Embedder, Runtime, TextEmbedder, TorchEmbedder, resolve_device
 from .lanes import Lanes, lane_count, lanes_of
 from .precision import PrecisionCheck, choose_precision, default_batch_size, default_tail_batch
@@ -25,6 +26,8 @@ __all__ = [
     "decode_workers",
     "lanes_of",
     "load_embedder",
+    "model_aliases",
+    "refuse_weights_options",
     "resolve_device",
     "runtime_stats",
     "tail_batch_of",
@@ -35,7 +38,9 @@ def load_embedder(config: Config, *, check_later: bool = False) -> Embedder:
     """Build the embedder the config names, in the precision, layout and batch size this
     machine runs best; raises ConfigError with a clear message on failure. `check_later`:
     in fp32 for now, the caller runs `check_precision` (the daemon, after it answers)."""
-    device = resolve_device(config.device)
+    if config.model == OFFLINE_MODEL:
+        refuse_weights_options(config)
+    device = resolve_device(config.device)  # both before anything changes in the process
     import torch
 
     torch.set_num_threads(config.threads)
@@ -46,6 +51,7 @@ def load_embedder(config: Config, *, check_later: bool = False) -> Embedder:
         embedder, family = EfficientNetLite0(device), "cnn"
     else:
         from .clip import ClipEmbedder
+        from .identity import default_digest_cache
 
         embedder = ClipEmbedder(
             config.model,
@@ -53,6 +59,7 @@ def load_embedder(config: Config, *, check_later: bool = False) -> Embedder:
             checkpoint=config.checkpoint,
             model_config=config.model_config,
             device=device,
+            digest_cache=default_digest_cache(),
         )
         family = "clip"
     batch = config.batch_size or default_batch_size(family, device)
@@ -64,6 +71,31 @@ def load_embedder(config: Config, *, check_later: bool = False) -> Embedder:
         choose_precision(embedder, config.precision)
     out: Embedder = embedder
     return out
+
+
+def refuse_weights_options(config: Config) -> None:
+    """ConfigError where the bundled model is given open_clip's weight options, which it would
+    ignore (its weights come with it). A --pretrained equal to the default tag is not one the
+    user gave: every Config carries it (and a first run's fallback keeps it); `none` asks for
+    no weights, which the bundled model needs none of either."""
+    given = []
+    if config.checkpoint is not None:
+        given.append(f"--checkpoint {config.checkpoint}")
+    if config.pretrained is not None and config.pretrained != Config().pretrained:
+        given.append(f"--pretrained {config.pretrained}")
+    if config.model_config is not None:
+        given.append(f"--model-config {config.model_config}")
+    if given:
+        raise ConfigError(
+            f"--model {OFFLINE_MODEL} is the bundled model with its own weights: it takes no "
+            f"--checkpoint, --pretrained or --model-config (given: {', '.join(given)})"
+        )
+
+
+def model_aliases(embedder: Embedder) -> tuple[str, ...]:
+    """Ids earlier versions gave the embedder's weights (a data dir bound to one is rebound)."""
+    aliases = getattr(embedder, "model_aliases", ())
+    return tuple(a for a in aliases if isinstance(a, str)) if isinstance(aliases, tuple) else ()
 
 
 def check_precision(embedder: Embedder, requested: str) -> PrecisionCheck | None:

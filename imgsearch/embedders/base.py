@@ -25,6 +25,8 @@ RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
     "lanczos": Image.Resampling.LANCZOS,
 }
+# The torch device types the embedders run on (torch.device knows more: xpu, meta, ...).
+DEVICE_TYPES = ("cpu", "cuda", "mps")
 # Pillow first box-reduces by an integer factor while the image stays this many times the
 # target, then resamples once: one pass, about as sharp as a full-size bicubic resize.
 REDUCING_GAP = 2.0
@@ -60,14 +62,34 @@ class TextEmbedder(Protocol):
 
 
 def resolve_device(device: str) -> str:
-    """'auto' means CUDA when torch sees a GPU, else CPU."""
+    """The torch device to run on: 'auto' means CUDA when torch sees a GPU, else CPU; any
+    other name is checked here (in any case), so a wrong one is one line, not a traceback
+    from deep inside the model's load."""
     import torch
 
-    if device == "auto":
+    name = device.strip().lower()
+    if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device} asked for, but torch sees no CUDA GPU")
-    return device
+    try:
+        parsed = torch.device(name)
+    except (RuntimeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.type not in DEVICE_TYPES:
+        raise ConfigError(
+            f"--device {device!r} is not a device: use auto, cpu, cuda, cuda:N or mps"
+        )
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise ConfigError(f"--device {device} asked for, but torch sees no CUDA GPU")
+        if parsed.index is not None and parsed.index >= count:
+            raise ConfigError(
+                f"--device {device} asked for, but torch sees {count} CUDA GPU(s): cuda:0 to "
+                f"cuda:{count - 1}"
+            )
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {device} asked for, but this torch has no MPS (Apple GPU)")
+    return str(parsed)
 
 
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
@@ -157,6 +179,7 @@ class TorchEmbedder:
     model_id: str
     dim: int
     input_size: int
+    model_aliases: tuple[str, ...] = ()  # earlier ids of these weights (identity.py)
 
     def __init__(
         self,

@@ -74,7 +74,10 @@ def _fallback(config: Config, weights: str) -> ModelChoice:
     notice = NOTICE.format(weights=weights)
     bar = "!" * 78
     log.warning("\n%s\n%s\n%s", bar, notice, bar)
-    return ModelChoice(dataclasses.replace(config, model=OFFLINE_MODEL), notice)
+    # Without a --model-config too: one registered for CLIP is nothing to the bundled model,
+    # which refuses one given (load_embedder).
+    bundled = dataclasses.replace(config, model=OFFLINE_MODEL, model_config=None)
+    return ModelChoice(bundled, notice)
 
 
 def bound_model(data_dir: Path) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,10 +13,14 @@ import numpy as np
 from ..config import OFFLINE_MODEL
 from ..errors import ConfigError
 from .base import Preprocess, Runtime, TorchEmbedder, l2_normalise
+from .identity import ModelName, model_name_of
 
 log = logging.getLogger(__name__)
 
 RANDOM_SEED = 0
+# The keys open_clip needs in a model config (it skips a file without them, without a word).
+CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
+CAUSE_CHARS = 300  # of a load failure's cause in the one-line message
 # open_clip's defaults when a model names no preprocessing of its own.
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -33,17 +38,17 @@ class ClipEmbedder(TorchEmbedder):
         model_config: Path | None,
         device: str,
         batch_size: int = 32,
+        digest_cache: Path | None = None,
     ) -> None:
+        """`digest_cache`: where a checkpoint's SHA-256 is kept between starts (identity.py;
+        None: hashed at every start)."""
         import open_clip
 
         if model_config is not None:
-            if not model_config.is_file():
-                raise ConfigError(f"--model-config {model_config} is not a file")
-            open_clip.add_model_config(model_config)
+            _register(model_config)
         if checkpoint is not None and not checkpoint.is_file():
             raise ConfigError(f"--checkpoint {checkpoint} is not a file")
-        weights = str(checkpoint) if checkpoint is not None else pretrained
-        model, transform = _create(model_name, weights, device)
+        model, transform = _create(model_name, pretrained, checkpoint, device)
         model.eval()
         # The image tower alone: encode_image(x) is visual(x); the text tower stays fp32.
         super().__init__(model.visual, _preprocess(model.visual), device, batch_size=batch_size)
@@ -53,8 +58,8 @@ class ClipEmbedder(TorchEmbedder):
         self.dim = int(model.visual.output_dim)
         size = model.visual.image_size
         self.input_size = int(min(size) if isinstance(size, tuple | list) else size)
-        source = checkpoint.name if checkpoint is not None else (pretrained or "random")
-        self.model_id = f"open_clip/{model_name}/{source}"
+        name = _name_of(model_name, pretrained, checkpoint, digest_cache)
+        self.model_id, self.model_aliases = name.id, name.aliases
         log.info("loaded %s (%d-d) on %s", self.model_id, self.dim, device)
 
     def use(self, module: Any, precision: str, runtime: Runtime) -> None:
@@ -85,16 +90,41 @@ def _preprocess(visual: Any) -> Preprocess:
     return Preprocess(side, rgb_mean, rgb_std, interpolation, mode)
 
 
-def _create(model_name: str, weights: str | None, device: str) -> tuple[Any, Any]:
-    """open_clip.create_model_and_transforms with failures turned into one clear message."""
+def _register(model_config: Path) -> None:
+    """Register a model config file with open_clip, checked first: open_clip keeps every path
+    it was given and re-reads them all on each registration, so a bad one would break this
+    one's and every later one's with a traceback."""
+    import open_clip
+
+    if not model_config.is_file():
+        raise ConfigError(f"--model-config {model_config} is not a file")
+    try:
+        cfg = json.loads(model_config.read_bytes())
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ConfigError(f"--model-config {model_config} is not valid JSON: {exc}") from None
+    if not isinstance(cfg, dict) or not all(key in cfg for key in CONFIG_KEYS):
+        raise ConfigError(
+            f"--model-config {model_config} is not an open_clip model config: it needs the "
+            f"keys {', '.join(CONFIG_KEYS)}"
+        )
+    open_clip.add_model_config(model_config)
+    log.info("registered open_clip model %s from %s", model_config.stem, model_config)
+
+
+def _create(
+    model_name: str, pretrained: str | None, checkpoint: Path | None, device: str
+) -> tuple[Any, Any]:
+    """open_clip.create_model_and_transforms with failures turned into one clear line."""
     import open_clip
     import torch
 
     if model_name not in open_clip.list_models():
         raise ConfigError(
-            f"unknown open_clip model {model_name!r}; see open_clip.list_models(), "
+            f"unknown open_clip model {model_name!r}; see open_clip.list_models() (a "
+            "--model-config registers its file's name, without .json), "
             f"or use --model {OFFLINE_MODEL} (bundled, offline)"
         )
+    weights = str(checkpoint) if checkpoint is not None else pretrained
     try:
         if weights is None:
             log.warning(
@@ -113,12 +143,47 @@ def _create(model_name: str, weights: str | None, device: str) -> tuple[Any, Any
                 model_name, pretrained=weights, device=device
             )
     except Exception as exc:
-        raise ConfigError(
-            f"cannot load open_clip {model_name} weights {weights!r}: {exc}. "
+        raise _load_error(model_name, weights, checkpoint, exc) from None
+    return model, transform
+
+
+def _load_error(
+    model_name: str, weights: str | None, checkpoint: Path | None, exc: Exception
+) -> ConfigError:
+    """One line on why the weights did not load. For a --checkpoint, never the network
+    advice, nor torch's suggestion of weights_only=False (running a pickle's code)."""
+    text = str(exc)
+    if checkpoint is None:
+        return ConfigError(
+            f"cannot load open_clip {model_name} weights {weights!r}: {_cause(exc)}. "
             "On a machine without internet, pass a local weights file with --checkpoint PATH, "
             f"or use the bundled offline model with --model {OFFLINE_MODEL}"
-        ) from None
-    return model, transform
+        )
+    if "Error(s) in loading state_dict" in text:  # read, but the tensors are another model's
+        details = " ".join(line.strip() for line in text.splitlines()[1:] if line.strip())
+        return ConfigError(
+            f"--checkpoint {checkpoint} does not fit open_clip {model_name} (the weights of "
+            f"another model?): {_clipped(details)}"
+        )
+    return ConfigError(
+        f"--checkpoint {checkpoint} is not an open_clip checkpoint (corrupt, truncated or "
+        f"another format): {_cause(exc)}"
+    )
+
+
+def _cause(exc: Exception) -> str:
+    """The first line of an exception's message (its type where it has none). torch's
+    weights-only loader puts advice first and the reason after "WeightsUnpickler error:"."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return _clipped(line) if line else type(exc).__name__
+
+
+def _clipped(text: str) -> str:
+    return text if len(text) <= CAUSE_CHARS else text[: CAUSE_CHARS - 3] + "..."
 
 
 def _create_loaded(model_name: str, weights: str, device: str) -> tuple[Any, Any, Any] | None:
@@ -148,3 +213,14 @@ def _create_loaded(model_name: str, weights: str, device: str) -> tuple[Any, Any
         log.warning("%s left %s unloaded; loading it plainly", weights, ", ".join(left[:3]))
         return None
     return created
+
+
+def _name_of(
+    model_name: str, pretrained: str | None, checkpoint: Path | None, cache: Path | None
+) -> ModelName:
+    """The model's id and aliases (identity.py), a file that cannot be hashed one line."""
+    try:
+        return model_name_of(model_name, pretrained, checkpoint, cache)
+    except OSError as exc:
+        weights = checkpoint or pretrained
+        raise ConfigError(f"cannot read {weights} to name its weights: {exc}") from None

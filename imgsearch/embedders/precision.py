@@ -53,6 +53,20 @@ def native_precision(device: str, flags: frozenset[str]) -> tuple[str, str]:
     return "fp32", "CPU has no native bf16 (no avx512_bf16 or amx_bf16 flag)"
 
 
+def emulated(precision: str, device: str, flags: frozenset[str]) -> str | None:
+    """Why an explicit `precision` is not native on this hardware (torch then emulates it,
+    several times slower than fp32: 5-16x in a review's measurements on this project's
+    2-core Xeon), or None where it is. The same facts as `native_precision` goes by: the
+    CPU's bf16 flags, fp16 never on a CPU (auto never picks it there); a GPU's are not
+    judged here."""
+    if device.split(":")[0] != "cpu" or precision not in DTYPES or precision == "fp32":
+        return None
+    if precision == "bf16" and flags & BF16_FLAGS:
+        return None
+    missing = "no avx512_bf16 or amx_bf16 flag" if precision == "bf16" else "only CUDA runs it"
+    return f"{precision} is not native on this CPU ({missing}): emulated, several times slower"
+
+
 def default_batch_size(family: str, device: str) -> int:
     """The measured batch size for a model family ('cnn' or 'clip') on a device."""
     return BATCH_SIZES.get((family, "cuda" if device.startswith("cuda") else "cpu"), 32)
@@ -107,11 +121,15 @@ def choose_precision(
     runtime = embedder.runtime
     if requested == "fp32":
         return _install(embedder, embedder.module, replace(runtime, reason="asked for fp32"))
+    flags = cpu_flags() if flags is None else flags
     target, why = requested, "asked for"
     if requested == "auto":
-        target, why = native_precision(embedder.device, cpu_flags() if flags is None else flags)
+        target, why = native_precision(embedder.device, flags)
         if target == "fp32":
             return _install(embedder, embedder.module, replace(runtime, reason=why))
+    elif slow := emulated(requested, embedder.device, flags):  # run as asked, but say so
+        why = f"asked for, but {slow} than fp32 (--precision auto picks what runs natively)"
+        log.warning("--precision %s: %s", requested, why)
     try:
         cosines, fast = self_check(embedder, target, images or sample_images())
     except Exception as exc:  # an op without a kernel in that dtype on this device

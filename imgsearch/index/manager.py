@@ -32,7 +32,7 @@ from .hits import exact_among
 from .ledger import Ledger
 from .placing import Placers
 from .policy import HELD_TUNE_QUERIES, TUNE_QUERIES, Policy
-from .reads import Searcher, one_omp_thread, scan_store
+from .reads import Searcher, scan_store, searching_threads
 from .segments import Segments, bits
 from .startup import first_base, reopen, saved_base, warm_up
 from .swaps import fine_of, published
@@ -249,16 +249,16 @@ class LibraryIndex:
         self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Similarities and ids, best first, -1 padded; only `allowed` ids (sorted) if given."""
-        one_omp_thread()
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
-        if allowed is not None:
-            allowed = np.ascontiguousarray(allowed, dtype=np.int64)
-            if len(allowed) <= self.policy.allowed_exact_max:
-                return exact_among(queries, k, *self.source.vectors(allowed.tolist()))
-        if self._building:
-            return scan_store(self.source, queries, k, allowed, self.policy.store_scan_max)
-        # One read of the segments: a swap meanwhile does not mix two states.
-        return self._reads.search(self._segments, queries, k, allowed, self._idle())
+        with searching_threads():
+            if allowed is not None:
+                allowed = np.ascontiguousarray(allowed, dtype=np.int64)
+                if len(allowed) <= self.policy.allowed_exact_max:
+                    return exact_among(queries, k, *self.source.vectors(allowed.tolist()))
+            if self._building:
+                return scan_store(self.source, queries, k, allowed, self.policy.store_scan_max)
+            # One read of the segments: a swap meanwhile does not mix two states.
+            return self._reads.search(self._segments, queries, k, allowed, self._idle())
 
     def _idle(self) -> bool:
         """No training, compaction or bulk import is using the CPU."""

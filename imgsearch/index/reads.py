@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -215,12 +216,28 @@ def scan_store(
 
 
 def one_omp_thread() -> None:
-    """One OpenMP thread for the calling (request) thread: a few queries gain nothing from
-    more, and on a busy machine waking them costs more than the search (docs/BENCHMARKS.md).
-    The setting is per OS thread: background training keeps every core."""
+    """One OpenMP thread for the calling thread from now on (the search helper's): a few
+    queries gain nothing from more, and on a busy machine waking them costs more than the
+    search (docs/BENCHMARKS.md). The setting is per OS thread: background training keeps
+    every core."""
     import faiss
 
     faiss.omp_set_num_threads(SEARCH_THREADS)
+
+
+@contextmanager
+def searching_threads() -> Iterator[None]:
+    """One OpenMP thread for a search on the calling (request) thread, its count before given
+    back after: FAISS and torch share one OpenMP runtime, and the reused thread embeds the next
+    query in torch, which left at one thread ran on 1 of its --threads ever after."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(SEARCH_THREADS)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def _over(helper: ThreadPoolExecutor | None, nprobe: int) -> ThreadPoolExecutor | None:

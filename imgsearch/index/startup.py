@@ -7,7 +7,9 @@ since, so kill -9 at any point loses nothing the store had.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +20,7 @@ import numpy as np
 
 from ..cpu import lower_priority
 from ..errors import disk_full
+from ..files import fsync
 from . import base as B
 from .build import Source
 from .placing import Placer
@@ -25,6 +28,28 @@ from .policy import Policy
 from .segments import Segments
 
 log = logging.getLogger(__name__)
+
+
+def rename_model(folder: Path, old: str, new: str) -> int:
+    """Make the saved bases of model id `old` those of `new` (the same weights under a new
+    id: a data dir rebound by the catalog), so a start loads them instead of training again;
+    returns how many. Each meta.json is replaced in one rename."""
+    renamed = 0
+    for path in B.saved(folder):
+        meta = path / B.META
+        try:
+            raw = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue  # an unreadable one is discarded when loaded
+        if not isinstance(raw, dict) or raw.get("model_id") != old:
+            continue
+        tmp = meta.with_name(B.META + B.TEMP_SUFFIX)
+        tmp.write_text(json.dumps({**raw, "model_id": new}, indent=1))
+        fsync(tmp)
+        os.replace(tmp, meta)
+        fsync(path)
+        renamed += 1
+    return renamed
 
 
 def saved_base(
