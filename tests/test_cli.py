@@ -638,14 +638,23 @@ def test_ctrl_c_while_following_says_the_id_and_leaves_the_job(kind: str) -> Non
     polled = threading.Event()
     with serve_in_thread(following(kind, polled=polled)) as url:
         argv = [sys.executable, "-m", "imgsearch", "--url", url, *COMMAND_OF[kind]]
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            wait_for("the command to follow its job", polled.is_set, timeout=60)
-            proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=30)
-        finally:
-            proc.kill()
-            proc.wait()
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            # As a terminal's Ctrl-C finds it: a test run started in the background (`cmd &`
+            # in a script) has SIGINT ignored, and a child inherits that.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        with proc:  # (its pipes closed whatever happens)
+            try:
+                wait_for("the command to follow its job", polled.is_set, timeout=60)
+                proc.send_signal(signal.SIGINT)
+                out, err = proc.communicate(timeout=30)
+            finally:
+                proc.kill()
+                proc.wait()
     assert (proc.returncode, out) == (130, ""), err
     said = f"still running as {kind} j-1 (imgsearch jobs --cancel j-1 to stop it)"
     assert err.splitlines()[-1] == said, err
