@@ -43,20 +43,19 @@ def _malloc_trim() -> Any:
 
 def rss_mb(status: Path = Path("/proc/self/status")) -> float:
     """This process's resident memory in MB (0 where /proc cannot be read)."""
-    try:
-        for line in status.read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0.0
+    return _proc_mb(status, "VmRSS:") or 0.0
 
 
 def available_mb(meminfo: Path = Path("/proc/meminfo")) -> float | None:
     """Memory the system can give without swapping, in MB (MemAvailable); None where unknown."""
+    return _proc_mb(meminfo, "MemAvailable:")
+
+
+def _proc_mb(path: Path, field: str) -> float | None:
+    """A `FIELD: N kB` line of a /proc file, in MB; None where it cannot be read."""
     try:
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+        for line in path.read_text().splitlines():
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     except (OSError, ValueError, IndexError):
         pass

@@ -317,6 +317,21 @@ def open_page(pw: Any, profile: Path, *flags: str) -> tuple[Any, Any, list[str]]
     return browser, page, problems
 
 
+def hold_first(page: Any, pattern: str) -> list[Any]:
+    """Hold back the page's first request matching `pattern` (its Route lands in the returned
+    list, for the test to `continue_()` later); later ones go through."""
+    held: list[Any] = []
+
+    def route(request_route: Any) -> None:
+        if held:
+            request_route.continue_()
+        else:
+            held.append(request_route)
+
+    page.route(pattern, route)
+    return held
+
+
 CONE_DIM = 64
 
 

@@ -32,6 +32,7 @@ from .helpers import (
     TOKEN,
     ClientFactory,
     get_json,
+    hold_first,
     jpeg_bytes,
     open_page,
     photo,
@@ -312,7 +313,7 @@ def test_job_progress_in_chromium(tmp_path: Path, lite0_daemon: str) -> None:
     """A second job waits behind a first one that is still downloading: the page shows it
     queued, its total unknown, and watches it alone, though the first job's poll was still on
     its way when it started."""
-    from playwright.sync_api import Route, expect, sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -329,15 +330,7 @@ def test_job_progress_in_chromium(tmp_path: Path, lite0_daemon: str) -> None:
         try:
             browser, page, problems = open_page(pw, tmp_path / "profile")
             # The page's first poll of a job is held back (then its answer comes late).
-            held: list[Route] = []
-
-            def hold_first(route: Route) -> None:
-                if held:
-                    route.continue_()
-                else:
-                    held.append(route)
-
-            page.route("**/jobs/*", hold_first)
+            held = hold_first(page, "**/jobs/*")
             page.goto(f"{lite0_daemon}/?token={TOKEN}")
             expect(page.locator("#stats")).to_contain_text("0 images")
             status = page.locator("#job-status")

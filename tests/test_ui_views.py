@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-from .helpers import CHROMIUM, PHOTOS, TOKEN, open_page, photo, serve_in_thread
+from .helpers import CHROMIUM, PHOTOS, TOKEN, hold_first, open_page, photo, serve_in_thread
 
 FAKE_MEDIA = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
 # Pixels of the matched-region outline the side-by-side view draws (rgb(255, 170, 0)).
@@ -234,7 +234,7 @@ def test_side_by_side_in_chromium(tmp_path: Path, lite0_daemon: str) -> None:
     without another comparator; of 50, by a candidate from a region of the query), two clicks
     whose answers come back in the wrong order, and queries by a path that is not indexed and
     by a URL (the page has no picture of the query)."""
-    from playwright.sync_api import Route, expect, sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -279,15 +279,7 @@ def test_side_by_side_in_chromium(tmp_path: Path, lite0_daemon: str) -> None:
         expect(upside).to_have_count(0)
 
         # Two clicks; the first one's answer comes last and must not replace the second's.
-        held: list[Route] = []
-
-        def hold_first(route: Route) -> None:
-            if held:
-                route.continue_()
-            else:
-                held.append(route)
-
-        page.route("**/search?*evidence=1*", hold_first)
+        held = hold_first(page, "**/search?*evidence=1*")
         names = [results.nth(i).locator(".path").text_content() or "" for i in range(3)]
         late, wanted, last = (Path(n).name for n in names)
         with page.expect_request("**/search?*evidence=1*"):
