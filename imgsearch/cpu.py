@@ -85,6 +85,17 @@ def lowest_priority() -> str:
         return "normal"
 
 
+def normal_class(tid: int) -> None:
+    """Take thread `tid` (a native id) out of the idle scheduling class again, so that what it
+    still has to do before it stops is not starved by a busy machine; where not allowed (or
+    not Linux), nothing is done."""
+    try:
+        if os.sched_getscheduler(tid) == os.SCHED_IDLE:
+            os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+    except (AttributeError, OSError) as exc:
+        log.debug("thread %s stays in the idle class: %s", tid, exc)
+
+
 def idle_io() -> bool:
     """Put the calling thread's disk reads and writes in the idle I/O class: served when no
     other I/O waits, where the kernel's I/O scheduler has classes (mq-deadline, BFQ); whether

@@ -13,7 +13,7 @@ from typing import Any
 
 from .catalog import Catalog, Change
 from .comparators import Comparator, ComparatorRegistry, FeatureCache, FeatureError
-from .cpu import lowest_priority
+from .cpu import lowest_priority, normal_class
 from .errors import ImgSearchError
 
 log = logging.getLogger(__name__)
@@ -108,8 +108,13 @@ class FeaturePrecompute:
         }
 
     def close(self) -> None:
+        """Stop the thread: images still queued are left undone (their features are made when
+        a search first needs them), and the one in progress finishes at normal priority, so
+        that SIGTERM is not kept waiting by a busy machine."""
         self._closing.set()
         if self._thread.is_alive():
+            if self._thread.native_id is not None:
+                normal_class(self._thread.native_id)
             self._queue.put(_STOP)
             self._thread.join()
 
@@ -119,7 +124,8 @@ class FeaturePrecompute:
             try:
                 while self._paused() and not self._closing.wait(PAUSE_POLL):
                     pass
-                self._compute(image_id)
+                if not self._closing.is_set():
+                    self._compute(image_id)
             finally:
                 with self._idle:
                     self._busy -= 1

@@ -38,7 +38,7 @@ def test_serve_add_search_sigterm_and_restart(
     assert first.get("/add", image=str(folder))["added"] == 3
     hits = first.get("/search", image=str(folder / "coffee.jpg"), limit=2)["results"]
     assert hits[0]["image"] == str(folder / "coffee.jpg")
-    assert first.stop(signal.SIGTERM) < 10
+    first.stop(signal.SIGTERM)
     assert first.proc.returncode == 0
 
     second = start(daemons, data_dir, tiny_model_config)

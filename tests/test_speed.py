@@ -24,7 +24,7 @@ from imgsearch.comparators.keypoints import Keypoints, limit_blas_threads, ratio
 from imgsearch.comparators.sift import SiftComparator
 from imgsearch.comparators.verify import VerifyComparator
 from imgsearch.config import Config
-from imgsearch.cpu import cpu_flags, torch_threads
+from imgsearch.cpu import cpu_flags, lowest_priority, normal_class, torch_threads
 from imgsearch.derived import stamp
 from imgsearch.embedders import Embedder
 from imgsearch.embedders.clip import ClipEmbedder
@@ -392,7 +392,9 @@ async def test_precompute_makes_features_exist_after_an_add(
             for image_id, where in stored.items()
         )
 
-    assert await _wait_for(all_cached, 60)
+    # counted once each is done (after its features are cached): waited for, not raced
+    assert await asyncio.to_thread(service.precompute.wait_idle, 60)
+    assert all_cached()
     stats = await get_json(client, "/stats")
     assert stats["precompute"]["done"] == 3 and stats["precompute"]["enabled"]
     assert stats["precompute"]["pending"] == 0
@@ -426,10 +428,64 @@ async def test_precompute_waits_while_an_add_runs(
         assert service.features.get("verify", image_id, stamp(stat)) is None
         assert (await get_json(client, "/stats"))["precompute"]["pending"] == 1
     assert not service.ingester.running()
-    done = await _wait_for(
-        lambda: service.features.get("verify", image_id, stamp(stat)) is not None, 60
-    )
-    assert done and service.precompute.done == 1
+    assert await asyncio.to_thread(service.precompute.wait_idle, 60)
+    assert service.features.get("verify", image_id, stamp(stat)) is not None
+    assert service.precompute.done == 1
+
+
+async def test_precompute_close_leaves_queued_images_undone(
+    aiohttp_client: ClientFactory, config: Config, tiny_embedder: Embedder, tmp_path: Path
+) -> None:
+    """Shutting down does not first compute every queued image (SIGTERM waited 10-30 s on a
+    busy machine): what is queued is left for the first search that needs it."""
+    from imgsearch.store import FileFacts, NewImage
+
+    client = await aiohttp_client(_app(config, tiny_embedder))
+    service = client.app[SERVICE]
+    vector = np.ones(tiny_embedder.dim, np.float32) / np.sqrt(tiny_embedder.dim)
+    written = []
+    for name in PHOTOS[:3]:
+        path = tmp_path / f"{name}.jpg"
+        photo(name).save(path, quality=90)
+        stat = path.stat()
+        facts = FileFacts(str(path), stat.st_size, stat.st_mtime_ns, "0" * 64, 400, 300)
+        written.append((path, stat, facts))
+    with service.ingester._run_lock:  # the thread waits: everything stays queued
+        ids = service.catalog.put([NewImage(facts, vector) for _, _, facts in written]).ids
+        assert service.precompute.stats()["pending"] == 3
+        await asyncio.to_thread(service.precompute.close)
+    assert not service.precompute._thread.is_alive()
+    assert service.precompute.done == 0 and service.precompute.stats()["pending"] == 0
+    for image_id, (_, stat, _) in zip(ids, written, strict=True):
+        assert service.features.get("verify", image_id, stamp(stat)) is None
+    # a search makes them when it needs them (the stored vectors are all alike: verify alone
+    # puts the same photo first)
+    found = await get_json(client, "/search", image=str(written[0][0]), compare="verify")
+    assert found["results"][0]["image"] == str(written[0][0])
+    for image_id, (_, stat, _) in zip(ids, written, strict=True):
+        assert service.features.get("verify", image_id, stamp(stat)) is not None
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's idle scheduling class")
+def test_a_closing_thread_leaves_the_idle_class() -> None:
+    got: list[str] = []
+    idle, leave = threading.Event(), threading.Event()
+
+    def background() -> None:
+        got.append(lowest_priority())
+        idle.set()
+        leave.wait(30)
+
+    thread = threading.Thread(target=background)
+    thread.start()
+    try:
+        assert idle.wait(30) and got == ["idle"] and thread.native_id is not None
+        assert os.sched_getscheduler(thread.native_id) == os.SCHED_IDLE
+        normal_class(thread.native_id)
+        assert os.sched_getscheduler(thread.native_id) == os.SCHED_OTHER
+    finally:
+        leave.set()
+        thread.join()
 
 
 async def test_precompute_off_leaves_features_lazy(
