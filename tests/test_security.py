@@ -86,6 +86,39 @@ async def test_same_origin_page_is_allowed(client: Client) -> None:
     assert code == 200
 
 
+OLD_BROWSER = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) Safari/605.1.15 Version/15.6"
+
+
+async def test_a_browser_without_sec_fetch_site_must_come_from_the_page(client: Client) -> None:
+    """Browsers before Sec-Fetch-Site send no Origin with a GET: an `<img>` on any site
+    could add and remove. Such a browser needs a Referer of the daemon's own pages, except
+    for the pages a user opens by typing their address; programs are unaffected."""
+    own = f"http://127.0.0.1:{client.port}"
+    old = {"User-Agent": OLD_BROWSER, "Host": f"127.0.0.1:{client.port}"}
+    for path in ("/add", "/remove", "/stats", "/search", "/thumbnail", "/static/app.js"):
+        for headers in (old, {**old, "Referer": "http://attacker.example/"}):
+            code, body = await status_and_body(client, path, headers=headers)
+            assert (code, body["status"]) == (403, 403), (path, headers)
+            assert "Sec-Fetch-Site" in body["error"]
+        for allowed in ({"Referer": f"{own}/?token=x"}, {"Referer": own}, {"Origin": own}):
+            resp = await client.get(path, headers={**old, **allowed})
+            assert resp.status != 403, (path, allowed)
+    # a look-alike origin is not the daemon's
+    code, _ = await status_and_body(client, "/stats", headers={**old, "Referer": own + ".evil/"})
+    assert code == 403
+    for page in ("/", "/docs", "/health"):
+        assert (await client.get(page, headers=old)).status == 200
+    # current browsers say where they come from; programs are not browsers
+    for headers in (
+        {**old, "Sec-Fetch-Site": "same-origin"},
+        {"User-Agent": "curl/8.5.0"},
+        {"User-Agent": "python-requests/2.32"},
+    ):
+        assert (await client.get("/stats", headers=headers)).status == 200
+    page = await client.get("/")
+    assert page.headers["Referrer-Policy"] == "same-origin"  # what makes the page's own Referer
+
+
 async def test_allow_host_adds_a_name(
     aiohttp_client: ClientFactory, config: Config, tiny_embedder: Embedder
 ) -> None:

@@ -3,6 +3,11 @@
 A daemon on localhost is reachable from any page the user's browser opens. A page cannot
 set the Host header (rebinding leaves the attacker's name in it) nor hide its Origin or
 Sec-Fetch-Site, while plain local programs (curl, requests) send neither of the latter.
+Browsers from before Sec-Fetch-Site (Chrome 76, Firefox 90, Safari 16.4) send no Origin on a
+GET either (an `<img src=".../add?image=/">` on any site): a request that names itself a
+browser (every one's User-Agent starts "Mozilla/") and says nothing of where it comes from
+must carry a Referer from the daemon's own pages (theirs send it: `Referrer-Policy:
+same-origin`), except for the pages a user opens by typing their address.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ from ..errors import Forbidden, Unauthorized
 
 OPEN_PATHS = frozenset({"/health"})
 CROSS_SITE = frozenset({"cross-site", "same-site"})
+# What an old browser (no Sec-Fetch-Site) may ask without a Referer from the daemon's pages:
+# the pages themselves, opened by typing or from a bookmark (they change nothing).
+TOP_LEVEL_PAGES = frozenset({"/", "/docs", "/health"})
+BROWSER_AGENT = "Mozilla/"
 
 
 # A token in a query string (`?token=...`, for links and the page's images), as logs show it.
@@ -80,6 +89,12 @@ def guard(allow_hosts: Iterable[str], token: str | None) -> Middleware:
             raise Forbidden(f"cross-origin requests are refused (Origin {origin})")
         if request.headers.get("Sec-Fetch-Site", "").lower() in CROSS_SITE:
             raise Forbidden("cross-site requests are refused")
+        if _unplaced_browser(request, f"{request.scheme}://{host}"):
+            raise Forbidden(
+                "this browser does not say where the request comes from (no Sec-Fetch-Site, "
+                "Origin or Referer of this daemon's pages): open the page at / and search "
+                "from there, or use a current browser"
+            )
         if token is not None and request.path not in OPEN_PATHS:
             given = _bearer(request) or request.query.get("token", "")
             # surrogatepass: a header's bytes that are not UTF-8 arrive as lone surrogates
@@ -89,6 +104,18 @@ def guard(allow_hosts: Iterable[str], token: str | None) -> Middleware:
         return await handler(request)
 
     return check
+
+
+def _unplaced_browser(request: web.Request, own: str) -> bool:
+    """A browser that sends no Sec-Fetch-Site, asking for more than a top-level page without
+    an Origin or Referer of `own` (the daemon's own origin)."""
+    headers = request.headers
+    if "Sec-Fetch-Site" in headers or not headers.get("User-Agent", "").startswith(BROWSER_AGENT):
+        return False
+    if request.path in TOP_LEVEL_PAGES or headers.get("Origin") == own:
+        return False
+    referer = headers.get("Referer", "")
+    return not (referer == own or referer.startswith(own + "/"))
 
 
 def _bearer(request: web.Request) -> str:

@@ -89,6 +89,6 @@ async def docs(request: web.Request) -> web.Response:
     headers = {
         "Content-Security-Policy": PAGE_POLICY,
         "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "no-referrer",
+        "Referrer-Policy": "same-origin",
     }
     return web.Response(text=_read(PAGE), content_type="text/html", headers=headers)
