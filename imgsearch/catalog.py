@@ -119,6 +119,7 @@ class Catalog:
         rebound to `model_id`, its saved index with it."""
         self.model_id = model_id
         self.dim = dim
+        self.model_aliases = tuple(aliases)
         legacy = data_dir / LEGACY_INDEX_FILE
         for stray in (legacy, legacy.with_name(legacy.name + ".tmp")):
             if stray.exists():

@@ -344,6 +344,8 @@ COMMANDS: tuple[Command, ...] = (
         arg("dir", help=f"folder of .parquet shards ({_HERE})"),
         arg("--path-map", action="append", default=[], metavar="OLD=NEW",
             help="rewrite a path prefix (repeatable; first match wins)"),
+        arg("--earlier-model", action="store_true",
+            help="take shards named by the id an earlier version gave the checkpoint's file"),
         arg("--wait", action=argparse.BooleanOptionalAction, default=True,
             help="follow the import with a progress bar (default); --no-wait prints its id"),
     )),

@@ -50,8 +50,9 @@ def test_export_then_import_with_a_path_map(
     hits = daemon.get("/search", image=str(pics / "coffee.jpg"), limit=2)["results"]
     assert {h["image"] for h in hits} == {str(pics / "coffee.jpg"), "/elsewhere/pics/coffee.jpg"}
 
-    code, out, _ = run(capsys, "import", "exported", "--no-wait", "--json")
+    code, out, _ = run(capsys, "import", "exported", "--no-wait", "--json", "--earlier-model")
     assert code == 0 and json.loads(out)["state"] in {"queued", "running", "done"}
+    assert json.loads(out)["earlier_model"] is True
 
     code, out, _ = run(capsys, "export", "again", "--no-wait")  # the job's id
     job = daemon.get(f"/export/{out.strip()}")

@@ -21,13 +21,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from imgsearch.bulk.exports import ExportManager
-from imgsearch.bulk.format import table_of, write_shard
-from imgsearch.bulk.imports import ImportJob, ImportManager
+from imgsearch.bulk.format import shard_info, table_of, write_shard
+from imgsearch.bulk.imports import ImportJob, ImportManager, Served
 from imgsearch.catalog import Catalog
 from imgsearch.embedders import Embedder
 from imgsearch.errors import BadRequest
 
-from .helpers import ingester
+from .helpers import TINY_MODEL, ingester
 
 Client = TestClient[web.Request, web.Application]
 
@@ -251,6 +251,59 @@ def test_a_resumed_job_whose_shard_vanished_says_so(
     catalog.close()
 
 
+def test_shards_named_by_an_earlier_id_of_the_weights(
+    tmp_path: Path, tiny_embedder: Embedder
+) -> None:
+    """Shards an earlier version wrote name the checkpoint by its file (`.../FILE NAME`), which
+    any checkpoint of that name had: taken only when the user says they are this one's (and
+    still at a resume); another spelling of the daemon's open_clip tag is always taken."""
+    dim = tiny_embedder.dim
+    content = f"open_clip/{TINY_MODEL}/sha256:0123456789abcdef"
+    by_file = f"open_clip/{TINY_MODEL}/open_clip_pytorch_model.bin"
+    vectors = np.random.default_rng(0).normal(size=(10, dim))
+    for name, model_id in (("a", by_file), ("b", by_file), ("other", f"{by_file}.old")):
+        (tmp_path / name).mkdir()
+        table = table_of(model_id, dim, [f"/{name}/{i}.jpg" for i in range(10)], vectors)
+        write_shard(tmp_path / name / "s.parquet", table)
+    data = tmp_path / "data"
+    data.mkdir()
+
+    def opened() -> tuple[Catalog, ImportManager]:
+        catalog = Catalog(data, content, dim, aliases=(by_file,))
+        return catalog, ImportManager(ingester(catalog, tiny_embedder), data, batch_rows=5)
+
+    catalog, imports = opened()
+    with pytest.raises(BadRequest, match=r"earlier versions gave .*\"earlier_model\": true"):
+        imports.submit(tmp_path / "a")
+    with pytest.raises(BadRequest, match="holds vectors of model .*bin.old"):
+        imports.submit(tmp_path / "other", earlier_model=True)
+    shown = ended(imports.submit(tmp_path / "a", earlier_model=True))
+    assert (shown["state"], shown["imported"], shown["earlier_model"]) == ("done", 10, True)
+    # a crash before b's rows: resumed with the user's word kept
+    job = imports.submit(tmp_path / "b", earlier_model=True)
+    ended(job)
+    imports.close()
+    catalog.close()
+    record = data / "imports" / f"{job.id}.json"
+    saved = json.loads(record.read_text())
+    saved.update(state="running", shards={"s.parquet": 0}, imported=0, finished=None)
+    record.write_text(json.dumps(saved))
+    catalog, imports = opened()
+    assert len(catalog.remove_tree("/b")) == 10
+    shown = ended(imports.get(job.id))
+    assert (shown["state"], shown["imported"], shown["failed"]) == ("done", 10, 0), shown
+    assert sum(path.startswith("/b/") for path in stored(catalog)) == 10
+    imports.close()
+    catalog.close()
+
+    spelled = Served("open_clip/ViT-B-32/laion2b_s34b_b79k", dim)
+    table = table_of("open_clip/ViT-B-32/LAION2B-S34B-B79K", dim, ["/t.jpg"], vectors[:1])
+    write_shard(tmp_path / "t.parquet", table)
+    shouted = shard_info(tmp_path / "t.parquet")
+    assert spelled.refusal(shouted, earlier_model=False) is None
+    assert Served(by_file.replace(".bin", ".pt"), dim).refusal(shouted, False) is not None
+
+
 def test_a_queued_export_cancelled_ends_at_once(tmp_path: Path, tiny_embedder: Embedder) -> None:
     data = tmp_path / "data"
     data.mkdir()
@@ -286,3 +339,5 @@ async def test_export_checks_its_folder_and_an_empty_library_round_trips(
     assert (resp.status, job["state"], job["total"]) == (200, "done", 0), job
     resp = await client.post("/import", json={"dir": str(tmp_path / "empty"), "wait": "yes"})
     assert resp.status == 400  # (in a JSON body: true or false)
+    resp = await client.post("/import", json={"dir": str(tmp_path / "empty"), "earlier_model": 1})
+    assert resp.status == 400 and "earlier_model" in (await resp.json())["error"]

@@ -51,7 +51,7 @@ def export_dir(ctx: Context, dir: str, wait: bool) -> int:
     return EXIT_OK if job["state"] == "done" else EXIT_ERROR
 
 
-def import_dir(ctx: Context, dir: str, path_map: list[str], wait: bool) -> int:
+def import_dir(ctx: Context, dir: str, path_map: list[str], wait: bool, earlier_model: bool) -> int:
     """`imgsearch import DIR`: POST /import, then follow the job with a progress bar."""
     from .importjob import PathMap  # (its checks import numpy: only `import` pays for them)
 
@@ -59,7 +59,8 @@ def import_dir(ctx: Context, dir: str, path_map: list[str], wait: bool) -> int:
         PathMap.parse(path_map)
     except BadRequest as exc:
         raise UsageError(exc.message) from None
-    body = json.dumps({"dir": str(absolute(dir)), "wait": False, "path_map": path_map}).encode()
+    request = {"dir": str(absolute(dir)), "wait": False, "path_map": path_map}
+    body = json.dumps({**request, "earlier_model": earlier_model}).encode()
     job = _start(ctx.connection(), "import", body)
     if not wait:
         ctx.emit(job, lambda j: shown(j["id"]))

@@ -66,6 +66,7 @@ class ImportJob:
     started: float | None = None
     finished: float | None = None
     error: str | None = None
+    earlier_model: bool = False  # shards named by an earlier id of a checkpoint's file taken
     stop: threading.Event = field(default_factory=threading.Event, repr=False)
     ended: threading.Event = field(default_factory=threading.Event, repr=False)
     cancelled: bool = field(default=False, repr=False)  # stopped by a user, not a shutdown
@@ -109,6 +110,7 @@ class ImportJob:
             "started": self.started,
             "finished": self.finished,
             "error": self.error,
+            "earlier_model": self.earlier_model,
         }
 
     @classmethod
@@ -117,6 +119,7 @@ class ImportJob:
         job = cls(**{k: data[k] for k in keys})
         job.errors, job.error = data.get("errors", []), data.get("error")
         job.skipped = data.get("skipped", 0)
+        job.earlier_model = bool(data.get("earlier_model", False))
         job.shard_rows = data.get("shard_rows", {})  # (records before 2026-12-07: none)
         job.created, job.started, job.finished = data["created"], data["started"], data["finished"]
         return job

@@ -24,10 +24,12 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ..cpu import background_share, lower_priority
+from ..embedders.identity import named_by_content, tag_spelled
 from ..errors import BadRequest, NotFound, disk_full
 from ..ingest import AddReport, Checked, Ingester
 from ..store import UNKNOWN_SHA256, Rows
@@ -52,17 +54,46 @@ ENCODERS = 2
 T = TypeVar("T")
 
 
-def check_folder(folder: Path, model_id: str, dim: int) -> list[ShardInfo]:
+@dataclass(frozen=True)
+class Served:
+    """The model this daemon serves, and the ids earlier versions gave its weights (shards
+    they wrote name those: identity.py)."""
+
+    model_id: str
+    dim: int
+    aliases: tuple[str, ...] = ()
+
+    def refusal(self, info: ShardInfo, earlier_model: bool) -> str | None:
+        """Why the shard's vectors cannot join this model's (None: they can). An earlier id
+        that names a checkpoint's file is taken only with `earlier_model`: any checkpoint of
+        that file name had it. Another spelling of this daemon's open_clip tag, or one
+        that an earlier version gave these weights otherwise, is always taken."""
+        if info.dim == self.dim and self.model_id in {info.model_id, tag_spelled(info.model_id)}:
+            return None
+        if info.dim == self.dim and info.model_id in self.aliases:
+            if earlier_model or not named_by_content(self.model_id):
+                return None
+            return (
+                f"{info.path} holds vectors of {info.model_id}, the id earlier versions gave "
+                f"every checkpoint file of that name; this daemon serves {self.model_id}. If "
+                "they were made with this daemon's checkpoint, import them with "
+                '"earlier_model": true (imgsearch import --earlier-model); nothing was imported'
+            )
+        return (
+            f"{info.path} holds vectors of model {info.model_id} ({info.dim}-d), but this "
+            f"daemon serves {self.model_id} ({self.dim}-d); nothing was imported"
+        )
+
+
+def check_folder(folder: Path, served: Served, earlier_model: bool = False) -> list[ShardInfo]:
     """Every shard's footer, checked against the daemon's model before anything is written."""
     infos = [shard_info(p) for p in shard_files(folder)]
     if not infos:
         raise NotFound(f"no .parquet files in {folder}")
     for info in infos:
-        if (info.model_id, info.dim) != (model_id, dim):
-            raise BadRequest(
-                f"{info.path} holds vectors of model {info.model_id} ({info.dim}-d), but this "
-                f"daemon serves {model_id} ({dim}-d); nothing was imported"
-            )
+        why = served.refusal(info, earlier_model)
+        if why is not None:
+            raise BadRequest(why)
     return infos
 
 
@@ -148,16 +179,25 @@ class ImportManager:
             else:
                 job.ended.set()
 
-    def submit(self, folder: Path, path_map: Sequence[str] = ()) -> ImportJob:
-        """Check the folder's shards (400 on another model) and queue its import."""
+    @property
+    def served(self) -> Served:
+        catalog = self.catalog
+        return Served(catalog.model_id, catalog.dim, catalog.model_aliases)
+
+    def submit(
+        self, folder: Path, path_map: Sequence[str] = (), earlier_model: bool = False
+    ) -> ImportJob:
+        """Check the folder's shards (400 on another model) and queue its import.
+        `earlier_model`: take shards named by an earlier id of a checkpoint's file (Served)."""
         if not folder.is_absolute():
             raise BadRequest(f"dir must be an absolute path, got {folder}")
         if not folder.is_dir():
             raise NotFound(f"no such folder: {folder}")
         mapping = PathMap.parse(path_map)
-        infos = check_folder(folder, self.catalog.model_id, self.catalog.dim)
+        infos = check_folder(folder, self.served, earlier_model)
         total = sum(i.rows for i in infos)
         job = ImportJob(uuid.uuid4().hex[:12], str(folder), mapping.specs(), total)
+        job.earlier_model = earlier_model
         job.shards = {i.path.name: 0 for i in infos}
         job.shard_rows = {i.path.name: i.rows for i in infos}
         self.records.add(job)
@@ -251,7 +291,8 @@ class ImportManager:
         """The job's own shards, in order, those not done read again (a shard added to the
         folder since is not the job's); one gone or changed to another model since is an
         Unreadable, the others go on."""
-        model, dim = self.catalog.model_id, self.catalog.dim
+        served = self.served
+        model, dim = served.model_id, served.dim
         for name, done in job.shards.items():
             path = Path(job.dir) / name
             rows = job.shard_rows.get(name, done)
@@ -262,7 +303,7 @@ class ImportManager:
             except BadRequest as exc:
                 yield Unreadable(ShardInfo(path, model, dim, rows), _Gone(exc.message))
                 continue
-            if (info.model_id, info.dim) != (model, dim):
+            if served.refusal(info, job.earlier_model) is not None:
                 why = f"it now holds vectors of model {info.model_id} ({info.dim}-d)"
                 yield Unreadable(ShardInfo(path, model, dim, rows), _Gone(why))
                 continue
@@ -330,4 +371,4 @@ def _refused(group: Group, report: AddReport) -> list[BadRow]:
     return out + [BadRow(file, row, error) for (file, row), error in found]
 
 
-__all__ = ["BadRow", "ImportJob", "ImportManager", "PathMap", "check_folder"]
+__all__ = ["BadRow", "ImportJob", "ImportManager", "PathMap", "Served", "check_folder"]

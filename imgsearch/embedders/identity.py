@@ -59,6 +59,21 @@ def model_name_of(
     return ModelName(f"open_clip/{model}/{pretrained}")  # (an hf-hub or unknown name)
 
 
+def tag_spelled(model_id: str) -> str:
+    """`model_id` with its open_clip tag as open_clip spells it (an earlier version kept the
+    user's spelling: `open_clip/ViT-B-32/LAION2B-S34B-B79K`); other ids as they are."""
+    kind, model, weights = (model_id.split("/", 2) + ["", ""])[:3]
+    if kind != "open_clip" or not weights or "/" in weights or ":" in weights:
+        return model_id
+    return f"{kind}/{model}/{clean_tag(weights)}"
+
+
+def named_by_content(model_id: str) -> bool:
+    """Whether `model_id` names its weights by their digest: then the ids earlier versions
+    gave them name a file, which any other checkpoint of that name had too."""
+    return "/sha256:" in model_id
+
+
 def _by_content(model: str, weights: Path, earlier: str, cache: Path | None) -> ModelName:
     digest = checkpoint_digest(weights, cache)[:DIGEST_CHARS]
     return ModelName(f"open_clip/{model}/sha256:{digest}", (f"open_clip/{model}/{earlier}",))

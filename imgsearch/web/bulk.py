@@ -35,14 +35,19 @@ def _wait(params: Params) -> bool:
 
 @table.post("/import")
 async def import_post(request: web.Request) -> web.Response:
-    """Import a folder of Parquet shards: {"dir": "/abs", "wait": false, "path_map": [...]}."""
+    """Import a folder of Parquet shards: {"dir": "/abs", "wait": false, "path_map": [...],
+    "earlier_model": false}."""
     service = request.app[SERVICE]
     params = Params(request.query, await parsing.json_object(request), "JSON body")
     if not isinstance(params.get("dir"), str):
         raise BadRequest("dir must be a string path")
     folder = service.paths.resolve(params.get("dir"), name="dir")
     wait = _wait(params)
-    job = await blocking(service.imports.submit, folder, _path_map(params.get("path_map")))
+    earlier = params.get("earlier_model", False)
+    if not isinstance(earlier, bool):
+        raise BadRequest(f"earlier_model must be true or false, got {earlier!r}")
+    path_map = _path_map(params.get("path_map"))
+    job = await blocking(service.imports.submit, folder, path_map, earlier)
     if not wait:
         location = f"/import/{job.id}"
         return web.json_response(job.as_json(), status=202, headers={"Location": location})
