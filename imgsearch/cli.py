@@ -287,6 +287,7 @@ def serve(args: dict[str, Any]) -> int:
 
     from .web import create_app
     from .web.guard import TokenMask
+    from .web.starting import quit_while_starting, stop_gracefully
 
     config = Config.load(overrides=args).resolved()
     setup_logging(config.verbose)
@@ -304,7 +305,11 @@ def serve(args: dict[str, Any]) -> int:
     app = create_app(config, model_fallback=all(v is None for v in chosen))
     access = log.getChild("access")
     access.addFilter(TokenMask())  # -v logs each request line: never with its ?token=
-    app.on_startup.append(_tune_interpreter)  # after the service opened (cleanup_ctx runs first)
+    # A signal while the service opens ends the process at once (web/starting.py); the
+    # cleanup_ctx that opens it runs first of on_startup, the appended ones after it.
+    app.on_startup.insert(0, quit_while_starting)
+    app.on_startup.append(stop_gracefully)
+    app.on_startup.append(_tune_interpreter)
     web.run_app(
         app,
         sock=sockets,

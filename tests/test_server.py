@@ -18,7 +18,7 @@ import pytest
 from imgsearch.cli import bind
 from imgsearch.errors import ConfigError
 
-from .helpers import STARTUP_TIMEOUT, Daemon, photo, start
+from .helpers import STARTUP_TIMEOUT, Daemon, photo, start, wait_for
 
 # Slow lane: real `imgsearch serve` subprocesses (make test runs it; make test-fast does not).
 pytestmark = pytest.mark.slow
@@ -49,6 +49,37 @@ def test_serve_add_search_sigterm_and_restart(
     assert hits[0]["image"] == str(folder / "rocket.jpg")
     second.stop(signal.SIGINT)
     assert second.proc.returncode == 0
+
+
+# `python -c SLOW_START MARKER serve ...`: the daemon, whose service takes ten minutes to open
+# (as a rebuild of a big index from SQLite can), MARKER created when it begins.
+SLOW_START = """
+import pathlib, runpy, sys, time
+from imgsearch.service import Service
+marker, opening = pathlib.Path(sys.argv.pop(1)), Service.__init__
+def slowly(*args, **kwargs):
+    marker.touch()
+    time.sleep(600)
+    opening(*args, **kwargs)
+Service.__init__ = slowly
+runpy.run_module("imgsearch", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_during_start_up_exits_at_once(
+    tmp_path: Path, tiny_model_config: Path, daemons: list[Daemon], sig: signal.Signals
+) -> None:
+    """A SIGTERM while the service opens waited for all of it (and opened it to close it)."""
+    marker = tmp_path / "opening"
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    daemon = Daemon(data_dir, tiny_model_config, launch=("-c", SLOW_START, str(marker)))
+    daemons.append(daemon)
+    wait_for("the service to begin opening", marker.exists, STARTUP_TIMEOUT)
+    daemon.stop(sig)  # (killed, and the test failed, if still there after STOP_TIMEOUT)
+    assert daemon.proc.returncode == 0
+    assert f"{sig.name} during start-up: exiting now" in daemon.output()
 
 
 def test_second_daemon_on_same_data_dir_exits(
