@@ -135,7 +135,8 @@ class FetchSession:
         try:
             async with (
                 self._limit,
-                self._session.get(url, max_redirects=MAX_REDIRECTS) as resp,
+                # aiohttp refuses the redirect that brings its count to max_redirects
+                self._session.get(url, max_redirects=MAX_REDIRECTS + 1) as resp,
             ):
                 return await self._read(url, resp)
         except ImgSearchError:

@@ -212,7 +212,9 @@ class JobManager:
             raise ImgSearchError("this daemon cannot download URLs", 501)
         if strict:
             urls = [check_url(url) for url in urls]
-        urls = list(dict.fromkeys(urls))  # the same URL twice is one download
+        # The same URL twice is one download, as check_url gives it (stripped); one it refuses
+        # stays as it is, to fail in the run with its reason.
+        urls = list(dict.fromkeys(_url_key(url) for url in urls))
         label = urls[0] if len(urls) == 1 else f"{len(urls)} URLs"
         job = Job(
             uuid.uuid4().hex[:12],
@@ -383,3 +385,10 @@ class JobManager:
                 self.store.jobs.save(job.row())
 
         return on_progress
+
+
+def _url_key(url: str) -> str:
+    try:
+        return check_url(url)
+    except ImgSearchError:
+        return url

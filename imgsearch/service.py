@@ -23,6 +23,7 @@ from .config import Config
 from .cpu import lowest_priority
 from .derived import DerivedFiles
 from .downloads import DOWNLOADS, UrlAdder
+from .downloads import sweep as sweep_downloads
 from .duplicates import DuplicateFinder
 from .embedders import (
     Embedder,
@@ -188,7 +189,7 @@ class Service:
         _drop_old_caches(config.data_dir)
         self.derived = DerivedFiles(config.data_dir / DERIVED, alive=self._stored)
         self.catalog.subscribe(self._invalidate)
-        self._sweep_derived(stack)
+        self._sweep(stack)
         self.features = FeatureCache(self.derived, allows=self.paths.allows)
         self.thumbnails = ThumbnailCache(self.derived, **limits)
         extensions = image_extensions(self.heif)
@@ -262,10 +263,12 @@ class Service:
     def _stored(self, image_id: int) -> bool:
         return image_id in self.catalog.store.paths([image_id])
 
-    def _sweep_derived(self, stack: ExitStack) -> None:
-        """Derived files a kill -9 left (derived.py's sweep), dropped on a background thread
-        that takes only idle CPU; stopped (and waited for) before the catalog closes."""
+    def _sweep(self, stack: ExitStack) -> None:
+        """Derived files a kill -9 left (derived.py's sweep) and downloads no image holds
+        (downloads.sweep), dropped on a background thread that takes only idle CPU; stopped
+        (and waited for) before the catalog closes."""
         stop = threading.Event()
+        opened = time.time()
 
         def run() -> None:
             lowest_priority()
@@ -273,6 +276,11 @@ class Service:
                 self.derived.sweep(lambda ids: self.catalog.store.paths(ids).keys(), stop)
             except Exception:  # (a cache to tidy: never a reason to stop the daemon)
                 log.exception("tidying the derived-file cache failed")
+            try:
+                downloads = self.config.data_dir / DOWNLOADS
+                sweep_downloads(downloads, self.catalog.store.file_states, opened, stop)
+            except Exception:
+                log.exception("tidying the downloads folder failed")
 
         thread = threading.Thread(target=run, name="derived-sweep", daemon=True)
         thread.start()

@@ -7,6 +7,8 @@ import contextlib
 import dataclasses
 import hashlib
 import io
+import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from imgsearch import cli
 from imgsearch.config import Config
 from imgsearch.embedders import Embedder
 from imgsearch.errors import BadRequest, ConfigError
-from imgsearch.fetch import MAX_URL_LENGTH, check_url
+from imgsearch.fetch import MAX_REDIRECTS, MAX_URL_LENGTH, check_url
 from imgsearch.web import create_app
 from imgsearch.web.openapi import document
 
@@ -110,6 +112,12 @@ def site_app(site: Site) -> web.Application:
     app.router.add_get("/n/{n}.jpg", counted)
     app.router.add_get("/redirect", redirect("/cat.jpg"))
     app.router.add_get("/loop", redirect("/loop"))
+
+    async def hops(request: web.Request) -> web.Response:
+        left = int(request.match_info["n"])
+        raise web.HTTPFound(f"/hops/{left - 1}" if left > 1 else "/cat.jpg")
+
+    app.router.add_get("/hops/{n}", hops)  # n redirects, then the cat
     return app
 
 
@@ -383,3 +391,67 @@ async def test_url_jobs_survive_a_restart(
     assert jobs[1]["errors"] == [
         {"image": site("/missing"), "error": "the server answered 404 Not Found", "status": 404}
     ]
+
+
+async def test_redirects_up_to_the_limit_are_followed(client: Client, site: Site) -> None:
+    """At most MAX_REDIRECTS (5) redirects, as the README says: the fifth was refused."""
+    most, over = site(f"/hops/{MAX_REDIRECTS}"), site(f"/hops/{MAX_REDIRECTS + 1}")
+    assert (await call(client, "GET", "/add", 200, params={"url": most}))["added"] == 1
+    body = await call(client, "GET", "/add", 502, params={"url": over})
+    assert f"more than {MAX_REDIRECTS} redirects" in body["error"]
+
+
+async def test_the_same_url_spelled_with_spaces_is_one_download(client: Client, site: Site) -> None:
+    url = site("/cat.jpg")
+    report = await call(client, "POST", "/add", 200, json={"urls": [url, f" {url}", f"{url}\n"]})
+    assert (report["added"], report["skipped"], report["failed"]) == (1, 0, 0)
+
+
+async def test_a_cancelled_add_leaves_no_download_it_did_not_index(
+    client: Client, site: Site, url_config: Config
+) -> None:
+    """A download that arrived and waited for its batch when the add was cancelled was left
+    in downloads/ for good, no image holding it."""
+    urls = [site("/coffee.png")] + [site(f"/slow.jpg?{i}") for i in range(3)]
+    body = await call(client, "POST", "/add", 202, json={"urls": urls, "wait": 0})
+    for _ in range(100):  # the coffee arrives, the slow ones hold its batch back
+        if downloads(url_config):
+            break
+        await asyncio.sleep(0.05)
+    assert len(downloads(url_config)) == 1
+    job = await call(client, "DELETE", f"/jobs/{body['job']}", 200)
+    assert job["state"] == "cancelled" and job["added"] == 0
+    assert downloads(url_config) == []
+    # one indexed stays: the same bytes again, then an add stopped before its batch
+    await call(client, "GET", "/add", 200, params={"url": site("/coffee.png")})
+    body = await call(client, "POST", "/add", 202, json={"urls": urls, "wait": 0})
+    await asyncio.sleep(0.5)
+    await call(client, "DELETE", f"/jobs/{body['job']}", 200)
+    assert len(downloads(url_config)) == 1
+
+
+async def test_downloads_no_image_holds_are_deleted_at_the_next_start(
+    aiohttp_client: ClientFactory, url_config: Config, tiny_embedder: Embedder, site: Site
+) -> None:
+    """Downloads of images removed since, or that a kill -9 left unindexed or half written."""
+    first = await aiohttp_client(create_app(url_config, embedder=tiny_embedder))
+    urls = [site("/cat.jpg"), site("/coffee.png")]
+    await call(first, "POST", "/add", 200, json={"urls": urls})
+    cat, coffee = sorted(downloads(url_config), key=lambda p: p.suffix)  # .jpg, .png
+    await call(first, "GET", "/remove", 200, params={"image": str(coffee)})
+    await first.close()
+    orphan = url_config.data_dir / "downloads" / ("0" * 64 + ".jpg")
+    orphan.write_bytes(CAT)
+    half = url_config.data_dir / "downloads" / ".tmp-x1y2.jpg"
+    half.write_bytes(CAT[:100])
+    hour_ago = time.time() - 3600
+    for path in (cat, coffee, orphan, half):
+        os.utime(path, (hour_ago, hour_ago))
+    second = await aiohttp_client(create_app(url_config, embedder=tiny_embedder))
+    for _ in range(200):
+        if downloads(url_config) == [cat]:
+            break
+        await asyncio.sleep(0.05)
+    assert downloads(url_config) == [cat]
+    hits = (await call(second, "GET", "/search", 200, params={"image": str(cat)}))["results"]
+    assert hits[0]["image"] == str(cat)
