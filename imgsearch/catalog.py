@@ -332,9 +332,10 @@ class Catalog:
         if len(self.index) == 0 or (allowed is not None and not len(allowed)):
             return [[] for _ in range(len(queries))]
         sims, ids = self.index.search(queries, k, allowed)
-        paths = self.store.paths(sorted({int(i) for i in ids.ravel() if i >= 0}))
+        # present only: a file marked missing is in the index until its removal there follows
+        paths = self.store.paths(sorted({int(i) for i in ids.ravel() if i >= 0}), present=True)
         return [
-            [  # a row removed since the search is not reported
+            [  # a row removed (or marked missing) since the search is not reported
                 Neighbour(int(i), paths[i].path, paths[i].mtime_ns, float(s), paths[i].source)
                 for s, i in zip(row_s.tolist(), row_i.tolist(), strict=True)
                 if i in paths

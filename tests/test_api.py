@@ -144,6 +144,9 @@ async def test_remove_file_then_folder(client: Client, tmp_path: Path) -> None:
     assert stats["images"] == stats["index"]["vectors"] == 1
 
 
+JPEG = {"Content-Type": "image/jpeg"}
+
+
 async def test_post_search_upload_data_uri_and_raw(client: Client, photos: dict[str, Path]) -> None:
     await add(client, photos["chelsea"].parent)
     raw = photos["rocket"].read_bytes()
@@ -171,6 +174,15 @@ async def test_post_search_upload_data_uri_and_raw(client: Client, photos: dict[
     assert (await resp.json())["results"] == [
         {"image": expected, "distance": pytest.approx(0, abs=1e-4)}
     ]
+    # The upload is the query: another named in the query string is a 400, never ignored.
+    other = str(photos["coffee"])
+    for query in ({"image": other}, {"text": "a cat"}, {"url": "http://x/y.jpg"}, {"vector": "1"}):
+        resp = await client.post("/search", params=query, data=raw, headers=JPEG)
+        assert resp.status == 400 and "not several" in (await resp.json())["error"], query
+        form = FormData()
+        form.add_field("image", raw, filename="q.jpg", content_type="image/jpeg")
+        resp = await client.post("/search", params=query, data=form)
+        assert resp.status == 400 and "not several" in (await resp.json())["error"], query
 
 
 async def test_search_on_empty_index_is_empty(client: Client, photos: dict[str, Path]) -> None:

@@ -30,6 +30,26 @@ def item(path: str, seed: int) -> NewImage:
     return NewImage(facts, v / np.linalg.norm(v))
 
 
+def test_a_file_marked_missing_is_no_search_result_before_the_index_follows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite commits `missing` before the index drops the ids: a search in between returned
+    images of a vanished folder as ordinary results."""
+    catalog = Catalog(tmp_path, "m/test", DIM)
+    try:
+        images = [item("/w/a.jpg", 1), item("/w/b.jpg", 2), item("/k/c.jpg", 3)]
+        ids = catalog.put(images).ids
+        query = np.stack([image.vector for image in images]).astype(np.float32)
+        monkeypatch.setattr(catalog.index, "remove", lambda *args: None)  # not followed yet
+        assert sorted(catalog.mark_missing("/w")) == sorted(ids[:2])
+        assert len(catalog.index) == 3
+        for hits in catalog.nearest(query, 3):
+            assert [h.path for h in hits] == ["/k/c.jpg"]
+    finally:
+        monkeypatch.undo()
+        catalog.close()
+
+
 def test_every_committed_write_is_announced_with_its_generation(tmp_path: Path) -> None:
     catalog = Catalog(tmp_path, "m/test", DIM)
     seen: list[Change] = []

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -177,19 +178,28 @@ async def test_a_plugins_bad_scores_and_failures_cost_only_its_own_scores(
     client: Client, gallery: Path, tmp_path: Path
 ) -> None:
     """A plugin's 7.0 outweighed every other comparator, its inf made a 200 that was not JSON,
-    a bare float or features failing on the query made every such search a 500, and features
+    a bare float, a raw measure that is not a number, an array among its extras or features
+    failing on the query made every such search a 500, and features
     failing on one stored image dropped that image's built-in scores too."""
     from imgsearch.comparators import Score
 
     registry = client.app[SERVICE].comparators
-    answers = {"huge": Score(7.0, 7.0), "endless": Score(1.0, float("inf")), "bare": 0.9}
+    answers = {
+        "huge": Score(7.0, 7.0),
+        "endless": Score(1.0, float("inf")),
+        "bare": 0.9,
+        "rawless": Score(None, 0.5),  # type: ignore[arg-type]
+        "arrays": Score(1.0, 0.5, {"hist": np.zeros(3), "bins": 3, "nan": [float("nan")]}),
+    }
     for name, answer in answers.items():
         registry.register(Unruly(name, answer))
     query = str(gallery / "camera.jpg")
-    body = await get_json(client, "/search", image=query, compare="histogram,huge,endless,bare")
+    compare = "histogram,huge,endless,bare,rawless,arrays"
+    body = await get_json(client, "/search", image=query, compare=compare)
     for hit in body["results"]:
-        assert set(hit["compare"]) == {"histogram", "huge"}
+        assert set(hit["compare"]) == {"histogram", "huge", "arrays"}
         assert hit["compare"]["huge"] == {"raw": 7.0, "score": 1.0}
+        assert hit["compare"]["arrays"] == {"raw": 1.0, "score": 0.5, "bins": 3}
     small = tmp_path / "small.png"
     photo("camera", 360).resize((80, 60)).save(small)
     body = await get_json(client, "/search", image=str(small), compare="histogram,huge")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -68,3 +70,24 @@ async def test_evidence_only_when_asked_and_checked(
         client, "/search", image=str(photos["chelsea"]), compare="verify", evidence="1"
     )
     assert by_path["results"][0]["evidence"]["quad"] is not None
+
+
+async def test_evidence_is_made_inside_the_search_gate(
+    client: Client, photos: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The evidence's matching costs what a verify search does: --max-pending-searches counts
+    it (it ran after the gate let the search go)."""
+    from imgsearch.web import search as routes
+    from imgsearch.web.keys import SEARCH_GATE
+
+    active: list[int] = []
+    made = routes.evidence_results
+
+    async def counted(*args: Any) -> Any:
+        active.append(client.app[SEARCH_GATE].active)
+        return await made(*args)
+
+    monkeypatch.setattr(routes, "evidence_results", counted)
+    await get_json(client, "/add", image=str(photos["chelsea"].parent))
+    await _search(client, jpeg_bytes(photo("chelsea"), quality=90), compare="verify", evidence="1")
+    assert active == [1]

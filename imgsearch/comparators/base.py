@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -176,7 +177,28 @@ def checked(name: str, result: object) -> Score | None:
         return None
     if not 0.0 <= score <= 1.0:
         log.warning("comparator %s returned the score %s outside 0..1: clipped", name, score)
-    return Score(result.raw, clamp01(score), result.extra)
+    try:
+        raw = float(result.raw)
+    except (TypeError, ValueError):
+        log.error("comparator %s returned the raw measure %r: not used", name, result.raw)
+        return None
+    extra = dict(result.extra) if isinstance(result.extra, Mapping) else {}
+    for key, value in list(extra.items()):
+        if not isinstance(key, str) or not _json_value(value):
+            log.error("comparator %s returned %r: %r, not a JSON value: left out", name, key, value)
+            del extra[key]
+    return Score(raw, clamp01(score), extra)
+
+
+def _json_value(value: Any) -> bool:
+    """Whether a comparator's extra value goes into an answer as it is (finite numbers)."""
+    if isinstance(value, float | np.floating):
+        return True  # (as_json writes a non-finite one as 0.0)
+    try:
+        json.dumps(_plain(value), allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def clamp01(value: float) -> float:

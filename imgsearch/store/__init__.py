@@ -98,8 +98,8 @@ class Store:
     def files_under(self, path: str) -> list[StoredFile]:
         return self.images.files_under(path)
 
-    def paths(self, ids: Sequence[int]) -> dict[int, Located]:
-        return self.images.paths(ids)
+    def paths(self, ids: Sequence[int], present: bool = False) -> dict[int, Located]:
+        return self.images.paths(ids, present)
 
     def vectors(
         self, since_generation: int = 0, chunk: int = 10_000, ids: Sequence[int] | None = None

@@ -175,11 +175,13 @@ class Images:
                 found[path] = FileState(id_, size, mtime_ns, bool(missing))
         return found
 
-    def paths(self, ids: Sequence[int]) -> dict[int, Located]:
-        """Path, mtime_ns and source of each id that is in the store."""
+    def paths(self, ids: Sequence[int], present: bool = False) -> dict[int, Located]:
+        """Path, mtime_ns and source of each id that is in the store (`present`: and whose
+        file is not marked missing)."""
         found: dict[int, Located] = {}
+        only = " AND missing = 0" if present else ""
         for chunk, marks in chunked([int(i) for i in ids]):
-            query = f"SELECT id, path, mtime_ns, source FROM images WHERE id IN ({marks})"
+            query = f"SELECT id, path, mtime_ns, source FROM images WHERE id IN ({marks}){only}"
             for id_, path, mtime_ns, source in self.db.reader().execute(query, chunk):
                 found[id_] = Located(path, mtime_ns, source)
         return found

@@ -83,7 +83,8 @@ async def _answer(request: web.Request, query: Query | Download, params: Params)
         if image is None or not evidence:  # evidence needs pixels to draw on
             return web.json_response({"results": await blocking(_found, service, query, options)})
         hits = await blocking(_search, service, query, options)
-    return web.json_response({"results": await evidence_results(service, image, hits)})
+        # (inside the gate: the evidence's matching costs what a verify search does)
+        return web.json_response({"results": await evidence_results(service, image, hits)})
 
 
 def _found(service: Service, query: Query, options: SearchOptions) -> list[dict[str, Any]]:
@@ -143,6 +144,16 @@ async def download(request: web.Request, raw: object) -> bytes:
         raise ImgSearchError(f"{url}: {exc.message}", exc.status) from None
 
 
+def _no_other_query(request: web.Request) -> None:
+    """An upload is the query: one named in the query string too is a 400, not ignored."""
+    given = [name for name in (*ALTERNATIVES, "vector") if name in request.query]
+    if given:
+        raise BadRequest(
+            f"the upload is the query image: give no {', '.join(given)} in the query string "
+            "(give one of image, url, text or vector, not several)"
+        )
+
+
 async def _posted(request: web.Request, max_bytes: int) -> tuple[Query | Download, Params]:
     """The query of a POST and its parameters, by content type."""
     if request.content_length is not None and request.content_length > max_bytes * 2:
@@ -152,8 +163,7 @@ async def _posted(request: web.Request, max_bytes: int) -> tuple[Query | Downloa
         data, fields = await parsing.multipart(request, "image", max_bytes, OPTIONS)
         if data is None:
             raise BadRequest("multipart upload needs a file field named 'image'")
-        if "url" in request.query or "text" in request.query:
-            raise BadRequest("give one of image, url or text, not several")
+        _no_other_query(request)
         return data, Params(request.query, fields, "form")
     if ctype in {parsing.JSON_TYPE, parsing.FORM_TYPE}:
         if ctype == parsing.JSON_TYPE:
@@ -170,6 +180,7 @@ async def _posted(request: web.Request, max_bytes: int) -> tuple[Query | Downloa
             return Vector(_vector(params.get("vector"))), params
         return _query(request, params, kind), params
     if ctype.startswith("image/") or ctype == "application/octet-stream":
+        _no_other_query(request)
         return await parsing.raw(request, max_bytes), Params(request.query)
     raise BadRequest(
         "POST /search takes multipart/form-data (file field 'image'), application/json or a "
