@@ -24,6 +24,7 @@ from .downloads import UrlAdder
 from .errors import Busy, ImgSearchError, NotFound, disk_full
 from .fetch import check_url
 from .ingest import AddReport, FileError, Ingester
+from .ingest.report import ERRORS_KEPT
 from .store import JobRow, Store
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class Job:
         eta = None
         if rate and self.total is not None and self.state == "running":
             eta = round((self.total - self.done) / rate, 1)
-        report = self.report.as_json()
+        report = self.report.as_json(errors=ERRORS_SHOWN)
         return {
             "id": self.id,
             "image": self.image,
@@ -108,7 +109,7 @@ class Job:
             "done": self.done,
             "total": self.total,
             **{k: report[k] for k in ("added", "updated", "skipped", "failed")},
-            "errors": report["errors"][:ERRORS_SHOWN],
+            "errors": report["errors"],
             "images_per_s": round(rate, 2) if rate else None,
             "eta_s": eta,
             "created": self.created,
@@ -137,8 +138,9 @@ class Job:
     def from_row(cls, row: JobRow) -> Job:
         data = json.loads(row.report)
         report = AddReport(data["added"], data["updated"], data["skipped"], data["failed"])
-        report.errors = [
-            FileError(e["image"], e["error"], e.get("status", 422)) for e in data["errors"]
+        report.errors = [  # (records before 2026-12-08 kept every error)
+            FileError(e["image"], e["error"], e.get("status", 422))
+            for e in data["errors"][:ERRORS_KEPT]
         ]
         job = cls(
             row.id,

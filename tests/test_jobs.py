@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +223,52 @@ def test_a_queued_job_cancelled_ends_at_once_and_a_cancel_outlives_a_shutdown(
     finally:
         gate.set()
         service.close()
+
+
+async def test_queueing_an_add_never_stops_the_event_loop(client: Client, tmp_path: Path) -> None:
+    """The job's record is an SQLite write: queued on the loop, it stopped every request
+    (/health too) while a long write (a big folder's removal) held the database."""
+    from imgsearch.web.keys import SERVICE
+
+    photo("coffee", 200).save(tmp_path / "coffee.jpg")
+    store = client.app[SERVICE].catalog.store
+    held, answered, released = threading.Event(), threading.Event(), threading.Event()
+
+    def long_write() -> None:
+        with store.db.write():
+            held.set()
+            answered.wait(30)  # until /health answered (a stopped loop: 30 s)
+            released.set()
+
+    writer = threading.Thread(target=long_write)
+    writer.start()
+    try:
+        assert held.wait(30)
+        add = asyncio.ensure_future(
+            client.post("/jobs", json={"image": str(tmp_path / "coffee.jpg"), "wait": False})
+        )
+        await asyncio.sleep(0.3)  # the add waits for the database
+        assert (await client.get("/health")).status == 200
+        assert not released.is_set(), "/health waited for the write: the loop was stopped"
+        answered.set()
+        assert (await add).status == 202
+    finally:
+        answered.set()
+        writer.join()
+
+
+def test_a_job_keeps_the_first_thousand_errors_and_counts_them_all() -> None:
+    """300,000 broken files made a 32 MB report, rebuilt for each look at the job and
+    written to SQLite every few seconds."""
+    from imgsearch.ingest import FileError
+    from imgsearch.ingest.report import ERRORS_KEPT
+    from imgsearch.jobs import ERRORS_SHOWN, Job
+
+    job = Job("j1", "path", "/pics", False)
+    for i in range(ERRORS_KEPT + 500):
+        job.report.fail(FileError(f"/pics/{i}.jpg", "cannot decode image"))
+    shown = job.as_json()
+    assert shown["failed"] == ERRORS_KEPT + 500 and len(shown["errors"]) == ERRORS_SHOWN
+    saved = json.loads(job.row().report)
+    assert saved["failed"] == ERRORS_KEPT + 500 and len(saved["errors"]) == ERRORS_KEPT
+    assert Job.from_row(job.row()).report.failed == ERRORS_KEPT + 500

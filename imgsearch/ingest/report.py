@@ -18,9 +18,16 @@ class FileError:
     status: int = 422
 
 
+# The failed items an add keeps, with why (`failed` counts them all): a folder of 300,000
+# broken files made a 32 MB report, rebuilt for every look at the job and written to SQLite
+# every few seconds while the job ran.
+ERRORS_KEPT = 1_000
+
+
 @dataclass
 class AddReport:
-    """What one add did; `errors` lists every item that could not be indexed, and why."""
+    """What one add did; `errors` lists the items that could not be indexed, and why (the
+    first ERRORS_KEPT; `failed` counts them all)."""
 
     added: int = 0
     updated: int = 0
@@ -32,7 +39,8 @@ class AddReport:
 
     def fail(self, error: FileError) -> None:
         self.failed += 1
-        self.errors.append(error)
+        if len(self.errors) < ERRORS_KEPT:
+            self.errors.append(error)
 
     def merge(self, other: AddReport, names: Mapping[str, str] | None = None) -> None:
         """Add `other`'s counts and errors to this report; `names` renames items in errors
@@ -52,13 +60,15 @@ class AddReport:
             error = self.errors[0]
             raise ImgSearchError(f"{error.image}: {error.error}", error.status)
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self, errors: int = ERRORS_KEPT) -> dict[str, Any]:
+        """The counts, and the first `errors` errors."""
         return {
             "added": self.added,
             "updated": self.updated + self.moved,  # a move updates the row's path
             "skipped": self.skipped,
             "failed": self.failed,
             "errors": [
-                {"image": e.image, "error": e.error, "status": e.status} for e in self.errors
+                {"image": e.image, "error": e.error, "status": e.status}
+                for e in self.errors[:errors]
             ],
         }

@@ -85,13 +85,17 @@ async def _add(request: web.Request, params: Params) -> web.Response:
         if not isinstance(raw_path, str):
             raise BadRequest("image must be a string path")
         path = service.paths.resolve(raw_path)
-        after = _metadata_after(service, params, path=path)
-        return await _accepted_or_done(service.jobs.submit(path, update, after), wait)
+        # Off the loop: the checks stat the file and the job's record is an SQLite write,
+        # which waits while a long write (a big folder's removal) holds the database.
+        after = await blocking(_metadata_after, service, params, path=path)
+        return await _accepted_or_done(
+            await blocking(service.jobs.submit, path, update, after), wait
+        )
     urls, strict = parsing.url_list(params)
     if urls is None:
         raise BadRequest("missing parameter: image (an absolute path), or url or urls")
     after = _metadata_after(service, params, urls=urls)
-    job = service.jobs.submit_urls(urls, update, strict=strict, after=after)
+    job = await blocking(service.jobs.submit_urls, urls, update, strict=strict, after=after)
     return await _accepted_or_done(job, wait)
 
 
@@ -103,10 +107,10 @@ async def _csv_add(request: web.Request, params: Params, table: CsvAdd) -> web.R
     store = service.catalog.store
     if table.files is not None:
         after = metadata_writer(store, table.by_path) if table.by_path else None
-        job = service.jobs.submit_files(table.files, update, after, table.errors)
+        job = await blocking(service.jobs.submit_files, table.files, update, after, table.errors)
     else:
         after = metadata_writer(store, table.by_url, by_url=True) if table.by_url else None
-        job = service.jobs.submit_urls(table.urls or [], update, after=after)
+        job = await blocking(service.jobs.submit_urls, table.urls or [], update, after=after)
     return await _accepted_or_done(job, wait)
 
 
