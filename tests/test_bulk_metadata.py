@@ -98,9 +98,12 @@ async def test_export_writes_metadata_columns_and_a_round_trip_keeps_filters(
     await get_json(first, "/add", image=str(files[0].parent))
     # A shop's `size` and `source` are named like format columns: they go out as `meta:size`
     # and `meta:source` (they were left out of exports, lost by a move to another daemon).
+    # Every key's values keep their type where they all have one: booleans, integers (one
+    # over 2**53 too), floats (an integer-valued one stays a float); mixed ones go out as text.
     given = {
-        files[0]: {"sku": "A-1", "price": 12.5, "sale": True, "size": "XL"},
-        files[3]: {"sku": "B-2", "source": "catalogue"},
+        files[0]: {"sku": "A-1", "price": 12.5, "sale": True, "size": "XL", "n": 2**60, "w": 3.0},
+        files[3]: {"sku": "B-2", "source": "catalogue", "n": -7, "lot": 3},
+        files[4]: {"lot": "3b", "w": 1e300},
     }
     for path, metadata in given.items():
         resp = await first.post("/metadata", json={"image": str(path), "metadata": metadata})
@@ -109,9 +112,13 @@ async def test_export_writes_metadata_columns_and_a_round_trip_keeps_filters(
     assert (await get_json(first, "/export", dir=str(out)))["rows"] == 5
     table = pq.read_table(out / "part-00000.parquet")
     assert {"price", "sale", "sku"} <= set(table.schema.names)
-    assert all(table.schema.field(n).type == pa.string() for n in ("price", "sale", "sku"))
+    types = {n: table.schema.field(n).type for n in ("price", "sale", "sku", "n", "w", "lot")}
+    assert types == {
+        "price": pa.float64(), "sale": pa.bool_(), "sku": pa.string(), "n": pa.int64(),
+        "w": pa.float64(), "lot": pa.string(),
+    }  # fmt: skip
     rows = dict(zip(table.column("path").to_pylist(), table.to_pylist(), strict=True))
-    assert (rows[str(files[0])]["price"], rows[str(files[0])]["sale"]) == ("12.5", "true")
+    assert (rows[str(files[0])]["price"], rows[str(files[0])]["sale"]) == (12.5, True)
     assert (rows[str(files[0])]["meta:size"], rows[str(files[3])]["meta:source"]) == (
         "XL",
         "catalogue",
@@ -122,13 +129,12 @@ async def test_export_writes_metadata_columns_and_a_round_trip_keeps_filters(
     other = Config(**{**config.__dict__, "data_dir": tmp_path / "second"})
     second = await aiohttp_client(create_app(other, embedder=tiny_embedder))
     assert (await import_dir(second, out))["imported"] == 5
-    assert await metadata_of(second, files[0]) == {
-        "sku": "A-1",
-        "price": "12.5",
-        "sale": "true",
-        "size": "XL",
-    }
-    assert await metadata_of(second, files[3]) == {"sku": "B-2", "source": "catalogue"}
+    for path, metadata in given.items():  # exactly, types and all (`lot` mixed: text)
+        expected = {**metadata, "lot": "3"} if path == files[3] else metadata
+        got = await metadata_of(second, path)
+        assert got == expected and [type(v) for v in got.values()] == [
+            type(expected[k]) for k in got
+        ]
     assert await metadata_of(second, files[1]) == {}
     for where in ("sku:A-1", "price:12.5", "sale:true", "sku:B-2", "size:XL"):
         a, b = await found(first, files[2], where), await found(second, files[2], where)

@@ -31,7 +31,7 @@ from imgsearch.store import FileFacts, NewImage, Store
 from imgsearch.web import create_app
 from imgsearch.web.keys import SERVICE
 
-from .helpers import ClientFactory, get_json, wait_for
+from .helpers import ClientFactory, get_json, photo, wait_for
 
 Client = TestClient[web.Request, web.Application]
 
@@ -260,3 +260,65 @@ def _gone(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
     except OSError:
         return True
+
+
+@pytest.mark.parametrize("rows_per_shard", [3, 100])
+def test_an_export_is_one_snapshot_to_its_last_shard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rows_per_shard: int
+) -> None:
+    """The rows' statement ended with its last row and the last shard's metadata was read
+    after it: a removal or a metadata write meanwhile showed there (the only shard of a
+    library under 100,000 images)."""
+    from imgsearch.bulk import export
+
+    store = Store(tmp_path / "db.sqlite", 8)
+    rng = np.random.default_rng(0)
+    images = [
+        NewImage(FileFacts(f"/p/{i}.jpg", 10, 10, f"{i:064x}", 4, 4), rng.normal(size=8))
+        for i in range(6)
+    ]
+    ids = store.images.upsert(images).ids
+    store.metadata.replace({i: {"album": f"old{n}"} for n, i in enumerate(ids)})
+    daemon = Store(tmp_path / "db.sqlite", 8)  # another connection: the daemon, writing
+    made = export.shard_table
+    shards: list[int] = []
+
+    def shard_table(*args: Any) -> Any:
+        shards.append(1)
+        if len(shards) == 2 or rows_per_shard == 100:  # (the last shard being built)
+            daemon.metadata.replace({ids[0]: {"album": "NEW"}, ids[5]: {"album": "NEW"}})
+            daemon.images.remove_ids([ids[1], ids[4]])
+        return made(*args)
+
+    monkeypatch.setattr(export, "shard_table", shard_table)
+    write_library(store, "m", 8, tmp_path / "out", threading.Event(), rows_per_shard=rows_per_shard)
+    rows = {}
+    for path in sorted((tmp_path / "out").glob("*.parquet")):
+        table = pq.read_table(path).to_pydict()
+        rows.update(zip(table["path"], table["album"], strict=True))
+    assert rows == {f"/p/{n}.jpg": f"old{n}" for n in range(6)}
+    daemon.close()
+    store.close()
+
+
+async def test_a_file_of_before_1970_keeps_its_time_through_a_round_trip(
+    aiohttp_client: ClientFactory, config: Config, tiny_embedder: Embedder, tmp_path: Path
+) -> None:
+    """Its negative mtime went out as unknown: the next /add of the unchanged file, after an
+    import, embedded it again."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photo("coffee", 160).save(folder / "old.jpg")
+    in_1960 = -315_619_200_000_000_000
+    os.utime(folder / "old.jpg", ns=(in_1960, in_1960))
+    first = await aiohttp_client(create_app(config, embedder=tiny_embedder))
+    await get_json(first, "/add", image=str(folder))
+    out = tmp_path / "out"
+    assert (await get_json(first, "/export", dir=str(out)))["rows"] == 1
+    assert pq.read_table(out / "part-00000.parquet").column("mtime_ns").to_pylist() == [in_1960]
+    other = Config(**{**config.__dict__, "data_dir": tmp_path / "second"})
+    second = await aiohttp_client(create_app(other, embedder=tiny_embedder))
+    resp = await second.post("/import", json={"dir": str(out), "wait": True})
+    assert (await resp.json())["imported"] == 1
+    again = await get_json(second, "/add", image=str(folder))
+    assert (again["added"], again["updated"], again["skipped"]) == (0, 0, 1)

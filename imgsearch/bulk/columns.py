@@ -2,8 +2,9 @@
 
 Import: every column the format does not know is a metadata key; a row's non-null cells are its
 metadata (strings, numbers and booleans as they are; other Arrow values as text), and they
-replace what the image had. Export: each image's metadata back as string columns (values as the
-text `where=KEY:VALUE` matches), a key per column. A key named like a format column (a shop's
+replace what the image had. Export: each image's metadata back, a key per column, typed as the
+key's values are (booleans, integers or floats; text as `where=KEY:VALUE` matches it where they
+are mixed). A key named like a format column (a shop's
 `size`) goes out as `meta:size`, and a column `meta:KEY` imports as the key KEY: no key can hold
 a `:` (`where=` splits on it), so that name is never a key of its own.
 """
@@ -14,6 +15,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import pyarrow as pa
+
 from ..errors import ImgSearchError
 from ..metadata import check_metadata
 from ..store import Metadata, Store
@@ -21,6 +24,7 @@ from ..store.metadata import match_text
 from .format import KNOWN_COLUMNS, BadRow, RowBatch
 
 META_PREFIX = "meta:"  # a column for a metadata key named like a format column
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def row_metadata(cells: dict[str, Any]) -> Metadata:
@@ -54,13 +58,27 @@ def import_metadata(store: Store, shard: str, batch: RowBatch) -> list[BadRow]:
     return refused
 
 
-def export_columns(store: Store, ids: Sequence[int]) -> dict[str, list[str | None]]:
-    """The images' metadata as string columns (a key per column, sorted; None where absent)."""
+def export_columns(store: Store, ids: Sequence[int]) -> dict[str, pa.Array]:
+    """The images' metadata as columns, a key per column (sorted; null where absent), typed
+    as the key's values are (column_of)."""
     found = store.metadata.get(list(ids))
     keys = sorted({key for metadata in found.values() for key in metadata})
-    columns: dict[str, list[str | None]] = {}
+    columns: dict[str, pa.Array] = {}
     for key in keys:
-        values = [found.get(i, {}).get(key) for i in ids]
         name = META_PREFIX + key if key in KNOWN_COLUMNS else key
-        columns[name] = [None if v is None else match_text(v) for v in values]
+        columns[name] = column_of([found.get(i, {}).get(key) for i in ids])
     return columns
+
+
+def column_of(values: Sequence[Any]) -> pa.Array:
+    """A key's values as one column: booleans, integers (int64) or floats where every value
+    is one of those, which an import reads back as they were; otherwise text, as `where=`
+    matches them (`12`, `1.5`, `true`), read back as strings."""
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, bool) for v in present):
+        return pa.array(values, pa.bool_())
+    if present and all(type(v) is int and INT64_MIN <= v <= INT64_MAX for v in present):
+        return pa.array(values, pa.int64())
+    if present and all(type(v) is float for v in present):
+        return pa.array(values, pa.float64())
+    return pa.array([None if v is None else match_text(v) for v in values], pa.string())

@@ -18,6 +18,7 @@ and `/stats` wait for (exports.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import logging
@@ -26,7 +27,7 @@ import shutil
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -119,7 +120,8 @@ def _batch(sch: pa.Schema, dim: int, rows: Sequence[tuple[Any, ...]]) -> pa.Reco
         pa.FixedSizeListArray.from_arrays(flat, dim),
         pa.array([None if s.startswith(UNKNOWN_SHA256) else s for s in sha256], pa.string()),
         pa.array(sizes, pa.int64(), mask=sizes < 0),
-        pa.array(mtimes, pa.int64(), mask=mtimes < 0),
+        pa.array(mtimes, pa.int64(), mask=mtimes == -1),  # (an import's unknown; a file of
+        # before 1970 has a negative one of its own)
         pa.array(widths, pa.int32(), mask=widths == 0),
         pa.array(heights, pa.int32(), mask=heights == 0),
         pa.array(source, pa.string()),
@@ -178,18 +180,34 @@ def _write_shards(
     store: Store, model_id: str, dim: int, staging: Path, stop: threading.Event,
     progress: Callable[[int, int], None], rows_per_shard: int,
 ) -> tuple[int, list[str]]:  # fmt: skip
+    # One read transaction throughout: every shard's rows and metadata from one snapshot (the
+    # rows' statement alone ended with its last row, and the last shard's metadata was read
+    # after it: a removal or a metadata write meanwhile showed in it).
+    snapshot = store.db.reader()
+    snapshot.execute("BEGIN")
+    try:
+        return _write_snapshot(store, model_id, dim, staging, stop, progress, rows_per_shard)
+    finally:
+        snapshot.execute("COMMIT")  # (a read: nothing to keep or undo)
+
+
+def _write_snapshot(
+    store: Store, model_id: str, dim: int, staging: Path, stop: threading.Event,
+    progress: Callable[[int, int], None], rows_per_shard: int,
+) -> tuple[int, list[str]]:  # fmt: skip
     names: list[str] = []
     read = 0
     writing: tuple[Future[None], int] | None = None  # the shard being written, rows out then
-    with ThreadPoolExecutor(1, "export-write") as writer:
-        for part in _shard_rows(store, rows_per_shard):
+    with (
+        contextlib.closing(_shard_rows(store, rows_per_shard)) as parts,
+        ThreadPoolExecutor(1, "export-write") as writer,
+    ):
+        for part in parts:
             if stop.is_set():
                 raise Stopped
             table = shard_table(model_id, dim, part)
-            for key, values in export_columns(store, [int(r[0]) for r in part]).items():
-                table = table.append_column(
-                    pa.field(key, pa.string()), pa.array(values, pa.string())
-                )
+            for key, column in export_columns(store, [int(r[0]) for r in part]).items():
+                table = table.append_column(pa.field(key, column.type), column)
             if writing is not None:
                 writing[0].result()
                 progress(writing[1], len(names))
@@ -205,7 +223,7 @@ def _write_shards(
     return read, names
 
 
-def _shard_rows(store: Store, rows_per_shard: int) -> Iterator[list[tuple[Any, ...]]]:
+def _shard_rows(store: Store, rows_per_shard: int) -> Generator[list[tuple[Any, ...]]]:
     """The present rows in lists of up to `rows_per_shard`."""
     part: list[tuple[Any, ...]] = []
     for rows in store.images.present_rows(min(READ_ROWS, rows_per_shard)):
