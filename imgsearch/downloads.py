@@ -15,12 +15,14 @@ import asyncio
 import itertools
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from .errors import ImgSearchError
 from .fetch import Downloader, FetchSession, check_url
+from .files import TEMP_PREFIX
 from .ingest import AddReport, FileError, Ingester, ProgressHook
 
 log = logging.getLogger(__name__)
@@ -29,21 +31,21 @@ DOWNLOADS = "downloads"
 STOP_POLL_S = 0.1  # how often a running download job looks at its stop flag
 IN_FLIGHT = 4  # download tasks made ahead, in multiples of the session's concurrency
 SWEEP_CHUNK = 5_000  # files of the downloads folder looked up in the store at once (`sweep`)
+CONTENT_NAME = re.compile(r"^[0-9a-f]{64}(\.[A-Za-z0-9]+)?$")  # <sha256>.<ext>: Downloader.save
 
 
 def sweep(
     folder: Path,
-    held: Callable[[Sequence[str]], Collection[str]],
+    known: Callable[[Sequence[str]], Collection[str]],
     opened: float,
     stop: threading.Event,
 ) -> int:
-    """Delete the files of the downloads folder that no image holds (`held(paths)`: those of
-    `paths` the store has) and that are older than this start (`opened`, a time.time()): the
-    downloads of images removed since, of adds stopped or killed before their batch was
-    indexed, and temp files a kill -9 left mid-write. Once a start, in the background; stops
-    early once `stop` is set. Returns how many. (An add resumed at the start that downloads
-    the bytes of such a file again, while the sweep is at it, may find it gone: that URL fails
-    and can be added again.)"""
+    """Delete the downloads no image holds (`unheld`) that nothing used since this start
+    (`opened`, a time.time(): a download saved again is touched): those of images removed
+    since, of adds stopped or killed before their batch was indexed, and temp files a kill -9
+    left mid-write. Each is looked at again just before it goes (an add may have stored the
+    same bytes meanwhile). Once a start, in the background; stops early once `stop` is set.
+    Returns how many."""
     if not folder.is_dir():
         return 0
     dropped = 0
@@ -51,22 +53,34 @@ def sweep(
         while chunk := list(itertools.islice(entries, SWEEP_CHUNK)):
             if stop.is_set():
                 break
-            old = [e.path for e in chunk if e.is_file(follow_symlinks=False) and _older(e, opened)]
-            kept = held(old)
-            for path in old:
-                if path not in kept:
-                    Path(path).unlink(missing_ok=True)
+            old = [Path(e.path) for e in chunk if e.is_file(follow_symlinks=False)]
+            for path in unheld([p for p in old if _unused(p, opened)], known):
+                if _unused(path, opened) and unheld([path], known):
+                    path.unlink(missing_ok=True)
                     dropped += 1
     if dropped:
         log.info("removed %d downloaded files that no image holds", dropped)
     return dropped
 
 
-def _older(entry: os.DirEntry[str], than: float) -> bool:
+def unheld(paths: Sequence[Path], known: Callable[[Sequence[str]], Collection[str]]) -> list[Path]:
+    """Of `paths` (files of the downloads folder), those no image holds. A download is named
+    by its content's SHA-256, so it is held while any image has that content (`known(digests)`:
+    those the store has), wherever the data dir was moved since (rows keep absolute paths).
+    Temp files of a cut write too; never a file of another name."""
+    digests = {p: p.name.split(".", 1)[0] for p in paths if CONTENT_NAME.match(p.name)}
+    have = set(known(sorted(set(digests.values())))) if digests else set()
+    temps = [p for p in paths if p.name.startswith(TEMP_PREFIX)]
+    return temps + [p for p, digest in digests.items() if digest not in have]
+
+
+def _unused(path: Path, since: float) -> bool:
+    """Not written or saved again (its access time: fetch.Downloader.save) since `since`."""
     try:
-        return entry.stat(follow_symlinks=False).st_mtime < than
+        st = path.stat(follow_symlinks=False)
     except OSError:
         return False
+    return max(st.st_mtime, st.st_atime) < since
 
 
 class UrlAdder:
@@ -171,11 +185,11 @@ class _Run:
         """Delete what this run downloaded that no image holds: files a stop left waiting for
         their batch, or whose indexing failed (the store decides, not this run: the same
         bytes may be an image stored before)."""
-        paths = [str(p) for p, _ in self.ready] + [str(p) for p in self.seen]
-        held = self.adder.ingester.catalog.store.file_states(paths) if paths else {}
-        for path in paths:
-            if path not in held:
-                Path(path).unlink(missing_ok=True)
+        paths = [p for p, _ in self.ready] + list(self.seen)
+        store = self.adder.ingester.catalog.store
+        for path in unheld(paths, lambda digests: store.images.by_sha256(digests).keys()):
+            if not path.name.startswith(TEMP_PREFIX):  # (a save still running owns its own)
+                path.unlink(missing_ok=True)
 
     async def _download(self, session: FetchSession, url: str) -> Path | FileError:
         """Fetch, check and save one URL; never raises (but can be cancelled)."""

@@ -12,6 +12,8 @@ import asyncio
 import hashlib
 import io
 import logging
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -101,7 +103,10 @@ class Downloader:
             raise NotAnImage(f"cannot identify the image format: {exc}") from None
         ext = EXTENSIONS.get(fmt, "." + fmt.lower() if fmt.isalnum() else ".img")
         path = folder / f"{hashlib.sha256(data).hexdigest()}{ext}"
-        if not path.exists():
+        try:  # saved before: its access time says it is in use (the start's sweep leaves
+            # it); its modification time stays, which an unchanged file is known by
+            os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns))
+        except FileNotFoundError:
             write_atomic(path, data)
         return path
 

@@ -175,6 +175,7 @@ class JobManager:
         interrupted = store.jobs.interrupt()
         if interrupted:
             log.warning("%d indexing job(s) were interrupted by the last shutdown", interrupted)
+        store.jobs.trim(HISTORY)  # those shown: the rest would only fill the database
         self._jobs = {row.id: Job.from_row(row) for row in store.jobs.recent(HISTORY)}
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="jobs")
 

@@ -135,7 +135,7 @@ def metadata_writer(
             if isinstance(value, FileError):
                 # Listed, not counted as failed: the image itself was added (as a bulk
                 # import's row with refused metadata is).
-                job.report.errors.append(value)
+                job.report.note(value)
             else:
                 objects[state.id] = value
         store.metadata.replace(objects)

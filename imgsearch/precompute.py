@@ -28,6 +28,7 @@ PRECOMPUTED = ("verify",)
 # While an add runs, the thread waits (looking every PAUSE_POLL seconds): on 12 MP photos its
 # SIFT took ~15% of the CPU an add needs, even at the lowest priority; it catches up after.
 PAUSE_POLL = 0.1
+CLOSE_WAIT_S = 2.0  # for the image in progress at a stop (SIFT of a 12 MP photo: ~0.2 s)
 _STOP = -1
 
 
@@ -109,14 +110,18 @@ class FeaturePrecompute:
 
     def close(self) -> None:
         """Stop the thread: images still queued are left undone (their features are made when
-        a search first needs them), and the one in progress finishes at normal priority, so
-        that SIGTERM is not kept waiting by a busy machine."""
+        a search first needs them); the one in progress is given normal priority (where the
+        process may raise it: root, or RLIMIT_NICE) and CLOSE_WAIT_S to finish, then left to
+        end on its own (a daemon thread; its cache write is atomic), so that a busy machine
+        never keeps SIGTERM waiting."""
         self._closing.set()
         if self._thread.is_alive():
             if self._thread.native_id is not None:
                 normal_class(self._thread.native_id)
             self._queue.put(_STOP)
-            self._thread.join()
+            self._thread.join(CLOSE_WAIT_S)
+            if self._thread.is_alive():
+                log.info("precompute: the image in progress is left to finish on its own")
 
     def _run(self) -> None:
         self.priority = lowest_priority()

@@ -169,6 +169,9 @@ class Service:
         if early is not None:
             catalog = early.result()
             if (catalog.model_id, catalog.dim) == (self.embedder.model_id, self.embedder.dim):
+                # (opened before the model was known: what earlier versions called it, which
+                # an import of their shards asks, is known now)
+                catalog.model_aliases = model_aliases(self.embedder)
                 return catalog
             catalog.close()
         return Catalog(
@@ -278,7 +281,8 @@ class Service:
                 log.exception("tidying the derived-file cache failed")
             try:
                 downloads = self.config.data_dir / DOWNLOADS
-                sweep_downloads(downloads, self.catalog.store.file_states, opened, stop)
+                known = self.catalog.store.images.by_sha256
+                sweep_downloads(downloads, lambda digests: known(digests).keys(), opened, stop)
             except Exception:
                 log.exception("tidying the downloads folder failed")
 

@@ -260,7 +260,7 @@ async def test_queueing_an_add_never_stops_the_event_loop(client: Client, tmp_pa
 def test_a_job_keeps_the_first_thousand_errors_and_counts_them_all() -> None:
     """300,000 broken files made a 32 MB report, rebuilt for each look at the job and
     written to SQLite every few seconds."""
-    from imgsearch.ingest import FileError
+    from imgsearch.ingest import AddReport, FileError
     from imgsearch.ingest.report import ERRORS_KEPT
     from imgsearch.jobs import ERRORS_SHOWN, Job
 
@@ -272,3 +272,13 @@ def test_a_job_keeps_the_first_thousand_errors_and_counts_them_all() -> None:
     saved = json.loads(job.row().report)
     assert saved["failed"] == ERRORS_KEPT + 500 and len(saved["errors"]) == ERRORS_KEPT
     assert Job.from_row(job.row()).report.failed == ERRORS_KEPT + 500
+    # A part merged in (a URL add's batches) counts what it counted, not what it lists; an
+    # error listed without a failure (refused metadata of an image added) stays one.
+    part = AddReport()
+    for i in range(ERRORS_KEPT + 10):
+        part.fail(FileError(f"/dl/{i}.jpg", "cannot decode image"))
+    part.note(FileError("/dl/ok.jpg", "added without its metadata"))
+    whole = AddReport()
+    whole.merge(part, names={"/dl/0.jpg": "https://x/0.jpg"})
+    assert whole.failed == ERRORS_KEPT + 10 and len(whole.errors) == ERRORS_KEPT
+    assert whole.errors[0].image == "https://x/0.jpg"

@@ -9,7 +9,7 @@ import hashlib
 import io
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -448,10 +448,63 @@ async def test_downloads_no_image_holds_are_deleted_at_the_next_start(
     for path in (cat, coffee, orphan, half):
         os.utime(path, (hour_ago, hour_ago))
     second = await aiohttp_client(create_app(url_config, embedder=tiny_embedder))
-    for _ in range(200):
+    for _ in range(1200):  # (the sweep runs on idle CPU)
         if downloads(url_config) == [cat]:
             break
         await asyncio.sleep(0.05)
     assert downloads(url_config) == [cat]
     hits = (await call(second, "GET", "/search", 200, params={"image": str(cat)}))["results"]
     assert hits[0]["image"] == str(cat)
+    await second.close()
+    # A data dir moved elsewhere: its rows still name the old folder; the downloads are kept.
+    moved = dataclasses.replace(url_config, data_dir=url_config.data_dir.parent / "moved")
+    url_config.data_dir.rename(moved.data_dir)
+    orphan = moved.data_dir / "downloads" / orphan.name
+    orphan.write_bytes(CAT)
+    os.utime(orphan, (hour_ago, hour_ago))
+    third = await aiohttp_client(create_app(moved, embedder=tiny_embedder))
+    for _ in range(1200):
+        if not orphan.exists():
+            break
+        await asyncio.sleep(0.05)
+    assert downloads(moved) == [moved.data_dir / "downloads" / cat.name]
+    assert (await call(third, "GET", "/stats", 200))["images"] == 1
+
+
+def test_the_sweep_looks_again_before_each_deletion(tmp_path: Path) -> None:
+    """An add may store (or save again) the same bytes while the start's sweep runs: the
+    sweep's earlier look at the store, or at the file, no longer holds."""
+    import threading
+
+    from imgsearch.downloads import sweep
+    from imgsearch.fetch import Downloader
+
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    hour_ago = time.time() - 3600
+    names = {}
+    files = (
+        ("stored meanwhile", CAT, ".jpg"),
+        ("saved again", COFFEE, ".png"),
+        ("orphan", b"x", ""),
+    )
+    for label, data, ext in files:
+        path = folder / f"{hashlib.sha256(data).hexdigest()}{ext}"
+        path.write_bytes(data)
+        os.utime(path, (hour_ago, hour_ago))
+        names[label] = path
+    looks: list[list[str]] = []
+    stored = hashlib.sha256(CAT).hexdigest()
+
+    def known(digests: Sequence[str]) -> set[str]:
+        looks.append(list(digests))
+        if len(looks) == 1:  # the chunk's look: nothing held; then an add stores the cat
+            downloader = Downloader(timeout=1, concurrency=1, max_bytes=BIG, max_pixels=10**8)
+            assert downloader.save(COFFEE, folder) == names["saved again"]
+            return set()
+        return {stored} & set(digests)
+
+    assert sweep(folder, known, time.time(), threading.Event()) == 1
+    assert not names["orphan"].exists()
+    assert names["stored meanwhile"].exists() and names["saved again"].exists()
+    assert names["saved again"].stat().st_mtime == hour_ago  # (how an unchanged file is known)

@@ -318,3 +318,24 @@ def test_a_tags_weights_from_the_hugging_face_cache_load_the_same_way(
     assert np.array_equal(loaded.embed_texts(texts), tiny_embedder.embed_texts(texts))
     state = loaded._model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in tiny_state.items())
+
+
+def test_a_restarted_daemon_still_knows_the_earlier_ids_of_its_weights(
+    tmp_path: Path,
+    config: Config,
+    tiny_state: dict[str, torch.Tensor],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A data dir bound already is opened before the model loads, without the ids earlier
+    versions gave its weights: after a restart, `earlier_model` imports were refused."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = _saved(tiny_state, tmp_path / "weights" / "open_clip_pytorch_model.bin")
+    config = dataclasses.replace(config, checkpoint=path)
+    earlier = f"open_clip/{TINY_MODEL}/open_clip_pytorch_model.bin"
+    for start in ("new data dir", "restart"):
+        service = Service(config)
+        try:
+            served = service.imports.served
+            assert (served.model_id, served.aliases) == (_content_id(path), (earlier,)), start
+        finally:
+            service.close()

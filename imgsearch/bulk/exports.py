@@ -114,7 +114,10 @@ class ExportManager:
             if job.state in PENDING:
                 log.warning("export %s into %s was interrupted: run it again", job.id, job.dir)
                 job.state, job.finished = "interrupted", job.finished or time.time()
-                self._save(job)
+                try:
+                    self._save(job)
+                except OSError as exc:  # (a full disk: the daemon starts all the same)
+                    log.warning("export %s: its record not saved: %s", job.id, exc)
             job.ended.set()
 
     def submit(self, folder: Path) -> ExportJob:

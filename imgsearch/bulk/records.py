@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from ..errors import NotFound
-from ..files import write_atomic
+from ..files import TEMP_PREFIX, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,26 @@ class Records(Generic[J]):
         self.folder.mkdir(exist_ok=True)
         self._jobs: dict[str, J] = {}
         self._guard = threading.Lock()
+        for stray in self.folder.glob(f"{TEMP_PREFIX}*"):  # a save a kill -9 cut short
+            stray.unlink(missing_ok=True)
         saved = sorted(self.folder.glob("*.json"), key=lambda p: p.stat().st_mtime)
-        for index, path in enumerate(saved):
-            job = from_record(json.loads(path.read_text()))
-            if job.state not in PENDING and index < len(saved) - HISTORY:
+        loaded = [(path, job) for path in saved if (job := self._read(path, from_record))]
+        for index, (path, job) in enumerate(loaded):
+            if job.state not in PENDING and index < len(loaded) - HISTORY:
                 path.unlink()  # an old finished job: only the newest HISTORY are kept
                 continue
             self._jobs[job.id] = job
+
+    def _read(self, path: Path, from_record: Callable[[dict[str, Any]], J]) -> J | None:
+        """A saved job; None for a record that cannot be read (a power cut's empty file, a
+        hand edit, a newer version's), moved aside as ID.json.bad: one job is lost, not
+        every later start."""
+        try:
+            return from_record(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("%s record %s cannot be read (%s): moved aside", self.kind, path, exc)
+            path.replace(path.with_name(path.name + ".bad"))
+            return None
 
     def add(self, job: J, unless: Callable[[J], bool] | None = None) -> bool:
         """Keep and save `job`, unless a job already kept matches `unless` (False then)."""
@@ -54,7 +67,12 @@ class Records(Generic[J]):
             if unless is not None and any(unless(j) for j in self._jobs.values()):
                 return False
             self._jobs[job.id] = job
-        self.save(job)
+        try:
+            self.save(job)
+        except BaseException:  # (a full disk: a job listed but never run would block a retry)
+            with self._guard:
+                self._jobs.pop(job.id, None)
+            raise
         return True
 
     def save(self, job: J) -> None:

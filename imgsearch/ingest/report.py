@@ -39,6 +39,10 @@ class AddReport:
 
     def fail(self, error: FileError) -> None:
         self.failed += 1
+        self.note(error)
+
+    def note(self, error: FileError) -> None:
+        """List an error (while fewer than ERRORS_KEPT are) without counting a failure."""
         if len(self.errors) < ERRORS_KEPT:
             self.errors.append(error)
 
@@ -52,7 +56,8 @@ class AddReport:
         self.moved += other.moved
         self.restored += other.restored
         for error in other.errors:
-            self.fail(FileError(names.get(error.image, error.image), error.error, error.status))
+            self.note(FileError(names.get(error.image, error.image), error.error, error.status))
+        self.failed += other.failed  # (its errors listed are ERRORS_KEPT at most)
 
     def raise_single(self) -> None:
         """The rule for an add of one item: its failure is the add's failure."""

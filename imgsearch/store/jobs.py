@@ -58,6 +58,17 @@ class Jobs:
         )
         return [JobRow(*row) for row in reversed(rows.fetchall())]
 
+    def trim(self, keep: int) -> int:
+        """Forget all but the newest `keep` finished jobs (every add writes one: the table grew
+        without end); return how many went."""
+        with self.db.write() as conn:
+            cur = conn.execute(
+                "DELETE FROM jobs WHERE state NOT IN ('queued', 'running') AND id NOT IN"
+                " (SELECT id FROM jobs ORDER BY created DESC LIMIT ?)",
+                (keep,),
+            )
+            return cur.rowcount
+
     def interrupt(self) -> int:
         """Mark jobs a previous run left queued or running as interrupted; return how many."""
         with self.db.write() as conn:

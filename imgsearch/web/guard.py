@@ -3,8 +3,9 @@
 A daemon on localhost is reachable from any page the user's browser opens. A page cannot
 set the Host header (rebinding leaves the attacker's name in it) nor hide its Origin or
 Sec-Fetch-Site, while plain local programs (curl, requests) send neither of the latter.
-Browsers from before Sec-Fetch-Site (Chrome 76, Firefox 90, Safari 16.4) send no Origin on a
-GET either (an `<img src=".../add?image=/">` on any site): a request that names itself a
+A browser that sends no Sec-Fetch-Site (one from before Chrome 76, Firefox 90, Safari 16.4;
+current ones to a plain-HTTP name allowed with --allow-host) sends no Origin on a GET either
+(an `<img src=".../add?image=/">` on any site): a request that names itself a
 browser (every one's User-Agent starts "Mozilla/") and says nothing of where it comes from
 must carry a Referer from the daemon's own pages (theirs send it: `Referrer-Policy:
 same-origin`), except for the pages a user opens by typing their address.
