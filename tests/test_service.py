@@ -12,11 +12,13 @@ from typing import Any
 import pytest
 
 from imgsearch import service as service_module
-from imgsearch.catalog import Catalog
+from imgsearch.catalog import DB_FILE, Catalog
 from imgsearch.config import Config
 from imgsearch.embedders import Embedder
 from imgsearch.errors import ConfigError
 from imgsearch.service import DataDirLock, Service
+
+from .helpers import unprivileged
 
 
 def _open_fds() -> set[str]:
@@ -162,3 +164,32 @@ def test_a_model_that_fails_to_load_closes_the_early_catalog(
 
 def _raise_boom(_: Config, **__: Any) -> Embedder:
     raise _Boom("no model")
+
+
+READ_ONLY_DATABASE = """
+import json, sys
+from pathlib import Path
+from imgsearch.catalog import Catalog
+from imgsearch.errors import ConfigError
+try:
+    Catalog(Path(sys.argv[1]), "m/test", 8).close()
+    print(json.dumps("opened"))
+except ConfigError as exc:
+    print(json.dumps(exc.message))
+"""
+
+
+def test_a_database_this_user_cannot_write_is_one_clear_message(tmp_path: Path) -> None:
+    """SQLite opened it read-only without a word, and the first write at start failed with
+    a traceback ("attempt to write a readonly database")."""
+    data = tmp_path / "data"
+    data.mkdir()
+    Catalog(data, "m/test", 8).close()
+    db = data / DB_FILE
+    db.chmod(0o444)
+    try:
+        said = unprivileged(READ_ONLY_DATABASE, str(data))
+    finally:
+        db.chmod(0o644)
+    assert "cannot be written" in said and str(db) in said, said
+    assert unprivileged(READ_ONLY_DATABASE, str(data)) == "opened"

@@ -10,6 +10,7 @@ under the write lock: what they read is what that transaction left (the row coun
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sqlite3
 import threading
@@ -18,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from ..errors import FREE_SPACE, DiskFull
+from ..errors import FREE_SPACE, ConfigError, DiskFull
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,12 @@ class Database:
         """`page_bytes`: the page size if this creates the file (an existing one keeps its own:
         SQLite changes it only by rewriting the whole file)."""
         self.path = path
+        for need in (path, path.parent):  # (SQLite would open the file read-only, silently)
+            if need.exists() and not os.access(need, os.W_OK):
+                raise ConfigError(
+                    f"the database {path} cannot be written ({need} is read-only to this user): "
+                    "give the daemon a data dir it may write to"
+                )
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
