@@ -14,76 +14,32 @@ on another device: that counts as the folder vanished too.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .catalog import Catalog
 from .errors import BadRequest, ConfigError, NotFound, disk_full
-from .ingest import AddReport, FileError, Ingester, Listing, nameable, walk
+from .ingest import AddReport, Ingester, Listing, nameable, walk
 from .ingest.folders import is_empty, is_file, is_folder
 from .store import StoredFile
+from .watched import Watch, tops_of, within
 
 log = logging.getLogger(__name__)
 
-ERRORS_KEPT = 50
 # After a write that found the disk full, a folder is synced again (walked whole) this much later.
 DISK_FULL_WAIT_S = 60.0
 # A watch that keeps failing retries (a sync, then the watcher) after poll_s, doubling up to this.
 RETRY_MAX_S = 60.0
-
-
-@dataclass
-class Watch:
-    """One watched folder and what its thread has done."""
-
-    path: Path
-    state: str = "starting"  # syncing, watching, missing, stopped
-    since: float = field(default_factory=time.time)
-    synced: float | None = None
-    done: int = 0
-    total: int | None = None
-    added: int = 0
-    updated: int = 0
-    moved: int = 0
-    removed: int = 0
-    missing: int = 0
-    restored: int = 0
-    device: int | None = None  # st_dev of the folder at its last sync
-    errors: deque[FileError] = field(default_factory=lambda: deque(maxlen=ERRORS_KEPT))
-    stop: threading.Event = field(default_factory=threading.Event, repr=False)
-    thread: threading.Thread | None = field(default=None, repr=False)
-
-    def count(self, report: AddReport) -> None:
-        self.added += report.added
-        self.updated += report.updated
-        self.moved += report.moved
-        self.restored += report.restored
-        self.errors.extend(report.errors)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "dir": str(self.path),
-            "state": self.state,
-            "since": self.since,
-            "synced": self.synced,
-            "done": self.done,
-            "total": self.total,
-            "added": self.added,
-            "updated": self.updated,
-            "moved": self.moved,
-            "removed": self.removed,
-            "missing": self.missing,
-            "restored": self.restored,
-            "errors": [{"image": e.image, "error": e.error} for e in self.errors],
-        }
+# The longest watchfiles waits for changes before it answers (with none): it starts its watcher
+# at the first answer asked for, and the sync waits for that first answer.
+TICK_MS = 100
 
 
 class Watcher:
@@ -109,6 +65,9 @@ class Watcher:
         self.poll_s = poll_s
         self.debounce_ms = debounce_ms
         self._watches: dict[Path, Watch] = {}
+        # What `watches()` reads, replaced whole under the lock: GET /watch lists the folders on
+        # the event loop, and the lock is held over SQLite writes that can wait for others.
+        self._listed: tuple[Watch, ...] = ()
         self._lock = threading.Lock()
 
     # -- the folders ----------------------------------------------------------------------------
@@ -143,6 +102,7 @@ class Watcher:
                 target=self._follow, args=(watch,), name=f"watch {path}", daemon=True
             )
             self._watches[path] = watch
+            self._listed = tuple(self._watches.values())
         watch.thread.start()
         log.info("watching %s", path)
         return watch, True
@@ -154,17 +114,18 @@ class Watcher:
             if watch is None:
                 raise NotFound(f"not watched: {path}")
             self.store.watches.remove(str(path))
+            self._listed = tuple(self._watches.values())
         self._stop(watch)
         return watch
 
     def watches(self) -> list[Watch]:
-        with self._lock:
-            return list(self._watches.values())
+        """The watched folders, without the lock (that adding or removing a watch holds over a
+        write): GET /watch reads them on the event loop."""
+        return list(self._listed)
 
     def count(self) -> int:
-        """How many folders are watched, without the lock (that adding a watch holds over a
-        write): /stats reads it on the event loop."""
-        return len(self._watches)
+        """How many folders are watched, without the lock: /stats reads it on the event loop."""
+        return len(self._listed)
 
     def close(self) -> None:
         with self._lock:
@@ -183,7 +144,9 @@ class Watcher:
     # -- one folder's thread --------------------------------------------------------------------
 
     def _follow(self, watch: Watch) -> None:
-        """Sync, then apply change sets; wait while the folder is gone; never die."""
+        """Sync, then apply change sets; wait while the folder is gone; never die. The watcher
+        is started before the sync: a sync can take hours (or wait for another job's run), and
+        what changes meanwhile is buffered by the watcher and applied after it."""
         import watchfiles
 
         polling: bool | None = None  # None: watchfiles decides (WATCHFILES_FORCE_POLLING, WSL)
@@ -194,25 +157,40 @@ class Watcher:
                     self._vanished(watch)
                     watch.stop.wait(self.poll_s)
                     continue
-                self._sync(watch)
-                watch.state = "watching"
-                for changes in watchfiles.watch(
+                # Taken before the watcher starts: a folder put in this one's place meanwhile
+                # is found another at the first check.
+                st = os.stat(watch.path)
+                identity = st.st_dev, st.st_ino
+                change_sets = watchfiles.watch(
                     watch.path,
                     stop_event=watch.stop,
                     debounce=self.debounce_ms,
-                    rust_timeout=int(self.poll_s * 1000),
+                    rust_timeout=TICK_MS,  # (the folder is checked every poll_s all the same)
                     yield_on_timeout=True,
                     raise_interrupt=False,
                     force_polling=polling,
                     # An unreadable subfolder is left out, not a failure of the whole watch
                     # (the syncs keep its images: they cannot be checked).
                     ignore_permission_denied=True,
-                ):
-                    failures = 0
-                    if not self._synced_folder(watch):
-                        break  # unmounted, moved away, mounted over: the next turn tells which
-                    if changes:
-                        self._apply(watch, changes)
+                )
+                with contextlib.closing(change_sets):
+                    # watchfiles starts its watcher at the first next(), which answers within
+                    # TICK_MS: from then on changes are kept. What it answers happened before
+                    # the sync's walk, which sees it.
+                    next(change_sets, None)
+                    if watch.stop.is_set() or self._away(watch):
+                        continue  # (gone meanwhile: the next turn marks it missing)
+                    self._sync(watch, identity)
+                    watch.state = "watching"
+                    checked = time.monotonic()
+                    for changes in change_sets:
+                        failures = 0
+                        if changes or time.monotonic() - checked >= self.poll_s:
+                            checked = time.monotonic()
+                            if not self._synced_folder(watch, changes):
+                                break  # unmounted, moved away, replaced: the next turn tells
+                        if changes and not self._apply(watch, changes):
+                            break  # a symlinked folder may have gone: a sync tells
             except Exception as exc:
                 if (full := disk_full(exc)) is not None:  # not the watching's fault
                     log.warning("watching %s: %s", watch.path, full.message)
@@ -247,14 +225,21 @@ class Watcher:
             return True
         return bool(self.store.files_under(str(watch.path)))
 
-    def _synced_folder(self, watch: Watch) -> bool:
-        """Whether the watched folder is still the one synced (a folder, on the same device);
-        checked at each change set and each poll interval."""
+    def _synced_folder(self, watch: Watch, changes: set[tuple[Any, str]]) -> bool:
+        """Whether the watched folder is still the one synced (device and inode), checked at
+        each change set and every poll_s. Another put in its place (`mv photos photos.old &&
+        mkdir photos`) is not: the watcher follows the old one (inotify watches inodes). Nor
+        is one after the watcher reported the folder deleted (ext4 reuses an inode at once)."""
+        from watchfiles import Change
+
+        if (Change.deleted, str(watch.path)) in changes:
+            watch.inode = None  # (the folder synced went: the next sync is careful)
+            return False
         try:
             st = os.stat(watch.path)
         except OSError:
             return False
-        return stat.S_ISDIR(st.st_mode) and st.st_dev == watch.device
+        return stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) == (watch.device, watch.inode)
 
     def _vanished(self, watch: Watch) -> None:
         if watch.state != "missing":
@@ -265,30 +250,51 @@ class Watcher:
                 "%s is gone: %d images marked missing until it returns", watch.path, len(marked)
             )
 
-    def _sync(self, watch: Watch) -> None:
-        """Index what is new or changed under the folder, restore what came back, prune. On
-        another device than at the last sync (a disk unmounted, or mounted again) what is not
-        found is marked missing, never forgotten."""
+    def _sync(self, watch: Watch, identity: tuple[int, int]) -> None:
+        """Index what is new or changed under the folder, restore what came back, prune. In
+        another folder than at the last sync (`identity`: device and inode; a disk unmounted or
+        mounted again, a folder moved away and another put in its place) what is not found is
+        marked missing, never forgotten: it comes back should the old folder return."""
         watch.state = "syncing"
-        device = os.stat(watch.path).st_dev
-        careful = watch.device is not None and device != watch.device
+        careful = watch.device is not None and identity != (watch.device, watch.inode)
         report, listing = AddReport(), Listing()
         found = walk(watch.path, self.extensions, report, listing, allows=self.allows)
         self._place(watch, [f for f in found if self._wanted(f)], report)
         # Stored paths are resolved: those seen through a symlinked folder are under its target.
-        for top in _tops({str(watch.path), *listing.tops}):
+        reached = tops_of({str(watch.path), *listing.tops})
+        for top in reached:
             rows = self.store.files_under(top)
             self._prune(watch, rows, unlisted=listing.unlisted, careful=careful)
-        watch.device = device
+        self._unreached(watch, reached, listing.unlisted)
+        watch.device, watch.inode = identity
         watch.synced = time.time()
 
-    def _apply(self, watch: Watch, changes: set[tuple[Any, str]]) -> None:
-        """One batch of changes: place what appeared (moves first), then forget what went."""
+    def _unreached(self, watch: Watch, reached: list[str], unlisted: set[str]) -> None:
+        """Symlinked folders the last sync followed and this one did not (the link removed or
+        moved out): their images are marked missing, as a vanished subfolder's, else no prune
+        looked there again. Not while a folder could not be listed (the link may be in it),
+        nor where another watch looks."""
+        old = [top for top in watch.tops if not within(top, reached)]
+        watch.tops = frozenset(reached + old if unlisted else reached)
+        others = [t for w in self.watches() if w is not watch for t in (str(w.path), *w.tops)]
+        for top in [] if unlisted else old:
+            rows = {
+                r.id: r.path
+                for r in self.store.files_under(top)
+                if not r.missing and not within(r.path, reached + others)
+            }
+            if rows and not within(top, others):  # (each goes, its file there or not)
+                watch.missing += len(self.catalog.drop_gone(rows, lambda _: True, keep=True))
+
+    def _apply(self, watch: Watch, changes: set[tuple[Any, str]]) -> bool:
+        """One batch of changes: place what appeared (moves first), then forget what went.
+        False where a symlinked folder the watch follows may have gone (deleted: no image and
+        none stored under it; a link, or an empty folder, another file): a sync tells."""
         from watchfiles import Change
 
         appeared: list[Path] = []
         gone: set[str] = set()
-        report = AddReport()
+        report, listing = AddReport(), Listing()
         for change, raw in sorted(changes, key=lambda c: c[1]):
             path = Path(raw)
             if not nameable(path, report):  # (never stored, so never to forget either)
@@ -298,14 +304,21 @@ class Watcher:
                 parent, name = os.path.split(raw)
                 gone.add(os.path.join(os.path.realpath(parent), name))
             elif path.is_dir():
-                appeared += walk(path, self.extensions, report, allows=self.allows)
+                appeared += walk(path, self.extensions, report, listing, allows=self.allows)
             elif path.suffix.lower() in self.extensions and path.is_file():
                 appeared.append(path.resolve())
         self._place(watch, [f for f in dict.fromkeys(appeared) if self._wanted(f)], report)
+        watch.tops = frozenset(tops_of({*watch.tops, *listing.tops}))  # (a symlink added)
+        linked = not all(within(top, [str(watch.path)]) for top in watch.tops)
         # Whatever is there again (a file saved by delete + create) or now (a folder where a
         # file was) is for _prune to tell: a file stays only while it is one.
-        for top in _tops(gone):
-            self._prune(watch, self.store.files_under(top))
+        reaches = True
+        for top in tops_of(gone):
+            rows = self.store.files_under(top)
+            self._prune(watch, rows)
+            if linked and not rows and Path(top).suffix.lower() not in self.extensions:
+                reaches = False
+        return reaches
 
     def _wanted(self, path: Path) -> bool:
         """An image the daemon may read, not one of its own files (caches under the data dir)."""
@@ -367,12 +380,3 @@ def _not_permission(exc: Exception) -> bool:
 
 def _gone(path: str) -> bool:
     return is_file(path) is False
-
-
-def _tops(paths: Iterable[str]) -> list[str]:
-    """`paths` less those below another of them, sorted."""
-    tops: list[str] = []
-    for path in sorted(paths):
-        if not tops or not path.startswith(tops[-1].rstrip("/") + "/"):
-            tops.append(path)
-    return tops

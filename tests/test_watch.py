@@ -20,7 +20,7 @@ from imgsearch.embedders import Embedder
 from imgsearch.errors import ConfigError
 from imgsearch.search import SearchOptions
 from imgsearch.service import Service
-from imgsearch.watch import Watch
+from imgsearch.watched import Watch
 from imgsearch.web.app import create_app
 
 from .helpers import (
@@ -301,7 +301,7 @@ WATCH_A_WHILE = """
     data_dir, model_config, seconds = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
     syncs = []
     real = Watcher._sync
-    Watcher._sync = lambda self, watch: (syncs.append(time.monotonic()), real(self, watch))[1]
+    Watcher._sync = lambda self, *a: (syncs.append(time.monotonic()), real(self, *a))[1]
     config = Config(
         data_dir=data_dir, model="imgsearch-test-tiny", pretrained=None,
         model_config=model_config, batch_size=4, workers=1,
@@ -467,3 +467,134 @@ def test_unwatching_does_not_wait_for_another_run(
         assert time.monotonic() - start < 5
     assert watch.state == "stopped" and watch.thread is not None
     assert not watch.thread.is_alive()
+
+
+@pytest.mark.parametrize("how", ["mv", "rm"])
+def test_a_folder_replaced_by_another_of_its_name_is_watched_again(
+    tmp_path: Path, make_service: Callable[..., Service], how: str
+) -> None:
+    """`mv photos photos.old && mkdir photos` (or `rm -rf photos && mkdir photos`): the
+    watcher went on following the old folder (inotify watches inodes, not names) while the
+    name still was a folder on the same device, so nothing in the new one was ever indexed.
+    (A new folder may even get the old one's inode number back: ext4 reuses it at once.)"""
+    folder = tmp_path / "photos"
+    a = save(folder / "a.jpg", PHOTOS[0])
+    service = make_service(watch=(folder,))
+    wait_for("initial sync", lambda: watching(service, folder))
+    if how == "mv":
+        os.rename(folder, tmp_path / "photos.old")
+    else:
+        shutil.rmtree(folder)
+    folder.mkdir()
+    b = save(folder / "b.jpg", PHOTOS[1])
+    wait_for("a file in the new folder indexed", lambda: str(b) in stored(service))
+    c = save(folder / "c.jpg", PHOTOS[2])
+    wait_for("a file saved later indexed", lambda: str(c) in stored(service))
+    assert str(a) not in stored(service)
+    if how == "mv":
+        assert missing(service) == {str(a)}, "a folder moved away: its image is missing"
+    wait_for("watching the new folder", lambda: watching(service, folder))
+
+
+def test_files_saved_during_the_first_sync_are_indexed(
+    tmp_path: Path, make_service: Callable[..., Service], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watcher started only after the sync (its walk, then the embedding of what it found,
+    which can take hours, or wait for another job's run): files saved in between were never
+    indexed, until a restart."""
+    folder = tmp_path / "photos"
+    a = save(folder / "a.jpg", PHOTOS[0])
+    service = make_service()
+    waiting = threading.Event()
+    real = service.ingester.add_files
+    monkeypatch.setattr(
+        service.ingester, "add_files", lambda *a, **k: (waiting.set(), real(*a, **k))[1]
+    )
+    with service.ingester._run_lock:  # another job's run: the sync waits for it
+        service.watcher.add(folder)
+        wait_for("the sync walked and waits for the run", waiting.is_set)
+        b = save(folder / "b.jpg", PHOTOS[1])
+    wait_for("the file saved during the sync indexed", lambda: str(b) in stored(service))
+    assert str(a) in stored(service)
+    wait_for("watching", lambda: watching(service, folder))
+
+
+def test_listing_the_watches_does_not_wait_for_an_add(
+    tmp_path: Path, make_service: Callable[..., Service]
+) -> None:
+    """GET /watch lists the folders on the event loop, under the lock that adding (or
+    removing) a watch holds over its SQLite write, which waits for any other write (a bulk
+    import's batch, a big /remove): while one did, the whole daemon stood still."""
+    service = make_service()
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    held, release = threading.Event(), threading.Event()
+
+    def long_write() -> None:
+        with service.catalog.store.db.write():
+            held.set()
+            release.wait(60)
+
+    writer = threading.Thread(target=long_write)
+    writer.start()
+    held.wait()
+    adder = threading.Thread(target=service.watcher.add, args=(folder,))
+    adder.start()
+    listed: list[list[Watch]] = []
+    try:
+        wait_for("the add holding the lock", service.watcher._lock.locked)
+        threading.Thread(
+            target=lambda: listed.append(service.watcher.watches()), daemon=True
+        ).start()
+        wait_for("the watches listed while the add waits for the write", lambda: bool(listed))
+        assert listed == [[]], "the folder is listed once it is added"
+    finally:
+        release.set()
+        writer.join()
+        adder.join()
+    assert [w.path for w in service.watcher.watches()] == [folder]
+    assert service.watcher.count() == 1
+
+
+def test_a_symlinked_folder_unlinked_from_a_watch_leaves_the_search(
+    tmp_path: Path, make_service: Callable[..., Service]
+) -> None:
+    """Images seen through a symlinked folder are stored under its target: with the link
+    removed no prune looked there again, live or at a sync, and they stayed searchable for
+    good, even once their files were deleted (those of a subfolder moved out go missing)."""
+    folder, outside = tmp_path / "photos", tmp_path / "archive"
+    own = save(folder / "own.jpg", PHOTOS[0])
+    x = save(outside / "x.jpg", PHOTOS[1])
+    os.symlink(outside, folder / "linked")
+    service = make_service(watch=(folder,))
+    wait_for("initial sync", lambda: watching(service, folder))
+    assert set(stored(service)) == {str(own), str(x)}
+
+    (folder / "linked").unlink()
+    wait_for("the unlinked folder's image missing", lambda: missing(service) == {str(x)})
+    assert set(stored(service)) == {str(own)} and not searchable(service, x)
+
+    os.symlink(outside, folder / "linked")  # linked again: back with its stored vector
+    wait_for("back", lambda: str(x) in stored(service))
+    assert missing(service) == set() and service.watcher.watches()[0].restored == 1
+    (folder / "linked").unlink()
+    wait_for("missing again", lambda: missing(service) == {str(x)})
+    wait_for("watching", lambda: watching(service, folder))
+
+
+def test_an_unlinked_folder_another_watch_holds_stays(
+    tmp_path: Path, make_service: Callable[..., Service]
+) -> None:
+    """A symlinked folder unlinked from one watch, but watched itself: its images stay."""
+    folder, outside = tmp_path / "photos", tmp_path / "archive"
+    x = save(outside / "x.jpg", PHOTOS[1])
+    folder.mkdir()
+    os.symlink(outside, folder / "linked")
+    service = make_service(watch=(folder, outside))
+    wait_for("initial syncs", lambda: watching(service, folder) and watching(service, outside))
+    watch = service.watcher.watches()[0]
+    synced = watch.synced
+    assert watch.path == folder and synced is not None
+    (folder / "linked").unlink()
+    wait_for("synced again", lambda: (watch.synced or 0) > synced)
+    assert str(x) in stored(service) and missing(service) == set()

@@ -7,7 +7,8 @@ from pathlib import Path
 from aiohttp import web
 
 from ..errors import NotFound
-from ..watch import Watch, Watcher
+from ..watch import Watcher
+from ..watched import Watch
 from .keys import SERVICE
 from .offload import blocking
 from .parsing import Params
