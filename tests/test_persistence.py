@@ -523,3 +523,33 @@ def test_counters_and_float16_vectors_with_old_float32_rows(tmp_path: Path) -> N
     catalog.remove_tree("/")
     assert (store.count(), store.missing()) == (0, 0)
     catalog.close()
+
+
+def test_the_write_ahead_log_is_cut_back_after_a_long_read(tmp_path: Path) -> None:
+    """A long read (an export) beside writes (an import) grew the WAL by every batch, and it
+    kept its largest size until the daemon stopped."""
+    from imgsearch.store import FileFacts, NewImage, Store
+    from imgsearch.store.db import WAL_LIMIT_BYTES
+
+    store = Store(tmp_path / "db.sqlite", 512)
+    rng = np.random.default_rng(0)
+
+    def write(start: int, n: int) -> None:
+        for at in range(start, start + n, 2000):
+            store.images.upsert([
+                NewImage(FileFacts(f"/p/{i}.jpg", 1, 1, f"{i:064x}", 1, 1), rng.normal(size=512))
+                for i in range(at, min(at + 2000, start + n))
+            ])  # fmt: skip
+
+    write(0, 100)
+    reader = store.db.reader()
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM images").fetchone()  # a snapshot held: no checkpoint
+    write(100, 80_000)  # ~100 MB of float16 rows and their pages
+    wal = tmp_path / "db.sqlite-wal"
+    assert wal.stat().st_size > WAL_LIMIT_BYTES
+    reader.execute("COMMIT")
+    write(80_100, 2_000)  # its commit's checkpoint copies the whole log into the database
+    write(82_100, 10)  # and the next write starts the log again, cut back to the limit
+    assert wal.stat().st_size <= WAL_LIMIT_BYTES
+    store.close()

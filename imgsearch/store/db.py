@@ -35,6 +35,7 @@ ROOM_BYTES = 1 << 20
 # an image against 2,978 with 16 KB pages, whose 40-row reads by id took 0.38 ms against 0.35
 # (bench/page_size.py). A 512-d row (~1.2 KB) packs three to a 4 KB page, within 7% of what
 # 16 KB pages would (1,610 against 1,507 bytes), so 512-d keeps SQLite's default.
+WAL_LIMIT_BYTES = 64 << 20
 PAGE_SIZES = (4096, 8192, 16384)
 PAGE_GAIN = 0.1
 PAGE_HEADER = 8  # a table leaf page's header
@@ -143,6 +144,9 @@ def _connected(path: Path, page_bytes: int | None) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
+        # The WAL cut back to this once a checkpoint has emptied it: a long read (an export)
+        # beside writes (an import) grew it by every batch, and it kept that size for good.
+        conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
     except BaseException:
         conn.close()
         raise
