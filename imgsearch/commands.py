@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from . import client
-from .bulk.commands import bulk_job, embed, export_dir, import_dir
+from .bulk.commands import (
+    bulk_job,
+    embed,
+    export_dir,
+    import_dir,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
 from .client import (
     EXIT_ERROR,
     EXIT_OK,
@@ -369,9 +377,12 @@ COMMANDS: tuple[Command, ...] = (
         arg("--max-image-pixels", type=int, help="largest image, pixels"),
         arg("--ray", metavar="ADDRESS",
             help="join this Ray cluster ('auto' reads RAY_ADDRESS); default: a local Ray here"),
-        arg("--workers", type=int, help="model replicas (default: as resources allow)"),
-        arg("--cpus-per-worker", type=float, default=1.0, help="CPUs per replica (1)"),
-        arg("--gpus-per-worker", type=float, default=0.0, help="GPUs per replica (0)"),
-        arg("--shard-size", type=int, default=1000, help="files per shard (1000)"),
+        arg("--workers", type=positive_int,
+            help="model replicas (default: as resources allow)"),
+        arg("--cpus-per-worker", type=positive_float, default=1.0,
+            help="CPUs per replica (1)"),
+        arg("--gpus-per-worker", type=non_negative_float, default=0.0,
+            help="GPUs per replica (0)"),
+        arg("--shard-size", type=positive_int, default=1000, help="files per shard (1000)"),
     )),
 )  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from imgsearch.config import OFFLINE_MODEL, Config
 from imgsearch.embedders import Embedder
 from imgsearch.web import create_app
 
-from .helpers import ClientFactory, free_port, get_json
+from .helpers import TINY_MODEL, ClientFactory, free_port, get_json
 
 # A real Ray cluster (started once per session) and the real model: the full lane only.
 pytestmark = pytest.mark.slow
@@ -56,7 +57,7 @@ def archive(photos: dict[str, Path]) -> Path:
     return folder
 
 
-def run(config: Config, src: Path, out: Path, **kwargs: Any) -> Summary:
+def run(config: Config, src: Path | str, out: Path, **kwargs: Any) -> Summary:
     options = EmbedOptions([str(src)], out, config, workers=2, shard_size=2, **kwargs)
     return embed(options, show_progress=False)
 
@@ -180,22 +181,36 @@ def test_cli_missing_source_or_cluster_is_one_clear_error(
     assert message in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.fixture
+def in_memory(archive: Path, tmp_path: Path) -> Iterator[str]:
+    """The archive's files in fsspec's memory filesystem (this process's only), as a URL: a
+    filesystem of another scheme, as s3:// is."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    root = f"/{tmp_path.name}/pics"
+    for path in archive.iterdir():
+        fs.pipe(f"{root}/{path.name}", path.read_bytes())
+    yield f"memory://{root}"
+    fs.rm(f"/{tmp_path.name}", recursive=True)
+
+
 def test_embed_shard_alone_reads_fsspec_urls(
-    tiny_embedder: Embedder, archive: Path, tmp_path: Path
+    tiny_embedder: Embedder, in_memory: str, tmp_path: Path
 ) -> None:
-    """The pure function without Ray, on file:// URLs listed through fsspec."""
+    """The pure function without Ray, on URLs listed through fsspec."""
     from imgsearch.cluster.plan import list_sources
     from imgsearch.cluster.shard import Limits, embed_shard
     from imgsearch.images import BASE_EXTENSIONS
 
-    urls, _ = list_sources([f"file://{archive}"], BASE_EXTENSIONS)
-    assert len(urls) == 7 and all(u.startswith("file://") for u in urls)
+    urls, _ = list_sources([in_memory], BASE_EXTENSIONS)
+    assert len(urls) == 7 and all(u.startswith(f"{in_memory}/") for u in urls)
     out = tmp_path / "out"
     out.mkdir()
     result = embed_shard(3, urls, tiny_embedder, Limits(10**7, 10**8, batch_size=2), out)
     assert (result.images, result.failed) == (5, 2)
     table = pq.read_table(out / "shard-00003.parquet")
-    assert all(p.startswith("file://") for p in table.column("path").to_pylist())
+    assert all(p.startswith(f"{in_memory}/") for p in table.column("path").to_pylist())
     assert table.column("mtime_ns").null_count == 5  # unknown for URLs: /add re-embeds them
     vectors = np.stack(table.column("vector").to_numpy(zero_copy_only=False))
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
@@ -256,3 +271,133 @@ def test_a_run_others_can_read_that_records_every_file_and_leaves_a_crashing_sha
     assert (again.skipped_shards, again.unfinished) == (summary.shards - 1, [])
     with pytest.raises(PlanError, match="--shard-size must be at least 1"):
         embed(EmbedOptions([str(archive)], tmp_path / "other", config, shard_size=0))
+
+
+async def test_file_urls_are_embedded_as_paths_and_other_urls_import_through_a_path_map(
+    ray_cluster: None,
+    aiohttp_client: ClientFactory,
+    config: Config,
+    tiny_embedder: Embedder,
+    archive: Path,
+    in_memory: str,
+    tmp_path: Path,
+) -> None:
+    """Before: a file:// source's rows were file:// URLs, as an s3:// one's are s3:// URLs;
+    the import refuses any path but an absolute one or an http(s) URL, and --path-map refused
+    such an OLD: no run from a URL could ever be imported."""
+    from imgsearch.bulk.importjob import PathMap
+    from imgsearch.cluster.shard import Limits, embed_shard
+    from imgsearch.errors import BadRequest
+
+    out = tmp_path / "run"
+    assert run(config, f"file://{archive}", out).images == 5
+    photos = sorted(str(p) for p in archive.glob("*.jpg") if p.name != "truncated.jpg")
+    assert sorted(rows(out).column("path").to_pylist()) == photos
+    assert run(config, archive, out).skipped_shards == 4  # its folder's path: the same run
+    client = await aiohttp_client(create_app(config, embedder=tiny_embedder))
+
+    async def imported(folder: Path, *path_map: str) -> Any:
+        body = {"dir": str(folder), "wait": True, "path_map": list(path_map)}
+        resp = await client.post("/import", json=body)
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+    assert ((job := await imported(out))["imported"], job["failed"]) == (5, 0)
+    urls = tmp_path / "urls"  # rows of another scheme keep their URLs: mapped at the import
+    urls.mkdir()
+    files = [f"{in_memory}/{name}" for name in sorted(p.name for p in archive.iterdir())]
+    embed_shard(0, files, tiny_embedder, Limits(10**7, 10**8, batch_size=2), urls)
+    job = await imported(urls)
+    assert job["failed"] == 5 and "--path-map" in job["errors"][0]["error"]
+    job = await imported(urls, f"{in_memory}={tmp_path / 'mapped'}")
+    assert (job["imported"], job["failed"]) == (5, 0)
+    await get_json(client, "/export", dir=str(tmp_path / "exp"))
+    mapped = [str(tmp_path / "mapped" / Path(p).name) for p in photos]
+    exported = rows_any(tmp_path / "exp").column("path").to_pylist()
+    assert sorted(exported) == sorted(photos + mapped)
+    assert PathMap.parse(["s3://b/x=/mnt/x"])("s3://b/x/y/a.jpg") == "/mnt/x/y/a.jpg"
+    with pytest.raises(BadRequest, match="NEW must be an absolute path"):
+        PathMap.parse(["/mnt/x=s3://b/x"])
+
+
+def test_a_shard_that_raises_is_named_and_an_out_that_cannot_be_written_stops_the_run(
+    ray_cluster: None, config: Config, archive: Path, tmp_path: Path
+) -> None:
+    """Before: an error raised in a worker (no room or no permission in --out) was a traceback
+    in Ray Data's log for every shard, each shard embedding all its files first, and the run
+    ended as if it had succeeded."""
+    out = tmp_path / "run"
+    (out / "failures" / "shard-00001.parquet").mkdir(parents=True)  # this shard's write fails
+    summary = run(config, archive, out)
+    assert (summary.unfinished, list(summary.errors), summary.stopped) == ([1], [1], None)
+    assert summary.errors[1] == f"Is a directory: {out / 'failures'}"
+    assert summary.images + summary.failed == 5  # the other shards' files
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "failures").write_text("not a folder")  # as a full or read-only disk: every shard
+    stopped = run(config, archive, other)
+    assert stopped.stopped == f"shard {min(stopped.errors)}: File exists: {other / 'failures'}"
+    assert (stopped.unfinished, stopped.images) == ([0, 1, 2, 3], 0)
+    (other / "failures").unlink()
+    assert run(config, archive, other).images == 5  # (the stopped run let its workers go)
+
+
+CRASHING = """
+import os, sys
+import imgsearch.cluster.runner as runner
+from imgsearch.cli import main
+from imgsearch.cluster.plan import shard_files
+
+class Crashing(runner.ShardWorker):
+    def __call__(self, batch):
+        if any(p.endswith("chelsea.jpg") for p in shard_files(self.out, int(batch["shard"][0]))):
+            os._exit(1)  # what a segfault in a decoder does to its worker
+        return super().__call__(batch)
+
+runner.ShardWorker = Crashing
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def cli_embed(
+    src: Path, out: Path, model_config: Path, *flags: str, script: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`imgsearch embed` on the session's Ray cluster (joined: no second one is started)."""
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    cmd = [sys.executable, *([str(script)] if script else ["-m", "imgsearch"]), "embed"]
+    cmd += [str(src), "--out", str(out), "--ray", address, "--model", TINY_MODEL, *flags]
+    cmd += ["--pretrained", "none", "--model-config", str(model_config), "--device", "cpu"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_cli_shards_not_written_exit_1_and_json_stays_json(
+    ray_cluster: None, archive: Path, tmp_path: Path, tiny_model_config: Path
+) -> None:
+    """Before: a run whose workers died on a shard exited 0, and `--json` printed Ray's
+    `(raylet) A worker died ...` lines on stdout before the summary."""
+    script = tmp_path / "crashing.py"
+    script.write_text(CRASHING)
+    out = tmp_path / "run"
+    done = cli_embed(archive, out, tiny_model_config, "--shard-size", "2", "--json", script=script)
+    assert done.returncode == 1, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["unfinished_shards"] and summary["images"] < 5
+    n = len(summary["unfinished_shards"])
+    assert f"{n} shard{'s' * (n > 1)} not written; run the same command again" in done.stderr
+    again = cli_embed(archive, out, tiny_model_config, "--shard-size", "2", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["unfinished_shards"] == []
+
+
+@pytest.mark.parametrize("flags", [["--cpus-per-worker", "4"], ["--gpus-per-worker", "1"]])
+def test_cli_a_worker_no_node_can_hold_is_one_error_not_a_hang(
+    ray_cluster: None, archive: Path, tmp_path: Path, tiny_model_config: Path, flags: list[str]
+) -> None:
+    """Before: Ray waited for such a worker for good (the session's cluster has 2 CPUs and
+    no GPU; this test timed out)."""
+    done = cli_embed(archive, tmp_path / "run", tiny_model_config, *flags)
+    assert done.returncode == 2, done.stderr
+    assert "no node of the cluster can hold a worker" in done.stderr
+    assert "it has 2 CPUs and 0 GPUs in all" in done.stderr and "Traceback" not in done.stderr

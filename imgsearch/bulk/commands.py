@@ -4,10 +4,13 @@ Each is one function taking the CLI's Context; their rows are in `commands.COMMA
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +144,7 @@ def embed(ctx: Context, sources: list[str], out: Path, **flags: Any) -> int:
             gpus_per_worker=flags["gpus_per_worker"],
             shard_size=flags["shard_size"],
         )
-        summary = run_embed(options).as_json()
+        result = run_embed(options)
     except ImgSearchError as exc:
         log.error("%s", exc.message)
         return EXIT_USAGE
@@ -152,8 +155,45 @@ def embed(ctx: Context, sources: list[str], out: Path, **flags: Any) -> int:
         log.error("embed stopped: %s", full.message if full is not None else lines[-1])
         return EXIT_USAGE
     # Files that failed are records (out/failures/), as bad files are for /add: not an error.
-    ctx.emit(summary, _pairs)
+    # A shard not written is (its worker died, or raised): a script must not take the run for
+    # done, and the summary is printed first (after Ray stopped: nothing of Ray's in it).
+    ctx.emit(result.as_json(), _pairs)
+    if result.unfinished:
+        n = len(result.unfinished)
+        log.error("%s not written; run the same command again to retry them", _shards(n))
+        return EXIT_ERROR
     return EXIT_OK
+
+
+def _shards(n: int) -> str:
+    return f"{n} shard" if n == 1 else f"{n} shards"
+
+
+def positive_int(text: str) -> int:
+    """An argparse type (embed's --workers, --shard-size): a whole number of at least 1
+    (`--workers -1` was a traceback from deep in Ray Data, `--workers 0` the default)."""
+    return int(_number(text, int, lambda v: v >= 1, "a whole number of at least 1"))
+
+
+def positive_float(text: str) -> float:
+    """An argparse type (--cpus-per-worker): a number more than 0."""
+    return _number(text, float, lambda v: v > 0, "a number more than 0")
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse type (--gpus-per-worker): 0 or more."""
+    return _number(text, float, lambda v: v >= 0, "0 or more")
+
+
+def _number(text: str, kind: type[float], fits: Callable[[float], bool], what: str) -> float:
+    """`text` as a finite `kind` that `fits`; argparse's one-line usage error otherwise."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+    if not math.isfinite(value) or not fits(value):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return value
 
 
 def _not_root_info(record: logging.LogRecord) -> bool:

@@ -180,7 +180,7 @@ def check_batch(
         paths = [rename(p) if isinstance(p, str) else p for p in paths]
     for i, path in enumerate(paths):
         if not isinstance(path, str) or not path.startswith(URL_OR_PATH):
-            ok[i], reasons[i] = False, f"path must be absolute or an http(s) URL, got {path!r}"
+            ok[i], reasons[i] = False, _bad_path(path)
         elif path.startswith("/"):
             paths[i] = "/" + os.path.normpath(path).lstrip("/")  # (normpath keeps a leading //)
     good = np.flatnonzero(ok)
@@ -200,6 +200,15 @@ def check_batch(
     extra = [c for c in batch.schema.names if c not in KNOWN_COLUMNS]
     out.extras = picked.select(extra).to_pylist() if extra else []
     return out
+
+
+def _bad_path(path: Any) -> str:
+    """Why a row's path (after path_map) is refused; for a URL of another scheme (`s3://`, a
+    shard of `imgsearch embed s3://...`), how to take it in."""
+    why = f"path must be absolute or an http(s) URL, got {path!r}"
+    if isinstance(path, str) and "://" in path:
+        why += "; map its prefix to a path with path_map (imgsearch import --path-map OLD=NEW)"
+    return why
 
 
 def _facts(column: Any, kind: pa.DataType) -> list[Any]:

@@ -3,6 +3,7 @@ DATA_DIR/imports/ID.json) and the path prefixes it rewrites (`path_map`)."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -11,6 +12,8 @@ from typing import Any
 
 from ..errors import BadRequest
 from ..ingest.checks import URL_OR_PATH
+
+URL_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://.")  # a scheme (RFC 3986), then something
 
 
 class PathMap:
@@ -21,19 +24,25 @@ class PathMap:
 
     @classmethod
     def parse(cls, specs: Sequence[str]) -> PathMap:
-        """OLD=NEW pairs; 400 for one that is not, before any row is read: each side must be
-        an absolute path or an http(s) URL prefix, as a row's path is (a relative NEW made
-        every mapped row fail; a relative OLD matched none)."""
+        """OLD=NEW pairs; 400 for one that is not, before any row is read. NEW must be an
+        absolute path or an http(s) URL prefix, as a row's path is (a relative NEW made every
+        mapped row fail); OLD that too, or any URL prefix (`s3://bucket/photos`: the rows of
+        `imgsearch embed s3://...`, which the import takes only mapped to a path). A relative
+        OLD matched no row. Each row's path is checked after it is mapped (format.check_batch)."""
         pairs = []
         for spec in specs:
             old, sep, new = str(spec).partition("=")
             if not sep or not old or not new:
                 raise BadRequest(f"path map must be OLD=NEW, got {spec!r}")
-            for side, text in (("OLD", old), ("NEW", new)):
-                if not text.startswith(URL_OR_PATH):
-                    raise BadRequest(
-                        f"path map {spec!r}: {side} must be an absolute path or an http(s) URL"
-                    )
+            if not (old.startswith(URL_OR_PATH) or URL_PREFIX.match(old)):
+                raise BadRequest(
+                    f"path map {spec!r}: OLD must be an absolute path or an http(s) URL, "
+                    "or another URL prefix (s3://bucket/photos)"
+                )
+            if not new.startswith(URL_OR_PATH):
+                raise BadRequest(
+                    f"path map {spec!r}: NEW must be an absolute path or an http(s) URL"
+                )
             pairs.append((old, new))
         return cls(pairs)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,6 +23,7 @@ from ..bulk.format import write_shard
 from ..errors import ImgSearchError
 from ..files import write_atomic
 from ..ingest import AddReport, nameable, walk
+from .shard import local_path
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +69,16 @@ def shard_files(out: Path, shard: int, listing: pq.ParquetFile | None = None) ->
 
 
 def check_sources(sources: list[str]) -> None:
-    """Every local source exists (URLs are checked when listed)."""
+    """Every local source exists (`file://` ones too; other URLs are checked when listed)."""
     for src in sources:
-        if "://" not in src and not Path(src).expanduser().exists():
+        local = _local(src)
+        if local is not None and not Path(local).expanduser().exists():
             raise PlanError(f"no such file or directory: {src}")
+
+
+def _local(src: str) -> str | None:
+    """A source of this machine's filesystem as a path (a `file://` URL's), else None."""
+    return src if "://" not in src else local_path(src)
 
 
 def list_sources(
@@ -83,10 +90,11 @@ def list_sources(
     found: list[str] = []
     report = AddReport()
     for src in sources:
-        if "://" in src:
+        local = _local(src)  # a file:// URL is listed as its folder is: paths, not URLs
+        if local is None:
             found += _list_url(src, extensions)
             continue
-        root = Path(src).expanduser().absolute()
+        root = Path(local).expanduser().absolute()
         if not root.exists():
             raise PlanError(f"no such file or directory: {src}")
         if root.is_file():
@@ -100,9 +108,10 @@ def list_sources(
 
 
 def same_sources(sources: list[str]) -> list[str]:
-    """Sources as a run's manifest keeps them: local ones absolute (`photos/`, `./photos` and
-    its absolute path are one source), without a trailing slash, sorted."""
-    named = [s if "://" in s else os.path.abspath(os.path.expanduser(s)) for s in sources]
+    """Sources as a run's manifest keeps them: local ones absolute (`photos/`, `./photos`,
+    its absolute path and its `file://` URL are one source), without a trailing slash, sorted."""
+    locals_ = [(s, _local(s)) for s in sources]  # (`file:///x` is the source `/x`)
+    named = [s if p is None else os.path.abspath(os.path.expanduser(p)) for s, p in locals_]
     return sorted(s.rstrip("/") or "/" for s in named)
 
 
@@ -125,13 +134,71 @@ def _list_url(src: str, extensions: frozenset[str]) -> list[str]:
     return [fs.unstrip_protocol(n) for n in wanted]
 
 
+def read_manifest(out: Path) -> Manifest:
+    """The plan kept in `out`, checked: a manifest cut short or edited by hand (or a listing
+    that does not match it) is one PlanError naming it, never a traceback or a run whose
+    shards hold other files than the ones planned."""
+    path = out / MANIFEST
+    try:
+        data = json.loads(path.read_bytes())
+    except OSError as exc:
+        raise PlanError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:  # (JSONDecodeError and UnicodeDecodeError are ValueErrors)
+        raise PlanError(_not_a_plan(path, f"not JSON: {exc}")) from None
+    why = _manifest_fault(data)
+    if why is not None:
+        raise PlanError(_not_a_plan(path, why))
+    manifest = Manifest(**data)
+    try:
+        meta = pq.read_metadata(out / LISTING)
+    except (OSError, pa.ArrowException) as exc:
+        raise PlanError(_not_a_plan(out / LISTING, f"unreadable: {exc}")) from None
+    if (meta.num_row_groups, meta.num_rows) != (manifest.shards, manifest.files):
+        why = f"{meta.num_rows} files in {meta.num_row_groups} shards, {MANIFEST} says "
+        why += f"{manifest.files} in {manifest.shards}"
+        raise PlanError(_not_a_plan(out / LISTING, why))
+    return manifest
+
+
+def _not_a_plan(path: Path, why: str) -> str:
+    return f"{path} is not the plan imgsearch embed wrote there ({why}); use another --out"
+
+
+def _manifest_fault(data: object) -> str | None:
+    """What makes `data` no manifest (keys missing or unknown, a value of the wrong kind,
+    counts that disagree); None where it is one."""
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    named = {f.name: f for f in fields(Manifest)}
+    missing = [n for n, f in named.items() if n not in data and f.default is MISSING]
+    unknown = sorted(str(k) for k in data if k not in named)
+    faults = [f"no {', '.join(missing)}"] if missing else []
+    faults += [f"unknown keys {', '.join(unknown)}"] if unknown else []
+    if faults:
+        return "; ".join(faults)
+    if data["format"] != FORMAT:
+        return f"format {data['format']!r}, not {FORMAT}"
+    for name in ("dim", "shard_size", "shards", "files", "unlisted"):
+        value, least = data.get(name, 0), 1 if name in ("dim", "shard_size") else 0
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            return f"{name} is {value!r}"
+    sources = data["sources"]
+    if not isinstance(data["model"], str) or not isinstance(sources, list):
+        return "model must be text, sources a list"
+    if not sources or not all(isinstance(s, str) for s in sources):
+        return f"sources is {sources!r}"
+    if data["shards"] != -(-data["files"] // data["shard_size"]):
+        return f"{data['files']} files in shards of {data['shard_size']} are not {data['shards']}"
+    return None
+
+
 def load_or_make(
     out: Path, sources: list[str], model: str, dim: int, shard_size: int, extensions: frozenset[str]
 ) -> Plan:
     """The plan kept in `out`, checked against this run; or a new one, written there first."""
     path = out / MANIFEST
     if path.exists():
-        manifest = Manifest(**json.loads(path.read_text()))
+        manifest = read_manifest(out)
         if (manifest.model, manifest.dim) != (model, dim):
             raise PlanError(
                 f"{out} holds a run of model {manifest.model} ({manifest.dim}-d), not {model} "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -61,6 +62,16 @@ def shard_name(shard: int) -> str:
 
 def is_done(out: Path, shard: int) -> bool:
     return (out / shard_name(shard)).exists()
+
+
+def local_path(source: str) -> str | None:
+    """The absolute path a `file://` (or fsspec `local://`) URL names; None for any other
+    source. A file of this machine's filesystem is stored by its path, the identity `/add`
+    gives it, whatever URL named it: a `file://` row was refused by every import."""
+    scheme, sep, rest = source.partition("://")
+    if not sep or scheme.lower() not in ("file", "local"):
+        return None
+    return os.path.abspath(rest) if rest else "/"
 
 
 def read_bytes(path: str, max_bytes: int) -> tuple[bytes, int, int | None]:
@@ -148,6 +159,7 @@ def embed_shard(
 ) -> ShardResult:
     """Embed one shard's files and write out/shard-NNNNN.parquet (and its failure records)."""
     started = time.monotonic()
+    files = [local_path(f) or f for f in files]  # (a plan made before they were listed so)
     facts, vectors, failures = embed_files(files, embedder, limits)
     failed_dir = out / FAILURES_DIR
     failed_dir.mkdir(exist_ok=True)
