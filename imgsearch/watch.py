@@ -176,9 +176,11 @@ class Watcher:
                 with contextlib.closing(change_sets):
                     # watchfiles starts its watcher at the first next(), which answers within
                     # TICK_MS: from then on changes are kept. What it answers happened before
-                    # the sync's walk, which sees it.
-                    next(change_sets, None)
-                    if watch.stop.is_set() or self._away(watch):
+                    # the sync's walk, which sees it; but the folder itself deleted meanwhile
+                    # (and one of its name made: its inode may be the old one's) is for the
+                    # next turn, with a watcher on the new folder.
+                    first = next(change_sets, None) or set()
+                    if watch.stop.is_set() or self._away(watch) or self._replaced(watch, first):
                         continue  # (gone meanwhile: the next turn marks it missing)
                     self._sync(watch, identity)
                     watch.state = "watching"
@@ -230,16 +232,23 @@ class Watcher:
         each change set and every poll_s. Another put in its place (`mv photos photos.old &&
         mkdir photos`) is not: the watcher follows the old one (inotify watches inodes). Nor
         is one after the watcher reported the folder deleted (ext4 reuses an inode at once)."""
-        from watchfiles import Change
-
-        if (Change.deleted, str(watch.path)) in changes:
-            watch.inode = None  # (the folder synced went: the next sync is careful)
+        if self._replaced(watch, changes):
             return False
         try:
             st = os.stat(watch.path)
         except OSError:
             return False
         return stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) == (watch.device, watch.inode)
+
+    def _replaced(self, watch: Watch, changes: set[tuple[Any, str]]) -> bool:
+        """Whether the watcher reported the watched folder itself deleted; the next sync is
+        then careful (what it does not find is marked missing, not forgotten)."""
+        from watchfiles import Change
+
+        if (Change.deleted, str(watch.path)) not in changes:
+            return False
+        watch.inode = None
+        return True
 
     def _vanished(self, watch: Watch) -> None:
         if watch.state != "missing":
@@ -266,6 +275,7 @@ class Watcher:
             rows = self.store.files_under(top)
             self._prune(watch, rows, unlisted=listing.unlisted, careful=careful)
         self._unreached(watch, reached, listing.unlisted)
+        watch.links = frozenset(listing.links)
         watch.device, watch.inode = identity
         watch.synced = time.time()
 
@@ -288,8 +298,8 @@ class Watcher:
 
     def _apply(self, watch: Watch, changes: set[tuple[Any, str]]) -> bool:
         """One batch of changes: place what appeared (moves first), then forget what went.
-        False where a symlinked folder the watch follows may have gone (deleted: no image and
-        none stored under it; a link, or an empty folder, another file): a sync tells."""
+        False where a symlinked folder the watch follows may have gone (its link deleted, or
+        a folder above it): a sync tells."""
         from watchfiles import Change
 
         appeared: list[Path] = []
@@ -304,21 +314,22 @@ class Watcher:
                 parent, name = os.path.split(raw)
                 gone.add(os.path.join(os.path.realpath(parent), name))
             elif path.is_dir():
+                if os.path.islink(raw):  # (the walk's root: it names no link of its own)
+                    parent, name = os.path.split(raw)
+                    listing.links.add(os.path.join(os.path.realpath(parent), name))
                 appeared += walk(path, self.extensions, report, listing, allows=self.allows)
             elif path.suffix.lower() in self.extensions and path.is_file():
                 appeared.append(path.resolve())
         self._place(watch, [f for f in dict.fromkeys(appeared) if self._wanted(f)], report)
         watch.tops = frozenset(tops_of({*watch.tops, *listing.tops}))  # (a symlink added)
-        linked = not all(within(top, [str(watch.path)]) for top in watch.tops)
+        watch.links = watch.links | listing.links
         # Whatever is there again (a file saved by delete + create) or now (a folder where a
         # file was) is for _prune to tell: a file stays only while it is one.
-        reaches = True
         for top in tops_of(gone):
-            rows = self.store.files_under(top)
-            self._prune(watch, rows)
-            if linked and not rows and Path(top).suffix.lower() not in self.extensions:
-                reaches = False
-        return reaches
+            self._prune(watch, self.store.files_under(top))
+        # A followed link deleted (or a folder above one): a sync tells what is reached now.
+        # Only then: an atomic save (a temp file renamed) is a deletion too, of the temp name.
+        return not any(within(link, [top]) for top in gone for link in watch.links)
 
     def _wanted(self, path: Path) -> bool:
         """An image the daemon may read, not one of its own files (caches under the data dir)."""

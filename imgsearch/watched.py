@@ -38,6 +38,8 @@ class Watch:
     inode: int | None = None  # and its st_ino: a folder of the same name put in its place differs
     # Where the last sync looked, resolved: the folder and the symlinked folders it followed.
     tops: frozenset[str] = frozenset()
+    # The symlinks to folders it followed (Listing.links): deleting one takes a top away.
+    links: frozenset[str] = frozenset()
     errors: deque[FileError] = field(default_factory=lambda: deque(maxlen=ERRORS_KEPT))
     stop: threading.Event = field(default_factory=threading.Event, repr=False)
     thread: threading.Thread | None = field(default=None, repr=False)

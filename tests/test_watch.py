@@ -598,3 +598,78 @@ def test_an_unlinked_folder_another_watch_holds_stays(
     (folder / "linked").unlink()
     wait_for("synced again", lambda: (watch.synced or 0) > synced)
     assert str(x) in stored(service) and missing(service) == set()
+
+
+def test_atomic_saves_in_a_watch_that_follows_a_link_sync_nothing_again(
+    tmp_path: Path, make_service: Callable[..., Service], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A save by temp file and rename (rsync, editors) is a deletion of the temp name: in a
+    watch that follows a symlinked folder every such save made a full sync."""
+    from imgsearch.watch import Watcher
+
+    syncs: list[str] = []
+    sync = Watcher._sync
+    monkeypatch.setattr(
+        Watcher, "_sync", lambda self, w, ident: (syncs.append(str(w.path)), sync(self, w, ident))
+    )
+    folder, outside = tmp_path / "photos", tmp_path / "archive"
+    save(folder / "a.jpg", PHOTOS[0])
+    save(outside / "x.jpg", PHOTOS[1])
+    os.symlink(outside, folder / "linked")
+    service = make_service(watch=(folder,))
+    wait_for("initial sync", lambda: watching(service, folder))
+    assert len(syncs) == 1
+    for i in range(3):  # (each step seen by the watcher on its own, as a slow copy is)
+        temp = folder / f".b{i}.jpg.XyZ12{i}"
+        photo(PHOTOS[2 + i], 150 + i).save(temp, format="JPEG", quality=90)
+        time.sleep(1.0)
+        os.rename(temp, folder / f"b{i}.jpg")
+        (folder / "notes.txt").write_text("x")
+        time.sleep(1.0)
+        (folder / "notes.txt").unlink()
+        time.sleep(1.0)
+    wait_for("the saves indexed", lambda: str(folder / "b2.jpg") in stored(service))
+    wait_for("watching", lambda: watching(service, folder))
+    assert len(syncs) == 1
+    (folder / "linked").unlink()  # a followed link deleted: that one syncs
+    wait_for("the link's image missing", lambda: missing(service) == {str(outside / "x.jpg")})
+    assert len(syncs) == 2
+
+
+def test_a_folder_replaced_while_its_watcher_starts_is_watched_again(
+    tmp_path: Path, make_service: Callable[..., Service], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watcher's first answer was thrown away, the folder's own deletion with it: with
+    the new folder's inode the old one's (ext4 reuses it), the watch followed the dead one."""
+    import watchfiles
+
+    folder = tmp_path / "photos"
+    save(folder / "a.jpg", PHOTOS[0])
+    start = watchfiles.watch
+    replaced: list[bool] = []
+
+    def watch(path: Path, **kwargs: Any) -> Any:
+        changes = start(path, **kwargs)
+        if replaced:
+            return changes
+
+        def first_replaced() -> Any:
+            first = set(next(changes, set()))  # (the watcher started: it follows this inode)
+            shutil.rmtree(path)
+            os.mkdir(path)
+            replaced.append(True)
+            gone = (watchfiles.Change.deleted, str(path))
+            for _ in range(100):  # as if it had all come in the first answer
+                first |= next(changes, set())
+                if gone in first:
+                    break
+            yield first
+            yield from changes
+
+        return first_replaced()
+
+    monkeypatch.setattr(watchfiles, "watch", watch)
+    service = make_service(watch=(folder,))
+    wait_for("watching", lambda: replaced and watching(service, folder))
+    b = save(folder / "b.jpg", PHOTOS[1])
+    wait_for("a file in the new folder indexed", lambda: str(b) in stored(service))

@@ -56,6 +56,9 @@ class Listing:
 
     tops: set[str] = field(default_factory=set)
     unlisted: set[str] = field(default_factory=set)
+    # The symlinks to folders it followed, each as its parent resolved + its name (as a
+    # watcher names a deleted one): what could take a symlinked folder away.
+    links: set[str] = field(default_factory=set)
 
 
 def walk(
@@ -94,6 +97,9 @@ def walk(
         real = os.path.realpath(folder)
         if folder == os.fspath(root) or os.path.islink(folder):
             listing.tops.add(real)
+            if folder != os.fspath(root):
+                parent, name = os.path.split(folder)
+                listing.links.add(os.path.join(os.path.realpath(parent), name))
         dirs.sort()
         if allows is not None:
             dirs[:] = [d for d in dirs if _descend(folder, real, d, allows, report)]
