@@ -39,13 +39,14 @@ def sweep(
     known: Callable[[Sequence[str]], Collection[str]],
     opened: float,
     stop: threading.Event,
+    saved: Callable[[str], bool] = lambda name: False,
 ) -> int:
-    """Delete the downloads no image holds (`unheld`) that nothing used since this start
-    (`opened`, a time.time(): a download saved again is touched): those of images removed
-    since, of adds stopped or killed before their batch was indexed, and temp files a kill -9
-    left mid-write. Each is looked at again just before it goes (an add may have stored the
-    same bytes meanwhile). Once a start, in the background; stops early once `stop` is set.
-    Returns how many."""
+    """Delete the downloads no image holds (`unheld`) that are older than this start
+    (`opened`, a time.time()) and not saved again since (`saved(name)`: Downloader.note_saves):
+    those of images removed since, of adds stopped or killed before their batch was indexed,
+    and temp files a kill -9 left mid-write. Each is looked at again just before it goes (an
+    add may have stored the same bytes meanwhile). Once a start, in the background; stops
+    early once `stop` is set. Returns how many."""
     if not folder.is_dir():
         return 0
     dropped = 0
@@ -54,8 +55,8 @@ def sweep(
             if stop.is_set():
                 break
             old = [Path(e.path) for e in chunk if e.is_file(follow_symlinks=False)]
-            for path in unheld([p for p in old if _unused(p, opened)], known):
-                if _unused(path, opened) and unheld([path], known):
+            for path in unheld([p for p in old if _unused(p, opened, saved)], known):
+                if _unused(path, opened, saved) and unheld([path], known):
                     path.unlink(missing_ok=True)
                     dropped += 1
     if dropped:
@@ -74,13 +75,14 @@ def unheld(paths: Sequence[Path], known: Callable[[Sequence[str]], Collection[st
     return temps + [p for p, digest in digests.items() if digest not in have]
 
 
-def _unused(path: Path, since: float) -> bool:
-    """Not written or saved again (its access time: fetch.Downloader.save) since `since`."""
+def _unused(path: Path, since: float, saved: Callable[[str], bool]) -> bool:
+    """Not written since `since`, nor saved again (`saved`)."""
+    if saved(path.name):
+        return False
     try:
-        st = path.stat(follow_symlinks=False)
+        return path.stat(follow_symlinks=False).st_mtime < since
     except OSError:
         return False
-    return max(st.st_mtime, st.st_atime) < since
 
 
 class UrlAdder:

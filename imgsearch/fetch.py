@@ -12,8 +12,7 @@ import asyncio
 import hashlib
 import io
 import logging
-import os
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -85,6 +84,7 @@ class Downloader:
         self.concurrency = concurrency
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
+        self._saved: set[str] | None = None  # names saved while noted (note_saves)
 
     def session(self) -> FetchSession:
         """A connection pool for the running event loop; use it as `async with`."""
@@ -103,12 +103,23 @@ class Downloader:
             raise NotAnImage(f"cannot identify the image format: {exc}") from None
         ext = EXTENSIONS.get(fmt, "." + fmt.lower() if fmt.isalnum() else ".img")
         path = folder / f"{hashlib.sha256(data).hexdigest()}{ext}"
-        try:  # saved before: its access time says it is in use (the start's sweep leaves
-            # it); its modification time stays, which an unchanged file is known by
-            os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns))
-        except FileNotFoundError:
+        if self._saved is not None:  # (before it can be indexed: the sweep leaves it)
+            self._saved.add(path.name)
+        if not path.exists():
             write_atomic(path, data)
         return path
+
+    def note_saves(self) -> Callable[[str], bool]:
+        """From now until `stop_noting`, remember the names of the files saved (or found
+        saved already): the start's sweep of the downloads folder asks whether a name was,
+        and leaves it (a file's own times cannot say: a new ctime would make every cache of
+        the image stale)."""
+        saved: set[str] = set()
+        self._saved = saved
+        return saved.__contains__
+
+    def stop_noting(self) -> None:
+        self._saved = None
 
 
 class FetchSession:

@@ -192,6 +192,12 @@ class Service:
         _drop_old_caches(config.data_dir)
         self.derived = DerivedFiles(config.data_dir / DERIVED, alive=self._stored)
         self.catalog.subscribe(self._invalidate)
+        self.downloader = Downloader(
+            timeout=config.download_timeout,
+            concurrency=config.download_concurrency,
+            max_bytes=config.max_upload_bytes,
+            max_pixels=config.max_image_pixels,
+        )
         self._sweep(stack)
         self.features = FeatureCache(self.derived, allows=self.paths.allows)
         self.thumbnails = ThumbnailCache(self.derived, **limits)
@@ -249,15 +255,8 @@ class Service:
         self.watcher.start(config.watch)
 
     def _url_adder(self) -> UrlAdder:
-        config = self.config
-        self.downloader = Downloader(
-            timeout=config.download_timeout,
-            concurrency=config.download_concurrency,
-            max_bytes=config.max_upload_bytes,
-            max_pixels=config.max_image_pixels,
-        )
-        downloads = config.data_dir / DOWNLOADS
-        return UrlAdder(self.downloader, self.ingester, downloads, config.batch_size)
+        downloads = self.config.data_dir / DOWNLOADS
+        return UrlAdder(self.downloader, self.ingester, downloads, self.config.batch_size)
 
     def remove(self, target: Path) -> int:
         """Forget a file, or every image under a folder (the files themselves are untouched)."""
@@ -272,6 +271,7 @@ class Service:
         (and waited for) before the catalog closes."""
         stop = threading.Event()
         opened = time.time()
+        saved = self.downloader.note_saves()  # (before any add can save a download)
 
         def run() -> None:
             lowest_priority()
@@ -282,9 +282,13 @@ class Service:
             try:
                 downloads = self.config.data_dir / DOWNLOADS
                 known = self.catalog.store.images.by_sha256
-                sweep_downloads(downloads, lambda digests: known(digests).keys(), opened, stop)
+                sweep_downloads(
+                    downloads, lambda digests: known(digests).keys(), opened, stop, saved
+                )
             except Exception:
                 log.exception("tidying the downloads folder failed")
+            finally:
+                self.downloader.stop_noting()
 
         thread = threading.Thread(target=run, name="derived-sweep", daemon=True)
         thread.start()

@@ -152,6 +152,74 @@ def test_an_image_changed_during_a_search_is_found_once_with_its_new_vector(
     catalog.close()
 
 
+def test_a_search_across_a_retunings_swap_finds_a_changed_image_once(tmp_path: Path) -> None:
+    """Segments a retuning carries over share the live deletions but kept their own count:
+    a search that began on them, in a base with no deletions then, let the old copy of an
+    image changed after the swap through beside its new one."""
+    vectors = clustered(1500)
+    catalog = Catalog(tmp_path, "m", DIM, IVF)
+    without_worker(catalog)
+    ids = put_all(catalog, vectors)
+    catalog.index.rebase()
+    old = catalog.index._segments
+    assert old.dead == 0
+    scan = old._search_assigned
+    scanned, resume = threading.Event(), threading.Event()
+
+    def paused(*args: Any, **kwargs: Any) -> Any:
+        found = scan(*args, **kwargs)
+        scanned.set()
+        resume.wait(30)
+        return found
+
+    old._search_assigned = paused  # type: ignore[method-assign]
+    out: dict[str, Any] = {}
+    search = threading.Thread(target=lambda: out.update(hits=catalog.nearest(vectors[:1], 10)))
+    search.start()
+    assert scanned.wait(30)
+    catalog.index.policy = dataclasses.replace(IVF, target_recall=0.9)  # (--recall changed)
+    assert catalog.index.maintain() == "tune" and catalog.index._segments is not old
+    changed = 0.8 * vectors[0] + 0.2 * vectors[5]
+    changed = (changed / np.linalg.norm(changed)).astype(np.float32)
+    catalog.put([NewImage(FileFacts("/v/0.jpg", 2, 2, "h0b", 1, 1), changed)])
+    resume.set()
+    search.join(30)
+    assert [n.id for n in out["hits"][0]].count(ids[0]) == 1
+    catalog.close()
+
+
+@pytest.mark.parametrize("owed", ["retarget", "fine"])
+def test_a_base_whose_rows_were_all_removed_is_folded_before_it_is_tuned(
+    tmp_path: Path, owed: str
+) -> None:
+    """A tuning (--recall changed) or new fine codes (their file lost) drew their queries and
+    samples from the base's rows: with all of them removed (a library added again under
+    another folder) every try failed, and the compaction behind it never ran (an import
+    waiting for room hung)."""
+    vectors = clustered(1800)
+    catalog = Catalog(tmp_path, "m", DIM, IVF)
+    put_all(catalog, vectors[:1500])
+    catalog.index.rebase()
+    crashed(catalog)
+    policy = IVF
+    if owed == "fine":
+        for table in tables(tmp_path / "index"):
+            table.unlink()
+    else:
+        policy = dataclasses.replace(IVF, target_recall=0.9)
+    catalog = Catalog(tmp_path, "m", DIM, policy)
+    without_worker(catalog)
+    catalog.remove_tree("/v")
+    put_all(catalog, vectors[1500:], start=5000)
+    for _ in range(3):
+        catalog.index.maintain()
+    about = catalog.index.describe()
+    assert (about["base"], about["deleted"], about["recent"]) == (300, 0, 0)
+    assert about["kind"] != "exact" and (owed != "fine" or catalog.index._segments.base.fine)
+    agrees(catalog)
+    catalog.close()
+
+
 def test_a_write_that_reached_sqlite_but_not_the_index_is_caught_up_and_never_lost(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -37,11 +37,16 @@ def test_a_record_cut_short_or_unreadable_never_stops_a_start(tmp_path: Path) ->
     (folder / f"{TEMP_PREFIX}x1y2.json").write_text('{"id": "cut')  # a save a kill cut short
     (folder / "0badc0ffee00.json").write_text("")  # a power cut's empty file
     (folder / "1badc0ffee00.json").write_text('{"id": "1badc0ffee00"}')  # a hand edit
+    record = json.loads((folder / f"{job.id}.json").read_text())
+    (folder / "2badc0ffee00.json").write_text(
+        json.dumps({**record, "id": "2badc0ffee00", "created": "yesterday"})
+    )  # (sorting the list by it was a 500 on every request)
     exports = ExportManager(catalog, data)
     try:
         assert [j.id for j in exports.list()] == [job.id]
         assert {p.name for p in folder.iterdir()} == {
-            "0badc0ffee00.json.bad", "1badc0ffee00.json.bad", f"{job.id}.json",
+            "0badc0ffee00.json.bad", "1badc0ffee00.json.bad", "2badc0ffee00.json.bad",
+            f"{job.id}.json",
         }  # fmt: skip
     finally:
         exports.close()

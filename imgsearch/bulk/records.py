@@ -55,7 +55,10 @@ class Records(Generic[J]):
         hand edit, a newer version's), moved aside as ID.json.bad: one job is lost, not
         every later start."""
         try:
-            return from_record(json.loads(path.read_text()))
+            job = from_record(json.loads(path.read_text()))
+            if not isinstance(job.created, int | float) or not isinstance(job.state, str):
+                raise TypeError("created must be a number, state a string")  # (sorted, shown)
+            return job
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("%s record %s cannot be read (%s): moved aside", self.kind, path, exc)
             path.replace(path.with_name(path.name + ".bad"))

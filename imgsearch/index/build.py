@@ -202,12 +202,22 @@ def fold(
     return Base(index, ids, meta, template, old.fine)  # (the same fine codes: nothing moves)
 
 
+def still_stored(base: Base, source: Source) -> np.ndarray:
+    """The base's ids the store still has: tuning queries and training samples drawn from
+    its removed rows found no vector (all removed: every try failed, and no job behind it
+    ran)."""
+    ids: np.ndarray = base.ids[idsets.within(base.ids, source.ids())]
+    return ids
+
+
 def with_fine(base: Base, source: Source, folder: Path, stop: threading.Event) -> Base:
     """`base` with fine codes, in a new file in `folder`, for every stored vector (a base of
     an earlier version, or one whose file was lost; its tuning is the caller's). Rows written
     meanwhile are logged, and the swap replays them with their codes."""
     started = time.monotonic()
-    present = base.ids
+    present = still_stored(base, source)
+    if not len(present):
+        raise RuntimeError("no stored vector of the base left to train fine codes on")
     rng = np.random.default_rng(P.SEED)
     count = P.train_size(int(getattr(ivf(base.index), "nlist", 1)), len(present))
     sample = sampled(source, np.sort(rng.choice(present, count, replace=False)), stop)
@@ -228,7 +238,9 @@ def retune(base: Base, source: Source, policy: P.Policy, stop: threading.Event) 
     started = time.monotonic()
     spec = P.Spec(base.meta.kind, base.meta.factory, int(getattr(ivf(base.index), "nlist", 0)))
     rng = np.random.default_rng(P.SEED)
-    present = base.ids  # what the base holds (rows written since are replayed on top)
+    present = still_stored(base, source)  # (rows written since are replayed on top)
+    if not len(present):
+        return base  # nothing to ask (the compaction before it keeps only what is stored)
     picked = np.sort(rng.choice(present, min(P.TUNE_QUERIES, len(present)), replace=False))
     q_ids, queries = source.vectors(picked.tolist())
     truth = (np.full((len(q_ids), 0), -np.inf, np.float32), np.zeros((len(q_ids), 0), np.int64))

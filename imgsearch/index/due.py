@@ -113,6 +113,14 @@ def job(policy: Policy, look: Look, building: bool, settle: bool) -> str | None:
         return "train"
     if held(policy, look):
         return "held"
+    # A base mostly removed is folded first: fine codes or a tuning are made from the rows
+    # that are left (from a base of removed rows only, they had nothing to work on).
+    if (
+        seg.dead
+        and needs_compaction(policy, seg)
+        and (needs_fine(seg) or needs_retarget(policy, seg))
+    ):
+        return "compact"
     if needs_fine(seg):
         return "fine"
     if needs_retarget(policy, seg):

@@ -273,7 +273,9 @@ class Segments:
         sims, ids = part
         ids = np.asarray(ids, np.int64)
         hit = (ids >= 0) & (ids < len(self.bitmap) * 8)
-        if not self.dead or not hit.any():
+        # (not `self.dead`: segments a retuning's swap carried over share the live bitmap but
+        # keep the count of their own day, and a search that began on them reads it here)
+        if not hit.any():
             return sims, ids
         where = ids[hit]
         gone = np.zeros(ids.shape, dtype=bool)
