@@ -43,7 +43,7 @@ class PathPolicy:
             raise BadRequest(f"missing parameter: {name}")
         if "\x00" in raw:
             raise BadRequest(f"invalid {name}: contains a NUL byte")
-        _check_nameable(raw, name)
+        check_nameable(raw, name)
         try:
             path = Path(raw).expanduser()
         except RuntimeError:  # '~someone' with no such user
@@ -76,7 +76,7 @@ class PathPolicy:
         return not self.roots or path in roots or path.startswith(under)
 
 
-def _check_nameable(raw: str, name: str) -> None:
+def check_nameable(raw: str, name: str) -> None:
     """400 for what no file system here can name: a component over NAME_MAX bytes, a path over
     PATH_MAX, a lone surrogate (no bytes at all). Else os calls raise ENAMETOOLONG (from
     Path.exists() too, on Python 3.11), far from here and as a 500."""

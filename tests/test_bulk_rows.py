@@ -304,6 +304,95 @@ def test_shards_named_by_an_earlier_id_of_the_weights(
     assert Served(by_file.replace(".bin", ".pt"), dim).refusal(shouted, False) is not None
 
 
+def test_rows_no_file_system_holds_odd_metadata_and_odd_scales_never_fail_a_job(
+    manager: tuple[Catalog, ImportManager], tiny_embedder: Embedder, tmp_path: Path
+) -> None:
+    """A NUL in a path was stored, and the next row of the same content failed the job; a
+    timestamp Python cannot hold (the year 10000) failed the whole job, every file; a vector
+    of values near 1e19 or 1e-23 was refused as not finite or all zeros (squared in float32)."""
+    catalog, imports = manager
+    dim = tiny_embedder.dim
+    paths = ["/p/a.jpg", "/p/bad\x00name.jpg", f"/p/{'n' * 300}.jpg", "/p/big.jpg", "/p/tiny.jpg"]
+    vectors = np.random.default_rng(0).normal(size=(5, dim)).astype(np.float32)
+    vectors[3] *= np.float32(1e19)
+    vectors[4] *= np.float32(1e-23)
+    in_2020, in_10000 = 1_577_836_800 * 10**6, 253_402_300_800 * 10**6 + 1
+    far = pa.array([in_2020] * 4 + [in_10000], pa.int64()).cast(pa.timestamp("us"))
+    shard(tmp_path / "in", tiny_embedder, paths, columns={"taken": far})
+    table = pq.read_table(tmp_path / "in" / "a.parquet")
+    table = table.set_column(1, "vector", pa.FixedSizeListArray.from_arrays(
+        pa.array(vectors.ravel(), pa.float32()), dim
+    ))  # fmt: skip
+    write_shard(tmp_path / "in" / "a.parquet", table)
+    shown = ended(imports.submit(tmp_path / "in"))
+    assert (shown["state"], shown["imported"], shown["failed"]) == ("done", 3, 2), shown
+    reasons = {e["row"]: e["error"] for e in shown["errors"]}
+    assert "NUL" in reasons[1] and "at most 255" in reasons[2]
+    assert sorted(stored(catalog)) == ["/p/a.jpg", "/p/big.jpg", "/p/tiny.jpg"]
+    taken = catalog.store.metadata.get(catalog.store.ids().tolist())
+    assert sorted(str(m.get("taken", ""))[:5] for m in taken.values()) == [
+        "10000",
+        "2020-",
+        "2020-",
+    ]  # fmt: skip (the last as text: no Python datetime holds it)
+
+
+def test_a_shard_rewritten_after_the_import_was_queued_is_reported_not_half_read(
+    manager: tuple[Catalog, ImportManager], tiny_embedder: Embedder, tmp_path: Path
+) -> None:
+    catalog, imports = manager
+    gate, undo = threading.Event(), slowed(catalog, 0.0)
+    put = catalog.put
+    catalog.put = lambda *a, **k: (gate.wait(30), put(*a, **k))[1]  # type: ignore[method-assign]
+    ahead = imports.submit(shard(tmp_path / "first", tiny_embedder, ["/g/0.jpg"]).parent)
+    folder = tmp_path / "in"
+    shard(folder, tiny_embedder, [f"/e/{i}.jpg" for i in range(10)])
+    job = imports.submit(folder)
+    shard(folder, tiny_embedder, [f"/f/{i}.jpg" for i in range(4)], seed=3)  # rewritten
+    gate.set()
+    undo()
+    ended(ahead)
+    shown = ended(job)
+    assert (shown["done"], shown["total"], shown["imported"], shown["failed"]) == (10, 10, 0, 10)
+    assert "changed since the import was queued" in shown["errors"][0]["error"]
+
+
+def test_a_path_map_takes_the_paths_as_they_are_stored(
+    manager: tuple[Catalog, ImportManager], tiny_embedder: Embedder, tmp_path: Path
+) -> None:
+    """`/mnt//a/2.jpg` is under `/mnt/a` and `/mnt/a/../b/4.jpg` is not: the map was applied
+    to the text before it was made the stored path."""
+    catalog, imports = manager
+    rows = ["/mnt/a/1.jpg", "/mnt//a/2.jpg", "/mnt/./a/3.jpg", "/mnt/a/../b/4.jpg"]
+    shard(tmp_path / "in", tiny_embedder, rows)
+    ended(imports.submit(tmp_path / "in", path_map=["/mnt/./a/=/data/a"]))
+    assert sorted(stored(catalog)) == [
+        "/data/a/1.jpg", "/data/a/2.jpg", "/data/a/3.jpg", "/mnt/b/4.jpg",
+    ]  # fmt: skip
+
+
+def test_a_repeated_path_outside_the_allowed_folders_counts_each_row_once(
+    tmp_path: Path, tiny_embedder: Embedder
+) -> None:
+    """Refused outside the roots once for each of its rows, then counted again as repeated:
+    `imported + skipped + failed` came to more than `done`."""
+    data = tmp_path / "data"
+    data.mkdir()
+    catalog = Catalog(data, tiny_embedder.model_id, tiny_embedder.dim)
+    rooted = ingester(catalog, tiny_embedder)
+    rooted.allows_text = lambda path: path.startswith("/ok/")
+    imports = ImportManager(rooted, data, batch_rows=20)
+    try:
+        rows = ["/ok/a.jpg", "/secret/x.jpg", "/secret/x.jpg", "/ok/b.jpg"]
+        shown = ended(imports.submit(shard(tmp_path / "in", tiny_embedder, rows).parent))
+        assert (shown["done"], shown["imported"], shown["failed"]) == (4, 2, 2), shown
+        assert sorted(e["row"] for e in shown["errors"]) == [1, 2]
+        assert not any("imported instead" in e["error"] for e in shown["errors"])
+    finally:
+        imports.close()
+        catalog.close()
+
+
 def test_a_queued_export_cancelled_ends_at_once(tmp_path: Path, tiny_embedder: Embedder) -> None:
     data = tmp_path / "data"
     data.mkdir()

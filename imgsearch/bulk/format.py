@@ -17,7 +17,6 @@ a NaN is). Vectors may be fixed-size lists, lists or large lists of any float or
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,8 @@ import pyarrow.parquet as pq
 from ..errors import BadRequest, NotFound
 from ..files import TEMP_PREFIX, write_atomic_with
 from ..ingest.checks import URL_OR_PATH
-from ..store.rows import row_norms
+from ..security import check_nameable
+from .importjob import local_path
 
 log = logging.getLogger(__name__)
 
@@ -176,13 +176,15 @@ def check_batch(
     n = batch.num_rows
     vectors, norms, ok, reasons = _vectors(batch.column("vector"), info.dim)
     paths = batch.column("path").to_pylist()
-    if rename is not None:
-        paths = [rename(p) if isinstance(p, str) else p for p in paths]
+    if rename is not None:  # (on the paths as stored: `/mnt//a/x.jpg` is under `/mnt/a`)
+        paths = [rename(local_path(p)) if isinstance(p, str) else p for p in paths]
     for i, path in enumerate(paths):
         if not isinstance(path, str) or not path.startswith(URL_OR_PATH):
             ok[i], reasons[i] = False, _bad_path(path)
         elif path.startswith("/"):
-            paths[i] = "/" + os.path.normpath(path).lstrip("/")  # (normpath keeps a leading //)
+            paths[i] = local_path(path)
+            if (why := _unnameable(path)) is not None:
+                ok[i], reasons[i] = False, why
     good = np.flatnonzero(ok)
     out = RowBatch(
         bad=[BadRow(str(info.path), first + i, reasons[i]) for i in range(n) if not ok[i]]
@@ -198,8 +200,40 @@ def check_batch(
         if name in batch.schema.names:
             out.facts[name] = _facts(picked.column(name), kind)
     extra = [c for c in batch.schema.names if c not in KNOWN_COLUMNS]
-    out.extras = picked.select(extra).to_pylist() if extra else []
+    out.extras = _extras(picked.select(extra)) if extra else []
     return out
+
+
+def _extras(table: pa.RecordBatch) -> list[dict[str, Any]]:
+    """The metadata cells of each row. A column Python cannot hold as it is (a timestamp in
+    the year 10000, a date past 9999) goes as text; a cell that still cannot be read is left
+    out (one failed the whole import before, every row of every file)."""
+    columns: dict[str, list[Any]] = {}
+    for name, column in zip(table.schema.names, table.columns, strict=True):
+        try:
+            columns[name] = column.to_pylist()
+        except (ValueError, OverflowError, pa.ArrowException):
+            columns[name] = _cells_as_text(column)
+    return [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+
+
+def _cells_as_text(column: Any) -> list[Any]:
+    try:
+        return list(pc.cast(column, pa.string()).to_pylist())
+    except (pa.ArrowException, ValueError, OverflowError):
+        return [None] * len(column)
+
+
+def _unnameable(path: str) -> str | None:
+    """Why no file system here could hold `path` (a NUL byte, a name over NAME_MAX bytes),
+    as `/add` refuses it; None where it could."""
+    if "\x00" in path:
+        return "path contains a NUL byte"
+    try:
+        check_nameable(path, "path")
+    except BadRequest as exc:
+        return exc.message
+    return None
 
 
 def _bad_path(path: Any) -> str:
@@ -267,7 +301,10 @@ def _vectors(column: Any, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     elif right.any():
         values = column.filter(pa.array(right)).flatten().to_numpy(zero_copy_only=False)
         out[right] = np.asarray(values, dtype=np.float32).reshape(-1, dim)
-    norms = row_norms(out)  # NaN or inf anywhere in a row makes its norm so
+    # NaN or inf anywhere in a row makes its norm so. In float64: a float32 row of values
+    # near 1e19 (or 1e-23) overflowed (underflowed) when squared, refused as not finite
+    # (all zeros) though it has a direction.
+    norms = np.sqrt(np.einsum("ij,ij->i", out, out, dtype=np.float64))
     finite = np.isfinite(norms)
     for i in np.flatnonzero(right & ~finite):
         reasons[i] = "vector has NaN or infinite values"

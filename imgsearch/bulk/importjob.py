@@ -3,6 +3,7 @@ DATA_DIR/imports/ID.json) and the path prefixes it rewrites (`path_map`)."""
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -20,7 +21,8 @@ class PathMap:
     """Rewrites path prefixes (OLD=NEW pairs, first match wins, at a folder boundary)."""
 
     def __init__(self, pairs: Sequence[tuple[str, str]]) -> None:
-        self.pairs = [(old.rstrip("/"), new.rstrip("/")) for old, new in pairs]
+        """A path side is taken as a row's path is (`local_path`): `/mnt/./a/` is `/mnt/a`."""
+        self.pairs = [(local_path(old).rstrip("/"), new.rstrip("/")) for old, new in pairs]
 
     @classmethod
     def parse(cls, specs: Sequence[str]) -> PathMap:
@@ -135,3 +137,11 @@ class ImportJob:
 
 
 __all__ = ["ImportJob", "PathMap"]
+
+
+def local_path(path: str) -> str:
+    """A local path (one that starts with `/`) without `.`, `..` or repeated slashes, as the
+    store keeps it; any other text as it is."""
+    if not path.startswith("/"):
+        return path
+    return "/" + os.path.normpath(path).lstrip("/")  # (normpath keeps a leading //)

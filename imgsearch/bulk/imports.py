@@ -307,6 +307,10 @@ class ImportManager:
                 why = f"it now holds vectors of model {info.model_id} ({info.dim}-d)"
                 yield Unreadable(ShardInfo(path, model, dim, rows), _Gone(why))
                 continue
+            if name in job.shard_rows and info.rows != rows:  # (rewritten: its rows are others)
+                why = f"it was changed since the import was queued ({info.rows} rows, not {rows})"
+                yield Unreadable(ShardInfo(path, model, dim, rows), _Gone(why))
+                continue
             yield info
 
     def _check(self, group: Group | Unreadable) -> Checked | None:
@@ -359,15 +363,20 @@ def _refused(group: Group, report: AddReport) -> list[BadRow]:
     """The rows of `group` not imported though the format let them by: those the ingest
     refused (report.errors), and those whose path a later row of the group repeats (the
     later row is written: add_embedded), with their file and row."""
+    # One error a path (the ingest may report a path once for each of its rows: refused
+    # outside the allowed folders before the rows were made one), each row counted once.
+    refused = {e.image: e.error for e in report.errors}
     where: dict[str, tuple[str, int]] = {}
     out: list[BadRow] = []
     for info, batch in group.parts:
         for path, row in zip(batch.paths, batch.rows, strict=True):
             if (earlier := where.get(path)) is not None:
-                why = f"the same path as row {row} of {info.path}, which was imported instead"
+                why = refused.get(path) or (
+                    f"the same path as row {row} of {info.path}, which was imported instead"
+                )
                 out.append(BadRow(*earlier, why))
             where[path] = (str(info.path), row)
-    found = [(where.get(e.image, ("", -1)), e.error) for e in report.errors]
+    found = [(where.get(path, ("", -1)), error) for path, error in refused.items()]
     return out + [BadRow(file, row, error) for (file, row), error in found]
 
 

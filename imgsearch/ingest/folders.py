@@ -153,6 +153,8 @@ def _is(path: str, kind: Callable[[int], bool]) -> bool | None:
         return kind(os.stat(path).st_mode)
     except OSError as exc:
         return False if exc.errno in GONE_ERRNOS else None
+    except ValueError:  # (a NUL byte in a path that came from elsewhere: no file has it)
+        return False
 
 
 def is_empty(folder: Path) -> bool:
