@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__
-from .client import QUICK_S, Context, UsageError, checked_timeout, run
+from .client import POLL_TIMEOUT_S, QUICK_S, Context, UsageError, checked_timeout, run
 from .commands import COMMANDS, Arg, arg
 from .config import AUTO_TOKEN, ENV_PREFIX, LOOPBACK_HOSTS, OFFLINE_MODEL, Config
 from .errors import ConfigError, ImgSearchError, disk_full
@@ -130,7 +130,8 @@ CLIENT_ARGS: tuple[Arg, ...] = (
         "--timeout",
         metavar="SECONDS",
         help=f"client commands: how long to wait for each answer ({ENV_PREFIX}TIMEOUT; default "
-        f"{QUICK_S:g} for stats, jobs and the watch list, no limit for the others; 0: no limit)",
+        f"{QUICK_S:g} for stats, jobs and the watch list, {POLL_TIMEOUT_S:g} for each poll while "
+        "add, import or export wait, no limit for the others; 0: no limit)",
     ),
 )
 CLIENT_ONLY = "--url, --json and --timeout are for the client commands, not serve"
@@ -234,10 +235,13 @@ def default_url(environ: Mapping[str, str]) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{int(port)}"
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
         stream=sys.stderr,
     )
     logging.getLogger("faiss.loader").setLevel(logging.DEBUG if verbose else logging.WARNING)
@@ -377,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         said = exc if isinstance(exc, ImgSearchError) else disk_full(exc)
         if said is None:
             raise
-        logging.basicConfig()
+        logging.basicConfig(format=LOG_FORMAT, stream=sys.stderr)  # (as setup_logging's)
         log.error("%s", said.message)
         code = 2
     leave(code, before)

@@ -120,7 +120,11 @@ class Connection:
                 status, raw = int(resp.status), resp.read()
         except urllib.error.HTTPError as exc:
             with exc:
-                raise ServerError(_error_message(exc.read(), exc.reason), exc.code) from None
+                raw = exc.read()
+            if (said := _error_message(raw)) is None:  # (a web server's 404 page, a proxy's)
+                _json_object(raw, self.base, f"{method} {path} (HTTP {exc.code})")
+                said = str(exc.reason)
+            raise ServerError(said, exc.code) from None
         except urllib.error.URLError as exc:
             if isinstance(exc.reason, TimeoutError) and limit is not None:  # while connecting
                 raise NoAnswer(self.base, limit) from None
@@ -234,14 +238,16 @@ def _json_object(raw: bytes, url: str, request: str) -> dict[str, Any]:
     raise NotDaemon(url, f"{request} answered {excerpt}, not a JSON object")
 
 
-def _error_message(raw: bytes, reason: Any) -> str:
+def _error_message(raw: bytes) -> str | None:
+    """The daemon's error message; None for a body that is not imgsearch's JSON error (what
+    answered is something else: `_json_object` says so)."""
     try:
         body = json.loads(raw)
-    except ValueError:  # a proxy's or another server's page: its start
-        return raw.decode(errors="replace").strip()[:200] or str(reason)
+    except ValueError:
+        return None
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         return str(body["error"])
-    return str(reason)
+    return None
 
 
 def absolute(path: str | Path) -> Path:

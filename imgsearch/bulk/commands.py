@@ -202,4 +202,5 @@ def _not_root_info(record: logging.LogRecord) -> bool:
 
 
 def _pairs(body: dict[str, Any]) -> str:
-    return "\n".join(f"{k}: {shown(v)}" for k, v in body.items())
+    """`key: value` lines; a null value as `-` (as `imgsearch jobs ID` shows one)."""
+    return "\n".join(f"{k}: {'-' if v is None else shown(v)}" for k, v in body.items())
