@@ -393,6 +393,32 @@ def test_a_repeated_path_outside_the_allowed_folders_counts_each_row_once(
         catalog.close()
 
 
+def test_a_row_group_too_big_for_the_memory_free_is_refused_before_anything_is_read(
+    manager: tuple[Catalog, ImportManager],
+    tiny_embedder: Embedder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Arrow decodes a row group's list column whole: a file of one 10M-row group at 512-d
+    took 20 GB before its first batch (the OOM killer ended the daemon)."""
+    from imgsearch.bulk import format as shard_format
+    from imgsearch.errors import ImgSearchError
+
+    catalog, imports = manager
+    rows = [f"/r/{i}.jpg" for i in range(1000)]
+    table = pq.read_table(shard(tmp_path / "one", tiny_embedder, rows))
+    assert shard_info(tmp_path / "one" / "a.parquet").group_bytes >= 1000 * tiny_embedder.dim * 4
+    (tmp_path / "many").mkdir()
+    write_shard(tmp_path / "many" / "a.parquet", table, row_group_size=100)
+    group = shard_info(tmp_path / "many" / "a.parquet").group_bytes
+    monkeypatch.setattr(shard_format, "GROUP_MARGIN_MB", 0)
+    monkeypatch.setattr(shard_format, "available_mb", lambda: 2 * group / 1e6)
+    with pytest.raises(ImgSearchError, match="row_group_size") as refused:
+        imports.submit(tmp_path / "one")
+    assert refused.value.status == 507 and stored(catalog) == {}
+    assert ended(imports.submit(tmp_path / "many"))["imported"] == 1000
+
+
 def test_a_queued_export_cancelled_ends_at_once(tmp_path: Path, tiny_embedder: Embedder) -> None:
     data = tmp_path / "data"
     data.mkdir()

@@ -27,9 +27,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..errors import BadRequest, NotFound
+from ..errors import BadRequest, ImgSearchError, NotFound
 from ..files import TEMP_PREFIX, write_atomic_with
 from ..ingest.checks import URL_OR_PATH
+from ..memory import available_mb
 from ..security import check_nameable
 from .importjob import local_path
 
@@ -49,6 +50,11 @@ FACT_COLUMNS: dict[str, pa.DataType] = {
 KNOWN_COLUMNS = frozenset({"path", "vector", *FACT_COLUMNS})
 
 
+# Memory an import needs beside the largest row group it decodes (batches in flight, the
+# index's encoders): a folder whose largest group would not fit with it is refused.
+GROUP_MARGIN_MB = 1024
+
+
 @dataclass(frozen=True)
 class ShardInfo:
     """What a shard's schema says: its model, dimension and row count."""
@@ -57,6 +63,9 @@ class ShardInfo:
     model_id: str
     dim: int
     rows: int
+    # Bytes of vectors in its largest row group: Arrow decodes a list column's row group
+    # whole before the first batch of it (a one-group file of 10M rows at 512-d: 20 GB).
+    group_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -132,7 +141,24 @@ def shard_info(path: Path) -> ShardInfo:
         raise BadRequest(f"{path}: vector must be a list of floats, got {kind}")
     if pa.types.is_fixed_size_list(kind) and kind.list_size != dim:
         raise BadRequest(f"{path}: vector holds {kind.list_size} values, imgsearch.dim says {dim}")
-    return ShardInfo(path, kv[META_MODEL].decode(), dim, int(meta.num_rows))
+    largest = max((meta.row_group(i).num_rows for i in range(meta.num_row_groups)), default=0)
+    width = max(1, getattr(kind.value_type, "bit_width", 32) // 8)
+    return ShardInfo(path, kv[META_MODEL].decode(), dim, int(meta.num_rows), largest * dim * width)
+
+
+def fits_in_memory(info: ShardInfo) -> None:
+    """507 where the shard's largest row group of vectors, which Arrow decodes whole, would
+    not fit in the memory the system has free, with GROUP_MARGIN_MB for the rest of the
+    import: the OOM killer would end the daemon instead."""
+    free = available_mb()
+    if free is not None and info.group_bytes / 1e6 + GROUP_MARGIN_MB > free:
+        raise ImgSearchError(
+            f"{info.path} has a row group of {info.group_bytes / 1e9:.1f} GB of vectors, which "
+            f"is read whole, and {free / 1e3:.1f} GB of memory is free: write it with smaller "
+            "row groups (pyarrow: pq.write_table(table, path, row_group_size=100_000)); "
+            "nothing was imported",
+            507,
+        )
 
 
 def _numbers(kind: pa.DataType) -> bool:

@@ -35,7 +35,7 @@ from ..ingest import AddReport, Checked, Ingester
 from ..store import UNKNOWN_SHA256, Rows
 from .batches import Group, Unreadable, groups, shard_batches
 from .columns import import_metadata
-from .format import BadRow, RowBatch, ShardInfo, shard_files, shard_info
+from .format import BadRow, RowBatch, ShardInfo, fits_in_memory, shard_files, shard_info
 from .importjob import ImportJob, PathMap
 from .records import PENDING, Records
 
@@ -94,6 +94,7 @@ def check_folder(folder: Path, served: Served, earlier_model: bool = False) -> l
         why = served.refusal(info, earlier_model)
         if why is not None:
             raise BadRequest(why)
+    fits_in_memory(max(infos, key=lambda i: i.group_bytes))
     return infos
 
 
