@@ -32,6 +32,7 @@ from ..files import TEMP_PREFIX, write_atomic_with
 from ..ingest.checks import URL_OR_PATH
 from ..memory import available_mb
 from ..security import check_nameable
+from ..store.rows import row_norms
 from .importjob import local_path
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,7 @@ def _numbers(kind: pa.DataType) -> bool:
 
 
 Rename = Callable[[str], str]
+TINY_NORM = 1e-15  # a float32 row norm below it may have underflowed: summed in float64
 
 
 def read_batches(
@@ -327,10 +329,13 @@ def _vectors(column: Any, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     elif right.any():
         values = column.filter(pa.array(right)).flatten().to_numpy(zero_copy_only=False)
         out[right] = np.asarray(values, dtype=np.float32).reshape(-1, dim)
-    # NaN or inf anywhere in a row makes its norm so. In float64: a float32 row of values
-    # near 1e19 (or 1e-23) overflowed (underflowed) when squared, refused as not finite
-    # (all zeros) though it has a direction.
-    norms = np.sqrt(np.einsum("ij,ij->i", out, out, dtype=np.float64))
+    # NaN or inf anywhere in a row makes its norm so. A row whose float32 squares overflow
+    # or underflow (values near 1e19, or 1e-23) has a direction all the same: its norm is
+    # summed again in float64 (float64 for all: 9.5 ms a 20,000 x 512 batch against 1.7).
+    norms = row_norms(out).astype(np.float64)
+    odd = ~np.isfinite(norms) | (norms < TINY_NORM)
+    if odd.any():
+        norms[odd] = np.sqrt(np.einsum("ij,ij->i", out[odd], out[odd], dtype=np.float64))
     finite = np.isfinite(norms)
     for i in np.flatnonzero(right & ~finite):
         reasons[i] = "vector has NaN or infinite values"
