@@ -412,6 +412,7 @@ def test_a_row_group_too_big_for_the_memory_free_is_refused_before_anything_is_r
     write_shard(tmp_path / "many" / "a.parquet", table, row_group_size=100)
     group = shard_info(tmp_path / "many" / "a.parquet").group_bytes
     monkeypatch.setattr(shard_format, "GROUP_MARGIN_MB", 0)
+    monkeypatch.setattr(shard_format, "BIG_GROUP_BYTES", 0)
     monkeypatch.setattr(shard_format, "available_mb", lambda: 2 * group / 1e6)
     with pytest.raises(ImgSearchError, match="row_group_size") as refused:
         imports.submit(tmp_path / "one")

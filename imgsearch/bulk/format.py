@@ -52,8 +52,10 @@ KNOWN_COLUMNS = frozenset({"path", "vector", *FACT_COLUMNS})
 
 
 # Memory an import needs beside the largest row group it decodes (batches in flight, the
-# index's encoders): a folder whose largest group would not fit with it is refused.
+# index's encoders): a folder whose largest group would not fit with it is refused, where that
+# group is one of BIG_GROUP_BYTES or more (a small machine's small files are never refused).
 GROUP_MARGIN_MB = 1024
+BIG_GROUP_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,8 @@ def fits_in_memory(info: ShardInfo) -> None:
     not fit in the memory the system has free, with GROUP_MARGIN_MB for the rest of the
     import: the OOM killer would end the daemon instead."""
     free = available_mb()
-    if free is not None and info.group_bytes / 1e6 + GROUP_MARGIN_MB > free:
+    big = info.group_bytes >= BIG_GROUP_BYTES
+    if big and free is not None and info.group_bytes / 1e6 + GROUP_MARGIN_MB > free:
         raise ImgSearchError(
             f"{info.path} has a row group of {info.group_bytes / 1e9:.1f} GB of vectors, which "
             f"is read whole, and {free / 1e3:.1f} GB of memory is free: write it with smaller "
