@@ -420,6 +420,22 @@ def test_a_row_group_too_big_for_the_memory_free_is_refused_before_anything_is_r
     assert ended(imports.submit(tmp_path / "many"))["imported"] == 1000
 
 
+@pytest.mark.parametrize("start_row", [0, 2, 3, 7, 9, 10, 12])
+def test_a_resume_reads_from_the_row_group_that_holds_its_row(
+    tiny_embedder: Embedder, tmp_path: Path, start_row: int
+) -> None:
+    """The rows before `start_row` were decoded again, all of them, at every resume."""
+    from imgsearch.bulk.format import read_batches
+
+    paths = [f"/r/{i}.jpg" for i in range(10)]
+    table = pq.read_table(shard(tmp_path / "in", tiny_embedder, paths))
+    write_shard(tmp_path / "in" / "a.parquet", table, row_group_size=3)
+    info = shard_info(tmp_path / "in" / "a.parquet")
+    batches = list(read_batches(info, start_row=start_row, batch_rows=2))
+    assert [r for b in batches for r in b.rows] == list(range(start_row, 10))
+    assert [p for b in batches for p in b.paths] == paths[start_row:]
+
+
 def test_a_queued_export_cancelled_ends_at_once(tmp_path: Path, tiny_embedder: Embedder) -> None:
     data = tmp_path / "data"
     data.mkdir()

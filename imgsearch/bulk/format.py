@@ -181,10 +181,19 @@ TINY_NORM = 1e-15  # a float32 row norm below it may have underflowed: summed in
 def read_batches(
     info: ShardInfo, *, start_row: int = 0, batch_rows: int = 20_000, rename: Rename | None = None
 ) -> Iterator[RowBatch]:
-    """The checked rows of a shard from `start_row` on, a record batch at a time."""
+    """The checked rows of a shard from `start_row` on, a record batch at a time. A resume
+    starts at the row group that holds `start_row` (the rows before it were all decoded
+    again: 2 s to reach row 480,000 of a 500,000-row file of 25 groups)."""
     parquet = pq.ParquetFile(info.path)
-    first = 0
-    for batch in parquet.iter_batches(batch_size=batch_rows):
+    first, groups = 0, parquet.metadata.num_row_groups
+    for group in range(groups):
+        rows = parquet.metadata.row_group(group).num_rows
+        if first + rows > start_row:
+            break
+        first += rows
+    else:
+        return
+    for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=list(range(group, groups))):
         if first + batch.num_rows > start_row:
             skip = max(0, start_row - first)
             yield check_batch(batch, info, first, skip=skip, rename=rename)
