@@ -27,7 +27,7 @@ from typing import Any
 from .catalog import Catalog
 from .errors import BadRequest, ConfigError, NotFound, disk_full
 from .ingest import AddReport, Ingester, Listing, nameable, walk
-from .ingest.folders import is_empty, is_file, is_folder
+from .ingest.folders import in_real_folder, is_empty, is_file, is_folder
 from .store import StoredFile
 from .watched import Watch, tops_of, within
 
@@ -311,12 +311,10 @@ class Watcher:
                 continue
             if change == Change.deleted:
                 # As stored: resolved (an event behind a symlinked folder names the link).
-                parent, name = os.path.split(raw)
-                gone.add(os.path.join(os.path.realpath(parent), name))
+                gone.add(in_real_folder(raw))
             elif path.is_dir():
                 if os.path.islink(raw):  # (the walk's root: it names no link of its own)
-                    parent, name = os.path.split(raw)
-                    listing.links.add(os.path.join(os.path.realpath(parent), name))
+                    listing.links.add(in_real_folder(raw))
                 appeared += walk(path, self.extensions, report, listing, allows=self.allows)
             elif path.suffix.lower() in self.extensions and path.is_file():
                 appeared.append(path.resolve())

@@ -98,8 +98,7 @@ def walk(
         if folder == os.fspath(root) or os.path.islink(folder):
             listing.tops.add(real)
             if folder != os.fspath(root):
-                parent, name = os.path.split(folder)
-                listing.links.add(os.path.join(os.path.realpath(parent), name))
+                listing.links.add(in_real_folder(folder))
         dirs.sort()
         if allows is not None:
             dirs[:] = [d for d in dirs if _descend(folder, real, d, allows, report)]
@@ -135,6 +134,13 @@ def _descend(
         return True
     report.fail(FileError(shown(inside), OUTSIDE, 403))
     return False
+
+
+def in_real_folder(path: str) -> str:
+    """`path` with its folder resolved and its own name kept: a link's own path, or a deleted
+    file's as it was stored (a watcher names both through the link it watches by)."""
+    parent, name = os.path.split(path)
+    return os.path.join(os.path.realpath(parent), name)
 
 
 def is_file(path: str) -> bool | None:
